@@ -1,0 +1,1 @@
+"""genesis-dr core: plain Python, never imports prefect (enforced by import-linter)."""

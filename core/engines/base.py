@@ -1,0 +1,116 @@
+"""The contract between the vault and the things we back up.
+
+An engine knows one kind of source (PostgreSQL, MariaDB/MySQL, Redis, files).
+It never sees keys, chunking or storage: it writes named plaintext streams to a
+``StreamSink`` and reads them back from a ``StreamSource``. The vault does
+compression, encryption, hashing and the commit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class StreamSink(Protocol):
+    """Where an engine writes the streams of one backup."""
+
+    def open_stream(self, name: str) -> ContextManager[Writable]:
+        """A file-like writer for stream ``name``; closing it seals the stream.
+
+        If the ``with`` block raises, the stream (and the backup) fails.
+        """
+        ...
+
+    def write_stream(self, name: str, data: BinaryIO) -> int:
+        """Copy a readable binary file object (e.g. a subprocess stdout) into
+        stream ``name`` until EOF; returns plaintext bytes written."""
+        ...
+
+
+class StreamSource(Protocol):
+    """Where an engine reads the streams of one backup back, verified."""
+
+    def stream_names(self) -> list[str]: ...
+
+    def iter_stream(self, name: str) -> Iterator[bytes]:
+        """Plaintext of stream ``name`` in pieces; raises IntegrityError on any
+        corruption, truncation or reordering before yielding bad data."""
+        ...
+
+    def open_stream(self, name: str) -> ContextManager[BinaryIO]:
+        """A readable file-like object over the plaintext (``read(n)``)."""
+        ...
+
+
+@dataclass
+class BackupResult:
+    """What an engine learned while taking a backup.
+
+    ``position``: consistency position (LSN, binlog file/pos + GTID, replication
+    offset, snapshot time) - recorded in the clear in the manifest.
+    ``checks``: data needed to prove a restore later (row counts, checksums, key
+    counts, file hashes) - sealed (encrypted) in the manifest because it names
+    tables, keys and files.
+    ``tool_versions``: e.g. {"pg_dump": "15.20", "server": "15.20"}.
+    """
+
+    position: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """One kind of source. Constructed with its config (a ``core.sources`` model)."""
+
+    kind: str
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Short, secret-free description of the source/target, e.g. 'postgres 127.0.0.1:5432/app'."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise SourceUnavailableError (one line, with remedy) if unreachable or login refused."""
+
+    @abstractmethod
+    def backup(self, sink: StreamSink) -> BackupResult:
+        """Take a consistent full backup, streaming into ``sink``."""
+
+    @abstractmethod
+    def has_data(self) -> bool:
+        """True if the target (this config) already holds data a restore would overwrite."""
+
+    @abstractmethod
+    def restore(self, source: StreamSource, result: BackupResult) -> None:
+        """Restore the backup into this config's target. ``result`` is what
+        ``backup`` returned (position/checks/tool_versions) as recorded."""
+
+    @abstractmethod
+    def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
+        """Compute the same checks now, on this config's target, shaped like
+        ``reference`` (the recorded checks), for comparison after a restore."""
+
+
+def compare_checks(expected: dict[str, Any], actual: dict[str, Any], path: str = "") -> list[str]:
+    """Human-readable differences between two nested check dicts (empty = equal)."""
+    diffs: list[str] = []
+    for key in sorted(set(expected) | set(actual), key=str):
+        where = f"{path}.{key}" if path else str(key)
+        if key not in actual:
+            diffs.append(f"{where}: missing after restore")
+        elif key not in expected:
+            diffs.append(f"{where}: unexpected after restore")
+        elif isinstance(expected[key], dict) and isinstance(actual[key], dict):
+            diffs.extend(compare_checks(expected[key], actual[key], where))
+        elif expected[key] != actual[key]:
+            diffs.append(f"{where}: expected {expected[key]!r}, found {actual[key]!r}")
+    return diffs

@@ -1,0 +1,125 @@
+"""Errors an operator can act on.
+
+Each class carries its exit code; each message names the object and the remedy
+(borg's habit). The CLI prints ``str(error)`` as one line and exits with
+``error.exit_code``; nothing here ever includes a secret.
+"""
+
+from __future__ import annotations
+
+
+class DRError(Exception):
+    """Base of every expected failure. Exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        # Prefect pickles task exceptions; keep the class and message intact.
+        return (self.__class__, (self.message,))
+
+
+class ConfigError(DRError):
+    """The stack file or a block is invalid (names the field). Exit 2."""
+
+    exit_code = 2
+
+
+class VaultError(DRError):
+    """The vault cannot be opened or written (missing, unwritable, full). Exit 3."""
+
+    exit_code = 3
+
+
+class FormatError(VaultError):
+    """A vault or manifest of a format/version this program does not understand. Exit 4."""
+
+    exit_code = 4
+
+
+class IntegrityError(DRError):
+    """A stored object is corrupt, truncated, reordered or missing. Exit 5."""
+
+    exit_code = 5
+
+
+class WrongKeyError(DRError):
+    """No configured passphrase or private key opens the backup. Exit 6."""
+
+    exit_code = 6
+
+
+class SourceUnavailableError(DRError):
+    """A source or restore target is down or refuses the login. Exit 7."""
+
+    exit_code = 7
+
+
+class BackupNotFoundError(DRError):
+    """No backup with that id (or none matching) in the vault. Exit 8."""
+
+    exit_code = 8
+
+
+class TargetNotEmptyError(DRError):
+    """The restore target already holds data and --force was not given. Exit 9."""
+
+    exit_code = 9
+
+
+class UnsafeArchiveError(IntegrityError):
+    """An archive member would escape the restore directory. Exit 10."""
+
+    exit_code = 10
+
+
+class LockedError(DRError):
+    """Another run holds the lock for this backup chain. Exit 11."""
+
+    exit_code = 11
+
+
+class VerificationError(DRError):
+    """The restored data does not match the checks recorded at backup time. Exit 12."""
+
+    exit_code = 12
+
+
+class EngineError(DRError):
+    """A dump/restore tool failed for a reason other than the above. Exit 13."""
+
+    exit_code = 13
+
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        DRError,
+        ConfigError,
+        VaultError,
+        FormatError,
+        IntegrityError,
+        WrongKeyError,
+        SourceUnavailableError,
+        BackupNotFoundError,
+        TargetNotEmptyError,
+        UnsafeArchiveError,
+        LockedError,
+        VerificationError,
+        EngineError,
+    )
+}
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """Replace every known secret in ``text`` with ``***`` (restic strips passwords too)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

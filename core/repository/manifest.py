@@ -1,0 +1,144 @@
+"""The manifest: the commit point of a backup (format v1, see docs/FORMAT.md).
+
+Built from typed models and serialised with sorted keys; never assembled by
+hand. The MAC (HMAC-SHA256 under a key derived from the backup's data key)
+covers every field, so a reader holding the key detects any edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from core.errors import FormatError, IntegrityError
+
+MANIFEST_FORMAT = "genesis-dr-manifest"
+MANIFEST_VERSION = 1
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+
+_ID_RE = re.compile(r"^backup_\d{8}_\d{6}_[0-9a-f]{8}$")
+
+
+def valid_backup_id(backup_id: str) -> bool:
+    return bool(_ID_RE.match(backup_id))
+
+
+class ChunkRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str  # of the stored object (checkable without keys)
+    stored: int
+    plain: int
+
+
+class StreamRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    chunks: list[ChunkRecord]
+    plain_bytes: int
+    stored_bytes: int
+    plain_sha256: str  # of the whole plaintext stream (checked after restore)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["genesis-dr-manifest"] = MANIFEST_FORMAT
+    version: int = MANIFEST_VERSION
+    id: str
+    source: str
+    kind: str
+    type: str
+    status: str
+    parent: str | None = None
+    labels: dict[str, str] = {}
+    target: str  # secret-free description of what was backed up
+    started_at: str
+    ended_at: str
+    compression: str
+    chunk_size: int
+    keys_sha256: str
+    streams: list[StreamRecord] = []
+    position: dict[str, Any] = {}
+    tool_versions: dict[str, str] = {}
+    sealed_checks: str | None = None  # base64 envelope: checks name tables/keys/files, so they are encrypted
+    error: str | None = None
+    mac: str | None = None
+
+    @property
+    def plain_bytes(self) -> int:
+        return sum(s.plain_bytes for s in self.streams)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.stored_bytes for s in self.streams)
+
+    def canonical(self, *, with_mac: bool = True) -> bytes:
+        data = self.model_dump(mode="json")
+        if not with_mac:
+            data.pop("mac", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    def sign(self, data_key: bytes) -> None:
+        self.mac = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
+
+    def verify(self, data_key: bytes) -> None:
+        expected = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
+        if not self.mac or not hmac.compare_digest(expected, self.mac):
+            raise IntegrityError(
+                f"backup {self.id}: manifest fails its MAC check (edited or corrupt); restore from another backup or replica"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """Small, secret-free record for listings, flow results and artifacts."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "kind": self.kind,
+            "type": self.type,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "plain_bytes": self.plain_bytes,
+            "stored_bytes": self.stored_bytes,
+            "position": self.position,
+            "labels": self.labels,
+            "error": self.error,
+        }
+
+
+def _mac_key(data_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"genesis-dr/v1/manifest-mac").derive(data_key)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """Parse and version-check a stored manifest."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise IntegrityError(f"{where}: manifest is not valid JSON (corrupt); restore from another backup or replica") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise FormatError(f"{where}: not a genesis-dr manifest; is this the right vault?")
+    if data.get("version") != MANIFEST_VERSION:
+        raise FormatError(
+            f"{where}: manifest version {data.get('version')!r} is not supported (this genesis-dr reads version "
+            f"{MANIFEST_VERSION}); upgrade genesis-dr"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise IntegrityError(f"{where}: manifest field {field!r} is invalid ({first['msg']}); the manifest is corrupt") from None

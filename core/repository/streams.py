@@ -1,0 +1,181 @@
+"""Writing and reading the chunked, sealed streams of one backup.
+
+Writer: plaintext is cut into fixed-size chunks; each is compressed, encrypted
+and stored by a small thread pool while the next is being read, with a bound on
+chunks in flight so memory stays flat whatever the stream's size. A chunk is
+sealed as non-final only once we know more data follows, so the last chunk
+always carries the "final" flag in its associated data (truncation shows).
+
+Reader: fetches and opens chunks ahead of the consumer (bounded), checks each
+stored object's SHA-256 against the manifest, then the GCM tag, then the whole
+stream's plaintext SHA-256 and length at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import BinaryIO, Callable, Iterator
+
+from core.crypto.envelope import Opener, Sealer
+from core.errors import IntegrityError
+from core.repository.manifest import ChunkRecord, StreamRecord
+from core.storage.base import Store
+from core.storage.local import ObjectNotFound
+
+IN_FLIGHT = 4
+
+
+def chunk_key(backup_id: str, stream: str, index: int) -> str:
+    return f"backups/{backup_id}/streams/{stream}/{index:08d}"
+
+
+class StreamWriter:
+    """File-like writer for one stream; ``close()`` returns its StreamRecord."""
+
+    def __init__(self, store: Store, sealer: Sealer, pool: ThreadPoolExecutor, backup_id: str, name: str, chunk_size: int):
+        self._store, self._sealer, self._pool = store, sealer, pool
+        self._backup_id, self.name, self._chunk_size = backup_id, name, chunk_size
+        self._buf = bytearray()
+        self._index = 0
+        self._hash = hashlib.sha256()
+        self._plain = 0
+        self._futures: deque[Future] = deque()
+        self._records: list[ChunkRecord] = []
+        self._slots = threading.Semaphore(IN_FLIGHT)
+        self.record: StreamRecord | None = None
+
+    def _store_chunk(self, index: int, final: bool, data: bytes) -> ChunkRecord:
+        try:
+            blob = self._sealer.seal(self.name, index, final, data)
+            self._store.put(chunk_key(self._backup_id, self.name, index), blob)
+            return ChunkRecord(sha256=hashlib.sha256(blob).hexdigest(), stored=len(blob), plain=len(data))
+        finally:
+            self._slots.release()
+
+    def _emit(self, data: bytes, final: bool) -> None:
+        self._hash.update(data)
+        self._plain += len(data)
+        self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered
+        self._futures.append(self._pool.submit(self._store_chunk, self._index, final, data))
+        self._index += 1
+        while self._futures and self._futures[0].done():
+            self._records.append(self._futures.popleft().result())
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        # Strictly more than one chunk buffered: we know this chunk is not the last.
+        while len(self._buf) > self._chunk_size:
+            chunk = bytes(self._buf[: self._chunk_size])
+            del self._buf[: self._chunk_size]
+            self._emit(chunk, final=False)
+        return len(data)
+
+    def close(self) -> StreamRecord:
+        if self.record is None:
+            self._emit(bytes(self._buf), final=True)
+            self._buf = bytearray()
+            while self._futures:
+                self._records.append(self._futures.popleft().result())
+            self.record = StreamRecord(
+                name=self.name,
+                chunks=self._records,
+                plain_bytes=self._plain,
+                stored_bytes=sum(c.stored for c in self._records),
+                plain_sha256=self._hash.hexdigest(),
+            )
+        return self.record
+
+    def abort(self) -> None:
+        """Wait for in-flight chunks so nothing writes after the caller cleans up."""
+        while self._futures:
+            try:
+                self._futures.popleft().result()
+            except Exception:
+                pass  # the backup is already failing with the original error
+
+
+class StreamReader:
+    """Yields the verified plaintext of one stream."""
+
+    def __init__(self, store: Store, opener: Opener, pool: ThreadPoolExecutor, backup_id: str, record: StreamRecord):
+        self._store, self._opener, self._pool = store, opener, pool
+        self._backup_id, self.record = backup_id, record
+
+    def _fetch(self, index: int) -> bytes:
+        rec = self.record.chunks[index]
+        key = chunk_key(self._backup_id, self.record.name, index)
+        try:
+            blob = self._store.get(key)
+        except ObjectNotFound:
+            raise IntegrityError(
+                f"backup {self._backup_id}: object {key} is missing (stream truncated); restore from another backup or replica"
+            ) from None
+        if len(blob) != rec.stored or hashlib.sha256(blob).hexdigest() != rec.sha256:
+            raise IntegrityError(
+                f"backup {self._backup_id}: object {key} does not match its SHA-256 in the manifest (corrupt); "
+                "restore from another backup or replica"
+            )
+        final = index == len(self.record.chunks) - 1
+        return self._opener.open(self.record.name, index, final, blob, f"backup {self._backup_id} object {key}")
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = len(self.record.chunks)
+        if total == 0:
+            raise IntegrityError(f"backup {self._backup_id}: stream {self.record.name} has no chunks; the manifest is corrupt")
+        digest, size = hashlib.sha256(), 0
+        ahead: deque[Future] = deque()
+        next_index = 0
+        try:
+            while next_index < total or ahead:
+                while next_index < total and len(ahead) < IN_FLIGHT:
+                    ahead.append(self._pool.submit(self._fetch, next_index))
+                    next_index += 1
+                data = ahead.popleft().result()
+                digest.update(data)
+                size += len(data)
+                yield data
+        finally:
+            for fut in ahead:
+                fut.cancel()
+        if size != self.record.plain_bytes or digest.hexdigest() != self.record.plain_sha256:
+            raise IntegrityError(
+                f"backup {self._backup_id}: stream {self.record.name} plaintext does not match its recorded SHA-256; "
+                "the restore is not trustworthy - restore from another backup"
+            )
+
+
+class IterReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte pieces."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._current:
+            try:
+                self._current = memoryview(next(self._pieces))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+
+@contextmanager
+def open_reader(pieces: Callable[[], Iterator[bytes]]) -> Iterator[BinaryIO]:
+    gen = pieces()
+    raw = IterReader(gen)
+    try:
+        yield io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[misc]
+    finally:
+        gen.close()

@@ -1,0 +1,16 @@
+"""Test configuration: real servers (one plugin module per kind) and Prefect's harness."""
+
+from __future__ import annotations
+
+import os
+
+# Tests weaken the KDF (borg does the same) and use small chunks so edge cases are cheap.
+os.environ.setdefault("GENESIS_DR_TEST_KDF_ITERATIONS", "1000")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+pytest_plugins = [
+    "tests.fixtures_postgres",
+    "tests.fixtures_mysql",
+    "tests.fixtures_redis",
+    "tests.fixtures_prefect",
+]

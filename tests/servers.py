@@ -1,0 +1,49 @@
+"""Shared helpers for starting throw-away servers in tests.
+
+Real servers only: a test that cannot find a binary fails (it never skips).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Absolute path of a server binary; fails the test run if it is missing."""
+    for cand in (name, *candidates):
+        found = shutil.which(cand) or (cand if os.path.isabs(cand) and os.access(cand, os.X_OK) else None)
+        if found:
+            return found
+    raise RuntimeError(f"required binary {name!r} not found on PATH; install it (see .ci/run)")
+
+
+def shared_tmpdir(prefix: str) -> Path:
+    """A temp dir that unprivileged service users (postgres, mysql) can enter."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o777)
+    return path
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
