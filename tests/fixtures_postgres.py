@@ -1,1 +1,358 @@
-"""Fixtures: see module docstring once written."""
+"""Real, throw-away PostgreSQL servers for tests, plus seed and snapshot helpers.
+
+``pg_server`` (and ``pg_server_b``, a second independent instance for
+"restore into another server") are session-scoped: ``initdb`` as the
+``postgres`` user with SCRAM password auth on TCP (so wrong-password tests
+are real) and trust on the unix socket, started with ``fsync=off`` on a free
+port under a shared temp dir, and stopped at session end.
+
+``seed_postgres(conn)`` creates realistic data (many types, NULLs, sequences
+advanced past their rows, a view, functions, a trigger, indexes, FKs, an enum,
+a second schema, a large object, owners and grants) containing ``PG_CANARY``;
+``snapshot_postgres(conn)`` returns everything a user would compare between
+the original and the restored database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from core.sources import PostgresSourceConfig
+from tests.servers import free_port, require_binary, shared_tmpdir
+
+PG_CANARY = "GENESIS-PG-CANARY-e41c7d9b"
+"""A distinctive string seeded into the data; must never appear in vault files."""
+
+_names = itertools.count(1)
+
+
+def _as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, **kwargs)
+
+
+@dataclass
+class PostgresServer:
+    """A running throw-away server; connect over TCP with ``password``."""
+
+    port: int
+    password: str
+    root: Path
+    pg_ctl: str
+    user: str = "postgres"
+    host: str = "127.0.0.1"
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    def config(self, name: str = "pg", database: str = "postgres", **overrides) -> PostgresSourceConfig:
+        """A source/target config for ``database`` on this server."""
+        fields = dict(
+            name=name, host=self.host, port=self.port, user=self.user, password=self.password, database=database
+        )
+        fields.update(overrides)
+        return PostgresSourceConfig(**fields)
+
+    def connect(self, database: str = "postgres") -> psycopg.Connection:
+        """An autocommit connection (caller closes it; use as a context manager)."""
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def create_database(self, name: str) -> str:
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def database_exists(self, name: str) -> bool:
+        with self.connect() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def fresh_database_name(self) -> str:
+        """A database name not used before in this session (not created)."""
+        return f"t{next(_names)}_{secrets.token_hex(3)}"
+
+    def start(self) -> None:
+        log = self.root / "server.log"
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
+            " -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=40"
+        )
+        _as_postgres(self.pg_ctl, "-D", str(self.datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        _as_postgres(self.pg_ctl, "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+
+
+def start_postgres_server(prefix: str = "gdr-pg-") -> PostgresServer:
+    """initdb + start a server as the ``postgres`` user; the caller stops it."""
+    initdb = require_binary("initdb", "/usr/lib/postgresql/15/bin/initdb")
+    pg_ctl = require_binary("pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl")
+    require_binary("postgres", "/usr/lib/postgresql/15/bin/postgres")
+    root = shared_tmpdir(prefix)
+    password = "pw-" + secrets.token_hex(8)
+    pwfile = root / "pwfile"
+    pwfile.write_text(password + "\n")
+    shutil.chown(pwfile, "postgres")
+    pwfile.chmod(0o600)
+    try:
+        _as_postgres(
+            initdb,
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+            "--no-instructions",
+        )
+    finally:
+        pwfile.unlink()
+    server = PostgresServer(port=free_port(), password=password, root=root, pg_ctl=pg_ctl)
+    server.start()
+    return server
+
+
+def _server_fixture(prefix: str):
+    server = start_postgres_server(prefix)
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            if not os.environ.get("GENESIS_DR_KEEP_TEST_SERVERS"):
+                shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The main throw-away PostgreSQL server of the test session."""
+    yield from _server_fixture("gdr-pg-a-")
+
+
+@pytest.fixture(scope="session")
+def pg_server_b():
+    """A second, independent server (its own roles): restores 'into another server'."""
+    yield from _server_fixture("gdr-pg-b-")
+
+
+@pytest.fixture
+def pg_database_name(pg_server: PostgresServer) -> str:
+    """A fresh database name on ``pg_server`` (not yet created)."""
+    return pg_server.fresh_database_name()
+
+
+# ---------------------------------------------------------------- seed / snapshot
+
+_SEED_SQL = """
+DO $$ BEGIN CREATE ROLE gdr_app_owner NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE gdr_app_reader NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+
+CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped', 'cancelled');
+
+CREATE TABLE customers (
+    id          integer GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL,
+    email       text UNIQUE,
+    balance     numeric(12, 2) NOT NULL DEFAULT 0,
+    ratio       double precision,
+    created_at  timestamptz NOT NULL,
+    birthday    date,
+    notes       text,
+    profile     jsonb
+);
+
+CREATE TABLE orders (
+    id          serial PRIMARY KEY,
+    customer_id integer NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+    amount      numeric NOT NULL CHECK (amount >= 0),
+    status      order_status NOT NULL DEFAULT 'new',
+    items       json,
+    payload     bytea,
+    placed_at   timestamp without time zone,
+    tags        text[]
+);
+CREATE INDEX orders_placed_at_idx ON orders (placed_at);
+CREATE INDEX orders_customer_status_idx ON orders (customer_id, status) WHERE status <> 'cancelled';
+
+CREATE TABLE audit_log (
+    id         bigserial PRIMARY KEY,
+    order_id   integer,
+    action     text NOT NULL,
+    logged_at  timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00'
+);
+
+CREATE FUNCTION log_order() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    INSERT INTO audit_log (order_id, action) VALUES (NEW.id, TG_OP);
+    RETURN NEW;
+END
+$f$;
+CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION log_order();
+
+CREATE FUNCTION customer_total(cust integer) RETURNS numeric LANGUAGE sql STABLE AS $f$
+    SELECT coalesce(sum(amount), 0) FROM orders WHERE customer_id = cust
+$f$;
+
+CREATE VIEW customer_totals AS
+    SELECT c.id, c.name, customer_total(c.id) AS total FROM customers c;
+
+CREATE SEQUENCE invoice_no START 5000;
+
+CREATE SCHEMA billing;
+CREATE TABLE billing.invoices (
+    invoice_no bigint PRIMARY KEY DEFAULT nextval('invoice_no'),
+    order_id   integer REFERENCES orders (id),
+    issued_on  date NOT NULL,
+    total      numeric(14, 4),
+    meta       jsonb
+);
+CREATE TABLE billing.empty_table (id int PRIMARY KEY, note text);
+CREATE SEQUENCE billing.never_used;
+ALTER TABLE billing.invoices OWNER TO gdr_app_owner;
+GRANT USAGE ON SCHEMA billing TO gdr_app_reader;
+GRANT SELECT ON billing.invoices TO gdr_app_reader;
+COMMENT ON TABLE customers IS 'people who buy things';
+
+INSERT INTO customers (name, email, balance, ratio, created_at, birthday, notes, profile)
+SELECT 'customer ' || i,
+       CASE WHEN i % 17 = 0 THEN NULL ELSE 'c' || i || '@example.com' END,
+       round((i * 37.13) % 10000, 2),
+       CASE WHEN i % 5 = 0 THEN NULL ELSE i / 7.0::float8 END,
+       timestamptz '2024-01-01 00:00:00+00' + i * interval '37 minutes',
+       CASE WHEN i % 3 = 0 THEN NULL ELSE date '1970-01-01' + i * 11 END,
+       CASE WHEN i % 4 = 0 THEN NULL ELSE md5(i::text) || E' line\\nbreak \\\\ "quoted" ''single'' \u00e9\u00fc\u4e2d' END,
+       jsonb_build_object('tier', i % 3, 'tags', jsonb_build_array('a', i), 'nested', jsonb_build_object('x', i * 1.5))
+FROM generate_series(1, 300) AS i;
+
+INSERT INTO customers (name, email, created_at, notes, ratio)
+VALUES ('canary', 'canary@example.com', '2024-02-29 12:34:56.789+00', '{canary} note', 1e-300),
+       ('extremes', NULL, '1999-12-31 23:59:59.999999+00', '', 'Infinity');
+
+INSERT INTO orders (customer_id, amount, status, items, payload, placed_at, tags)
+SELECT 1 + (i % 300),
+       (i * 3.7)::numeric(10, 2),
+       (ARRAY['new', 'paid', 'shipped', 'cancelled']::order_status[])[1 + i % 4],
+       CASE WHEN i % 6 = 0 THEN NULL ELSE json_build_object('sku', 'SKU-' || i, 'qty', i % 9) END,
+       CASE WHEN i % 7 = 0 THEN NULL ELSE decode(md5(i::text), 'hex') || '\\x00ff00'::bytea END,
+       timestamp '2024-03-01 08:00:00' + i * interval '5 minutes',
+       CASE WHEN i % 10 = 0 THEN NULL ELSE ARRAY['t' || (i % 4), 'x,y', NULL] END
+FROM generate_series(1, 1500) AS i;
+
+INSERT INTO billing.invoices (order_id, issued_on, total, meta)
+SELECT i, date '2024-03-02' + (i % 40), i * 1.2345, CASE WHEN i % 2 = 0 THEN '{"paid": true}'::jsonb END
+FROM generate_series(1, 400) AS i;
+
+-- Sequences advanced past their rows (a restore must not reuse ids).
+SELECT setval('orders_id_seq', 2000);
+SELECT setval(pg_get_serial_sequence('customers', 'id'), 777);
+SELECT nextval('invoice_no') FROM generate_series(1, 3);
+
+SELECT lo_from_bytea(0, convert_to('large object {canary}', 'UTF8'));
+"""
+
+
+def seed_postgres(conn: psycopg.Connection) -> None:
+    """Create realistic data (see module docstring) in the connected database."""
+    with conn.transaction():
+        conn.execute(_SEED_SQL.replace("{canary}", PG_CANARY))
+
+
+_FIXED_OUTPUT = (
+    "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; "
+    "SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'"
+)
+_USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+
+
+def _rows(conn, query: str) -> list[tuple]:
+    return [tuple(r) for r in conn.execute(query).fetchall()]
+
+
+def snapshot_postgres(conn: psycopg.Connection) -> dict:
+    """Everything a user would compare after a restore: rows, sequences, schema, owners, grants.
+
+    Rows are compared through their text form (exact, and NaN-safe), sorted.
+    """
+    conn.execute(_FIXED_OUTPUT)
+    out: dict = {"tables": {}, "sequences": {}}
+    tables = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND {_USER_NS} ORDER BY 1, 2",
+    )
+    for schema, table in tables:
+        ident = sql.Identifier(schema, table)
+        query = sql.SQL("SELECT t::text FROM ONLY {} t ORDER BY t::text COLLATE \"C\"").format(ident)
+        out["tables"][f"{schema}.{table}"] = [r[0] for r in conn.execute(query).fetchall()]
+    for schema, seq in _rows(
+        conn,
+        f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'S' AND {_USER_NS} ORDER BY 1, 2",
+    ):
+        query = sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, seq))
+        out["sequences"][f"{schema}.{seq}"] = tuple(conn.execute(query).fetchone())
+    out["views"] = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname, pg_get_viewdef(c.oid) FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm') AND {_USER_NS} ORDER BY 1, 2",
+    )
+    out["functions"] = _rows(
+        conn,
+        f"SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p "
+        f"JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_USER_NS} ORDER BY 1",
+    )
+    out["indexes"] = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname, pg_get_indexdef(c.oid) FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'i' AND {_USER_NS} ORDER BY 1, 2",
+    )
+    out["constraints"] = _rows(
+        conn,
+        f"SELECT n.nspname, co.conrelid::regclass::text, co.conname, pg_get_constraintdef(co.oid) "
+        f"FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace WHERE {_USER_NS} ORDER BY 1, 2, 3",
+    )
+    out["triggers"] = _rows(
+        conn, "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE NOT t.tgisinternal ORDER BY 1"
+    )
+    out["types"] = _rows(
+        conn,
+        "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)::text FROM pg_type t "
+        "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY 1 ORDER BY 1",
+    )
+    out["comments"] = _rows(
+        conn,
+        "SELECT c.relname, d.description FROM pg_description d JOIN pg_class c ON c.oid = d.objoid "
+        "WHERE d.classoid = 'pg_class'::regclass ORDER BY 1",
+    )
+    out["large_objects"] = _rows(
+        conn, "SELECT oid::bigint, encode(lo_get(oid), 'escape') FROM pg_largeobject_metadata ORDER BY 1"
+    )
+    out["owners"] = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v', 'S') AND {_USER_NS} "
+        "ORDER BY 1, 2",
+    )
+    return out

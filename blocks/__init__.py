@@ -1,0 +1,8 @@
+"""Prefect Block types: configuration and credentials only, one factory method each."""
+
+from blocks.keys import VaultKey
+from blocks.sources import FilesSource, MySQLSource, PostgresSource, RedisSource
+from blocks.stack import DRStack
+from blocks.vault import LocalVault
+
+__all__ = ["DRStack", "FilesSource", "LocalVault", "MySQLSource", "PostgresSource", "RedisSource", "VaultKey"]

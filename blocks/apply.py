@@ -1,0 +1,38 @@
+"""Turn a stack file into blocks (idempotent: saving again overwrites)."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from prefect.exceptions import ObjectNotFound
+
+from blocks.keys import VaultKey
+from blocks.sources import SOURCE_BLOCKS
+from blocks.stack import DRStack
+from blocks.vault import LocalVault
+from core.errors import ConfigError
+from core.stack import StackConfig
+
+
+def apply_stack(config: StackConfig) -> list[str]:
+    """Save every block of ``config``; returns the block slugs written."""
+    written: list[str] = []
+    refs: dict[str, str] = {}
+    for src in config.sources:
+        doc = f"{config.stack}-{src.name}"
+        SOURCE_BLOCKS[src.kind].model_validate(src.model_dump()).save(doc, overwrite=True)
+        refs[src.name] = f"{src.kind}:{doc}"
+        written.append(f"{src.kind}-source/{doc}")
+    LocalVault.model_validate(config.vault.model_dump()).save(config.stack, overwrite=True)
+    VaultKey.model_validate(config.encryption.model_dump()).save(config.stack, overwrite=True)
+    DRStack(sources=refs, vault=config.stack, key=config.stack).save(config.stack, overwrite=True)
+    written += [f"local-vault/{config.stack}", f"vault-key/{config.stack}", f"dr-stack/{config.stack}"]
+    return written
+
+
+def load_stack(name: str) -> StackConfig:
+    """The stack saved under ``name`` (ConfigError with the remedy if absent)."""
+    try:
+        block: Block = DRStack.load(name)
+    except (ValueError, ObjectNotFound):
+        raise ConfigError(f"no stack named {name!r} is registered; run 'genesis-dr apply <stack file>' first") from None
+    return block.get_config()

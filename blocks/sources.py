@@ -1,0 +1,86 @@
+"""Source blocks. Fields come from the core config models (one definition),
+so the Prefect UI form, the YAML stack file and the engines agree."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+
+from core.engines import engine_for
+from core.engines.base import Engine
+from core.sources import FilesSourceConfig, MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig
+
+
+class _SourceBlock(Block):
+    _config_model: type = None  # type: ignore[assignment]
+
+    def to_config(self):
+        fields = self._config_model.model_fields
+        return self._config_model.model_validate({k: getattr(self, k) for k in fields})
+
+    def get_engine(self) -> Engine:
+        """The core engine for this source."""
+        return engine_for(self.to_config())
+
+
+class PostgresSource(_SourceBlock, PostgresSourceConfig):
+    """A PostgreSQL database backed up with pg_dump (password is a secret).
+
+    Example:
+        ```python
+        from blocks import PostgresSource
+        engine = PostgresSource.load("default-app-db").get_engine()
+        ```
+    """
+
+    _block_type_name = "Postgres Source"
+    _config_model = PostgresSourceConfig
+
+
+class MySQLSource(_SourceBlock, MySQLSourceConfig):
+    """A MariaDB/MySQL database dumped in one consistent transaction with binlog coordinates.
+
+    Example:
+        ```python
+        from blocks import MySQLSource
+        engine = MySQLSource.load("default-app-mysql").get_engine()
+        ```
+    """
+
+    _block_type_name = "MySQL Source"
+    _config_model = MySQLSourceConfig
+
+
+class RedisSource(_SourceBlock, RedisSourceConfig):
+    """A Redis server: RDB snapshot over replication sync, or logical DUMP/RESTORE.
+
+    Example:
+        ```python
+        from blocks import RedisSource
+        engine = RedisSource.load("default-cache").get_engine()
+        ```
+    """
+
+    _block_type_name = "Redis Source"
+    _config_model = RedisSourceConfig
+
+
+class FilesSource(_SourceBlock, FilesSourceConfig):
+    """Application files and config: a tar stream of paths below a root.
+
+    Example:
+        ```python
+        from blocks import FilesSource
+        engine = FilesSource.load("default-app-files").get_engine()
+        ```
+    """
+
+    _block_type_name = "Files Source"
+    _config_model = FilesSourceConfig
+
+
+SOURCE_BLOCKS: dict[str, type[_SourceBlock]] = {
+    "postgres": PostgresSource,
+    "mysql": MySQLSource,
+    "redis": RedisSource,
+    "files": FilesSource,
+}

@@ -1,0 +1,196 @@
+"""The genesis-dr command: each operation runs the corresponding Prefect flow.
+
+Expected failures print one line ``genesis-dr: error: ...`` and exit with the
+error's documented code (see README, "Exit codes"); never a traceback, never a
+secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from core.errors import ConfigError, DRError  # noqa: E402
+
+
+class _QuietExpectedErrors(logging.Filter):
+    """Keep Prefect's console handler from printing tracebacks for expected (DRError) failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, DRError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    seen = set()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            if id(handler) not in seen:
+                handler.addFilter(_QuietExpectedErrors())
+                seen.add(id(handler))
+
+
+def _targets(pairs: list[str]) -> dict:
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--target {pair!r}: expected KEY=VALUE, e.g. --target database=app_restored")
+        out[key] = int(value) if value.isdigit() and key in ("port", "db") else value
+    return out
+
+
+def _print_backups(results: list[dict]) -> None:
+    from flows.reporting import human_bytes
+
+    for r in results:
+        print(
+            f"{r['source']}: {r['status']} {r['id']}  {human_bytes(r['plain_bytes'])} -> "
+            f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
+        )
+    for r in results:
+        print(f"  restore with: genesis-dr restore --source {r['source']} --backup-id {r['id']} --target ...  (add --dry-run to see the plan)")
+
+
+def cmd_apply(args) -> int:
+    from blocks.apply import apply_stack
+    from core.stack import load_stack_file
+
+    config = load_stack_file(args.file)
+    for slug in apply_stack(config):
+        print(f"saved block {slug}")
+    print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.path}")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from flows.backup import backup
+
+    if args.type != "full":
+        raise ConfigError(f"backup type {args.type!r} is not available yet; use 'genesis-dr backup full'")
+    results = backup(stack=args.stack, backup_type=args.type, sources=args.source or None)
+    _print_backups(results)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from blocks.apply import load_stack
+    from flows.reporting import human_bytes
+
+    config = load_stack(args.stack)
+    manifests = config.vault.open().list_backups(args.source)
+    if args.json:
+        print(json.dumps([m.summary() for m in manifests], indent=2, sort_keys=True))
+        return 0
+    if not manifests:
+        print(f"no backups in {config.vault.path}")
+        return 0
+    print(f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<9} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  POSITION")
+    for m in manifests:
+        pos = ", ".join(f"{k}={v}" for k, v in m.position.items() if not isinstance(v, (dict, list)))[:60]
+        label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
+        print(
+            f"{m.id:<34} {m.source:<14} {m.type:<6} {m.status:<9} {m.ended_at:<24} {human_bytes(m.plain_bytes):>10} "
+            f"{human_bytes(m.stored_bytes):>10}  {pos}{label}"
+        )
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from flows.restore import restore
+
+    target_time = datetime.fromisoformat(args.target_time.replace("Z", "+00:00")) if args.target_time else None
+    out = restore(
+        source=args.source,
+        stack=args.stack,
+        backup_id=args.backup_id,
+        target_time=target_time,
+        target=_targets(args.target) or None,
+        target_source=args.target_source,
+        dry_run=args.dry_run,
+        force=args.force,
+    )
+    if out["dry_run"]:
+        print("dry run: nothing was changed")
+        return 0
+    rep = out["report"]
+    print(f"restored {rep['backup_id']} into {rep['target']} in {rep['seconds']:.1f}s; verified {rep['verified_checks']} checks")
+    if rep["rollback_backup_id"]:
+        print(f"rollback point: {rep['rollback_backup_id']} (restore it to undo)")
+    return 0
+
+
+def cmd_key(args) -> int:
+    from core.crypto.keys import fingerprint, generate_x25519_keypair
+
+    private, public = generate_x25519_keypair()
+    print(f"x25519_public_keys: [{public}]   # fingerprint {fingerprint(public)}")
+    print(f"x25519_private_key: {private}   # keep offline; needed to restore")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genesis-dr", description="Disaster recovery for PostgreSQL, MariaDB/MySQL, Redis and files.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("apply", help="register a stack file as Prefect blocks")
+    a.add_argument("file")
+    a.set_defaults(func=cmd_apply)
+
+    b = sub.add_parser("backup", help="run the backup flow")
+    b.add_argument("type", choices=["full", "differential", "incremental"])
+    b.add_argument("--stack", default="default")
+    b.add_argument("--source", action="append", help="back up only this source (repeatable)")
+    b.set_defaults(func=cmd_backup)
+
+    ls = sub.add_parser("list", help="list backups in the stack's vault")
+    ls.add_argument("--stack", default="default")
+    ls.add_argument("--source")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    r = sub.add_parser("restore", help="run the restore flow")
+    r.add_argument("--stack", default="default")
+    r.add_argument("--source", required=True)
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backup-id")
+    which.add_argument("--target-time", help="ISO time; restores the newest backup at or before it")
+    r.add_argument("--target", action="append", metavar="KEY=VALUE", help="override a target setting, e.g. database=app_copy")
+    r.add_argument("--target-source", help="restore into another source of the stack")
+    r.add_argument("--mode", choices=["full"], default="full", help=argparse.SUPPRESS)
+    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.add_argument("--force", action="store_true", help="restore over existing data (after a rollback backup)")
+    r.set_defaults(func=cmd_restore)
+
+    k = sub.add_parser("key", help="key management")
+    k.add_argument("action", choices=["generate"])
+    k.set_defaults(func=cmd_key)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import prefect  # noqa: F401  (sets up Prefect's logging before we filter it)
+
+        _quiet_prefect_tracebacks()
+        return args.func(args)
+    except DRError as exc:
+        print(f"genesis-dr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("genesis-dr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The declarative stack: sources, vault and encryption, read from YAML.
+
+``${VAR}`` and ``${VAR:-default}`` in the YAML are replaced from the
+environment, so the source documents' variables (DB_HOST, DB_PASSWORD,
+BACKUP_ROOT_DIR, BACKUP_ENCRYPTION_PASSWORD, ...) drive the stack file. Unknown
+or misspelt fields are refused with the field's path and a suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from core.crypto.keys import Keyring
+from core.errors import ConfigError
+from core.repository.vault import Vault
+from core.sources import (
+    FilesSourceConfig,
+    MySQLSourceConfig,
+    PostgresSourceConfig,
+    RedisSourceConfig,
+    SourceConfig,
+)
+from core.storage.local import LocalStore
+
+SOURCE_MODELS = {
+    "postgres": PostgresSourceConfig,
+    "mysql": MySQLSourceConfig,
+    "redis": RedisSourceConfig,
+    "files": FilesSourceConfig,
+}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+
+
+class VaultConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["local"] = "local"
+    path: str = Field(description="Directory of the vault (created on first backup).")
+    compression: Literal["zstd", "gzip"] = "zstd"
+
+    def open(self, create: bool = False) -> Vault:
+        return Vault.open(LocalStore(self.path), create=create)
+
+
+class EncryptionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    passphrase: SecretStr | None = None
+    x25519_public_keys: list[str] = Field(default_factory=list)
+    x25519_private_key: SecretStr | None = None
+
+    def keyring(self) -> Keyring:
+        return Keyring(
+            passphrase=self.passphrase.get_secret_value() if self.passphrase else None,
+            public_keys=list(self.x25519_public_keys),
+            private_keys=[self.x25519_private_key.get_secret_value()] if self.x25519_private_key else [],
+        )
+
+
+class StackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stack: str = "default"
+    vault: VaultConfig
+    encryption: EncryptionConfig
+    sources: list[SourceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> "StackConfig":
+        if not _NAME.match(self.stack):
+            raise ValueError(f"stack name {self.stack!r} must be lowercase letters, digits and dashes")
+        seen: set[str] = set()
+        for src in self.sources:
+            if not _NAME.match(src.name):
+                raise ValueError(f"source name {src.name!r} must be lowercase letters, digits and dashes")
+            if src.name in seen:
+                raise ValueError(f"source name {src.name!r} is used twice")
+            seen.add(src.name)
+        if not (self.encryption.passphrase or self.encryption.x25519_public_keys):
+            raise ValueError(
+                "encryption needs a passphrase (or BACKUP_ENCRYPTION_PASSWORD) or x25519_public_keys"
+            )
+        return self
+
+    def source(self, name: str) -> Any:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources)
+        raise ConfigError(f"stack '{self.stack}' has no source {name!r} (known: {known}); check --source")
+
+    def keyring(self) -> Keyring:
+        return self.encryption.keyring()
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, where: str, env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+
+    def sub(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set; export it or give a default as ${{{name}:-value}}")
+
+    return _VAR.sub(sub, text)
+
+
+def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
+    # A misspelt field shows as "unknown" and "missing"; the unknown one carries the better hint.
+    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    loc = list(err["loc"])
+    # Discriminated unions put the kind tag in the path; drop it and name the source instead.
+    label, parent = [], data
+    model: type[BaseModel] | None = StackConfig
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            label[-1] = f"{label[-1]}[{part}]"
+            item = parent[part] if isinstance(parent, list) and part < len(parent) else {}
+            if isinstance(item, dict) and "name" in item:
+                label[-1] += f" ({item['name']})"
+            parent = item
+            if loc[0] == "sources":
+                model = SOURCE_MODELS.get(item.get("kind")) if isinstance(item, dict) else None
+            continue
+        if i > 0 and loc[0] == "sources" and part in SOURCE_MODELS and i == 2:
+            continue
+        label.append(str(part))
+        if isinstance(parent, dict):
+            parent = parent.get(part, {})
+        if loc[0] in ("vault", "encryption") and i == 0:
+            model = VaultConfig if part == "vault" else EncryptionConfig
+    field = ".".join(label) or "stack"
+    if err["type"] == "extra_forbidden":
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(known)}"
+        return ConfigError(f"{where}: unknown field '{field}'; {hint}")
+    if err["type"] == "missing":
+        return ConfigError(f"{where}: missing required field '{field}'; add it to the stack file")
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return ConfigError(f"{where}: '{field}' needs 'kind' as one of {', '.join(SOURCE_MODELS)}")
+    msg = err["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{where}: field '{field}': {msg}")
+
+
+def parse_stack(data: Any, where: str) -> StackConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a stack file is a mapping with vault, encryption and sources")
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _field_error(exc, data, where) from None
+
+
+def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> StackConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"stack file {path}: {exc.strerror}; check the path") from None
+    text = interpolate(text, str(path), env)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"stack file {path}: not valid YAML{at}; fix the syntax") from None
+    stack = parse_stack(data, str(path))
+    # Relative vault/files paths are relative to the stack file, not the caller's cwd.
+    base = path.resolve().parent
+    stack.vault.path = str((base / stack.vault.path).resolve()) if not os.path.isabs(stack.vault.path) else stack.vault.path
+    for src in stack.sources:
+        if isinstance(src, FilesSourceConfig) and not os.path.isabs(src.root):
+            src.root = str((base / src.root).resolve())
+    return stack

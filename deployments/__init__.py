@@ -1,0 +1,1 @@
+"""Deployment helpers and monitoring assets (alert rules, dashboards) live here."""

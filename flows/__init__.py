@@ -1,0 +1,1 @@
+"""Prefect flows: each reads like a runbook; the work is in core."""

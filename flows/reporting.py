@@ -1,0 +1,56 @@
+"""Shared flow helpers: collect per-source outcomes, publish artifacts, decide the final state."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact
+
+from core.errors import DRError
+
+
+class PartialFailureError(DRError):
+    """Some sources failed; the flow ends Failed after the others finished."""
+
+
+def collect(futures: dict) -> tuple[list[dict], dict[str, BaseException]]:
+    """Wait for every future; one failed source does not stop the others."""
+    results, failures = [], {}
+    for name, future in futures.items():
+        try:
+            results.append(future.result())
+        except BaseException as exc:  # collected and re-raised below, never swallowed
+            failures[name] = exc
+    return results, failures
+
+
+def raise_failures(failures: dict[str, BaseException], what: str) -> None:
+    if not failures:
+        return
+    if len(failures) == 1:
+        raise next(iter(failures.values()))
+    detail = "; ".join(f"{name}: {exc}" for name, exc in failures.items())
+    codes = {getattr(exc, "exit_code", 1) for exc in failures.values()}
+    error = PartialFailureError(f"{len(failures)} {what} failed - {detail}")
+    error.exit_code = codes.pop() if len(codes) == 1 else 1
+    raise error
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def publish_backup_table(results: list[dict], failures: dict[str, BaseException]) -> None:
+    rows = ["| source | backup id | status | size | stored | position |", "|---|---|---|---|---|---|"]
+    for r in results:
+        pos = ", ".join(f"{k}={v}" for k, v in list(r["position"].items())[:3])
+        rows.append(
+            f"| {r['source']} | `{r['id']}` | {r['status']} | {human_bytes(r['plain_bytes'])} | "
+            f"{human_bytes(r['stored_bytes'])} | {pos} |"
+        )
+    for name, exc in failures.items():
+        rows.append(f"| {name} | - | FAILED | - | - | {str(exc)[:200]} |")
+    create_markdown_artifact("\n".join(rows), key="backup-summary", description="Backups taken by this run")

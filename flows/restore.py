@@ -1,0 +1,48 @@
+"""restore: plan, refuse or take a rollback point, restore, verify."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from core.errors import TargetNotEmptyError
+from tasks.restore import plan_restore_task, restore_backup_task
+
+
+def _plan_markdown(plan: dict) -> str:
+    lines = [f"### Restore plan for `{plan['source']}`", "", f"- backup: `{plan['backup_id']}` ({plan['backup_time']})"]
+    lines += [f"- target: {plan['target']}", ""]
+    lines += [f"{i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    if plan["refusal"]:
+        lines += ["", f"**Refused:** {plan['refusal']}"]
+    return "\n".join(lines)
+
+
+@flow(name="restore", log_prints=True)
+def restore(
+    source: str,
+    stack: str = "default",
+    backup_id: str | None = None,
+    target_time: datetime | None = None,
+    target: dict[str, str | int] | None = None,
+    target_source: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> dict:
+    """Restore a backup of ``source`` (by id, or the newest at/before ``target_time``).
+
+    ``target`` overrides non-secret connection fields (e.g. ``{"database": "app_copy"}``);
+    ``target_source`` restores into another source of the stack. A target holding
+    data is refused unless ``force``, which takes a rollback backup first.
+    """
+    plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force)
+    create_markdown_artifact(_plan_markdown(plan), key="restore-plan", description="What this restore does")
+    if dry_run:
+        print(_plan_markdown(plan))
+        return {"plan": plan, "dry_run": True}
+    if plan["refusal"]:
+        raise TargetNotEmptyError(f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)")
+    report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
+    return {"plan": plan, "report": report, "dry_run": False}

@@ -1,0 +1,1 @@
+"""@task adapters: load config, call one core function, return a small result."""

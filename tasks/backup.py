@@ -1,0 +1,42 @@
+"""Backup tasks."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from blocks.apply import load_stack
+from core import operations
+from core.engines import engine_for
+
+
+@task(name="select-sources", retries=0)
+def select_sources(stack: str, sources: list[str] | None) -> list[str]:
+    """The source names to back up (all of the stack's by default)."""
+    config = load_stack(stack)
+    if not sources:
+        return [s.name for s in config.sources]
+    return [config.source(name).name for name in sources]  # ConfigError names an unknown one
+
+
+@task(name="backup-source", task_run_name="backup-{source}-{backup_type}", retries=0)
+def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
+    """Dump one source into the vault; returns the manifest summary (ids, sizes, position)."""
+    config = load_stack(stack)
+    vault = config.vault.open(create=True)
+    manifest = operations.backup_source(
+        vault,
+        config.keyring(),
+        engine_for(config.source(source)),
+        backup_type,
+        compression=config.vault.compression,
+    )
+    summary = manifest.summary() | {"vault": vault.describe()}
+    get_run_logger().info(
+        "%s: %s backup %s committed, %d bytes -> %d stored",
+        source,
+        backup_type,
+        manifest.id,
+        manifest.plain_bytes,
+        manifest.stored_bytes,
+    )
+    return summary

@@ -1,0 +1,43 @@
+"""Restore tasks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import task
+
+from blocks.apply import load_stack
+from core import operations
+from core.engines import engine_for
+from core.plan import plan_restore, restore_target
+
+
+@task(name="plan-restore")
+def plan_restore_task(
+    stack: str,
+    source: str,
+    backup_id: str | None,
+    target_time: datetime | None,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+) -> dict:
+    """Choose the backup and describe what a restore would do (reads only)."""
+    config = load_stack(stack)
+    target_config = restore_target(config, source, target, target_source)
+    engine = engine_for(target_config)
+    engine.ping()
+    manifests = config.vault.open().list_backups(source)
+    plan = plan_restore(manifests, source, backup_id, target_time, engine.describe(), engine.has_data(), force)
+    return plan.to_dict()
+
+
+@task(name="restore-backup", task_run_name="restore-{backup_id}")
+def restore_backup_task(
+    stack: str, source: str, backup_id: str, target: dict | None, target_source: str | None, force: bool
+) -> dict:
+    """Restore one backup into its target, verify it, return the report."""
+    config = load_stack(stack)
+    engine = engine_for(restore_target(config, source, target, target_source))
+    report = operations.restore_backup(config.vault.open(), config.keyring(), backup_id, engine, force=force)
+    return report.to_dict()
