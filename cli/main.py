@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from datetime import datetime
 
+from pathlib import Path  # noqa: E402
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Set before Prefect is imported: its console handler then drops tracebacks of expected failures.
+os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
 
 from core.errors import ConfigError, DRError  # noqa: E402
-
-
-class _QuietExpectedErrors(logging.Filter):
-    """Keep Prefect's console handler from printing tracebacks for expected (DRError) failures."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, DRError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _quiet_prefect_tracebacks() -> None:
-    seen = set()
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
-        for handler in logging.getLogger(name).handlers:
-            if id(handler) not in seen:
-                handler.addFilter(_QuietExpectedErrors())
-                seen.add(id(handler))
 
 
 def _targets(pairs: list[str]) -> dict:
@@ -120,6 +103,9 @@ def cmd_restore(args) -> int:
         force=args.force,
     )
     if out["dry_run"]:
+        from core.plan import render_plan
+
+        print(render_plan(out["plan"]))
         print("dry run: nothing was changed")
         return 0
     rep = out["report"]
@@ -180,9 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import prefect  # noqa: F401  (sets up Prefect's logging before we filter it)
-
-        _quiet_prefect_tracebacks()
         return args.func(args)
     except DRError as exc:
         print(f"genesis-dr: error: {exc}", file=sys.stderr)

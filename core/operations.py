@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from core.crypto.keys import Keyring
+from core.engines import engine_for
 from core.engines.base import Engine, compare_checks
 from core.errors import DRError, TargetNotEmptyError, VerificationError
 from core.repository.manifest import Manifest
@@ -104,7 +105,7 @@ def restore_backup(
     reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before touching the target
     try:
         manifest = reader.manifest
-        engine.ping()
+        engine.ping_target()
         rollback_id = None
         if engine.has_data():
             if not force:
@@ -114,7 +115,10 @@ def restore_backup(
                 )
             if rollback:
                 rollback_id = backup_source(
-                    vault, keyring, engine, "full", labels={"purpose": "rollback", "before_restore_of": backup_id}
+                    vault,
+                    keyring,
+                    engine_for(engine.rollback_config()),
+                    "full", labels={"purpose": "rollback", "before_restore_of": backup_id}
                 ).id
         with vault.lock(f"restore-{engine.config.name}", f"restore of {backup_id}"):
             engine.restore(reader, reader.result)

@@ -128,3 +128,16 @@ def plan_restore(
     plan.steps.append(f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated")
     plan.steps.append("verify the target against the checks recorded at backup time")
     return plan
+
+
+def render_plan(plan: dict) -> str:
+    """The plan as text (markdown-friendly) for --dry-run and the run's artifact."""
+    lines = [
+        f"Restore plan for {plan['source']}",
+        f"  backup: {plan['backup_id']} ({plan['backup_type']}, {plan['backup_time']}, {plan['plain_bytes']} bytes)",
+        f"  target: {plan['target']}{' (holds data)' if plan['target_has_data'] else ''}",
+    ]
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    if plan["refusal"]:
+        lines.append(f"  REFUSED: {plan['refusal']}")
+    return "\n".join(lines)

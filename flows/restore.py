@@ -8,16 +8,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from core.errors import TargetNotEmptyError
+from core.plan import render_plan
 from tasks.restore import plan_restore_task, restore_backup_task
-
-
-def _plan_markdown(plan: dict) -> str:
-    lines = [f"### Restore plan for `{plan['source']}`", "", f"- backup: `{plan['backup_id']}` ({plan['backup_time']})"]
-    lines += [f"- target: {plan['target']}", ""]
-    lines += [f"{i}. {step}" for i, step in enumerate(plan["steps"], 1)]
-    if plan["refusal"]:
-        lines += ["", f"**Refused:** {plan['refusal']}"]
-    return "\n".join(lines)
 
 
 @flow(name="restore", log_prints=True)
@@ -38,9 +30,8 @@ def restore(
     data is refused unless ``force``, which takes a rollback backup first.
     """
     plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force)
-    create_markdown_artifact(_plan_markdown(plan), key="restore-plan", description="What this restore does")
+    create_markdown_artifact(f"```\n{render_plan(plan)}\n```", key="restore-plan", description="What this restore does")
     if dry_run:
-        print(_plan_markdown(plan))
         return {"plan": plan, "dry_run": True}
     if plan["refusal"]:
         raise TargetNotEmptyError(f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)")

@@ -26,7 +26,7 @@ def plan_restore_task(
     config = load_stack(stack)
     target_config = restore_target(config, source, target, target_source)
     engine = engine_for(target_config)
-    engine.ping()
+    engine.ping_target()
     manifests = config.vault.open().list_backups(source)
     plan = plan_restore(manifests, source, backup_id, target_time, engine.describe(), engine.has_data(), force)
     return plan.to_dict()

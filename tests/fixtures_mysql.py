@@ -1,1 +1,351 @@
-"""Fixtures: see module docstring once written."""
+"""A throw-away MariaDB server for the tests, plus realistic seed data and a snapshot to compare.
+
+One ``mariadbd`` per test session (install + start take a second or two), with
+the binlog on (``--log-bin``, ``--server-id``) so dumps carry coordinates, and
+real authentication: tests log in as ``dr`` with a password full of characters
+that need quoting, over TCP on a free port. ``--no-defaults`` keeps the host's
+/etc/mysql configuration out. Each test takes its own database names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from pydantic import SecretStr
+
+from core.sources import MySQLSourceConfig
+from tests.servers import free_port, require_binary, wait_for_port
+
+DR_USER = "dr"
+# Distinctive text seeded into the data; must never appear in plaintext in a vault.
+CANARY = "Zürich-canary-Ωmega-4471 ✓"
+
+
+class MySQLServer:
+    """A running mariadbd: connection details and helpers for tests."""
+
+    def __init__(self, root: Path, port: int, password: str) -> None:
+        self.root, self.port, self.password = root, port, password
+        self.socket = str(root / "mysqld.sock")
+        self._names = itertools.count(1)
+
+    def config(self, name: str = "app-db", database: str = "app", **overrides: Any) -> MySQLSourceConfig:
+        values: dict[str, Any] = dict(
+            name=name,
+            host="127.0.0.1",
+            port=self.port,
+            user=DR_USER,
+            password=SecretStr(self.password),
+            database=database,
+        )
+        values.update(overrides)
+        return MySQLSourceConfig(**values)
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=DR_USER,
+            password=self.password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
+
+    def fresh_database_name(self, prefix: str = "db") -> str:
+        """A database name no test has used yet (not created)."""
+        return f"{prefix}_{next(self._names)}_{secrets.token_hex(3)}"
+
+    def create_database(self, prefix: str = "src", collation: str = "utf8mb4_unicode_ci") -> str:
+        name = self.fresh_database_name(prefix)
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collation}")
+        return name
+
+
+def _start(root: Path, binlog: bool = True) -> tuple[subprocess.Popen, MySQLServer]:
+    install = require_binary("mariadb-install-db", "mysql_install_db")
+    server = require_binary("mariadbd", "/usr/sbin/mariadbd", "mysqld", "/usr/sbin/mysqld")
+    datadir = root / "data"
+    subprocess.run(
+        [
+            install,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    # Quotes, backslash, '#', ';' and spaces: the option-file quoting must survive them.
+    password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
+    proc = subprocess.Popen(
+        [
+            server,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--socket={root / 'mysqld.sock'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            *([f"--log-bin={root / 'binlog'}", "--server-id=1"] if binlog else []),
+            "--user=root",
+            f"--pid-file={root / 'mysqld.pid'}",
+            f"--log-error={root / 'error.log'}",
+            "--skip-name-resolve",
+            "--event-scheduler=OFF",  # seeded events must not change data under the tests
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-log-file-size=16M",
+            "--innodb-flush-log-at-trx-commit=2",  # throw-away server: skip fsync per commit
+            "--sync-binlog=0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc, timeout=60)
+    except RuntimeError:
+        log = (root / "error.log").read_text(errors="replace")[-2000:]
+        proc.kill()
+        raise RuntimeError(f"mariadbd did not start:\n{log}") from None
+    mysql = MySQLServer(root, port, password)
+    # Over the socket as root (no password yet): create the dr account for TCP logins.
+    admin = pymysql.connect(unix_socket=mysql.socket, user="root", autocommit=True)
+    with admin, admin.cursor() as cur:
+        for host in ("127.0.0.1", "localhost"):
+            cur.execute(f"CREATE USER '{DR_USER}'@'{host}' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{DR_USER}'@'{host}' WITH GRANT OPTION")
+        cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (password,))
+    return proc, mysql
+
+
+@contextmanager
+def _running(binlog: bool) -> Iterator[MySQLServer]:
+    root = Path(tempfile.mkdtemp(prefix="genesis-dr-mariadb-"))
+    proc, server = _start(root, binlog)
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MySQLServer]:
+    """A MariaDB server with the binlog on, for the whole test session."""
+    with _running(binlog=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mysql_server_without_binlog() -> Iterator[MySQLServer]:
+    """A MariaDB server with the binlog off (backups must still work, without coordinates)."""
+    with _running(binlog=False) as server:
+        yield server
+
+
+# --- data --------------------------------------------------------------------
+
+BINARY_BYTES = bytes(range(256)) + b"\x00\x00'\"\\\r\n\x1a"
+
+
+def seed_mysql(conn: pymysql.connections.Connection) -> None:
+    """Fill the connection's (empty) database with data of every awkward kind.
+
+    InnoDB tables with a foreign key; ints, decimals, unicode varchar/text,
+    JSON, BLOBs with every byte value, datetimes, NULLs next to empty strings;
+    an AUTO_INCREMENT counter past its rows; a view, a procedure, a function,
+    a trigger and an event. Finally the database's default collation changes
+    after its routines were written, as happens to long-lived schemas (the
+    dump then emits ``ALTER DATABASE`` around each routine).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """CREATE TABLE customers (
+                id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                name VARCHAR(120) NOT NULL,
+                email VARCHAR(190) NULL UNIQUE,
+                balance DECIMAL(14,4) NOT NULL DEFAULT 0,
+                notes TEXT NULL,
+                created_at DATETIME(6) NOT NULL,
+                profile JSON NULL
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"""
+        )
+        cur.execute(
+            """CREATE TABLE orders (
+                id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                customer_id INT UNSIGNED NOT NULL,
+                total DECIMAL(12,2) NOT NULL,
+                status ENUM('new','paid','shipped') NOT NULL DEFAULT 'new',
+                placed_on DATE NULL,
+                CONSTRAINT fk_orders_customer FOREIGN KEY (customer_id) REFERENCES customers(id)
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+        )
+        cur.execute(
+            """CREATE TABLE attachments (
+                id INT NOT NULL PRIMARY KEY,
+                body LONGBLOB NULL,
+                digest BINARY(16) NULL,
+                ratio DOUBLE NULL
+            ) ENGINE=InnoDB"""
+        )
+        cur.execute(
+            """CREATE TABLE audit_log (
+                id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                customer_id INT UNSIGNED NOT NULL,
+                action VARCHAR(40) NOT NULL
+            ) ENGINE=InnoDB"""
+        )
+        cur.execute(
+            """CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW
+            INSERT INTO audit_log (customer_id, action) VALUES (NEW.customer_id, CONCAT('order ', NEW.id))"""
+        )
+        # No primary key and duplicate rows: an order-independent checksum must not let them cancel.
+        cur.execute("CREATE TABLE tags (tag VARCHAR(40) NULL, weight INT NULL) ENGINE=InnoDB")
+
+        customers = [
+            ("Ada Lovelace", "ada@example.org", "1234.5678", "first programmer", '{"vip": true, "langs": ["en"]}'),
+            ("Jürgen Müller", None, "0", "", '{"note": "Grüße"}'),
+            ("李小龙", "lee@example.cn", "-42.0001", None, None),
+            (CANARY, "canary@example.org", "7.7", "line1\nline2\ttab 'quoted' \"dq\" \\ back", '{"x": null}'),
+            ("Emoji 🎉 Person", "emoji@example.org", "99999999.9999", "multi\r\nline", "[]"),
+        ]
+        for i, (name, email, balance, notes, profile) in enumerate(customers):
+            cur.execute(
+                "INSERT INTO customers (name, email, balance, notes, created_at, profile) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, email, balance, notes, f"2024-0{i + 1}-1{i} 08:30:0{i}.12345{i}", profile),
+            )
+        for n in range(1, 61):
+            cur.execute(
+                "INSERT INTO orders (customer_id, total, status, placed_on) VALUES (%s, %s, %s, %s)",
+                (
+                    n % 5 + 1,
+                    f"{n * 3}.{n % 100:02d}",
+                    ("new", "paid", "shipped")[n % 3],
+                    None if n % 7 == 0 else "2024-06-01",
+                ),
+            )
+        cur.execute("ALTER TABLE customers AUTO_INCREMENT = 1000")  # counter well past the rows
+        cur.execute(
+            "INSERT INTO attachments VALUES (1, %s, UNHEX(MD5('x')), 0.1), (2, '', NULL, -1.5e300), (3, NULL, NULL, NULL)",
+            (BINARY_BYTES * 50,),
+        )
+        cur.executemany(
+            "INSERT INTO tags VALUES (%s, %s)", [("red", 1), ("red", 1), ("blue", None), (None, None), ("", 0)]
+        )
+
+        cur.execute(
+            "CREATE VIEW customer_totals AS SELECT c.id, c.name, COUNT(o.id) AS orders, COALESCE(SUM(o.total), 0) AS spent "
+            "FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.name"
+        )
+        cur.execute(
+            """CREATE PROCEDURE mark_paid(IN order_id BIGINT)
+            BEGIN
+                UPDATE orders SET status = 'paid' WHERE id = order_id;
+            END"""
+        )
+        cur.execute(
+            """CREATE FUNCTION with_tax(amount DECIMAL(12,2)) RETURNS DECIMAL(12,2)
+            DETERMINISTIC NO SQL
+            RETURN amount * 1.2"""
+        )
+        cur.execute(
+            "CREATE EVENT purge_audit ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00' "
+            "DO DELETE FROM audit_log WHERE id < 0"
+        )
+        cur.execute("SELECT DATABASE()")
+        (database,) = cur.fetchone()
+        cur.execute(f"ALTER DATABASE `{database}` COLLATE utf8mb4_bin")
+
+
+def _normalize(text: str | None, database: str) -> str | None:
+    return None if text is None else text.replace(f"`{database}`.", "")
+
+
+def snapshot_mysql(conn: pymysql.connections.Connection) -> dict[str, Any]:
+    """Everything a user would compare: rows (ordered), counters and schema objects, database-name free."""
+    snap: dict[str, Any] = {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT DATABASE()")
+        (db,) = cur.fetchone()
+        cur.execute(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            (db,),
+        )
+        snap["database"] = cur.fetchone()
+        cur.execute(
+            "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, AUTO_INCREMENT, TABLE_COLLATION FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
+            (db,),
+        )
+        snap["tables"] = cur.fetchall()
+        snap["rows"] = {}
+        for name, kind, *_ in snap["tables"]:
+            cur.execute(f"SHOW CREATE {'VIEW' if kind == 'VIEW' else 'TABLE'} `{name}`")
+            snap[f"create {name}"] = _normalize(cur.fetchone()[1], db)
+            cur.execute(f"SELECT * FROM `{name}`")
+            snap["rows"][name] = sorted(cur.fetchall(), key=repr)
+        cur.execute(
+            "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION, DATA_TYPE, SQL_MODE, IS_DETERMINISTIC, SQL_DATA_ACCESS, "
+            "SECURITY_TYPE, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION "
+            "FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
+            (db,),
+        )
+        snap["routines"] = cur.fetchall()
+        cur.execute(
+            "SELECT TRIGGER_NAME, EVENT_MANIPULATION, EVENT_OBJECT_TABLE, ACTION_TIMING, ACTION_STATEMENT, SQL_MODE "
+            "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY TRIGGER_NAME",
+            (db,),
+        )
+        snap["triggers"] = cur.fetchall()
+        cur.execute(
+            "SELECT EVENT_NAME, EVENT_DEFINITION, INTERVAL_VALUE, INTERVAL_FIELD, STARTS, STATUS, ON_COMPLETION "
+            "FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s ORDER BY EVENT_NAME",
+            (db,),
+        )
+        snap["events"] = cur.fetchall()
+        cur.execute(
+            "SELECT CONSTRAINT_NAME, TABLE_NAME, REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE "
+            "FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = %s ORDER BY CONSTRAINT_NAME",
+            (db,),
+        )
+        snap["foreign_keys"] = cur.fetchall()
+        if any(name == "with_tax" for name, *_ in snap["routines"]):
+            cur.execute("SELECT with_tax(10.00)")  # the restored function works, not just exists
+            snap["function result"] = cur.fetchone()
+    return snap
+
+
+def definers(conn: pymysql.connections.Connection) -> dict[str, str]:
+    """Definer of every view, routine, trigger and event in the connection's database."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DATABASE()")
+        (db,) = cur.fetchone()
+        out: dict[str, str] = {}
+        for kind, sql in (
+            ("view", "SELECT TABLE_NAME, DEFINER FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s"),
+            ("routine", "SELECT ROUTINE_NAME, DEFINER FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s"),
+            ("trigger", "SELECT TRIGGER_NAME, DEFINER FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s"),
+            ("event", "SELECT EVENT_NAME, DEFINER FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"),
+        ):
+            cur.execute(sql, (db,))
+            out.update({f"{kind} {name}": definer for name, definer in cur.fetchall()})
+    return out

@@ -304,7 +304,7 @@ def snapshot_postgres(conn: psycopg.Connection) -> dict:
     )
     for schema, table in tables:
         ident = sql.Identifier(schema, table)
-        query = sql.SQL("SELECT t::text FROM ONLY {} t ORDER BY t::text COLLATE \"C\"").format(ident)
+        query = sql.SQL('SELECT t::text FROM ONLY {} t ORDER BY t::text COLLATE "C"').format(ident)
         out["tables"][f"{schema}.{table}"] = [r[0] for r in conn.execute(query).fetchall()]
     for schema, seq in _rows(
         conn,

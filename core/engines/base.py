@@ -81,6 +81,16 @@ class Engine(ABC):
     def ping(self) -> None:
         """Raise SourceUnavailableError (one line, with remedy) if unreachable or login refused."""
 
+    def ping_target(self) -> None:
+        """Raise SourceUnavailableError if a restore into this target cannot start
+        (server down, login refused). A database or directory that does not exist
+        yet is fine: ``restore`` creates it."""
+        self.ping()
+
+    def rollback_config(self) -> Any:
+        """The config a rollback backup of this target is taken with (before a forced restore)."""
+        return self.config
+
     @abstractmethod
     def backup(self, sink: StreamSink) -> BackupResult:
         """Take a consistent full backup, streaming into ``sink``."""

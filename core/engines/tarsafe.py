@@ -45,6 +45,7 @@ from core.errors import UnsafeArchiveError
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 def member_mtime_ns(member: tarfile.TarInfo) -> int:
@@ -188,18 +189,31 @@ class SafeExtractor:
     def finish(self) -> None:
         """Re-check symlinks, then apply directory attributes, deepest first."""
         for rel, target in self._links.items():
-            if not self._resolves_inside(rel.split("/")[:-1], target):
-                parts = rel.split("/")
+            parts = rel.split("/")
+            if self._resolves_inside(parts[:-1], target):
+                continue
+            try:
                 parent_fd = self._walk(parts[:-1], create=False)
-                try:
-                    os.unlink(parts[-1], dir_fd=parent_fd)
-                finally:
-                    os.close(parent_fd)
-                raise UnsafeArchiveError(
-                    f"{self.label}: archive member {rel!r} is a symlink that resolves outside {self.dest} "
-                    "once the whole archive is extracted; archive refused (the link was removed, nothing "
-                    "outside the target was written)"
-                )
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    continue  # a later member removed it: nothing left to follow
+                raise
+            try:
+                if os.readlink(parts[-1], dir_fd=parent_fd) != target:
+                    continue
+                # Do not leave a link the application could follow out of the target.
+                os.unlink(parts[-1], dir_fd=parent_fd)
+            except OSError as exc:
+                if exc.errno not in (*_GONE, errno.EINVAL):
+                    raise
+                continue
+            finally:
+                os.close(parent_fd)
+            raise UnsafeArchiveError(
+                f"{self.label}: archive member {rel!r} is a symlink that resolves outside {self.dest} once the "
+                "whole archive is extracted; archive refused (the link was removed, nothing outside the target "
+                "was written)"
+            )
         for entry in sorted(self._dirs, key=lambda d: len(d.parts), reverse=True):
             self._apply_dir_attrs(entry)
 
@@ -237,7 +251,7 @@ class SafeExtractor:
                 try:
                     nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
-                    if not create or exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    if not create or exc.errno not in _GONE:
                         raise
                     if exc.errno != errno.ENOENT:
                         rel = "/".join(parts[: i + 1])
@@ -313,7 +327,7 @@ class SafeExtractor:
         try:
             fd = self._walk(entry.parts, create=False)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            if exc.errno not in _GONE:
                 raise
             # A later member replaced this directory; its attributes no longer apply.
             return

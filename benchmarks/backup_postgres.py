@@ -1,0 +1,460 @@
+"""Benchmark: genesis-dr's PostgreSQL backup and restore against the plain tools.
+
+Seeds (or reuses) a database of about ``--size-mb`` with four differently shaped
+tables, then times, in one run:
+
+* ``pg_dump DB > /dev/null`` - the source's own speed (the reference);
+* ``pg_dump -Fc -Z0 > /dev/null`` and ``pg_dump -Fc -f FILE`` - extras; the file
+  feeds the ``pg_restore -j 2`` reference and is not part of any timed restore;
+* ``pg_dump | gzip | openssl enc -aes-256-cbc -pbkdf2`` - the approach of the
+  source documents (its output is counted with ``wc -c``, never kept);
+* our full backup (``core.operations.backup_source``, in process, local vault,
+  default chunk size, zstd, the real 600 000 PBKDF2 iterations) with the peak
+  RSS of *this* Python process (pg_dump, a child, is the reference tool and is
+  not counted);
+* our restore (``core.operations.restore_backup``, including its verification)
+  into a fresh empty database, and ``pg_restore -j 2`` into another.
+
+Restore targets, the vault and the dump file are removed afterwards; the seeded
+database is kept for the next run. Usage::
+
+    python -m benchmarks.backup_postgres [--size-mb 1024] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SEED_VERSION = 1
+BENCH_PASS = "genesis-bench-passphrase"  # a throw-away secret for throw-away data
+GOALS = {
+    # name: (value key, limit, True if the value must stay strictly below the limit)
+    "backup / raw pg_dump": ("backup_vs_raw_dump", 1.3, False),
+    "backup / seed pipeline": ("backup_vs_seed_pipeline", 0.45, False),
+    "stored / seed pipeline bytes": ("stored_vs_seed_pipeline_bytes", 1.0, False),
+    "restore / pg_restore -j 2": ("restore_vs_pg_restore_j2", 1.25, False),
+    "backup peak RSS (MB)": ("backup_peak_rss_mb", 200.0, True),
+}
+STEPS = ("raw", "custom", "seed", "backup", "restore", "pg_restore")
+
+# Share of --size-mb given to each table (heap + TOAST); the rest is indexes and catalog.
+TABLES = {
+    "orders": 0.26,  # numbers, dates, booleans
+    "documents": 0.28,  # prose-like text
+    "events": 0.24,  # jsonb
+    "blobs": 0.13,  # incompressible bytea
+}
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE orders (
+    id bigint NOT NULL, customer_id integer, quantity smallint, unit_price numeric(10,2),
+    total numeric(12,2), discount real, status smallint, created_at timestamptz, shipped boolean,
+    weight double precision);
+CREATE TABLE documents (id bigint NOT NULL, title text, body text, lang char(2));
+CREATE TABLE events (id bigint NOT NULL, happened_at timestamptz, payload jsonb);
+CREATE TABLE blobs (id bigint NOT NULL, name text, payload bytea);
+CREATE TABLE bench_meta (seed_version integer, size_mb integer, created_at timestamptz DEFAULT now());
+"""
+
+WORDS = (
+    "the customer order was shipped after payment invoice delayed warehouse quarter revenue increase decrease "
+    "because of and a to in region north south east west product service contract renewal support ticket "
+    "resolved pending review approved manager team report figures budget forecast risk compliance audit "
+    "backup restore database latency error success"
+).split()
+
+INSERTS = {
+    "orders": """
+INSERT INTO orders
+SELECT g, (g * 7919) % 1000003, 1 + g % 17, round((random() * 500)::numeric, 2),
+       round((random() * 5000)::numeric, 2), random()::real, (g % 5)::smallint,
+       timestamptz '2020-01-01 00:00+00' + g * interval '37 seconds', g % 3 = 0, random() * 100
+FROM generate_series({lo}::bigint, {hi}) g""",
+    # The inner generate_series depends on g, so the words are drawn per row.
+    "documents": """
+INSERT INTO documents
+SELECT g, 'Report ' || g || ' on ' || (ARRAY['sales','ops','risk','audit','growth'])[1 + g %% 5],
+       (SELECT string_agg(CASE WHEN random() < 0.08 THEN substr(md5(random()::text), 1, 8)
+                               ELSE (ARRAY[%(words)s])[1 + floor(random() * %(nwords)d)::int] END, ' ')
+        FROM generate_series(1, 40 + g %% 30)),
+       (ARRAY['en','de','fr','es'])[1 + g %% 4]
+FROM generate_series({lo}::bigint, {hi}) g"""
+    % {"words": ",".join(f"'{w}'" for w in WORDS), "nwords": len(WORDS)},
+    "events": """
+INSERT INTO events
+SELECT g, timestamptz '2023-01-01 00:00+00' + g * interval '1 second',
+       jsonb_build_object(
+         'user_id', (g * 31) % 200000,
+         'type', (ARRAY['click','view','purchase','signup','logout'])[1 + g % 5],
+         'session', md5((g / 10)::text),
+         'amount', round((random() * 1000)::numeric, 2),
+         'items', jsonb_build_array(g % 100, g % 37, g % 11),
+         'meta', jsonb_build_object(
+            'ua', (ARRAY['Mozilla/5.0 (X11; Linux x86_64)','Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0)',
+                         'curl/8.4.0'])[1 + g % 3],
+            'ip', '10.' || (g % 256) || '.' || ((g / 256) % 256) || '.' || (g % 7),
+            'ok', g % 10 <> 0))
+FROM generate_series({lo}::bigint, {hi}) g""",
+    "blobs": """
+INSERT INTO blobs
+SELECT g, 'blob-' || g || '.bin',
+       gen_random_bytes(1024) || gen_random_bytes(1024) || gen_random_bytes(1024) || gen_random_bytes(1024)
+FROM generate_series({lo}::bigint, {hi}) g""",
+}
+
+CALIBRATION_ROWS = 5_000
+BATCH_BYTES = 96 << 20
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- talking to the server through the plain tools -------------------------------------
+
+
+class Server:
+    def __init__(self, host: str, port: int, user: str) -> None:
+        self.host, self.port, self.user = host, port, user
+
+    def conn_args(self, dbname: str) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user, "-d", dbname]
+
+    def sql(self, dbname: str, query: str) -> str:
+        """Run SQL with psql (PGPASSWORD, if any, comes from the environment); returns unaligned output."""
+        proc = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.conn_args(dbname)],
+            input=query,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"psql on {dbname} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def database_exists(self, dbname: str) -> bool:
+        return self.sql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'") == "1"
+
+    def recreate(self, dbname: str) -> None:
+        self.drop(dbname)
+        self.sql("postgres", f'CREATE DATABASE "{dbname}"')
+
+    def drop(self, dbname: str) -> None:
+        self.sql("postgres", f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+    def db_bytes(self, dbname: str) -> int:
+        return int(self.sql(dbname, "SELECT pg_database_size(current_database())"))
+
+
+# -- seeding -------------------------------------------------------------------------
+
+
+def seeded_size(server: Server, dbname: str) -> int | None:
+    """The size marker of an existing benchmark database, or None if it must be (re)seeded."""
+    if not server.database_exists(dbname):
+        return None
+    found = server.sql(dbname, "SELECT to_regclass('bench_meta') IS NOT NULL")
+    if found != "t":
+        return None
+    row = server.sql(dbname, "SELECT seed_version || ' ' || size_mb FROM bench_meta LIMIT 1")
+    if not row:
+        return None
+    version, size = (int(x) for x in row.split())
+    return size if version == SEED_VERSION else None
+
+
+def seed(server: Server, dbname: str, size_mb: int) -> None:
+    """Create the database and fill each table to its share of ``size_mb``, server side."""
+    log(f"seeding {dbname} to about {size_mb} MB (generate_series, server side)")
+    started = time.monotonic()
+    server.recreate(dbname)
+    server.sql(dbname, SCHEMA)
+    for table, share in TABLES.items():
+        target = int(size_mb * share * (1 << 20))
+        server.sql(dbname, INSERTS[table].format(lo=1, hi=CALIBRATION_ROWS))
+        per_row = int(server.sql(dbname, f"SELECT pg_table_size('{table}')")) / CALIBRATION_ROWS
+        total_rows = max(CALIBRATION_ROWS, int(target / per_row))
+        batch = max(1000, int(BATCH_BYTES / per_row))
+        lo = CALIBRATION_ROWS + 1
+        while lo <= total_rows:
+            hi = min(total_rows, lo + batch - 1)
+            server.sql(dbname, INSERTS[table].format(lo=lo, hi=hi))
+            lo = hi + 1
+        log(f"  {table}: {total_rows} rows ({per_row:.0f} B/row)")
+    server.sql(dbname, "".join(f"ALTER TABLE {t} ADD PRIMARY KEY (id);\n" for t in TABLES))
+    # Freeze and set hint bits now, so the first timed dump does not pay for writing them.
+    server.sql(dbname, "VACUUM (FREEZE, ANALYZE)")
+    server.sql(dbname, f"INSERT INTO bench_meta (seed_version, size_mb) VALUES ({SEED_VERSION}, {size_mb})")
+    log(f"seeded in {time.monotonic() - started:.0f} s")
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def timed(argv: list[str] | str, **kwargs) -> tuple[float, str]:
+    """Run a command (a string runs under bash with pipefail); returns (seconds, stdout)."""
+    if isinstance(argv, str):
+        argv = ["bash", "-o", "pipefail", "-c", argv]
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return seconds, proc.stdout.strip()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs.
+
+    Two views, the larger wins: VmHWM (the kernel's high-water mark, reset at the
+    start through /proc/self/clear_refs) and VmRSS sampled every 50 ms by a thread.
+    Children (pg_dump, pg_restore) have their own RSS and are not included.
+    """
+
+    def __init__(self) -> None:
+        self.baseline_kb = self.peak_kb = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, _status_kb("VmRSS"))
+
+    def __enter__(self) -> "PeakRSS":
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass  # the sampler alone still gives a (slightly coarser) peak
+        self.baseline_kb = self.peak_kb = _status_kb("VmRSS")
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, _status_kb("VmHWM"))
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_kb / 1024, 1)
+
+    @property
+    def increase_mb(self) -> float:
+        return round((self.peak_kb - self.baseline_kb) / 1024, 1)
+
+
+@contextmanager
+def scratch_database(server: Server, name: str):
+    server.recreate(name)
+    try:
+        yield name
+    finally:
+        server.drop(name)
+
+
+def run(args: argparse.Namespace) -> dict:
+    server = Server(args.host, args.port, args.user)
+    steps = set(args.steps.split(",")) if args.steps else set(STEPS)
+    unknown = steps - set(STEPS)
+    if unknown:
+        raise SystemExit(f"--steps: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+
+    if args.reseed or seeded_size(server, args.dbname) != args.size_mb:
+        seed(server, args.dbname, args.size_mb)
+    else:
+        log(f"reusing {args.dbname} (seeded for {args.size_mb} MB)")
+    db = args.dbname
+    out: dict = {
+        "dbname": db,
+        "size_mb_requested": args.size_mb,
+        "db_bytes": server.db_bytes(db),
+        "server_version": server.sql(db, "SHOW server_version"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    conn = shlex.join(server.conn_args(db))
+    workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-", dir=args.workdir))
+    try:
+        if "custom" in steps:
+            # Runs first: also warms the OS cache, so every later reader starts equal.
+            log("pg_dump -Fc -Z0 > /dev/null")
+            out["custom_z0_dump_s"], _ = timed(f"pg_dump -Fc -Z0 {conn} > /dev/null")
+        if "raw" in steps:
+            log("pg_dump > /dev/null (reference)")
+            out["raw_dump_s"], _ = timed(f"pg_dump {conn} > /dev/null")
+            out["raw_dump_bytes"] = int(timed(f"pg_dump {conn} | wc -c")[1])
+        if "seed" in steps:
+            log("pg_dump | gzip | openssl enc -aes-256-cbc -pbkdf2 (source documents' approach)")
+            env = dict(os.environ, BENCH_PASS=BENCH_PASS)
+            seconds, count = timed(
+                f"pg_dump {conn} | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass env:BENCH_PASS | wc -c", env=env
+            )
+            out["seed_pipeline_s"], out["seed_pipeline_bytes"] = seconds, int(count)
+        if "backup" in steps or "restore" in steps:
+            ours(server, db, workdir, out, steps)
+        if "pg_restore" in steps:
+            dump_file = workdir / f"{db}.dump"
+            log("pg_dump -Fc -f FILE (input for pg_restore, not part of the restore time)")
+            out["custom_dump_s"], _ = timed(f"pg_dump -Fc {conn} -f {shlex.quote(str(dump_file))}")
+            out["custom_dump_bytes"] = dump_file.stat().st_size
+            with scratch_database(server, f"{db}_pg_restore") as target:
+                log(f"pg_restore -j 2 into {target}")
+                argv = ["pg_restore", "-j", "2", *server.conn_args(target), str(dump_file)]
+                out["pg_restore_j2_s"], _ = timed(argv)
+            dump_file.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    add_ratios(out)
+    return out
+
+
+def ours(server: Server, db: str, workdir: Path, out: dict, steps: set[str]) -> None:
+    """genesis-dr's backup (always, the restore needs it) and, if asked, its restore."""
+    from core.crypto.keys import Keyring, kdf_iterations
+    from core.engines import engine_for
+    from core.operations import backup_source, restore_backup
+    from core.repository.vault import Vault, default_chunk_size
+    from core.sources import PostgresSourceConfig
+    from core.storage.local import LocalStore
+
+    password = os.environ.get("PGPASSWORD") or None
+
+    def config(name: str, database: str) -> PostgresSourceConfig:
+        return PostgresSourceConfig(
+            name=name, host=server.host, port=server.port, user=server.user, password=password, database=database
+        )
+
+    keyring = Keyring(passphrase=BENCH_PASS)
+    started = time.monotonic()
+    keyring.wrap("backup_20000101_000000_00000000", os.urandom(32))
+    out["kdf_iterations"], out["kdf_wrap_s"] = kdf_iterations(), round(time.monotonic() - started, 3)
+    vault = Vault.open(LocalStore(workdir / "vault"), create=True)
+    out["chunk_size"], out["compression"] = default_chunk_size(), "zstd"
+
+    log("genesis-dr backup (in process)")
+    with PeakRSS() as rss:
+        started = time.monotonic()
+        manifest = backup_source(vault, keyring, engine_for(config("bench", db)), "full")
+        out["backup_s"] = time.monotonic() - started
+    out["backup_peak_rss_mb"], out["backup_rss_increase_mb"] = rss.peak_mb, rss.increase_mb
+    out["backup_rss_baseline_mb"] = round(rss.baseline_kb / 1024, 1)
+    out["stored_bytes"], out["plain_bytes"] = manifest.stored_bytes, manifest.plain_bytes
+    out["streams"] = {s.name: {"plain": s.plain_bytes, "stored": s.stored_bytes} for s in manifest.streams}
+    out["tool_versions"] = manifest.tool_versions
+
+    if "restore" in steps:
+        with scratch_database(server, f"{db}_restore") as target:
+            log(f"genesis-dr restore into {target} (includes verification)")
+            engine = engine_for(config("bench-restore", target))
+            with PeakRSS() as rss:
+                started = time.monotonic()
+                report = restore_backup(vault, keyring, manifest.id, engine)
+                out["restore_s"] = time.monotonic() - started
+            out["restore_peak_rss_mb"] = rss.peak_mb
+            out["restore_verified_checks"] = report.verified_checks
+            # The verification's share, measured again on the restored (now cached) data.
+            reader = vault.open_backup(manifest.id, keyring)
+            try:
+                started = time.monotonic()
+                engine.collect_checks(reader.result.checks)
+                out["restore_verify_s_estimate"] = time.monotonic() - started
+            finally:
+                reader.close()
+
+
+def add_ratios(out: dict) -> None:
+    def ratio(key: str, num: str, den: str) -> None:
+        if out.get(num) is not None and out.get(den):
+            out[key] = round(out[num] / out[den], 3)
+
+    ratio("backup_vs_raw_dump", "backup_s", "raw_dump_s")
+    ratio("backup_vs_seed_pipeline", "backup_s", "seed_pipeline_s")
+    ratio("stored_vs_seed_pipeline_bytes", "stored_bytes", "seed_pipeline_bytes")
+    ratio("restore_vs_pg_restore_j2", "restore_s", "pg_restore_j2_s")
+    goals = {}
+    for label, (key, limit, strict) in GOALS.items():
+        if key in out:
+            ok = out[key] < limit if strict else out[key] <= limit
+            goals[key] = {"label": label, "value": out[key], "goal": limit, "pass": ok}
+    out["goals"] = goals
+    for key, value in list(out.items()):
+        if key.endswith("_s") and isinstance(value, float):
+            out[key] = round(value, 2)
+
+
+def print_text(out: dict) -> None:
+    mb = 1 << 20
+    print(f"database {out['dbname']}: {out['db_bytes'] / mb:.0f} MB (pg_database_size), PostgreSQL "
+          f"{out['server_version']}, {out['cpus']} CPUs")
+    rows = [
+        ("pg_dump -Fc -Z0 > /dev/null", "custom_z0_dump_s", None),
+        ("pg_dump > /dev/null (reference)", "raw_dump_s", "raw_dump_bytes"),
+        ("pg_dump | gzip | openssl (seed pipeline)", "seed_pipeline_s", "seed_pipeline_bytes"),
+        ("genesis-dr backup", "backup_s", "stored_bytes"),
+        ("genesis-dr restore (+verify)", "restore_s", None),
+        ("pg_dump -Fc -f FILE (pg_restore input)", "custom_dump_s", "custom_dump_bytes"),
+        ("pg_restore -j 2", "pg_restore_j2_s", None),
+    ]
+    for label, seconds, size in rows:
+        if seconds in out:
+            extra = f"  {out[size] / mb:9.1f} MB" if size and size in out else ""
+            print(f"  {label:44s} {out[seconds]:8.2f} s{extra}")
+    if "backup_s" in out:
+        print(f"  backup peak RSS {out['backup_peak_rss_mb']} MB (+{out['backup_rss_increase_mb']} MB over a "
+              f"{out['backup_rss_baseline_mb']} MB baseline; this Python process only, pg_dump excluded)")
+        print(f"  KDF: {out['kdf_iterations']} PBKDF2 iterations, {out['kdf_wrap_s']} s per backup; "
+              f"chunk size {out['chunk_size'] >> 20} MiB, {out['compression']}; plain {out['plain_bytes'] / mb:.1f} MB")
+    if "restore_s" in out:
+        print(f"  restore peak RSS {out['restore_peak_rss_mb']} MB; verification about "
+              f"{out['restore_verify_s_estimate']:.2f} s of the restore")
+    for goal in out["goals"].values():
+        verdict = "PASS" if goal["pass"] else "MISS"
+        limit = f"< {goal['goal']}" if goal["label"].endswith("(MB)") else f"<= {goal['goal']}"
+        print(f"  {verdict}  {goal['label']:30s} {goal['value']:>8}  (goal {limit})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--user", default="postgres", help="password, if needed, from PGPASSWORD")
+    parser.add_argument("--dbname", default="genesis_bench")
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--reseed", action="store_true", help="recreate the database even if its marker matches")
+    parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
+    parser.add_argument("--workdir", help="where the vault and the pg_restore input go (default: system temp)")
+    args = parser.parse_args(argv)
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print_text(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Redis engine: RDB snapshots over replication, or logical DUMP/RESTORE.
+
+Mode ``rdb`` (default) takes a consistent snapshot over the network as a
+replica would (see ``redis_sync``), tees it into the vault and walks it on the
+way (see ``rdb``) to record key counts and digests that match exactly the
+stored bytes. Restoring it makes the target a replica of a short-lived master
+we run, which streams the RDB from the vault; afterwards the target is
+promoted back (``REPLICAOF NO ONE``). The target's whole dataset is replaced.
+
+Mode ``logical`` (see ``redis_logical``) works on managed Redis too, but is
+not point-in-time.
+
+A restore follows the method the backup was taken with, whatever the target
+config's ``mode`` says. Verification recomputes the checks on the target with
+``SCAN`` + ``DUMP`` (decoded to logical values, so versions may differ).
+
+Environment (rdb restores only; the target must reach us):
+``GENESIS_DR_REDIS_RESTORE_BIND`` - ``host[:port]`` to listen on (default: the
+local address this host uses to reach the target, any free port);
+``GENESIS_DR_REDIS_RESTORE_ADVERTISE`` - ``host[:port]`` to tell the target,
+when NAT or containers put it elsewhere (then any peer may connect).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
+from core.engines.rdb import dump_digest, walk_rdb
+from core.engines.redis_checks import KeyspaceChecks, db_label, reshape_actual
+from core.engines.redis_logical import (
+    iter_records,
+    restore_records,
+    scan_dump,
+    write_header,
+    write_record,
+    write_trailer,
+)
+from core.engines.redis_sync import (
+    CONNECT_TIMEOUT,
+    IO_TIMEOUT,
+    ReplicaSync,
+    ReplicationMaster,
+    connection_reason,
+)
+from core.errors import ConfigError, EngineError, SourceUnavailableError, redact
+from core.sources import RedisSourceConfig
+
+RDB_STREAM = "dump.rdb"
+LOGICAL_STREAM = "keys.bin"
+
+ACCEPT_TIMEOUT = 30.0
+# A restore fails when the target makes no visible progress for this long.
+STALL_TIMEOUT = 120.0
+
+# Newest RDB version each Redis release line can load.
+_RDB_VERSIONS = [((7, 4), 12), ((7, 2), 11), ((7, 0), 10), ((5, 0), 9), ((4, 0), 8), ((3, 2), 7), ((2, 6), 6)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RedisEngine(Engine):
+    """Backs up and restores one Redis server (all databases, or one in logical mode)."""
+
+    kind = "redis"
+    config: RedisSourceConfig
+
+    def __init__(self, config: RedisSourceConfig, *, announce_eof: bool = True) -> None:
+        """Args:
+        config: the source or restore target.
+        announce_eof: offer the diskless transfer format during rdb backups;
+            the master then streams from a forked child without touching its
+            own disk (if its ``repl-diskless-sync`` is on).
+        """
+        super().__init__(config)
+        self.announce_eof = announce_eof
+
+    # --- helpers ------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"redis '{self.config.name}' at {self.config.host}:{self.config.port}"
+
+    def _password(self) -> str | None:
+        return self.config.password.get_secret_value() if self.config.password else None
+
+    def _client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(
+            host=self.config.host,
+            port=self.config.port,
+            username=self.config.username,
+            password=self._password(),
+            db=db,
+            socket_timeout=IO_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            # A short retry for a dropped connection; longer waits belong to the
+            # flow's task retries, and a dead server must fail fast.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
+        )
+
+    @contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """Map redis-py failures to one-line DR errors naming this server."""
+        try:
+            yield
+        except redis.AuthenticationError:
+            raise SourceUnavailableError(
+                f"{self.label}: login refused; check username/password in the stack file"
+            ) from None
+        except redis.exceptions.NoPermissionError:
+            raise SourceUnavailableError(
+                f"{self.label}: the user may not run {what}; grant it in the server's ACL"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            reason = connection_reason(exc.__context__) if exc.__context__ else "connection failed"
+            if "refused" in str(exc).lower():
+                reason = "connection refused"
+            raise SourceUnavailableError(
+                f"{self.label}: {reason}; check the server is running and host/port in the stack file"
+            ) from None
+        except redis.ResponseError as exc:
+            text = redact(str(exc), self.config.secrets())
+            raise EngineError(f"{self.label}: {what} failed: {text[:200]}") from None
+
+    def _keyspace_dbs(self, client: redis.Redis) -> list[int]:
+        """Database numbers holding keys (``INFO keyspace``)."""
+        return sorted(int(name[2:]) for name in client.info("keyspace") if name.startswith("db"))
+
+    def _scope_dbs(self, client: redis.Redis) -> list[int]:
+        if self.config.mode == "logical" and self.config.db is not None:
+            return [self.config.db]
+        return self._keyspace_dbs(client)
+
+    # --- Engine -------------------------------------------------------------
+
+    def describe(self) -> str:
+        where = f"redis {self.config.host}:{self.config.port}"
+        if self.config.mode == "logical" and self.config.db is not None:
+            where += f"/{self.config.db}"
+        return f"{where} ({self.config.mode})"
+
+    def ping(self) -> None:
+        with self._talking("PING"):
+            self._client().ping()
+
+    def has_data(self) -> bool:
+        client = self._client()
+        with self._talking("INFO keyspace"):
+            if self.config.mode == "logical" and self.config.db is not None:
+                return self._client(self.config.db).dbsize() > 0
+            return bool(self._keyspace_dbs(client))
+
+    def backup(self, sink: StreamSink) -> BackupResult:
+        if self.config.mode == "rdb":
+            return self._backup_rdb(sink)
+        return self._backup_logical(sink)
+
+    def restore(self, source: StreamSource, result: BackupResult) -> None:
+        mode = result.position.get("mode")
+        if mode is None:
+            mode = "rdb" if RDB_STREAM in source.stream_names() else "logical"
+        if mode == "rdb":
+            self._restore_rdb(source, result)
+        else:
+            self._restore_logical(source, result)
+
+    def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
+        now = _now_ms()
+        checks = KeyspaceChecks(now)
+        client = self._client()
+        ref_dbs = list(reference.get("databases", {}))
+        with self._talking("SCAN/DUMP"):
+            for db in self._scope_dbs(client):
+                for key, pttl, payload in scan_dump(self._client(db)):
+                    type_name, digest = dump_digest(payload)
+                    checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
+        actual = checks.to_dict()
+        if self.config.mode == "logical" and self.config.db is not None and len(ref_dbs) == 1:
+            # A one-database backup restored into another database number.
+            here = actual["databases"].pop(db_label(self.config.db), None)
+            if here is not None:
+                actual["databases"][ref_dbs[0]] = here
+        return reshape_actual(reference, actual, _now_ms())
+
+    # --- rdb mode -----------------------------------------------------------
+
+    def _backup_rdb(self, sink: StreamSink) -> BackupResult:
+        started = _iso_now()
+        sync = ReplicaSync(
+            self.config.host,
+            self.config.port,
+            self.config.username,
+            self._password(),
+            self.label,
+            announce_eof=self.announce_eof,
+        )
+        try:
+            header = sync.header
+            # The fork happened before the header arrived: keys expiring before
+            # now are gone on any server that loads this snapshot.
+            checks = KeyspaceChecks(_now_ms())
+            with sink.open_stream(RDB_STREAM) as out:
+                reader = sync.payload_reader(out.write)
+                info = walk_rdb(reader, checks.add)
+                size = sync.finish()
+        finally:
+            sync.close()
+        position = {
+            "mode": "rdb",
+            "replid": header.replid,
+            "offset": header.offset,
+            "redis_version": header.redis_version,
+            "rdb_version": info.version,
+            "rdb_bytes": size,
+            "transfer": "diskless" if header.eof_mark else "disk",
+            "keys": info.keys,
+            "started_at": started,
+            "finished_at": _iso_now(),
+        }
+        return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": header.redis_version})
+
+    def _restore_rdb(self, source: StreamSource, result: BackupResult) -> None:
+        if self.config.mode == "logical" and self.config.db is not None:
+            # has_data() looked at that one database; an RDB replaces them all.
+            raise ConfigError(
+                f"{self.label}: this is an rdb backup, which replaces every database of the target; "
+                "unset 'db' on the restore target"
+            )
+        length = int(result.position["rdb_bytes"])
+        client = self._client()
+        with self._talking("INFO server"):
+            version = client.info("server").get("redis_version", "0")
+        self._check_rdb_version(str(version), int(result.position.get("rdb_version", 0)))
+        bind, advertise, allowed = self._restore_addresses()
+        master = ReplicationMaster(bind, allowed, self.label)
+        try:
+            host, port = advertise[0], advertise[1] or master.port
+            try:
+                with self._talking("REPLICAOF"):
+                    client.execute_command("REPLICAOF", host, port)
+            except EngineError as exc:
+                raise EngineError(
+                    f"{exc}; managed Redis services refuse it - restore a backup taken in mode 'logical' instead"
+                ) from None
+            try:
+                with source.open_stream(RDB_STREAM) as payload:
+                    master.serve(payload, length, ACCEPT_TIMEOUT)
+                self._wait_synced(client, master, port)
+            except BaseException:
+                # Best effort: give the target back its master role; the
+                # original error is the one the operator needs to see.
+                try:
+                    client.execute_command("REPLICAOF", "NO", "ONE")
+                except redis.RedisError:
+                    pass
+                raise
+            with self._talking("REPLICAOF NO ONE"):
+                client.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            master.close()
+
+    def _check_rdb_version(self, target_version: str, rdb_version: int) -> None:
+        try:
+            major, minor = (int(p) for p in target_version.split(".")[:2])
+        except ValueError:
+            return  # unknown servers: let the load decide
+        loadable = next((v for (mm, v) in _RDB_VERSIONS if (major, minor) >= mm), 0)
+        if rdb_version > loadable:
+            raise EngineError(
+                f"{self.label}: Redis {target_version} cannot load RDB version {rdb_version}; "
+                "restore into a Redis at least as new as the source"
+            )
+
+    def _restore_addresses(self) -> tuple[tuple[str, int], tuple[str, int], set[str] | None]:
+        """(listen address, address told to the target, allowed peer IPs)."""
+        bind_env = os.environ.get("GENESIS_DR_REDIS_RESTORE_BIND")
+        adv_env = os.environ.get("GENESIS_DR_REDIS_RESTORE_ADVERTISE")
+        if bind_env:
+            bind = _host_port(bind_env)
+        else:
+            try:
+                with socket.create_connection((self.config.host, self.config.port), timeout=CONNECT_TIMEOUT) as s:
+                    bind = (s.getsockname()[0], 0)
+            except OSError as exc:
+                raise SourceUnavailableError(
+                    f"{self.label}: {connection_reason(exc)}; check the server is running and host/port in the stack file"
+                ) from None
+        if adv_env:
+            return bind, _host_port(adv_env), None
+        try:
+            allowed = {ai[4][0] for ai in socket.getaddrinfo(self.config.host, self.config.port)}
+        except OSError:
+            allowed = set()
+        allowed.add(bind[0])  # a target on this host may connect from our own address
+        return bind, bind, allowed
+
+    def _wait_synced(self, client: redis.Redis, master: ReplicationMaster, port: int) -> None:
+        last: tuple | None = None
+        changed = time.monotonic()
+        while True:
+            with self._talking("INFO"):
+                try:
+                    repl = client.info("replication")
+                    loading = client.info("persistence")
+                except redis.BusyLoadingError:
+                    repl, loading = {}, {"loading": 1}
+            if (
+                repl.get("master_link_status") == "up"
+                and int(repl.get("master_port", -1)) == port
+                and not repl.get("master_sync_in_progress")
+                and not loading.get("loading")
+            ):
+                return
+            if not master.replica_alive():
+                raise EngineError(
+                    f"{self.label}: the target dropped the replication link before loading the snapshot; "
+                    "see its log (RDB version, disk space in its dir, maxmemory)"
+                )
+            progress = (
+                repl.get("master_link_status"),
+                repl.get("master_sync_read_bytes"),
+                loading.get("loading_loaded_bytes"),
+            )
+            if progress != last:
+                last, changed = progress, time.monotonic()
+            elif time.monotonic() - changed > STALL_TIMEOUT:
+                raise EngineError(f"{self.label}: loading the snapshot made no progress for {STALL_TIMEOUT:.0f}s")
+            time.sleep(0.05)
+
+    # --- logical mode -------------------------------------------------------
+
+    def _backup_logical(self, sink: StreamSink) -> BackupResult:
+        started = _iso_now()
+        client = self._client()
+        with self._talking("INFO"):
+            version = str(client.info("server").get("redis_version", "unknown"))
+            dbs = self._scope_dbs(client)
+        checks = KeyspaceChecks(_now_ms())
+        records = 0
+        with sink.open_stream(LOGICAL_STREAM) as out:
+            write_header(out)
+            for db in dbs:
+                with self._talking("SCAN/DUMP"):
+                    for key, pttl, payload in scan_dump(self._client(db)):
+                        write_record(out, db, key, pttl, payload)
+                        type_name, digest = dump_digest(payload)
+                        checks.add(db, key, type_name, None if pttl < 0 else _now_ms() + pttl, digest)
+                        records += 1
+            write_trailer(out, records)
+        position = {
+            "mode": "logical",
+            "redis_version": version,
+            "databases": dbs,
+            "keys": records,
+            "started_at": started,
+            "finished_at": _iso_now(),
+        }
+        return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": version})
+
+    def _restore_logical(self, source: StreamSource, result: BackupResult) -> None:
+        recorded = [int(db) for db in result.position.get("databases", [])]
+        remap = self.config.db if self.config.mode == "logical" else None
+        if remap is not None and len(recorded) > 1:
+            raise ConfigError(
+                f"{self.label}: the backup holds databases {recorded}; a target 'db' can take only one - unset it"
+            )
+        clients: dict[int, redis.Redis] = {}
+
+        def client_for(db: int) -> redis.Redis:
+            target = db if remap is None else remap
+            if target not in clients:
+                c = self._client(target)
+                # Like an rdb restore, each restored database ends up equal to
+                # the backup; only reached when the target is empty or forced.
+                if c.dbsize():
+                    c.flushdb()
+                clients[target] = c
+            return clients[target]
+
+        with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
+            restore_records(iter_records(f), client_for, self.label)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and (":" not in host or host.startswith("[")):
+        return host.strip("[]"), int(port)
+    return value.strip("[]"), 0

@@ -1,0 +1,100 @@
+"""Checks that prove a Redis restore: key counts and logical digests per database.
+
+Shape (recorded sealed in the manifest, recomputed on the target)::
+
+    {"databases": {"db0": {"keys": 12, "digest": "…", "volatile_keys": 2,
+                           "volatile_digest": "…"}, …},
+     "first_expiry_ms": 1718000000000}
+
+``keys``/``digest`` cover keys without a TTL and are always compared exactly.
+``volatile_*`` cover keys with a TTL. Those legitimately disappear once their
+TTL runs out, so they are compared only while none of them can have expired
+yet (``first_expiry_ms``, minus a margin for clock skew between hosts); after
+that, ``reshape_actual`` reports the recorded values for them - they cannot
+be verified any more, and a missing session key is not a failed restore.
+Keys already expired when the backup was taken are left out of the checks.
+
+A key's digest covers its name, logical type and logical value (see
+``core.engines.rdb``), never its TTL, which changes with the clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from core.engines.rdb import UnorderedDigest, lp
+
+# Clocks of the backup host, the source and the target may disagree this much.
+EXPIRY_MARGIN_MS = 60_000
+
+
+class KeyspaceChecks:
+    """Accumulates per-database counts and digests, one key at a time."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self._persistent: dict[int, UnorderedDigest] = {}
+        self._volatile: dict[int, UnorderedDigest] = {}
+        self.first_expiry_ms: int | None = None
+
+    def add(self, db: int, key: bytes, type_name: str, expire_ms: int | None, value_digest: bytes) -> None:
+        """Count one key; ``expire_ms`` is its absolute expiry or None."""
+        if expire_ms is not None and expire_ms <= self.now_ms:
+            return  # already expired at backup time: logically gone
+        entry = lp(key) + lp(type_name.encode()) + value_digest
+        if expire_ms is None:
+            self._persistent.setdefault(db, UnorderedDigest()).add(entry)
+        else:
+            self._volatile.setdefault(db, UnorderedDigest()).add(entry)
+            if self.first_expiry_ms is None or expire_ms < self.first_expiry_ms:
+                self.first_expiry_ms = expire_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checks, shaped as documented above."""
+        databases = {}
+        for db in sorted(set(self._persistent) | set(self._volatile)):
+            databases[db_label(db)] = _entry(self._persistent.get(db), self._volatile.get(db))
+        return {"databases": databases, "first_expiry_ms": self.first_expiry_ms}
+
+
+def _entry(persistent: UnorderedDigest | None, volatile: UnorderedDigest | None) -> dict[str, Any]:
+    persistent = persistent or UnorderedDigest()
+    volatile = volatile or UnorderedDigest()
+    return {
+        "keys": persistent.count,
+        "digest": _hex(persistent),
+        "volatile_keys": volatile.count,
+        "volatile_digest": _hex(volatile),
+    }
+
+
+def _hex(d: UnorderedDigest) -> str:
+    # Hash the sum once more so the recorded value is a plain SHA-256 string.
+    return hashlib.sha256(d.digest()).hexdigest()
+
+
+def db_label(db: int) -> str:
+    return f"db{db}"
+
+
+def reshape_actual(reference: dict[str, Any], actual: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """Shape live checks like ``reference`` for ``compare_checks``.
+
+    Databases recorded but now empty appear with zero counts; volatile values
+    that can no longer be verified are reported as recorded; ``first_expiry_ms``
+    is metadata, echoed.
+    """
+    ref_dbs: dict[str, Any] = reference.get("databases", {})
+    dbs = dict(actual.get("databases", {}))
+    for label in ref_dbs:
+        dbs.setdefault(label, _entry(None, None))
+    first = reference.get("first_expiry_ms")
+    if first is not None and now_ms + EXPIRY_MARGIN_MS >= first:
+        for label, ref in ref_dbs.items():
+            dbs[label] = {
+                **dbs[label],
+                "volatile_keys": ref["volatile_keys"],
+                "volatile_digest": ref["volatile_digest"],
+            }
+    return {"databases": dbs, "first_expiry_ms": first}

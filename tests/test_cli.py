@@ -1,0 +1,134 @@
+"""The genesis-dr command end to end, as an operator runs it (subprocess, real API, real vault)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cli(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    env["BACKUP_ENCRYPTION_PASSWORD"] = "cli-test-passphrase-Zq9"
+
+    def run(*args: str, expect: int = 0, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=tmp_path,
+            env=env | (extra_env or {}) | {"PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+def write_stack(tmp_path: Path, name: str, files_root: Path, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"""
+stack: {name}
+vault:
+  path: ./vault-{name}
+encryption:
+  passphrase: ${{BACKUP_ENCRYPTION_PASSWORD}}
+sources:
+  - name: app-files
+    kind: files
+    root: {files_root}
+{extra}
+"""
+    )
+    return path
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("genesis-dr: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_apply_backup_list_restore_through_the_command(cli, tmp_path):
+    files = tmp_path / "app"
+    (files / "conf").mkdir(parents=True)
+    (files / "conf" / "app.ini").write_text("[app]\nsecret_sauce = 42\n")
+    stack = write_stack(tmp_path, "clitest", files)
+
+    out = cli("apply", str(stack)).stdout
+    assert "dr-stack/clitest" in out
+    cli("apply", str(stack))  # idempotent
+
+    out = cli("backup", "full", "--stack", "clitest").stdout
+    assert "app-files: COMPLETED backup_" in out and "restore with: genesis-dr restore" in out
+
+    listing = json.loads(cli("list", "--stack", "clitest", "--json").stdout)
+    assert [b["source"] for b in listing] == ["app-files"] and listing[0]["status"] == "COMPLETED"
+    backup_id = listing[0]["id"]
+    table = cli("list", "--stack", "clitest").stdout
+    assert backup_id in table and "COMPLETED" in table
+
+    target = tmp_path / "restored"
+    plan = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
+               "--target", f"root={target}", "--dry-run").stdout
+    assert backup_id in plan and "dry run" in plan
+    assert not target.exists()
+
+    out = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
+              "--target", f"root={target}").stdout
+    assert "verified" in out
+    assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
+
+    # Not empty now: refused without --force, allowed with it (after a rollback backup).
+    err = one_line_error(cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
+                             "--target", f"root={target}", expect=9))
+    assert "--force" in err
+    (target / "conf" / "app.ini").write_text("changed")
+    out = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
+              "--target", f"root={target}", "--force").stdout
+    assert "rollback point: backup_" in out
+    assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
+
+
+def test_bad_stack_file_names_the_field(cli, tmp_path):
+    stack = write_stack(tmp_path, "badfield", tmp_path, extra="    excludes: ['*.log']\n")
+    err = one_line_error(cli("apply", str(stack), expect=2))
+    assert "excludes" in err and "exclude" in err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("vault: {path: ./v}\nencryption: {passphrase: x}\nsources:\n  - {name: db, kind: postgres, databse: x}\n")
+    err = one_line_error(cli("apply", str(missing), expect=2))
+    assert "databse" in err and "database" in err
+
+
+def test_unknown_backup_id_and_wrong_passphrase(cli, tmp_path):
+    files = tmp_path / "app2"
+    files.mkdir()
+    (files / "a.txt").write_text("hello")
+    stack = write_stack(tmp_path, "errs", files)
+    cli("apply", str(stack))
+    cli("backup", "full", "--stack", "errs")
+    err = one_line_error(cli("restore", "--stack", "errs", "--source", "app-files", "--backup-id",
+                             "backup_20200101_000000_deadbeef", "--target", f"root={tmp_path / 'x'}", expect=8))
+    assert "backup_20200101_000000_deadbeef" in err
+    backup_id = json.loads(cli("list", "--stack", "errs", "--json").stdout)[0]["id"]
+    # Re-apply with another passphrase: restores must refuse, and never print either passphrase.
+    cli("apply", str(stack), extra_env={"BACKUP_ENCRYPTION_PASSWORD": "not-the-right-one"})
+    proc = cli("restore", "--stack", "errs", "--source", "app-files", "--backup-id", backup_id,
+               "--target", f"root={tmp_path / 'y'}", expect=6)
+    err = one_line_error(proc)
+    assert "wrong passphrase" in err
+    assert "not-the-right-one" not in proc.stderr + proc.stdout
+    assert "cli-test-passphrase-Zq9" not in proc.stderr + proc.stdout

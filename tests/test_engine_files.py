@@ -1,0 +1,528 @@
+"""Files engine against the real vault: what a user restores is what they had.
+
+Trees are built on the local filesystem (the "real server" of this engine);
+archives go through core.operations into a LocalStore vault, and hostile
+archives are put into the vault the way the engine would write them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import socket
+import stat
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from core.crypto.keys import Keyring
+from core.engines import engine_for
+from core.engines.base import BackupResult
+from core.engines.files import STREAM_NAME, FilesEngine
+from core.engines.pathmatch import PathFilter, compile_pattern
+from core.errors import (
+    ConfigError,
+    IntegrityError,
+    SourceUnavailableError,
+    TargetNotEmptyError,
+    UnsafeArchiveError,
+)
+from core.operations import backup_source, restore_backup
+from core.repository.vault import Vault
+from core.sources import FilesSourceConfig
+from core.storage.local import LocalStore
+
+CANARY = b"FILES-ENGINE-PLAINTEXT-CANARY-4e1d "
+MTIME_NS = 1_600_000_000_123_456_789
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
+
+
+@pytest.fixture
+def keyring():
+    return Keyring(passphrase="pw")
+
+
+def files_engine(root: Path, **fields) -> FilesEngine:
+    engine = engine_for(FilesSourceConfig(name="app-files", root=str(root), **fields))
+    assert isinstance(engine, FilesEngine)
+    return engine
+
+
+def write(path: Path, data: bytes, mode: int = 0o644, mtime_ns: int = MTIME_NS, owner=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if owner:
+        os.chown(path, *owner)
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def build_tree(root: Path) -> None:
+    """A tree with every kind of entry the engine must keep or knowingly skip."""
+    write(root / "etc/app.conf", b"listen = 8080\n", 0o640, owner=(0, 4242))
+    write(root / "etc/secret.key", CANARY * 100, 0o600, owner=(1234, 2345))
+    write(root / "bin/tool", b"#!/bin/sh\necho hi\n", 0o4755, MTIME_NS + 1)
+    write(root / "data/ünïcødé name.txt", "grüße\n".encode(), 0o664, owner=(65534, 65534))
+    write(root / ("deep/" * 30 + "x" * 120), b"long path", 0o644)
+    write(root / "readonly/inside.txt", b"in a read-only dir\n")
+    write(root / "empty-file", b"")
+    write(root / os.fsdecode(b"latin1-\xe9t\xe9.txt"), b"not utf-8 name")  # names are bytes on Linux
+    (root / "empty-dir").mkdir()
+    os.link(root / "etc/app.conf", root / "etc/app.conf.hardlink")
+    os.symlink("etc/app.conf", root / "conf-link")
+    os.symlink("missing-target", root / "dangling-link")
+    os.symlink("/etc/passwd", root / "absolute-link")
+    os.mkfifo(root / "a-fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "a-socket"))
+    for d, mode in (("readonly", 0o555), ("etc", 0o750), ("empty-dir", 0o700)):
+        os.chmod(root / d, mode)
+    # Directory mtimes last: creating entries above bumped them.
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for i, d in enumerate(sorted(dirnames)):
+            os.utime(Path(dirpath) / d, ns=(MTIME_NS - i, MTIME_NS - i), follow_symlinks=False)
+
+
+def snapshot(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple]:
+    """Everything a user cares about, per entry: type, bytes/target, mode, owner, mtime."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if rel in skip:
+                continue
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                what = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                what = ("dir", None)
+            elif stat.S_ISREG(st.st_mode):
+                what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                what = ("special", None)
+            mode = None if stat.S_ISLNK(st.st_mode) else stat.S_IMODE(st.st_mode)
+            mtime = None if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns
+            out[rel] = (*what, mode, st.st_uid, st.st_gid, mtime)
+    return out
+
+
+def put_archive(vault: Vault, keyring: Keyring, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> str:
+    """Store a hand-built tar in the vault exactly where the engine would."""
+    writer = vault.begin_backup(
+        source="app-files", kind="files", backup_type="full", target="files /hostile", keyring=keyring
+    )
+    with writer.open_stream(STREAM_NAME) as out:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for info, data in members:
+                if data is not None:
+                    info.size = len(data)
+                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return writer.commit(BackupResult(checks={"files": {}})).id
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o644
+    return info
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_bytes_modes_owners_mtimes_links(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    build_tree(src)
+    dst.mkdir()
+    manifest = backup_source(vault, keyring, files_engine(src))
+    assert manifest.status == "COMPLETED"
+    assert manifest.position["snapshot_time"]
+
+    report = restore_backup(vault, keyring, manifest.id, files_engine(dst))
+
+    skipped = {"absolute-link", "a-fifo", "a-socket"}
+    expected = snapshot(src, skip=skipped)
+    assert snapshot(dst) == expected
+    assert os.lstat(src).st_mtime_ns == os.lstat(dst).st_mtime_ns  # the root's own attributes too
+    # The ones that matter most, spelled out.
+    assert expected["bin/tool"][2] == 0o4755 and expected["etc/secret.key"][3:5] == (1234, 2345)
+    assert expected["etc/app.conf"][5] == MTIME_NS  # nanoseconds survive (PAX mtime)
+    assert os.stat(dst / "etc/app.conf").st_ino == os.stat(dst / "etc/app.conf.hardlink").st_ino
+    assert os.readlink(dst / "dangling-link") == "missing-target"
+    assert (dst / "empty-dir").is_dir() and not any((dst / "empty-dir").iterdir())
+    assert report.verified_checks > 0
+
+    checks = vault.open_backup(manifest.id, keyring).result.checks
+    assert set(checks["skipped"]) == skipped
+    assert "outside the root" in checks["skipped"]["absolute-link"]
+    assert checks["counts"]["files"] == len(checks["files"]) >= 7
+    assert checks["files"]["etc/secret.key"]["sha256"] == hashlib.sha256(CANARY * 100).hexdigest()
+
+
+def test_vault_holds_no_plaintext(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    write(src / "secret.txt", CANARY * 2000)
+    backup_source(vault, keyring, files_engine(src), compression="gzip")
+    for path in (tmp_path / "vault").rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert CANARY.strip() not in content and b"secret.txt" not in content, path
+
+
+def test_include_exclude_patterns(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    for rel in (
+        "app.conf",
+        "nested/deep/site.conf",
+        "nested/notes.txt",
+        "app.log",
+        "nested/deep/old.log",
+        "cache/img/1.png",
+        "data/a.bin",
+        "data/tmp/scratch.bin",
+        "data/sub/b.bin",
+        "other/readme.md",
+    ):
+        write(src / rel, rel.encode())
+    (src / "cache/empty").mkdir()
+    dst.mkdir()
+    engine = files_engine(src, include=["*.conf", "data/**", "*.log"], exclude=["cache/**", "*.log", "data/tmp"])
+
+    manifest = backup_source(vault, keyring, engine)
+    restore_backup(vault, keyring, manifest.id, files_engine(dst))
+
+    restored = {str(p.relative_to(dst)) for p in dst.rglob("*") if not p.is_dir()}
+    # *.log is both included and excluded: exclude wins. data/tmp is pruned whole.
+    assert restored == {"app.conf", "nested/deep/site.conf", "data/a.bin", "data/sub/b.bin"}
+    # Directories are traversed, but written only if they hold something taken.
+    assert not (dst / "other").exists() and not (dst / "cache").exists()
+
+
+def test_exclude_contents_keeps_directory_and_paths_select_subtrees(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    write(src / "srv/app/cache/x.bin", b"x")
+    write(src / "srv/app/main.py", b"print()")
+    write(src / "srv/other/no.txt", b"no")
+    write(src / "etc/app/app.ini", b"[app]")
+    write(src / "etc/passwd", b"not this")
+    dst.mkdir()
+    engine = files_engine(src, paths=["srv/app", "./etc/app/", "srv/app/cache"], exclude=["**/cache/**"])
+
+    manifest = backup_source(vault, keyring, engine)
+    restore_backup(vault, keyring, manifest.id, files_engine(dst))
+
+    restored = {str(p.relative_to(dst)) for p in dst.rglob("*")}
+    assert restored == {"srv", "srv/app", "srv/app/cache", "srv/app/main.py", "etc", "etc/app", "etc/app/app.ini"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "not_matching"),
+    [
+        ("*.log", ["a.log", "x/y/b.log"], ["a.log.1", "log"]),
+        ("cache/**", ["cache/a", "cache/a/b"], ["cache", "x/cache/a"]),
+        ("**/tmp", ["tmp", "a/tmp", "a/b/tmp"], ["tmpx", "a/tmp/x"]),
+        ("a/**/z", ["a/z", "a/b/z", "a/b/c/z"], ["z", "b/a/z"]),
+        ("/build", ["build"], ["src/build"]),
+        ("file?.[ch]", ["file1.c", "d/file2.h"], ["file10.c", "file1.o"]),
+        ("[!a]*", ["b", "x/bee"], ["a", "x/abc"]),
+    ],
+)
+def test_pattern_semantics(pattern, matching, not_matching):
+    compiled = compile_pattern(pattern)
+    assert all(compiled.matches(p, is_dir=False) for p in matching)
+    assert not any(compiled.matches(p, is_dir=False) for p in not_matching)
+
+
+def test_directory_only_pattern_and_bad_patterns():
+    pfilter = PathFilter(include=[], exclude=["logs/"])
+    assert pfilter.excluded("var/logs", is_dir=True)
+    assert not pfilter.excluded("var/logs", is_dir=False)
+    with pytest.raises(ConfigError):
+        compile_pattern("  ")
+
+
+# -- files that change under the backup ---------------------------------------------------
+
+
+def begin(vault: Vault, keyring: Keyring, engine: FilesEngine):
+    return vault.begin_backup(
+        source="app-files", kind="files", backup_type="full", target=engine.describe(), keyring=keyring
+    )
+
+
+class HookSink:
+    """The vault's sink, with a hook run at the first write: the tree changes mid-backup."""
+
+    def __init__(self, sink, hook) -> None:
+        self.sink, self.hook, self.writes = sink, hook, []
+
+    @contextlib.contextmanager
+    def open_stream(self, name):
+        with self.sink.open_stream(name) as out:
+            outer = self
+
+            class Writer:
+                def write(self, data):
+                    if outer.hook is not None:
+                        hook, outer.hook = outer.hook, None
+                        hook()
+                    outer.writes.append(len(data))
+                    return out.write(data)
+
+            yield Writer()
+
+    def write_stream(self, name, data):  # pragma: no cover - the files engine never uses it
+        return self.sink.write_stream(name, data)
+
+
+def test_files_changing_during_backup_are_recorded_and_restore_verifies(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    big = write(src / "a-growing.log", b"g" * 3_000_000)
+    shrinking = write(src / "b-shrinking.bin", b"s" * 2_000_000)
+    doomed = write(src / "z-vanishing.txt", b"gone soon")
+
+    def change_tree():  # runs while a-growing.log is being read into the tar
+        with open(big, "ab") as f:
+            f.write(b"appended")
+        doomed.unlink()
+
+    engine = files_engine(src)
+    writer = begin(vault, keyring, engine)
+    sink = HookSink(writer, change_tree)
+    result = engine.backup(sink)
+    os.truncate(shrinking, 10)  # after the backup: only to prove restore uses the archive
+    backup_id = writer.commit(result).id
+
+    assert result.checks["skipped"] == {"z-vanishing.txt": "vanished during backup"}
+    assert "grew" in result.checks["changed"]["a-growing.log"]
+    assert result.checks["files"]["a-growing.log"]["size"] == 3_000_000
+    dst.mkdir()
+    restore_backup(vault, keyring, backup_id, files_engine(dst))
+    assert (dst / "a-growing.log").read_bytes() == b"g" * 3_000_000
+    assert (dst / "b-shrinking.bin").read_bytes() == b"s" * 2_000_000
+
+
+def test_file_shrinking_while_read_is_padded_and_recorded(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    victim = write(src / "truncated.bin", b"t" * 3_000_000)
+    engine = files_engine(src)
+    writer = begin(vault, keyring, engine)
+    result = engine.backup(HookSink(writer, lambda: os.truncate(victim, 100_000)))
+    backup_id = writer.commit(result).id
+
+    assert "shrank" in result.checks["changed"]["truncated.bin"]
+    dst.mkdir()
+    restore_backup(vault, keyring, backup_id, files_engine(dst))
+    data = (dst / "truncated.bin").read_bytes()
+    assert len(data) == 3_000_000 and data.rstrip(b"\0").startswith(b"t" * 100_000)
+
+
+def traced(fn):
+    """(result, peak bytes of Python memory) of ``fn()``."""
+    tracemalloc.start()
+    try:
+        value = fn()
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_large_file_streams_in_chunks_with_flat_memory(vault, keyring, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(1 << 20))
+    block = os.urandom(1 << 20)
+    peaks = {}
+    for mib in (8, 33):
+        src, dst = tmp_path / f"src{mib}", tmp_path / f"restore{mib}"
+        src.mkdir()
+        with open(src / "big.bin", "wb") as f:
+            for i in range(mib):
+                f.write(block[i:] + block[:i])  # incompressible, no two MiB alike
+        engine = files_engine(src)
+        writer = begin(vault, keyring, engine)
+        sink = HookSink(writer, None)
+        result, backup_peak = traced(lambda: engine.backup(sink))  # noqa: B023 - called at once
+        backup_id = writer.commit(result).id
+        dst.mkdir()
+        _, restore_peak = traced(lambda: restore_backup(vault, keyring, backup_id, files_engine(dst)))  # noqa: B023
+        peaks[mib] = (backup_peak, restore_peak)
+
+        # The engine hands the vault pieces, never the file.
+        assert max(sink.writes) <= 1 << 20 and sum(sink.writes) > mib << 20
+        restored = hashlib.sha256((dst / "big.bin").read_bytes()).hexdigest()
+        assert restored == hashlib.sha256((src / "big.bin").read_bytes()).hexdigest()
+        assert restored == result.checks["files"]["big.bin"]["sha256"]
+
+    # Four times the data, about the same memory: nothing grows with the file.
+    for small, big in zip(peaks[8], peaks[33], strict=True):
+        assert big < small + (4 << 20), peaks
+
+
+# -- restore safety ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def target(tmp_path):
+    """An empty restore target two levels down, so escapes have somewhere to land."""
+    path = tmp_path / "outer" / "target"
+    path.mkdir(parents=True)
+    return path
+
+
+def outer_untouched(target: Path) -> None:
+    assert sorted(p.name for p in target.parent.iterdir()) == ["target"]
+    assert not Path("/tmp/genesis-dr-abs-escape").exists()
+
+
+@pytest.mark.parametrize(
+    ("members", "bad"),
+    [
+        ([(member("ok.txt"), b"fine"), (member("../escape"), b"evil")], "../escape"),
+        ([(member("/tmp/genesis-dr-abs-escape"), b"evil")], "/tmp/genesis-dr-abs-escape"),
+        ([(member("sub/../../escape"), b"evil")], "sub/../../escape"),
+        ([(member("up", tarfile.SYMTYPE, ".."), None), (member("up/escape"), b"evil")], "up"),
+        ([(member("etc", tarfile.SYMTYPE, "/etc"), None)], "etc"),
+        ([(member("d", tarfile.DIRTYPE), None), (member("d/l", tarfile.SYMTYPE, "../../x"), None)], "d/l"),
+        ([(member("in", tarfile.SYMTYPE, "sub"), None), (member("in/f"), b"via link")], "in/f"),
+        (
+            [(member("l", tarfile.SYMTYPE, "s/.."), None), (member("s", tarfile.SYMTYPE, "."), None)],
+            "l",
+        ),
+        ([(member("pw", tarfile.LNKTYPE, "/etc/passwd"), None)], "pw"),
+        ([(member("pw", tarfile.LNKTYPE, "../outside"), None)], "pw"),
+        ([(member("null", tarfile.CHRTYPE), None)], "null"),
+        ([(member("disk", tarfile.BLKTYPE), None)], "disk"),
+    ],
+    ids=[
+        "dotdot",
+        "absolute",
+        "inner-dotdot",
+        "symlink-up",
+        "symlink-absolute",
+        "symlink-escape",
+        "through-own-symlink",
+        "symlink-escapes-after-later-member",
+        "hardlink-absolute",
+        "hardlink-dotdot",
+        "char-device",
+        "block-device",
+    ],
+)
+def test_unsafe_archive_is_refused_and_nothing_lands_outside(vault, keyring, target, members, bad):
+    backup_id = put_archive(vault, keyring, members)
+    with pytest.raises(UnsafeArchiveError) as info:
+        restore_backup(vault, keyring, backup_id, files_engine(target))
+    message = str(info.value)
+    assert repr(bad) in message and "refused" in message and "\n" not in message
+    assert info.value.exit_code == 10
+    outer_untouched(target)
+    assert not os.path.lexists(target / "l")  # a link that ended up pointing out is not left behind
+
+
+def test_stream_that_is_not_a_tar_is_an_integrity_error(vault, keyring, target):
+    writer = vault.begin_backup(
+        source="app-files", kind="files", backup_type="full", target="files /garbage", keyring=keyring
+    )
+    with writer.open_stream(STREAM_NAME) as out:
+        out.write(b"this is not a tar archive")
+    backup_id = writer.commit(BackupResult(checks={"files": {}})).id
+    with pytest.raises(IntegrityError) as info:
+        restore_backup(vault, keyring, backup_id, files_engine(target))
+    assert not isinstance(info.value, UnsafeArchiveError) and "not a readable tar" in str(info.value)
+
+
+def test_engine_restore_from_plain_stream_source_refuses_escape(target):
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = member("../escape")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+
+    class Source:
+        def stream_names(self):
+            return [STREAM_NAME]
+
+        @contextlib.contextmanager
+        def open_stream(self, name):
+            yield io.BytesIO(data.getvalue())
+
+    with pytest.raises(UnsafeArchiveError):
+        files_engine(target).restore(Source(), BackupResult())
+    outer_untouched(target)
+
+
+def test_forced_restore_replaces_links_in_target_without_following_them(vault, keyring, tmp_path):
+    src, dst, outside = tmp_path / "src", tmp_path / "restore", tmp_path / "outside"
+    write(src / "data/file.txt", b"from backup")
+    write(src / "config.ini", b"from backup")
+    write(src / "extra-in-source.txt", b"x")
+    manifest = backup_source(vault, keyring, files_engine(src))
+
+    write(outside / "file.txt", b"outside, must survive")
+    write(outside / "precious", b"outside, must survive")
+    dst.mkdir()
+    os.symlink(outside, dst / "data")  # a directory in the backup is a symlink out in the target
+    os.link(outside / "precious", dst / "config.ini")  # a hard link to a file elsewhere
+    write(dst / "not-in-backup.txt", b"left alone")
+
+    with pytest.raises(TargetNotEmptyError):
+        restore_backup(vault, keyring, manifest.id, files_engine(dst))
+    assert (dst / "data").is_symlink()
+
+    report = restore_backup(vault, keyring, manifest.id, files_engine(dst), force=True)
+
+    assert report.rollback_backup_id is not None
+    assert (outside / "file.txt").read_bytes() == b"outside, must survive"
+    assert (outside / "precious").read_bytes() == b"outside, must survive"
+    assert not (dst / "data").is_symlink() and (dst / "data/file.txt").read_bytes() == b"from backup"
+    assert (dst / "config.ini").read_bytes() == b"from backup"
+    assert (dst / "not-in-backup.txt").read_bytes() == b"left alone"
+
+
+def test_non_empty_target_without_force_is_refused_untouched(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    write(src / "a.txt", b"new")
+    manifest = backup_source(vault, keyring, files_engine(src))
+    write(dst / "a.txt", b"old")
+    engine = files_engine(dst)
+    assert engine.has_data()
+    with pytest.raises(TargetNotEmptyError):
+        restore_backup(vault, keyring, manifest.id, engine)
+    assert (dst / "a.txt").read_bytes() == b"old"
+
+
+# -- source problems ---------------------------------------------------------------------
+
+
+def test_missing_root_or_path_is_source_unavailable(vault, keyring, tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(SourceUnavailableError) as info:
+        files_engine(missing).ping()
+    assert str(missing) in str(info.value) and "create it" in str(info.value)
+    assert not files_engine(missing).has_data()
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SourceUnavailableError):
+        files_engine(tmp_path / "a-file").ping()
+
+    (tmp_path / "root").mkdir()
+    with pytest.raises(SourceUnavailableError) as info:
+        backup_source(vault, keyring, files_engine(tmp_path / "root", paths=["uploads"]))
+    assert "'uploads'" in str(info.value)
+    assert [m.status for m in vault.list_backups()] == ["FAILED"]
+
+
+@pytest.mark.parametrize("path", ["/etc", "../up", "a/../../b"])
+def test_paths_outside_root_are_config_errors(tmp_path, path):
+    with pytest.raises(ConfigError):
+        files_engine(tmp_path, paths=[path]).backup(None)

@@ -1,0 +1,355 @@
+"""MariaDB engine against a real mariadbd and a real vault: what an operator relies on.
+
+A backup restores into another database with every row, counter and schema
+object intact; it records where in the binlog it was taken; it is consistent
+while the application keeps writing; bad logins and dead servers give one clear
+line; a restore never silently overwrites data; nothing readable lands in the vault.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.crypto.keys import Keyring
+from core.engines import engine_for
+from core.engines.base import compare_checks
+from core.engines.mysql import MySQLEngine
+from core.engines.mysql_dump import MAX_LINE_HEAD, DumpInspector, DumpRewriter
+from core.errors import IntegrityError, SourceUnavailableError, TargetNotEmptyError
+from core.operations import backup_source, restore_backup
+from core.repository.manifest import COMPLETED
+from core.repository.vault import Vault
+from core.storage.local import LocalStore
+from tests.fixtures_mysql import CANARY, definers, seed_mysql, snapshot_mysql
+from tests.servers import free_port
+
+
+def _vault(path: Path) -> Vault:
+    return Vault.open(LocalStore(path), create=True)
+
+
+@pytest.fixture(scope="module")
+def keyring() -> Keyring:
+    return Keyring(passphrase="pw")
+
+
+@pytest.fixture(scope="module")
+def seeded(mysql_server, tmp_path_factory, keyring):
+    """One seeded source database, backed up once into a vault, shared by the tests below."""
+    database = mysql_server.create_database("src")
+    with mysql_server.connect(database) as conn:
+        seed_mysql(conn)
+        before = snapshot_mysql(conn)
+    vault_dir = tmp_path_factory.mktemp("vault")
+    vault = _vault(vault_dir)
+    engine = MySQLEngine(mysql_server.config("app-db", database))
+    manifest = backup_source(vault, keyring, engine, "full")
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        binlog_after = cur.fetchone()[:2]
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        binlog_after += cur.fetchone()
+    return {
+        "database": database,
+        "snapshot": before,
+        "vault": vault,
+        "vault_dir": vault_dir,
+        "manifest": manifest,
+        "binlog_after": binlog_after,
+    }
+
+
+def test_round_trip_into_a_fresh_database_restores_everything(mysql_server, seeded, keyring):
+    target_db = mysql_server.fresh_database_name("restored")
+    target = engine_for(mysql_server.config("app-db", target_db))
+
+    report = restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target)
+
+    assert report.verified_checks > 20
+    with mysql_server.connect(target_db) as conn:
+        assert snapshot_mysql(conn) == seeded["snapshot"]
+    # The dump's ALTER DATABASE lines were pointed at the target: the source is untouched.
+    with mysql_server.connect(seeded["database"]) as conn:
+        assert snapshot_mysql(conn) == seeded["snapshot"]
+
+
+def test_backup_records_binlog_position_and_gtid(mysql_server, seeded):
+    manifest = seeded["manifest"]
+    assert manifest.status == COMPLETED
+    pos = manifest.position
+    assert pos["flavor"] == "mariadb" and "MariaDB" in pos["server_version"]
+    assert pos["binlog_enabled"] is True
+    assert re.fullmatch(r"binlog\.\d{6}", pos["binlog_file"]) and pos["binlog_pos"] > 4
+    assert re.fullmatch(r"\d+-\d+-\d+(,\d+-\d+-\d+)*", pos["gtid"]) and pos["gtid_variable"] == "gtid_binlog_pos"
+    assert "mariadb-dump" in manifest.tool_versions and "server" in manifest.tool_versions
+    # Nothing was written during the backup: the recorded position is where the binlog ended.
+    assert seeded["binlog_after"] == (pos["binlog_file"], pos["binlog_pos"], pos["gtid"])
+
+
+def test_vault_holds_no_plaintext(mysql_server, seeded):
+    needles = [CANARY.encode(), mysql_server.password.encode(), b"first programmer", b"CREATE TABLE"]
+    files = [p for p in seeded["vault_dir"].rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle not in data, f"{needle!r} in plaintext in {path}"
+
+
+def test_checks_catch_a_changed_row(mysql_server, seeded, keyring):
+    target_db = mysql_server.fresh_database_name("tampered")
+    target = MySQLEngine(mysql_server.config("app-db", target_db))
+    restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target)
+    expected = seeded["vault"].open_backup(seeded["manifest"].id, keyring).result.checks
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tags SET weight = 2 WHERE tag = 'red' LIMIT 1")  # same count, one value
+        cur.execute("UPDATE customers SET notes = NULL WHERE notes = ''")  # '' and NULL must differ
+    diffs = compare_checks(expected, target.collect_checks(expected))
+    assert any(d.startswith("tables.tags.checksum") for d in diffs)
+    assert any(d.startswith("tables.customers.checksum") for d in diffs)
+    assert not any("rows" in d for d in diffs)
+
+
+def test_non_empty_target_is_refused_and_left_unchanged(mysql_server, seeded, keyring):
+    target_db = mysql_server.create_database("busy")
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE precious (id INT PRIMARY KEY, v VARCHAR(10))")
+        cur.execute("INSERT INTO precious VALUES (1, 'keep me')")
+        before = snapshot_mysql(conn)
+    target = MySQLEngine(mysql_server.config("busy-db", target_db))
+
+    with pytest.raises(TargetNotEmptyError) as err:
+        restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target)
+
+    assert target_db in str(err.value) and "--force" in str(err.value)
+    with mysql_server.connect(target_db) as conn:
+        assert snapshot_mysql(conn) == before
+
+
+def test_forced_restore_replaces_the_target_after_a_rollback_backup(mysql_server, seeded, keyring):
+    target_db = mysql_server.create_database("replace")
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE stale (id INT PRIMARY KEY)")
+        cur.execute("CREATE PROCEDURE stale_proc() SELECT 1")
+    # Over the unix socket this time: the tools get --socket instead of host/port.
+    target = MySQLEngine(mysql_server.config("replace-db", target_db, socket=mysql_server.socket))
+
+    report = restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target, force=True)
+
+    assert report.rollback_backup_id
+    with mysql_server.connect(target_db) as conn:
+        assert snapshot_mysql(conn) == seeded["snapshot"]  # no stale table or procedure left
+
+
+def test_corrupt_chunk_mid_stream_stops_the_restore_with_an_integrity_error(
+    mysql_server, seeded, tmp_path, keyring, monkeypatch
+):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", "4096")  # many chunks, so damage lands mid-restore
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
+    chunks = sorted((tmp_path / "v" / "backups" / manifest.id / "streams" / "dump.sql").iterdir())
+    assert len(chunks) > 5
+    victim = chunks[len(chunks) // 2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+
+    target = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("damaged")))
+    with pytest.raises(IntegrityError) as err:
+        restore_backup(vault, keyring, manifest.id, target)
+    assert manifest.id in str(err.value) and "\n" not in str(err.value)
+
+
+def test_password_reaches_the_tools_only_through_a_private_option_file(mysql_server, seeded, keyring, monkeypatch):
+    seen: list[tuple[list[str], int, int]] = []
+    real_popen = subprocess.Popen
+
+    def spy(argv, *args, **kwargs):
+        assert mysql_server.password not in " ".join(argv)
+        if argv[1:] == ["--version"]:
+            return real_popen(argv, *args, **kwargs)
+        option = Path(argv[1].removeprefix("--defaults-extra-file="))
+        assert argv[1].startswith("--defaults-extra-file=")  # must be the first option
+        seen.append((list(argv), option.stat().st_mode & 0o777, option.parent.stat().st_mode & 0o777))
+        return real_popen(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    target = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("argv")))
+    restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target)
+    backup_source(seeded["vault"], keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
+
+    assert {Path(argv[0]).name for argv, _, _ in seen} == {"mariadb", "mariadb-dump"}
+    for argv, mode, dir_mode in seen:
+        assert (mode, dir_mode) == (0o600, 0o700)
+        assert not Path(argv[1].removeprefix("--defaults-extra-file=")).parent.exists()  # removed afterwards
+
+
+def test_source_down_is_source_unavailable(mysql_server, tmp_path, keyring):
+    engine = MySQLEngine(mysql_server.config("down-db", "app", port=free_port()))
+    with pytest.raises(SourceUnavailableError) as err:
+        backup_source(_vault(tmp_path / "v"), keyring, engine)
+    message = str(err.value)
+    assert "down-db" in message and "check the server is running" in message and "\n" not in message
+
+
+def test_wrong_password_is_source_unavailable_without_the_password(mysql_server, keyring, tmp_path):
+    wrong = "Wr0ng-pa55word-xyz"
+    engine = MySQLEngine(mysql_server.config("app-db", "app", password=wrong))
+    with pytest.raises(SourceUnavailableError) as err:
+        engine.ping()
+    message = str(err.value)
+    assert "login refused" in message and "app-db" in message
+    assert wrong not in message and mysql_server.password not in message
+    with pytest.raises(SourceUnavailableError):
+        backup_source(_vault(tmp_path / "v"), keyring, engine)
+    for path in (tmp_path / "v").rglob("*"):
+        if path.is_file():
+            assert wrong.encode() not in path.read_bytes()
+
+
+def test_backup_is_consistent_while_the_application_writes(mysql_server, tmp_path, keyring):
+    """Rows committed during the backup must be either wholly in the dump and the checks, or in neither."""
+    database = mysql_server.create_database("busy_src")
+    with mysql_server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE ledger (id INT AUTO_INCREMENT PRIMARY KEY, account INT, amount DECIMAL(10,2), memo TEXT)"
+        )
+        cur.execute("CREATE TABLE balances (account INT PRIMARY KEY, total DECIMAL(12,2))")
+        cur.executemany("INSERT INTO balances VALUES (%s, 0)", [(a,) for a in range(50)])
+        memo = "x" * 400
+        for _ in range(20):
+            cur.executemany(
+                "INSERT INTO ledger (account, amount, memo) VALUES (%s, 1.00, %s)",
+                [(a % 50, memo) for a in range(1000)],
+            )
+    stop = threading.Event()
+    written = [0]
+
+    def application() -> None:
+        with mysql_server.connect(database) as conn, conn.cursor() as cur:
+            while not stop.is_set():
+                account = written[0] % 50
+                cur.execute("START TRANSACTION")
+                cur.execute("INSERT INTO ledger (account, amount, memo) VALUES (%s, 2.50, 'live')", (account,))
+                cur.execute("UPDATE balances SET total = total + 2.50 WHERE account = %s", (account,))
+                cur.execute("COMMIT")
+                written[0] += 1
+
+    writer = threading.Thread(target=application)
+    writer.start()
+    try:
+        vault = _vault(tmp_path / "v")
+        manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("busy", database)))
+    finally:
+        stop.set()
+        writer.join()
+    assert written[0] > 0
+
+    target_db = mysql_server.fresh_database_name("busy_copy")
+    restore_backup(vault, keyring, manifest.id, MySQLEngine(mysql_server.config("busy", target_db)))  # verifies checks
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT COUNT(*) FROM ledger WHERE memo = 'live') * 2.50 = (SELECT SUM(total) FROM balances)"
+        )
+        assert cur.fetchone()[0] == 1  # each transaction entirely in the backup, or entirely not
+
+
+def test_missing_definers_become_the_restoring_user(mysql_server, tmp_path, keyring):
+    database = mysql_server.create_database("owned")
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER 'app_owner'@'%' IDENTIFIED BY 'irrelevant-9'")
+        cur.execute(f"GRANT ALL ON `{database}`.* TO 'app_owner'@'%'")
+        cur.execute(f"CREATE TABLE `{database}`.t (id INT PRIMARY KEY)")
+        cur.execute(f"INSERT INTO `{database}`.t VALUES (1), (2)")
+        cur.execute(f"CREATE DEFINER='app_owner'@'%' VIEW `{database}`.v AS SELECT COUNT(*) AS n FROM `{database}`.t")
+        cur.execute(f"CREATE DEFINER='app_owner'@'%' PROCEDURE `{database}`.p() SELECT COUNT(*) FROM t")
+        cur.execute(f"CREATE DEFINER='dr'@'127.0.0.1' FUNCTION `{database}`.f() RETURNS INT DETERMINISTIC RETURN 7")
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("owned", database)))
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP USER 'app_owner'@'%'")  # as on a fresh DR server without that account
+
+    target_db = mysql_server.fresh_database_name("owned_copy")
+    restore_backup(vault, keyring, manifest.id, MySQLEngine(mysql_server.config("owned", target_db)))
+
+    with mysql_server.connect(target_db) as conn:
+        assert definers(conn) == {"view v": "dr@127.0.0.1", "routine p": "dr@127.0.0.1", "routine f": "dr@127.0.0.1"}
+        with conn.cursor() as cur:
+            cur.execute("SELECT n FROM v")  # would fail if the definer did not exist
+            assert cur.fetchone() == (2,)
+            cur.execute("CALL p()")
+            assert cur.fetchone() == (2,)
+
+
+def test_backup_without_binlog_records_that_and_restores(mysql_server_without_binlog, tmp_path, keyring):
+    server = mysql_server_without_binlog
+    database = server.create_database("nobin")
+    with server.connect(database) as conn:
+        seed_mysql(conn)
+        before = snapshot_mysql(conn)
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(server.config("nobin", database)))
+    assert manifest.position["binlog_enabled"] is False and manifest.position["binlog"] == "disabled"
+
+    target_db = server.fresh_database_name("nobin_copy")
+    restore_backup(vault, keyring, manifest.id, MySQLEngine(server.config("nobin", target_db)))
+    with server.connect(target_db) as conn:
+        assert snapshot_mysql(conn) == before
+
+
+def test_has_data(mysql_server):
+    name = mysql_server.fresh_database_name("probe")
+    engine = MySQLEngine(mysql_server.config("probe", name))
+    assert engine.has_data() is False  # missing database
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+        assert engine.has_data() is False  # empty database
+        cur.execute(f"CREATE FUNCTION `{name}`.one() RETURNS INT DETERMINISTIC RETURN 1")
+        assert engine.has_data() is True  # a routine alone is data a restore would destroy
+
+
+# --- the stream helpers, at every piece boundary -------------------------------
+
+DUMP = (
+    b"/*M!999999\\- enable the sandbox mode */ \n"
+    b"-- CHANGE MASTER TO MASTER_LOG_FILE='binlog.000042', MASTER_LOG_POS=4711;\n"
+    b"CREATE TABLE `we``ird` (\n  `id` int NOT NULL AUTO_INCREMENT,\n"
+    b") ENGINE=InnoDB AUTO_INCREMENT=1234 DEFAULT CHARSET=utf8mb4;\n"
+    b"INSERT INTO `we``ird` VALUES\n(1,'CREATE DEFINER=`ghost`@`%` PROCEDURE x'),\n(2,'"
+    + b"y"
+    * (MAX_LINE_HEAD * 2)
+    + b"');\n"
+    b"CREATE DEFINER=`ghost`@`%` PROCEDURE `p`()\nselect 1\n;;\n"
+    b"/*!50003 CREATE*/ /*!50017 DEFINER=`dr`@`127.0.0.1`*/ /*!50003 trigger t before insert on x for each row set @a=1 */;;\n"
+    b"/*!50013 DEFINER=`gho``st`@`localhost` SQL SECURITY DEFINER */\n"
+    b"ALTER DATABASE `src` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin ;\n"
+    b"-- SET GLOBAL gtid_slave_pos='0-1-99';\n"
+)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 100, MAX_LINE_HEAD + 3, len(DUMP)])
+def test_dump_inspector_and_rewriter_ignore_piece_boundaries(piece):
+    pieces = [DUMP[i : i + piece] for i in range(0, len(DUMP), piece)]
+    started = []
+    inspector = DumpInspector(on_snapshot=lambda: started.append(True))
+    for p in pieces:
+        inspector.feed(p)
+    inspector.finish()
+    facts = inspector.facts
+    assert (facts.binlog_file, facts.binlog_pos, facts.gtid) == ("binlog.000042", 4711, "0-1-99")
+    assert facts.auto_increment == {"we`ird": 1234} and started == [True]
+
+    rewriter = DumpRewriter("src", "dst", {("dr", "127.0.0.1")})
+    out = b"".join(rewriter.feed(p) for p in pieces) + rewriter.finish()
+    assert out == (
+        DUMP.replace(b"CREATE DEFINER=`ghost`@`%` PROCEDURE `p`", b"CREATE DEFINER=CURRENT_USER PROCEDURE `p`")
+        .replace(b"/*!50013 DEFINER=`gho``st`@`localhost`", b"/*!50013 DEFINER=CURRENT_USER")
+        .replace(b"ALTER DATABASE `src`", b"ALTER DATABASE `dst`")
+    )
+    assert b"(1,'CREATE DEFINER=`ghost`@`%` PROCEDURE x')" in out  # data is never edited
+    assert rewriter.rewritten == {"ghost@%", "gho`st@localhost"}
