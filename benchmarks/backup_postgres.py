@@ -78,6 +78,8 @@ WORDS = (
     "backup restore database latency error success"
 ).split()
 
+WORDS_SQL = {"words": ",".join(f"'{w}'" for w in WORDS), "nwords": len(WORDS)}
+
 INSERTS = {
     "orders": """
 INSERT INTO orders
@@ -88,13 +90,12 @@ FROM generate_series({lo}::bigint, {hi}) g""",
     # The inner generate_series depends on g, so the words are drawn per row.
     "documents": """
 INSERT INTO documents
-SELECT g, 'Report ' || g || ' on ' || (ARRAY['sales','ops','risk','audit','growth'])[1 + g %% 5],
+SELECT g, 'Report ' || g || ' on ' || (ARRAY['sales','ops','risk','audit','growth'])[1 + g % 5],
        (SELECT string_agg(CASE WHEN random() < 0.08 THEN substr(md5(random()::text), 1, 8)
-                               ELSE (ARRAY[%(words)s])[1 + floor(random() * %(nwords)d)::int] END, ' ')
-        FROM generate_series(1, 40 + g %% 30)),
-       (ARRAY['en','de','fr','es'])[1 + g %% 4]
-FROM generate_series({lo}::bigint, {hi}) g"""
-    % {"words": ",".join(f"'{w}'" for w in WORDS), "nwords": len(WORDS)},
+                               ELSE (ARRAY[{words}])[1 + floor(random() * {nwords})::int] END, ' ')
+        FROM generate_series(1, 40 + g % 30)),
+       (ARRAY['en','de','fr','es'])[1 + g % 4]
+FROM generate_series({lo}::bigint, {hi}) g""",
     "events": """
 INSERT INTO events
 SELECT g, timestamptz '2023-01-01 00:00+00' + g * interval '1 second',
@@ -186,14 +187,14 @@ def seed(server: Server, dbname: str, size_mb: int) -> None:
     server.sql(dbname, SCHEMA)
     for table, share in TABLES.items():
         target = int(size_mb * share * (1 << 20))
-        server.sql(dbname, INSERTS[table].format(lo=1, hi=CALIBRATION_ROWS))
+        server.sql(dbname, INSERTS[table].format(lo=1, hi=CALIBRATION_ROWS, **WORDS_SQL))
         per_row = int(server.sql(dbname, f"SELECT pg_table_size('{table}')")) / CALIBRATION_ROWS
         total_rows = max(CALIBRATION_ROWS, int(target / per_row))
         batch = max(1000, int(BATCH_BYTES / per_row))
         lo = CALIBRATION_ROWS + 1
         while lo <= total_rows:
             hi = min(total_rows, lo + batch - 1)
-            server.sql(dbname, INSERTS[table].format(lo=lo, hi=hi))
+            server.sql(dbname, INSERTS[table].format(lo=lo, hi=hi, **WORDS_SQL))
             lo = hi + 1
         log(f"  {table}: {total_rows} rows ({per_row:.0f} B/row)")
     server.sql(dbname, "".join(f"ALTER TABLE {t} ADD PRIMARY KEY (id);\n" for t in TABLES))
@@ -242,7 +243,7 @@ class PeakRSS:
         while not self._stop.wait(0.05):
             self.peak_kb = max(self.peak_kb, _status_kb("VmRSS"))
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         except OSError:
@@ -407,8 +408,10 @@ def add_ratios(out: dict) -> None:
 
 def print_text(out: dict) -> None:
     mb = 1 << 20
-    print(f"database {out['dbname']}: {out['db_bytes'] / mb:.0f} MB (pg_database_size), PostgreSQL "
-          f"{out['server_version']}, {out['cpus']} CPUs")
+    print(
+        f"database {out['dbname']}: {out['db_bytes'] / mb:.0f} MB (pg_database_size), PostgreSQL "
+        f"{out['server_version']}, {out['cpus']} CPUs"
+    )
     rows = [
         ("pg_dump -Fc -Z0 > /dev/null", "custom_z0_dump_s", None),
         ("pg_dump > /dev/null (reference)", "raw_dump_s", "raw_dump_bytes"),
@@ -423,13 +426,19 @@ def print_text(out: dict) -> None:
             extra = f"  {out[size] / mb:9.1f} MB" if size and size in out else ""
             print(f"  {label:44s} {out[seconds]:8.2f} s{extra}")
     if "backup_s" in out:
-        print(f"  backup peak RSS {out['backup_peak_rss_mb']} MB (+{out['backup_rss_increase_mb']} MB over a "
-              f"{out['backup_rss_baseline_mb']} MB baseline; this Python process only, pg_dump excluded)")
-        print(f"  KDF: {out['kdf_iterations']} PBKDF2 iterations, {out['kdf_wrap_s']} s per backup; "
-              f"chunk size {out['chunk_size'] >> 20} MiB, {out['compression']}; plain {out['plain_bytes'] / mb:.1f} MB")
+        print(
+            f"  backup peak RSS {out['backup_peak_rss_mb']} MB (+{out['backup_rss_increase_mb']} MB over a "
+            f"{out['backup_rss_baseline_mb']} MB baseline; this Python process only, pg_dump excluded)"
+        )
+        print(
+            f"  KDF: {out['kdf_iterations']} PBKDF2 iterations, {out['kdf_wrap_s']} s per backup; "
+            f"chunk size {out['chunk_size'] >> 20} MiB, {out['compression']}; plain {out['plain_bytes'] / mb:.1f} MB"
+        )
     if "restore_s" in out:
-        print(f"  restore peak RSS {out['restore_peak_rss_mb']} MB; verification about "
-              f"{out['restore_verify_s_estimate']:.2f} s of the restore")
+        print(
+            f"  restore peak RSS {out['restore_peak_rss_mb']} MB; verification about "
+            f"{out['restore_verify_s_estimate']:.2f} s of the restore"
+        )
     for goal in out["goals"].values():
         verdict = "PASS" if goal["pass"] else "MISS"
         limit = f"< {goal['goal']}" if goal["label"].endswith("(MB)") else f"<= {goal['goal']}"

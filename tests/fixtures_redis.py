@@ -55,6 +55,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -83,9 +85,10 @@ def start_redis(password: str | None = None, **settings: str) -> RedisServer:
     proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for_port(port, proc, timeout=20)
-    except RuntimeError:
+    except RuntimeError as exc:
         proc.kill()
-        raise
+        _, err = proc.communicate()  # config errors go to stderr, before the log file opens
+        raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()[-500:]}") from None
     return RedisServer(port, password, directory, proc)
 
 

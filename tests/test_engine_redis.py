@@ -112,6 +112,19 @@ def test_rdb_backup_of_password_protected_source_in_each_transfer_format(
     assert_same_redis(before, snapshot_redis(target.client))
 
 
+def test_backup_as_an_acl_user(redis_factory, vault, keyring):
+    source, target = redis_factory(password=PASSWORD), redis_factory()
+    source.client().acl_setuser("dr-backup", enabled=True, passwords=["+dr-user-pw"], keys=["*"], commands=["+@all"])
+    seed_redis(source.client())
+    before = snapshot_redis(source.client)
+    config = source.config("cache", "rdb", username="dr-backup", password="dr-user-pw")
+
+    manifest = backup_source(vault, keyring, RedisEngine(config))
+    restore_backup(vault, keyring, manifest.id, RedisEngine(target.config("cache")))
+
+    assert_same_redis(before, snapshot_redis(target.client))
+
+
 def test_logical_round_trip_restores_every_database_type_value_and_ttl(redis_factory, vault, keyring):
     source, target = redis_factory(password=PASSWORD), redis_factory()
     seed_redis(source.client())
@@ -204,6 +217,18 @@ def test_forced_restore_replaces_the_target_data(redis_factory, vault, keyring, 
 
     assert report.rollback_backup_id is not None
     assert_same_redis(snapshot_redis(source.client), snapshot_redis(target.client))
+
+
+def test_rdb_restore_into_a_server_with_too_few_databases_is_refused_before_touching_it(redis_factory, vault, keyring):
+    source, target = redis_factory(), redis_factory(databases="2")
+    seed_redis(source.client())  # uses db 3
+    manifest = backup_source(vault, keyring, RedisEngine(source.config("cache")))
+
+    with pytest.raises(EngineError, match="has only 2 databases"):
+        restore_backup(vault, keyring, manifest.id, RedisEngine(target.config("cache")))
+
+    assert target.client().ping()
+    assert target.client().info("replication")["role"] == "master"
 
 
 def test_verification_catches_a_target_that_differs(redis_factory, vault, keyring):

@@ -446,6 +446,7 @@ class RdbInfo:
     version: int = 0
     aux: dict[str, str] = field(default_factory=dict)
     keys: int = 0
+    databases: set[int] = field(default_factory=set)
 
 
 KeyCallback = Callable[[int, bytes, str, "int | None", bytes], None]
@@ -512,6 +513,7 @@ def walk_rdb(r: ByteReader, on_key: KeyCallback) -> RdbInfo:
             type_name, digest = read_object(r, op)
             on_key(db, key, type_name, expire, digest)
             info.keys += 1
+            info.databases.add(db)
             expire = None
 
 

@@ -124,6 +124,10 @@ class RedisEngine(Engine):
             raise SourceUnavailableError(
                 f"{self.label}: login refused; check username/password in the stack file"
             ) from None
+        except redis.BusyLoadingError:
+            raise SourceUnavailableError(
+                f"{self.label}: the server is still loading its dataset; try again once it has finished"
+            ) from None
         except redis.exceptions.NoPermissionError:
             raise SourceUnavailableError(
                 f"{self.label}: the user may not run {what}; grant it in the server's ACL"
@@ -157,14 +161,14 @@ class RedisEngine(Engine):
         return f"{where} ({self.config.mode})"
 
     def ping(self) -> None:
-        with self._talking("PING"):
-            self._client().ping()
+        with self._talking("PING"), self._client() as client:
+            client.ping()
 
     def has_data(self) -> bool:
-        client = self._client()
-        with self._talking("INFO keyspace"):
+        with self._talking("INFO keyspace"), self._client() as client:
             if self.config.mode == "logical" and self.config.db is not None:
-                return self._client(self.config.db).dbsize() > 0
+                with self._client(self.config.db) as one:
+                    return one.dbsize() > 0
             return bool(self._keyspace_dbs(client))
 
     def backup(self, sink: StreamSink) -> BackupResult:
@@ -184,13 +188,13 @@ class RedisEngine(Engine):
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         now = _now_ms()
         checks = KeyspaceChecks(now)
-        client = self._client()
         ref_dbs = list(reference.get("databases", {}))
-        with self._talking("SCAN/DUMP"):
+        with self._talking("SCAN/DUMP"), self._client() as client:
             for db in self._scope_dbs(client):
-                for key, pttl, payload in scan_dump(self._client(db)):
-                    type_name, digest = dump_digest(payload)
-                    checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
+                with self._client(db) as one:
+                    for key, pttl, payload in scan_dump(one):
+                        type_name, digest = dump_digest(payload)
+                        checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
         actual = checks.to_dict()
         if self.config.mode == "logical" and self.config.db is not None and len(ref_dbs) == 1:
             # A one-database backup restored into another database number.
@@ -230,6 +234,7 @@ class RedisEngine(Engine):
             "rdb_version": info.version,
             "rdb_bytes": size,
             "transfer": "diskless" if header.eof_mark else "disk",
+            "databases": sorted(info.databases),
             "keys": info.keys,
             "started_at": started,
             "finished_at": _iso_now(),
@@ -244,10 +249,14 @@ class RedisEngine(Engine):
                 "unset 'db' on the restore target"
             )
         length = int(result.position["rdb_bytes"])
-        client = self._client()
+        with self._client() as client:
+            self._replicate_into(client, source, length, result.position)
+
+    def _replicate_into(self, client: redis.Redis, source: StreamSource, length: int, position: dict) -> None:
         with self._talking("INFO server"):
             version = client.info("server").get("redis_version", "0")
-        self._check_rdb_version(str(version), int(result.position.get("rdb_version", 0)))
+        self._check_rdb_version(str(version), int(position.get("rdb_version", 0)))
+        self._check_database_count(client, position.get("databases", []))
         bind, advertise, allowed = self._restore_addresses()
         master = ReplicationMaster(bind, allowed, self.label)
         try:
@@ -286,6 +295,21 @@ class RedisEngine(Engine):
             raise EngineError(
                 f"{self.label}: Redis {target_version} cannot load RDB version {rdb_version}; "
                 "restore into a Redis at least as new as the source"
+            )
+
+    def _check_database_count(self, client: redis.Redis, databases: list[int]) -> None:
+        # A replica exits (it does not just fail the sync) on an RDB that
+        # selects a database number it does not have.
+        if not databases:
+            return
+        try:
+            configured = int(client.config_get("databases").get("databases", 0))
+        except redis.ResponseError:
+            return  # CONFIG disabled: nothing to check against
+        if max(databases) >= configured:
+            raise EngineError(
+                f"{self.label}: the backup uses database {max(databases)} but the target has only {configured} "
+                "databases; raise 'databases' in the target's configuration"
             )
 
     def _restore_addresses(self) -> tuple[tuple[str, int], tuple[str, int], set[str] | None]:
@@ -348,8 +372,7 @@ class RedisEngine(Engine):
 
     def _backup_logical(self, sink: StreamSink) -> BackupResult:
         started = _iso_now()
-        client = self._client()
-        with self._talking("INFO"):
+        with self._talking("INFO"), self._client() as client:
             version = str(client.info("server").get("redis_version", "unknown"))
             dbs = self._scope_dbs(client)
         checks = KeyspaceChecks(_now_ms())
@@ -357,8 +380,8 @@ class RedisEngine(Engine):
         with sink.open_stream(LOGICAL_STREAM) as out:
             write_header(out)
             for db in dbs:
-                with self._talking("SCAN/DUMP"):
-                    for key, pttl, payload in scan_dump(self._client(db)):
+                with self._talking("SCAN/DUMP"), self._client(db) as client:
+                    for key, pttl, payload in scan_dump(client):
                         write_record(out, db, key, pttl, payload)
                         type_name, digest = dump_digest(payload)
                         checks.add(db, key, type_name, None if pttl < 0 else _now_ms() + pttl, digest)
@@ -394,8 +417,12 @@ class RedisEngine(Engine):
                 clients[target] = c
             return clients[target]
 
-        with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
-            restore_records(iter_records(f), client_for, self.label)
+        try:
+            with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
+                restore_records(iter_records(f), client_for, self.label)
+        finally:
+            for c in clients.values():
+                c.close()
 
 
 def _host_port(value: str) -> tuple[str, int]:
