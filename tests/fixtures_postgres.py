@@ -281,7 +281,7 @@ def seed_postgres(conn: psycopg.Connection) -> None:
 
 _FIXED_OUTPUT = (
     "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; "
-    "SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'"
+    "SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'; SET search_path = public"
 )
 _USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
 

@@ -302,11 +302,12 @@ class RedisEngine(Engine):
         # selects a database number it does not have.
         if not databases:
             return
-        try:
-            configured = int(client.config_get("databases").get("databases", 0))
-        except redis.ResponseError:
-            return  # CONFIG disabled: nothing to check against
-        if max(databases) >= configured:
+        with self._talking("CONFIG GET databases"):
+            try:
+                configured = client.config_get("databases").get("databases")
+            except redis.ResponseError:
+                return  # CONFIG disabled: nothing to check against
+        if configured is not None and max(databases) >= int(configured):
             raise EngineError(
                 f"{self.label}: the backup uses database {max(databases)} but the target has only {configured} "
                 "databases; raise 'databases' in the target's configuration"
