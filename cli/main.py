@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from datetime import datetime
-
 from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -41,7 +40,9 @@ def _print_backups(results: list[dict]) -> None:
             f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
         )
     for r in results:
-        print(f"  restore with: genesis-dr restore --source {r['source']} --backup-id {r['id']} --target ...  (add --dry-run to see the plan)")
+        print(
+            f"  restore with: genesis-dr restore --source {r['source']} --backup-id {r['id']} --target ...  (add --dry-run to see the plan)"
+        )
 
 
 def cmd_apply(args) -> int:
@@ -77,7 +78,9 @@ def cmd_list(args) -> int:
     if not manifests:
         print(f"no backups in {config.vault.path}")
         return 0
-    print(f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<9} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  POSITION")
+    print(
+        f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<9} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  POSITION"
+    )
     for m in manifests:
         pos = ", ".join(f"{k}={v}" for k, v in m.position.items() if not isinstance(v, (dict, list)))[:60]
         label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
@@ -109,7 +112,9 @@ def cmd_restore(args) -> int:
         print("dry run: nothing was changed")
         return 0
     rep = out["report"]
-    print(f"restored {rep['backup_id']} into {rep['target']} in {rep['seconds']:.1f}s; verified {rep['verified_checks']} checks")
+    print(
+        f"restored {rep['backup_id']} into {rep['target']} in {rep['seconds']:.1f}s; verified {rep['verified_checks']} checks"
+    )
     if rep["rollback_backup_id"]:
         print(f"rollback point: {rep['rollback_backup_id']} (restore it to undo)")
     return 0
@@ -125,7 +130,9 @@ def cmd_key(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genesis-dr", description="Disaster recovery for PostgreSQL, MariaDB/MySQL, Redis and files.")
+    p = argparse.ArgumentParser(
+        prog="genesis-dr", description="Disaster recovery for PostgreSQL, MariaDB/MySQL, Redis and files."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("apply", help="register a stack file as Prefect blocks")
@@ -150,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--backup-id")
     which.add_argument("--target-time", help="ISO time; restores the newest backup at or before it")
-    r.add_argument("--target", action="append", metavar="KEY=VALUE", help="override a target setting, e.g. database=app_copy")
+    r.add_argument(
+        "--target", action="append", metavar="KEY=VALUE", help="override a target setting, e.g. database=app_copy"
+    )
     r.add_argument("--target-source", help="restore into another source of the stack")
     r.add_argument("--mode", choices=["full"], default="full", help=argparse.SUPPRESS)
     r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")

@@ -118,7 +118,8 @@ def restore_backup(
                     vault,
                     keyring,
                     engine_for(engine.rollback_config()),
-                    "full", labels={"purpose": "rollback", "before_restore_of": backup_id}
+                    "full",
+                    labels={"purpose": "rollback", "before_restore_of": backup_id},
                 ).id
         with vault.lock(f"restore-{engine.config.name}", f"restore of {backup_id}"):
             engine.restore(reader, reader.result)

@@ -6,7 +6,7 @@ A plan is computed before anything changes; ``--dry-run`` prints it and stops.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from core.errors import BackupNotFoundError, ConfigError
@@ -69,20 +69,28 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def choose_backup(manifests: list[Manifest], source: str, backup_id: str | None, target_time: datetime | None) -> Manifest:
+def choose_backup(
+    manifests: list[Manifest], source: str, backup_id: str | None, target_time: datetime | None
+) -> Manifest:
     """The backup a restore uses: the given id, or the newest completed full one at or before ``target_time``."""
     if backup_id:
         for m in manifests:
             if m.id == backup_id:
                 if m.source != source:
-                    raise BackupNotFoundError(f"backup {backup_id} belongs to source {m.source!r}, not {source!r}; check --source")
+                    raise BackupNotFoundError(
+                        f"backup {backup_id} belongs to source {m.source!r}, not {source!r}; check --source"
+                    )
                 if m.status != COMPLETED:
-                    raise BackupNotFoundError(f"backup {backup_id} is {m.status} ({m.error}); choose a completed backup from 'genesis-dr list'")
+                    raise BackupNotFoundError(
+                        f"backup {backup_id} is {m.status} ({m.error}); choose a completed backup from 'genesis-dr list'"
+                    )
                 return m
-        raise BackupNotFoundError(f"backup {backup_id} not found for source {source!r}; see 'genesis-dr list --source {source}'")
-    when = target_time or datetime.now(timezone.utc)
+        raise BackupNotFoundError(
+            f"backup {backup_id} not found for source {source!r}; see 'genesis-dr list --source {source}'"
+        )
+    when = target_time or datetime.now(UTC)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     candidates = [
         m
         for m in manifests
@@ -120,9 +128,13 @@ def plan_restore(
         force=force,
         chain=[chosen.id],
     )
-    plan.steps.append(f"open {chosen.id} ({chosen.kind} {chosen.type}, {chosen.ended_at}): unwrap key, check manifest MAC")
+    plan.steps.append(
+        f"open {chosen.id} ({chosen.kind} {chosen.type}, {chosen.ended_at}): unwrap key, check manifest MAC"
+    )
     if target_has_data and not force:
-        plan.refusal = f"target {target} already holds data; pass --force to restore over it (a rollback backup is taken first)"
+        plan.refusal = (
+            f"target {target} already holds data; pass --force to restore over it (a rollback backup is taken first)"
+        )
     elif target_has_data:
         plan.steps.append(f"take a rollback backup of {target} (full, label purpose=rollback)")
     plan.steps.append(f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated")

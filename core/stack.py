@@ -70,7 +70,7 @@ class StackConfig(BaseModel):
     sources: list[SourceConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _names(self) -> "StackConfig":
+    def _names(self) -> StackConfig:
         if not _NAME.match(self.stack):
             raise ValueError(f"stack name {self.stack!r} must be lowercase letters, digits and dashes")
         seen: set[str] = set()
@@ -81,9 +81,7 @@ class StackConfig(BaseModel):
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
         if not (self.encryption.passphrase or self.encryption.x25519_public_keys):
-            raise ValueError(
-                "encryption needs a passphrase (or BACKUP_ENCRYPTION_PASSWORD) or x25519_public_keys"
-            )
+            raise ValueError("encryption needs a passphrase (or BACKUP_ENCRYPTION_PASSWORD) or x25519_public_keys")
         return self
 
     def source(self, name: str) -> Any:
@@ -109,7 +107,9 @@ def interpolate(text: str, where: str, env: dict[str, str] | None = None) -> str
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"{where}: environment variable {name} is not set; export it or give a default as ${{{name}:-value}}")
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set; export it or give a default as ${{{name}:-value}}"
+        )
 
     return _VAR.sub(sub, text)
 
@@ -177,7 +177,9 @@ def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> Stac
     stack = parse_stack(data, str(path))
     # Relative vault/files paths are relative to the stack file, not the caller's cwd.
     base = path.resolve().parent
-    stack.vault.path = str((base / stack.vault.path).resolve()) if not os.path.isabs(stack.vault.path) else stack.vault.path
+    stack.vault.path = (
+        str((base / stack.vault.path).resolve()) if not os.path.isabs(stack.vault.path) else stack.vault.path
+    )
     for src in stack.sources:
         if isinstance(src, FilesSourceConfig) and not os.path.isabs(src.root):
             src.root = str((base / src.root).resolve())

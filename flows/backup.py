@@ -11,7 +11,9 @@ from tasks.backup import backup_source, select_sources
 
 
 @flow(name="backup", log_prints=True)
-def backup(stack: str = "default", backup_type: Literal["full"] = "full", sources: list[str] | None = None) -> list[dict]:
+def backup(
+    stack: str = "default", backup_type: Literal["full"] = "full", sources: list[str] | None = None
+) -> list[dict]:
     """Back up the stack's sources (all, or the named ones) and commit one manifest each.
 
     Sources run concurrently; a failed source does not stop the others, but the

@@ -34,6 +34,8 @@ def restore(
     if dry_run:
         return {"plan": plan, "dry_run": True}
     if plan["refusal"]:
-        raise TargetNotEmptyError(f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)")
+        raise TargetNotEmptyError(
+            f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
+        )
     report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
     return {"plan": plan, "report": report, "dry_run": False}

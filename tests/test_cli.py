@@ -82,23 +82,56 @@ def test_apply_backup_list_restore_through_the_command(cli, tmp_path):
     assert backup_id in table and "COMPLETED" in table
 
     target = tmp_path / "restored"
-    plan = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
-               "--target", f"root={target}", "--dry-run").stdout
+    plan = cli(
+        "restore",
+        "--stack",
+        "clitest",
+        "--source",
+        "app-files",
+        "--backup-id",
+        backup_id,
+        "--target",
+        f"root={target}",
+        "--dry-run",
+    ).stdout
     assert backup_id in plan and "dry run" in plan
     assert not target.exists()
 
-    out = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
-              "--target", f"root={target}").stdout
+    out = cli(
+        "restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id, "--target", f"root={target}"
+    ).stdout
     assert "verified" in out
     assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
 
     # Not empty now: refused without --force, allowed with it (after a rollback backup).
-    err = one_line_error(cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
-                             "--target", f"root={target}", expect=9))
+    err = one_line_error(
+        cli(
+            "restore",
+            "--stack",
+            "clitest",
+            "--source",
+            "app-files",
+            "--backup-id",
+            backup_id,
+            "--target",
+            f"root={target}",
+            expect=9,
+        )
+    )
     assert "--force" in err
     (target / "conf" / "app.ini").write_text("changed")
-    out = cli("restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id,
-              "--target", f"root={target}", "--force").stdout
+    out = cli(
+        "restore",
+        "--stack",
+        "clitest",
+        "--source",
+        "app-files",
+        "--backup-id",
+        backup_id,
+        "--target",
+        f"root={target}",
+        "--force",
+    ).stdout
     assert "rollback point: backup_" in out
     assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
 
@@ -108,7 +141,9 @@ def test_bad_stack_file_names_the_field(cli, tmp_path):
     err = one_line_error(cli("apply", str(stack), expect=2))
     assert "excludes" in err and "exclude" in err
     missing = tmp_path / "missing.yaml"
-    missing.write_text("vault: {path: ./v}\nencryption: {passphrase: x}\nsources:\n  - {name: db, kind: postgres, databse: x}\n")
+    missing.write_text(
+        "vault: {path: ./v}\nencryption: {passphrase: x}\nsources:\n  - {name: db, kind: postgres, databse: x}\n"
+    )
     err = one_line_error(cli("apply", str(missing), expect=2))
     assert "databse" in err and "database" in err
 
@@ -120,14 +155,36 @@ def test_unknown_backup_id_and_wrong_passphrase(cli, tmp_path):
     stack = write_stack(tmp_path, "errs", files)
     cli("apply", str(stack))
     cli("backup", "full", "--stack", "errs")
-    err = one_line_error(cli("restore", "--stack", "errs", "--source", "app-files", "--backup-id",
-                             "backup_20200101_000000_deadbeef", "--target", f"root={tmp_path / 'x'}", expect=8))
+    err = one_line_error(
+        cli(
+            "restore",
+            "--stack",
+            "errs",
+            "--source",
+            "app-files",
+            "--backup-id",
+            "backup_20200101_000000_deadbeef",
+            "--target",
+            f"root={tmp_path / 'x'}",
+            expect=8,
+        )
+    )
     assert "backup_20200101_000000_deadbeef" in err
     backup_id = json.loads(cli("list", "--stack", "errs", "--json").stdout)[0]["id"]
     # Re-apply with another passphrase: restores must refuse, and never print either passphrase.
     cli("apply", str(stack), extra_env={"BACKUP_ENCRYPTION_PASSWORD": "not-the-right-one"})
-    proc = cli("restore", "--stack", "errs", "--source", "app-files", "--backup-id", backup_id,
-               "--target", f"root={tmp_path / 'y'}", expect=6)
+    proc = cli(
+        "restore",
+        "--stack",
+        "errs",
+        "--source",
+        "app-files",
+        "--backup-id",
+        backup_id,
+        "--target",
+        f"root={tmp_path / 'y'}",
+        expect=6,
+    )
     err = one_line_error(proc)
     assert "wrong passphrase" in err
     assert "not-the-right-one" not in proc.stderr + proc.stdout

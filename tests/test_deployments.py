@@ -46,10 +46,22 @@ def test_deploy_all_then_run_restore_deployment_on_a_worker(make_stack, redis_fa
     )
     try:
         prefect(
-            "deployment", "run", "restore/restore",
-            "-p", f'source="cache"', "-p", f'stack="{stack.name}"', "-p", f'backup_id="{backup_id}"',
-            "-p", f"target={json.dumps({'port': dst.port})}", "-p", "dry_run=false",
-            "--watch", "--watch-timeout", "240",
+            "deployment",
+            "run",
+            "restore/restore",
+            "-p",
+            'source="cache"',
+            "-p",
+            f'stack="{stack.name}"',
+            "-p",
+            f'backup_id="{backup_id}"',
+            "-p",
+            f"target={json.dumps({'port': dst.port})}",
+            "-p",
+            "dry_run=false",
+            "--watch",
+            "--watch-timeout",
+            "240",
             timeout=300,
         )
     finally:

@@ -27,14 +27,16 @@ def files_tree(root):
 
 def tree_state(root):
     return {
-        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None, p.stat().st_mode, p.stat().st_mtime_ns)
+        p.relative_to(root).as_posix(): (
+            p.read_bytes() if p.is_file() else None,
+            p.stat().st_mode,
+            p.stat().st_mtime_ns,
+        )
         for p in sorted(root.rglob("*"))
     }
 
 
-def test_backup_all_sources_concurrently_and_restore_each(
-    make_stack, pg_server, mysql_server, redis_factory, tmp_path
-):
+def test_backup_all_sources_concurrently_and_restore_each(make_stack, pg_server, mysql_server, redis_factory, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.backup import backup
@@ -56,7 +58,9 @@ def test_backup_all_sources_concurrently_and_restore_each(
             mysql_server.config("app-mysql", my_db),
             redis_src.config("cache", "rdb"),
             redis_src.config("cache-logical", "logical"),
-            __import__("core.sources", fromlist=["FilesSourceConfig"]).FilesSourceConfig(name="app-files", root=str(files)),
+            __import__("core.sources", fromlist=["FilesSourceConfig"]).FilesSourceConfig(
+                name="app-files", root=str(files)
+            ),
         ]
     )
     results = backup(stack=stack.name)
@@ -68,14 +72,18 @@ def test_backup_all_sources_concurrently_and_restore_each(
 
     # PostgreSQL into a fresh database on the same server.
     pg_target = pg_server.fresh_database_name()
-    out = restore(source="app-db", stack=stack.name, backup_id=by_source["app-db"]["id"], target={"database": pg_target})
+    out = restore(
+        source="app-db", stack=stack.name, backup_id=by_source["app-db"]["id"], target={"database": pg_target}
+    )
     assert out["report"]["verified_checks"] > 0
     with pg_server.connect(pg_db) as a, pg_server.connect(pg_target) as b:
         assert snapshot_postgres(b) == snapshot_postgres(a)
 
     # MariaDB into a fresh database.
     my_target = mysql_server.fresh_database_name("flowdst")
-    restore(source="app-mysql", stack=stack.name, backup_id=by_source["app-mysql"]["id"], target={"database": my_target})
+    restore(
+        source="app-mysql", stack=stack.name, backup_id=by_source["app-mysql"]["id"], target={"database": my_target}
+    )
     with mysql_server.connect(my_db) as a, mysql_server.connect(my_target) as b:
         assert snapshot_mysql(b) == snapshot_mysql(a)
 
@@ -89,7 +97,9 @@ def test_backup_all_sources_concurrently_and_restore_each(
 
     # Files into another directory: bytes, modes and mtimes.
     target_dir = tmp_path / "restored"
-    restore(source="app-files", stack=stack.name, backup_id=by_source["app-files"]["id"], target={"root": str(target_dir)})
+    restore(
+        source="app-files", stack=stack.name, backup_id=by_source["app-files"]["id"], target={"root": str(target_dir)}
+    )
     assert tree_state(target_dir) == tree_state(files)
 
     async def flow_runs():
@@ -103,8 +113,8 @@ def test_backup_all_sources_concurrently_and_restore_each(
 
 
 def test_one_source_down_others_still_backed_up_and_run_fails(make_stack, redis_factory, tmp_path):
-    from flows.backup import backup
     from core.sources import PostgresSourceConfig
+    from flows.backup import backup
 
     good = redis_factory()
     good.client().set("k", "v")
@@ -119,8 +129,8 @@ def test_one_source_down_others_still_backed_up_and_run_fails(make_stack, redis_
 
 
 def test_restore_dry_run_changes_nothing_and_refuses_non_empty_target(make_stack, redis_factory):
-    from flows.restore import restore
     from core.errors import TargetNotEmptyError
+    from flows.restore import restore
 
     src, dst = redis_factory(), redis_factory()
     src.client().set("greeting", "hello")

@@ -144,7 +144,12 @@ def test_one_flipped_byte_anywhere_is_rejected(vault, tmp_path, victim):
     m = backup_source(vault, keys, BytesEngine({"main": payload()}))
     backup_dir = tmp_path / "vault" / "backups" / m.id
     chunks = chunk_files(tmp_path / "vault", m.id)
-    path = {"first": chunks[0], "last": chunks[-1], "keys": backup_dir / "keys.json", "manifest": backup_dir / "manifest.json"}[victim]
+    path = {
+        "first": chunks[0],
+        "last": chunks[-1],
+        "keys": backup_dir / "keys.json",
+        "manifest": backup_dir / "manifest.json",
+    }[victim]
     raw = bytearray(path.read_bytes())
     pos = len(raw) // 2
     raw[pos] = raw[pos] ^ 0x01 if victim != "manifest" else ord("7") if raw[pos] != ord("7") else ord("8")
@@ -222,12 +227,16 @@ def test_lock_blocks_second_run_and_stale_lock_expires(vault, monkeypatch):
         held.release()
     # A killed run: its process is gone and it never released the lock.
     proc = subprocess.run(
-        ["python", "-c", (
-            "import sys; sys.path.insert(0, '.');"
-            "from core.repository.vault import Vault; from core.storage.local import LocalStore;"
-            f"Vault.open(LocalStore({str(vault.store.root)!r})).lock('blob', 'killed run').acquire();"
-            "import os; os._exit(0)"
-        )],
+        [
+            "python",
+            "-c",
+            (
+                "import sys; sys.path.insert(0, '.');"
+                "from core.repository.vault import Vault; from core.storage.local import LocalStore;"
+                f"Vault.open(LocalStore({str(vault.store.root)!r})).lock('blob', 'killed run').acquire();"
+                "import os; os._exit(0)"
+            ),
+        ],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
@@ -239,8 +248,14 @@ def test_lock_blocks_second_run_and_stale_lock_expires(vault, monkeypatch):
 
 
 def test_lock_from_other_host_expires_by_ttl(vault):
-    record = {"token": "t", "host": "elsewhere", "pid": 1, "purpose": "full backup", "acquired_at": time.time() - 10,
-              "expires_at": time.time() + 0.5}
+    record = {
+        "token": "t",
+        "host": "elsewhere",
+        "pid": 1,
+        "purpose": "full backup",
+        "acquired_at": time.time() - 10,
+        "expires_at": time.time() + 0.5,
+    }
     vault.store.put("locks/blob.lock", json.dumps(record).encode())
     with pytest.raises(LockedError):
         backup_source(vault, Keyring(passphrase="pw"), BytesEngine({"main": b"x"}))

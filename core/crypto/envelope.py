@@ -76,9 +76,13 @@ class Opener:
 
     def open(self, stream: str, index: int, final: bool, blob: bytes, where: str) -> bytes:
         if len(blob) < HEADER_LEN + 16 or blob[:4] != MAGIC:
-            raise IntegrityError(f"{where}: not a genesis-dr chunk (bad header); the object is corrupt - restore from another backup or replica")
+            raise IntegrityError(
+                f"{where}: not a genesis-dr chunk (bad header); the object is corrupt - restore from another backup or replica"
+            )
         if blob[4] != VERSION:
-            raise FormatError(f"{where}: chunk format version {blob[4]} is not supported by this genesis-dr (knows {VERSION}); upgrade genesis-dr")
+            raise FormatError(
+                f"{where}: chunk format version {blob[4]} is not supported by this genesis-dr (knows {VERSION}); upgrade genesis-dr"
+            )
         codec = blob[5]
         if codec not in CODEC_NAMES:
             raise IntegrityError(f"{where}: unknown compression codec id {codec}; the object is corrupt")

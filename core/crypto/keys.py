@@ -174,13 +174,13 @@ class Keyring:
                         eph_pub = b64d(rec["ephemeral_public"])
                         shared = private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
                         kek = _hkdf(shared, eph_pub + b64d(rec["recipient"]))
-                        return AESGCM(kek).decrypt(
-                            b64d(rec["nonce"]), b64d(rec["wrapped_key"]), _aad(backup_id, kind)
-                        )
+                        return AESGCM(kek).decrypt(b64d(rec["nonce"]), b64d(rec["wrapped_key"]), _aad(backup_id, kind))
             except InvalidTag:
                 continue
             except (KeyError, ValueError) as exc:
-                raise FormatError(f"backup {backup_id}: key file is malformed ({exc}); the backup cannot be opened") from None
+                raise FormatError(
+                    f"backup {backup_id}: key file is malformed ({exc}); the backup cannot be opened"
+                ) from None
         held = ", ".join(tried) if tried else "no matching key"
         raise WrongKeyError(
             f"backup {backup_id}: wrong passphrase or private key (tried: {held}); set the passphrase or X25519 "

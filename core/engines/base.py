@@ -9,8 +9,10 @@ compression, encryption, hashing and the commit.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ContextManager, Iterator, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class Writable(Protocol):

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.errors import LockedError
 from core.storage.base import Store
@@ -77,7 +77,7 @@ class Lease:
             return True
         return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0)))
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         for _ in range(5):
             if self.store.create(self.key, self._record()):
                 self._start_heartbeat()
@@ -88,8 +88,8 @@ class Lease:
             if self._stale(holder):
                 self.store.rename(self.key, f"locks/stale/{self.name}.{uuid.uuid4().hex}")
                 continue
-            since = datetime.fromtimestamp(holder.get("acquired_at", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-            until = datetime.fromtimestamp(holder["expires_at"], timezone.utc).strftime("%H:%M:%SZ")
+            since = datetime.fromtimestamp(holder.get("acquired_at", 0), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            until = datetime.fromtimestamp(holder["expires_at"], UTC).strftime("%H:%M:%SZ")
             raise LockedError(
                 f"'{self.name}' is locked by {holder.get('purpose', 'another run')} on {holder.get('host')} "
                 f"pid {holder.get('pid')} since {since}; wait for it to finish (a killed run's lock expires at {until})"
@@ -115,7 +115,7 @@ class Lease:
         if holder and holder.get("token") == self.token:
             self.store.delete(self.key)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import hashes
@@ -120,7 +120,7 @@ def _mac_key(data_key: bytes) -> bytes:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
@@ -128,7 +128,9 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise IntegrityError(f"{where}: manifest is not valid JSON (corrupt); restore from another backup or replica") from None
+        raise IntegrityError(
+            f"{where}: manifest is not valid JSON (corrupt); restore from another backup or replica"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where}: not a genesis-dr manifest; is this the right vault?")
     if data.get("version") != MANIFEST_VERSION:
@@ -141,4 +143,6 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise IntegrityError(f"{where}: manifest field {field!r} is invalid ({first['msg']}); the manifest is corrupt") from None
+        raise IntegrityError(
+            f"{where}: manifest field {field!r} is invalid ({first['msg']}); the manifest is corrupt"
+        ) from None

@@ -17,9 +17,10 @@ import hashlib
 import io
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from core.crypto.envelope import Opener, Sealer
 from core.errors import IntegrityError
@@ -37,7 +38,9 @@ def chunk_key(backup_id: str, stream: str, index: int) -> str:
 class StreamWriter:
     """File-like writer for one stream; ``close()`` returns its StreamRecord."""
 
-    def __init__(self, store: Store, sealer: Sealer, pool: ThreadPoolExecutor, backup_id: str, name: str, chunk_size: int):
+    def __init__(
+        self, store: Store, sealer: Sealer, pool: ThreadPoolExecutor, backup_id: str, name: str, chunk_size: int
+    ):
         self._store, self._sealer, self._pool = store, sealer, pool
         self._backup_id, self.name, self._chunk_size = backup_id, name, chunk_size
         self._buf = bytearray()
@@ -126,7 +129,9 @@ class StreamReader:
     def __iter__(self) -> Iterator[bytes]:
         total = len(self.record.chunks)
         if total == 0:
-            raise IntegrityError(f"backup {self._backup_id}: stream {self.record.name} has no chunks; the manifest is corrupt")
+            raise IntegrityError(
+                f"backup {self._backup_id}: stream {self.record.name} has no chunks; the manifest is corrupt"
+            )
         digest, size = hashlib.sha256(), 0
         ahead: deque[Future] = deque()
         next_index = 0

@@ -21,10 +21,11 @@ import os
 import re
 import secrets
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import BinaryIO, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
 
 from core.crypto.envelope import Opener, Sealer
 from core.crypto.keys import Keyring
@@ -55,7 +56,7 @@ def default_chunk_size() -> int:
 
 
 def new_backup_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"backup_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
 
 
@@ -65,7 +66,7 @@ class Vault:
         self.config = config
 
     @classmethod
-    def open(cls, store: Store, create: bool = False) -> "Vault":
+    def open(cls, store: Store, create: bool = False) -> Vault:
         """Open the vault in ``store``; create it if asked and absent. Refuses unknown versions."""
         try:
             raw = store.get("config.json")
@@ -122,7 +123,9 @@ class Vault:
             ) from None
         manifest = parse_manifest(raw, f"backup {backup_id} manifest")
         if manifest.id != backup_id:
-            raise IntegrityError(f"backup {backup_id}: manifest names another backup ({manifest.id}); the vault is corrupt")
+            raise IntegrityError(
+                f"backup {backup_id}: manifest names another backup ({manifest.id}); the vault is corrupt"
+            )
         return manifest
 
     def list_backups(self, source: str | None = None) -> list[Manifest]:
@@ -145,12 +148,12 @@ class Vault:
         compression: str = "zstd",
         parent: str | None = None,
         labels: dict[str, str] | None = None,
-    ) -> "BackupWriter":
+    ) -> BackupWriter:
         return BackupWriter(self, source, kind, backup_type, target, keyring, compression, parent, labels or {})
 
     # -- reading ------------------------------------------------------------------
 
-    def open_backup(self, backup_id: str, keyring: Keyring) -> "BackupReader":
+    def open_backup(self, backup_id: str, keyring: Keyring) -> BackupReader:
         manifest = self.manifest(backup_id)
         if manifest.status != COMPLETED:
             raise BackupNotFoundError(
@@ -290,7 +293,9 @@ class BackupReader:
         for s in self.manifest.streams:
             if s.name == name:
                 return s
-        raise IntegrityError(f"backup {self.manifest.id} has no stream {name!r}; the manifest does not match the engine")
+        raise IntegrityError(
+            f"backup {self.manifest.id} has no stream {name!r}; the manifest does not match the engine"
+        )
 
     def iter_stream(self, name: str) -> Iterator[bytes]:
         return iter(StreamReader(self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name)))

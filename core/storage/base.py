@@ -8,7 +8,7 @@ not in each backend. Keys are '/'-separated relative names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Store(ABC):

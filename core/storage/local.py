@@ -9,8 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core.errors import VaultError
 from core.storage.base import Store
@@ -83,7 +83,9 @@ class LocalStore(Store):
             _fsync_dir(path.parent)
         except FileExistsError:
             os.unlink(tmp)
-            raise VaultError(f"vault {self.describe()}: object {key} already exists; stored objects are immutable") from None
+            raise VaultError(
+                f"vault {self.describe()}: object {key} already exists; stored objects are immutable"
+            ) from None
         except OSError as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
