@@ -31,6 +31,14 @@ def _targets(pairs: list[str]) -> dict:
     return out
 
 
+RESTORE_TARGET_EXAMPLES = {
+    "postgres": "--target database={source}_restored",
+    "mysql": "--target database={source}_restored",
+    "redis": "--target port=6380",
+    "files": "--target root=/tmp/{source}-restored",
+}
+
+
 def _print_backups(results: list[dict]) -> None:
     from flows.reporting import human_bytes
 
@@ -82,7 +90,7 @@ def cmd_list(args) -> int:
         f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<9} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  POSITION"
     )
     for m in manifests:
-        pos = ", ".join(f"{k}={v}" for k, v in m.position.items() if not isinstance(v, (dict, list)))[:60]
+        pos = m.position_text()
         label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
         print(
             f"{m.id:<34} {m.source:<14} {m.type:<6} {m.status:<9} {m.ended_at:<24} {human_bytes(m.plain_bytes):>10} "

@@ -161,25 +161,36 @@ def parse_stack(data: Any, where: str) -> StackConfig:
         raise _field_error(exc, data, where) from None
 
 
+def _interpolate_values(node: Any, where: str, env: dict[str, str] | None) -> Any:
+    """Replace ${VAR} in string values only (never in comments or keys)."""
+    if isinstance(node, dict):
+        return {k: _interpolate_values(v, f"{where}.{k}", env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_values(v, f"{where}[{i}]", env) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return interpolate(node, where, env)
+    return node
+
+
 def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> StackConfig:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"stack file {path}: {exc.strerror}; check the path") from None
-    text = interpolate(text, str(path), env)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"stack file {path}: not valid YAML{at}; fix the syntax") from None
+    if isinstance(data, dict):
+        data = {k: _interpolate_values(v, f"{path}: {k}", env) for k, v in data.items()}
     stack = parse_stack(data, str(path))
     # Relative vault/files paths are relative to the stack file, not the caller's cwd.
     base = path.resolve().parent
-    stack.vault.path = (
-        str((base / stack.vault.path).resolve()) if not os.path.isabs(stack.vault.path) else stack.vault.path
-    )
+    if not os.path.isabs(stack.vault.path):
+        stack.vault.path = str((base / stack.vault.path).resolve())
     for src in stack.sources:
         if isinstance(src, FilesSourceConfig) and not os.path.isabs(src.root):
             src.root = str((base / src.root).resolve())

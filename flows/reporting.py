@@ -46,7 +46,7 @@ def human_bytes(n: int) -> str:
 def publish_backup_table(results: list[dict], failures: dict[str, BaseException]) -> None:
     rows = ["| source | backup id | status | size | stored | position |", "|---|---|---|---|---|---|"]
     for r in results:
-        pos = ", ".join(f"{k}={v}" for k, v in list(r["position"].items())[:3])
+        pos = r["position_text"]
         rows.append(
             f"| {r['source']} | `{r['id']}` | {r['status']} | {human_bytes(r['plain_bytes'])} | "
             f"{human_bytes(r['stored_bytes'])} | {pos} |"
