@@ -14,7 +14,7 @@ class VaultKey(Block, EncryptionConfig):
     Example:
         ```python
         from blocks import VaultKey
-        keyring = VaultKey.load("default").get_keyring()
+        keyring = VaultKey.load("BLOCK_NAME").get_keyring()
         ```
     """
 

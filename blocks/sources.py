@@ -28,7 +28,7 @@ class PostgresSource(_SourceBlock, PostgresSourceConfig):
     Example:
         ```python
         from blocks import PostgresSource
-        engine = PostgresSource.load("default-app-db").get_engine()
+        engine = PostgresSource.load("BLOCK_NAME").get_engine()
         ```
     """
 
@@ -42,7 +42,7 @@ class MySQLSource(_SourceBlock, MySQLSourceConfig):
     Example:
         ```python
         from blocks import MySQLSource
-        engine = MySQLSource.load("default-app-mysql").get_engine()
+        engine = MySQLSource.load("BLOCK_NAME").get_engine()
         ```
     """
 
@@ -56,7 +56,7 @@ class RedisSource(_SourceBlock, RedisSourceConfig):
     Example:
         ```python
         from blocks import RedisSource
-        engine = RedisSource.load("default-cache").get_engine()
+        engine = RedisSource.load("BLOCK_NAME").get_engine()
         ```
     """
 
@@ -70,7 +70,7 @@ class FilesSource(_SourceBlock, FilesSourceConfig):
     Example:
         ```python
         from blocks import FilesSource
-        engine = FilesSource.load("default-app-files").get_engine()
+        engine = FilesSource.load("BLOCK_NAME").get_engine()
         ```
     """
 

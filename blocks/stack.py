@@ -20,7 +20,7 @@ class DRStack(Block):
     Example:
         ```python
         from blocks import DRStack
-        config = DRStack.load("default").get_config()
+        config = DRStack.load("BLOCK_NAME").get_config()
         ```
     """
 

@@ -14,7 +14,7 @@ class LocalVault(Block, VaultConfig):
     Example:
         ```python
         from blocks import LocalVault
-        vault = LocalVault.load("default").get_vault()
+        vault = LocalVault.load("BLOCK_NAME").get_vault()
         ```
     """
 

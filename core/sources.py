@@ -9,7 +9,7 @@ never through arguments (``ps`` would show them).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -29,31 +29,31 @@ class _Source(BaseModel):
 
 
 class PostgresSourceConfig(_Source):
-    kind: Literal["postgres"] = "postgres"
-    host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
-    password: SecretStr | None = None
-    database: str = "postgres"
-    sslmode: str | None = None
+    kind: Literal["postgres"] = Field("postgres", description="Source kind.")
+    host: str = Field("127.0.0.1", description="Server host name or address.")
+    port: int = Field(5432, description="Server port.")
+    user: str = Field("postgres", description="Login role (needs read access to every object backed up).")
+    password: SecretStr | None = Field(None, description="Login password (secret; passed to tools via PGPASSWORD).")
+    database: str = Field("postgres", description="Database to back up (or restore into).")
+    sslmode: str | None = Field(None, description="libpq sslmode, e.g. 'require' or 'verify-full'.")
 
 
 class MySQLSourceConfig(_Source):
-    kind: Literal["mysql"] = "mysql"
-    host: str = "127.0.0.1"
-    port: int = 3306
-    user: str = "root"
-    password: SecretStr | None = None
-    database: str = Field(description="Database (schema) to back up.")
-    socket: str | None = None
+    kind: Literal["mysql"] = Field("mysql", description="Source kind.")
+    host: str = Field("127.0.0.1", description="Server host name or address.")
+    port: int = Field(3306, description="Server port.")
+    user: str = Field("root", description="Login user (needs SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, LOCK TABLES).")
+    password: SecretStr | None = Field(None, description="Login password (secret; passed via a 0600 option file).")
+    database: str = Field(description="Database (schema) to back up (or restore into).")
+    socket: str | None = Field(None, description="Unix socket path, used instead of host/port when set.")
 
 
 class RedisSourceConfig(_Source):
-    kind: Literal["redis"] = "redis"
-    host: str = "127.0.0.1"
-    port: int = 6379
-    username: str | None = None
-    password: SecretStr | None = None
+    kind: Literal["redis"] = Field("redis", description="Source kind.")
+    host: str = Field("127.0.0.1", description="Server host name or address.")
+    port: int = Field(6379, description="Server port.")
+    username: str | None = Field(None, description="ACL user name (Redis 6+), if any.")
+    password: SecretStr | None = Field(None, description="Password (secret).")
     mode: Literal["rdb", "logical"] = Field(
         "rdb",
         description="rdb: snapshot via replication sync; logical: DUMP/RESTORE per key (works on managed Redis).",
@@ -62,14 +62,14 @@ class RedisSourceConfig(_Source):
 
 
 class FilesSourceConfig(_Source):
-    kind: Literal["files"] = "files"
+    kind: Literal["files"] = Field("files", description="Source kind.")
     root: str = Field(description="Directory the paths are relative to; restores go below the target root.")
     paths: list[str] = Field(default_factory=lambda: ["."], description="Paths below root to archive.")
     include: list[str] = Field(default_factory=list, description="Glob patterns; if set, only matching files.")
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out (exclude wins).")
 
 
 SourceConfig = Annotated[
-    Union[PostgresSourceConfig, MySQLSourceConfig, RedisSourceConfig, FilesSourceConfig],
+    PostgresSourceConfig | MySQLSourceConfig | RedisSourceConfig | FilesSourceConfig,
     Field(discriminator="kind"),
 ]

@@ -40,9 +40,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 
 class VaultConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["local"] = "local"
+    type: Literal["local"] = Field("local", description="Store type (local directory; S3 and GCS come later).")
     path: str = Field(description="Directory of the vault (created on first backup).")
-    compression: Literal["zstd", "gzip"] = "zstd"
+    compression: Literal["zstd", "gzip"] = Field("zstd", description="Codec for new chunks: zstd (default) or gzip.")
 
     def open(self, create: bool = False) -> Vault:
         return Vault.open(LocalStore(self.path), create=create)
@@ -50,9 +50,13 @@ class VaultConfig(BaseModel):
 
 class EncryptionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    passphrase: SecretStr | None = None
-    x25519_public_keys: list[str] = Field(default_factory=list)
-    x25519_private_key: SecretStr | None = None
+    passphrase: SecretStr | None = Field(None, description="Passphrase wrapping each backup's data key (secret).")
+    x25519_public_keys: list[str] = Field(
+        default_factory=list, description="X25519 public keys (base64) that can open the backups written."
+    )
+    x25519_private_key: SecretStr | None = Field(
+        None, description="X25519 private key (base64, secret) for restores; leave unset on write-only hosts."
+    )
 
     def keyring(self) -> Keyring:
         return Keyring(
