@@ -19,7 +19,7 @@ import pytest
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import BackupResult, compare_checks
-from core.engines.postgres import STREAM, PostgresEngine
+from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream
 from core.errors import SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
@@ -57,7 +57,7 @@ def seeded(pg_server: PostgresServer, tmp_path_factory):
 def test_backup_records_position_versions_and_one_stream(seeded, pg_server):
     m = seeded.manifest
     assert m.status == COMPLETED
-    assert [s.name for s in m.streams] == [STREAM]
+    assert sorted(s.name for s in m.streams) == [data_stream(0), data_stream(1), SCHEMA_STREAM]
     assert m.position["database"] == seeded.database
     assert m.position["lsn"].count("/") == 1
     assert m.position["server_version"].startswith("15")
@@ -260,7 +260,7 @@ class _ProcWatchingSink:
         self.root, self.argv = root, []
 
     def write_stream(self, name, data):
-        self.argv = _child_cmdlines("pg_dump")
+        self.argv += _child_cmdlines("pg_dump")
         with open(self.root / name, "wb") as out:
             while piece := data.read(1 << 16):
                 out.write(piece)
@@ -280,7 +280,7 @@ class _ProcWatchingSource:
         return [p.name for p in self.root.iterdir()]
 
     def iter_stream(self, name):
-        self.argv = _child_cmdlines("pg_restore")
+        self.argv += _child_cmdlines("pg_restore")
         with open(self.root / name, "rb") as f:
             while piece := f.read(1 << 16):
                 yield piece

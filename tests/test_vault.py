@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import subprocess
 import time
 from pathlib import Path

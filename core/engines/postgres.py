@@ -1,18 +1,32 @@
 """PostgreSQL: logical backups with ``pg_dump``, restores with ``pg_restore``.
 
 Backup
-    One stream, ``pg_dump.custom``: ``pg_dump --format=custom --compress=0``
-    (the vault compresses) of one database, restorable into a server of the
-    same or a newer major version. We open a REPEATABLE READ READ ONLY
-    transaction, export its snapshot and run ``pg_dump --snapshot``: the dump
-    and the checks (row counts, content hashes, schema inventory - see
-    ``postgres_checks``) describe the same instant. The checks run on our
-    connection while pg_dump streams (measured: it overlaps most of their cost).
+    We open a REPEATABLE READ READ ONLY transaction, export its snapshot, and
+    run every ``pg_dump --snapshot`` of the backup on it, so all streams and
+    the checks (row counts, content hashes, sequences, schema inventory - see
+    ``postgres_checks``, computed on our connection while the dumps stream)
+    describe the same instant. The transaction stays open until the last dump
+    ends. Streams, each a ``pg_dump --format=custom --compress=0`` archive
+    (the vault compresses), restorable into a server of the same or a newer
+    major version:
+
+    - ``schema.pgdump``: ``--section=pre-data --section=post-data``;
+    - ``data-0.pgdump`` .. ``data-N.pgdump``: ``--section=data``, the tables
+      split into groups of about equal size (``data-0`` also holds sequence
+      values and large objects). A piped archive cannot feed ``pg_restore -j``
+      (it needs a seekable file), so this split is what lets a restore load
+      tables in parallel from streams; ``GENESIS_DR_PG_DATA_STREAMS`` (default
+      2) sets the number of groups.
+
+    By hand: ``pg_restore --section=pre-data schema.pgdump``, then each
+    ``data-*.pgdump`` (in any order or at once), then ``pg_restore
+    --section=post-data schema.pgdump``.
+
     Recorded position: WAL LSN (replay LSN on a standby), txid snapshot, the
-    snapshot's time, server version, database, and the database's encoding and
-    locale. Not included (as with any pg_dump): roles, tablespaces and
-    database-level settings (``ALTER DATABASE ... SET``, database GRANTs) - keep
-    them with ``pg_dumpall --globals-only`` or configuration management.
+    snapshot's time, server version, database, and the database's encoding
+    and locale. Not included (as with any pg_dump): roles, tablespaces and the
+    database's own settings (``ALTER DATABASE ... SET``, database GRANTs) -
+    keep them with ``pg_dumpall --globals-only`` or configuration management.
 
 Restore semantics
     - Target database: created if missing (``TEMPLATE template0`` with the
@@ -23,24 +37,27 @@ Restore semantics
       was given ``--force``; the operation takes a rollback backup first), the
       database is dropped (``WITH (FORCE)``: its sessions are disconnected) and
       re-created, keeping its owner, connection limit, comment, grants and
-      ``ALTER DATABASE/ROLE ... SET`` settings. This is the only clean that
-      leaves exactly the backup's objects behind (``pg_restore --clean`` keeps
-      objects the backup does not know, and fails on their dependencies).
+      ``ALTER DATABASE/ROLE ... SET`` settings (see ``postgres_target``). This
+      is the only clean that leaves exactly the backup's objects behind;
+      ``pg_restore --clean`` keeps objects the backup does not know, and fails
+      on their dependencies.
     - Owners and privileges: kept when every role the backup references as
-      owner or grantee exists on the target and the restoring user may act
-      as them (superuser, or member); otherwise the restore runs with
+      owner or grantee exists on the target and the restoring user may act as
+      them (superuser, or member); otherwise the restore runs with
       ``--no-owner --no-privileges``, so a bare DR server still gets the data
       (objects then belong to the restoring user, without GRANTs; create the
-      roles and restore again to keep them). ``last_restore`` says which.
-    - ``--exit-on-error``; a failure leaves the database partially restored
-      (a database we created in that call is dropped again). We do not use
-      ``--single-transaction``: it needs a lock per object and large schemas
-      run out of lock table space.
-    - Speed: the dump arrives as a pipe, so ``pg_restore -j`` (which needs a
-      seekable file) is out; the session runs with ``synchronous_commit=off``
-      and a larger ``maintenance_work_mem`` (index builds), and one synchronous
-      commit at the end makes everything durable.
-    - The restore is proven by ``collect_checks``: same counts, hashes,
+      roles, e.g. from ``pg_dumpall --globals-only``, and restore again to
+      keep them). ``last_restore`` says which happened.
+    - Order: pre-data, then the data streams in parallel (one ``pg_restore``
+      each), then post-data (indexes, constraints, triggers, ACLs). All with
+      ``--exit-on-error``. A failure leaves the database partially restored,
+      except that a database created by this restore is dropped again. No
+      ``--single-transaction``: it cannot span parallel loads, and it takes a
+      lock per object, which large schemas run out of.
+    - Speed: sessions run with ``synchronous_commit=off`` and a larger
+      ``maintenance_work_mem`` (index builds); one synchronous commit at the
+      end makes the whole restore durable.
+    - The restore is proven by ``collect_checks``: the same counts, hashes,
       sequences and inventory as recorded at backup time.
 """
 
@@ -51,34 +68,32 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from core.engines import postgres_checks as checks
+from core.engines import postgres_target as target
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
 from core.errors import DRError, EngineError, SourceUnavailableError, redact
 from core.sources import PostgresSourceConfig
 
-STREAM = "pg_dump.custom"
+SCHEMA_STREAM = "schema.pgdump"
 CONNECT_TIMEOUT = 10
 RESTORE_SESSION_OPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
 _STDERR_KEEP = 64 * 1024
 
-# ALTER DATABASE/ROLE SET values of these are stored as SQL lists; re-quoting them would
-# change them (pg_dump knows the same list).
-_LIST_SETTINGS = {
-    "search_path",
-    "temp_tablespaces",
-    "session_preload_libraries",
-    "local_preload_libraries",
-    "shared_preload_libraries",
-}
+
+def data_stream(index: int) -> str:
+    return f"data-{index}.pgdump"
+
+
+def data_stream_count() -> int:
+    return max(1, int(os.environ.get("GENESIS_DR_PG_DATA_STREAMS", "2")))
 
 
 def find_tool(name: str) -> str:
@@ -115,8 +130,33 @@ def tool_version(path: str) -> str:
     return match.group(1)
 
 
+def split_tables(sizes: list[tuple[tuple[str, str], int]], groups: int) -> list[list[tuple[str, str]]]:
+    """Tables into ``groups`` lists of about equal total size (largest first into the lightest)."""
+    bins: list[list[tuple[str, str]]] = [[] for _ in range(groups)]
+    totals = [0] * groups
+    for table, size in sorted(sizes, key=lambda item: (-item[1], item[0])):
+        lightest = totals.index(min(totals))
+        bins[lightest].append(table)
+        totals[lightest] += size
+    return bins
+
+
+def _pattern(table: tuple[str, str]) -> str:
+    """An exact pg_dump table pattern: inside double quotes nothing is a wildcard."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in table)
+
+
 def _major(version: str) -> int:
     return int(version.split(".")[0])
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _missing_database(exc: BaseException) -> bool:
+    return bool(re.search(r'database ".*" does not exist', str(exc)))
 
 
 class _StderrTail(threading.Thread):
@@ -203,7 +243,7 @@ class PostgresEngine(Engine):
             reason = f"{_last_line(text)}; check the server and the connection settings in the stack file"
         return SourceUnavailableError(f"{self._where()}: {reason}")
 
-    def _tool_env(self) -> dict[str, str]:
+    def _tool_env(self, session_options: str = "") -> dict[str, str]:
         """Connection settings for pg_dump/pg_restore; the password only ever travels here."""
         c = self.config
         env = dict(os.environ)
@@ -218,6 +258,8 @@ class PostgresEngine(Engine):
             env["PGPASSWORD"] = c.password.get_secret_value()
         if c.sslmode:
             env["PGSSLMODE"] = c.sslmode
+        if session_options:
+            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + session_options).strip()
         return env
 
     def _dbname_arg(self) -> str:
@@ -239,7 +281,7 @@ class PostgresEngine(Engine):
         if "permission denied" in low:
             return EngineError(
                 f"{tool} {what} {self.describe()} was refused ({detail}); "
-                "give the user read access to every object (e.g. GRANT pg_read_all_data) or use a superuser"
+                "give the user access to every object (e.g. GRANT pg_read_all_data) or use a superuser"
             )
         return EngineError(f"{tool} {what} {self.describe()} failed: {detail}")
 
@@ -266,7 +308,7 @@ class PostgresEngine(Engine):
                 return False
             raise self._unavailable(exc, self.config.database) from None
         with conn:
-            return _holds_data(conn)
+            return target.holds_data(conn)
 
     def backup(self, sink: StreamSink) -> BackupResult:
         pg_dump = find_tool("pg_dump")
@@ -281,9 +323,11 @@ class PostgresEngine(Engine):
                     f"pg_dump {dump_version} cannot dump {self._where()} (server {info['server_version']}); "
                     "install a PostgreSQL client of the server's major version or newer, or set GENESIS_DR_PG_BINDIR"
                 )
+            sizes = checks.table_sizes(conn, info["in_recovery"])
             sequences_before = checks.read_sequences(conn)
             roles = checks.referenced_roles(conn)
-            content = self._dump_while_checking(conn, pg_dump, info, sink)
+            jobs = self._dump_jobs(pg_dump, info.pop("snapshot"), split_tables(sizes, data_stream_count()))
+            content = self._dump_while_checking(conn, jobs, info["in_recovery"], sink)
             sequences_after = checks.read_sequences(conn)
             conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
@@ -297,59 +341,79 @@ class PostgresEngine(Engine):
             conn.close()
         content["sequences"] = checks.sequence_checks(sequences_before, sequences_after)
         content["restore"] = {"roles": roles}
-        info.pop("snapshot")  # only meaningful while our transaction was open
         return BackupResult(
             position=info,
             checks=content,
             tool_versions={"pg_dump": dump_version, "server": info["server_version"]},
         )
 
-    def _dump_while_checking(self, conn: psycopg.Connection, pg_dump: str, info: dict, sink: StreamSink) -> dict:
-        """Stream pg_dump into the sink while the checks run on ``conn`` (same snapshot)."""
-        argv = [
-            pg_dump,
-            "--format=custom",
-            "--compress=0",
-            f"--snapshot={info['snapshot']}",
-            "--no-password",
-            self._dbname_arg(),
-        ]
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._tool_env()
-        )
-        stderr = _StderrTail(proc.stderr)
-        stderr.start()
+    def _dump_jobs(
+        self, pg_dump: str, snapshot: str, groups: list[list[tuple[str, str]]]
+    ) -> list[tuple[str, list[str]]]:
+        """(stream name, pg_dump argv) for the schema and each data group, all on one snapshot."""
+        base = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"]
+        db = self._dbname_arg()
+        jobs = [(SCHEMA_STREAM, [*base, "--section=pre-data", "--section=post-data", db])]
+        # Group 0 is "everything the other groups do not take": new kinds of data, sequence
+        # values and large objects land there instead of being lost to a too-narrow list.
+        others = [f"--exclude-table-data={_pattern(t)}" for group in groups[1:] for t in group]
+        jobs.append((data_stream(0), [*base, "--section=data", *others, db]))
+        for index, group in enumerate((g for g in groups[1:] if g), start=1):
+            jobs.append((data_stream(index), [*base, "--section=data", *(f"--table={_pattern(t)}" for t in group), db]))
+        return jobs
+
+    def _dump_while_checking(
+        self, conn: psycopg.Connection, jobs: list[tuple[str, list[str]]], in_recovery: bool, sink: StreamSink
+    ) -> dict:
+        """Run the dumps into the sink while the checks run on ``conn`` (same snapshot)."""
         outcome: dict[str, Any] = {}
+        current: list[subprocess.Popen] = []
 
         def run_checks() -> None:
             try:
-                outcome["checks"] = checks.content_checks(conn, info["in_recovery"])
+                outcome["checks"] = checks.content_checks(conn, in_recovery)
             except BaseException as exc:  # re-raised in the caller's thread
                 outcome["error"] = exc
-                proc.terminate()  # no point streaming a backup we will fail
+                for proc in current:
+                    proc.terminate()  # no point streaming a backup we will fail
 
         checker = threading.Thread(target=run_checks, name="pg-checks", daemon=True)
         checker.start()
         try:
-            sink.write_stream(STREAM, proc.stdout)
-            returncode = proc.wait()
+            for name, argv in jobs:
+                if "error" in outcome:
+                    break
+                self._dump_one(name, argv, sink, current)
         except BaseException:
-            proc.kill()
-            proc.wait()
             # Abort the checks: a cancelled statement aborts the transaction, so the
             # thread's next statement fails at once; repeat in case we hit between two.
             while checker.is_alive():
                 _cancel(conn)
                 checker.join(0.5)
             raise
-        finally:
-            proc.stdout.close()
         checker.join()
         if "error" in outcome:
             raise outcome["error"]
+        return outcome["checks"]
+
+    def _dump_one(self, name: str, argv: list[str], sink: StreamSink, current: list[subprocess.Popen]) -> None:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._tool_env()
+        )
+        current[:] = [proc]
+        stderr = _StderrTail(proc.stderr)
+        stderr.start()
+        try:
+            sink.write_stream(name, proc.stdout)
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
         if returncode != 0:
             raise self._tool_error("pg_dump", stderr.text(), "of")
-        return outcome["checks"]
 
     def restore(self, source: StreamSource, result: BackupResult) -> None:
         pg_restore = find_tool("pg_restore")
@@ -360,42 +424,86 @@ class PostgresEngine(Engine):
                 f"pg_restore {restore_version} cannot read a dump made by pg_dump {dumped_by}; "
                 "install a newer PostgreSQL client or set GENESIS_DR_PG_BINDIR"
             )
-        created = self._prepare_database(result.position.get("database_options") or {})
-        missing = self._unusable_roles(result.checks.get("restore", {}).get("roles", []))
-        self.last_restore = {
-            "database_created": created,
-            "owners_and_privileges": "skipped" if missing else "kept",
-            "missing_roles": missing,
-            "pg_restore": restore_version,
-        }
-        argv = [pg_restore, "--exit-on-error", "--no-password", self._dbname_arg()]
-        if missing:
-            argv += ["--no-owner", "--no-privileges"]
-        env = self._tool_env()
-        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + RESTORE_SESSION_OPTIONS).strip()
+        data_streams = sorted(n for n in source.stream_names() if n.startswith("data-"))
+        options = result.position.get("database_options") or {}
+        has_data = self.has_data()
+        with self._connect(self._maintenance_db()) as conn:
+            created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
         try:
-            self._run_restore(argv, env, source.iter_stream(STREAM))
+            with self._connect() as conn:
+                missing = target.unusable_roles(conn, result.checks.get("restore", {}).get("roles", []))
+            self.last_restore = {
+                "database_created": created,
+                "owners_and_privileges": "skipped" if missing else "kept",
+                "missing_roles": missing,
+                "pg_restore": restore_version,
+            }
+            argv = [pg_restore, "--exit-on-error", "--no-password", self._dbname_arg()]
+            if missing:
+                argv += ["--no-owner", "--no-privileges"]
+            env = self._tool_env(RESTORE_SESSION_OPTIONS)
+            self._restore_one([*argv, "--section=pre-data"], env, source.iter_stream(SCHEMA_STREAM))
+            self._restore_parallel([(argv, env, lambda n=n: source.iter_stream(n)) for n in data_streams])
+            self._restore_one([*argv, "--section=post-data"], env, source.iter_stream(SCHEMA_STREAM))
         except BaseException:
             if created:
                 self._drop_database_quietly()
             raise
         self._make_durable()
 
-    def _run_restore(self, argv: list[str], env: dict[str, str], pieces: Iterator[bytes]) -> None:
+    def _restore_parallel(self, jobs: list[tuple[list[str], dict[str, str], Callable[[], Iterator[bytes]]]]) -> None:
+        """One pg_restore per stream, at once; the first failure stops the others."""
+        procs: list[subprocess.Popen] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def started(proc: subprocess.Popen) -> None:
+            with lock:
+                procs.append(proc)
+                if errors:
+                    proc.kill()
+
+        def run(argv, env, pieces) -> None:
+            try:
+                self._restore_one(argv, env, pieces(), started)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                    for proc in procs:
+                        proc.kill()
+
+        threads = [threading.Thread(target=run, args=job, name="pg-restore", daemon=True) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]  # the first is the cause; the others were stopped because of it
+
+    def _restore_one(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        pieces: Iterator[bytes],
+        started: Callable[[subprocess.Popen], None] | None = None,
+    ) -> None:
+        """Feed one stream into one pg_restore (stderr drained by a thread meanwhile)."""
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        if started:
+            started(proc)
         stderr = _StderrTail(proc.stderr)
         stderr.start()
-        with proc:
-            try:
-                for piece in pieces:
-                    proc.stdin.write(piece)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # pg_restore stopped reading: its exit status and stderr say why
-            except BaseException:
-                proc.kill()
-                raise
-            returncode = proc.wait()
+        try:
+            for piece in pieces:
+                proc.stdin.write(piece)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: its exit status and stderr say why
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        returncode = proc.wait()
         if returncode != 0:
             error = self._tool_error("pg_restore", stderr.text(), "into")
             if isinstance(error, EngineError):
@@ -416,6 +524,10 @@ class PostgresEngine(Engine):
             conn.execute("COMMIT")
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc, self.config.database) from None
+        except psycopg.Error as exc:
+            raise EngineError(
+                f"checking {self.describe()} failed: {_last_line(redact(str(exc), self.config.secrets()))}"
+            ) from None
         finally:
             conn.close()
         if "restore" in reference:
@@ -425,92 +537,13 @@ class PostgresEngine(Engine):
 
     # ------------------------------------------------------------------ restore helpers
 
-    def _prepare_database(self, options: dict[str, Any]) -> bool:
-        """Make the target database exist and be empty; True if we created it from nothing."""
-        name = self.config.database
-        with self._connect(self._maintenance_db()) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if not exists:
-                self._create_database(conn, options, owner=None)
-                return True
-            if not self.has_data():
-                return False
-            keep = _database_properties(conn, name)
-            try:
-                if conn.info.server_version >= 130000:
-                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-                else:
-                    conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()",
-                        (name,),
-                    )
-                    conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
-            except psycopg.Error as exc:
-                raise EngineError(
-                    f"cannot clear {self.describe()} for the forced restore: {_last_line(str(exc))}; "
-                    "connect as the database owner or a superuser"
-                ) from None
-            self._create_database(conn, options, owner=keep["owner"], connection_limit=keep["connection_limit"])
-            for statement in _restore_properties_sql(name, keep):
-                conn.execute(statement)
-            return False
-
-    def _create_database(
-        self, conn: psycopg.Connection, options: dict[str, Any], owner: str | None, connection_limit: int = -1
-    ) -> None:
-        parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.config.database))]
-        if owner:
-            parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
-        if connection_limit != -1:
-            parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(connection_limit)))
-        if options.get("encoding"):
-            parts.append(sql.SQL("ENCODING {}").format(sql.Literal(options["encoding"])))
-        for key, clause in (("lc_collate", "LC_COLLATE"), ("lc_ctype", "LC_CTYPE")):
-            if options.get(key):
-                parts.append(sql.SQL(clause + " {}").format(sql.Literal(options[key])))
-        provider, locale = options.get("locale_provider"), options.get("locale")
-        if provider == "libc" and conn.info.server_version >= 150000:
-            # Otherwise the target's template0 decides, and it may use ICU.
-            parts.append(sql.SQL("LOCALE_PROVIDER libc"))
-        elif provider in ("icu", "builtin") and locale:
-            parts.append(
-                sql.SQL("LOCALE_PROVIDER {} {} {}").format(
-                    sql.SQL(provider),
-                    sql.SQL("ICU_LOCALE" if provider == "icu" else "BUILTIN_LOCALE"),
-                    sql.Literal(locale),
-                )
-            )
-        try:
-            conn.execute(sql.SQL(" ").join(parts))
-        except psycopg.Error as exc:
-            text = _last_line(str(exc))
-            remedy = (
-                "create the database yourself (empty, with a locale this server has) and restore again"
-                if "locale" in text.lower() or "collation" in text.lower()
-                else "connect as a user with CREATEDB, or create the empty database yourself"
-            )
-            raise EngineError(f"cannot create database for {self.describe()}: {text}; {remedy}") from None
-
     def _drop_database_quietly(self) -> None:
         """Remove a database this restore created, so a failed restore leaves nothing behind."""
         try:
             with self._connect(self._maintenance_db()) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(self.config.database)))
+                target.drop_database(conn, self.config.database)
         except (psycopg.Error, DRError):
             pass  # the restore's own error is what the operator must see; the leftover is harmless
-
-    def _unusable_roles(self, roles: list[str]) -> list[str]:
-        """Roles the dump names that do not exist on the target or we may not act as."""
-        if not roles:
-            return []
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT r, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) "
-                "AND pg_has_role(current_user, r, 'MEMBER') FROM unnest(%s::text[]) AS r",
-                (roles,),
-            ).fetchall()
-        return sorted(r for r, usable in rows if not usable)
 
     def _make_durable(self) -> None:
         """The restore ran with synchronous_commit=off; one synchronous commit flushes all of its WAL."""
@@ -518,18 +551,6 @@ class PostgresEngine(Engine):
             conn.execute("SET synchronous_commit = on")
             with conn.transaction():
                 conn.execute("SELECT txid_current()")
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def _missing_database(exc: BaseException) -> bool:
-    return bool(re.search(r'database ".*" does not exist', str(exc)))
 
 
 def _cancel(conn: psycopg.Connection) -> None:
@@ -546,9 +567,9 @@ def _snapshot_info(conn: psycopg.Connection) -> dict[str, Any]:
         "SELECT pg_export_snapshot(), pg_is_in_recovery(), "
         "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text, "
         f"{current_snapshot}::text, current_setting('server_version'), current_database(), statement_timestamp(), "
-        "to_jsonb(d) FROM pg_database d WHERE d.datname = current_database()"
+        "pg_encoding_to_char(d.encoding), to_jsonb(d) FROM pg_database d WHERE d.datname = current_database()"
     ).fetchone()
-    snapshot, in_recovery, lsn, txids, version, database, at, db = row
+    snapshot, in_recovery, lsn, txids, version, database, at, encoding, db = row
     provider = {"c": "libc", "i": "icu", "b": "builtin"}.get(db.get("datlocprovider", "c"), "libc")
     return {
         "snapshot": snapshot,
@@ -559,89 +580,11 @@ def _snapshot_info(conn: psycopg.Connection) -> dict[str, Any]:
         "database": database,
         "snapshot_time": at.isoformat() if isinstance(at, datetime) else str(at),
         "database_options": {
-            "encoding": conn.execute("SELECT pg_encoding_to_char(%s)", (db["encoding"],)).fetchone()[0],
+            "encoding": encoding,
             "lc_collate": db.get("datcollate"),
             "lc_ctype": db.get("datctype"),
             "locale_provider": provider,
+            # datlocale from PostgreSQL 17, daticulocale in 15 and 16.
             "locale": db.get("datlocale") or db.get("daticulocale"),
         },
     }
-
-
-_HOLDS_DATA_SQL = f"""
-SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {checks._USER_NS}
-               AND {checks._not_extension_member("pg_class", "c.oid")})
-    OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-               WHERE {checks._USER_NS} AND {checks._not_extension_member("pg_proc", "p.oid")})
-    OR EXISTS (SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-               WHERE t.typtype IN ('d', 'e', 'r') AND {checks._USER_NS}
-               AND {checks._not_extension_member("pg_type", "t.oid")})
-    OR EXISTS (SELECT 1 FROM pg_namespace n WHERE {checks._USER_NS} AND n.nspname <> 'public'
-               AND {checks._not_extension_member("pg_namespace", "n.oid")})
-    OR EXISTS (SELECT 1 FROM pg_largeobject_metadata)
-"""
-
-
-def _holds_data(conn: psycopg.Connection) -> bool:
-    # User schemas count too: the dump's CREATE SCHEMA would fail on them.
-    return bool(conn.execute(_HOLDS_DATA_SQL).fetchone()[0])
-
-
-def _database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any]:
-    """What a forced restore keeps of the database it replaces."""
-    owner, limit, has_acl, comment = conn.execute(
-        "SELECT pg_get_userbyid(d.datdba), d.datconnlimit, d.datacl IS NOT NULL, "
-        "shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = %s",
-        (name,),
-    ).fetchone()
-    grants = conn.execute(
-        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
-        "a.is_grantable FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s",
-        (name,),
-    ).fetchall()
-    settings = conn.execute(
-        "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, s.setconfig "
-        "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = %s",
-        (name,),
-    ).fetchall()
-    return {
-        "owner": owner,
-        "connection_limit": limit,
-        "has_acl": has_acl,
-        "grants": grants,
-        "settings": settings,
-        "comment": comment,
-    }
-
-
-def _restore_properties_sql(name: str, props: dict[str, Any]) -> list[sql.Composed]:
-    db = sql.Identifier(name)
-    out = []
-    if props["comment"] is not None:
-        out.append(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(props["comment"])))
-    if props["has_acl"]:
-        # An explicit ACL replaces the default one (PUBLIC may CONNECT/TEMP): start from nothing.
-        out.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        for grantee, privilege, grantable in props["grants"]:
-            out.append(
-                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-                    sql.SQL(privilege),
-                    db,
-                    sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
-                    sql.SQL(" WITH GRANT OPTION" if grantable else ""),
-                )
-            )
-    for role, config in props["settings"]:
-        target = (
-            sql.SQL("ALTER DATABASE {}").format(db)
-            if role is None
-            else sql.SQL("ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), db)
-        )
-        for item in config or []:
-            key, _, value = item.partition("=")
-            # List settings are stored already quoted as SQL; others are one literal.
-            listed = key.lower() in _LIST_SETTINGS and value != '""'
-            rendered = sql.SQL(value) if listed else sql.Literal("" if value == '""' else value)
-            out.append(sql.SQL("{} SET {} = {}").format(target, sql.Identifier(key), rendered))
-    return out

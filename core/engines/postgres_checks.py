@@ -55,10 +55,10 @@ FIXED_OUTPUT_SETTINGS = {
 }
 
 # Not pg_catalog/information_schema/pg_toast/pg_temp_*: user schemas only ("pg_" is reserved).
-_USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
 
 
-def _not_extension_member(catalog: str, oid_expr: str) -> str:
+def not_extension_member(catalog: str, oid_expr: str) -> str:
     return (
         f"NOT EXISTS (SELECT 1 FROM pg_depend dep WHERE dep.classid = '{catalog}'::regclass "
         f"AND dep.objid = {oid_expr} AND dep.deptype = 'e')"
@@ -78,26 +78,26 @@ _RELKINDS = {
 }
 
 _INVENTORY_SQL: dict[str, str] = {
-    "schemas": f"SELECT n.nspname, 'schema' FROM pg_namespace n WHERE {_USER_NS} "
-    f"AND {_not_extension_member('pg_namespace', 'n.oid')}",
+    "schemas": f"SELECT n.nspname, 'schema' FROM pg_namespace n WHERE {USER_NS} "
+    f"AND {not_extension_member('pg_namespace', 'n.oid')}",
     "relations": f"SELECT n.nspname || '.' || c.relname, c.relkind::text FROM pg_class c "
-    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_NS} "
-    f"AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'i', 'I', 'f', 'c') AND {_not_extension_member('pg_class', 'c.oid')}",
+    f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NS} "
+    f"AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'i', 'I', 'f', 'c') AND {not_extension_member('pg_class', 'c.oid')}",
     "functions": f"SELECT p.oid::regprocedure::text, p.prokind::text FROM pg_proc p "
-    f"JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_USER_NS} AND {_not_extension_member('pg_proc', 'p.oid')}",
+    f"JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NS} AND {not_extension_member('pg_proc', 'p.oid')}",
     "triggers": f"SELECT n.nspname || '.' || c.relname || '.' || t.tgname, 'trigger' FROM pg_trigger t "
     f"JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-    f"WHERE NOT t.tgisinternal AND {_USER_NS}",
+    f"WHERE NOT t.tgisinternal AND {USER_NS}",
     # NOT NULL constraints ('n') appear in pg_constraint only from PostgreSQL 18: leave them out
     # so a restore onto a newer server compares equal.
     "constraints": f"SELECT n.nspname || '.' || coalesce(c.relname, ty.typname) || '.' || co.conname, "
     f"co.contype::text FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace "
     f"LEFT JOIN pg_class c ON c.oid = co.conrelid LEFT JOIN pg_type ty ON ty.oid = co.contypid "
-    f"WHERE {_USER_NS} AND co.contype <> 'n'",
+    f"WHERE {USER_NS} AND co.contype <> 'n'",
     # Domains, enums, ranges (multiranges are implicit, arrays and row types follow their base).
     "types": f"SELECT n.nspname || '.' || t.typname, t.typtype::text FROM pg_type t "
-    f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {_USER_NS} AND t.typtype IN ('d', 'e', 'r') "
-    f"AND {_not_extension_member('pg_type', 't.oid')}",
+    f"JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_NS} AND t.typtype IN ('d', 'e', 'r') "
+    f"AND {not_extension_member('pg_type', 't.oid')}",
     "extensions": "SELECT e.extname, 'extension' FROM pg_extension e",
 }
 
@@ -108,16 +108,22 @@ def apply_fixed_settings(conn: Connection) -> None:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
-def list_tables(conn: Connection, in_recovery: bool) -> list[tuple[str, str]]:
-    """(schema, table) of every table whose rows pg_dump dumps."""
+def table_sizes(conn: Connection, in_recovery: bool) -> list[tuple[tuple[str, str], int]]:
+    """((schema, table), bytes) of every table whose rows pg_dump dumps."""
     # A standby cannot read unlogged tables; pg_dump skips their data there too.
     unlogged = "" if not in_recovery else "AND c.relpersistence <> 'u'"
     rows = conn.execute(
-        f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.relkind = 'r' AND {_USER_NS} {unlogged} AND {_not_extension_member('pg_class', 'c.oid')} "
+        f"SELECT n.nspname, c.relname, pg_table_size(c.oid) FROM pg_class c "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND {USER_NS} {unlogged} AND {not_extension_member('pg_class', 'c.oid')} "
         "ORDER BY 1, 2"
     ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+    return [((r[0], r[1]), int(r[2] or 0)) for r in rows]
+
+
+def list_tables(conn: Connection, in_recovery: bool) -> list[tuple[str, str]]:
+    """(schema, table) of every table whose rows pg_dump dumps."""
+    return [table for table, _ in table_sizes(conn, in_recovery)]
 
 
 _HASHES = {
@@ -170,7 +176,7 @@ def read_sequences(conn: Connection) -> dict[str, dict[str, Any]]:
     """Current last_value/is_called of every user sequence (not MVCC: 'now', not the snapshot)."""
     names = conn.execute(
         f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.relkind = 'S' AND {_USER_NS} AND {_not_extension_member('pg_class', 'c.oid')} ORDER BY 1, 2"
+        f"WHERE c.relkind = 'S' AND {USER_NS} AND {not_extension_member('pg_class', 'c.oid')} ORDER BY 1, 2"
     ).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(names), 200):  # one round trip per batch, bounded statement size
@@ -251,10 +257,10 @@ def referenced_roles(conn: Connection) -> list[str]:
         " SELECT refobjid FROM pg_shdepend WHERE refclassid = 'pg_authid'::regclass"
         "  AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         # The bootstrap superuser's ownership is not recorded in pg_shdepend (it is pinned).
-        f" UNION SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_NS}"
-        f" UNION SELECT p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_USER_NS}"
-        f" UNION SELECT t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {_USER_NS}"
-        f" UNION SELECT n.nspowner FROM pg_namespace n WHERE {_USER_NS}"
+        f" UNION SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_NS}"
+        f" UNION SELECT p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NS}"
+        f" UNION SELECT t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_NS}"
+        f" UNION SELECT n.nspowner FROM pg_namespace n WHERE {USER_NS}"
         " UNION SELECT lomowner FROM pg_largeobject_metadata"
         ") ORDER BY 1"
     ).fetchall()
