@@ -148,44 +148,45 @@ def test_bad_stack_file_names_the_field(cli, tmp_path):
     assert "databse" in err and "database" in err
 
 
-def test_unknown_backup_id_and_wrong_passphrase(cli, tmp_path):
+def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     files = tmp_path / "app2"
     files.mkdir()
     (files / "a.txt").write_text("hello")
     stack = write_stack(tmp_path, "errs", files)
     cli("apply", str(stack))
     cli("backup", "full", "--stack", "errs")
-    err = one_line_error(
-        cli(
-            "restore",
-            "--stack",
-            "errs",
-            "--source",
-            "app-files",
-            "--backup-id",
-            "backup_20200101_000000_deadbeef",
-            "--target",
-            f"root={tmp_path / 'x'}",
-            expect=8,
-        )
-    )
-    assert "backup_20200101_000000_deadbeef" in err
+
+    def restore(*extra: str, expect: int, env: dict | None = None) -> str:
+        proc = cli("restore", "--stack", "errs", "--source", "app-files", "--target", f"root={tmp_path / 'r'}", *extra,
+                   expect=expect, extra_env=env)
+        assert "cli-test-passphrase-Zq9" not in proc.stdout + proc.stderr
+        return one_line_error(proc)
+
+    assert "backup_20200101_000000_deadbeef" in restore("--backup-id", "backup_20200101_000000_deadbeef", expect=8)
+    assert "no completed backup" in restore("--target-time", "2001-01-01T00:00:00Z", expect=8)
     backup_id = json.loads(cli("list", "--stack", "errs", "--json").stdout)[0]["id"]
-    # Re-apply with another passphrase: restores must refuse, and never print either passphrase.
+
+    # Another passphrase in the blocks: restores refuse, and print neither passphrase.
     cli("apply", str(stack), extra_env={"BACKUP_ENCRYPTION_PASSWORD": "not-the-right-one"})
-    proc = cli(
-        "restore",
-        "--stack",
-        "errs",
-        "--source",
-        "app-files",
-        "--backup-id",
-        backup_id,
-        "--target",
-        f"root={tmp_path / 'y'}",
-        expect=6,
-    )
-    err = one_line_error(proc)
-    assert "wrong passphrase" in err
-    assert "not-the-right-one" not in proc.stderr + proc.stdout
-    assert "cli-test-passphrase-Zq9" not in proc.stderr + proc.stdout
+    err = restore("--backup-id", backup_id, expect=6)
+    assert "wrong passphrase" in err and "not-the-right-one" not in err
+    cli("apply", str(stack))
+
+    # One flipped byte in a stored chunk: refused, nothing restored.
+    chunk = next((tmp_path / "vault-errs" / "backups" / backup_id / "streams").rglob("00000000"))
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    chunk.write_bytes(bytes(raw))
+    assert backup_id in restore("--backup-id", backup_id, expect=5)
+    raw[len(raw) // 2] ^= 0x40
+    chunk.write_bytes(bytes(raw))
+    assert "verified" in cli("restore", "--stack", "errs", "--source", "app-files", "--target-time",
+                             "2999-01-01T00:00:00Z", "--target", f"root={tmp_path / 'r'}").stdout
+
+    # A source that is down: exit 7, and the attempt is on record as FAILED.
+    (files / "a.txt").unlink()
+    files.rmdir()
+    err = one_line_error(cli("backup", "full", "--stack", "errs", expect=7))
+    assert str(files) in err
+    statuses = [b["status"] for b in json.loads(cli("list", "--stack", "errs", "--json").stdout)]
+    assert sorted(statuses) == ["COMPLETED", "FAILED"]
