@@ -36,8 +36,12 @@ PG_CANARY = "GENESIS-PG-CANARY-e41c7d9b"
 _names = itertools.count(1)
 
 
-def _as_postgres(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, **kwargs)
+def _as_postgres(*argv: str) -> subprocess.CompletedProcess:
+    """Run a server tool as ``postgres`` (the server refuses root); its stderr is in the error."""
+    proc = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
 
 
 @dataclass
@@ -92,7 +96,7 @@ class PostgresServer:
         log = self.root / "server.log"
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
-            " -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=40"
+            " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         )
         _as_postgres(self.pg_ctl, "-D", str(self.datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
 
@@ -108,9 +112,10 @@ def start_postgres_server(prefix: str = "gdr-pg-") -> PostgresServer:
     root = shared_tmpdir(prefix)
     password = "pw-" + secrets.token_hex(8)
     pwfile = root / "pwfile"
-    pwfile.write_text(password + "\n")
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
     shutil.chown(pwfile, "postgres")
-    pwfile.chmod(0o600)
     try:
         _as_postgres(
             initdb,
@@ -235,6 +240,15 @@ GRANT USAGE ON SCHEMA billing TO gdr_app_reader;
 GRANT SELECT ON billing.invoices TO gdr_app_reader;
 COMMENT ON TABLE customers IS 'people who buy things';
 
+-- Names that need quoting everywhere (pg_dump patterns included).
+CREATE TABLE billing."Odd ""Name"".With.Dots*" (id int PRIMARY KEY, "Value" text);
+INSERT INTO billing."Odd ""Name"".With.Dots*" SELECT i, 'v' || i FROM generate_series(1, 50) AS i;
+
+CREATE TABLE measurements (id int, taken_on date NOT NULL, reading numeric) PARTITION BY RANGE (taken_on);
+CREATE TABLE measurements_2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+INSERT INTO measurements SELECT i, date '2024-06-01' + i, i / 3.0 FROM generate_series(1, 400) AS i;
+
 INSERT INTO customers (name, email, balance, ratio, created_at, birthday, notes, profile)
 SELECT 'customer ' || i,
        CASE WHEN i % 17 = 0 THEN NULL ELSE 'c' || i || '@example.com' END,
@@ -269,6 +283,8 @@ SELECT setval('orders_id_seq', 2000);
 SELECT setval(pg_get_serial_sequence('customers', 'id'), 777);
 SELECT nextval('invoice_no') FROM generate_series(1, 3);
 
+CREATE MATERIALIZED VIEW order_stats AS SELECT status, count(*) AS n, sum(amount) AS total FROM orders GROUP BY status;
+
 SELECT lo_from_bytea(0, convert_to('large object {canary}', 'UTF8'));
 """
 
@@ -300,7 +316,7 @@ def snapshot_postgres(conn: psycopg.Connection) -> dict:
     tables = _rows(
         conn,
         f"SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.relkind = 'r' AND {_USER_NS} ORDER BY 1, 2",
+        f"WHERE c.relkind IN ('r', 'm') AND {_USER_NS} ORDER BY 1, 2",
     )
     for schema, table in tables:
         ident = sql.Identifier(schema, table)

@@ -19,8 +19,8 @@ import pytest
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import BackupResult, compare_checks
-from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream
-from core.errors import SourceUnavailableError, TargetNotEmptyError
+from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream, plan_data_groups
+from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
@@ -57,7 +57,8 @@ def seeded(pg_server: PostgresServer, tmp_path_factory):
 def test_backup_records_position_versions_and_one_stream(seeded, pg_server):
     m = seeded.manifest
     assert m.status == COMPLETED
-    assert sorted(s.name for s in m.streams) == [data_stream(0), data_stream(1), SCHEMA_STREAM]
+    # A small database: one data stream besides the schema.
+    assert sorted(s.name for s in m.streams) == [data_stream(0), SCHEMA_STREAM]
     assert m.position["database"] == seeded.database
     assert m.position["lsn"].count("/") == 1
     assert m.position["server_version"].startswith("15")
@@ -118,7 +119,7 @@ def test_wrong_password_is_source_unavailable_and_never_shown(pg_server, tmp_pat
     wrong = "Wr0ng-" + os.urandom(6).hex()
     engine = PostgresEngine(pg_server.config("app-db", "postgres", password=wrong))
     with pytest.raises(SourceUnavailableError) as err:
-        engine.ping()
+        engine.ping_target()
     assert "login refused" in str(err.value)
     assert wrong not in str(err.value) and pg_server.password not in str(err.value)
     vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
@@ -131,8 +132,10 @@ def test_wrong_password_is_source_unavailable_and_never_shown(pg_server, tmp_pat
 
 def test_missing_source_database_is_named(pg_server, tmp_path):
     engine = PostgresEngine(pg_server.config("app-db", "no_such_db"))
-    engine.ping()  # the server is fine; a restore target may not exist yet
+    engine.ping_target()  # the server is fine; a restore target may not exist yet
     assert engine.has_data() is False
+    with pytest.raises(SourceUnavailableError, match="database 'no_such_db' does not exist"):
+        engine.ping()
     vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
     with pytest.raises(SourceUnavailableError, match="database 'no_such_db' does not exist"):
         backup_source(vault, Keyring(passphrase="pw"), engine)
@@ -217,7 +220,10 @@ def test_checks_catch_a_changed_row_and_a_sequence(seeded, pg_server):
     assert "schema.triggers.public.orders.orders_audit: missing after restore" in diffs
 
 
-def test_backup_under_concurrent_writes_restores_consistently(pg_server, tmp_path):
+def test_backup_under_concurrent_writes_restores_consistently(pg_server, tmp_path, monkeypatch):
+    # One stream per table: orders and audit_log are dumped by different pg_dump processes,
+    # so only the shared snapshot keeps them consistent with each other.
+    monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAM_MIN_BYTES", "0")
     source = pg_server.create_database(pg_server.fresh_database_name())
     with pg_server.connect(source) as conn:
         seed_postgres(conn)
@@ -238,6 +244,7 @@ def test_backup_under_concurrent_writes_restores_consistently(pg_server, tmp_pat
             time.sleep(0.01)
         vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
         keyring = Keyring(passphrase="pw")
+        before = len(written)
         manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("busy", source)))
         during = len(written)
     finally:
@@ -251,6 +258,13 @@ def test_backup_under_concurrent_writes_restores_consistently(pg_server, tmp_pat
         audits = conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
     assert 1500 + 20 <= orders <= 1500 + during
     assert audits == orders  # one audit row per order: a consistent snapshot, not a torn one
+    reader = vault.open_backup(manifest.id, keyring)
+    try:
+        recorded = reader.result.checks["sequences"]["public.orders_id_seq"]
+    finally:
+        reader.close()
+    if during - before > 100:  # the sequence surely moved while pg_dump ran: recorded as a range
+        assert "last_value_between" in recorded
 
 
 class _ProcWatchingSink:
@@ -314,3 +328,104 @@ def test_password_never_in_tool_arguments(seeded, pg_server, tmp_path):
     target.restore(source, BackupResult(position=result.position, checks=result.checks, tool_versions={}))
     assert source.argv and all(pg_server.password not in argv for argv in source.argv)
     assert compare_checks(result.checks, target.collect_checks(result.checks)) == []
+
+
+def test_corrupt_backup_stops_the_restore_and_leaves_no_database(pg_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(32 * 1024))  # many chunks: some reach pg_restore first
+    source = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(source) as conn:
+        seed_postgres(conn)
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app-db", source)))
+    biggest = max(manifest.streams, key=lambda s: s.plain_bytes)
+    assert len(biggest.chunks) > 3
+    chunk = tmp_path / "vault" / "backups" / manifest.id / "streams" / biggest.name / f"{len(biggest.chunks) - 1:08d}"
+    blob = bytearray(chunk.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    chunk.write_bytes(bytes(blob))
+    target = pg_server.fresh_database_name()
+    with pytest.raises(IntegrityError):
+        restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))
+    assert not pg_server.database_exists(target)
+
+
+def test_plan_data_groups_gives_big_tables_their_own_stream():
+    mb = 1 << 20
+    sizes = [(("public", "huge"), 900 * mb), (("public", "big"), 300 * mb)]
+    sizes += [(("public", f"small{i}"), 10 * mb) for i in range(30)]
+    groups = plan_data_groups(sizes, max_single=7, min_single=32 * mb, max_listed=10)
+    assert [g.size for g in groups] == sorted((g.size for g in groups), reverse=True)  # restore order
+    assert groups[0].tables == [("public", "huge")] and groups[1].tables == [("public", "big")]
+    rest = [g for g in groups if g.rest]
+    listed = [g for g in groups if not g.rest and len(g.tables) > 1]
+    assert len(rest) == 1 and len(listed) == 1 and len(listed[0].tables) == 10  # capped: argv stays bounded
+    assert sorted(t for g in groups for t in g.tables) == sorted(t for t, _ in sizes)
+    # Tiny databases: one data stream.
+    assert len(plan_data_groups([(("public", "t"), 8192)], min_single=32 * mb)) == 1
+
+
+def test_many_data_streams_with_awkward_table_names(pg_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAM_MIN_BYTES", "0")  # every table gets listed by name
+    monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAMS", "6")
+    source = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(source) as conn:
+        seed_postgres(conn)
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app-db", source)))
+    assert len(manifest.streams) == 1 + 6 + 2  # schema, six single tables, the rest split in two
+    target = pg_server.fresh_database_name()
+    restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))
+    assert _snapshot(pg_server, target) == _snapshot(pg_server, source)
+
+
+def test_restore_as_an_unprivileged_user_with_createdb(seeded, pg_server_b):
+    # Managed servers (RDS, Cloud SQL) give no superuser: the restore must still work.
+    with pg_server_b.connect() as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE gdr_restorer LOGIN CREATEDB PASSWORD 'restorer-pw'; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+    target = pg_server_b.fresh_database_name()
+    config = pg_server_b.config("managed", target, user="gdr_restorer", password="restorer-pw")
+    engine = PostgresEngine(config)
+    restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
+    assert engine.last_restore["owners_and_privileges"] == "skipped"
+    restored = _snapshot(pg_server_b, target)
+    assert restored["tables"] == seeded.snapshot["tables"]
+    assert {owner for _, _, owner, _ in restored["owners"]} == {"gdr_restorer"}
+
+
+def test_restore_refused_by_the_server_is_one_clear_engine_error(seeded, pg_server_b):
+    with pg_server_b.connect() as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE gdr_weak LOGIN PASSWORD 'weak-secret-pw'; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+    target = pg_server_b.create_database(pg_server_b.fresh_database_name())  # owned by postgres
+    engine = PostgresEngine(pg_server_b.config("weak", target, user="gdr_weak", password="weak-secret-pw"))
+    with pytest.raises(EngineError) as err:
+        restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
+    message = str(err.value)
+    assert "pg_restore into postgres" in message and "permission denied" in message
+    assert "owner or a superuser" in message and "\n" not in message
+    assert "weak-secret-pw" not in message
+    assert pg_server_b.database_exists(target)  # not ours to drop: it existed before
+
+
+def test_counts_only_mode_records_and_verifies_row_counts(seeded, pg_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_PG_ROW_HASH", "0")
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app-db", seeded.database)))
+    reader = vault.open_backup(manifest.id, keyring)
+    try:
+        tables = reader.result.checks["tables"]
+    finally:
+        reader.close()
+    assert tables["public.orders"] == {"rows": 1500}
+    monkeypatch.delenv("GENESIS_DR_PG_ROW_HASH")  # the recorded checks decide, not the restoring host
+    target = pg_server.fresh_database_name()
+    report = restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))
+    assert report.verified_checks > 20

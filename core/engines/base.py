@@ -20,7 +20,10 @@ class Writable(Protocol):
 
 
 class StreamSink(Protocol):
-    """Where an engine writes the streams of one backup."""
+    """Where an engine writes the streams of one backup.
+
+    Several streams may be written at once, one thread per stream.
+    """
 
     def open_stream(self, name: str) -> ContextManager[Writable]:
         """A file-like writer for stream ``name``; closing it seals the stream.

@@ -16,6 +16,10 @@ the dump describe the same instant.
   text hash ~7.4 CPU-s (text formatting costs as much as pg_dump's own COPY).
   For the text form, output settings are pinned (DateStyle, TimeZone, float
   digits, bytea format...) so it is the same on the target.
+  ``GENESIS_DR_PG_ROW_HASH=0`` records row counts only; a restore is then
+  checked the same way (the recorded checks decide).
+  Materialized views are re-computed at restore (REFRESH): only their
+  existence is checked.
 - ``sequences``: last_value and is_called. Sequences are not transactional, so
   they are read before pg_dump starts and after it ends; if a sequence moved
   in between, the recorded check is the range (the restored value must lie in
@@ -32,6 +36,7 @@ the dump describe the same instant.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
@@ -135,11 +140,19 @@ _HASHES = {
 
 
 def _table_hash(conn: Connection, schema: str, table: str, method: str) -> tuple[int, int]:
-    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM ONLY {} AS t").format(
-        sql.SQL(_HASHES[method]), sql.Identifier(schema, table)
-    )
+    if method == "count":
+        query = sql.SQL("SELECT count(*), 0 FROM ONLY {}").format(sql.Identifier(schema, table))
+    else:
+        query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM ONLY {} AS t").format(
+            sql.SQL(_HASHES[method]), sql.Identifier(schema, table)
+        )
     rows, digest = conn.execute(query).fetchone()
     return int(rows), int(digest)
+
+
+def row_hashes_enabled() -> bool:
+    """``GENESIS_DR_PG_ROW_HASH=0`` records row counts only (about 1/6 of the hashing cost)."""
+    return os.environ.get("GENESIS_DR_PG_ROW_HASH", "1") != "0"
 
 
 def table_checks(
@@ -147,15 +160,19 @@ def table_checks(
 ) -> dict[str, dict[str, int]]:
     """Exact row count and an order-independent content hash per table.
 
-    ``methods`` (from a recorded reference) says which hash each table used;
-    without it (at backup time) the cheaper record hash is tried first and the
-    text hash used where a column type cannot be hashed.
+    ``methods`` (from a recorded reference) says which hash each table used
+    ("count": none); without it (at backup time) the cheaper record hash is
+    tried first and the text hash used where a column type cannot be hashed.
     """
     record_ok = conn.info.server_version >= 140000
+    default = None if row_hashes_enabled() else "count"
     out = {}
     for schema, table in tables:
         key = f"{schema}.{table}"
-        method = (methods or {}).get(key)
+        method = (methods or {}).get(key, default)
+        if method == "count":
+            out[key] = {"rows": _table_hash(conn, schema, table, "count")[0]}
+            continue
         if method is None and record_ok:
             # A type without a hash function fails on the first row: cheap to try.
             conn.execute("SAVEPOINT gdr_hash")
@@ -275,8 +292,7 @@ def content_checks(conn: Connection, in_recovery: bool, reference: dict[str, Any
     methods = None
     if reference is not None:
         methods = {
-            key: next((m for m in _HASHES if m in entry), "text_hash")
-            for key, entry in reference.get("tables", {}).items()
+            key: next((m for m in _HASHES if m in entry), "count") for key, entry in reference.get("tables", {}).items()
         }
     return {
         "format": CHECKS_FORMAT,

@@ -70,13 +70,18 @@ class StreamWriter:
             self._records.append(self._futures.popleft().result())
 
     def write(self, data: bytes) -> int:
-        self._buf += data
-        # Strictly more than one chunk buffered: we know this chunk is not the last.
-        while len(self._buf) > self._chunk_size:
-            chunk = bytes(self._buf[: self._chunk_size])
-            del self._buf[: self._chunk_size]
-            self._emit(chunk, final=False)
-        return len(data)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            if len(self._buf) == self._chunk_size:
+                # A full chunk and more data to come: it is not the last. The buffer itself
+                # goes to the pool (nothing touches it again): one copy less per chunk.
+                full, self._buf = self._buf, bytearray()
+                self._emit(full, final=False)
+            take = self._chunk_size - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+        return size
 
     def close(self) -> StreamRecord:
         if self.record is None:

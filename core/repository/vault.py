@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,8 @@ class BackupWriter:
         self._data_key = os.urandom(32)
         self._sealer = Sealer(self._data_key, self.id, compression)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"seal-{self.id[-8:]}")
+        # Engines may write several streams at once (parallel pg_dump): guard the registry.
+        self._registry = threading.Lock()
         self._streams: list[StreamRecord] = []
         self._open: list[StreamWriter] = []
         self._chunk_size = default_chunk_size()
@@ -207,23 +210,28 @@ class BackupWriter:
         self.store.put(f"backups/{self.id}/keys.json", self._keys_raw)
 
     def _new_stream(self, name: str) -> StreamWriter:
-        if not _STREAM_NAME.match(name) or any(s.name == name for s in self._streams + self._open):
-            raise ValueError(f"invalid or duplicate stream name {name!r}")
-        writer = StreamWriter(self.store, self._sealer, self._pool, self.id, name, self._chunk_size)
-        self._open.append(writer)
+        with self._registry:
+            if not _STREAM_NAME.match(name) or any(s.name == name for s in self._streams + self._open):
+                raise ValueError(f"invalid or duplicate stream name {name!r}")
+            writer = StreamWriter(self.store, self._sealer, self._pool, self.id, name, self._chunk_size)
+            self._open.append(writer)
         return writer
 
     @contextmanager
     def open_stream(self, name: str) -> Iterator[StreamWriter]:
+        """A writer for one stream; several streams may be open at once (one thread each)."""
         writer = self._new_stream(name)
         try:
             yield writer
         except BaseException:
             writer.abort()
-            self._open.remove(writer)
+            with self._registry:
+                self._open.remove(writer)
             raise
-        self._streams.append(writer.close())
-        self._open.remove(writer)
+        record = writer.close()
+        with self._registry:
+            self._streams.append(record)
+            self._open.remove(writer)
 
     def write_stream(self, name: str, data: BinaryIO) -> int:
         with self.open_stream(name) as out:
@@ -232,7 +240,7 @@ class BackupWriter:
                 if not piece:
                     break
                 out.write(piece)
-        return self._streams[-1].plain_bytes
+        return out.close().plain_bytes
 
     def _manifest(self, status: str, **fields) -> Manifest:
         return Manifest(
