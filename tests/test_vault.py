@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -229,7 +229,7 @@ def test_lock_blocks_second_run_and_stale_lock_expires(vault, monkeypatch):
     # A killed run: its process is gone and it never released the lock.
     proc = subprocess.run(
         [
-            "python",
+            sys.executable,
             "-c",
             (
                 "import sys; sys.path.insert(0, '.');"
