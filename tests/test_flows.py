@@ -151,3 +151,22 @@ def test_restore_dry_run_changes_nothing_and_refuses_non_empty_target(make_stack
     # The rollback point holds what the target had before.
     rb = stack.vault().manifest(rollback)
     assert rb.labels["purpose"] == "rollback"
+
+
+def test_restore_into_another_server_with_its_own_credentials(make_stack, redis_factory):
+    from core.errors import ConfigError
+    from flows.backup import backup
+    from flows.restore import restore
+
+    src, dr = redis_factory(password="src-Pw-1"), redis_factory(password="dr-Pw-2")
+    src.client().mset({"invoice:1": "100.00", "invoice:2": "250.00"})
+    stack = make_stack([src.config("cache", "rdb"), dr.config("dr-cache", "rdb")])
+    backup(stack=stack.name, sources=["cache"])
+
+    # Secrets never travel as flow parameters.
+    with pytest.raises(ConfigError, match="secrets are not accepted"):
+        restore(source="cache", stack=stack.name, target={"password": "dr-Pw-2"})
+
+    out = restore(source="cache", stack=stack.name, target_source="dr-cache")
+    assert out["report"]["target"].endswith(f":{dr.port}") or str(dr.port) in out["report"]["target"]
+    assert dr.client().mget("invoice:1", "invoice:2") == [b"100.00", b"250.00"]

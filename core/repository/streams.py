@@ -39,7 +39,14 @@ class StreamWriter:
     """File-like writer for one stream; ``close()`` returns its StreamRecord."""
 
     def __init__(
-        self, store: Store, sealer: Sealer, pool: ThreadPoolExecutor, backup_id: str, name: str, chunk_size: int
+        self,
+        store: Store,
+        sealer: Sealer,
+        pool: ThreadPoolExecutor,
+        backup_id: str,
+        name: str,
+        chunk_size: int,
+        slots: threading.Semaphore,
     ):
         self._store, self._sealer, self._pool = store, sealer, pool
         self._backup_id, self.name, self._chunk_size = backup_id, name, chunk_size
@@ -49,7 +56,8 @@ class StreamWriter:
         self._plain = 0
         self._futures: deque[Future] = deque()
         self._records: list[ChunkRecord] = []
-        self._slots = threading.Semaphore(IN_FLIGHT)
+        # Shared by every stream of the backup: memory stays bounded however many are open.
+        self._slots = slots
         self.record: StreamRecord | None = None
 
     def _store_chunk(self, index: int, final: bool, data: bytes) -> ChunkRecord:
@@ -63,7 +71,7 @@ class StreamWriter:
     def _emit(self, data: bytes, final: bool) -> None:
         self._hash.update(data)
         self._plain += len(data)
-        self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered
+        self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered per backup
         self._futures.append(self._pool.submit(self._store_chunk, self._index, final, data))
         self._index += 1
         while self._futures and self._futures[0].done():

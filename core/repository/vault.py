@@ -42,7 +42,7 @@ from core.repository.manifest import (
     parse_manifest,
     valid_backup_id,
 )
-from core.repository.streams import StreamReader, StreamWriter, chunk_key, open_reader
+from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, chunk_key, open_reader
 from core.storage.base import Store
 from core.storage.local import ObjectNotFound
 
@@ -189,6 +189,7 @@ class BackupWriter:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"seal-{self.id[-8:]}")
         # Engines may write several streams at once (parallel pg_dump): guard the registry.
         self._registry = threading.Lock()
+        self._slots = threading.Semaphore(IN_FLIGHT)
         self._streams: list[StreamRecord] = []
         self._open: list[StreamWriter] = []
         self._chunk_size = default_chunk_size()
@@ -213,7 +214,7 @@ class BackupWriter:
         with self._registry:
             if not _STREAM_NAME.match(name) or any(s.name == name for s in self._streams + self._open):
                 raise ValueError(f"invalid or duplicate stream name {name!r}")
-            writer = StreamWriter(self.store, self._sealer, self._pool, self.id, name, self._chunk_size)
+            writer = StreamWriter(self.store, self._sealer, self._pool, self.id, name, self._chunk_size, self._slots)
             self._open.append(writer)
         return writer
 
