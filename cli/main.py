@@ -47,10 +47,10 @@ def _print_backups(results: list[dict]) -> None:
             f"{r['source']}: {r['status']} {r['id']}  {human_bytes(r['plain_bytes'])} -> "
             f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
         )
+    print("\nTo restore (add --dry-run to see the plan first; without --target it restores over the source):")
     for r in results:
-        print(
-            f"  restore with: genesis-dr restore --source {r['source']} --backup-id {r['id']} --target ...  (add --dry-run to see the plan)"
-        )
+        example = RESTORE_TARGET_EXAMPLES.get(r["kind"], "").format(source=r["source"].replace("-", "_"))
+        print(f"  genesis-dr restore --source {r['source']} --backup-id {r['id']} {example}")
 
 
 def cmd_apply(args) -> int:

@@ -35,7 +35,11 @@ def test_stack_blocks_round_trip_and_keep_secrets_secret(make_stack, tmp_path):
         ]
     )
     loaded = load_stack(stack.name)
-    assert [type(s).__name__ for s in loaded.sources] == ["PostgresSourceConfig", "MySQLSourceConfig", "RedisSourceConfig"]
+    assert [type(s).__name__ for s in loaded.sources] == [
+        "PostgresSourceConfig",
+        "MySQLSourceConfig",
+        "RedisSourceConfig",
+    ]
     assert loaded.source("db").password.get_secret_value() == "pg-Secret-1"
     assert loaded.source("cache").mode == "logical"
     assert loaded.encryption.passphrase.get_secret_value() == stack.passphrase

@@ -73,7 +73,7 @@ def test_apply_backup_list_restore_through_the_command(cli, tmp_path):
     cli("apply", str(stack))  # idempotent
 
     out = cli("backup", "full", "--stack", "clitest").stdout
-    assert "app-files: COMPLETED backup_" in out and "restore with: genesis-dr restore" in out
+    assert "app-files: COMPLETED backup_" in out and "genesis-dr restore --source app-files --backup-id" in out
 
     listing = json.loads(cli("list", "--stack", "clitest", "--json").stdout)
     assert [b["source"] for b in listing] == ["app-files"] and listing[0]["status"] == "COMPLETED"
@@ -82,56 +82,24 @@ def test_apply_backup_list_restore_through_the_command(cli, tmp_path):
     assert backup_id in table and "COMPLETED" in table
 
     target = tmp_path / "restored"
-    plan = cli(
-        "restore",
-        "--stack",
-        "clitest",
-        "--source",
-        "app-files",
-        "--backup-id",
-        backup_id,
-        "--target",
-        f"root={target}",
-        "--dry-run",
-    ).stdout
+
+    def restore(*extra: str, expect: int = 0):
+        args = ("--stack", "clitest", "--source", "app-files", "--backup-id", backup_id, "--target", f"root={target}")
+        return cli("restore", *args, *extra, expect=expect)
+
+    plan = restore("--dry-run").stdout
     assert backup_id in plan and "dry run" in plan
     assert not target.exists()
 
-    out = cli(
-        "restore", "--stack", "clitest", "--source", "app-files", "--backup-id", backup_id, "--target", f"root={target}"
-    ).stdout
+    out = restore().stdout
     assert "verified" in out
     assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
 
     # Not empty now: refused without --force, allowed with it (after a rollback backup).
-    err = one_line_error(
-        cli(
-            "restore",
-            "--stack",
-            "clitest",
-            "--source",
-            "app-files",
-            "--backup-id",
-            backup_id,
-            "--target",
-            f"root={target}",
-            expect=9,
-        )
-    )
+    err = one_line_error(restore(expect=9))
     assert "--force" in err
     (target / "conf" / "app.ini").write_text("changed")
-    out = cli(
-        "restore",
-        "--stack",
-        "clitest",
-        "--source",
-        "app-files",
-        "--backup-id",
-        backup_id,
-        "--target",
-        f"root={target}",
-        "--force",
-    ).stdout
+    out = restore("--force").stdout
     assert "rollback point: backup_" in out
     assert (target / "conf" / "app.ini").read_text() == "[app]\nsecret_sauce = 42\n"
 
@@ -157,8 +125,18 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     cli("backup", "full", "--stack", "errs")
 
     def restore(*extra: str, expect: int, env: dict | None = None) -> str:
-        proc = cli("restore", "--stack", "errs", "--source", "app-files", "--target", f"root={tmp_path / 'r'}", *extra,
-                   expect=expect, extra_env=env)
+        proc = cli(
+            "restore",
+            "--stack",
+            "errs",
+            "--source",
+            "app-files",
+            "--target",
+            f"root={tmp_path / 'r'}",
+            *extra,
+            expect=expect,
+            extra_env=env,
+        )
         assert "cli-test-passphrase-Zq9" not in proc.stdout + proc.stderr
         return one_line_error(proc)
 
@@ -180,8 +158,20 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     assert backup_id in restore("--backup-id", backup_id, expect=5)
     raw[len(raw) // 2] ^= 0x40
     chunk.write_bytes(bytes(raw))
-    assert "verified" in cli("restore", "--stack", "errs", "--source", "app-files", "--target-time",
-                             "2999-01-01T00:00:00Z", "--target", f"root={tmp_path / 'r'}").stdout
+    assert (
+        "verified"
+        in cli(
+            "restore",
+            "--stack",
+            "errs",
+            "--source",
+            "app-files",
+            "--target-time",
+            "2999-01-01T00:00:00Z",
+            "--target",
+            f"root={tmp_path / 'r'}",
+        ).stdout
+    )
 
     # A source that is down: exit 7, and the attempt is on record as FAILED.
     (files / "a.txt").unlink()

@@ -40,8 +40,12 @@ def test_good_stack_with_env_and_relative_paths(tmp_path):
         (GOOD.replace("root: ./app", "paths: [a]"), {}, "missing required field 'sources[1] (files).root'"),
         (GOOD.replace("kind: files", "kind: ftp"), {}, "'kind' as one of postgres, mysql, redis, files"),
         (GOOD.replace("name: files", "name: app-db"), {}, "source name 'app-db' is used twice"),
-        (GOOD.replace('"${PASS}"', '"${MISSING_PASS}"'), {}, "encryption.passphrase: environment variable MISSING_PASS is not set"),
-        (GOOD.replace("port: \"${DB_PORT:-5432}\"", "port: five"), {}, "field 'sources[0] (app-db).port'"),
+        (
+            GOOD.replace('"${PASS}"', '"${MISSING_PASS}"'),
+            {},
+            "encryption.passphrase: environment variable MISSING_PASS is not set",
+        ),
+        (GOOD.replace('port: "${DB_PORT:-5432}"', "port: five"), {}, "field 'sources[0] (app-db).port'"),
         ("vault: [unclosed", {}, "not valid YAML"),
     ],
 )
