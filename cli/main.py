@@ -79,6 +79,9 @@ def cmd_list(args) -> int:
     from flows.reporting import human_bytes
 
     config = load_stack(args.stack)
+    if not os.path.exists(os.path.join(config.vault.path, "config.json")):
+        print(f"no backups yet: the vault {config.vault.path} is created by the first backup")
+        return 0
     manifests = config.vault.open().list_backups(args.source)
     if args.json:
         print(json.dumps([m.summary() for m in manifests], indent=2, sort_keys=True))

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.errors import BackupNotFoundError, ConfigError
 from core.repository.manifest import COMPLETED, Manifest
 from core.stack import StackConfig
@@ -43,8 +45,9 @@ def restore_target(config: StackConfig, source: str, overrides: dict[str, Any] |
     data = base.model_dump() | overrides  # keeps the target's own name: its rollback backups list under it
     try:
         return type(base).model_validate(data)
-    except Exception as exc:
-        raise ConfigError(f"--target: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--target {first['loc'][0]}=...: {first['msg']}; fix the value") from None
 
 
 @dataclass

@@ -38,4 +38,11 @@ def restore(
             f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
         )
     report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
+    create_markdown_artifact(
+        f"Restored `{report['backup_id']}` into {report['target']} in {report['seconds']:.1f} s; "
+        f"verified {report['verified_checks']} checks recorded at backup time"
+        + (f"; rollback point `{report['rollback_backup_id']}`" if report["rollback_backup_id"] else ""),
+        key="restore-report",
+        description="Restore outcome and verification",
+    )
     return {"plan": plan, "report": report, "dry_run": False}
