@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
 
 
-@task(name="select-sources", retries=0)
+@task(name="select-sources", cache_policy=NO_CACHE)
 def select_sources(stack: str, sources: list[str] | None) -> list[str]:
     """The source names to back up (all of the stack's by default)."""
     config = load_stack(stack)
@@ -18,7 +19,8 @@ def select_sources(stack: str, sources: list[str] | None) -> list[str]:
     return [config.source(name).name for name in sources]  # ConfigError names an unknown one
 
 
-@task(name="backup-source", task_run_name="backup-{source}-{backup_type}", retries=0)
+# Never cached: a DR action must run every time it is asked for, and read the live state.
+@task(name="backup-source", task_run_name="backup-{source}-{backup_type}", cache_policy=NO_CACHE)
 def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
     """Dump one source into the vault; returns the manifest summary (ids, sizes, position)."""
     config = load_stack(stack)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.apply import load_stack
 from core import operations
@@ -12,7 +13,7 @@ from core.engines import engine_for
 from core.plan import plan_restore, restore_target
 
 
-@task(name="plan-restore")
+@task(name="plan-restore", cache_policy=NO_CACHE)
 def plan_restore_task(
     stack: str,
     source: str,
@@ -32,7 +33,7 @@ def plan_restore_task(
     return plan.to_dict()
 
 
-@task(name="restore-backup", task_run_name="restore-{backup_id}")
+@task(name="restore-backup", task_run_name="restore-{backup_id}", cache_policy=NO_CACHE)
 def restore_backup_task(
     stack: str, source: str, backup_id: str, target: dict | None, target_source: str | None, force: bool
 ) -> dict:
