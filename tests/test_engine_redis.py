@@ -134,7 +134,9 @@ def test_logical_round_trip_restores_every_database_type_value_and_ttl(redis_fac
 
     manifest, report = _round_trip(vault, keyring, source, target, "logical")
 
-    assert_same_redis(before, snapshot_redis(target.client))
+    # Expiry times are absolute: both servers agree on TTLs at the same moment.
+    assert_same_redis(snapshot_redis(source.client), snapshot_redis(target.client))
+    assert_same_redis(before, snapshot_redis(target.client), ttl_slack=60)
     result = vault.open_backup(manifest.id, keyring).result
     assert result.position["databases"] == [0, 3]
     assert result.checks["databases"]["db3"]["keys"] == 2
@@ -301,3 +303,19 @@ def test_unknown_rdb_object_type_is_a_clear_error():
     chunks = iter([data])
     with pytest.raises(EngineError, match="RDB object type 99 is not understood"):
         walk_rdb(ByteReader(lambda: next(chunks, b"")), lambda *a: None)
+
+
+def test_logical_restore_does_not_revive_keys_that_expired_since_the_backup(redis_factory, vault, keyring):
+    source, target = redis_factory(), redis_factory()
+    source.client().set("session:short", "gone soon", px=1500)
+    source.client().set("session:long", "still here", ex=3600)
+    source.client().set("config", "forever")
+    manifest = backup_source(vault, keyring, RedisEngine(source.config("cache", "logical")))
+    time.sleep(2)  # past the short session's expiry on the source
+
+    restore_backup(vault, keyring, manifest.id, RedisEngine(target.config("cache", "logical")))
+
+    client = target.client()
+    assert client.get("session:short") is None
+    assert client.get("session:long") == b"still here" and 3500 < client.ttl("session:long") <= 3600
+    assert client.get("config") == b"forever" and client.ttl("config") == -1

@@ -383,9 +383,10 @@ class RedisEngine(Engine):
             for db in dbs:
                 with self._talking("SCAN/DUMP"), self._client(db) as client:
                     for key, pttl, payload in scan_dump(client):
-                        write_record(out, db, key, pttl, payload)
+                        expire_at = -1 if pttl < 0 else _now_ms() + pttl
+                        write_record(out, db, key, expire_at, payload)
                         type_name, digest = dump_digest(payload)
-                        checks.add(db, key, type_name, None if pttl < 0 else _now_ms() + pttl, digest)
+                        checks.add(db, key, type_name, None if expire_at < 0 else expire_at, digest)
                         records += 1
             write_trailer(out, records)
         position = {

@@ -14,7 +14,7 @@ needed.
 Stream format (one plaintext stream, version 1)::
 
     magic   b"GDR-REDIS-KEYS\\x00\\x01"
-    record  b"K" | db u32 | key_len u32 | key | pttl i64 (-1: none) | len u64 | DUMP payload
+    record  b"K" | db u32 | key_len u32 | key | expire_at_ms i64 (-1: none) | len u64 | DUMP payload
     trailer b"E" | records u64
 
 All integers big-endian. The trailer's count makes a cut-short stream an
@@ -49,7 +49,7 @@ RESTORE_BATCH_BYTES = 8 << 20
 class KeyRecord:
     db: int
     key: bytes
-    pttl: int  # milliseconds left, -1 for no expiry
+    expire_at_ms: int  # absolute Unix time in ms (read from PTTL at dump time), -1 for no expiry
     payload: bytes
 
 
@@ -91,8 +91,8 @@ def write_header(out: Writable) -> None:
     out.write(MAGIC)
 
 
-def write_record(out: Writable, db: int, key: bytes, pttl: int, payload: bytes) -> None:
-    out.write(b"K" + _RECORD.pack(db, len(key)) + key + _TTL_LEN.pack(pttl, len(payload)))
+def write_record(out: Writable, db: int, key: bytes, expire_at_ms: int, payload: bytes) -> None:
+    out.write(b"K" + _RECORD.pack(db, len(key)) + key + _TTL_LEN.pack(expire_at_ms, len(payload)))
     out.write(payload)
 
 
@@ -130,17 +130,18 @@ def iter_records(f: BinaryIO) -> Iterator[KeyRecord]:
             raise IntegrityError("redis logical backup stream is corrupt (bad record tag)")
         db, key_len = _RECORD.unpack(_read_exact(f, _RECORD.size))
         key = _read_exact(f, key_len)
-        pttl, payload_len = _TTL_LEN.unpack(_read_exact(f, _TTL_LEN.size))
+        expire_at_ms, payload_len = _TTL_LEN.unpack(_read_exact(f, _TTL_LEN.size))
         seen += 1
-        yield KeyRecord(db, key, pttl, _read_exact(f, payload_len))
+        yield KeyRecord(db, key, expire_at_ms, _read_exact(f, payload_len))
 
 
 def restore_records(records: Iterator[KeyRecord], client_for: Callable[[int], redis.Redis], label: str) -> int:
     """``RESTORE ... REPLACE`` every record, pipelined in batches; returns the count.
 
     ``client_for(db)`` maps a recorded database to a client of the target
-    database. TTLs restart from the restore (relative ``PTTL``), so a key
-    keeps the lifetime it had left when the backup was taken.
+    database. Expiry times are absolute (``RESTORE ... ABSTTL``, Redis 5+): a
+    session that would have expired by now is not brought back to life, and
+    the others expire when they would have on the source.
     """
     pipe = None
     batch_db = None
@@ -165,9 +166,11 @@ def restore_records(records: Iterator[KeyRecord], client_for: Callable[[int], re
             flush()
             batch_db = rec.db
             pipe = client_for(rec.db).pipeline(transaction=False)
-        # PTTL 0 means "about to expire", but RESTORE reads 0 as "no expiry".
-        ttl = 0 if rec.pttl < 0 else max(rec.pttl, 1)
-        pipe.restore(rec.key, ttl, rec.payload, replace=True)
+        if rec.expire_at_ms < 0:
+            pipe.restore(rec.key, 0, rec.payload, replace=True)
+        else:
+            # An expiry already in the past makes Redis drop the key instead of creating it.
+            pipe.restore(rec.key, max(rec.expire_at_ms, 1), rec.payload, replace=True, absttl=True)
         restored += 1
         batch_keys += 1
         batch_bytes += len(rec.payload)
