@@ -47,3 +47,20 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def child_argvs(tool: str) -> list[list[str]]:
+    """argv of this process's running children whose command names ``tool`` (read from /proc,
+    i.e. what ``ps`` shows to every user of the machine)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode() for a in f.read().split(b"\0") if a]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and argv and os.path.basename(argv[0]) == tool:
+            out.append(argv)
+    return out

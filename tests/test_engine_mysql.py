@@ -9,7 +9,6 @@ line; a restore never silently overwrites data; nothing readable lands in the va
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
 from tests.fixtures_mysql import CANARY, definers, seed_mysql, snapshot_mysql
-from tests.servers import free_port
+from tests.servers import child_argvs, free_port
 
 
 def _vault(path: Path) -> Vault:
@@ -165,26 +164,51 @@ def test_corrupt_chunk_mid_stream_stops_the_restore_with_an_integrity_error(
     assert manifest.id in str(err.value) and "\n" not in str(err.value)
 
 
-def test_password_reaches_the_tools_only_through_a_private_option_file(mysql_server, seeded, keyring, monkeypatch):
-    seen: list[tuple[list[str], int, int]] = []
-    real_popen = subprocess.Popen
+class _Watching:
+    """Delegates to the real vault writer/reader; while a tool is running, records what
+    /proc (``ps``) shows of it and the mode of the option file it was given."""
 
-    def spy(argv, *args, **kwargs):
-        assert mysql_server.password not in " ".join(argv)
-        if argv[1:] == ["--version"]:
-            return real_popen(argv, *args, **kwargs)
-        option = Path(argv[1].removeprefix("--defaults-extra-file="))
-        assert argv[1].startswith("--defaults-extra-file=")  # must be the first option
-        seen.append((list(argv), option.stat().st_mode & 0o777, option.parent.stat().st_mode & 0o777))
-        return real_popen(argv, *args, **kwargs)
+    def __init__(self, inner, tool: str) -> None:
+        self.inner, self.tool, self.seen = inner, tool, []
 
-    monkeypatch.setattr(subprocess, "Popen", spy)
+    def _look(self) -> None:
+        for argv in child_argvs(self.tool):
+            option = Path(argv[1].removeprefix("--defaults-extra-file="))
+            self.seen.append((argv, option.stat().st_mode & 0o777, option.parent.stat().st_mode & 0o777))
+
+    def write_stream(self, name, data):
+        self._look()
+        return self.inner.write_stream(name, data)
+
+    def iter_stream(self, name):
+        for i, piece in enumerate(self.inner.iter_stream(name)):
+            yield piece
+            if i == 0:
+                self._look()  # the client is reading its stdin by now
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_password_reaches_the_tools_only_through_a_private_option_file(mysql_server, seeded, keyring):
+    vault = seeded["vault"]
+    source = MySQLEngine(mysql_server.config("app-db", seeded["database"]))
+    writer = _Watching(
+        vault.begin_backup(
+            source="app-db", kind="mysql", backup_type="full", target=source.describe(), keyring=keyring
+        ),
+        "mariadb-dump",
+    )
+    manifest = writer.commit(source.backup(writer))
+    reader = _Watching(vault.open_backup(manifest.id, keyring), "mariadb")
     target = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("argv")))
-    restore_backup(seeded["vault"], keyring, seeded["manifest"].id, target)
-    backup_source(seeded["vault"], keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
+    target.restore(reader, reader.result)
 
+    seen = writer.seen + reader.seen
     assert {Path(argv[0]).name for argv, _, _ in seen} == {"mariadb", "mariadb-dump"}
     for argv, mode, dir_mode in seen:
+        assert mysql_server.password not in " ".join(argv)
+        assert argv[1].startswith("--defaults-extra-file=")  # must be the first option
         assert (mode, dir_mode) == (0o600, 0o700)
         assert not Path(argv[1].removeprefix("--defaults-extra-file=")).parent.exists()  # removed afterwards
 

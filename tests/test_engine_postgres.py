@@ -26,7 +26,7 @@ from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
 from tests.fixtures_postgres import PG_CANARY, PostgresServer, seed_postgres, snapshot_postgres
-from tests.servers import free_port
+from tests.servers import child_argvs, free_port
 
 
 def _snapshot(server: PostgresServer, database: str) -> dict:
@@ -304,18 +304,7 @@ class _ProcWatchingSource:
 
 
 def _child_cmdlines(tool: str) -> list[str]:
-    out = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and tool in argv:
-            out.append(argv)
-    return out
+    return [" ".join(argv) for argv in child_argvs(tool)]
 
 
 def test_password_never_in_tool_arguments(seeded, pg_server, tmp_path):
