@@ -319,14 +319,20 @@ def test_password_never_in_tool_arguments(seeded, pg_server, tmp_path):
     assert compare_checks(result.checks, target.collect_checks(result.checks)) == []
 
 
-def test_corrupt_backup_stops_the_restore_and_leaves_no_database(pg_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(32 * 1024))  # many chunks: some reach pg_restore first
+def _seed_and_back_up(pg_server, tmp_path):
+    """A freshly seeded database and a full backup of it in a new vault."""
     source = pg_server.create_database(pg_server.fresh_database_name())
     with pg_server.connect(source) as conn:
         seed_postgres(conn)
     vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
     keyring = Keyring(passphrase="pw")
     manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app-db", source)))
+    return source, vault, keyring, manifest
+
+
+def test_corrupt_backup_stops_the_restore_and_leaves_no_database(pg_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(32 * 1024))  # many chunks: some reach pg_restore first
+    source, vault, keyring, manifest = _seed_and_back_up(pg_server, tmp_path)
     biggest = max(manifest.streams, key=lambda s: s.plain_bytes)
     assert len(biggest.chunks) > 3
     chunk = tmp_path / "vault" / "backups" / manifest.id / "streams" / biggest.name / f"{len(biggest.chunks) - 1:08d}"
@@ -357,12 +363,7 @@ def test_plan_data_groups_gives_big_tables_their_own_stream():
 def test_many_data_streams_with_awkward_table_names(pg_server, tmp_path, monkeypatch):
     monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAM_MIN_BYTES", "0")  # every table gets listed by name
     monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAMS", "6")
-    source = pg_server.create_database(pg_server.fresh_database_name())
-    with pg_server.connect(source) as conn:
-        seed_postgres(conn)
-    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
-    keyring = Keyring(passphrase="pw")
-    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app-db", source)))
+    source, vault, keyring, manifest = _seed_and_back_up(pg_server, tmp_path)
     assert len(manifest.streams) == 1 + 6 + 2  # schema, six single tables, the rest split in two
     target = pg_server.fresh_database_name()
     restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))

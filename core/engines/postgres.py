@@ -268,6 +268,13 @@ class PostgresEngine(Engine):
     def _maintenance_db(self) -> str:
         return "template1" if self.config.database == "postgres" else "postgres"
 
+    def _sql_error(self, exc: psycopg.Error, action: str, remedy: str) -> DRError:
+        """A lost connection is the server being unavailable; anything else is the SQL failing."""
+        if isinstance(exc, psycopg.OperationalError):
+            return self._unavailable(exc, self.config.database)
+        detail = _last_line(redact(str(exc), self.config.secrets()))
+        return EngineError(f"{action} {self.describe()} failed: {detail}; {remedy}")
+
     def _unavailable(self, exc: BaseException, dbname: str) -> SourceUnavailableError:
         text = redact(str(exc), self.config.secrets())
         low = text.lower()
@@ -384,12 +391,9 @@ class PostgresEngine(Engine):
             content = self._dump_while_checking(conn, jobs, info["in_recovery"], sink)
             sequences_after = checks.read_sequences(conn)
             conn.execute("COMMIT")
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc, self.config.database) from None
         except psycopg.Error as exc:
-            raise EngineError(
-                f"reading {self.describe()} failed: {_last_line(redact(str(exc), self.config.secrets()))}; "
-                "check the backup user may read every object (e.g. GRANT pg_read_all_data)"
+            raise self._sql_error(
+                exc, "reading", "check the backup user may read every object (e.g. GRANT pg_read_all_data)"
             ) from None
         finally:
             conn.close()
@@ -561,12 +565,8 @@ class PostgresEngine(Engine):
             actual = checks.content_checks(conn, in_recovery, reference)
             actual["sequences"] = checks.collect_sequences(conn, reference.get("sequences", {}))
             conn.execute("COMMIT")
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc, self.config.database) from None
         except psycopg.Error as exc:
-            raise EngineError(
-                f"checking {self.describe()} failed: {_last_line(redact(str(exc), self.config.secrets()))}"
-            ) from None
+            raise self._sql_error(exc, "checking", "check the restoring user may read every object") from None
         finally:
             conn.close()
         if "restore" in reference:
