@@ -63,11 +63,15 @@ class BackupResult:
     counts, file hashes) - sealed (encrypted) in the manifest because it names
     tables, keys and files.
     ``tool_versions``: e.g. {"pg_dump": "15.20", "server": "15.20"}.
+    ``skipped``: one line per entry left out of the backup (recorded in the clear).
     """
 
     position: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    # What the backup deliberately left out (only where the stack allows skipping,
+    # e.g. an unreadable file); listed by `genesis-dr list`, the run and the restore report.
+    skipped: list[str] = field(default_factory=list)
 
 
 class Engine(ABC):
@@ -105,9 +109,42 @@ class Engine(ABC):
         """True if the target (this config) already holds data a restore would overwrite."""
 
     @abstractmethod
-    def restore(self, source: StreamSource, result: BackupResult) -> None:
+    def restore(self, source: StreamSource, result: BackupResult) -> list[str] | None:
         """Restore the backup into this config's target. ``result`` is what
-        ``backup`` returned (position/checks/tool_versions) as recorded."""
+        ``backup`` returned (position/checks/tool_versions) as recorded.
+
+        Returns notes: one line per object that was NOT restored exactly as it
+        was backed up (a grant to a missing role, an owner replaced, an entry
+        skipped at backup time, anything the tool skipped). The restore report
+        lists every note; an empty list means the restore is exact.
+        """
+
+    # -- restoring beside the target -------------------------------------------------
+    # A restore never leaves a target worse off. Engines that can, restore into a
+    # fresh sibling target (a new database, a sibling directory), which is then
+    # verified and swapped into place; the target is untouched until the swap.
+    # Engines that cannot (stage() returns None) restore in place: the caller first
+    # proves every object of the backup readable, and puts the rollback point back
+    # by itself if the restore fails after it changed the target.
+
+    def stage(self, tag: str) -> Engine | None:
+        """An engine for an empty sibling of this target, named with ``tag`` (a short
+        hex string), to restore into and verify before ``swap_in``; None if this kind
+        of source restores in place."""
+        return None
+
+    def swap_in(self, staged: Engine) -> None:
+        """Replace this target's contents with the verified ``staged`` target (a rename,
+        as close to atomic as the kind allows); the old contents are removed."""
+        raise NotImplementedError(f"{type(self).__name__} restores in place")
+
+    def discard(self) -> None:
+        """Remove this (staged) target after a failed or abandoned restore; a missing one is fine."""
+        raise NotImplementedError(f"{type(self).__name__} restores in place")
+
+    def target_key(self) -> str:
+        """Identity of the restore target, for its lock and its in-progress mark."""
+        return self.describe()
 
     @abstractmethod
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:

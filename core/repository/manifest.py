@@ -69,6 +69,7 @@ class Manifest(BaseModel):
     streams: list[StreamRecord] = []
     position: dict[str, Any] = {}
     tool_versions: dict[str, str] = {}
+    skipped: list[str] = []  # entries the backup left out where the stack allows it (in the clear, for `list`)
     sealed_checks: str | None = None  # base64 envelope: checks name tables/keys/files, so they are encrypted
     error: str | None = None
     mac: str | None = None
@@ -130,6 +131,7 @@ class Manifest(BaseModel):
             "position": self.position,
             "position_text": self.position_text(),
             "labels": self.labels,
+            "skipped": self.skipped,
             "error": self.error,
         }
 

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from core import cancel
 from core.crypto.envelope import Opener, Sealer
 from core.errors import IntegrityError
 from core.repository.manifest import ChunkRecord, StreamRecord
@@ -69,6 +70,7 @@ class StreamWriter:
             self._slots.release()
 
     def _emit(self, data: bytes, final: bool) -> None:
+        cancel.check(f"backup {self._backup_id}")  # SIGINT/SIGTERM: stop here, the backup ends FAILED
         self._hash.update(data)
         self._plain += len(data)
         self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered per backup

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from core import cancel
 from core.crypto.envelope import Opener, Sealer
 from core.crypto.keys import Keyring
 from core.engines.base import BackupResult
@@ -254,6 +255,7 @@ class BackupWriter:
 
     def commit(self, result: BackupResult) -> Manifest:
         """Write the manifest: from here on the backup exists."""
+        cancel.check(f"backup {self.id}")  # never commit a run the operator has interrupted
         checks = json.dumps(result.checks, sort_keys=True, default=str).encode()
         sealed = base64.b64encode(self._sealer.seal_blob("checks", checks)).decode()
         manifest = self._manifest(
@@ -261,6 +263,7 @@ class BackupWriter:
             streams=self._streams,
             position=result.position,
             tool_versions=result.tool_versions,
+            skipped=list(result.skipped),
             sealed_checks=sealed,
         )
         manifest.sign(self._data_key)
