@@ -84,6 +84,10 @@ class Manifest(BaseModel):
 
     def canonical(self, *, with_mac: bool = True) -> bytes:
         data = self.model_dump(mode="json")
+        # Fields added within v1 are left out while empty, so manifests written before them keep their MAC.
+        for added in ("skipped",):
+            if not data.get(added):
+                data.pop(added, None)
         if not with_mac:
             data.pop("mac", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
