@@ -4,7 +4,12 @@ A lock is an object created only-if-absent. Its holder renews it every third of
 its TTL from a heartbeat thread; a killed run stops renewing, so its lock
 expires on its own and the next run takes it over (an atomic rename of the stale
 object decides which of two racing runs wins). On the same host a lock whose
-process is gone is stale at once.
+process is gone is stale at once, and so is one whose pid now belongs to another
+process (its start time, /proc/<pid>/stat field 22, differs from the recorded one).
+
+``break_lock`` is the operator's override (``genesis-dr unlock``): it works on any
+store holding leases (the vault, or a target-lock store) and refuses to remove a
+lease whose holder is provably alive on this host.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from core.errors import LockedError
+from core.errors import ConfigError, LockedError
 from core.storage.base import Store
 from core.storage.local import ObjectNotFound
 
@@ -29,6 +34,8 @@ def lock_ttl() -> float:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,6 +43,96 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # Field 2 (comm) is in parentheses and may hold spaces or ')': split after the last one.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state), so field 22 is fields[19]
+    except (IndexError, ValueError):
+        return None
+
+
+def holder_alive_here(holder: dict) -> bool | None:
+    """Whether a lease's process is alive on this host: True/False, or None if it is on another host."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    try:
+        pid = int(holder.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if not _pid_alive(pid):
+        return False
+    recorded = holder.get("pid_start")
+    if recorded is None:
+        return True  # a lease written before start times were recorded: trust the pid
+    return process_start_time(pid) == recorded
+
+
+def lease_stale(holder: dict, now: float | None = None) -> bool:
+    """A lease past its expiry, or whose process is provably gone (same host, pid dead or reused)."""
+    try:
+        expires = float(holder.get("expires_at", 0))
+    except (TypeError, ValueError):
+        return True
+    if expires < (now if now is not None else time.time()):
+        return True
+    return holder_alive_here(holder) is False
+
+
+def read_lease(store: Store, name: str) -> dict | None:
+    """The holder record of ``locks/<name>.lock``, None if absent; an unreadable one reads as expired."""
+    try:
+        data = json.loads(store.get(f"locks/{name}.lock"))
+    except ObjectNotFound:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {"expires_at": 0, "purpose": "unreadable lock"}
+    return data if isinstance(data, dict) else {"expires_at": 0, "purpose": "unreadable lock"}
+
+
+def lease_names(store: Store) -> list[str]:
+    """Names of the leases currently in ``store`` (``locks/<name>.lock``)."""
+    names = []
+    for key in store.list("locks/"):
+        rest = key[len("locks/") :]
+        if "/" not in rest and rest.endswith(".lock"):
+            names.append(rest[: -len(".lock")])
+    return names
+
+
+def describe_holder(holder: dict) -> str:
+    since = datetime.fromtimestamp(float(holder.get("acquired_at", 0) or 0), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{holder.get('purpose', 'another run')} on {holder.get('host')} pid {holder.get('pid')} since {since}"
+
+
+def break_lock(store: Store, name: str) -> str:
+    """Remove the lease ``name`` from ``store`` for an operator who knows its run is dead.
+
+    Refuses (LockedError) a lease whose process is alive on this host with the
+    recorded start time. The lease is moved to ``locks/stale/`` (kept for
+    forensics), not deleted. Returns a one-line description of what was removed.
+    """
+    holder = read_lease(store, name)
+    if holder is None:
+        held = ", ".join(lease_names(store)) or "none"
+        raise ConfigError(f"no lease '{name}' in {store.describe()} (leases held there: {held}); nothing removed")
+    if holder_alive_here(holder):
+        raise LockedError(
+            f"'{name}' is held by a live process on this host ({describe_holder(holder)}); stop that run "
+            f"(kill {holder.get('pid')}) instead - unlock only removes the lease of a dead run"
+        )
+    moved = f"locks/stale/{name}.{uuid.uuid4().hex}"
+    if not store.rename(f"locks/{name}.lock", moved):
+        raise ConfigError(f"lease '{name}' in {store.describe()} was released meanwhile; nothing removed")
+    return f"removed lease '{name}' ({describe_holder(holder)}) from {store.describe()}; kept as {moved}"
 
 
 class Lease:
@@ -49,6 +146,7 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._acquired_at = time.time()
+        self._pid_start = process_start_time(os.getpid())
 
     def _record(self) -> bytes:
         now = time.time()
@@ -57,6 +155,7 @@ class Lease:
                 "token": self.token,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                "pid_start": self._pid_start,
                 "purpose": self.purpose,
                 "acquired_at": self._acquired_at,
                 "expires_at": now + self.ttl,
@@ -65,17 +164,15 @@ class Lease:
         ).encode()
 
     def _holder(self) -> dict | None:
-        try:
-            return json.loads(self.store.get(self.key))
-        except ObjectNotFound:
-            return None
-        except (ValueError, UnicodeDecodeError):
-            return {"expires_at": 0}  # unreadable lock: treat as stale rather than block forever
+        return read_lease(self.store, self.name)  # unreadable: reads as expired rather than block forever
 
     def _stale(self, holder: dict) -> bool:
-        if holder.get("expires_at", 0) < time.time():
-            return True
-        return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0)))
+        return lease_stale(holder)
+
+    @property
+    def held(self) -> bool:
+        """True between a successful ``acquire`` and ``release``."""
+        return self._thread is not None and not self._stop.is_set()
 
     def acquire(self) -> Lease:
         for _ in range(5):
@@ -88,11 +185,10 @@ class Lease:
             if self._stale(holder):
                 self.store.rename(self.key, f"locks/stale/{self.name}.{uuid.uuid4().hex}")
                 continue
-            since = datetime.fromtimestamp(holder.get("acquired_at", 0), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            until = datetime.fromtimestamp(holder["expires_at"], UTC).strftime("%H:%M:%SZ")
+            until = datetime.fromtimestamp(float(holder["expires_at"]), UTC).strftime("%H:%M:%SZ")
             raise LockedError(
-                f"'{self.name}' is locked by {holder.get('purpose', 'another run')} on {holder.get('host')} "
-                f"pid {holder.get('pid')} since {since}; wait for it to finish (a killed run's lock expires at {until})"
+                f"'{self.name}' is locked by {describe_holder(holder)}; wait for it to finish (a killed run's lock "
+                f"expires at {until}; if you know it is dead: genesis-dr unlock --lock {self.name})"
             )
         raise LockedError(f"'{self.name}': could not take the lock after repeated contention; retry the run")
 

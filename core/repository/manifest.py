@@ -24,6 +24,11 @@ MANIFEST_FORMAT = "genesis-dr-manifest"
 MANIFEST_VERSION = 1
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
+# States of a catalog entry that has no readable manifest (never stored in a manifest).
+CORRUPT = "CORRUPT"  # manifest.json present but unreadable, or naming another backup
+IN_PROGRESS = "IN_PROGRESS"  # no manifest yet, and the run's lease is live
+ABANDONED = "ABANDONED"  # no manifest, and the run's lease is gone: recorded FAILED by the next backup
+START_RECORD_VERSION = 1
 
 _ID_RE = re.compile(r"^backup_\d{8}_\d{6}_[0-9a-f]{8}$")
 
@@ -138,6 +143,42 @@ class Manifest(BaseModel):
             "skipped": self.skipped,
             "error": self.error,
         }
+
+
+class StartRecord(BaseModel):
+    """``backups/<id>/started.json``: written first, so a partial backup says whose it is.
+
+    Advisory only (a reader never trusts it for data): it lets the next backup of
+    the same source tell an abandoned partial from a run still in progress.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = START_RECORD_VERSION
+    id: str
+    source: str
+    kind: str
+    type: str
+    target: str
+    started_at: str
+    compression: str
+    chunk_size: int
+    host: str
+    pid: int
+    pid_start: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid from the writer
+    lease: str | None = None  # name of the lock (locks/<lease>.lock) the run held
+    lease_token: str | None = None
+
+    def canonical(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_start_record(raw: bytes) -> StartRecord | None:
+    """The start record, or None if it is unreadable (then the partial's owner is unknown)."""
+    try:
+        return StartRecord.model_validate(json.loads(raw))
+    except (UnicodeDecodeError, ValueError, ValidationError):
+        return None
 
 
 def _mac_key(data_key: bytes) -> bytes:

@@ -4,12 +4,22 @@ Layout on any store::
 
     config.json                                  vault format + version (checked on open)
     locks/<name>.lock                            leases (see lock.py)
+    backups/<id>/started.json                    written first: whose run this is (source, host, pid, lease)
     backups/<id>/keys.json                       the data key, wrapped per recipient
     backups/<id>/streams/<stream>/<00000000>     sealed chunks
     backups/<id>/manifest.json                   written last: the commit point
 
 A backup without a manifest does not exist. A failed run writes a manifest with
-status FAILED and its error, and its chunks are removed.
+status FAILED and its error, and its chunks are removed. A killed run leaves a
+partial directory; the next backup of its source (under the source's lease)
+records it FAILED ("interrupted") and removes its chunks.
+
+One damaged backup affects only itself: the catalog (``Vault.entries``) lists an
+unreadable manifest as CORRUPT with the reason, and ``list_backups`` (what
+planners choose from) holds only readable manifests.
+
+Opening and reading never write to the store, so restores work from a read-only
+replica or a full disk.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -33,14 +45,27 @@ from core.crypto.envelope import Opener, Sealer
 from core.crypto.keys import Keyring
 from core.engines.base import BackupResult
 from core.errors import BackupNotFoundError, DRError, FormatError, IntegrityError, VaultError
-from core.repository.lock import Lease
+from core.repository.lock import (
+    Lease,
+    describe_holder,
+    holder_alive_here,
+    lease_names,
+    lease_stale,
+    process_start_time,
+    read_lease,
+)
 from core.repository.manifest import (
+    ABANDONED,
     COMPLETED,
+    CORRUPT,
     FAILED,
+    IN_PROGRESS,
     Manifest,
+    StartRecord,
     StreamRecord,
     now_iso,
     parse_manifest,
+    parse_start_record,
     valid_backup_id,
 )
 from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, chunk_key, open_reader
@@ -62,28 +87,88 @@ def new_backup_id(now: datetime | None = None) -> str:
     return f"backup_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
 
 
+def _backup_started(backup_id: str) -> float:
+    """The UTC start second encoded in a backup id."""
+    return datetime.strptime(backup_id[7:22], "%Y%m%d_%H%M%S").replace(tzinfo=UTC).timestamp()
+
+
+class VaultMissingError(VaultError):
+    """The store holds no vault at all: nothing was ever backed up there. Exit 3."""
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    """One backup directory of the catalog, readable or not: what ``genesis-dr list`` shows.
+
+    ``state`` is COMPLETED or FAILED (from a readable manifest), CORRUPT (a
+    manifest that cannot be read or names another backup), IN_PROGRESS or
+    ABANDONED (no manifest yet; see ``Vault.entries``). ``reason`` says why for
+    every state but COMPLETED (the FAILED error, the corruption, the run).
+    """
+
+    id: str
+    state: str
+    manifest: Manifest | None = None
+    source: str | None = None  # known without a readable manifest when started.json names it
+    reason: str | None = None
+    start: StartRecord | None = None
+
+    def summary(self) -> dict:
+        """Secret-free record for listings: the manifest's summary, or what is known of the directory."""
+        if self.manifest is not None:
+            return self.manifest.summary() | {"status": self.state, "error": self.reason}
+        start = self.start
+        return {
+            "id": self.id,
+            "source": self.source,
+            "kind": start.kind if start else None,
+            "type": start.type if start else None,
+            "status": self.state,
+            "started_at": start.started_at if start else None,
+            "ended_at": None,
+            "plain_bytes": None,
+            "stored_bytes": None,
+            "position": {},
+            "position_text": "",
+            "labels": {},
+            "skipped": [],
+            "error": self.reason,
+        }
+
+
 class Vault:
     def __init__(self, store: Store, config: dict) -> None:
         self.store = store
         self.config = config
+        self._leases: dict[str, Lease] = {}  # taken through this vault, so a writer knows its own lease
+
+    @staticmethod
+    def _holds_backups(store: Store) -> bool:
+        return bool(store.children("backups/") or store.children("locks/"))
 
     @classmethod
     def open(cls, store: Store, create: bool = False) -> Vault:
-        """Open the vault in ``store``; create it if asked and absent. Refuses unknown versions."""
+        """Open the vault in ``store``; create it if asked and absent. Refuses unknown versions.
+
+        Never writes unless ``create`` is true and the store is empty (VaultMissingError
+        if there is no vault and ``create`` is false). A store that holds backups or
+        locks but no config.json has lost its identity: refused both ways, with the
+        recovery in the message, rather than silently given a new one.
+        """
         try:
             raw = store.get("config.json")
         except ObjectNotFound:
-            if not create:
+            if cls._holds_backups(store):
                 raise VaultError(
+                    f"vault {store.describe()} holds backups but its config.json (the vault identity) is missing; "
+                    "restore config.json from a replica or a backup of the vault, or if no copy exists run "
+                    "'genesis-dr repair-vault --new-identity' (see docs/FORMAT.md, config.json)"
+                ) from None
+            if not create:
+                raise VaultMissingError(
                     f"no vault at {store.describe()}; run a backup first, or check the stack's vault settings"
                 ) from None
-            config = {
-                "format": VAULT_FORMAT,
-                "version": VAULT_VERSION,
-                "id": uuid.uuid4().hex,
-                "created_at": now_iso(),
-            }
-            store.create("config.json", json.dumps(config, sort_keys=True, indent=2).encode())
+            cls._write_config(store)
             raw = store.get("config.json")
         try:
             config = json.loads(raw)
@@ -98,18 +183,116 @@ class Vault:
             )
         return cls(store, config)
 
+    @staticmethod
+    def _write_config(store: Store, **extra) -> None:
+        config = {
+            "format": VAULT_FORMAT,
+            "version": VAULT_VERSION,
+            "id": uuid.uuid4().hex,
+            "created_at": now_iso(),
+            **extra,
+        }
+        store.create("config.json", json.dumps(config, sort_keys=True, indent=2).encode())
+
+    @classmethod
+    def recreate_identity(cls, store: Store) -> Vault:
+        """Write a NEW config.json into a store whose backups lost theirs (operator's explicit choice).
+
+        Backups do not depend on the vault id (each carries its own keys and MAC), so
+        they stay readable; the new identity records that it replaced a lost one.
+        Refused when config.json exists or the store holds no backups.
+        """
+        if store.exists("config.json"):
+            raise VaultError(f"vault {store.describe()} already has a config.json; nothing to repair")
+        if not cls._holds_backups(store):
+            raise VaultMissingError(f"no backups at {store.describe()}; a first backup creates the vault")
+        cls._write_config(store, recreated_at=now_iso(), note="identity recreated; the original config.json was lost")
+        return cls.open(store)
+
     def describe(self) -> str:
         return self.store.describe()
 
     # -- listing ------------------------------------------------------------------
 
     def backup_ids(self) -> list[str]:
-        ids = set()
-        for key in self.store.list("backups/"):
-            parts = key.split("/")
-            if len(parts) == 3 and parts[2] == "manifest.json":
-                ids.add(parts[1])
-        return sorted(ids)
+        """Ids of backups that have a manifest (readable or not)."""
+        return [
+            i
+            for i in self.store.children("backups/")
+            if valid_backup_id(i) and self.store.exists(f"backups/{i}/manifest.json")
+        ]
+
+    def _start_record(self, backup_id: str) -> StartRecord | None:
+        try:
+            return parse_start_record(self.store.get(f"backups/{backup_id}/started.json"))
+        except ObjectNotFound:
+            return None
+
+    def _partial_state(self, backup_id: str, start: StartRecord | None) -> tuple[str, str]:
+        """IN_PROGRESS or ABANDONED, and why, for a backup directory without a manifest."""
+        if start is not None and start.lease and start.lease_token:
+            holder = read_lease(self.store, start.lease)
+            if holder and holder.get("token") == start.lease_token and not lease_stale(holder):
+                return IN_PROGRESS, f"no manifest yet; its run holds lease '{start.lease}' ({describe_holder(holder)})"
+            return ABANDONED, (
+                f"no manifest and its run's lease '{start.lease}' is gone (run on {start.host} pid {start.pid}, "
+                f"started {start.started_at})"
+            )
+        if start is not None:
+            alive = holder_alive_here({"host": start.host, "pid": start.pid, "pid_start": start.pid_start})
+            if alive is False:
+                return ABANDONED, f"no manifest and its process is gone ({start.host} pid {start.pid})"
+            return IN_PROGRESS, f"no manifest yet; written without a lease by {start.host} pid {start.pid}"
+        # No start record (older genesis-dr, or unreadable): it can only belong to a live
+        # lease taken before it started.
+        started = _backup_started(backup_id)
+        for name in lease_names(self.store):
+            holder = read_lease(self.store, name)
+            try:
+                since = float(holder.get("acquired_at", 0)) if holder else float("inf")
+            except (TypeError, ValueError):
+                continue
+            if holder and not lease_stale(holder) and since <= started + 1:
+                return IN_PROGRESS, f"no manifest and no start record; live lease '{name}' may own it"
+        return ABANDONED, "no manifest, no start record, and no live lease that could own it"
+
+    def entry(self, backup_id: str) -> BackupEntry:
+        """The catalog entry of one backup directory (never raises for a damaged one)."""
+        if not valid_backup_id(backup_id):
+            return BackupEntry(backup_id, CORRUPT, reason="not a backup id: a stray object in backups/")
+        try:
+            raw = self.store.get(f"backups/{backup_id}/manifest.json")
+        except ObjectNotFound:
+            start = self._start_record(backup_id)
+            state, reason = self._partial_state(backup_id, start)
+            return BackupEntry(backup_id, state, source=start.source if start else None, reason=reason, start=start)
+        try:
+            manifest = parse_manifest(raw, f"backup {backup_id}")
+        except (IntegrityError, FormatError) as exc:
+            start = self._start_record(backup_id)
+            return BackupEntry(backup_id, CORRUPT, source=start.source if start else None, reason=str(exc), start=start)
+        if manifest.id != backup_id:
+            start = self._start_record(backup_id)
+            reason = f"backup {backup_id}: manifest names another backup ({manifest.id}); the manifest is corrupt"
+            return BackupEntry(backup_id, CORRUPT, source=start.source if start else None, reason=reason, start=start)
+        return BackupEntry(backup_id, manifest.status, manifest=manifest, source=manifest.source, reason=manifest.error)
+
+    def entries(self, source: str | None = None, *, partial: bool = True) -> list[BackupEntry]:
+        """The catalog: every backup directory, damaged or unfinished ones included, oldest first.
+
+        With ``source``, entries of other sources are left out; a CORRUPT or partial
+        entry whose source is unknown is kept (it may be this source's). ``partial=False``
+        leaves out IN_PROGRESS/ABANDONED directories (nothing reads them).
+        """
+        out = []
+        for backup_id in self.store.children("backups/"):
+            entry = self.entry(backup_id)
+            if not partial and entry.state in (IN_PROGRESS, ABANDONED):
+                continue
+            if source is not None and entry.source not in (source, None):
+                continue
+            out.append(entry)
+        return out
 
     def manifest(self, backup_id: str) -> Manifest:
         if not valid_backup_id(backup_id):
@@ -131,13 +314,78 @@ class Vault:
         return manifest
 
     def list_backups(self, source: str | None = None) -> list[Manifest]:
-        manifests = [self.manifest(i) for i in self.backup_ids()]
-        return [m for m in manifests if source is None or m.source == source]
+        """Readable manifests (COMPLETED and FAILED) only: a CORRUPT entry is skipped, never fatal."""
+        return [
+            e.manifest
+            for e in self.entries(source, partial=False)
+            if e.manifest is not None and (source is None or e.manifest.source == source)
+        ]
 
     # -- writing ------------------------------------------------------------------
 
     def lock(self, name: str, purpose: str) -> Lease:
-        return Lease(self.store, name, purpose)
+        lease = Lease(self.store, name, purpose)
+        self._leases[name] = lease
+        return lease
+
+    def recover_abandoned(self, source: str, *, found_by: str = "the next backup") -> list[Manifest]:
+        """Record abandoned partial backups of ``source`` as FAILED and remove their chunk objects.
+
+        Call only under the source's lease (``begin_backup`` does): then no other run of
+        the source can be writing. Partials with no start record are taken too when no
+        live lease could own them. The FAILED manifest is written first (an atomic
+        no-overwrite put claims the id, so a run that wakes up later cannot commit),
+        then the chunks go; FAILED backups of ``source`` that still hold chunks (a
+        cleanup cut short) are swept as well. Returns the FAILED records written.
+        """
+        recorded = []
+        for backup_id in self.store.children("backups/"):
+            entry = self.entry(backup_id)
+            if entry.state == FAILED and entry.source == source:
+                self._remove_chunks(backup_id)
+                continue
+            if entry.state != ABANDONED or entry.source not in (source, None):
+                continue
+            manifest = self._abandoned_manifest(entry, source, found_by)
+            try:
+                self.store.put(f"backups/{backup_id}/manifest.json", manifest.canonical())
+            except VaultError:
+                if self.store.exists(f"backups/{backup_id}/manifest.json"):
+                    continue  # someone else recorded (or committed) it meanwhile
+                raise
+            self._remove_chunks(backup_id)
+            recorded.append(manifest)
+        return recorded
+
+    def _remove_chunks(self, backup_id: str) -> None:
+        for key in list(self.store.list(f"backups/{backup_id}/streams/")):
+            self.store.delete(key)
+
+    def _abandoned_manifest(self, entry: BackupEntry, source: str, found_by: str) -> Manifest:
+        start = entry.start
+        try:
+            keys_sha256 = hashlib.sha256(self.store.get(f"backups/{entry.id}/keys.json")).hexdigest()
+        except ObjectNotFound:
+            keys_sha256 = ""
+        started = datetime.fromtimestamp(_backup_started(entry.id), UTC).isoformat().replace("+00:00", "Z")
+        return Manifest(
+            id=entry.id,
+            source=start.source if start else "unknown",
+            kind=start.kind if start else "unknown",
+            type=start.type if start else "full",
+            status=FAILED,
+            target=start.target if start else "unknown",
+            started_at=start.started_at if start else started,
+            ended_at=now_iso(),
+            compression=start.compression if start else "unknown",
+            chunk_size=start.chunk_size if start else 0,
+            keys_sha256=keys_sha256,
+            # No data key here, so no MAC: a FAILED record is never read for data.
+            error=(
+                f"interrupted (abandoned partial backup found by {found_by} of {source!r} at {now_iso()}: "
+                f"{entry.reason}; its chunk objects were removed)"
+            ),
+        )
 
     def begin_backup(
         self,
@@ -151,7 +399,15 @@ class Vault:
         parent: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> BackupWriter:
-        return BackupWriter(self, source, kind, backup_type, target, keyring, compression, parent, labels or {})
+        """Start a backup. Under the source's lease (taken with ``lock(source)``), abandoned
+        partial backups of the source are recorded FAILED first and the writer records the
+        lease in its ``started.json``."""
+        lease = self._leases.get(source)
+        if lease is not None and not lease.held:
+            lease = None
+        if lease is not None:
+            self.recover_abandoned(source)
+        return BackupWriter(self, source, kind, backup_type, target, keyring, compression, parent, labels or {}, lease)
 
     # -- reading ------------------------------------------------------------------
 
@@ -181,7 +437,9 @@ class Vault:
 class BackupWriter:
     """A backup in progress: the StreamSink engines write to."""
 
-    def __init__(self, vault, source, kind, backup_type, target, keyring, compression, parent, labels) -> None:
+    def __init__(
+        self, vault, source, kind, backup_type, target, keyring, compression, parent, labels, lease=None
+    ) -> None:
         self.vault, self.store = vault, vault.store
         self.id = new_backup_id()
         self.started_at = now_iso()
@@ -208,7 +466,24 @@ class BackupWriter:
         )
         keys = json.dumps({"version": 1, "recipients": keyring.wrap(self.id, self._data_key)}, sort_keys=True, indent=1)
         self._keys_raw = keys.encode()
-        # Key file first: if this fails (vault unwritable/full) nothing else was written.
+        start = StartRecord(
+            id=self.id,
+            source=source,
+            kind=kind,
+            type=backup_type,
+            target=target,
+            started_at=self.started_at,
+            compression=compression,
+            chunk_size=self._chunk_size,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_start=process_start_time(os.getpid()),
+            lease=lease.name if lease else None,
+            lease_token=lease.token if lease else None,
+        )
+        # Start record first, so even a run killed at once leaves a partial that says whose it is;
+        # if this fails (vault unwritable/full) nothing else was written.
+        self.store.put(f"backups/{self.id}/started.json", start.canonical())
         self.store.put(f"backups/{self.id}/keys.json", self._keys_raw)
 
     def _new_stream(self, name: str) -> StreamWriter:
@@ -327,4 +602,12 @@ class BackupReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["Vault", "BackupWriter", "BackupReader", "new_backup_id", "chunk_key"]
+__all__ = [
+    "Vault",
+    "VaultMissingError",
+    "BackupEntry",
+    "BackupWriter",
+    "BackupReader",
+    "new_backup_id",
+    "chunk_key",
+]

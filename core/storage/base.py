@@ -41,6 +41,15 @@ class Store(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with ``prefix``, in lexical order."""
 
+    def children(self, prefix: str) -> list[str]:
+        """Distinct names directly below ``prefix`` (ending in '/'), sorted: objects and 'folders' alike.
+
+        Lets the catalog list backup directories without listing every chunk. This
+        default derives it from ``list``; backends override it with a cheaper call
+        (a directory read, an S3 delimiter listing).
+        """
+        return sorted({key[len(prefix) :].split("/", 1)[0] for key in self.list(prefix)})
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are not an error (deletes are idempotent)."""

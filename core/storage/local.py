@@ -112,10 +112,13 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        if not self.root.is_dir():
+        # Walk only the directory the prefix names (listing one backup must not read every chunk).
+        folder = prefix.rpartition("/")[0]
+        start = self._path(folder) if folder else self.root
+        if not start.is_dir():
             return iter(())
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(start):
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
                 if name.startswith(".tmp-"):
@@ -124,6 +127,16 @@ class LocalStore(Store):
                 if key.startswith(prefix):
                     keys.append(key)
         return iter(sorted(keys))
+
+    def children(self, prefix: str) -> list[str]:
+        folder = prefix.rstrip("/")
+        path = self._path(folder) if folder else self.root
+        try:
+            return sorted(e.name for e in os.scandir(path) if not e.name.startswith(".tmp-"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise self._os_error(exc, "listing", prefix) from None
 
     def delete(self, key: str) -> None:
         try:
