@@ -228,7 +228,9 @@ class Vault:
         except ObjectNotFound:
             return None
 
-    def _partial_state(self, backup_id: str, start: StartRecord | None) -> tuple[str, str]:
+    def _partial_state(
+        self, backup_id: str, start: StartRecord | None, own_token: str | None = None
+    ) -> tuple[str, str]:
         """IN_PROGRESS or ABANDONED, and why, for a backup directory without a manifest."""
         if start is not None and start.lease and start.lease_token:
             holder = read_lease(self.store, start.lease)
@@ -252,11 +254,13 @@ class Vault:
                 since = float(holder.get("acquired_at", 0)) if holder else float("inf")
             except (TypeError, ValueError):
                 continue
+            if holder and holder.get("token") == own_token:
+                continue  # the caller's own lease: its writer starts only after this check
             if holder and not lease_stale(holder) and since <= started + 1:
                 return IN_PROGRESS, f"no manifest and no start record; live lease '{name}' may own it"
         return ABANDONED, "no manifest, no start record, and no live lease that could own it"
 
-    def entry(self, backup_id: str) -> BackupEntry:
+    def entry(self, backup_id: str, *, own_token: str | None = None) -> BackupEntry:
         """The catalog entry of one backup directory (never raises for a damaged one)."""
         if not valid_backup_id(backup_id):
             return BackupEntry(backup_id, CORRUPT, reason="not a backup id: a stray object in backups/")
@@ -264,7 +268,7 @@ class Vault:
             raw = self.store.get(f"backups/{backup_id}/manifest.json")
         except ObjectNotFound:
             start = self._start_record(backup_id)
-            state, reason = self._partial_state(backup_id, start)
+            state, reason = self._partial_state(backup_id, start, own_token)
             return BackupEntry(backup_id, state, source=start.source if start else None, reason=reason, start=start)
         try:
             manifest = parse_manifest(raw, f"backup {backup_id}")
@@ -339,8 +343,10 @@ class Vault:
         cleanup cut short) are swept as well. Returns the FAILED records written.
         """
         recorded = []
+        own = self._leases.get(source)
+        own_token = own.token if own is not None and own.held else None
         for backup_id in self.store.children("backups/"):
-            entry = self.entry(backup_id)
+            entry = self.entry(backup_id, own_token=own_token)
             if entry.state == FAILED and entry.source == source:
                 self._remove_chunks(backup_id)
                 continue
