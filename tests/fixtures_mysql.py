@@ -10,6 +10,7 @@ that need quoting, over TCP on a free port. ``--no-defaults`` keeps the host's
 from __future__ import annotations
 
 import itertools
+import random
 import secrets
 import shutil
 import subprocess
@@ -271,9 +272,138 @@ def seed_mysql(conn: pymysql.connections.Connection) -> None:
             "CREATE EVENT purge_audit ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00' "
             "DO DELETE FROM audit_log WHERE id < 0"
         )
+        _seed_real_stack(cur)
         cur.execute("SELECT DATABASE()")
         (database,) = cur.fetchone()
         cur.execute(f"ALTER DATABASE `{database}` COLLATE utf8mb4_bin")
+
+
+# An account that owns objects, as application schemas have; it exists on the
+# test server, so a restore there must keep it as the definer.
+OWNER = ("reporting", "%")
+LARGE_BLOB = random.Random(4471).randbytes(3 << 20)  # incompressible, one dump line of 6 MiB hex
+
+
+def _seed_real_stack(cur) -> None:
+    """What production schemas hold besides plain InnoDB tables: MyISAM next to
+    InnoDB, generated columns, CHECK constraints, cascading foreign keys,
+    partitions, a sequence, a latin1 table, a multi-MB blob; views with
+    different security and check options; routines, triggers (two on one event,
+    ordered) and events owned by another account."""
+    cur.execute(f"CREATE USER IF NOT EXISTS '{OWNER[0]}'@'{OWNER[1]}' IDENTIFIED BY 'irrelevant-7'")
+    cur.execute("SELECT DATABASE()")
+    (database,) = cur.fetchone()
+    cur.execute(f"GRANT ALL ON `{database}`.* TO '{OWNER[0]}'@'{OWNER[1]}'")
+    owner = f"'{OWNER[0]}'@'{OWNER[1]}'"
+    cur.execute(
+        """CREATE TABLE page_hits (
+            id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            path VARCHAR(200) NOT NULL,
+            body TEXT,
+            hits INT UNSIGNED NOT NULL DEFAULT 0,
+            FULLTEXT KEY ft_body (body)
+        ) ENGINE=MyISAM DEFAULT CHARSET=utf8mb4 COMMENT='non-transactional counters'"""
+    )
+    cur.executemany(
+        "INSERT INTO page_hits (path, body, hits) VALUES (%s, %s, %s)",
+        [(f"/p/{i}", f"page {i} körper 🎉" * (i % 4), i * 7) for i in range(40)],
+    )
+    cur.execute("ALTER TABLE page_hits AUTO_INCREMENT = 500")
+    cur.execute(
+        """CREATE TABLE line_items (
+            order_id BIGINT NOT NULL,
+            line SMALLINT NOT NULL,
+            qty INT NOT NULL,
+            price DECIMAL(10,2) NOT NULL,
+            total DECIMAL(12,2) AS (qty * price) STORED,
+            label VARCHAR(64) AS (CONCAT(order_id, '/', line)) VIRTUAL,
+            updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+            PRIMARY KEY (order_id, line),
+            KEY by_total (total),
+            CONSTRAINT qty_positive CHECK (qty > 0),
+            CONSTRAINT fk_line_order FOREIGN KEY (order_id) REFERENCES orders (id)
+                ON DELETE CASCADE ON UPDATE RESTRICT
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"""
+    )
+    cur.executemany(
+        "INSERT INTO line_items (order_id, line, qty, price, updated_at) VALUES (%s, %s, %s, %s, %s)",
+        [(o, n, n + o % 3, f"{o}.{n:02d}", "2024-05-01 10:00:00.123") for o in range(1, 31) for n in range(1, 4)],
+    )
+    cur.execute(
+        """CREATE TABLE legacy_names (
+            id INT NOT NULL PRIMARY KEY,
+            name VARCHAR(60) CHARACTER SET latin1 COLLATE latin1_german1_ci NOT NULL,
+            raw VARBINARY(64) NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=latin1"""
+    )
+    cur.executemany(
+        "INSERT INTO legacy_names VALUES (%s, %s, %s)",
+        [(1, "Müller", b"\xff\xfe\x00"), (2, "Straße", None), (3, "Ærø ½ ±", b"")],
+    )
+    cur.execute(
+        """CREATE TABLE measurements (
+            taken_on DATE NOT NULL,
+            sensor INT NOT NULL,
+            value DOUBLE NOT NULL,
+            PRIMARY KEY (taken_on, sensor)
+        ) ENGINE=InnoDB
+        PARTITION BY RANGE COLUMNS (taken_on) (
+            PARTITION p2023 VALUES LESS THAN ('2024-01-01'),
+            PARTITION p2024 VALUES LESS THAN ('2025-01-01'),
+            PARTITION pmax VALUES LESS THAN (MAXVALUE)
+        )"""
+    )
+    cur.executemany(
+        "INSERT INTO measurements VALUES (%s, %s, %s)",
+        [(f"{2023 + i % 3}-0{1 + i % 9}-1{i % 10}", i, i / 7) for i in range(60)],
+    )
+    cur.execute("CREATE TABLE blobs (id INT PRIMARY KEY, data LONGBLOB NOT NULL) ENGINE=InnoDB")
+    cur.execute("INSERT INTO blobs VALUES (1, %s), (2, %s)", (LARGE_BLOB, LARGE_BLOB[:1000]))
+    cur.execute("CREATE SEQUENCE invoice_numbers START WITH 1000 INCREMENT BY 5 CACHE 10")
+    for _ in range(3):
+        cur.execute("SELECT NEXTVAL(invoice_numbers)")
+    # Two triggers on one event, ordered; one owned by the reporting account.
+    cur.execute(
+        "CREATE TRIGGER line_items_audit AFTER INSERT ON line_items FOR EACH ROW "
+        "INSERT INTO audit_log (customer_id, action) VALUES (0, CONCAT('line ', NEW.order_id, '/', NEW.line))"
+    )
+    cur.execute(
+        f"CREATE DEFINER={owner} TRIGGER line_items_audit_2 AFTER INSERT ON line_items FOR EACH ROW "
+        "FOLLOWS line_items_audit SET @last_line = NEW.line"
+    )
+    cur.execute(
+        "CREATE TRIGGER line_items_guard BEFORE UPDATE ON line_items FOR EACH ROW "
+        "BEGIN IF NEW.qty > 1000 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'qty too large'; END IF; END"
+    )
+    cur.execute(
+        f"CREATE DEFINER={owner} SQL SECURITY DEFINER VIEW big_orders AS "
+        "SELECT id, total FROM orders WHERE total > 100 WITH CASCADED CHECK OPTION"
+    )
+    cur.execute(
+        "CREATE ALGORITHM=MERGE SQL SECURITY INVOKER VIEW big_order_count AS SELECT COUNT(*) AS n FROM big_orders"
+    )
+    cur.execute(
+        f"""CREATE DEFINER={owner} PROCEDURE order_stats(IN min_total DECIMAL(12,2), OUT n INT, INOUT label VARCHAR(40))
+        READS SQL DATA SQL SECURITY DEFINER COMMENT 'used by the nightly report'
+        BEGIN
+            SELECT COUNT(*) INTO n FROM orders WHERE total >= min_total;
+            SET label = CONCAT(label, ':', n);
+        END"""
+    )
+    cur.execute(
+        """CREATE FUNCTION customer_name(cid INT UNSIGNED) RETURNS VARCHAR(120) CHARSET utf8mb4
+        READS SQL DATA SQL SECURITY INVOKER
+        RETURN (SELECT name FROM customers WHERE id = cid)"""
+    )
+    cur.execute(
+        f"CREATE DEFINER={owner} EVENT rotate_hits ON SCHEDULE EVERY 6 HOUR STARTS '2031-02-03 04:05:06' "
+        "ENDS '2035-01-01 00:00:00' ON COMPLETION PRESERVE DISABLE COMMENT 'off until the migration' "
+        "DO UPDATE page_hits SET hits = 0"
+    )
+    cur.execute(
+        "CREATE EVENT one_shot ON SCHEDULE AT '2032-06-01 12:00:00' ON COMPLETION PRESERVE "
+        "DO DELETE FROM measurements WHERE sensor < 0"
+    )
 
 
 def _normalize(text: str | None, database: str) -> str | None:
@@ -296,7 +426,8 @@ def snapshot_mysql(conn: pymysql.connections.Connection) -> dict[str, Any]:
             "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
             (db,),
         )
-        snap["tables"] = cur.fetchall()
+        # A sequence has no text: its table collation is whatever the database's default was when it was created.
+        snap["tables"] = tuple(row[:4] + ((None,) if row[1] == "SEQUENCE" else row[4:]) for row in cur.fetchall())
         snap["rows"] = {}
         for name, kind, *_ in snap["tables"]:
             cur.execute(f"SHOW CREATE {'VIEW' if kind == 'VIEW' else 'TABLE'} `{name}`")
@@ -328,6 +459,30 @@ def snapshot_mysql(conn: pymysql.connections.Connection) -> dict[str, Any]:
             (db,),
         )
         snap["foreign_keys"] = cur.fetchall()
+        cur.execute(
+            "SELECT TRIGGER_NAME, ACTION_ORDER, ACTION_ORIENTATION, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, "
+            "DATABASE_COLLATION FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s ORDER BY TRIGGER_NAME",
+            (db,),
+        )
+        snap["trigger order"] = cur.fetchall()
+        cur.execute(
+            "SELECT EVENT_NAME, EVENT_TYPE, EXECUTE_AT, ENDS, EVENT_COMMENT, SQL_MODE, TIME_ZONE "
+            "FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s ORDER BY EVENT_NAME",
+            (db,),
+        )
+        snap["event details"] = cur.fetchall()
+        # The statements the server would print now (definers, parameters, characteristics).
+        for kind, column in (("PROCEDURE", 2), ("FUNCTION", 2), ("TRIGGER", 2), ("EVENT", 3)):
+            names = {
+                "PROCEDURE": [r[0] for r in snap["routines"] if r[1] == "PROCEDURE"],
+                "FUNCTION": [r[0] for r in snap["routines"] if r[1] == "FUNCTION"],
+                "TRIGGER": [r[0] for r in snap["triggers"]],
+                "EVENT": [r[0] for r in snap["events"]],
+            }[kind]
+            for name in names:
+                cur.execute(f"SHOW CREATE {kind} `{name}`")
+                snap[f"create {kind.lower()} {name}"] = _normalize(cur.fetchone()[column], db)
+        snap["definers"] = definers(conn)
         if any(name == "with_tax" for name, *_ in snap["routines"]):
             cur.execute("SELECT with_tax(10.00)")  # the restored function works, not just exists
             snap["function result"] = cur.fetchone()

@@ -40,10 +40,10 @@ from typing import Any
 
 import pymysql
 
-from core.engines import mysql_checks
+from core.engines import mysql_checks, mysql_grants
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
 from core.engines.mysql_dump import DumpFacts, DumpInspector, DumpRewriter, InspectingReader, quote_name
-from core.errors import EngineError, SourceUnavailableError, redact
+from core.errors import DRError, EngineError, SourceUnavailableError, redact
 from core.sources import MySQLSourceConfig
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,10 @@ class MySQLEngine(Engine):
                 cur, cfg.database, inventory, facts.auto_increment, default_auto_increment=1
             )
             cur.execute("COMMIT")
+            cur.execute("SELECT @@GLOBAL.event_scheduler")
+            position["event_scheduler"] = str(cur.fetchone()[0]).upper()
+            with sink.open_stream(mysql_grants.STREAM) as out:
+                out.write(mysql_grants.encode(mysql_grants.collect(cur, cfg.database)))
         return BackupResult(
             position=position,
             checks=checks,
@@ -415,12 +419,46 @@ class MySQLEngine(Engine):
                 "the backup would not be consistent - run it again"
             )
 
-    def restore(self, source: StreamSource, result: BackupResult) -> None:
+    def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
+        """Recreate the target database from the dump, then its grants; returns the restore notes.
+
+        In place: the target database is dropped first (the caller proved the
+        backup readable and took a rollback backup). Any failure after that
+        says the target was left partially restored.
+        """
         cfg = self.config
         client = _find_tool("mariadb", "mysql")
         source_db = result.position.get("database") or cfg.database
-        accounts = self._prepare_target(result.checks.get("database") or {})
-        rewriter = DumpRewriter(source_db, cfg.database, accounts)
+        self._touched = False
+        try:
+            accounts, me = self._prepare_target(result.checks.get("database") or {})
+            rewriter = DumpRewriter(source_db, cfg.database, accounts)
+            self._run_client(client, source, rewriter)
+            notes = [
+                f"{kind} {name}: definer {definer} does not exist on the target; it now runs as {me}"
+                for kind, name, definer in rewriter.objects
+            ]
+            if mysql_grants.STREAM in source.stream_names():
+                data = b"".join(source.iter_stream(mysql_grants.STREAM))
+                with self._session(None, "granting the backup's privileges") as (_, cur):
+                    notes += mysql_grants.apply(cur, data, cfg.database, accounts)
+            notes += self._event_notes(result)
+        except DRError as exc:
+            if not self._touched:
+                raise
+            raise type(exc)(f"{exc}; the target database {self.describe()} was left partially restored") from None
+        for note in notes:
+            log.warning("restore into %s: %s", self.describe(), note)
+        return notes
+
+    def _run_client(self, client: str, source: StreamSource, rewriter: DumpRewriter) -> None:
+        """Feed the (rewritten) dump to the command-line client; never hangs on a failure.
+
+        A vault error mid-stream kills the client at once (a damaged stream is
+        applied no further) and is raised as it is; a client failure raises an
+        EngineError with the client's last error line.
+        """
+        cfg = self.config
         name = os.path.basename(client)
         with self._option_file() as option_file:
             # --binary-mode: take the dump's bytes as they are and run no client
@@ -430,14 +468,16 @@ class MySQLEngine(Engine):
                 *self._tool_args(option_file),
                 "--binary-mode",
                 "--default-character-set=utf8mb4",
+                f"--init-command=SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}",
                 f"--database={cfg.database}",
             ]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             failure: list[BaseException] = []
 
             def feed() -> None:
+                pieces = source.iter_stream(STREAM)
                 try:
-                    for piece in source.iter_stream(STREAM):
+                    for piece in pieces:
                         out = rewriter.feed(piece)
                         if out:
                             proc.stdin.write(out)
@@ -448,6 +488,9 @@ class MySQLEngine(Engine):
                     failure.append(exc)
                     proc.kill()  # a damaged stream must not be applied any further
                 finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()
                     try:
                         proc.stdin.close()
                     except BrokenPipeError:
@@ -456,25 +499,41 @@ class MySQLEngine(Engine):
             feeder = threading.Thread(target=feed, name="mysql-restore-feed", daemon=True)
             feeder.start()
             stderr = _Tail(proc.stderr)
-            errors = stderr.text()
-            code = proc.wait()
-            feeder.join()
+            try:
+                errors = stderr.text()
+                code = proc.wait()
+                feeder.join()
+            except BaseException:
+                proc.kill()  # interrupted: never leave the client applying the rest
+                proc.wait()
+                raise
         if failure:
             raise failure[0]
         if code != 0:
             raise EngineError(
                 f"restore into {self.describe()}: {name} failed (exit {code}): {_last_line(errors, cfg.secrets())}; "
-                "the target database is incomplete - fix the cause and restore again with --force"
-            )
-        if rewriter.rewritten:
-            log.warning(
-                "restore into %s: definer(s) %s do not exist on the target; those objects now run as the restoring user",
-                self.describe(),
-                ", ".join(sorted(rewriter.rewritten)),
+                "fix the cause and restore again with --force"
             )
 
-    def _prepare_target(self, database: dict[str, Any]) -> set[tuple[str, str]]:
-        """(Re)create the target database empty, with the source's charset; returns the accounts on the target.
+    def _event_notes(self, result: BackupResult) -> list[str]:
+        """Enabled events that will not run on the target because its scheduler is off."""
+        enabled = sorted(n for n, e in (result.checks.get("events") or {}).items() if e.get("status") == "ENABLED")
+        if not enabled:
+            return []
+        with self._session(None, "reading event_scheduler") as (_, cur):
+            cur.execute("SELECT @@GLOBAL.event_scheduler")
+            state = str(cur.fetchone()[0]).upper()
+        was = str(result.position.get("event_scheduler", "ON")).upper()
+        if state == "ON" or was != "ON":
+            return []  # runs as on the source, or did not run there either
+        return [
+            f"event {name}: event_scheduler is {state} on the target (ON on the source), so it will not run"
+            for name in enabled
+        ]
+
+    def _prepare_target(self, database: dict[str, Any]) -> tuple[set[tuple[str, str]], str]:
+        """(Re)create the target database empty, with the source's charset; returns the
+        accounts on the target and the restoring account (``'user'@'host'``).
 
         The caller has already refused a non-empty target unless forced (and
         taken a rollback backup), so dropping it here is the forced overwrite.
@@ -486,18 +545,22 @@ class MySQLEngine(Engine):
             if value and re.fullmatch(r"\w+", value):  # names like utf8mb4_unicode_ci, never SQL
                 options += f" {clause} {value}"
         with self._session(None, f"recreating database {db} for the restore") as (_, cur):
+            # A session holding the database open must fail the restore, not hang it.
+            cur.execute("SET SESSION lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT,))
+            cur.execute("SELECT CURRENT_USER()")
+            user, _, host = cur.fetchone()[0].rpartition("@")
+            me = f"'{user}'@'{host}'"
+            self._touched = True
             cur.execute(f"DROP DATABASE IF EXISTS {db}")
             cur.execute(f"CREATE DATABASE {db}{options}")
             try:
                 cur.execute("SELECT User, Host FROM mysql.user")
-                return {(user, host) for user, host in cur.fetchall()}
+                return {(u, h) for u, h in cur.fetchall()}, me
             except pymysql.err.MySQLError as exc:
                 if exc.args and exc.args[0] not in _ACCESS_DENIED:
                     raise
                 # May not list accounts (managed servers): only our own is known to exist.
-                cur.execute("SELECT CURRENT_USER()")
-                user, _, host = cur.fetchone()[0].rpartition("@")
-                return {(user, host)}
+                return {(user, host)}, me
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         algorithm = reference.get("algorithm", mysql_checks.ALGORITHM)

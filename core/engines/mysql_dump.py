@@ -196,7 +196,13 @@ class InspectingReader:
 #   /*!50003 CREATE*/ /*!50017 DEFINER=`u`@`h`*/ /*!50003 TRIGGER ...
 #   /*!50106 CREATE*/ /*!50117 DEFINER=`u`@`h`*/ /*!50106 EVENT ...
 #   /*!50013 DEFINER=`u`@`h` SQL SECURITY DEFINER */             (views)
-_DEFINER = rb"(?P<lead>CREATE |/\*!\d{5} CREATE\*/ /\*!\d{5} |/\*!50013 )DEFINER=`(?P<user>(?:[^`]|``)*)`(?:@`(?P<host>(?:[^`]|``)*)`)?"
+_DEFINER = (
+    rb"(?P<lead>CREATE |/\*!\d{5} CREATE\*/ /\*!\d{5} |/\*!50013 )DEFINER=`(?P<user>(?:[^`]|``)*)`(?:@`(?P<host>(?:[^`]|``)*)`)?"
+    # The object the clause belongs to, further along the same line (not for views).
+    rb"(?:(?=[^\n]*?\b(?i:(?P<kind>PROCEDURE|FUNCTION|PACKAGE BODY|PACKAGE|TRIGGER|EVENT))\s+`(?P<name>(?:[^`]|``)+)`)|)"
+)
+# A view's name is on the line after its DEFINER clause.
+_VIEW = rb"/\*!50001 VIEW `(?P<view>(?:[^`]|``)+)`"
 # Emitted around routines whose database collation differs from the database's
 # current one; it names the *source* database, which must become the target.
 _ALTER_DB = rb"ALTER DATABASE `(?P<db>(?:[^`]|``)+)` "
@@ -218,9 +224,17 @@ class DumpRewriter:
         self._source_db, self._target = source_db, quote_name(target_db).encode()
         self._accounts = accounts
         self.rewritten: set[str] = set()
-        self._scanner = LineScanner(_DEFINER + rb"|" + _ALTER_DB, b"C/A", replace=self._replace)
+        # (kind, name, original definer) of every object whose definer was replaced.
+        self.objects: list[tuple[str, str, str]] = []
+        self._pending_view: str | None = None  # definer of a view whose name is on the next line
+        self._scanner = LineScanner(_DEFINER + rb"|" + _ALTER_DB + rb"|" + _VIEW, b"C/A", replace=self._replace)
 
     def _replace(self, m: re.Match[bytes]) -> bytes | None:
+        if m.group("view") is not None:
+            if self._pending_view is not None:
+                self.objects.append(("view", str(_unquote(m.group("view"))), self._pending_view))
+                self._pending_view = None
+            return None
         if m.group("db") is not None:
             if _unquote(m.group("db")) == self._source_db:
                 return b"ALTER DATABASE " + self._target + b" "
@@ -228,7 +242,14 @@ class DumpRewriter:
         user, host = _unquote(m.group("user")), _unquote(m.group("host"))
         if (user, host or "") in self._accounts:
             return None
-        self.rewritten.add(f"{user}@{host}" if host is not None else str(user))
+        account = f"{user}@{host}" if host is not None else str(user)
+        self.rewritten.add(account)
+        if m.group("kind") is not None:
+            self.objects.append((m.group("kind").decode().lower(), str(_unquote(m.group("name"))), account))
+        elif m.group("lead").startswith(b"/*!50013"):
+            self._pending_view = account
+        else:
+            self.objects.append(("object", "?", account))
         return m.group("lead") + b"DEFINER=CURRENT_USER"
 
     def feed(self, data: bytes) -> bytes:
