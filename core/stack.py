@@ -44,8 +44,12 @@ class VaultConfig(BaseModel):
     path: str = Field(description="Directory of the vault (created on first backup).")
     compression: Literal["zstd", "gzip"] = Field("zstd", description="Codec for new chunks: zstd (default) or gzip.")
 
+    def store(self) -> LocalStore:
+        """The vault's store, without opening the vault (for repairs and unlock)."""
+        return LocalStore(self.path)
+
     def open(self, create: bool = False) -> Vault:
-        return Vault.open(LocalStore(self.path), create=create)
+        return Vault.open(self.store(), create=create)
 
 
 class EncryptionConfig(BaseModel):
