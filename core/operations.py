@@ -5,13 +5,15 @@ Plain functions over a vault, a keyring and an engine; no Prefect here.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
+from core import cancel, targets
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import Engine, compare_checks
-from core.errors import DRError, TargetNotEmptyError, VerificationError
+from core.errors import DRError, EngineError, TargetNotEmptyError, VerificationError
 from core.repository.manifest import Manifest
 from core.repository.vault import Vault
 
@@ -57,6 +59,8 @@ def backup_source(
 
 @dataclass
 class RestoreReport:
+    """What a restore did: the document an operator reads at 3 a.m."""
+
     backup_id: str
     source: str
     target: str
@@ -64,10 +68,36 @@ class RestoreReport:
     verified_checks: int
     plain_bytes: int
     seconds: float
+    method: str = "in place"  # or "staged beside the target, then swapped in"
+    # Every object not restored exactly as it was backed up, and everything the backup left out.
+    notes: list[str] = field(default_factory=list)
+    skipped_at_backup: list[str] = field(default_factory=list)
+    interrupted_before: str | None = None  # the mark an earlier, killed restore left on this target
     mismatches: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def render_report(report: dict) -> str:
+    """The restore report as text: outcome first, then everything that was not restored exactly."""
+    lines = [
+        f"restored {report['backup_id']} into {report['target']} in {report['seconds']:.1f}s "
+        f"({report['method']}); verified {report['verified_checks']} checks recorded at backup time"
+    ]
+    if report.get("rollback_backup_id"):
+        lines.append(f"rollback point: {report['rollback_backup_id']} (restore it to undo)")
+    if report.get("interrupted_before"):
+        lines.append(f"found and replaced an interrupted restore: {report['interrupted_before']}")
+    notes = report.get("notes") or []
+    skipped = report.get("skipped_at_backup") or []
+    if not notes and not skipped:
+        lines.append("exact: every object was restored as it was backed up")
+    for note in notes:
+        lines.append(f"NOT AS BACKED UP: {note}")
+    for entry in skipped:
+        lines.append(f"NOT IN THE BACKUP (skipped when it was taken): {entry}")
+    return "\n".join(lines)
 
 
 def count_checks(checks: dict) -> int:
@@ -87,6 +117,48 @@ def verify_target(engine: Engine, expected: dict, backup_id: str) -> int:
     return count_checks(expected)
 
 
+def _with_context(exc: BaseException, context: str) -> BaseException:
+    """The same error class (same exit code) with what happened to the target appended."""
+    if isinstance(exc, DRError):
+        error = type(exc)(f"{exc.message}; {context}")
+        error.exit_code = exc.exit_code
+        return error
+    error = EngineError(f"{type(exc).__name__}: {exc}; {context}")
+    return error
+
+
+def _restore_in_place(reader, engine: Engine, backup_id: str) -> tuple[list[str], int]:
+    notes = engine.restore(reader, reader.result) or []
+    return list(notes), verify_target(engine, reader.result.checks, backup_id)
+
+
+def _restore_staged(reader, engine: Engine, staged: Engine, backup_id: str) -> tuple[list[str], int]:
+    """Restore into the sibling, verify it there, then swap it in; the target is untouched until the swap."""
+    try:
+        notes = staged.restore(reader, reader.result) or []
+        verified = verify_target(staged, reader.result.checks, backup_id)
+        cancel.check(f"restore of {backup_id} into {engine.describe()}")
+    except BaseException as exc:
+        try:
+            staged.discard()
+        except Exception as cleanup:  # the restore's error comes first; the leftover is named
+            raise _with_context(
+                exc,
+                f"the target was not changed (and the staged copy {staged.describe()} could not be removed: {cleanup})",
+            ) from None
+        raise _with_context(exc, "the target was not changed") from None
+    engine.swap_in(staged)
+    return list(notes), verified
+
+
+def _put_back(vault: Vault, keyring: Keyring, rollback_id: str, engine: Engine) -> None:
+    reader = vault.open_backup(rollback_id, keyring)
+    try:
+        _restore_in_place(reader, engine, rollback_id)
+    finally:
+        reader.close()
+
+
 def restore_backup(
     vault: Vault,
     keyring: Keyring,
@@ -98,32 +170,50 @@ def restore_backup(
 ) -> RestoreReport:
     """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
 
-    Refuses a target that holds data unless ``force``; with ``force`` it first
-    takes a full backup of the target (the rollback point) into the same vault.
+    The vault is only read; the lock is the target's (``core.targets``). A target
+    that holds data is refused unless ``force``; with ``force`` a rollback backup
+    of the target is taken first, and nothing is destroyed before the backup is
+    proven readable: engines that can restore beside the target and swap the
+    verified copy in; the others have every object of the backup authenticated
+    first, and if the restore fails after it changed the target, the rollback
+    point is put back automatically. Every error after a destructive step names
+    the rollback backup.
     """
     started = time.monotonic()
     reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before touching the target
     try:
         manifest = reader.manifest
         engine.ping_target()
-        rollback_id = None
-        if engine.has_data():
-            if not force:
+        with targets.guard(engine.target_key(), f"restore of {backup_id}") as target:
+            interrupted = target.previous
+            if interrupted and interrupted.staged_tag:
+                leftover = engine.stage(interrupted.staged_tag)
+                if leftover is not None:
+                    leftover.discard()
+            has_data = engine.has_data()
+            if has_data and not force:
+                was = f" (left there by an interrupted restore: {interrupted.describe()})" if interrupted else ""
                 raise TargetNotEmptyError(
-                    f"restore target {engine.describe()} already holds data; choose an empty target, or pass --force "
-                    "(a rollback backup of the target is taken first)"
+                    f"restore target {engine.describe()} already holds data{was}; choose an empty target, or pass "
+                    "--force (a rollback backup of the target is taken first)"
                 )
-            if rollback:
-                rollback_id = backup_source(
-                    vault,
-                    keyring,
-                    engine_for(engine.rollback_config()),
-                    "full",
-                    labels={"purpose": "rollback", "before_restore_of": backup_id},
-                ).id
-        with vault.lock(f"restore-{engine.config.name}", f"restore of {backup_id}"):
-            engine.restore(reader, reader.result)
-            verified = verify_target(engine, reader.result.checks, backup_id)
+            tag = secrets.token_hex(4)
+            staged = engine.stage(tag)
+            if staged is None and has_data:
+                # In place over data: prove every object readable before destroying anything.
+                reader.verify_objects()
+            rollback_id = None
+            if has_data and rollback:
+                rollback_id = _take_rollback(vault, keyring, engine, backup_id)
+            target.mark(backup_id, rollback_id, tag if staged is not None else None)
+            if staged is not None:
+                notes, verified = _restore_staged(reader, engine, staged, backup_id)
+            else:
+                try:
+                    notes, verified = _restore_in_place(reader, engine, backup_id)
+                except BaseException as exc:
+                    raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
+            target.clear()
         return RestoreReport(
             backup_id=backup_id,
             source=manifest.source,
@@ -132,9 +222,50 @@ def restore_backup(
             verified_checks=verified,
             plain_bytes=manifest.plain_bytes,
             seconds=round(time.monotonic() - started, 3),
+            method="staged beside the target, verified, then swapped in" if staged is not None else "in place",
+            notes=notes,
+            skipped_at_backup=list(manifest.skipped),
+            interrupted_before=interrupted.describe() if interrupted else None,
         )
     finally:
         reader.close()
+
+
+def _take_rollback(vault: Vault, keyring: Keyring, engine: Engine, backup_id: str) -> str:
+    try:
+        return backup_source(
+            vault,
+            keyring,
+            engine_for(engine.rollback_config()),
+            "full",
+            labels={"purpose": "rollback", "before_restore_of": backup_id},
+        ).id
+    except DRError as exc:
+        raise _with_context(
+            exc,
+            f"could not take the rollback backup of {engine.describe()} before restoring over it, so the target was "
+            "not changed; restore into an empty target, or make the vault writable",
+        ) from None
+
+
+def _recover(vault, keyring, engine: Engine, exc: BaseException, rollback_id, had_data: bool, target) -> BaseException:
+    """After an in-place restore failed: put the rollback point back, and say exactly where the target stands."""
+    if rollback_id:
+        try:
+            _put_back(vault, keyring, rollback_id, engine)
+        except BaseException as again:
+            return _with_context(
+                exc,
+                f"the target was changed and putting back rollback backup {rollback_id} failed too ({again}); "
+                f"restore {rollback_id} with --force before using this target",
+            )
+        target.clear()
+        return _with_context(exc, f"the target was put back to rollback backup {rollback_id} and verified")
+    if had_data:
+        return _with_context(exc, "the target was changed and no rollback backup was taken; restore it with --force")
+    return _with_context(
+        exc, "the target (empty before) is left partially restored and marked so; restore again with --force"
+    )
 
 
 def validate_backup(vault: Vault, keyring: Keyring, backup_id: str) -> dict:

@@ -118,6 +118,8 @@ def plan_restore(
     target: str,
     target_has_data: bool,
     force: bool,
+    restores_beside: bool = False,
+    interrupted: str | None = None,
 ) -> RestorePlan:
     chosen = choose_backup(manifests, source, backup_id, target_time)
     plan = RestorePlan(
@@ -134,14 +136,30 @@ def plan_restore(
     plan.steps.append(
         f"open {chosen.id} ({chosen.kind} {chosen.type}, {chosen.ended_at}): unwrap key, check manifest MAC"
     )
+    if interrupted:
+        plan.steps.append(f"note the interrupted restore found on the target ({interrupted}); remove its staged copy")
     if target_has_data and not force:
         plan.refusal = (
             f"target {target} already holds data; pass --force to restore over it (a rollback backup is taken first)"
         )
-    elif target_has_data:
+        return plan
+    if target_has_data and not restores_beside:
+        plan.steps.append(f"read and authenticate every object of {chosen.id} before changing the target")
+    if target_has_data:
         plan.steps.append(f"take a rollback backup of {target} (full, label purpose=rollback)")
-    plan.steps.append(f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated")
-    plan.steps.append("verify the target against the checks recorded at backup time")
+    plan.steps.append("lock the target and mark it 'restore in progress' (the vault is only read)")
+    if restores_beside:
+        plan.steps.append(
+            f"stream {chosen.plain_bytes} bytes from the vault into a new sibling of {target}, every chunk authenticated"
+        )
+        plan.steps.append("verify the sibling against the checks recorded at backup time")
+        plan.steps.append(f"swap the verified sibling into place as {target}; the target is unchanged until then")
+    else:
+        plan.steps.append(f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated")
+        plan.steps.append("verify the target against the checks recorded at backup time")
+        if target_has_data:
+            plan.steps.append("if anything fails after the target changed, restore the rollback backup automatically")
+    plan.steps.append("clear the mark; report every object not restored exactly as it was")
     return plan
 
 

@@ -7,7 +7,9 @@ from datetime import datetime
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from core import cancel
 from core.errors import TargetNotEmptyError
+from core.operations import render_report
 from core.plan import render_plan
 from tasks.restore import plan_restore_task, restore_backup_task
 
@@ -37,12 +39,11 @@ def restore(
         raise TargetNotEmptyError(
             f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
         )
-    report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
+    with cancel.stop_on_signals(print):  # an interrupted restore stops before its swap (see core.cancel)
+        report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
     create_markdown_artifact(
-        f"Restored `{report['backup_id']}` into {report['target']} in {report['seconds']:.1f} s; "
-        f"verified {report['verified_checks']} checks recorded at backup time"
-        + (f"; rollback point `{report['rollback_backup_id']}`" if report["rollback_backup_id"] else ""),
+        f"```\n{render_report(report)}\n```",
         key="restore-report",
-        description="Restore outcome and verification",
+        description="Restore outcome, verification, and every object not restored exactly as backed up",
     )
     return {"plan": plan, "report": report, "dry_run": False}

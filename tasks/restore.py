@@ -11,6 +11,7 @@ from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
 from core.plan import plan_restore, restore_target
+from core.targets import unfinished_restores
 
 
 @task(name="plan-restore", cache_policy=NO_CACHE)
@@ -29,7 +30,18 @@ def plan_restore_task(
     engine = engine_for(target_config)
     engine.ping_target()
     manifests = config.vault.open().list_backups(source)
-    plan = plan_restore(manifests, source, backup_id, target_time, engine.describe(), engine.has_data(), force)
+    interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
+    plan = plan_restore(
+        manifests,
+        source,
+        backup_id,
+        target_time,
+        engine.describe(),
+        engine.has_data(),
+        force,
+        restores_beside=engine.stage("00000000") is not None,
+        interrupted=interrupted,
+    )
     return plan.to_dict()
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests weaken the KDF (borg does the same) and use small chunks so edge cases are cheap.
 os.environ.setdefault("GENESIS_DR_TEST_KDF_ITERATIONS", "1000")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Restore-target locks and in-progress marks (core/targets.py): one throw-away state directory per run.
+os.environ.setdefault("GENESIS_DR_STATE_DIR", tempfile.mkdtemp(prefix="gdr-state-"))
 
 pytest_plugins = [
     "tests.fixtures_postgres",
