@@ -53,4 +53,9 @@ def publish_backup_table(results: list[dict], failures: dict[str, BaseException]
         )
     for name, exc in failures.items():
         rows.append(f"| {name} | - | FAILED | - | - | {str(exc)[:200]} |")
+    # Nothing is left out silently: every entry a backup skipped (where the stack allows it) is listed.
+    skips = [(r["source"], r["id"], entry) for r in results for entry in r.get("skipped") or []]
+    if skips:
+        rows += ["", "**Left out of these backups (the stack allows skipping them):**", ""]
+        rows += [f"- {source} `{backup_id}`: {entry}" for source, backup_id, entry in skips]
     create_markdown_artifact("\n".join(rows), key="backup-summary", description="Backups taken by this run")
