@@ -26,6 +26,7 @@ from core.repository.manifest import ABANDONED, COMPLETED, CORRUPT, FAILED, IN_P
 from core.repository.vault import Vault, VaultMissingError
 from core.storage.base import Store
 from core.storage.local import LocalStore
+from tests.test_cli import cli, one_line_error, write_stack  # noqa: F401 (cli: the fixture)
 from tests.test_vault import BytesEngine, payload, read_back
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,3 +394,52 @@ def test_restore_reads_from_a_read_only_mount(vault, tmp_path):
         assert Vault.open(LocalStore(mirror), create=True).config == ro.config
     finally:
         subprocess.run(["umount", "-l", str(mirror)], check=True)
+
+
+# -- through the command -------------------------------------------------------------
+
+
+def test_list_unlock_and_lost_config_through_the_command(cli, tmp_path):  # noqa: F811 (the fixture)
+    files = tmp_path / "app"
+    files.mkdir()
+    (files / "a.txt").write_text("hello")
+    cli("apply", str(write_stack(tmp_path, "recov", files)))
+    cli("backup", "full", "--stack", "recov")
+    cli("backup", "full", "--stack", "recov")
+    good, broken = (b["id"] for b in json.loads(cli("list", "--stack", "recov", "--json").stdout))
+    root = tmp_path / "vault-recov"
+    path = root / "backups" / broken / "manifest.json"
+    path.write_bytes(path.read_bytes()[:80])
+    vault = Vault.open(LocalStore(root))
+    partial = killed_run(vault, "app-files")
+
+    # One corrupt backup: listed as CORRUPT with its reason; the other still lists and restores.
+    listing = {b["id"]: b for b in json.loads(cli("list", "--stack", "recov", "--json").stdout)}
+    assert {i: b["status"] for i, b in listing.items()} == {good: COMPLETED, broken: CORRUPT}
+    assert "not valid JSON" in listing[broken]["error"]
+    table = cli("list", "--stack", "recov").stdout
+    assert f"CORRUPT: backup {broken}" in table and "1 unfinished backup" in table and partial not in table
+    table = cli("list", "--stack", "recov", "--all").stdout
+    assert partial in table and "ABANDONED" in table
+    target = tmp_path / "restored"
+    restore = ("restore", "--stack", "recov", "--source", "app-files", "--target", f"root={target}")
+    assert "verified" in cli(*restore, "--backup-id", good).stdout
+    assert (target / "a.txt").read_text() == "hello"
+
+    # unlock: a dead run's lease goes (and says what it removed); a name that holds nothing is refused.
+    (root / "locks").mkdir(exist_ok=True)
+    (root / "locks" / "app-files.lock").write_bytes(_lease_record(1, None, host="elsewhere"))
+    out = cli("unlock", "--stack", "recov", "--source", "app-files").stdout
+    assert "removed lease 'app-files'" in out and "elsewhere" in out
+    assert "no lease 'app-files'" in one_line_error(
+        cli("unlock", "--stack", "recov", "--source", "app-files", expect=2)
+    )
+
+    # A lost config.json: list and backup refuse with the recovery; nothing writes a new identity silently.
+    (root / "config.json").unlink()
+    for args in (("list", "--stack", "recov"), ("backup", "full", "--stack", "recov")):
+        err = one_line_error(cli(*args, expect=3))
+        assert str(root) in err and "config.json" in err and "repair-vault" in err
+    assert not (root / "config.json").exists()
+    assert "new config.json" in cli("repair-vault", "--stack", "recov", "--new-identity").stdout
+    assert good in cli("list", "--stack", "recov").stdout
