@@ -76,29 +76,101 @@ def cmd_backup(args) -> int:
 
 def cmd_list(args) -> int:
     from blocks.apply import load_stack
+    from core.repository.manifest import ABANDONED, COMPLETED, IN_PROGRESS
+    from core.repository.vault import VaultMissingError
     from flows.reporting import human_bytes
 
     config = load_stack(args.stack)
-    if not os.path.exists(os.path.join(config.vault.path, "config.json")):
-        print(f"no backups yet: the vault {config.vault.path} is created by the first backup")
+    try:
+        vault = config.vault.open()  # the vault says whether it exists (or lost its config.json: an error)
+    except VaultMissingError:
+        if args.json:
+            print("[]")
+        else:
+            print(f"no backups yet: the vault {config.vault.path} is created by the first backup")
         return 0
-    manifests = config.vault.open().list_backups(args.source)
+    entries = vault.entries(args.source)
+    unfinished = [e for e in entries if e.state in (IN_PROGRESS, ABANDONED)]
+    if not args.all:
+        entries = [e for e in entries if e.state not in (IN_PROGRESS, ABANDONED)]
     if args.json:
-        print(json.dumps([m.summary() for m in manifests], indent=2, sort_keys=True))
+        print(json.dumps([e.summary() for e in entries], indent=2, sort_keys=True))
         return 0
-    if not manifests:
+    if not entries:
         print(f"no backups in {config.vault.path}")
-        return 0
-    print(
-        f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<9} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  POSITION"
-    )
-    for m in manifests:
-        pos = m.position_text()
-        label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
+    else:
         print(
-            f"{m.id:<34} {m.source:<14} {m.type:<6} {m.status:<9} {m.ended_at:<24} {human_bytes(m.plain_bytes):>10} "
-            f"{human_bytes(m.stored_bytes):>10}  {pos}{label}"
+            f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "
+            "POSITION"
         )
+    for e in entries:
+        m = e.manifest
+        if m is not None:
+            label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
+            print(
+                f"{m.id:<34} {m.source:<14} {m.type:<6} {e.state:<11} {m.ended_at:<24} "
+                f"{human_bytes(m.plain_bytes):>10} {human_bytes(m.stored_bytes):>10}  {m.position_text()}{label}"
+            )
+            if m.skipped:
+                print(f"    skipped ({len(m.skipped)}): {', '.join(m.skipped)}")
+        else:
+            source = e.source or "?"
+            print(f"{e.id:<34} {source:<14} {'-':<6} {e.state:<11} {'-':<24} {'-':>10} {'-':>10}")
+        if e.state != COMPLETED and e.reason:
+            print(f"    {e.state}: {e.reason}")
+    if unfinished and not args.all:
+        print(
+            f"({len(unfinished)} unfinished backup(s) without a manifest not shown; 'genesis-dr list --all' shows "
+            "them; the next backup of their source records abandoned ones FAILED)"
+        )
+    return 0
+
+
+def cmd_unlock(args) -> int:
+    from blocks.apply import load_stack
+    from core.repository.lock import break_lock, describe_holder, lease_names, lease_stale, read_lease
+
+    config = load_stack(args.stack)
+    stores = [config.vault.store()]  # works even when the vault lost its config.json
+    try:  # restore targets keep their locks on the restoring host, not in the vault
+        from core.targets import state_store
+
+        stores.append(state_store())
+    except ImportError:
+        pass
+    name = args.lock or args.source
+    if not name:
+        held = [(store, n, read_lease(store, n)) for store in stores for n in lease_names(store)]
+        for store, n, holder in held:
+            state = "stale" if holder is None or lease_stale(holder) else "live"
+            print(f"{n}: {state}, {describe_holder(holder or {})} ({store.describe()})")
+        if not held:
+            print("no leases held")
+        print("to remove a dead run's lease: genesis-dr unlock --source NAME | --lock NAME")
+        return 0
+    for store in stores:
+        if read_lease(store, name) is not None:
+            print(break_lock(store, name))
+            return 0
+    held = ", ".join(n for store in stores for n in lease_names(store)) or "none"
+    where = ", ".join(store.describe() for store in stores)
+    raise ConfigError(f"no lease '{name}' in {where} (leases held: {held}); nothing removed")
+
+
+def cmd_repair_vault(args) -> int:
+    from blocks.apply import load_stack
+    from core.repository.vault import Vault
+
+    if not args.new_identity:
+        raise ConfigError(
+            "repair-vault: first restore config.json from a replica or a backup of the vault; only if no copy "
+            "exists, pass --new-identity to write a NEW one"
+        )
+    config = load_stack(args.stack)
+    vault = Vault.recreate_identity(config.vault.store())
+    print(
+        f"wrote a new config.json (vault id {vault.config['id']}) into {vault.describe()}; existing backups stay readable"
+    )
     return 0
 
 
@@ -160,7 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--stack", default="default")
     ls.add_argument("--source")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--all", action="store_true", help="also show unfinished backups (in progress or abandoned)")
     ls.set_defaults(func=cmd_list)
+
+    u = sub.add_parser("unlock", help="remove the lease of a run you know is dead (refuses a live local one)")
+    u.add_argument("--stack", default="default")
+    which_lock = u.add_mutually_exclusive_group()
+    which_lock.add_argument("--source", help="the lease of this source's backups")
+    which_lock.add_argument("--lock", help="a lease by name (as named in a 'locked by' error)")
+    u.set_defaults(func=cmd_unlock)
+
+    rv = sub.add_parser("repair-vault", help="write a new vault identity when config.json is lost (see docs/FORMAT.md)")
+    rv.add_argument("--stack", default="default")
+    rv.add_argument("--new-identity", action="store_true", help="write a NEW config.json (no copy of the old exists)")
+    rv.set_defaults(func=cmd_repair_vault)
 
     r = sub.add_parser("restore", help="run the restore flow")
     r.add_argument("--stack", default="default")
