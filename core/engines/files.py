@@ -1,73 +1,79 @@
 """Files engine: a PAX tar of paths below a root, streamed straight into the vault.
 
 Backup walks the configured ``paths`` below ``root`` (include/exclude rules in
-``core.engines.pathmatch``) and writes one stream, ``files.tar``, with
-``tarfile`` in stream mode: no temporary file, no second read. Each regular
-file is hashed (SHA-256) while its bytes go into the tar, so the recorded
-checks describe exactly what the archive holds.
+``core.engines.pathmatch``; the walk itself in ``core.engines.files_archive``)
+and writes one stream, ``files.tar``, with ``tarfile`` in stream mode: no
+temporary file, no second read. Each regular file is hashed (SHA-256) while
+its bytes go into the tar, so the recorded checks describe exactly what the
+archive holds.
 
-What the archive keeps: regular files, directories (empty ones too), symlinks
-(as links, never followed), hard links, modes including set-id bits, uid/gid
-and user/group names, and mtimes to the nanosecond (PAX ``mtime``). Not kept:
-xattrs, ACLs, atimes.
+What the archive keeps, exactly: regular files (sparse ones with their holes,
+GNU PAX sparse 1.0), directories (empty ones too), symlinks as they are
+(absolute, dangling or pointing anywhere: a target is only a string), hard
+links, fifos and device nodes (as tar archives them), modes including set-id
+bits, uid/gid and user/group names, mtimes to the nanosecond (PAX ``mtime``),
+and every extended attribute - POSIX ACLs, file capabilities and SELinux
+labels included - as ``SCHILY.xattr.*`` records (``core.engines.files_meta``).
+Not kept: atimes, ctimes.
+
+Nothing is left out silently. What cannot be archived - a socket, a file or
+directory this process cannot read - fails the backup with the path and the
+remedy, unless the source sets ``skip_unarchivable``; then each one is listed
+in ``BackupResult.skipped`` (the manifest, ``genesis-dr list``, the run
+artifact) and in the notes of every restore of that backup.
 
 A live tree changes under a backup, so:
 
-- an entry that vanishes between listing and reading is skipped and recorded
-  in ``checks["skipped"]`` ("vanished during backup"), as is one whose type
-  changed;
+- an entry that vanishes between listing and reading is skipped and listed
+  ("vanished during backup"), as is one whose type changed;
 - a file that grows is archived up to the size it had when opened; one that
   shrinks is padded with zeros (the tar header already promised the size);
   one modified while read is archived as read. All three are recorded in
   ``checks["changed"]`` (GNU tar's "file changed as we read it") and their
   hashes describe the archived bytes, so a restore still verifies;
-- a read error (EIO, permission denied) fails the backup: a backup that
-  silently lacks a file is worse than a failed one.
+- a read error in the middle of a file fails the backup.
 
-Sockets, fifos and devices are skipped and recorded. Symlinks whose target is
-absolute or leaves the root are skipped and recorded too, because a restore
-refuses such links (``UnsafeArchiveError``); archiving them would make the
-backup unrestorable.
-
-Restore extracts into ``root`` (a restore target overrides it), member by
-member through ``core.engines.tarsafe``, which refuses anything escaping the
-target before writing it. Over existing data (``--force``) archived paths are
-overwritten (replaced, never written through); files that are not in the
-backup are left alone - deleting "everything else" below a root is too
-dangerous for a restore, and the restore flow takes a rollback backup first.
-Owners are restored when running as root.
+Restore extracts member by member through ``core.engines.tarsafe``, which
+refuses anything escaping the target and never writes through a symlink. A
+restore is a mirror: afterwards what the backup covers (its paths, as its
+patterns select them) equals the backup - entries the backup lacks are
+removed, entries it never covered are left alone. Where it can, the restore
+goes into a staging directory beside the target (``stage``), is verified
+there, and is swapped in (``swap_in``, ``core.engines.files_mirror``); the
+target is untouched until then. Owners are restored when running as root.
+A target file system that fills up (or refuses writes) ends the restore with
+one ``EngineError`` naming the target and the remedy, partial files removed.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
-import grp
 import hashlib
 import os
 import platform
-import pwd
+import shutil
 import stat
 import tarfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource, Writable
+from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
+from core.engines.files_archive import FILE_FLAGS, READ_CHUNK, Archiver, is_special, mode_text, special_check
+from core.engines.files_meta import read_xattrs, show_path, xattr_digests
+from core.engines.files_mirror import Mirror, Selection, mount_points, remove_tree
 from core.engines.pathmatch import PathFilter
-from core.engines.tarsafe import SafeExtractor, lexically_inside
+from core.engines.tarsafe import SafeExtractor
 from core.errors import ConfigError, EngineError, IntegrityError, SourceUnavailableError
 from core.sources import FilesSourceConfig
 
 STREAM_NAME = "files.tar"
-# Tar stream buffer and file copy size. Kept modest: tarfile's stream writer
-# concatenates into this buffer, so larger values cost copying per header.
-_TAR_BUFSIZE = 64 * 1024
-_READ_CHUNK = 1 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: if a fifo is swapped in after listing, opening it must not hang.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+_STAGE_MARK = ".gdr-restore-"
+# Where a restore stops because of the target, the remedy depends on why.
+_REMEDIES = {
+    errno.ENOSPC: "free space on that file system or restore into another target",
+    errno.EDQUOT: "raise the quota or free space, or restore into another target",
+    errno.EROFS: "the file system is read-only; remount it read-write or restore into another target",
+}
 
 
 class FilesEngine(Engine):
@@ -75,6 +81,11 @@ class FilesEngine(Engine):
 
     kind = "files"
     config: FilesSourceConfig
+    # Set on an engine returned by stage(): the target it will be swapped into.
+    _staged_from: FilesEngine | None = None
+    _archived_dirs: set[str] = frozenset()  # type: ignore[assignment]
+    _selection_cache: Selection | None = None
+    swap_notes: list[str] = []  # noqa: RUF012 - replaced per instance, never mutated
 
     @property
     def label(self) -> str:
@@ -130,7 +141,7 @@ class FilesEngine(Engine):
         pfilter = PathFilter(self.config.include, self.config.exclude)
         self.ping()
         started = datetime.now(UTC)
-        archiver = _Archiver(self.root, pfilter, self.label)
+        archiver = Archiver(self.root, pfilter, self.label, skip_unarchivable=self.config.skip_unarchivable)
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             # Resolve every configured path before the stream opens, so a typo
@@ -141,10 +152,14 @@ class FilesEngine(Engine):
                 archiver.run(out, root_fd, paths)
         finally:
             os.close(root_fd)
+        checks = archiver.checks()
+        # What the backup covers, so a restore mirrors exactly that (see files_mirror).
+        checks["selection"] = {"paths": paths, "include": self.config.include, "exclude": self.config.exclude}
         return BackupResult(
             position={"snapshot_time": started.isoformat()},
-            checks=archiver.checks(),
+            checks=checks,
             tool_versions={"tar": f"python-tarfile {platform.python_version()} (pax)"},
+            skipped=archiver.skipped_lines(),
         )
 
     def has_data(self) -> bool:
@@ -162,58 +177,190 @@ class FilesEngine(Engine):
                 f"{self.label}: target root {root} is not readable; run as a user who can read it or fix its permissions"
             ) from None
 
-    def restore(self, source: StreamSource, result: BackupResult) -> None:
-        """Extract ``files.tar`` into the target root, refusing unsafe members."""
+    def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
+        """Extract ``files.tar`` into the target root, refusing unsafe members.
+
+        Over existing data the result is a mirror of what the backup covers
+        (entries it lacks are removed; see ``core.engines.files_mirror``).
+        Returns the notes: entries skipped at backup time, attributes or
+        device nodes this target could not take, mount points left in place.
+        """
         root = self.root
         if os.path.lexists(root) and not os.path.isdir(root):
             raise EngineError(
                 f"{self.label}: target root {root} exists and is not a directory; remove it or choose another root"
             )
+        created = not os.path.lexists(root)
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as exc:
             raise SourceUnavailableError(
                 f"{self.label}: cannot create target root {root}: {exc.strerror}; fix permissions or choose another root"
             ) from None
+        selection = self._selection(result)
+        set_owner = os.geteuid() == 0
+        notes = _backup_notes(result)
         with source.open_stream(STREAM_NAME) as stream:
+            extractor = SafeExtractor(root, self.label, set_owner=set_owner)
             try:
-                tar = tarfile.open(fileobj=stream, mode="r|")
-                with tar, SafeExtractor(root, self.label, set_owner=os.geteuid() == 0) as extractor:
-                    extractor.extract_all(tar)
+                with extractor:
+                    tar = tarfile.open(fileobj=stream, mode="r|")
+                    with tar:
+                        extractor.extract_all(tar)
+                if self._staged_from is None:
+                    mirror = Mirror(root, selection, set_owner)
+                    mirror.prune_tree(extractor.written)
+                    notes.extend(mirror.notes)
             except tarfile.TarError as exc:
                 raise IntegrityError(
                     f"{self.label}: stream {STREAM_NAME} is not a readable tar archive ({exc}); "
                     "the backup is damaged, restore another one"
                 ) from None
+            except OSError as exc:
+                raise self._target_error(exc, extractor.current, created) from None
             # Read to the end so the vault verifies the whole stream, not just
             # the part up to the tar end-of-archive marker.
-            while stream.read(_READ_CHUNK):
+            while stream.read(READ_CHUNK):
                 pass
+        self._archived_dirs = extractor.archived_dirs
+        self._selection_cache = selection
+        notes.extend(extractor.notes)
+        if not set_owner:
+            notes.append("owners: not restored (only root can); every entry belongs to the restoring user")
+        return notes
+
+    def _target_error(self, exc: OSError, member: str, created: bool) -> EngineError:
+        """One line for a restore the target stopped: where, why, what to do."""
+        remedy = _REMEDIES.get(exc.errno or 0, "fix the target's permissions or restore into another target")
+        cleanup = "the file being written was removed"
+        if created and self._staged_from is None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            cleanup = f"the partly restored {self.root} was removed"
+        where = f" writing {show_path(member)}" if member else ""
+        return EngineError(
+            f"{self.label}: restore into {self._target_root()} failed{where}: {exc.strerror or exc}; "
+            f"{remedy}, then run the restore again ({cleanup})"
+        )
+
+    def _target_root(self) -> str:
+        return self._staged_from.root if self._staged_from is not None else self.root
+
+    def _selection(self, result: BackupResult) -> Selection:
+        """What the backup covers: as recorded, else (older backups) this config's paths and patterns."""
+        recorded = result.checks.get("selection") if result.checks else None
+        if isinstance(recorded, dict):
+            paths, include, exclude = recorded["paths"], recorded["include"], recorded["exclude"]
+        else:
+            paths, include, exclude = self._paths(), self.config.include, self.config.exclude
+        pfilter = PathFilter(include, exclude) if include or exclude else None
+        return Selection(list(paths), pfilter)
+
+    # -- restoring beside the target --------------------------------------------------
+
+    def stage(self, tag: str) -> FilesEngine | None:
+        """An engine for ``<parent>/.<name>.gdr-restore-<tag>``, a sibling of the target root.
+
+        The sibling is on the target's file system, so ``swap_in`` is renames
+        only. The swap is per entry of each covered path (not the whole root),
+        because a backup may cover only some paths below the root (root ``/``,
+        paths ``[etc/app]``): unrelated siblings must stay, and the root keeps
+        its inode (it may be a mount point or a process's cwd).
+
+        None - restore in place, mirrored by pruning after extraction - when a
+        rename cannot work: the root is ``/`` or a mount point, or a mount
+        point sits at or below a covered path (renaming would fail, and
+        removing the old tree would reach into the mounted file system).
+        """
+        root = self.root.rstrip("/")
+        parent, name = os.path.split(root)
+        if not name or not os.path.isdir(parent):
+            return None
+        covered = [os.path.join(root, p) if p else root for p in self._paths()]
+        for mount in mount_points():
+            if any(mount == c or mount.startswith(c + "/") for c in covered):
+                return None
+        staged_root = os.path.join(parent, f".{name}{_STAGE_MARK}{tag}")
+        try:
+            os.mkdir(staged_root, 0o700)
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: cannot create the staging directory {staged_root}: {exc.strerror}; "
+                "remove a leftover one or free space beside the target"
+            ) from None
+        staged = FilesEngine(self.config.model_copy(update={"root": staged_root}))
+        staged._staged_from = self
+        return staged
+
+    def swap_in(self, staged: Engine) -> None:
+        """Move the verified staged tree into place (renames), then remove the old entries.
+
+        Raises EngineError naming the target if a rename fails midway: some
+        covered entries may then be new and others old, and the caller puts
+        the rollback point back.
+        """
+        assert isinstance(staged, FilesEngine) and staged._staged_from is self
+        selection = staged._selection_cache or self._selection(BackupResult())
+        mirror = Mirror(self.root, selection, os.geteuid() == 0)
+        try:
+            mirror.swap_tree(staged.root, staged._archived_dirs)
+            staged.discard()
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: swapping the restored tree {staged.root} into {self.root} failed: "
+                f"{exc.strerror or exc}; part of the target may be replaced - restore the rollback backup, "
+                f"and remove {staged.root}"
+            ) from None
+        self.swap_notes = mirror.notes
+
+    def discard(self) -> None:
+        """Remove this staging directory; a missing one is fine."""
+        if self._staged_from is None:
+            raise EngineError(f"{self.label}: {self.root} is a restore target, not a staging directory; not removed")
+        try:
+            remove_tree(self.root)
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: cannot remove the staging directory {self.root}: {exc.strerror}; remove it by hand"
+            ) from None
+
+    def target_key(self) -> str:
+        return f"files {self.root}"
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         """Hash and stat the paths the reference lists, below the target root."""
         root = self.root
         out: dict[str, Any] = {}
         counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
-        for section in ("files", "dirs", "symlinks"):
+
+        def path_of(rel: str) -> str:
+            return os.path.join(root, rel) if rel != "." else root
+
+        for section in ("files", "dirs", "symlinks", "specials"):
             if section not in reference:
                 continue
             found: dict[str, Any] = {}
-            for rel in reference[section]:
-                entry = _inspect(os.path.join(root, rel) if rel != "." else root)
+            for rel, expected in reference[section].items():
+                entry = _inspect(path_of(rel))
                 if entry is None:
                     continue
                 kind, value = entry
-                if kind == section:
+                if kind != section:
+                    found[rel] = {"type": _KIND_NAMES[kind]}
+                    continue
+                if section in counts:
                     counts[section] += 1
-                    if kind == "files":
-                        counts["bytes"] += value["size"]
-                found[rel] = value if kind == section else {"type": _KIND_NAMES[kind]}
+                if kind == "files":
+                    counts["bytes"] += value["size"]
+                if isinstance(expected, dict) and "links_to" in expected:
+                    value["links_to"] = _link_state(path_of(rel), path_of(expected["links_to"]), expected["links_to"])
+                found[rel] = value
             out[section] = found
+        if "xattrs" in reference:
+            out["xattrs"] = _collect_xattrs(reference["xattrs"], path_of)
         if "counts" in reference:
             out["counts"] = counts
         # Facts about the backup run, not about the data: carried over as recorded.
-        for key in ("skipped", "changed"):
+        for key in ("skipped", "changed", "selection"):
             if key in reference:
                 out[key] = reference[key]
         return out
@@ -234,11 +381,28 @@ class FilesEngine(Engine):
         return [p for p in normal if not any(_covers(q, p) for q in normal if q != p)]
 
 
-_KIND_NAMES = {"files": "file", "dirs": "directory", "symlinks": "symlink", "special": "special file"}
+_KIND_NAMES = {
+    "files": "file",
+    "dirs": "directory",
+    "symlinks": "symlink",
+    "specials": "fifo or device",
+    "sockets": "socket",
+}
 
 
 def _covers(outer: str, inner: str) -> bool:
     return outer == "" or inner.startswith(outer + "/")
+
+
+def _backup_notes(result: BackupResult) -> list[str]:
+    """Entries the backup left out: every restore of it says so."""
+    lines = [f"{line} (left out of the backup, not restored)" for line in result.skipped]
+    if not lines and result.checks:  # backups from before BackupResult.skipped
+        skipped = result.checks.get("skipped") or {}
+        lines = [
+            f"{show_path(rel)}: {why} (left out of the backup, not restored)" for rel, why in sorted(skipped.items())
+        ]
+    return lines
 
 
 def _inspect(path: str) -> tuple[str, dict[str, Any] | str] | None:
@@ -248,394 +412,45 @@ def _inspect(path: str) -> tuple[str, dict[str, Any] | str] | None:
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(st.st_mode):
-        return "dirs", {"mode": _mode(st), "mtime_ns": st.st_mtime_ns}
+        return "dirs", {"mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
     if stat.S_ISLNK(st.st_mode):
         return "symlinks", os.readlink(path)
+    if is_special(st.st_mode):
+        return "specials", special_check(st)
     if not stat.S_ISREG(st.st_mode):
-        return "special", {}
+        return "sockets", {}
     digest = hashlib.sha256()
-    fd = os.open(path, _FILE_FLAGS)
+    fd = os.open(path, FILE_FLAGS)
     try:
-        while chunk := os.read(fd, _READ_CHUNK):
+        while chunk := os.read(fd, READ_CHUNK):
             digest.update(chunk)
     finally:
         os.close(fd)
-    return "files", {"sha256": digest.hexdigest(), "size": st.st_size, "mode": _mode(st), "mtime_ns": st.st_mtime_ns}
+    return "files", {
+        "sha256": digest.hexdigest(),
+        "size": st.st_size,
+        "mode": mode_text(st),
+        "mtime_ns": st.st_mtime_ns,
+    }
 
 
-def _mode(st: os.stat_result) -> str:
-    return f"{stat.S_IMODE(st.st_mode):04o}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _user(uid: int) -> str:
+def _link_state(path: str, other: str, name: str) -> str:
+    """``name`` if ``path`` is a hard link of ``other``, else what it is instead."""
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return ""
+        a, b = os.lstat(path), os.lstat(other)
+    except FileNotFoundError:
+        return f"not linked ({name} is missing)"
+    return name if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else f"not linked to {name}"
 
 
-@functools.lru_cache(maxsize=1024)
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return ""
-
-
-def _pax_time(ns: int) -> str:
-    """Exact decimal seconds for a PAX header (``1700000000.123456789``)."""
-    sign = "-" if ns < 0 else ""
-    sec, frac = divmod(abs(ns), 1_000_000_000)
-    return f"{sign}{sec}.{frac:09d}"
-
-
-def _tarinfo(rel: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(rel or ".")
-    info.type = kind
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
-    info.mtime = st.st_mtime_ns // 1_000_000_000
-    if st.st_mtime_ns % 1_000_000_000:
-        # tarfile would write a float (microsecond-ish precision); give it the exact text.
-        info.pax_headers = {"mtime": _pax_time(st.st_mtime_ns)}
-    return info
-
-
-class _HashingReader:
-    """File-like view of exactly ``size`` bytes of ``fd`` that hashes what it hands out.
-
-    tarfile's copy demands full reads up to the size in the header, so a file
-    that shrank is padded with zeros rather than breaking the archive.
-    """
-
-    def __init__(self, fd: int, size: int, rel: str, label: str) -> None:
-        self.fd, self.remaining, self.rel, self.label = fd, size, rel, label
-        self.digest = hashlib.sha256()
-        self.shrank = False
-
-    def read(self, n: int) -> bytes:
-        n = min(n, self.remaining)
-        pieces, got = [], 0
-        while got < n and not self.shrank:
-            try:
-                piece = os.read(self.fd, n - got)
-            except OSError as exc:
-                raise EngineError(
-                    f"{self.label}: cannot read {self.rel}: {exc.strerror}; fix the file or exclude it"
-                ) from None
-            if not piece:
-                self.shrank = True
-                break
-            pieces.append(piece)
-            got += len(piece)
-        if got < n:
-            pieces.append(bytes(n - got))
-        data = b"".join(pieces)
-        self.remaining -= len(data)
-        self.digest.update(data)
-        return data
-
-
-@dataclass
-class _Frame:
-    """One directory being walked: its fd, path and remaining child names."""
-
-    fd: int
-    rel: str
-    included: bool
-    names: list[str]
-    index: int = 0
-
-
-@dataclass
-class _Archiver:
-    """Walks the tree and writes the tar; collects the checks as it goes."""
-
-    root: str
-    pfilter: PathFilter
-    label: str
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dirs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    symlinks: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    changed: dict[str, str] = field(default_factory=dict)
-    total_bytes: int = 0
-    # Directories seen but not yet written: with include patterns a directory
-    # is archived only once something below it is (or it matches itself).
-    pending: list[tuple[str, os.stat_result]] = field(default_factory=list)
-    inodes: dict[tuple[int, int], str] = field(default_factory=dict)
-    tar: tarfile.TarFile | None = None
-
-    def checks(self) -> dict[str, Any]:
-        return {
-            "files": self.files,
-            "dirs": self.dirs,
-            "symlinks": self.symlinks,
-            "counts": {
-                "files": len(self.files),
-                "dirs": len(self.dirs),
-                "symlinks": len(self.symlinks),
-                "bytes": self.total_bytes,
-            },
-            "skipped": self.skipped,
-            "changed": self.changed,
-        }
-
-    def check_path(self, root_fd: int, path: str) -> None:
-        """Fail early (SourceUnavailableError / ConfigError) if ``path`` cannot be archived."""
-        parent_fd = self._open_parent(root_fd, path)
+def _collect_xattrs(reference: dict[str, dict[str, str]], path_of) -> dict[str, dict[str, str]]:
+    """Digests of the recorded attributes now; attributes the backup did not have are not
+    compared (a target may add its own, e.g. an SELinux label on every new file)."""
+    out: dict[str, dict[str, str]] = {}
+    for rel, names in reference.items():
         try:
-            if path:
-                os.stat(path.rsplit("/", 1)[-1], dir_fd=parent_fd, follow_symlinks=False)
+            now = xattr_digests(read_xattrs(path_of(rel)))
         except FileNotFoundError:
-            raise SourceUnavailableError(
-                f"{self.label}: path {path!r} does not exist below {self.root}; create it or remove it from 'paths'"
-            ) from None
-        finally:
-            os.close(parent_fd)
-
-    def run(self, out: Writable, root_fd: int, paths: list[str]) -> None:
-        """Write the whole archive into ``out``."""
-        # On an exception TarFile.__exit__ skips the end-of-archive blocks, so a
-        # failed run never looks like a complete archive.
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_TAR_BUFSIZE) as tar:
-            tar.copybufsize = _TAR_BUFSIZE
-            self.tar = tar
-            for path in paths:
-                self._archive_path(root_fd, path)
-
-    # -- walking ---------------------------------------------------------------------
-
-    def _open_parent(self, root_fd: int, path: str) -> int:
-        """fd of the directory holding ``path``; refuses symlinks on the way."""
-        fd = os.dup(root_fd)
-        parts = path.split("/")[:-1] if path else []
-        for i, part in enumerate(parts):
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                os.close(fd)
-                where = "/".join(parts[: i + 1])
-                if exc.errno == errno.ENOENT:
-                    raise SourceUnavailableError(
-                        f"{self.label}: path {path!r} does not exist below {self.root} ({where!r} is missing); "
-                        "create it or remove it from 'paths'"
-                    ) from None
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ConfigError(
-                        f"{self.label}: path {path!r} goes through {where!r}, which is not a plain directory "
-                        "below root; list the real directory instead"
-                    ) from None
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
-
-    def _archive_path(self, root_fd: int, path: str) -> None:
-        try:
-            if not path:
-                frame = self._enter(os.dup(root_fd), "", self.pfilter.included("", True))
-                self._walk(frame)
-                return
-            parts = path.split("/")
-            # Ancestors of a configured path are held back like any directory
-            # (written only if something below is) and subject to exclude.
-            included = False
-            fd = os.dup(root_fd)
-            try:
-                for i, part in enumerate(parts[:-1]):
-                    rel = "/".join(parts[: i + 1])
-                    try:
-                        nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                    except OSError as exc:
-                        if exc.errno not in _GONE:
-                            raise self._read_error(rel, exc) from None
-                        self.skipped[path] = f"vanished during backup ({rel!r} is gone)"
-                        return
-                    os.close(fd)
-                    fd = nfd
-                    if self.pfilter.excluded(rel, True):
-                        return
-                    included = included or self.pfilter.included(rel, True)
-                    self.pending.append((rel, os.fstat(fd)))
-                try:
-                    st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    self.skipped[path] = "vanished during backup"
-                    return
-                frame = self._entry(fd, parts[-1], path, st, included)
-            finally:
-                os.close(fd)
-            if frame is not None:
-                self._walk(frame)
-        finally:
-            self.pending.clear()
-
-    def _walk(self, top: _Frame) -> None:
-        """Depth-first, with an explicit stack: deep trees must not hit the recursion limit."""
-        stack = [top]
-        try:
-            while stack:
-                frame = stack[-1]
-                if frame.index >= len(frame.names):
-                    stack.pop()
-                    os.close(frame.fd)
-                    if self.pending and self.pending[-1][0] == frame.rel:
-                        self.pending.pop()
-                    continue
-                name = frame.names[frame.index]
-                frame.index += 1
-                rel = f"{frame.rel}/{name}" if frame.rel else name
-                try:
-                    st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    self.skipped[rel] = "vanished during backup"
-                    continue
-                child = self._entry(frame.fd, name, rel, st, frame.included)
-                if child is not None:
-                    stack.append(child)
-        finally:
-            for frame in stack:
-                os.close(frame.fd)
-
-    def _entry(self, parent_fd: int, name: str, rel: str, st: os.stat_result, inherited: bool) -> _Frame | None:
-        """Archive one entry of ``parent_fd``; a directory comes back as a frame to walk."""
-        mode = st.st_mode
-        is_dir = stat.S_ISDIR(mode)
-        if self.pfilter.excluded(rel, is_dir):
-            return None
-        included = inherited or self.pfilter.included(rel, is_dir)
-        if is_dir:
-            try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    self.skipped[rel] = "vanished or replaced during backup"
-                    return None
-                raise self._read_error(rel, exc) from None
-            return self._enter(fd, rel, included)
-        if not included:
-            return None
-        if stat.S_ISREG(mode):
-            self._add_file(parent_fd, name, rel)
-        elif stat.S_ISLNK(mode):
-            self._add_symlink(parent_fd, name, rel, st)
-        else:
-            self.skipped[rel] = _special_kind(mode) + " (not archived)"
-        return None
-
-    def _enter(self, fd: int, rel: str, included: bool) -> _Frame:
-        """Start walking directory ``fd`` (taking ownership of it)."""
-        try:
-            st = os.fstat(fd)
-            names = sorted(os.listdir(fd))
-        except OSError as exc:
-            os.close(fd)
-            raise self._read_error(rel or ".", exc) from None
-        self.pending.append((rel, st))
-        if included:
-            self._flush_pending()
-        return _Frame(fd, rel, included, names)
-
-    # -- writing -----------------------------------------------------------------------
-
-    def _flush_pending(self) -> None:
-        for rel, st in self.pending:
-            key = rel or "."
-            if key in self.dirs:
-                continue
-            self._add(_tarinfo(rel, st, tarfile.DIRTYPE))
-            self.dirs[key] = {"mode": _mode(st), "mtime_ns": st.st_mtime_ns}
-
-    def _add(self, info: tarfile.TarInfo, data: Any = None) -> None:
-        assert self.tar is not None
-        self.tar.addfile(info, data)
-        # tarfile keeps every TarInfo it wrote; drop them so memory stays flat.
-        self.tar.members.clear()
-
-    def _add_file(self, parent_fd: int, name: str, rel: str) -> None:
-        try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in _GONE:
-                self.skipped[rel] = "vanished or replaced during backup"
-                return
-            raise self._read_error(rel, exc) from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self.skipped[rel] = "replaced during backup"
-                return
-            self._flush_pending()
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self.inodes:
-                info = _tarinfo(rel, st, tarfile.LNKTYPE)
-                info.linkname = self.inodes[key]
-                self._add(info)
-                self.files[rel] = dict(self.files[info.linkname])
-                self.total_bytes += self.files[rel]["size"]
-                return
-            info = _tarinfo(rel, st, tarfile.REGTYPE)
-            info.size = st.st_size
-            reader = _HashingReader(fd, st.st_size, rel, self.label)
-            self._add(info, reader)
-            self._note_changes(fd, st, reader, rel)
-            self.files[rel] = {
-                "sha256": reader.digest.hexdigest(),
-                "size": st.st_size,
-                "mode": _mode(st),
-                "mtime_ns": st.st_mtime_ns,
-            }
-            self.total_bytes += st.st_size
-            if st.st_nlink > 1:
-                self.inodes[key] = rel
-        finally:
-            os.close(fd)
-
-    def _note_changes(self, fd: int, before: os.stat_result, reader: _HashingReader, rel: str) -> None:
-        after = os.fstat(fd)
-        if reader.shrank:
-            self.changed[rel] = "shrank while read; archived padded with zeros to its original size"
-        elif after.st_size > before.st_size:
-            self.changed[rel] = "grew while read; archived up to its size when opened"
-        elif after.st_mtime_ns != before.st_mtime_ns:
-            self.changed[rel] = "modified while read; archived as read"
-
-    def _add_symlink(self, parent_fd: int, name: str, rel: str, st: os.stat_result) -> None:
-        try:
-            target = os.readlink(name, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EINVAL):
-                self.skipped[rel] = "vanished or replaced during backup"
-                return
-            raise self._read_error(rel, exc) from None
-        parent = rel.split("/")[:-1]
-        real_root = os.path.realpath(self.root)
-        resolved = os.path.realpath(os.path.join(self.root, *parent, target))
-        if (
-            target.startswith("/")
-            or not lexically_inside(parent, target)
-            or not (resolved == real_root or resolved.startswith(real_root.rstrip("/") + "/"))
-        ):
-            self.skipped[rel] = f"symlink to {target!r} outside the root (a restore would refuse it)"
-            return
-        self._flush_pending()
-        info = _tarinfo(rel, st, tarfile.SYMTYPE)
-        info.linkname = target
-        self._add(info)
-        self.symlinks[rel] = target
-
-    def _read_error(self, rel: str, exc: OSError) -> EngineError:
-        return EngineError(f"{self.label}: cannot read {rel}: {exc.strerror}; fix its permissions or exclude it")
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "special file"
+            continue
+        out[rel] = {name: now.get(name, "missing") for name in names}
+    return out

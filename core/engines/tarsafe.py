@@ -3,31 +3,40 @@
 A stream (``r|``) cannot be inspected before extraction, so safety is enforced
 member by member, before the member writes anything:
 
-- names must be relative with no ``..`` component; device and fifo members,
-  and member types we never write, are refused;
-- a symlink's target must be relative and stay inside the directory (both
-  lexically and as resolved on disk at that moment); a hard link must point to
-  a regular file extracted earlier from the same archive;
+- names must be relative with no ``..`` component; member types we never
+  write are refused;
+- a symlink is created exactly as archived - its target is only a string
+  (absolute, dangling or pointing anywhere) and is never resolved. What makes
+  links safe is that nothing is ever written *through* one:
 - every path is opened component by component from a directory descriptor
   with ``O_NOFOLLOW`` (``openat``), so no symlink - from the archive or already
   in the target - is ever followed while writing. A member that would be
   written through a symlink this archive created is refused; a pre-existing
   symlink or file where the archive has a directory is replaced;
+- a hard link must point to a file, fifo or device extracted earlier from the
+  same archive, and is made with ``linkat`` without following;
 - files are created fresh (``O_EXCL`` after unlinking what was there), so an
-  existing hard link to a file elsewhere is never written through.
+  existing hard link to a file elsewhere is never written through; attributes
+  of links, fifos and devices are set without following (``*at`` calls with
+  ``AT_SYMLINK_NOFOLLOW``, or ``/proc/self/fd/<dir>/<name>`` for xattrs).
 
 When a member is refused the extraction stops with ``UnsafeArchiveError``:
 members before it have been written (inside the directory only); nothing after
-it is. At the end every symlink the archive created is re-checked, because a
-later member can change how an earlier link resolves.
+it is. Fifos and device nodes are created as tar does (devices only as root).
 
-Directory modes, owners and mtimes are applied after all members, deepest
-first, so writing the contents neither fails on read-only directories nor
-bumps their mtimes.
+Holes of sparse members are kept (data segments written at their offsets, the
+file truncated to its size). Extended attributes (``SCHILY.xattr.*``, POSIX
+ACLs included) are set after the mode, because a chown clears file
+capabilities. Directory modes, owners, xattrs and mtimes are applied after all
+members, deepest first, so writing the contents neither fails on read-only
+directories nor bumps their mtimes. Whatever cannot be restored exactly (an
+xattr the target file system refuses, a device node without root) becomes a
+line in ``notes``; a file being written when an error strikes is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import grp
@@ -40,12 +49,16 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO, NoReturn
 
+from core.engines.files_meta import entry_path, member_xattrs, show_path
 from core.errors import UnsafeArchiveError
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+_SPECIAL = (tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE)
+# An xattr the target refuses is a note (and a verification failure), not a crash.
+_XATTR_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 
 
 def member_mtime_ns(member: tarfile.TarInfo) -> int:
@@ -73,21 +86,6 @@ def split_member_name(name: str) -> list[str] | None:
     return parts
 
 
-def lexically_inside(parent: list[str], target: str) -> bool:
-    """True if a symlink in ``parent`` pointing at relative ``target`` stays inside."""
-    depth = list(parent)
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not depth:
-                return False
-            depth.pop()
-        else:
-            depth.append(part)
-    return True
-
-
 @dataclass
 class _DirAttrs:
     parts: list[str]
@@ -110,8 +108,18 @@ class SafeExtractor:
         self.set_owner = set_owner
         self._root_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: list[_DirAttrs] = []
+        # Members a hard link may point to (files, fifos, devices), and symlinks made.
         self._files: set[str] = set()
-        self._links: dict[str, str] = {}
+        self._links: set[str] = set()
+        # Every path the archive wrote (members and their ancestors), for a mirror.
+        self.written: set[str] = {""}
+        self.notes: list[str] = []
+        self.current = ""  # the member being extracted, for error messages
+
+    @property
+    def archived_dirs(self) -> set[str]:
+        """Directories the archive held (``""`` is the target itself)."""
+        return {"/".join(d.parts) for d in self._dirs}
 
     def close(self) -> None:
         if self._root_fd >= 0:
@@ -141,10 +149,9 @@ class SafeExtractor:
     def extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         """Validate one member, then write it (refusing before any write)."""
         parts = split_member_name(member.name)
+        self.current = member.name
         if parts is None:
             self._refuse(member, "absolute path or '..' component escapes the target")
-        if member.ischr() or member.isblk() or member.isfifo():
-            self._refuse(member, "device or special file")
         if not parts:
             if not member.isdir():
                 self._refuse(member, "names the target directory itself but is not a directory")
@@ -152,18 +159,21 @@ class SafeExtractor:
             return
         rel = "/".join(parts)
         if member.issym():
-            self._check_symlink(member, parts)
+            if not member.linkname or "\0" in member.linkname:
+                self._refuse(member, f"symlink to empty target {member.linkname!r}")
         elif member.islnk():
             link_parts = split_member_name(member.linkname)
             if not link_parts or "/".join(link_parts) not in self._files:
                 self._refuse(member, f"hard link to {member.linkname!r}, which is not a file earlier in this archive")
-        elif not (member.isdir() or member.type in _REGULAR):
+        elif not (member.isdir() or member.type in _REGULAR or member.type in _SPECIAL):
             self._refuse(member, f"unsupported member type {member.type!r}")
 
         parent_fd = self._open_parent(member, parts)
+        for i in range(1, len(parts) + 1):
+            self.written.add("/".join(parts[:i]))
         # Whatever was at this path before is gone after this member.
         self._files.discard(rel)
-        self._links.pop(rel, None)
+        self._links.discard(rel)
         try:
             name = parts[-1]
             if member.isdir():
@@ -172,13 +182,18 @@ class SafeExtractor:
             elif member.issym():
                 self._remove_existing(parent_fd, name)
                 os.symlink(member.linkname, name, dir_fd=parent_fd)
-                self._links[rel] = member.linkname
+                self._links.add(rel)
                 self._set_owner(member, name=name, dir_fd=parent_fd)
+                self._set_xattrs(member, entry_path(parent_fd, name))
                 os.utime(name, ns=self._times(member), dir_fd=parent_fd, follow_symlinks=False)
             elif member.islnk():
                 self._remove_existing(parent_fd, name)
                 self._hard_link(member, parent_fd, name)
                 self._files.add(rel)
+            elif member.type in _SPECIAL:
+                self._remove_existing(parent_fd, name)
+                if self._make_special(member, parent_fd, name):
+                    self._files.add(rel)
             else:
                 self._remove_existing(parent_fd, name)
                 self._write_file(tar, member, parent_fd, name)
@@ -187,33 +202,7 @@ class SafeExtractor:
             os.close(parent_fd)
 
     def finish(self) -> None:
-        """Re-check symlinks, then apply directory attributes, deepest first."""
-        for rel, target in self._links.items():
-            parts = rel.split("/")
-            if self._resolves_inside(parts[:-1], target):
-                continue
-            try:
-                parent_fd = self._walk(parts[:-1], create=False)
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    continue  # a later member removed it: nothing left to follow
-                raise
-            try:
-                if os.readlink(parts[-1], dir_fd=parent_fd) != target:
-                    continue
-                # Do not leave a link the application could follow out of the target.
-                os.unlink(parts[-1], dir_fd=parent_fd)
-            except OSError as exc:
-                if exc.errno not in (*_GONE, errno.EINVAL):
-                    raise
-                continue
-            finally:
-                os.close(parent_fd)
-            raise UnsafeArchiveError(
-                f"{self.label}: archive member {rel!r} is a symlink that resolves outside {self.dest} once the "
-                "whole archive is extracted; archive refused (the link was removed, nothing outside the target "
-                "was written)"
-            )
+        """Apply directory attributes, deepest first."""
         for entry in sorted(self._dirs, key=lambda d: len(d.parts), reverse=True):
             self._apply_dir_attrs(entry)
 
@@ -224,17 +213,6 @@ class SafeExtractor:
             f"{self.label}: archive member {member.name!r} is unsafe ({why}); archive refused, "
             f"nothing was written outside {self.dest}"
         )
-
-    def _check_symlink(self, member: tarfile.TarInfo, parts: list[str]) -> None:
-        target = member.linkname
-        if not target or target.startswith("/") or "\0" in target:
-            self._refuse(member, f"symlink to absolute or empty target {target!r}")
-        if not lexically_inside(parts[:-1], target) or not self._resolves_inside(parts[:-1], target):
-            self._refuse(member, f"symlink target {target!r} points outside the target directory")
-
-    def _resolves_inside(self, parent: list[str], target: str) -> bool:
-        resolved = os.path.realpath(os.path.join(self.dest, *parent, target))
-        return resolved == self.real_dest or resolved.startswith(self.real_dest.rstrip("/") + "/")
 
     # -- filesystem, always relative to a directory fd, never following symlinks --------
 
@@ -299,18 +277,77 @@ class SafeExtractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
         try:
-            data: BinaryIO | None = tar.extractfile(member)
-            if data is not None:
-                while chunk := data.read(_CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            # chown first: it clears set-uid/set-gid bits that chmod then restores.
+            if member.sparse is not None:
+                self._write_sparse(tar, member, fd)
+            else:
+                data: BinaryIO | None = tar.extractfile(member)
+                if data is not None:
+                    while chunk := data.read(_CHUNK):
+                        _write_all(fd, chunk, None)
+            # chown first: it clears set-uid/set-gid bits that chmod then restores,
+            # and file capabilities, which the xattrs then restore.
             self._set_owner(member, fd=fd)
             os.fchmod(fd, member.mode & 0o7777)
+            self._set_xattrs(member, fd)
             os.utime(fd, ns=self._times(member))
+        except BaseException:
+            # Never leave a partial file behind (a full disk, a damaged stream).
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
         finally:
             os.close(fd)
+
+    def _write_sparse(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        """Write only the data segments at their offsets; holes stay holes."""
+        # The segments follow the map back to back; tarfile parsed the map and left
+        # its reader at their start (offset_data). Read them raw: extractfile would
+        # hand out the holes as zeros, and seeking it needs a seekable stream.
+        stream = tar.fileobj
+        assert stream is not None and member.sparse is not None
+        stream.seek(member.offset_data)
+        for offset, length in member.sparse:
+            pos, remaining = offset, length
+            while remaining:
+                chunk = stream.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise tarfile.ReadError(f"unexpected end of data in sparse member {member.name!r}")
+                _write_all(fd, chunk, pos)
+                pos += len(chunk)
+                remaining -= len(chunk)
+        os.ftruncate(fd, member.size)
+
+    def _make_special(self, member: tarfile.TarInfo, dir_fd: int, name: str) -> bool:
+        """Create a fifo or device node as tar does; False (and a note) if this process cannot."""
+        perm = member.mode & 0o7777
+        if member.type == tarfile.FIFOTYPE:
+            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        else:
+            kind = stat.S_IFCHR if member.type == tarfile.CHRTYPE else stat.S_IFBLK
+            try:
+                os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
+            except PermissionError:
+                self.notes.append(f"{show_path(member.name)}: device node not restored (creating one needs root)")
+                return False
+        self._set_owner(member, name=name, dir_fd=dir_fd)
+        try:
+            os.chmod(name, perm, dir_fd=dir_fd, follow_symlinks=False)
+        except NotImplementedError:  # old libc: we just made it, and it is not a link
+            os.chmod(name, perm, dir_fd=dir_fd)
+        self._set_xattrs(member, entry_path(dir_fd, name))
+        os.utime(name, ns=self._times(member), dir_fd=dir_fd, follow_symlinks=False)
+        return True
+
+    def _set_xattrs(self, member: tarfile.TarInfo, target: int | str) -> None:
+        """Set the member's extended attributes on an fd, or on a path without following it."""
+        follow = not isinstance(target, str)
+        for key, value in sorted(member_xattrs(member).items()):
+            try:
+                os.setxattr(target, key, value, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno not in _XATTR_REFUSED:
+                    raise
+                self.notes.append(f"{show_path(member.name)}: extended attribute {key} not restored ({exc.strerror})")
 
     def _hard_link(self, member: tarfile.TarInfo, dir_fd: int, name: str) -> None:
         src = split_member_name(member.linkname) or []
@@ -334,6 +371,7 @@ class SafeExtractor:
         try:
             self._set_owner(entry.member, fd=fd)
             os.fchmod(fd, entry.member.mode & 0o7777)
+            self._set_xattrs(entry.member, fd)
             os.utime(fd, ns=self._times(entry.member))
         finally:
             os.close(fd)
@@ -352,6 +390,16 @@ class SafeExtractor:
             os.fchown(fd, uid, gid)
         else:
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _write_all(fd: int, data: bytes, offset: int | None) -> None:
+    """Write all of ``data`` (at ``offset`` if given), looping over short writes."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,0 +1,558 @@
+"""The backup side of the files engine: walk a tree, write a PAX tar, record checks.
+
+Every entry is opened or read relative to its parent directory's fd with
+``O_NOFOLLOW``, so nothing the tree does while we walk it (a directory swapped
+for a symlink) makes us read outside the root. Symlinks are archived as they
+are - their target is only a string, absolute, dangling or pointing anywhere;
+safety belongs to extraction, which never writes through a link.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import grp
+import hashlib
+import os
+import pwd
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.engines.base import Writable
+from core.engines.files_meta import (
+    MAX_SPARSE_STORED,
+    data_map,
+    entry_path,
+    read_xattrs,
+    show_path,
+    sparse_map_block,
+    xattr_digests,
+    xattr_pax,
+)
+from core.engines.pathmatch import PathFilter
+from core.errors import ConfigError, EngineError, SourceUnavailableError
+
+# Tar stream buffer and file copy size. Kept modest: tarfile's stream writer
+# concatenates into this buffer, so larger values cost copying per header.
+TAR_BUFSIZE = 64 * 1024
+READ_CHUNK = 1 << 20
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: if a fifo is swapped in after listing, opening it must not hang.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+_ZEROS = bytes(READ_CHUNK)
+SKIP_FIELD = "skip_unarchivable"
+
+
+def mode_text(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):04o}"
+
+
+def special_check(st: os.stat_result) -> dict[str, Any]:
+    """The check value of a fifo or device node."""
+    mode = st.st_mode
+    kind = "fifo" if stat.S_ISFIFO(mode) else "char" if stat.S_ISCHR(mode) else "block"
+    value: dict[str, Any] = {"type": kind, "mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
+    if kind != "fifo":
+        value["rdev"] = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return value
+
+
+def is_special(mode: int) -> bool:
+    """A fifo or a device node: archived as tar does (sockets cannot be)."""
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+@functools.lru_cache(maxsize=1024)
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def _pax_time(ns: int) -> str:
+    """Exact decimal seconds for a PAX header (``1700000000.123456789``)."""
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{sec}.{frac:09d}"
+
+
+def _tarinfo(rel: str, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes] | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(rel or ".")
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
+    info.mtime = st.st_mtime_ns // 1_000_000_000
+    pax: dict[str, str] = {}
+    if st.st_mtime_ns % 1_000_000_000:
+        # tarfile would write a float (microsecond-ish precision); give it the exact text.
+        pax["mtime"] = _pax_time(st.st_mtime_ns)
+    if xattrs:
+        pax.update(xattr_pax(xattrs))
+    info.pax_headers = pax
+    return info
+
+
+class _FileReader:
+    """File-like view of a file's archived bytes that hashes the file's content.
+
+    Hands tarfile ``prefix`` (a sparse map) and then the data ``segments``
+    (read with ``pread``); the digest covers the whole logical content, holes
+    as zeros, so it matches a plain read of the restored file. tarfile's copy
+    demands full reads up to the size in the header, so a file that shrank is
+    padded with zeros rather than breaking the archive.
+    """
+
+    def __init__(self, fd: int, size: int, segments: list[tuple[int, int]], prefix: bytes, rel: str, label: str):
+        self.fd, self.size, self.rel, self.label = fd, size, rel, label
+        self.segments = [s for s in segments if s[1]]
+        self.prefix = prefix
+        self.digest = hashlib.sha256()
+        self.shrank = False
+        self.hashed_to = 0  # logical offset the digest covers
+        self.seg = 0
+        self.seg_done = 0
+
+    def _hash_zeros_to(self, offset: int) -> None:
+        while self.hashed_to < offset:
+            n = min(len(_ZEROS), offset - self.hashed_to)
+            self.digest.update(_ZEROS[:n])
+            self.hashed_to += n
+
+    def read(self, n: int) -> bytes:
+        if self.prefix:
+            out, self.prefix = self.prefix[:n], self.prefix[n:]
+            return out
+        pieces, got = [], 0
+        while got < n and self.seg < len(self.segments):
+            offset, length = self.segments[self.seg]
+            want = min(n - got, length - self.seg_done)
+            pos = offset + self.seg_done
+            data = b""
+            if not self.shrank:
+                try:
+                    data = os.pread(self.fd, want, pos)
+                except OSError as exc:
+                    raise EngineError(
+                        f"{self.label}: cannot read {show_path(self.rel)}: {exc.strerror}; fix the file or exclude it"
+                    ) from None
+                if len(data) < want:
+                    self.shrank = True
+            data += bytes(want - len(data))
+            self._hash_zeros_to(pos)
+            self.digest.update(data)
+            self.hashed_to = pos + want
+            pieces.append(data)
+            got += want
+            self.seg_done += want
+            if self.seg_done == length:
+                self.seg, self.seg_done = self.seg + 1, 0
+        if self.seg >= len(self.segments):
+            self._hash_zeros_to(self.size)
+        return b"".join(pieces)
+
+
+@dataclass
+class _Frame:
+    """One directory being walked: its fd, path and remaining child names."""
+
+    fd: int
+    rel: str
+    included: bool
+    names: list[str]
+    index: int = 0
+
+
+@dataclass
+class Archiver:
+    """Walks the tree and writes the tar; collects the checks as it goes.
+
+    Anything that cannot be archived (a socket, an unreadable file or
+    directory) fails the backup with the path and the remedy, unless
+    ``skip_unarchivable``: then it is recorded in ``skipped``, which the
+    backup reports.
+    """
+
+    root: str
+    pfilter: PathFilter
+    label: str
+    skip_unarchivable: bool = False
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dirs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    symlinks: dict[str, str] = field(default_factory=dict)
+    specials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    xattrs: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    changed: dict[str, str] = field(default_factory=dict)
+    total_bytes: int = 0
+    # Directories seen but not yet written: with include patterns a directory
+    # is archived only once something below it is (or it matches itself).
+    pending: list[tuple[str, os.stat_result, dict[str, bytes]]] = field(default_factory=list)
+    inodes: dict[tuple[int, int], str] = field(default_factory=dict)
+    sparse_names: int = 0
+    tar: tarfile.TarFile | None = None
+
+    def checks(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "specials": self.specials,
+            "xattrs": self.xattrs,
+            "counts": {
+                "files": len(self.files),
+                "dirs": len(self.dirs),
+                "symlinks": len(self.symlinks),
+                "bytes": self.total_bytes,
+            },
+            "skipped": self.skipped,
+            "changed": self.changed,
+        }
+
+    def skipped_lines(self) -> list[str]:
+        """One line per entry left out, for the manifest (in the clear)."""
+        return [f"{show_path(rel)}: {why}" for rel, why in sorted(self.skipped.items())]
+
+    def check_path(self, root_fd: int, path: str) -> None:
+        """Fail early (SourceUnavailableError / ConfigError) if ``path`` cannot be archived."""
+        parent_fd = self._open_parent(root_fd, path)
+        try:
+            if path:
+                os.stat(path.rsplit("/", 1)[-1], dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise SourceUnavailableError(
+                f"{self.label}: path {path!r} does not exist below {self.root}; create it or remove it from 'paths'"
+            ) from None
+        finally:
+            os.close(parent_fd)
+
+    def run(self, out: Writable, root_fd: int, paths: list[str]) -> None:
+        """Write the whole archive into ``out``."""
+        # On an exception TarFile.__exit__ skips the end-of-archive blocks, so a
+        # failed run never looks like a complete archive.
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=TAR_BUFSIZE) as tar:
+            tar.copybufsize = TAR_BUFSIZE
+            self.tar = tar
+            for path in paths:
+                self._archive_path(root_fd, path)
+
+    # -- what cannot be archived -------------------------------------------------------
+
+    def _cannot(self, rel: str, why: str, remedy: str) -> None:
+        """Record ``rel`` as skipped if the stack allows it, else fail the backup."""
+        if self.skip_unarchivable:
+            self.skipped[rel] = why
+            return
+        raise EngineError(
+            f"{self.label}: {show_path(rel)} {why}; {remedy}, or set {SKIP_FIELD}: true on the source "
+            "to leave such entries out (each is then listed as skipped)"
+        )
+
+    def _unreadable(self, rel: str, exc: OSError) -> None:
+        self._cannot(rel, f"cannot be read ({exc.strerror})", "fix its permissions or exclude it")
+
+    # -- walking ---------------------------------------------------------------------
+
+    def _open_parent(self, root_fd: int, path: str) -> int:
+        """fd of the directory holding ``path``; refuses symlinks on the way."""
+        fd = os.dup(root_fd)
+        parts = path.split("/")[:-1] if path else []
+        for i, part in enumerate(parts):
+            try:
+                nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                os.close(fd)
+                where = "/".join(parts[: i + 1])
+                if exc.errno == errno.ENOENT:
+                    raise SourceUnavailableError(
+                        f"{self.label}: path {path!r} does not exist below {self.root} ({where!r} is missing); "
+                        "create it or remove it from 'paths'"
+                    ) from None
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ConfigError(
+                        f"{self.label}: path {path!r} goes through {where!r}, which is not a plain directory "
+                        "below root; list the real directory instead"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+
+    def _archive_path(self, root_fd: int, path: str) -> None:
+        try:
+            if not path:
+                frame = self._enter(os.dup(root_fd), "", self.pfilter.included("", True))
+                if frame is not None:
+                    self._walk(frame)
+                return
+            parts = path.split("/")
+            # Ancestors of a configured path are held back like any directory
+            # (written only if something below is) and subject to exclude.
+            included = False
+            fd = os.dup(root_fd)
+            try:
+                for i, part in enumerate(parts[:-1]):
+                    rel = "/".join(parts[: i + 1])
+                    try:
+                        nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno not in _GONE:
+                            self._unreadable(rel, exc)
+                            return
+                        self.skipped[path] = f"vanished during backup ({rel!r} is gone)"
+                        return
+                    os.close(fd)
+                    fd = nfd
+                    if self.pfilter.excluded(rel, True):
+                        return
+                    included = included or self.pfilter.included(rel, True)
+                    self.pending.append((rel, os.fstat(fd), read_xattrs(fd)))
+                try:
+                    st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    self.skipped[path] = "vanished during backup"
+                    return
+                frame = self._entry(fd, parts[-1], path, st, included)
+            finally:
+                os.close(fd)
+            if frame is not None:
+                self._walk(frame)
+        finally:
+            self.pending.clear()
+
+    def _walk(self, top: _Frame) -> None:
+        """Depth-first, with an explicit stack: deep trees must not hit the recursion limit."""
+        stack = [top]
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.index >= len(frame.names):
+                    stack.pop()
+                    os.close(frame.fd)
+                    if self.pending and self.pending[-1][0] == frame.rel:
+                        self.pending.pop()
+                    continue
+                name = frame.names[frame.index]
+                frame.index += 1
+                rel = f"{frame.rel}/{name}" if frame.rel else name
+                try:
+                    st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    self.skipped[rel] = "vanished during backup"
+                    continue
+                child = self._entry(frame.fd, name, rel, st, frame.included)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for frame in stack:
+                os.close(frame.fd)
+
+    def _entry(self, parent_fd: int, name: str, rel: str, st: os.stat_result, inherited: bool) -> _Frame | None:
+        """Archive one entry of ``parent_fd``; a directory comes back as a frame to walk."""
+        mode = st.st_mode
+        is_dir = stat.S_ISDIR(mode)
+        if self.pfilter.excluded(rel, is_dir):
+            return None
+        included = inherited or self.pfilter.included(rel, is_dir)
+        if is_dir:
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    self.skipped[rel] = "vanished or replaced during backup"
+                else:
+                    self._unreadable(rel, exc)
+                return None
+            return self._enter(fd, rel, included)
+        if not included:
+            return None
+        if stat.S_ISREG(mode):
+            self._add_file(parent_fd, name, rel)
+        elif stat.S_ISLNK(mode):
+            self._add_symlink(parent_fd, name, rel, st)
+        elif is_special(mode):
+            self._add_special(parent_fd, name, rel, st)
+        else:
+            what = "a socket" if stat.S_ISSOCK(mode) else "a special file"
+            self._cannot(rel, f"is {what}, which cannot be archived", f"exclude it (exclude: [{show_path(rel)!r}])")
+        return None
+
+    def _enter(self, fd: int, rel: str, included: bool) -> _Frame | None:
+        """Start walking directory ``fd`` (taking ownership of it); None if it cannot be read."""
+        try:
+            st = os.fstat(fd)
+            names = sorted(os.listdir(fd))
+            xattrs = read_xattrs(fd)
+        except OSError as exc:
+            os.close(fd)
+            if not rel:
+                raise EngineError(
+                    f"{self.label}: cannot read root {self.root}: {exc.strerror}; fix its permissions"
+                ) from None
+            self._unreadable(rel, exc)
+            return None
+        self.pending.append((rel, st, xattrs))
+        if included:
+            self._flush_pending()
+        return _Frame(fd, rel, included, names)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _flush_pending(self) -> None:
+        for rel, st, xattrs in self.pending:
+            key = rel or "."
+            if key in self.dirs:
+                continue
+            self._add(_tarinfo(rel, st, tarfile.DIRTYPE, xattrs))
+            self.dirs[key] = {"mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
+            self._note_xattrs(key, xattrs)
+
+    def _note_xattrs(self, key: str, xattrs: dict[str, bytes]) -> None:
+        if xattrs:
+            self.xattrs[key] = xattr_digests(xattrs)
+
+    def _add(self, info: tarfile.TarInfo, data: Any = None) -> None:
+        assert self.tar is not None
+        self.tar.addfile(info, data)
+        # tarfile keeps every TarInfo it wrote; drop them so memory stays flat.
+        self.tar.members.clear()
+
+    def _hard_link(self, rel: str, st: os.stat_result, section: dict[str, dict[str, Any]]) -> bool:
+        """Archive ``rel`` as a hard link if its inode was archived before; True if it was."""
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink < 2:
+            return False
+        first = self.inodes.get(key)
+        if first is None:
+            self.inodes[key] = rel
+            return False
+        info = _tarinfo(rel, st, tarfile.LNKTYPE)
+        info.linkname = first
+        self._add(info)
+        section[rel] = {**section[first], "links_to": first}
+        if first in self.xattrs:
+            self.xattrs[rel] = self.xattrs[first]
+        return True
+
+    def _add_file(self, parent_fd: int, name: str, rel: str) -> None:
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                self.skipped[rel] = "vanished or replaced during backup"
+            else:
+                self._unreadable(rel, exc)
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.skipped[rel] = "replaced during backup"
+                return
+            self._flush_pending()
+            if self._hard_link(rel, st, self.files):
+                self.total_bytes += st.st_size
+                return
+            xattrs = read_xattrs(fd)
+            info = _tarinfo(rel, st, tarfile.REGTYPE, xattrs)
+            segments = data_map(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+            prefix = b""
+            if segments is not None:
+                prefix = sparse_map_block(segments)
+                stored = len(prefix) + sum(length for _, length in segments)
+                if stored > MAX_SPARSE_STORED:
+                    segments, prefix = None, b""
+            if segments is None:
+                info.size = st.st_size
+                segments = [(0, st.st_size)]
+            else:
+                self._make_sparse(info, rel, st.st_size, stored)
+            reader = _FileReader(fd, st.st_size, segments, prefix, rel, self.label)
+            self._add(info, reader)
+            self._note_changes(fd, st, reader, rel)
+            self.files[rel] = {
+                "sha256": reader.digest.hexdigest(),
+                "size": st.st_size,
+                "mode": mode_text(st),
+                "mtime_ns": st.st_mtime_ns,
+            }
+            self._note_xattrs(rel, xattrs)
+            self.total_bytes += st.st_size
+        finally:
+            os.close(fd)
+
+    def _make_sparse(self, info: tarfile.TarInfo, rel: str, size: int, stored: int) -> None:
+        """Turn ``info`` into a GNU PAX sparse 1.0 member (see core.engines.files_meta)."""
+        # The header name is only what a reader without sparse support extracts
+        # (GNU tar does the same); GNU.sparse.name is the real one. Short on purpose:
+        # a long one would become a PAX "path" record, which tarfile applies last.
+        self.sparse_names += 1
+        info.name = f"GNUSparseFile.0/{self.sparse_names}"
+        info.size = stored
+        info.pax_headers.update(
+            {
+                "GNU.sparse.major": "1",
+                "GNU.sparse.minor": "0",
+                "GNU.sparse.name": rel,
+                "GNU.sparse.realsize": str(size),
+            }
+        )
+
+    def _note_changes(self, fd: int, before: os.stat_result, reader: _FileReader, rel: str) -> None:
+        after = os.fstat(fd)
+        if reader.shrank:
+            self.changed[rel] = "shrank while read; archived padded with zeros to its original size"
+        elif after.st_size > before.st_size:
+            self.changed[rel] = "grew while read; archived up to its size when opened"
+        elif after.st_mtime_ns != before.st_mtime_ns:
+            self.changed[rel] = "modified while read; archived as read"
+
+    def _add_symlink(self, parent_fd: int, name: str, rel: str, st: os.stat_result) -> None:
+        try:
+            target = os.readlink(name, dir_fd=parent_fd)
+            xattrs = read_xattrs(entry_path(parent_fd, name))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL):
+                self.skipped[rel] = "vanished or replaced during backup"
+            else:
+                self._unreadable(rel, exc)
+            return
+        self._flush_pending()
+        info = _tarinfo(rel, st, tarfile.SYMTYPE, xattrs)
+        info.linkname = target
+        self._add(info)
+        self.symlinks[rel] = target
+        self._note_xattrs(rel, xattrs)
+
+    def _add_special(self, parent_fd: int, name: str, rel: str, st: os.stat_result) -> None:
+        """A fifo or device node, as tar archives it (type, mode, device numbers)."""
+        try:
+            xattrs = read_xattrs(entry_path(parent_fd, name))
+        except OSError as exc:
+            if exc.errno in _GONE:
+                self.skipped[rel] = "vanished or replaced during backup"
+            else:
+                self._unreadable(rel, exc)
+            return
+        self._flush_pending()
+        if self._hard_link(rel, st, self.specials):
+            return
+        mode = st.st_mode
+        kind = tarfile.FIFOTYPE if stat.S_ISFIFO(mode) else tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+        info = _tarinfo(rel, st, kind, xattrs)
+        if kind != tarfile.FIFOTYPE:
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        self._add(info)
+        self.specials[rel] = special_check(st)
+        self._note_xattrs(rel, xattrs)
