@@ -158,16 +158,22 @@ class Vault:
         try:
             raw = store.get("config.json")
         except ObjectNotFound:
-            if cls._holds_backups(store):
+            raw = None
+        if raw is None and cls._holds_backups(store):
+            # Read again: a concurrent first backup writes config.json before any lock or backup.
+            try:
+                raw = store.get("config.json")
+            except ObjectNotFound:
                 raise VaultError(
                     f"vault {store.describe()} holds backups but its config.json (the vault identity) is missing; "
                     "restore config.json from a replica or a backup of the vault, or if no copy exists run "
                     "'genesis-dr repair-vault --new-identity' (see docs/FORMAT.md, config.json)"
                 ) from None
+        if raw is None:
             if not create:
                 raise VaultMissingError(
                     f"no vault at {store.describe()}; run a backup first, or check the stack's vault settings"
-                ) from None
+                )
             cls._write_config(store)
             raw = store.get("config.json")
         try:
