@@ -20,6 +20,7 @@ from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import BackupResult, compare_checks
 from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream, plan_data_groups
+from core.engines.postgres_roles import GLOBALS_STREAM
 from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
@@ -57,8 +58,8 @@ def seeded(pg_server: PostgresServer, tmp_path_factory):
 def test_backup_records_position_versions_and_one_stream(seeded, pg_server):
     m = seeded.manifest
     assert m.status == COMPLETED
-    # A small database: one data stream besides the schema.
-    assert sorted(s.name for s in m.streams) == [data_stream(0), SCHEMA_STREAM]
+    # A small database: one data stream besides the schema, and the roles it uses.
+    assert sorted(s.name for s in m.streams) == [data_stream(0), GLOBALS_STREAM, SCHEMA_STREAM]
     assert m.position["database"] == seeded.database
     assert m.position["lsn"].count("/") == 1
     assert m.position["server_version"].startswith("15")
@@ -364,7 +365,7 @@ def test_many_data_streams_with_awkward_table_names(pg_server, tmp_path, monkeyp
     monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAM_MIN_BYTES", "0")  # every table gets listed by name
     monkeypatch.setenv("GENESIS_DR_PG_TABLE_STREAMS", "6")
     source, vault, keyring, manifest = _seed_and_back_up(pg_server, tmp_path)
-    assert len(manifest.streams) == 1 + 6 + 2  # schema, six single tables, the rest split in two
+    assert len(manifest.streams) == 2 + 6 + 2  # schema, globals, six single tables, the rest split in two
     target = pg_server.fresh_database_name()
     restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))
     assert _snapshot(pg_server, target) == _snapshot(pg_server, source)

@@ -75,6 +75,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,11 +84,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from core.engines import postgres_checks as checks
+from core.engines import postgres_roles as roles
 from core.engines import postgres_target as target
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
+from core.engines.postgres_roles import GLOBALS_STREAM
 from core.errors import DRError, EngineError, SourceUnavailableError, redact
 from core.sources import PostgresSourceConfig
 
@@ -233,6 +237,8 @@ class PostgresEngine(Engine):
     def __init__(self, config: PostgresSourceConfig) -> None:
         super().__init__(config)
         self.last_restore: dict[str, Any] = {}
+        # Set on a staged copy (``stage``): the target database it will replace, and the tag.
+        self._staged_for: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -386,7 +392,11 @@ class PostgresEngine(Engine):
                 )
             sizes = checks.table_sizes(conn, info["in_recovery"])
             sequences_before = checks.read_sequences(conn)
-            roles = checks.referenced_roles(conn)
+            referenced = checks.referenced_roles(conn)
+            globals_ = roles.read_globals(conn, referenced, self.config.role_passwords)
+            privileges = roles.privileges(conn)
+            with sink.open_stream(GLOBALS_STREAM) as out:
+                out.write(roles.encode_globals(globals_))
             jobs = self._dump_jobs(pg_dump, info.pop("snapshot"), plan_data_groups(sizes))
             content = self._dump_while_checking(conn, jobs, info["in_recovery"], sink)
             sequences_after = checks.read_sequences(conn)
@@ -398,7 +408,7 @@ class PostgresEngine(Engine):
         finally:
             conn.close()
         content["sequences"] = checks.sequence_checks(sequences_before, sequences_after)
-        content["restore"] = {"roles": roles}
+        content["restore"] = {"roles": referenced, "privileges": privileges}
         return BackupResult(
             position=info,
             checks=content,
@@ -482,7 +492,9 @@ class PostgresEngine(Engine):
         if returncode != 0:
             raise self._tool_error("pg_dump", stderr.text(), "of")
 
-    def restore(self, source: StreamSource, result: BackupResult) -> None:
+    def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
+        """Restore into this config's database (see the module docstring); returns the notes:
+        one line per role, owner, grant or object not restored exactly as backed up."""
         pg_restore = find_tool("pg_restore")
         restore_version = tool_version(pg_restore)
         dumped_by = result.tool_versions.get("pg_dump")
@@ -491,37 +503,85 @@ class PostgresEngine(Engine):
                 f"pg_restore {restore_version} cannot read a dump made by pg_dump {dumped_by}; "
                 "install a newer PostgreSQL client or set GENESIS_DR_PG_BINDIR"
             )
+        names = source.stream_names()
         # Numbered largest first at backup time: taking them in that order balances the loads.
-        data_streams = sorted((n for n in source.stream_names() if n.startswith("data-")), key=_stream_index)
+        data_streams = sorted((n for n in names if n.startswith("data-")), key=_stream_index)
         options = result.position.get("database_options") or {}
-        has_data = self.has_data()
+        hints = result.checks.get("restore", {})
+        globals_ = roles.decode_globals(b"".join(source.iter_stream(GLOBALS_STREAM))) if GLOBALS_STREAM in names else {}
+        notes: list[str] = []
+        has_data = False if self._staged_for else self.has_data()
         with self._connect(self._maintenance_db()) as conn:
-            created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
+            created_roles: list[str] = []
+            if globals_:
+                created_roles, role_notes = roles.create_missing_roles(conn, globals_, self.config.create_roles)
+                notes += role_notes
+            if self._staged_for:
+                # A fresh sibling; a leftover of the same name can only be ours (the name carries the tag).
+                target.drop_database(conn, self.config.database)
+                props = {}
+                if target.database_exists(conn, self._staged_for[0]):
+                    props = {"owner": target.database_properties(conn, self._staged_for[0])["owner"]}
+                target.create_database(conn, self.config.database, options, props, self.describe())
+                created = True
+            else:
+                created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
         try:
+            recorded = hints.get("privileges")
+            wanted = hints.get("roles", [])
             with self._connect() as conn:
-                missing = target.unusable_roles(conn, result.checks.get("restore", {}).get("roles", []))
-            self.last_restore = {
-                "database_created": created,
-                "owners_and_privileges": "skipped" if missing else "kept",
-                "missing_roles": missing,
-                "pg_restore": restore_version,
-            }
+                unusable = set(target.unusable_roles(conn, wanted))
+                present = roles.existing_roles(conn, wanted)
+            if recorded is None:  # a backup from before privileges were recorded: all or nothing
+                owners, no_privileges = set(wanted), bool(unusable)
+            else:
+                owners = {owner for owner, _ in recorded.values()}
+                no_privileges = any(role not in present for role in wanted)
+            no_owner = bool(unusable & owners)
             argv = [pg_restore, "--exit-on-error", "--no-password", self._dbname_arg()]
-            if missing:
-                argv += ["--no-owner", "--no-privileges"]
+            if no_owner:
+                argv.append("--no-owner")  # ALTER ... OWNER TO a missing role would stop the restore
+            if no_privileges:
+                argv.append("--no-privileges")  # replayed one GRANT at a time below
             env = self._tool_env(RESTORE_SESSION_OPTIONS)
-            self._restore_one([*argv, "--section=pre-data"], env, source.iter_stream(SCHEMA_STREAM))
+            warnings = self._restore_one([*argv, "--section=pre-data"], env, source.iter_stream(SCHEMA_STREAM))
             tools = _ToolGroup()
             loads = [
-                lambda n=n: self._restore_one(argv, env, source.iter_stream(n), tools.started) for n in data_streams
+                lambda n=n: warnings.extend(self._restore_one(argv, env, source.iter_stream(n), tools.started))
+                for n in data_streams
             ]
             tools.run(loads, parallel_jobs())
-            self._restore_one([*argv, "--section=post-data"], env, source.iter_stream(SCHEMA_STREAM))
+            warnings += self._restore_one([*argv, "--section=post-data"], env, source.iter_stream(SCHEMA_STREAM))
+            if no_privileges:
+                self._replay_grants(pg_restore, env, source)
+            if recorded is not None:
+                with self._connect() as conn:
+                    actual = roles.privileges(conn)
+                    everyone = {o for o, _ in recorded.values()} | {
+                        g.rpartition(":")[0] for _, grants in recorded.values() for g in grants
+                    }
+                    notes += roles.privilege_notes(recorded, actual, roles.existing_roles(conn, sorted(everyone)))
+            elif no_owner or no_privileges:
+                notes.append(
+                    "owners and grants were not restored (roles missing on the target: "
+                    + ", ".join(sorted(unusable))
+                    + "); every object belongs to the restoring user"
+                )
+            notes += [f"pg_restore: {w}" for w in warnings]
         except BaseException:
             if created:
                 self._drop_database_quietly()
             raise
         self._make_durable()
+        self.last_restore = {
+            "database_created": created,
+            "owners_and_privileges": "kept" if not (no_owner or no_privileges) else "partly",
+            "missing_roles": sorted(unusable),
+            "created_roles": created_roles,
+            "pg_restore": restore_version,
+            "notes": list(notes),
+        }
+        return notes
 
     def _restore_one(
         self,
@@ -529,8 +589,9 @@ class PostgresEngine(Engine):
         env: dict[str, str],
         pieces: Iterator[bytes],
         started: Callable[[subprocess.Popen], None] | None = None,
-    ) -> None:
-        """Feed one stream into one pg_restore (stderr drained by a thread meanwhile)."""
+    ) -> list[str]:
+        """Feed one stream into one pg_restore (stderr drained by a thread meanwhile);
+        returns the warnings it printed."""
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         if started:
             started(proc)
@@ -550,11 +611,151 @@ class PostgresEngine(Engine):
         if returncode != 0:
             error = self._tool_error("pg_restore", stderr.text(), "into")
             if isinstance(error, EngineError):
-                error = EngineError(
-                    f"{error.message}; the target database is left partially restored - fix the cause, "
-                    "then restore again with --force"
-                )
+                error = EngineError(f"{error.message}; {self._after_failure()}")
             raise error
+        text = redact(stderr.text(), self.config.secrets())
+        return [ln.split("warning:", 1)[1].strip() for ln in text.splitlines() if "warning:" in ln]
+
+    def _after_failure(self) -> str:
+        """What a failed pg_restore left behind, for its error message."""
+        if self._staged_for:
+            return (
+                f"it ran into the staged copy {self.config.database}, which is removed: "
+                f"the target database '{self._staged_for[0]}' was not changed - fix the cause and restore again"
+            )
+        return "the target database is left partially restored - fix the cause, then restore again with --force"
+
+    def _tool_output(self, argv: list[str], env: dict[str, str], pieces: Iterator[bytes]) -> bytes:
+        """Run a pg_restore that writes to stdout (a listing, SQL), feeding it a stream."""
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        stderr = _StderrTail(proc.stderr)
+        stderr.start()
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                for piece in pieces:
+                    proc.stdin.write(piece)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            except BaseException as exc:
+                failure.append(exc)
+                proc.kill()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        out = proc.stdout.read()
+        proc.stdout.close()
+        feeder.join()
+        returncode = proc.wait()
+        if failure:
+            raise failure[0]
+        if returncode != 0:
+            raise self._tool_error("pg_restore", stderr.text(), "into")
+        return out
+
+    def _replay_grants(self, pg_restore: str, env: dict[str, str], source: StreamSource) -> None:
+        """Grants of the schema stream, one statement at a time, so a GRANT to a role the
+        target lacks loses only itself (pg_restore runs an object's grants as one unit).
+
+        Statements that fail are not raised: ``privilege_notes`` reports every grant
+        that is not as it was, whatever the reason.
+        """
+        listing = self._tool_output([pg_restore, "--list"], env, source.iter_stream(SCHEMA_STREAM)).decode()
+        entries = [ln for ln in listing.splitlines() if re.match(r"^\d+; \d+ \d+ (DEFAULT )?ACL ", ln)]
+        if not entries:
+            return
+        with tempfile.NamedTemporaryFile("w", prefix="gdr-acl-", suffix=".list") as listfile:
+            listfile.write("\n".join(entries) + "\n")
+            listfile.flush()
+            script = self._tool_output(
+                [pg_restore, "--no-owner", f"--use-list={listfile.name}", "--file=-"],
+                env,
+                source.iter_stream(SCHEMA_STREAM),
+            ).decode()
+        with self._connect() as conn:
+            for statement in _sql_statements(script):
+                try:
+                    conn.execute(statement)
+                except psycopg.OperationalError as exc:
+                    raise self._sql_error(exc, "restoring grants into", "check the server") from None
+                except psycopg.Error:
+                    continue
+
+    # ------------------------------------------------------------------ restoring beside the target
+
+    def stage(self, tag: str) -> PostgresEngine | None:
+        """An engine on ``<database>_gdr_<tag>`` on the same server (created by its ``restore``);
+        None (restore in place) if the user may not create it and rename it into place."""
+        if self._staged_for:
+            return None
+        with self._connect(self._maintenance_db()) as conn:
+            if not target.may_swap(conn, self.config.database):
+                return None
+        name = target.sibling_name(self.config.database, "staged", tag)
+        staged = PostgresEngine(self.config.model_copy(update={"database": name}))
+        staged._staged_for = (self.config.database, tag)
+        return staged
+
+    def swap_in(self, staged: Engine) -> None:
+        """Rename the verified staged database into place; the old target is renamed away,
+        then dropped. Its owner (set when the staged copy was created), comment, grants,
+        ``ALTER DATABASE/ROLE ... SET`` settings and connection limit carry over."""
+        if not isinstance(staged, PostgresEngine) or not staged._staged_for:
+            raise EngineError(f"{self.describe()}: can only swap in a staged copy of itself")
+        name, tag = staged._staged_for
+        new, old = staged.config.database, target.sibling_name(name, "old", tag)
+        try:
+            with self._connect(self._maintenance_db()) as conn:
+                existed = target.database_exists(conn, name)
+                if existed:
+                    props = target.database_properties(conn, name)
+                    for statement in target.swap_properties_sql(new, props):
+                        conn.execute(statement)
+                    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+                    target.rename_database(conn, name, old)
+                    try:
+                        target.rename_database(conn, new, name)
+                    except BaseException:
+                        target.rename_database(conn, old, name)
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                                sql.Identifier(name), sql.SQL("true" if props["allow_connections"] else "false")
+                            )
+                        )
+                        raise
+                    target.drop_database(conn, old)
+                else:
+                    target.rename_database(conn, new, name)
+        except psycopg.Error as exc:
+            raise self._sql_error(
+                exc,
+                "swapping the restored copy into",
+                f"the verified copy is {new}; connect as the database owner or a superuser and restore again",
+            ) from None
+        self.last_restore = dict(staged.last_restore, database_created=not existed, staged_as=new)
+
+    def discard(self) -> None:
+        """Drop this staged database; finish or undo a swap a killed restore left halfway."""
+        if not self._staged_for:
+            raise EngineError(f"{self.describe()} is not a staged copy; refusing to drop it")
+        name, tag = self._staged_for
+        old = target.sibling_name(name, "old", tag)
+        try:
+            with self._connect(self._maintenance_db()) as conn:
+                target.drop_database(conn, self.config.database)
+                if target.database_exists(conn, old):
+                    if target.database_exists(conn, name):
+                        target.drop_database(conn, old)  # the swap was done; only the clean-up was not
+                    else:
+                        target.rename_database(conn, old, name)  # killed between the two renames
+                        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise self._sql_error(exc, "removing the staged copy", "drop it by hand (DROP DATABASE)") from None
+
+    def target_key(self) -> str:
+        return f"postgres {self.config.host.lower()}:{self.config.port}/{self.config.database}"
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         conn = self._connect()
@@ -638,6 +839,19 @@ class _ToolGroup:
             thread.join()
         if self._errors:
             raise self._errors[0]  # the cause; the others were stopped because of it
+
+
+def _sql_statements(script: str) -> Iterator[str]:
+    """The statements of a pg_restore SQL script of grants: one per line (pg_dump writes each
+    GRANT/REVOKE/SET on its own line), comments and blank lines left out."""
+    pending: list[str] = []
+    for line in script.splitlines():
+        if not pending and (not line.strip() or line.startswith("--")):
+            continue
+        pending.append(line)
+        if line.rstrip().endswith(";"):
+            yield "\n".join(pending)
+            pending = []
 
 
 def _stream_index(name: str) -> int:

@@ -8,6 +8,7 @@ and ``ALTER DATABASE/ROLE ... IN DATABASE ... SET`` settings.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -48,9 +49,9 @@ def holds_data(conn: psycopg.Connection) -> bool:
 
 def database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any]:
     """What a forced restore keeps of the database it replaces."""
-    owner, limit, has_acl, comment = conn.execute(
+    owner, limit, has_acl, comment, allow = conn.execute(
         "SELECT pg_get_userbyid(d.datdba), d.datconnlimit, d.datacl IS NOT NULL, "
-        "shobj_description(d.oid, 'pg_database') FROM pg_database d WHERE d.datname = %s",
+        "shobj_description(d.oid, 'pg_database'), d.datallowconn FROM pg_database d WHERE d.datname = %s",
         (name,),
     ).fetchone()
     grants = conn.execute(
@@ -70,6 +71,7 @@ def database_properties(conn: psycopg.Connection, name: str) -> dict[str, Any]:
         "grants": grants,
         "settings": settings,
         "comment": comment,
+        "allow_connections": allow,
     }
 
 
@@ -97,12 +99,17 @@ def restore_properties_sql(name: str, props: dict[str, Any]) -> list[sql.Compose
             else sql.SQL("ALTER ROLE {} IN DATABASE {}").format(sql.Identifier(role), db)
         )
         for item in config or []:
-            key, _, value = item.partition("=")
-            # List settings are stored already quoted as SQL; others are one literal.
-            listed = key.lower() in _LIST_SETTINGS and value != '""'
-            rendered = sql.SQL(value) if listed else sql.Literal("" if value == '""' else value)
-            out.append(sql.SQL("{} SET {} = {}").format(target, sql.Identifier(key), rendered))
+            out.append(setting_sql(target, item))
     return out
+
+
+def setting_sql(target: sql.Composable, item: str) -> sql.Composed:
+    """``<target> SET key = value`` for one stored ``key=value`` of setdatabase/rolconfig."""
+    key, _, value = item.partition("=")
+    # List settings are stored already quoted as SQL; others are one literal.
+    listed = key.lower() in _LIST_SETTINGS and value != '""'
+    rendered = sql.SQL(value) if listed else sql.Literal("" if value == '""' else value)
+    return sql.SQL("{} SET {} = {}").format(target, sql.Identifier(key), rendered)
 
 
 def create_database_sql(
@@ -150,6 +157,16 @@ def prepare_database(conn: psycopg.Connection, name: str, options: dict[str, Any
                 f"cannot clear {where} for the forced restore: {_last_line(str(exc))}; "
                 "connect as the database owner or a superuser"
             ) from None
+    create_database(conn, name, options, props, where)
+    for statement in restore_properties_sql(name, props) if props else []:
+        conn.execute(statement)
+    return not exists
+
+
+def create_database(
+    conn: psycopg.Connection, name: str, options: dict[str, Any], props: dict[str, Any], where: str
+) -> None:
+    """CREATE DATABASE ``name`` (see ``create_database_sql``); failures name the remedy."""
     try:
         conn.execute(create_database_sql(conn, name, options, props))
     except psycopg.Error as exc:
@@ -160,9 +177,61 @@ def prepare_database(conn: psycopg.Connection, name: str, options: dict[str, Any
             else "connect as a user with CREATEDB, or create the empty database yourself"
         )
         raise EngineError(f"cannot create the database of {where}: {text}; {remedy}") from None
-    for statement in restore_properties_sql(name, props) if props else []:
-        conn.execute(statement)
-    return not exists
+
+
+def sibling_name(database: str, kind: str, tag: str) -> str:
+    """``<database>_gdr[_old]_<tag>``, the database name cut (on a character boundary) so the
+    whole name fits PostgreSQL's 63-byte limit (a longer name would be truncated silently)."""
+    suffix = f"_gdr_{tag}" if kind == "staged" else f"_gdr_{kind}_{tag}"
+    room = 63 - len(suffix.encode())
+    prefix = database.encode()[:room].decode("utf-8", "ignore")
+    return prefix + suffix
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def may_swap(conn: psycopg.Connection, name: str) -> bool:
+    """True if the current user may create a sibling of database ``name`` and rename it into
+    place: a superuser, or CREATEDB and (``name`` missing, or owned by a role we are a member of)."""
+    row = conn.execute(
+        "SELECT r.rolsuper, r.rolcreatedb, (SELECT pg_has_role(current_user, d.datdba, 'MEMBER') "
+        "FROM pg_database d WHERE d.datname = %s) FROM pg_roles r WHERE r.rolname = current_user",
+        (name,),
+    ).fetchone()
+    superuser, createdb, owns = row
+    return bool(superuser or (createdb and owns is not False))
+
+
+def swap_properties_sql(name: str, props: dict[str, Any]) -> list[sql.Composed]:
+    """What a swapped-in database takes over from the one it replaces (beyond its owner,
+    set at CREATE DATABASE): comment, grants, settings, connection limit, allowing connections."""
+    db = sql.Identifier(name)
+    out = restore_properties_sql(name, props)
+    if props.get("connection_limit", -1) != -1:
+        out.append(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(props["connection_limit"])))
+    if props.get("allow_connections") is False:
+        out.append(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(db))
+    return out
+
+
+def rename_database(conn: psycopg.Connection, old: str, new: str, attempts: int = 20) -> None:
+    """ALTER DATABASE ... RENAME, disconnecting its sessions first (retried: a client may
+    reconnect between the two)."""
+    statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    for attempt in range(attempts):
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (old,),
+        )
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:
