@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from core.crypto.keys import Keyring
 from core.engines import engine_for
-from core.engines.base import compare_checks
+from core.engines.base import BackupResult, compare_checks
 from core.engines.mysql import MySQLEngine
 from core.engines.mysql_dump import MAX_LINE_HEAD, DumpInspector, DumpRewriter
-from core.errors import IntegrityError, SourceUnavailableError, TargetNotEmptyError
-from core.operations import backup_source, restore_backup
+from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError
+from core.operations import backup_source, count_checks, restore_backup, verify_target
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
@@ -30,6 +31,15 @@ from tests.servers import child_argvs, free_port
 
 def _vault(path: Path) -> Vault:
     return Vault.open(LocalStore(path), create=True)
+
+
+def _restore_with_engine(vault, keyring, backup_id, engine):
+    """engine.restore as the orchestration calls it; returns (notes, recorded checks)."""
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        return engine.restore(reader, reader.result), reader.result.checks
+    finally:
+        reader.close()
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +309,18 @@ def test_missing_definers_become_the_restoring_user(mysql_server, tmp_path, keyr
         cur.execute("DROP USER 'app_owner'@'%'")  # as on a fresh DR server without that account
 
     target_db = mysql_server.fresh_database_name("owned_copy")
-    restore_backup(vault, keyring, manifest.id, MySQLEngine(mysql_server.config("owned", target_db)))
+    notes, checks = _restore_with_engine(
+        vault, keyring, manifest.id, MySQLEngine(mysql_server.config("owned", target_db))
+    )
+    verify_target(MySQLEngine(mysql_server.config("owned", target_db)), checks, manifest.id)
+    me = "'dr'@'127.0.0.1'"
+    assert notes[:2] == [
+        f"procedure p: definer app_owner@% does not exist on the target; it now runs as {me}",
+        f"view v: definer app_owner@% does not exist on the target; it now runs as {me}",
+    ]
+    assert len(notes) == 3 and notes[2].endswith(
+        "to 'app_owner'@'%' not restored: the account does not exist on the target"
+    )
 
     with mysql_server.connect(target_db) as conn:
         assert definers(conn) == {"view v": "dr@127.0.0.1", "routine p": "dr@127.0.0.1", "routine f": "dr@127.0.0.1"}
@@ -377,3 +398,190 @@ def test_dump_inspector_and_rewriter_ignore_piece_boundaries(piece):
     )
     assert b"(1,'CREATE DEFINER=`ghost`@`%` PROCEDURE x')" in out  # data is never edited
     assert rewriter.rewritten == {"ghost@%", "gho`st@localhost"}
+
+
+# --- fidelity: what the checks cover, what a restore reports --------------------
+
+
+def test_seeded_round_trip_is_exact_and_says_so(mysql_server, seeded, keyring):
+    target_db = mysql_server.fresh_database_name("exact")
+    engine = MySQLEngine(mysql_server.config("app-db", target_db))
+    notes, checks = _restore_with_engine(seeded["vault"], keyring, seeded["manifest"].id, engine)
+    assert notes == []
+    assert checks["algorithm"] == "mysql-checks/2"
+    assert verify_target(engine, checks, seeded["manifest"].id) == count_checks(checks)
+    with mysql_server.connect(target_db) as conn:
+        snap = snapshot_mysql(conn)
+    assert snap == seeded["snapshot"]
+    assert snap["definers"]["view big_orders"] == "reporting@%"  # existing definers are kept
+
+
+@pytest.mark.parametrize(
+    ("change", "caught"),
+    [
+        ("DROP TRIGGER line_items_audit_2", "triggers.line_items_audit_2: missing"),
+        (
+            "CREATE OR REPLACE DEFINER=`reporting`@`%` VIEW big_orders AS SELECT id, total FROM orders WHERE total > 99",
+            "views.big_orders",
+        ),
+        ("ALTER EVENT rotate_hits ON SCHEDULE EVERY 7 HOUR", "events.rotate_hits.schedule"),
+        ("ALTER EVENT rotate_hits ENABLE", "events.rotate_hits.status"),
+        ("ALTER PROCEDURE order_stats COMMENT 'changed'", "routines.PROCEDURE order_stats"),
+        ("DROP FUNCTION customer_name", "routines.FUNCTION customer_name: missing"),
+        ("ALTER TABLE page_hits ENGINE=InnoDB", "tables.page_hits.engine"),
+        (
+            "ALTER TABLE line_items MODIFY label VARCHAR(64) AS (CONCAT(order_id, '-', line)) VIRTUAL",
+            "tables.line_items.definition",
+        ),
+        ("ALTER TABLE line_items DROP CONSTRAINT qty_positive", "tables.line_items.definition"),
+        ("ALTER TABLE line_items DROP FOREIGN KEY fk_line_order", "tables.line_items.definition"),
+        ("ALTER TABLE measurements REMOVE PARTITIONING", "tables.measurements.definition"),
+        ("SELECT SETVAL(invoice_numbers, 5000)", "sequences.invoice_numbers"),
+        ("UPDATE blobs SET data = CONCAT(data, 'x') WHERE id = 1", "tables.blobs.checksum"),
+    ],
+    ids=lambda v: "-".join(v.split()[:3]),
+)
+def test_checks_catch_every_kind_of_lost_or_changed_object(mysql_server, seeded, keyring, change, caught):
+    target_db = mysql_server.fresh_database_name("changed")
+    engine = MySQLEngine(mysql_server.config("app-db", target_db))
+    _, checks = _restore_with_engine(seeded["vault"], keyring, seeded["manifest"].id, engine)
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute(change)
+    diffs = compare_checks(checks, engine.collect_checks(checks))
+    assert any(d.startswith(caught) for d in diffs), diffs
+
+
+def test_restore_into_another_server_verifies_and_notes_what_it_could_not_keep(
+    mysql_server, mysql_server_without_binlog, seeded, keyring
+):
+    other = mysql_server_without_binlog
+    with other.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP USER IF EXISTS 'reporting'@'%'")  # a DR server without the application's accounts
+        cur.execute("CREATE DATABASE shift_ids")  # the target's internal ids differ from the source's
+        cur.execute("CREATE TABLE shift_ids.t (id INT PRIMARY KEY, v TEXT) ENGINE=MyISAM")
+        cur.execute("DROP DATABASE shift_ids")
+    target_db = other.fresh_database_name("elsewhere")
+    engine = MySQLEngine(other.config("app-db", target_db))
+
+    notes, checks = _restore_with_engine(seeded["vault"], keyring, seeded["manifest"].id, engine)
+
+    verify_target(engine, checks, seeded["manifest"].id)  # every check holds on another server
+    me = "'dr'@'127.0.0.1'"
+    assert notes[:4] == [
+        f"event rotate_hits: definer reporting@% does not exist on the target; it now runs as {me}",
+        f"procedure order_stats: definer reporting@% does not exist on the target; it now runs as {me}",
+        f"trigger line_items_audit_2: definer reporting@% does not exist on the target; it now runs as {me}",
+        f"view big_orders: definer reporting@% does not exist on the target; it now runs as {me}",
+    ]
+    assert len(notes) == 5
+    assert re.fullmatch(
+        rf"grant of ALTER ROUTINE, ALTER, .*SELECT.* on `{target_db}`\.\* to 'reporting'@'%' not restored: "
+        "the account does not exist on the target",
+        notes[4],
+    )
+    with other.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM big_orders")  # usable: runs as the restoring account
+        assert cur.fetchone()[0] > 0
+
+
+def test_enabled_events_on_a_target_whose_scheduler_is_off_are_noted(mysql_server, tmp_path, keyring):
+    database = mysql_server.create_database("sched")
+    with mysql_server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+        cur.execute("CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY STARTS '2031-01-01' DO DELETE FROM t")
+        cur.execute("CREATE EVENT parked ON SCHEDULE EVERY 1 DAY STARTS '2031-01-01' DISABLE DO DELETE FROM t")
+        cur.execute("SET GLOBAL event_scheduler = ON")
+    try:
+        vault = _vault(tmp_path / "v")
+        manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("sched", database)))
+    finally:
+        with mysql_server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL event_scheduler = OFF")
+    assert manifest.position["event_scheduler"] == "ON"
+
+    engine = MySQLEngine(mysql_server.config("sched", mysql_server.fresh_database_name("sched_copy")))
+    notes, _ = _restore_with_engine(vault, keyring, manifest.id, engine)
+
+    assert notes == ["event nightly: event_scheduler is OFF on the target (ON on the source), so it will not run"]
+
+
+def test_checks_recorded_by_older_versions_are_still_computed(mysql_server, seeded, keyring):
+    from core.engines import mysql_checks
+
+    with mysql_server.connect(seeded["database"]) as conn, conn.cursor() as cur:
+        inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/1")
+        counters = mysql_checks.live_auto_increments(cur, seeded["database"], "mariadb")
+        v1 = mysql_checks.build_checks(cur, seeded["database"], inventory, counters, default_auto_increment=None)
+    assert v1["algorithm"] == "mysql-checks/1" and isinstance(v1["views"], list)
+    source = MySQLEngine(mysql_server.config("app-db", seeded["database"]))
+    assert compare_checks(v1, source.collect_checks(v1)) == []
+
+
+# --- failures during a restore in place ------------------------------------------
+
+
+def test_corrupt_chunk_kills_the_client_and_says_the_target_was_changed(
+    mysql_server, seeded, tmp_path, keyring, monkeypatch
+):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", "4096")
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
+    chunks = sorted((tmp_path / "v" / "backups" / manifest.id / "streams" / "dump.sql").iterdir())
+    victim = chunks[len(chunks) // 2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    target_db = mysql_server.create_database("was_here")
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE old (id INT PRIMARY KEY)")
+    engine = MySQLEngine(mysql_server.config("app-db", target_db))
+
+    started = time.monotonic()
+    with pytest.raises(IntegrityError) as err:
+        _restore_with_engine(vault, keyring, manifest.id, engine)
+
+    assert time.monotonic() - started < 30
+    message = str(err.value)
+    assert "\n" not in message and manifest.id in message
+    assert f"{engine.describe()} was left partially restored" in message
+    assert child_argvs("mariadb") == []  # the client was killed, not left applying the rest
+
+
+class _Script:
+    """A StreamSource holding a hand-written dump."""
+
+    def __init__(self, sql: bytes) -> None:
+        self.sql = sql
+
+    def stream_names(self):
+        return ["dump.sql"]
+
+    def iter_stream(self, name):
+        yield self.sql
+
+
+def test_client_failure_mid_dump_says_the_target_was_left_partially_restored(mysql_server):
+    engine = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("half")))
+    script = _Script(b"CREATE TABLE first (id INT PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);\n")
+    with pytest.raises(EngineError) as err:
+        engine.restore(script, BackupResult(position={}, checks={}))
+    message = str(err.value)
+    assert "\n" not in message and "nowhere" in message
+    assert message.endswith(f"the target database {engine.describe()} was left partially restored")
+
+
+def test_restore_blocked_by_a_lock_fails_instead_of_hanging(mysql_server, monkeypatch):
+    from core.engines import mysql as mysql_module
+
+    monkeypatch.setattr(mysql_module, "LOCK_WAIT_TIMEOUT", 2)
+    target_db = mysql_server.create_database("locked")
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE busy (id INT PRIMARY KEY)")
+        cur.execute("START TRANSACTION")
+        cur.execute("SELECT * FROM busy")  # holds a metadata lock: DROP DATABASE must wait for it
+        engine = MySQLEngine(mysql_server.config("app-db", target_db))
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="Lock wait timeout"):
+            engine.restore(_Script(b"SELECT 1;\n"), BackupResult(position={}, checks={}))
+        assert time.monotonic() - started < 20
+        cur.execute("ROLLBACK")

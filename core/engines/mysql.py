@@ -436,7 +436,7 @@ class MySQLEngine(Engine):
             self._run_client(client, source, rewriter)
             notes = [
                 f"{kind} {name}: definer {definer} does not exist on the target; it now runs as {me}"
-                for kind, name, definer in rewriter.objects
+                for kind, name, definer in sorted(rewriter.objects)
             ]
             if mysql_grants.STREAM in source.stream_names():
                 data = b"".join(source.iter_stream(mysql_grants.STREAM))
@@ -564,7 +564,7 @@ class MySQLEngine(Engine):
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         algorithm = reference.get("algorithm", mysql_checks.ALGORITHM)
-        if algorithm != mysql_checks.ALGORITHM:
+        if algorithm not in mysql_checks.ALGORITHMS:
             raise EngineError(
                 f"{self.describe()}: the backup's checks use {algorithm!r}, which this version cannot compute; "
                 "verify with the genesis-dr version that took the backup"
@@ -573,7 +573,7 @@ class MySQLEngine(Engine):
         with self._session(db, "computing checks") as (_, cur):
             info = self._server_info(cur)
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            inventory = mysql_checks.inventory(cur, db)
+            inventory = mysql_checks.inventory(cur, db, algorithm)
             counters = mysql_checks.live_auto_increments(cur, db, info.flavor)
             checks = mysql_checks.build_checks(cur, db, inventory, counters, default_auto_increment=None)
             cur.execute("COMMIT")

@@ -8,25 +8,50 @@ XOR, does not let two identical rows cancel out; hashing per column keeps the
 row string small, so a 100 MB BLOB never hits ``max_allowed_packet`` (where
 ``CONCAT`` would quietly return NULL and drop the row from the checksum).
 
-Schema inventory: tables, views, sequences, routines, triggers and events by
-name, with a digest of each routine/trigger/event body (stored verbatim by the
-server, so equal after a faithful restore). View definitions and DEFINERs are
-left out on purpose: the server re-renders views (with the database name in
-them) and a restore may change a definer that does not exist on the target.
+Schema (``mysql-checks/2``): per table its engine and a digest of its
+definition (columns with types, defaults and generation expressions, indexes,
+foreign keys, CHECK constraints, partitions, collation, comment); per view a
+digest of its definition, check option and security; per routine its body,
+parameters and characteristics; per trigger its table, timing, event, order
+and body; per event its body, schedule and status; per sequence its state.
+Everything is read from information_schema with the database's own name taken
+out, so the checks are the same after a restore under another name or into
+another server. Left out on purpose: DEFINERs (a restore may have to replace
+one that does not exist on the target; that is a restore note, not a
+mismatch), creation/alteration times, and anything the server derives rather
+than stores (row format defaults, statistics).
+
+``mysql-checks/1`` (older backups) had names and bodies only; it is still
+computed when a backup recorded it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from core.engines.mysql_dump import quote_name
 
-ALGORITHM = "mysql-checks/1"
+ALGORITHM = "mysql-checks/2"
+ALGORITHMS = ("mysql-checks/1", ALGORITHM)
 
 
 def _digest(text: str | None) -> str:
     return hashlib.sha256((text or "").encode()).hexdigest()[:16]
+
+
+def _digest_rows(rows) -> str:
+    """Digest of a list of rows (already in a stable order), values as their text."""
+    return hashlib.sha256(json.dumps([[_text(v) for v in row] for row in rows]).encode()).hexdigest()[:16]
+
+
+def _text(value: Any) -> Any:
+    if value is None or isinstance(value, int | str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def _rows(cur, sql: str, args: tuple = ()) -> list[tuple]:
@@ -34,8 +59,14 @@ def _rows(cur, sql: str, args: tuple = ()) -> list[tuple]:
     return list(cur.fetchall())
 
 
-def inventory(cur, database: str) -> dict[str, Any]:
+def _strip_db(text: str | None, database: str) -> str | None:
+    """``text`` without qualifications by the database's own name (views are stored with them)."""
+    return None if text is None else text.replace(quote_name(database) + ".", "")
+
+
+def inventory(cur, database: str, algorithm: str = ALGORITHM) -> dict[str, Any]:
     """Schema objects of ``database`` and, per base table, its columns and whether it has AUTO_INCREMENT."""
+    v2 = algorithm != "mysql-checks/1"
     schema = _rows(
         cur,
         "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
@@ -63,39 +94,189 @@ def inventory(cur, database: str) -> dict[str, Any]:
             tables[table]["columns"].append(column)
             if "auto_increment" in (extra or "").lower():
                 tables[table]["auto_increment"] = True
-    routines = {
-        f"{kind} {name}": _digest(body)
-        for name, kind, body in _rows(
-            cur,
-            "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
-            (database,),
-        )
-    }
-    triggers = {
-        name: {"table": table, "timing": timing, "event": event, "body": _digest(body)}
-        for name, table, timing, event, body in _rows(
-            cur,
-            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_STATEMENT "
-            "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s",
-            (database,),
-        )
-    }
-    events = {
-        name: {"status": status, "body": _digest(body)}
-        for name, status, body in _rows(
-            cur,
-            "SELECT EVENT_NAME, STATUS, EVENT_DEFINITION FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
-            (database,),
-        )
-    }
+    if not v2:
+        routines = {
+            f"{kind} {name}": _digest(body)
+            for name, kind, body in _rows(
+                cur,
+                "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+                (database,),
+            )
+        }
+        triggers = {
+            name: {"table": table, "timing": timing, "event": event, "body": _digest(body)}
+            for name, table, timing, event, body in _rows(
+                cur,
+                "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_STATEMENT "
+                "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s",
+                (database,),
+            )
+        }
+        events = {
+            name: {"status": status, "body": _digest(body)}
+            for name, status, body in _rows(
+                cur,
+                "SELECT EVENT_NAME, STATUS, EVENT_DEFINITION FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
+                (database,),
+            )
+        }
+        return {
+            "database": {"charset": charset, "collation": collation},
+            "tables": tables,
+            "views": sorted(views),
+            "sequences": sorted(sequences),
+            "routines": routines,
+            "triggers": triggers,
+            "events": events,
+        }
+    _table_definitions(cur, database, tables)
     return {
         "database": {"charset": charset, "collation": collation},
         "tables": tables,
-        "views": sorted(views),
-        "sequences": sorted(sequences),
-        "routines": routines,
-        "triggers": triggers,
-        "events": events,
+        "views": _views(cur, database),
+        "sequences": {
+            name: _digest_rows(_rows(cur, f"SELECT * FROM {quote_name(database)}.{quote_name(name)}"))
+            for name in sorted(sequences)
+        },
+        "routines": _routines(cur, database),
+        "triggers": {
+            name: {"table": table, "timing": timing, "event": event, "order": int(order), "body": _digest_rows([rest])}
+            for name, table, timing, event, order, *rest in _rows(
+                cur,
+                "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER, "
+                "ACTION_STATEMENT, SQL_MODE, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION "
+                "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s",
+                (database,),
+            )
+        },
+        "events": {
+            name: {"status": status, "body": _digest(body), "schedule": _digest_rows([rest])}
+            for name, status, body, *rest in _rows(
+                cur,
+                "SELECT EVENT_NAME, STATUS, EVENT_DEFINITION, EVENT_TYPE, EXECUTE_AT, INTERVAL_VALUE, INTERVAL_FIELD, "
+                "STARTS, ENDS, ON_COMPLETION, SQL_MODE, TIME_ZONE, EVENT_COMMENT "
+                "FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
+                (database,),
+            )
+        },
+    }
+
+
+def _grouped(rows: list[tuple]) -> dict[str, list[tuple]]:
+    """Rows keyed by their first column (a table or routine name), order kept."""
+    out: dict[str, list[tuple]] = {}
+    for row in rows:
+        out.setdefault(row[0], []).append(row[1:])
+    return out
+
+
+def _table_definitions(cur, database: str, tables: dict[str, dict[str, Any]]) -> None:
+    """Add ``engine`` and ``definition`` (a digest of everything SHOW CREATE TABLE says) to each table."""
+    meta = _grouped(
+        _rows(
+            cur,
+            "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION, TABLE_COMMENT FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s",
+            (database,),
+        )
+    )
+    parts = [
+        _grouped(
+            _rows(
+                cur,
+                "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, GENERATION_EXPRESSION, "
+                "CHARACTER_SET_NAME, COLLATION_NAME, COLUMN_COMMENT FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, ORDINAL_POSITION",
+                (database,),
+            )
+        ),
+        _grouped(
+            _rows(
+                cur,
+                "SELECT TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE, SUB_PART, INDEX_TYPE, INDEX_COMMENT "
+                "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+                (database,),
+            )
+        ),
+        _grouped(
+            [
+                (table, name, update, delete, ref_table, column, position, None if ref_db == database else ref_db, ref)
+                for table, name, update, delete, ref_table, column, position, ref_db, ref in _rows(
+                    cur,
+                    "SELECT rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, rc.DELETE_RULE, rc.REFERENCED_TABLE_NAME, "
+                    "k.COLUMN_NAME, k.ORDINAL_POSITION, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_COLUMN_NAME "
+                    "FROM information_schema.REFERENTIAL_CONSTRAINTS rc JOIN information_schema.KEY_COLUMN_USAGE k "
+                    "ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME "
+                    "AND k.TABLE_NAME = rc.TABLE_NAME WHERE rc.CONSTRAINT_SCHEMA = %s "
+                    "ORDER BY rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                    (database,),
+                )
+            ]
+        ),
+        _grouped(
+            _rows(
+                cur,
+                "SELECT tc.TABLE_NAME, cc.CONSTRAINT_NAME, cc.CHECK_CLAUSE FROM information_schema.TABLE_CONSTRAINTS tc "
+                "JOIN information_schema.CHECK_CONSTRAINTS cc ON cc.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA "
+                "AND cc.CONSTRAINT_NAME = tc.CONSTRAINT_NAME "
+                "WHERE tc.CONSTRAINT_SCHEMA = %s AND tc.CONSTRAINT_TYPE = 'CHECK' "
+                "ORDER BY tc.TABLE_NAME, cc.CONSTRAINT_NAME",
+                (database,),
+            )
+        ),
+        _grouped(
+            _rows(
+                cur,
+                "SELECT TABLE_NAME, PARTITION_NAME, SUBPARTITION_NAME, PARTITION_METHOD, SUBPARTITION_METHOD, "
+                "PARTITION_EXPRESSION, SUBPARTITION_EXPRESSION, PARTITION_DESCRIPTION FROM information_schema.PARTITIONS "
+                "WHERE TABLE_SCHEMA = %s AND PARTITION_NAME IS NOT NULL "
+                "ORDER BY TABLE_NAME, PARTITION_ORDINAL_POSITION, SUBPARTITION_ORDINAL_POSITION",
+                (database,),
+            )
+        ),
+    ]
+    for name, info in tables.items():
+        engine, collation, comment = meta.get(name, [(None, None, None)])[0]
+        info["engine"] = engine
+        info["definition"] = _digest_rows(
+            [[collation, comment], *[[_digest_rows(part.get(name, []))] for part in parts]]
+        )
+
+
+def _views(cur, database: str) -> dict[str, str]:
+    return {
+        name: _digest_rows([[_strip_db(definition, database), check, security]])
+        for name, definition, check, security in _rows(
+            cur,
+            "SELECT TABLE_NAME, VIEW_DEFINITION, CHECK_OPTION, SECURITY_TYPE FROM information_schema.VIEWS "
+            "WHERE TABLE_SCHEMA = %s",
+            (database,),
+        )
+    }
+
+
+def _routines(cur, database: str) -> dict[str, str]:
+    params = _grouped(
+        [
+            (f"{kind} {name}", mode, pname, dtd)
+            for name, kind, mode, pname, dtd in _rows(
+                cur,
+                "SELECT SPECIFIC_NAME, ROUTINE_TYPE, PARAMETER_MODE, PARAMETER_NAME, DTD_IDENTIFIER "
+                "FROM information_schema.PARAMETERS WHERE SPECIFIC_SCHEMA = %s "
+                "ORDER BY SPECIFIC_NAME, ROUTINE_TYPE, ORDINAL_POSITION",
+                (database,),
+            )
+        ]
+    )
+    return {
+        f"{kind} {name}": _digest_rows([rest, *params.get(f"{kind} {name}", [])])
+        for name, kind, *rest in _rows(
+            cur,
+            "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION, DTD_IDENTIFIER, IS_DETERMINISTIC, SQL_DATA_ACCESS, "
+            "SECURITY_TYPE, SQL_MODE, ROUTINE_COMMENT, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION "
+            "FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+            (database,),
+        )
     }
 
 
@@ -142,9 +323,11 @@ def build_checks(
         entry: dict[str, Any] = {"rows": rows, "checksum": checksum}
         if info["auto_increment"]:
             entry["auto_increment"] = auto_increment.get(name, default_auto_increment)
+        if "definition" in info:
+            entry.update(engine=info["engine"], definition=info["definition"])
         tables[name] = entry
     return {
-        "algorithm": ALGORITHM,
+        "algorithm": ALGORITHM if isinstance(inv["views"], dict) else "mysql-checks/1",
         "database": inv["database"],
         "tables": tables,
         "views": inv["views"],

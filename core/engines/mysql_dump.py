@@ -198,8 +198,9 @@ class InspectingReader:
 #   /*!50013 DEFINER=`u`@`h` SQL SECURITY DEFINER */             (views)
 _DEFINER = (
     rb"(?P<lead>CREATE |/\*!\d{5} CREATE\*/ /\*!\d{5} |/\*!50013 )DEFINER=`(?P<user>(?:[^`]|``)*)`(?:@`(?P<host>(?:[^`]|``)*)`)?"
-    # The object the clause belongs to, further along the same line (not for views).
-    rb"(?:(?=[^\n]*?\b(?i:(?P<kind>PROCEDURE|FUNCTION|PACKAGE BODY|PACKAGE|TRIGGER|EVENT))\s+`(?P<name>(?:[^`]|``)+)`)|)"
+    # The object the clause belongs to, further along the same line (not for views); a
+    # trigger keeps its CREATE statement as written, so its name may be unquoted.
+    rb"(?:(?=[^\n]*?\b(?i:(?P<kind>PROCEDURE|FUNCTION|PACKAGE BODY|PACKAGE|TRIGGER|EVENT))\s+(?:`(?P<name>(?:[^`]|``)+)`|(?P<bare>[^\s(`;]+)))|)"
 )
 # A view's name is on the line after its DEFINER clause.
 _VIEW = rb"/\*!50001 VIEW `(?P<view>(?:[^`]|``)+)`"
@@ -245,7 +246,8 @@ class DumpRewriter:
         account = f"{user}@{host}" if host is not None else str(user)
         self.rewritten.add(account)
         if m.group("kind") is not None:
-            self.objects.append((m.group("kind").decode().lower(), str(_unquote(m.group("name"))), account))
+            name = _unquote(m.group("name")) or m.group("bare").decode("utf-8", "replace")
+            self.objects.append((m.group("kind").decode().lower(), name, account))
         elif m.group("lead").startswith(b"/*!50013"):
             self._pending_view = account
         else:

@@ -93,39 +93,29 @@ def encode(grants: dict[str, Any]) -> bytes:
     return json.dumps(grants, sort_keys=True).encode()
 
 
-def _describe(g: dict[str, Any], database: str) -> str:
-    db = quote_name(database)
-    on = {
-        "database": f"{db}.*",
-        "table": f"{db}.{quote_name(g.get('table', ''))}",
-        "column": f"{db}.{quote_name(g.get('table', ''))} ({quote_name(g.get('column', ''))})",
-        "routine": f"{g.get('kind', 'PROCEDURE')} {db}.{quote_name(g.get('routine', ''))}",
-    }.get(g.get("level", ""), "?")
-    return f"grant {g.get('privilege')} on {on} to '{g.get('user')}'@'{g.get('host')}'"
-
-
-def _statement(g: dict[str, Any], database: str, account: str) -> str | None:
-    privilege = str(g.get("privilege", ""))
-    if not _PRIVILEGE.fullmatch(privilege):
-        return None
+def _object(g: dict[str, Any], database: str) -> str | None:
+    """The ON clause of a grant, for ``database``; None if not understood."""
     db = quote_name(database)
     level = g.get("level")
     if level == "database":
-        on = f"{db}.*"
-    elif level == "table":
-        on = f"{db}.{quote_name(g['table'])}"
-    elif level == "column":
-        privilege = f"{privilege} ({quote_name(g['column'])})"
-        on = f"{db}.{quote_name(g['table'])}"
-    elif level == "routine" and g.get("kind") in ("PROCEDURE", "FUNCTION", "PACKAGE", "PACKAGE BODY"):
-        on = f"{g['kind']} {db}.{quote_name(g['routine'])}"
-    else:
+        return f"{db}.*"
+    if level in ("table", "column"):
+        return f"{db}.{quote_name(str(g.get('table')))}"
+    if level == "routine" and g.get("kind") in ("PROCEDURE", "FUNCTION", "PACKAGE", "PACKAGE BODY"):
+        return f"{g['kind']} {db}.{quote_name(str(g.get('routine')))}"
+    return None
+
+
+def _privilege(g: dict[str, Any]) -> str | None:
+    privilege = str(g.get("privilege", ""))
+    if not _PRIVILEGE.fullmatch(privilege):
         return None
-    return f"GRANT {privilege} ON {on} TO {account}{' WITH GRANT OPTION' if g.get('grantable') else ''}"
+    return f"{privilege} ({quote_name(str(g.get('column')))})" if g.get("level") == "column" else privilege
 
 
 def apply(cur, data: bytes, database: str, accounts: set[tuple[str, str]]) -> list[str]:
-    """Grant ``data``'s privileges on ``database`` again; returns a note per grant not restored."""
+    """Grant ``data``'s privileges on ``database`` again, one GRANT per account and object;
+    returns a note per GRANT not restored."""
     try:
         recorded = json.loads(data)
     except ValueError:
@@ -134,20 +124,25 @@ def apply(cur, data: bytes, database: str, accounts: set[tuple[str, str]]) -> li
         return [
             f"the backup's grants use format {recorded.get('format')!r}; no grants were restored (upgrade genesis-dr)"
         ]
+    groups: dict[tuple[str, str, str, bool], list[str]] = {}
     notes = []
     for g in recorded.get("grants", []):
-        user, host = str(g.get("user")), str(g.get("host"))
-        what = _describe(g, database)
+        on, privilege = _object(g, database), _privilege(g)
+        if on is None or privilege is None:
+            notes.append(f"grant {g!r} not restored: not understood by this genesis-dr version")
+            continue
+        key = (str(g.get("user")), str(g.get("host")), on, bool(g.get("grantable")))
+        groups.setdefault(key, []).append(privilege)
+    for (user, host, on, grantable), privileges in groups.items():
+        what = f"grant of {', '.join(privileges)} on {on} to '{user}'@'{host}'"
         if (user, host) not in accounts:
             notes.append(f"{what} not restored: the account does not exist on the target")
             continue
         account = f"{cur.connection.escape(user)}@{cur.connection.escape(host)}"
-        sql = _statement(g, database, account)
-        if sql is None:
-            notes.append(f"{what} not restored: not understood by this genesis-dr version")
-            continue
         try:
-            cur.execute(sql)
+            cur.execute(
+                f"GRANT {', '.join(privileges)} ON {on} TO {account}{' WITH GRANT OPTION' if grantable else ''}"
+            )
         except pymysql.err.MySQLError as exc:
             detail = exc.args[-1] if exc.args else exc
             notes.append(f"{what} not restored: {detail}")
