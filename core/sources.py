@@ -36,6 +36,16 @@ class PostgresSourceConfig(_Source):
     password: SecretStr | None = Field(None, description="Login password (secret; passed to tools via PGPASSWORD).")
     database: str = Field("postgres", description="Database to back up (or restore into).")
     sslmode: str | None = Field(None, description="libpq sslmode, e.g. 'require' or 'verify-full'.")
+    role_passwords: bool = Field(
+        False,
+        description="Back up the password hashes of the database's roles (reading them needs a superuser); "
+        "without them, roles a restore creates have no password.",
+    )
+    create_roles: bool = Field(
+        True,
+        description="As a restore target: create the backed-up roles the server lacks (existing roles are never "
+        "altered); off, objects owned by or granted to missing roles are restored without them, and reported.",
+    )
 
 
 class MySQLSourceConfig(_Source):
