@@ -132,10 +132,11 @@ class _FileReader:
             self.hashed_to += n
 
     def read(self, n: int) -> bytes:
-        if self.prefix:
-            out, self.prefix = self.prefix[:n], self.prefix[n:]
-            return out
         pieces, got = [], 0
+        if self.prefix:
+            head, self.prefix = self.prefix[:n], self.prefix[n:]
+            pieces.append(head)
+            got = len(head)
         while got < n and self.seg < len(self.segments):
             offset, length = self.segments[self.seg]
             want = min(n - got, length - self.seg_done)
