@@ -157,7 +157,9 @@ def snapshot(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple]:
     entries = [("", root)]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        entries += [(str((Path(dirpath) / n).relative_to(root)), Path(dirpath) / n) for n in dirnames + sorted(filenames)]
+        entries += [
+            (str((Path(dirpath) / n).relative_to(root)), Path(dirpath) / n) for n in dirnames + sorted(filenames)
+        ]
     for rel, path in entries:
         if rel in skip:
             continue
@@ -750,3 +752,249 @@ def test_missing_root_or_path_is_source_unavailable(vault, keyring, tmp_path):
 def test_paths_outside_root_are_config_errors(tmp_path, path):
     with pytest.raises(ConfigError):
         files_engine(tmp_path, paths=[path]).backup(None)
+
+
+# -- nothing left out silently -------------------------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextlib.contextmanager
+def without_dac_override():
+    """This thread, though root, obeys file permissions (drops CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH from its effective set, and puts them back)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    saved = data[0].effective
+    data[0].effective &= ~((1 << 1) | (1 << 2))
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        assert libc.capset(ctypes.byref(header), data) == 0
+
+
+def unarchivable_tree(src: Path) -> None:
+    write(src / "app.conf", b"kept")
+    write(src / "private/key.pem", b"unreadable", 0o000)
+    write(src / "locked/inner.txt", b"in an unreadable directory")
+    os.chmod(src / "locked", 0o000)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "app.sock"))
+
+
+@pytest.mark.parametrize(
+    ("culprit", "why"),
+    [("app.sock", "is a socket"), ("private/key.pem", "cannot be read"), ("locked", "cannot be read")],
+)
+def test_what_cannot_be_archived_fails_the_backup_with_path_and_remedy(vault, keyring, tmp_path, culprit, why):
+    src = tmp_path / "src"
+    unarchivable_tree(src)
+    others = {"app.sock", "private/key.pem", "locked"} - {culprit}
+    engine = files_engine(src, exclude=sorted(others))
+    with without_dac_override(), pytest.raises(EngineError) as info:
+        backup_source(vault, keyring, engine)
+    message = str(info.value)
+    assert f"{culprit} {why}" in message and "skip_unarchivable: true" in message and "\n" not in message
+    assert info.value.exit_code == 13
+    assert [m.status for m in vault.list_backups()] == ["FAILED"]
+
+
+def test_skipping_is_explicit_and_every_skip_is_reported(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    unarchivable_tree(src)
+    with without_dac_override():
+        manifest = backup_source(vault, keyring, files_engine(src, skip_unarchivable=True))
+    assert manifest.status == "COMPLETED"
+    assert manifest.skipped == [
+        "app.sock: is a socket, which cannot be archived",
+        "locked: cannot be read (Permission denied)",
+        "private/key.pem: cannot be read (Permission denied)",
+    ]
+    notes = restore_beside(vault, keyring, manifest.id, files_engine(dst))
+    assert notes == [f"{line} (left out of the backup, not restored)" for line in manifest.skipped]
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["app.conf", "private"]
+
+
+def test_non_utf8_names_in_messages_and_skips_are_printable(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fsencode(src) + b"/sock-\xff")
+    with pytest.raises(EngineError) as info:
+        backup_source(vault, keyring, files_engine(src))
+    assert "sock-\\xff is a socket" in str(info.value)
+    str(info.value).encode("utf-8")  # a lone surrogate would make the CLI crash printing it
+    manifest = backup_source(vault, keyring, files_engine(src, skip_unarchivable=True))
+    assert manifest.skipped == ["sock-\\xff: is a socket, which cannot be archived"]
+
+
+# -- a forced restore is a mirror ----------------------------------------------------------
+
+
+def tree_of(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): (
+            None
+            if p.is_dir() and not p.is_symlink()
+            else os.fsencode(os.readlink(p))
+            if p.is_symlink()
+            else p.read_bytes()
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def drift(dst: Path) -> None:
+    """What happens to a target after the backup: new files, changed ones, a file turned directory."""
+    write(dst / "etc/app/new.conf", b"added after the backup")
+    write(dst / "etc/app/app.ini", b"changed after the backup")
+    (dst / "etc/app/old-dir/sub").mkdir(parents=True)
+    write(dst / "etc/app/old-dir/sub/f", b"x")
+    os.symlink("/etc", dst / "etc/app/new-link")
+
+
+@pytest.mark.parametrize("how", ["beside", "in-place", "operations"])
+def test_forced_restore_is_a_mirror_of_the_backup(vault, keyring, tmp_path, how):
+    src = tmp_path / "src"
+    write(src / "etc/app/app.ini", b"[app]")
+    write(src / "etc/app/conf.d/a.conf", b"a")
+    manifest = backup_source(vault, keyring, files_engine(src))
+    backed_up = tree_of(src)
+    drift(src)
+    dst = src  # restore over the live tree, as a rollback does
+
+    if how == "beside":
+        restore_beside(vault, keyring, manifest.id, files_engine(dst))
+    elif how == "in-place":
+        restore_in_place(vault, keyring, manifest.id, files_engine(dst))
+    else:
+        report = restore_backup(vault, keyring, manifest.id, files_engine(dst), force=True)
+        assert report.rollback_backup_id is not None
+    assert tree_of(dst) == backed_up
+    assert sorted(os.listdir(tmp_path)) == ["src", "vault"]  # no staging directory left
+
+
+@pytest.mark.parametrize("how", ["beside", "in-place"])
+def test_mirror_replaces_only_the_covered_paths(vault, keyring, tmp_path, how):
+    """root / with paths [etc/app]: the mirror must never touch etc/other or var."""
+    root = tmp_path / "host"
+    write(root / "etc/app/app.ini", b"[app]")
+    write(root / "etc/app/cache/c.bin", b"excluded")
+    write(root / "etc/other.conf", b"unrelated")
+    write(root / "var/lib/db", b"unrelated")
+    engine = files_engine(root, paths=["etc/app"], exclude=["**/cache/**"])
+    manifest = backup_source(vault, keyring, engine)
+    drift(root)
+    write(root / "etc/app/cache/new.bin", b"excluded, so not the backup's to delete")
+    write(root / "etc/other.conf", b"unrelated, changed")
+    write(root / "var/new", b"unrelated, new")
+
+    if how == "beside":
+        restore_beside(vault, keyring, manifest.id, engine)
+    else:
+        restore_in_place(vault, keyring, manifest.id, engine)
+    assert tree_of(root) == {
+        "etc": None,
+        "etc/app": None,
+        "etc/app/app.ini": b"[app]",
+        "etc/app/cache": None,
+        "etc/app/cache/c.bin": b"excluded",
+        "etc/app/cache/new.bin": b"excluded, so not the backup's to delete",
+        "etc/other.conf": b"unrelated, changed",
+        "var": None,
+        "var/lib": None,
+        "var/lib/db": b"unrelated",
+        "var/new": b"unrelated, new",
+    }
+    assert sorted(os.listdir(tmp_path)) == ["host", "vault"]
+
+
+def test_include_patterns_mirror_only_what_they_select(vault, keyring, tmp_path):
+    root = tmp_path / "srv"
+    write(root / "a/x.conf", b"conf")
+    write(root / "a/notes.txt", b"not selected")
+    engine = files_engine(root, include=["*.conf"])
+    manifest = backup_source(vault, keyring, engine)
+    write(root / "a/new.conf", b"selected, not in the backup")
+    write(root / "b/other.conf", b"selected, not in the backup")
+    write(root / "c/readme.txt", b"never selected")
+    restore_beside(vault, keyring, manifest.id, engine)
+    assert tree_of(root) == {
+        "a": None,
+        "a/notes.txt": b"not selected",
+        "a/x.conf": b"conf",
+        "c": None,
+        "c/readme.txt": b"never selected",
+    }
+
+
+def test_failed_verification_discards_the_staged_copy_and_leaves_the_target(vault, keyring, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "restore"
+    write(src / "a.txt", b"backup")
+    manifest = backup_source(vault, keyring, files_engine(src))
+    write(dst / "a.txt", b"live data")
+    engine = files_engine(dst)
+    reader = vault.open_backup(manifest.id, keyring)
+    staged = engine.stage("deadbeef")
+    assert staged is not None and staged.root == str(tmp_path / ".restore.gdr-restore-deadbeef")
+    assert staged.target_key() != engine.target_key()
+    staged.restore(reader, reader.result)
+    reader.close()
+    assert (Path(staged.root) / "a.txt").read_bytes() == b"backup"
+    staged.discard()
+    staged.discard()  # a missing one is fine
+    assert sorted(os.listdir(tmp_path)) == ["restore", "src", "vault"]
+    assert (dst / "a.txt").read_bytes() == b"live data"
+    with pytest.raises(EngineError):
+        engine.discard()  # a target is never removed as if it were staged
+    assert (dst / "a.txt").exists()
+
+
+def test_root_that_is_a_mount_point_restores_in_place(tmp_path):
+    mnt = tmp_path / "mnt"
+    with tmpfs(mnt, "1m"):
+        assert files_engine(mnt).stage("abc") is None
+        assert files_engine(tmp_path, paths=["mnt"]).stage("abc") is None
+        assert files_engine(tmp_path, paths=["other"]).stage("abc") is not None
+
+
+# -- a target that fills up ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.parametrize("how", ["beside", "operations"])
+def test_full_target_is_one_line_and_leaves_no_partial_files(vault, keyring, tmp_path, how):
+    src = tmp_path / "src"
+    write(src / "small.txt", b"fits")
+    write(src / "big.bin", os.urandom(3 << 20))  # incompressible, larger than the target
+    manifest = backup_source(vault, keyring, files_engine(src))
+    with tmpfs(tmp_path / "small-fs", "2m") as fs:
+        target = fs / "restore"
+        with pytest.raises(EngineError) as info:
+            if how == "beside":
+                restore_beside(vault, keyring, manifest.id, files_engine(target))
+            else:
+                restore_backup(vault, keyring, manifest.id, files_engine(target))
+        message = str(info.value)
+        assert "\n" not in message and info.value.exit_code == 13
+        assert "No space left on device" in message and "big.bin" in message and "free space" in message
+        assert str(fs) in message
+        assert os.listdir(fs) == []  # the partial file and the directories made for it are gone

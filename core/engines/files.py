@@ -206,11 +206,13 @@ class FilesEngine(Engine):
                 with extractor:
                     tar = tarfile.open(fileobj=stream, mode="r|")
                     with tar:
-                        extractor.extract_all(tar)
-                if self._staged_from is None:
-                    mirror = Mirror(root, selection, set_owner)
-                    mirror.prune_tree(extractor.written)
-                    notes.extend(mirror.notes)
+                        extractor.extract_all(tar, finish=False)
+                    if self._staged_from is None:
+                        # In place: remove what the backup lacks before directory mtimes are set.
+                        mirror = Mirror(root, selection, set_owner)
+                        mirror.prune_tree(extractor.written)
+                        notes.extend(mirror.notes)
+                    extractor.finish()
             except tarfile.TarError as exc:
                 raise IntegrityError(
                     f"{self.label}: stream {STREAM_NAME} is not a readable tar archive ({exc}); "

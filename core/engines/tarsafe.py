@@ -134,8 +134,11 @@ class SafeExtractor:
 
     # -- entry point -----------------------------------------------------------------
 
-    def extract_all(self, tar: tarfile.TarFile) -> int:
-        """Extract every member of ``tar`` (opened ``r|``); returns the member count."""
+    def extract_all(self, tar: tarfile.TarFile, finish: bool = True) -> int:
+        """Extract every member of ``tar`` (opened ``r|``); returns the member count.
+
+        With ``finish=False`` the caller calls ``finish()`` itself (after changing
+        the tree further: directory mtimes are set last)."""
         count = 0
         while (member := tar.next()) is not None:
             self.extract_member(tar, member)
@@ -143,7 +146,8 @@ class SafeExtractor:
             # Stream mode keeps every TarInfo in ``members``; drop them so memory
             # stays flat however many files the archive holds.
             tar.members.clear()
-        self.finish()
+        if finish:
+            self.finish()
         return count
 
     def extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
