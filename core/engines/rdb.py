@@ -260,8 +260,13 @@ def _walk_module_values(r: ByteReader, h) -> None:
 # --- objects ----------------------------------------------------------------
 
 
-def read_object(r: ByteReader, rtype: int) -> tuple[str, bytes]:
-    """Read one value of RDB type ``rtype``: (logical type name, value digest)."""
+def read_object(r: ByteReader, rtype: int, pending: bool = True) -> tuple[str, bytes]:
+    """Read one value of RDB type ``rtype``: (logical type name, value digest).
+
+    ``pending``: a stream's digest covers its consumer groups' pending entries
+    (ids, delivery counts, owning consumers); False gives the digests recorded
+    by ``redis-checks/1``, which had only their counts.
+    """
     if rtype == 0:
         h = hashlib.sha256(b"string")
         feed_string(r, h)
@@ -275,7 +280,7 @@ def read_object(r: ByteReader, rtype: int) -> tuple[str, bytes]:
     if rtype in (4, 13, 16):
         return "hash", _read_hash(r, rtype)
     if rtype in (15, 19, 21):
-        return "stream", _read_stream(r, rtype)
+        return "stream", _read_stream(r, rtype, pending)
     if rtype == 7:
         module_id = read_len(r)
         name = _module_name(module_id)
@@ -363,11 +368,12 @@ def _stream_id(r: ByteReader) -> bytes:
     return read_len(r).to_bytes(8, "big") + read_len(r).to_bytes(8, "big")
 
 
-def _read_stream(r: ByteReader, rtype: int) -> bytes:
-    """Entries in order, then length, last id and consumer groups with their
-    pending counts. Fields only some RDB versions carry (first id, entries
-    added, group read counters, consumer times) are left out so a stream
-    digests the same on Redis 6 and 7."""
+def _read_stream(r: ByteReader, rtype: int, pending: bool = True) -> bytes:
+    """Entries in order, then length, last id and consumer groups: name, last
+    delivered id, pending entries (id and delivery count) and consumers with
+    the ids they hold. Fields only some RDB versions carry (first id, entries
+    added, group read counters) and times (delivery, seen, active) are left
+    out, so a stream digests the same on Redis 6 and 7 and after a restore."""
     h = hashlib.sha256(b"stream")
     for _ in range(read_len(r)):
         node_key = read_string(r)
@@ -390,8 +396,11 @@ def _read_stream(r: ByteReader, rtype: int) -> bytes:
         pel = read_len(r)
         h.update(pel.to_bytes(8, "big"))
         for _ in range(pel):
-            r.read(16 + 8)  # id, delivery time
-            read_len(r)  # delivery count
+            entry_id = r.read(16)
+            r.read(8)  # delivery time
+            count = read_len(r)
+            if pending:
+                h.update(entry_id + count.to_bytes(8, "big"))
         consumers = read_len(r)
         h.update(consumers.to_bytes(8, "big"))
         for _ in range(consumers):
@@ -401,7 +410,9 @@ def _read_stream(r: ByteReader, rtype: int) -> bytes:
                 r.read(8)  # active time
             cpel = read_len(r)
             h.update(cpel.to_bytes(8, "big"))
-            r.read(16 * cpel)
+            ids = r.read(16 * cpel)
+            if pending:
+                h.update(ids)
     return h.digest()
 
 
@@ -452,7 +463,7 @@ class RdbInfo:
 KeyCallback = Callable[[int, bytes, str, "int | None", bytes], None]
 
 
-def walk_rdb(r: ByteReader, on_key: KeyCallback) -> RdbInfo:
+def walk_rdb(r: ByteReader, on_key: KeyCallback, pending: bool = True) -> RdbInfo:
     """Walk a whole RDB file, calling ``on_key(db, key, type, expire_ms, digest)``.
 
     ``expire_ms`` is the absolute expiry (Unix ms) or None. Reading stops right
@@ -510,14 +521,14 @@ def walk_rdb(r: ByteReader, on_key: KeyCallback) -> RdbInfo:
             read_len(r)
         else:
             key = read_string(r)
-            type_name, digest = read_object(r, op)
+            type_name, digest = read_object(r, op, pending)
             on_key(db, key, type_name, expire, digest)
             info.keys += 1
             info.databases.add(db)
             expire = None
 
 
-def dump_digest(payload: bytes) -> tuple[str, bytes]:
+def dump_digest(payload: bytes, pending: bool = True) -> tuple[str, bytes]:
     """(logical type, value digest) of a ``DUMP`` payload.
 
     A payload is one RDB object followed by a 2-byte RDB version and a CRC64.
@@ -527,7 +538,7 @@ def dump_digest(payload: bytes) -> tuple[str, bytes]:
     body = payload[:-10]
     chunks = iter((body,))
     r = ByteReader(lambda: next(chunks, b""))
-    type_name, digest = read_object(r, r.byte())
+    type_name, digest = read_object(r, r.byte(), pending)
     if r.consumed != len(body):
         raise _corrupt("DUMP payload has trailing bytes")
     return type_name, digest

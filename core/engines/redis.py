@@ -6,6 +6,9 @@ way (see ``rdb``) to record key counts and digests that match exactly the
 stored bytes. Restoring it makes the target a replica of a short-lived master
 we run, which streams the RDB from the vault; afterwards the target is
 promoted back (``REPLICAOF NO ONE``). The target's whole dataset is replaced.
+The target keeps its data until the last byte of the payload arrives, and we
+send that last byte only once the whole stream has been read, authenticated by
+the vault and walked: a damaged backup leaves the target as it was.
 
 Mode ``logical`` (see ``redis_logical``) works on managed Redis too, but is
 not point-in-time.
@@ -37,8 +40,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.rdb import dump_digest, walk_rdb
-from core.engines.redis_checks import KeyspaceChecks, db_label, reshape_actual
+from core.engines.rdb import ByteReader, dump_digest, walk_rdb
+from core.engines.redis_checks import ALGORITHM, LEGACY, KeyspaceChecks, algorithm_of, db_label, reshape_actual
 from core.engines.redis_logical import (
     iter_records,
     restore_records,
@@ -54,13 +57,17 @@ from core.engines.redis_sync import (
     ReplicationMaster,
     connection_reason,
 )
-from core.errors import ConfigError, EngineError, SourceUnavailableError, redact
+from core.errors import ConfigError, DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import RedisSourceConfig
 
 RDB_STREAM = "dump.rdb"
 LOGICAL_STREAM = "keys.bin"
 
 ACCEPT_TIMEOUT = 30.0
+# Payload bytes held back until the whole backup stream has been authenticated.
+HOLD_BACK = 1 << 16
+# Keys named one by one in the restore notes; the rest are counted.
+NOTE_KEYS = 50
 # A restore fails when the target makes no visible progress for this long.
 STALL_TIMEOUT = 120.0
 
@@ -74,6 +81,27 @@ def _now_ms() -> int:
 
 def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _show_key(key: bytes) -> str:
+    """A key name for a note: as text when it is printable UTF-8, else as a bytes literal."""
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return repr(key)
+    return text if text.isprintable() else repr(key)
+
+
+def expired_notes(expired: list[tuple[int, bytes, int]]) -> list[str]:
+    """Notes for keys whose expiry time had passed when the restore ran (so they are not on the target)."""
+    notes = [
+        f"key {_show_key(key)} (db {db}) not restored: it expired at "
+        f"{datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec='milliseconds')}, before the restore"
+        for db, key, at in sorted(expired)[:NOTE_KEYS]
+    ]
+    if len(expired) > NOTE_KEYS:
+        notes.append(f"{len(expired) - NOTE_KEYS} more keys not restored: they expired before the restore")
+    return notes
 
 
 class RedisEngine(Engine):
@@ -176,24 +204,36 @@ class RedisEngine(Engine):
             return self._backup_rdb(sink)
         return self._backup_logical(sink)
 
-    def restore(self, source: StreamSource, result: BackupResult) -> None:
+    def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
+        """Restore in place; returns a note per key not restored (it expired before the restore).
+
+        A failure after the target was changed says it was left partially restored.
+        """
         mode = result.position.get("mode")
         if mode is None:
             mode = "rdb" if RDB_STREAM in source.stream_names() else "logical"
         if mode == "rdb":
-            self._restore_rdb(source, result)
-        else:
-            self._restore_logical(source, result)
+            return self._restore_rdb(source, result)
+        return self._restore_logical(source, result)
+
+    def _partial(self, exc: DRError) -> DRError:
+        return type(exc)(f"{exc}; the target {self.describe()} was left partially restored")
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
+        algorithm = algorithm_of(reference)
+        if algorithm not in (ALGORITHM, LEGACY):
+            raise EngineError(
+                f"{self.label}: the backup's checks use {algorithm!r}, which this version cannot compute; "
+                "verify with the genesis-dr version that took the backup"
+            )
         now = _now_ms()
-        checks = KeyspaceChecks(now)
+        checks = KeyspaceChecks(now, algorithm)
         ref_dbs = list(reference.get("databases", {}))
         with self._talking("SCAN/DUMP"), self._client() as client:
             for db in self._scope_dbs(client):
                 with self._client(db) as one:
                     for key, pttl, payload in scan_dump(one):
-                        type_name, digest = dump_digest(payload)
+                        type_name, digest = dump_digest(payload, checks.pending)
                         checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
         actual = checks.to_dict()
         if self.config.mode == "logical" and self.config.db is not None and len(ref_dbs) == 1:
@@ -241,7 +281,7 @@ class RedisEngine(Engine):
         }
         return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": header.redis_version})
 
-    def _restore_rdb(self, source: StreamSource, result: BackupResult) -> None:
+    def _restore_rdb(self, source: StreamSource, result: BackupResult) -> list[str]:
         if self.config.mode == "logical" and self.config.db is not None:
             # has_data() looked at that one database; an RDB replaces them all.
             raise ConfigError(
@@ -250,9 +290,9 @@ class RedisEngine(Engine):
             )
         length = int(result.position["rdb_bytes"])
         with self._client() as client:
-            self._replicate_into(client, source, length, result.position)
+            return self._replicate_into(client, source, length, result.position)
 
-    def _replicate_into(self, client: redis.Redis, source: StreamSource, length: int, position: dict) -> None:
+    def _replicate_into(self, client: redis.Redis, source: StreamSource, length: int, position: dict) -> list[str]:
         with self._talking("INFO server"):
             version = client.info("server").get("redis_version", "0")
         self._check_rdb_version(str(version), int(position.get("rdb_version", 0)))
@@ -269,21 +309,65 @@ class RedisEngine(Engine):
                     f"{exc}; managed Redis services refuse it - restore a backup taken in mode 'logical' instead"
                 ) from None
             try:
-                with source.open_stream(RDB_STREAM) as payload:
-                    master.serve(payload, length, ACCEPT_TIMEOUT)
+                expired = self._serve_verified(master, source, length)
                 self._wait_synced(client, master, port)
-            except BaseException:
+            except BaseException as exc:
                 # Best effort: give the target back its master role; the
                 # original error is the one the operator needs to see.
                 try:
                     client.execute_command("REPLICAOF", "NO", "ONE")
                 except redis.RedisError:
                     pass
+                if isinstance(exc, DRError):
+                    if master.sent < length:
+                        raise type(exc)(f"{exc}; the target {self.describe()} was not changed") from None
+                    raise self._partial(exc) from None
                 raise
             with self._talking("REPLICAOF NO ONE"):
                 client.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             master.close()
+        return expired_notes(expired)
+
+    def _serve_verified(self, master: ReplicationMaster, source: StreamSource, length: int) -> list:
+        """Stream the RDB to the target, keeping back its last bytes until the whole
+        stream has been authenticated by the vault and walked to its end; returns
+        the keys that had expired by now, (db, key, expire_ms)."""
+        master.start_sync(length, ACCEPT_TIMEOUT)
+        pieces = source.iter_stream(RDB_STREAM)
+        held = bytearray()
+
+        def forward(data: bytes) -> None:
+            held.extend(data)
+            if len(held) > HOLD_BACK:
+                master.send(bytes(held[:-HOLD_BACK]))
+                del held[:-HOLD_BACK]
+
+        now = _now_ms()
+        expired: list[tuple[int, bytes, int]] = []
+
+        def on_key(db: int, key: bytes, type_name: str, expire_ms: int | None, digest: bytes) -> None:
+            if expire_ms is not None and expire_ms <= now:
+                expired.append((db, key, expire_ms))
+
+        reader = ByteReader(lambda: next(pieces, b""), forward)
+        try:
+            walk_rdb(reader, on_key)
+            reader.flush()
+            # Drain the vault's iterator: its end checks the whole stream's length and SHA-256.
+            if reader.buffered() or any(True for _ in pieces):
+                raise IntegrityError(f"{self.label}: the backup's RDB stream has data after its end; it is corrupt")
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        if master.sent + len(held) != length:
+            raise IntegrityError(
+                f"{self.label}: the backup's RDB stream holds {master.sent + len(held)} bytes, "
+                f"the manifest says {length}"
+            )
+        master.send(bytes(held))
+        return expired
 
     def _check_rdb_version(self, target_version: str, rdb_version: int) -> None:
         try:
@@ -399,7 +483,7 @@ class RedisEngine(Engine):
         }
         return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": version})
 
-    def _restore_logical(self, source: StreamSource, result: BackupResult) -> None:
+    def _restore_logical(self, source: StreamSource, result: BackupResult) -> list[str]:
         recorded = [int(db) for db in result.position.get("databases", [])]
         remap = self.config.db if self.config.mode == "logical" else None
         if remap is not None and len(recorded) > 1:
@@ -412,19 +496,25 @@ class RedisEngine(Engine):
             target = db if remap is None else remap
             if target not in clients:
                 c = self._client(target)
+                clients[target] = c
                 # Like an rdb restore, each restored database ends up equal to
                 # the backup; only reached when the target is empty or forced.
                 if c.dbsize():
                     c.flushdb()
-                clients[target] = c
             return clients[target]
 
+        expired: list[tuple[int, bytes, int]] = []
         try:
             with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
-                restore_records(iter_records(f), client_for, self.label)
+                restore_records(iter_records(f), client_for, self.label, expired)
+        except DRError as exc:
+            if clients:
+                raise self._partial(exc) from None
+            raise
         finally:
             for c in clients.values():
                 c.close()
+        return expired_notes(expired)
 
 
 def _host_port(value: str) -> tuple[str, int]:

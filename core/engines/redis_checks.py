@@ -2,7 +2,8 @@
 
 Shape (recorded sealed in the manifest, recomputed on the target)::
 
-    {"databases": {"db0": {"keys": 12, "digest": "…", "volatile_keys": 2,
+    {"algorithm": "redis-checks/2",
+     "databases": {"db0": {"keys": 12, "digest": "…", "volatile_keys": 2,
                            "volatile_digest": "…"}, …},
      "first_expiry_ms": 1718000000000}
 
@@ -15,7 +16,10 @@ be verified any more, and a missing session key is not a failed restore.
 Keys already expired when the backup was taken are left out of the checks.
 
 A key's digest covers its name, logical type and logical value (see
-``core.engines.rdb``), never its TTL, which changes with the clock.
+``core.engines.rdb``), never its TTL, which changes with the clock. A stream's
+value includes its consumer groups with their pending entries and consumers.
+Checks without ``algorithm`` (``redis-checks/1``, older backups) digested
+only the number of pending entries; they are still computed that way.
 """
 
 from __future__ import annotations
@@ -28,12 +32,21 @@ from core.engines.rdb import UnorderedDigest, lp
 # Clocks of the backup host, the source and the target may disagree this much.
 EXPIRY_MARGIN_MS = 60_000
 
+ALGORITHM = "redis-checks/2"
+LEGACY = "redis-checks/1"
+
+
+def algorithm_of(checks: dict[str, Any]) -> str:
+    return checks.get("algorithm", LEGACY)
+
 
 class KeyspaceChecks:
     """Accumulates per-database counts and digests, one key at a time."""
 
-    def __init__(self, now_ms: int) -> None:
+    def __init__(self, now_ms: int, algorithm: str = ALGORITHM) -> None:
         self.now_ms = now_ms
+        self.algorithm = algorithm
+        self.pending = algorithm != LEGACY  # see ``core.engines.rdb.read_object``
         self._persistent: dict[int, UnorderedDigest] = {}
         self._volatile: dict[int, UnorderedDigest] = {}
         self.first_expiry_ms: int | None = None
@@ -55,7 +68,10 @@ class KeyspaceChecks:
         databases = {}
         for db in sorted(set(self._persistent) | set(self._volatile)):
             databases[db_label(db)] = _entry(self._persistent.get(db), self._volatile.get(db))
-        return {"databases": databases, "first_expiry_ms": self.first_expiry_ms}
+        out: dict[str, Any] = {"databases": databases, "first_expiry_ms": self.first_expiry_ms}
+        if self.algorithm != LEGACY:
+            out["algorithm"] = self.algorithm
+        return out
 
 
 def _entry(persistent: UnorderedDigest | None, volatile: UnorderedDigest | None) -> dict[str, Any]:
@@ -97,4 +113,7 @@ def reshape_actual(reference: dict[str, Any], actual: dict[str, Any], now_ms: in
                 "volatile_keys": ref["volatile_keys"],
                 "volatile_digest": ref["volatile_digest"],
             }
-    return {"databases": dbs, "first_expiry_ms": first}
+    shaped = {"databases": dbs, "first_expiry_ms": first}
+    if "algorithm" in actual:
+        shaped["algorithm"] = actual["algorithm"]
+    return shaped

@@ -24,6 +24,7 @@ error even if the vault's own checks were bypassed.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -135,13 +136,19 @@ def iter_records(f: BinaryIO) -> Iterator[KeyRecord]:
         yield KeyRecord(db, key, expire_at_ms, _read_exact(f, payload_len))
 
 
-def restore_records(records: Iterator[KeyRecord], client_for: Callable[[int], redis.Redis], label: str) -> int:
+def restore_records(
+    records: Iterator[KeyRecord],
+    client_for: Callable[[int], redis.Redis],
+    label: str,
+    expired: list[tuple[int, bytes, int]] | None = None,
+) -> int:
     """``RESTORE ... REPLACE`` every record, pipelined in batches; returns the count.
 
     ``client_for(db)`` maps a recorded database to a client of the target
     database. Expiry times are absolute (``RESTORE ... ABSTTL``, Redis 5+): a
-    session that would have expired by now is not brought back to life, and
-    the others expire when they would have on the source.
+    session that would have expired by now is not brought back to life (it is
+    skipped and listed in ``expired`` as (db, key, expire_ms)), and the others
+    expire when they would have on the source.
     """
     pipe = None
     batch_db = None
@@ -166,6 +173,10 @@ def restore_records(records: Iterator[KeyRecord], client_for: Callable[[int], re
             flush()
             batch_db = rec.db
             pipe = client_for(rec.db).pipeline(transaction=False)
+        if 0 <= rec.expire_at_ms <= time.time() * 1000:
+            if expired is not None:
+                expired.append((rec.db, rec.key, rec.expire_at_ms))
+            continue
         if rec.expire_at_ms < 0:
             pipe.restore(rec.key, 0, rec.payload, replace=True)
         else:

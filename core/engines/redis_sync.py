@@ -316,9 +316,14 @@ class ReplicationMaster:
         self.listener.listen(4)
         self.port = self.listener.getsockname()[1]
         self.replica: RespSocket | None = None
+        self.length = self.sent = 0
 
-    def serve(self, payload: BinaryIO, length: int, accept_timeout: float) -> None:
-        """Wait for the replica, answer its handshake and stream ``length`` bytes."""
+    def start_sync(self, length: int, accept_timeout: float) -> None:
+        """Wait for the replica, answer its handshake and announce a ``length``-byte payload.
+
+        The replica keeps its data until all ``length`` bytes have arrived
+        (then it flushes and loads), so a transfer cut short leaves it as it was.
+        """
         conn = self._accept(accept_timeout)
         self.replica = conn
         while True:
@@ -344,21 +349,27 @@ class ReplicationMaster:
             else:
                 conn.send_raw(b"-ERR genesis-dr restore master only serves a full sync\r\n")
         conn.send_raw(b"$%d\r\n" % length)
-        sent = 0
-        while True:
-            chunk = payload.read(RECV_SIZE)
-            if not chunk:
-                break
-            sent += len(chunk)
-            try:
-                conn.send_raw(chunk)
-            except OSError as exc:
-                raise EngineError(
-                    f"{self.label}: the target dropped the link after {sent} of {length} bytes "
-                    f"({connection_reason(exc)}); see the target's log"
-                ) from None
-        if sent != length:
-            raise EngineError(f"{self.label}: the backup stream holds {sent} bytes, the manifest says {length}")
+        self.length, self.sent = length, 0
+
+    def send(self, data: bytes) -> None:
+        """Send the next payload bytes (after ``start_sync``)."""
+        assert self.replica is not None
+        try:
+            self.replica.send_raw(data)
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: the target dropped the link after {self.sent} of {self.length} bytes "
+                f"({connection_reason(exc)}); see the target's log"
+            ) from None
+        self.sent += len(data)
+
+    def serve(self, payload: BinaryIO, length: int, accept_timeout: float) -> None:
+        """``start_sync``, then stream ``length`` bytes read from ``payload``."""
+        self.start_sync(length, accept_timeout)
+        while chunk := payload.read(RECV_SIZE):
+            self.send(chunk)
+        if self.sent != length:
+            raise EngineError(f"{self.label}: the backup stream holds {self.sent} bytes, the manifest says {length}")
 
     def _accept(self, timeout: float) -> RespSocket:
         deadline = time.monotonic() + timeout
