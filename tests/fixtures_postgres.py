@@ -7,8 +7,11 @@ are real) and trust on the unix socket, started with ``fsync=off`` on a free
 port under a shared temp dir, and stopped at session end.
 
 ``seed_postgres(conn)`` creates realistic data (many types, NULLs, sequences
-advanced past their rows, a view, functions, a trigger, indexes, FKs, an enum,
-a second schema, a large object, owners and grants) containing ``PG_CANARY``;
+advanced past their rows, a view, functions, a trigger, indexes, FKs, enums,
+domains, composite and range types, a nondeterministic collation, generated
+columns, range and list partitions, an unlogged table, a materialized view,
+reg* columns, a second schema, large objects, owners, role memberships and
+grants of every kind) containing ``PG_CANARY``;
 ``snapshot_postgres(conn)`` returns everything a user would compare between
 the original and the restored database.
 """
@@ -286,6 +289,97 @@ SELECT nextval('invoice_no') FROM generate_series(1, 3);
 CREATE MATERIALIZED VIEW order_stats AS SELECT status, count(*) AS n, sum(amount) AS total FROM orders GROUP BY status;
 
 SELECT lo_from_bytea(0, convert_to('large object {canary}', 'UTF8'));
+
+-- What real stacks hold besides: domains, composite and range types, a nondeterministic
+-- collation, generated columns, an unlogged table, OID-valued columns, role memberships,
+-- column/function/sequence/type/default/large-object grants.
+DO $$ BEGIN CREATE ROLE gdr_app_user LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT gdr_app_reader TO gdr_app_user;
+CREATE DOMAIN positive_amount AS numeric(12, 2) CHECK (VALUE >= 0);
+CREATE DOMAIN shipment_state AS order_status NOT NULL;
+CREATE TYPE address AS (street text, city text, zone order_status);
+CREATE TYPE price_range AS RANGE (subtype = numeric);
+CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+
+-- No json column: hashed with the types' own hash functions, not the row text.
+CREATE TABLE shipments (
+    id          int PRIMARY KEY,
+    status      order_status NOT NULL,
+    history     order_status[],
+    state       shipment_state,
+    ship_to     address,
+    weight      positive_amount,
+    in_transit  tstzrange,
+    price       price_range,
+    parcels     int4multirange,
+    code        text COLLATE case_insensitive,
+    label       text COLLATE "C",
+    source_rel  regclass,
+    source_type regtype,
+    doc         jsonb,
+    raw         bytea,
+    amount      numeric,
+    doubled     numeric GENERATED ALWAYS AS (amount * 2) STORED,
+    sent_at     timestamptz,
+    uid         uuid,
+    flags       bit varying(8),
+    ip          inet,
+    ratio       float8
+);
+INSERT INTO shipments (id, status, history, state, ship_to, weight, in_transit, price, parcels, code, label,
+                       source_rel, source_type, doc, raw, amount, sent_at, uid, flags, ip, ratio)
+SELECT i,
+       (ARRAY['new', 'paid', 'shipped', 'cancelled']::order_status[])[1 + i % 4],
+       CASE WHEN i % 5 = 0 THEN NULL ELSE ARRAY['new', 'paid']::order_status[] END,
+       (ARRAY['paid', 'shipped']::shipment_state[])[1 + i % 2],
+       ROW('street ' || i, CASE WHEN i % 3 = 0 THEN 'Zürich' ELSE 'Oslo' END, 'shipped')::address,
+       (i * 1.25)::numeric(12, 2),
+       tstzrange(timestamptz '2024-05-01 00:00+00' + i * interval '1 hour', NULL),
+       numrange(i, i + 10.5)::text::price_range,
+       int4multirange(int4range(i, i + 2), int4range(i + 5, i + 9)),
+       CASE WHEN i % 2 = 0 THEN 'Code-' || i ELSE 'CODE-' || i END,
+       'label ' || i,
+       (ARRAY['customers', 'billing.invoices', 'orders'])[1 + i % 3]::regclass,
+       (ARRAY['order_status', 'address', 'integer'])[1 + i % 3]::regtype,
+       jsonb_build_object('i', i, 'ok', i % 2 = 0),
+       decode(md5(i::text), 'hex'),
+       CASE WHEN i % 11 = 0 THEN 'NaN'::numeric ELSE i / 7.0 END,
+       timestamptz '2024-05-01 00:00+00' + i * interval '13 minutes',
+       md5(i::text)::uuid,
+       (i % 256)::bit(8)::varbit,
+       ('10.0.' || (i % 255) || '.1')::inet,
+       CASE WHEN i % 13 = 0 THEN '-0'::float8 ELSE i / 3.0::float8 END
+FROM generate_series(1, 240) AS i;
+
+CREATE UNLOGGED TABLE session_cache (key text PRIMARY KEY, value bytea, expires_at timestamptz);
+INSERT INTO session_cache SELECT 'session:' || i, decode(md5(i::text), 'hex'), timestamptz '2030-01-01 00:00+00'
+FROM generate_series(1, 60) AS i;
+
+CREATE TABLE events (id bigint, at date NOT NULL, kind order_status) PARTITION BY LIST (kind);
+CREATE TABLE events_open PARTITION OF events FOR VALUES IN ('new', 'paid');
+CREATE TABLE events_done PARTITION OF events DEFAULT;
+INSERT INTO events SELECT i, date '2024-01-01' + i % 90, (ARRAY['new', 'paid', 'shipped'])[1 + i % 3]::order_status
+FROM generate_series(1, 300) AS i;
+
+GRANT SELECT, INSERT ON shipments TO gdr_app_reader;
+GRANT SELECT (id, status), UPDATE (label) ON shipments TO gdr_app_user;
+GRANT USAGE, SELECT ON SEQUENCE invoice_no TO gdr_app_user;
+REVOKE EXECUTE ON FUNCTION customer_total(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION customer_total(integer) TO gdr_app_reader;
+REVOKE USAGE ON TYPE address FROM PUBLIC;
+GRANT USAGE ON TYPE address TO gdr_app_user;
+GRANT SELECT ON order_stats TO gdr_app_reader;
+GRANT SELECT ON orders TO gdr_app_owner;  -- the view's owner refreshes it at restore
+ALTER MATERIALIZED VIEW order_stats OWNER TO gdr_app_owner;
+ALTER TABLE session_cache OWNER TO gdr_app_owner;
+ALTER DEFAULT PRIVILEGES FOR ROLE gdr_app_owner IN SCHEMA billing GRANT SELECT ON TABLES TO gdr_app_reader;
+DO $$
+DECLARE lo oid;
+BEGIN
+    lo := lo_from_bytea(0, decode(repeat('00ff', 5000), 'hex'));
+    EXECUTE format('ALTER LARGE OBJECT %s OWNER TO gdr_app_owner', lo);
+    EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO gdr_app_reader', lo);
+END $$;
 """
 
 
@@ -368,7 +462,52 @@ def snapshot_postgres(conn: psycopg.Connection) -> dict:
     out["owners"] = _rows(
         conn,
         f"SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c "
-        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v', 'S') AND {_USER_NS} "
+        f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND {_USER_NS} "
         "ORDER BY 1, 2",
+    )
+    out["relations"] = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname, c.relkind::text, c.relpersistence::text, pg_get_expr(c.relpartbound, c.oid) "
+        f"FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_USER_NS} ORDER BY 1, 2",
+    )
+    out["columns"] = _rows(
+        conn,
+        f"SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), co.collname, "
+        f"a.attgenerated::text, pg_get_expr(d.adbin, d.adrelid), a.attnotnull, a.attacl::text "
+        f"FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100 "
+        f"LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        f"WHERE c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped AND {_USER_NS} "
+        "ORDER BY 1, 2, a.attnum",
+    )
+    out["types_and_domains"] = _rows(
+        conn,
+        f"SELECT n.nspname, t.typname, t.typtype::text, format_type(t.typbasetype, t.typtypmod), "
+        f"pg_get_userbyid(t.typowner), t.typacl::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        f"WHERE {_USER_NS} AND t.typtype IN ('d', 'e', 'r', 'c') "
+        "AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') ORDER BY 1, 2",
+    )
+    out["collations"] = _rows(
+        conn,
+        "SELECT c.collname, c.collprovider::text, c.collisdeterministic, "
+        "coalesce(c.colliculocale, c.collcollate) FROM pg_collation c "
+        "JOIN pg_namespace n ON n.oid = c.collnamespace WHERE n.nspname = 'public' ORDER BY 1",
+    )
+    out["acls"] = _rows(
+        conn,
+        f"SELECT 'schema', n.nspname, pg_get_userbyid(n.nspowner), n.nspacl::text FROM pg_namespace n "
+        f"WHERE {_USER_NS} UNION ALL "
+        f"SELECT 'function', p.oid::regprocedure::text, pg_get_userbyid(p.proowner), p.proacl::text FROM pg_proc p "
+        f"JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_USER_NS} UNION ALL "
+        "SELECT 'large object', encode(lo_get(l.oid), 'escape'), pg_get_userbyid(l.lomowner), l.lomacl::text "
+        "FROM pg_largeobject_metadata l UNION ALL "
+        "SELECT 'default acl', coalesce(n.nspname, ''), pg_get_userbyid(d.defaclrole), d.defaclacl::text "
+        "FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace ORDER BY 1, 2",
+    )
+    # Cluster-wide, but what the database's grants rely on: memberships among the application roles.
+    out["memberships"] = _rows(
+        conn,
+        "SELECT pg_get_userbyid(roleid), pg_get_userbyid(member), admin_option FROM pg_auth_members "
+        "WHERE pg_get_userbyid(roleid) LIKE 'gdr\\_app\\_%' ORDER BY 1, 2",
     )
     return out

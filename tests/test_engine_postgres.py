@@ -69,15 +69,24 @@ def test_backup_records_position_versions_and_one_stream(seeded, pg_server):
     assert "customers" not in str(m.position) and PG_CANARY not in str(m.position)
 
 
+def _siblings(server: PostgresServer, database: str) -> list[str]:
+    with server.connect() as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (database[:40] + "%_gdr_%",))
+        return [r[0] for r in rows]
+
+
 def test_round_trip_into_a_new_database(seeded, pg_server):
     target = pg_server.fresh_database_name()
     engine = engine_for(pg_server.config("restore-target", target))
     report = restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
     assert report.verified_checks > 20
+    assert report.method.startswith("staged")  # created beside, verified, renamed into place
     assert engine.last_restore["database_created"] is True
-    # Same server: the roles exist, so owners and grants come back too.
+    # Same server: the roles exist, so owners and grants come back too; nothing to report.
     assert engine.last_restore["owners_and_privileges"] == "kept"
+    assert report.notes == []
     assert _snapshot(pg_server, target) == seeded.snapshot
+    assert _siblings(pg_server, target) == []
 
 
 def test_restore_into_an_existing_empty_database_keeps_it(seeded, pg_server):
@@ -93,17 +102,30 @@ def test_restore_into_an_existing_empty_database_keeps_it(seeded, pg_server):
         assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
 
 
-def test_restore_into_another_server_without_the_roles(seeded, pg_server_b):
+def _roles_on(server: PostgresServer, names: list[str]) -> set[str]:
+    with server.connect() as conn:
+        return {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (names,))}
+
+
+def test_restore_into_another_server_creates_the_roles(seeded, pg_server_b):
+    app_roles = ["gdr_app_owner", "gdr_app_reader", "gdr_app_user"]
+    existed = _roles_on(pg_server_b, app_roles)
     target = pg_server_b.fresh_database_name()
     engine = PostgresEngine(pg_server_b.config("dr-server", target))
-    restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
-    # A bare DR server lacks the application roles: data first, owners and grants skipped.
-    assert engine.last_restore["owners_and_privileges"] == "skipped"
-    assert {"gdr_app_owner", "gdr_app_reader"} <= set(engine.last_restore["missing_roles"])
-    restored = _snapshot(pg_server_b, target)
-    expected = dict(seeded.snapshot)
-    assert {k: v for k, v in restored.items() if k != "owners"} == {k: v for k, v in expected.items() if k != "owners"}
-    assert {owner for _, _, owner, _ in restored["owners"]} == {"postgres"}
+    report = restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
+    # The roles the database uses came with the backup: owners, grants and memberships are all back.
+    assert _roles_on(pg_server_b, app_roles) == set(app_roles)
+    assert _snapshot(pg_server_b, target) == seeded.snapshot
+    # The one thing not as it was: the login role has no password (role_passwords is off by default).
+    expected = (
+        []
+        if "gdr_app_user" in existed
+        else [
+            "role gdr_app_user was created without a password (the backup holds no password hashes "
+            "(role_passwords is off)); set one with ALTER ROLE"
+        ]
+    )
+    assert report.notes == expected
 
 
 def test_source_down_is_source_unavailable(pg_server, tmp_path):
@@ -372,7 +394,8 @@ def test_many_data_streams_with_awkward_table_names(pg_server, tmp_path, monkeyp
 
 
 def test_restore_as_an_unprivileged_user_with_createdb(seeded, pg_server_b):
-    # Managed servers (RDS, Cloud SQL) give no superuser: the restore must still work.
+    # Managed servers (RDS, Cloud SQL) give no superuser: the restore must still work, and say
+    # exactly which owners and grants it could not restore.
     with pg_server_b.connect() as conn:
         conn.execute(
             "DO $$ BEGIN CREATE ROLE gdr_restorer LOGIN CREATEDB PASSWORD 'restorer-pw'; "
@@ -381,11 +404,19 @@ def test_restore_as_an_unprivileged_user_with_createdb(seeded, pg_server_b):
     target = pg_server_b.fresh_database_name()
     config = pg_server_b.config("managed", target, user="gdr_restorer", password="restorer-pw")
     engine = PostgresEngine(config)
-    restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
-    assert engine.last_restore["owners_and_privileges"] == "skipped"
+    report = restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
+    assert engine.last_restore["owners_and_privileges"] == "partly"
     restored = _snapshot(pg_server_b, target)
     assert restored["tables"] == seeded.snapshot["tables"]
     assert {owner for _, _, owner, _ in restored["owners"]} == {"gdr_restorer"}
+    notes = "\n".join(report.notes)
+    for schema, table, owner, _ in seeded.snapshot["owners"]:
+        kind = {"order_stats": "materialized view", "customer_totals": "view"}.get(table)
+        if kind is None and (table.endswith("_seq") or table in ("invoice_no", "never_used")):
+            kind = "sequence"
+        name = f"{kind or 'table'} {schema}.{table}" if '"' not in table else None
+        if name:
+            assert f"{name}: owned by gdr_restorer instead of {owner}" in notes
 
 
 def test_restore_refused_by_the_server_is_one_clear_engine_error(seeded, pg_server_b):

@@ -530,14 +530,12 @@ class PostgresEngine(Engine):
             recorded = hints.get("privileges")
             wanted = hints.get("roles", [])
             with self._connect() as conn:
+                # Missing, or we may not act as them (ALTER DEFAULT PRIVILEGES FOR ROLE, a grant
+                # made by another grantor and pg_restore's OWNER TO all need membership).
                 unusable = set(target.unusable_roles(conn, wanted))
-                present = roles.existing_roles(conn, wanted)
-            if recorded is None:  # a backup from before privileges were recorded: all or nothing
-                owners, no_privileges = set(wanted), bool(unusable)
-            else:
-                owners = {owner for owner, _ in recorded.values()}
-                no_privileges = any(role not in present for role in wanted)
+            owners = set(wanted) if recorded is None else {owner for owner, _ in recorded.values()}
             no_owner = bool(unusable & owners)
+            no_privileges = bool(unusable)
             argv = [pg_restore, "--exit-on-error", "--no-password", self._dbname_arg()]
             if no_owner:
                 argv.append("--no-owner")  # ALTER ... OWNER TO a missing role would stop the restore
