@@ -435,6 +435,15 @@ def test_list_unlock_and_lost_config_through_the_command(cli, tmp_path):  # noqa
         cli("unlock", "--stack", "recov", "--source", "app-files", expect=2)
     )
 
+    # The next backup (through the flow) records the killed run FAILED and removes its chunks.
+    cli("backup", "full", "--stack", "recov")
+    listing = {b["id"]: b for b in json.loads(cli("list", "--stack", "recov", "--json").stdout)}
+    assert listing[partial]["status"] == FAILED
+    assert listing[partial]["error"].startswith("interrupted (abandoned partial backup found")
+    assert sorted(f for f in (root / "backups" / partial).rglob("*") if f.is_file()) == [
+        root / "backups" / partial / name for name in ("keys.json", "manifest.json", "started.json")
+    ]
+
     # A lost config.json: list and backup refuse with the recovery; nothing writes a new identity silently.
     (root / "config.json").unlink()
     for args in (("list", "--stack", "recov"), ("backup", "full", "--stack", "recov")):
