@@ -77,6 +77,14 @@ class FilesSourceConfig(_Source):
     paths: list[str] = Field(default_factory=lambda: ["."], description="Paths below root to archive.")
     include: list[str] = Field(default_factory=list, description="Glob patterns; if set, only matching files.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns to leave out (exclude wins).")
+    skip_unarchivable: bool = Field(
+        False,
+        description=(
+            "Leave out entries that cannot be archived (sockets, files or directories this process cannot read) "
+            "instead of failing the backup. Each one is listed as skipped by `genesis-dr list`, the run's "
+            "artifact and every restore report of that backup."
+        ),
+    )
 
 
 SourceConfig = Annotated[

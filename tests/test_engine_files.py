@@ -860,6 +860,8 @@ def drift(dst: Path) -> None:
     (dst / "etc/app/old-dir/sub").mkdir(parents=True)
     write(dst / "etc/app/old-dir/sub/f", b"x")
     os.symlink("/etc", dst / "etc/app/new-link")
+    os.setxattr(dst / "etc/app", "user.added", b"after the backup")
+    os.setxattr(dst / "etc/app", "system.posix_acl_default", DIR_ACL)  # new files would inherit it
 
 
 @pytest.mark.parametrize("how", ["beside", "in-place", "operations"])
@@ -880,6 +882,7 @@ def test_forced_restore_is_a_mirror_of_the_backup(vault, keyring, tmp_path, how)
         report = restore_backup(vault, keyring, manifest.id, files_engine(dst), force=True)
         assert report.rollback_backup_id is not None
     assert tree_of(dst) == backed_up
+    assert os.listxattr(dst / "etc/app") == []
     assert sorted(os.listdir(tmp_path)) == ["src", "vault"]  # no staging directory left
 
 
@@ -952,6 +955,11 @@ def test_failed_verification_discards_the_staged_copy_and_leaves_the_target(vaul
     assert (Path(staged.root) / "a.txt").read_bytes() == b"backup"
     staged.discard()
     staged.discard()  # a missing one is fine
+    # An interrupted restore's leftover: staging again with its tag starts empty.
+    write(Path(staged.root) / "stale", b"from a killed restore")
+    again = engine.stage("deadbeef")
+    assert again is not None and os.listdir(again.root) == []
+    again.discard()
     assert sorted(os.listdir(tmp_path)) == ["restore", "src", "vault"]
     assert (dst / "a.txt").read_bytes() == b"live data"
     with pytest.raises(EngineError):

@@ -227,22 +227,28 @@ class FilesEngine(Engine):
         self._archived_dirs = extractor.archived_dirs
         self._selection_cache = selection
         notes.extend(extractor.notes)
-        if not set_owner:
-            notes.append("owners: not restored (only root can); every entry belongs to the restoring user")
+        if extractor.owners_not_set:
+            notes.append(
+                f"owners of {extractor.owners_not_set} entries not restored (only root can set them); "
+                f"they belong to uid {os.geteuid()}, gid {os.getegid()}"
+            )
         return notes
 
     def _target_error(self, exc: OSError, member: str, created: bool) -> EngineError:
         """One line for a restore the target stopped: where, why, what to do."""
         remedy = _REMEDIES.get(exc.errno or 0, "fix the target's permissions or restore into another target")
-        cleanup = "the file being written was removed"
-        if created and self._staged_from is None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            cleanup = f"the partly restored {self.root} was removed"
         where = f" writing {show_path(member)}" if member else ""
-        return EngineError(
+        message = (
             f"{self.label}: restore into {self._target_root()} failed{where}: {exc.strerror or exc}; "
-            f"{remedy}, then run the restore again ({cleanup})"
+            f"{remedy}, then run the restore again"
         )
+        if self._staged_from is not None:
+            # Restored beside the target: the caller discards the staged copy.
+            return EngineError(message)
+        if created:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return EngineError(f"{message} (the partly restored {self.root} was removed)")
+        return EngineError(f"{message} (the file being written was removed)")
 
     def _target_root(self) -> str:
         return self._staged_from.root if self._staged_from is not None else self.root
@@ -283,6 +289,9 @@ class FilesEngine(Engine):
                 return None
         staged_root = os.path.join(parent, f".{name}{_STAGE_MARK}{tag}")
         try:
+            # A leftover of an interrupted restore with this tag is ours to clear: a
+            # staged tree must hold exactly the backup (stale extras would be swapped in).
+            remove_tree(staged_root)
             os.mkdir(staged_root, 0o700)
         except OSError as exc:
             raise EngineError(
@@ -300,7 +309,8 @@ class FilesEngine(Engine):
         covered entries may then be new and others old, and the caller puts
         the rollback point back.
         """
-        assert isinstance(staged, FilesEngine) and staged._staged_from is self
+        if not isinstance(staged, FilesEngine) or staged._staged_from is None or staged._staged_from.root != self.root:
+            raise EngineError(f"{self.label}: {staged.describe()} was not staged for {self.root}; nothing swapped")
         selection = staged._selection_cache or self._selection(BackupResult())
         mirror = Mirror(self.root, selection, os.geteuid() == 0)
         try:

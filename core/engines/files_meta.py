@@ -27,6 +27,9 @@ import os
 import tarfile
 
 XATTR_PREFIX = "SCHILY.xattr."
+# Attributes the target's own system sets (an SELinux label on every new file):
+# never removed for being absent from a backup.
+KEEP_TARGET_XATTRS = frozenset({"security.selinux"})
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
 # tarfile puts a member size of 8 GiB or more into a PAX "size" record, and then
 # mis-computes where the next header starts for a sparse member (it uses the real

@@ -31,7 +31,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from core.engines.files_meta import read_xattrs, show_path
+from core.engines.files_meta import KEEP_TARGET_XATTRS, read_xattrs, show_path
 from core.engines.pathmatch import PathFilter
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -97,7 +97,7 @@ class _DirState:
             os.fchown(fd, self.st.st_uid, self.st.st_gid)
         os.fchmod(fd, stat.S_IMODE(self.st.st_mode))
         for name in read_xattrs(fd):
-            if name not in self.xattrs:
+            if name not in self.xattrs and name not in KEEP_TARGET_XATTRS:
                 with contextlib.suppress(OSError):
                     os.removexattr(fd, name)
         for name, value in self.xattrs.items():
@@ -122,7 +122,7 @@ class Mirror:
         ``archived_dirs``: directories the archive held (``""`` for the root),
         whose attributes the target's directories take.
         """
-        os.makedirs(self.target_root, mode=0o700, exist_ok=True)
+        os.makedirs(self.target_root, exist_ok=True)
         sroot = os.open(staged_root, _DIR_FLAGS)
         troot = os.open(self.target_root, _DIR_FLAGS)
         try:

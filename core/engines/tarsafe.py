@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO, NoReturn
 
-from core.engines.files_meta import entry_path, member_xattrs, show_path
+from core.engines.files_meta import KEEP_TARGET_XATTRS, entry_path, member_xattrs, read_xattrs, show_path
 from core.errors import UnsafeArchiveError
 
 _CHUNK = 1 << 20
@@ -115,6 +115,7 @@ class SafeExtractor:
         self.written: set[str] = {""}
         self.notes: list[str] = []
         self.current = ""  # the member being extracted, for error messages
+        self.owners_not_set = 0  # entries whose archived owner this process could not give them
 
     @property
     def archived_dirs(self) -> set[str]:
@@ -372,9 +373,17 @@ class SafeExtractor:
                 raise
             # A later member replaced this directory; its attributes no longer apply.
             return
+        self.current = entry.member.name
         try:
             self._set_owner(entry.member, fd=fd)
             os.fchmod(fd, entry.member.mode & 0o7777)
+            # An existing directory (restore in place) may carry attributes the backup
+            # lacks, e.g. a default ACL new files would inherit: a mirror drops them.
+            keep = member_xattrs(entry.member)
+            for name in read_xattrs(fd):
+                if name not in keep and name not in KEEP_TARGET_XATTRS:
+                    with contextlib.suppress(OSError):
+                        os.removexattr(fd, name)
             self._set_xattrs(entry.member, fd)
             os.utime(fd, ns=self._times(entry.member))
         finally:
@@ -388,6 +397,8 @@ class SafeExtractor:
         self, member: tarfile.TarInfo, fd: int | None = None, name: str | None = None, dir_fd: int | None = None
     ) -> None:
         if not self.set_owner:
+            if (member.uid, member.gid) != (os.geteuid(), os.getegid()):
+                self.owners_not_set += 1
             return
         uid, gid = _lookup_uid(member.uname, member.uid), _lookup_gid(member.gname, member.gid)
         if fd is not None:
