@@ -322,12 +322,11 @@ CREATE TABLE shipments (
     doubled     numeric GENERATED ALWAYS AS (amount * 2) STORED,
     sent_at     timestamptz,
     uid         uuid,
-    flags       bit varying(8),
     ip          inet,
     ratio       float8
 );
 INSERT INTO shipments (id, status, history, state, ship_to, weight, in_transit, price, parcels, code, label,
-                       source_rel, source_type, doc, raw, amount, sent_at, uid, flags, ip, ratio)
+                       source_rel, source_type, doc, raw, amount, sent_at, uid, ip, ratio)
 SELECT i,
        (ARRAY['new', 'paid', 'shipped', 'cancelled']::order_status[])[1 + i % 4],
        CASE WHEN i % 5 = 0 THEN NULL ELSE ARRAY['new', 'paid']::order_status[] END,
@@ -346,13 +345,14 @@ SELECT i,
        CASE WHEN i % 11 = 0 THEN 'NaN'::numeric ELSE i / 7.0 END,
        timestamptz '2024-05-01 00:00+00' + i * interval '13 minutes',
        md5(i::text)::uuid,
-       (i % 256)::bit(8)::varbit,
        ('10.0.' || (i % 255) || '.1')::inet,
        CASE WHEN i % 13 = 0 THEN '-0'::float8 ELSE i / 3.0::float8 END
 FROM generate_series(1, 240) AS i;
 
-CREATE UNLOGGED TABLE session_cache (key text PRIMARY KEY, value bytea, expires_at timestamptz);
-INSERT INTO session_cache SELECT 'session:' || i, decode(md5(i::text), 'hex'), timestamptz '2030-01-01 00:00+00'
+-- bit varying has no hash function: this table is hashed through its row text.
+CREATE UNLOGGED TABLE session_cache (key text PRIMARY KEY, value bytea, expires_at timestamptz, flags bit varying(8));
+INSERT INTO session_cache
+SELECT 'session:' || i, decode(md5(i::text), 'hex'), timestamptz '2030-01-01 00:00+00', (i % 256)::bit(8)::varbit
 FROM generate_series(1, 60) AS i;
 
 CREATE TABLE events (id bigint, at date NOT NULL, kind order_status) PARTITION BY LIST (kind);

@@ -18,6 +18,8 @@ import pytest
 
 from core.crypto.keys import Keyring
 from core.engines import engine_for
+from core.engines import postgres_checks as checks
+from core.engines import postgres_roles as roles
 from core.engines.base import BackupResult, compare_checks
 from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream, plan_data_groups
 from core.engines.postgres_roles import GLOBALS_STREAM
@@ -451,3 +453,119 @@ def test_counts_only_mode_records_and_verifies_row_counts(seeded, pg_server, tmp
     target = pg_server.fresh_database_name()
     report = restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server.config("t", target)))
     assert report.verified_checks > 20
+
+
+def _recorded_checks(seeded) -> dict:
+    reader = seeded.vault.open_backup(seeded.manifest.id, seeded.keyring)
+    try:
+        return reader.result.checks
+    finally:
+        reader.close()
+
+
+def _shift_oids(server: PostgresServer) -> None:
+    """Create and drop types and tables, so the next objects get OIDs the source never used."""
+    scratch = server.create_database(server.fresh_database_name())
+    with server.connect(scratch) as conn:
+        for i in range(25):
+            conn.execute(f"CREATE TYPE junk_{i} AS ENUM ('x', 'y'); CREATE TABLE junk_t{i} (v junk_{i})")
+            conn.execute(f"DROP TABLE junk_t{i}; DROP TYPE junk_{i}")
+    with server.connect() as conn:
+        conn.execute(f'DROP DATABASE "{scratch}"')
+
+
+def test_checks_hold_on_a_server_whose_oids_are_shifted(seeded, pg_server, pg_server_b):
+    _shift_oids(pg_server_b)
+    target = pg_server_b.fresh_database_name()
+    engine = PostgresEngine(pg_server_b.config("dr-server", target))
+    # restore_backup verifies: before checks format 2 this failed ("do not put this target in service").
+    restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
+    reference = _recorded_checks(seeded)
+    assert compare_checks(reference, engine.collect_checks(reference)) == []
+    assert _snapshot(pg_server_b, target)["tables"] == seeded.snapshot["tables"]
+    # Every supported column type sits in shipments, which is hashed per column (not as row text)...
+    assert set(reference["tables"]["public.shipments"]) == {"rows", "record_hash"}
+    assert reference["tables"]["public.shipments"]["rows"] == 240
+    enum_oid = "SELECT oid FROM pg_enum WHERE enumlabel = 'paid'"
+    table = [("public", "shipments")]
+    with pg_server.connect(seeded.database) as a, pg_server_b.connect(target) as b:
+        # ...and the values really are stored under other OIDs there,
+        assert a.execute(enum_oid).fetchone() != b.execute(enum_oid).fetchone()
+        # so the OID-based hash of format 1 differs, while format 2 agrees.
+        for conn in (a, b):
+            conn.execute("BEGIN")
+            checks.apply_fixed_settings(conn)
+        assert checks.table_checks(a, table, checks_format=1) != checks.table_checks(b, table, checks_format=1)
+        assert checks.table_checks(a, table) == checks.table_checks(b, table)
+        assert checks.text_hashed_columns(a)["public.shipments"] == [
+            (column, column in {"status", "history", "state", "ship_to", "code", "source_rel", "source_type"})
+            for column, *_ in a.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'public.shipments'::regclass "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            ).fetchall()
+        ]
+        for conn in (a, b):
+            conn.execute("ROLLBACK")
+
+
+def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, pg_server_b, tmp_path):
+    tag = os.urandom(3).hex()
+    owner, reader, login = f"gdr_own_{tag}", f"gdr_read_{tag}", f"gdr_login_{tag}"
+    for server in (pg_server, pg_server_b):  # a role both servers have, with different attributes
+        with server.connect() as conn:
+            conn.execute(
+                "DO $$ BEGIN CREATE ROLE gdr_shared NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
+    source = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(source) as conn:
+        conn.execute(f"CREATE ROLE {owner} NOLOGIN; CREATE ROLE {reader} NOLOGIN CONNECTION LIMIT 7")
+        conn.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'login-pw' IN ROLE {reader}")
+        conn.execute(f"ALTER ROLE {login} SET work_mem = '3MB'; COMMENT ON ROLE {login} IS 'the app'")
+        conn.execute(f"CREATE SCHEMA app AUTHORIZATION {owner}")
+        conn.execute(f"CREATE TABLE app.items (id int PRIMARY KEY, name text); ALTER TABLE app.items OWNER TO {owner}")
+        conn.execute("INSERT INTO app.items SELECT i, 'item ' || i FROM generate_series(1, 20) AS i")
+        conn.execute(f"GRANT USAGE ON SCHEMA app TO {reader}, gdr_shared")
+        conn.execute(f"GRANT SELECT ON app.items TO {reader}, gdr_shared")
+        conn.execute(f"GRANT UPDATE (name) ON app.items TO {login}")
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app", source, role_passwords=True)))
+    assert not _roles_on(pg_server_b, [owner, reader, login])
+
+    # Not allowed to create roles: the data is restored, and every owner and grant that is not is a note.
+    target = pg_server_b.fresh_database_name()
+    engine = PostgresEngine(pg_server_b.config("dr", target, create_roles=False))
+    report = restore_backup(vault, keyring, manifest.id, engine)
+    missing = "does not exist on the target"
+    assert report.notes == [
+        f"role {login} does not exist on the target and was not created (create_roles is off)",
+        f"role {owner} does not exist on the target and was not created (create_roles is off)",
+        f"role {reader} does not exist on the target and was not created (create_roles is off)",
+        f"column app.items.name: UPDATE to {login} not restored (role {login} {missing})",
+        f"schema app: owned by postgres instead of {owner} (role {owner} {missing})",
+        f"schema app: USAGE to {reader} not restored (role {reader} {missing})",
+        f"table app.items: owned by postgres instead of {owner} (role {owner} {missing})",
+        f"table app.items: SELECT to {reader} not restored (role {reader} {missing})",
+    ]
+    assert not _roles_on(pg_server_b, [owner, reader, login])
+    with pg_server_b.connect(target) as conn:
+        # The grant to the role that exists is kept, although it shares its object with a missing one.
+        assert conn.execute("SELECT has_table_privilege('gdr_shared', 'app.items', 'SELECT')").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM app.items").fetchone()[0] == 20
+
+    # Allowed (the default): the roles come back as they were, password hash included; nothing to report.
+    target = pg_server_b.fresh_database_name()
+    report = restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server_b.config("dr", target)))
+    assert report.notes == []
+    query = (
+        "SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolconfig::text, shobj_description(r.oid, 'pg_authid'), "
+        "a.rolpassword, array(SELECT pg_get_userbyid(m.roleid) FROM pg_auth_members m WHERE m.member = r.oid)::text "
+        "FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = ANY(%s) ORDER BY 1"
+    )
+    with pg_server.connect() as a, pg_server_b.connect() as b:
+        names = [owner, reader, login]
+        assert b.execute(query, (names,)).fetchall() == a.execute(query, (names,)).fetchall()
+        # An existing role is never altered (gdr_shared stays as the target had it).
+        assert b.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gdr_shared'").fetchone()[0] is False
+    with pg_server.connect(source) as a, pg_server_b.connect(target) as b:
+        assert roles.privileges(b) == roles.privileges(a)
