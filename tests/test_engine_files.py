@@ -1006,3 +1006,19 @@ def test_full_target_is_one_line_and_leaves_no_partial_files(vault, keyring, tmp
         assert "No space left on device" in message and "big.bin" in message and "free space" in message
         assert str(fs) in message
         assert os.listdir(fs) == []  # the partial file and the directories made for it are gone
+
+
+def test_root_that_is_a_symlink_is_staged_beside_its_directory(vault, keyring, tmp_path):
+    releases = tmp_path / "releases"
+    write(releases / "42/app.ini", b"[app] 42")
+    os.symlink("releases/42", tmp_path / "current")
+    engine = files_engine(tmp_path / "current")
+    manifest = backup_source(vault, keyring, engine)
+    write(releases / "42/app.ini", b"changed")
+    write(releases / "42/extra", b"not in the backup")
+    staged = engine.stage("feedface")
+    assert staged is not None and staged.root == str(releases / ".42.gdr-restore-feedface")
+    staged.discard()
+    restore_beside(vault, keyring, manifest.id, engine)
+    assert os.readlink(tmp_path / "current") == "releases/42"
+    assert tree_of(releases) == {"42": None, "42/app.ini": b"[app] 42"}

@@ -278,8 +278,10 @@ class FilesEngine(Engine):
         rename cannot work: the root is ``/`` or a mount point, or a mount
         point sits at or below a covered path (renaming would fail, and
         removing the old tree would reach into the mounted file system).
+        A root that is a symlink (``/srv/current``) is staged beside the
+        directory it points to, which is where the renames happen.
         """
-        root = self.root.rstrip("/")
+        root = os.path.realpath(self.root)
         parent, name = os.path.split(root)
         if not name or not os.path.isdir(parent):
             return None
@@ -315,7 +317,6 @@ class FilesEngine(Engine):
         mirror = Mirror(self.root, selection, os.geteuid() == 0)
         try:
             mirror.swap_tree(staged.root, staged._archived_dirs)
-            staged.discard()
         except OSError as exc:
             raise EngineError(
                 f"{self.label}: swapping the restored tree {staged.root} into {self.root} failed: "
@@ -323,6 +324,13 @@ class FilesEngine(Engine):
                 f"and remove {staged.root}"
             ) from None
         self.swap_notes = mirror.notes
+        try:
+            remove_tree(staged.root)  # now holds the old entries the swap replaced
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: {self.root} is restored and swapped in, but the replaced entries left in "
+                f"{staged.root} could not be removed: {exc.strerror}; remove that directory by hand"
+            ) from None
 
     def discard(self) -> None:
         """Remove this staging directory; a missing one is fine."""

@@ -35,6 +35,8 @@ from core.engines.files_meta import KEEP_TARGET_XATTRS, read_xattrs, show_path
 from core.engines.pathmatch import PathFilter
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The target root itself is the trust anchor and may be a symlink (/srv/current).
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
@@ -124,7 +126,7 @@ class Mirror:
         """
         os.makedirs(self.target_root, exist_ok=True)
         sroot = os.open(staged_root, _DIR_FLAGS)
-        troot = os.open(self.target_root, _DIR_FLAGS)
+        troot = os.open(self.target_root, _ROOT_FLAGS)
         try:
             for path in self.selection.paths:
                 parts = path.split("/") if path else []
@@ -241,7 +243,7 @@ class Mirror:
 
     def prune_tree(self, written: set[str]) -> None:
         """Remove selected entries below the covered paths that the archive did not write."""
-        troot = os.open(self.target_root, _DIR_FLAGS)
+        troot = os.open(self.target_root, _ROOT_FLAGS)
         try:
             dev = os.fstat(troot).st_dev
             for path in self.selection.paths:
