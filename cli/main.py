@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Set before Prefect is imported: its console handler then drops tracebacks of expected failures.
 os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
 
+from core import cancel  # noqa: E402
 from core.errors import ConfigError, DRError  # noqa: E402
 
 
@@ -47,6 +48,8 @@ def _print_backups(results: list[dict]) -> None:
             f"{r['source']}: {r['status']} {r['id']}  {human_bytes(r['plain_bytes'])} -> "
             f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
         )
+        for entry in r.get("skipped") or []:
+            print(f"  SKIPPED (the stack allows it): {entry}")
     print("\nTo restore (add --dry-run to see the plan first; without --target it restores over the source):")
     for r in results:
         example = RESTORE_TARGET_EXAMPLES.get(r["kind"], "").format(source=r["source"].replace("-", "_"))
@@ -74,6 +77,14 @@ def cmd_backup(args) -> int:
     return 0
 
 
+def _print_unfinished_restores() -> None:
+    """Targets a restore is running on, or was killed on before it was verified (to stderr: --json stays clean)."""
+    from core.targets import unfinished_restores
+
+    for mark in unfinished_restores():
+        print(f"RESTORE IN PROGRESS OR INTERRUPTED: {mark.describe()}", file=sys.stderr)
+
+
 def cmd_list(args) -> int:
     from blocks.apply import load_stack
     from core.repository.manifest import ABANDONED, COMPLETED, IN_PROGRESS
@@ -81,6 +92,7 @@ def cmd_list(args) -> int:
     from flows.reporting import human_bytes
 
     config = load_stack(args.stack)
+    _print_unfinished_restores()
     try:
         vault = config.vault.open()  # the vault says whether it exists (or lost its config.json: an error)
     except VaultMissingError:
@@ -194,12 +206,9 @@ def cmd_restore(args) -> int:
         print(render_plan(out["plan"]))
         print("dry run: nothing was changed")
         return 0
-    rep = out["report"]
-    print(
-        f"restored {rep['backup_id']} into {rep['target']} in {rep['seconds']:.1f}s; verified {rep['verified_checks']} checks"
-    )
-    if rep["rollback_backup_id"]:
-        print(f"rollback point: {rep['rollback_backup_id']} (restore it to undo)")
+    from core.operations import render_report
+
+    print(render_report(out["report"]))
     return 0
 
 
@@ -271,13 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with cancel.stop_on_signals(lambda msg: print(f"genesis-dr: {msg}", file=sys.stderr)):
+            code = args.func(args)
     except DRError as exc:
+        if cancel.requested():
+            # Whatever the tools said once they were stopped, the run was interrupted and committed nothing.
+            print(f"genesis-dr: interrupted: {exc}", file=sys.stderr)
+            return 130
         print(f"genesis-dr: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("genesis-dr: interrupted", file=sys.stderr)
+        print(
+            "genesis-dr: interrupted (aborted at once; a killed run's lock expires and its partial backup is "
+            "recorded FAILED by the next backup)",
+            file=sys.stderr,
+        )
         return 130
+    if cancel.requested():
+        print("genesis-dr: the interrupt came after the run had committed; the results above stand", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def plan_restore_task(
     target_config = restore_target(config, source, target, target_source)
     engine = engine_for(target_config)
     engine.ping_target()
-    manifests = config.vault.open().list_backups(source)
+    vault = config.vault.open()
+    manifests = vault.list_backups(source)
+    if backup_id and all(m.id != backup_id for m in manifests):
+        vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
     interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
     plan = plan_restore(
         manifests,
