@@ -42,7 +42,7 @@ def plan_restore_task(
         engine.describe(),
         engine.has_data(),
         force,
-        restores_beside=engine.stage("00000000") is not None,
+        restores_beside=engine.restores_beside(),
         interrupted=interrupted,
     )
     return plan.to_dict()

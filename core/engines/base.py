@@ -133,6 +133,10 @@ class Engine(ABC):
         of source restores in place."""
         return None
 
+    def restores_beside(self) -> bool:
+        """Whether ``stage`` gives a sibling target (without creating anything: plans ask this)."""
+        return type(self).stage is not Engine.stage
+
     def swap_in(self, staged: Engine) -> None:
         """Replace this target's contents with the verified ``staged`` target (a rename,
         as close to atomic as the kind allows); the old contents are removed."""
