@@ -808,6 +808,14 @@ def test_what_cannot_be_archived_fails_the_backup_with_path_and_remedy(vault, ke
     assert [m.status for m in vault.list_backups()] == ["FAILED"]
 
 
+def test_unreadable_directory_on_the_way_to_a_path_is_one_line(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    unarchivable_tree(src)
+    with without_dac_override(), pytest.raises(EngineError) as info:
+        backup_source(vault, keyring, files_engine(src, paths=["locked/inner.txt"]))
+    assert str(info.value).startswith("files 'app-files': cannot read locked (on the way to path 'locked/inner.txt')")
+
+
 def test_skipping_is_explicit_and_every_skip_is_reported(vault, keyring, tmp_path):
     src, dst = tmp_path / "src", tmp_path / "restore"
     unarchivable_tree(src)

@@ -286,7 +286,10 @@ class Archiver:
                         f"{self.label}: path {path!r} goes through {where!r}, which is not a plain directory "
                         "below root; list the real directory instead"
                     ) from None
-                raise
+                raise EngineError(
+                    f"{self.label}: cannot read {where} (on the way to path {path!r}): {exc.strerror}; "
+                    "fix its permissions or remove the path from 'paths'"
+                ) from None
             os.close(fd)
             fd = nfd
         return fd
