@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 
 from core.crypto.keys import Keyring
@@ -569,3 +570,135 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
         assert b.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gdr_shared'").fetchone()[0] is False
     with pg_server.connect(source) as a, pg_server_b.connect(target) as b:
         assert roles.privileges(b) == roles.privileges(a)
+
+
+def _precious_target(server: PostgresServer) -> str:
+    """A database holding data, with database-level settings a swap must carry over."""
+    target = server.create_database(server.fresh_database_name())
+    with server.connect() as conn:
+        conn.execute(f"ALTER DATABASE \"{target}\" SET work_mem = '5MB'")
+        conn.execute(f'ALTER DATABASE "{target}" CONNECTION LIMIT 40')
+        conn.execute(f'REVOKE ALL ON DATABASE "{target}" FROM PUBLIC')
+        conn.execute(f'GRANT CONNECT ON DATABASE "{target}" TO gdr_app_reader')
+        conn.execute(f"COMMENT ON DATABASE \"{target}\" IS 'production app'")
+    with server.connect(target) as conn:
+        conn.execute("CREATE TABLE precious (id int PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO precious VALUES (1, 'keep me')")
+    return target
+
+
+def _database_properties(server: PostgresServer, database: str) -> tuple:
+    with server.connect() as conn:
+        return conn.execute(
+            "SELECT pg_get_userbyid(d.datdba), d.datconnlimit, d.datacl::text, d.datallowconn, "
+            "shobj_description(d.oid, 'pg_database'), s.setconfig::text FROM pg_database d "
+            "LEFT JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = %s",
+            (database,),
+        ).fetchone()
+
+
+def test_staged_restore_leaves_the_target_untouched_until_the_swap(seeded, pg_server):
+    target = _precious_target(pg_server)
+    before, properties = _snapshot(pg_server, target), _database_properties(pg_server, target)
+    engine = PostgresEngine(pg_server.config("restore-target", target))
+    reference = _recorded_checks(seeded)
+
+    # Abandoned: discard() drops the staged copy; the target never changed.
+    staged = engine.stage("0badc0de")
+    assert staged.config.database == f"{target}_gdr_0badc0de"
+    reader = seeded.vault.open_backup(seeded.manifest.id, seeded.keyring)
+    try:
+        assert staged.restore(reader, reader.result) == []
+    finally:
+        reader.close()
+    assert pg_server.database_exists(staged.config.database)
+    assert _snapshot(pg_server, target) == before
+    staged.discard()
+    assert _siblings(pg_server, target) == [] and _snapshot(pg_server, target) == before
+
+    # Verified, then swapped in while an application is connected to the target.
+    staged = engine.stage("5ca1ab1e")
+    reader = seeded.vault.open_backup(seeded.manifest.id, seeded.keyring)
+    try:
+        staged.restore(reader, reader.result)
+    finally:
+        reader.close()
+    assert compare_checks(reference, staged.collect_checks(reference)) == []  # checks name no database
+    assert _snapshot(pg_server, target) == before
+    app = pg_server.connect(target)
+    try:
+        engine.swap_in(staged)
+        assert _session_killed(app)  # its session was ended: the old database is gone
+    finally:
+        app.close()
+    assert _snapshot(pg_server, target) == seeded.snapshot
+    assert _database_properties(pg_server, target) == properties  # owner, limit, grants, comment, settings
+    assert _siblings(pg_server, target) == []
+    assert engine.last_restore["database_created"] is False
+
+
+def _session_killed(conn) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def test_an_interrupted_swap_is_undone_by_discard(seeded, pg_server):
+    target = _precious_target(pg_server)
+    before = _snapshot(pg_server, target)
+    engine = PostgresEngine(pg_server.config("restore-target", target))
+    staged = engine.stage("feedf00d")
+    reader = seeded.vault.open_backup(seeded.manifest.id, seeded.keyring)
+    try:
+        staged.restore(reader, reader.result)
+    finally:
+        reader.close()
+    with pg_server.connect() as conn:  # killed between the two renames of swap_in
+        conn.execute(f'ALTER DATABASE "{target}" RENAME TO "{target}_gdr_old_feedf00d"')
+    engine.stage("feedf00d").discard()  # what the next restore does with the mark the killed one left
+    assert _snapshot(pg_server, target) == before
+    assert _siblings(pg_server, target) == []
+
+
+def test_long_database_names_stay_within_the_limit(seeded, pg_server):
+    from core.engines.postgres_target import sibling_name
+
+    long_name = "é" * 30 + "app"  # 63 bytes, the most PostgreSQL keeps
+    assert len(long_name.encode()) == 63
+    for kind in ("staged", "old"):
+        sibling = sibling_name(long_name, kind, "0123abcd")
+        assert len(sibling.encode()) <= 63 and sibling.startswith("é" * 20) and sibling.endswith("0123abcd")
+    engine = PostgresEngine(pg_server.config("t", long_name))
+    restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)  # stage + swap create it
+    assert _snapshot(pg_server, long_name)["tables"] == seeded.snapshot["tables"]
+
+
+def test_failed_staged_restore_says_the_target_was_not_changed(pg_server, pg_server_b, tmp_path):
+    # An extension only a superuser may create: pg_restore stops in pre-data, in the staged copy.
+    source = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(source) as conn:
+        conn.execute("CREATE EXTENSION file_fdw; CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app", source)))
+    with pg_server_b.connect() as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE gdr_dbowner LOGIN CREATEDB PASSWORD 'dbowner-pw'; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        target = pg_server_b.fresh_database_name()
+        conn.execute(f'CREATE DATABASE "{target}" OWNER gdr_dbowner')
+    config = pg_server_b.config("owned", target, user="gdr_dbowner", password="dbowner-pw")
+    with psycopg.connect(**PostgresEngine(config)._connect_kwargs(target), autocommit=True) as conn:
+        conn.execute("CREATE TABLE precious (id int PRIMARY KEY, v text); INSERT INTO precious VALUES (1, 'keep')")
+    before = _snapshot(pg_server_b, target)
+    engine = PostgresEngine(config)
+    with pytest.raises(EngineError) as err:
+        restore_backup(vault, keyring, manifest.id, engine, force=True)
+    message = str(err.value)
+    assert "permission denied to create extension" in message and "\n" not in message
+    assert f"the target database '{target}' was not changed" in message
+    assert _snapshot(pg_server_b, target) == before
+    assert _siblings(pg_server_b, target) == []
