@@ -980,6 +980,9 @@ def test_root_that_is_a_mount_point_restores_in_place(tmp_path):
     with tmpfs(mnt, "1m"):
         assert files_engine(mnt).stage("abc") is None
         assert files_engine(tmp_path, paths=["mnt"]).stage("abc") is None
+        assert not files_engine(mnt).restores_beside()
+        assert files_engine(tmp_path, paths=["other"]).restores_beside()
+        assert not any(tmp_path.parent.glob(f".{tmp_path.name}.gdr-restore-*"))  # asking creates nothing
         assert files_engine(tmp_path, paths=["other"]).stage("abc") is not None
 
 

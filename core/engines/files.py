@@ -281,15 +281,9 @@ class FilesEngine(Engine):
         A root that is a symlink (``/srv/current``) is staged beside the
         directory it points to, which is where the renames happen.
         """
-        root = os.path.realpath(self.root)
-        parent, name = os.path.split(root)
-        if not name or not os.path.isdir(parent):
+        staged_root = self._staging_root(tag)
+        if staged_root is None:
             return None
-        covered = [os.path.join(root, p) if p else root for p in self._paths()]
-        for mount in mount_points():
-            if any(mount == c or mount.startswith(c + "/") for c in covered):
-                return None
-        staged_root = os.path.join(parent, f".{name}{_STAGE_MARK}{tag}")
         try:
             # A leftover of an interrupted restore with this tag is ours to clear: a
             # staged tree must hold exactly the backup (stale extras would be swapped in).
@@ -303,6 +297,22 @@ class FilesEngine(Engine):
         staged = FilesEngine(self.config.model_copy(update={"root": staged_root}))
         staged._staged_from = self
         return staged
+
+    def restores_beside(self) -> bool:
+        """Whether ``stage`` would give a sibling (nothing is created)."""
+        return self._staging_root("0") is not None
+
+    def _staging_root(self, tag: str) -> str | None:
+        """Where ``stage`` puts the sibling, or None if this target restores in place (see ``stage``)."""
+        root = os.path.realpath(self.root)
+        parent, name = os.path.split(root)
+        if not name or not os.path.isdir(parent):
+            return None
+        covered = [os.path.join(root, p) if p else root for p in self._paths()]
+        for mount in mount_points():
+            if any(mount == c or mount.startswith(c + "/") for c in covered):
+                return None
+        return os.path.join(parent, f".{name}{_STAGE_MARK}{tag}")
 
     def swap_in(self, staged: Engine) -> None:
         """Move the verified staged tree into place (renames), then remove the old entries.
