@@ -528,6 +528,12 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
         conn.execute(f"GRANT USAGE ON SCHEMA app TO {reader}, gdr_shared")
         conn.execute(f"GRANT SELECT ON app.items TO {reader}, gdr_shared")
         conn.execute(f"GRANT UPDATE (name) ON app.items TO {login}")
+    with pg_server.connect() as conn:  # database-level properties: a new target database takes them over
+        conn.execute(f"COMMENT ON DATABASE \"{source}\" IS 'app data'")
+        conn.execute(f'REVOKE ALL ON DATABASE "{source}" FROM PUBLIC')
+        conn.execute(f'GRANT CONNECT ON DATABASE "{source}" TO {reader}')
+        conn.execute(f"ALTER DATABASE \"{source}\" SET work_mem = '6MB'")
+        conn.execute(f"ALTER ROLE {login} IN DATABASE \"{source}\" SET statement_timeout = '5s'")
     vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
     keyring = Keyring(passphrase="pw")
     manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app", source, role_passwords=True)))
@@ -538,7 +544,7 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
     engine = PostgresEngine(pg_server_b.config("dr", target, create_roles=False))
     report = restore_backup(vault, keyring, manifest.id, engine)
     missing = "does not exist on the target"
-    assert report.notes == [
+    assert report.notes[:8] == [
         f"role {login} does not exist on the target and was not created (create_roles is off)",
         f"role {owner} does not exist on the target and was not created (create_roles is off)",
         f"role {reader} does not exist on the target and was not created (create_roles is off)",
@@ -547,6 +553,12 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
         f"schema app: USAGE to {reader} not restored (role {reader} {missing})",
         f"table app.items: owned by postgres instead of {owner} (role {owner} {missing})",
         f"table app.items: SELECT to {reader} not restored (role {reader} {missing})",
+    ]
+    assert report.notes[8:] == [
+        f'database {target}: GRANT CONNECT ON DATABASE "{target}" TO "{reader}" not restored '
+        f'(role "{reader}" does not exist)',
+        f'database {target}: ALTER ROLE "{login}" IN DATABASE "{target}" SET "statement_timeout" = \'5s\' '
+        f'not restored (role "{login}" does not exist)',
     ]
     assert not _roles_on(pg_server_b, [owner, reader, login])
     with pg_server_b.connect(target) as conn:
@@ -570,6 +582,13 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
         assert b.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gdr_shared'").fetchone()[0] is False
     with pg_server.connect(source) as a, pg_server_b.connect(target) as b:
         assert roles.privileges(b) == roles.privileges(a)
+    database_settings = (
+        "SELECT coalesce(pg_get_userbyid(nullif(s.setrole, 0)), ''), s.setconfig::text FROM pg_db_role_setting s "
+        "JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = %s ORDER BY 1"
+    )
+    with pg_server.connect() as a, pg_server_b.connect() as b:
+        assert b.execute(database_settings, (target,)).fetchall() == a.execute(database_settings, (source,)).fetchall()
+    assert _database_properties(pg_server_b, target) == _database_properties(pg_server, source)
 
 
 def _precious_target(server: PostgresServer) -> str:

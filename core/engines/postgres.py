@@ -511,7 +511,10 @@ class PostgresEngine(Engine):
         globals_ = roles.decode_globals(b"".join(source.iter_stream(GLOBALS_STREAM))) if GLOBALS_STREAM in names else {}
         notes: list[str] = []
         has_data = False if self._staged_for else self.has_data()
+        shown = self._staged_for[0] if self._staged_for else self.config.database
         with self._connect(self._maintenance_db()) as conn:
+            # A database this restore brings into existence gets the source's database properties.
+            new_target = not target.database_exists(conn, shown)
             created_roles: list[str] = []
             if globals_:
                 created_roles, role_notes = roles.create_missing_roles(conn, globals_, self.config.create_roles)
@@ -571,6 +574,9 @@ class PostgresEngine(Engine):
                 self._drop_database_quietly()
             raise
         self._make_durable()
+        if new_target and globals_.get("database"):
+            with self._connect(self._maintenance_db()) as conn:
+                notes += target.apply_recorded_properties(conn, self.config.database, globals_["database"], shown)
         self.last_restore = {
             "database_created": created,
             "owners_and_privileges": "kept" if not (no_owner or no_privileges) else "partly",

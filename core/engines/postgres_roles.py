@@ -87,7 +87,15 @@ def read_globals(conn: Connection, referenced: list[str], with_passwords: bool) 
             ) from None
         for role in roles:
             role["password"] = hashes.get(role["name"])
-    return {"format": GLOBALS_FORMAT, "roles": roles, "memberships": memberships, "passwords": with_passwords}
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    return {
+        "format": GLOBALS_FORMAT,
+        "roles": roles,
+        "memberships": memberships,
+        "passwords": with_passwords,
+        # Restored onto a database the restore creates; an existing target keeps its own.
+        "database": target.database_properties(conn, database),
+    }
 
 
 def encode_globals(globals_: dict[str, Any]) -> bytes:

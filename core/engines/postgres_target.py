@@ -216,6 +216,30 @@ def swap_properties_sql(name: str, props: dict[str, Any]) -> list[sql.Composed]:
     return out
 
 
+def apply_recorded_properties(conn: psycopg.Connection, name: str, props: dict[str, Any], shown: str) -> list[str]:
+    """Give database ``name`` (a new one, restored as ``shown``) the properties recorded at
+    backup time: owner, comment, grants, settings, connection limit. Returns one note per
+    property it could not set (a role missing on this server, a privilege we lack)."""
+    props = dict(props, grants=[tuple(g) for g in props.get("grants", [])])
+    props["settings"] = [tuple(s) for s in props.get("settings", [])]
+    steps = list(zip(swap_properties_sql(shown, props), swap_properties_sql(name, props), strict=True))
+    if props.get("owner"):
+        alter = "ALTER DATABASE {} OWNER TO {}"
+        owner = sql.Identifier(props["owner"])
+        steps.insert(
+            0,
+            (sql.SQL(alter).format(sql.Identifier(shown), owner), sql.SQL(alter).format(sql.Identifier(name), owner)),
+        )
+    notes = []
+    for text, statement in steps:
+        try:
+            with conn.transaction():
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            notes.append(f"database {shown}: {text.as_string(conn)} not restored ({_last_line(str(exc))})")
+    return notes
+
+
 def rename_database(conn: psycopg.Connection, old: str, new: str, attempts: int = 20) -> None:
     """ALTER DATABASE ... RENAME, disconnecting its sessions first (retried: a client may
     reconnect between the two)."""
