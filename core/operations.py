@@ -133,7 +133,7 @@ def _restore_in_place(reader, engine: Engine, backup_id: str) -> tuple[list[str]
 
 
 def _restore_staged(reader, engine: Engine, staged: Engine, backup_id: str) -> tuple[list[str], int]:
-    """Restore into the sibling, verify it there, then swap it in; the target is untouched until the swap."""
+    """Restore into the sibling and verify it there; the target is untouched (the caller swaps it in)."""
     try:
         notes = staged.restore(reader, reader.result) or []
         verified = verify_target(staged, reader.result.checks, backup_id)
@@ -147,7 +147,6 @@ def _restore_staged(reader, engine: Engine, staged: Engine, backup_id: str) -> t
                 f"the target was not changed (and the staged copy {staged.describe()} could not be removed: {cleanup})",
             ) from None
         raise _with_context(exc, "the target was not changed") from None
-    engine.swap_in(staged)
     return list(notes), verified
 
 
@@ -208,6 +207,10 @@ def restore_backup(
             target.mark(backup_id, rollback_id, tag if staged is not None else None)
             if staged is not None:
                 notes, verified = _restore_staged(reader, engine, staged, backup_id)
+                try:
+                    engine.swap_in(staged)
+                except BaseException as exc:
+                    raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
             else:
                 try:
                     notes, verified = _restore_in_place(reader, engine, backup_id)
@@ -223,7 +226,8 @@ def restore_backup(
             plain_bytes=manifest.plain_bytes,
             seconds=round(time.monotonic() - started, 3),
             method="staged beside the target, verified, then swapped in" if staged is not None else "in place",
-            notes=notes,
+            # A note restating a skip the manifest records is listed once, as a skip.
+            notes=[n for n in notes if not any(n.startswith(entry) for entry in manifest.skipped)],
             skipped_at_backup=list(manifest.skipped),
             interrupted_before=interrupted.describe() if interrupted else None,
         )

@@ -583,7 +583,9 @@ class BackupReader:
         if manifest.sealed_checks:
             blob = base64.b64decode(manifest.sealed_checks)
             checks = json.loads(self._opener.open_blob("checks", blob, f"backup {manifest.id} checks"))
-        self.result = BackupResult(position=manifest.position, checks=checks, tool_versions=manifest.tool_versions)
+        self.result = BackupResult(
+            position=manifest.position, checks=checks, tool_versions=manifest.tool_versions, skipped=manifest.skipped
+        )
 
     def stream_names(self) -> list[str]:
         return [s.name for s in self.manifest.streams]
