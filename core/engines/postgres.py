@@ -25,48 +25,69 @@ Backup
       the same server CPU as ``-j 2``). ``GENESIS_DR_PG_JOBS`` (default 2) sets
       how many pg_dump/pg_restore processes run at once.
 
-    By hand: ``pg_restore --section=pre-data schema.pgdump``, then each
-    ``data-*.pgdump`` (in any order or at once), then ``pg_restore
-    --section=post-data schema.pgdump``.
+    - ``globals.json``: the roles the database uses (owners, grantees, their
+      members; attributes, memberships, settings; password hashes only with
+      ``role_passwords``), every object's owner and grants, and the
+      database's own properties (owner, comment, grants, ``ALTER
+      DATABASE/ROLE ... SET``, connection limit) - see ``postgres_roles``.
+
+    By hand: create the roles, ``pg_restore --section=pre-data
+    schema.pgdump``, then each ``data-*.pgdump`` (in any order or at once),
+    then ``pg_restore --section=post-data schema.pgdump``.
 
     Recorded position: WAL LSN (replay LSN on a standby), txid snapshot, the
     snapshot's time, server version, database, and the database's encoding
-    and locale. Not included (as with any pg_dump): roles, tablespaces and the
-    database's own settings (``ALTER DATABASE ... SET``, database GRANTs) -
-    keep them with ``pg_dumpall --globals-only`` or configuration management.
+    and locale. Not included (as with any pg_dump): tablespaces, and roles
+    the database does not use.
 
 Restore semantics
-    - Target database: created if missing (``TEMPLATE template0`` with the
-      backup's encoding and locale; if the target server lacks that locale,
-      create the database yourself, empty, and restore again). An existing
-      *empty* database is used as it is (its owner, settings and grants stay).
-    - Clean: if the target holds data (the caller checked ``has_data()`` and
-      was given ``--force``; the operation takes a rollback backup first), the
-      database is dropped (``WITH (FORCE)``: its sessions are disconnected) and
-      re-created, keeping its owner, connection limit, comment, grants and
-      ``ALTER DATABASE/ROLE ... SET`` settings (see ``postgres_target``). This
-      is the only clean that leaves exactly the backup's objects behind;
-      ``pg_restore --clean`` keeps objects the backup does not know, and fails
-      on their dependencies.
-    - Owners and privileges: kept when every role the backup references as
-      owner or grantee exists on the target and the restoring user may act as
-      them (superuser, or member); otherwise the restore runs with
-      ``--no-owner --no-privileges``, so a bare DR server still gets the data
-      (objects then belong to the restoring user, without GRANTs; create the
-      roles, e.g. from ``pg_dumpall --globals-only``, and restore again to
-      keep them). ``last_restore`` says which happened.
+    - Beside the target (``stage``/``swap_in``/``discard``): the backup is
+      restored into a new database ``<db>_gdr_<tag>`` on the same server
+      (``TEMPLATE template0`` with the backup's encoding and locale, owned by
+      the target's owner), verified there, and only then swapped in: the
+      target's sessions are ended, it is renamed to ``<db>_gdr_old_<tag>``,
+      the staged copy renamed into place, the old one dropped. The target is
+      untouched until the swap, and keeps its identity: owner, comment,
+      grants, ``ALTER DATABASE/ROLE ... SET`` settings and connection limit
+      carry over. A database that did not exist takes the source's
+      properties instead. A failed or abandoned restore drops the staged
+      copy (``discard`` also undoes a swap killed between its two renames).
+      Staging needs CREATEDB (and ownership of an existing target) or a
+      superuser; without them ``stage`` returns None and the restore runs
+      in place (below), as on a managed server whose database was made for us.
+    - In place: the database is created if missing; an existing *empty*
+      database is used as it is; one holding data (``--force``, after the
+      rollback backup) is dropped and re-created with its properties kept.
+      ``pg_restore --clean`` is never used: it keeps objects the backup does
+      not know, and fails on their dependencies.
+    - Roles: recorded roles the server lacks are created first when the
+      target config allows (``create_roles``, the default); existing roles
+      are never altered.
+    - Owners and privileges: kept when every role the backup names exists and
+      the restoring user may act as it (superuser, or member). Otherwise the
+      restore runs with ``--no-privileges`` (and ``--no-owner`` if an owner is
+      missing: objects then belong to the restoring user), and then replays
+      the dump's GRANTs one statement at a time, so a grant to a missing role
+      loses only itself.
+    - Notes: ``restore`` returns one line per thing not restored exactly as it
+      was: a role not created (or created without its password), an owner
+      replaced, a grant missing or added (found by comparing every object's
+      owner and grants with those recorded), a database property the server
+      refused, and every warning pg_restore printed. ``last_restore`` sums up.
     - Order: pre-data, then the data streams (largest first, one
       ``pg_restore`` each, ``GENESIS_DR_PG_JOBS`` at once), then post-data
       (indexes, constraints, triggers, ACLs, materialized view refreshes). All with
-      ``--exit-on-error``. A failure leaves the database partially restored,
-      except that a database created by this restore is dropped again. No
-      ``--single-transaction``: it cannot span parallel loads, and it takes a
+      ``--exit-on-error``. A failure in a staged copy leaves the target as it
+      was (the error says so); in place it leaves the database partially
+      restored, except that a database created by this restore is dropped again.
+      No ``--single-transaction``: it cannot span parallel loads, and it takes a
       lock per object, which large schemas run out of.
     - Speed: sessions run with ``synchronous_commit=off`` and a larger
       ``maintenance_work_mem`` (index builds); one synchronous commit at the
       end makes the whole restore durable.
     - The restore is proven by ``collect_checks``: the same counts, hashes,
-      sequences and inventory as recorded at backup time.
+      sequences and inventory as recorded at backup time, none of which
+      depends on the database's name or on OIDs (see ``postgres_checks``).
 """
 
 from __future__ import annotations
@@ -394,7 +415,9 @@ class PostgresEngine(Engine):
             sequences_before = checks.read_sequences(conn)
             referenced = checks.referenced_roles(conn)
             globals_ = roles.read_globals(conn, referenced, self.config.role_passwords)
-            privileges = roles.privileges(conn)
+            # Not a check (a restore onto a server without the roles differs, and says so): the
+            # reference the restore reports every owner and grant it did not restore against.
+            globals_["privileges"] = roles.privileges(conn)
             with sink.open_stream(GLOBALS_STREAM) as out:
                 out.write(roles.encode_globals(globals_))
             jobs = self._dump_jobs(pg_dump, info.pop("snapshot"), plan_data_groups(sizes))
@@ -408,7 +431,7 @@ class PostgresEngine(Engine):
         finally:
             conn.close()
         content["sequences"] = checks.sequence_checks(sequences_before, sequences_after)
-        content["restore"] = {"roles": referenced, "privileges": privileges}
+        content["restore"] = {"roles": referenced}
         return BackupResult(
             position=info,
             checks=content,
@@ -530,7 +553,7 @@ class PostgresEngine(Engine):
             else:
                 created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
         try:
-            recorded = hints.get("privileges")
+            recorded = globals_.get("privileges")
             wanted = hints.get("roles", [])
             with self._connect() as conn:
                 # Missing, or we may not act as them (ALTER DEFAULT PRIVILEGES FOR ROLE, a grant

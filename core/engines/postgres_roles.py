@@ -13,9 +13,11 @@ Backup
     asks (``role_passwords``, reading ``pg_authid`` needs a superuser), like
     ``pg_dumpall --globals-only --no-role-passwords`` otherwise.
 
-    ``privileges`` records every object's owner and grants (sealed in the
-    checks, under ``restore``): the reference the restore compares with, so
-    that nothing it did not restore as it was goes unreported.
+    ``privileges`` records every object's owner and grants (in the same
+    stream): the reference the restore compares with, so that nothing it did
+    not restore as it was goes unreported. The stream also holds the source
+    database's own properties (owner, comment, grants, settings, connection
+    limit), which a database the restore creates takes over.
 
 Restore
     ``create_missing_roles`` creates recorded roles the target server lacks
