@@ -339,3 +339,59 @@ def test_forced_restore_over_a_read_only_vault_refuses_before_changing_anything(
     )
     assert "rollback" in one_line_error(proc)
     assert (busy / "conf" / "mine.txt").read_text() == "keep me"
+
+
+def test_flows_list_every_skip_and_mirror_a_forced_restore(make_stack, tmp_path):
+    """Through the flows: a skip the stack allows is in the backup's record, the run's artifact and
+    the restore report; a forced restore leaves the tree equal to the backup (a mirror)."""
+    import socket as socketlib
+
+    from prefect.client.orchestration import get_client
+
+    from core.operations import render_report
+    from flows.backup import backup
+    from flows.restore import restore
+
+    app = make_tree(tmp_path / "app")
+    sock = socketlib.socket(socketlib.AF_UNIX)
+    sock.bind(str(app / "conf" / "live.sock"))
+    try:
+        strict = make_stack([files_source(app)])
+        with pytest.raises(Exception, match="live.sock"):
+            backup(stack=strict.name)  # nothing is left out silently
+        lenient = make_stack([files_source(app).model_copy(update={"skip_unarchivable": True})])
+        [result] = backup(stack=lenient.name)
+    finally:
+        sock.close()
+    assert result["status"] == "COMPLETED"
+    assert len(result["skipped"]) == 1 and "live.sock" in result["skipped"][0]
+
+    async def artifact(key: str) -> str:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return max(found, key=lambda a: a.created).data
+
+    import asyncio
+
+    assert "live.sock" in asyncio.run(artifact("backup-summary"))
+
+    target = tmp_path / "target"
+    (target / "conf").mkdir(parents=True)
+    (target / "conf" / "f0.txt").write_text("stale")
+    (target / "conf" / "extra.txt").write_text("not in the backup")
+    (target / "old").mkdir()
+    out = restore(source="app-files", stack=lenient.name, target={"root": str(target)}, force=True)
+    report = out["report"]
+    assert report["rollback_backup_id"]
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        "conf",
+        "conf/f0.txt",
+        "conf/f1.txt",
+        "conf/f2.txt",
+    ]
+    assert (target / "conf" / "f0.txt").read_text() == (app / "conf" / "f0.txt").read_text()
+    text = render_report(report)
+    assert "NOT IN THE BACKUP" in text and "live.sock" in text
+    assert "live.sock" in asyncio.run(artifact("restore-report"))
