@@ -11,6 +11,7 @@ comparison with ``assert_same_redis``.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -142,6 +143,7 @@ def seed_redis(client: redis.Redis) -> None:
     c.xgroup_create("stream:events", "workers", id="0")
     c.xreadgroup("workers", "alice", {"stream:events": ">"}, count=5)
     c.xgroup_create("stream:events", "auditors", id="$")
+    _seed_real_stack(c)
     c.set("ttl:session", "token-abc", ex=3600)
     c.hset("ttl:hash", mapping={"a": 1})
     c.expire("ttl:hash", 7200)
@@ -149,6 +151,59 @@ def seed_redis(client: redis.Redis) -> None:
     db3.set("db3:greeting", "hallo")
     db3.rpush("db3:list", *range(10))
     db3.set("db3:ttl", "soon", ex=1800)
+
+
+LARGE_VALUE = random.Random(77).randbytes(5 << 20)  # several MB, incompressible
+
+
+def _seed_real_stack(c: redis.Redis) -> None:
+    """What production Redis holds besides the basic types: job streams with
+    consumer groups (pending entries, redeliveries, acks, idle consumers),
+    hashtable-encoded sets (non-integer and binary members past 512), binary
+    key names of every type, and values of several MB."""
+    for i in range(40):
+        c.xadd("stream:jobs", {"job": i, "payload": b"\x00\xfe" * (i % 5)}, id=f"2000-{i}")
+    c.xgroup_create("stream:jobs", "billing", id="0")
+    c.xgroup_create("stream:jobs", "mailer", id="2000-9")  # last-delivered id in the middle
+    c.xgroup_createconsumer("stream:jobs", "mailer", "idle-worker")  # a consumer holding nothing
+    c.xreadgroup("billing", "w1", {"stream:jobs": ">"}, count=10)
+    c.xreadgroup("billing", "w2", {"stream:jobs": ">"}, count=7)
+    c.xack("stream:jobs", "billing", "2000-1", "2000-3", "2000-12")
+    # Redelivered twice to another consumer: delivery counts of 3.
+    for _ in range(2):
+        c.xclaim("stream:jobs", "billing", "w2", 0, ["2000-4", "2000-5"])
+    c.xreadgroup("mailer", "m1", {"stream:jobs": ">"}, count=4)
+    c.xadd("stream:capped", {"v": 1}, maxlen=5)  # a stream with only an empty group
+    c.xgroup_create("stream:capped", "nobody", id="$")
+    c.sadd("set:binary_members", *[bytes([i % 256, 0xFF, i // 256]) + b"-m" for i in range(700)])
+    c.sadd("set:mixed", *range(300), *[f"name-{i}" for i in range(300)])
+    c.set(b"bin:\xff\xfe\x80key", b"value")
+    c.rpush(b"bin:list:\xc3\x28", b"\x00", b"\xff" * 3)
+    c.hset(b"bin:hash:\x00", mapping={b"\xff\x00field": b"\x80", "utf8": "Grüße 🎉"})
+    c.zadd(b"bin:zset:\xed\xa0\x80", {b"\xff": 1.5, b"\x00\x00": -3})
+    c.set("big:string", LARGE_VALUE)
+    c.rpush("big:list", b"head", LARGE_VALUE[: 3 << 20], b"tail")
+    c.hset("big:hash", mapping={"small": "x", "large": LARGE_VALUE[: 2 << 20]})
+    c.set(b"big:ttl:\xff", LARGE_VALUE[: 1 << 20], ex=5400)
+
+
+def _stream_value(c: redis.Redis, key: bytes) -> Any:
+    """Entries, length and every group with its last-delivered id, its pending entries
+    (id, consumer, delivery count) and its consumers with their pending counts."""
+    groups = []
+    for g in c.xinfo_groups(key):
+        pending = c.xpending_range(key, g["name"], min="-", max="+", count=100_000)
+        consumers = sorted((x["name"], x["pending"]) for x in c.xinfo_consumers(key, g["name"]))
+        groups.append(
+            (
+                g["name"],
+                g["last-delivered-id"],
+                g["pending"],
+                [(p["message_id"], p["consumer"], p["times_delivered"]) for p in pending],
+                consumers,
+            )
+        )
+    return (c.xrange(key), sorted(groups), c.xlen(key))
 
 
 def snapshot_redis(client_factory: Callable[[int], redis.Redis]) -> dict[int, dict[bytes, dict[str, Any]]]:
@@ -171,8 +226,7 @@ def snapshot_redis(client_factory: Callable[[int], redis.Redis]) -> dict[int, di
             elif kind == "hash":
                 value = c.hgetall(key)
             elif kind == "stream":
-                groups = sorted((g["name"], g["last-delivered-id"], g["pending"]) for g in c.xinfo_groups(key))
-                value = (c.xrange(key), groups, c.xlen(key))
+                value = _stream_value(c, key)
             else:
                 raise AssertionError(f"unexpected type {kind}")
             pttl = c.pttl(key)

@@ -24,12 +24,12 @@ from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.rdb import ByteReader, walk_rdb
 from core.engines.redis import RedisEngine
-from core.errors import EngineError, SourceUnavailableError, TargetNotEmptyError, VerificationError
-from core.operations import backup_source, restore_backup, verify_target
+from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError, VerificationError
+from core.operations import backup_source, count_checks, restore_backup, verify_target
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
-from tests.fixtures_redis import CANARY, assert_same_redis, seed_redis, snapshot_redis
+from tests.fixtures_redis import CANARY, assert_same_redis, seed_redis, snapshot_redis, start_redis
 from tests.servers import free_port
 
 PASSWORD = "s3cret-redis-pw-9d1"
@@ -153,7 +153,7 @@ def test_rdb_and_logical_checks_agree_on_the_same_data(redis_factory, vault, key
     rdb_checks = vault.open_backup(rdb.id, keyring).result.checks
     logical_checks = vault.open_backup(logical.id, keyring).result.checks
     assert rdb_checks["databases"] == logical_checks["databases"]
-    assert rdb_checks["databases"]["db0"]["keys"] == 21
+    assert rdb_checks["databases"]["db0"]["keys"] == 32
 
 
 def test_logical_backup_of_one_database_restores_into_another(redis_factory, vault, keyring):
@@ -319,3 +319,173 @@ def test_logical_restore_does_not_revive_keys_that_expired_since_the_backup(redi
     assert client.get("session:short") is None
     assert client.get("session:long") == b"still here" and 3500 < client.ttl("session:long") <= 3600
     assert client.get("config") == b"forever" and client.ttl("config") == -1
+
+
+# --- fidelity: real-stack data, what the checks cover, what a restore reports ----
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, keyring):
+    """One seeded source, backed up once in each mode into one vault, shared by the tests below."""
+    source = start_redis()
+    try:
+        seed_redis(source.client())
+        vault = Vault.open(LocalStore(tmp_path_factory.mktemp("vault")), create=True)
+        backups = {
+            mode: backup_source(vault, keyring, RedisEngine(source.config("cache", mode))).id
+            for mode in ("rdb", "logical")
+        }
+        yield {"source": source, "vault": vault, "backups": backups}
+    finally:
+        source.stop()
+
+
+def _restore_with_engine(vault, keyring, backup_id, engine):
+    """engine.restore as the orchestration calls it; returns (notes, recorded checks)."""
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        return engine.restore(reader, reader.result), reader.result.checks
+    finally:
+        reader.close()
+
+
+def test_seeded_data_has_the_encodings_real_stacks_have(seeded):
+    client = seeded["source"].client()
+    for key in ("set:large", "set:binary_members", "set:mixed", "set:large_ints"):
+        assert client.object("encoding", key) == b"hashtable", key
+    assert client.object("encoding", "set:intset") == b"intset"
+    assert {g["name"] for g in client.xinfo_groups("stream:jobs")} == {b"billing", b"mailer"}
+    pending = client.xpending_range("stream:jobs", "billing", min="-", max="+", count=100)
+    assert {p["times_delivered"] for p in pending} == {1, 3}
+    assert client.strlen("big:string") == 5 << 20
+
+
+@pytest.mark.parametrize("mode", ["rdb", "logical"])
+def test_seeded_round_trip_is_exact_and_says_so(seeded, keyring, redis_factory, mode):
+    target = redis_factory()
+    engine = RedisEngine(target.config("cache", mode))
+    backup_id = seeded["backups"][mode]
+
+    notes, checks = _restore_with_engine(seeded["vault"], keyring, backup_id, engine)
+
+    assert notes == []
+    assert checks["algorithm"] == "redis-checks/2"
+    assert verify_target(engine, checks, backup_id) == count_checks(checks)
+    assert_same_redis(snapshot_redis(seeded["source"].client), snapshot_redis(target.client))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("xclaim", "stream:jobs", "billing", "w1", 0, ["2000-4"]),  # one more delivery, another owner
+        ("xack", "stream:jobs", "billing", "2000-0"),
+        ("xgroup_setid", "stream:jobs", "mailer", "2000-20"),
+        ("xgroup_delconsumer", "stream:jobs", "mailer", "idle-worker"),
+        ("xgroup_destroy", "stream:capped", "nobody"),
+        ("srem", "set:binary_members", b"\x05\xff\x00-m"),
+        ("setrange", "big:string", 4 << 20, b"!"),
+    ],
+    ids=lambda c: c[0],
+)
+def test_checks_catch_lost_stream_group_state_and_changed_values(seeded, keyring, redis_factory, change):
+    target = redis_factory()
+    engine = RedisEngine(target.config("cache", "logical"))
+    backup_id = seeded["backups"]["logical"]
+    _, checks = _restore_with_engine(seeded["vault"], keyring, backup_id, engine)
+    verify_target(engine, checks, backup_id)
+
+    command, *args = change
+    getattr(target.client(), command)(*args)
+
+    with pytest.raises(VerificationError, match=r"databases\.db0\.digest"):
+        verify_target(engine, checks, backup_id)
+
+
+def test_checks_recorded_by_older_versions_are_still_computed(seeded):
+    engine = RedisEngine(seeded["source"].config("cache", "logical"))
+    legacy = engine.collect_checks({"databases": {"db0": {}, "db3": {}}, "first_expiry_ms": None})
+    assert "algorithm" not in legacy
+    current = engine.collect_checks({"algorithm": "redis-checks/2", "databases": {"db0": {}, "db3": {}}})
+    # Only the streams' pending entries differ between the two: db3 (no streams) digests the same.
+    assert legacy["databases"]["db3"] == current["databases"]["db3"]
+    assert legacy["databases"]["db0"]["digest"] != current["databases"]["db0"]["digest"]
+    assert engine.collect_checks(legacy) == legacy
+
+
+@pytest.mark.parametrize("mode", ["rdb", "logical"])
+def test_keys_that_expired_before_the_restore_are_noted(redis_factory, vault, keyring, mode):
+    source, target = redis_factory(), redis_factory()
+    source.client().set("kept", "forever")
+    source.client().set("session:long", "x", ex=3600)
+    source.client().set("session:short", "x", px=1200)
+    source.client(2).set(b"cart:\xff\x01", "x", px=1200)
+    manifest = backup_source(vault, keyring, RedisEngine(source.config("cache", mode)))
+    time.sleep(1.5)
+    engine = RedisEngine(target.config("cache", mode))
+
+    notes, checks = _restore_with_engine(vault, keyring, manifest.id, engine)
+
+    verify_target(engine, checks, manifest.id)
+    when = r"it expired at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00, before the restore"
+    assert len(notes) == 2
+    assert re.fullmatch(rf"key session:short \(db 0\) not restored: {when}", notes[0])
+    assert re.fullmatch(rf"key b'cart:\\xff\\x01' \(db 2\) not restored: {when}", notes[1])
+    assert target.client().get("session:long") == b"x" and target.client().get("kept") == b"forever"
+    assert target.client().get("session:short") is None
+
+
+def _flip_a_byte(vault_dir: Path, backup_id: str, stream: str, which: str) -> None:
+    chunks = sorted((vault_dir / "backups" / backup_id / "streams" / stream).iterdir())
+    assert len(chunks) > 5
+    victim = chunks[len(chunks) // 2] if which == "middle" else chunks[-1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("which", ["middle", "last"])
+@pytest.mark.parametrize("load", ["disabled", "swapdb"])
+def test_corrupt_rdb_backup_leaves_the_target_as_it_was(
+    seeded, redis_factory, tmp_path, keyring, monkeypatch, which, load
+):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(256 << 10))
+    vault_dir = tmp_path / "v"
+    vault = Vault.open(LocalStore(vault_dir), create=True)
+    manifest = backup_source(vault, keyring, RedisEngine(seeded["source"].config("cache", "rdb")))
+    _flip_a_byte(vault_dir, manifest.id, "dump.rdb", which)
+    target = redis_factory(repl_diskless_load=load)
+    target.client(0).set("precious", "data")
+    target.client(5).rpush("queue", *range(100))
+    before = snapshot_redis(target.client)
+    engine = RedisEngine(target.config("cache", "rdb"))
+
+    started = time.monotonic()
+    with pytest.raises(IntegrityError) as err:
+        _restore_with_engine(vault, keyring, manifest.id, engine)
+
+    # A target loading from the socket (swapdb) must not hold the failure up until its repl-timeout.
+    assert time.monotonic() - started < 15
+    message = str(err.value)
+    assert "\n" not in message and manifest.id in message
+    assert message.endswith(f"the target {engine.describe()} was not changed")
+    time.sleep(0.5)  # a replica that had received everything would be loading by now
+    assert snapshot_redis(target.client) == before
+    assert target.client().info("replication")["role"] == "master"
+
+
+def test_logical_restore_that_fails_mid_stream_says_the_target_was_changed(
+    seeded, redis_factory, tmp_path, keyring, monkeypatch
+):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(256 << 10))
+    vault_dir = tmp_path / "v"
+    vault = Vault.open(LocalStore(vault_dir), create=True)
+    manifest = backup_source(vault, keyring, RedisEngine(seeded["source"].config("cache", "logical")))
+    _flip_a_byte(vault_dir, manifest.id, "keys.bin", "middle")
+    target = redis_factory()
+    target.client().set("precious", "data")
+    engine = RedisEngine(target.config("cache", "logical"))
+
+    with pytest.raises(IntegrityError) as err:
+        _restore_with_engine(vault, keyring, manifest.id, engine)
+
+    assert str(err.value).endswith(f"the target {engine.describe()} was left partially restored")

@@ -312,6 +312,10 @@ class RedisEngine(Engine):
                 expired = self._serve_verified(master, source, length)
                 self._wait_synced(client, master, port)
             except BaseException as exc:
+                # Drop the link first: a target loading straight from the socket
+                # (repl-diskless-load) blocks on it and would not answer REPLICAOF
+                # until repl-timeout; on EOF it abandons the load and keeps its data.
+                master.close()
                 # Best effort: give the target back its master role; the
                 # original error is the one the operator needs to see.
                 try:

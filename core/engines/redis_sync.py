@@ -408,6 +408,11 @@ class ReplicationMaster:
                 return False
 
     def close(self) -> None:
+        """Drop the replica's link and stop listening; safe to call twice."""
         if self.replica is not None:
+            try:
+                self.replica.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self.replica.close()
         self.listener.close()
