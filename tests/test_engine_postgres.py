@@ -420,6 +420,15 @@ def test_restore_as_an_unprivileged_user_with_createdb(seeded, pg_server_b):
         name = f"{kind or 'table'} {schema}.{table}" if '"' not in table else None
         if name:
             assert f"{name}: owned by gdr_restorer instead of {owner}" in notes
+    # Each with its reason: the roles are missing (run alone) or exist but are not ours to act as.
+    reasons = ("(role gdr_app_", "(the restoring user may not act as role gdr_app_owner)")
+    owner_note = "table billing.invoices: owned by gdr_restorer instead of gdr_app_owner "
+    assert any(note.startswith(owner_note + r) for note in report.notes for r in reasons)
+    assert not [n for n in report.notes if n.startswith("column ") and ": owned by" in n]  # reported per table
+    default = (
+        "default privileges of role gdr_app_owner in schema billing on tables: SELECT to gdr_app_reader not restored "
+    )
+    assert any(note.startswith(default + r) for note in report.notes for r in reasons)
 
 
 def test_restore_refused_by_the_server_is_one_clear_engine_error(seeded, pg_server_b):

@@ -584,7 +584,8 @@ class PostgresEngine(Engine):
                     everyone = {o for o, _ in recorded.values()} | {
                         g.rpartition(":")[0] for _, grants in recorded.values() for g in grants
                     }
-                    notes += roles.privilege_notes(recorded, actual, roles.existing_roles(conn, sorted(everyone)))
+                    existing = roles.existing_roles(conn, sorted(everyone))
+                    notes += roles.privilege_notes(recorded, actual, existing, unusable)
             elif no_owner or no_privileges:
                 notes.append(
                     "owners and grants were not restored (roles missing on the target: "

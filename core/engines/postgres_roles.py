@@ -252,14 +252,26 @@ def _grant_text(entry: str) -> tuple[str, str]:
     return grantee, privilege.rstrip("*") + (" with grant option" if grantable else "")
 
 
-def privilege_notes(recorded: dict[str, list[Any]], actual: dict[str, list[Any]], existing: set[str]) -> list[str]:
+def privilege_notes(
+    recorded: dict[str, list[Any]],
+    actual: dict[str, list[Any]],
+    existing: set[str],
+    unusable: set[str] | frozenset[str] = frozenset(),
+) -> list[str]:
     """One line per owner or grant that is not as recorded at backup time.
 
-    ``existing``: roles that exist on the target (to say why something is missing).
+    ``existing``: roles that exist on the target; ``unusable``: roles the restoring
+    user may not act as (to say why something is missing).
     """
 
     def why(role: str) -> str:
-        return "" if role == "PUBLIC" or role in existing else f" (role {role} does not exist on the target)"
+        if role == "PUBLIC":
+            return ""
+        if role not in existing:
+            return f" (role {role} does not exist on the target)"
+        if role in unusable:
+            return f" (the restoring user may not act as role {role})"
+        return ""
 
     notes = []
     for obj in sorted(recorded):
@@ -271,11 +283,13 @@ def privilege_notes(recorded: dict[str, list[Any]], actual: dict[str, list[Any]]
             notes.append(f"{obj}: not restored")
             continue
         now_owner, now_grants = now
-        if now_owner != owner:
+        if now_owner != owner and not obj.startswith("column "):  # a column's owner is its table's
             notes.append(f"{obj}: owned by {now_owner} instead of {owner}{why(owner)}")
         for entry in sorted(set(grants) - set(now_grants)):
             grantee, privilege = _grant_text(entry)
-            notes.append(f"{obj}: {privilege} to {grantee} not restored{why(grantee)}")
+            # A grant needs its grantee to exist, and whoever grants to act as the object's owner.
+            missing = grantee != "PUBLIC" and grantee not in existing
+            notes.append(f"{obj}: {privilege} to {grantee} not restored{why(grantee) if missing else why(owner)}")
         for entry in sorted(set(now_grants) - set(grants)):
             grantee, privilege = _grant_text(entry)
             notes.append(f"{obj}: {privilege} to {grantee} granted on the target but not in the backup")
