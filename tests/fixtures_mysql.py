@@ -357,6 +357,22 @@ def _seed_real_stack(cur) -> None:
         "INSERT INTO measurements VALUES (%s, %s, %s)",
         [(f"{2023 + i % 3}-0{1 + i % 9}-1{i % 10}", i, i / 7) for i in range(60)],
     )
+    # System-versioned tables keep every past row version: the history is data too.
+    cur.execute("CREATE TABLE prices (sku VARCHAR(20) PRIMARY KEY, cents INT NOT NULL) WITH SYSTEM VERSIONING")
+    cur.execute(
+        """CREATE TABLE contracts (
+            id INT PRIMARY KEY,
+            terms TEXT,
+            valid_from TIMESTAMP(6) GENERATED ALWAYS AS ROW START INVISIBLE,
+            valid_to TIMESTAMP(6) GENERATED ALWAYS AS ROW END INVISIBLE,
+            PERIOD FOR SYSTEM_TIME (valid_from, valid_to)
+        ) WITH SYSTEM VERSIONING"""
+    )
+    cur.executemany("INSERT INTO prices VALUES (%s, %s)", [("a", 100), ("b", 250), ("c", 999)])
+    cur.execute("INSERT INTO contracts (id, terms) VALUES (1, 'v1'), (2, 'draft')")
+    cur.execute("UPDATE prices SET cents = cents + 1 WHERE sku <> 'c'")
+    cur.execute("DELETE FROM prices WHERE sku = 'c'")
+    cur.execute("UPDATE contracts SET terms = 'v2' WHERE id = 1")
     cur.execute("CREATE TABLE blobs (id INT PRIMARY KEY, data LONGBLOB NOT NULL) ENGINE=InnoDB")
     cur.execute("INSERT INTO blobs VALUES (1, %s), (2, %s)", (LARGE_BLOB, LARGE_BLOB[:1000]))
     cur.execute("CREATE SEQUENCE invoice_numbers START WITH 1000 INCREMENT BY 5 CACHE 10")
@@ -483,6 +499,17 @@ def snapshot_mysql(conn: pymysql.connections.Connection) -> dict[str, Any]:
                 cur.execute(f"SHOW CREATE {kind} `{name}`")
                 snap[f"create {kind.lower()} {name}"] = _normalize(cur.fetchone()[column], db)
         snap["definers"] = definers(conn)
+        cur.execute(
+            "SELECT t.TABLE_NAME, (SELECT GROUP_CONCAT(c.COLUMN_NAME ORDER BY c.GENERATION_EXPRESSION DESC) "
+            "FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME "
+            "AND c.GENERATION_EXPRESSION IN ('ROW START', 'ROW END')) FROM information_schema.TABLES t "
+            "WHERE t.TABLE_SCHEMA = %s AND t.TABLE_TYPE = 'SYSTEM VERSIONED' ORDER BY 1",
+            (db,),
+        )
+        for name, period in cur.fetchall():
+            start, end = (period or "row_start,row_end").split(",")
+            cur.execute(f"SELECT *, `{start}`, `{end}` FROM `{name}` FOR SYSTEM_TIME ALL")
+            snap[f"history {name}"] = sorted(cur.fetchall(), key=repr)
         if any(name == "with_tax" for name, *_ in snap["routines"]):
             cur.execute("SELECT with_tax(10.00)")  # the restored function works, not just exists
             snap["function result"] = cur.fetchone()

@@ -438,6 +438,8 @@ def test_seeded_round_trip_is_exact_and_says_so(mysql_server, seeded, keyring):
         ("ALTER TABLE measurements REMOVE PARTITIONING", "tables.measurements.definition"),
         ("SELECT SETVAL(invoice_numbers, 5000)", "sequences.invoice_numbers"),
         ("UPDATE blobs SET data = CONCAT(data, 'x') WHERE id = 1", "tables.blobs.checksum"),
+        ("DELETE HISTORY FROM prices", "tables.prices.rows"),
+        ("DELETE HISTORY FROM contracts", "tables.contracts.rows"),
     ],
     ids=lambda v: "-".join(v.split()[:3]),
 )
@@ -585,3 +587,35 @@ def test_restore_blocked_by_a_lock_fails_instead_of_hanging(mysql_server, monkey
             engine.restore(_Script(b"SELECT 1;\n"), BackupResult(position={}, checks={}))
         assert time.monotonic() - started < 20
         cur.execute("ROLLBACK")
+
+
+def test_history_that_cannot_be_dumped_is_listed_as_skipped_and_noted(mysql_server, tmp_path, keyring):
+    database = mysql_server.create_database("precise")
+    with mysql_server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE ledger (id INT PRIMARY KEY, amount INT, "
+            "s BIGINT UNSIGNED GENERATED ALWAYS AS ROW START, e BIGINT UNSIGNED GENERATED ALWAYS AS ROW END, "
+            "PERIOD FOR SYSTEM_TIME (s, e)) ENGINE=InnoDB WITH SYSTEM VERSIONING"
+        )
+        cur.execute("CREATE TABLE prices (sku INT PRIMARY KEY, cents INT) WITH SYSTEM VERSIONING")
+        cur.execute("INSERT INTO ledger (id, amount) VALUES (1, 10), (2, 20)")
+        cur.execute("UPDATE ledger SET amount = 11 WHERE id = 1")
+        cur.execute("INSERT INTO prices VALUES (1, 5)")
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("precise", database)))
+    expected = [
+        "table ledger: system-versioning history not backed up "
+        "(transaction-precise history (table ledger) cannot be dumped)",
+        "table prices: system-versioning history not backed up "
+        "(transaction-precise history (table ledger) cannot be dumped)",
+    ]
+    assert manifest.skipped == expected
+
+    engine = MySQLEngine(mysql_server.config("precise", mysql_server.fresh_database_name("precise_copy")))
+    reader = vault.open_backup(manifest.id, keyring)
+    result = BackupResult(position=reader.result.position, checks=reader.result.checks, skipped=manifest.skipped)
+    notes = engine.restore(reader, result)
+    reader.close()
+
+    assert notes == expected
+    verify_target(engine, result.checks, manifest.id)  # current rows verified, without the period columns

@@ -350,12 +350,14 @@ class MySQLEngine(Engine):
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 position = self._position(cur, info)
                 inventory = mysql_checks.inventory(cur, cfg.database)
-                facts = self._stream_dump(sink, tool, self._dump_args(tool_flavor, tool_numeric, info), lock)
+                history, skipped = self._history_plan(inventory, tool_flavor, tool_numeric)
+                dump_args = self._dump_args(tool_flavor, tool_numeric, info) + (["--dump-history"] if history else [])
+                facts = self._stream_dump(sink, tool, dump_args, lock)
             finally:
                 lock.release()
             self._check_coordinates(position, facts)
             checks = mysql_checks.build_checks(
-                cur, cfg.database, inventory, facts.auto_increment, default_auto_increment=1
+                cur, cfg.database, inventory, facts.auto_increment, default_auto_increment=1, history=history
             )
             cur.execute("COMMIT")
             cur.execute("SELECT @@GLOBAL.event_scheduler")
@@ -366,7 +368,29 @@ class MySQLEngine(Engine):
             position=position,
             checks=checks,
             tool_versions={os.path.basename(tool): tool_text, "server": info.version},
+            skipped=skipped,
         )
+
+    def _history_plan(
+        self, inventory: dict[str, Any], tool_flavor: str, tool_numeric: tuple[int, ...]
+    ) -> tuple[set[str], list[str]]:
+        """System-versioned tables whose history the dump will carry, and a skip line for the others.
+
+        mariadb-dump keeps history only with --dump-history (10.11+), and refuses
+        it outright (for the whole dump) if any table has transaction-precise history.
+        """
+        versioned = sorted(name for name, t in inventory["tables"].items() if t.get("period"))
+        if not versioned:
+            return set(), []
+        precise = [name for name in versioned if inventory["tables"][name].get("precise")]
+        if tool_flavor == "mariadb" and tool_numeric >= (10, 11, 0) and not precise:
+            return set(versioned), []
+        reason = (
+            f"transaction-precise history (table {precise[0]}) cannot be dumped"
+            if precise
+            else "this dump tool cannot dump it (needs mariadb-dump 10.11 or later)"
+        )
+        return set(), [f"table {name}: system-versioning history not backed up ({reason})" for name in versioned]
 
     def _stream_dump(self, sink: StreamSink, tool: str, dump_args: list[str], lock: _GlobalReadLock) -> DumpFacts:
         """Run the dump into ``sink``; release ``lock`` once the dump's snapshot is open."""
@@ -443,6 +467,7 @@ class MySQLEngine(Engine):
                 with self._session(None, "granting the backup's privileges") as (_, cur):
                     notes += mysql_grants.apply(cur, data, cfg.database, accounts)
             notes += self._event_notes(result)
+            notes += list(getattr(result, "skipped", None) or [])  # left out at backup time
         except DRError as exc:
             if not self._touched:
                 raise
@@ -575,6 +600,9 @@ class MySQLEngine(Engine):
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             inventory = mysql_checks.inventory(cur, db, algorithm)
             counters = mysql_checks.live_auto_increments(cur, db, info.flavor)
-            checks = mysql_checks.build_checks(cur, db, inventory, counters, default_auto_increment=None)
+            history = {name for name, t in (reference.get("tables") or {}).items() if t.get("history")}
+            checks = mysql_checks.build_checks(
+                cur, db, inventory, counters, default_auto_increment=None, history=history
+            )
             cur.execute("COMMIT")
         return checks

@@ -130,6 +130,22 @@ def inventory(cur, database: str, algorithm: str = ALGORITHM) -> dict[str, Any]:
             "events": events,
         }
     _table_definitions(cur, database, tables)
+    for (name,) in _rows(
+        cur,
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_TYPE = 'SYSTEM VERSIONED'",
+        (database,),
+    ):
+        tables[name]["period"] = ["row_start", "row_end"]  # implicit unless named below
+        tables[name]["precise"] = False
+    for table, column, expression, data_type in _rows(
+        cur,
+        "SELECT TABLE_NAME, COLUMN_NAME, GENERATION_EXPRESSION, DATA_TYPE FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = %s AND GENERATION_EXPRESSION IN ('ROW START', 'ROW END')",
+        (database,),
+    ):
+        if table in tables and "period" in tables[table]:
+            tables[table]["period"][0 if expression == "ROW START" else 1] = column
+            tables[table]["precise"] = tables[table]["precise"] or data_type == "bigint"
     return {
         "database": {"charset": charset, "collation": collation},
         "tables": tables,
@@ -280,13 +296,14 @@ def _routines(cur, database: str) -> dict[str, str]:
     }
 
 
-def table_checksum(cur, database: str, table: str, columns: list[str]) -> tuple[int, str]:
-    """(exact row count, content checksum) of one table, read in the cursor's transaction."""
+def table_checksum(cur, database: str, table: str, columns: list[str], all_versions: bool = False) -> tuple[int, str]:
+    """(exact row count, content checksum) of one table, read in the cursor's transaction;
+    ``all_versions``: every row version of a system-versioned table (FOR SYSTEM_TIME ALL)."""
     column_hashes = ",".join(f"COALESCE(MD5(CAST({quote_name(c)} AS BINARY)),'-')" for c in columns)
     row_hash = f"MD5(CONCAT_WS(',',{column_hashes}))"
     cur.execute(
         f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT({row_hash},16),16,10) AS UNSIGNED)),0) "
-        f"FROM {quote_name(database)}.{quote_name(table)}"
+        f"FROM {quote_name(database)}.{quote_name(table)}{' FOR SYSTEM_TIME ALL' if all_versions else ''}"
     )
     count, total = cur.fetchone()
     return int(count), str(total)
@@ -309,18 +326,36 @@ def live_auto_increments(cur, database: str, flavor: str) -> dict[str, int]:
 
 
 def build_checks(
-    cur, database: str, inv: dict[str, Any], auto_increment: dict[str, int], *, default_auto_increment: int | None
+    cur,
+    database: str,
+    inv: dict[str, Any],
+    auto_increment: dict[str, int],
+    *,
+    default_auto_increment: int | None,
+    history: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """The checks dict: inventory plus per-table rows/checksum/AUTO_INCREMENT.
 
     ``auto_increment`` maps tables to counters; a table with an AUTO_INCREMENT
     column missing from it gets ``default_auto_increment`` (a dump omits the
-    clause while the counter is still at its start value, 1).
+    clause while the counter is still at its start value, 1). ``history``:
+    system-versioned tables whose history is in the dump; their checksum
+    covers every row version with its period, marked ``"history": true``.
+    The current rows of other versioned tables are checked without their
+    period columns, which a restore sets anew.
     """
     tables = {}
     for name, info in sorted(inv["tables"].items()):
-        rows, checksum = table_checksum(cur, database, name, info["columns"])
+        period = info.get("period")
+        columns = info["columns"]
+        if period and name in history:
+            columns = columns + [c for c in period if c not in columns]
+        elif period:
+            columns = [c for c in columns if c not in period]
+        rows, checksum = table_checksum(cur, database, name, columns, all_versions=bool(period) and name in history)
         entry: dict[str, Any] = {"rows": rows, "checksum": checksum}
+        if period and name in history:
+            entry["history"] = True
         if info["auto_increment"]:
             entry["auto_increment"] = auto_increment.get(name, default_auto_increment)
         if "definition" in info:
