@@ -730,3 +730,24 @@ def test_failed_staged_restore_says_the_target_was_not_changed(pg_server, pg_ser
     assert f"the target database '{target}' was not changed" in message
     assert _snapshot(pg_server_b, target) == before
     assert _siblings(pg_server_b, target) == []
+
+
+def test_discarding_a_staged_restore_removes_the_roles_it_created(pg_server, pg_server_b, tmp_path):
+    role = f"gdr_owner_{os.urandom(3).hex()}"
+    source = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(source) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN; CREATE TABLE t (id int); ALTER TABLE t OWNER TO {role}")
+    vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
+    keyring = Keyring(passphrase="pw")
+    manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app", source)))
+    target = pg_server_b.fresh_database_name()
+    staged = PostgresEngine(pg_server_b.config("dr", target)).stage("abcd0123")
+    reader = vault.open_backup(manifest.id, keyring)
+    try:
+        assert staged.restore(reader, reader.result) == []
+    finally:
+        reader.close()
+    assert _roles_on(pg_server_b, [role]) == {role}
+    staged.discard()  # e.g. verification failed: the server is as before, roles included
+    assert _roles_on(pg_server_b, [role]) == set()
+    assert not pg_server_b.database_exists(staged.config.database) and not pg_server_b.database_exists(target)

@@ -260,6 +260,7 @@ class PostgresEngine(Engine):
         self.last_restore: dict[str, Any] = {}
         # Set on a staged copy (``stage``): the target database it will replace, and the tag.
         self._staged_for: tuple[str, str] | None = None
+        self._created_roles: list[str] = []
 
     # ------------------------------------------------------------------ connections
 
@@ -535,23 +536,28 @@ class PostgresEngine(Engine):
         notes: list[str] = []
         has_data = False if self._staged_for else self.has_data()
         shown = self._staged_for[0] if self._staged_for else self.config.database
-        with self._connect(self._maintenance_db()) as conn:
-            # A database this restore brings into existence gets the source's database properties.
-            new_target = not target.database_exists(conn, shown)
-            created_roles: list[str] = []
-            if globals_:
-                created_roles, role_notes = roles.create_missing_roles(conn, globals_, self.config.create_roles)
-                notes += role_notes
-            if self._staged_for:
-                # A fresh sibling; a leftover of the same name can only be ours (the name carries the tag).
-                target.drop_database(conn, self.config.database)
-                props = {}
-                if target.database_exists(conn, self._staged_for[0]):
-                    props = {"owner": target.database_properties(conn, self._staged_for[0])["owner"]}
-                target.create_database(conn, self.config.database, options, props, self.describe())
-                created = True
-            else:
-                created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
+        created, created_roles = False, []
+        try:
+            with self._connect(self._maintenance_db()) as conn:
+                # A database this restore brings into existence gets the source's database properties.
+                new_target = not target.database_exists(conn, shown)
+                if globals_:
+                    created_roles, role_notes = roles.create_missing_roles(conn, globals_, self.config.create_roles)
+                    self._created_roles = created_roles  # removed again if this restore is discarded
+                    notes += role_notes
+                if self._staged_for:
+                    # A fresh sibling; a leftover of the same name can only be ours (the name carries the tag).
+                    target.drop_database(conn, self.config.database)
+                    props = {}
+                    if target.database_exists(conn, self._staged_for[0]):
+                        props = {"owner": target.database_properties(conn, self._staged_for[0])["owner"]}
+                    target.create_database(conn, self.config.database, options, props, self.describe())
+                    created = True
+                else:
+                    created = target.prepare_database(conn, self.config.database, options, has_data, self.describe())
+        except BaseException:
+            self._drop_roles_quietly(created_roles)
+            raise
         try:
             recorded = globals_.get("privileges")
             wanted = hints.get("roles", [])
@@ -596,6 +602,7 @@ class PostgresEngine(Engine):
         except BaseException:
             if created:
                 self._drop_database_quietly()
+            self._drop_roles_quietly(created_roles)
             raise
         self._make_durable()
         if new_target and globals_.get("database"):
@@ -765,7 +772,8 @@ class PostgresEngine(Engine):
         self.last_restore = dict(staged.last_restore, database_created=not existed, staged_as=new)
 
     def discard(self) -> None:
-        """Drop this staged database; finish or undo a swap a killed restore left halfway."""
+        """Drop this staged database (and the roles its restore created); finish or undo a
+        swap a killed restore left halfway."""
         if not self._staged_for:
             raise EngineError(f"{self.describe()} is not a staged copy; refusing to drop it")
         name, tag = self._staged_for
@@ -773,6 +781,8 @@ class PostgresEngine(Engine):
         try:
             with self._connect(self._maintenance_db()) as conn:
                 target.drop_database(conn, self.config.database)
+                if self._created_roles:
+                    self._drop_roles_quietly(self._created_roles)
                 if target.database_exists(conn, old):
                     if target.database_exists(conn, name):
                         target.drop_database(conn, old)  # the swap was done; only the clean-up was not
@@ -812,6 +822,20 @@ class PostgresEngine(Engine):
                 target.drop_database(conn, self.config.database)
         except (psycopg.Error, DRError):
             pass  # the restore's own error is what the operator must see; the leftover is harmless
+
+    def _drop_roles_quietly(self, names: list[str]) -> None:
+        """Remove roles this restore created, once nothing of it needs them (a failed restore)."""
+        if not names:
+            return
+        try:
+            with self._connect(self._maintenance_db()) as conn:
+                for name in names:
+                    try:
+                        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+                    except psycopg.Error:
+                        pass  # used by something else meanwhile: it stays, which harms nothing
+        except DRError:
+            pass  # the restore's own error is what the operator must see
 
     def _make_durable(self) -> None:
         """The restore ran with synchronous_commit=off; one synchronous commit flushes all of its WAL."""
