@@ -748,17 +748,13 @@ class PostgresEngine(Engine):
                     props = target.database_properties(conn, name)
                     for statement in target.swap_properties_sql(new, props):
                         conn.execute(statement)
-                    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+                    # Each rename first ends the database's sessions (and retries if a client
+                    # reconnects in between); nothing is dropped before the new one is in place.
                     target.rename_database(conn, name, old)
                     try:
                         target.rename_database(conn, new, name)
                     except BaseException:
                         target.rename_database(conn, old, name)
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-                                sql.Identifier(name), sql.SQL("true" if props["allow_connections"] else "false")
-                            )
-                        )
                         raise
                     target.drop_database(conn, old)
                 else:
@@ -788,7 +784,6 @@ class PostgresEngine(Engine):
                         target.drop_database(conn, old)  # the swap was done; only the clean-up was not
                     else:
                         target.rename_database(conn, old, name)  # killed between the two renames
-                        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
         except psycopg.Error as exc:
             raise self._sql_error(exc, "removing the staged copy", "drop it by hand (DROP DATABASE)") from None
 
