@@ -96,7 +96,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -660,9 +659,18 @@ class PostgresEngine(Engine):
             )
         return "the target database is left partially restored - fix the cause, then restore again with --force"
 
-    def _tool_output(self, argv: list[str], env: dict[str, str], pieces: Iterator[bytes]) -> bytes:
+    def _tool_output(
+        self, argv: list[str], env: dict[str, str], pieces: Iterator[bytes], pass_fds: tuple[int, ...] = ()
+    ) -> bytes:
         """Run a pg_restore that writes to stdout (a listing, SQL), feeding it a stream."""
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=pass_fds,
+        )
         stderr = _StderrTail(proc.stderr)
         stderr.start()
         failure: list[BaseException] = []
@@ -701,14 +709,28 @@ class PostgresEngine(Engine):
         entries = [ln for ln in listing.splitlines() if re.match(r"^\d+; \d+ \d+ (DEFAULT )?ACL ", ln)]
         if not entries:
             return
-        with tempfile.NamedTemporaryFile("w", prefix="gdr-acl-", suffix=".list") as listfile:
-            listfile.write("\n".join(entries) + "\n")
-            listfile.flush()
+        # The list goes through a pipe, never to disk (it names every object).
+        read_fd, write_fd = os.pipe()
+
+        def write_list() -> None:
+            try:
+                with os.fdopen(write_fd, "w") as out:
+                    out.write("\n".join(entries) + "\n")
+            except OSError:
+                pass  # pg_restore ended without reading it: its own error says why
+
+        writer = threading.Thread(target=write_list, daemon=True)
+        writer.start()
+        try:
             script = self._tool_output(
-                [pg_restore, "--no-owner", f"--use-list={listfile.name}", "--file=-"],
+                [pg_restore, "--no-owner", f"--use-list=/dev/fd/{read_fd}", "--file=-"],
                 env,
                 source.iter_stream(SCHEMA_STREAM),
+                pass_fds=(read_fd,),
             ).decode()
+        finally:
+            os.close(read_fd)
+            writer.join()
         with self._connect() as conn:
             for statement in _sql_statements(script):
                 try:
