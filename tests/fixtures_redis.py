@@ -185,6 +185,20 @@ def _seed_real_stack(c: redis.Redis) -> None:
     c.rpush("big:list", b"head", LARGE_VALUE[: 3 << 20], b"tail")
     c.hset("big:hash", mapping={"small": "x", "large": LARGE_VALUE[: 2 << 20]})
     c.set(b"big:ttl:\xff", LARGE_VALUE[: 1 << 20], ex=5400)
+    c.function_load(FUNCTION_LIBRARY, replace=True)
+
+
+FUNCTION_LIBRARY = (
+    "#!lua name=jobs\n"
+    "redis.register_function('next_job', function(keys, args) return redis.call('LINDEX', keys[1], 0) end)"
+)
+
+
+def function_codes(client: redis.Redis) -> list[bytes]:
+    """Code of every function library on the server (they are server-wide, not per database)."""
+    return sorted(
+        lib[b"library_code"] if isinstance(lib, dict) else lib[-1] for lib in client.function_list(withcode=True)
+    )
 
 
 def _stream_value(c: redis.Redis, key: bytes) -> Any:

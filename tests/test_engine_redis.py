@@ -29,7 +29,15 @@ from core.operations import backup_source, count_checks, restore_backup, verify_
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
-from tests.fixtures_redis import CANARY, assert_same_redis, seed_redis, snapshot_redis, start_redis
+from tests.fixtures_redis import (
+    CANARY,
+    FUNCTION_LIBRARY,
+    assert_same_redis,
+    function_codes,
+    seed_redis,
+    snapshot_redis,
+    start_redis,
+)
 from tests.servers import free_port
 
 PASSWORD = "s3cret-redis-pw-9d1"
@@ -153,6 +161,7 @@ def test_rdb_and_logical_checks_agree_on_the_same_data(redis_factory, vault, key
     rdb_checks = vault.open_backup(rdb.id, keyring).result.checks
     logical_checks = vault.open_backup(logical.id, keyring).result.checks
     assert rdb_checks["databases"] == logical_checks["databases"]
+    assert rdb_checks["functions"] == logical_checks["functions"] and rdb_checks["functions"]["libraries"] == 1
     assert rdb_checks["databases"]["db0"]["keys"] == 32
 
 
@@ -372,6 +381,12 @@ def test_seeded_round_trip_is_exact_and_says_so(seeded, keyring, redis_factory, 
     assert checks["algorithm"] == "redis-checks/2"
     assert verify_target(engine, checks, backup_id) == count_checks(checks)
     assert_same_redis(snapshot_redis(seeded["source"].client), snapshot_redis(target.client))
+    assert function_codes(target.client()) == function_codes(seeded["source"].client()) == [FUNCTION_LIBRARY.encode()]
+    assert target.client().fcall("next_job", 1, "list:small") == b"a"
+
+    target.client().function_delete("jobs")  # a restore that lost the server's functions
+    with pytest.raises(VerificationError, match=r"functions\.libraries: expected 1, found 0"):
+        verify_target(engine, checks, backup_id)
 
 
 @pytest.mark.parametrize(
@@ -489,3 +504,18 @@ def test_logical_restore_that_fails_mid_stream_says_the_target_was_changed(
         _restore_with_engine(vault, keyring, manifest.id, engine)
 
     assert str(err.value).endswith(f"the target {engine.describe()} was left partially restored")
+
+
+def test_functions_the_target_refuses_are_noted_and_the_keys_restored(seeded, keyring, redis_factory):
+    target = redis_factory(password=PASSWORD)
+    target.client().acl_setuser(
+        "restorer", enabled=True, passwords=["+restorer-pw"], keys=["*"], commands=["+@all", "-function"]
+    )
+    engine = RedisEngine(target.config("cache", "logical", username="restorer", password="restorer-pw"))
+
+    notes, _ = _restore_with_engine(seeded["vault"], keyring, seeded["backups"]["logical"], engine)
+
+    assert len(notes) == 1 and notes[0].startswith(
+        "function libraries not restored: the target refused FUNCTION RESTORE"
+    )
+    assert target.client().get("str:plain") == b"hello world" and function_codes(target.client()) == []

@@ -463,8 +463,14 @@ class RdbInfo:
 KeyCallback = Callable[[int, bytes, str, "int | None", bytes], None]
 
 
-def walk_rdb(r: ByteReader, on_key: KeyCallback, pending: bool = True) -> RdbInfo:
-    """Walk a whole RDB file, calling ``on_key(db, key, type, expire_ms, digest)``.
+def walk_rdb(
+    r: ByteReader,
+    on_key: KeyCallback,
+    pending: bool = True,
+    on_function: Callable[[bytes], None] | None = None,
+) -> RdbInfo:
+    """Walk a whole RDB file, calling ``on_key(db, key, type, expire_ms, digest)``
+    and ``on_function(code)`` for each function library (Redis 7+).
 
     ``expire_ms`` is the absolute expiry (Unix ms) or None. Reading stops right
     after the trailing checksum, so the caller can check what follows.
@@ -503,7 +509,9 @@ def walk_rdb(r: ByteReader, on_key: KeyCallback, pending: bool = True) -> RdbInf
         elif op == _OP_IDLE:
             read_len(r)
         elif op == _OP_FUNCTION2:
-            read_string(r)
+            code = read_string(r)
+            if on_function is not None:
+                on_function(code)
         elif op == _OP_FUNCTION_PRE_GA:
             read_string(r)  # name
             read_string(r)  # engine

@@ -62,6 +62,8 @@ from core.sources import RedisSourceConfig
 
 RDB_STREAM = "dump.rdb"
 LOGICAL_STREAM = "keys.bin"
+# Logical mode: the server's function libraries (Redis 7+), a FUNCTION DUMP payload; only if there are any.
+FUNCTIONS_STREAM = "functions.bin"
 
 ACCEPT_TIMEOUT = 30.0
 # Payload bytes held back until the whole backup stream has been authenticated.
@@ -175,6 +177,23 @@ class RedisEngine(Engine):
         """Database numbers holding keys (``INFO keyspace``)."""
         return sorted(int(name[2:]) for name in client.info("keyspace") if name.startswith("db"))
 
+    def _function_codes(self, client: redis.Redis) -> list[bytes]:
+        """Code of every function library on the server; none before Redis 7."""
+        with self._talking("FUNCTION LIST"):
+            try:
+                libraries = client.function_list(withcode=True)
+            except redis.exceptions.NoPermissionError:
+                raise
+            except redis.ResponseError as exc:
+                if "unknown command" in str(exc).lower():
+                    return []
+                raise
+        codes = []
+        for lib in libraries:
+            fields = lib if isinstance(lib, dict) else dict(zip(lib[::2], lib[1::2], strict=True))
+            codes.append(fields[b"library_code"])
+        return codes
+
     def _scope_dbs(self, client: redis.Redis) -> list[int]:
         if self.config.mode == "logical" and self.config.db is not None:
             return [self.config.db]
@@ -235,6 +254,9 @@ class RedisEngine(Engine):
                     for key, pttl, payload in scan_dump(one):
                         type_name, digest = dump_digest(payload, checks.pending)
                         checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
+            if "functions" in reference:
+                for code in self._function_codes(client):
+                    checks.add_function(code)
         actual = checks.to_dict()
         if self.config.mode == "logical" and self.config.db is not None and len(ref_dbs) == 1:
             # A one-database backup restored into another database number.
@@ -262,7 +284,7 @@ class RedisEngine(Engine):
             checks = KeyspaceChecks(_now_ms())
             with sink.open_stream(RDB_STREAM) as out:
                 reader = sync.payload_reader(out.write)
-                info = walk_rdb(reader, checks.add)
+                info = walk_rdb(reader, checks.add, on_function=checks.add_function)
                 size = sync.finish()
         finally:
             sync.close()
@@ -461,10 +483,16 @@ class RedisEngine(Engine):
 
     def _backup_logical(self, sink: StreamSink) -> BackupResult:
         started = _iso_now()
+        checks = KeyspaceChecks(_now_ms())
         with self._talking("INFO"), self._client() as client:
             version = str(client.info("server").get("redis_version", "unknown"))
             dbs = self._scope_dbs(client)
-        checks = KeyspaceChecks(_now_ms())
+            codes = self._function_codes(client)
+            if codes:
+                with self._talking("FUNCTION DUMP"), sink.open_stream(FUNCTIONS_STREAM) as out:
+                    out.write(client.function_dump())
+                for code in codes:
+                    checks.add_function(code)
         records = 0
         with sink.open_stream(LOGICAL_STREAM) as out:
             write_header(out)
@@ -482,6 +510,7 @@ class RedisEngine(Engine):
             "redis_version": version,
             "databases": dbs,
             "keys": records,
+            "function_libraries": len(codes),
             "started_at": started,
             "finished_at": _iso_now(),
         }
@@ -508,9 +537,12 @@ class RedisEngine(Engine):
             return clients[target]
 
         expired: list[tuple[int, bytes, int]] = []
+        notes: list[str] = []
         try:
             with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
                 restore_records(iter_records(f), client_for, self.label, expired)
+            if FUNCTIONS_STREAM in source.stream_names():
+                notes += self._restore_functions(b"".join(source.iter_stream(FUNCTIONS_STREAM)))
         except DRError as exc:
             if clients:
                 raise self._partial(exc) from None
@@ -518,7 +550,18 @@ class RedisEngine(Engine):
         finally:
             for c in clients.values():
                 c.close()
-        return expired_notes(expired)
+        return expired_notes(expired) + notes
+
+    def _restore_functions(self, payload: bytes) -> list[str]:
+        """FUNCTION RESTORE ... REPLACE: libraries of the same name become the backup's,
+        others on a shared server stay. A refusal is a note, not a failure: the keys are restored."""
+        with self._talking("FUNCTION RESTORE"), self._client() as client:
+            try:
+                client.function_restore(payload, "REPLACE")
+            except redis.ResponseError as exc:
+                text = redact(str(exc), self.config.secrets())[:200]
+                return [f"function libraries not restored: the target refused FUNCTION RESTORE ({text})"]
+        return []
 
 
 def _host_port(value: str) -> tuple[str, int]:

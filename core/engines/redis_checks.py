@@ -5,7 +5,10 @@ Shape (recorded sealed in the manifest, recomputed on the target)::
     {"algorithm": "redis-checks/2",
      "databases": {"db0": {"keys": 12, "digest": "…", "volatile_keys": 2,
                            "volatile_digest": "…"}, …},
-     "first_expiry_ms": 1718000000000}
+     "first_expiry_ms": 1718000000000,
+     "functions": {"libraries": 1, "digest": "…"}}   # only if the source had any
+
+``functions`` covers the server's function libraries (Redis 7+), by their code.
 
 ``keys``/``digest`` cover keys without a TTL and are always compared exactly.
 ``volatile_*`` cover keys with a TTL. Those legitimately disappear once their
@@ -50,6 +53,11 @@ class KeyspaceChecks:
         self._persistent: dict[int, UnorderedDigest] = {}
         self._volatile: dict[int, UnorderedDigest] = {}
         self.first_expiry_ms: int | None = None
+        self._functions = UnorderedDigest()
+
+    def add_function(self, code: bytes) -> None:
+        """Count one function library (its code names it)."""
+        self._functions.add(code)
 
     def add(self, db: int, key: bytes, type_name: str, expire_ms: int | None, value_digest: bytes) -> None:
         """Count one key; ``expire_ms`` is its absolute expiry or None."""
@@ -71,6 +79,8 @@ class KeyspaceChecks:
         out: dict[str, Any] = {"databases": databases, "first_expiry_ms": self.first_expiry_ms}
         if self.algorithm != LEGACY:
             out["algorithm"] = self.algorithm
+            if self._functions.count:
+                out["functions"] = {"libraries": self._functions.count, "digest": _hex(self._functions)}
         return out
 
 
@@ -113,7 +123,9 @@ def reshape_actual(reference: dict[str, Any], actual: dict[str, Any], now_ms: in
                 "volatile_keys": ref["volatile_keys"],
                 "volatile_digest": ref["volatile_digest"],
             }
-    shaped = {"databases": dbs, "first_expiry_ms": first}
+    shaped: dict[str, Any] = {"databases": dbs, "first_expiry_ms": first}
     if "algorithm" in actual:
         shaped["algorithm"] = actual["algorithm"]
+    if "functions" in reference or "functions" in actual:
+        shaped["functions"] = actual.get("functions", {"libraries": 0, "digest": _hex(UnorderedDigest())})
     return shaped
