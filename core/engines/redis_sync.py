@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from core.engines.rdb import ByteReader
 from core.errors import EngineError, SourceUnavailableError, redact
@@ -293,7 +293,7 @@ def _info_field(info: str, name: str) -> str:
 
 
 class ReplicationMaster:
-    """Serves one RDB to one replica, then keeps the link open until told to stop.
+    """Serves one RDB to one replica (``start_sync``, then ``send``), then keeps the link open until told to stop.
 
     Listens on ``bind``; only a peer whose address is in ``allowed_peers``
     (when given) gets the data, since the snapshot is the whole dataset.
@@ -362,14 +362,6 @@ class ReplicationMaster:
                 f"({connection_reason(exc)}); see the target's log"
             ) from None
         self.sent += len(data)
-
-    def serve(self, payload: BinaryIO, length: int, accept_timeout: float) -> None:
-        """``start_sync``, then stream ``length`` bytes read from ``payload``."""
-        self.start_sync(length, accept_timeout)
-        while chunk := payload.read(RECV_SIZE):
-            self.send(chunk)
-        if self.sent != length:
-            raise EngineError(f"{self.label}: the backup stream holds {self.sent} bytes, the manifest says {length}")
 
     def _accept(self, timeout: float) -> RespSocket:
         deadline = time.monotonic() + timeout
