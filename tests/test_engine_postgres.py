@@ -520,7 +520,7 @@ def test_checks_hold_on_a_server_whose_oids_are_shifted(seeded, pg_server, pg_se
 
 def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, pg_server_b, tmp_path):
     tag = os.urandom(3).hex()
-    owner, reader, login = f"gdr_own_{tag}", f"gdr_read_{tag}", f"gdr_login_{tag}"
+    owner, reader, login, admin = f"gdr_own_{tag}", f"gdr_read_{tag}", f"gdr_login_{tag}", f"gdr_adm_{tag}"
     for server in (pg_server, pg_server_b):  # a role both servers have, with different attributes
         with server.connect() as conn:
             conn.execute(
@@ -537,6 +537,10 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
         conn.execute(f"GRANT USAGE ON SCHEMA app TO {reader}, gdr_shared")
         conn.execute(f"GRANT SELECT ON app.items TO {reader}, gdr_shared")
         conn.execute(f"GRANT UPDATE (name) ON app.items TO {login}")
+        conn.execute(f"CREATE ROLE {admin} SUPERUSER NOLOGIN")
+        conn.execute(
+            f"CREATE FUNCTION app.f() RETURNS int LANGUAGE sql AS 'SELECT 1'; ALTER FUNCTION app.f() OWNER TO {admin}"
+        )
     with pg_server.connect() as conn:  # database-level properties: a new target database takes them over
         conn.execute(f"COMMENT ON DATABASE \"{source}\" IS 'app data'")
         conn.execute(f'REVOKE ALL ON DATABASE "{source}" FROM PUBLIC')
@@ -546,39 +550,45 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
     vault = Vault.open(LocalStore(tmp_path / "vault"), create=True)
     keyring = Keyring(passphrase="pw")
     manifest = backup_source(vault, keyring, PostgresEngine(pg_server.config("app", source, role_passwords=True)))
-    assert not _roles_on(pg_server_b, [owner, reader, login])
+    assert not _roles_on(pg_server_b, [owner, reader, login, admin])
 
     # Not allowed to create roles: the data is restored, and every owner and grant that is not is a note.
     target = pg_server_b.fresh_database_name()
     engine = PostgresEngine(pg_server_b.config("dr", target, create_roles=False))
     report = restore_backup(vault, keyring, manifest.id, engine)
     missing = "does not exist on the target"
-    assert report.notes[:8] == [
+    assert report.notes[:10] == [
+        f"role {admin} does not exist on the target and was not created (create_roles is off)",
         f"role {login} does not exist on the target and was not created (create_roles is off)",
         f"role {owner} does not exist on the target and was not created (create_roles is off)",
         f"role {reader} does not exist on the target and was not created (create_roles is off)",
         f"column app.items.name: UPDATE to {login} not restored (role {login} {missing})",
+        f"function app.f(): owned by postgres instead of {admin} (role {admin} {missing})",
         f"schema app: owned by postgres instead of {owner} (role {owner} {missing})",
         f"schema app: USAGE to {reader} not restored (role {reader} {missing})",
         f"table app.items: owned by postgres instead of {owner} (role {owner} {missing})",
         f"table app.items: SELECT to {reader} not restored (role {reader} {missing})",
     ]
-    assert report.notes[8:] == [
+    assert report.notes[10:] == [
         f'database {target}: GRANT CONNECT ON DATABASE "{target}" TO "{reader}" not restored '
         f'(role "{reader}" does not exist)',
         f'database {target}: ALTER ROLE "{login}" IN DATABASE "{target}" SET "statement_timeout" = \'5s\' '
         f'not restored (role "{login}" does not exist)',
     ]
-    assert not _roles_on(pg_server_b, [owner, reader, login])
+    assert not _roles_on(pg_server_b, [owner, reader, login, admin])
     with pg_server_b.connect(target) as conn:
         # The grant to the role that exists is kept, although it shares its object with a missing one.
         assert conn.execute("SELECT has_table_privilege('gdr_shared', 'app.items', 'SELECT')").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM app.items").fetchone()[0] == 20
 
-    # Allowed (the default): the roles come back as they were, password hash included; nothing to report.
+    # Allowed (the default): the roles come back as they were, password hash included; the one thing
+    # to report is that a restore never mints a superuser.
     target = pg_server_b.fresh_database_name()
     report = restore_backup(vault, keyring, manifest.id, PostgresEngine(pg_server_b.config("dr", target)))
-    assert report.notes == []
+    assert report.notes == [
+        f"role {admin} was created without SUPERUSER (never granted by a restore); "
+        "grant it with ALTER ROLE if it is still wanted"
+    ]
     query = (
         "SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolconfig::text, shobj_description(r.oid, 'pg_authid'), "
         "a.rolpassword, array(SELECT pg_get_userbyid(m.roleid) FROM pg_auth_members m WHERE m.member = r.oid)::text "
@@ -587,6 +597,7 @@ def test_roles_are_created_or_every_missing_grant_and_owner_reported(pg_server, 
     with pg_server.connect() as a, pg_server_b.connect() as b:
         names = [owner, reader, login]
         assert b.execute(query, (names,)).fetchall() == a.execute(query, (names,)).fetchall()
+        assert b.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (admin,)).fetchone()[0] is False
         # An existing role is never altered (gdr_shared stays as the target had it).
         assert b.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gdr_shared'").fetchone()[0] is False
     with pg_server.connect(source) as a, pg_server_b.connect(target) as b:

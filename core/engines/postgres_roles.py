@@ -21,8 +21,9 @@ Backup
 
 Restore
     ``create_missing_roles`` creates recorded roles the target server lacks
-    (when the target config allows, ``create_roles``), with their attributes,
-    settings and memberships; an existing role is never altered. Everything
+    (when the target config allows, ``create_roles``), with their attributes
+    (except SUPERUSER, REPLICATION and BYPASSRLS, which a restore never
+    grants), settings and memberships; an existing role is never altered. Everything
     else is reported by ``privilege_notes``: an owner replaced, a grant
     missing or added, a role not created, a password not restored.
 """
@@ -108,8 +109,13 @@ def decode_globals(data: bytes) -> dict[str, Any]:
     return json.loads(data.decode())
 
 
+# Never given to a role a restore creates: a restore must not mint superusers (one without a
+# password, on a server whose pg_hba trusts local logins, is a hole). Each is a note instead.
+_PRIVILEGED = ("superuser", "replication", "bypassrls")
+
+
 def _create_role_sql(role: dict[str, Any]) -> sql.Composed:
-    options = [sql.SQL(("" if role[a] else "NO") + a.upper()) for a in _ATTRIBUTES]
+    options = [sql.SQL(("" if role[a] and a not in _PRIVILEGED else "NO") + a.upper()) for a in _ATTRIBUTES]
     if role.get("connection_limit", -1) != -1:
         options.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(role["connection_limit"])))
     if role.get("valid_until"):
@@ -153,6 +159,12 @@ def create_missing_roles(conn: Connection, globals_: dict[str, Any], allowed: bo
             notes.append(f"role {name} could not be created on the target: {_last_line(str(exc))}")
             continue
         created.append(name)
+        withheld = [a.upper() for a in _PRIVILEGED if role.get(a)]
+        if withheld:
+            notes.append(
+                f"role {name} was created without {', '.join(withheld)} (never granted by a restore); "
+                "grant it with ALTER ROLE if it is still wanted"
+            )
         if role.get("login") and not role.get("password"):
             why = "the backup holds no password hashes (role_passwords is off)"
             if globals_.get("passwords"):
