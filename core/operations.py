@@ -119,6 +119,8 @@ def verify_target(engine: Engine, expected: dict, backup_id: str) -> int:
 
 def _with_context(exc: BaseException, context: str) -> BaseException:
     """The same error class (same exit code) with what happened to the target appended."""
+    if context in str(exc):  # the engine said it already
+        return exc
     if isinstance(exc, DRError):
         error = type(exc)(f"{exc.message}; {context}")
         error.exit_code = exc.exit_code
