@@ -304,39 +304,14 @@ def test_forced_restore_over_a_read_only_vault_refuses_before_changing_anything(
     run_cli(cli_env, tmp_path, "apply", str(ro_stack))
     backup_id = json.loads(run_cli(cli_env, tmp_path, "list", "--stack", "ro", "--json").stdout)[0]["id"]
 
+    restore = ("restore", "--stack", "ro", "--source", "app-files", "--backup-id", backup_id)
     fresh = tmp_path / "fresh"
-    out = run_cli(
-        cli_env,
-        tmp_path,
-        "restore",
-        "--stack",
-        "ro",
-        "--source",
-        "app-files",
-        "--backup-id",
-        backup_id,
-        "--target",
-        f"root={fresh}",
-    ).stdout
+    out = run_cli(cli_env, tmp_path, *restore, "--target", f"root={fresh}").stdout
     assert "verified" in out and (fresh / "conf" / "f0.txt").exists()
 
     busy = make_tree(tmp_path / "busy", files=1)
     (busy / "conf" / "mine.txt").write_text("keep me")
-    proc = run_cli(
-        cli_env,
-        tmp_path,
-        "restore",
-        "--stack",
-        "ro",
-        "--source",
-        "app-files",
-        "--backup-id",
-        backup_id,
-        "--target",
-        f"root={busy}",
-        "--force",
-        expect=3,
-    )
+    proc = run_cli(cli_env, tmp_path, *restore, "--target", f"root={busy}", "--force", expect=3)
     assert "rollback" in one_line_error(proc)
     assert (busy / "conf" / "mine.txt").read_text() == "keep me"
 
