@@ -411,6 +411,10 @@ def _seed_real_stack(cur) -> None:
         READS SQL DATA SQL SECURITY INVOKER
         RETURN (SELECT name FROM customers WHERE id = cid)"""
     )
+    # Grants below the database level, as applications use them.
+    cur.execute(f"GRANT SELECT, UPDATE ON page_hits TO {owner}")
+    cur.execute(f"GRANT SELECT (id, name), UPDATE (notes) ON customers TO {owner}")
+    cur.execute(f"GRANT EXECUTE ON PROCEDURE mark_paid TO {owner}")
     cur.execute(
         f"CREATE DEFINER={owner} EVENT rotate_hits ON SCHEDULE EVERY 6 HOUR STARTS '2031-02-03 04:05:06' "
         "ENDS '2035-01-01 00:00:00' ON COMPLETION PRESERVE DISABLE COMMENT 'off until the migration' "
@@ -499,6 +503,7 @@ def snapshot_mysql(conn: pymysql.connections.Connection) -> dict[str, Any]:
                 cur.execute(f"SHOW CREATE {kind} `{name}`")
                 snap[f"create {kind.lower()} {name}"] = _normalize(cur.fetchone()[column], db)
         snap["definers"] = definers(conn)
+        snap["grants"] = grants(conn)
         cur.execute(
             "SELECT t.TABLE_NAME, (SELECT GROUP_CONCAT(c.COLUMN_NAME ORDER BY c.GENERATION_EXPRESSION DESC) "
             "FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME "
@@ -530,4 +535,22 @@ def definers(conn: pymysql.connections.Connection) -> dict[str, str]:
         ):
             cur.execute(sql, (db,))
             out.update({f"{kind} {name}": definer for name, definer in cur.fetchall()})
+    return out
+
+
+def grants(conn: pymysql.connections.Connection) -> dict[str, list[str]]:
+    """The grants on the connection's database, per account that has any (database name taken out)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DATABASE()")
+        (db,) = cur.fetchone()
+        cur.execute("SELECT User, Host FROM mysql.user")
+        out: dict[str, list[str]] = {}
+        for user, host in cur.fetchall():
+            try:
+                cur.execute("SHOW GRANTS FOR %s@%s", (user, host))
+            except pymysql.err.OperationalError:
+                continue  # an account without any grant (mariadb-install-db makes some)
+            mine = sorted(g.replace(f"`{db}`.", "") for (g,) in cur.fetchall() if f"`{db}`." in g)
+            if mine:
+                out[f"{user}@{host}"] = mine
     return out

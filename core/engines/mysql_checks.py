@@ -31,7 +31,11 @@ import hashlib
 import json
 from typing import Any
 
+import pymysql
+
 from core.engines.mysql_dump import quote_name
+
+_UNKNOWN_TABLE = {1109, 1146}  # e.g. information_schema.CHECK_CONSTRAINTS before MySQL 8.0.16 / MariaDB 10.2
 
 ALGORITHM = "mysql-checks/2"
 ALGORITHMS = ("mysql-checks/1", ALGORITHM)
@@ -54,8 +58,14 @@ def _text(value: Any) -> Any:
     return str(value)
 
 
-def _rows(cur, sql: str, args: tuple = ()) -> list[tuple]:
-    cur.execute(sql, args)
+def _rows(cur, sql: str, args: tuple = (), *, optional: bool = False) -> list[tuple]:
+    """All rows; ``optional``: none where the server lacks the information_schema table (older servers)."""
+    try:
+        cur.execute(sql, args)
+    except pymysql.err.MySQLError as exc:
+        if optional and exc.args and exc.args[0] in _UNKNOWN_TABLE:
+            return []
+        raise
     return list(cur.fetchall())
 
 
@@ -238,6 +248,7 @@ def _table_definitions(cur, database: str, tables: dict[str, dict[str, Any]]) ->
                 "WHERE tc.CONSTRAINT_SCHEMA = %s AND tc.CONSTRAINT_TYPE = 'CHECK' "
                 "ORDER BY tc.TABLE_NAME, cc.CONSTRAINT_NAME",
                 (database,),
+                optional=True,
             )
         ),
         _grouped(

@@ -133,7 +133,7 @@ def apply(cur, data: bytes, database: str, accounts: set[tuple[str, str]]) -> li
             continue
         key = (str(g.get("user")), str(g.get("host")), on, bool(g.get("grantable")))
         groups.setdefault(key, []).append(privilege)
-    for (user, host, on, grantable), privileges in groups.items():
+    for (user, host, on, grantable), privileges in sorted(groups.items()):
         what = f"grant of {', '.join(privileges)} on {on} to '{user}'@'{host}'"
         if (user, host) not in accounts:
             notes.append(f"{what} not restored: the account does not exist on the target")
