@@ -6,9 +6,11 @@ Shape (recorded sealed in the manifest, recomputed on the target)::
      "databases": {"db0": {"keys": 12, "digest": "…", "volatile_keys": 2,
                            "volatile_digest": "…"}, …},
      "first_expiry_ms": 1718000000000,
-     "functions": {"libraries": 1, "digest": "…"}}   # only if the source had any
+     "functions": {"mylib": "…"}}   # only if the source had any
 
-``functions`` covers the server's function libraries (Redis 7+), by their code.
+``functions`` maps each function library (Redis 7+) to a digest of its code.
+Only the backup's libraries are compared: others on the target (a shared
+server restored one database at a time) are not the backup's business.
 
 ``keys``/``digest`` cover keys without a TTL and are always compared exactly.
 ``volatile_*`` cover keys with a TTL. Those legitimately disappear once their
@@ -53,11 +55,11 @@ class KeyspaceChecks:
         self._persistent: dict[int, UnorderedDigest] = {}
         self._volatile: dict[int, UnorderedDigest] = {}
         self.first_expiry_ms: int | None = None
-        self._functions = UnorderedDigest()
+        self._functions: dict[str, str] = {}
 
     def add_function(self, code: bytes) -> None:
-        """Count one function library (its code names it)."""
-        self._functions.add(code)
+        """Record one function library; its code's first line names it (``#!lua name=mylib``)."""
+        self._functions[library_name(code)] = hashlib.sha256(code).hexdigest()
 
     def add(self, db: int, key: bytes, type_name: str, expire_ms: int | None, value_digest: bytes) -> None:
         """Count one key; ``expire_ms`` is its absolute expiry or None."""
@@ -79,8 +81,8 @@ class KeyspaceChecks:
         out: dict[str, Any] = {"databases": databases, "first_expiry_ms": self.first_expiry_ms}
         if self.algorithm != LEGACY:
             out["algorithm"] = self.algorithm
-            if self._functions.count:
-                out["functions"] = {"libraries": self._functions.count, "digest": _hex(self._functions)}
+            if self._functions:
+                out["functions"] = dict(sorted(self._functions.items()))
         return out
 
 
@@ -98,6 +100,15 @@ def _entry(persistent: UnorderedDigest | None, volatile: UnorderedDigest | None)
 def _hex(d: UnorderedDigest) -> str:
     # Hash the sum once more so the recorded value is a plain SHA-256 string.
     return hashlib.sha256(d.digest()).hexdigest()
+
+
+def library_name(code: bytes) -> str:
+    """The name a function library's code declares in its first line."""
+    first = code.split(b"\n", 1)[0].decode("utf-8", "replace")
+    for word in first.split():
+        if word.startswith("name="):
+            return word[5:]
+    return first[:80]
 
 
 def db_label(db: int) -> str:
@@ -126,6 +137,7 @@ def reshape_actual(reference: dict[str, Any], actual: dict[str, Any], now_ms: in
     shaped: dict[str, Any] = {"databases": dbs, "first_expiry_ms": first}
     if "algorithm" in actual:
         shaped["algorithm"] = actual["algorithm"]
-    if "functions" in reference or "functions" in actual:
-        shaped["functions"] = actual.get("functions", {"libraries": 0, "digest": _hex(UnorderedDigest())})
+    if "functions" in reference:
+        wanted = reference["functions"]
+        shaped["functions"] = {n: d for n, d in actual.get("functions", {}).items() if n in wanted}
     return shaped
