@@ -372,6 +372,8 @@ DUMP = (
     b"CREATE DEFINER=`ghost`@`%` PROCEDURE `p`()\nselect 1\n;;\n"
     b"/*!50003 CREATE*/ /*!50017 DEFINER=`dr`@`127.0.0.1`*/ /*!50003 trigger t before insert on x for each row set @a=1 */;;\n"
     b"/*!50013 DEFINER=`gho``st`@`localhost` SQL SECURITY DEFINER */\n"
+    b"/*!50001 VIEW `v``1` AS select 1 AS `x` */;\n"
+    b"/*!50106 CREATE*/ /*!50117 DEFINER=`ghost`@`%`*/ /*!50106 EVENT `nightly` ON SCHEDULE EVERY 1 DAY DO SET @a=1 */ ;;\n"
     b"ALTER DATABASE `src` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin ;\n"
     b"-- SET GLOBAL gtid_slave_pos='0-1-99';\n"
 )
@@ -394,10 +396,17 @@ def test_dump_inspector_and_rewriter_ignore_piece_boundaries(piece):
     assert out == (
         DUMP.replace(b"CREATE DEFINER=`ghost`@`%` PROCEDURE `p`", b"CREATE DEFINER=CURRENT_USER PROCEDURE `p`")
         .replace(b"/*!50013 DEFINER=`gho``st`@`localhost`", b"/*!50013 DEFINER=CURRENT_USER")
+        .replace(b"/*!50117 DEFINER=`ghost`@`%`*/", b"/*!50117 DEFINER=CURRENT_USER*/")
         .replace(b"ALTER DATABASE `src`", b"ALTER DATABASE `dst`")
     )
     assert b"(1,'CREATE DEFINER=`ghost`@`%` PROCEDURE x')" in out  # data is never edited
     assert rewriter.rewritten == {"ghost@%", "gho`st@localhost"}
+    # Each replaced definer is reported with its object (a view's name is on the next line).
+    assert rewriter.objects == [
+        ("procedure", "p", "ghost@%"),
+        ("view", "v`1", "gho`st@localhost"),
+        ("event", "nightly", "ghost@%"),
+    ]
 
 
 # --- fidelity: what the checks cover, what a restore reports --------------------
