@@ -208,7 +208,11 @@ def restore_backup(
                 rollback_id = _take_rollback(vault, keyring, engine, backup_id)
             target.mark(backup_id, rollback_id, tag if staged is not None else None)
             if staged is not None:
-                notes, verified = _restore_staged(reader, engine, staged, backup_id)
+                try:
+                    notes, verified = _restore_staged(reader, engine, staged, backup_id)
+                except BaseException:
+                    target.clear()  # the staged copy is gone and the target was never touched
+                    raise
                 try:
                     engine.swap_in(staged)
                 except BaseException as exc:

@@ -99,6 +99,7 @@ def _start(root: Path, binlog: bool = True) -> tuple[subprocess.Popen, MySQLServ
             "--no-defaults",
             f"--datadir={datadir}",
             f"--socket={root / 'mysqld.sock'}",
+            f"--tmpdir={root}",  # not the shared /tmp, where other tests' clean-ups could remove its temp tables
             f"--port={port}",
             "--bind-address=127.0.0.1",
             *([f"--log-bin={root / 'binlog'}", "--server-id=1"] if binlog else []),

@@ -271,8 +271,8 @@ sources:
     proc.kill()  # kill -9 halfway: no cleanup runs
     proc.wait()
 
-    listed = run_cli(env, tmp_path, "list", "--stack", "kill").stderr
-    assert "never finished verification" in listed and backup_id in listed, listed
+    listed = [line for line in run_cli(env, tmp_path, "list", "--stack", "kill").stderr.splitlines() if dst_db in line]
+    assert len(listed) == 1 and "never finished verification" in listed[0] and backup_id in listed[0], listed
 
     again = run_cli(
         env,
@@ -290,7 +290,7 @@ sources:
     ).stdout
     assert "found and replaced an interrupted restore" in again, again
     assert snap(mysql_server, dst_db) == snap(mysql_server, src_db)
-    assert "never finished verification" not in run_cli(env, tmp_path, "list", "--stack", "kill").stderr
+    assert dst_db not in run_cli(env, tmp_path, "list", "--stack", "kill").stderr
 
 
 def test_forced_restore_over_a_read_only_vault_refuses_before_changing_anything(tmp_path, cli_env, read_only_mount):
@@ -370,3 +370,20 @@ def test_flows_list_every_skip_and_mirror_a_forced_restore(make_stack, tmp_path)
     text = render_report(report)
     assert "NOT IN THE BACKUP" in text and "live.sock" in text
     assert "live.sock" in asyncio.run(artifact("restore-report"))
+
+
+def test_forced_staged_restore_of_a_corrupt_backup_changes_nothing_and_leaves_no_mark(tmp_path, vault, keyring):
+    src = make_tree(tmp_path / "src", files=40)
+    backup_id = backup_source(vault, keyring, engine_for(files_source(src))).id
+    flip_byte(tmp_path / "vault", backup_id)
+    live = make_tree(tmp_path / "live", files=1)
+    (live / "conf" / "mine.txt").write_text("keep me")
+    before = sorted(p.relative_to(live).as_posix() for p in live.rglob("*"))
+    target = engine_for(files_source(live))
+
+    with pytest.raises(IntegrityError, match="the target was not changed"):
+        restore_backup(vault, keyring, backup_id, target, force=True)
+    assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*")) == before
+    assert (live / "conf" / "mine.txt").read_text() == "keep me"
+    assert not [p for p in live.parent.iterdir() if ".gdr-restore-" in p.name], "the staged copy is removed"
+    assert all(m.target != target.target_key() for m in targets.unfinished_restores())
