@@ -755,6 +755,9 @@ class PostgresEngine(Engine):
         staged._staged_for = (self.config.database, tag)
         return staged
 
+    def restores_beside(self) -> bool:
+        return self.stage("00000000") is not None  # stage() only reads the catalog
+
     def swap_in(self, staged: Engine) -> None:
         """Rename the verified staged database into place; the old target is renamed away,
         then dropped. Its owner (set when the staged copy was created), comment, grants,
