@@ -1,4 +1,9 @@
-"""Encryption keys: a passphrase and/or X25519 keys (all secret fields)."""
+"""Encryption keys by reference: where the passphrase and private key are read, never their values.
+
+A leaked Prefect database (or any local process that asks the API for block
+secrets) learns ``env:BACKUP_ENCRYPTION_PASSWORD`` or a file's path, not the key
+that opens the vault; the public keys it holds open nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from core.stack import EncryptionConfig
 
 
 class VaultKey(Block, EncryptionConfig):
-    """Keys that wrap each backup's data key. A writer-only host holds just the public key.
+    """Which keys wrap each backup's data key, and where the secret ones are read at use time.
+
+    Holds references only (env:NAME, file:/path, prompt); a writer-only host needs just the public keys.
 
     Example:
         ```python
@@ -21,5 +28,5 @@ class VaultKey(Block, EncryptionConfig):
     _block_type_name = "Vault Key"
 
     def get_keyring(self) -> Keyring:
-        """The core keyring (never logged: its repr hides key material)."""
+        """The core keyring; it reads the referenced secrets only when a backup or restore uses them."""
         return EncryptionConfig.model_validate({k: getattr(self, k) for k in EncryptionConfig.model_fields}).keyring()

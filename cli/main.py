@@ -113,7 +113,7 @@ def cmd_list(args) -> int:
     else:
         print(
             f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "
-            "POSITION"
+            f"{'KEYS':<21} POSITION"
         )
     for e in entries:
         m = e.manifest
@@ -121,7 +121,8 @@ def cmd_list(args) -> int:
             label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
             print(
                 f"{m.id:<34} {m.source:<14} {m.type:<6} {e.state:<11} {m.ended_at:<24} "
-                f"{human_bytes(m.plain_bytes):>10} {human_bytes(m.stored_bytes):>10}  {m.position_text()}{label}"
+                f"{human_bytes(m.plain_bytes):>10} {human_bytes(m.stored_bytes):>10}  {m.key_text():<21} "
+                f"{m.position_text()}{label}"
             )
             if m.skipped:
                 print(f"    skipped ({len(m.skipped)}): {', '.join(m.skipped)}")
@@ -187,9 +188,13 @@ def cmd_repair_vault(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    from blocks.apply import load_stack
+    from core.plan import restore_target
     from flows.restore import restore
 
     target_time = datetime.fromisoformat(args.target_time.replace("Z", "+00:00")) if args.target_time else None
+    # Refuse bad --target values before a flow run exists: a run stores its parameters for good.
+    restore_target(load_stack(args.stack), args.source, _targets(args.target), args.target_source)
     out = restore(
         source=args.source,
         stack=args.stack,
@@ -212,12 +217,31 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def cmd_key_rotate(args) -> int:
+    from blocks.apply import load_stack
+
+    config = load_stack(args.stack)
+    old, new = config.vault.open(create=True).rotate_key(config.keyring())
+    if old == new:
+        print(f"the stack's passphrase is already the vault's key (key id {new}); nothing changed")
+    else:
+        print(
+            f"new backups of stack '{config.stack}' are checked against key id {new} (was {old or 'none'}); "
+            "earlier backups still open only with the passphrase they were written with ('genesis-dr list' shows "
+            "each backup's key)"
+        )
+    return 0
+
+
 def cmd_key(args) -> int:
+    if args.action == "rotate":
+        return cmd_key_rotate(args)
     from core.crypto.keys import fingerprint, generate_x25519_keypair
 
     private, public = generate_x25519_keypair()
     print(f"x25519_public_keys: [{public}]   # fingerprint {fingerprint(public)}")
-    print(f"x25519_private_key: {private}   # keep offline; needed to restore")
+    print("# private key, needed to restore: keep it offline, in a 0600 file named by x25519_private_key_from")
+    print(private)
     return 0
 
 
@@ -272,13 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_restore)
 
     k = sub.add_parser("key", help="key management")
-    k.add_argument("action", choices=["generate"])
+    k.add_argument("action", choices=["generate", "rotate"], help="rotate: make the stack's passphrase the vault's key")
+    k.add_argument("--stack", default="default")
     k.set_defaults(func=cmd_key)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cli.prefect_home import secure_prefect_home
+
+    secure_prefect_home()  # home 0700 before Prefect creates anything in it; its database 0600 after the command
     try:
         with cancel.stop_on_signals(lambda msg: print(f"genesis-dr: {msg}", file=sys.stderr)):
             code = args.func(args)
@@ -296,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        secure_prefect_home()
     if cancel.requested():
         print("genesis-dr: the interrupt came after the run had committed; the results above stand", file=sys.stderr)
     return code

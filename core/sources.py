@@ -53,7 +53,7 @@ class MySQLSourceConfig(_Source):
     host: str = Field("127.0.0.1", description="Server host name or address.")
     port: int = Field(3306, description="Server port.")
     user: str = Field("root", description="Login user (needs SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, LOCK TABLES).")
-    password: SecretStr | None = Field(None, description="Login password (secret; passed via a 0600 option file).")
+    password: SecretStr | None = Field(None, description="Login password (secret; given to tools in memory).")
     database: str = Field(description="Database (schema) to back up (or restore into).")
     socket: str | None = Field(None, description="Unix socket path, used instead of host/port when set.")
 

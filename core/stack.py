@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.crypto.keys import Keyring
+from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
 from core.repository.vault import Vault
 from core.sources import (
@@ -52,21 +53,65 @@ class VaultConfig(BaseModel):
         return Vault.open(self.store(), create=create)
 
 
+# Literal secrets are refused: the stack is stored in Prefect, and the vault's key must not be.
+LITERAL_SECRETS = {"passphrase": "passphrase_from", "x25519_private_key": "x25519_private_key_from"}
+
+
+def literal_secret_error(literal: str) -> str:
+    example = "env:BACKUP_ENCRYPTION_PASSWORD" if literal == "passphrase" else "file:/etc/genesis-dr/x25519.key"
+    return (
+        f"a literal {literal} would be stored in Prefect's database; name where it is read instead, e.g. "
+        f"{LITERAL_SECRETS[literal]}: {example} (or env:NAME, file:/path with mode 0600, prompt)"
+    )
+
+
 class EncryptionConfig(BaseModel):
+    """Which keys wrap each backup's data key, and WHERE the secret ones are read (never their values)."""
+
     model_config = ConfigDict(extra="forbid")
-    passphrase: SecretStr | None = Field(None, description="Passphrase wrapping each backup's data key (secret).")
+    passphrase_from: str | None = Field(
+        None,
+        description=(
+            "Where the passphrase is read when it is used: env:NAME, file:/path (mode 0600 or 0400, owned by the "
+            "user) or prompt. Default env:BACKUP_ENCRYPTION_PASSWORD, unless only public keys are given."
+        ),
+    )
     x25519_public_keys: list[str] = Field(
         default_factory=list, description="X25519 public keys (base64) that can open the backups written."
     )
-    x25519_private_key: SecretStr | None = Field(
-        None, description="X25519 private key (base64, secret) for restores; leave unset on write-only hosts."
+    x25519_private_key_from: str | None = Field(
+        None,
+        description="Where restores read the X25519 private key: env:NAME, file:/path or prompt; unset on backup hosts.",
     )
 
-    def keyring(self) -> Keyring:
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for literal in LITERAL_SECRETS:
+                if data.get(literal) is not None:
+                    raise ValueError(f"encryption.{literal}: {literal_secret_error(literal)}")
+        return data
+
+    @field_validator("passphrase_from", "x25519_private_key_from")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return None if value is None else check_ref(value)
+
+    @model_validator(mode="after")
+    def _default_passphrase(self) -> EncryptionConfig:
+        # The source documents' BACKUP_ENCRYPTION_PASSWORD, unless the stack names public keys only.
+        if self.passphrase_from is None and not self.x25519_public_keys:
+            self.passphrase_from = DEFAULT_PASSPHRASE_FROM
+        return self
+
+    def keyring(self, stack: str | None = None) -> Keyring:
+        """Keys by reference: the passphrase and private key are read only when a backup or restore uses them."""
         return Keyring(
-            passphrase=self.passphrase.get_secret_value() if self.passphrase else None,
             public_keys=list(self.x25519_public_keys),
-            private_keys=[self.x25519_private_key.get_secret_value()] if self.x25519_private_key else [],
+            passphrase_from=self.passphrase_from,
+            private_key_from=self.x25519_private_key_from,
+            stack=stack,
         )
 
 
@@ -74,7 +119,7 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stack: str = "default"
     vault: VaultConfig
-    encryption: EncryptionConfig
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)  # default: env:BACKUP_ENCRYPTION_PASSWORD
     sources: list[SourceConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -88,8 +133,6 @@ class StackConfig(BaseModel):
             if src.name in seen:
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
-        if not (self.encryption.passphrase or self.encryption.x25519_public_keys):
-            raise ValueError("encryption needs a passphrase (or BACKUP_ENCRYPTION_PASSWORD) or x25519_public_keys")
         return self
 
     def source(self, name: str) -> Any:
@@ -100,7 +143,7 @@ class StackConfig(BaseModel):
         raise ConfigError(f"stack '{self.stack}' has no source {name!r} (known: {known}); check --source")
 
     def keyring(self) -> Keyring:
-        return self.encryption.keyring()
+        return self.encryption.keyring(self.stack)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -163,6 +206,10 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
 def parse_stack(data: Any, where: str) -> StackConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a stack file is a mapping with vault, encryption and sources")
+    encryption = data.get("encryption")
+    for literal in LITERAL_SECRETS:
+        if isinstance(encryption, dict) and encryption.get(literal) is not None:
+            raise ConfigError(f"{where}: field 'encryption.{literal}': {literal_secret_error(literal)}")
     try:
         return StackConfig.model_validate(data)
     except ValidationError as exc:
@@ -194,9 +241,14 @@ def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> Stac
         raise ConfigError(f"stack file {path}: not valid YAML{at}; fix the syntax") from None
     if isinstance(data, dict):
         data = {k: _interpolate_values(v, f"{path}: {k}", env) for k, v in data.items()}
-    stack = parse_stack(data, str(path))
-    # Relative vault/files paths are relative to the stack file, not the caller's cwd.
+    # Relative vault/files paths (and file: secret references) are relative to the stack file, not the cwd.
     base = path.resolve().parent
+    if isinstance(data, dict) and isinstance(data.get("encryption"), dict):
+        for ref in LITERAL_SECRETS.values():
+            value = data["encryption"].get(ref)
+            if isinstance(value, str) and value.startswith("file:") and not os.path.isabs(value[5:]):
+                data["encryption"][ref] = f"file:{(base / value[5:]).resolve()}"
+    stack = parse_stack(data, str(path))
     if not os.path.isabs(stack.vault.path):
         stack.vault.path = str((base / stack.vault.path).resolve())
     for src in stack.sources:

@@ -21,6 +21,13 @@ if ! command -v initdb >/dev/null; then
   for b in initdb pg_ctl postgres; do ln -sf "/usr/lib/postgresql/15/bin/$b" "/usr/local/bin/$b"; done
 fi
 
+# Prefect's home holds its SQLite database (every block, source passwords included): private to its owner.
+prefect_home=${PREFECT_HOME:-$HOME/.prefect}
+mkdir -p "$prefect_home" && chmod 700 "$prefect_home"
+for f in "$prefect_home"/prefect.db "$prefect_home"/prefect.db-wal "$prefect_home"/prefect.db-shm; do
+  if [ -f "$f" ]; then chmod 600 "$f"; fi
+done
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -13,8 +13,9 @@ if [ -z "${BACKUP_ENCRYPTION_PASSWORD:-}" ]; then
     (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(32))' > .genesis-dr/passphrase)
     echo "demo: generated an encryption passphrase in .genesis-dr/passphrase - keep it; restores need it"
   fi
-  BACKUP_ENCRYPTION_PASSWORD=$(cat .genesis-dr/passphrase)
-  export BACKUP_ENCRYPTION_PASSWORD
+  # The stack names the file; backups and restores read it when they need it (never stored in Prefect).
+  GENESIS_DR_PASSPHRASE_FROM="file:$PWD/.genesis-dr/passphrase"
+  export GENESIS_DR_PASSPHRASE_FROM
 fi
 
 python scripts/seed_demo.py

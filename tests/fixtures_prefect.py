@@ -44,10 +44,14 @@ def make_stack(prefect_api, tmp_path):
         stack = name or f"t{secrets.token_hex(3)}-{next(counter)}"
         passphrase = secrets.token_urlsafe(16)
         vault_path = tmp_path / f"vault-{stack}"
+        # The stack names where the passphrase is (a 0600 file); the blocks never hold it.
+        secret = tmp_path / f"passphrase-{stack}"
+        secret.write_text(passphrase + "\n")
+        secret.chmod(0o600)
         config = StackConfig(
             stack=stack,
             vault={"path": str(vault_path), "compression": compression},
-            encryption={"passphrase": passphrase},
+            encryption={"passphrase_from": f"file:{secret}"},
             sources=[s.model_dump() for s in sources],
         )
         apply_stack(config)

@@ -52,6 +52,11 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
 def child_argvs(tool: str) -> list[list[str]]:
     """argv of this process's running children whose command names ``tool`` (read from /proc,
     i.e. what ``ps`` shows to every user of the machine)."""
+    return [argv for _, argv in child_processes(tool)]
+
+
+def child_processes(tool: str) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of this process's running children whose command names ``tool``."""
     out = []
     for pid in os.listdir("/proc"):
         try:
@@ -62,5 +67,5 @@ def child_argvs(tool: str) -> list[list[str]]:
         except (OSError, ValueError, IndexError):
             continue
         if ppid == os.getpid() and argv and os.path.basename(argv[0]) == tool:
-            out.append(argv)
+            out.append((int(pid), argv))
     return out

@@ -42,7 +42,7 @@ def test_stack_blocks_round_trip_and_keep_secrets_secret(make_stack, tmp_path):
     ]
     assert loaded.source("db").password.get_secret_value() == "pg-Secret-1"
     assert loaded.source("cache").mode == "logical"
-    assert loaded.encryption.passphrase.get_secret_value() == stack.passphrase
+    assert loaded.encryption.passphrase_from == f"file:{tmp_path / ('passphrase-' + stack.name)}"
     text = repr(loaded) + str(loaded.model_dump()) + repr(PostgresSource.load(f"{stack.name}-db"))
     for secret in ("pg-Secret-1", "my-Secret-2", "redis-Secret-3", stack.passphrase):
         assert secret not in text

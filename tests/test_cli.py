@@ -44,7 +44,7 @@ stack: {name}
 vault:
   path: ./vault-{name}
 encryption:
-  passphrase: ${{BACKUP_ENCRYPTION_PASSWORD}}
+  passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD
 sources:
   - name: app-files
     kind: files
@@ -109,9 +109,7 @@ def test_bad_stack_file_names_the_field(cli, tmp_path):
     err = one_line_error(cli("apply", str(stack), expect=2))
     assert "excludes" in err and "exclude" in err
     missing = tmp_path / "missing.yaml"
-    missing.write_text(
-        "vault: {path: ./v}\nencryption: {passphrase: x}\nsources:\n  - {name: db, kind: postgres, databse: x}\n"
-    )
+    missing.write_text("vault: {path: ./v}\nencryption: {}\nsources:\n  - {name: db, kind: postgres, databse: x}\n")
     err = one_line_error(cli("apply", str(missing), expect=2))
     assert "databse" in err and "database" in err
 
@@ -144,11 +142,9 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     assert "no completed backup" in restore("--target-time", "2001-01-01T00:00:00Z", expect=8)
     backup_id = json.loads(cli("list", "--stack", "errs", "--json").stdout)[0]["id"]
 
-    # Another passphrase in the blocks: restores refuse, and print neither passphrase.
-    cli("apply", str(stack), extra_env={"BACKUP_ENCRYPTION_PASSWORD": "not-the-right-one"})
-    err = restore("--backup-id", backup_id, expect=6)
+    # Another passphrase where the stack reads it: restores refuse, and print neither passphrase.
+    err = restore("--backup-id", backup_id, expect=6, env={"BACKUP_ENCRYPTION_PASSWORD": "not-the-right-one"})
     assert "wrong passphrase" in err and "not-the-right-one" not in err
-    cli("apply", str(stack))
 
     # One flipped byte in a stored chunk: refused, nothing restored.
     chunk = next((tmp_path / "vault-errs" / "backups" / backup_id / "streams").rglob("00000000"))

@@ -8,6 +8,7 @@ line; a restore never silently overwrites data; nothing readable lands in the va
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -26,7 +27,7 @@ from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
 from tests.fixtures_mysql import CANARY, definers, seed_mysql, snapshot_mysql
-from tests.servers import child_argvs, free_port
+from tests.servers import child_argvs, child_processes, free_port
 
 
 def _vault(path: Path) -> Vault:
@@ -176,15 +177,16 @@ def test_corrupt_chunk_mid_stream_stops_the_restore_with_an_integrity_error(
 
 class _Watching:
     """Delegates to the real vault writer/reader; while a tool is running, records what
-    /proc (``ps``) shows of it and the mode of the option file it was given."""
+    /proc (``ps``) shows of it, and what and how private the option file it was given is."""
 
     def __init__(self, inner, tool: str) -> None:
         self.inner, self.tool, self.seen = inner, tool, []
 
     def _look(self) -> None:
-        for argv in child_argvs(self.tool):
-            option = Path(argv[1].removeprefix("--defaults-extra-file="))
-            self.seen.append((argv, option.stat().st_mode & 0o777, option.parent.stat().st_mode & 0o777))
+        for pid, argv in child_processes(self.tool):
+            fd = argv[1].removeprefix("--defaults-extra-file=/dev/fd/")
+            option = f"/proc/{pid}/fd/{fd}"  # the tool's own descriptor, as it opens /dev/fd/N
+            self.seen.append((argv, os.readlink(option), os.stat(option).st_mode & 0o777))
 
     def write_stream(self, name, data):
         self._look()
@@ -216,11 +218,11 @@ def test_password_reaches_the_tools_only_through_a_private_option_file(mysql_ser
 
     seen = writer.seen + reader.seen
     assert {Path(argv[0]).name for argv, _, _ in seen} == {"mariadb", "mariadb-dump"}
-    for argv, mode, dir_mode in seen:
+    for argv, target, mode in seen:
         assert mysql_server.password not in " ".join(argv)
-        assert argv[1].startswith("--defaults-extra-file=")  # must be the first option
-        assert (mode, dir_mode) == (0o600, 0o700)
-        assert not Path(argv[1].removeprefix("--defaults-extra-file=")).parent.exists()  # removed afterwards
+        assert argv[1].startswith("--defaults-extra-file=/dev/fd/")  # must be the first option
+        assert target.startswith("/memfd:genesis-dr-mysql-options")  # in memory: nothing on disk, even if killed
+        assert mode == 0o600
 
 
 def test_source_down_is_source_unavailable(mysql_server, tmp_path, keyring):

@@ -240,7 +240,7 @@ def test_killed_restore_is_marked_reported_and_replaced(tmp_path, cli_env, mysql
         f"""
 stack: kill
 vault: {{path: ./vault-kill}}
-encryption: {{passphrase: "${{BACKUP_ENCRYPTION_PASSWORD}}"}}
+encryption: {{passphrase_from: "env:BACKUP_ENCRYPTION_PASSWORD"}}
 sources:
   - name: app-mysql
     kind: mysql

@@ -10,7 +10,7 @@ from core.stack import load_stack_file
 GOOD = """
 stack: prod
 vault: {path: ./vault}
-encryption: {passphrase: "${PASS}"}
+encryption: {passphrase_from: "env:${PASS_VAR:-BACKUP_ENCRYPTION_PASSWORD}"}
 sources:
   - {name: app-db, kind: postgres, host: "${DB_HOST:-127.0.0.1}", port: "${DB_PORT:-5432}", database: app}
   - {name: files, kind: files, root: ./app}
@@ -20,7 +20,7 @@ sources:
 def load(tmp_path, text, env=None):
     path = tmp_path / "dr.yaml"
     path.write_text(text)
-    return load_stack_file(path, env={"PASS": "pw"} | (env or {}))
+    return load_stack_file(path, env={"PASS_VAR": "APP_PASSPHRASE"} | (env or {}))
 
 
 def test_good_stack_with_env_and_relative_paths(tmp_path):
@@ -29,7 +29,7 @@ def test_good_stack_with_env_and_relative_paths(tmp_path):
     assert (db.host, db.port) == ("db.internal", 5432)
     assert stack.vault.path == str(tmp_path / "vault")
     assert stack.source("files").root == str(tmp_path / "app")
-    assert stack.keyring().passphrase == "pw"
+    assert stack.keyring().passphrase_from == "env:APP_PASSPHRASE"  # where it is read, never the value
 
 
 @pytest.mark.parametrize(
@@ -41,9 +41,20 @@ def test_good_stack_with_env_and_relative_paths(tmp_path):
         (GOOD.replace("kind: files", "kind: ftp"), {}, "'kind' as one of postgres, mysql, redis, files"),
         (GOOD.replace("name: files", "name: app-db"), {}, "source name 'app-db' is used twice"),
         (
-            GOOD.replace('"${PASS}"', '"${MISSING_PASS}"'),
+            GOOD.replace("${PASS_VAR:-BACKUP_ENCRYPTION_PASSWORD}", "${MISSING_VAR}"),
             {},
-            "encryption.passphrase: environment variable MISSING_PASS is not set",
+            "encryption.passphrase_from: environment variable MISSING_VAR is not set",
+        ),
+        (
+            GOOD.replace('passphrase_from: "env:${PASS_VAR:-BACKUP_ENCRYPTION_PASSWORD}"', 'passphrase: "hunter2"'),
+            {},
+            "field 'encryption.passphrase': a literal passphrase would be stored in Prefect's database; name where it "
+            "is read instead, e.g. passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD",
+        ),
+        (
+            GOOD.replace('passphrase_from: "env:${PASS_VAR:-BACKUP_ENCRYPTION_PASSWORD}"', "passphrase_from: vault"),
+            {},
+            "field 'encryption.passphrase_from': 'vault' is not a secret reference; use env:NAME, file:/path",
         ),
         (GOOD.replace('port: "${DB_PORT:-5432}"', "port: five"), {}, "field 'sources[0] (app-db).port'"),
         ("vault: [unclosed", {}, "not valid YAML"),

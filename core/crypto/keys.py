@@ -12,12 +12,18 @@ clear: each recipient wraps it with AES-256-GCM under a key-encryption key:
 
 The wrap's associated data binds the backup id, so a wrapped key cannot be
 moved to another backup. Destroying a backup's key file is crypto-shredding.
+
+Passphrases are NFC-normalised before derivation (a wrap written before that,
+from a non-NFC passphrase, still opens: the raw form is tried second). A
+keyring may hold references (``passphrase_from``, ``private_key_from``, see
+``core.crypto.secretref``) instead of values; they are read on first use.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 
@@ -28,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from core.crypto.secretref import check_new_passphrase, normalize_passphrase, read_secret
 from core.errors import ConfigError, FormatError, WrongKeyError
 
 DEFAULT_KDF_ITERATIONS = 600_000
@@ -97,45 +104,132 @@ def _aad(backup_id: str, kind: str) -> bytes:
     return f"genesis-dr/v1/wrap|{backup_id}|{kind}".encode()
 
 
+def _passphrase_forms(passphrase: str) -> list[str]:
+    """NFC first (what new wraps use), then the raw form a wrap made before normalisation used."""
+    nfc = normalize_passphrase(passphrase)
+    return [nfc] if nfc == passphrase else [nfc, passphrase]
+
+
+_KEY_CHECK_INFO = b"genesis-dr/v1/key-check"
+
+
+def new_key_check(passphrase: str, created_at: str) -> dict:
+    """A key-check record for ``passphrase``: lets a writer tell the vault's passphrase from another.
+
+    check = HMAC-SHA256(PBKDF2(NFC passphrase, random salt), "genesis-dr/v1/key-check"). It
+    opens nothing (every wrap has its own salt) and costs a guesser exactly what a
+    backup's keys.json already costs; key_id (8 hex of SHA-256 of the check) names
+    the key in listings.
+    """
+    salt, iterations = os.urandom(16), kdf_iterations()
+    check = hmac.new(_pbkdf2(normalize_passphrase(passphrase), salt, iterations), _KEY_CHECK_INFO, "sha256").digest()
+    return {
+        "version": 1,
+        "kdf": "pbkdf2-hmac-sha256",
+        "iterations": iterations,
+        "salt": b64e(salt),
+        "check": b64e(check),
+        "key_id": hashlib.sha256(check).hexdigest()[:8],
+        "created_at": created_at,
+    }
+
+
+def key_check_matches(passphrase: str, record: dict) -> bool:
+    """Whether ``passphrase`` is the one ``record`` was made from (one KDF run)."""
+    if record.get("kdf") != "pbkdf2-hmac-sha256":
+        raise FormatError(f"key check {record.get('key_id')!r}: unknown key derivation {record.get('kdf')!r}")
+    try:
+        salt, iterations, expected = b64d(record["salt"]), int(record["iterations"]), b64d(record["check"])
+    except (KeyError, ValueError, TypeError):
+        raise FormatError("the vault's key-check record is malformed; restore it from a replica") from None
+    kek = _pbkdf2(normalize_passphrase(passphrase), salt, iterations)
+    return hmac.compare_digest(hmac.new(kek, _KEY_CHECK_INFO, "sha256").digest(), expected)
+
+
 @dataclass
 class Keyring:
     """The keys one process holds. Writers need a passphrase or a public key;
-    readers need the passphrase or a matching private key."""
+    readers need the passphrase or a matching private key.
+
+    ``passphrase_from`` / ``private_key_from`` are references (env:, file:,
+    prompt) read on first use; a passphrase read that way must meet the policy
+    (``check_new_passphrase``) to wrap new backups, but any passphrase opens old ones.
+    """
 
     passphrase: str | None = None
     public_keys: list[str] = field(default_factory=list)
     private_keys: list[str] = field(default_factory=list)
+    passphrase_from: str | None = None
+    private_key_from: str | None = None
+    stack: str | None = None  # the stack these keys belong to, for remedies in messages
+    _read: str | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never show key material
         return (
-            f"Keyring(passphrase={'set' if self.passphrase else 'unset'}, public_keys={len(self.public_keys)}, "
-            f"private_keys={len(self.private_keys)})"
+            f"Keyring(passphrase={'set' if self.passphrase else self.passphrase_from or 'unset'}, "
+            f"public_keys={len(self.public_keys)}, private_keys={len(self.private_keys)}"
+            f"{', private_key_from=' + self.private_key_from if self.private_key_from else ''})"
         )
 
-    def can_write(self) -> bool:
-        return bool(self.passphrase or self.public_keys)
+    def has_passphrase(self) -> bool:
+        return bool(self.passphrase or self.passphrase_from)
 
-    def wrap(self, backup_id: str, data_key: bytes) -> list[dict]:
+    def can_write(self) -> bool:
+        return bool(self.has_passphrase() or self.public_keys)
+
+    def read_passphrase(self) -> str | None:
+        """The passphrase, read from its reference on first use (ConfigError if it cannot be)."""
+        if self.passphrase:
+            return self.passphrase
+        if self.passphrase_from:
+            if self._read is None:
+                self._read = read_secret(self.passphrase_from, "encryption.passphrase_from")
+            return self._read or None
+        return None
+
+    def write_passphrase(self) -> str | None:
+        """The NFC passphrase new backups are wrapped with (None without one); a referenced
+        passphrase that is whitespace-only or too short is refused."""
+        if self.passphrase:
+            return normalize_passphrase(self.passphrase)
+        if not self.passphrase_from:
+            return None
+        return check_new_passphrase(self.read_passphrase() or "", f"encryption.passphrase_from {self.passphrase_from}")
+
+    def _private_keys(self) -> list[X25519PrivateKey]:
+        texts = list(self.private_keys)
+        if self.private_key_from:
+            texts.append(read_secret(self.private_key_from, "encryption.x25519_private_key_from"))
+        return [_load_private(p) for p in texts]
+
+    def key_ids(self, passphrase_key_id: str | None) -> list[str]:
+        """Short names of the keys a new backup is wrapped with (for `genesis-dr list`)."""
+        ids = [f"passphrase:{passphrase_key_id}"] if passphrase_key_id else []
+        return ids + [f"x25519:{fingerprint(p)[:8]}" for p in self.public_keys]
+
+    def wrap(self, backup_id: str, data_key: bytes, passphrase_key_id: str | None = None) -> list[dict]:
         """Recipient records wrapping ``data_key`` for every key this keyring writes to."""
         if not self.can_write():
             raise ConfigError(
-                "encryption: no passphrase and no X25519 public key configured; set encryption.passphrase "
-                "(or BACKUP_ENCRYPTION_PASSWORD) or encryption.x25519_public_keys in the stack file"
+                "encryption: no passphrase and no X25519 public key configured; set encryption.passphrase_from "
+                "(default env:BACKUP_ENCRYPTION_PASSWORD) or encryption.x25519_public_keys in the stack file"
             )
         recipients: list[dict] = []
-        if self.passphrase:
+        passphrase = self.write_passphrase()
+        if passphrase:
             salt, nonce, iterations = os.urandom(16), os.urandom(12), kdf_iterations()
-            kek = _pbkdf2(self.passphrase, salt, iterations)
-            recipients.append(
-                {
-                    "type": "passphrase",
-                    "kdf": "pbkdf2-hmac-sha256",
-                    "iterations": iterations,
-                    "salt": b64e(salt),
-                    "nonce": b64e(nonce),
-                    "wrapped_key": b64e(AESGCM(kek).encrypt(nonce, data_key, _aad(backup_id, "passphrase"))),
-                }
-            )
+            kek = _pbkdf2(passphrase, salt, iterations)
+            record = {
+                "type": "passphrase",
+                "kdf": "pbkdf2-hmac-sha256",
+                "iterations": iterations,
+                "salt": b64e(salt),
+                "nonce": b64e(nonce),
+                "wrapped_key": b64e(AESGCM(kek).encrypt(nonce, data_key, _aad(backup_id, "passphrase"))),
+            }
+            if passphrase_key_id:
+                record["key_id"] = passphrase_key_id
+            recipients.append(record)
         for text in self.public_keys:
             recipient = _load_public(text)
             ephemeral = X25519PrivateKey.generate()
@@ -154,20 +248,43 @@ class Keyring:
         return recipients
 
     def unwrap(self, backup_id: str, recipients: list[dict]) -> bytes:
-        """The backup's data key, or WrongKeyError if no key we hold opens it."""
+        """The backup's data key, or WrongKeyError if no key we hold opens it.
+
+        A key whose reference cannot be read (variable unset, file refused) is
+        skipped so another key can open the backup; if none could be read at all,
+        the first reason is raised (it says what to fix).
+        """
         tried: list[str] = []
-        privates = [_load_private(p) for p in self.private_keys]
+        unreadable: list[ConfigError] = []
+        passphrase = privates = None
+        if any(r.get("type") == "passphrase" for r in recipients) and self.has_passphrase():
+            try:
+                passphrase = self.read_passphrase()
+            except ConfigError as exc:
+                unreadable.append(exc)
+        if any(r.get("type") == "x25519" for r in recipients):
+            try:
+                privates = self._private_keys()
+            except ConfigError as exc:
+                unreadable.append(exc)
         for rec in recipients:
             kind = rec.get("type")
             try:
-                if kind == "passphrase" and self.passphrase:
+                if kind == "passphrase" and passphrase:
                     tried.append("passphrase")
                     if rec.get("kdf") != "pbkdf2-hmac-sha256":
                         raise FormatError(f"backup {backup_id}: unknown key derivation {rec.get('kdf')!r}")
-                    kek = _pbkdf2(self.passphrase, b64d(rec["salt"]), int(rec["iterations"]))
-                    return AESGCM(kek).decrypt(b64d(rec["nonce"]), b64d(rec["wrapped_key"]), _aad(backup_id, kind))
+                    for form in _passphrase_forms(passphrase):
+                        kek = _pbkdf2(form, b64d(rec["salt"]), int(rec["iterations"]))
+                        try:
+                            return AESGCM(kek).decrypt(
+                                b64d(rec["nonce"]), b64d(rec["wrapped_key"]), _aad(backup_id, kind)
+                            )
+                        except InvalidTag:
+                            continue
+                    continue
                 if kind == "x25519":
-                    for private in privates:
+                    for private in privates or []:
                         if _public_raw(private.public_key()) != b64d(rec["recipient"]):
                             continue
                         tried.append("x25519 private key")
@@ -181,6 +298,8 @@ class Keyring:
                 raise FormatError(
                     f"backup {backup_id}: key file is malformed ({exc}); the backup cannot be opened"
                 ) from None
+        if not tried and unreadable:
+            raise unreadable[0]
         held = ", ".join(tried) if tried else "no matching key"
         raise WrongKeyError(
             f"backup {backup_id}: wrong passphrase or private key (tried: {held}); set the passphrase or X25519 "

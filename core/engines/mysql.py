@@ -18,9 +18,11 @@ dump if that takes longer than ``SNAPSHOT_DEADLINE``, so a stuck dump can never
 hold the lock. The row counts and checksums are computed in the checks
 session's snapshot after the dump has streamed.
 
-Secrets. The password goes to the tools through a 0600 option file in a
-private temporary directory (``--defaults-extra-file``, the first option), which
-is removed when the tool exits; to pymysql directly.
+Secrets. The password goes to the tools through an option file that never
+touches a disk: a 0600 memory file (memfd) inherited by the tool and named as
+``--defaults-extra-file=/dev/fd/N`` (the first option; the client opens it with
+fopen, which reopens the memory file from its start). Nothing is left behind
+even when the run is killed with SIGKILL; to pymysql directly.
 """
 
 from __future__ import annotations
@@ -241,17 +243,33 @@ class MySQLEngine(Engine):
         return args
 
     @contextmanager
-    def _option_file(self) -> Iterator[str]:
-        """A 0600 [client] option file with the password, in a 0700 directory removed afterwards."""
+    def _option_file(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """A [client] option file with the password: (its path for the tool, the fds to pass it).
+
+        A memfd, so a killed run leaves nothing on disk: 0600 (the clients ignore a
+        world-writable option file, and a memfd starts 0777), closed when the tool has
+        exited. Without memfd (not Linux), a 0600 file in a 0700 temporary directory.
+        """
+        text = "[client]\n"
+        if self.config.password is not None:
+            text += f"password={_option_value(self._password())}\n"
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("genesis-dr-mysql-options", os.MFD_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, text.encode("utf-8"))
+                os.lseek(fd, 0, os.SEEK_SET)
+                yield f"/dev/fd/{fd}", (fd,)
+            finally:
+                os.close(fd)
+            return
         tmp = tempfile.mkdtemp(prefix="genesis-dr-mysql-")
         try:
             path = os.path.join(tmp, "client.cnf")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("[client]\n")
-                if self.config.password is not None:
-                    f.write(f"password={_option_value(self._password())}\n")
-            yield path
+                f.write(text)
+            yield path, ()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -395,9 +413,11 @@ class MySQLEngine(Engine):
     def _stream_dump(self, sink: StreamSink, tool: str, dump_args: list[str], lock: _GlobalReadLock) -> DumpFacts:
         """Run the dump into ``sink``; release ``lock`` once the dump's snapshot is open."""
         name = os.path.basename(tool)
-        with self._option_file() as option_file:
+        with self._option_file() as (option_file, pass_fds):
             argv = [tool, *self._tool_args(option_file), *dump_args, "--", self.config.database]
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
+            )
             stderr = _Tail(proc.stderr)
             inspector = DumpInspector(on_snapshot=lock.release)
             stuck = threading.Event()
@@ -485,7 +505,7 @@ class MySQLEngine(Engine):
         """
         cfg = self.config
         name = os.path.basename(client)
-        with self._option_file() as option_file:
+        with self._option_file() as (option_file, pass_fds):
             # --binary-mode: take the dump's bytes as they are and run no client
             # commands other than DELIMITER (a dump needs nothing else).
             argv = [
@@ -496,7 +516,9 @@ class MySQLEngine(Engine):
                 f"--init-command=SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}",
                 f"--database={cfg.database}",
             ]
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds
+            )
             failure: list[BaseException] = []
 
             def feed() -> None:

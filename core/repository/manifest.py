@@ -75,6 +75,7 @@ class Manifest(BaseModel):
     position: dict[str, Any] = {}
     tool_versions: dict[str, str] = {}
     skipped: list[str] = []  # entries the backup left out where the stack allows it (in the clear, for `list`)
+    key_ids: list[str] = []  # "passphrase:<key id>", "x25519:<fingerprint>": which keys wrap the data key
     sealed_checks: str | None = None  # base64 envelope: checks name tables/keys/files, so they are encrypted
     error: str | None = None
     mac: str | None = None
@@ -90,7 +91,7 @@ class Manifest(BaseModel):
     def canonical(self, *, with_mac: bool = True) -> bytes:
         data = self.model_dump(mode="json")
         # Fields added within v1 are left out while empty, so manifests written before them keep their MAC.
-        for added in ("skipped",):
+        for added in ("skipped", "key_ids"):
             if not data.get(added):
                 data.pop(added, None)
         if not with_mac:
@@ -141,8 +142,15 @@ class Manifest(BaseModel):
             "position_text": self.position_text(),
             "labels": self.labels,
             "skipped": self.skipped,
+            "key_ids": self.key_ids,
             "error": self.error,
         }
+
+    def key_text(self) -> str:
+        """The keys that open this backup, short (p: passphrase key id, x: X25519 fingerprint); '-' if unrecorded."""
+        short = {"passphrase": "p", "x25519": "x"}
+        parts = [k.partition(":") for k in self.key_ids]
+        return ",".join(f"{short.get(kind, kind)}:{key_id}" for kind, _, key_id in parts) or "-"
 
 
 class StartRecord(BaseModel):

@@ -8,6 +8,7 @@ Layout on any store::
     backups/<id>/keys.json                       the data key, wrapped per recipient
     backups/<id>/streams/<stream>/<00000000>     sealed chunks
     backups/<id>/manifest.json                   written last: the commit point
+    keychecks/<name>.json                        key-check values of the passphrase (newest is current)
 
 A backup without a manifest does not exist. A failed run writes a manifest with
 status FAILED and its error, and its chunks are removed. A killed run leaves a
@@ -42,9 +43,17 @@ from typing import BinaryIO
 
 from core import cancel
 from core.crypto.envelope import Opener, Sealer
-from core.crypto.keys import Keyring
+from core.crypto.keys import Keyring, key_check_matches, new_key_check
 from core.engines.base import BackupResult
-from core.errors import BackupNotFoundError, DRError, FormatError, IntegrityError, VaultError
+from core.errors import (
+    BackupNotFoundError,
+    ConfigError,
+    DRError,
+    FormatError,
+    IntegrityError,
+    VaultError,
+    WrongKeyError,
+)
 from core.repository.lock import (
     Lease,
     describe_holder,
@@ -132,6 +141,7 @@ class BackupEntry:
             "position_text": "",
             "labels": {},
             "skipped": [],
+            "key_ids": [],
             "error": self.reason,
         }
 
@@ -331,6 +341,75 @@ class Vault:
             if e.manifest is not None and (source is None or e.manifest.source == source)
         ]
 
+    # -- the passphrase's key check ------------------------------------------------
+
+    _INITIAL_KEY_CHECK = "keychecks/00000000T000000Z-initial.json"
+
+    def key_check(self) -> dict | None:
+        """The current key-check record (the newest under keychecks/), or None if none was set yet."""
+        names = [n for n in self.store.children("keychecks/") if n.endswith(".json")]
+        if not names:
+            return None
+        raw = self.store.get(f"keychecks/{max(names)}")
+        try:
+            record = json.loads(raw)
+            record["key_id"]  # noqa: B018 - present in every record
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(
+                f"vault {self.describe()}: key check keychecks/{max(names)} is not valid (corrupt); restore it from a "
+                "replica"
+            ) from None
+        return record
+
+    def check_passphrase(self, keyring: Keyring) -> str | None:
+        """The key id of the passphrase new backups use, once it is known to be the vault's.
+
+        The first writer of a vault without a key check records one (vaults created
+        before key checks get theirs on their next backup). A passphrase that does
+        not match the current key check is refused (WrongKeyError, exit 6): new
+        backups would otherwise be written under another key without anyone noticing.
+        None when the keyring writes no passphrase recipient.
+        """
+        passphrase = keyring.write_passphrase()
+        if passphrase is None:
+            return None
+        record = self.key_check()
+        if record is None:
+            record = new_key_check(passphrase, now_iso())
+            if self.store.create(self._INITIAL_KEY_CHECK, json.dumps(record, sort_keys=True, indent=1).encode()):
+                return record["key_id"]
+            record = self.key_check()  # another writer set it first; ours must match theirs
+        if not key_check_matches(passphrase, record):
+            raise WrongKeyError(
+                f"vault {self.describe()}: the passphrase does not match the vault's key (key id {record['key_id']}); "
+                f"set the vault's passphrase, or change it on purpose with 'genesis-dr key rotate --stack "
+                f"{keyring.stack or 'default'}'"
+            )
+        return record["key_id"]
+
+    def rotate_key(self, keyring: Keyring) -> tuple[str | None, str]:
+        """Make the keyring's passphrase the vault's key from now on; returns (old key id, new key id).
+
+        Earlier backups keep their wraps and open with the passphrase they were written
+        with (``genesis-dr list`` shows each backup's key id). The record is a new
+        immutable object; the old ones stay, so the history of keys is kept.
+        """
+        passphrase = keyring.write_passphrase()
+        if passphrase is None:
+            raise ConfigError(
+                "key rotate: the stack names no passphrase (encryption.passphrase_from); nothing to rotate"
+            )
+        current = self.key_check()
+        if current is not None and key_check_matches(passphrase, current):
+            return current["key_id"], current["key_id"]
+        record = new_key_check(passphrase, now_iso())
+        record["previous"] = current["key_id"] if current else None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.store.put(
+            f"keychecks/{stamp}-{record['key_id']}.json", json.dumps(record, sort_keys=True, indent=1).encode()
+        )
+        return (current["key_id"] if current else None), record["key_id"]
+
     # -- writing ------------------------------------------------------------------
 
     def lock(self, name: str, purpose: str) -> Lease:
@@ -417,9 +496,12 @@ class Vault:
         lease = self._leases.get(source)
         if lease is not None and not lease.held:
             lease = None
+        key_id = self.check_passphrase(keyring)  # before anything is written
         if lease is not None:
             self.recover_abandoned(source)
-        return BackupWriter(self, source, kind, backup_type, target, keyring, compression, parent, labels or {}, lease)
+        return BackupWriter(
+            self, source, kind, backup_type, target, keyring, compression, parent, labels or {}, lease, key_id
+        )
 
     # -- reading ------------------------------------------------------------------
 
@@ -450,7 +532,7 @@ class BackupWriter:
     """A backup in progress: the StreamSink engines write to."""
 
     def __init__(
-        self, vault, source, kind, backup_type, target, keyring, compression, parent, labels, lease=None
+        self, vault, source, kind, backup_type, target, keyring, compression, parent, labels, lease=None, key_id=None
     ) -> None:
         self.vault, self.store = vault, vault.store
         self.id = new_backup_id()
@@ -475,8 +557,10 @@ class BackupWriter:
             started_at=self.started_at,
             compression=compression,
             chunk_size=self._chunk_size,
+            key_ids=keyring.key_ids(key_id),
         )
-        keys = json.dumps({"version": 1, "recipients": keyring.wrap(self.id, self._data_key)}, sort_keys=True, indent=1)
+        recipients = keyring.wrap(self.id, self._data_key, key_id)
+        keys = json.dumps({"version": 1, "recipients": recipients}, sort_keys=True, indent=1)
         self._keys_raw = keys.encode()
         start = StartRecord(
             id=self.id,
