@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench
+.PHONY: bootstrap demo test lint bench bench-cli
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -22,3 +22,6 @@ lint: bootstrap
 
 bench: bootstrap
 	$(VENV)/python benchmarks/backup_postgres.py
+
+bench-cli: bootstrap
+	$(VENV)/python benchmarks/cli_latency.py

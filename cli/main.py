@@ -2,7 +2,16 @@
 
 Expected failures print one line ``genesis-dr: error: ...`` and exit with the
 error's documented code (see README, "Exit codes"); never a traceback, never a
-secret.
+secret. Remedies in messages are printed as commands that work as printed
+(``cli.invocation``).
+
+Read-only commands (``list``, ``restore --dry-run``, ``stacks``, ``key
+generate``, ``--help``, ``--version``) never import Prefect: they answer from
+the stack's local description (``core.stack_description``) in well under a
+second. Commands that run flows or save blocks do so inside
+``cli.stacks.prefect_session`` (``@uses_prefect``): a temporary server that
+cannot outlive the command when none is configured, and runs of killed
+commands marked Crashed.
 """
 
 from __future__ import annotations
@@ -18,8 +27,33 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Set before Prefect is imported: its console handler then drops tracebacks of expected failures.
 os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
 
+from cli.invocation import command, render_remedies  # noqa: E402
+from cli.stacks import cmd_stacks, description, from_blocks, prefect_session  # noqa: E402
 from core import cancel  # noqa: E402
-from core.errors import ConfigError, DRError  # noqa: E402
+from core.errors import ConfigError, DRError, TargetNotEmptyError  # noqa: E402
+
+STACK_HELP = "the stack to use, as named in its file (default: default); 'genesis-dr stacks' lists them"
+
+
+def uses_prefect(command):
+    """Run ``command`` inside a Prefect session (an API that cannot outlive the command; dead runs marked Crashed)."""
+
+    def run(args) -> int:
+        with prefect_session():
+            return command(args)
+
+    run.__name__ = command.__name__
+    run.__doc__ = command.__doc__
+    return run
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("genesis-dr")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _targets(pairs: list[str]) -> dict:
@@ -32,48 +66,32 @@ def _targets(pairs: list[str]) -> dict:
     return out
 
 
-RESTORE_TARGET_EXAMPLES = {
-    "postgres": "--target database={source}_restored",
-    "mysql": "--target database={source}_restored",
-    "redis": "--target port=6380",
-    "files": "--target root=/tmp/{source}-restored",
-}
-
-
-def _print_backups(results: list[dict]) -> None:
-    from flows.reporting import human_bytes
-
-    for r in results:
-        print(
-            f"{r['source']}: {r['status']} {r['id']}  {human_bytes(r['plain_bytes'])} -> "
-            f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
-        )
-        for entry in r.get("skipped") or []:
-            print(f"  SKIPPED (the stack allows it): {entry}")
-    print("\nTo restore (add --dry-run to see the plan first; without --target it restores over the source):")
-    for r in results:
-        example = RESTORE_TARGET_EXAMPLES.get(r["kind"], "").format(source=r["source"].replace("-", "_"))
-        print(f"  genesis-dr restore --source {r['source']} --backup-id {r['id']} {example}")
-
-
 def cmd_apply(args) -> int:
-    from blocks.apply import apply_stack
+    from core import stack_description
     from core.stack import load_stack_file
 
-    config = load_stack_file(args.file)
-    for slug in apply_stack(config):
-        print(f"saved block {slug}")
+    config = load_stack_file(args.file)  # refused before Prefect is involved
+    with prefect_session() as where:
+        from blocks.apply import apply_stack
+
+        for slug in apply_stack(config):
+            print(f"saved block {slug}")
+    path = stack_description.save(config, where)
     print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.path}")
+    print(f"local description (no secrets, for read-only commands): {path}")
     return 0
 
 
+@uses_prefect
 def cmd_backup(args) -> int:
+    from cli.hints import print_backups
+    from core import stack_description
     from flows.backup import backup
 
     if args.type != "full":
         raise ConfigError(f"backup type {args.type!r} is not available yet; use 'genesis-dr backup full'")
     results = backup(stack=args.stack, backup_type=args.type, sources=args.source or None)
-    _print_backups(results)
+    print_backups(results, args.stack, stack_description.load(args.stack))
     return 0
 
 
@@ -86,12 +104,11 @@ def _print_unfinished_restores() -> None:
 
 
 def cmd_list(args) -> int:
-    from blocks.apply import load_stack
+    from cli.hints import human_bytes
     from core.repository.manifest import ABANDONED, COMPLETED, IN_PROGRESS
     from core.repository.vault import VaultMissingError
-    from flows.reporting import human_bytes
 
-    config = load_stack(args.stack)
+    config = description(args.stack)
     _print_unfinished_restores()
     try:
         vault = config.vault.open()  # the vault says whether it exists (or lost its config.json: an error)
@@ -133,17 +150,17 @@ def cmd_list(args) -> int:
             print(f"    {e.state}: {e.reason}")
     if unfinished and not args.all:
         print(
-            f"({len(unfinished)} unfinished backup(s) without a manifest not shown; 'genesis-dr list --all' shows "
-            "them; the next backup of their source records abandoned ones FAILED)"
+            f"({len(unfinished)} unfinished backup(s) without a manifest not shown; "
+            f"'{command('list', '--all', stack=args.stack)}' shows them; the next backup of their source records "
+            "abandoned ones FAILED)"
         )
     return 0
 
 
 def cmd_unlock(args) -> int:
-    from blocks.apply import load_stack
     from core.repository.lock import break_lock, describe_holder, lease_names, lease_stale, read_lease
 
-    config = load_stack(args.stack)
+    config = description(args.stack)
     stores = [config.vault.store()]  # works even when the vault lost its config.json
     try:  # restore targets keep their locks on the restoring host, not in the vault
         from core.targets import state_store
@@ -159,7 +176,7 @@ def cmd_unlock(args) -> int:
             print(f"{n}: {state}, {describe_holder(holder or {})} ({store.describe()})")
         if not held:
             print("no leases held")
-        print("to remove a dead run's lease: genesis-dr unlock --source NAME | --lock NAME")
+        print(f"to remove a dead run's lease: {command('unlock', '--source NAME | --lock NAME', stack=args.stack)}")
         return 0
     for store in stores:
         if read_lease(store, name) is not None:
@@ -171,7 +188,6 @@ def cmd_unlock(args) -> int:
 
 
 def cmd_repair_vault(args) -> int:
-    from blocks.apply import load_stack
     from core.repository.vault import Vault
 
     if not args.new_identity:
@@ -179,7 +195,7 @@ def cmd_repair_vault(args) -> int:
             "repair-vault: first restore config.json from a replica or a backup of the vault; only if no copy "
             "exists, pass --new-identity to write a NEW one"
         )
-    config = load_stack(args.stack)
+    config = description(args.stack)
     vault = Vault.recreate_identity(config.vault.store())
     print(
         f"wrote a new config.json (vault id {vault.config['id']}) into {vault.describe()}; existing backups stay readable"
@@ -187,14 +203,54 @@ def cmd_repair_vault(args) -> int:
     return 0
 
 
+def _dry_run(args, target_time: datetime | None) -> int:
+    """Plan on this host, without Prefect: the vault's catalog and the target's state, read directly.
+
+    The target is checked (reachable, holding data) as the restore would; a target
+    that needs a password this host's description does not hold gets it from the
+    stack's blocks (only then is Prefect involved). A refused plan exits 9.
+    """
+    from core.plan import render_plan
+    from core.planning import plan_restore_from
+
+    local = description(args.stack)
+    config = local
+    if local.needs_secret(args.target_source or args.source):
+        with prefect_session():
+            config = from_blocks(args.stack)
+    plan = plan_restore_from(
+        config, local.vault, args.source, args.backup_id, target_time, _targets(args.target) or None,
+        args.target_source, args.force,
+    )  # fmt: skip
+    print(render_plan(plan.to_dict()))
+    if plan.refusal:
+        print("dry run: nothing was changed; the restore would be refused")
+        raise TargetNotEmptyError(
+            f"restore target {plan.target} already holds data; choose an empty target, or pass --force (a rollback "
+            "backup of the target is taken first)"
+        )
+    print("dry run: nothing was changed")
+    return 0
+
+
 def cmd_restore(args) -> int:
-    from blocks.apply import load_stack
+    from core import stack_description
     from core.plan import restore_target
-    from flows.restore import restore
 
     target_time = datetime.fromisoformat(args.target_time.replace("Z", "+00:00")) if args.target_time else None
-    # Refuse bad --target values before a flow run exists: a run stores its parameters for good.
-    restore_target(load_stack(args.stack), args.source, _targets(args.target), args.target_source)
+    if args.dry_run:
+        return _dry_run(args, target_time)
+    with prefect_session():
+        # Refuse bad --target values before a flow run exists (a run stores its parameters for good); the local
+        # description suffices (only field names and kinds are checked).
+        stack = stack_description.load(args.stack) or from_blocks(args.stack)
+        restore_target(stack, args.source, _targets(args.target), args.target_source)
+        return _restore(args, target_time)
+
+
+def _restore(args, target_time: datetime | None) -> int:
+    from flows.restore import restore
+
     out = restore(
         source=args.source,
         stack=args.stack,
@@ -202,21 +258,15 @@ def cmd_restore(args) -> int:
         target_time=target_time,
         target=_targets(args.target) or None,
         target_source=args.target_source,
-        dry_run=args.dry_run,
         force=args.force,
     )
-    if out["dry_run"]:
-        from core.plan import render_plan
-
-        print(render_plan(out["plan"]))
-        print("dry run: nothing was changed")
-        return 0
     from core.operations import render_report
 
     print(render_report(out["report"]))
     return 0
 
 
+@uses_prefect
 def cmd_key_rotate(args) -> int:
     from blocks.apply import load_stack
 
@@ -233,9 +283,7 @@ def cmd_key_rotate(args) -> int:
     return 0
 
 
-def cmd_key(args) -> int:
-    if args.action == "rotate":
-        return cmd_key_rotate(args)
+def cmd_key_generate(args) -> int:
     from core.crypto.keys import fingerprint, generate_x25519_keypair
 
     private, public = generate_x25519_keypair()
@@ -247,58 +295,88 @@ def cmd_key(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="genesis-dr", description="Disaster recovery for PostgreSQL, MariaDB/MySQL, Redis and files."
+        prog="genesis-dr",
+        description="Disaster recovery for PostgreSQL, MariaDB/MySQL, Redis and files.",
+        epilog="Exit codes and the stack file: see README.md. Read-only commands (list, stacks, restore --dry-run, "
+        "key generate) answer from this host's description of the stack, without Prefect.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"genesis-dr {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("apply", help="register a stack file as Prefect blocks")
-    a.add_argument("file")
+    a.add_argument("file", help="the stack file (YAML), e.g. examples/dr.yaml")
     a.set_defaults(func=cmd_apply)
 
     b = sub.add_parser("backup", help="run the backup flow")
-    b.add_argument("type", choices=["full", "differential", "incremental"])
-    b.add_argument("--stack", default="default")
+    b.add_argument("type", choices=["full"], help="full (differential and incremental backups come later)")
+    b.add_argument("--stack", default="default", help=STACK_HELP)
     b.add_argument("--source", action="append", help="back up only this source (repeatable)")
     b.set_defaults(func=cmd_backup)
 
     ls = sub.add_parser("list", help="list backups in the stack's vault")
-    ls.add_argument("--stack", default="default")
-    ls.add_argument("--source")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--stack", default="default", help=STACK_HELP)
+    ls.add_argument("--source", help="only this source's backups")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--all", action="store_true", help="also show unfinished backups (in progress or abandoned)")
     ls.set_defaults(func=cmd_list)
 
     u = sub.add_parser("unlock", help="remove the lease of a run you know is dead (refuses a live local one)")
-    u.add_argument("--stack", default="default")
+    u.add_argument("--stack", default="default", help=STACK_HELP)
     which_lock = u.add_mutually_exclusive_group()
     which_lock.add_argument("--source", help="the lease of this source's backups")
     which_lock.add_argument("--lock", help="a lease by name (as named in a 'locked by' error)")
     u.set_defaults(func=cmd_unlock)
 
     rv = sub.add_parser("repair-vault", help="write a new vault identity when config.json is lost (see docs/FORMAT.md)")
-    rv.add_argument("--stack", default="default")
+    rv.add_argument("--stack", default="default", help=STACK_HELP)
     rv.add_argument("--new-identity", action="store_true", help="write a NEW config.json (no copy of the old exists)")
     rv.set_defaults(func=cmd_repair_vault)
 
     r = sub.add_parser("restore", help="run the restore flow")
-    r.add_argument("--stack", default="default")
-    r.add_argument("--source", required=True)
+    r.add_argument("--stack", default="default", help=STACK_HELP)
+    r.add_argument("--source", required=True, help="the source whose backup is restored")
     which = r.add_mutually_exclusive_group(required=True)
-    which.add_argument("--backup-id")
-    which.add_argument("--target-time", help="ISO time; restores the newest backup at or before it")
+    which.add_argument("--backup-id", help="as shown by 'genesis-dr list'")
+    which.add_argument(
+        "--target-time", help="restores the newest backup at or before it: ISO 8601 (no zone: UTC), or e.g. '2h ago'"
+    )
     r.add_argument(
         "--target", action="append", metavar="KEY=VALUE", help="override a target setting, e.g. database=app_copy"
     )
     r.add_argument("--target-source", help="restore into another source of the stack")
     r.add_argument("--mode", choices=["full"], default="full", help=argparse.SUPPRESS)
-    r.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and change nothing (planned on this host, without a flow run; exit 9 if refused)",
+    )
     r.add_argument("--force", action="store_true", help="restore over existing data (after a rollback backup)")
     r.set_defaults(func=cmd_restore)
 
     k = sub.add_parser("key", help="key management")
-    k.add_argument("action", choices=["generate", "rotate"], help="rotate: make the stack's passphrase the vault's key")
-    k.add_argument("--stack", default="default")
-    k.set_defaults(func=cmd_key)
+    key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kg = key_sub.add_parser(
+        "generate",
+        help="print a new X25519 key pair for write-only backup hosts",
+        description="Print a new X25519 key pair: the public key goes in the stack file's x25519_public_keys (a "
+        "backup host then writes backups it cannot read); keep the private key offline, restores need it.",
+    )
+    kg.set_defaults(func=cmd_key_generate)
+    kr = key_sub.add_parser(
+        "rotate",
+        help="make the stack's passphrase the vault's key",
+        description="Make the stack's current passphrase the vault's key for new backups.",
+    )
+    kr.add_argument("--stack", default="default", help=STACK_HELP)
+    kr.set_defaults(func=cmd_key_rotate)
+
+    st = sub.add_parser(
+        "stacks",
+        help="list the stacks applied on this host",
+        description="List the stacks applied on this host (from their local descriptions; no Prefect).",
+    )
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_stacks)
     return p
 
 
@@ -315,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             # Whatever the tools said once they were stopped, the run was interrupted and committed nothing.
             print(f"genesis-dr: interrupted: {exc}", file=sys.stderr)
             return 130
-        print(f"genesis-dr: error: {exc}", file=sys.stderr)
+        print(f"genesis-dr: error: {render_remedies(str(exc), getattr(args, 'stack', None))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(

@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
-from core.plan import plan_restore, restore_target
-from core.targets import unfinished_restores
+from core.plan import restore_target
+from core.planning import plan_restore_from
 
 
 @task(name="plan-restore", cache_policy=NO_CACHE)
@@ -24,28 +24,11 @@ def plan_restore_task(
     target_source: str | None,
     force: bool,
 ) -> dict:
-    """Choose the backup and describe what a restore would do (reads only)."""
+    """Choose the backup and describe what a restore would do (reads only; ``--dry-run`` runs the same planner)."""
     config = load_stack(stack)
-    target_config = restore_target(config, source, target, target_source)
-    engine = engine_for(target_config)
-    engine.ping_target()
-    vault = config.vault.open()
-    manifests = vault.list_backups(source)
-    if backup_id and all(m.id != backup_id for m in manifests):
-        vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
-    interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
-    plan = plan_restore(
-        manifests,
-        source,
-        backup_id,
-        target_time,
-        engine.describe(),
-        engine.has_data(),
-        force,
-        restores_beside=engine.restores_beside(),
-        interrupted=interrupted,
-    )
-    return plan.to_dict()
+    return plan_restore_from(
+        config, config.vault, source, backup_id, target_time, target, target_source, force
+    ).to_dict()
 
 
 @task(name="restore-backup", task_run_name="restore-{backup_id}", cache_policy=NO_CACHE)

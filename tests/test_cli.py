@@ -73,7 +73,10 @@ def test_apply_backup_list_restore_through_the_command(cli, tmp_path):
     cli("apply", str(stack))  # idempotent
 
     out = cli("backup", "full", "--stack", "clitest").stdout
-    assert "app-files: COMPLETED backup_" in out and "genesis-dr restore --source app-files --backup-id" in out
+    assert (
+        "app-files: COMPLETED backup_" in out
+        and " -m cli.main restore --stack clitest --source app-files --backup-id" in out
+    )
 
     listing = json.loads(cli("list", "--stack", "clitest", "--json").stdout)
     assert [b["source"] for b in listing] == ["app-files"] and listing[0]["status"] == "COMPLETED"

@@ -1,0 +1,54 @@
+"""Plan a restore from what is there: the vault's catalog and the target's state.
+
+The one function both the restore flow (its ``plan-restore`` task) and
+``genesis-dr restore --dry-run`` call, so the plan a dry run prints is the plan
+a restore executes. It only reads: the vault's manifests, and the target
+(reachable? holding data?).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from core.engines import engine_for
+from core.plan import RestorePlan, plan_restore, restore_target
+from core.stack import VaultConfig
+from core.targets import unfinished_restores
+
+
+def plan_restore_from(
+    config: Any,
+    vault_config: VaultConfig,
+    source: str,
+    backup_id: str | None,
+    target_time: datetime | None,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+) -> RestorePlan:
+    """The restore plan of ``source``'s backup into its target.
+
+    ``config`` is anything with ``source(name)`` returning a source config: the
+    stack (flows) or its local description (dry runs; the target's secrets
+    filled in when it needs them).
+    """
+    target_config = restore_target(config, source, target, target_source)
+    engine = engine_for(target_config)
+    engine.ping_target()
+    vault = vault_config.open()
+    manifests = vault.list_backups(source)
+    if backup_id and all(m.id != backup_id for m in manifests):
+        vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
+    interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
+    return plan_restore(
+        manifests,
+        source,
+        backup_id,
+        target_time,
+        engine.describe(),
+        engine.has_data(),
+        force,
+        restores_beside=engine.restores_beside(),
+        interrupted=interrupted,
+    )

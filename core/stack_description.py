@@ -1,0 +1,165 @@
+"""The local, secret-free description of an applied stack.
+
+``genesis-dr apply`` saves the stack's blocks (the source of truth for flows)
+and also this description, ``<state dir>/stacks/<name>.json`` (mode 0600 in a
+0700 directory; see ``core.targets.state_dir``). Read-only commands (``list``,
+``restore --dry-run``, ``stacks``) answer from it in well under a second,
+without Prefect: no import, no API, no server.
+
+It holds the stack's configuration with every secret value removed; which
+fields *had* a secret is recorded, so a command that needs one (a dry run that
+must log in to its target) knows to ask the blocks for it. It is per host and
+reflects the last ``apply`` run on this host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from core.errors import ConfigError
+from core.repository.manifest import now_iso
+from core.stack import SOURCE_MODELS, StackConfig, VaultConfig
+from core.targets import state_dir
+
+FORMAT = 1
+
+
+def stacks_dir() -> Path:
+    return Path(state_dir()) / "stacks"
+
+
+def _strip_secrets(node: Any, path: str, found: list[str]) -> Any:
+    """``node`` with every SecretStr replaced by None; the paths of the non-empty ones go to ``found``."""
+    if isinstance(node, SecretStr):
+        if node.get_secret_value():
+            found.append(path)
+        return None
+    if isinstance(node, dict):
+        return {k: _strip_secrets(v, f"{path}.{k}" if path else str(k), found) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_strip_secrets(v, f"{path}[{i}]", found) for i, v in enumerate(node)]
+    return node
+
+
+@dataclass
+class StackDescription:
+    """What read-only commands know of a stack without Prefect: no secret values."""
+
+    stack: str
+    vault: VaultConfig
+    sources: list[Any]
+    secret_fields: dict[str, list[str]]  # source name -> its fields that hold a secret (values not kept)
+    encryption: dict[str, Any] = field(default_factory=dict)  # the public part (keys, where secrets live)
+    applied_at: str = ""
+    applied_to: str = ""  # the Prefect API the blocks were saved to
+    path: str = ""
+
+    def source(self, name: str) -> Any:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources)
+        raise ConfigError(f"stack '{self.stack}' has no source {name!r} (known: {known}); check --source")
+
+    def needs_secret(self, name: str) -> bool:
+        """Whether connecting to source ``name`` needs a secret this description does not hold."""
+        return bool(self.secret_fields.get(name))
+
+
+def describe(config: StackConfig, applied_to: str) -> dict:
+    """The secret-free JSON document of ``config``."""
+    secrets: dict[str, list[str]] = {}
+    sources = []
+    for src in config.sources:
+        found: list[str] = []
+        sources.append(_strip_secrets(src.model_dump(), "", found))
+        if found:
+            secrets[src.name] = found
+    encryption_secrets: list[str] = []
+    encryption = _strip_secrets(config.encryption.model_dump(), "", encryption_secrets)
+    return {
+        "format": FORMAT,
+        "stack": config.stack,
+        "vault": config.vault.model_dump(),
+        "encryption": {k: v for k, v in encryption.items() if v is not None and k not in encryption_secrets},
+        "encryption_secrets": encryption_secrets,
+        "sources": sources,
+        "secret_fields": secrets,
+        "applied_at": now_iso(),
+        "applied_to": applied_to,
+    }
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def save(config: StackConfig, applied_to: str) -> Path:
+    """Write the description of ``config`` (atomically: temp file, fsync, rename); returns its path."""
+    directory = stacks_dir()
+    _private_dir(directory.parent)
+    _private_dir(directory)
+    data = json.dumps(describe(config, applied_to), indent=2, sort_keys=True).encode()
+    target = directory / f"{config.stack}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{config.stack}.", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _parse(data: dict, path: Path) -> StackDescription:
+    if data.get("format") != FORMAT:
+        raise ValueError(f"format {data.get('format')!r}")
+    sources = []
+    for src in data["sources"]:
+        sources.append(SOURCE_MODELS[src["kind"]].model_validate(src))
+    return StackDescription(
+        stack=data["stack"],
+        vault=VaultConfig.model_validate(data["vault"]),
+        sources=sources,
+        secret_fields=dict(data.get("secret_fields") or {}),
+        encryption=dict(data.get("encryption") or {}),
+        applied_at=data.get("applied_at", ""),
+        applied_to=data.get("applied_to", ""),
+        path=str(path),
+    )
+
+
+def load(name: str) -> StackDescription | None:
+    """The description of stack ``name``, or None if there is none (or it cannot be read: ask the blocks)."""
+    if "/" in name or name.startswith("."):
+        return None
+    path = stacks_dir() / f"{name}.json"
+    try:
+        return _parse(json.loads(path.read_bytes()), path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return None  # written by another version, or damaged: the blocks are the source of truth
+
+
+def all_descriptions() -> tuple[list[StackDescription], list[str]]:
+    """Every description on this host, and the files that could not be read."""
+    found, unreadable = [], []
+    directory = stacks_dir()
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            found.append(_parse(json.loads(path.read_bytes()), path))
+        except (OSError, ValueError, KeyError, TypeError, ValidationError):
+            unreadable.append(str(path))
+    return found, unreadable
