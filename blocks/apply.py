@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
+from pydantic import ValidationError
 
 from blocks.keys import VaultKey
 from blocks.sources import SOURCE_BLOCKS
-from blocks.stack import DRStack
+from blocks.stack import DRStack, source_slug
 from blocks.vault import LocalVault
 from core.errors import ConfigError
 from core.stack import StackConfig
@@ -20,11 +21,14 @@ def apply_stack(config: StackConfig) -> list[str]:
     for src in config.sources:
         doc = f"{config.stack}-{src.name}"
         SOURCE_BLOCKS[src.kind].model_validate(src.model_dump()).save(doc, overwrite=True)
-        refs[src.name] = f"{src.kind}:{doc}"
-        written.append(f"{src.kind}-source/{doc}")
-    LocalVault.model_validate(config.vault.model_dump()).save(config.stack, overwrite=True)
-    VaultKey.model_validate(config.encryption.model_dump()).save(config.stack, overwrite=True)
-    DRStack(sources=refs, vault=config.stack, key=config.stack).save(config.stack, overwrite=True)
+        refs[src.name] = source_slug(src.kind, doc)
+        written.append(refs[src.name])
+    vault = LocalVault.model_validate(config.vault.model_dump())
+    vault.save(config.stack, overwrite=True)
+    key = VaultKey.model_validate(config.encryption.model_dump())
+    key.save(config.stack, overwrite=True)
+    # Saved blocks nest as references: the stack's document links to them (and loads them in one request).
+    DRStack(sources=refs, vault=vault, key=key).save(config.stack, overwrite=True)
     written += [f"local-vault/{config.stack}", f"vault-key/{config.stack}", f"dr-stack/{config.stack}"]
     return written
 
@@ -33,6 +37,10 @@ def load_stack(name: str) -> StackConfig:
     """The stack saved under ``name`` (ConfigError with the remedy if absent)."""
     try:
         block: Block = DRStack.load(name)
+    except ValidationError:
+        raise ConfigError(
+            f"stack {name!r} was registered by another version of genesis-dr; run 'genesis-dr apply <stack file>' again"
+        ) from None
     except (ValueError, ObjectNotFound):
         raise ConfigError(f"no stack named {name!r} is registered; run 'genesis-dr apply <stack file>' first") from None
     return block.get_config()

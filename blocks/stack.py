@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
+from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
 from blocks.keys import VaultKey
 from blocks.sources import SOURCE_BLOCKS
 from blocks.vault import LocalVault
 from core.errors import ConfigError
-from core.stack import StackConfig
+from core.stack import EncryptionConfig, StackConfig, VaultConfig
+
+
+def source_slug(kind: str, document: str) -> str:
+    """How the stack names a source block: Prefect's own '<block type slug>/<document name>'."""
+    return f"{SOURCE_BLOCKS[kind].get_block_type_slug()}/{document}"
 
 
 class DRStack(Block):
-    """A disaster-recovery stack: its sources, vault and keys, by block document name.
+    """A disaster-recovery stack: its vault and keys (linked blocks) and its source blocks.
 
     Written by `genesis-dr apply FILE`; flows load it by name (default `default`).
+    The vault and the keys are nested blocks: the UI links them, and they load with
+    the stack in one request. Sources are named by their block slugs, which
+    `prefect block inspect` takes as they are: Prefect links nested blocks only in
+    top-level fields, and a list of nested blocks would be stored inside this
+    document with its passwords, which the API shows only obfuscated for
+    top-level paths, so each source stays its own block with its secrets.
 
     Example:
         ```python
@@ -26,23 +38,31 @@ class DRStack(Block):
 
     _block_type_name = "DR Stack"
 
-    sources: dict[str, str] = Field(description="Source name -> '<kind>:<block document name>'.")
-    vault: str = Field(description="Name of the Local Vault block.")
-    key: str = Field(description="Name of the Vault Key block.")
+    vault: LocalVault = Field(description="The vault the stack's backups go to (a Local Vault block).")
+    key: VaultKey = Field(description="The keys that wrap each backup's data key (a Vault Key block).")
+    sources: dict[str, str] = Field(
+        description="Source name -> its block, as '<block type slug>/<block name>' (e.g. 'postgres-source/default-app-db')."
+    )
 
     def get_config(self) -> StackConfig:
-        """Load every referenced block and assemble the core stack config."""
+        """Load every source block and assemble the core stack config."""
+        by_slug = {cls.get_block_type_slug(): cls for cls in SOURCE_BLOCKS.values()}
         sources = []
         for name, ref in self.sources.items():
-            kind, _, doc = ref.partition(":")
-            if kind not in SOURCE_BLOCKS:
-                raise ConfigError(f"stack block: source {name!r} has unknown kind {kind!r}; re-run 'genesis-dr apply'")
-            sources.append(SOURCE_BLOCKS[kind].load(doc).to_config())
-        vault = LocalVault.load(self.vault)
-        key = VaultKey.load(self.key)
+            slug, _, document = ref.partition("/")
+            if slug not in by_slug or not document:
+                raise ConfigError(
+                    f"stack block: source {name!r} refers to {ref!r}, not a source block; re-run 'genesis-dr apply'"
+                )
+            try:
+                sources.append(by_slug[slug].load(document).to_config())
+            except (ValueError, ObjectNotFound):
+                raise ConfigError(
+                    f"stack block: source {name!r}: block {ref!r} is missing or invalid; re-run 'genesis-dr apply'"
+                ) from None
         return StackConfig(
             stack=self._block_document_name or "default",
-            vault={k: getattr(vault, k) for k in ("type", "path", "compression")},
-            encryption={k: getattr(key, k) for k in ("passphrase", "x25519_public_keys", "x25519_private_key")},
+            vault={k: getattr(self.vault, k) for k in VaultConfig.model_fields},
+            encryption={k: getattr(self.key, k) for k in EncryptionConfig.model_fields},  # references, never secrets
             sources=sources,
         )

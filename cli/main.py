@@ -21,11 +21,8 @@ import json
 import os
 import sys
 from datetime import datetime
-from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Set before Prefect is imported: its console handler then drops tracebacks of expected failures.
-os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).with_name("logging.yml")))
 
 from cli.invocation import command, render_remedies  # noqa: E402
 from cli.stacks import cmd_stacks, description, from_blocks, prefect_session  # noqa: E402

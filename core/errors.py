@@ -21,8 +21,9 @@ class DRError(Exception):
         return self.message
 
     def __reduce__(self):
-        # Prefect pickles task exceptions; keep the class and message intact.
-        return (self.__class__, (self.message,))
+        # Prefect pickles task exceptions; keep the class, the message and instance attributes
+        # (an overridden exit_code, the transient mark) intact.
+        return (self.__class__, (self.message,), self.__dict__ or None)
 
 
 class ConfigError(DRError):
@@ -56,9 +57,18 @@ class WrongKeyError(DRError):
 
 
 class SourceUnavailableError(DRError):
-    """A source or restore target is down or refuses the login. Exit 7."""
+    """A source or restore target is down or refuses the login. Exit 7.
+
+    ``transient`` marks a condition that may pass by itself (connection refused or
+    reset, a timeout, a server still starting or loading): the flows retry those
+    with backoff, and never the others (a refused login, a missing database).
+    """
 
     exit_code = 7
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class BackupNotFoundError(DRError):
@@ -115,6 +125,21 @@ EXIT_CODES: dict[str, int] = {
         EngineError,
     )
 }
+
+
+# Socket-level failures that say "try again": the server is (re)starting, restarting or slow.
+TRANSIENT_OS_ERRORS = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an expected failure an engine marked as one that may pass by itself."""
+    return isinstance(exc, DRError) and getattr(exc, "transient", False) is True
 
 
 def redact(text: str, secrets: list[str | None]) -> str:

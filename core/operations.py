@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from core import cancel, targets
@@ -129,16 +130,43 @@ def _with_context(exc: BaseException, context: str) -> BaseException:
     return error
 
 
-def _restore_in_place(reader, engine: Engine, backup_id: str) -> tuple[list[str], int]:
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """The default progress sink: core never logs on its own (the flow's task routes progress to the run log)."""
+
+
+def size_text(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _verify_reporting(engine: Engine, expected: dict, backup_id: str, say: Progress) -> int:
+    started = time.monotonic()
+    verified = verify_target(engine, expected, backup_id)
+    say(
+        f"verified {verified} checks recorded at backup time against {engine.describe()} in {time.monotonic() - started:.1f}s"
+    )
+    return verified
+
+
+def _restore_in_place(reader, engine: Engine, backup_id: str, say: Progress = _quiet) -> tuple[list[str], int]:
     notes = engine.restore(reader, reader.result) or []
-    return list(notes), verify_target(engine, reader.result.checks, backup_id)
+    return list(notes), _verify_reporting(engine, reader.result.checks, backup_id, say)
 
 
-def _restore_staged(reader, engine: Engine, staged: Engine, backup_id: str) -> tuple[list[str], int]:
+def _restore_staged(
+    reader, engine: Engine, staged: Engine, backup_id: str, say: Progress = _quiet
+) -> tuple[list[str], int]:
     """Restore into the sibling and verify it there; the target is untouched (the caller swaps it in)."""
     try:
         notes = staged.restore(reader, reader.result) or []
-        verified = verify_target(staged, reader.result.checks, backup_id)
+        verified = _verify_reporting(staged, reader.result.checks, backup_id, say)
         cancel.check(f"restore of {backup_id} into {engine.describe()}")
     except BaseException as exc:
         try:
@@ -168,6 +196,7 @@ def restore_backup(
     *,
     force: bool = False,
     rollback: bool = True,
+    progress: Progress | None = None,
 ) -> RestoreReport:
     """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
 
@@ -179,11 +208,22 @@ def restore_backup(
     first, and if the restore fails after it changed the target, the rollback
     point is put back automatically. Every error after a destructive step names
     the rollback backup.
+
+    ``progress`` is told each step in one line (what, sizes, times): the run log an
+    operator watches.
     """
+    say = progress or _quiet
     started = time.monotonic()
     reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before touching the target
     try:
         manifest = reader.manifest
+        say(
+            f"opened backup {backup_id} of {manifest.source} ({size_text(manifest.plain_bytes)} in "
+            f"{len(manifest.streams)} streams, ended {manifest.ended_at}): key and manifest checked"
+        )
+        reader.on_stream_read = lambda name, size, secs: say(
+            f"stream {name} loaded: {size_text(size)} in {secs:.1f}s, SHA-256 matched"
+        )
         engine.ping_target()
         with targets.guard(engine.target_key(), f"restore of {backup_id}") as target:
             interrupted = target.previous
@@ -199,17 +239,31 @@ def restore_backup(
                     "--force (a rollback backup of the target is taken first)"
                 )
             tag = secrets.token_hex(4)
-            staged = engine.stage(tag)
+            # Beside the target only when there is something to protect: an empty target has nothing
+            # to lose, and a swap costs a DROP DATABASE (a checkpoint after a large load) for nothing.
+            staged = engine.stage(tag) if has_data else None
+            say(f"target {engine.describe()}: {'holds data' if has_data else 'empty'}")
             if staged is None and has_data:
                 # In place over data: prove every object readable before destroying anything.
-                reader.verify_objects()
+                step = time.monotonic()
+                reader.on_stream_read, report_streams = None, reader.on_stream_read
+                checked = reader.verify_objects()
+                reader.on_stream_read = report_streams
+                say(
+                    f"read and authenticated every object of {backup_id} first: {size_text(checked)} in {time.monotonic() - step:.1f}s"
+                )
             rollback_id = None
             if has_data and rollback:
+                step = time.monotonic()
                 rollback_id = _take_rollback(vault, keyring, engine, backup_id)
+                say(
+                    f"rollback point: backup {rollback_id} of {engine.describe()} taken in {time.monotonic() - step:.1f}s"
+                )
             target.mark(backup_id, rollback_id, tag if staged is not None else None)
             if staged is not None:
+                say(f"restoring beside the target into {staged.describe()}, then swapping it in")
                 try:
-                    notes, verified = _restore_staged(reader, engine, staged, backup_id)
+                    notes, verified = _restore_staged(reader, engine, staged, backup_id, say)
                 except BaseException:
                     target.clear()  # the staged copy is gone and the target was never touched
                     raise
@@ -217,12 +271,15 @@ def restore_backup(
                     engine.swap_in(staged)
                 except BaseException as exc:
                     raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
+                say(f"swapped the verified copy into place as {engine.describe()}")
             else:
+                say(f"restoring in place into {engine.describe()}")
                 try:
-                    notes, verified = _restore_in_place(reader, engine, backup_id)
+                    notes, verified = _restore_in_place(reader, engine, backup_id, say)
                 except BaseException as exc:
                     raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
             target.clear()
+            say(f"restore of {backup_id} into {engine.describe()} done in {time.monotonic() - started:.1f}s")
         return RestoreReport(
             backup_id=backup_id,
             source=manifest.source,

@@ -8,9 +8,11 @@ from prefect.cache_policies import NO_CACHE
 from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
+from tasks.limits import backup_limit, exclusive
+from tasks.policy import task_options
 
 
-@task(name="select-sources", cache_policy=NO_CACHE)
+@task(name="select-sources", cache_policy=NO_CACHE, **task_options("plan"))
 def select_sources(stack: str, sources: list[str] | None) -> list[str]:
     """The source names to back up (all of the stack's by default)."""
     config = load_stack(stack)
@@ -20,18 +22,25 @@ def select_sources(stack: str, sources: list[str] | None) -> list[str]:
 
 
 # Never cached: a DR action must run every time it is asked for, and read the live state.
-@task(name="backup-source", task_run_name="backup-{source}-{backup_type}", cache_policy=NO_CACHE)
+# Retried only when the source failed transiently (each attempt leaves its own FAILED record).
+@task(
+    name="backup-source",
+    task_run_name="backup-{source}-{backup_type}",
+    cache_policy=NO_CACHE,
+    **task_options("backup"),
+)
 def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
     """Dump one source into the vault; returns the manifest summary (ids, sizes, position)."""
     config = load_stack(stack)
-    vault = config.vault.open(create=True)
-    manifest = operations.backup_source(
-        vault,
-        config.keyring(),
-        engine_for(config.source(source)),
-        backup_type,
-        compression=config.vault.compression,
-    )
+    with exclusive(backup_limit(config.stack, source), f"backup of {source}"):
+        vault = config.vault.open(create=True)
+        manifest = operations.backup_source(
+            vault,
+            config.keyring(),
+            engine_for(config.source(source)),
+            backup_type,
+            compression=config.vault.compression,
+        )
     summary = manifest.summary() | {"vault": vault.describe()}
     get_run_logger().info(
         "%s: %s backup %s committed, %d bytes -> %d stored",

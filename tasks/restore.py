@@ -12,9 +12,12 @@ from core import operations
 from core.engines import engine_for
 from core.plan import restore_target
 from core.planning import plan_restore_from
+from tasks.limits import exclusive, restore_limit
+from tasks.policy import task_options
+from tasks.runlog import progress
 
 
-@task(name="plan-restore", cache_policy=NO_CACHE)
+@task(name="plan-restore", cache_policy=NO_CACHE, **task_options("plan"))
 def plan_restore_task(
     stack: str,
     source: str,
@@ -31,12 +34,22 @@ def plan_restore_task(
     ).to_dict()
 
 
-@task(name="restore-backup", task_run_name="restore-{backup_id}", cache_policy=NO_CACHE)
+# Retried only for a transient failure, which core raises only before the target was changed
+# (errors after a destructive step carry what happened to the target and are final).
+@task(
+    name="restore-backup",
+    task_run_name="restore-{backup_id}",
+    cache_policy=NO_CACHE,
+    **task_options("restore"),
+)
 def restore_backup_task(
     stack: str, source: str, backup_id: str, target: dict | None, target_source: str | None, force: bool
 ) -> dict:
-    """Restore one backup into its target, verify it, return the report."""
+    """Restore one backup into its target, verify it, return the report; each step goes to the run log."""
     config = load_stack(stack)
     engine = engine_for(restore_target(config, source, target, target_source))
-    report = operations.restore_backup(config.vault.open(), config.keyring(), backup_id, engine, force=force)
+    with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
+        report = operations.restore_backup(
+            config.vault.open(), config.keyring(), backup_id, engine, force=force, progress=progress()
+        )
     return report.to_dict()

@@ -8,6 +8,8 @@ import tempfile
 # Tests weaken the KDF (borg does the same) and use small chunks so edge cases are cheap.
 os.environ.setdefault("GENESIS_DR_TEST_KDF_ITERATIONS", "1000")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Transient source failures are retried with backoff (tasks/policy.py); shorter delays keep down-source tests quick.
+os.environ.setdefault("GENESIS_DR_RETRY_DELAY", "0.5")
 # Restore-target locks and in-progress marks (core/targets.py): one throw-away state directory per run.
 os.environ.setdefault("GENESIS_DR_STATE_DIR", tempfile.mkdtemp(prefix="gdr-state-"))
 

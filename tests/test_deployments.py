@@ -1,20 +1,175 @@
-"""prefect.yaml as an operator uses it: deploy every deployment to a work pool,
-start a worker, and run the restore deployment with `prefect deployment run`."""
+"""prefect.yaml as an operator uses it: the README's recipe run verbatim against a fresh
+server and a worker, and the restore deployment's approval over a live target."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-def test_deploy_all_then_run_restore_deployment_on_a_worker(make_stack, redis_factory):
+def readme_recipe() -> list[str]:
+    """The commands of the README's deployment recipe, in order, as written (comments included)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Deployments") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README.md, Deployments: no ```bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process group we started (a backgrounded worker ignores SIGTERM for a while; SIGINT works)."""
+    # The group outlives its leader (the recipe's shell exits with its worker still running).
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This test run's environment without pytest's or Prefect's settings (a fresh shell), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PREFECT_"))}
+    env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1"} | extra
+    return env
+
+
+def wait_for_state(flow_run_id, done, timeout: float = 240):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and done(state):
+                return state
+            assert time.monotonic() < deadline, f"flow run {flow_run_id} still {state and state.name}"
+            time.sleep(1)
+
+
+def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_factory, tmp_path):
+    """Every line of the README's recipe, in one bash, against a fresh Prefect home and server.
+
+    The only changes: the server's port (4200 -> a free one, so a developer's own server is safe) and
+    the environment a fresh machine's shell would have, pointing the example stack at this test's
+    servers through the variables examples/dr.yaml reads.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from core.repository.manifest import COMPLETED
+    from core.stack import VaultConfig
+    from tests.servers import free_port
+
+    recipe = readme_recipe()
+    assert any("export PREFECT_API_URL=http://127.0.0.1:4200/api" in line for line in recipe)
+    assert any(line.startswith("genesis-dr apply examples/dr.yaml") for line in recipe)
+    port = free_port()
+    script = "set -euo pipefail\n" + "\n".join(recipe).replace("127.0.0.1:4200", f"127.0.0.1:{port}") + "\n"
+
+    pg_db = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(pg_db) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        conn.execute("INSERT INTO orders VALUES (1, 'paid'), (2, 'shipped')")
+    my_db = mysql_server.create_database("recipe")
+    cache = redis_factory()
+    cache.client().set("session:1", "alive")
+    passphrase = REPO / ".genesis-dr" / "passphrase"  # what `make demo` leaves; created here if absent
+    made_passphrase = not passphrase.exists()
+    if made_passphrase:
+        passphrase.parent.mkdir(mode=0o700, exist_ok=True)
+        passphrase.write_text(secrets.token_urlsafe(32) + "\n")
+        passphrase.chmod(0o600)
+    vault = tmp_path / "vault"
+    env = clean_env(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),  # a fresh machine: no database, no profile
+        PREFECT_SERVER_API_PORT=str(port),
+        BACKUP_ROOT_DIR=str(vault),
+        DB_HOST=pg_server.host,
+        DB_PORT=str(pg_server.port),
+        DB_USERNAME=pg_server.user,
+        DB_PASSWORD=pg_server.password,
+        DB_DATABASE=pg_db,
+        MYSQL_HOST="127.0.0.1",
+        MYSQL_PORT=str(mysql_server.port),
+        MYSQL_USERNAME=mysql_server.config().user,
+        MYSQL_PASSWORD=mysql_server.password,
+        MYSQL_DATABASE=my_db,
+        REDIS_HOST="127.0.0.1",
+        REDIS_PORT=str(cache.port),
+    )
+    log = tmp_path / "recipe.log"
+    with log.open("w") as out:
+        shell = subprocess.Popen(
+            ["bash", "-c", script], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        try:
+            code = shell.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            code = None
+        output = log.read_text()
+        assert code == 0, f"the recipe failed (exit {code}):\n{output[-6000:]}"
+
+        # What the recipe did, read back from its server and its vault.
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            with get_client(sync_client=True) as client:
+                deployments = {d.id: d for d in client.read_deployments()}
+                by_name = {d.name: d for d in deployments.values()}
+                assert by_name["full"].schedules[0].schedule.cron == "0 2 * * *"
+                started = [r for r in client.read_flow_runs() if r.start_time is not None]
+                outcome = {deployments[r.deployment_id].name: r.state_type.value for r in started}
+                assert outcome == {"full": "COMPLETED", "restore": "COMPLETED"}, outcome
+                restore_run = next(r for r in started if deployments[r.deployment_id].name == "restore")
+                logs = [
+                    x.message
+                    for x in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[restore_run.id])))
+                ]
+        assert any("plan: Restore plan for app-files" in m for m in logs), logs
+        assert any("dry run: nothing was changed" in m for m in logs), logs
+        manifests = VaultConfig(path=str(vault)).open().list_backups()
+        assert sorted((m.source, m.status) for m in manifests) == [
+            ("app-db", COMPLETED),
+            ("app-files", COMPLETED),
+            ("app-mysql", COMPLETED),
+            ("cache", COMPLETED),
+        ]
+    finally:
+        stop_group(shell)
+        if made_passphrase:
+            passphrase.unlink()
+
+
+def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_factory, tmp_path):
+    """From a deployment (here the harness's server and a worker), a restore with force over a target
+    that holds data waits for an operator: approved it restores, declined nothing changes; a refused
+    restore is one line in the worker's output."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL
 
     from flows.backup import backup
@@ -27,8 +182,9 @@ def test_deploy_all_then_run_restore_deployment_on_a_worker(make_stack, redis_fa
         assert proc.returncode == 0, f"prefect {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
-    src, dst = redis_factory(), redis_factory()
+    src, empty, live = redis_factory(), redis_factory(), redis_factory()
     src.client().mset({"order:1": "paid", "order:2": "shipped"})
+    live.client().set("precious", "keep me")
     stack = make_stack([src.config("cache", "logical")])
     backup_id = backup(stack=stack.name)[0]["id"]
 
@@ -36,38 +192,54 @@ def test_deploy_all_then_run_restore_deployment_on_a_worker(make_stack, redis_fa
     out = prefect("--no-prompt", "deploy", "--all")
     assert "backup/full" in out and "restore/restore" in out
 
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "genesis-dr"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        prefect(
-            "deployment",
-            "run",
-            "restore/restore",
-            "-p",
-            'source="cache"',
-            "-p",
-            f'stack="{stack.name}"',
-            "-p",
-            f'backup_id="{backup_id}"',
-            "-p",
-            f"target={json.dumps({'port': dst.port})}",
-            "-p",
-            "dry_run=false",
-            "--watch",
-            "--watch-timeout",
-            "240",
-            timeout=300,
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as sink:
+        # Started elsewhere than the project: the pull step finds the project at run time.
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "genesis-dr"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+
+    def run(target_port: int, **params):
+        parameters = {"source": "cache", "stack": stack.name, "backup_id": backup_id, "target": {"port": target_port}}
+        return run_deployment("restore/restore", parameters=parameters | params, timeout=0).id
+
+    try:
+        # Into an empty target: no approval needed.
+        state = wait_for_state(run(empty.port, dry_run=False), lambda s: s.is_final())
+        assert state.is_completed(), state.message
+        assert empty.client().get("order:1") == b"paid"
+
+        # Over data without force: refused, in one line.
+        state = wait_for_state(run(live.port, dry_run=False), lambda s: s.is_final())
+        assert state.is_failed() and "already holds data" in state.message
+
+        # Over data with force: paused, the plan shown in the form; declined -> Cancelled, nothing changed.
+        declined = run(live.port, dry_run=False, force=True)
+        paused = wait_for_state(declined, lambda s: s.is_paused() or s.is_final())
+        assert paused.is_paused(), paused.message
+        with get_client(sync_client=True) as client:
+            description = client.read_flow_run_input(declined, paused.state_details.run_input_keyset["description"])
+        assert "Restore plan for cache" in description and "holds data" in description
+        resume_flow_run(declined, run_input={"approve": False})
+        state = wait_for_state(declined, lambda s: s.is_final())
+        assert state.is_cancelled() and "not approved" in state.message
+        assert live.client().get("precious") == b"keep me" and live.client().get("order:1") is None
+
+        # Approved -> restored (after a rollback backup of what the target held).
+        approved = run(live.port, dry_run=False, force=True)
+        assert wait_for_state(approved, lambda s: s.is_paused() or s.is_final()).is_paused()
+        resume_flow_run(approved, run_input={"approve": True})
+        state = wait_for_state(approved, lambda s: s.is_final())
+        assert state.is_completed(), state.message
+        assert live.client().get("order:1") == b"paid" and live.client().get("precious") is None
+        rollbacks = [m for m in stack.vault().list_backups() if m.labels.get("purpose") == "rollback"]
+        assert len(rollbacks) == 1
     finally:
-        os.killpg(worker.pid, signal.SIGINT)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-    assert dst.client().get("order:1") == b"paid" and dst.client().get("order:2") == b"shipped"
+        stop_group(worker)
+    output = worker_log.read_text()
+    assert "already holds data" in output and "Traceback" not in output, output[-4000:]

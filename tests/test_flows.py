@@ -7,6 +7,8 @@ and compared with the original.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.errors import SourceUnavailableError
@@ -170,3 +172,188 @@ def test_restore_into_another_server_with_its_own_credentials(make_stack, redis_
     out = restore(source="cache", stack=stack.name, target_source="dr-cache")
     assert out["report"]["target"].endswith(f":{dr.port}") or str(dr.port) in out["report"]["target"]
     assert dr.client().mget("invoice:1", "invoice:2") == [b"100.00", b"250.00"]
+
+
+# --- run history as the Prefect API shows it -------------------------------------------------
+
+
+def run_logs(flow_run_id) -> list[str]:
+    """Every log message of a flow run (its tasks' included), as the UI reads them from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs travel to the API in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, sort=LogSort.TIMESTAMP_ASC
+        )
+    return [log.message for log in logs]
+
+
+def task_runs(flow_run_id) -> dict[str, int]:
+    """Task run name -> how many times it ran (1 = no retry)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.run_count for run in runs}
+
+
+def backups_of(stack) -> list:
+    from core.repository.vault import VaultMissingError
+
+    try:
+        return stack.vault().list_backups()
+    except VaultMissingError:  # created by the first backup
+        return []
+
+
+def start_redis_on(port: int, directory):
+    """A redis-server on a port chosen beforehand (the source's address exists before its server)."""
+    import subprocess
+
+    from tests.servers import require_binary
+
+    conf = directory / "redis.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsave ''\nappendonly no\ndir {directory}\nloglevel warning\n")
+    return subprocess.Popen([require_binary("redis-server"), str(conf)], stdout=subprocess.DEVNULL)
+
+
+def test_source_that_comes_up_late_is_backed_up_after_retries(make_stack, tmp_path):
+    """Connection refused is transient: the task retries with backoff until the server is up."""
+    import threading
+    import time
+
+    import redis as redis_py
+
+    from core.sources import RedisSourceConfig
+    from flows.backup import backup
+    from tests.servers import wait_for_port
+
+    port = free_port()
+    stack = make_stack([RedisSourceConfig(name="late", host="127.0.0.1", port=port, mode="logical")])
+    servers = []
+
+    def start_after_first_failure() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the first attempt has failed once its FAILED record exists
+            try:
+                if stack.vault().list_backups():
+                    break
+            except Exception:  # the vault is created by the first attempt
+                pass
+            time.sleep(0.1)
+        time.sleep(1)
+        servers.append(start_redis_on(port, tmp_path))
+        wait_for_port(port, servers[0], timeout=20)
+        redis_py.Redis(port=port).set("order:1", "paid")
+
+    starter = threading.Thread(target=start_after_first_failure)
+    starter.start()
+    try:
+        state = backup(stack=stack.name, return_state=True)
+    finally:
+        starter.join()
+        for proc in servers:
+            proc.terminate()
+            proc.wait()
+    assert state.is_completed(), state.message
+    attempts = task_runs(state.state_details.flow_run_id)["backup-late-full"]
+    assert attempts >= 2
+    # Every attempt left its record: the failed ones FAILED, the last one committed.
+    statuses = sorted(m.status for m in stack.vault().list_backups("late"))
+    assert statuses == sorted([FAILED] * (attempts - 1) + [COMPLETED])
+    logs = run_logs(state.state_details.flow_run_id)
+    assert any("connection refused" in m and "Retry 1/" in m for m in logs)
+
+
+def test_wrong_password_fails_at_once_without_retry(make_stack, redis_factory):
+    from pydantic import SecretStr
+
+    from flows.backup import backup
+
+    server = redis_factory(password="right-Pw-1")
+    stack = make_stack([server.config("cache", "logical", password=SecretStr("wrong-Pw-2"))])
+    state = backup(stack=stack.name, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(SourceUnavailableError, match="login refused"):
+        state.result()
+    assert task_runs(state.state_details.flow_run_id)["backup-cache-full"] == 1  # one attempt, no retry
+    assert [m.status for m in stack.vault().list_backups("cache")] == [FAILED]
+    logs = run_logs(state.state_details.flow_run_id)
+    assert any("login refused" in m and "not retried" in m for m in logs)
+    assert not any("Retry" in m for m in logs)
+
+
+def test_restore_run_logs_each_step_and_expected_errors_in_one_line(make_stack, redis_factory):
+    """What the UI shows of a restore: every step with sizes and times; an expected failure as one line."""
+    from flows.backup import backup
+    from flows.restore import restore
+
+    src, dst = redis_factory(), redis_factory()
+    src.client().mset({"invoice:1": "100.00", "invoice:2": "250.00"})
+    dst.client().set("precious", "keep me")
+    stack = make_stack([src.config("cache", "logical")])
+    backup_id = backup(stack=stack.name)[0]["id"]
+
+    # Expected failures: a refused restore (raised by the flow) and a refused parameter (raised by a task).
+    for kwargs, expected in (
+        ({"target": {"port": dst.port}}, "already holds data"),
+        ({"target": {"password": "x"}}, "secrets are not accepted"),
+    ):
+        state = restore(source="cache", stack=stack.name, backup_id=backup_id, return_state=True, **kwargs)
+        assert state.is_failed()
+        logs = run_logs(state.state_details.flow_run_id)
+        assert not [m for m in logs if "Traceback" in m], logs
+        errors = [m for m in logs if expected in m]
+        assert errors and all("\n" not in m for m in errors), logs
+    assert dst.client().get("precious") == b"keep me"
+
+    state = restore(
+        source="cache", stack=stack.name, backup_id=backup_id, target={"port": dst.port}, force=True, return_state=True
+    )
+    assert state.is_completed(), state.message
+    rollback = state.result()["report"]["rollback_backup_id"]
+    logs = "\n".join(run_logs(state.state_details.flow_run_id))
+    assert "plan: Restore plan for cache" in logs
+    assert f"opened backup {backup_id} of cache" in logs
+    assert re.search(r"target .*: holds data", logs), logs
+    assert "read and authenticated every object" in logs
+    assert f"rollback point: backup {rollback}" in logs
+    assert re.search(r"stream \S+ loaded: [\d.]+ (B|KiB|MiB) in [\d.]+s, SHA-256 matched", logs), logs
+    assert re.search(r"verified \d+ checks recorded at backup time against .* in [\d.]+s", logs), logs
+    assert re.search(rf"restore of {backup_id} into .* done in [\d.]+s", logs), logs
+    assert dst.client().get("invoice:1") == b"100.00"
+
+
+def test_backups_of_one_source_wait_for_each_other(make_stack, redis_factory):
+    """A global concurrency limit per source holds every run, the CLI's in-process ones included."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from flows.backup import backup
+    from tasks.limits import backup_limit, ensure_limit
+
+    server = redis_factory()
+    server.client().set("k", "v")
+    stack = make_stack([server.config("cache", "logical")])
+    name = backup_limit(stack.name, "cache")
+    ensure_limit(name)
+    outcome: dict = {}
+    second = threading.Thread(target=lambda: outcome.update(state=backup(stack=stack.name, return_state=True)))
+    with concurrency(name, occupy=1, strict=True):  # the first run of this source, still going
+        second.start()
+        time.sleep(10)
+        assert second.is_alive() and backups_of(stack) == []
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        assert (limit.limit, limit.active_slots) == (1, 1)
+    second.join(timeout=120)
+    assert outcome["state"].is_completed(), outcome["state"].message
+    assert [m.status for m in backups_of(stack)] == [COMPLETED]

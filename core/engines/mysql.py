@@ -228,7 +228,10 @@ class MySQLEngine(Engine):
         else:
             detail = exc.args[1] if len(exc.args) > 1 else exc
             reason = f"{detail}; check the server and the stack file"
-        return SourceUnavailableError(redact(f"{self._where()}: {reason}", self.config.secrets()))
+        # Unreachable (refused, timed out, the link dropped) may pass by itself: the flows retry it.
+        return SourceUnavailableError(
+            redact(f"{self._where()}: {reason}", self.config.secrets()), transient=code in _UNREACHABLE
+        )
 
     def _tool_args(self, option_file: str) -> list[str]:
         """Connection options for the command-line tools; the option file must come first."""

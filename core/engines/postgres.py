@@ -117,6 +117,15 @@ from core.sources import PostgresSourceConfig
 
 SCHEMA_STREAM = "schema.pgdump"
 CONNECT_TIMEOUT = 10
+# Server states that pass by themselves (a restart, a crash recovery, a dropped link); retried by the flows.
+_TRANSIENT_MESSAGES = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "server closed the connection unexpectedly",
+    "connection reset",
+    "sorry, too many clients already",
+)
 RESTORE_SESSION_OPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
 _STDERR_KEEP = 64 * 1024
 
@@ -306,6 +315,7 @@ class PostgresEngine(Engine):
         text = redact(str(exc), self.config.secrets())
         low = text.lower()
         user = self.config.user
+        transient = False  # only what may pass by itself is retried by the flows
         if _missing_database(exc):
             reason = f"database '{dbname}' does not exist; check database in the stack file"
         elif "password authentication failed" in low or "no password supplied" in low:
@@ -316,13 +326,18 @@ class PostgresEngine(Engine):
             )
         elif "connection refused" in low:
             reason = "connection refused; check the server is running and host/port in the stack file"
+            transient = True
         elif "timeout expired" in low:
             reason = f"no answer within {CONNECT_TIMEOUT}s; check host/port and firewalls"
+            transient = True
+        elif any(m in low for m in _TRANSIENT_MESSAGES):
+            reason = f"{_last_line(text)}; check the server and the connection settings in the stack file"
+            transient = True
         elif "could not translate host name" in low:
             reason = "unknown host name; check host in the stack file"
         else:
             reason = f"{_last_line(text)}; check the server and the connection settings in the stack file"
-        return SourceUnavailableError(f"{self._where()}: {reason}")
+        return SourceUnavailableError(f"{self._where()}: {reason}", transient=transient)
 
     def _tool_env(self, session_options: str = "") -> dict[str, str]:
         """Connection settings for pg_dump/pg_restore; the password only ever travels here."""

@@ -56,6 +56,7 @@ from core.engines.redis_sync import (
     ReplicaSync,
     ReplicationMaster,
     connection_reason,
+    transient_os_error,
 )
 from core.errors import ConfigError, DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import RedisSourceConfig
@@ -156,7 +157,8 @@ class RedisEngine(Engine):
             ) from None
         except redis.BusyLoadingError:
             raise SourceUnavailableError(
-                f"{self.label}: the server is still loading its dataset; try again once it has finished"
+                f"{self.label}: the server is still loading its dataset; try again once it has finished",
+                transient=True,
             ) from None
         except redis.exceptions.NoPermissionError:
             raise SourceUnavailableError(
@@ -167,7 +169,9 @@ class RedisEngine(Engine):
             if "refused" in str(exc).lower():
                 reason = "connection refused"
             raise SourceUnavailableError(
-                f"{self.label}: {reason}; check the server is running and host/port in the stack file"
+                f"{self.label}: {reason}; check the server is running and host/port in the stack file",
+                # refused, reset or timed out: the task retries with backoff (an unknown host name: no)
+                transient=not isinstance(exc.__context__, socket.gaierror),
             ) from None
         except redis.ResponseError as exc:
             text = redact(str(exc), self.config.secrets())
@@ -435,7 +439,8 @@ class RedisEngine(Engine):
                     bind = (s.getsockname()[0], 0)
             except OSError as exc:
                 raise SourceUnavailableError(
-                    f"{self.label}: {connection_reason(exc)}; check the server is running and host/port in the stack file"
+                    f"{self.label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
+                    transient=transient_os_error(exc),
                 ) from None
         if adv_env:
             return bind, _host_port(adv_env), None

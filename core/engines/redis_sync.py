@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.engines.rdb import ByteReader
-from core.errors import EngineError, SourceUnavailableError, redact
+from core.errors import TRANSIENT_OS_ERRORS, EngineError, SourceUnavailableError, redact
 
 CONNECT_TIMEOUT = 10.0
 # Masters send a newline every second while they prepare the snapshot, and data
@@ -47,6 +47,11 @@ def connection_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
+
+
+def transient_os_error(exc: BaseException) -> bool:
+    """A socket failure that may pass by itself (refused, reset, timed out): the task retries it."""
+    return isinstance(exc, TRANSIENT_OS_ERRORS)
 
 
 def is_auth_error(message: str) -> bool:
@@ -165,7 +170,8 @@ class ReplicaSync:
             sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         except OSError as exc:
             raise SourceUnavailableError(
-                f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file"
+                f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
+                transient=transient_os_error(exc),
             ) from None
         sock.settimeout(IO_TIMEOUT)
         self.conn = RespSocket(sock)
@@ -190,7 +196,9 @@ class ReplicaSync:
                 return None
             raise EngineError(f"{self.label}: {args[0]} failed: {text[:200]}") from None
         except OSError as exc:
-            raise SourceUnavailableError(f"{self.label}: {connection_reason(exc)} during the handshake") from None
+            raise SourceUnavailableError(
+                f"{self.label}: {connection_reason(exc)} during the handshake", transient=transient_os_error(exc)
+            ) from None
 
     def _handshake(self, username: str | None, password: str | None, announce_eof: bool) -> SyncHeader:
         if password:
@@ -211,7 +219,9 @@ class ReplicaSync:
                 "managed Redis services often do - use mode 'logical' for this source"
             ) from None
         except OSError as exc:
-            raise SourceUnavailableError(f"{self.label}: {connection_reason(exc)} waiting for the sync") from None
+            raise SourceUnavailableError(
+                f"{self.label}: {connection_reason(exc)} waiting for the sync", transient=transient_os_error(exc)
+            ) from None
         parts = str(reply).split()
         if len(parts) != 3 or parts[0] != "FULLRESYNC":
             raise EngineError(f"{self.label}: unexpected reply to PSYNC: {str(reply)[:60]!r}")
@@ -221,7 +231,9 @@ class ReplicaSync:
             while not line:  # keepalives while the master forks and saves
                 line = self.conn.read_line()
         except OSError as exc:
-            raise SourceUnavailableError(f"{self.label}: {connection_reason(exc)} waiting for the snapshot") from None
+            raise SourceUnavailableError(
+                f"{self.label}: {connection_reason(exc)} waiting for the snapshot", transient=transient_os_error(exc)
+            ) from None
         if line.startswith(b"-"):
             raise EngineError(
                 f"{self.label}: the snapshot failed: {redact(line[1:].decode(errors='replace'), self._secrets)}"
@@ -259,7 +271,8 @@ class ReplicaSync:
             except OSError as exc:
                 raise SourceUnavailableError(
                     f"{self.label}: {connection_reason(exc)} while receiving the snapshot; "
-                    "see the server's log (a failed fork or a full disk stops the transfer)"
+                    "see the server's log (a failed fork or a full disk stops the transfer)",
+                    transient=transient_os_error(exc),
                 ) from None
 
         self._reader = ByteReader(fill, on_consumed)

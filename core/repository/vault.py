@@ -33,8 +33,9 @@ import re
 import secrets
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -661,6 +662,9 @@ class BackupReader:
 
     def __init__(self, vault: Vault, manifest: Manifest, data_key: bytes) -> None:
         self.vault, self.manifest = vault, manifest
+        # Told (name, plaintext bytes, seconds) once each stream has been read to its end and its
+        # SHA-256 matched: the restore's progress log.
+        self.on_stream_read: Callable[[str, int, float], None] | None = None
         self._opener = Opener(data_key, manifest.id)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"open-{manifest.id[-8:]}")
         checks = {}
@@ -683,7 +687,16 @@ class BackupReader:
         )
 
     def iter_stream(self, name: str) -> Iterator[bytes]:
-        return iter(StreamReader(self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name)))
+        pieces = iter(StreamReader(self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name)))
+        return pieces if self.on_stream_read is None else self._reported(name, pieces, self.on_stream_read)
+
+    @staticmethod
+    def _reported(name: str, pieces: Iterator[bytes], report: Callable[[str, int, float], None]) -> Iterator[bytes]:
+        started, size = time.monotonic(), 0
+        for piece in pieces:
+            size += len(piece)
+            yield piece
+        report(name, size, time.monotonic() - started)  # after StreamReader checked the stream's SHA-256
 
     def open_stream(self, name: str):
         return open_reader(lambda: self.iter_stream(name))
