@@ -553,7 +553,11 @@ def print_text(out: dict) -> None:
             extra = f"{out[size] / mb:9.1f} MB" if size and size in out else ""
             used = out["cpu_s"].get(seconds)
             cpu = "   ".join(fmt(used[k]) for k in ("server", "tools", "ours", "machine")) if used else ""
-            spread = f" ({out['fastest'][seconds]:.2f}-{out['slowest'][seconds]:.2f})" if out["repeat"] > 1 else ""
+            spread = (
+                f" ({out['fastest'][seconds]:.2f}-{out['slowest'][seconds]:.2f})"
+                if out["repeat"] > 1 and seconds in out["fastest"]
+                else ""
+            )
             print(f"  {label:44s} {out[seconds]:8.2f} s {extra:>12s}   {cpu}{spread}")
     if "backup_s" in out:
         print(
