@@ -151,14 +151,15 @@ def test_missing_config_json_is_refused_both_ways_and_can_be_recreated_explicitl
 _KILLED_RUN = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
-from core.crypto.keys import Keyring
+from core.crypto.keys import Keyring, generate_x25519_keypair
 from core.engines.base import BackupResult
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
 vault = Vault.open(LocalStore({root!r}))
 vault.lock({source!r}, "full backup").acquire()
+# A public key only: the run is killed and never read, and needs no passphrase (nor the vault's key check).
 writer = vault.begin_backup(source={source!r}, kind="test", backup_type="full", target="t",
-                            keyring=Keyring(passphrase="pw"))
+                            keyring=Keyring(public_keys=[generate_x25519_keypair()[1]]))
 with writer.open_stream("main") as out:
     out.write(os.urandom(3 * 4096 + 10))
     while len(list(vault.store.list(f"backups/{{writer.id}}/streams/"))) < 3:
