@@ -98,7 +98,7 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
     cache = redis_factory()
     cache.client().set("session:1", "alive")
     passphrase = REPO / ".genesis-dr" / "passphrase"  # what `make demo` leaves; created here if absent
-    made_passphrase = not passphrase.exists()
+    made_passphrase, made_dir = not passphrase.exists(), not passphrase.parent.exists()
     if made_passphrase:
         passphrase.parent.mkdir(mode=0o700, exist_ok=True)
         passphrase.write_text(secrets.token_urlsafe(32) + "\n")
@@ -161,6 +161,8 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
         stop_group(shell)
         if made_passphrase:
             passphrase.unlink()
+        if made_dir:
+            passphrase.parent.rmdir()
 
 
 def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_factory, tmp_path):
