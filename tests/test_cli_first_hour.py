@@ -399,3 +399,21 @@ def test_killed_backup_run_is_marked_crashed(harness_env, tmp_path):
         if proc.poll() is None:
             proc.kill()
         listener.close()
+
+
+def test_dry_run_into_a_password_target_reads_that_secret_from_the_blocks(harness_env, redis_factory, tmp_path):
+    redis = redis_factory(password="redis-Pw-for-dry-runs-77")
+    redis.client().set("k", "v")
+    sources = f"  - name: cache\n    kind: redis\n    port: {redis.port}\n    password: ${{REDIS_TEST_PASSWORD}}\n"
+    stack = write_stack(tmp_path / "pw.yaml", "pw-stack", sources)
+    env = harness_env | {"REDIS_TEST_PASSWORD": redis.password}
+    cli("apply", str(stack), env=env, cwd=tmp_path)
+    cli("backup", "full", "--stack", "pw-stack", env=env, cwd=tmp_path)
+    described = json.loads(cli("stacks", "--json", env=env, cwd=tmp_path).stdout)
+    path = Path(next(d["description"] for d in described if d["stack"] == "pw-stack"))
+    assert redis.password not in path.read_text()
+    backup_id = json.loads(cli("list", "--stack", "pw-stack", "--json", env=env, cwd=tmp_path).stdout)[0]["id"]
+    args = ["restore", "--stack", "pw-stack", "--source", "cache", "--backup-id", backup_id, "--dry-run"]
+    # The source itself holds data: the plan is refused (exit 9), which only a login could tell.
+    proc = cli(*args, env=harness_env, cwd=tmp_path, expect=9)
+    assert "REFUSED" in proc.stdout and "holds data" in one_line_error(proc)
