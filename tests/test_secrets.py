@@ -323,6 +323,15 @@ def test_secret_references_are_read_at_use_and_unsafe_files_refused(tmp_path, mo
             read_secret(ref, "encryption.passphrase_from")
 
 
+def test_a_relative_file_reference_is_relative_to_the_stack_file(tmp_path):
+    from core.stack import load_stack_file
+
+    stack = write_stack(tmp_path, "rel", "  passphrase_from: file:secrets/passphrase")
+    assert load_stack_file(stack).encryption.passphrase_from == f"file:{tmp_path / 'secrets' / 'passphrase'}"
+    stack.write_text(stack.read_text().replace("file:secrets/passphrase", "prompt"))
+    assert load_stack_file(stack).keyring().passphrase_from == "prompt"  # only where, never a value
+
+
 def test_passphrases_are_nfc_and_old_raw_wraps_still_open(tmp_path, monkeypatch):
     decomposed, composed = "cafe\u0301-passphrase-long", "caf\u00e9-passphrase-long"
     vault = Vault.open(LocalStore(tmp_path / "v"), create=True)
