@@ -59,7 +59,9 @@ def _targets(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--target {pair!r}: expected KEY=VALUE, e.g. --target database=app_restored")
-        out[key] = int(value) if value.isdigit() and key in ("port", "db") else value
+        out[key] = (
+            int(value) if key in ("port", "db") and value.isascii() and value.isdigit() and len(value) < 10 else value
+        )
     return out
 
 
@@ -233,8 +235,9 @@ def _dry_run(args, target_time: datetime | None) -> int:
 def cmd_restore(args) -> int:
     from core import stack_description
     from core.plan import restore_target
+    from core.times import parse_operator_time
 
-    target_time = datetime.fromisoformat(args.target_time.replace("Z", "+00:00")) if args.target_time else None
+    target_time = parse_operator_time(args.target_time) if args.target_time is not None else None
     if args.dry_run:
         return _dry_run(args, target_time)
     with prefect_session():

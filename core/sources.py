@@ -9,9 +9,50 @@ never through arguments (``ps`` would show them).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
+
+
+class FieldProblem(ValueError):
+    """A validator's complaint about a field below the model it validates.
+
+    ``loc`` is that field's path relative to the field (or model) being
+    validated, so the stack loader names ``sources[1] (files).paths[0]`` rather
+    than the whole model.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: errors stay one short line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _whole_number(low: int, high: int):
+    def check(value: Any) -> Any:
+        # ${VAR} interpolation and `--target port=N` give digit strings; booleans and floats are not numbers here.
+        if isinstance(value, str) and value.isascii() and value.strip().isdigit() and len(value.strip()) <= 10:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise PydanticCustomError(
+                "whole_number",
+                "must be a whole number from {low} to {high}, not {got}",
+                {"low": low, "high": high, "got": short(value)},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+Port = Annotated[int, Field(ge=1, le=65535), _whole_number(1, 65535)]
+# Redis accepts up to INT_MAX databases (`databases` in redis.conf); the server refuses an index it lacks.
+RedisDbIndex = Annotated[int, Field(ge=0, le=2**31 - 1), _whole_number(0, 2**31 - 1)]
 
 
 class _Source(BaseModel):
@@ -31,7 +72,7 @@ class _Source(BaseModel):
 class PostgresSourceConfig(_Source):
     kind: Literal["postgres"] = Field("postgres", description="Source kind.")
     host: str = Field("127.0.0.1", description="Server host name or address.")
-    port: int = Field(5432, description="Server port.")
+    port: Port = Field(5432, description="Server port.")
     user: str = Field("postgres", description="Login role (needs read access to every object backed up).")
     password: SecretStr | None = Field(None, description="Login password (secret; passed to tools via PGPASSWORD).")
     database: str = Field("postgres", description="Database to back up (or restore into).")
@@ -51,7 +92,7 @@ class PostgresSourceConfig(_Source):
 class MySQLSourceConfig(_Source):
     kind: Literal["mysql"] = Field("mysql", description="Source kind.")
     host: str = Field("127.0.0.1", description="Server host name or address.")
-    port: int = Field(3306, description="Server port.")
+    port: Port = Field(3306, description="Server port.")
     user: str = Field("root", description="Login user (needs SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, LOCK TABLES).")
     password: SecretStr | None = Field(None, description="Login password (secret; given to tools in memory).")
     database: str = Field(description="Database (schema) to back up (or restore into).")
@@ -61,14 +102,14 @@ class MySQLSourceConfig(_Source):
 class RedisSourceConfig(_Source):
     kind: Literal["redis"] = Field("redis", description="Source kind.")
     host: str = Field("127.0.0.1", description="Server host name or address.")
-    port: int = Field(6379, description="Server port.")
+    port: Port = Field(6379, description="Server port.")
     username: str | None = Field(None, description="ACL user name (Redis 6+), if any.")
     password: SecretStr | None = Field(None, description="Password (secret).")
     mode: Literal["rdb", "logical"] = Field(
         "rdb",
         description="rdb: snapshot via replication sync; logical: DUMP/RESTORE per key (works on managed Redis).",
     )
-    db: int | None = Field(None, description="Logical mode only: back up just this database index.")
+    db: RedisDbIndex | None = Field(None, description="Logical mode only: back up just this database index.")
 
 
 class FilesSourceConfig(_Source):
@@ -85,6 +126,21 @@ class FilesSourceConfig(_Source):
             "artifact and every restore report of that backup."
         ),
     )
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_below_root(cls, paths: list[str]) -> list[str]:
+        # Refused at apply, not at the first backup (the engine checks again: configs built by model_copy skip this).
+        if not paths:
+            raise FieldProblem((), "list at least one path below root, e.g. ['.']")
+        for i, raw in enumerate(paths):
+            if "\x00" in raw:
+                raise FieldProblem((i,), f"path {short(raw)} contains a NUL character; remove it")
+            if raw.startswith("/"):
+                raise FieldProblem((i,), f"path {short(raw)} is absolute; list paths relative to root")
+            if ".." in raw.split("/"):
+                raise FieldProblem((i,), f"path {short(raw)} leaves root; remove the '..'")
+        return paths
 
 
 SourceConfig = Annotated[

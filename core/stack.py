@@ -22,11 +22,13 @@ from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
 from core.repository.vault import Vault
 from core.sources import (
+    FieldProblem,
     FilesSourceConfig,
     MySQLSourceConfig,
     PostgresSourceConfig,
     RedisSourceConfig,
     SourceConfig,
+    short,
 )
 from core.storage.local import LocalStore
 
@@ -124,15 +126,24 @@ class StackConfig(BaseModel):
 
     @model_validator(mode="after")
     def _names(self) -> StackConfig:
-        if not _NAME.match(self.stack):
-            raise ValueError(f"stack name {self.stack!r} must be lowercase letters, digits and dashes")
-        seen: set[str] = set()
-        for src in self.sources:
-            if not _NAME.match(src.name):
-                raise ValueError(f"source name {src.name!r} must be lowercase letters, digits and dashes")
-            if src.name in seen:
-                raise ValueError(f"source name {src.name!r} is used twice")
-            seen.add(src.name)
+        # FieldProblem names the field: a plain ValueError here would be reported against the whole stack.
+        if not _NAME.fullmatch(self.stack):
+            raise FieldProblem(
+                ("stack",), f"stack name {short(self.stack)} must be 1 to 48 lowercase letters, digits and dashes"
+            )
+        first: dict[str, int] = {}
+        for i, src in enumerate(self.sources):
+            if not _NAME.fullmatch(src.name):
+                raise FieldProblem(
+                    ("sources", i, "name"),
+                    f"source name {short(src.name)} must be 1 to 48 lowercase letters, digits and dashes",
+                )
+            if src.name in first:
+                raise FieldProblem(
+                    ("sources", i, "name"),
+                    f"source name {src.name!r} is used twice (also by sources[{first[src.name]}]); rename one",
+                )
+            first[src.name] = i
         return self
 
     def source(self, name: str) -> Any:
@@ -165,10 +176,19 @@ def interpolate(text: str, where: str, env: dict[str, str] | None = None) -> str
     return _VAR.sub(sub, text)
 
 
+def _printable(value: Any) -> str:
+    """A key or name as typed when it is short and plain, else its cut repr (errors stay one line)."""
+    text = str(value)
+    return text if len(text) <= 60 and text.isprintable() and "'" not in text else short(value)
+
+
 def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
     # A misspelt field shows as "unknown" and "missing"; the unknown one carries the better hint.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = list(err["loc"])
+    problem = (err.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        loc += problem.loc
     # Discriminated unions put the kind tag in the path; drop it and name the source instead.
     label, parent = [], data
     model: type[BaseModel] | None = StackConfig
@@ -177,14 +197,15 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
             label[-1] = f"{label[-1]}[{part}]"
             item = parent[part] if isinstance(parent, list) and part < len(parent) else {}
             if isinstance(item, dict) and "name" in item:
-                label[-1] += f" ({item['name']})"
+                label[-1] += f" ({_printable(item['name'])})"
             parent = item
-            if loc[0] == "sources":
-                model = SOURCE_MODELS.get(item.get("kind")) if isinstance(item, dict) else None
+            if loc[0] == "sources" and i == 1:
+                kind = item.get("kind") if isinstance(item, dict) else None
+                model = SOURCE_MODELS.get(kind) if isinstance(kind, str) else None
             continue
         if i > 0 and loc[0] == "sources" and part in SOURCE_MODELS and i == 2:
             continue
-        label.append(str(part))
+        label.append(_printable(part))
         if isinstance(parent, dict):
             parent = parent.get(part, {})
         if loc[0] in ("vault", "encryption") and i == 0:
@@ -192,7 +213,7 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
     field = ".".join(label) or "stack"
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        close = difflib.get_close_matches(str(loc[-1])[:100], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(known)}"
         return ConfigError(f"{where}: unknown field '{field}'; {hint}")
     if err["type"] == "missing":
@@ -219,28 +240,153 @@ def parse_stack(data: Any, where: str) -> StackConfig:
 def _interpolate_values(node: Any, where: str, env: dict[str, str] | None) -> Any:
     """Replace ${VAR} in string values only (never in comments or keys)."""
     if isinstance(node, dict):
-        return {k: _interpolate_values(v, f"{where}.{k}", env) for k, v in node.items()}
+        return {k: _interpolate_values(v, f"{where}.{_printable(k)}", env) for k, v in node.items()}
     if isinstance(node, list):
         return [_interpolate_values(v, f"{where}[{i}]", env) for i, v in enumerate(node)]
     if isinstance(node, str):
-        return interpolate(node, where, env)
+        value = interpolate(node, where, env)
+        if "\x00" in value:
+            raise ConfigError(f"{where}: contains a NUL character; remove it")
+        try:
+            value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{where}: contains an unpaired surrogate (a \\uD800-\\uDFFF escape); remove it"
+            ) from None
+        return value
     return node
+
+
+MAX_STACK_FILE_BYTES = 1 << 20  # a stack file is a few KB; a bigger file is the wrong file
+_MAX_DEPTH = 32  # a stack file needs four levels; PyYAML composes recursively
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that a stack file never needs, refused while the document is composed."""
+
+    def __init__(self, problem: str, mark: Any, remedy: str) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark, self.remedy = problem, mark, remedy
+
+
+class _StackLoader(yaml.SafeLoader):
+    """SafeLoader without anchors, aliases or duplicate keys, whose work stays linear in the file's size.
+
+    Aliases let a few hundred bytes stand for gigabytes once the tree is walked
+    (interpolation, validation): the "billion laughs". A stack file has no use
+    for them, so the first anchor or alias is refused before anything expands.
+    Duplicate keys are refused too (YAML says they are an error; PyYAML keeps
+    the last one silently). Timestamps stay strings, and numbers that cannot be
+    read are syntax errors, not ValueErrors.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _Refused(
+                f"YAML anchors and aliases ({sign}{_printable(event.anchor)}) are not allowed in a stack file",
+                event.start_mark,
+                "write the value out in full",
+            )
+        if len(self._path) >= _MAX_DEPTH:
+            raise _Refused(f"nested deeper than {_MAX_DEPTH} levels", event.start_mark, "a stack file needs a few")
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(f".{_printable(index.value)}")
+        else:
+            self._path.append(f"[{index}]" if isinstance(index, int) else ".?" if index is not None else "")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 - PyYAML's name
+        # The scanner looks up to 1024 characters ahead for each open bracket: refuse before that turns quadratic.
+        if self.flow_level >= _MAX_DEPTH:
+            raise _Refused(f"nested deeper than {_MAX_DEPTH} levels", self.get_mark(), "a stack file needs a few")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], Any] = {}
+        for key, _value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if (key.tag, key.value) in first:
+                field = "".join([*self._path, f".{_printable(key.value)}"]).lstrip(".")
+                line = first[(key.tag, key.value)].start_mark.line + 1
+                raise _Refused(f"duplicate key '{field}' (first at line {line})", key.start_mark, "keep only one")
+            first[(key.tag, key.value)] = key
+        return node
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the number {short(node.value, 40)}", node.start_mark
+            ) from None
+
+
+_StackLoader.add_constructor("tag:yaml.org,2002:int", _StackLoader.construct_yaml_int)
+_StackLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
+
+
+def _one_line(text: Any, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_stack_yaml(path: Path) -> Any:
+    """The YAML document of a stack file, or a one-line ConfigError: too big, not UTF-8, not plain YAML."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STACK_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"stack file {path}: {exc.strerror or exc}; check the path") from None
+    if len(raw) > MAX_STACK_FILE_BYTES:
+        raise ConfigError(
+            f"stack file {path}: larger than {MAX_STACK_FILE_BYTES >> 20} MiB; a stack file is a few KB of YAML, "
+            "check the path"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"stack file {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); a stack file is YAML "
+            "text, save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_StackLoader)  # a SafeLoader subclass
+    except _Refused as exc:
+        line = exc.problem_mark.line + 1
+        raise ConfigError(f"stack file {path}: line {line}: {exc.problem}; {exc.remedy}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            f"stack file {path}: line {line}: control character U+{exc.character:04X} is not allowed in YAML; "
+            "a stack file is text"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        why = f" ({_one_line(problem)})" if problem else ""
+        raise ConfigError(f"stack file {path}: not valid YAML{at}{why}; fix the syntax") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a constructor's surprise: still one line, exit 2
+        raise ConfigError(f"stack file {path}: cannot be read as YAML ({_one_line(exc)}); fix the file") from None
 
 
 def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> StackConfig:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"stack file {path}: {exc.strerror}; check the path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"stack file {path}: not valid YAML{at}; fix the syntax") from None
+    data = read_stack_yaml(path)
     if isinstance(data, dict):
-        data = {k: _interpolate_values(v, f"{path}: {k}", env) for k, v in data.items()}
+        data = {k: _interpolate_values(v, f"{path}: {_printable(k)}", env) for k, v in data.items()}
     # Relative vault/files paths (and file: secret references) are relative to the stack file, not the cwd.
     base = path.resolve().parent
     if isinstance(data, dict) and isinstance(data.get("encryption"), dict):
