@@ -12,7 +12,10 @@ slot frees itself after ``LEASE_SECONDS``.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +27,13 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from core.errors import LockedError
+from core.repository.lock import holder_alive_here, process_start_time
+from core.storage.local import ObjectNotFound as NoRecord
+from core.targets import state_store
 from tasks.policy import seconds_from_env
 
-LEASE_SECONDS = 300
+# Renewed while the run lives; a killed run's slot is free again this long after its last renewal.
+LEASE_SECONDS = seconds_from_env("GENESIS_DR_CONCURRENCY_LEASE", 60, minimum=15)
 # How long a run waits for the slot before it fails with LockedError (exit 11).
 WAIT_SECONDS = seconds_from_env("GENESIS_DR_CONCURRENCY_WAIT", 6 * 3600, minimum=1)
 
@@ -54,11 +61,43 @@ def ensure_limit(name: str, limit: int = 1) -> None:
                 pass
 
 
+def _holder_key(name: str) -> str:
+    return f"slots/{name}.json"
+
+
+def _release_slot_of_dead_holder(name: str, logger) -> None:
+    """A run killed on this host (kill -9, OOM) never gives its slot back, and only a server running
+    the repossessor service frees an expired lease - Prefect's temporary and test servers do not.
+    So each holder records itself in the per-host state directory; a record whose process is gone
+    means its slot leaked, and the next run gives it back before waiting for it."""
+    store = state_store()
+    try:
+        holder = json.loads(store.get(_holder_key(name)))
+    except NoRecord:
+        return
+    except ValueError:
+        holder = {}
+    if holder and holder_alive_here(holder) is not False:
+        return  # alive, or on another host: only its own lease expiry can free it
+    with get_client(sync_client=True) as client:
+        held = max(1.0, time.time() - float(holder.get("since", time.time())))  # the API wants > 0
+        client.release_concurrency_slots(names=[name], slots=1, occupancy_seconds=held)
+    store.delete(_holder_key(name))
+    logger.warning("%s: gave back the slot of a killed run (pid %s)", name, holder.get("pid", "?"))
+
+
+def _record_holder(name: str) -> None:
+    pid = os.getpid()
+    record = {"host": socket.gethostname(), "pid": pid, "pid_start": process_start_time(pid), "since": time.time()}
+    state_store().put(_holder_key(name), json.dumps(record, sort_keys=True).encode(), overwrite=True)
+
+
 @contextmanager
 def exclusive(name: str, what: str) -> Iterator[None]:
     """Hold one slot of ``name`` for the body; wait for it (logged) up to ``WAIT_SECONDS``."""
     logger = get_run_logger()
     ensure_limit(name)
+    _release_slot_of_dead_holder(name, logger)
     started, acquired = time.monotonic(), False
     try:
         with concurrency(
@@ -70,8 +109,12 @@ def exclusive(name: str, what: str) -> Iterator[None]:
             raise_on_lease_renewal_failure=False,  # an API blip must not kill a long backup
         ):
             acquired = True
+            _record_holder(name)
             logger.info("%s: holding concurrency limit %s (waited %.1fs)", what, name, time.monotonic() - started)
-            yield
+            try:
+                yield
+            finally:
+                state_store().delete(_holder_key(name))
     except TimeoutError:
         if acquired:
             raise  # the body's (or the task's) timeout, not ours
