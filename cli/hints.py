@@ -13,20 +13,10 @@ import shutil
 import socket
 
 from cli.invocation import command
+from core.units import human_bytes  # noqa: F401  (cli.main imports it from here)
 
 REDIS_SPARE_PORTS = range(6380, 6400)
 _LOCAL = {"127.0.0.1", "localhost", "::1"}
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{n} B"
 
 
 def _redis_state(port: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.artifacts import create_markdown_artifact
 
 from core.errors import DRError
+from core.units import human_bytes
 
 
 class PartialFailureError(DRError):
@@ -32,15 +33,6 @@ def raise_failures(failures: dict[str, BaseException], what: str) -> None:
     error = PartialFailureError(f"{len(failures)} {what} failed - {detail}")
     error.exit_code = codes.pop() if len(codes) == 1 else 1
     raise error
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{n} B"
 
 
 def publish_backup_table(results: list[dict], failures: dict[str, BaseException]) -> None:
