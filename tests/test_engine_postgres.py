@@ -83,7 +83,7 @@ def test_round_trip_into_a_new_database(seeded, pg_server):
     engine = engine_for(pg_server.config("restore-target", target))
     report = restore_backup(seeded.vault, seeded.keyring, seeded.manifest.id, engine)
     assert report.verified_checks > 20
-    assert report.method.startswith("staged")  # created beside, verified, renamed into place
+    assert report.method == "in place"  # nothing to protect: a new database is restored into directly
     assert engine.last_restore["database_created"] is True
     # Same server: the roles exist, so owners and grants come back too; nothing to report.
     assert engine.last_restore["owners_and_privileges"] == "kept"
