@@ -330,6 +330,13 @@ def _recover(vault, keyring, engine: Engine, exc: BaseException, rollback_id, ha
         return _with_context(exc, f"the target was put back to rollback backup {rollback_id} and verified")
     if had_data:
         return _with_context(exc, "the target was changed and no rollback backup was taken; restore it with --force")
+    try:
+        left_empty = not engine.has_data()
+    except DRError:
+        left_empty = False  # cannot tell: keep the mark
+    if left_empty:  # the engine removed what it had written
+        target.clear()
+        return _with_context(exc, "the target is empty, as it was before")
     return _with_context(
         exc, "the target (empty before) is left partially restored and marked so; restore again with --force"
     )

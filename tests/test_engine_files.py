@@ -41,6 +41,7 @@ from core.operations import backup_source, restore_backup
 from core.repository.vault import Vault
 from core.sources import FilesSourceConfig
 from core.storage.local import LocalStore
+from core.targets import unfinished_restores
 
 CANARY = b"FILES-ENGINE-PLAINTEXT-CANARY-4e1d "
 MTIME_NS = 1_600_000_000_123_456_789
@@ -1020,6 +1021,10 @@ def test_full_target_is_one_line_and_leaves_no_partial_files(vault, keyring, tmp
         assert "No space left on device" in message and "big.bin" in message and "free space" in message
         assert str(fs) in message
         assert os.listdir(fs) == []  # the partial file and the directories made for it are gone
+        if how == "operations":
+            # Nothing was left behind, so nothing is reported as a half-restored target either.
+            assert "the target is empty, as it was before" in message
+            assert all(m.target != files_engine(target).target_key() for m in unfinished_restores())
 
 
 def test_root_that_is_a_symlink_is_staged_beside_its_directory(vault, keyring, tmp_path):
