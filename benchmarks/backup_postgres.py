@@ -24,24 +24,38 @@ database is kept for the next run. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.harness import (  # noqa: E402
+    BENCH_PASS,
+    CpuMeter,
+    PeakRSS,
+    Rounds,
+    add_goals,
+    bench_keyring,
+    bench_vault,
+    chosen_steps,
+    common_arguments,
+    emit,
+    log,
+    print_goals,
+    print_steps,
+    ratio,
+    timed,
+)
+
 SEED_VERSION = 1
-BENCH_PASS = "genesis-bench-passphrase"  # a throw-away secret for throw-away data
 GOALS = {
     # name: (value key, limit, True if the value must stay strictly below the limit)
     "backup / raw pg_dump": ("backup_vs_raw_dump", 1.3, False),
@@ -121,10 +135,6 @@ FROM generate_series({lo}::bigint, {hi}) g""",
 
 CALIBRATION_ROWS = 5_000
 BATCH_BYTES = 96 << 20
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- talking to the server through the plain tools -------------------------------------
@@ -208,77 +218,6 @@ def seed(server: Server, dbname: str, size_mb: int) -> None:
 # -- measuring -----------------------------------------------------------------------
 
 
-def timed(argv: list[str] | str, **kwargs) -> tuple[float, str]:
-    """Run a command (a string runs under bash with pipefail); returns (seconds, stdout)."""
-    if isinstance(argv, str):
-        argv = ["bash", "-o", "pipefail", "-c", argv]
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return seconds, proc.stdout.strip()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stat(pid: int | str) -> list[str]:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-class CpuMeter:
-    """Core-seconds a step used: by the server, by the tools we ran, by this process, by the machine.
-
-    The machine figure shows interference: if it is well above the sum of the
-    others, something else was competing for the CPUs during the step. Server
-    CPU is the postmaster's reaped children (finished backends) plus live ones;
-    it needs a local server whose data directory we may read, else it is None.
-    """
-
-    def __init__(self, postmaster_pid: int | None) -> None:
-        self.pid = postmaster_pid
-
-    def _server(self) -> float | None:
-        if self.pid is None:
-            return None
-        try:
-            total = sum(int(x) for x in _proc_stat(self.pid)[11:15])
-        except OSError:
-            return None
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    st = _proc_stat(entry)
-                except OSError:
-                    continue
-                if int(st[1]) == self.pid:
-                    total += int(st[11]) + int(st[12])
-        return total / _TICK
-
-    @staticmethod
-    def _machine() -> float:
-        with open("/proc/stat") as fh:
-            ticks = [int(x) for x in fh.readline().split()[1:]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / _TICK  # all but idle and iowait
-
-    def _snapshot(self) -> tuple:
-        t = os.times()
-        return self._server(), t.children_user + t.children_system, t.user + t.system, self._machine()
-
-    @contextmanager
-    def measure(self):
-        record: dict = {}
-        before = self._snapshot()
-        yield record
-        time.sleep(0.3)  # the postmaster reaps the step's backends; only then is their CPU counted
-        after = self._snapshot()
-        names = ("server", "tools", "ours", "machine")
-        for name, a, b in zip(names, before, after, strict=True):
-            record[name] = None if a is None or b is None else round(b - a, 2)
-
-
 def postmaster_pid(server: Server, dbname: str) -> int | None:
     try:
         datadir = server.sql(dbname, "SHOW data_directory")
@@ -286,54 +225,6 @@ def postmaster_pid(server: Server, dbname: str) -> int | None:
             return int(fh.readline())
     except (OSError, ValueError, SystemExit):
         return None
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs.
-
-    Two views, the larger wins: VmHWM (the kernel's high-water mark, reset at the
-    start through /proc/self/clear_refs) and VmRSS sampled every 50 ms by a thread.
-    Children (pg_dump, pg_restore) have their own RSS and are not included.
-    """
-
-    def __init__(self) -> None:
-        self.baseline_kb = self.peak_kb = 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak_kb = max(self.peak_kb, _status_kb("VmRSS"))
-
-    def __enter__(self) -> PeakRSS:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass  # the sampler alone still gives a (slightly coarser) peak
-        self.baseline_kb = self.peak_kb = _status_kb("VmRSS")
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_kb = max(self.peak_kb, _status_kb("VmHWM"))
-
-    @property
-    def peak_mb(self) -> float:
-        return round(self.peak_kb / 1024, 1)
-
-    @property
-    def increase_mb(self) -> float:
-        return round((self.peak_kb - self.baseline_kb) / 1024, 1)
 
 
 @contextmanager
@@ -347,10 +238,7 @@ def scratch_database(server: Server, name: str):
 
 def run(args: argparse.Namespace) -> dict:
     server = Server(args.host, args.port, args.user)
-    steps = set(args.steps.split(",")) if args.steps else set(STEPS)
-    unknown = steps - set(STEPS)
-    if unknown:
-        raise SystemExit(f"--steps: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    steps = chosen_steps(args, STEPS)
 
     if args.reseed or seeded_size(server, args.dbname) != args.size_mb:
         seed(server, args.dbname, args.size_mb)
@@ -367,18 +255,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     conn = shlex.join(server.conn_args(db))
     workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-", dir=args.workdir))
-    samples: dict[str, list[float]] = {}
-    cpu: dict[str, list[dict]] = {}
-    meter = CpuMeter(postmaster_pid(server, db))
-
-    @contextmanager
-    def sample(key: str):
-        """Times the step (its body sets ``result["s"]``) and meters the CPU around it."""
-        result: dict = {}
-        with meter.measure() as used:
-            yield result
-        samples.setdefault(key, []).append(round(result["s"], 3))
-        cpu.setdefault(key, []).append(used)
+    pid = postmaster_pid(server, db)
+    rounds = Rounds(CpuMeter((lambda: [pid]) if pid else None))
+    sample = rounds.sample
 
     try:
         ours = Ours(server, db, workdir, out) if steps & {"backup", "restore"} else None
@@ -419,37 +298,18 @@ def run(args: argparse.Namespace) -> dict:
             out["raw_dump_bytes"] = int(timed(f"pg_dump {conn} | wc -c")[1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    # The median of the rounds: a goal met only by the luckiest round is not met. Fastest and
-    # slowest are reported beside it.
-    out.update({key: statistics.median(values) for key, values in samples.items()})
-    out["fastest"] = {key: min(values) for key, values in samples.items()}
-    out["slowest"] = {key: max(values) for key, values in samples.items()}
-    out["repeat"], out["samples"] = args.repeat, samples
-    # CPU of the median round (the lower middle one when the count is even).
-    out["cpu_s"] = {key: cpu[key][values.index(_median_low(values))] for key, values in samples.items()}
+    rounds.summarize(out, args.repeat)
     add_ratios(out)
     return out
-
-
-def _median_low(values: list[float]) -> float:
-    return sorted(values)[(len(values) - 1) // 2]
 
 
 class Ours:
     """genesis-dr's backup and restore, in this process, into a local vault under ``workdir``."""
 
     def __init__(self, server: Server, db: str, workdir: Path, out: dict) -> None:
-        from core.crypto.keys import Keyring, kdf_iterations
-        from core.repository.vault import Vault, default_chunk_size
-        from core.storage.local import LocalStore
-
         self.server, self.db, self.out = server, db, out
-        self.keyring = Keyring(passphrase=BENCH_PASS)
-        started = time.monotonic()
-        self.keyring.wrap("backup_20000101_000000_00000000", os.urandom(32))
-        out["kdf_iterations"], out["kdf_wrap_s"] = kdf_iterations(), round(time.monotonic() - started, 3)
-        self.vault = Vault.open(LocalStore(workdir / "vault"), create=True)
-        out["chunk_size"], out["compression"] = default_chunk_size(), "zstd"
+        self.keyring = bench_keyring(out)
+        self.vault = bench_vault(workdir / "vault", out)
         self.manifest = None
 
     def _engine(self, name: str, database: str):
@@ -509,23 +369,21 @@ class Ours:
 
 
 def add_ratios(out: dict) -> None:
-    def ratio(key: str, num: str, den: str) -> None:
-        if out.get(num) is not None and out.get(den):
-            out[key] = round(out[num] / out[den], 3)
-
-    ratio("backup_vs_raw_dump", "backup_s", "raw_dump_s")
-    ratio("backup_vs_seed_pipeline", "backup_s", "seed_pipeline_s")
-    ratio("stored_vs_seed_pipeline_bytes", "stored_bytes", "seed_pipeline_bytes")
-    ratio("restore_vs_pg_restore_j2", "restore_s", "pg_restore_j2_s")
-    goals = {}
-    for label, (key, limit, strict) in GOALS.items():
-        if key in out:
-            ok = out[key] < limit if strict else out[key] <= limit
-            goals[key] = {"label": label, "value": out[key], "goal": limit, "pass": ok}
-    out["goals"] = goals
-    for key, value in list(out.items()):
-        if key.endswith("_s") and isinstance(value, float):
-            out[key] = round(value, 2)
+    ratio(out, "backup_vs_raw_dump", "backup_s", "raw_dump_s")
+    ratio(out, "backup_vs_seed_pipeline", "backup_s", "seed_pipeline_s")
+    ratio(out, "stored_vs_seed_pipeline_bytes", "stored_bytes", "seed_pipeline_bytes")
+    ratio(out, "restore_vs_pg_restore_j2", "restore_s", "pg_restore_j2_s")
+    # The names every benchmark shares (benchmarks/README.md), beside this script's own.
+    for common, own in (
+        ("native_s", "raw_dump_s"),
+        ("seed_backup_s", "seed_pipeline_s"),
+        ("seed_stored_bytes", "seed_pipeline_bytes"),
+        ("best_tool_restore_s", "pg_restore_j2_s"),
+        ("peak_rss_mb", "backup_peak_rss_mb"),
+    ):
+        if own in out:
+            out[common] = out[own]
+    add_goals(out, GOALS)
 
 
 def print_text(out: dict) -> None:
@@ -544,21 +402,7 @@ def print_text(out: dict) -> None:
         ("pg_restore -j 2", "pg_restore_j2_s", None),
     ]
 
-    def fmt(value) -> str:
-        return "   -" if value is None else f"{value:5.1f}"
-
-    print(f"  {'':44s} {'wall':>10s} {'size':>12s}   CPU core-s: server tools ours machine")
-    for label, seconds, size in rows:
-        if seconds in out:
-            extra = f"{out[size] / mb:9.1f} MB" if size and size in out else ""
-            used = out["cpu_s"].get(seconds)
-            cpu = "   ".join(fmt(used[k]) for k in ("server", "tools", "ours", "machine")) if used else ""
-            spread = (
-                f" ({out['fastest'][seconds]:.2f}-{out['slowest'][seconds]:.2f})"
-                if out["repeat"] > 1 and seconds in out["fastest"]
-                else ""
-            )
-            print(f"  {label:44s} {out[seconds]:8.2f} s {extra:>12s}   {cpu}{spread}")
+    print_steps(out, rows)
     if "backup_s" in out:
         print(
             f"  backup peak RSS {out['backup_peak_rss_mb']} MB (+{out['backup_rss_increase_mb']} MB over a "
@@ -573,10 +417,7 @@ def print_text(out: dict) -> None:
             f"  restore peak RSS {out['restore_peak_rss_mb']} MB; verification about "
             f"{out['restore_verify_s_estimate']:.2f} s of the restore"
         )
-    for goal in out["goals"].values():
-        verdict = "PASS" if goal["pass"] else "MISS"
-        limit = f"< {goal['goal']}" if goal["label"].endswith("(MB)") else f"<= {goal['goal']}"
-        print(f"  {verdict}  {goal['label']:30s} {goal['value']:>8}  (goal {limit})")
+    print_goals(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -585,18 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5432)
     parser.add_argument("--user", default="postgres", help="password, if needed, from PGPASSWORD")
     parser.add_argument("--dbname", default="genesis_bench")
-    parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--reseed", action="store_true", help="recreate the database even if its marker matches")
-    parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)} (default: all)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of every step; the median counts")
-    parser.add_argument("--workdir", help="where the vault and the pg_restore input go (default: system temp)")
+    common_arguments(parser, STEPS, size_mb=1024)
     args = parser.parse_args(argv)
-    out = run(args)
-    if args.json:
-        print(json.dumps(out, sort_keys=True))
-    else:
-        print_text(out)
+    emit(run(args), args, print_text)
     return 0
 
 
