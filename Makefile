@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-cli
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -20,8 +20,20 @@ lint: bootstrap
 	$(VENV)/ruff check core flows tasks blocks cli tests benchmarks
 	$(VENV)/lint-imports
 
-bench: bootstrap
+## Every source's backup and restore against its native tools (installs the reference tools it lacks).
+bench: bench-postgres bench-mysql bench-redis bench-files
+
+bench-postgres: bootstrap
 	$(VENV)/python benchmarks/backup_postgres.py
+
+bench-mysql: bootstrap
+	$(VENV)/python benchmarks/backup_mysql.py
+
+bench-redis: bootstrap
+	$(VENV)/python benchmarks/backup_redis.py
+
+bench-files: bootstrap
+	$(VENV)/python benchmarks/backup_files.py
 
 bench-cli: bootstrap
 	$(VENV)/python benchmarks/cli_latency.py
