@@ -419,7 +419,7 @@ def test_seeded_round_trip_is_exact_and_says_so(mysql_server, seeded, keyring):
     engine = MySQLEngine(mysql_server.config("app-db", target_db))
     notes, checks = _restore_with_engine(seeded["vault"], keyring, seeded["manifest"].id, engine)
     assert notes == []
-    assert checks["algorithm"] == "mysql-checks/2"
+    assert checks["algorithm"] == "mysql-checks/3"
     assert verify_target(engine, checks, seeded["manifest"].id) == count_checks(checks)
     with mysql_server.connect(target_db) as conn:
         snap = snapshot_mysql(conn)
@@ -528,9 +528,19 @@ def test_checks_recorded_by_older_versions_are_still_computed(mysql_server, seed
         inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/1")
         counters = mysql_checks.live_auto_increments(cur, seeded["database"], "mariadb")
         v1 = mysql_checks.build_checks(cur, seeded["database"], inventory, counters, default_auto_increment=None)
+        inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/2")
+        v2 = mysql_checks.build_checks(
+            cur, seeded["database"], inventory, counters, default_auto_increment=None, algorithm="mysql-checks/2"
+        )
     assert v1["algorithm"] == "mysql-checks/1" and isinstance(v1["views"], list)
+    assert v2["algorithm"] == "mysql-checks/2"
     source = MySQLEngine(mysql_server.config("app-db", seeded["database"]))
     assert compare_checks(v1, source.collect_checks(v1)) == []
+    assert compare_checks(v2, source.collect_checks(v2)) == []
+    # /3 hashes rows differently: the same rows, other checksums, same counts.
+    v3 = source.collect_checks({"algorithm": "mysql-checks/3"})
+    assert v3["tables"]["customers"]["checksum"] != v2["tables"]["customers"]["checksum"]
+    assert v3["tables"]["customers"]["rows"] == v2["tables"]["customers"]["rows"]
 
 
 # --- failures during a restore in place ------------------------------------------

@@ -21,8 +21,23 @@ one that does not exist on the target; that is a restore note, not a
 mismatch), creation/alteration times, and anything the server derives rather
 than stores (row format defaults, statistics).
 
-``mysql-checks/1`` (older backups) had names and bodies only; it is still
-computed when a backup recorded it.
+Row hash (``mysql-checks/3``). ``/1`` and ``/2`` hash every column with MD5
+and then the row again: about 6 us per row of ten small columns, which made
+the checks of a 400 MB database (15-19 s) four times longer than its dump.
+``/3`` hashes each row once with SHA1 (MariaDB's SHA1 measured faster than its
+MD5) over one unambiguous row string, and hashes only large values (BLOB,
+TEXT, JSON, anything over 4 KiB) on their own first, so the row string stays
+small and never hits ``max_allowed_packet``: numbers and dates as their text
+(they contain no separator and are never ``-``), other values as
+``<byte length>:<bytes>``, a large value as its SHA1 hex, NULL as ``-``.
+The first 64 bits of every row hash are summed, as before. Measured on the
+benchmark data (ints, text, JSON, blobs): 2.9x less server time than ``/2``,
+0.56 s against 1.63 s for 86 MB. Any warning while computing a checksum (a
+truncated or NULL row string) fails the check instead of quietly leaving rows
+out of the sum.
+
+``mysql-checks/1`` (older backups) had names and bodies only, and ``/2`` the
+MD5 row hash; both are still computed when a backup recorded them.
 """
 
 from __future__ import annotations
@@ -34,11 +49,23 @@ from typing import Any
 import pymysql
 
 from core.engines.mysql_dump import quote_name
+from core.errors import EngineError
 
 _UNKNOWN_TABLE = {1109, 1146}  # e.g. information_schema.CHECK_CONSTRAINTS before MySQL 8.0.16 / MariaDB 10.2
 
-ALGORITHM = "mysql-checks/2"
-ALGORITHMS = ("mysql-checks/1", ALGORITHM)
+ALGORITHM = "mysql-checks/3"
+ALGORITHMS = ("mysql-checks/1", "mysql-checks/2", ALGORITHM)
+
+# Column types whose text never contains ',' and is never '-': put in the row string as they are.
+_PLAIN_TYPES = frozenset(
+    "tinyint smallint mediumint int integer bigint decimal float double date datetime timestamp time year".split()
+)
+# Types hashed on their own before they join the row string (their values may be large).
+_LARGE_TYPES = frozenset(
+    "tinyblob blob mediumblob longblob tinytext text mediumtext longtext json geometry point linestring polygon "
+    "multipoint multilinestring multipolygon geometrycollection".split()
+)
+_LARGE_OCTETS = 4096
 
 
 def _digest(text: str | None) -> str:
@@ -93,15 +120,16 @@ def inventory(cur, database: str, algorithm: str = ALGORITHM) -> dict[str, Any]:
         elif kind == "SEQUENCE":  # MariaDB sequences: state, not rows; dumped with SETVAL
             sequences.append(name)
         else:  # BASE TABLE, SYSTEM VERSIONED
-            tables[name] = {"columns": [], "auto_increment": False}
-    for table, column, extra in _rows(
+            tables[name] = {"columns": [], "kinds": {}, "auto_increment": False}
+    for table, column, extra, data_type, octets in _rows(
         cur,
-        "SELECT TABLE_NAME, COLUMN_NAME, EXTRA FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
-        "ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        "SELECT TABLE_NAME, COLUMN_NAME, EXTRA, DATA_TYPE, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, ORDINAL_POSITION",
         (database,),
     ):
         if table in tables:
             tables[table]["columns"].append(column)
+            tables[table]["kinds"][column] = _kind(str(data_type).lower(), octets)
             if "auto_increment" in (extra or "").lower():
                 tables[table]["auto_increment"] = True
     if not v2:
@@ -186,6 +214,15 @@ def inventory(cur, database: str, algorithm: str = ALGORITHM) -> dict[str, Any]:
             )
         },
     }
+
+
+def _kind(data_type: str, octets: int | None) -> str:
+    """How a column enters the ``mysql-checks/3`` row string: 'plain', 'large' or 'text'."""
+    if data_type in _PLAIN_TYPES:
+        return "plain"
+    if data_type in _LARGE_TYPES or (octets or 0) > _LARGE_OCTETS:
+        return "large"
+    return "text"
 
 
 def _grouped(rows: list[tuple]) -> dict[str, list[tuple]]:
@@ -307,16 +344,52 @@ def _routines(cur, database: str) -> dict[str, str]:
     }
 
 
-def table_checksum(cur, database: str, table: str, columns: list[str], all_versions: bool = False) -> tuple[int, str]:
+def _row_sum_v2(columns: list[str], kinds: dict[str, str]) -> str:
+    column_hashes = ",".join(f"COALESCE(MD5(CAST({quote_name(c)} AS BINARY)),'-')" for c in columns)
+    return f"COALESCE(SUM(CAST(CONV(LEFT(MD5(CONCAT_WS(',',{column_hashes})),16),16,10) AS UNSIGNED)),0)"
+
+
+def _row_sum_v3(columns: list[str], kinds: dict[str, str]) -> str:
+    parts = []
+    for c in columns:
+        value = f"CAST({quote_name(c)} AS BINARY)"
+        kind = kinds.get(c, "text")
+        if kind == "plain":
+            parts.append(f"COALESCE({quote_name(c)},'-')")
+        elif kind == "large":
+            parts.append(f"COALESCE(SHA1({value}),'-')")
+        else:
+            parts.append(f"COALESCE(CONCAT(LENGTH({value}),':',{value}),'-')")
+    row = f"CONCAT_WS(',',{','.join(parts)})" if parts else "''"
+    return f"COALESCE(SUM(CAST(CONV(LEFT(SHA1({row}),16),16,10) AS UNSIGNED)),0)"
+
+
+def table_checksum(
+    cur,
+    database: str,
+    table: str,
+    columns: list[str],
+    all_versions: bool = False,
+    *,
+    algorithm: str = ALGORITHM,
+    kinds: dict[str, str] | None = None,
+) -> tuple[int, str]:
     """(exact row count, content checksum) of one table, read in the cursor's transaction;
     ``all_versions``: every row version of a system-versioned table (FOR SYSTEM_TIME ALL)."""
-    column_hashes = ",".join(f"COALESCE(MD5(CAST({quote_name(c)} AS BINARY)),'-')" for c in columns)
-    row_hash = f"MD5(CONCAT_WS(',',{column_hashes}))"
+    row_sum = (_row_sum_v3 if algorithm == ALGORITHM else _row_sum_v2)(columns, kinds or {})
     cur.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT({row_hash},16),16,10) AS UNSIGNED)),0) "
+        f"SELECT COUNT(*), {row_sum} "
         f"FROM {quote_name(database)}.{quote_name(table)}{' FOR SYSTEM_TIME ALL' if all_versions else ''}"
     )
     count, total = cur.fetchone()
+    cur.execute("SHOW WARNINGS")
+    warnings = [w for w in cur.fetchall() if w[0] != "Note"]
+    if warnings:
+        # E.g. a row string over max_allowed_packet became NULL and would have left the sum.
+        raise EngineError(
+            f"table {table}: its checksum could not be computed exactly ({warnings[0][2]}); "
+            "raise max_allowed_packet on the server and run again"
+        )
     return int(count), str(total)
 
 
@@ -336,36 +409,66 @@ def live_auto_increments(cur, database: str, flavor: str) -> dict[str, int]:
     }
 
 
-def build_checks(
-    cur,
-    database: str,
+def checked_columns(info: dict[str, Any], history: bool) -> tuple[list[str], bool]:
+    """(columns to hash, whether to read every row version) of a table from ``inventory``.
+
+    System-versioned tables whose history is in the dump: every row version with
+    its period; the current rows of other versioned tables without their period
+    columns, which a restore sets anew.
+    """
+    period = info.get("period")
+    columns = info["columns"]
+    if period and history:
+        return columns + [c for c in period if c not in columns], True
+    if period:
+        return [c for c in columns if c not in period], False
+    return columns, False
+
+
+def table_entry(cur, database: str, name: str, info: dict[str, Any], history: bool, algorithm: str) -> tuple[int, str]:
+    """(rows, checksum) of one table of ``inventory``, as ``build_checks`` records it."""
+    columns, all_versions = checked_columns(info, history)
+    return table_checksum(
+        cur, database, name, columns, all_versions, algorithm=algorithm, kinds=info.get("kinds")
+    )
+
+
+def algorithm_of(inv: dict[str, Any], algorithm: str) -> str:
+    """The algorithm a checks dict built from ``inv`` carries (/1 inventories have list-shaped views)."""
+    return algorithm if isinstance(inv["views"], dict) else "mysql-checks/1"
+
+
+def row_checks(
+    cur, database: str, inv: dict[str, Any], history: set[str], algorithm: str = ALGORITHM
+) -> dict[str, tuple[int, str]]:
+    """(rows, checksum) of every table of ``inv``, in name order."""
+    return {
+        name: table_entry(cur, database, name, info, name in history, algorithm)
+        for name, info in sorted(inv["tables"].items())
+    }
+
+
+def assemble(
     inv: dict[str, Any],
+    rows: dict[str, tuple[int, str]],
     auto_increment: dict[str, int],
     *,
     default_auto_increment: int | None,
     history: set[str] = frozenset(),  # type: ignore[assignment]
+    algorithm: str = ALGORITHM,
 ) -> dict[str, Any]:
-    """The checks dict: inventory plus per-table rows/checksum/AUTO_INCREMENT.
+    """The checks dict from the inventory and the per-table (rows, checksum).
 
     ``auto_increment`` maps tables to counters; a table with an AUTO_INCREMENT
     column missing from it gets ``default_auto_increment`` (a dump omits the
     clause while the counter is still at its start value, 1). ``history``:
-    system-versioned tables whose history is in the dump; their checksum
-    covers every row version with its period, marked ``"history": true``.
-    The current rows of other versioned tables are checked without their
-    period columns, which a restore sets anew.
+    system-versioned tables whose history is in the dump, marked ``"history": true``.
     """
     tables = {}
     for name, info in sorted(inv["tables"].items()):
-        period = info.get("period")
-        columns = info["columns"]
-        if period and name in history:
-            columns = columns + [c for c in period if c not in columns]
-        elif period:
-            columns = [c for c in columns if c not in period]
-        rows, checksum = table_checksum(cur, database, name, columns, all_versions=bool(period) and name in history)
-        entry: dict[str, Any] = {"rows": rows, "checksum": checksum}
-        if period and name in history:
+        count, checksum = rows[name]
+        entry: dict[str, Any] = {"rows": count, "checksum": checksum}
+        if info.get("period") and name in history:
             entry["history"] = True
         if info["auto_increment"]:
             entry["auto_increment"] = auto_increment.get(name, default_auto_increment)
@@ -373,7 +476,7 @@ def build_checks(
             entry.update(engine=info["engine"], definition=info["definition"])
         tables[name] = entry
     return {
-        "algorithm": ALGORITHM if isinstance(inv["views"], dict) else "mysql-checks/1",
+        "algorithm": algorithm_of(inv, algorithm),
         "database": inv["database"],
         "tables": tables,
         "views": inv["views"],
@@ -382,3 +485,21 @@ def build_checks(
         "triggers": inv["triggers"],
         "events": inv["events"],
     }
+
+
+def build_checks(
+    cur,
+    database: str,
+    inv: dict[str, Any],
+    auto_increment: dict[str, int],
+    *,
+    default_auto_increment: int | None,
+    history: set[str] = frozenset(),  # type: ignore[assignment]
+    algorithm: str = ALGORITHM,
+) -> dict[str, Any]:
+    """The checks dict: inventory plus per-table rows/checksum/AUTO_INCREMENT (see ``assemble``)."""
+    algorithm = algorithm_of(inv, algorithm)
+    rows = row_checks(cur, database, inv, history, algorithm)
+    return assemble(
+        inv, rows, auto_increment, default_auto_increment=default_auto_increment, history=history, algorithm=algorithm
+    )
