@@ -378,7 +378,7 @@ def test_seeded_round_trip_is_exact_and_says_so(seeded, keyring, redis_factory, 
     notes, checks = _restore_with_engine(seeded["vault"], keyring, backup_id, engine)
 
     assert notes == []
-    assert checks["algorithm"] == "redis-checks/2"
+    assert checks["algorithm"] == "redis-checks/3"
     assert verify_target(engine, checks, backup_id) == count_checks(checks)
     assert_same_redis(snapshot_redis(seeded["source"].client), snapshot_redis(target.client))
     assert function_codes(target.client()) == function_codes(seeded["source"].client()) == [FUNCTION_LIBRARY.encode()]

@@ -130,6 +130,11 @@ class ByteReader:
         """Bytes received but not consumed yet."""
         return len(self._buf) - self._pos
 
+    def remaining(self) -> bytes:
+        """The bytes received but not consumed yet (after a final ``flush``)."""
+        self.flush()
+        return bytes(self._buf)
+
 
 # --- digest primitives ------------------------------------------------------
 
@@ -147,11 +152,12 @@ class UnorderedDigest:
         self.count = 0
 
     def add(self, data: bytes) -> None:
-        self.total = (self.total + int.from_bytes(hashlib.sha256(data).digest(), "big")) % _MOD
+        # Reduced once in ``digest``: a million additions grow the sum by only 20 bits.
+        self.total += int.from_bytes(hashlib.sha256(data).digest(), "big")
         self.count += 1
 
     def digest(self) -> bytes:
-        return self.total.to_bytes(32, "big")
+        return (self.total % _MOD).to_bytes(32, "big")
 
 
 def _score(value: float) -> bytes:

@@ -39,25 +39,28 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.rdb import ByteReader, dump_digest, walk_rdb
-from core.engines.redis_checks import ALGORITHM, LEGACY, KeyspaceChecks, algorithm_of, db_label, reshape_actual
+from core.engines.base import BackupResult, Engine, StreamSink, StreamSource, Writable
+from core.engines.rdb import dump_digest
+from core.engines.rdb_scan import ALGORITHM
+from core.engines.redis_checks import KNOWN, KeyspaceChecks, algorithm_of, db_label, reshape_actual
 from core.engines.redis_logical import (
     iter_records,
     restore_records,
-    scan_dump,
     write_header,
     write_record,
     write_trailer,
 )
+from core.engines.redis_pipe import RespPipe
 from core.engines.redis_sync import (
     CONNECT_TIMEOUT,
     IO_TIMEOUT,
     ReplicaSync,
     ReplicationMaster,
+    SyncRefusedError,
     connection_reason,
     transient_os_error,
 )
+from core.engines.redis_walker import Walker, expired_keys
 from core.errors import ConfigError, DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import RedisSourceConfig
 
@@ -95,15 +98,22 @@ def _show_key(key: bytes) -> str:
     return text if text.isprintable() else repr(key)
 
 
-def expired_notes(expired: list[tuple[int, bytes, int]]) -> list[str]:
+def walked_notes(walked: dict) -> list[str]:
+    """``expired_notes`` from a walker's answer (it names the first keys and counts them all)."""
+    named = expired_keys(walked)
+    return expired_notes(named, walked.get("expired_count", len(named)))
+
+
+def expired_notes(expired: list[tuple[int, bytes, int]], count: int | None = None) -> list[str]:
     """Notes for keys whose expiry time had passed when the restore ran (so they are not on the target)."""
+    count = len(expired) if count is None else count
     notes = [
         f"key {_show_key(key)} (db {db}) not restored: it expired at "
         f"{datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec='milliseconds')}, before the restore"
         for db, key, at in sorted(expired)[:NOTE_KEYS]
     ]
-    if len(expired) > NOTE_KEYS:
-        notes.append(f"{len(expired) - NOTE_KEYS} more keys not restored: they expired before the restore")
+    if count > NOTE_KEYS:
+        notes.append(f"{count - NOTE_KEYS} more keys not restored: they expired before the restore")
     return notes
 
 
@@ -244,36 +254,97 @@ class RedisEngine(Engine):
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
         algorithm = algorithm_of(reference)
-        if algorithm not in (ALGORITHM, LEGACY):
+        if algorithm not in KNOWN:
             raise EngineError(
                 f"{self.label}: the backup's checks use {algorithm!r}, which this version cannot compute; "
                 "verify with the genesis-dr version that took the backup"
             )
+        if algorithm == ALGORITHM:
+            actual, self.verified_by = self._checks_now(reference)
+        else:
+            actual, self.verified_by = self._checks_by_scan_legacy(reference, algorithm), "SCAN/DUMP"
+        ref_dbs = list(reference.get("databases", {}))
+        if self.config.mode == "logical" and self.config.db is not None:
+            # Only the configured database is this target's; a one-database
+            # backup may have been restored into another database number.
+            here = actual["databases"].get(db_label(self.config.db))
+            actual["databases"] = {}
+            if here is not None:
+                actual["databases"][ref_dbs[0] if len(ref_dbs) == 1 else db_label(self.config.db)] = here
+        return reshape_actual(reference, actual, _now_ms())
+
+    def _checks_now(self, reference: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """``redis-checks/3`` of the live server, and how they were taken.
+
+        Its own snapshot over replication, walked in a child process, costs the
+        server one fork and us one pass at network speed; a server that refuses
+        replication (managed Redis, an ACL without SYNC) is read with pipelined
+        SCAN + DUMP + PTTL instead, digested the same way.
+        """
+        try:
+            sync = self._replica_sync()
+        except SyncRefusedError:
+            return self._checks_by_scan(reference), "SCAN/DUMP (the server refuses a replication sync)"
+        try:
+            with Walker("rdb", self.label, _now_ms()) as walker:
+                size = sync.pump(walker.write)
+                walked = walker.result()
+        finally:
+            sync.close()
+        self._check_walked(walked, size, "snapshot")
+        return walked["checks"], "its own snapshot over replication"
+
+    def _checks_by_scan(self, reference: dict[str, Any]) -> dict[str, Any]:
+        now = _now_ms()
+        with self._talking("SCAN/DUMP"), self._client() as client:
+            dbs = self._scope_dbs(client)
+            codes = self._function_codes(client) if "functions" in reference else []
+        with Walker("records", self.label, now) as walker:
+            tee = _Buffered(walker.write)
+            self._write_records(tee, dbs, now)
+            tee.flush()
+            checks = walker.result()["checks"]
+        if codes:
+            functions = KeyspaceChecks(now)
+            for code in codes:
+                functions.add_function(code)
+            checks["functions"] = functions.to_dict()["functions"]
+        return checks
+
+    def _write_records(self, out: Writable, dbs: list[int], now: int) -> int:
+        """Every key of ``dbs`` as a logical backup stream; returns the number of records."""
+        write_header(out)
+        records = 0
+        password = self._password()
+        for db in dbs:
+            with RespPipe(self.config.host, self.config.port, self.config.username, password, db, self.label) as pipe:
+                for key, pttl, payload in pipe.scan_dump():
+                    write_record(out, db, key, -1 if pttl < 0 else now + pttl, payload)
+                    records += 1
+        write_trailer(out, records)
+        return records
+
+    def _checks_by_scan_legacy(self, reference: dict[str, Any], algorithm: str) -> dict[str, Any]:
+        """``redis-checks/1`` and ``/2`` (older backups), decoded in this process as they were."""
         now = _now_ms()
         checks = KeyspaceChecks(now, algorithm)
-        ref_dbs = list(reference.get("databases", {}))
         with self._talking("SCAN/DUMP"), self._client() as client:
-            for db in self._scope_dbs(client):
-                with self._client(db) as one:
-                    for key, pttl, payload in scan_dump(one):
-                        type_name, digest = dump_digest(payload, checks.pending)
-                        checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
+            dbs = self._scope_dbs(client)
             if "functions" in reference:
                 for code in self._function_codes(client):
                     checks.add_function(code)
-        actual = checks.to_dict()
-        if self.config.mode == "logical" and self.config.db is not None and len(ref_dbs) == 1:
-            # A one-database backup restored into another database number.
-            here = actual["databases"].pop(db_label(self.config.db), None)
-            if here is not None:
-                actual["databases"][ref_dbs[0]] = here
-        return reshape_actual(reference, actual, _now_ms())
+        password = self._password()
+        for db in dbs:
+            with RespPipe(self.config.host, self.config.port, self.config.username, password, db, self.label) as pipe:
+                for key, pttl, payload in pipe.scan_dump():
+                    type_name, digest = dump_digest(payload, checks.pending)
+                    checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
+        return checks.to_dict()
 
     # --- rdb mode -----------------------------------------------------------
 
-    def _backup_rdb(self, sink: StreamSink) -> BackupResult:
-        started = _iso_now()
-        sync = ReplicaSync(
+    def _replica_sync(self) -> ReplicaSync:
+        return ReplicaSync(
             self.config.host,
             self.config.port,
             self.config.username,
@@ -281,31 +352,46 @@ class RedisEngine(Engine):
             self.label,
             announce_eof=self.announce_eof,
         )
+
+    def _backup_rdb(self, sink: StreamSink) -> BackupResult:
+        started = _iso_now()
+        sync = self._replica_sync()
         try:
             header = sync.header
             # The fork happened before the header arrived: keys expiring before
             # now are gone on any server that loads this snapshot.
-            checks = KeyspaceChecks(_now_ms())
-            with sink.open_stream(RDB_STREAM) as out:
-                reader = sync.payload_reader(out.write)
-                info = walk_rdb(reader, checks.add, on_function=checks.add_function)
-                size = sync.finish()
+            with Walker("rdb", self.label, _now_ms()) as walker, sink.open_stream(RDB_STREAM) as out:
+
+                def forward(data: bytes) -> None:
+                    out.write(data)
+                    walker.write(data)
+
+                size = sync.pump(forward)
+                walked = walker.result()
         finally:
             sync.close()
+        self._check_walked(walked, size, "snapshot")
         position = {
             "mode": "rdb",
             "replid": header.replid,
             "offset": header.offset,
             "redis_version": header.redis_version,
-            "rdb_version": info.version,
+            "rdb_version": walked["version"],
             "rdb_bytes": size,
             "transfer": "diskless" if header.eof_mark else "disk",
-            "databases": sorted(info.databases),
-            "keys": info.keys,
+            "databases": walked["databases"],
+            "keys": walked["keys"],
             "started_at": started,
             "finished_at": _iso_now(),
         }
-        return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": header.redis_version})
+        return BackupResult(position=position, checks=walked["checks"], tool_versions={"server": header.redis_version})
+
+    def _check_walked(self, walked: dict, size: int, what: str) -> None:
+        if walked["consumed"] != size or walked["trailing"]:
+            raise EngineError(
+                f"{self.label}: the {what} holds {size} bytes but its RDB ends after {walked['consumed']}; "
+                "it is corrupt - take a new backup"
+            )
 
     def _restore_rdb(self, source: StreamSource, result: BackupResult) -> list[str]:
         if self.config.mode == "logical" and self.config.db is not None:
@@ -316,9 +402,11 @@ class RedisEngine(Engine):
             )
         length = int(result.position["rdb_bytes"])
         with self._client() as client:
-            return self._replicate_into(client, source, length, result.position)
+            return self._replicate_into(client, source, length, result.position, result.checks)
 
-    def _replicate_into(self, client: redis.Redis, source: StreamSource, length: int, position: dict) -> list[str]:
+    def _replicate_into(
+        self, client: redis.Redis, source: StreamSource, length: int, position: dict, checks: dict
+    ) -> list[str]:
         with self._talking("INFO server"):
             version = client.info("server").get("redis_version", "0")
         self._check_rdb_version(str(version), int(position.get("rdb_version", 0)))
@@ -335,7 +423,7 @@ class RedisEngine(Engine):
                     f"{exc}; managed Redis services refuse it - restore a backup taken in mode 'logical' instead"
                 ) from None
             try:
-                expired = self._serve_verified(master, source, length)
+                notes = self._serve_verified(master, source, length, checks)
                 self._wait_synced(client, master, port)
             except BaseException as exc:
                 # Drop the link first: a target loading straight from the socket
@@ -357,47 +445,46 @@ class RedisEngine(Engine):
                 client.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             master.close()
-        return expired_notes(expired)
+        return notes
 
-    def _serve_verified(self, master: ReplicationMaster, source: StreamSource, length: int) -> list:
+    def _serve_verified(self, master: ReplicationMaster, source: StreamSource, length: int, checks: dict) -> list[str]:
         """Stream the RDB to the target, keeping back its last bytes until the whole
-        stream has been authenticated by the vault and walked to its end; returns
-        the keys that had expired by now, (db, key, expire_ms)."""
+        stream has been authenticated by the vault (its end checks the length and
+        SHA-256); returns notes on the keys that had expired by now.
+
+        Only when the checks say a key may have expired by now is the stream
+        also walked (in a child process, beside the transfer), to name them.
+        """
         master.start_sync(length, ACCEPT_TIMEOUT)
-        pieces = source.iter_stream(RDB_STREAM)
-        held = bytearray()
-
-        def forward(data: bytes) -> None:
-            held.extend(data)
-            if len(held) > HOLD_BACK:
-                master.send(bytes(held[:-HOLD_BACK]))
-                del held[:-HOLD_BACK]
-
         now = _now_ms()
-        expired: list[tuple[int, bytes, int]] = []
-
-        def on_key(db: int, key: bytes, type_name: str, expire_ms: int | None, digest: bytes) -> None:
-            if expire_ms is not None and expire_ms <= now:
-                expired.append((db, key, expire_ms))
-
-        reader = ByteReader(lambda: next(pieces, b""), forward)
+        first = checks.get("first_expiry_ms")
+        walker = Walker("rdb", self.label, now, notes_before_ms=now) if first is not None and first <= now else None
+        held = bytearray()
+        pieces = source.iter_stream(RDB_STREAM)
         try:
-            walk_rdb(reader, on_key)
-            reader.flush()
-            # Drain the vault's iterator: its end checks the whole stream's length and SHA-256.
-            if reader.buffered() or any(True for _ in pieces):
-                raise IntegrityError(f"{self.label}: the backup's RDB stream has data after its end; it is corrupt")
+            for data in pieces:
+                if walker is not None:
+                    walker.write(data)
+                held += data
+                if len(held) > HOLD_BACK:
+                    master.send(bytes(held[:-HOLD_BACK]))
+                    del held[:-HOLD_BACK]
+            walked = walker.result() if walker is not None else None
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
+            if walker is not None:
+                walker.close()
         if master.sent + len(held) != length:
             raise IntegrityError(
                 f"{self.label}: the backup's RDB stream holds {master.sent + len(held)} bytes, "
                 f"the manifest says {length}"
             )
+        if walked is not None:
+            self._check_walked(walked, length, "backup's RDB stream")
         master.send(bytes(held))
-        return expired
+        return walked_notes(walked) if walked is not None else []
 
     def _check_rdb_version(self, target_version: str, rdb_version: int) -> None:
         try:
@@ -488,7 +575,7 @@ class RedisEngine(Engine):
 
     def _backup_logical(self, sink: StreamSink) -> BackupResult:
         started = _iso_now()
-        checks = KeyspaceChecks(_now_ms())
+        now = _now_ms()
         with self._talking("INFO"), self._client() as client:
             version = str(client.info("server").get("redis_version", "unknown"))
             dbs = self._scope_dbs(client)
@@ -496,20 +583,22 @@ class RedisEngine(Engine):
             if codes:
                 with self._talking("FUNCTION DUMP"), sink.open_stream(FUNCTIONS_STREAM) as out:
                     out.write(client.function_dump())
-                for code in codes:
-                    checks.add_function(code)
-        records = 0
-        with sink.open_stream(LOGICAL_STREAM) as out:
-            write_header(out)
-            for db in dbs:
-                with self._talking("SCAN/DUMP"), self._client(db) as client:
-                    for key, pttl, payload in scan_dump(client):
-                        expire_at = -1 if pttl < 0 else _now_ms() + pttl
-                        write_record(out, db, key, expire_at, payload)
-                        type_name, digest = dump_digest(payload)
-                        checks.add(db, key, type_name, None if expire_at < 0 else expire_at, digest)
-                        records += 1
-            write_trailer(out, records)
+        # The records go to the vault and, through a pipe, to the walker that digests them on another core.
+        with Walker("records", self.label, now) as walker, sink.open_stream(LOGICAL_STREAM) as out:
+
+            def both(data: bytes) -> None:
+                out.write(data)
+                walker.write(data)
+
+            tee = _Buffered(both)
+            records = self._write_records(tee, dbs, now)
+            tee.flush()
+            checks = walker.result()["checks"]
+        if codes:
+            functions = KeyspaceChecks(now)
+            for code in codes:
+                functions.add_function(code)
+            checks["functions"] = functions.to_dict()["functions"]
         position = {
             "mode": "logical",
             "redis_version": version,
@@ -519,7 +608,7 @@ class RedisEngine(Engine):
             "started_at": started,
             "finished_at": _iso_now(),
         }
-        return BackupResult(position=position, checks=checks.to_dict(), tool_versions={"server": version})
+        return BackupResult(position=position, checks=checks, tool_versions={"server": version})
 
     def _restore_logical(self, source: StreamSource, result: BackupResult) -> list[str]:
         recorded = [int(db) for db in result.position.get("databases", [])]
@@ -567,6 +656,26 @@ class RedisEngine(Engine):
                 text = redact(str(exc), self.config.secrets())[:200]
                 return [f"function libraries not restored: the target refused FUNCTION RESTORE ({text})"]
         return []
+
+
+class _Buffered:
+    """Collects small writes (two per key) into large ones for the vault and the walker's pipe."""
+
+    def __init__(self, write, size: int = 1 << 20) -> None:
+        self._write = write
+        self._size = size
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        if len(self._buf) >= self._size:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._write(bytes(self._buf))
+            self._buf.clear()
 
 
 def _host_port(value: str) -> tuple[str, int]:

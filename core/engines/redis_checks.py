@@ -37,8 +37,10 @@ from core.engines.rdb import UnorderedDigest, lp
 # Clocks of the backup host, the source and the target may disagree this much.
 EXPIRY_MARGIN_MS = 60_000
 
-ALGORITHM = "redis-checks/2"
+ALGORITHM = "redis-checks/3"  # see core.engines.rdb_scan: the same shape, cheaper value digests
+PREVIOUS = "redis-checks/2"
 LEGACY = "redis-checks/1"
+KNOWN = (ALGORITHM, PREVIOUS, LEGACY)
 
 
 def algorithm_of(checks: dict[str, Any]) -> str:
@@ -65,9 +67,13 @@ class KeyspaceChecks:
         """Count one key; ``expire_ms`` is its absolute expiry or None."""
         if expire_ms is not None and expire_ms <= self.now_ms:
             return  # already expired at backup time: logically gone
-        entry = lp(key) + lp(type_name.encode()) + value_digest
+        typed = _TYPES.get(type_name) or lp(type_name.encode())
+        entry = len(key).to_bytes(8, "big") + key + typed + value_digest
         if expire_ms is None:
-            self._persistent.setdefault(db, UnorderedDigest()).add(entry)
+            digest = self._persistent.get(db)
+            if digest is None:
+                digest = self._persistent[db] = UnorderedDigest()
+            digest.add(entry)
         else:
             self._volatile.setdefault(db, UnorderedDigest()).add(entry)
             if self.first_expiry_ms is None or expire_ms < self.first_expiry_ms:
@@ -84,6 +90,9 @@ class KeyspaceChecks:
             if self._functions:
                 out["functions"] = dict(sorted(self._functions.items()))
         return out
+
+
+_TYPES = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash", "stream")}
 
 
 def _entry(persistent: UnorderedDigest | None, volatile: UnorderedDigest | None) -> dict[str, Any]:

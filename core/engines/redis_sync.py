@@ -26,12 +26,16 @@ CONNECT_TIMEOUT = 10.0
 # Masters send a newline every second while they prepare the snapshot, and data
 # flows after that, so a minute of silence means the link is dead.
 IO_TIMEOUT = 60.0
-RECV_SIZE = 1 << 16
+RECV_SIZE = 1 << 18
 EOF_MARK_LEN = 40
 
 
 class RespError(Exception):
     """An error reply (``-ERR ...``) from the peer."""
+
+
+class SyncRefusedError(EngineError):
+    """The server will not replicate to us (managed services, an ACL without SYNC/PSYNC)."""
 
 
 def connection_reason(exc: BaseException) -> str:
@@ -188,12 +192,17 @@ class ReplicaSync:
             return self.conn.read_reply()
         except RespError as exc:
             text = redact(str(exc), self._secrets)
-            if is_auth_error(text):
+            if is_auth_error(text) and (args[0] == "AUTH" or text.upper().startswith("NOAUTH")):
                 raise SourceUnavailableError(
                     f"{self.label}: login refused ({text.split('.')[0]}); check username/password in the stack file"
                 ) from None
             if tolerate:
                 return None
+            if args[0] == "REPLCONF" or text.upper().startswith("NOPERM"):
+                raise SyncRefusedError(
+                    f"{self.label}: the server refused a replication sync ({text[:200]}); "
+                    "managed Redis services often do - use mode 'logical' for this source"
+                ) from None
             raise EngineError(f"{self.label}: {args[0]} failed: {text[:200]}") from None
         except OSError as exc:
             raise SourceUnavailableError(
@@ -214,7 +223,7 @@ class ReplicaSync:
             self.conn.send("PSYNC", "?", "-1")
             reply = self.conn.read_reply()
         except RespError as exc:
-            raise EngineError(
+            raise SyncRefusedError(
                 f"{self.label}: the server refused a replication sync ({redact(str(exc), self._secrets)}); "
                 "managed Redis services often do - use mode 'logical' for this source"
             ) from None
@@ -277,6 +286,48 @@ class ReplicaSync:
 
         self._reader = ByteReader(fill, on_consumed)
         return self._reader
+
+    def pump(self, on_data: Callable[[bytes], object]) -> int:
+        """Hand the raw RDB payload to ``on_data`` as it arrives, without parsing it; returns its size.
+
+        A ``$<len>`` transfer ends after ``len`` bytes; a diskless one where
+        its 40-byte EOF marker appears (random per sync, so never inside
+        the data: replicas find the end the same way).
+        """
+        conn = self.conn
+        try:
+            if self.header.length is not None:
+                left = self.header.length
+                while left:
+                    data = conn.read_some()
+                    if len(data) > left:
+                        data = data[:left]  # only the replication stream (ignored) follows
+                    left -= len(data)
+                    on_data(data)
+                return self.header.length
+            mark = self.header.eof_mark
+            assert mark is not None
+            tail = b""
+            size = 0
+            while True:
+                data = tail + conn.read_some()
+                end = data.find(mark)
+                if end >= 0:
+                    on_data(data[:end])
+                    return size + end
+                keep = len(data) - EOF_MARK_LEN + 1
+                if keep > 0:
+                    on_data(data[:keep])
+                    size += keep
+                    tail = data[keep:]
+                else:
+                    tail = data
+        except OSError as exc:
+            raise SourceUnavailableError(
+                f"{self.label}: {connection_reason(exc)} while receiving the snapshot; "
+                "see the server's log (a failed fork or a full disk stops the transfer)",
+                transient=transient_os_error(exc),
+            ) from None
 
     def finish(self) -> int:
         """Check the payload ended where the master said; returns its size."""
