@@ -53,7 +53,8 @@ import os
 import platform
 import shutil
 import stat
-import tarfile
+from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,8 +62,9 @@ from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
 from core.engines.files_archive import FILE_FLAGS, READ_CHUNK, Archiver, is_special, mode_text, special_check
 from core.engines.files_meta import read_xattrs, show_path, xattr_digests
 from core.engines.files_mirror import Mirror, Selection, mount_points, remove_tree
+from core.engines.files_pax import ArchiveFormatError, PaxReader
 from core.engines.pathmatch import PathFilter
-from core.engines.tarsafe import SafeExtractor
+from core.engines.tarsafe import SafeExtractor, Written
 from core.errors import ConfigError, EngineError, IntegrityError, SourceUnavailableError
 from core.sources import FilesSourceConfig
 
@@ -85,6 +87,8 @@ class FilesEngine(Engine):
     _staged_from: FilesEngine | None = None
     _archived_dirs: set[str] = frozenset()  # type: ignore[assignment]
     _selection_cache: Selection | None = None
+    # Files the last restore into this root hashed while writing them (see collect_checks).
+    _written: dict[str, Written] = {}  # noqa: RUF012 - replaced per restore, never mutated
     swap_notes: list[str] = []  # noqa: RUF012 - replaced per instance, never mutated
 
     @property
@@ -158,7 +162,7 @@ class FilesEngine(Engine):
         return BackupResult(
             position={"snapshot_time": started.isoformat()},
             checks=checks,
-            tool_versions={"tar": f"python-tarfile {platform.python_version()} (pax)"},
+            tool_versions={"tar": f"genesis-dr files_pax (pax, GNU sparse 1.0; python {platform.python_version()})"},
             skipped=archiver.skipped_lines(),
         )
 
@@ -200,20 +204,19 @@ class FilesEngine(Engine):
         selection = self._selection(result)
         set_owner = os.geteuid() == 0
         notes = _backup_notes(result)
-        with source.open_stream(STREAM_NAME) as stream:
+        self._written = {}
+        with closing(_stream_pieces(source)) as pieces:
             extractor = SafeExtractor(root, self.label, set_owner=set_owner)
             try:
                 with extractor:
-                    tar = tarfile.open(fileobj=stream, mode="r|")
-                    with tar:
-                        extractor.extract_all(tar, finish=False)
+                    extractor.extract_all(PaxReader(pieces), finish=False)
                     if self._staged_from is None:
                         # In place: remove what the backup lacks before directory mtimes are set.
                         mirror = Mirror(root, selection, set_owner)
                         mirror.prune_tree(extractor.written)
                         notes.extend(mirror.notes)
                     extractor.finish()
-            except tarfile.TarError as exc:
+            except ArchiveFormatError as exc:
                 raise IntegrityError(
                     f"{self.label}: stream {STREAM_NAME} is not a readable tar archive ({exc}); "
                     "the backup is damaged, restore another one"
@@ -222,8 +225,9 @@ class FilesEngine(Engine):
                 raise self._target_error(exc, extractor.current, created) from None
             # Read to the end so the vault verifies the whole stream, not just
             # the part up to the tar end-of-archive marker.
-            while stream.read(READ_CHUNK):
+            for _ in pieces:
                 pass
+        self._written = extractor.digests
         self._archived_dirs = extractor.archived_dirs
         self._selection_cache = selection
         notes.extend(extractor.notes)
@@ -370,7 +374,7 @@ class FilesEngine(Engine):
                 continue
             found: dict[str, Any] = {}
             for rel, expected in reference[section].items():
-                entry = _inspect(path_of(rel))
+                entry = _inspect(path_of(rel), self._written.get(rel))
                 if entry is None:
                     continue
                 kind, value = entry
@@ -435,8 +439,26 @@ def _backup_notes(result: BackupResult) -> list[str]:
     return lines
 
 
-def _inspect(path: str) -> tuple[str, dict[str, Any] | str] | None:
-    """(section, check value) for what is at ``path`` now; None if nothing is."""
+def _stream_pieces(source: StreamSource) -> Iterator[bytes]:
+    """The plaintext of ``files.tar`` in pieces: the vault's verified chunks as they are, or
+    reads from a plain file-like stream (a source without ``iter_stream``)."""
+    iter_stream = getattr(source, "iter_stream", None)
+    if iter_stream is not None:
+        yield from iter_stream(STREAM_NAME)
+        return
+    with source.open_stream(STREAM_NAME) as stream:
+        while piece := stream.read(READ_CHUNK):
+            yield piece
+
+
+def _inspect(path: str, written: Written | None = None) -> tuple[str, dict[str, Any] | str] | None:
+    """(section, check value) for what is at ``path`` now; None if nothing is.
+
+    A regular file this restore wrote and hashed on the way (``written``) is not
+    read again while its inode, size, mtime and change time are what they were
+    when the restore finished with it: any later write, truncate, chmod, xattr
+    change, rename or replacement moves the change time, and the file is read.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -449,15 +471,19 @@ def _inspect(path: str) -> tuple[str, dict[str, Any] | str] | None:
         return "specials", special_check(st)
     if not stat.S_ISREG(st.st_mode):
         return "sockets", {}
-    digest = hashlib.sha256()
-    fd = os.open(path, FILE_FLAGS)
-    try:
-        while chunk := os.read(fd, READ_CHUNK):
-            digest.update(chunk)
-    finally:
-        os.close(fd)
+    if written is not None and written.matches(st):
+        sha256 = written.sha256
+    else:
+        digest = hashlib.sha256()
+        fd = os.open(path, FILE_FLAGS)
+        try:
+            while chunk := os.read(fd, READ_CHUNK):
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+        sha256 = digest.hexdigest()
     return "files", {
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "size": st.st_size,
         "mode": mode_text(st),
         "mtime_ns": st.st_mtime_ns,

@@ -16,7 +16,6 @@ import hashlib
 import os
 import pwd
 import stat
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,14 +28,14 @@ from core.engines.files_meta import (
     show_path,
     sparse_map_block,
     xattr_digests,
-    xattr_pax,
+    xattr_records,
 )
+from core.engines.files_pax import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, Header, PaxWriter
 from core.engines.pathmatch import PathFilter
 from core.errors import ConfigError, EngineError, SourceUnavailableError
 
-# Tar stream buffer and file copy size. Kept modest: tarfile's stream writer
-# concatenates into this buffer, so larger values cost copying per header.
-TAR_BUFSIZE = 64 * 1024
+# File read size: one read for most files, and never more than the archive writer's
+# write size (the vault gets pieces, never whole files).
 READ_CHUNK = 1 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: if a fifo is swapped in after listing, opening it must not hang.
@@ -88,81 +87,71 @@ def _pax_time(ns: int) -> str:
     return f"{sign}{sec}.{frac:09d}"
 
 
-def _tarinfo(rel: str, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes] | None = None) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(rel or ".")
-    info.type = kind
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
-    info.mtime = st.st_mtime_ns // 1_000_000_000
-    pax: dict[str, str] = {}
+def _header(rel: str, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes] | None = None) -> Header:
+    name = os.fsencode(rel) if rel else b"."
+    if kind == DIRTYPE:
+        name += b"/"
+    header = Header(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        uname=_user(st.st_uid),
+        gname=_group(st.st_gid),
+        mtime=st.st_mtime_ns // 1_000_000_000,
+    )
     if st.st_mtime_ns % 1_000_000_000:
-        # tarfile would write a float (microsecond-ish precision); give it the exact text.
-        pax["mtime"] = _pax_time(st.st_mtime_ns)
+        header.pax.append(("mtime", _pax_time(st.st_mtime_ns).encode()))
     if xattrs:
-        pax.update(xattr_pax(xattrs))
-    info.pax_headers = pax
-    return info
+        header.pax.extend(xattr_records(xattrs))
+    return header
 
 
-class _FileReader:
-    """File-like view of a file's archived bytes that hashes the file's content.
+class _Copy:
+    """Copies a file's archived bytes into the archive, hashing the file's content on the way.
 
-    Hands tarfile ``prefix`` (a sparse map) and then the data ``segments``
-    (read with ``pread``); the digest covers the whole logical content, holes
-    as zeros, so it matches a plain read of the restored file. tarfile's copy
-    demands full reads up to the size in the header, so a file that shrank is
-    padded with zeros rather than breaking the archive.
+    The data ``segments`` are read with ``pread``; the digest covers the whole
+    logical content, holes as zeros, so it matches a plain read of the
+    restored file. The header already promised the size, so a file that
+    shrank is padded with zeros rather than breaking the archive.
     """
 
-    def __init__(self, fd: int, size: int, segments: list[tuple[int, int]], prefix: bytes, rel: str, label: str):
-        self.fd, self.size, self.rel, self.label = fd, size, rel, label
-        self.segments = [s for s in segments if s[1]]
-        self.prefix = prefix
+    def __init__(self, fd: int, rel: str, label: str) -> None:
+        self.fd, self.rel, self.label = fd, rel, label
         self.digest = hashlib.sha256()
         self.shrank = False
-        self.hashed_to = 0  # logical offset the digest covers
-        self.seg = 0
-        self.seg_done = 0
 
-    def _hash_zeros_to(self, offset: int) -> None:
-        while self.hashed_to < offset:
-            n = min(len(_ZEROS), offset - self.hashed_to)
-            self.digest.update(_ZEROS[:n])
-            self.hashed_to += n
+    def _hash_zeros(self, n: int) -> None:
+        while n:
+            step = min(n, len(_ZEROS))
+            self.digest.update(_ZEROS[:step])
+            n -= step
 
-    def read(self, n: int) -> bytes:
-        pieces, got = [], 0
-        if self.prefix:
-            head, self.prefix = self.prefix[:n], self.prefix[n:]
-            pieces.append(head)
-            got = len(head)
-        while got < n and self.seg < len(self.segments):
-            offset, length = self.segments[self.seg]
-            want = min(n - got, length - self.seg_done)
-            pos = offset + self.seg_done
-            data = b""
-            if not self.shrank:
-                try:
-                    data = os.pread(self.fd, want, pos)
-                except OSError as exc:
-                    raise EngineError(
-                        f"{self.label}: cannot read {show_path(self.rel)}: {exc.strerror}; fix the file or exclude it"
-                    ) from None
+    def run(self, tar: PaxWriter, size: int, segments: list[tuple[int, int]]) -> None:
+        hashed_to = 0  # logical offset the digest covers
+        for offset, length in segments:
+            self._hash_zeros(offset - hashed_to)
+            pos, end = offset, offset + length
+            while pos < end:
+                want = min(READ_CHUNK, end - pos)
+                data = b"" if self.shrank else self._read(want, pos)
                 if len(data) < want:
                     self.shrank = True
-            data += bytes(want - len(data))
-            self._hash_zeros_to(pos)
-            self.digest.update(data)
-            self.hashed_to = pos + want
-            pieces.append(data)
-            got += want
-            self.seg_done += want
-            if self.seg_done == length:
-                self.seg, self.seg_done = self.seg + 1, 0
-        if self.seg >= len(self.segments):
-            self._hash_zeros_to(self.size)
-        return b"".join(pieces)
+                    data += bytes(want - len(data))
+                self.digest.update(data)
+                tar.data(data)
+                pos += want
+            hashed_to = end
+        self._hash_zeros(size - hashed_to)
+
+    def _read(self, want: int, pos: int) -> bytes:
+        try:
+            return os.pread(self.fd, want, pos)
+        except OSError as exc:
+            raise EngineError(
+                f"{self.label}: cannot read {show_path(self.rel)}: {exc.strerror}; fix the file or exclude it"
+            ) from None
 
 
 @dataclass
@@ -203,7 +192,7 @@ class Archiver:
     pending: list[tuple[str, os.stat_result, dict[str, bytes]]] = field(default_factory=list)
     inodes: dict[tuple[int, int], str] = field(default_factory=dict)
     sparse_names: int = 0
-    tar: tarfile.TarFile | None = None
+    tar: PaxWriter | None = None
 
     def checks(self) -> dict[str, Any]:
         return {
@@ -241,13 +230,11 @@ class Archiver:
 
     def run(self, out: Writable, root_fd: int, paths: list[str]) -> None:
         """Write the whole archive into ``out``."""
-        # On an exception TarFile.__exit__ skips the end-of-archive blocks, so a
-        # failed run never looks like a complete archive.
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=TAR_BUFSIZE) as tar:
-            tar.copybufsize = TAR_BUFSIZE
-            self.tar = tar
-            for path in paths:
-                self._archive_path(root_fd, path)
+        self.tar = PaxWriter(out)
+        for path in paths:
+            self._archive_path(root_fd, path)
+        # Only a run that got here ends the archive: a failed one never looks complete.
+        self.tar.close()
 
     # -- what cannot be archived -------------------------------------------------------
 
@@ -263,6 +250,14 @@ class Archiver:
 
     def _unreadable(self, rel: str, exc: OSError) -> None:
         self._cannot(rel, f"cannot be read ({exc.strerror})", "fix its permissions or exclude it")
+
+    def _open_failed(self, rel: str, exc: OSError, gone: tuple[int, ...] = _GONE) -> None:
+        """An entry listed a moment ago that is gone or is no longer what it was is skipped
+        and listed; any other error makes it unreadable."""
+        if exc.errno in gone:
+            self.skipped[rel] = "vanished or replaced during backup"
+        else:
+            self._unreadable(rel, exc)
 
     # -- walking ---------------------------------------------------------------------
 
@@ -374,10 +369,7 @@ class Archiver:
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             except OSError as exc:
-                if exc.errno in _GONE:
-                    self.skipped[rel] = "vanished or replaced during backup"
-                else:
-                    self._unreadable(rel, exc)
+                self._open_failed(rel, exc)
                 return None
             return self._enter(fd, rel, included)
         if not included:
@@ -419,7 +411,7 @@ class Archiver:
             key = rel or "."
             if key in self.dirs:
                 continue
-            self._add(_tarinfo(rel, st, tarfile.DIRTYPE, xattrs))
+            self._add(_header(rel, st, DIRTYPE, xattrs))
             self.dirs[key] = {"mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
             self._note_xattrs(key, xattrs)
 
@@ -427,11 +419,9 @@ class Archiver:
         if xattrs:
             self.xattrs[key] = xattr_digests(xattrs)
 
-    def _add(self, info: tarfile.TarInfo, data: Any = None) -> None:
+    def _add(self, header: Header) -> None:
         assert self.tar is not None
-        self.tar.addfile(info, data)
-        # tarfile keeps every TarInfo it wrote; drop them so memory stays flat.
-        self.tar.members.clear()
+        self.tar.member(header)
 
     def _hard_link(self, rel: str, st: os.stat_result, section: dict[str, dict[str, Any]]) -> bool:
         """Archive ``rel`` as a hard link if its inode was archived before; True if it was."""
@@ -442,9 +432,9 @@ class Archiver:
         if first is None:
             self.inodes[key] = rel
             return False
-        info = _tarinfo(rel, st, tarfile.LNKTYPE)
-        info.linkname = first
-        self._add(info)
+        header = _header(rel, st, LNKTYPE)
+        header.linkname = os.fsencode(first)
+        self._add(header)
         section[rel] = {**section[first], "links_to": first}
         if first in self.xattrs:
             self.xattrs[rel] = self.xattrs[first]
@@ -454,10 +444,7 @@ class Archiver:
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
-            if exc.errno in _GONE:
-                self.skipped[rel] = "vanished or replaced during backup"
-            else:
-                self._unreadable(rel, exc)
+            self._open_failed(rel, exc)
             return
         try:
             st = os.fstat(fd)
@@ -469,7 +456,7 @@ class Archiver:
                 self.total_bytes += st.st_size
                 return
             xattrs = read_xattrs(fd)
-            info = _tarinfo(rel, st, tarfile.REGTYPE, xattrs)
+            header = _header(rel, st, REGTYPE, xattrs)
             segments = data_map(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
             prefix = b""
             if segments is not None:
@@ -478,15 +465,19 @@ class Archiver:
                 if stored > MAX_SPARSE_STORED:
                     segments, prefix = None, b""
             if segments is None:
-                info.size = st.st_size
+                header.size = st.st_size
                 segments = [(0, st.st_size)]
             else:
-                self._make_sparse(info, rel, st.st_size, stored)
-            reader = _FileReader(fd, st.st_size, segments, prefix, rel, self.label)
-            self._add(info, reader)
-            self._note_changes(fd, st, reader, rel)
+                self._make_sparse(header, rel, st.st_size, stored)
+            self._add(header)
+            assert self.tar is not None
+            if prefix:
+                self.tar.data(prefix)
+            copy = _Copy(fd, rel, self.label)
+            copy.run(self.tar, st.st_size, segments)
+            self._note_changes(fd, st, copy, rel)
             self.files[rel] = {
-                "sha256": reader.digest.hexdigest(),
+                "sha256": copy.digest.hexdigest(),
                 "size": st.st_size,
                 "mode": mode_text(st),
                 "mtime_ns": st.st_mtime_ns,
@@ -496,24 +487,22 @@ class Archiver:
         finally:
             os.close(fd)
 
-    def _make_sparse(self, info: tarfile.TarInfo, rel: str, size: int, stored: int) -> None:
-        """Turn ``info`` into a GNU PAX sparse 1.0 member (see core.engines.files_meta)."""
+    def _make_sparse(self, header: Header, rel: str, size: int, stored: int) -> None:
+        """Turn ``header`` into a GNU PAX sparse 1.0 member (see core.engines.files_meta)."""
         # The header name is only what a reader without sparse support extracts
         # (GNU tar does the same); GNU.sparse.name is the real one. Short on purpose:
         # a long one would become a PAX "path" record, which tarfile applies last.
         self.sparse_names += 1
-        info.name = f"GNUSparseFile.0/{self.sparse_names}"
-        info.size = stored
-        info.pax_headers.update(
-            {
-                "GNU.sparse.major": "1",
-                "GNU.sparse.minor": "0",
-                "GNU.sparse.name": rel,
-                "GNU.sparse.realsize": str(size),
-            }
-        )
+        header.name = b"GNUSparseFile.0/%d" % self.sparse_names
+        header.size = stored
+        header.pax += [
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", os.fsencode(rel)),
+            ("GNU.sparse.realsize", b"%d" % size),
+        ]
 
-    def _note_changes(self, fd: int, before: os.stat_result, reader: _FileReader, rel: str) -> None:
+    def _note_changes(self, fd: int, before: os.stat_result, reader: _Copy, rel: str) -> None:
         after = os.fstat(fd)
         if reader.shrank:
             self.changed[rel] = "shrank while read; archived padded with zeros to its original size"
@@ -527,15 +516,12 @@ class Archiver:
             target = os.readlink(name, dir_fd=parent_fd)
             xattrs = read_xattrs(entry_path(parent_fd, name))
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EINVAL):
-                self.skipped[rel] = "vanished or replaced during backup"
-            else:
-                self._unreadable(rel, exc)
+            self._open_failed(rel, exc, gone=(errno.ENOENT, errno.EINVAL))
             return
         self._flush_pending()
-        info = _tarinfo(rel, st, tarfile.SYMTYPE, xattrs)
-        info.linkname = target
-        self._add(info)
+        header = _header(rel, st, SYMTYPE, xattrs)
+        header.linkname = os.fsencode(target)
+        self._add(header)
         self.symlinks[rel] = target
         self._note_xattrs(rel, xattrs)
 
@@ -544,19 +530,16 @@ class Archiver:
         try:
             xattrs = read_xattrs(entry_path(parent_fd, name))
         except OSError as exc:
-            if exc.errno in _GONE:
-                self.skipped[rel] = "vanished or replaced during backup"
-            else:
-                self._unreadable(rel, exc)
+            self._open_failed(rel, exc)
             return
         self._flush_pending()
         if self._hard_link(rel, st, self.specials):
             return
         mode = st.st_mode
-        kind = tarfile.FIFOTYPE if stat.S_ISFIFO(mode) else tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-        info = _tarinfo(rel, st, kind, xattrs)
-        if kind != tarfile.FIFOTYPE:
-            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        self._add(info)
+        kind = FIFOTYPE if stat.S_ISFIFO(mode) else CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE
+        header = _header(rel, st, kind, xattrs)
+        if kind != FIFOTYPE:
+            header.devmajor, header.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        self._add(header)
         self.specials[rel] = special_check(st)
         self._note_xattrs(rel, xattrs)

@@ -6,14 +6,14 @@ our archives too:
 - every extended attribute as ``SCHILY.xattr.<name>`` (POSIX ACLs are the
   ``system.posix_acl_access`` / ``system.posix_acl_default`` attributes, file
   capabilities ``security.capability``, SELinux labels ``security.selinux``).
-  Values are bytes; tarfile writes them with ``hdrcharset=BINARY`` when they
-  are not UTF-8 and reads them back with ``surrogateescape``, which is lossless;
+  Values are the attribute's bytes, in a header marked ``hdrcharset=BINARY``
+  when one is not UTF-8 (as tarfile and GNU tar write and read them, lossless);
 - a sparse file in GNU's PAX sparse format 1.0: headers ``GNU.sparse.major=1``,
   ``GNU.sparse.minor=0``, ``GNU.sparse.name`` (the real name) and
   ``GNU.sparse.realsize``; the member's data starts with the map (decimal
   ``count\\n`` then ``offset\\nlength\\n`` per data segment, padded to 512
-  bytes) followed by the data segments only. tarfile parses the map into
-  ``TarInfo.sparse``.
+  bytes) followed by the data segments only (``core.engines.files_pax``
+  writes and reads it; tarfile and GNU tar read it too).
 
 Every function here works on a directory fd plus a name, or on an fd, and
 never follows a symlink.
@@ -24,14 +24,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import tarfile
+
+from core.engines.files_pax import BLOCK
 
 XATTR_PREFIX = "SCHILY.xattr."
 # Attributes the target's own system sets (an SELinux label on every new file):
 # never removed for being absent from a backup.
 KEEP_TARGET_XATTRS = frozenset({"security.selinux"})
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
-# tarfile puts a member size of 8 GiB or more into a PAX "size" record, and then
+# Kept for other readers of our archives: tarfile puts a member size of 8 GiB or more into a PAX "size" record, and then
 # mis-computes where the next header starts for a sparse member (it uses the real
 # size). Sparse members are written only below that; a larger one goes dense
 # (same bytes, holes written as zeros).
@@ -71,18 +72,9 @@ def read_xattrs(target: int | str) -> dict[str, bytes]:
     return out
 
 
-def xattr_pax(xattrs: dict[str, bytes]) -> dict[str, str]:
-    """PAX records for ``xattrs`` (values as surrogate-escaped text, see the module doc)."""
-    return {XATTR_PREFIX + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()}
-
-
-def member_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
-    """The extended attributes a member carries."""
-    return {
-        k[len(XATTR_PREFIX) :]: v.encode("utf-8", "surrogateescape")
-        for k, v in member.pax_headers.items()
-        if k.startswith(XATTR_PREFIX)
-    }
+def xattr_records(xattrs: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """PAX records for ``xattrs``: the values' bytes as they are (see the module doc)."""
+    return [(XATTR_PREFIX + k, v) for k, v in xattrs.items()]
 
 
 def xattr_digests(xattrs: dict[str, bytes]) -> dict[str, str]:
@@ -129,4 +121,4 @@ def sparse_map_block(segments: list[tuple[int, int]]) -> bytes:
     """The map that starts a sparse 1.0 member's data, padded to a tar block."""
     text = f"{len(segments)}\n" + "".join(f"{off}\n{length}\n" for off, length in segments)
     raw = text.encode("ascii")
-    return raw + bytes(-len(raw) % tarfile.BLOCKSIZE)
+    return raw + bytes(-len(raw) % BLOCK)

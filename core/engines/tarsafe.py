@@ -40,36 +40,45 @@ import contextlib
 import errno
 import functools
 import grp
+import hashlib
 import os
 import pwd
 import shutil
 import stat
-import tarfile
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import BinaryIO, NoReturn
+from typing import NoReturn
 
-from core.engines.files_meta import KEEP_TARGET_XATTRS, entry_path, member_xattrs, read_xattrs, show_path
+from core.engines.files_meta import KEEP_TARGET_XATTRS, entry_path, read_xattrs, show_path
+from core.engines.files_pax import BLKTYPE, CHRTYPE, FIFOTYPE, REGULAR, ArchiveFormatError, Member, PaxReader
 from core.errors import UnsafeArchiveError
 
-_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-_SPECIAL = (tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE)
+_SPECIAL = (FIFOTYPE, CHRTYPE, BLKTYPE)
 # An xattr the target refuses is a note (and a verification failure), not a crash.
 _XATTR_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 
 
-def member_mtime_ns(member: tarfile.TarInfo) -> int:
-    """Exact mtime in ns: the PAX text when present (tarfile's float loses ns)."""
-    text = member.pax_headers.get("mtime")
-    if text is not None:
-        try:
-            return int(Decimal(text).scaleb(9))
-        except InvalidOperation:
-            pass
-    return int(member.mtime) * 1_000_000_000
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A regular file as this extraction left it: the SHA-256 of the bytes written, and the
+    identity and change time that prove nothing touched it since (see ``digest_if_unchanged``)."""
+
+    sha256: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+        )
 
 
 def split_member_name(name: str) -> list[str] | None:
@@ -89,7 +98,7 @@ def split_member_name(name: str) -> list[str] | None:
 @dataclass
 class _DirAttrs:
     parts: list[str]
-    member: tarfile.TarInfo
+    member: Member
 
 
 class SafeExtractor:
@@ -116,6 +125,9 @@ class SafeExtractor:
         self.notes: list[str] = []
         self.current = ""  # the member being extracted, for error messages
         self.owners_not_set = 0  # entries whose archived owner this process could not give them
+        # Regular files hashed while they were written: the restore's verification uses
+        # these instead of reading the files again, as long as they are unchanged since.
+        self.digests: dict[str, Written] = {}
 
     @property
     def archived_dirs(self) -> set[str]:
@@ -135,23 +147,20 @@ class SafeExtractor:
 
     # -- entry point -----------------------------------------------------------------
 
-    def extract_all(self, tar: tarfile.TarFile, finish: bool = True) -> int:
-        """Extract every member of ``tar`` (opened ``r|``); returns the member count.
+    def extract_all(self, reader: PaxReader, finish: bool = True) -> int:
+        """Extract every member ``reader`` yields; returns the member count.
 
         With ``finish=False`` the caller calls ``finish()`` itself (after changing
         the tree further: directory mtimes are set last)."""
         count = 0
-        while (member := tar.next()) is not None:
-            self.extract_member(tar, member)
+        while (member := reader.next()) is not None:
+            self.extract_member(reader, member)
             count += 1
-            # Stream mode keeps every TarInfo in ``members``; drop them so memory
-            # stays flat however many files the archive holds.
-            tar.members.clear()
         if finish:
             self.finish()
         return count
 
-    def extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def extract_member(self, reader: PaxReader, member: Member) -> None:
         """Validate one member, then write it (refusing before any write)."""
         parts = split_member_name(member.name)
         self.current = member.name
@@ -170,7 +179,7 @@ class SafeExtractor:
             link_parts = split_member_name(member.linkname)
             if not link_parts or "/".join(link_parts) not in self._files:
                 self._refuse(member, f"hard link to {member.linkname!r}, which is not a file earlier in this archive")
-        elif not (member.isdir() or member.type in _REGULAR or member.type in _SPECIAL):
+        elif not (member.isdir() or member.type in REGULAR or member.type in _SPECIAL):
             self._refuse(member, f"unsupported member type {member.type!r}")
 
         parent_fd = self._open_parent(member, parts)
@@ -179,6 +188,7 @@ class SafeExtractor:
         # Whatever was at this path before is gone after this member.
         self._files.discard(rel)
         self._links.discard(rel)
+        self.digests.pop(rel, None)
         try:
             name = parts[-1]
             if member.isdir():
@@ -201,7 +211,7 @@ class SafeExtractor:
                     self._files.add(rel)
             else:
                 self._remove_existing(parent_fd, name)
-                self._write_file(tar, member, parent_fd, name)
+                self._write_file(reader, member, parent_fd, name, rel)
                 self._files.add(rel)
         finally:
             os.close(parent_fd)
@@ -213,7 +223,7 @@ class SafeExtractor:
 
     # -- validation ------------------------------------------------------------------
 
-    def _refuse(self, member: tarfile.TarInfo, why: str) -> NoReturn:
+    def _refuse(self, member: Member, why: str) -> NoReturn:
         raise UnsafeArchiveError(
             f"{self.label}: archive member {member.name!r} is unsafe ({why}); archive refused, "
             f"nothing was written outside {self.dest}"
@@ -221,7 +231,7 @@ class SafeExtractor:
 
     # -- filesystem, always relative to a directory fd, never following symlinks --------
 
-    def _walk(self, parts: list[str], create: bool, member: tarfile.TarInfo | None = None) -> int:
+    def _walk(self, parts: list[str], create: bool, member: Member | None = None) -> int:
         """Open directory ``parts`` below dest without following any symlink.
 
         With ``create``, missing directories are made and a pre-existing file or
@@ -250,7 +260,7 @@ class SafeExtractor:
             os.close(fd)
             raise
 
-    def _open_parent(self, member: tarfile.TarInfo, parts: list[str]) -> int:
+    def _open_parent(self, member: Member, parts: list[str]) -> int:
         return self._walk(parts[:-1], create=True, member=member)
 
     def _existing(self, dir_fd: int, name: str) -> os.stat_result | None:
@@ -278,23 +288,31 @@ class SafeExtractor:
         # slip files in meanwhile, and read-only directories stay writable for us.
         os.mkdir(name, 0o700, dir_fd=dir_fd)
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, dir_fd: int, name: str) -> None:
+    def _write_file(self, reader: PaxReader, member: Member, dir_fd: int, name: str, rel: str) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
         try:
+            digest = None
             if member.sparse is not None:
-                self._write_sparse(tar, member, fd)
+                self._write_sparse(reader, member, fd)
             else:
-                data: BinaryIO | None = tar.extractfile(member)
-                if data is not None:
-                    while chunk := data.read(_CHUNK):
-                        _write_all(fd, chunk, None)
+                # Straight from the stream's chunks (one write per file for most files),
+                # hashed on the way so verification need not read the file again.
+                digest = hashlib.sha256()
+                for piece in reader.data():
+                    digest.update(piece)
+                    _write_all(fd, piece, None)
             # chown first: it clears set-uid/set-gid bits that chmod then restores,
             # and file capabilities, which the xattrs then restore.
             self._set_owner(member, fd=fd)
             os.fchmod(fd, member.mode & 0o7777)
             self._set_xattrs(member, fd)
             os.utime(fd, ns=self._times(member))
+            if digest is not None:
+                st = os.fstat(fd)
+                self.digests[rel] = Written(
+                    digest.hexdigest(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                )
         except BaseException:
             # Never leave a partial file behind (a full disk, a damaged stream).
             with contextlib.suppress(OSError):
@@ -303,32 +321,36 @@ class SafeExtractor:
         finally:
             os.close(fd)
 
-    def _write_sparse(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+    def _write_sparse(self, reader: PaxReader, member: Member, fd: int) -> None:
         """Write only the data segments at their offsets; holes stay holes."""
-        # The segments follow the map back to back; tarfile parsed the map and left
-        # its reader at their start (offset_data). Read them raw: extractfile would
-        # hand out the holes as zeros, and seeking it needs a seekable stream.
-        stream = tar.fileobj
-        assert stream is not None and member.sparse is not None
-        stream.seek(member.offset_data)
-        for offset, length in member.sparse:
-            pos, remaining = offset, length
-            while remaining:
-                chunk = stream.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise tarfile.ReadError(f"unexpected end of data in sparse member {member.name!r}")
-                _write_all(fd, chunk, pos)
-                pos += len(chunk)
-                remaining -= len(chunk)
+        # The segments follow the map back to back (the reader parsed the map).
+        assert member.sparse is not None
+        segments = iter(member.sparse)
+        pos, remaining = 0, 0
+        for piece in reader.data():
+            view = memoryview(piece)
+            while view:
+                while not remaining:
+                    try:
+                        pos, remaining = next(segments)
+                    except StopIteration:
+                        raise ArchiveFormatError(f"sparse member {member.name!r} has data beyond its map") from None
+                take = view[:remaining]
+                _write_all(fd, take, pos)
+                pos += len(take)
+                remaining -= len(take)
+                view = view[len(take) :]
+        if remaining or any(length for _, length in segments):
+            raise ArchiveFormatError(f"unexpected end of data in sparse member {member.name!r}")
         os.ftruncate(fd, member.size)
 
-    def _make_special(self, member: tarfile.TarInfo, dir_fd: int, name: str) -> bool:
+    def _make_special(self, member: Member, dir_fd: int, name: str) -> bool:
         """Create a fifo or device node as tar does; False (and a note) if this process cannot."""
         perm = member.mode & 0o7777
-        if member.type == tarfile.FIFOTYPE:
+        if member.type == FIFOTYPE:
             os.mkfifo(name, 0o600, dir_fd=dir_fd)
         else:
-            kind = stat.S_IFCHR if member.type == tarfile.CHRTYPE else stat.S_IFBLK
+            kind = stat.S_IFCHR if member.type == CHRTYPE else stat.S_IFBLK
             try:
                 os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
             except PermissionError:
@@ -343,10 +365,10 @@ class SafeExtractor:
         os.utime(name, ns=self._times(member), dir_fd=dir_fd, follow_symlinks=False)
         return True
 
-    def _set_xattrs(self, member: tarfile.TarInfo, target: int | str) -> None:
+    def _set_xattrs(self, member: Member, target: int | str) -> None:
         """Set the member's extended attributes on an fd, or on a path without following it."""
         follow = not isinstance(target, str)
-        for key, value in sorted(member_xattrs(member).items()):
+        for key, value in sorted(member.xattrs.items()):
             try:
                 os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
@@ -354,7 +376,7 @@ class SafeExtractor:
                     raise
                 self.notes.append(f"{show_path(member.name)}: extended attribute {key} not restored ({exc.strerror})")
 
-    def _hard_link(self, member: tarfile.TarInfo, dir_fd: int, name: str) -> None:
+    def _hard_link(self, member: Member, dir_fd: int, name: str) -> None:
         src = split_member_name(member.linkname) or []
         try:
             src_fd = self._walk(src[:-1], create=False)
@@ -379,7 +401,7 @@ class SafeExtractor:
             os.fchmod(fd, entry.member.mode & 0o7777)
             # An existing directory (restore in place) may carry attributes the backup
             # lacks, e.g. a default ACL new files would inherit: a mirror drops them.
-            keep = member_xattrs(entry.member)
+            keep = entry.member.xattrs
             for name in read_xattrs(fd):
                 if name not in keep and name not in KEEP_TARGET_XATTRS:
                     with contextlib.suppress(OSError):
@@ -389,12 +411,11 @@ class SafeExtractor:
         finally:
             os.close(fd)
 
-    def _times(self, member: tarfile.TarInfo) -> tuple[int, int]:
-        mtime = member_mtime_ns(member)
-        return (mtime, mtime)
+    def _times(self, member: Member) -> tuple[int, int]:
+        return (member.mtime_ns, member.mtime_ns)
 
     def _set_owner(
-        self, member: tarfile.TarInfo, fd: int | None = None, name: str | None = None, dir_fd: int | None = None
+        self, member: Member, fd: int | None = None, name: str | None = None, dir_fd: int | None = None
     ) -> None:
         if not self.set_owner:
             if (member.uid, member.gid) != (os.geteuid(), os.getegid()):

@@ -1,10 +1,12 @@
 """Writing and reading the chunked, sealed streams of one backup.
 
-Writer: plaintext is cut into fixed-size chunks; each is compressed, encrypted
-and stored by a small thread pool while the next is being read, with a bound on
-chunks in flight so memory stays flat whatever the stream's size. A chunk is
-sealed as non-final only once we know more data follows, so the last chunk
-always carries the "final" flag in its associated data (truncation shows).
+Writer: plaintext is cut into fixed-size chunks; each is hashed into the
+stream's SHA-256 (in chunk order), compressed, encrypted and stored by a small
+thread pool while the next is being read, with a bound on chunks in flight so
+memory stays flat whatever the stream's size. The producer (pg_dump's pipe, the
+files engine's walk) thus only copies bytes: every per-byte cost runs beside it.
+A chunk is sealed as non-final only once we know more data follows, so the last
+chunk always carries the "final" flag in its associated data (truncation shows).
 
 Reader: fetches and opens chunks ahead of the consumer (bounded), checks each
 stored object's SHA-256 against the manifest, then the GCM tag, then the whole
@@ -54,6 +56,9 @@ class StreamWriter:
         self._buf = bytearray()
         self._index = 0
         self._hash = hashlib.sha256()
+        # The stream hash is fed by the pool's tasks, each waiting for its chunk's turn.
+        self._turn = threading.Condition()
+        self._hashed = 0
         self._plain = 0
         self._futures: deque[Future] = deque()
         self._records: list[ChunkRecord] = []
@@ -61,8 +66,22 @@ class StreamWriter:
         self._slots = slots
         self.record: StreamRecord | None = None
 
+    def _hash_in_order(self, index: int, data: bytes) -> None:
+        """Add chunk ``index`` to the stream's SHA-256 once every earlier chunk is in it.
+
+        Tasks start in submission order, so chunk ``index - 1`` is always already
+        running or done when chunk ``index`` waits here: the wait cannot deadlock."""
+        with self._turn:
+            while self._hashed != index:
+                self._turn.wait()
+        self._hash.update(data)
+        with self._turn:
+            self._hashed += 1
+            self._turn.notify_all()
+
     def _store_chunk(self, index: int, final: bool, data: bytes) -> ChunkRecord:
         try:
+            self._hash_in_order(index, data)
             blob = self._sealer.seal(self.name, index, final, data)
             self._store.put(chunk_key(self._backup_id, self.name, index), blob)
             return ChunkRecord(sha256=hashlib.sha256(blob).hexdigest(), stored=len(blob), plain=len(data))
@@ -71,7 +90,6 @@ class StreamWriter:
 
     def _emit(self, data: bytes, final: bool) -> None:
         cancel.check(f"backup {self._backup_id}")  # SIGINT/SIGTERM: stop here, the backup ends FAILED
-        self._hash.update(data)
         self._plain += len(data)
         self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered per backup
         self._futures.append(self._pool.submit(self._store_chunk, self._index, final, data))
