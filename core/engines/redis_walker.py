@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from core.engines.rdb_scan import ALGORITHM, RdbScanner, dump_part
 from core.engines.redis_checks import KeyspaceChecks
@@ -62,7 +63,7 @@ class _Expired:
         }
 
 
-def _walk(mode: str, params: dict[str, Any], read) -> dict[str, Any]:
+def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]:
     checks = KeyspaceChecks(int(params["now_ms"]), ALGORITHM)
     expired = _Expired(params.get("notes_before_ms"))
 
@@ -72,6 +73,10 @@ def _walk(mode: str, params: dict[str, Any], read) -> dict[str, Any]:
             expired.add(db, key, expire_ms)
 
     out: dict[str, Any] = {}
+
+    def read() -> bytes:
+        return stream.read1(READ_SIZE)
+
     if mode == "rdb":
         scanner = RdbScanner(on_key, checks.add_function)
         info = scanner.run(read)
@@ -91,21 +96,8 @@ def _walk(mode: str, params: dict[str, Any], read) -> dict[str, Any]:
     elif mode == "records":
         from core.engines.redis_logical import iter_records
 
-        class _Pipe:
-            def __init__(self) -> None:
-                self.buf = b""
-
-            def read(self, n: int) -> bytes:
-                while len(self.buf) < n:
-                    more = read()
-                    if not more:
-                        break
-                    self.buf += more
-                data, self.buf = self.buf[:n], self.buf[n:]
-                return data
-
         keys = 0
-        for record in iter_records(_Pipe()):
+        for record in iter_records(stream):
             type_name, part = dump_part(record.payload)
             on_key(record.db, record.key, type_name, None if record.expire_at_ms < 0 else record.expire_at_ms, part)
             keys += 1
@@ -119,13 +111,9 @@ def _walk(mode: str, params: dict[str, Any], read) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     mode, params = argv[0], json.loads(argv[1])
-    stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
-
-    def read() -> bytes:
-        return stdin.read(READ_SIZE)
-
+    stdin = io.BufferedReader(io.FileIO(0, "rb", closefd=False), buffer_size=READ_SIZE)
     try:
-        out = _walk(mode, params, read)
+        out = _walk(mode, params, stdin)
     except (EngineError, IntegrityError) as exc:
         out = {"error": str(exc), "kind": type(exc).__name__}
     sys.stdout.write(json.dumps(out))
