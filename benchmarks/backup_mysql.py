@@ -320,7 +320,9 @@ def run(args: argparse.Namespace) -> dict:
                 if "restore" in steps:
                     ours.restore(sample("restore_s"))
         if "native" in steps:
-            out["native_dump_bytes"] = int(timed(f"mariadb-dump {conn} --single-transaction {shlex.quote(db)} | wc -c")[1])
+            out["native_dump_bytes"] = int(
+                timed(f"mariadb-dump {conn} --single-transaction {shlex.quote(db)} | wc -c")[1]
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rounds.summarize(out, args.repeat)

@@ -643,3 +643,149 @@ def test_history_that_cannot_be_dumped_is_listed_as_skipped_and_noted(mysql_serv
 
     assert notes == expected
     verify_target(engine, result.checks, manifest.id)  # current rows verified, without the period columns
+
+
+# --- the per-table layout (large databases) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def split_backup(mysql_server, seeded, keyring, tmp_path_factory):
+    """The seeded database backed up in the per-table layout (the size threshold lowered to 1 byte)."""
+    os.environ["GENESIS_DR_MYSQL_SPLIT_MIN_BYTES"] = "1"
+    try:
+        vault_dir = tmp_path_factory.mktemp("split-vault")
+        vault = _vault(vault_dir)
+        manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
+    finally:
+        del os.environ["GENESIS_DR_MYSQL_SPLIT_MIN_BYTES"]
+    with mysql_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        binlog_after = cur.fetchone()[:2]
+    return {"vault": vault, "vault_dir": vault_dir, "manifest": manifest, "binlog_after": binlog_after}
+
+
+def test_large_database_is_split_per_table_and_round_trips_exactly(mysql_server, seeded, split_backup, keyring):
+    manifest = split_backup["manifest"]
+    names = {s.name for s in manifest.streams}
+    assert {"layout.json", "schema.sql", "post.sql", "grants.json"} <= names and "dump.sql" not in names
+    data = sorted(n for n in names if n.startswith("data-"))
+    base_tables = [t for t, kind, *_ in seeded["snapshot"]["tables"] if kind not in ("VIEW", "SEQUENCE")]
+    assert len(data) == len(base_tables) > 5  # one stream per table
+    # One instant: the position is where the binlog stood, as for the single stream.
+    assert (manifest.position["binlog_file"], manifest.position["binlog_pos"]) == split_backup["binlog_after"]
+
+    target_db = mysql_server.fresh_database_name("split")
+    engine = MySQLEngine(mysql_server.config("app-db", target_db))
+    report = restore_backup(split_backup["vault"], keyring, manifest.id, engine)
+
+    assert report.verified_checks > 20 and report.notes == []
+    with mysql_server.connect(target_db) as conn:
+        assert snapshot_mysql(conn) == seeded["snapshot"]  # tables, views, triggers, routines, events, grants
+
+
+def test_split_restore_verifies_tables_while_loading_and_still_sees_later_changes(
+    mysql_server, split_backup, keyring, monkeypatch
+):
+    from core.engines import mysql_checks
+
+    target_db = mysql_server.fresh_database_name("split_verify")
+    engine = MySQLEngine(mysql_server.config("app-db", target_db))
+    notes, checks = _restore_with_engine(split_backup["vault"], keyring, split_backup["manifest"].id, engine)
+    read_again = []
+    real = mysql_checks.table_entry
+    monkeypatch.setattr(
+        mysql_checks, "table_entry", lambda cur, db, name, *a: read_again.append(name) or real(cur, db, name, *a)
+    )
+    assert compare_checks(checks, engine.collect_checks(checks)) == []
+    innodb = {n for n, t in checks["tables"].items() if t.get("engine") == "InnoDB"}
+    assert innodb and not innodb & set(read_again)  # checked during the load: no second pass
+
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tags SET weight = weight + 1 WHERE tag = 'red' LIMIT 1")
+    diffs = compare_checks(checks, engine.collect_checks(checks))
+    assert any(d.startswith("tables.tags.checksum") for d in diffs), diffs
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tags SET weight = weight - 1 WHERE tag = 'red' LIMIT 1")
+        cur.execute("DELETE FROM tags WHERE tag = 'red' LIMIT 1")
+    diffs = compare_checks(checks, engine.collect_checks(checks))
+    assert any(d.startswith("tables.tags.rows") for d in diffs), diffs
+
+
+def test_tampered_table_stream_is_rejected_before_the_target_is_dropped(mysql_server, split_backup, keyring, tmp_path):
+    import shutil
+
+    vault_dir = tmp_path / "v"
+    shutil.copytree(split_backup["vault_dir"], vault_dir)
+    manifest = split_backup["manifest"]
+    stream = sorted(s.name for s in manifest.streams if s.name.startswith("data-"))[0]
+    chunk = sorted((vault_dir / "backups" / manifest.id / "streams" / stream).iterdir())[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    target_db = mysql_server.create_database("keep")
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE precious (id INT PRIMARY KEY)")
+        cur.execute("INSERT INTO precious VALUES (7)")
+
+    with pytest.raises(IntegrityError):
+        restore_backup(
+            _vault(vault_dir), keyring, manifest.id, engine_for(mysql_server.config("a", target_db)), force=True
+        )
+
+    with mysql_server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM precious")
+        assert cur.fetchall() == ((7,),)
+
+
+def test_table_splitter_ignores_piece_boundaries():
+    from core.engines.mysql_split import TableSplitter
+
+    header = b"/*!40101 SET NAMES utf8mb4 */;\n\n--\n"  # everything before the first table's comment
+    dump = (
+        header
+        + b"-- Dumping data for table `a`\n--\n\nINSERT INTO `a` VALUES (1,'-- Dumping data for table `b`');\n"
+        + b"\n--\n-- Dumping data for table `we``ird`\n--\n\nINSERT INTO `we``ird` VALUES (2);\n-- Dump completed\n"
+    )
+
+    class Sink:
+        def __init__(self):
+            self.streams = {}
+
+        def open_stream(self, name):
+            from contextlib import contextmanager
+
+            @contextmanager
+            def cm():
+                parts = []
+
+                class W:
+                    def write(self, b):
+                        parts.append(bytes(b))
+
+                yield W()
+                self.streams[name] = b"".join(parts)
+
+            return cm()
+
+    for piece in (1, 3, 17, len(dump)):
+        sink = Sink()
+        splitter = TableSplitter(sink, {"a": "data-0000.sql", "we`ird": "data-0001.sql"})
+        started = []
+
+        class Pipe:
+            def __init__(self, size):
+                self.pos, self.size = 0, size
+
+            def read(self, n):
+                out = dump[self.pos : self.pos + self.size]
+                self.pos += self.size
+                return out
+
+        splitter.consume(Pipe(piece), lambda s=started: s.append(1))
+        assert splitter.tables == ["a", "we`ird"] and started
+        assert sink.streams["data-0000.sql"].startswith(header + b"-- Dumping data for table `a`")
+        assert b"VALUES (1,'-- Dumping data for table `b`')" in sink.streams["data-0000.sql"]
+        assert sink.streams["data-0001.sql"].startswith(header + b"-- Dumping data for table `we``ird`")
+        assert sink.streams["data-0001.sql"].endswith(b"VALUES (2);\n-- Dump completed\n")
+        # Nothing lost or doubled: the header once, then each table's section.
+        assert header + b"".join(sink.streams[n][len(header) :] for n in sorted(sink.streams)) == dump

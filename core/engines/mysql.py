@@ -554,9 +554,7 @@ class MySQLEngine(Engine):
                 sizes = _table_sizes(cur, cfg.database, inventory)
                 base_args = self._dump_args(tool_flavor, tool_numeric, info)
                 if sum(sizes.values()) >= mysql_split.split_min_bytes():
-                    facts = self._dump_split(
-                        sink, tool, base_args, history, lock, checker, sizes, position, info, cur
-                    )
+                    facts = self._dump_split(sink, tool, base_args, history, lock, checker, sizes, position, info, cur)
                 else:
                     dump_args = self._with_coordinates(base_args, tool_flavor, tool_numeric, info)
                     facts = self._stream_dump(
@@ -682,6 +680,7 @@ class MySQLEngine(Engine):
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
             )
             stderr = _Tail(proc.stderr)
+
             def opened() -> None:
                 lock.release()
                 then()
@@ -745,19 +744,24 @@ class MySQLEngine(Engine):
         try:
             accounts, me = self._prepare_target(result.checks.get("database") or {})
             names = source.stream_names()
+            notes: list[str] = []
+
+            def grant() -> None:
+                if mysql_grants.STREAM in names:
+                    data = b"".join(source.iter_stream(mysql_grants.STREAM))
+                    with self._session(None, "granting the backup's privileges") as (_, cur):
+                        notes.extend(mysql_grants.apply(cur, data, cfg.database, accounts))
+
             if mysql_split.LAYOUT_STREAM in names:
-                rewriters = self._restore_split(client, source, result, source_db, accounts)
+                rewriters = self._restore_split(client, source, result, source_db, accounts, grant)
             else:  # the single dump.sql (small databases, and every backup before the per-table layout)
                 rewriters = [DumpRewriter(source_db, cfg.database, accounts)]
                 self._run_client(client, source, STREAM, rewriters[0])
-            notes = [
+                grant()
+            notes[:0] = [
                 f"{kind} {name}: definer {definer} does not exist on the target; it now runs as {me}"
                 for kind, name, definer in sorted(o for r in rewriters for o in r.objects)
             ]
-            if mysql_grants.STREAM in names:
-                data = b"".join(source.iter_stream(mysql_grants.STREAM))
-                with self._session(None, "granting the backup's privileges") as (_, cur):
-                    notes += mysql_grants.apply(cur, data, cfg.database, accounts)
             notes += self._event_notes(result)
             notes += list(getattr(result, "skipped", None) or [])  # left out at backup time
         except DRError as exc:
@@ -773,29 +777,45 @@ class MySQLEngine(Engine):
         return notes
 
     def _restore_split(
-        self, client: str, source: StreamSource, result: BackupResult, source_db: str, accounts: set[tuple[str, str]]
+        self,
+        client: str,
+        source: StreamSource,
+        result: BackupResult,
+        source_db: str,
+        accounts: set[tuple[str, str]],
+        grant: Callable[[], None],
     ) -> list[DumpRewriter]:
-        """Schema, then the per-table data streams ``mysql_split.jobs()`` at a time (largest
-        first), then triggers and events. Each table is checked as soon as its load ends,
-        while the others still load (see ``collect_checks`` for when those checks count)."""
+        """Schema and grants, then the per-table data streams ``mysql_split.jobs()`` at a time
+        (largest first), then triggers and events. Each table is checked as soon as its load
+        ends, while the others still load (see ``_checks_still_valid`` for when those count)."""
         db = self.config.database
         where = f"restore into {self.describe()}"
         layout = mysql_split.decode_layout(b"".join(source.iter_stream(mysql_split.LAYOUT_STREAM)), where)
         names = set(source.stream_names())
         absent = sorted(set(layout) - names)
         if absent or not {mysql_split.SCHEMA_STREAM, mysql_split.POST_STREAM} <= names:
-            raise IntegrityError(f"{where}: the backup lacks stream {(absent or ['schema.sql/post.sql'])[0]}; it is damaged")
+            raise IntegrityError(
+                f"{where}: the backup lacks stream {(absent or ['schema.sql/post.sql'])[0]}; it is damaged"
+            )
         schema = DumpRewriter(source_db, db, accounts)
         self._run_client(client, source, mysql_split.SCHEMA_STREAM, schema)
+        grant()  # before the loads: grants change no rows, and nothing of ours may write after `before`
         reference = result.checks or {}
         algorithm = reference.get("algorithm")
         verify = algorithm in mysql_checks.ALGORITHMS and algorithm != "mysql-checks/1" and "tables" in reference
         history = {n for n, t in (reference.get("tables") or {}).items() if t.get("history")}
         inventory: dict[str, Any] = {"tables": {}}
         before: dict[str, int] | None = None
+        partitioned: set[str] = set()
         if verify:
             with self._session(db, "reading the restored schema") as (_, cur):
                 inventory = mysql_checks.inventory(cur, db, algorithm)
+                cur.execute(
+                    "SELECT DISTINCT TABLE_NAME FROM information_schema.PARTITIONS "
+                    "WHERE TABLE_SCHEMA = %s AND PARTITION_NAME IS NOT NULL",
+                    (db,),
+                )
+                partitioned = {name for (name,) in cur.fetchall()}
                 before = _write_counters(cur)
         checked: dict[str, tuple[int, str]] = {}
         clients = _Clients()
@@ -811,13 +831,20 @@ class MySQLEngine(Engine):
         post = DumpRewriter(source_db, db, accounts)
         self._run_client(client, source, mysql_split.POST_STREAM, post)
         if before is not None:
-            innodb = {n for n, t in inventory["tables"].items() if t.get("engine") == "InnoDB"}
-            self._loaded = {
-                "algorithm": algorithm,
-                "before": before,
-                "inserted": sum(checked[n][0] for n in innodb if n in checked),
-                "rows": {n: checked[n] for n in innodb if n in checked},
-            }
+            with self._session(db, "reading the write counters") as (_, cur):
+                end = _write_counters(cur)
+            # Our own writes since `before`: every row loaded (twice in a partitioned table: the
+            # partition handler counts, and so does the partition's), one mysql.event row per event.
+            expected = dict(before)
+            expected["Handler_write"] += sum(n * (2 if t in partitioned else 1) for t, (n, _) in checked.items())
+            expected["Handler_write"] += len(reference.get("events") or {})
+            if end == expected and len(checked) == len(inventory["tables"]):
+                self._loaded = {"algorithm": algorithm, "counters": end, "rows": checked}
+            else:
+                log.info(
+                    "restore into %s: the server was written to during the load; the checks will read every table again",
+                    self.describe(),
+                )
         return [schema, post]
 
     def _run_client(
@@ -964,7 +991,7 @@ class MySQLEngine(Engine):
             kept = self._checks_still_valid(cur, algorithm)
             rows = {
                 name: kept[name]
-                if name in kept and t.get("engine") == "InnoDB"
+                if name in kept
                 else mysql_checks.table_entry(cur, db, name, t, name in history, algorithm)
                 for name, t in sorted(inventory["tables"].items())
             }
@@ -993,19 +1020,16 @@ class MySQLEngine(Engine):
         loaded = getattr(self, "_loaded", None)
         if not loaded or loaded["algorithm"] != algorithm:
             return {}
-        now = _write_counters(cur)
-        expected = dict(loaded["before"])
-        expected["Innodb_rows_inserted"] += loaded["inserted"]
-        if now != expected:
+        if _write_counters(cur) != loaded["counters"]:
             log.info("checks of %s: the server was written to since the restore; reading every table", self.describe())
             return {}
         return loaded["rows"]
 
 
 _WRITE_COUNTERS = (
-    "Innodb_rows_inserted",
-    "Innodb_rows_updated",
-    "Innodb_rows_deleted",
+    "Handler_write",
+    "Handler_update",
+    "Handler_delete",
     "Com_truncate",
     "Com_drop_table",
     "Com_create_table",

@@ -428,9 +428,7 @@ def checked_columns(info: dict[str, Any], history: bool) -> tuple[list[str], boo
 def table_entry(cur, database: str, name: str, info: dict[str, Any], history: bool, algorithm: str) -> tuple[int, str]:
     """(rows, checksum) of one table of ``inventory``, as ``build_checks`` records it."""
     columns, all_versions = checked_columns(info, history)
-    return table_checksum(
-        cur, database, name, columns, all_versions, algorithm=algorithm, kinds=info.get("kinds")
-    )
+    return table_checksum(cur, database, name, columns, all_versions, algorithm=algorithm, kinds=info.get("kinds"))
 
 
 def algorithm_of(inv: dict[str, Any], algorithm: str) -> str:
