@@ -398,8 +398,8 @@ class PaxReader:
             return None
         checksum = _number(block[148:156])
         unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        signed = unsigned - sum(b for b in block[:148] + block[156:] if b > 127) * 256
-        if checksum not in (unsigned, signed):
+        # Some old tars summed signed chars; tarfile accepts both, and so do we.
+        if checksum != unsigned and checksum != unsigned - 256 * sum(b > 127 for b in block[:148] + block[156:]):
             raise ArchiveFormatError("bad header checksum")
         return block
 

@@ -27,6 +27,8 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import methodcaller
 
 from core.engines.rdb_encodings import (
     as_bytes,
@@ -40,6 +42,7 @@ from core.errors import EngineError
 MAX_RDB_VERSION = 12
 _STREAM_THRESHOLD = 1 << 16
 _MOD = 1 << 256
+_DIGEST = methodcaller("digest")
 
 # Opcodes (rdb.h).
 _OP_SLOT_INFO = 244
@@ -155,6 +158,12 @@ class UnorderedDigest:
         # Reduced once in ``digest``: a million additions grow the sum by only 20 bits.
         self.total += int.from_bytes(hashlib.sha256(data).digest(), "big")
         self.count += 1
+
+    def add_many(self, entries: list[bytes]) -> None:
+        """``add`` each entry; the loop runs in C (map over built-ins), not in Python bytecode."""
+        hashes = map(_DIGEST, map(hashlib.sha256, entries))
+        self.total += sum(map(int.from_bytes, hashes, repeat("big")))
+        self.count += len(entries)
 
     def digest(self) -> bytes:
         return (self.total % _MOD).to_bytes(32, "big")

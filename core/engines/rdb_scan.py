@@ -49,12 +49,14 @@ from core.engines.rdb import (
     _corrupt,
     _read_text_double,
     _walk_module_values,
+    lp,
     read_len,
     read_length,
     read_object,
     read_string,
 )
 from core.engines.rdb_encodings import as_bytes, intset_items, listpack_items, lzf_decompress, ziplist_items
+from core.engines.redis_checks import key_entry
 from core.errors import EngineError
 
 ALGORITHM = "redis-checks/3"
@@ -70,8 +72,6 @@ _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 _LE_F64 = struct.Struct("<d")
 _INTS = [b"%d" % n for n in range(128)]
-
-KeyCallback = Callable[[int, bytes, str, "int | None", bytes], None]
 
 
 def _lengths(items: list[bytes]) -> bytes:
@@ -473,13 +473,41 @@ def read_object3(r: ByteReader, rtype: int) -> tuple[str, bytes]:
 
 
 class RdbScanner:
-    """Walks a whole RDB, calling ``on_key(db, key, type, expire_ms, part)`` and ``on_function(code)``."""
+    """Walks a whole RDB into ``checks`` (a ``KeyspaceChecks`` of ``redis-checks/3``).
 
-    def __init__(self, on_key: KeyCallback, on_function: Callable[[bytes], None] | None = None) -> None:
-        self.on_key = on_key
-        self.on_function = on_function
+    Keys without a TTL are hashed in batches (``KeyspaceChecks.add_persistent``);
+    keys with one go through ``checks.add`` and, if given,
+    ``on_volatile(db, key, expire_ms)``; function libraries through
+    ``checks.add_function``.
+    """
+
+    def __init__(self, checks, on_volatile: Callable[[int, bytes, int], None] | None = None) -> None:
+        self.checks = checks
+        self.on_volatile = on_volatile
         self.info = RdbInfo()
         self.consumed = 0  # bytes of the RDB, up to and including its checksum
+        self.rest = b""  # what followed the checksum in the last piece read
+        self._batches: dict[int, list[bytes]] = {}
+
+    def _key(self, state: list, key: bytes, type_name: str, part: bytes) -> None:
+        """A key the window parser does not batch (it has a TTL, or the streaming path read it)."""
+        db, expire = state
+        self.info.keys += 1
+        self.info.databases.add(db)
+        state[1] = None
+        if expire is None:
+            self._batches.setdefault(db, []).append(key_entry(key, type_name, part))
+            return
+        self.checks.add(db, key, type_name, expire, part)
+        if self.on_volatile is not None:
+            self.on_volatile(db, key, expire)
+
+    def _flush(self) -> None:
+        for db, entries in self._batches.items():
+            if entries:
+                self.info.databases.add(db)
+                self.checks.add_persistent(db, entries)
+                entries.clear()
 
     def run(self, fill: Callable[[], bytes]) -> RdbInfo:
         """``fill()`` returns the next piece (``b""`` at the end). Stops after the trailing checksum;
@@ -491,6 +519,7 @@ class RdbScanner:
 
         def refill(want: int) -> None:
             nonlocal buf, pos, eof, base
+            self._flush()
             pieces = [buf[pos:]]
             have = len(pieces[0])
             while have < want and not eof:
@@ -515,8 +544,7 @@ class RdbScanner:
                 f"(<= {MAX_RDB_VERSION}); use mode 'logical' for this source or upgrade genesis-dr"
             )
         pos = 9
-        state = [0, None]  # db, pending expire
-        on_key = self.on_key
+        state: list = [0, None]  # db, pending expire
         window: list = [b"", 0]  # what the streaming path reads first: (buffer, offset)
 
         def slow_fill() -> bytes:
@@ -531,37 +559,50 @@ class RdbScanner:
             eof = not piece
             return piece
 
+        batch = self._batches.setdefault(0, [])
+        typed = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash")}
+        string_type = typed["string"]
+        pack = _U64.pack
+        keys = 0
         while True:
             if len(buf) - pos < WINDOW and not eof:
                 refill(2 * WINDOW)
+            size = len(buf)
             start = pos
             try:
                 op = buf[pos]
-                if op == 0:  # a string key: half of most datasets, so inline
-                    key, pos = _string(buf, pos + 1)
-                    value, pos = _string(buf, pos)
-                    n = len(value)
-                    on_key(
-                        state[0],
-                        key,
-                        "string",
-                        state[1],
-                        _U64.pack(n) + value if n <= INLINE_STRING else string_part(value),
-                    )
-                    info.keys += 1
-                    info.databases.add(state[0])
-                    state[1] = None
-                    continue
                 if op < 0xF4:  # a key and its value
-                    key, pos = _string(buf, pos + 1)
-                    type_name, part, pos = _object(buf, pos, op)
-                    on_key(state[0], key, type_name, state[1], part)
-                    info.keys += 1
-                    info.databases.add(state[0])
-                    state[1] = None
+                    b = buf[pos + 1]
+                    if b < 0x40:  # the usual short key, read inline
+                        pos += 2 + b
+                        if pos > size:
+                            raise _Short
+                        key = buf[start + 2 : pos]
+                    else:
+                        key, pos = _string(buf, pos + 1)
+                    if op == 0:  # a string value: half of most datasets, so inline too
+                        b = buf[pos]
+                        if b < 0x40:
+                            end = pos + 1 + b
+                            if end > size:
+                                raise _Short
+                            value = buf[pos + 1 : end]
+                            pos = end
+                        else:
+                            value, pos = _string(buf, pos)
+                        n = len(value)
+                        type_name = "string"
+                        part = pack(n) + value if n <= INLINE_STRING else string_part(value)
+                    else:
+                        type_name, part, pos = _object(buf, pos, op)
+                    if state[1] is None:
+                        batch.append(pack(len(key)) + key + (string_type if op == 0 else typed[type_name]) + part)
+                        keys += 1
+                    else:
+                        self._key(state, key, type_name, part)
                     continue
                 if op == _OP_EXPIRETIME_MS:
-                    if pos + 9 > len(buf):
+                    if pos + 9 > size:
                         raise _Short
                     state[1] = int.from_bytes(buf[pos + 1 : pos + 9], "little", signed=True)
                     pos += 9
@@ -582,7 +623,10 @@ class RdbScanner:
             done = self._slow_entry(reader, state)
             base += start + reader.consumed
             buf, pos = reader.remaining() + buf[window[1] :], 0
+            batch = self._batches.setdefault(state[0], [])
             if done:
+                self._flush()
+                info.keys += keys
                 self.consumed = base
                 self.rest = buf
                 return info
@@ -612,9 +656,7 @@ class RdbScanner:
         elif op == _OP_IDLE:
             read_len(r)
         elif op == _OP_FUNCTION2:
-            code = read_string(r)
-            if self.on_function is not None:
-                self.on_function(code)
+            self.checks.add_function(read_string(r))
         elif op == _OP_FUNCTION_PRE_GA:
             read_string(r)  # name
             read_string(r)  # engine
@@ -633,10 +675,7 @@ class RdbScanner:
         else:
             key = read_string(r)
             type_name, part = read_object3(r, op)
-            self.on_key(state[0], key, type_name, state[1], part)
-            info.keys += 1
-            info.databases.add(state[0])
-            state[1] = None
+            self._key(state, key, type_name, part)
         return False
 
 

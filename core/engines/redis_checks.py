@@ -67,8 +67,7 @@ class KeyspaceChecks:
         """Count one key; ``expire_ms`` is its absolute expiry or None."""
         if expire_ms is not None and expire_ms <= self.now_ms:
             return  # already expired at backup time: logically gone
-        typed = _TYPES.get(type_name) or lp(type_name.encode())
-        entry = len(key).to_bytes(8, "big") + key + typed + value_digest
+        entry = key_entry(key, type_name, value_digest)
         if expire_ms is None:
             digest = self._persistent.get(db)
             if digest is None:
@@ -78,6 +77,13 @@ class KeyspaceChecks:
             self._volatile.setdefault(db, UnorderedDigest()).add(entry)
             if self.first_expiry_ms is None or expire_ms < self.first_expiry_ms:
                 self.first_expiry_ms = expire_ms
+
+    def add_persistent(self, db: int, entries: list[bytes]) -> None:
+        """Count keys without a TTL of one database, given as their ``entry`` bytes (the walker's batches)."""
+        digest = self._persistent.get(db)
+        if digest is None:
+            digest = self._persistent[db] = UnorderedDigest()
+        digest.add_many(entries)
 
     def to_dict(self) -> dict[str, Any]:
         """The checks, shaped as documented above."""
@@ -93,6 +99,11 @@ class KeyspaceChecks:
 
 
 _TYPES = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash", "stream")}
+
+
+def key_entry(key: bytes, type_name: str, value_digest: bytes) -> bytes:
+    """What is hashed for one key: its name, its logical type and its value's digest (or part)."""
+    return len(key).to_bytes(8, "big") + key + (_TYPES.get(type_name) or lp(type_name.encode())) + value_digest
 
 
 def _entry(persistent: UnorderedDigest | None, volatile: UnorderedDigest | None) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]
         return stream.read1(READ_SIZE)
 
     if mode == "rdb":
-        scanner = RdbScanner(on_key, checks.add_function)
+        scanner = RdbScanner(checks, expired.add)
         info = scanner.run(read)
         trailing = len(scanner.rest)
         while True:

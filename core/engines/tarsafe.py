@@ -45,6 +45,9 @@ import os
 import pwd
 import shutil
 import stat
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -57,6 +60,13 @@ _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _SPECIAL = (FIFOTYPE, CHRTYPE, BLKTYPE)
 # An xattr the target refuses is a note (and a verification failure), not a crash.
 _XATTR_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.E2BIG, errno.ERANGE)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Regular files of one directory are written by a few threads at once: creating a file
+# is kernel work (inode, directory entry) that a single thread would do one at a time,
+# while this thread parses the next members. Their data (views of the stream's
+# chunks) is held until written, up to this many bytes; a larger file is written here.
+WRITERS = 2
+WRITE_AHEAD_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,15 @@ class SafeExtractor:
         # Regular files hashed while they were written: the restore's verification uses
         # these instead of reading the files again, as long as they are unchanged since.
         self.digests: dict[str, Written] = {}
+        # The parent directory of the last member, kept open: most members share it.
+        self._parent_key: tuple[str, ...] | None = None
+        self._parent_fd = -1
+        # Files being written by the pool: all in the parent directory above, distinct names.
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[tuple[Future, Member, str, int]] = deque()
+        self._pending: set[str] = set()
+        self._pending_bytes = 0
+        self._count_lock = threading.Lock()
 
     @property
     def archived_dirs(self) -> set[str]:
@@ -135,6 +154,12 @@ class SafeExtractor:
         return {"/".join(d.parts) for d in self._dirs}
 
     def close(self) -> None:
+        # Nothing may write into the target once the caller moves on (to clean it up).
+        self._drain(quiet=True)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._drop_parent()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -156,6 +181,7 @@ class SafeExtractor:
         while (member := reader.next()) is not None:
             self.extract_member(reader, member)
             count += 1
+        self._drain()
         if finish:
             self.finish()
         return count
@@ -182,42 +208,105 @@ class SafeExtractor:
         elif not (member.isdir() or member.type in REGULAR or member.type in _SPECIAL):
             self._refuse(member, f"unsupported member type {member.type!r}")
 
+        key = tuple(parts[:-1])
+        dense = member.type in REGULAR and member.sparse is None
+        if self._jobs and (not dense or key != self._parent_key or rel in self._pending):
+            self._drain()
+        kept = "/".join(self._parent_key) if self._parent_key is not None else None
+        if kept is not None and (rel == kept or kept.startswith(rel + "/")):
+            self._drop_parent()  # this member replaces the kept directory (or one above it)
         parent_fd = self._open_parent(member, parts)
+        self.current = member.name
         for i in range(1, len(parts) + 1):
             self.written.add("/".join(parts[:i]))
         # Whatever was at this path before is gone after this member.
         self._files.discard(rel)
         self._links.discard(rel)
         self.digests.pop(rel, None)
-        try:
-            name = parts[-1]
-            if member.isdir():
-                self._make_dir(parent_fd, name)
-                self._dirs.append(_DirAttrs(parts, member))
-            elif member.issym():
-                self._remove_existing(parent_fd, name)
-                os.symlink(member.linkname, name, dir_fd=parent_fd)
-                self._links.add(rel)
-                self._set_owner(member, name=name, dir_fd=parent_fd)
-                self._set_xattrs(member, entry_path(parent_fd, name))
-                os.utime(name, ns=self._times(member), dir_fd=parent_fd, follow_symlinks=False)
-            elif member.islnk():
-                self._remove_existing(parent_fd, name)
-                self._hard_link(member, parent_fd, name)
-                self._files.add(rel)
-            elif member.type in _SPECIAL:
-                self._remove_existing(parent_fd, name)
-                if self._make_special(member, parent_fd, name):
-                    self._files.add(rel)
+        name = parts[-1]
+        if dense:
+            self._files.add(rel)
+            if member.size > WRITE_AHEAD_BYTES:
+                self._store_written(rel, self._write_file(parent_fd, name, member, reader.data(), self.notes))
             else:
-                self._remove_existing(parent_fd, name)
-                self._write_file(reader, member, parent_fd, name, rel)
+                self._submit(parent_fd, name, rel, member, list(reader.data()))
+            return
+        if member.isdir():
+            self._make_dir(parent_fd, name)
+            self._dirs.append(_DirAttrs(parts, member))
+        elif member.issym():
+            self._remove_existing(parent_fd, name)
+            os.symlink(member.linkname, name, dir_fd=parent_fd)
+            self._links.add(rel)
+            self._set_owner(member, name=name, dir_fd=parent_fd)
+            self._set_xattrs(member, entry_path(parent_fd, name))
+            os.utime(name, ns=self._times(member), dir_fd=parent_fd, follow_symlinks=False)
+        elif member.islnk():
+            self._remove_existing(parent_fd, name)
+            self._hard_link(member, parent_fd, name)
+            self._files.add(rel)
+        elif member.type in _SPECIAL:
+            self._remove_existing(parent_fd, name)
+            if self._make_special(member, parent_fd, name):
                 self._files.add(rel)
+        else:
+            self._remove_existing(parent_fd, name)
+            self._write_sparse_file(reader, member, parent_fd, name)
+            self._files.add(rel)
+
+    # -- regular files, written by the pool ----------------------------------------------
+
+    def _submit(self, dir_fd: int, name: str, rel: str, member: Member, pieces: list) -> None:
+        while self._jobs and self._pending_bytes + member.size > WRITE_AHEAD_BYTES:
+            self._collect()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore-write")
+        notes: list[str] = []
+        # The job gets its own descriptor: this one is closed when the members move on.
+        job_fd = os.dup(dir_fd)
+        future = self._pool.submit(self._write_job, job_fd, name, member, pieces, notes)
+        self._jobs.append((future, member, rel, member.size))
+        self._pending.add(rel)
+        self._pending_bytes += member.size
+
+    def _write_job(self, dir_fd: int, name: str, member: Member, pieces: list, notes: list[str]):
+        try:
+            return self._write_file(dir_fd, name, member, pieces, notes), notes
         finally:
-            os.close(parent_fd)
+            os.close(dir_fd)
+
+    def _collect(self) -> None:
+        """Wait for the oldest file job; its error (a full disk) is raised here, naming its member."""
+        future, member, rel, size = self._jobs.popleft()
+        self._pending.discard(rel)
+        self._pending_bytes -= size
+        try:
+            written, notes = future.result()
+        except BaseException:
+            self.current = member.name
+            raise
+        self._store_written(rel, written)
+        self.notes.extend(notes)
+
+    def _drain(self, quiet: bool = False) -> None:
+        """Wait for every file job; the first error is raised after all have ended."""
+        error: BaseException | None = None
+        while self._jobs:
+            try:
+                self._collect()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None and not quiet:
+            raise error
+
+    def _store_written(self, rel: str, written: Written) -> None:
+        self.digests[rel] = written
 
     def finish(self) -> None:
         """Apply directory attributes, deepest first."""
+        self._drain()
+        self._drop_parent()
         for entry in sorted(self._dirs, key=lambda d: len(d.parts), reverse=True):
             self._apply_dir_attrs(entry)
 
@@ -261,7 +350,18 @@ class SafeExtractor:
             raise
 
     def _open_parent(self, member: Member, parts: list[str]) -> int:
-        return self._walk(parts[:-1], create=True, member=member)
+        """The member's parent directory, created if missing; kept open for the next member."""
+        key = tuple(parts[:-1])
+        if key != self._parent_key:
+            fd = self._walk(parts[:-1], create=True, member=member)
+            self._drop_parent()
+            self._parent_key, self._parent_fd = key, fd
+        return self._parent_fd
+
+    def _drop_parent(self) -> None:
+        if self._parent_fd >= 0:
+            os.close(self._parent_fd)
+        self._parent_key, self._parent_fd = None, -1
 
     def _existing(self, dir_fd: int, name: str) -> os.stat_result | None:
         try:
@@ -288,31 +388,48 @@ class SafeExtractor:
         # slip files in meanwhile, and read-only directories stay writable for us.
         os.mkdir(name, 0o700, dir_fd=dir_fd)
 
-    def _write_file(self, reader: PaxReader, member: Member, dir_fd: int, name: str, rel: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    def _create(self, dir_fd: int, name: str) -> int:
+        """A new file ``name`` (``O_EXCL``: never an existing one, never through a link);
+        whatever was there (a file, a link, a directory tree) is removed first."""
         try:
-            digest = None
-            if member.sparse is not None:
-                self._write_sparse(reader, member, fd)
-            else:
-                # Straight from the stream's chunks (one write per file for most files),
-                # hashed on the way so verification need not read the file again.
-                digest = hashlib.sha256()
-                for piece in reader.data():
-                    digest.update(piece)
-                    _write_all(fd, piece, None)
-            # chown first: it clears set-uid/set-gid bits that chmod then restores,
-            # and file capabilities, which the xattrs then restore.
-            self._set_owner(member, fd=fd)
-            os.fchmod(fd, member.mode & 0o7777)
-            self._set_xattrs(member, fd)
-            os.utime(fd, ns=self._times(member))
-            if digest is not None:
-                st = os.fstat(fd)
-                self.digests[rel] = Written(
-                    digest.hexdigest(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-                )
+            return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            self._remove_existing(dir_fd, name)
+            return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+
+    def _write_file(self, dir_fd: int, name: str, member: Member, pieces, notes: list[str]) -> Written:
+        """Write a dense regular file from ``pieces`` (straight from the stream's chunks: one
+        write for most files), hashed on the way so verification need not read it again."""
+        fd = self._create(dir_fd, name)
+        try:
+            digest = hashlib.sha256()
+            for piece in pieces:
+                digest.update(piece)
+                _write_all(fd, piece, None)
+            self._finish_file(fd, member, notes)
+            st = os.fstat(fd)
+            return Written(digest.hexdigest(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except BaseException:
+            # Never leave a partial file behind (a full disk, a damaged stream).
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+        finally:
+            os.close(fd)
+
+    def _finish_file(self, fd: int, member: Member, notes: list[str]) -> None:
+        # chown first: it clears set-uid/set-gid bits that chmod then restores,
+        # and file capabilities, which the xattrs then restore.
+        self._set_owner(member, fd=fd)
+        os.fchmod(fd, member.mode & 0o7777)
+        self._set_xattrs(member, fd, notes)
+        os.utime(fd, ns=self._times(member))
+
+    def _write_sparse_file(self, reader: PaxReader, member: Member, dir_fd: int, name: str) -> None:
+        fd = os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+        try:
+            self._write_sparse(reader, member, fd)
+            self._finish_file(fd, member, self.notes)
         except BaseException:
             # Never leave a partial file behind (a full disk, a damaged stream).
             with contextlib.suppress(OSError):
@@ -365,7 +482,7 @@ class SafeExtractor:
         os.utime(name, ns=self._times(member), dir_fd=dir_fd, follow_symlinks=False)
         return True
 
-    def _set_xattrs(self, member: Member, target: int | str) -> None:
+    def _set_xattrs(self, member: Member, target: int | str, notes: list[str] | None = None) -> None:
         """Set the member's extended attributes on an fd, or on a path without following it."""
         follow = not isinstance(target, str)
         for key, value in sorted(member.xattrs.items()):
@@ -374,7 +491,9 @@ class SafeExtractor:
             except OSError as exc:
                 if exc.errno not in _XATTR_REFUSED:
                     raise
-                self.notes.append(f"{show_path(member.name)}: extended attribute {key} not restored ({exc.strerror})")
+                (self.notes if notes is None else notes).append(
+                    f"{show_path(member.name)}: extended attribute {key} not restored ({exc.strerror})"
+                )
 
     def _hard_link(self, member: Member, dir_fd: int, name: str) -> None:
         src = split_member_name(member.linkname) or []
@@ -419,7 +538,8 @@ class SafeExtractor:
     ) -> None:
         if not self.set_owner:
             if (member.uid, member.gid) != (os.geteuid(), os.getegid()):
-                self.owners_not_set += 1
+                with self._count_lock:  # file jobs count from the pool's threads
+                    self.owners_not_set += 1
             return
         uid, gid = _lookup_uid(member.uname, member.uid), _lookup_gid(member.gname, member.gid)
         if fd is not None:
