@@ -156,6 +156,10 @@ class RedisEngine(Engine):
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 2),
         )
 
+    def _pipe(self, db: int) -> RespPipe:
+        """A plain pipelined connection (hiredis replies) for the per-key commands."""
+        return RespPipe(self.config.host, self.config.port, self.config.username, self._password(), db, self.label)
+
     @contextmanager
     def _talking(self, what: str) -> Iterator[None]:
         """Map redis-py failures to one-line DR errors naming this server."""
@@ -315,9 +319,8 @@ class RedisEngine(Engine):
         """Every key of ``dbs`` as a logical backup stream; returns the number of records."""
         write_header(out)
         records = 0
-        password = self._password()
         for db in dbs:
-            with RespPipe(self.config.host, self.config.port, self.config.username, password, db, self.label) as pipe:
+            with self._pipe(db) as pipe:
                 for key, pttl, payload in pipe.scan_dump():
                     write_record(out, db, key, -1 if pttl < 0 else now + pttl, payload)
                     records += 1
@@ -333,9 +336,8 @@ class RedisEngine(Engine):
             if "functions" in reference:
                 for code in self._function_codes(client):
                     checks.add_function(code)
-        password = self._password()
         for db in dbs:
-            with RespPipe(self.config.host, self.config.port, self.config.username, password, db, self.label) as pipe:
+            with self._pipe(db) as pipe:
                 for key, pttl, payload in pipe.scan_dump():
                     type_name, digest = dump_digest(payload, checks.pending)
                     checks.add(db, key, type_name, None if pttl < 0 else now + pttl, digest)
@@ -617,17 +619,17 @@ class RedisEngine(Engine):
             raise ConfigError(
                 f"{self.label}: the backup holds databases {recorded}; a target 'db' can take only one - unset it"
             )
-        clients: dict[int, redis.Redis] = {}
+        clients: dict[int, RespPipe] = {}
 
-        def client_for(db: int) -> redis.Redis:
+        def client_for(db: int) -> RespPipe:
             target = db if remap is None else remap
             if target not in clients:
-                c = self._client(target)
+                c = self._pipe(target)
                 clients[target] = c
                 # Like an rdb restore, each restored database ends up equal to
                 # the backup; only reached when the target is empty or forced.
-                if c.dbsize():
-                    c.flushdb()
+                if c.call("DBSIZE"):
+                    c.call("FLUSHDB")
             return clients[target]
 
         expired: list[tuple[int, bytes, int]] = []

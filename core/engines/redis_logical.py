@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import redis
-
 from core.engines.base import Writable
+from core.engines.redis_pipe import RespPipe, command
+from core.engines.redis_sync import RespError
 from core.errors import EngineError, IntegrityError
 
 MAGIC = b"GDR-REDIS-KEYS\x00\x01"
@@ -39,10 +39,8 @@ _RECORD = struct.Struct(">II")
 _TTL_LEN = struct.Struct(">qQ")
 _TRAILER = struct.Struct(">Q")
 
-SCAN_COUNT = 500
-DUMP_BATCH_BYTES = 4 << 20
 # RESTORE batches are cut at whichever limit is reached first.
-RESTORE_BATCH_KEYS = 500
+RESTORE_BATCH_KEYS = 2000
 RESTORE_BATCH_BYTES = 8 << 20
 
 
@@ -52,40 +50,6 @@ class KeyRecord:
     key: bytes
     expire_at_ms: int  # absolute Unix time in ms (read from PTTL at dump time), -1 for no expiry
     payload: bytes
-
-
-def scan_dump(client: redis.Redis, count: int = SCAN_COUNT) -> Iterator[tuple[bytes, int, bytes]]:
-    """(key, pttl, DUMP payload) for every key of the client's database.
-
-    Keys that vanish between ``SCAN`` and ``DUMP`` are skipped. The keys of a
-    ``SCAN`` page are dumped in pipelines sized to hold about
-    ``DUMP_BATCH_BYTES`` of payloads (judged by the payloads seen so far), so
-    memory stays near one such batch even when values are large.
-    """
-    step = 4  # grows after the first batch when values are small
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, count=count)
-        start = 0
-        while start < len(keys):
-            batch = keys[start : start + step]
-            start += len(batch)
-            pipe = client.pipeline(transaction=False)
-            for key in batch:
-                pipe.dump(key)
-                pipe.pttl(key)
-            replies = pipe.execute()
-            largest = 1
-            for idx, key in enumerate(batch):
-                payload, pttl = replies[2 * idx], replies[2 * idx + 1]
-                if payload is None or pttl == -2:
-                    continue
-                largest = max(largest, len(payload))
-                yield key, pttl, payload
-            del replies
-            step = max(1, min(count, DUMP_BATCH_BYTES // largest))
-        if cursor == 0:
-            return
 
 
 def write_header(out: Writable) -> None:
@@ -138,54 +102,56 @@ def iter_records(f: BinaryIO) -> Iterator[KeyRecord]:
 
 def restore_records(
     records: Iterator[KeyRecord],
-    client_for: Callable[[int], redis.Redis],
+    pipe_for: Callable[[int], RespPipe],
     label: str,
     expired: list[tuple[int, bytes, int]] | None = None,
 ) -> int:
     """``RESTORE ... REPLACE`` every record, pipelined in batches; returns the count.
 
-    ``client_for(db)`` maps a recorded database to a client of the target
+    ``pipe_for(db)`` maps a recorded database to a connection on the target
     database. Expiry times are absolute (``RESTORE ... ABSTTL``, Redis 5+): a
     session that would have expired by now is not brought back to life (it is
     skipped and listed in ``expired`` as (db, key, expire_ms)), and the others
     expire when they would have on the source.
     """
-    pipe = None
+    batch: list[bytes] = []
     batch_db = None
-    batch_keys = batch_bytes = restored = 0
+    batch_bytes = restored = 0
 
     def flush() -> None:
-        nonlocal pipe, batch_keys, batch_bytes
-        if pipe is None:
+        nonlocal batch_bytes
+        if not batch:
             return
-        try:
-            pipe.execute()
-        except redis.ResponseError as exc:
-            raise EngineError(
-                f"{label}: RESTORE failed ({str(exc)[:120]}); the target may run an older Redis than the source "
-                "(DUMP payloads only load into the same or a newer version)"
-            ) from None
-        pipe = None
-        batch_keys = batch_bytes = 0
+        for reply in pipe_for(batch_db).execute(b"".join(batch), len(batch)):
+            if isinstance(reply, RespError):
+                raise EngineError(
+                    f"{label}: RESTORE failed ({str(reply)[:120]}); the target may run an older Redis than the source "
+                    "(DUMP payloads only load into the same or a newer version)"
+                )
+        batch.clear()
+        batch_bytes = 0
 
+    now_ms = time.time() * 1000
     for rec in records:
-        if pipe is None or rec.db != batch_db:
+        if rec.db != batch_db:
             flush()
             batch_db = rec.db
-            pipe = client_for(rec.db).pipeline(transaction=False)
-        if 0 <= rec.expire_at_ms <= time.time() * 1000:
+            pipe_for(rec.db)  # connects (and empties the target database) before the first batch
+        if 0 <= rec.expire_at_ms <= now_ms:
             if expired is not None:
                 expired.append((rec.db, rec.key, rec.expire_at_ms))
             continue
         if rec.expire_at_ms < 0:
-            pipe.restore(rec.key, 0, rec.payload, replace=True)
+            batch.append(command(b"RESTORE", rec.key, b"0", rec.payload, b"REPLACE"))
         else:
             # An expiry already in the past makes Redis drop the key instead of creating it.
-            pipe.restore(rec.key, max(rec.expire_at_ms, 1), rec.payload, replace=True, absttl=True)
+            batch.append(
+                command(b"RESTORE", rec.key, b"%d" % max(rec.expire_at_ms, 1), rec.payload, b"REPLACE", b"ABSTTL")
+            )
         restored += 1
-        batch_keys += 1
         batch_bytes += len(rec.payload)
-        if batch_keys >= RESTORE_BATCH_KEYS or batch_bytes >= RESTORE_BATCH_BYTES:
+        if len(batch) >= RESTORE_BATCH_KEYS or batch_bytes >= RESTORE_BATCH_BYTES:
             flush()
+            now_ms = time.time() * 1000
     flush()
     return restored

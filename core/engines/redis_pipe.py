@@ -28,7 +28,7 @@ BATCH_BYTES = 8 << 20
 RECV_SIZE = 1 << 18
 
 
-def _command(*args: bytes | str | int) -> bytes:
+def command(*args: bytes | str | int) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
@@ -112,14 +112,19 @@ class RespPipe:
         return reply
 
     def call(self, *args: bytes | str | int) -> Any:
-        self._send(_command(*args))
+        self._send(command(*args))
         return self._check(self._reply(), str(args[0]))
+
+    def execute(self, commands: bytes, count: int) -> list[Any]:
+        """Send ``count`` pre-formatted commands at once; their replies, error replies as ``RespError``."""
+        self._send(commands)
+        return [self._reply() for _ in range(count)]
 
     def scan_dump(self, count: int = SCAN_COUNT) -> Iterator[tuple[bytes, int, bytes]]:
         """(key, pttl, DUMP payload) of every key of the database; keys gone
         between ``SCAN`` and ``DUMP`` are skipped (see ``redis_logical``)."""
         step = 16  # grows once the payloads are known to be small
-        self._send(_command("SCAN", 0, "COUNT", count))
+        self._send(command("SCAN", 0, "COUNT", count))
         cursor, keys = self._check(self._reply(), "SCAN")
         pending: list[bytes] = []
         while True:
@@ -133,7 +138,7 @@ class RespPipe:
             # The next page is asked for with this batch, once the pending keys run low.
             ask = more and len(pending) < count
             if ask:
-                out.append(_command("SCAN", cursor, "COUNT", count))
+                out.append(command("SCAN", cursor, "COUNT", count))
             if out:
                 self._send(b"".join(out))
             largest = 1

@@ -143,7 +143,7 @@ class SafeExtractor:
         self._parent_fd = -1
         # Files being written by the pool: all in the parent directory above, distinct names.
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[tuple[Future, Member, str, int]] = deque()
+        self._jobs: deque[tuple[Future, Member, str, list[str]]] = deque()
         self._pending: set[str] = set()
         self._pending_bytes = 0
         self._count_lock = threading.Lock()
@@ -262,26 +262,19 @@ class SafeExtractor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore-write")
         notes: list[str] = []
-        # The job gets its own descriptor: this one is closed when the members move on.
-        job_fd = os.dup(dir_fd)
-        future = self._pool.submit(self._write_job, job_fd, name, member, pieces, notes)
-        self._jobs.append((future, member, rel, member.size))
+        # The kept parent descriptor is shared: it is closed only after the jobs are drained.
+        future = self._pool.submit(self._write_file, dir_fd, name, member, pieces, notes)
+        self._jobs.append((future, member, rel, notes))
         self._pending.add(rel)
         self._pending_bytes += member.size
 
-    def _write_job(self, dir_fd: int, name: str, member: Member, pieces: list, notes: list[str]):
-        try:
-            return self._write_file(dir_fd, name, member, pieces, notes), notes
-        finally:
-            os.close(dir_fd)
-
     def _collect(self) -> None:
         """Wait for the oldest file job; its error (a full disk) is raised here, naming its member."""
-        future, member, rel, size = self._jobs.popleft()
+        future, member, rel, notes = self._jobs.popleft()
         self._pending.discard(rel)
-        self._pending_bytes -= size
+        self._pending_bytes -= member.size
         try:
-            written, notes = future.result()
+            written = future.result()
         except BaseException:
             self.current = member.name
             raise
