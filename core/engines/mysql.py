@@ -16,7 +16,23 @@ Writes are blocked only from the lock until the dump's first output (what
 mysqldump itself does with ``--master-data`` on MySQL); a watchdog kills the
 dump if that takes longer than ``SNAPSHOT_DEADLINE``, so a stuck dump can never
 hold the lock. The row counts and checksums are computed in the checks
-session's snapshot after the dump has streamed.
+session's snapshot *while* the dump streams (a thread started when the lock
+is released), so a backup costs one pass over the data, not two.
+
+Layouts (``mysql_split``). A small database is one ``dump.sql``, readable and
+loadable by hand. From ``GENESIS_DR_MYSQL_SPLIT_MIN_BYTES`` (64 MiB) on, the
+backup is split the way mydumper does it: ``GENESIS_DR_MYSQL_JOBS`` (2) dump
+processes, each taking its share of the tables, plus one for the schema and
+one for triggers and events, all started while the lock is held; the lock is
+released once every one of them has printed its first section (so its
+snapshot exists), after reading the binlog position again in the locked
+session - it must not have moved. Each table's data becomes a stream of its
+own. The restore loads the schema, then the tables ``GENESIS_DR_MYSQL_JOBS``
+at a time through as many ``mariadb`` sessions (largest first), checking each
+table as soon as its load ends while the others still load, then triggers
+and events. Those checks are reused by ``collect_checks`` only while the
+server's write counters prove no row was written since (see
+``_checks_still_valid``); otherwise every table is read again.
 
 Secrets. The password goes to the tools through an option file that never
 touches a disk: a 0600 memory file (memfd) inherited by the tool and named as
@@ -1004,18 +1020,23 @@ class MySQLEngine(Engine):
     def _checks_still_valid(self, cur, algorithm: str) -> dict[str, tuple[int, str]]:
         """Row checks the last per-table restore computed, if no row can have changed since.
 
-        Each table was checked right after its own load, so a second pass over
-        the data would read the same rows again. Those checks count only while
-        the server proves nothing else wrote: since just before the first load,
-        InnoDB counted exactly the rows our loads inserted and no update or
-        delete (``Innodb_rows_*``, server-wide, counted before commit, so even
-        a write in progress shows), and no statement truncated, dropped,
-        created, altered or renamed a table (``Com_*``; the data streams hold
-        no ALTER TABLE). A write anywhere on the server - another database, a
-        replica thread, an event the restore created - means a full pass, as
-        before. Only InnoDB tables are taken (the counters are InnoDB's); the
-        schema, counters, views, routines, triggers, events and sequences are
-        always read again (they are cheap).
+        Each table was checked right after its own load, so a second pass would
+        read the same rows again. Those checks count only while the server
+        proves nothing else wrote. ``_restore_split`` read the server-wide
+        ``Handler_write/update/delete`` and DDL counters (``Com_truncate``,
+        ``Com_*_table``) just before the first load and again after triggers
+        and events were created, and kept its checks only if the difference
+        was exactly our own writes: every row it loaded (twice for a
+        partitioned table: the partition handler counts, and so does the
+        partition's), one ``mysql.event`` row per event, no update, no delete,
+        no table truncated, dropped, created, altered or renamed (the data
+        streams hold no ALTER TABLE). Here the counters must not have moved
+        at all since. The counters count rows as they are written, before any
+        commit, so a write in progress shows too. A write anywhere on the
+        server - another database, a replica thread, an event the restore
+        created - means a full pass, as before. The schema, AUTO_INCREMENT
+        counters, views, routines, triggers, events and sequences are always
+        read again (they are cheap).
         """
         loaded = getattr(self, "_loaded", None)
         if not loaded or loaded["algorithm"] != algorithm:
