@@ -10,7 +10,8 @@ chunk always carries the "final" flag in its associated data (truncation shows).
 
 Reader: fetches and opens chunks ahead of the consumer (bounded), checks each
 stored object's SHA-256 against the manifest, then the GCM tag, then the whole
-stream's plaintext SHA-256 and length at the end.
+stream's plaintext SHA-256 (fed in chunk order by the same tasks) and length at
+the end.
 """
 
 from __future__ import annotations
@@ -141,8 +142,33 @@ class StreamReader:
     def __init__(self, store: Store, opener: Opener, pool: ThreadPoolExecutor, backup_id: str, record: StreamRecord):
         self._store, self._opener, self._pool = store, opener, pool
         self._backup_id, self.record = backup_id, record
+        self._digest = hashlib.sha256()
+        self._turn = threading.Condition()
+        self._hashed = 0
+        self._broken = False  # a chunk failed: later ones must not wait for its turn
 
     def _fetch(self, index: int) -> bytes:
+        try:
+            data = self._open_chunk(index)
+        except BaseException:
+            with self._turn:
+                self._broken = True
+                self._turn.notify_all()
+            raise
+        # Into the stream's SHA-256 in chunk order (see StreamWriter._hash_in_order). After a
+        # failed chunk nothing is hashed: the consumer stops at that chunk's error.
+        with self._turn:
+            while self._hashed != index and not self._broken:
+                self._turn.wait()
+            if self._broken:
+                return data
+        self._digest.update(data)
+        with self._turn:
+            self._hashed += 1
+            self._turn.notify_all()
+        return data
+
+    def _open_chunk(self, index: int) -> bytes:
         rec = self.record.chunks[index]
         key = chunk_key(self._backup_id, self.record.name, index)
         try:
@@ -165,7 +191,7 @@ class StreamReader:
             raise IntegrityError(
                 f"backup {self._backup_id}: stream {self.record.name} has no chunks; the manifest is corrupt"
             )
-        digest, size = hashlib.sha256(), 0
+        size = 0
         ahead: deque[Future] = deque()
         next_index = 0
         try:
@@ -174,13 +200,12 @@ class StreamReader:
                     ahead.append(self._pool.submit(self._fetch, next_index))
                     next_index += 1
                 data = ahead.popleft().result()
-                digest.update(data)
                 size += len(data)
                 yield data
         finally:
             for fut in ahead:
                 fut.cancel()
-        if size != self.record.plain_bytes or digest.hexdigest() != self.record.plain_sha256:
+        if self._broken or size != self.record.plain_bytes or self._digest.hexdigest() != self.record.plain_sha256:
             raise IntegrityError(
                 f"backup {self._backup_id}: stream {self.record.name} plaintext does not match its recorded SHA-256; "
                 "the restore is not trustworthy - restore from another backup"
