@@ -351,9 +351,7 @@ def run(args: argparse.Namespace) -> dict:
                 rdb.unlink()
             if "seed" in steps:
                 log("redis-cli --rdb - | gzip | openssl enc (seed pipeline)")
-                pipeline = (
-                    f"redis-cli -p {port} --rdb - | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass env:BENCH_PASS | wc -c"
-                )
+                pipeline = f"redis-cli -p {port} --rdb - | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass env:BENCH_PASS | wc -c"
                 with sample("seed_backup_s") as r:
                     r["s"], count = timed(pipeline, env=env)
                 out["seed_stored_bytes"] = int(count)

@@ -41,7 +41,7 @@ def plan_restore_from(
     if backup_id and all(m.id != backup_id for m in manifests):
         vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
     interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
-    return plan_restore(
+    plan = plan_restore(
         manifests,
         source,
         backup_id,
@@ -52,3 +52,8 @@ def plan_restore_from(
         restores_beside=engine.restores_beside(),
         interrupted=interrupted,
     )
+    chosen = next((m for m in manifests if m.id == plan.backup_id), None)
+    method = engine.restore_method(chosen.position) if chosen is not None and plan.refusal is None else None
+    if method:  # the engine's path, said on the step that loads the data
+        plan.steps = [f"{step}; {method}" if step.startswith("stream ") else step for step in plan.steps]
+    return plan

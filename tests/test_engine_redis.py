@@ -521,3 +521,152 @@ def test_functions_the_target_refuses_are_noted_and_the_keys_restored(seeded, ke
         "function libraries not restored: the target refused FUNCTION RESTORE"
     )
     assert target.client().get("str:plain") == b"hello world" and function_codes(target.client()) == []
+
+
+# --- redis-checks/3: the walker, its two paths and the ways a target is verified ----
+
+
+def _rdb_checks(pieces, window: int | None = None, monkeypatch=None) -> dict:
+    from core.engines import rdb_scan
+    from core.engines.redis_checks import KeyspaceChecks
+
+    if window is not None:
+        monkeypatch.setattr(rdb_scan, "WINDOW", window)
+    checks = KeyspaceChecks(int(time.time() * 1000), rdb_scan.ALGORITHM)
+    chunks = iter(pieces)
+    scanner = rdb_scan.RdbScanner(checks)
+    scanner.run(lambda: next(chunks, b""))
+    return checks.to_dict()
+
+
+def test_window_parser_and_streaming_path_digest_every_key_alike(seeded, keyring, monkeypatch):
+    # The window parser handles the common encodings inline; big values and rare
+    # encodings take the streaming path. A window of 16 bytes sends nearly every
+    # key down the streaming path: both must give the same checks.
+    from core.engines import rdb_scan
+
+    reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
+    try:
+        pieces = list(reader.iter_stream("dump.rdb"))
+        recorded = reader.result.checks
+    finally:
+        reader.close()
+    assert _rdb_checks(pieces)["databases"] == recorded["databases"]
+    assert _rdb_checks(pieces, 16, monkeypatch)["databases"] == recorded["databases"]
+    # And per key: a DUMP payload through each path.
+    client = seeded["source"].client()
+    for key in client.scan_iter(count=1000):
+        body = client.dump(key)[:-10]
+        try:
+            fast = rdb_scan._object(body, 1, body[0])[:2]
+        except rdb_scan._Slow:
+            continue  # streams: the streaming path only
+        chunks = iter([body])
+        slow = ByteReader(lambda chunks=chunks: next(chunks, b""))
+        assert rdb_scan.read_object3(slow, slow.byte()) == fast, key
+
+
+def test_large_collections_switch_to_summed_row_digests_the_same_way_on_both_paths(monkeypatch):
+    from core.engines import rdb_scan
+
+    monkeypatch.setattr(rdb_scan, "SORTED_ROWS", 4)
+    members = [b"m%d" % i for i in range(9)]
+    whole = rdb_scan.set_part(list(members))
+    bag = rdb_scan.Bag("set")
+    for m in reversed(members):  # another order, one row at a time
+        bag.add([(m,)])
+    assert whole.startswith(b"U") and bag.part() == whole
+    assert rdb_scan.set_part(members[:4]).startswith(b"S")
+
+
+def test_rdb_restore_is_verified_by_the_targets_own_snapshot(seeded, keyring, redis_factory):
+    target = redis_factory()
+    engine = RedisEngine(target.config("cache", "rdb"))
+    backup_id = seeded["backups"]["rdb"]
+    _, checks = _restore_with_engine(seeded["vault"], keyring, backup_id, engine)
+
+    assert verify_target(engine, checks, backup_id) == count_checks(checks)
+    assert engine.verified_by == "its own snapshot over replication"
+    target.client().zadd("zset:large", {"m7": 99})  # changed after the load
+    with pytest.raises(VerificationError, match=r"databases\.db0\.digest"):
+        verify_target(engine, checks, backup_id)
+
+
+@pytest.mark.parametrize("mode", ["rdb", "logical"])
+def test_a_target_refusing_sync_is_verified_by_scan_and_dump(seeded, keyring, redis_factory, mode):
+    target = redis_factory(password=PASSWORD)
+    target.client().acl_setuser(
+        "no-sync",
+        enabled=True,
+        passwords=["+no-sync-pw"],
+        keys=["*"],
+        commands=["+@all", "-sync", "-psync", "-replconf"],
+    )
+    backup_id = seeded["backups"][mode]
+    if mode == "rdb":  # loading an RDB needs REPLICAOF: restore as the admin, verify as the user
+        _restore_with_engine(seeded["vault"], keyring, backup_id, RedisEngine(target.config("cache", mode)))
+    engine = RedisEngine(target.config("cache", mode, username="no-sync", password="no-sync-pw"))
+    if mode == "logical":
+        _restore_with_engine(seeded["vault"], keyring, backup_id, engine)
+    checks = seeded["vault"].open_backup(backup_id, keyring).result.checks
+
+    assert verify_target(engine, checks, backup_id) == count_checks(checks)
+    assert engine.verified_by.startswith("SCAN/DUMP")
+    target.client().hset("hash:large", "field-7", "tampered")
+    with pytest.raises(VerificationError, match=r"databases\.db0\.digest"):
+        verify_target(engine, checks, backup_id)
+
+
+def test_backups_with_redis_checks_2_still_verify(seeded, keyring, redis_factory):
+    # Checks as genesis-dr recorded them before redis-checks/3: the old walker over the same RDB.
+    from core.engines.redis_checks import KeyspaceChecks
+
+    reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
+    try:
+        pieces = iter(list(reader.iter_stream("dump.rdb")))
+    finally:
+        reader.close()
+    old = KeyspaceChecks(int(time.time() * 1000), "redis-checks/2")
+    walk_rdb(ByteReader(lambda: next(pieces, b"")), old.add, on_function=old.add_function)
+    checks = old.to_dict()
+    assert checks["algorithm"] == "redis-checks/2"
+    target = redis_factory()
+    engine = RedisEngine(target.config("cache", "rdb"))
+    _restore_with_engine(seeded["vault"], keyring, seeded["backups"]["rdb"], engine)
+
+    assert verify_target(engine, checks, "old") == count_checks(checks)
+    target.client().lpush("list:large", "extra")
+    with pytest.raises(VerificationError, match=r"databases\.db0\.digest"):
+        verify_target(engine, checks, "old")
+
+
+def test_walker_reports_a_truncated_rdb_as_corrupt(seeded, keyring):
+    from core.engines.redis_walker import Walker
+
+    reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
+    try:
+        data = b"".join(reader.iter_stream("dump.rdb"))
+    finally:
+        reader.close()
+    with Walker("rdb", "redis 'cache'", int(time.time() * 1000)) as walker:
+        walker.write(data[: len(data) // 2])
+        with pytest.raises(EngineError, match=r"^redis 'cache': redis RDB data is corrupt \(data ends early\)"):
+            walker.result()
+
+
+def test_the_plan_says_how_each_kind_of_backup_is_loaded_and_verified(seeded, redis_factory):
+    from core.planning import plan_restore_from
+    from core.stack import VaultConfig
+
+    target = redis_factory()
+    vault_config = VaultConfig(path=str(seeded["vault"].store.root))
+
+    class Stack:  # what plan_restore_from needs of a stack: the sources by name
+        @staticmethod
+        def source(name: str):
+            return target.config(name, "rdb")
+
+    for mode, says in (("rdb", "(REPLICAOF)"), ("logical", "RESTORE per key in pipelined batches")):
+        plan = plan_restore_from(Stack(), vault_config, "cache", seeded["backups"][mode], None, None, None, False)
+        [load] = [step for step in plan.steps if step.startswith("stream ")]
+        assert says in load and "verified by walking the target's own snapshot over replication" in load

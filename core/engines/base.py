@@ -146,6 +146,11 @@ class Engine(ABC):
         """Remove this (staged) target after a failed or abandoned restore; a missing one is fine."""
         raise NotImplementedError(f"{type(self).__name__} restores in place")
 
+    def restore_method(self, position: dict[str, Any]) -> str | None:
+        """For the restore plan: how a backup with this ``position`` is loaded into this
+        target and proved there, and why that way; None when there is nothing to choose."""
+        return None
+
     def target_key(self) -> str:
         """Identity of the restore target, for its lock and its in-progress mark."""
         return self.describe()

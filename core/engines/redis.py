@@ -225,6 +225,18 @@ class RedisEngine(Engine):
             where += f"/{self.config.db}"
         return f"{where} ({self.config.mode})"
 
+    def restore_method(self, position: dict[str, Any]) -> str | None:
+        if position.get("mode", "rdb") == "rdb":
+            return (
+                "the target loads the RDB as a replica of a short-lived master on this host (REPLICAOF), "
+                "the fastest load a network restore has (the target's own disk is out of our reach); "
+                "verified by walking the target's own snapshot over replication (SCAN/DUMP if it refuses SYNC)"
+            )
+        return (
+            "RESTORE per key in pipelined batches, which any Redis accepts (managed ones too); verified by walking "
+            "the target's own snapshot over replication, or by SCAN/DUMP where it refuses SYNC"
+        )
+
     def ping(self) -> None:
         with self._talking("PING"), self._client() as client:
             client.ping()
