@@ -18,7 +18,9 @@ import stat
 import struct
 import subprocess
 import tarfile
+import threading
 import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -1041,3 +1043,134 @@ def test_root_that_is_a_symlink_is_staged_beside_its_directory(vault, keyring, t
     restore_beside(vault, keyring, manifest.id, engine)
     assert os.readlink(tmp_path / "current") == "releases/42"
     assert tree_of(releases) == {"42": None, "42/app.ini": b"[app] 42"}
+
+
+# -- the archive format and the restore's own shortcuts --------------------------------------
+
+
+def stream_bytes(vault: Vault, keyring: Keyring, backup_id: str) -> bytes:
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        with reader.open_stream(STREAM_NAME) as stream:
+            return b"".join(iter(lambda: stream.read(1 << 20), b""))
+    finally:
+        reader.close()
+
+
+def test_our_archive_reads_the_same_in_tarfile_and_gnu_tar(vault, keyring, tmp_path):
+    """files_pax writes what tarfile and GNU tar read: every member, name, type, mtime, xattr."""
+    src = tmp_path / "src"
+    build_tree(src)
+    manifest = backup_source(vault, keyring, files_engine(src))
+    checks = vault.open_backup(manifest.id, keyring).result.checks
+    raw = stream_bytes(vault, keyring, manifest.id)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = {m.name.rstrip("/"): m for m in tar.getmembers()}
+        for rel, value in checks["files"].items():
+            info = members[rel]
+            if "links_to" in value:
+                assert info.islnk() and info.linkname == value["links_to"], rel
+                continue
+            data = tar.extractfile(info).read()
+            assert hashlib.sha256(data).hexdigest() == value["sha256"], rel
+            assert f"{info.mode:04o}" == value["mode"], rel
+            assert int(Decimal(info.pax_headers.get("mtime", info.mtime)).scaleb(9)) == value["mtime_ns"], rel
+        for rel, target in checks["symlinks"].items():
+            assert members[rel].issym() and members[rel].linkname == target, rel
+        for rel in checks["dirs"]:
+            assert members[rel].isdir(), rel
+        acl = members["data/app.conf.third-link"].pax_headers["SCHILY.xattr.system.posix_acl_access"]
+        assert acl.encode("utf-8", "surrogateescape") == FILE_ACL
+    listing = subprocess.run(["tar", "--quoting-style=literal", "-tf", "-"], input=raw, capture_output=True, check=True).stdout
+    names = {os.fsdecode(n).rstrip("/") for n in listing.splitlines()}
+    assert set(checks["files"]) | set(checks["symlinks"]) | set(checks["specials"]) <= names
+
+
+def test_archive_written_by_tarfile_as_older_versions_did_restores_exactly(vault, keyring, tmp_path):
+    """Backups taken before files_pax were written by tarfile (PAX, float-free mtimes as text,
+    xattrs as surrogate-escaped text): they restore as they did."""
+    latin = os.fsdecode(b"caf\xe9-\xff.txt")
+    long_dir = "d" * 150
+    members = []
+    info = member(latin)
+    info.pax_headers = {
+        "mtime": "1600000000.123456789",
+        "SCHILY.xattr.user.raw": b"\xff\x00\x01".decode("utf-8", "surrogateescape"),
+    }
+    members.append((info, b"non-utf-8 name"))
+    members.append((member(long_dir, tarfile.DIRTYPE), None))
+    members.append((member(f"{long_dir}/{'f' * 120}"), b"x" * 70_000))
+    members.append((member("first"), b"linked"))
+    members.append((member("second", tarfile.LNKTYPE, "first"), None))
+    members.append((member("link", tarfile.SYMTYPE, "/etc/passwd"), None))
+    backup_id = put_archive(vault, keyring, members)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    restore_in_place(vault, keyring, backup_id, files_engine(dst))
+    restored = dst / latin
+    assert restored.read_bytes() == b"non-utf-8 name"
+    assert os.stat(restored).st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.getxattr(restored, "user.raw") == b"\xff\x00\x01"
+    assert (dst / long_dir / ("f" * 120)).read_bytes() == b"x" * 70_000
+    assert os.stat(dst / "first").st_ino == os.stat(dst / "second").st_ino
+    assert os.readlink(dst / "link") == "/etc/passwd"
+
+
+def test_later_members_replace_earlier_ones_while_files_are_written_in_parallel(vault, keyring, tmp_path):
+    """The same path twice, a directory replaced by a file and a file by a directory: the archive's
+    order wins, as in a sequential extraction."""
+    members = [(member(f"batch/f{i:03d}"), b"%d" % i) for i in range(200)]
+    members += [(member("batch/f007"), b"second copy wins")]
+    members += [(member("gone", tarfile.DIRTYPE), None), (member("gone/inner"), b"soon removed")]
+    members += [(member("gone"), b"now a file")]
+    members += [(member("was-file"), b"soon a directory"), (member("was-file", tarfile.DIRTYPE), None)]
+    members += [(member("was-file/inside"), b"inside")]
+    backup_id = put_archive(vault, keyring, members)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    restore_in_place(vault, keyring, backup_id, files_engine(dst))
+    assert (dst / "batch/f007").read_bytes() == b"second copy wins"
+    assert (dst / "batch/f199").read_bytes() == b"199" and len(os.listdir(dst / "batch")) == 200
+    assert (dst / "gone").read_bytes() == b"now a file"
+    assert (dst / "was-file/inside").read_bytes() == b"inside"
+
+
+def test_restored_file_changed_after_writing_is_read_again_by_verification(vault, keyring, tmp_path):
+    """Verification uses the digest taken while writing only for a file nothing touched since:
+    same content length and mtime, other bytes, is still caught (its change time moved)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "a.txt", b"original content")
+    write(src / "b.txt", b"untouched")
+    manifest = backup_source(vault, keyring, files_engine(src))
+    reader = vault.open_backup(manifest.id, keyring)
+    engine = files_engine(dst)
+    dst.mkdir()
+    engine.restore(reader, reader.result)
+    checks = reader.result.checks
+    reader.close()
+    assert compare_checks(checks, engine.collect_checks(checks)) == []
+    write(dst / "a.txt", b"tampered content")  # same size, mtime set back to the original
+    diffs = compare_checks(checks, engine.collect_checks(checks))
+    assert len(diffs) == 1 and diffs[0].startswith("files.a.txt.sha256"), diffs
+
+
+def test_corrupt_chunk_in_the_middle_fails_the_restore_and_nothing_hangs(vault, keyring, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(1 << 20))
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(6):
+        write(src / f"f{i}.bin", os.urandom(1 << 20))
+    manifest = backup_source(vault, keyring, files_engine(src))
+    chunk = tmp_path / "vault" / "backups" / manifest.id / "streams" / STREAM_NAME / "00000002"
+    blob = bytearray(chunk.read_bytes())
+    blob[100] ^= 1
+    os.chmod(chunk, 0o600)
+    chunk.write_bytes(bytes(blob))
+    dst.mkdir()
+    with pytest.raises(IntegrityError) as info:
+        restore_backup(vault, keyring, manifest.id, files_engine(dst))
+    assert "00000002" in str(info.value)
+    # The reader's threads end: none waits forever for a turn to hash after the broken chunk.
+    readers = [t for t in threading.enumerate() if t.name.startswith(f"open-{manifest.id[-8:]}")]
+    for thread in readers:
+        thread.join(timeout=10)
+    assert not [t for t in readers if t.is_alive()]
