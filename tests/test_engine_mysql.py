@@ -8,6 +8,7 @@ line; a restore never silently overwrites data; nothing readable lands in the va
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -651,13 +652,16 @@ def test_history_that_cannot_be_dumped_is_listed_as_skipped_and_noted(mysql_serv
 @pytest.fixture(scope="module")
 def split_backup(mysql_server, seeded, keyring, tmp_path_factory):
     """The seeded database backed up in the per-table layout (the size threshold lowered to 1 byte)."""
+    # Test knobs: split even this small database, and cut tables into parts of ~2 KB.
     os.environ["GENESIS_DR_MYSQL_SPLIT_MIN_BYTES"] = "1"
+    os.environ["GENESIS_DR_MYSQL_PART_BYTES"] = "2000"
     try:
         vault_dir = tmp_path_factory.mktemp("split-vault")
         vault = _vault(vault_dir)
         manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("app-db", seeded["database"])))
     finally:
         del os.environ["GENESIS_DR_MYSQL_SPLIT_MIN_BYTES"]
+        del os.environ["GENESIS_DR_MYSQL_PART_BYTES"]
     with mysql_server.connect() as conn, conn.cursor() as cur:
         cur.execute("SHOW MASTER STATUS")
         binlog_after = cur.fetchone()[:2]
@@ -670,7 +674,12 @@ def test_large_database_is_split_per_table_and_round_trips_exactly(mysql_server,
     assert {"layout.json", "schema.sql", "post.sql", "grants.json"} <= names and "dump.sql" not in names
     data = sorted(n for n in names if n.startswith("data-"))
     base_tables = [t for t, kind, *_ in seeded["snapshot"]["tables"] if kind not in ("VIEW", "SEQUENCE")]
-    assert len(data) == len(base_tables) > 5  # one stream per table
+    reader = split_backup["vault"].open_backup(manifest.id, keyring)
+    layout = json.loads(b"".join(reader.iter_stream("layout.json")))["tables"]
+    reader.close()
+    assert sorted(layout) == data and sorted(set(layout.values())) == sorted(base_tables)  # every table, own streams
+    parts = {t: sum(1 for v in layout.values() if v == t) for t in base_tables}
+    assert parts["blobs"] > 1  # a big table in parts, loaded in parallel (one part per INSERT statement here)
     # One instant: the position is where the binlog stood, as for the single stream.
     assert (manifest.position["binlog_file"], manifest.position["binlog_pos"]) == split_backup["binlog_after"]
 
@@ -738,54 +747,66 @@ def test_tampered_table_stream_is_rejected_before_the_target_is_dropped(mysql_se
 
 
 def test_table_splitter_ignores_piece_boundaries():
+    from contextlib import contextmanager
+
     from core.engines.mysql_split import TableSplitter
 
     header = b"/*!40101 SET NAMES utf8mb4 */;\n\n--\n"  # everything before the first table's comment
+    preamble = b"-- Dumping data for table `h`\n--\n\n/*M!101100 SET system_versioning_insert_history=1 */;\n"
     dump = (
         header
-        + b"-- Dumping data for table `a`\n--\n\nINSERT INTO `a` VALUES (1,'-- Dumping data for table `b`');\n"
-        + b"\n--\n-- Dumping data for table `we``ird`\n--\n\nINSERT INTO `we``ird` VALUES (2);\n-- Dump completed\n"
+        + b"-- Dumping data for table `a`\n--\n\nINSERT INTO `a` VALUES\n(1,'-- Dumping data for table `b`'),\n(2,'x');\n"
+        + b"INSERT INTO `a` VALUES\n(3,'\\nINSERT INTO `a`');\n"
+        + b"\n--\n"
+        + preamble
+        + b"INSERT INTO `h` VALUES (1);\nINSERT INTO `h` VALUES (2);\n-- Dump completed\n"
     )
 
     class Sink:
         def __init__(self):
             self.streams = {}
 
+        @contextmanager
         def open_stream(self, name):
-            from contextlib import contextmanager
+            parts = []
 
-            @contextmanager
-            def cm():
-                parts = []
+            class W:
+                def write(self, b):
+                    parts.append(bytes(b))
 
-                class W:
-                    def write(self, b):
-                        parts.append(bytes(b))
+            yield W()
+            self.streams[name] = b"".join(parts)
 
-                yield W()
-                self.streams[name] = b"".join(parts)
+    class Pipe:
+        def __init__(self, size):
+            self.pos, self.size = 0, size
 
-            return cm()
+        def read(self, n):
+            out = dump[self.pos : self.pos + self.size]
+            self.pos += self.size
+            return out
 
     for piece in (1, 3, 17, len(dump)):
-        sink = Sink()
-        splitter = TableSplitter(sink, {"a": "data-0000.sql", "we`ird": "data-0001.sql"})
-        started = []
-
-        class Pipe:
-            def __init__(self, size):
-                self.pos, self.size = 0, size
-
-            def read(self, n):
-                out = dump[self.pos : self.pos + self.size]
-                self.pos += self.size
-                return out
-
+        sink, started = Sink(), []
+        splitter = TableSplitter(sink, {"a": "data-0000", "h": "data-0001"}, part_bytes=20)
         splitter.consume(Pipe(piece), lambda s=started: s.append(1))
-        assert splitter.tables == ["a", "we`ird"] and started
-        assert sink.streams["data-0000.sql"].startswith(header + b"-- Dumping data for table `a`")
-        assert b"VALUES (1,'-- Dumping data for table `b`')" in sink.streams["data-0000.sql"]
-        assert sink.streams["data-0001.sql"].startswith(header + b"-- Dumping data for table `we``ird`")
-        assert sink.streams["data-0001.sql"].endswith(b"VALUES (2);\n-- Dump completed\n")
-        # Nothing lost or doubled: the header once, then each table's section.
-        assert header + b"".join(sink.streams[n][len(header) :] for n in sorted(sink.streams)) == dump
+        assert splitter.tables == ["a", "h"] and started
+        streams = sink.streams
+        assert sorted(streams) == [
+            "data-0000-0000.sql",
+            "data-0000-0001.sql",
+            "data-0001-0000.sql",
+            "data-0001-0001.sql",
+        ]
+        assert splitter.streams == {name: name[5:9] == "0000" and "a" or "h" for name in streams}
+        a0, a1, h0, h1 = (streams[n] for n in sorted(streams))
+        assert a0.startswith(header + b"-- Dumping data for table `a`")
+        assert b"(1,'-- Dumping data for table `b`')," in a0  # data never cuts
+        assert (
+            a1
+            == header
+            + b"-- Dumping data for table `a`\n--\n\nINSERT INTO `a` VALUES\n(3,'\\nINSERT INTO `a`');\n\n--\n"
+        )
+        # A later part of a table repeats its preamble: each part loads on its own.
+        assert h0 == header + preamble + b"INSERT INTO `h` VALUES (1);\n"
+        assert h1 == header + preamble + b"INSERT INTO `h` VALUES (2);\n-- Dump completed\n"

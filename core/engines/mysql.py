@@ -619,9 +619,7 @@ class MySQLEngine(Engine):
         (its first section, or its end); before that, the binlog position is read again in
         the locked session: it must not have moved.
         """
-        streams, shares = mysql_split.plan(sizes, mysql_split.jobs())
-        with sink.open_stream(mysql_split.LAYOUT_STREAM) as out:
-            out.write(mysql_split.encode_layout(streams))
+        prefixes, shares = mysql_split.plan(sizes, mysql_split.jobs())
         group = _DumpGroup(self, tool)
         schema = DumpInspector(on_snapshot=lambda: None)
 
@@ -636,10 +634,12 @@ class MySQLEngine(Engine):
         group.add([*base_args, "--no-data", "--no-create-info", "--triggers", "--events", "--skip-routines"], dump_post)
         splitters = []
         for tables in shares:
-            splitter = mysql_split.TableSplitter(sink, streams)
+            splitter = mysql_split.TableSplitter(sink, prefixes)
             splitters.append((splitter, tables))
             args = [*base_args, "--no-create-info", "--skip-triggers", "--skip-routines", "--skip-events"]
-            args.append("--skip-disable-keys")  # no ALTER TABLE in a data stream (see _restore_split)
+            # No ALTER TABLE in a data stream (see _checks_still_valid), and no LOCK TABLES:
+            # the parts of one table load in parallel sessions.
+            args += ["--skip-disable-keys", "--skip-add-locks"]
             if any(t in history for t in tables):
                 args.append("--dump-history")
             group.add(args, splitter.consume, tables)
@@ -655,6 +655,7 @@ class MySQLEngine(Engine):
             lock.release()
             checker.start()
             group.join()
+        written: dict[str, str] = {}
         for splitter, tables in splitters:
             missing = sorted(set(tables) - set(splitter.tables))
             if missing:
@@ -662,6 +663,9 @@ class MySQLEngine(Engine):
                     f"{self._where()}: the dump printed no data section for table {missing[0]}; "
                     "was it dropped during the backup? run it again"
                 )
+            written.update(splitter.streams)
+        with sink.open_stream(mysql_split.LAYOUT_STREAM) as out:  # the parts are known only now
+            out.write(mysql_split.encode_layout(written))
         return schema.facts
 
     def _history_plan(
@@ -835,11 +839,18 @@ class MySQLEngine(Engine):
                 before = _write_counters(cur)
         checked: dict[str, tuple[int, str]] = {}
         clients = _Clients()
+        parts_left: dict[str, int] = {}
+        for table in layout.values():
+            parts_left[table] = parts_left.get(table, 0) + 1
+        mutex = threading.Lock()
 
         def load(stream: str, table: str) -> None:
             self._run_client(client, source, stream, None, clients)
+            with mutex:
+                parts_left[table] -= 1
+                last = parts_left[table] == 0
             info = inventory["tables"].get(table)
-            if info is not None:
+            if last and info is not None:  # the table's last part is in: check it while others load
                 with self._session(db, f"checking table {table}") as (_, cur):
                     checked[table] = mysql_checks.table_entry(cur, db, table, info, table in history, algorithm)
 
