@@ -124,6 +124,11 @@ class ByteReader:
             n -= take
             yield bytes(self._buf[start : self._pos])
 
+    def set_tee(self, on_consumed: Callable[[bytes], object] | None) -> None:
+        """Hand bytes consumed from now on to ``on_consumed`` (after a ``flush``)."""
+        self.flush()
+        self._on_consumed = on_consumed
+
     def stop_tee(self) -> None:
         """Stop handing bytes to ``on_consumed`` (after a final ``flush``)."""
         self.flush()

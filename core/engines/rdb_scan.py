@@ -72,6 +72,11 @@ _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 _LE_F64 = struct.Struct("<d")
 _INTS = [b"%d" % n for n in range(128)]
+# Encodings that one logical value always serializes to the same bytes (strings, quicklists,
+# listpacks, intsets, ziplists); the others (hashtables, skiplists) follow the order of a
+# hash table, which differs between two servers holding the same data.
+RAW_TYPES = frozenset((0, 10, 11, 12, 13, 14, 16, 17, 18, 20))
+_OPS = [bytes([n]) for n in range(256)]
 
 
 def _lengths(items: list[bytes]) -> bytes:
@@ -345,6 +350,42 @@ def _count(buf: bytes, pos: int) -> tuple[int, int]:
     return n, pos
 
 
+def _skip_string(buf: bytes, pos: int) -> int:
+    """The end of the RDB string at ``pos``, without decoding it."""
+    n, pos, encoded = _length(buf, pos)
+    if encoded:
+        if n == 3:
+            clen, pos, _ = _length(buf, pos)
+            _, pos, _ = _length(buf, pos)
+            n = clen
+        else:
+            n = (1, 2, 4)[n] if n < 3 else _bad_encoding(n)
+    end = pos + n
+    if end > len(buf):
+        raise _Short
+    return end
+
+
+def _bad_encoding(n: int) -> int:
+    raise _corrupt(f"unknown string encoding {n}")
+
+
+def _skip_value(buf: bytes, pos: int, rtype: int) -> int:
+    """The end of a value whose encoding is a function of its logical value (see ``RAW_TYPES``)."""
+    if rtype == 18:
+        nodes, pos = _count(buf, pos)
+        for _ in range(nodes):
+            _, pos = _count(buf, pos)
+            pos = _skip_string(buf, pos)
+        return pos
+    if rtype == 14:
+        nodes, pos = _count(buf, pos)
+        for _ in range(nodes):
+            pos = _skip_string(buf, pos)
+        return pos
+    return _skip_string(buf, pos)
+
+
 def _object(buf: bytes, pos: int, rtype: int) -> tuple[str, bytes, int]:
     """(type name, value part, new position) of one value in the window."""
     if rtype == 0:
@@ -469,6 +510,58 @@ def read_object3(r: ByteReader, rtype: int) -> tuple[str, bytes]:
     return type_name, b"D" + digest
 
 
+def encoded_part(op: int, raw: bytes) -> bytes:
+    """The encoded-digest part of a ``RAW_TYPES`` value: its type and bytes (their SHA-256 past 64 KiB)."""
+    if len(raw) <= INLINE_STRING:
+        return _OPS[op] + _U64.pack(len(raw)) + raw
+    return _OPS[op] + _U64.pack(len(raw)) + hashlib.sha256(raw).digest()
+
+
+def _encoded_stream(r: ByteReader, op: int) -> bytes:
+    """``encoded_part`` of a value read through the streaming reader (too big for the window)."""
+    h = hashlib.sha256()
+    kept = bytearray()
+    size = 0
+
+    def tee(data: bytes) -> None:
+        nonlocal size
+        h.update(data)
+        size += len(data)
+        if size <= INLINE_STRING:
+            kept.extend(data)
+
+    r.flush()
+    r.set_tee(tee)
+    try:
+        if op in (14, 18):
+            for _ in range(read_len(r)):
+                if op == 18:
+                    read_len(r)
+                _skip_stream_string(r)
+        else:
+            _skip_stream_string(r)
+        r.flush()
+    finally:
+        r.set_tee(None)
+    if size <= INLINE_STRING:
+        return _OPS[op] + _U64.pack(size) + bytes(kept)
+    return _OPS[op] + _U64.pack(size) + h.digest()
+
+
+def _skip_stream_string(r: ByteReader) -> None:
+    n, encoded = read_length(r)
+    if encoded:
+        if n == 3:
+            n = read_len(r)
+            read_len(r)
+        elif n < 3:
+            n = (1, 2, 4)[n]
+        else:
+            raise _corrupt(f"unknown string encoding {n}")
+    for _ in r.pieces(n):
+        pass
+
+
 # --- whole files and DUMP payloads -------------------------------------------------------
 
 
@@ -481,9 +574,14 @@ class RdbScanner:
     ``checks.add_function``.
     """
 
-    def __init__(self, checks, on_volatile: Callable[[int, bytes, int], None] | None = None) -> None:
+    def __init__(
+        self, checks, on_volatile: Callable[[int, bytes, int], None] | None = None, encoded: bool = False
+    ) -> None:
         self.checks = checks
         self.on_volatile = on_volatile
+        # Encoded digests: a value of a ``RAW_TYPES`` encoding counts as its bytes
+        # (``encoded_part``), not decoded; only the restore's shortcut compares these.
+        self.encoded = encoded
         self.info = RdbInfo()
         self.consumed = 0  # bytes of the RDB, up to and including its checksum
         self.rest = b""  # what followed the checksum in the last piece read
@@ -560,8 +658,8 @@ class RdbScanner:
             return piece
 
         batch = self._batches.setdefault(0, [])
-        typed = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash")}
-        string_type = typed["string"]
+        typed = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash", "raw")}
+        raw_types = RAW_TYPES if self.encoded else None
         pack = _U64.pack
         keys = 0
         while True:
@@ -580,7 +678,12 @@ class RdbScanner:
                         key = buf[start + 2 : pos]
                     else:
                         key, pos = _string(buf, pos + 1)
-                    if op == 0:  # a string value: half of most datasets, so inline too
+                    if raw_types is not None and op in raw_types:
+                        end = _skip_value(buf, pos, op)
+                        type_name = "raw"
+                        part = encoded_part(op, buf[pos:end])
+                        pos = end
+                    elif op == 0:  # a string value: half of most datasets, so inline too
                         b = buf[pos]
                         if b < 0x40:
                             end = pos + 1 + b
@@ -596,7 +699,7 @@ class RdbScanner:
                     else:
                         type_name, part, pos = _object(buf, pos, op)
                     if state[1] is None:
-                        batch.append(pack(len(key)) + key + (string_type if op == 0 else typed[type_name]) + part)
+                        batch.append(pack(len(key)) + key + typed[type_name] + part)
                         keys += 1
                     else:
                         self._key(state, key, type_name, part)
@@ -674,9 +777,19 @@ class RdbScanner:
             read_len(r)
         else:
             key = read_string(r)
-            type_name, part = read_object3(r, op)
+            if self.encoded and op in RAW_TYPES:
+                type_name, part = "raw", _encoded_stream(r, op)
+            else:
+                type_name, part = read_object3(r, op)
             self._key(state, key, type_name, part)
         return False
+
+
+def dump_encoded_part(payload: bytes) -> tuple[str, bytes]:
+    """(type, encoded-digest part) of a ``DUMP`` payload: the object's bytes as they are, for ``RAW_TYPES``."""
+    if len(payload) >= 11 and payload[0] in RAW_TYPES:
+        return "raw", encoded_part(payload[0], payload[1:-10])
+    return dump_part(payload)
 
 
 def dump_part(payload: bytes) -> tuple[str, bytes]:

@@ -297,10 +297,30 @@ class RedisEngine(Engine):
         replication (managed Redis, an ACL without SYNC) is read with pipelined
         SCAN + DUMP + PTTL instead, digested the same way.
         """
+        loaded = getattr(self, "_loaded", None)
         try:
             sync = self._replica_sync()
         except SyncRefusedError:
             return self._checks_by_scan(reference), "SCAN/DUMP (the server refuses a replication sync)"
+        if loaded is not None:
+            now, expected = loaded
+            try:
+                with Walker("rdb", self.label, now, encoded=True) as walker:
+                    size = sync.pump(walker.write)
+                    walked = walker.result()
+            finally:
+                sync.close()
+            self._check_walked(walked, size, "snapshot")
+            if self._scoped(walked["checks"]["databases"]) == self._scoped(expected["databases"], loaded=True):
+                # Every value is encoded byte for byte as in the backup stream (whose checks
+                # were recorded from those bytes): the logical checks hold as recorded.
+                dbs = dict(reference["databases"])
+                if self.config.mode == "logical" and self.config.db is not None and len(dbs) == 1:
+                    dbs = {db_label(self.config.db): next(iter(dbs.values()))}  # labelled as on this target
+                actual = {**reference, "databases": dbs}
+                actual["functions"] = walked["checks"].get("functions", {})
+                return actual, "its own snapshot over replication (every value encoded as in the backup)"
+            sync = self._replica_sync()  # encodings differ (another version or config): decode them
         try:
             with Walker("rdb", self.label, _now_ms()) as walker:
                 size = sync.pump(walker.write)
@@ -309,6 +329,14 @@ class RedisEngine(Engine):
             sync.close()
         self._check_walked(walked, size, "snapshot")
         return walked["checks"], "its own snapshot over replication"
+
+    def _scoped(self, databases: dict[str, Any], loaded: bool = False) -> dict[str, Any]:
+        """The databases this target answers for; a logical backup's one database may have been loaded into another."""
+        if self.config.mode == "logical" and self.config.db is not None:
+            if loaded:
+                return {"db": next(iter(databases.values()), None) if len(databases) == 1 else databases}
+            return {"db": databases.get(db_label(self.config.db))}
+        return databases
 
     def _checks_by_scan(self, reference: dict[str, Any]) -> dict[str, Any]:
         now = _now_ms()
@@ -466,39 +494,39 @@ class RedisEngine(Engine):
         stream has been authenticated by the vault (its end checks the length and
         SHA-256); returns notes on the keys that had expired by now.
 
-        Only when the checks say a key may have expired by now is the stream
-        also walked (in a child process, beside the transfer), to name them.
+        A child process walks the stream beside the transfer for the encoded
+        digests (``_checks_now`` compares the target's snapshot with them) and,
+        when the checks say a key may have expired by now, to name those keys.
         """
         master.start_sync(length, ACCEPT_TIMEOUT)
         now = _now_ms()
         first = checks.get("first_expiry_ms")
-        walker = Walker("rdb", self.label, now, notes_before_ms=now) if first is not None and first <= now else None
+        notes_before = now if first is not None and first <= now else None
+        walker = Walker("rdb", self.label, now, notes_before_ms=notes_before, encoded=True)
         held = bytearray()
         pieces = source.iter_stream(RDB_STREAM)
         try:
             for data in pieces:
-                if walker is not None:
-                    walker.write(data)
+                walker.write(data)
                 held += data
                 if len(held) > HOLD_BACK:
                     master.send(bytes(held[:-HOLD_BACK]))
                     del held[:-HOLD_BACK]
-            walked = walker.result() if walker is not None else None
+            walked = walker.result()
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
-            if walker is not None:
-                walker.close()
+            walker.close()
         if master.sent + len(held) != length:
             raise IntegrityError(
                 f"{self.label}: the backup's RDB stream holds {master.sent + len(held)} bytes, "
                 f"the manifest says {length}"
             )
-        if walked is not None:
-            self._check_walked(walked, length, "backup's RDB stream")
+        self._check_walked(walked, length, "backup's RDB stream")
         master.send(bytes(held))
-        return walked_notes(walked) if walked is not None else []
+        self._loaded = (now, walked["checks"])
+        return walked_notes(walked)
 
     def _check_rdb_version(self, target_version: str, rdb_version: int) -> None:
         try:
@@ -646,9 +674,14 @@ class RedisEngine(Engine):
 
         expired: list[tuple[int, bytes, int]] = []
         notes: list[str] = []
+        now = _now_ms()
+        walker = Walker("records", self.label, now, encoded=True)
         try:
             with self._talking("RESTORE"), source.open_stream(LOGICAL_STREAM) as f:
-                restore_records(iter_records(f), client_for, self.label, expired)
+                tee = _Buffered(walker.write)
+                restore_records(iter_records(_TeeReader(f, tee.write)), client_for, self.label, expired)
+                tee.flush()
+            self._loaded = (now, walker.result()["checks"])
             if FUNCTIONS_STREAM in source.stream_names():
                 notes += self._restore_functions(b"".join(source.iter_stream(FUNCTIONS_STREAM)))
         except DRError as exc:
@@ -656,6 +689,7 @@ class RedisEngine(Engine):
                 raise self._partial(exc) from None
             raise
         finally:
+            walker.close()
             for c in clients.values():
                 c.close()
         return expired_notes(expired) + notes
@@ -670,6 +704,19 @@ class RedisEngine(Engine):
                 text = redact(str(exc), self.config.secrets())[:200]
                 return [f"function libraries not restored: the target refused FUNCTION RESTORE ({text})"]
         return []
+
+
+class _TeeReader:
+    """A reader that hands every byte it returns to ``write`` as well."""
+
+    def __init__(self, f, write) -> None:
+        self._f = f
+        self._write = write
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._write(data)
+        return data
 
 
 class _Buffered:

@@ -8,8 +8,9 @@ bytes to the vault at the network's pace.
 
 The parent writes the stream to the child's stdin (``Walker.write``) and
 closes it; the child answers one JSON object on stdout: the ``redis-checks/3``
-checks, what it learned about the file (``rdb`` mode) and the keys whose
-expiry is at or before ``notes_before_ms`` (for restore notes). ``records``
+checks (or, with ``encoded``, digests of the values' encodings), what it
+learned about the file (``rdb`` mode) and the keys whose expiry is at or
+before ``notes_before_ms`` (for restore notes). ``records``
 mode reads a logical backup stream (``redis_logical``) instead of an RDB.
 
 Run as ``python -m core.engines.redis_walker MODE PARAMS_JSON``.
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.engines.rdb_scan import ALGORITHM, RdbScanner, dump_part
+from core.engines.rdb_scan import ALGORITHM, RdbScanner, dump_encoded_part, dump_part
 from core.engines.redis_checks import KeyspaceChecks
 from core.errors import EngineError, IntegrityError
 
@@ -66,6 +67,7 @@ class _Expired:
 def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]:
     checks = KeyspaceChecks(int(params["now_ms"]), ALGORITHM)
     expired = _Expired(params.get("notes_before_ms"))
+    encoded = bool(params.get("encoded"))
 
     def on_key(db: int, key: bytes, type_name: str, expire_ms: int | None, part: bytes) -> None:
         checks.add(db, key, type_name, expire_ms, part)
@@ -78,7 +80,7 @@ def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]
         return stream.read1(READ_SIZE)
 
     if mode == "rdb":
-        scanner = RdbScanner(checks, expired.add)
+        scanner = RdbScanner(checks, expired.add, encoded=encoded)
         info = scanner.run(read)
         trailing = len(scanner.rest)
         while True:
@@ -98,7 +100,7 @@ def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]
 
         keys = 0
         for record in iter_records(stream):
-            type_name, part = dump_part(record.payload)
+            type_name, part = (dump_encoded_part if encoded else dump_part)(record.payload)
             on_key(record.db, record.key, type_name, None if record.expire_at_ms < 0 else record.expire_at_ms, part)
             keys += 1
         out["keys"] = keys
@@ -127,9 +129,13 @@ class Walker:
     ``label`` names the server in errors. Always ``close`` (or use ``with``).
     """
 
-    def __init__(self, mode: str, label: str, now_ms: int, notes_before_ms: int | None = None) -> None:
+    def __init__(
+        self, mode: str, label: str, now_ms: int, notes_before_ms: int | None = None, encoded: bool = False
+    ) -> None:
+        """``encoded``: digests of the values' encodings where those are canonical
+        (``rdb_scan.RAW_TYPES``), for comparing two copies of the same data cheaply."""
         self.label = label
-        params = {"now_ms": now_ms, "notes_before_ms": notes_before_ms}
+        params = {"now_ms": now_ms, "notes_before_ms": notes_before_ms, "encoded": encoded}
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(
