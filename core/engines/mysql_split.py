@@ -3,16 +3,18 @@
 A database of at least ``GENESIS_DR_MYSQL_SPLIT_MIN_BYTES`` (default 64 MiB of
 data and indexes, as information_schema estimates them) is backed up as:
 
-- ``layout.json``: ``{"format": 1, "tables": {"data-0000.sql": "<table>", ...}}``
+- ``layout.json``: ``{"format": 1, "tables": {"data-0000-0000.sql": "<table>", ...}}``
   (stream names cannot carry table names: they are in the clear and limited to
-  ``[a-z0-9._-]``);
+  ``[a-z0-9._-]``), written last;
 - ``schema.sql``: ``mariadb-dump --no-data --skip-triggers --routines``: tables,
   sequences (with their values), routines, views, in the order the tool writes
   them (routines before the views that may call them);
-- ``data-NNNN.sql``: one per base table, largest first, each a self-contained
-  SQL script (the dump's session header, then the table's ``INSERT``s), cut out
-  of the output of ``GENESIS_DR_MYSQL_JOBS`` (default 2) ``mariadb-dump
-  --no-create-info`` processes, each dumping its share of the tables;
+- ``data-TTTT-PPPP.sql``: table TTTT (numbered largest first), part PPPP: a
+  self-contained SQL script (the dump's session header, the table's preamble,
+  then whole ``INSERT`` statements, about ``GENESIS_DR_MYSQL_PART_BYTES``,
+  default 32 MiB, per part), cut out of the output of ``GENESIS_DR_MYSQL_JOBS``
+  (default 2) ``mariadb-dump --no-create-info --skip-add-locks
+  --skip-disable-keys`` processes, each dumping its share of the tables;
 - ``post.sql``: ``mariadb-dump --no-data --no-create-info --triggers --events``:
   what must not exist while the data loads (triggers would fire, events run).
 
