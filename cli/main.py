@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cli import collector
+
+    collector.starting()  # start-up and exit without full garbage collections (see cli.collector)
     args = build_parser().parse_args(argv)
     from cli.prefect_home import secure_prefect_home
 
@@ -403,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     finally:
+        collector.finished()
         secure_prefect_home()
     if cancel.requested():
         print("genesis-dr: the interrupt came after the run had committed; the results above stand", file=sys.stderr)

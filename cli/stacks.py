@@ -27,9 +27,10 @@ def note(message: str) -> None:
 @contextmanager
 def prefect_session() -> Iterator[str]:
     """The Prefect API for this command (see ``cli.prefect_api``); yields where it is."""
-    from cli import prefect_api
+    from cli import collector, prefect_api
 
     with prefect_api.session(note) as where:
+        collector.settled()
         yield where
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
 from tasks.limits import backup_limit, exclusive
 from tasks.policy import task_options
+from tasks.run_stack import run_stack
 
 
 @task(name="select-sources", cache_policy=NO_CACHE, **task_options("plan"))
 def select_sources(stack: str, sources: list[str] | None) -> list[str]:
     """The source names to back up (all of the stack's by default)."""
-    config = load_stack(stack)
+    config = run_stack(stack).config  # resolved here once; the backup tasks of this run reuse it
     if not sources:
         return [s.name for s in config.sources]
     return [config.source(name).name for name in sources]  # ConfigError names an unknown one
@@ -31,12 +31,13 @@ def select_sources(stack: str, sources: list[str] | None) -> list[str]:
 )
 def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
     """Dump one source into the vault; returns the manifest summary (ids, sizes, position)."""
-    config = load_stack(stack)
+    opened = run_stack(stack)
+    config = opened.config
     with exclusive(backup_limit(config.stack, source), f"backup of {source}"):
         vault = config.vault.open(create=True)
         manifest = operations.backup_source(
             vault,
-            config.keyring(),
+            opened.keyring,
             engine_for(config.source(source)),
             backup_type,
             compression=config.vault.compression,

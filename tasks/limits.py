@@ -3,27 +3,48 @@
 Deployment concurrency limits only count runs a worker starts; the CLI runs flows
 in-process, so they never see those. Each backup of a source and each restore into a
 target therefore holds a slot of a Prefect *global* concurrency limit (created with
-limit 1 when missing; an operator may change it in the UI, we never overwrite it), so
+limit 1 on first use; an operator may change it in the UI, we never overwrite it), so
 every run - worker, CLI or schedule - waits for the one before it. A slot is held for
-the whole operation (each acquisition costs about 2 s) and is leased: a killed run's
-slot frees itself after ``LEASE_SECONDS``.
+the whole operation and is leased: a killed run's slot frees itself after
+``LEASE_SECONDS``.
+
+What a slot costs: one request to take it and one to give it back (about 10 ms
+each), plus a renewal every ``LEASE_SECONDS / 2``. It used to cost about 2 s a
+slot whenever a request met another write on a server on SQLite (the sources of
+one backup run ask at the same moment, and the server records each task's state
+just as it asks): the server answers 503 ("database is locked") and Prefect's
+client waits 2 s, then 4, before asking again. So slot requests go out here on
+Prefect's client connection without its retry loop, one request of this process
+at a time (``_requests``), and a 503 is asked again within milliseconds. A slot held by
+another run is polled for (the server's Retry-After, at most ``POLL_SECONDS``)
+outside that lock, so one waiting source never holds up the others.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
+import random
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import MinimalConcurrencyLimitResponse
+
+# What Prefect's own concurrency() emits, so automations and the UI's event feed see the same.
+from prefect.concurrency._events import emit_concurrency_acquisition_events, emit_concurrency_release_events
+from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from core.errors import LockedError
@@ -36,6 +57,11 @@ from tasks.policy import seconds_from_env
 LEASE_SECONDS = seconds_from_env("GENESIS_DR_CONCURRENCY_LEASE", 60, minimum=15)
 # How long a run waits for the slot before it fails with LockedError (exit 11).
 WAIT_SECONDS = seconds_from_env("GENESIS_DR_CONCURRENCY_WAIT", 6 * 3600, minimum=1)
+# A waiting run asks again after the server's Retry-After (its average slot occupancy, up to 30 s), at most this.
+POLL_SECONDS = 5.0
+# Answers that mean "busy, ask again": the server's database was locked (503), a proxy's 502/408/429.
+_BUSY = {408, 429, 502, 503}
+_ATTEMPTS = 40  # of one slot request, busy answers and dropped connections included (~10 s in all)
 
 
 def backup_limit(stack: str, source: str) -> str:
@@ -92,33 +118,144 @@ def _record_holder(name: str) -> None:
     state_store().put(_holder_key(name), json.dumps(record, sort_keys=True).encode(), overwrite=True)
 
 
+# One slot request (take or give back) of this process at a time: see the module docstring.
+_requests = threading.Lock()
+
+
+def _send_once(client: SyncPrefectClient, path: str, body: dict) -> httpx.Response:
+    """POST ``body`` through the client's connection, auth and CSRF token, without its retry loop: that
+    loop sleeps 2 s after a 503 even with retries set to 0. Falls back to the plain client (slower on a
+    busy server, as before) if Prefect's internals moved."""
+    raw = getattr(client, "_client", None)
+    add_csrf = getattr(raw, "_add_csrf_headers", None)
+    if not isinstance(raw, httpx.Client) or add_csrf is None:
+        return client.request("POST", path, json=body)
+    request = raw.build_request("POST", path, json=body)
+    if getattr(raw, "enable_csrf_support", False):
+        add_csrf(request)
+    response = httpx.Client.send(raw, request)
+    response.raise_for_status()
+    return response
+
+
+def _request(client: SyncPrefectClient, path: str, body: dict) -> httpx.Response:
+    """One slot request, this process's only one of the moment; asked again within milliseconds when busy."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with _requests:
+                return _send_once(client, path, body)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in _BUSY or attempt == _ATTEMPTS:
+                raise
+        except httpx.TransportError:
+            if attempt == _ATTEMPTS:
+                raise
+        time.sleep(random.uniform(0.02, 0.05) * min(attempt, 10))  # outside the lock: others may ask meanwhile
+    raise AssertionError("unreachable")
+
+
+def _holder() -> ConcurrencyLeaseHolder | None:
+    """The task run holding the slot (the UI names it)."""
+    context = TaskRunContext.get()
+    return ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id) if context is not None else None
+
+
+def _acquire(client: SyncPrefectClient, name: str, what: str) -> tuple[UUID, list, float]:
+    """Take a slot of ``name``, creating the limit on first use; returns (lease id, limits, seconds waited)."""
+    started = time.monotonic()
+    created = False
+    body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS}
+    holder = _holder()
+    if holder is not None:
+        body["holder"] = holder.model_dump(mode="json")
+    while True:
+        try:
+            response = _request(client, "/v2/concurrency_limits/increment-with-lease", body)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:  # 423: every slot is held; anything else is an error
+                raise
+            left = started + WAIT_SECONDS - time.monotonic()
+            if left <= 0:
+                raise LockedError(
+                    f"{what}: another run held concurrency limit {name} for {WAIT_SECONDS:.0f}s; see the runs in "
+                    "the Prefect UI (Concurrency), or raise GENESIS_DR_CONCURRENCY_WAIT"
+                ) from None
+            try:
+                retry_after = float(exc.response.headers.get("Retry-After", 1))
+            except ValueError:
+                retry_after = 1.0
+            time.sleep(max(0.05, min(retry_after, POLL_SECONDS, left)))
+            continue
+        granted = response.json()
+        if granted.get("limits"):
+            limits = [MinimalConcurrencyLimitResponse.model_validate(limit) for limit in granted["limits"]]
+            return UUID(granted["lease_id"]), limits, time.monotonic() - started
+        if created:
+            raise LockedError(f"{what}: concurrency limit {name} was removed while this run was creating it; run again")
+        ensure_limit(name)  # created on first use (one request less than reading it on every run)
+        created = True
+
+
+class _Renewal(threading.Thread):
+    """Renews the lease every ``LEASE_SECONDS / 2`` while the body runs; a failure warns, never stops the body."""
+
+    def __init__(self, lease_id: UUID, what: str, logger) -> None:
+        super().__init__(name=f"genesis-dr-lease-{lease_id}", daemon=True)
+        self.lease_id, self.what, self.logger = lease_id, what, logger
+        self.stopped = threading.Event()
+        self.context = contextvars.copy_context()  # this task's settings (API URL) and run logger
+
+    def run(self) -> None:
+        self.context.run(self._renew)
+
+    def _renew(self) -> None:
+        with get_client(sync_client=True) as client:
+            failing = False
+            while not self.stopped.wait(5.0 if failing else LEASE_SECONDS / 2):
+                try:
+                    client.renew_concurrency_lease(lease_id=self.lease_id, lease_duration=LEASE_SECONDS)
+                    failing = False
+                except Exception as exc:  # an API blip must not kill a long backup: warn and try again
+                    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404:
+                        self.logger.warning(
+                            "%s: its concurrency slot's lease expired; the limit no longer holds other runs back "
+                            "until this one ends",
+                            self.what,
+                        )
+                        return
+                    if not failing:
+                        self.logger.warning("%s: could not renew its concurrency slot (%s); retrying", self.what, exc)
+                    failing = True
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
 @contextmanager
 def exclusive(name: str, what: str) -> Iterator[None]:
     """Hold one slot of ``name`` for the body; wait for it (logged) up to ``WAIT_SECONDS``."""
     logger = get_run_logger()
-    ensure_limit(name)
     _release_slot_of_dead_holder(name, logger)
-    started, acquired = time.monotonic(), False
-    try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=WAIT_SECONDS,
-            lease_duration=LEASE_SECONDS,
-            strict=True,
-            raise_on_lease_renewal_failure=False,  # an API blip must not kill a long backup
-        ):
-            acquired = True
+    with get_client(sync_client=True) as client:
+        lease_id, limits, waited = _acquire(client, name, what)
+        events = emit_concurrency_acquisition_events(limits, 1)
+        renewal = _Renewal(lease_id, what, logger)
+        renewal.start()
+        try:
             _record_holder(name)
-            logger.info("%s: holding concurrency limit %s (waited %.1fs)", what, name, time.monotonic() - started)
+            logger.info("%s: holding concurrency limit %s (waited %.1fs)", what, name, waited)
+            yield
+        finally:
+            renewal.stop()
             try:
-                yield
-            finally:
+                _request(client, "/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease_id)})
+            except Exception as exc:  # the body's outcome stands; the record left behind frees the slot later
+                logger.warning(
+                    "%s: could not give back its concurrency slot (%s); the next run of this host gives it back",
+                    what,
+                    exc,
+                )
+            else:
                 state_store().delete(_holder_key(name))
-    except TimeoutError:
-        if acquired:
-            raise  # the body's (or the task's) timeout, not ours
-        raise LockedError(
-            f"{what}: another run held concurrency limit {name} for {WAIT_SECONDS:.0f}s; see the runs in the "
-            "Prefect UI (Concurrency), or raise GENESIS_DR_CONCURRENCY_WAIT"
-        ) from None
+            emit_concurrency_release_events(limits, 1, events)

@@ -7,13 +7,13 @@ from datetime import datetime
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.apply import load_stack
 from core import operations
 from core.engines import engine_for
 from core.plan import restore_target
 from core.planning import plan_restore_from
 from tasks.limits import exclusive, restore_limit
 from tasks.policy import task_options
+from tasks.run_stack import run_stack
 from tasks.runlog import progress
 
 
@@ -28,7 +28,7 @@ def plan_restore_task(
     force: bool,
 ) -> dict:
     """Choose the backup and describe what a restore would do (reads only; ``--dry-run`` runs the same planner)."""
-    config = load_stack(stack)
+    config = run_stack(stack).config  # resolved here once; the restore task of this run reuses it
     return plan_restore_from(
         config, config.vault, source, backup_id, target_time, target, target_source, force
     ).to_dict()
@@ -46,10 +46,11 @@ def restore_backup_task(
     stack: str, source: str, backup_id: str, target: dict | None, target_source: str | None, force: bool
 ) -> dict:
     """Restore one backup into its target, verify it, return the report; each step goes to the run log."""
-    config = load_stack(stack)
+    opened = run_stack(stack)
+    config = opened.config
     engine = engine_for(restore_target(config, source, target, target_source))
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_backup(
-            config.vault.open(), config.keyring(), backup_id, engine, force=force, progress=progress()
+            config.vault.open(), opened.keyring, backup_id, engine, force=force, progress=progress()
         )
     return report.to_dict()

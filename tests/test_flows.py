@@ -357,3 +357,50 @@ def test_backups_of_one_source_wait_for_each_other(make_stack, redis_factory):
     second.join(timeout=120)
     assert outcome["state"].is_completed(), outcome["state"].message
     assert [m.status for m in backups_of(stack)] == [COMPLETED]
+
+
+def test_a_run_resolves_its_stack_once_and_the_next_run_again(make_stack, tmp_path):
+    """Every task of one run shares one resolution of the stack (one keyring too); the next run reads the blocks
+    again, so an 'apply' between runs takes effect."""
+    from prefect import flow, task
+
+    from core.sources import FilesSourceConfig
+    from tasks.run_stack import run_stack
+
+    stack = make_stack([FilesSourceConfig(name="app", root=str(files_tree(tmp_path / "app")))])
+
+    @task
+    def resolved(name: str) -> tuple[int, int, tuple[str, ...]]:
+        opened = run_stack(name)
+        return id(opened), id(opened.keyring), tuple(s.name for s in opened.config.sources)
+
+    @flow
+    def twice(name: str) -> list:
+        return [resolved.submit(name).result() for _ in range(3)]
+
+    first = twice(stack.name)
+    assert len(set(first)) == 1 and first[0][2] == ("app",)
+    second = twice(stack.name)
+    assert len(set(second)) == 1 and second[0][:2] != first[0][:2]
+
+
+def test_sources_of_one_run_take_their_slots_without_waiting(make_stack, tmp_path):
+    """Four sources ask for their concurrency slots at the same moment. On the harness's SQLite server such
+    requests meet and get 503 ("database is locked"), after which Prefect's own client waits about 2 s; ours ask
+    again at once, so no source waits for a slot nobody holds."""
+    from core.sources import FilesSourceConfig
+    from flows.backup import backup
+
+    stack = make_stack(
+        [FilesSourceConfig(name=f"app{i}", root=str(files_tree(tmp_path / f"app{i}"))) for i in range(4)]
+    )
+    for _ in range(2):  # the first run creates the four limits, the second finds them
+        state = backup(stack=stack.name, return_state=True)
+        assert state.is_completed(), state.message
+        waits = [
+            float(m.group(1))
+            for line in run_logs(state.state_details.flow_run_id)
+            if (m := re.search(r"holding concurrency limit \S+ \(waited ([\d.]+)s\)", line))
+        ]
+        assert len(waits) == 4 and max(waits) < 1.5, waits
+    assert sorted(m.status for m in backups_of(stack)) == [COMPLETED] * 8
