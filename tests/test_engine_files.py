@@ -1081,7 +1081,9 @@ def test_our_archive_reads_the_same_in_tarfile_and_gnu_tar(vault, keyring, tmp_p
             assert members[rel].isdir(), rel
         acl = members["data/app.conf.third-link"].pax_headers["SCHILY.xattr.system.posix_acl_access"]
         assert acl.encode("utf-8", "surrogateescape") == FILE_ACL
-    listing = subprocess.run(["tar", "--quoting-style=literal", "-tf", "-"], input=raw, capture_output=True, check=True).stdout
+    listing = subprocess.run(
+        ["tar", "--quoting-style=literal", "-tf", "-"], input=raw, capture_output=True, check=True
+    ).stdout
     names = {os.fsdecode(n).rstrip("/") for n in listing.splitlines()}
     assert set(checks["files"]) | set(checks["symlinks"]) | set(checks["specials"]) <= names
 
@@ -1174,3 +1176,19 @@ def test_corrupt_chunk_in_the_middle_fails_the_restore_and_nothing_hangs(vault, 
     for thread in readers:
         thread.join(timeout=10)
     assert not [t for t in readers if t.is_alive()]
+
+
+def test_full_target_while_a_large_file_streams_is_one_line_and_leaves_nothing(vault, keyring, tmp_path):
+    """A file larger than the write-ahead budget goes to its writer through a queue: a full
+    target stops it the same way (one line, naming it; no partial file; nothing blocks)."""
+    src = tmp_path / "src"
+    write(src / "a-small.txt", b"fits")
+    write(src / "huge.bin", os.urandom(12 << 20))
+    write(src / "z-after.txt", b"never reached")
+    manifest = backup_source(vault, keyring, files_engine(src))
+    with tmpfs(tmp_path / "small-fs", "4m") as fs:
+        with pytest.raises(EngineError) as info:
+            restore_backup(vault, keyring, manifest.id, files_engine(fs / "restore"))
+        message = str(info.value)
+        assert "\n" not in message and "No space left on device" in message and "huge.bin" in message
+        assert os.listdir(fs) == []

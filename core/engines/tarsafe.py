@@ -37,12 +37,14 @@ line in ``notes``; a file being written when an error strikes is removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import grp
 import hashlib
 import os
 import pwd
+import queue
 import shutil
 import stat
 import threading
@@ -61,12 +63,40 @@ _SPECIAL = (FIFOTYPE, CHRTYPE, BLKTYPE)
 # An xattr the target refuses is a note (and a verification failure), not a crash.
 _XATTR_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# Regular files of one directory are written by a few threads at once: creating a file
-# is kernel work (inode, directory entry) that a single thread would do one at a time,
-# while this thread parses the next members. Their data (views of the stream's
-# chunks) is held until written, up to this many bytes; a larger file is written here.
+# Regular files of one directory are written by a few threads at once: creating and
+# filling a file is kernel work (inode, directory entry, page cache) that one thread
+# would do one file at a time, while this thread parses the next members. A small
+# file's data (views of the stream's chunks) is held until written, up to this many
+# bytes in all; a larger file is streamed to its writer through a short queue while
+# this thread hashes it, so hashing and writing overlap too.
 WRITERS = 2
-WRITE_AHEAD_BYTES = 32 << 20
+WRITE_AHEAD_BYTES = 8 << 20
+STREAM_PIECES = 4
+_END = object()
+
+
+class _Feed:
+    """The pieces of one streamed file, from this thread to its writer.
+
+    The writer takes pieces until the end mark; if it fails, it keeps taking
+    (and dropping) them, so the producer never blocks on a full queue."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=STREAM_PIECES)
+        self.ended = False
+
+    def pieces(self):
+        while (piece := self.queue.get()) is not _END:
+            if isinstance(piece, BaseException):
+                self.ended = True
+                raise piece
+            yield piece
+        self.ended = True
+
+    def drain(self) -> None:
+        while not self.ended:
+            piece = self.queue.get()
+            self.ended = piece is _END or isinstance(piece, BaseException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +176,7 @@ class SafeExtractor:
         self._jobs: deque[tuple[Future, Member, str, list[str]]] = deque()
         self._pending: set[str] = set()
         self._pending_bytes = 0
+        self._digests_due: dict[str, str] = {}
         self._count_lock = threading.Lock()
 
     @property
@@ -227,7 +258,7 @@ class SafeExtractor:
         if dense:
             self._files.add(rel)
             if member.size > WRITE_AHEAD_BYTES:
-                self._store_written(rel, self._write_file(parent_fd, name, member, reader.data(), self.notes))
+                self._stream(parent_fd, name, rel, member, reader)
             else:
                 self._submit(parent_fd, name, rel, member, list(reader.data()))
             return
@@ -259,14 +290,43 @@ class SafeExtractor:
     def _submit(self, dir_fd: int, name: str, rel: str, member: Member, pieces: list) -> None:
         while self._jobs and self._pending_bytes + member.size > WRITE_AHEAD_BYTES:
             self._collect()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore-write")
         notes: list[str] = []
         # The kept parent descriptor is shared: it is closed only after the jobs are drained.
-        future = self._pool.submit(self._write_file, dir_fd, name, member, pieces, notes)
+        future = self._writers().submit(self._write_file, dir_fd, name, member, pieces, notes)
         self._jobs.append((future, member, rel, notes))
         self._pending.add(rel)
         self._pending_bytes += member.size
+
+    def _stream(self, dir_fd: int, name: str, rel: str, member: Member, reader: PaxReader) -> None:
+        """A large file: its writer takes the pieces as this thread hashes them."""
+        while len(self._jobs) >= WRITERS:  # at most WRITERS feeds (of STREAM_PIECES each) held
+            self._collect()
+        notes: list[str] = []
+        feed = _Feed()
+        future = self._writers().submit(self._write_streamed, dir_fd, name, member, feed, notes)
+        self._jobs.append((future, member, rel, notes))
+        self._pending.add(rel)
+        digest = hashlib.sha256()
+        try:
+            for piece in reader.data():
+                digest.update(piece)
+                feed.queue.put(piece)
+        except BaseException as exc:
+            feed.queue.put(exc)  # the writer removes the partial file
+            raise
+        feed.queue.put(_END)
+        self._digests_due[rel] = digest.hexdigest()
+
+    def _write_streamed(self, dir_fd: int, name: str, member: Member, feed: _Feed, notes: list[str]) -> Written:
+        try:
+            return self._write_file(dir_fd, name, member, feed.pieces(), notes, hashed=False)
+        finally:
+            feed.drain()
+
+    def _writers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore-write")
+        return self._pool
 
     def _collect(self) -> None:
         """Wait for the oldest file job; its error (a full disk) is raised here, naming its member."""
@@ -278,18 +338,22 @@ class SafeExtractor:
         except BaseException:
             self.current = member.name
             raise
+        if not written.sha256:  # streamed: this thread hashed it
+            written = dataclasses.replace(written, sha256=self._digests_due.pop(rel))
         self._store_written(rel, written)
         self.notes.extend(notes)
 
     def _drain(self, quiet: bool = False) -> None:
         """Wait for every file job; the first error is raised after all have ended."""
         error: BaseException | None = None
+        current = self.current
         while self._jobs:
             try:
                 self._collect()
             except BaseException as exc:
                 if error is None:
-                    error = exc
+                    error, current = exc, self.current
+        self.current = current  # the member of the first error, for its message
         if error is not None and not quiet:
             raise error
 
@@ -390,18 +454,23 @@ class SafeExtractor:
             self._remove_existing(dir_fd, name)
             return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
 
-    def _write_file(self, dir_fd: int, name: str, member: Member, pieces, notes: list[str]) -> Written:
+    def _write_file(
+        self, dir_fd: int, name: str, member: Member, pieces, notes: list[str], hashed: bool = True
+    ) -> Written:
         """Write a dense regular file from ``pieces`` (straight from the stream's chunks: one
-        write for most files), hashed on the way so verification need not read it again."""
+        write for most files), hashed on the way so verification need not read it again
+        (``hashed=False``: the caller hashes them; ``sha256`` is left empty)."""
         fd = self._create(dir_fd, name)
         try:
-            digest = hashlib.sha256()
+            digest = hashlib.sha256() if hashed else None
             for piece in pieces:
-                digest.update(piece)
+                if digest is not None:
+                    digest.update(piece)
                 _write_all(fd, piece, None)
             self._finish_file(fd, member, notes)
             st = os.fstat(fd)
-            return Written(digest.hexdigest(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sha256 = digest.hexdigest() if digest is not None else ""
+            return Written(sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except BaseException:
             # Never leave a partial file behind (a full disk, a damaged stream).
             with contextlib.suppress(OSError):
