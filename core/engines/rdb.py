@@ -437,34 +437,43 @@ def _read_stream(r: ByteReader, rtype: int, pending: bool = True) -> bytes:
 
 
 def _hash_stream_listpack(h, node_key: bytes, e: list[int | bytes]) -> None:
-    """Decode one stream listpack: a master entry, then delta-encoded entries."""
+    """Decode one stream listpack: a master entry, then delta-encoded entries.
+
+    The node's bytes are gathered and hashed with one ``update`` (the same
+    digest as one ``update`` per field, at a fraction of the calls)."""
     master_ms = int.from_bytes(node_key[:8], "big")
     master_seq = int.from_bytes(node_key[8:], "big")
+    out: list[bytes] = []
+    add = out.append
     try:
         n_master = e[2]
-        master_fields = [as_bytes(f) for f in e[3 : 3 + n_master]]
+        master_fields = [lp(as_bytes(f)) for f in e[3 : 3 + n_master]]
+        master_count = len(master_fields).to_bytes(8, "big")
         i = 3 + n_master + 1  # skip the master terminator
         while i < len(e):
             flags, ms_diff, seq_diff = e[i], e[i + 1], e[i + 2]
             i += 3
             if flags & 2:  # same fields as the master entry
                 fields = master_fields
+                count = master_count
                 values = e[i : i + n_master]
                 i += n_master
             else:
                 nf = e[i]
-                fields = [as_bytes(f) for f in e[i + 1 : i + 1 + 2 * nf : 2]]
+                fields = [lp(as_bytes(f)) for f in e[i + 1 : i + 1 + 2 * nf : 2]]
+                count = len(fields).to_bytes(8, "big")
                 values = e[i + 2 : i + 2 + 2 * nf : 2]
                 i += 1 + 2 * nf
             i += 1  # lp-count
             if flags & 1:  # deleted
                 continue
-            h.update((master_ms + ms_diff).to_bytes(8, "big") + (master_seq + seq_diff).to_bytes(8, "big"))
-            h.update(len(fields).to_bytes(8, "big"))
+            add((master_ms + ms_diff).to_bytes(8, "big") + (master_seq + seq_diff).to_bytes(8, "big") + count)
             for f, v in zip(fields, values, strict=True):
-                h.update(lp(f) + lp(as_bytes(v)))
+                add(f)
+                add(lp(as_bytes(v)))
     except (IndexError, TypeError, ValueError) as exc:
         raise _corrupt(f"stream listpack: {exc}") from None
+    h.update(b"".join(out))
 
 
 # --- whole files and DUMP payloads -----------------------------------------

@@ -77,6 +77,8 @@ _INTS = [b"%d" % n for n in range(128)]
 # hash table, which differs between two servers holding the same data.
 RAW_TYPES = frozenset((0, 10, 11, 12, 13, 14, 16, 17, 18, 20))
 _OPS = [bytes([n]) for n in range(256)]
+# Streams serialize canonically too (radix-tree order), but only the streaming path reads them.
+RAW_STREAMS = frozenset((15, 19, 21))
 
 
 def _lengths(items: list[bytes]) -> bytes:
@@ -533,7 +535,9 @@ def _encoded_stream(r: ByteReader, op: int) -> bytes:
     r.flush()
     r.set_tee(tee)
     try:
-        if op in (14, 18):
+        if op in RAW_STREAMS:
+            _skip_stream(r, op)
+        elif op in (14, 18):
             for _ in range(read_len(r)):
                 if op == 18:
                     read_len(r)
@@ -546,6 +550,30 @@ def _encoded_stream(r: ByteReader, op: int) -> bytes:
     if size <= INLINE_STRING:
         return _OPS[op] + _U64.pack(size) + bytes(kept)
     return _OPS[op] + _U64.pack(size) + h.digest()
+
+
+def _skip_stream(r: ByteReader, rtype: int) -> None:
+    """Past one stream value (the layout ``rdb._read_stream`` reads), decoding nothing."""
+    for _ in range(read_len(r)):
+        _skip_stream_string(r)  # node key
+        _skip_stream_string(r)  # node listpack
+    read_len(r)  # length
+    read_len(r), read_len(r)  # last id
+    if rtype >= 19:
+        for _ in range(5):  # first id, max deleted id, entries added
+            read_len(r)
+    for _ in range(read_len(r)):  # groups
+        _skip_stream_string(r)
+        read_len(r), read_len(r)  # last delivered id
+        if rtype >= 19:
+            read_len(r)  # entries read
+        for _ in range(read_len(r)):  # pending entries
+            r.read(24)
+            read_len(r)
+        for _ in range(read_len(r)):  # consumers
+            _skip_stream_string(r)
+            r.read(16 if rtype >= 21 else 8)
+            r.read(16 * read_len(r))
 
 
 def _skip_stream_string(r: ByteReader) -> None:
@@ -777,7 +805,7 @@ class RdbScanner:
             read_len(r)
         else:
             key = read_string(r)
-            if self.encoded and op in RAW_TYPES:
+            if self.encoded and (op in RAW_TYPES or op in RAW_STREAMS):
                 type_name, part = "raw", _encoded_stream(r, op)
             else:
                 type_name, part = read_object3(r, op)
@@ -787,7 +815,7 @@ class RdbScanner:
 
 def dump_encoded_part(payload: bytes) -> tuple[str, bytes]:
     """(type, encoded-digest part) of a ``DUMP`` payload: the object's bytes as they are, for ``RAW_TYPES``."""
-    if len(payload) >= 11 and payload[0] in RAW_TYPES:
+    if len(payload) >= 11 and (payload[0] in RAW_TYPES or payload[0] in RAW_STREAMS):
         return "raw", encoded_part(payload[0], payload[1:-10])
     return dump_part(payload)
 
