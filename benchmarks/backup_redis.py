@@ -259,8 +259,9 @@ class WalkerRSS:
 class Ours:
     """genesis-dr's backup and restore, in this process, into a local vault under ``workdir``."""
 
-    def __init__(self, source: RedisServer, workdir: Path, out: dict) -> None:
+    def __init__(self, source: RedisServer, workdir: Path, out: dict, targets: list[RedisServer]) -> None:
         self.source, self.workdir, self.out = source, workdir, out
+        self.targets = targets  # the CPU meter counts their server time
         self.keyring = bench_keyring(out)
         self.vault = bench_vault(workdir / "vault", out)
         self.manifests: dict[str, object] = {}
@@ -289,6 +290,7 @@ class Ours:
 
         out = self.out
         target = RedisServer(self.workdir / f"target-{mode}")
+        self.targets.append(target)
         try:
             log(f"genesis-dr restore, mode {mode}, into a fresh redis-server (includes verification)")
             engine = RedisEngine(target.config("bench-restore", mode))
@@ -331,7 +333,7 @@ def run(args: argparse.Namespace) -> dict:
         seed(source, keys)
         out["keys"] = int(source.cli("DBSIZE"))
         out["used_memory_mb"] = round(int(source.cli("INFO", "memory").split("used_memory:")[1].split()[0]) / 2**20)
-        ours = Ours(source, workdir, out) if steps & {"backup", "restore", "logical", "logical_restore"} else None
+        ours = Ours(source, workdir, out, targets) if steps & {"backup", "restore", "logical", "logical_restore"} else None
         sealed = workdir / "seed.rdb.gz.enc"
         if "seed_restore" in steps:
             log("seed pipeline output kept as the seed restore's input (not timed)")
