@@ -81,8 +81,15 @@ _OPS = [bytes([n]) for n in range(256)]
 RAW_STREAMS = frozenset((15, 19, 21))
 
 
+# Precompiled formats for the usual small counts (struct's own cache is keyed by the format string,
+# which would be built on every call).
+_LENS = [struct.Struct(f">{n}Q").pack for n in range(65)]
+_DOUBLES = [struct.Struct(f">{n}d").pack for n in range(65)]
+
+
 def _lengths(items: list[bytes]) -> bytes:
-    return struct.pack(f">{len(items)}Q", *map(len, items))
+    n = len(items)
+    return (_LENS[n] if n < 65 else struct.Struct(f">{n}Q").pack)(*map(len, items))
 
 
 def _lp(data: bytes) -> bytes:
@@ -147,7 +154,10 @@ def _zset_sorted(members: list[bytes], scores: list[float]) -> bytes:
     ordered_members, ordered_scores = (
         zip(*sorted(zip(members, scores, strict=True)), strict=True) if members else ((), ())
     )
-    return b"S" + _raw(list(ordered_members)) + struct.pack(f">{len(members)}d", *ordered_scores)
+    n = len(members)
+    return (
+        b"S" + _raw(list(ordered_members)) + (_DOUBLES[n] if n < 65 else struct.Struct(f">{n}d").pack)(*ordered_scores)
+    )
 
 
 class Bag:
