@@ -16,6 +16,8 @@ import hashlib
 import os
 import pwd
 import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +43,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: if a fifo is swapped in after listing, opening it must not hang.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-_ZEROS = bytes(READ_CHUNK)
+_ZEROS = memoryview(bytes(READ_CHUNK))
+# Files at least this large are hashed on the hasher's thread (smaller ones cost less
+# to hash here than to hand over).
+HASH_APART = 64 << 10
 SKIP_FIELD = "skip_unarchivable"
 
 
@@ -108,24 +113,54 @@ def _header(rel: str, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes] 
     return header
 
 
+class _Hasher:
+    """Hashes large files on a thread of its own, in order, while the walk reads the next
+    bytes: the walk's thread then only reads and copies. At most ``AHEAD`` updates (of up
+    to ``READ_CHUNK`` bytes each) wait, so memory stays flat."""
+
+    AHEAD = 2
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="files-hash")
+        self._jobs: deque[Future] = deque()
+
+    def submit(self, fn, *args) -> None:
+        while len(self._jobs) >= self.AHEAD:
+            self._jobs.popleft().result()
+        self._jobs.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        while self._jobs:
+            self._jobs.popleft().result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _set_digest(entry: dict[str, Any], digest: Any) -> None:
+    entry["sha256"] = digest.hexdigest()
+
+
 class _Copy:
     """Copies a file's archived bytes into the archive, hashing the file's content on the way.
 
     The data ``segments`` are read with ``pread``; the digest covers the whole
     logical content, holes as zeros, so it matches a plain read of the
     restored file. The header already promised the size, so a file that
-    shrank is padded with zeros rather than breaking the archive.
+    shrank is padded with zeros rather than breaking the archive. With a
+    ``hasher``, the digest is fed on its thread (in order).
     """
 
-    def __init__(self, fd: int, rel: str, label: str) -> None:
+    def __init__(self, fd: int, rel: str, label: str, hasher: _Hasher | None = None) -> None:
         self.fd, self.rel, self.label = fd, rel, label
         self.digest = hashlib.sha256()
         self.shrank = False
+        self._update = self.digest.update if hasher is None else lambda data: hasher.submit(self.digest.update, data)
 
     def _hash_zeros(self, n: int) -> None:
         while n:
             step = min(n, len(_ZEROS))
-            self.digest.update(_ZEROS[:step])
+            self._update(_ZEROS[:step])
             n -= step
 
     def run(self, tar: PaxWriter, size: int, segments: list[tuple[int, int]]) -> None:
@@ -139,7 +174,7 @@ class _Copy:
                 if len(data) < want:
                     self.shrank = True
                     data += bytes(want - len(data))
-                self.digest.update(data)
+                self._update(data)
                 tar.data(data)
                 pos += want
             hashed_to = end
@@ -193,6 +228,7 @@ class Archiver:
     inodes: dict[tuple[int, int], str] = field(default_factory=dict)
     sparse_names: int = 0
     tar: PaxWriter | None = None
+    hasher: _Hasher | None = None
 
     def checks(self) -> dict[str, Any]:
         return {
@@ -231,8 +267,13 @@ class Archiver:
     def run(self, out: Writable, root_fd: int, paths: list[str]) -> None:
         """Write the whole archive into ``out``."""
         self.tar = PaxWriter(out)
-        for path in paths:
-            self._archive_path(root_fd, path)
+        self.hasher = _Hasher()
+        try:
+            for path in paths:
+                self._archive_path(root_fd, path)
+            self.hasher.wait()  # every file's digest is in the checks
+        finally:
+            self.hasher.close()
         # Only a run that got here ends the archive: a failed one never looks complete.
         self.tar.close()
 
@@ -432,6 +473,8 @@ class Archiver:
         if first is None:
             self.inodes[key] = rel
             return False
+        if self.hasher is not None:
+            self.hasher.wait()  # the first name's digest, copied below
         header = _header(rel, st, LNKTYPE)
         header.linkname = os.fsencode(first)
         self._add(header)
@@ -473,15 +516,22 @@ class Archiver:
             assert self.tar is not None
             if prefix:
                 self.tar.data(prefix)
-            copy = _Copy(fd, rel, self.label)
+            apart = st.st_size >= HASH_APART
+            copy = _Copy(fd, rel, self.label, self.hasher if apart else None)
             copy.run(self.tar, st.st_size, segments)
             self._note_changes(fd, st, copy, rel)
-            self.files[rel] = {
-                "sha256": copy.digest.hexdigest(),
+            entry: dict[str, Any] = {
+                "sha256": "",
                 "size": st.st_size,
                 "mode": mode_text(st),
                 "mtime_ns": st.st_mtime_ns,
             }
+            if apart:
+                assert self.hasher is not None
+                self.hasher.submit(_set_digest, entry, copy.digest)
+            else:
+                _set_digest(entry, copy.digest)
+            self.files[rel] = entry
             self._note_xattrs(rel, xattrs)
             self.total_bytes += st.st_size
         finally:

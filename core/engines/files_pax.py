@@ -25,6 +25,7 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # archives end on a 10 KiB record, as tar and tarfile write them
 # Stream writes are gathered up to this size (the vault's chunks are larger).
 WRITE_SIZE = 1 << 20
+_DIRECT = 64 << 10  # pieces at least this large skip the gathering buffer
 # A PAX or GNU long-name header larger than this is refused: the reader holds it in memory.
 MAX_META = 16 << 20
 
@@ -202,6 +203,13 @@ class PaxWriter:
         n = len(piece)
         self._offset += n
         buf = self._buf
+        if n >= _DIRECT and n <= WRITE_SIZE:
+            # File data goes out as it is (the vault copies it into its chunk once).
+            if buf:
+                self._out.write(buf)
+                self._buf = bytearray()
+            self._out.write(piece)
+            return
         if len(buf) + n < WRITE_SIZE:
             buf += piece
             return

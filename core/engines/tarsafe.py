@@ -71,7 +71,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # this thread hashes it, so hashing and writing overlap too.
 WRITERS = 2
 WRITE_AHEAD_BYTES = 8 << 20
-STREAM_PIECES = 4
+STREAM_PIECES = 2
 _END = object()
 
 
