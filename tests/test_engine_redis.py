@@ -684,3 +684,20 @@ def test_the_plan_says_how_each_kind_of_backup_is_loaded_and_verified(seeded, re
         plan = plan_restore_from(Stack(), vault_config, "cache", seeded["backups"][mode], None, None, None, False)
         [load] = [step for step in plan.steps if step.startswith("stream ")]
         assert says in load and "verified by walking the target's own snapshot over replication" in load
+
+
+def test_the_encoding_shortcut_proves_only_the_backup_that_was_loaded(seeded, keyring, redis_factory, vault):
+    # A target loaded from backup A, asked to prove backup B (one more key): it must not pass
+    # because its encodings match the stream it loaded.
+    target = redis_factory()
+    engine = RedisEngine(target.config("cache", "rdb"))
+    _restore_with_engine(seeded["vault"], keyring, seeded["backups"]["rdb"], engine)
+    other = redis_factory()
+    seed_redis(other.client())
+    other.client().set("only-in-b", "x")
+    manifest = backup_source(vault, keyring, RedisEngine(other.config("cache", "rdb")))
+    checks_b = vault.open_backup(manifest.id, keyring).result.checks
+
+    with pytest.raises(VerificationError, match=r"databases\.db0\.(digest|keys)"):
+        verify_target(engine, checks_b, manifest.id)
+    assert engine.verified_by == "its own snapshot over replication"

@@ -297,13 +297,17 @@ class RedisEngine(Engine):
         replication (managed Redis, an ACL without SYNC) is read with pipelined
         SCAN + DUMP + PTTL instead, digested the same way.
         """
+        # The shortcut holds only for the backup this engine loaded: its stream was walked, and
+        # the checks now being proved are the ones recorded for that stream.
         loaded = getattr(self, "_loaded", None)
+        if loaded is not None and loaded[2] != reference:
+            loaded = None
         try:
             sync = self._replica_sync()
         except SyncRefusedError:
             return self._checks_by_scan(reference), "SCAN/DUMP (the server refuses a replication sync)"
         if loaded is not None:
-            now, expected = loaded
+            now, expected, _ = loaded
             try:
                 with Walker("rdb", self.label, now, encoded=True) as walker:
                     size = sync.pump(walker.write)
@@ -525,7 +529,7 @@ class RedisEngine(Engine):
             )
         self._check_walked(walked, length, "backup's RDB stream")
         master.send(bytes(held))
-        self._loaded = (now, walked["checks"])
+        self._loaded = (now, walked["checks"], checks)
         return walked_notes(walked)
 
     def _check_rdb_version(self, target_version: str, rdb_version: int) -> None:
@@ -681,7 +685,7 @@ class RedisEngine(Engine):
                 tee = _Buffered(walker.write)
                 restore_records(iter_records(_TeeReader(f, tee.write)), client_for, self.label, expired)
                 tee.flush()
-            self._loaded = (now, walker.result()["checks"])
+            self._loaded = (now, walker.result()["checks"], result.checks)
             if FUNCTIONS_STREAM in source.stream_names():
                 notes += self._restore_functions(b"".join(source.iter_stream(FUNCTIONS_STREAM)))
         except DRError as exc:
