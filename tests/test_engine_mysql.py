@@ -810,3 +810,48 @@ def test_table_splitter_ignores_piece_boundaries():
         # A later part of a table repeats its preamble: each part loads on its own.
         assert h0 == header + preamble + b"INSERT INTO `h` VALUES (1);\n"
         assert h1 == header + preamble + b"INSERT INTO `h` VALUES (2);\n-- Dump completed\n"
+
+
+def test_single_stream_backup_with_older_checks_still_restores_and_verifies(mysql_server, seeded, keyring):
+    """A backup as taken before the per-table layout and mysql-checks/3: one dump.sql, /2 checks."""
+    from core.engines import mysql_checks
+
+    with mysql_server.connect(seeded["database"]) as conn, conn.cursor() as cur:
+        inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/2")
+        counters = mysql_checks.live_auto_increments(cur, seeded["database"], "mariadb")
+        v2 = mysql_checks.build_checks(
+            cur, seeded["database"], inventory, counters, default_auto_increment=None, algorithm="mysql-checks/2"
+        )
+    reader = seeded["vault"].open_backup(seeded["manifest"].id, keyring)
+    try:
+        assert sorted(reader.stream_names()) == ["dump.sql", "grants.json"]
+        engine = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("old_layout")))
+        notes = engine.restore(reader, BackupResult(position=reader.result.position, checks=v2))
+    finally:
+        reader.close()
+    assert notes == []
+    assert verify_target(engine, v2, seeded["manifest"].id) == count_checks(v2)
+
+
+def test_corrupt_table_stream_mid_restore_stops_every_load_and_says_the_target_was_changed(
+    mysql_server, split_backup, keyring, tmp_path
+):
+    import shutil
+
+    vault_dir = tmp_path / "v"
+    shutil.copytree(split_backup["vault_dir"], vault_dir)
+    manifest = split_backup["manifest"]
+    stream = sorted(s.name for s in manifest.streams if s.name.startswith("data-"))[-1]  # loaded last
+    chunk = sorted((vault_dir / "backups" / manifest.id / "streams" / stream).iterdir())[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    engine = MySQLEngine(mysql_server.config("app-db", mysql_server.fresh_database_name("split_corrupt")))
+
+    with pytest.raises(IntegrityError) as err:
+        _restore_with_engine(_vault(vault_dir), keyring, manifest.id, engine)
+
+    message = str(err.value)
+    assert "\n" not in message and manifest.id in message
+    assert f"{engine.describe()} was left partially restored" in message
+    assert child_argvs("mariadb") == []  # no load left running
