@@ -70,9 +70,21 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # bytes in all; a larger file is streamed to its writer through a short queue while
 # this thread hashes it, so hashing and writing overlap too.
 WRITERS = 2
-WRITE_AHEAD_BYTES = 8 << 20
+WRITE_AHEAD_BYTES = 4 << 20
 STREAM_PIECES = 2
+# Small files go to a writer in batches (one hand-over per batch, not per file).
+BATCH_FILES, BATCH_BYTES = 32, 1 << 20
 _END = object()
+
+
+@dataclass
+class _Job:
+    """Files handed to a writer: a batch of small ones, or one streamed large one (whose
+    ``sha256`` this thread computed). The future gives (written, notes, error)."""
+
+    future: Future
+    items: list[tuple[str, Member]]
+    sha256: str | None = None
 
 
 class _Feed:
@@ -173,10 +185,11 @@ class SafeExtractor:
         self._parent_fd = -1
         # Files being written by the pool: all in the parent directory above, distinct names.
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[tuple[Future, Member, str, list[str]]] = deque()
-        self._pending: set[str] = set()
+        self._jobs: deque[_Job] = deque()
+        self._batch: list[tuple[str, str, Member, list]] = []
+        self._batch_bytes = 0
+        self._pending: set[str] = set()  # names in the batch or in a job
         self._pending_bytes = 0
-        self._digests_due: dict[str, str] = {}
         self._count_lock = threading.Lock()
 
     @property
@@ -241,7 +254,7 @@ class SafeExtractor:
 
         key = tuple(parts[:-1])
         dense = member.type in REGULAR and member.sparse is None
-        if self._jobs and (not dense or key != self._parent_key or rel in self._pending):
+        if (self._jobs or self._batch) and (not dense or key != self._parent_key or rel in self._pending):
             self._drain()
         kept = "/".join(self._parent_key) if self._parent_key is not None else None
         if kept is not None and (rel == kept or kept.startswith(rel + "/")):
@@ -288,23 +301,48 @@ class SafeExtractor:
     # -- regular files, written by the pool ----------------------------------------------
 
     def _submit(self, dir_fd: int, name: str, rel: str, member: Member, pieces: list) -> None:
-        while self._jobs and self._pending_bytes + member.size > WRITE_AHEAD_BYTES:
-            self._collect()
-        notes: list[str] = []
-        # The kept parent descriptor is shared: it is closed only after the jobs are drained.
-        future = self._writers().submit(self._write_file, dir_fd, name, member, pieces, notes)
-        self._jobs.append((future, member, rel, notes))
+        """A small file: into the current batch, which a writer takes whole."""
+        while self._pending_bytes + member.size > WRITE_AHEAD_BYTES and (self._jobs or self._batch):
+            if self._batch:
+                self._flush_batch()
+            else:
+                self._collect()
+        self._batch.append((name, rel, member, pieces))
+        self._batch_bytes += member.size
         self._pending.add(rel)
         self._pending_bytes += member.size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        assert self._parent_key is not None
+        # The kept parent descriptor is shared: it is closed only after the jobs are drained.
+        future = self._writers().submit(self._write_batch, self._parent_fd, batch)
+        self._jobs.append(_Job(future, [(rel, member) for _, rel, member, _ in batch]))
+
+    def _write_batch(self, dir_fd: int, batch: list) -> tuple[list[Written], list[str], BaseException | None]:
+        """Write the files of a batch in order; stops at the first failure (returned, not raised,
+        so the files written before it are still recorded)."""
+        done: list[Written] = []
+        notes: list[str] = []
+        for name, _, member, pieces in batch:
+            try:
+                done.append(self._write_file(dir_fd, name, member, pieces, notes))
+            except BaseException as exc:
+                return done, notes, exc
+        return done, notes, None
 
     def _stream(self, dir_fd: int, name: str, rel: str, member: Member, reader: PaxReader) -> None:
         """A large file: its writer takes the pieces as this thread hashes them."""
+        if self._batch:
+            self._flush_batch()
         while len(self._jobs) >= WRITERS:  # at most WRITERS feeds (of STREAM_PIECES each) held
             self._collect()
-        notes: list[str] = []
         feed = _Feed()
-        future = self._writers().submit(self._write_streamed, dir_fd, name, member, feed, notes)
-        self._jobs.append((future, member, rel, notes))
+        future = self._writers().submit(self._write_streamed, dir_fd, name, member, feed)
+        job = _Job(future, [(rel, member)])
+        self._jobs.append(job)
         self._pending.add(rel)
         digest = hashlib.sha256()
         try:
@@ -315,11 +353,14 @@ class SafeExtractor:
             feed.queue.put(exc)  # the writer removes the partial file
             raise
         feed.queue.put(_END)
-        self._digests_due[rel] = digest.hexdigest()
+        job.sha256 = digest.hexdigest()
 
-    def _write_streamed(self, dir_fd: int, name: str, member: Member, feed: _Feed, notes: list[str]) -> Written:
+    def _write_streamed(self, dir_fd: int, name: str, member: Member, feed: _Feed):
+        notes: list[str] = []
         try:
-            return self._write_file(dir_fd, name, member, feed.pieces(), notes, hashed=False)
+            return [self._write_file(dir_fd, name, member, feed.pieces(), notes, hashed=False)], notes, None
+        except BaseException as exc:
+            return [], notes, exc
         finally:
             feed.drain()
 
@@ -330,21 +371,25 @@ class SafeExtractor:
 
     def _collect(self) -> None:
         """Wait for the oldest file job; its error (a full disk) is raised here, naming its member."""
-        future, member, rel, notes = self._jobs.popleft()
-        self._pending.discard(rel)
-        self._pending_bytes -= member.size
-        try:
-            written = future.result()
-        except BaseException:
-            self.current = member.name
-            raise
-        if not written.sha256:  # streamed: this thread hashed it
-            written = dataclasses.replace(written, sha256=self._digests_due.pop(rel))
-        self._store_written(rel, written)
+        job = self._jobs.popleft()
+        for rel, member in job.items:
+            self._pending.discard(rel)
+            if job.sha256 is None:  # batched (a streamed file never counted)
+                self._pending_bytes -= member.size
+        done, notes, error = job.future.result()
+        for (rel, _), written in zip(job.items, done, strict=False):
+            if job.sha256 is not None:  # streamed: this thread hashed it
+                written = dataclasses.replace(written, sha256=job.sha256)
+            self._store_written(rel, written)
         self.notes.extend(notes)
+        if error is not None:
+            self.current = job.items[len(done)][1].name
+            raise error
 
     def _drain(self, quiet: bool = False) -> None:
         """Wait for every file job; the first error is raised after all have ended."""
+        if self._batch:
+            self._flush_batch()
         error: BaseException | None = None
         current = self.current
         while self._jobs:
