@@ -698,6 +698,7 @@ class RdbScanner:
         batch = self._batches.setdefault(0, [])
         typed = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash", "raw")}
         raw_types = RAW_TYPES if self.encoded else None
+        ops = _OPS
         pack = _U64.pack
         keys = 0
         while True:
@@ -717,9 +718,25 @@ class RdbScanner:
                     else:
                         key, pos = _string(buf, pos + 1)
                     if raw_types is not None and op in raw_types:
-                        end = _skip_value(buf, pos, op)
+                        # Encoded digests: find the value's end without decoding it (one string
+                        # for most encodings, a one-node quicklist for most lists).
+                        at = pos + 2 if op == 18 and buf[pos] == 1 else pos
+                        b = buf[at]
+                        if op == 18 and at == pos or op == 14:
+                            end = _skip_value(buf, pos, op)
+                        elif b < 0x40:
+                            end = at + 1 + b
+                        elif b < 0x80:
+                            end = at + 2 + (((b & 0x3F) << 8) | buf[at + 1])
+                        else:
+                            end = _skip_string(buf, at)
+                        if end > size:
+                            raise _Short
+                        n = end - pos
                         type_name = "raw"
-                        part = encoded_part(op, buf[pos:end])
+                        part = (
+                            ops[op] + pack(n) + buf[pos:end] if n <= INLINE_STRING else encoded_part(op, buf[pos:end])
+                        )
                         pos = end
                     elif op == 0:  # a string value: half of most datasets, so inline too
                         b = buf[pos]
