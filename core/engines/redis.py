@@ -1,9 +1,10 @@
 """Redis engine: RDB snapshots over replication, or logical DUMP/RESTORE.
 
 Mode ``rdb`` (default) takes a consistent snapshot over the network as a
-replica would (see ``redis_sync``), tees it into the vault and walks it on the
-way (see ``rdb``) to record key counts and digests that match exactly the
-stored bytes. Restoring it makes the target a replica of a short-lived master
+replica would (see ``redis_sync``) and passes the server's bytes unchanged to
+the vault and, through a pipe, to a child process that walks them on another
+core (``redis_walker``, ``rdb_scan``) for key counts and digests that match
+exactly the stored bytes. Restoring it makes the target a replica of a short-lived master
 we run, which streams the RDB from the vault; afterwards the target is
 promoted back (``REPLICAOF NO ONE``). The target's whole dataset is replaced.
 The target keeps its data until the last byte of the payload arrives, and we
@@ -14,8 +15,14 @@ Mode ``logical`` (see ``redis_logical``) works on managed Redis too, but is
 not point-in-time.
 
 A restore follows the method the backup was taken with, whatever the target
-config's ``mode`` says. Verification recomputes the checks on the target with
-``SCAN`` + ``DUMP`` (decoded to logical values, so versions may differ).
+config's ``mode`` says. Verification (``redis-checks/3``) takes the target's
+own snapshot over replication and walks it in the child: right after a
+restore, values encoded byte for byte as in the backup stream (walked beside
+the load) prove the recorded checks without decoding; otherwise (another
+version or config, or changed data) every value is decoded. A target that
+refuses replication is read with pipelined ``SCAN`` + ``DUMP`` + ``PTTL``
+(``redis_pipe``). Checks of older backups (``redis-checks/1``, ``/2``) are
+computed the old way, from ``DUMP`` payloads.
 
 Environment (rdb restores only; the target must reach us):
 ``GENESIS_DR_REDIS_RESTORE_BIND`` - ``host[:port]`` to listen on (default: the
