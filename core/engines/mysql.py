@@ -50,7 +50,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ import pymysql
 from core.engines import mysql_checks, mysql_grants, mysql_split
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
 from core.engines.mysql_dump import DumpFacts, DumpInspector, DumpRewriter, InspectingReader, quote_name
+from core.engines.mysql_tools import Clients, DumpGroup, Stopped, Tail, last_line
 from core.errors import DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import MySQLSourceConfig
 
@@ -113,30 +113,6 @@ def _option_value(value: str) -> str:
     """A value for a MySQL option file: double-quoted, with the escapes the parser understands."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
-
-
-def _last_line(text: str, secrets: list[str]) -> str:
-    lines = [line.strip() for line in redact(text, secrets).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    line = (errors or lines or ["no error output"])[-1]
-    return line[:400]
-
-
-class _Tail(threading.Thread):
-    """Drains a pipe (a tool's stderr) in the background, keeping its last bytes."""
-
-    def __init__(self, pipe, limit: int = 1 << 16) -> None:
-        super().__init__(daemon=True)
-        self._pipe, self._limit, self._data = pipe, limit, b""
-        self.start()
-
-    def run(self) -> None:
-        while chunk := self._pipe.read(8192):
-            self._data = (self._data + chunk)[-self._limit :]
-
-    def text(self) -> str:
-        self.join()
-        return self._data.decode("utf-8", "replace")
 
 
 class _GlobalReadLock:
@@ -247,101 +223,6 @@ class _Checker:
         except DRError:
             pass  # the backup is failing already; the session is closed right after
         thread.join(30)
-
-
-class _DumpGroup:
-    """Dump processes started together, each feeding its consumer in a thread of its own.
-
-    A consumer gets the process's stdout and a ``started`` callback to call once
-    the output shows the snapshot is open; the process ending counts too. The
-    first failure kills the others.
-    """
-
-    def __init__(self, engine: MySQLEngine, tool: str) -> None:
-        self._engine, self._tool = engine, tool
-        self._jobs: list[tuple[list[str], Callable[[Any, Callable[[], None]], None], list[str]]] = []
-        self._started: list[threading.Event] = []
-        self._threads: list[threading.Thread] = []
-        self._procs: list[subprocess.Popen] = []
-        self._errors: list[BaseException] = []
-        self._mutex = threading.Lock()
-        self._options: Any = None
-
-    def add(self, args: list[str], consume, tables: list[str] = ()) -> None:  # type: ignore[assignment]
-        self._jobs.append((args, consume, list(tables)))
-
-    def __enter__(self) -> _DumpGroup:
-        self._options = self._engine._option_file()
-        option_file, pass_fds = self._options.__enter__()
-        db = self._engine.config.database
-        for args, consume, tables in self._jobs:
-            argv = [self._tool, *self._engine._tool_args(option_file), *args, "--", db, *tables]
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
-            )
-            started = threading.Event()
-            self._procs.append(proc)
-            self._started.append(started)
-            thread = threading.Thread(target=self._pump, args=(proc, consume, started), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        return self
-
-    def _pump(self, proc: subprocess.Popen, consume, started: threading.Event) -> None:
-        stderr = _Tail(proc.stderr)
-        try:
-            consume(proc.stdout, started.set)
-            code = proc.wait()
-            if code != 0:
-                name = os.path.basename(self._tool)
-                raise EngineError(
-                    f"{self._engine._where()}: {name} failed (exit {code}): "
-                    f"{_last_line(stderr.text(), self._engine.config.secrets())}; fix the cause and run the backup again"
-                )
-        except BaseException as exc:
-            with self._mutex:
-                self._errors.append(exc)
-            self.kill_all()
-        finally:
-            started.set()  # ended: no snapshot left to wait for
-
-    def kill_all(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-
-    def _raise_first(self) -> None:
-        with self._mutex:
-            if self._errors:
-                raise self._errors[0]
-
-    def wait_for_snapshots(self, deadline: float) -> None:
-        """Until every process has opened its snapshot (or ended); stops them all after ``deadline`` s."""
-        until = time.monotonic() + deadline
-        for started in self._started:
-            if not started.wait(max(0.0, until - time.monotonic())):
-                self.kill_all()
-                raise EngineError(
-                    f"{self._engine._where()}: the dump did not open its snapshot within {deadline:.0f}s while "
-                    "writes were blocked, so it was stopped; check the server for blocking statements and retry"
-                )
-        self._raise_first()
-
-    def join(self) -> None:
-        for thread in self._threads:
-            thread.join()
-        self._raise_first()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.kill_all()
-        for thread in self._threads:
-            thread.join(60)
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        self._options.__exit__(None, None, None)
 
 
 class MySQLEngine(Engine):
@@ -620,7 +501,7 @@ class MySQLEngine(Engine):
         the locked session: it must not have moved.
         """
         prefixes, shares = mysql_split.plan(sizes, mysql_split.jobs())
-        group = _DumpGroup(self, tool)
+        group = DumpGroup(self, tool)
         schema = DumpInspector(on_snapshot=lambda: None)
 
         def dump_schema(pipe, started: Callable[[], None]) -> None:
@@ -699,7 +580,7 @@ class MySQLEngine(Engine):
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
             )
-            stderr = _Tail(proc.stderr)
+            stderr = Tail(proc.stderr)
 
             def opened() -> None:
                 lock.release()
@@ -733,7 +614,7 @@ class MySQLEngine(Engine):
             )
         if code != 0:
             raise EngineError(
-                f"{self._where()}: {name} failed (exit {code}): {_last_line(errors, self.config.secrets())}; "
+                f"{self._where()}: {name} failed (exit {code}): {last_line(errors, self.config.secrets())}; "
                 "fix the cause and run the backup again"
             )
         return inspector.facts
@@ -838,7 +719,7 @@ class MySQLEngine(Engine):
                 partitioned = {name for (name,) in cur.fetchall()}
                 before = _write_counters(cur)
         checked: dict[str, tuple[int, str]] = {}
-        clients = _Clients()
+        clients = Clients()
         parts_left: dict[str, int] = {}
         for table in layout.values():
             parts_left[table] = parts_left.get(table, 0) + 1
@@ -880,7 +761,7 @@ class MySQLEngine(Engine):
         source: StreamSource,
         stream: str,
         rewriter: DumpRewriter | None,
-        clients: _Clients | None = None,
+        clients: Clients | None = None,
     ) -> None:
         """Feed one stream (rewritten, or as it is) to the command-line client; never hangs on a failure.
 
@@ -934,7 +815,7 @@ class MySQLEngine(Engine):
 
             feeder = threading.Thread(target=feed, name="mysql-restore-feed", daemon=True)
             feeder.start()
-            stderr = _Tail(proc.stderr)
+            stderr = Tail(proc.stderr)
             try:
                 errors = stderr.text()
                 code = proc.wait()
@@ -946,10 +827,10 @@ class MySQLEngine(Engine):
         if failure:
             raise failure[0]
         if clients is not None and clients.stopped:
-            raise _Stopped()
+            raise Stopped()
         if code != 0:
             raise EngineError(
-                f"restore into {self.describe()}: {name} failed (exit {code}): {_last_line(errors, cfg.secrets())}; "
+                f"restore into {self.describe()}: {name} failed (exit {code}): {last_line(errors, cfg.secrets())}; "
                 "fix the cause and restore again with --force"
             )
 
@@ -1078,57 +959,3 @@ def _write_counters(cur) -> dict[str, int]:
     )
     found = {name: int(value) for name, value in cur.fetchall()}
     return {name: found.get(name, -1) for name in _WRITE_COUNTERS}
-
-
-class _Stopped(Exception):
-    """A load stopped because another one failed (the other one's error is the one raised)."""
-
-
-class _Clients:
-    """Restore clients run ``workers`` at a time; the first failure kills the others."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._errors: list[BaseException] = []
-        self.stopped = False
-
-    def started(self, proc: subprocess.Popen) -> None:
-        with self._mutex:
-            self._procs.append(proc)
-            if self.stopped:
-                proc.kill()
-
-    def _stop(self) -> None:
-        with self._mutex:
-            self.stopped = True
-            for proc in self._procs:
-                if proc.poll() is None:
-                    proc.kill()
-
-    def run(self, tasks: list[Callable[[], None]], workers: int) -> None:
-        queue = list(reversed(tasks))
-
-        def worker() -> None:
-            while True:
-                with self._mutex:
-                    if not queue or self.stopped:
-                        return
-                    task = queue.pop()
-                try:
-                    task()
-                except _Stopped:
-                    return
-                except BaseException as exc:
-                    with self._mutex:
-                        self._errors.append(exc)
-                    self._stop()
-                    return
-
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(tasks)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self._errors:
-            raise self._errors[0]  # the cause; the others were stopped because of it
