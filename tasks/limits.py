@@ -81,10 +81,14 @@ def ensure_limit(name: str, limit: int = 1) -> None:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            except ObjectAlreadyExists:  # another run created it first
-                pass
+            _create_limit(client, name, limit)
+
+
+def _create_limit(client: SyncPrefectClient, name: str, limit: int = 1) -> None:
+    try:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+    except ObjectAlreadyExists:  # another run created it first
+        pass
 
 
 def _holder_key(name: str) -> str:
@@ -139,12 +143,16 @@ def _send_once(client: SyncPrefectClient, path: str, body: dict) -> httpx.Respon
 
 
 def _request(client: SyncPrefectClient, path: str, body: dict) -> httpx.Response:
-    """One slot request, this process's only one of the moment; asked again within milliseconds when busy."""
+    """One slot request, this process's only one of the moment; asked again within milliseconds when busy.
+
+    A dropped connection is asked again too, as Prefect's client does (a pooled connection the server
+    closed is the usual cause).
+    """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with _requests:
                 return _send_once(client, path, body)
-        except httpx.HTTPStatusError as exc:
+        except httpx.HTTPStatusError as exc:  # a 503 was rolled back on the server: safe to ask again
             if exc.response.status_code not in _BUSY or attempt == _ATTEMPTS:
                 raise
         except httpx.TransportError:
@@ -192,7 +200,7 @@ def _acquire(client: SyncPrefectClient, name: str, what: str) -> tuple[UUID, lis
             return UUID(granted["lease_id"]), limits, time.monotonic() - started
         if created:
             raise LockedError(f"{what}: concurrency limit {name} was removed while this run was creating it; run again")
-        ensure_limit(name)  # created on first use (one request less than reading it on every run)
+        _create_limit(client, name)  # on first use (rather than reading it first on every run)
         created = True
 
 
