@@ -161,43 +161,73 @@ def _table_sizes(cur, database: str, inventory: dict[str, Any]) -> dict[str, int
 
 
 class _Checker:
-    """The row checks of a backup, in a thread, in the backup session (on its snapshot).
+    """The row checks of a backup, in threads, on sessions that share the backup's snapshot.
 
-    Started once the global read lock is released (the session is then free),
-    while the dump streams; ``result`` waits for it. ``stop`` ends it early
-    (KILL QUERY from a second session) when the backup fails.
+    The backup session itself, free once the global read lock is released,
+    plus ``mysql_split.jobs() - 1`` sessions opened while the lock is still
+    held (so their snapshots are the same instant). Measured on 2 cores: with
+    one session the checks ended 2.5 s after the dump (they were the critical
+    path); the tables go largest first to whichever session is free.
+    ``result`` waits for them; ``stop`` ends them early (KILL QUERY from
+    another session) when the backup fails.
     """
 
-    def __init__(self, engine: MySQLEngine, conn, inventory: dict[str, Any], history: set[str]) -> None:
-        self._engine, self._conn, self._inventory, self._history = engine, conn, inventory, history
-        self._thread: threading.Thread | None = None
+    def __init__(
+        self, engine: MySQLEngine, conn, inventory: dict[str, Any], history: set[str], sizes: dict[str, int]
+    ) -> None:
+        self._engine, self._inventory, self._history, self._sizes = engine, inventory, history, sizes
+        self._conns = [conn]
+        self._own: list[Any] = []  # the sessions opened here, closed by close()
+        self._threads: list[threading.Thread] = []
+        self._queue: list[str] = []
+        self._mutex = threading.Lock()
         self._rows: dict[str, tuple[int, str]] = {}
-        self._error: BaseException | None = None
+        self._errors: list[BaseException] = []
         self._stopped = False
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mysql-checks", daemon=True)
-            self._thread.start()
+    def add_sessions(self, count: int) -> None:
+        """Open ``count`` more sessions on the same snapshot; call while the global read lock is held."""
+        for _ in range(count):
+            extra = self._engine._connect(self._engine.config.database)
+            self._own.append(extra)
+            with extra.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            self._conns.append(extra)
 
-    def _run(self) -> None:
+    def start(self) -> None:
+        if self._threads:
+            return
+        sizes = self._sizes
+        tables = sorted(self._inventory["tables"], key=lambda t: (-sizes.get(t, 0), t))
+        self._queue = list(reversed(tables))
+        for conn in self._conns:
+            thread = threading.Thread(target=self._run, args=(conn,), name="mysql-checks", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn) -> None:
         db = self._engine.config.database
         try:
-            with self._conn.cursor() as cur:
-                for name, info in sorted(self._inventory["tables"].items()):
-                    if self._stopped:
-                        return
-                    self._rows[name] = mysql_checks.table_entry(
-                        cur, db, name, info, name in self._history, mysql_checks.ALGORITHM
-                    )
+            with conn.cursor() as cur:
+                while True:
+                    with self._mutex:
+                        if self._stopped or self._errors or not self._queue:
+                            return
+                        name = self._queue.pop()
+                    info = self._inventory["tables"][name]
+                    found = mysql_checks.table_entry(cur, db, name, info, name in self._history, mysql_checks.ALGORITHM)
+                    with self._mutex:
+                        self._rows[name] = found
         except BaseException as exc:  # re-raised by result() in the caller's thread
-            self._error = exc
+            with self._mutex:
+                self._errors.append(exc)
 
     def result(self) -> dict[str, tuple[int, str]]:
         self.start()
-        assert self._thread is not None
-        self._thread.join()
-        error = self._error
+        for thread in self._threads:
+            thread.join()
+        error = self._errors[0] if self._errors else None
         if isinstance(error, pymysql.err.MySQLError):
             code = error.args[0] if error.args else None
             detail = error.args[-1] if error.args else error
@@ -210,19 +240,30 @@ class _Checker:
             ) from None
         if error is not None:
             raise error
-        return self._rows
+        missing = sorted(set(self._inventory["tables"]) - set(self._rows))
+        if missing:
+            raise EngineError(f"{self._engine._where()}: table {missing[0]} was not checked; run the backup again")
+        return dict(sorted(self._rows.items()))
 
     def stop(self) -> None:
         self._stopped = True
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        try:
-            with self._engine._session(None, "stopping the checks") as (_, cur):
-                cur.execute("KILL QUERY %s", (self._conn.thread_id(),))
-        except DRError:
-            pass  # the backup is failing already; the session is closed right after
-        thread.join(30)
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            try:
+                with self._engine._session(None, "stopping the checks") as (_, cur):
+                    for conn in self._conns:
+                        cur.execute("KILL QUERY %s", (conn.thread_id(),))
+            except DRError:
+                pass  # the backup is failing already; the sessions are closed right after
+            for thread in alive:
+                thread.join(30)
+
+    def close(self) -> None:
+        for conn in self._own:
+            try:
+                conn.close()
+            except Exception:
+                pass  # closing a session we no longer need; nothing to recover
 
 
 class MySQLEngine(Engine):
@@ -445,10 +486,11 @@ class MySQLEngine(Engine):
                 position = self._position(cur, info)
                 inventory = mysql_checks.inventory(cur, cfg.database)
                 history, skipped = self._history_plan(inventory, tool_flavor, tool_numeric)
-                # The row checks run in this session, on its snapshot, while the dump streams
-                # (they used to follow it: 15-19 s after a 4.7 s dump of 400 MB).
-                checker = _Checker(self, conn, inventory, history)
                 sizes = _table_sizes(cur, cfg.database, inventory)
+                # The row checks run on this snapshot while the dump streams (they used to
+                # follow it: 15-19 s after a 4.7 s dump of 400 MB).
+                checker = _Checker(self, conn, inventory, history, sizes)
+                checker.add_sessions(min(mysql_split.jobs(), len(inventory["tables"])) - 1)
                 base_args = self._dump_args(tool_flavor, tool_numeric, info)
                 if sum(sizes.values()) >= mysql_split.split_min_bytes():
                     facts = self._dump_split(sink, tool, base_args, history, lock, checker, sizes, position, info, cur)
@@ -465,6 +507,8 @@ class MySQLEngine(Engine):
                 raise
             finally:
                 lock.release()
+                if checker is not None:
+                    checker.close()
             checks = mysql_checks.assemble(
                 inventory, rows, facts.auto_increment, default_auto_increment=1, history=history
             )
