@@ -779,7 +779,13 @@ class MySQLEngine(Engine):
                 with self._session(db, f"checking table {table}") as (_, cur):
                     checked[table] = mysql_checks.table_entry(cur, db, table, info, table in history, algorithm)
 
-        clients.run([lambda n=n: load(n, layout[n]) for n in sorted(layout)], mysql_split.jobs())
+        # Tables with the most parts (dump bytes), then the most rows (a row costs more to insert
+        # than its bytes say) first, each table's parts together: a big table loaded early is
+        # checked while the small ones load, instead of at the end.
+        parts = dict(parts_left)
+        recorded = reference.get("tables") or {}
+        order = sorted(layout, key=lambda n: (-parts[layout[n]], -int(recorded.get(layout[n], {}).get("rows", 0)), n))
+        clients.run([lambda n=n: load(n, layout[n]) for n in order], mysql_split.jobs())
         post = DumpRewriter(source_db, db, accounts)
         self._run_client(client, source, mysql_split.POST_STREAM, post)
         if before is not None:
