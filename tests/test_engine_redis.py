@@ -701,3 +701,32 @@ def test_the_encoding_shortcut_proves_only_the_backup_that_was_loaded(seeded, ke
     with pytest.raises(VerificationError, match=r"databases\.db0\.(digest|keys)"):
         verify_target(engine, checks_b, manifest.id)
     assert engine.verified_by == "its own snapshot over replication"
+
+
+def test_the_walkers_record_parser_reads_what_iter_records_reads_in_any_piece_size(seeded, keyring):
+    from core.engines.redis_logical import iter_records, scan_records, write_header, write_record, write_trailer
+
+    reader = seeded["vault"].open_backup(seeded["backups"]["logical"], keyring)
+    try:
+        data = b"".join(reader.iter_stream("keys.bin"))
+    finally:
+        reader.close()
+    expected = [(r.db, r.key, r.expire_at_ms, r.payload) for r in iter_records(io.BytesIO(data))]
+    small = io.BytesIO()
+    write_header(small)
+    few = [r for r in expected if len(r[3]) < 1000][:40]
+    for record in few:
+        write_record(small, *record)
+    write_trailer(small, len(few))
+    for stream, records, sizes in ((small.getvalue(), few, (1, 7, 100)), (data, expected, (65536, len(data)))):
+        for size in sizes:
+            pieces = iter([stream[i : i + size] for i in range(0, len(stream), size)])
+            assert list(scan_records(lambda pieces=pieces: next(pieces, b""))) == records, size
+    for bad, message in (
+        (data[:-3], "truncated"),
+        (data[:-8] + (len(expected) + 1).to_bytes(8, "big"), "trailer says"),
+        (data + b"x", "after its trailer"),
+    ):
+        pieces = iter([bad])
+        with pytest.raises(IntegrityError, match=message):
+            list(scan_records(lambda pieces=pieces: next(pieces, b"")))

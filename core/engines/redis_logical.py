@@ -100,6 +100,67 @@ def iter_records(f: BinaryIO) -> Iterator[KeyRecord]:
         yield KeyRecord(db, key, expire_at_ms, _read_exact(f, payload_len))
 
 
+_HEAD = struct.Struct(">cII")
+
+
+def scan_records(read: Callable[[], bytes]) -> Iterator[tuple[int, bytes, int, bytes]]:
+    """``iter_records`` as (db, key, expire_at_ms, payload) tuples, parsed from large
+    pieces (``read()`` returns the next, ``b""`` at the end): the walker's fast way.
+    Checks the magic, the trailer and that nothing follows it, as ``iter_records`` does."""
+    buf = b""
+    pos = 0
+    eof = False
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        piece = read()
+        if not piece:
+            eof = True
+            return
+        buf = buf[pos:] + piece
+        pos = 0
+
+    while len(buf) < len(MAGIC) and not eof:
+        more()
+    if buf[: len(MAGIC)] != MAGIC:
+        raise IntegrityError("redis logical backup stream has an unknown format; upgrade genesis-dr")
+    pos = len(MAGIC)
+    seen = 0
+    head, tail = _HEAD.size, _TTL_LEN.size
+    while True:
+        size = len(buf)
+        tag = buf[pos] if pos < size else None
+        if tag == 0x4B:  # b"K"
+            if pos + head <= size:
+                _, db, key_len = _HEAD.unpack_from(buf, pos)
+                at = pos + head + key_len
+                if at + tail <= size:
+                    expire_at, length = _TTL_LEN.unpack_from(buf, at)
+                    end = at + tail + length
+                    if end <= size:
+                        seen += 1
+                        yield db, buf[pos + head : at], expire_at, buf[at + tail : end]
+                        pos = end
+                        continue
+        elif tag == 0x45:  # b"E"
+            while len(buf) - pos < 1 + _TRAILER.size and not eof:
+                more()
+            if len(buf) - pos < 1 + _TRAILER.size:
+                break
+            (expected,) = _TRAILER.unpack_from(buf, pos + 1)
+            if expected != seen:
+                raise IntegrityError(f"redis logical backup stream holds {seen} keys, its trailer says {expected}")
+            if len(buf) > pos + 1 + _TRAILER.size or read():
+                raise IntegrityError("redis logical backup stream has data after its trailer")
+            return
+        elif tag is not None:
+            raise IntegrityError("redis logical backup stream is corrupt (bad record tag)")
+        if eof:
+            break
+        more()
+    raise IntegrityError("redis logical backup stream is truncated; restore from another backup")
+
+
 def restore_records(
     records: Iterator[KeyRecord],
     pipe_for: Callable[[int], RespPipe],

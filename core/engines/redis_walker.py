@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.engines.rdb_scan import ALGORITHM, RdbScanner, dump_encoded_part, dump_part
-from core.engines.redis_checks import KeyspaceChecks
+from core.engines.redis_checks import KeyspaceChecks, key_entry
 from core.errors import EngineError, IntegrityError
 
 READ_SIZE = 1 << 20
@@ -96,13 +96,25 @@ def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]
             trailing=trailing,
         )
     elif mode == "records":
-        from core.engines.redis_logical import iter_records
+        from core.engines.redis_logical import scan_records
 
+        digest = dump_encoded_part if encoded else dump_part
+        batches: dict[int, list[bytes]] = {}
         keys = 0
-        for record in iter_records(stream):
-            type_name, part = (dump_encoded_part if encoded else dump_part)(record.payload)
-            on_key(record.db, record.key, type_name, None if record.expire_at_ms < 0 else record.expire_at_ms, part)
+        for db, key, expire_at, payload in scan_records(read):
+            type_name, part = digest(payload)
             keys += 1
+            if expire_at < 0:  # keys without a TTL are hashed in batches, as in rdb mode
+                batch = batches.setdefault(db, [])
+                batch.append(key_entry(key, type_name, part))
+                if len(batch) >= 10_000:
+                    checks.add_persistent(db, batch)
+                    batch.clear()
+            else:
+                on_key(db, key, type_name, expire_at, part)
+        for db, batch in batches.items():
+            if batch:
+                checks.add_persistent(db, batch)
         out["keys"] = keys
     else:
         raise EngineError(f"unknown walker mode {mode!r}")
