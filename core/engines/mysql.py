@@ -546,11 +546,12 @@ class MySQLEngine(Engine):
         """
         prefixes, shares = mysql_split.plan(sizes, mysql_split.jobs())
         group = DumpGroup(self, tool)
-        schema = DumpInspector(on_snapshot=lambda: None)
+        schema: dict[str, DumpInspector] = {}
 
         def dump_schema(pipe, started: Callable[[], None]) -> None:
-            schema._on_snapshot = started
-            sink.write_stream(mysql_split.SCHEMA_STREAM, InspectingReader(pipe, schema))
+            # The schema's CREATE TABLEs carry the AUTO_INCREMENT values the restore will set.
+            schema["inspector"] = DumpInspector(on_snapshot=started)
+            sink.write_stream(mysql_split.SCHEMA_STREAM, InspectingReader(pipe, schema["inspector"]))
 
         def dump_post(pipe, started: Callable[[], None]) -> None:
             sink.write_stream(mysql_split.POST_STREAM, InspectingReader(pipe, DumpInspector(on_snapshot=started)))
@@ -591,7 +592,7 @@ class MySQLEngine(Engine):
             written.update(splitter.streams)
         with sink.open_stream(mysql_split.LAYOUT_STREAM) as out:  # the parts are known only now
             out.write(mysql_split.encode_layout(written))
-        return schema.facts
+        return schema["inspector"].facts
 
     def _history_plan(
         self, inventory: dict[str, Any], tool_flavor: str, tool_numeric: tuple[int, ...]
