@@ -178,12 +178,10 @@ class Walker:
 
     def result(self) -> dict[str, Any]:
         """Close the input and return the child's answer; raises what the child found wrong."""
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        stdout, stderr = self.proc.stdout.read(), self.proc.stderr.read()
-        code = self.proc.wait()
+        # communicate() closes stdin and reads stdout and stderr together: a child
+        # writing a long traceback cannot block on a full stderr pipe while we wait.
+        stdout, stderr = self.proc.communicate()
+        code = self.proc.returncode
         try:
             out = json.loads(stdout) if code == 0 else None
         except ValueError:
