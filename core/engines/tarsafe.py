@@ -37,14 +37,12 @@ line in ``notes``; a file being written when an error strikes is removed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import grp
 import hashlib
 import os
 import pwd
-import queue
 import shutil
 import stat
 import threading
@@ -67,54 +65,27 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # filling a file is kernel work (inode, directory entry, page cache) that one thread
 # would do one file at a time, while this thread parses the next members. A small
 # file's data (views of the stream's chunks) is held until written, up to this many
-# bytes in all; a larger file is streamed to its writer through a short queue while
-# this thread hashes it, so hashing and writing overlap too.
+# bytes in all, and goes to a writer in a batch (one hand-over per batch, not per
+# file). A larger file is written here, each piece hashed on another thread while it
+# is written, so hashing and writing overlap without holding more of the stream.
 WRITERS = 2
 WRITE_AHEAD_BYTES = 4 << 20
-STREAM_PIECES = 2
-# Small files go to a writer in batches (one hand-over per batch, not per file).
 BATCH_FILES, BATCH_BYTES = 32, 1 << 20
-_END = object()
 
 
 @dataclass
 class _Job:
-    """Files handed to a writer: a batch of small ones, or one streamed large one (whose
-    ``sha256`` this thread computed). The future gives (written, notes, error)."""
+    """A batch of small files handed to a writer; the future gives (written, notes, error)."""
 
     future: Future
     items: list[tuple[str, Member]]
-    sha256: str | None = None
-
-
-class _Feed:
-    """The pieces of one streamed file, from this thread to its writer.
-
-    The writer takes pieces until the end mark; if it fails, it keeps taking
-    (and dropping) them, so the producer never blocks on a full queue."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=STREAM_PIECES)
-        self.ended = False
-
-    def pieces(self):
-        while (piece := self.queue.get()) is not _END:
-            if isinstance(piece, BaseException):
-                self.ended = True
-                raise piece
-            yield piece
-        self.ended = True
-
-    def drain(self) -> None:
-        while not self.ended:
-            piece = self.queue.get()
-            self.ended = piece is _END or isinstance(piece, BaseException)
 
 
 @dataclass(frozen=True, slots=True)
 class Written:
     """A regular file as this extraction left it: the SHA-256 of the bytes written, and the
-    identity and change time that prove nothing touched it since (see ``digest_if_unchanged``)."""
+    identity and change time that prove nothing touched it since (``FilesEngine.collect_checks``
+    uses the digest only while they match)."""
 
     sha256: str
     dev: int
@@ -185,6 +156,7 @@ class SafeExtractor:
         self._parent_fd = -1
         # Files being written by the pool: all in the parent directory above, distinct names.
         self._pool: ThreadPoolExecutor | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None
         self._jobs: deque[_Job] = deque()
         self._batch: list[tuple[str, str, Member, list]] = []
         self._batch_bytes = 0
@@ -200,9 +172,10 @@ class SafeExtractor:
     def close(self) -> None:
         # Nothing may write into the target once the caller moves on (to clean it up).
         self._drain(quiet=True)
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in (self._pool, self._hash_pool):
+            if pool is not None:
+                pool.shutdown()
+        self._pool = self._hash_pool = None
         self._drop_parent()
         if self._root_fd >= 0:
             os.close(self._root_fd)
@@ -271,7 +244,7 @@ class SafeExtractor:
         if dense:
             self._files.add(rel)
             if member.size > WRITE_AHEAD_BYTES:
-                self._stream(parent_fd, name, rel, member, reader)
+                self._write_large(parent_fd, name, rel, member, reader)
             else:
                 self._submit(parent_fd, name, rel, member, list(reader.data()))
             return
@@ -333,36 +306,11 @@ class SafeExtractor:
                 return done, notes, exc
         return done, notes, None
 
-    def _stream(self, dir_fd: int, name: str, rel: str, member: Member, reader: PaxReader) -> None:
-        """A large file: its writer takes the pieces as this thread hashes them."""
-        if self._batch:
-            self._flush_batch()
-        while len(self._jobs) >= WRITERS:  # at most WRITERS feeds (of STREAM_PIECES each) held
-            self._collect()
-        feed = _Feed()
-        future = self._writers().submit(self._write_streamed, dir_fd, name, member, feed)
-        job = _Job(future, [(rel, member)])
-        self._jobs.append(job)
-        self._pending.add(rel)
-        digest = hashlib.sha256()
-        try:
-            for piece in reader.data():
-                digest.update(piece)
-                feed.queue.put(piece)
-        except BaseException as exc:
-            feed.queue.put(exc)  # the writer removes the partial file
-            raise
-        feed.queue.put(_END)
-        job.sha256 = digest.hexdigest()
-
-    def _write_streamed(self, dir_fd: int, name: str, member: Member, feed: _Feed):
-        notes: list[str] = []
-        try:
-            return [self._write_file(dir_fd, name, member, feed.pieces(), notes, hashed=False)], notes, None
-        except BaseException as exc:
-            return [], notes, exc
-        finally:
-            feed.drain()
+    def _write_large(self, dir_fd: int, name: str, rel: str, member: Member, reader: PaxReader) -> None:
+        """A large file, written here; each piece is hashed on the hasher's thread meanwhile."""
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-hash")
+        self._store_written(rel, self._write_file(dir_fd, name, member, reader.data(), self.notes, self._hash_pool))
 
     def _writers(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -374,12 +322,9 @@ class SafeExtractor:
         job = self._jobs.popleft()
         for rel, member in job.items:
             self._pending.discard(rel)
-            if job.sha256 is None:  # batched (a streamed file never counted)
-                self._pending_bytes -= member.size
+            self._pending_bytes -= member.size
         done, notes, error = job.future.result()
         for (rel, _), written in zip(job.items, done, strict=False):
-            if job.sha256 is not None:  # streamed: this thread hashed it
-                written = dataclasses.replace(written, sha256=job.sha256)
             self._store_written(rel, written)
         self.notes.extend(notes)
         if error is not None:
@@ -500,22 +445,27 @@ class SafeExtractor:
             return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
 
     def _write_file(
-        self, dir_fd: int, name: str, member: Member, pieces, notes: list[str], hashed: bool = True
+        self, dir_fd: int, name: str, member: Member, pieces, notes: list[str], hasher: ThreadPoolExecutor | None = None
     ) -> Written:
         """Write a dense regular file from ``pieces`` (straight from the stream's chunks: one
         write for most files), hashed on the way so verification need not read it again
-        (``hashed=False``: the caller hashes them; ``sha256`` is left empty)."""
+        (on ``hasher``'s thread, piece by piece, while the piece is written)."""
         fd = self._create(dir_fd, name)
         try:
-            digest = hashlib.sha256() if hashed else None
+            digest = hashlib.sha256()
             for piece in pieces:
-                if digest is not None:
+                if hasher is None:
                     digest.update(piece)
-                _write_all(fd, piece, None)
+                    _write_all(fd, piece, None)
+                    continue
+                hashed = hasher.submit(digest.update, piece)
+                try:
+                    _write_all(fd, piece, None)
+                finally:
+                    hashed.result()
             self._finish_file(fd, member, notes)
             st = os.fstat(fd)
-            sha256 = digest.hexdigest() if digest is not None else ""
-            return Written(sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return Written(digest.hexdigest(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except BaseException:
             # Never leave a partial file behind (a full disk, a damaged stream).
             with contextlib.suppress(OSError):
