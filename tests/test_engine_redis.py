@@ -299,6 +299,17 @@ def test_backup_memory_stays_flat(redis_factory, vault, keyring, monkeypatch, mo
     for i in range(32):
         client.set(f"big:{i}", os.urandom(1 << 20))  # incompressible
     client.set("big:lzf", bytes(range(256)) * 8192)  # 2 MiB, LZF-compressed in the RDB
+    from core.engines.redis_walker import Walker
+
+    walker_peaks = []
+    answer = Walker.result
+
+    def result_and_peak(self):  # the walker child's high-water mark, read while it is still alive
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        walker_peaks.append(int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) << 10)
+        return answer(self)
+
+    monkeypatch.setattr(Walker, "result", result_and_peak)
     tracemalloc.start()
     try:
         backup_source(vault, keyring, RedisEngine(source.config("cache", mode)))
@@ -307,6 +318,9 @@ def test_backup_memory_stays_flat(redis_factory, vault, keyring, monkeypatch, mo
         tracemalloc.stop()
     # 34 MiB went through; memory holds about one value (rdb) or one DUMP batch (logical).
     assert peak < limit_mib << 20, peak
+    # The walker child (an interpreter of about 15 MiB) holds a window of 2 MiB and about one value
+    # at a time (26-33 MiB measured); one holding the data would need 15 + 34 MiB.
+    assert len(walker_peaks) == 1 and walker_peaks[0] < 44 << 20, walker_peaks
 
 
 def test_unknown_rdb_object_type_is_a_clear_error():
