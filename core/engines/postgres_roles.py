@@ -38,6 +38,7 @@ from psycopg import Connection, sql
 
 from core.engines import postgres_target as target
 from core.engines.postgres_checks import USER_NS, not_extension_member
+from core.engines.tools import last_line
 from core.errors import EngineError
 
 GLOBALS_STREAM = "globals.json"
@@ -156,7 +157,7 @@ def create_missing_roles(conn: Connection, globals_: dict[str, Any], allowed: bo
                 for item in role.get("settings") or []:
                     conn.execute(target.setting_sql(sql.SQL("ALTER ROLE {}").format(sql.Identifier(name)), item))
         except psycopg.Error as exc:
-            notes.append(f"role {name} could not be created on the target: {_last_line(str(exc))}")
+            notes.append(f"role {name} could not be created on the target: {last_line(str(exc))}")
             continue
         created.append(name)
         withheld = [a.upper() for a in _PRIVILEGED if role.get(a)]
@@ -187,7 +188,7 @@ def create_missing_roles(conn: Connection, globals_: dict[str, Any], allowed: bo
                 )
             )
         except psycopg.Error as exc:
-            notes.append(f"membership of role {member} in role {role} not restored: {_last_line(str(exc))}")
+            notes.append(f"membership of role {member} in role {role} not restored: {last_line(str(exc))}")
     return created, notes
 
 
@@ -306,8 +307,3 @@ def privilege_notes(
             grantee, privilege = _grant_text(entry)
             notes.append(f"{obj}: {privilege} to {grantee} granted on the target but not in the backup")
     return notes
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from core.engines import postgres_checks as checks
+from core.engines.tools import last_line
 from core.errors import EngineError
 
 # ALTER DATABASE/ROLE SET values of these are stored as SQL lists; re-quoting them would
@@ -154,7 +155,7 @@ def prepare_database(conn: psycopg.Connection, name: str, options: dict[str, Any
             drop_database(conn, name)
         except psycopg.Error as exc:
             raise EngineError(
-                f"cannot clear {where} for the forced restore: {_last_line(str(exc))}; "
+                f"cannot clear {where} for the forced restore: {last_line(str(exc))}; "
                 "connect as the database owner or a superuser"
             ) from None
     create_database(conn, name, options, props, where)
@@ -170,7 +171,7 @@ def create_database(
     try:
         conn.execute(create_database_sql(conn, name, options, props))
     except psycopg.Error as exc:
-        text = _last_line(str(exc))
+        text = last_line(str(exc))
         remedy = (
             "create the database yourself (empty, with a locale this server has) and restore again"
             if "locale" in text.lower() or "collation" in text.lower()
@@ -236,7 +237,7 @@ def apply_recorded_properties(conn: psycopg.Connection, name: str, props: dict[s
             with conn.transaction():
                 conn.execute(statement)
         except psycopg.Error as exc:
-            notes.append(f"database {shown}: {text.as_string(conn)} not restored ({_last_line(str(exc))})")
+            notes.append(f"database {shown}: {text.as_string(conn)} not restored ({last_line(str(exc))})")
     return notes
 
 
@@ -281,8 +282,3 @@ def unusable_roles(conn: psycopg.Connection, roles: list[str]) -> list[str]:
         (roles,),
     ).fetchall()
     return sorted(r for r, usable in rows if not usable)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""

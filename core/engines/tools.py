@@ -1,0 +1,102 @@
+"""Running the sources' command-line tools: draining their errors, and running several at once.
+
+Every engine drives external tools (``pg_dump``, ``mariadb-dump``, ``mariadb``,
+...) the same way: a tool's stderr is drained in the background so it never
+blocks on a full pipe, and only its tail is kept for the error message; tools
+that work together (parallel dumps of one snapshot, parallel loads) stop
+together, because a damaged stream or a failed tool must never leave the rest
+running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+
+STDERR_KEEP = 1 << 16  # bytes of a tool's stderr kept for its error message
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text`` (a tool's or a driver's message), stripped."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+class StderrTail(threading.Thread):
+    """Drains a tool's stderr in the background, keeping its last ``limit`` bytes."""
+
+    def __init__(self, pipe, limit: int = STDERR_KEEP) -> None:
+        super().__init__(daemon=True)
+        self._pipe, self._limit, self._buf = pipe, limit, bytearray()
+        self.start()
+
+    def run(self) -> None:
+        while chunk := self._pipe.read1(8192) if hasattr(self._pipe, "read1") else self._pipe.read(8192):
+            self._buf += chunk
+            if len(self._buf) > self._limit:
+                del self._buf[: len(self._buf) - self._limit]
+
+    def text(self) -> str:
+        self.join()
+        return self._buf.decode("utf-8", "replace")
+
+
+class Stopped(Exception):
+    """A task stopped because another one failed (the other one's error is the one raised)."""
+
+
+class ToolGroup:
+    """Runs tasks that drive tools, ``workers`` at a time; the first failure kills every tool.
+
+    A task registers each process it starts with ``started``; once a task has
+    failed, ``stopped`` is true, processes registered later are killed at once,
+    and a task that notices the stop may raise ``Stopped`` to end quietly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self._errors: list[BaseException] = []
+        self.stopped = False
+
+    def started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.append(proc)
+            if self.stopped:
+                proc.kill()
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for proc in self._procs:
+                if proc.poll() is None:
+                    proc.kill()
+
+    def run(self, tasks: list[Callable[[], None]], workers: int) -> None:
+        """Run ``tasks`` in order, ``workers`` at a time; raise the first failure."""
+        queue = list(reversed(tasks))
+
+        def worker() -> None:
+            while True:
+                with self._lock:
+                    if not queue or self.stopped:
+                        return
+                    task = queue.pop()
+                try:
+                    task()
+                except Stopped:
+                    return
+                except BaseException as exc:
+                    with self._lock:
+                        self._errors.append(exc)
+                    self.kill_all()
+                    return
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(tasks)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self._errors:
+            raise self._errors[0]  # the cause; the others were stopped because of it
