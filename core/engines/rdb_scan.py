@@ -72,6 +72,7 @@ _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 _LE_F64 = struct.Struct("<d")
 _INTS = [b"%d" % n for n in range(128)]
+_INTSET_FORMATS = {2: "h", 4: "i", 8: "q"}
 # Encodings that one logical value always serializes to the same bytes (strings, quicklists,
 # listpacks, intsets, ziplists); the others (hashtables, skiplists) follow the order of a
 # hash table, which differs between two servers holding the same data.
@@ -243,11 +244,24 @@ def packed_zset_part(items: list[bytes]) -> bytes:
     """A sorted set's part from its flat member/score sequence (scores as decimal strings)."""
     if len(items) % 2:
         raise _corrupt("sorted set blob with an odd number of entries")
+    members = items[0::2]
+    n = len(members)
+    if n < 65:
+        # The usual small sorted set: members are distinct, so sorting them alone and looking
+        # their scores up orders the rows as ``_zset_sorted`` does, without tuples.
+        by_member = dict(zip(members, items[1::2]))
+        if len(by_member) == n and sum(map(len, members)) + 8 * n <= SORTED_BYTES:
+            members.sort()
+            try:
+                scores = _DOUBLES[n](*map(float, map(by_member.__getitem__, members)))
+            except ValueError:
+                raise _corrupt("sorted set score is not a number") from None
+            return b"S" + _U64.pack(n) + _LENS[n](*map(len, members)) + b"".join(members) + scores
     try:
         scores = list(map(float, items[1::2]))
     except ValueError:
         raise _corrupt("sorted set score is not a number") from None
-    return zset_part(items[0::2], scores)
+    return zset_part(members, scores)
 
 
 def string_part(value: bytes) -> bytes:
@@ -271,8 +285,8 @@ def lp_strings(blob: bytes) -> list[bytes]:
             if b < 0x80:
                 app(ints[b])
                 i += 2
-            elif b < 0xC0:
-                j = i + 1 + (b & 0x3F)
+            elif b < 0xC0:  # a string of up to 63 bytes: b - 0x80 of them, after b
+                j = i + b - 0x7F
                 app(blob[i + 1 : j])
                 i = j + 1
             elif b == 0xFF:
@@ -288,6 +302,11 @@ def lp_strings(blob: bytes) -> list[bytes]:
 
 def _blob_strings(blob: bytes, rtype: int) -> list[bytes]:
     if rtype == 11:
+        # One struct call for all the integers (``intset_items`` checks the header the same way).
+        width = int.from_bytes(blob[0:4], "little") if len(blob) >= 8 else 0
+        count = int.from_bytes(blob[4:8], "little")
+        if width in _INTSET_FORMATS and len(blob) == 8 + width * count:
+            return list(map(b"%d".__mod__, struct.unpack_from(f"<{count}{_INTSET_FORMATS[width]}", blob, 8)))
         return [b"%d" % v for v in intset_items(blob)]
     if rtype in (10, 12, 13, 14):
         return [as_bytes(x) for x in ziplist_items(blob)]
@@ -355,6 +374,32 @@ def _string(buf: bytes, pos: int) -> tuple[bytes, int]:
     return b"%d" % int.from_bytes(buf[pos:end], "little", signed=True), end
 
 
+def _blob(buf: bytes, pos: int) -> tuple[bytes, int]:
+    """``_string`` for the packed blobs of small sets, hashes, zsets and lists: those are mostly
+    LZF-compressed (Redis compresses strings over 20 bytes) with one- or two-byte lengths, read
+    here in one call instead of three (``_string`` and ``_length`` twice)."""
+    if buf[pos] != 0xC3:
+        return _string(buf, pos)
+    b = buf[pos + 1]
+    if b < 0x40:
+        clen, pos = b, pos + 2
+    elif b < 0x80:
+        clen, pos = ((b & 0x3F) << 8) | buf[pos + 2], pos + 3
+    else:
+        return _string(buf, pos)
+    b = buf[pos]
+    if b < 0x40:
+        ulen, pos = b, pos + 1
+    elif b < 0x80:
+        ulen, pos = ((b & 0x3F) << 8) | buf[pos + 1], pos + 2
+    else:
+        ulen, pos, _ = _length(buf, pos)
+    end = pos + clen
+    if end > len(buf):
+        raise _Short
+    return lzf_decompress(buf[pos:end], ulen), end
+
+
 def _count(buf: bytes, pos: int) -> tuple[int, int]:
     n, pos, encoded = _length(buf, pos)
     if encoded:
@@ -406,24 +451,24 @@ def _object(buf: bytes, pos: int, rtype: int) -> tuple[str, bytes, int]:
     if rtype == 18:
         nodes, pos = _count(buf, pos)
         if nodes == 1 and buf[pos] == 2:  # the usual small list: one packed node
-            blob, pos = _string(buf, pos + 1)
+            blob, pos = _blob(buf, pos + 1)
             return "list", seq_part(lp_strings(blob)), pos
         seq = Seq()
         for _ in range(nodes):
             container, pos = _count(buf, pos)
             if container not in (1, 2):
                 raise _corrupt(f"unknown quicklist container {container}")
-            blob, pos = _string(buf, pos)
+            blob, pos = _blob(buf, pos)
             seq.add([blob] if container == 1 else lp_strings(blob))
         return "list", seq.part(), pos
     if rtype in (11, 20):
-        blob, pos = _string(buf, pos)
+        blob, pos = _blob(buf, pos)
         return "set", set_part(_blob_strings(blob, rtype)), pos
     if rtype == 16:
-        blob, pos = _string(buf, pos)
+        blob, pos = _blob(buf, pos)
         return "hash", hash_part(lp_strings(blob)), pos
     if rtype == 17:
-        blob, pos = _string(buf, pos)
+        blob, pos = _blob(buf, pos)
         return "zset", packed_zset_part(lp_strings(blob)), pos
     if rtype == 2:
         n, pos = _count(buf, pos)
@@ -606,9 +651,10 @@ def _skip_stream_string(r: ByteReader) -> None:
 class RdbScanner:
     """Walks a whole RDB into ``checks`` (a ``KeyspaceChecks`` of ``redis-checks/3``).
 
-    Keys without a TTL are hashed in batches (``KeyspaceChecks.add_persistent``);
-    keys with one go through ``checks.add`` and, if given,
-    ``on_volatile(db, key, expire_ms)``; function libraries through
+    Keys are hashed in batches (``KeyspaceChecks.add_persistent`` without a TTL,
+    ``add_volatile`` with one, not yet expired), a key at a time only off the
+    window path (``checks.add``); ``on_volatile(db, key, expire_ms)``, if
+    given, hears of every key with a TTL; function libraries go through
     ``checks.add_function``.
     """
 
@@ -624,6 +670,9 @@ class RdbScanner:
         self.consumed = 0  # bytes of the RDB, up to and including its checksum
         self.rest = b""  # what followed the checksum in the last piece read
         self._batches: dict[int, list[bytes]] = {}
+        # Keys with a TTL, not expired at ``checks.now_ms``, per database, and the earliest expiry among them.
+        self._volatile: dict[int, list[bytes]] = {}
+        self._first_expiry: int | None = None
 
     def _key(self, state: list, key: bytes, type_name: str, part: bytes) -> None:
         """A key the window parser does not batch (it has a TTL, or the streaming path read it)."""
@@ -643,6 +692,11 @@ class RdbScanner:
             if entries:
                 self.info.databases.add(db)
                 self.checks.add_persistent(db, entries)
+                entries.clear()
+        for db, entries in self._volatile.items():
+            if entries:
+                self.info.databases.add(db)
+                self.checks.add_volatile(db, entries, self._first_expiry)
                 entries.clear()
 
     def run(self, fill: Callable[[], bytes]) -> RdbInfo:
@@ -696,6 +750,10 @@ class RdbScanner:
             return piece
 
         batch = self._batches.setdefault(0, [])
+        volatile = self._volatile.setdefault(0, [])
+        now_ms = self.checks.now_ms
+        on_volatile = self.on_volatile
+        first_expiry = self._first_expiry
         typed = {name: lp(name.encode()) for name in ("string", "list", "set", "zset", "hash", "raw")}
         raw_types = RAW_TYPES if self.encoded else None
         ops = _OPS
@@ -753,10 +811,19 @@ class RdbScanner:
                         part = pack(n) + value if n <= INLINE_STRING else string_part(value)
                     else:
                         type_name, part, pos = _object(buf, pos, op)
-                    if state[1] is None:
+                    expire = state[1]
+                    if expire is None:
                         batch.append(pack(len(key)) + key + typed[type_name] + part)
                         keys += 1
-                    else:
+                    elif expire > now_ms:  # a fifth of the keys in a typical cache: batched too
+                        state[1] = None
+                        volatile.append(pack(len(key)) + key + typed[type_name] + part)
+                        keys += 1
+                        if first_expiry is None or expire < first_expiry:
+                            first_expiry = self._first_expiry = expire
+                        if on_volatile is not None:
+                            on_volatile(state[0], key, expire)
+                    else:  # already expired: not in the checks, but the restore notes name it
                         self._key(state, key, type_name, part)
                     continue
                 if op == _OP_EXPIRETIME_MS:
@@ -782,6 +849,7 @@ class RdbScanner:
             base += start + reader.consumed
             buf, pos = reader.remaining() + buf[window[1] :], 0
             batch = self._batches.setdefault(state[0], [])
+            volatile = self._volatile.setdefault(state[0], [])
             if done:
                 self._flush()
                 info.keys += keys

@@ -85,6 +85,16 @@ class KeyspaceChecks:
             digest = self._persistent[db] = UnorderedDigest()
         digest.add_many(entries)
 
+    def add_volatile(self, db: int, entries: list[bytes], first_expiry_ms: int) -> None:
+        """Count keys with a TTL of one database, none expired yet (the caller drops those), given as
+        their ``entry`` bytes and the earliest of their expiries: ``add`` in a batch."""
+        digest = self._volatile.get(db)
+        if digest is None:
+            digest = self._volatile[db] = UnorderedDigest()
+        digest.add_many(entries)
+        if self.first_expiry_ms is None or first_expiry_ms < self.first_expiry_ms:
+            self.first_expiry_ms = first_expiry_ms
+
     def to_dict(self) -> dict[str, Any]:
         """The checks, shaped as documented above."""
         databases = {}
