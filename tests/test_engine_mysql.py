@@ -450,6 +450,8 @@ def test_seeded_round_trip_is_exact_and_says_so(mysql_server, seeded, keyring):
         ("ALTER TABLE measurements REMOVE PARTITIONING", "tables.measurements.definition"),
         ("SELECT SETVAL(invoice_numbers, 5000)", "sequences.invoice_numbers"),
         ("UPDATE blobs SET data = CONCAT(data, 'x') WHERE id = 1", "tables.blobs.checksum"),
+        # A DOUBLE enters the row hash as its IEEE 754 bits: a change of a few units in the last place counts.
+        ("UPDATE measurements SET value = value + 1e-16 WHERE sensor = 1", "tables.measurements.checksum"),
         ("DELETE HISTORY FROM prices", "tables.prices.rows"),
         ("DELETE HISTORY FROM contracts", "tables.contracts.rows"),
     ],
