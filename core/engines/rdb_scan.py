@@ -342,62 +342,56 @@ def _length(buf: bytes, pos: int) -> tuple[int, int, bool]:
 
 
 def _string(buf: bytes, pos: int) -> tuple[bytes, int]:
+    """An RDB string at ``pos`` and the position after it.
+
+    The usual forms are read here without further calls: short lengths, the
+    integer encodings and LZF (Redis compresses every string over 20 bytes, so
+    most packed blobs and many values are compressed) with short lengths.
+    """
     b = buf[pos]
     if b < 0x40:
         end = pos + 1 + b
         if end > len(buf):
             raise _Short
         return buf[pos + 1 : end], end
-    n, pos, encoded = _length(buf, pos)
-    if not encoded:
-        end = pos + n
+    if b < 0x80:
+        pos += 2
+        end = pos + (((b & 0x3F) << 8) | buf[pos - 1])
         if end > len(buf):
             raise _Short
         return buf[pos:end], end
-    if n == 0:
-        end = pos + 1
-    elif n == 1:
-        end = pos + 2
-    elif n == 2:
-        end = pos + 4
-    elif n == 3:
-        clen, pos, _ = _length(buf, pos)
-        ulen, pos, _ = _length(buf, pos)
+    if b == 0xC3:
+        # Compressed and uncompressed lengths, each in one or two bytes for all but huge values.
+        c = buf[pos + 1]
+        if c < 0x40:
+            clen, pos = c, pos + 2
+        elif c < 0x80:
+            clen, pos = ((c & 0x3F) << 8) | buf[pos + 2], pos + 3
+        else:
+            clen, pos, _ = _length(buf, pos + 1)
+        u = buf[pos]
+        if u < 0x40:
+            ulen, pos = u, pos + 1
+        elif u < 0x80:
+            ulen, pos = ((u & 0x3F) << 8) | buf[pos + 1], pos + 2
+        else:
+            ulen, pos, _ = _length(buf, pos)
         end = pos + clen
         if end > len(buf):
             raise _Short
         return lzf_decompress(buf[pos:end], ulen), end
-    else:
+    if 0xC0 <= b <= 0xC2:  # an integer of 1, 2 or 4 bytes, as its decimal string
+        end = pos + 1 + (1 << (b - 0xC0))
+        if end > len(buf):
+            raise _Short
+        return b"%d" % int.from_bytes(buf[pos + 1 : end], "little", signed=True), end
+    n, pos, encoded = _length(buf, pos)
+    if encoded:
         raise _corrupt(f"unknown string encoding {n}")
+    end = pos + n
     if end > len(buf):
         raise _Short
-    return b"%d" % int.from_bytes(buf[pos:end], "little", signed=True), end
-
-
-def _blob(buf: bytes, pos: int) -> tuple[bytes, int]:
-    """``_string`` for the packed blobs of small sets, hashes, zsets and lists: those are mostly
-    LZF-compressed (Redis compresses strings over 20 bytes) with one- or two-byte lengths, read
-    here in one call instead of three (``_string`` and ``_length`` twice)."""
-    if buf[pos] != 0xC3:
-        return _string(buf, pos)
-    b = buf[pos + 1]
-    if b < 0x40:
-        clen, pos = b, pos + 2
-    elif b < 0x80:
-        clen, pos = ((b & 0x3F) << 8) | buf[pos + 2], pos + 3
-    else:
-        return _string(buf, pos)
-    b = buf[pos]
-    if b < 0x40:
-        ulen, pos = b, pos + 1
-    elif b < 0x80:
-        ulen, pos = ((b & 0x3F) << 8) | buf[pos + 1], pos + 2
-    else:
-        ulen, pos, _ = _length(buf, pos)
-    end = pos + clen
-    if end > len(buf):
-        raise _Short
-    return lzf_decompress(buf[pos:end], ulen), end
+    return buf[pos:end], end
 
 
 def _count(buf: bytes, pos: int) -> tuple[int, int]:
@@ -451,24 +445,24 @@ def _object(buf: bytes, pos: int, rtype: int) -> tuple[str, bytes, int]:
     if rtype == 18:
         nodes, pos = _count(buf, pos)
         if nodes == 1 and buf[pos] == 2:  # the usual small list: one packed node
-            blob, pos = _blob(buf, pos + 1)
+            blob, pos = _string(buf, pos + 1)
             return "list", seq_part(lp_strings(blob)), pos
         seq = Seq()
         for _ in range(nodes):
             container, pos = _count(buf, pos)
             if container not in (1, 2):
                 raise _corrupt(f"unknown quicklist container {container}")
-            blob, pos = _blob(buf, pos)
+            blob, pos = _string(buf, pos)
             seq.add([blob] if container == 1 else lp_strings(blob))
         return "list", seq.part(), pos
     if rtype in (11, 20):
-        blob, pos = _blob(buf, pos)
+        blob, pos = _string(buf, pos)
         return "set", set_part(_blob_strings(blob, rtype)), pos
     if rtype == 16:
-        blob, pos = _blob(buf, pos)
+        blob, pos = _string(buf, pos)
         return "hash", hash_part(lp_strings(blob)), pos
     if rtype == 17:
-        blob, pos = _blob(buf, pos)
+        blob, pos = _string(buf, pos)
         return "zset", packed_zset_part(lp_strings(blob)), pos
     if rtype == 2:
         n, pos = _count(buf, pos)
