@@ -597,6 +597,32 @@ def test_large_collections_switch_to_summed_row_digests_the_same_way_on_both_pat
     assert rdb_scan.set_part(members[:4]).startswith(b"S")
 
 
+@pytest.mark.parametrize("limit", [1 << 20, 30])
+def test_packed_values_digest_like_the_row_builders_below_and_above_the_byte_limit(monkeypatch, limit):
+    # set_part/hash_part/packed_zset_part take shortcuts for the usual small value (one join as the
+    # size test, members sorted alone); both sides of the byte limit must match the Bag's forms.
+    from core.engines import rdb_scan
+
+    monkeypatch.setattr(rdb_scan, "SORTED_BYTES", limit)
+    members = [b"member-%d" % i for i in (5, 3, 9, 1)]
+    scores = [b"2.5", b"-1", b"7", b"0.125"]
+
+    def bag(kind, rows):
+        builder = rdb_scan.Bag(kind)
+        for row in reversed(rows):
+            builder.add([row])
+        return builder.part()
+
+    expected_form = b"S" if limit > 100 else b"U"
+    whole = rdb_scan.set_part(list(members))
+    assert whole[:1] == expected_form and whole == bag("set", [(m,) for m in members])
+    flat = [x for pair in zip(members, scores) for x in pair]
+    whole = rdb_scan.hash_part(list(flat))
+    assert whole[:1] == expected_form and whole == bag("hash", list(zip(members, scores)))
+    whole = rdb_scan.packed_zset_part(list(flat))
+    assert whole[:1] == expected_form and whole == bag("zset", [(m, float(s)) for m, s in zip(members, scores)])
+
+
 def test_rdb_restore_is_verified_by_the_targets_own_snapshot(seeded, keyring, redis_factory):
     target = redis_factory()
     engine = RedisEngine(target.config("cache", "rdb"))

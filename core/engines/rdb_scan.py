@@ -213,8 +213,13 @@ def _row_bytes(row: tuple) -> bytes:
 
 
 def set_part(members: list[bytes]) -> bytes:
-    if _small(len(members), sum(map(len, members))):
-        return _set_sorted(members)
+    """(Sorts ``members`` in place.)"""
+    if len(members) <= SORTED_ROWS:
+        # Joined anyway for the small form: its length is the size test, no separate sum.
+        members.sort()
+        data = b"".join(members)
+        if len(data) <= SORTED_BYTES:
+            return b"S" + _U64.pack(len(members)) + _lengths(members) + data
     bag = Bag("set")
     bag.add([(m,) for m in members])
     return bag.part()
@@ -225,8 +230,12 @@ def hash_part(items: list[bytes]) -> bytes:
     if len(items) % 2:
         raise _corrupt("hash blob with an odd number of entries")
     fields, values = items[0::2], items[1::2]
-    if _small(len(fields), sum(map(len, items))):
-        return _hash_sorted(fields, values)
+    if len(fields) <= SORTED_ROWS:
+        # ``_hash_sorted``, with the joined rows' length as the size test (no separate sum).
+        rows = list(chain.from_iterable(sorted(zip(fields, values))))
+        data = b"".join(rows)
+        if len(data) <= SORTED_BYTES:
+            return b"S" + _U64.pack(len(rows)) + _lengths(rows) + data
     bag = Bag("hash")
     bag.add(list(zip(fields, values, strict=True)))
     return bag.part()
@@ -250,13 +259,15 @@ def packed_zset_part(items: list[bytes]) -> bytes:
         # The usual small sorted set: members are distinct, so sorting them alone and looking
         # their scores up orders the rows as ``_zset_sorted`` does, without tuples.
         by_member = dict(zip(members, items[1::2]))
-        if len(by_member) == n and sum(map(len, members)) + 8 * n <= SORTED_BYTES:
-            members.sort()
-            try:
-                scores = _DOUBLES[n](*map(float, map(by_member.__getitem__, members)))
-            except ValueError:
-                raise _corrupt("sorted set score is not a number") from None
-            return b"S" + _U64.pack(n) + _LENS[n](*map(len, members)) + b"".join(members) + scores
+        if len(by_member) == n:
+            ordered = sorted(members)
+            data = b"".join(ordered)
+            if len(data) + 8 * n <= SORTED_BYTES:
+                try:
+                    scores = _DOUBLES[n](*map(float, map(by_member.__getitem__, ordered)))
+                except ValueError:
+                    raise _corrupt("sorted set score is not a number") from None
+                return b"S" + _U64.pack(n) + _LENS[n](*map(len, ordered)) + data + scores
     try:
         scores = list(map(float, items[1::2]))
     except ValueError:
