@@ -23,6 +23,11 @@ def _corrupt(what: str) -> EngineError:
     return EngineError(f"redis RDB data is corrupt ({what}); take a new backup or check the source server")
 
 
+# The C decompressor itself (None without it), for hot loops that check its answer themselves
+# and fall back to ``lzf_decompress`` for the error: saves a call per compressed string.
+lzf_decompress_c = _lzf.decompress if _lzf is not None else None
+
+
 def lzf_decompress(data: bytes, expected_len: int) -> bytes:
     """Decompress an LZF blob (liblzf format, as used by Redis)."""
     if _lzf is not None and expected_len > 0:

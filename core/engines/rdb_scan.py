@@ -55,7 +55,14 @@ from core.engines.rdb import (
     read_object,
     read_string,
 )
-from core.engines.rdb_encodings import as_bytes, intset_items, listpack_items, lzf_decompress, ziplist_items
+from core.engines.rdb_encodings import (
+    as_bytes,
+    intset_items,
+    listpack_items,
+    lzf_decompress,
+    lzf_decompress_c,
+    ziplist_items,
+)
 from core.engines.redis_checks import key_entry
 from core.errors import EngineError
 
@@ -390,7 +397,14 @@ def _string(buf: bytes, pos: int) -> tuple[bytes, int]:
         end = pos + clen
         if end > len(buf):
             raise _Short
-        return lzf_decompress(buf[pos:end], ulen), end
+        if lzf_decompress_c is not None:
+            try:
+                out = lzf_decompress_c(buf[pos:end], ulen)
+            except ValueError:
+                out = None
+            if out is not None and len(out) == ulen:
+                return out, end
+        return lzf_decompress(buf[pos:end], ulen), end  # no C extension, or says what is wrong
     if 0xC0 <= b <= 0xC2:  # an integer of 1, 2 or 4 bytes, as its decimal string
         end = pos + 1 + (1 << (b - 0xC0))
         if end > len(buf):
@@ -450,14 +464,18 @@ def _skip_value(buf: bytes, pos: int, rtype: int) -> int:
 
 def _object(buf: bytes, pos: int, rtype: int) -> tuple[str, bytes, int]:
     """(type name, value part, new position) of one value in the window."""
-    if rtype == 0:
-        value, pos = _string(buf, pos)
-        return "string", string_part(value), pos
+    # The packed encodings of small values first: nearly every value that ``run`` hands here.
+    if rtype == 16:
+        blob, pos = _string(buf, pos)
+        return "hash", hash_part(lp_strings(blob)), pos
+    if rtype == 17:
+        blob, pos = _string(buf, pos)
+        return "zset", packed_zset_part(lp_strings(blob)), pos
     if rtype == 18:
-        nodes, pos = _count(buf, pos)
-        if nodes == 1 and buf[pos] == 2:  # the usual small list: one packed node
-            blob, pos = _string(buf, pos + 1)
+        if buf[pos] == 1 and buf[pos + 1] == 2:  # the usual small list: one node, packed
+            blob, pos = _string(buf, pos + 2)
             return "list", seq_part(lp_strings(blob)), pos
+        nodes, pos = _count(buf, pos)
         seq = Seq()
         for _ in range(nodes):
             container, pos = _count(buf, pos)
@@ -469,12 +487,9 @@ def _object(buf: bytes, pos: int, rtype: int) -> tuple[str, bytes, int]:
     if rtype in (11, 20):
         blob, pos = _string(buf, pos)
         return "set", set_part(_blob_strings(blob, rtype)), pos
-    if rtype == 16:
-        blob, pos = _string(buf, pos)
-        return "hash", hash_part(lp_strings(blob)), pos
-    if rtype == 17:
-        blob, pos = _string(buf, pos)
-        return "zset", packed_zset_part(lp_strings(blob)), pos
+    if rtype == 0:
+        value, pos = _string(buf, pos)
+        return "string", string_part(value), pos
     if rtype == 2:
         n, pos = _count(buf, pos)
         members = []
