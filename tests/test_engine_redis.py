@@ -616,11 +616,13 @@ def test_packed_values_digest_like_the_row_builders_below_and_above_the_byte_lim
     expected_form = b"S" if limit > 100 else b"U"
     whole = rdb_scan.set_part(list(members))
     assert whole[:1] == expected_form and whole == bag("set", [(m,) for m in members])
-    flat = [x for pair in zip(members, scores) for x in pair]
+    flat = [x for pair in zip(members, scores, strict=True) for x in pair]
     whole = rdb_scan.hash_part(list(flat))
-    assert whole[:1] == expected_form and whole == bag("hash", list(zip(members, scores)))
+    assert whole[:1] == expected_form and whole == bag("hash", list(zip(members, scores, strict=True)))
     whole = rdb_scan.packed_zset_part(list(flat))
-    assert whole[:1] == expected_form and whole == bag("zset", [(m, float(s)) for m, s in zip(members, scores)])
+    assert whole[:1] == expected_form and whole == bag(
+        "zset", [(m, float(s)) for m, s in zip(members, scores, strict=True)]
+    )
 
 
 def test_rdb_restore_is_verified_by_the_targets_own_snapshot(seeded, keyring, redis_factory):

@@ -239,7 +239,7 @@ def hash_part(items: list[bytes]) -> bytes:
     fields, values = items[0::2], items[1::2]
     if len(fields) <= SORTED_ROWS:
         # ``_hash_sorted``, with the joined rows' length as the size test (no separate sum).
-        rows = list(chain.from_iterable(sorted(zip(fields, values))))
+        rows = list(chain.from_iterable(sorted(zip(fields, values, strict=True))))
         data = b"".join(rows)
         if len(data) <= SORTED_BYTES:
             return b"S" + _U64.pack(len(rows)) + _lengths(rows) + data
@@ -265,7 +265,7 @@ def packed_zset_part(items: list[bytes]) -> bytes:
     if n < 65:
         # The usual small sorted set: members are distinct, so sorting them alone and looking
         # their scores up orders the rows as ``_zset_sorted`` does, without tuples.
-        by_member = dict(zip(members, items[1::2]))
+        by_member = dict(zip(members, items[1::2], strict=True))
         if len(by_member) == n:
             ordered = sorted(members)
             data = b"".join(ordered)
