@@ -61,7 +61,8 @@ import pymysql
 from core.engines import mysql_checks, mysql_grants, mysql_split
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
 from core.engines.mysql_dump import DumpFacts, DumpInspector, DumpRewriter, InspectingReader, quote_name
-from core.engines.mysql_tools import Clients, DumpGroup, Stopped, Tail, last_line
+from core.engines.mysql_tools import DumpGroup, last_line
+from core.engines.tools import StderrTail, Stopped, ToolGroup
 from core.errors import DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import MySQLSourceConfig
 
@@ -625,7 +626,7 @@ class MySQLEngine(Engine):
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
             )
-            stderr = Tail(proc.stderr)
+            stderr = StderrTail(proc.stderr)
 
             def opened() -> None:
                 lock.release()
@@ -764,7 +765,7 @@ class MySQLEngine(Engine):
                 partitioned = {name for (name,) in cur.fetchall()}
                 before = _write_counters(cur)
         checked: dict[str, tuple[int, str]] = {}
-        clients = Clients()
+        clients = ToolGroup()
         parts_left: dict[str, int] = {}
         for table in layout.values():
             parts_left[table] = parts_left.get(table, 0) + 1
@@ -812,7 +813,7 @@ class MySQLEngine(Engine):
         source: StreamSource,
         stream: str,
         rewriter: DumpRewriter | None,
-        clients: Clients | None = None,
+        clients: ToolGroup | None = None,
     ) -> None:
         """Feed one stream (rewritten, or as it is) to the command-line client; never hangs on a failure.
 
@@ -866,7 +867,7 @@ class MySQLEngine(Engine):
 
             feeder = threading.Thread(target=feed, name="mysql-restore-feed", daemon=True)
             feeder.start()
-            stderr = Tail(proc.stderr)
+            stderr = StderrTail(proc.stderr)
             try:
                 errors = stderr.text()
                 code = proc.wait()

@@ -2,9 +2,9 @@
 
 ``DumpGroup`` starts dump processes together (all must open their snapshots
 while the backup holds its global read lock) and feeds each one's output to
-its consumer in a thread; ``Clients`` runs restore loads a few at a time. In
-both, the first failure kills the others, so a damaged stream or a failed
-tool never leaves the rest running.
+its consumer in a thread; restore loads run a few at a time in a
+``core.engines.tools.ToolGroup``. In both, the first failure kills the
+others, so a damaged stream or a failed tool never leaves the rest running.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from core.engines.tools import StderrTail
 from core.errors import EngineError, redact
 
 
@@ -24,23 +25,6 @@ def last_line(text: str, secrets: list[str]) -> str:
     errors = [line for line in lines if "error" in line.lower()]
     line = (errors or lines or ["no error output"])[-1]
     return line[:400]
-
-
-class Tail(threading.Thread):
-    """Drains a pipe (a tool's stderr) in the background, keeping its last bytes."""
-
-    def __init__(self, pipe, limit: int = 1 << 16) -> None:
-        super().__init__(daemon=True)
-        self._pipe, self._limit, self._data = pipe, limit, b""
-        self.start()
-
-    def run(self) -> None:
-        while chunk := self._pipe.read(8192):
-            self._data = (self._data + chunk)[-self._limit :]
-
-    def text(self) -> str:
-        self.join()
-        return self._data.decode("utf-8", "replace")
 
 
 class DumpGroup:
@@ -82,7 +66,7 @@ class DumpGroup:
         return self
 
     def _pump(self, proc: subprocess.Popen, consume, started: threading.Event) -> None:
-        stderr = Tail(proc.stderr)
+        stderr = StderrTail(proc.stderr)
         try:
             consume(proc.stdout, started.set)
             code = proc.wait()
@@ -136,57 +120,3 @@ class DumpGroup:
                 proc.kill()
             proc.wait()
         self._options.__exit__(None, None, None)
-
-
-class Stopped(Exception):
-    """A load stopped because another one failed (the other one's error is the one raised)."""
-
-
-class Clients:
-    """Restore clients run ``workers`` at a time; the first failure kills the others."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._procs: list[subprocess.Popen] = []
-        self._errors: list[BaseException] = []
-        self.stopped = False
-
-    def started(self, proc: subprocess.Popen) -> None:
-        with self._mutex:
-            self._procs.append(proc)
-            if self.stopped:
-                proc.kill()
-
-    def _stop(self) -> None:
-        with self._mutex:
-            self.stopped = True
-            for proc in self._procs:
-                if proc.poll() is None:
-                    proc.kill()
-
-    def run(self, tasks: list[Callable[[], None]], workers: int) -> None:
-        queue = list(reversed(tasks))
-
-        def worker() -> None:
-            while True:
-                with self._mutex:
-                    if not queue or self.stopped:
-                        return
-                    task = queue.pop()
-                try:
-                    task()
-                except Stopped:
-                    return
-                except BaseException as exc:
-                    with self._mutex:
-                        self._errors.append(exc)
-                    self._stop()
-                    return
-
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(tasks)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self._errors:
-            raise self._errors[0]  # the cause; the others were stopped because of it
