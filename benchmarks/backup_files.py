@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import (  # noqa: E402 - after the path set-up
     BENCH_PASS,
-    PeakRSS,
     Rounds,
     add_goals,
     bench_keyring,
@@ -54,10 +53,13 @@ from benchmarks.harness import (  # noqa: E402 - after the path set-up
     emit,
     ensure_debian_packages,
     log,
+    measured_backup,
+    measured_restore,
     print_goals,
     print_steps,
     ratio,
     timed,
+    verification_seconds,
 )
 
 SEED_VERSION = 1
@@ -215,46 +217,23 @@ class Ours:
         return engine_for(FilesSourceConfig(name=name, root=str(root), paths=["."]))
 
     def backup(self, step, first: bool = True) -> None:
-        from core.operations import backup_source
-
-        out = self.out
-        with PeakRSS() as rss, step as result:
-            started = time.monotonic()
-            manifest = backup_source(self.vault, self.keyring, self._engine("bench-files", self.data), "full")
-            result["s"] = time.monotonic() - started
-        if not first:
-            out["change_stored_bytes"] = manifest.stored_bytes
+        engine = self._engine("bench-files", self.data)
+        if not first:  # after the 1 % change: only its time and size count
+            self.out["change_stored_bytes"] = measured_backup(
+                self.vault, self.keyring, engine, step, {}, prefix="change"
+            ).stored_bytes
             return
-        self.manifest = manifest
-        out.setdefault("backup_peak_rss_mb", rss.peak_mb)
-        out.setdefault("backup_rss_increase_mb", rss.increase_mb)
-        out.setdefault("backup_rss_baseline_mb", round(rss.baseline_kb / 1024, 1))
-        out.setdefault("backup_peak_rss_mb_rounds", []).append(rss.peak_mb)
-        out["stored_bytes"], out["plain_bytes"] = manifest.stored_bytes, manifest.plain_bytes
-        out["tool_versions"] = manifest.tool_versions
+        m = self.manifest = measured_backup(self.vault, self.keyring, engine, step, self.out)
+        self.out["stored_bytes"], self.out["plain_bytes"] = m.stored_bytes, m.plain_bytes
+        self.out["tool_versions"] = m.tool_versions
 
     def restore(self, step, target: Path) -> None:
-        from core.operations import restore_backup
-
-        out = self.out
         engine = self._engine("bench-files-restore", target)
-        with PeakRSS() as rss, step as result:
-            started = time.monotonic()
-            report = restore_backup(self.vault, self.keyring, self.manifest.id, engine)
-            result["s"] = time.monotonic() - started
-        out.setdefault("restore_peak_rss_mb", rss.peak_mb)
-        out.setdefault("restore_peak_rss_mb_rounds", []).append(rss.peak_mb)
-        out["restore_verified_checks"] = report.verified_checks
+        report = measured_restore(self.vault, self.keyring, self.manifest.id, engine, step, self.out)
         if report.notes:
             raise SystemExit(f"our restore was not exact: {report.notes[:3]}")
         # The verification's share, measured again on the restored (now cached) tree.
-        reader = self.vault.open_backup(self.manifest.id, self.keyring)
-        try:
-            started = time.monotonic()
-            engine.collect_checks(reader.result.checks)
-            out["restore_verify_s_estimate"] = round(time.monotonic() - started, 2)
-        finally:
-            reader.close()
+        self.out["restore_verify_s_estimate"] = verification_seconds(self.vault, self.keyring, self.manifest.id, engine)
 
 
 CLEANUP_MARK = "genesis-bench-files.cleaned"

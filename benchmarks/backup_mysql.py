@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (  # noqa: E402
     BENCH_PASS,
     CpuMeter,
-    PeakRSS,
     Rounds,
     add_goals,
     bench_keyring,
@@ -55,10 +54,13 @@ from benchmarks.harness import (  # noqa: E402
     emit,
     ensure_debian_packages,
     log,
+    measured_backup,
+    measured_restore,
     print_goals,
     print_steps,
     ratio,
     timed,
+    verification_seconds,
 )
 
 SEED_VERSION = 3
@@ -355,50 +357,24 @@ class Ours:
 
     def backup(self, step) -> None:
         """One backup; ``step`` (a ``sample`` context) gets its time and meters its CPU."""
-        from core.operations import backup_source
-
-        out = self.out
         log("genesis-dr backup (in process)")
-        engine = self._engine("bench", self.db)
-        with PeakRSS() as rss, step as result:
-            started = time.monotonic()
-            self.manifest = backup_source(self.vault, self.keyring, engine, "full")
-            result["s"] = time.monotonic() - started
-        # The first backup counts: later rounds start from a heap the earlier restores grew.
-        out.setdefault("backup_peak_rss_mb", rss.peak_mb)
-        out.setdefault("backup_rss_increase_mb", rss.increase_mb)
-        out.setdefault("backup_rss_baseline_mb", round(rss.baseline_kb / 1024, 1))
-        out.setdefault("backup_peak_rss_mb_rounds", []).append(rss.peak_mb)
-        m = self.manifest
-        out["stored_bytes"], out["plain_bytes"] = m.stored_bytes, m.plain_bytes
-        out["stream_count"] = len(m.streams)
-        out["tool_versions"] = m.tool_versions
+        m = self.manifest = measured_backup(self.vault, self.keyring, self._engine("bench", self.db), step, self.out)
+        self.out["stored_bytes"], self.out["plain_bytes"] = m.stored_bytes, m.plain_bytes
+        self.out["stream_count"] = len(m.streams)
+        self.out["tool_versions"] = m.tool_versions
 
     def restore(self, step) -> None:
         """One restore into an empty database; ``step`` gets its time and meters its CPU."""
-        from core.operations import restore_backup
-
-        out = self.out
         target = f"{self.db}_restore"
         self.server.drop(target)  # the engine creates it: "an empty server" as the reference tools get
         try:
             log(f"genesis-dr restore into {target} (includes verification)")
             engine = self._engine("bench-restore", target)
-            with PeakRSS() as rss, step as result:
-                started = time.monotonic()
-                report = restore_backup(self.vault, self.keyring, self.manifest.id, engine)
-                result["s"] = time.monotonic() - started
-            out.setdefault("restore_peak_rss_mb", rss.peak_mb)
-            out.setdefault("restore_peak_rss_mb_rounds", []).append(rss.peak_mb)
-            out["restore_verified_checks"] = report.verified_checks
-            # The verification's cost if it ran as a pass of its own after the load.
-            reader = self.vault.open_backup(self.manifest.id, self.keyring)
-            try:
-                started = time.monotonic()
-                self._engine("bench-verify", target).collect_checks(reader.result.checks)
-                out["verify_pass_s_estimate"] = round(time.monotonic() - started, 2)
-            finally:
-                reader.close()
+            measured_restore(self.vault, self.keyring, self.manifest.id, engine, step, self.out)
+            # The verification's cost if it ran as a pass of its own after the load (a fresh engine).
+            self.out["verify_pass_s_estimate"] = verification_seconds(
+                self.vault, self.keyring, self.manifest.id, self._engine("bench-verify", target)
+            )
         finally:
             self.server.drop(target)
 

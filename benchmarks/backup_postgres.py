@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (  # noqa: E402
     BENCH_PASS,
     CpuMeter,
-    PeakRSS,
     Rounds,
     add_goals,
     bench_keyring,
@@ -49,10 +48,13 @@ from benchmarks.harness import (  # noqa: E402
     common_arguments,
     emit,
     log,
+    measured_backup,
+    measured_restore,
     print_goals,
     print_steps,
     ratio,
     timed,
+    verification_seconds,
 )
 
 SEED_VERSION = 1
@@ -324,48 +326,22 @@ class Ours:
 
     def backup(self, step) -> None:
         """One backup; ``step`` (a ``sample`` context) gets its time and meters its CPU."""
-        from core.operations import backup_source
-
-        out = self.out
         log("genesis-dr backup (in process)")
-        engine = self._engine("bench", self.db)
-        with PeakRSS() as rss, step as result:
-            started = time.monotonic()
-            self.manifest = backup_source(self.vault, self.keyring, engine, "full")
-            result["s"] = time.monotonic() - started
-        # The first backup counts: later rounds start from a heap the earlier restores grew.
-        out.setdefault("backup_peak_rss_mb", rss.peak_mb)
-        out.setdefault("backup_rss_increase_mb", rss.increase_mb)
-        out.setdefault("backup_rss_baseline_mb", round(rss.baseline_kb / 1024, 1))
-        out.setdefault("backup_peak_rss_mb_rounds", []).append(rss.peak_mb)
-        m = self.manifest
-        out["stored_bytes"], out["plain_bytes"] = m.stored_bytes, m.plain_bytes
-        out["streams"] = {s.name: {"plain": s.plain_bytes, "stored": s.stored_bytes} for s in m.streams}
-        out["tool_versions"] = m.tool_versions
+        m = self.manifest = measured_backup(self.vault, self.keyring, self._engine("bench", self.db), step, self.out)
+        self.out["stored_bytes"], self.out["plain_bytes"] = m.stored_bytes, m.plain_bytes
+        self.out["streams"] = {s.name: {"plain": s.plain_bytes, "stored": s.stored_bytes} for s in m.streams}
+        self.out["tool_versions"] = m.tool_versions
 
     def restore(self, step) -> None:
         """One restore into a scratch database; ``step`` gets its time and meters its CPU."""
-        from core.operations import restore_backup
-
-        out = self.out
         with scratch_database(self.server, f"{self.db}_restore") as target:
             log(f"genesis-dr restore into {target} (includes verification)")
             engine = self._engine("bench-restore", target)
-            with PeakRSS() as rss, step as result:
-                started = time.monotonic()
-                report = restore_backup(self.vault, self.keyring, self.manifest.id, engine)
-                result["s"] = time.monotonic() - started
-            out.setdefault("restore_peak_rss_mb", rss.peak_mb)
-            out.setdefault("restore_peak_rss_mb_rounds", []).append(rss.peak_mb)
-            out["restore_verified_checks"] = report.verified_checks
+            measured_restore(self.vault, self.keyring, self.manifest.id, engine, step, self.out)
             # The verification's share, measured again on the restored (now cached) data.
-            reader = self.vault.open_backup(self.manifest.id, self.keyring)
-            try:
-                started = time.monotonic()
-                engine.collect_checks(reader.result.checks)
-                out["restore_verify_s_estimate"] = round(time.monotonic() - started, 2)
-            finally:
-                reader.close()
+            self.out["restore_verify_s_estimate"] = verification_seconds(
+                self.vault, self.keyring, self.manifest.id, engine
+            )
 
 
 def add_ratios(out: dict) -> None:

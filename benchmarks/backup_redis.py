@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (  # noqa: E402
     BENCH_PASS,
     CpuMeter,
-    PeakRSS,
     Rounds,
     add_goals,
     bench_keyring,
@@ -51,6 +50,8 @@ from benchmarks.harness import (  # noqa: E402
     emit,
     ensure_debian_packages,
     log,
+    measured_backup,
+    measured_restore,
     print_goals,
     print_steps,
     ratio,
@@ -268,25 +269,19 @@ class Ours:
 
     def backup(self, mode: str, step) -> None:
         from core.engines.redis import RedisEngine
-        from core.operations import backup_source
 
         out = self.out
         log(f"genesis-dr backup, mode {mode} (in process)")
         engine = RedisEngine(self.source.config("bench", mode))
-        with PeakRSS() as rss, WalkerRSS() as walker, step as result:
-            started = time.monotonic()
-            manifest = backup_source(self.vault, self.keyring, engine, "full")
-            result["s"] = time.monotonic() - started
-        self.manifests[mode] = manifest
         suffix = "" if mode == "rdb" else "_logical"
-        out.setdefault(f"backup{suffix}_peak_rss_mb", rss.peak_mb)
-        out.setdefault(f"backup{suffix}_rss_increase_mb", rss.increase_mb)
+        walker = WalkerRSS()
+        manifest = measured_backup(self.vault, self.keyring, engine, step, out, prefix=f"backup{suffix}", also=walker)
+        self.manifests[mode] = manifest
         out[f"walker{suffix}_peak_rss_mb"] = max(out.get(f"walker{suffix}_peak_rss_mb", 0), walker.peak_mb)
         out[f"stored{suffix}_bytes"], out[f"plain{suffix}_bytes"] = manifest.stored_bytes, manifest.plain_bytes
 
     def restore(self, mode: str, step) -> None:
         from core.engines.redis import RedisEngine
-        from core.operations import restore_backup
 
         out = self.out
         target = RedisServer(self.workdir / f"target-{mode}")
@@ -295,13 +290,11 @@ class Ours:
             log(f"genesis-dr restore, mode {mode}, into a fresh redis-server (includes verification)")
             engine = RedisEngine(target.config("bench-restore", mode))
             suffix = "" if mode == "rdb" else "_logical"
-            with PeakRSS() as rss, WalkerRSS() as walker, step as result:
-                started = time.monotonic()
-                report = restore_backup(self.vault, self.keyring, self.manifests[mode].id, engine)
-                result["s"] = time.monotonic() - started
-            out.setdefault(f"restore{suffix}_peak_rss_mb", rss.peak_mb)
+            walker = WalkerRSS()
+            measured_restore(
+                self.vault, self.keyring, self.manifests[mode].id, engine, step, out, f"restore{suffix}", walker
+            )
             out[f"restore{suffix}_walker_peak_rss_mb"] = walker.peak_mb
-            out[f"restore{suffix}_verified_checks"] = report.verified_checks
             out[f"restore{suffix}_verified_by"] = getattr(engine, "verified_by", None)
             if target.cli("DBSIZE") != self.source.cli("DBSIZE"):
                 raise SystemExit(f"restore {mode}: {target.cli('DBSIZE')} keys, source {self.source.cli('DBSIZE')}")
@@ -333,7 +326,9 @@ def run(args: argparse.Namespace) -> dict:
         seed(source, keys)
         out["keys"] = int(source.cli("DBSIZE"))
         out["used_memory_mb"] = round(int(source.cli("INFO", "memory").split("used_memory:")[1].split()[0]) / 2**20)
-        ours = Ours(source, workdir, out, targets) if steps & {"backup", "restore", "logical", "logical_restore"} else None
+        ours = (
+            Ours(source, workdir, out, targets) if steps & {"backup", "restore", "logical", "logical_restore"} else None
+        )
         sealed = workdir / "seed.rdb.gz.enc"
         if "seed_restore" in steps:
             log("seed pipeline output kept as the seed restore's input (not timed)")

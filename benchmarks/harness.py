@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -306,6 +306,51 @@ def bench_vault(path: Path, out: dict):
 
     out["chunk_size"], out["compression"] = default_chunk_size(), "zstd"
     return Vault.open(LocalStore(path), create=True)
+
+
+def measured_backup(vault, keyring, engine, step, out: dict, prefix: str = "backup", also=None):
+    """Our full backup in this process, timed by ``step`` (a ``Rounds.sample`` context); returns its manifest.
+
+    Records the peak RSS of this process under ``<prefix>_*`` keys (the first
+    backup's counts: later rounds start from a heap earlier restores grew);
+    ``also``: one more context manager around the backup (another meter).
+    """
+    from core.operations import backup_source
+
+    with PeakRSS() as rss, also or nullcontext(), step as result:
+        started = time.monotonic()
+        manifest = backup_source(vault, keyring, engine, "full")
+        result["s"] = time.monotonic() - started
+    out.setdefault(f"{prefix}_peak_rss_mb", rss.peak_mb)
+    out.setdefault(f"{prefix}_rss_increase_mb", rss.increase_mb)
+    out.setdefault(f"{prefix}_rss_baseline_mb", round(rss.baseline_kb / 1024, 1))
+    out.setdefault(f"{prefix}_peak_rss_mb_rounds", []).append(rss.peak_mb)
+    return manifest
+
+
+def measured_restore(vault, keyring, backup_id: str, engine, step, out: dict, prefix: str = "restore", also=None):
+    """Our restore (verification included) in this process, timed by ``step``; returns its report."""
+    from core.operations import restore_backup
+
+    with PeakRSS() as rss, also or nullcontext(), step as result:
+        started = time.monotonic()
+        report = restore_backup(vault, keyring, backup_id, engine)
+        result["s"] = time.monotonic() - started
+    out.setdefault(f"{prefix}_peak_rss_mb", rss.peak_mb)
+    out.setdefault(f"{prefix}_peak_rss_mb_rounds", []).append(rss.peak_mb)
+    out[f"{prefix}_verified_checks"] = report.verified_checks
+    return report
+
+
+def verification_seconds(vault, keyring, backup_id: str, engine) -> float:
+    """What the restore's checks cost as a pass of their own, computed again on ``engine``'s target."""
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        started = time.monotonic()
+        engine.collect_checks(reader.result.checks)
+        return round(time.monotonic() - started, 2)
+    finally:
+        reader.close()
 
 
 def common_arguments(parser: argparse.ArgumentParser, steps: Iterable[str], size_mb: int) -> None:
