@@ -648,6 +648,26 @@ def test_history_that_cannot_be_dumped_is_listed_as_skipped_and_noted(mysql_serv
     verify_target(engine, result.checks, manifest.id)  # current rows verified, without the period columns
 
 
+def test_float_columns_are_named_as_rounded_by_the_dump_in_the_backup_and_the_restore(mysql_server, tmp_path, keyring):
+    database = mysql_server.create_database("floats")
+    with mysql_server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE readings (id INT PRIMARY KEY, exact DOUBLE, approx FLOAT)")
+        cur.execute("INSERT INTO readings VALUES (1, 16777216, 16777216), (2, 0.12345678, 0.12345678)")
+    vault = _vault(tmp_path / "v")
+    manifest = backup_source(vault, keyring, MySQLEngine(mysql_server.config("floats", database)))
+    assert len(manifest.skipped) == 1
+    assert manifest.skipped[0].startswith("table readings column approx: FLOAT values are kept to 6 significant")
+
+    target = mysql_server.fresh_database_name("floats_copy")
+    report = restore_backup(vault, keyring, manifest.id, MySQLEngine(mysql_server.config("floats", target)))
+    assert report.skipped_at_backup == manifest.skipped
+    with mysql_server.connect(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT exact, approx FROM readings ORDER BY id")
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == [16777216.0, 0.12345678]  # DOUBLE: exact
+    assert rows[0][1] != 16777216.0  # FLOAT: rounded by the dump, as the note says
+
+
 # --- the per-table layout (large databases) -------------------------------------------
 
 

@@ -140,6 +140,8 @@ def inventory(cur, database: str, algorithm: str = ALGORITHM) -> dict[str, Any]:
         if table in tables:
             tables[table]["columns"].append(column)
             tables[table]["kinds"][column] = _kind(str(data_type).lower(), octets)
+            if str(data_type).lower() == "float":  # dumped rounded: see mysql.float_notes
+                tables[table].setdefault("floats", []).append(column)
             if "auto_increment" in (extra or "").lower():
                 tables[table]["auto_increment"] = True
     if not v2:
