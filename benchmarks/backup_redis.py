@@ -268,7 +268,7 @@ class Ours:
         self.manifests: dict[str, object] = {}
 
     def backup(self, mode: str, step) -> None:
-        from core.engines.redis import RedisEngine
+        from core.engines.redis.engine import RedisEngine
 
         out = self.out
         log(f"genesis-dr backup, mode {mode} (in process)")
@@ -281,7 +281,7 @@ class Ours:
         out[f"stored{suffix}_bytes"], out[f"plain{suffix}_bytes"] = manifest.stored_bytes, manifest.plain_bytes
 
     def restore(self, mode: str, step) -> None:
-        from core.engines.redis import RedisEngine
+        from core.engines.redis.engine import RedisEngine
 
         out = self.out
         target = RedisServer(self.workdir / f"target-{mode}")

@@ -107,6 +107,21 @@ class EngineError(DRError):
     exit_code = 13
 
 
+class LogGapError(DRError):
+    """A log (WAL, binlog, Redis stream) has a gap: a range the vault does not hold, or the
+    server dropped before it was captured. Names the source and range, and says a new full
+    backup is needed. Exit 14."""
+
+    exit_code = 14
+
+
+class RecoveryTargetError(DRError):
+    """A point-in-time target the vault cannot reach (before the oldest recoverable point,
+    in the future, or a chain whose full is gone). Exit 15."""
+
+    exit_code = 15
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -123,6 +138,8 @@ EXIT_CODES: dict[str, int] = {
         LockedError,
         VerificationError,
         EngineError,
+        LogGapError,
+        RecoveryTargetError,
     )
 }
 

@@ -87,6 +87,29 @@ class PostgresSourceConfig(_Source):
         description="As a restore target: create the backed-up roles the server lacks (existing roles are never "
         "altered); off, objects owned by or granted to missing roles are restored without them, and reported.",
     )
+    backup_method: Literal["auto", "physical", "logical"] = Field(
+        "auto",
+        description="Full backups: physical (pg_basebackup; WAL replay to any time) or logical (pg_dump; restores "
+        "into any server). auto: physical when the login may replicate, logical otherwise.",
+    )
+    slot: str = Field(
+        "genesis_dr",
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="Physical replication slot WAL capture reads through (created on first capture); it keeps the "
+        "server from removing WAL not yet in the vault.",
+    )
+    data_dir: str | None = Field(
+        None,
+        description="As a point-in-time restore target: the new data directory the recovered cluster is built in; "
+        "it is started on this config's port.",
+    )
+    rpo_seconds: int = Field(
+        30,
+        ge=1,
+        le=86400,
+        description="Continuous capture ships the log at least this often while writes happen (the recovery point "
+        "objective, in seconds).",
+    )
 
 
 class MySQLSourceConfig(_Source):
@@ -97,6 +120,19 @@ class MySQLSourceConfig(_Source):
     password: SecretStr | None = Field(None, description="Login password (secret; given to tools in memory).")
     database: str = Field(description="Database (schema) to back up (or restore into).")
     socket: str | None = Field(None, description="Unix socket path, used instead of host/port when set.")
+    snapshot: Literal["auto", "read_lock", "gtid"] = Field(
+        "auto",
+        description="How a full dump gets its binlog position: read_lock (FLUSH TABLES WITH READ LOCK; needs RELOAD), "
+        "gtid (lock-free: a consistent snapshot and its GTID position, for managed servers without RELOAD); auto "
+        "picks read_lock when granted.",
+    )
+    rpo_seconds: int = Field(
+        30,
+        ge=1,
+        le=86400,
+        description="Continuous capture ships the log at least this often while writes happen (the recovery point "
+        "objective, in seconds).",
+    )
 
 
 class RedisSourceConfig(_Source):
@@ -110,6 +146,13 @@ class RedisSourceConfig(_Source):
         description="rdb: snapshot via replication sync; logical: DUMP/RESTORE per key (works on managed Redis).",
     )
     db: RedisDbIndex | None = Field(None, description="Logical mode only: back up just this database index.")
+    rpo_seconds: int = Field(
+        30,
+        ge=1,
+        le=86400,
+        description="Continuous capture ships the log at least this often while writes happen (the recovery point "
+        "objective, in seconds).",
+    )
 
 
 class FilesSourceConfig(_Source):

@@ -28,8 +28,8 @@ import pytest
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import BackupResult, compare_checks
-from core.engines.files import STREAM_NAME, FilesEngine
-from core.engines.pathmatch import PathFilter, compile_pattern
+from core.engines.files.engine import STREAM_NAME, FilesEngine
+from core.engines.files.pathmatch import PathFilter, compile_pattern
 from core.errors import (
     ConfigError,
     EngineError,

@@ -20,8 +20,8 @@ import pytest
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import BackupResult, compare_checks
-from core.engines.mysql import MySQLEngine
-from core.engines.mysql_dump import MAX_LINE_HEAD, DumpInspector, DumpRewriter
+from core.engines.mysql.dump import MAX_LINE_HEAD, DumpInspector, DumpRewriter
+from core.engines.mysql.engine import MySQLEngine
 from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, count_checks, restore_backup, verify_target
 from core.repository.manifest import COMPLETED
@@ -525,7 +525,7 @@ def test_enabled_events_on_a_target_whose_scheduler_is_off_are_noted(mysql_serve
 
 
 def test_checks_recorded_by_older_versions_are_still_computed(mysql_server, seeded, keyring):
-    from core.engines import mysql_checks
+    from core.engines.mysql import checks as mysql_checks
 
     with mysql_server.connect(seeded["database"]) as conn, conn.cursor() as cur:
         inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/1")
@@ -600,7 +600,7 @@ def test_client_failure_mid_dump_says_the_target_was_left_partially_restored(mys
 
 
 def test_restore_blocked_by_a_lock_fails_instead_of_hanging(mysql_server, monkeypatch):
-    from core.engines import mysql as mysql_module
+    from core.engines.mysql import engine as mysql_module
 
     monkeypatch.setattr(mysql_module, "LOCK_WAIT_TIMEOUT", 2)
     target_db = mysql_server.create_database("locked")
@@ -717,7 +717,7 @@ def test_large_database_is_split_per_table_and_round_trips_exactly(mysql_server,
 def test_split_restore_verifies_tables_while_loading_and_still_sees_later_changes(
     mysql_server, split_backup, keyring, monkeypatch
 ):
-    from core.engines import mysql_checks
+    from core.engines.mysql import checks as mysql_checks
 
     target_db = mysql_server.fresh_database_name("split_verify")
     engine = MySQLEngine(mysql_server.config("app-db", target_db))
@@ -771,7 +771,7 @@ def test_tampered_table_stream_is_rejected_before_the_target_is_dropped(mysql_se
 def test_table_splitter_ignores_piece_boundaries():
     from contextlib import contextmanager
 
-    from core.engines.mysql_split import TableSplitter
+    from core.engines.mysql.split import TableSplitter
 
     header = b"/*!40101 SET NAMES utf8mb4 */;\n\n--\n"  # everything before the first table's comment
     preamble = b"-- Dumping data for table `h`\n--\n\n/*M!101100 SET system_versioning_insert_history=1 */;\n"
@@ -836,7 +836,7 @@ def test_table_splitter_ignores_piece_boundaries():
 
 def test_single_stream_backup_with_older_checks_still_restores_and_verifies(mysql_server, seeded, keyring):
     """A backup as taken before the per-table layout and mysql-checks/3: one dump.sql, /2 checks."""
-    from core.engines import mysql_checks
+    from core.engines.mysql import checks as mysql_checks
 
     with mysql_server.connect(seeded["database"]) as conn, conn.cursor() as cur:
         inventory = mysql_checks.inventory(cur, seeded["database"], "mysql-checks/2")

@@ -19,11 +19,10 @@ import pytest
 
 from core.crypto.keys import Keyring
 from core.engines import engine_for
-from core.engines import postgres_checks as checks
-from core.engines import postgres_roles as roles
 from core.engines.base import BackupResult, compare_checks
-from core.engines.postgres import SCHEMA_STREAM, PostgresEngine, data_stream, plan_data_groups
-from core.engines.postgres_roles import GLOBALS_STREAM
+from core.engines.postgres import checks, roles
+from core.engines.postgres.engine import SCHEMA_STREAM, PostgresEngine, data_stream, plan_data_groups
+from core.engines.postgres.roles import GLOBALS_STREAM
 from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
@@ -702,7 +701,7 @@ def test_an_interrupted_swap_is_undone_by_discard(seeded, pg_server):
 
 
 def test_long_database_names_stay_within_the_limit(seeded, pg_server):
-    from core.engines.postgres_target import sibling_name
+    from core.engines.postgres.target import sibling_name
 
     long_name = "é" * 30 + "app"  # 63 bytes, the most PostgreSQL keeps
     assert len(long_name.encode()) == 63

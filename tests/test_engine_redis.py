@@ -22,8 +22,8 @@ import pytest
 
 from core.crypto.keys import Keyring
 from core.engines import engine_for
-from core.engines.rdb import ByteReader, walk_rdb
-from core.engines.redis import RedisEngine
+from core.engines.redis.engine import RedisEngine
+from core.engines.redis.rdb import ByteReader, walk_rdb
 from core.errors import EngineError, IntegrityError, SourceUnavailableError, TargetNotEmptyError, VerificationError
 from core.operations import backup_source, count_checks, restore_backup, verify_target
 from core.repository.manifest import COMPLETED
@@ -299,7 +299,7 @@ def test_backup_memory_stays_flat(redis_factory, vault, keyring, monkeypatch, mo
     for i in range(32):
         client.set(f"big:{i}", os.urandom(1 << 20))  # incompressible
     client.set("big:lzf", bytes(range(256)) * 8192)  # 2 MiB, LZF-compressed in the RDB
-    from core.engines.redis_walker import Walker
+    from core.engines.redis.walker import Walker
 
     walker_peaks = []
     answer = Walker.result
@@ -545,8 +545,8 @@ def test_functions_the_target_refuses_are_noted_and_the_keys_restored(seeded, ke
 
 
 def _rdb_checks(pieces, window: int | None = None, monkeypatch=None) -> dict:
-    from core.engines import rdb_scan
-    from core.engines.redis_checks import KeyspaceChecks
+    from core.engines.redis import rdb_scan
+    from core.engines.redis.checks import KeyspaceChecks
 
     if window is not None:
         monkeypatch.setattr(rdb_scan, "WINDOW", window)
@@ -561,7 +561,7 @@ def test_window_parser_and_streaming_path_digest_every_key_alike(seeded, keyring
     # The window parser handles the common encodings inline; big values and rare
     # encodings take the streaming path. A window of 16 bytes sends nearly every
     # key down the streaming path: both must give the same checks.
-    from core.engines import rdb_scan
+    from core.engines.redis import rdb_scan
 
     reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
     try:
@@ -585,7 +585,7 @@ def test_window_parser_and_streaming_path_digest_every_key_alike(seeded, keyring
 
 
 def test_large_collections_switch_to_summed_row_digests_the_same_way_on_both_paths(monkeypatch):
-    from core.engines import rdb_scan
+    from core.engines.redis import rdb_scan
 
     monkeypatch.setattr(rdb_scan, "SORTED_ROWS", 4)
     members = [b"m%d" % i for i in range(9)]
@@ -601,7 +601,7 @@ def test_large_collections_switch_to_summed_row_digests_the_same_way_on_both_pat
 def test_packed_values_digest_like_the_row_builders_below_and_above_the_byte_limit(monkeypatch, limit):
     # set_part/hash_part/packed_zset_part take shortcuts for the usual small value (one join as the
     # size test, members sorted alone); both sides of the byte limit must match the Bag's forms.
-    from core.engines import rdb_scan
+    from core.engines.redis import rdb_scan
 
     monkeypatch.setattr(rdb_scan, "SORTED_BYTES", limit)
     members = [b"member-%d" % i for i in (5, 3, 9, 1)]
@@ -675,7 +675,7 @@ def test_a_target_refusing_sync_is_verified_by_scan_and_dump(seeded, keyring, re
 
 def test_backups_with_redis_checks_2_still_verify(seeded, keyring, redis_factory):
     # Checks as genesis-dr recorded them before redis-checks/3: the old walker over the same RDB.
-    from core.engines.redis_checks import KeyspaceChecks
+    from core.engines.redis.checks import KeyspaceChecks
 
     reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
     try:
@@ -697,7 +697,7 @@ def test_backups_with_redis_checks_2_still_verify(seeded, keyring, redis_factory
 
 
 def test_walker_reports_a_truncated_rdb_as_corrupt(seeded, keyring):
-    from core.engines.redis_walker import Walker
+    from core.engines.redis.walker import Walker
 
     reader = seeded["vault"].open_backup(seeded["backups"]["rdb"], keyring)
     try:
@@ -746,7 +746,7 @@ def test_the_encoding_shortcut_proves_only_the_backup_that_was_loaded(seeded, ke
 
 
 def test_the_walkers_record_parser_reads_what_iter_records_reads_in_any_piece_size(seeded, keyring):
-    from core.engines.redis_logical import iter_records, scan_records, write_header, write_record, write_trailer
+    from core.engines.redis.logical import iter_records, scan_records, write_header, write_record, write_trailer
 
     reader = seeded["vault"].open_backup(seeded["backups"]["logical"], keyring)
     try:

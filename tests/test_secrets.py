@@ -381,7 +381,7 @@ import json, os, sys, time
 from pydantic import SecretStr
 import core.repository.vault as vault_mod
 from core.crypto.keys import Keyring
-from core.engines.mysql import MySQLEngine
+from core.engines.mysql.engine import MySQLEngine
 from core.operations import backup_source
 from core.repository.vault import Vault
 from core.sources import MySQLSourceConfig

@@ -1,20 +1,55 @@
-"""Engine registry: source kind -> engine class (imported lazily)."""
+"""The one registry of source kinds: kind -> its package (``core/engines/<kind>/``).
+
+Each package holds ``engine.py`` (the Engine class named here) and ``position.py``
+(how that kind's consistency positions read, order and start a log). Everything
+that needs kind-specific knowledge (the manifest's listing text, the restore
+planner's ordering of log pieces) asks here, so the repository knows no engine.
+Packages are imported lazily: a run touches only the kinds it uses.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Any
 
 from core.engines.base import Engine
 
 ENGINES = {
-    "postgres": "core.engines.postgres:PostgresEngine",
-    "mysql": "core.engines.mysql:MySQLEngine",
-    "redis": "core.engines.redis:RedisEngine",
-    "files": "core.engines.files:FilesEngine",
+    "postgres": "PostgresEngine",
+    "mysql": "MySQLEngine",
+    "redis": "RedisEngine",
+    "files": "FilesEngine",
 }
+
+
+def _module(kind: str, name: str):
+    if kind not in ENGINES:
+        raise KeyError(f"unknown source kind {kind!r}; known: {', '.join(ENGINES)}")
+    return import_module(f"core.engines.{kind}.{name}")
+
+
+def engine_class(kind: str) -> type[Engine]:
+    return getattr(_module(kind, "engine"), ENGINES[kind])
 
 
 def engine_for(config) -> Engine:
     """The engine for a ``core.sources`` config."""
-    module, _, cls = ENGINES[config.kind].partition(":")
-    return getattr(import_module(module), cls)(config)
+    return engine_class(config.kind)(config)
+
+
+def position_text(kind: str, position: dict[str, Any]) -> str:
+    """A position in one short phrase, for listings ('lsn 0/3000028', 'binlog b.000002:415')."""
+    if kind not in ENGINES:
+        return ", ".join(f"{k}={v}" for k, v in position.items() if not isinstance(v, (dict, list)))[:60]
+    return _module(kind, "position").text(position)
+
+
+def position_order(kind: str, position: dict[str, Any]) -> tuple:
+    """A sort key: positions of one source's log compare in log order."""
+    return _module(kind, "position").order(position)
+
+
+def log_start(kind: str, position: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the log must start for a replay on top of a full backup taken at ``position``;
+    None when such a backup cannot take a log replay (a logical PostgreSQL dump)."""
+    return _module(kind, "position").log_start(position)

@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from datetime import datetime
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 
 class Writable(Protocol):
@@ -74,10 +75,136 @@ class BackupResult:
     skipped: list[str] = field(default_factory=list)
 
 
+# -- chains: backups on a base, log capture, restore of a chain to a stop point -----------------
+
+
+@dataclass(frozen=True)
+class PieceInfo:
+    """One piece of a source's log (a WAL segment, a binlog range, a slice of the Redis
+    replication stream), as the capturing engine describes it. Recorded in the clear in
+    the vault's log index so a planner finds pieces without reading them.
+
+    Pieces of one source are contiguous: each starts where the previous one ended
+    (``start`` of piece n+1 == ``end`` of piece n, compared with the kind's position
+    order). A piece shipped early to hold the RPO (``partial``) is superseded by a later
+    piece with the same ``start`` and a greater ``end``.
+
+    ``start``/``end``: positions in the kind's position format (``core/engines/<kind>/position.py``).
+    ``first_time``/``last_time``: ISO-8601 UTC ("...Z") of the first and last event in the
+    piece (for an empty piece, both the time it was cut). Every event committed at or
+    before ``last_time`` whose position is below ``end`` is in this piece or an earlier one.
+    ``name``: the server's own name for it (WAL file name, binlog file name) for docs/logs.
+    ``extra``: anything else the kind needs to replay it (timeline, GTID range, replid).
+    """
+
+    start: dict[str, Any]
+    end: dict[str, Any]
+    first_time: str
+    last_time: str
+    name: str = ""
+    partial: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LogSink(Protocol):
+    """Where a capturing engine ships its log pieces (the vault's log of one source).
+
+    ``ship`` stores the piece's bytes sealed under the log key, then writes its index
+    entry last: a piece exists only once ``ship`` returned; a capture killed in the middle
+    leaves nothing that looks complete.
+    """
+
+    source: str
+
+    def last_piece(self) -> PieceInfo | None:
+        """The newest piece shipped for this source (where a restarted capture resumes), or None."""
+        ...
+
+    def ship(self, info: PieceInfo, data: bytes | BinaryIO) -> None:
+        """Seal and store one piece (``data``: bytes, or a readable file read to EOF)."""
+        ...
+
+    def progress(self, message: str) -> None:
+        """One line for the run log (shipped piece, lag, reconnect)."""
+        ...
+
+    def newest_full(self) -> BackupResult | None:
+        """What the newest completed full backup of this source recorded (its position), or None:
+        where a capture with no piece yet starts."""
+        ...
+
+    def take_full(self) -> BackupResult:
+        """Take a full backup of this source now, through the capturing engine itself (for kinds
+        whose log can only start at a snapshot: Redis keeps the replication link of its snapshot
+        open and streams on from it). Returns what the backup recorded."""
+        ...
+
+
+@dataclass
+class BaseBackup:
+    """The backup a differential or incremental is taken on (what ``backup(sink, base)`` gets).
+
+    ``reader`` reads the base's streams back (the files engine compares trees with it);
+    ``result`` is what the base recorded (position, checks).
+    """
+
+    id: str
+    type: str
+    ended_at: str
+    result: BackupResult
+    reader: StreamSource
+
+
+@dataclass(frozen=True)
+class StopPoint:
+    """Where a restore of a chain stops: at a time (inclusive: events committed at or before
+    it are applied), or at a position of the kind; neither means the end of what the plan
+    holds. ``time`` is timezone-aware UTC."""
+
+    time: datetime | None = None
+    position: dict[str, Any] | None = None
+
+
+@dataclass
+class ChainSteps:
+    """What ``restore_chain`` executes, in order, exactly as the plan printed it.
+
+    ``base``: the full backup's reader (its ``result`` holds position and checks).
+    ``layers``: differential then incremental backups to apply on top, in order (files;
+    for PostgreSQL and MySQL these hold no data streams and are not passed).
+    ``pieces``: the log pieces to replay, in order: (info, opener) where ``opener()`` returns
+    a context manager over the piece's verified plaintext (``read(n)``).
+    """
+
+    base: Any  # StreamSource with .result
+    layers: list[Any] = field(default_factory=list)
+    pieces: list[tuple[PieceInfo, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RecoveryPoint:
+    """Where a chain restore actually ended, and how that was proven.
+
+    ``position``/``time``: the last event applied (its position, its commit time).
+    ``proof``: the reference that proved it, in one line (e.g. "pg_last_xact_replay_timestamp()
+    2026-12-15T14:29:59.812Z, restore point genesis-1765809000" or "binlog event time").
+    ``notes``: objects not restored exactly (as ``restore`` returns).
+    """
+
+    position: dict[str, Any]
+    time: str | None
+    proof: str
+    notes: list[str] = field(default_factory=list)
+
+
 class Engine(ABC):
     """One kind of source. Constructed with its config (a ``core.sources`` model)."""
 
     kind: str
+    # Backup types this engine takes (``backup(sink, base)`` with a base for the other two).
+    backup_types: ClassVar[tuple[str, ...]] = ("full",)
+    # True if the engine ships a log (``capture``) and restores a chain to a time or position.
+    captures_log: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -101,8 +228,33 @@ class Engine(ABC):
         return self.config
 
     @abstractmethod
-    def backup(self, sink: StreamSink) -> BackupResult:
-        """Take a consistent full backup, streaming into ``sink``."""
+    def backup(self, sink: StreamSink, base: BaseBackup | None = None) -> BackupResult:
+        """Take a consistent backup, streaming into ``sink``: a full one when ``base`` is None,
+        otherwise what changed since ``base`` (the last full for a differential, the previous
+        backup for an incremental). For kinds whose changes are their log (PostgreSQL WAL,
+        MySQL binlog) a backup on a base stores no data streams: the caller makes sure the log
+        is in the vault up to ``log_position()`` and records the range."""
+
+    # -- log capture (engines with ``captures_log``) ------------------------------------
+
+    def log_position(self, switch: bool = False) -> dict[str, Any]:
+        """The source's current log position (``switch``: close the current WAL segment /
+        rotate the binlog first, so everything up to here can be shipped at once)."""
+        raise NotImplementedError(f"{type(self).__name__} has no log")
+
+    def capture(self, log: LogSink, stop: Any, until: dict[str, Any] | None = None) -> None:
+        """Ship the source's log into ``log`` without gaps, resuming after ``log.last_piece()``
+        (or starting at the newest full's position when there is none), until ``stop`` (a
+        ``threading.Event``) is set, or, with ``until``, once everything below that position
+        is shipped. Holds the RPO: a piece is shipped at least every ``rpo_seconds`` of the
+        source's config while writes happen. A log the server no longer has (slot dropped,
+        binlog purged) raises LogGapError naming the range and saying a new full is needed."""
+        raise NotImplementedError(f"{type(self).__name__} has no log")
+
+    def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
+        """Restore ``steps`` into this config's target (a new target: the caller refuses or
+        stages one that holds data) and stop at ``stop``; returns where it ended."""
+        raise NotImplementedError(f"{type(self).__name__} restores single backups only")
 
     @abstractmethod
     def has_data(self) -> bool:

@@ -109,22 +109,10 @@ class Manifest(BaseModel):
             )
 
     def position_text(self) -> str:
-        """The consistency position in one short phrase, for listings."""
-        p = self.position
-        if "lsn" in p:
-            return f"lsn {p['lsn']}"
-        if p.get("binlog_file"):
-            gtid = f" gtid {p['gtid']}" if p.get("gtid") else ""
-            return f"binlog {p['binlog_file']}:{p.get('binlog_pos')}{gtid}"
-        if "binlog_enabled" in p:
-            return "binlog disabled (no point-in-time replay)"
-        if "replid" in p:
-            return f"repl offset {p.get('offset')} ({str(p['replid'])[:8]})"
-        if p.get("mode") == "logical":
-            return f"logical scan, {p.get('keys', '?')} keys"
-        if "snapshot_time" in p:
-            return f"snapshot {p['snapshot_time']}"
-        return ", ".join(f"{k}={v}" for k, v in p.items() if not isinstance(v, (dict, list)))[:60]
+        """The consistency position in one short phrase, for listings (the kind formats it)."""
+        from core.engines import position_text  # the registry imports engines lazily
+
+        return position_text(self.kind, self.position)
 
     def summary(self) -> dict[str, Any]:
         """Small, secret-free record for listings, flow results and artifacts."""

@@ -36,8 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import Connection, sql
 
-from core.engines import postgres_target as target
-from core.engines.postgres_checks import USER_NS, not_extension_member
+from core.engines.postgres import target
+from core.engines.postgres.checks import USER_NS, not_extension_member
 from core.engines.tools import last_line
 from core.errors import EngineError
 

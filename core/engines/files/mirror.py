@@ -31,8 +31,8 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from core.engines.files_meta import KEEP_TARGET_XATTRS, read_xattrs, show_path
-from core.engines.pathmatch import PathFilter
+from core.engines.files.meta import KEEP_TARGET_XATTRS, read_xattrs, show_path
+from core.engines.files.pathmatch import PathFilter
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The target root itself is the trust anchor and may be a symlink (/srv/current).

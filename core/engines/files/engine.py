@@ -1,7 +1,7 @@
 """Files engine: a PAX tar of paths below a root, streamed straight into the vault.
 
 Backup walks the configured ``paths`` below ``root`` (include/exclude rules in
-``core.engines.pathmatch``; the walk itself in ``core.engines.files_archive``)
+``core.engines.files.pathmatch``; the walk itself in ``core.engines.files.archive``)
 and writes one stream, ``files.tar``, with ``tarfile`` in stream mode: no
 temporary file, no second read. Each regular file is hashed (SHA-256) while
 its bytes go into the tar, so the recorded checks describe exactly what the
@@ -13,7 +13,7 @@ GNU PAX sparse 1.0), directories (empty ones too), symlinks as they are
 links, fifos and device nodes (as tar archives them), modes including set-id
 bits, uid/gid and user/group names, mtimes to the nanosecond (PAX ``mtime``),
 and every extended attribute - POSIX ACLs, file capabilities and SELinux
-labels included - as ``SCHILY.xattr.*`` records (``core.engines.files_meta``).
+labels included - as ``SCHILY.xattr.*`` records (``core.engines.files.meta``).
 Not kept: atimes, ctimes.
 
 Nothing is left out silently. What cannot be archived - a socket, a file or
@@ -33,13 +33,13 @@ A live tree changes under a backup, so:
   hashes describe the archived bytes, so a restore still verifies;
 - a read error in the middle of a file fails the backup.
 
-Restore extracts member by member through ``core.engines.tarsafe``, which
+Restore extracts member by member through ``core.engines.files.tarsafe``, which
 refuses anything escaping the target and never writes through a symlink. A
 restore is a mirror: afterwards what the backup covers (its paths, as its
 patterns select them) equals the backup - entries the backup lacks are
 removed, entries it never covered are left alone. Where it can, the restore
 goes into a staging directory beside the target (``stage``), is verified
-there, and is swapped in (``swap_in``, ``core.engines.files_mirror``); the
+there, and is swapped in (``swap_in``, ``core.engines.files.mirror``); the
 target is untouched until then. Owners are restored when running as root.
 A target file system that fills up (or refuses writes) ends the restore with
 one ``EngineError`` naming the target and the remedy, partial files removed.
@@ -59,12 +59,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.files_archive import FILE_FLAGS, READ_CHUNK, Archiver, is_special, mode_text, special_check
-from core.engines.files_meta import read_xattrs, show_path, xattr_digests
-from core.engines.files_mirror import Mirror, Selection, mount_points, remove_tree
-from core.engines.files_pax import ArchiveFormatError, PaxReader
-from core.engines.pathmatch import PathFilter
-from core.engines.tarsafe import SafeExtractor, Written
+from core.engines.files.archive import FILE_FLAGS, READ_CHUNK, Archiver, is_special, mode_text, special_check
+from core.engines.files.meta import read_xattrs, show_path, xattr_digests
+from core.engines.files.mirror import Mirror, Selection, mount_points, remove_tree
+from core.engines.files.pathmatch import PathFilter
+from core.engines.files.pax import ArchiveFormatError, PaxReader
+from core.engines.files.tarsafe import SafeExtractor, Written
 from core.errors import ConfigError, EngineError, IntegrityError, SourceUnavailableError
 from core.sources import FilesSourceConfig
 
@@ -185,7 +185,7 @@ class FilesEngine(Engine):
         """Extract ``files.tar`` into the target root, refusing unsafe members.
 
         Over existing data the result is a mirror of what the backup covers
-        (entries it lacks are removed; see ``core.engines.files_mirror``).
+        (entries it lacks are removed; see ``core.engines.files.mirror``).
         Returns the notes: entries skipped at backup time, attributes or
         device nodes this target could not take, mount points left in place.
         """

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import methodcaller
 
-from core.engines.rdb_encodings import (
+from core.engines.redis.rdb_encodings import (
     as_bytes,
     intset_items,
     listpack_items,

@@ -12,7 +12,7 @@ our archives too:
   ``GNU.sparse.minor=0``, ``GNU.sparse.name`` (the real name) and
   ``GNU.sparse.realsize``; the member's data starts with the map (decimal
   ``count\\n`` then ``offset\\nlength\\n`` per data segment, padded to 512
-  bytes) followed by the data segments only (``core.engines.files_pax``
+  bytes) followed by the data segments only (``core.engines.files.pax``
   writes and reads it; tarfile and GNU tar read it too).
 
 Every function here works on a directory fd plus a name, or on an fd, and
@@ -25,7 +25,7 @@ import errno
 import hashlib
 import os
 
-from core.engines.files_pax import BLOCK
+from core.engines.files.pax import BLOCK
 
 XATTR_PREFIX = "SCHILY.xattr."
 # Attributes the target's own system sets (an SELinux label on every new file):

@@ -107,11 +107,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from core.engines import postgres_checks as checks
-from core.engines import postgres_roles as roles
-from core.engines import postgres_target as target
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.postgres_roles import GLOBALS_STREAM
+from core.engines.postgres import checks, roles, target
+from core.engines.postgres.roles import GLOBALS_STREAM
 from core.engines.tools import StderrTail, ToolGroup, last_line
 from core.errors import DRError, EngineError, SourceUnavailableError, redact
 from core.sources import PostgresSourceConfig

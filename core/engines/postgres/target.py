@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.engines import postgres_checks as checks
+from core.engines.postgres import checks
 from core.engines.tools import last_line
 from core.errors import EngineError
 

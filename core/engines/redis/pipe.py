@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from core.engines.redis_sync import CONNECT_TIMEOUT, IO_TIMEOUT, RespError, connection_reason, transient_os_error
+from core.engines.redis.sync import CONNECT_TIMEOUT, IO_TIMEOUT, RespError, connection_reason, transient_os_error
 from core.errors import EngineError, SourceUnavailableError, redact
 
 try:
@@ -54,7 +54,7 @@ class RespPipe:
         self._reader = hiredis.Reader(replyError=RespError) if hiredis is not None else None
         self._fallback = None
         if self._reader is None:
-            from core.engines.redis_sync import RespSocket
+            from core.engines.redis.sync import RespSocket
 
             self._fallback = RespSocket(self.sock)
         try:

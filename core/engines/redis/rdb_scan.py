@@ -30,7 +30,8 @@ import struct
 from collections.abc import Callable
 from itertools import chain
 
-from core.engines.rdb import (
+from core.engines.redis.checks import key_entry
+from core.engines.redis.rdb import (
     _OP_AUX,
     _OP_EOF,
     _OP_EXPIRETIME,
@@ -55,7 +56,7 @@ from core.engines.rdb import (
     read_object,
     read_string,
 )
-from core.engines.rdb_encodings import (
+from core.engines.redis.rdb_encodings import (
     as_bytes,
     intset_items,
     listpack_items,
@@ -63,7 +64,6 @@ from core.engines.rdb_encodings import (
     lzf_decompress_c,
     ziplist_items,
 )
-from core.engines.redis_checks import key_entry
 from core.errors import EngineError
 
 ALGORITHM = "redis-checks/3"
@@ -527,7 +527,7 @@ def _string_stream(r: ByteReader) -> bytes:
     n, encoded = read_length(r)
     if encoded or n <= INLINE_STRING:
         if encoded:
-            from core.engines.rdb import _read_encoded
+            from core.engines.redis.rdb import _read_encoded
 
             return string_part(_read_encoded(r, n))
         return string_part(r.read(n))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pymysql
 
-from core.engines.mysql_dump import quote_name
+from core.engines.mysql.dump import quote_name
 
 STREAM = "grants.json"
 FORMAT = 1

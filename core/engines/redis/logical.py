@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from core.engines.base import Writable
-from core.engines.redis_pipe import RespPipe, command
-from core.engines.redis_sync import RespError
+from core.engines.redis.pipe import RespPipe, command
+from core.engines.redis.sync import RespError
 from core.errors import EngineError, IntegrityError
 
 MAGIC = b"GDR-REDIS-KEYS\x00\x01"

@@ -58,10 +58,12 @@ from typing import Any
 
 import pymysql
 
-from core.engines import mysql_checks, mysql_grants, mysql_split
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.mysql_dump import DumpFacts, DumpInspector, DumpRewriter, InspectingReader, quote_name
-from core.engines.mysql_tools import DumpGroup, last_line
+from core.engines.mysql import checks as mysql_checks
+from core.engines.mysql import grants as mysql_grants
+from core.engines.mysql import split as mysql_split
+from core.engines.mysql.dump import DumpFacts, DumpInspector, DumpRewriter, InspectingReader, quote_name
+from core.engines.mysql.tools import DumpGroup, last_line
 from core.engines.tools import StderrTail, Stopped, ToolGroup
 from core.errors import DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import MySQLSourceConfig

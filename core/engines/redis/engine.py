@@ -47,18 +47,18 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from core.engines.base import BackupResult, Engine, StreamSink, StreamSource, Writable
-from core.engines.rdb import dump_digest
-from core.engines.rdb_scan import ALGORITHM
-from core.engines.redis_checks import KNOWN, KeyspaceChecks, algorithm_of, db_label, reshape_actual
-from core.engines.redis_logical import (
+from core.engines.redis.checks import KNOWN, KeyspaceChecks, algorithm_of, db_label, reshape_actual
+from core.engines.redis.logical import (
     iter_records,
     restore_records,
     write_header,
     write_record,
     write_trailer,
 )
-from core.engines.redis_pipe import RespPipe
-from core.engines.redis_sync import (
+from core.engines.redis.pipe import RespPipe
+from core.engines.redis.rdb import dump_digest
+from core.engines.redis.rdb_scan import ALGORITHM
+from core.engines.redis.sync import (
     CONNECT_TIMEOUT,
     IO_TIMEOUT,
     ReplicaSync,
@@ -67,7 +67,7 @@ from core.engines.redis_sync import (
     connection_reason,
     transient_os_error,
 )
-from core.engines.redis_walker import Walker, expired_keys
+from core.engines.redis.walker import Walker, expired_keys
 from core.errors import ConfigError, DRError, EngineError, IntegrityError, SourceUnavailableError, redact
 from core.sources import RedisSourceConfig
 

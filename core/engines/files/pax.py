@@ -13,7 +13,7 @@ The reader accepts what ``tarfile`` and GNU tar write in the formats that
 matter: ustar (with ``prefix``), PAX ``x`` and ``g`` headers (``hdrcharset``
 included), GNU long names (``L``/``K``), base-256 numbers, and GNU PAX sparse
 1.0. It checks each header's checksum. It does not judge names or types:
-safety is ``core.engines.tarsafe``'s job, member by member.
+safety is ``core.engines.files.tarsafe``'s job, member by member.
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ class PaxReader:
                 member.xattrs[key[len(_XATTR) :]] = value
 
     def _sparse(self, member: Member, pax: dict[str, bytes]) -> None:
-        """GNU PAX sparse 1.0: the data starts with the map (see core.engines.files_meta)."""
+        """GNU PAX sparse 1.0: the data starts with the map (see core.engines.files.meta)."""
         if pax.get("GNU.sparse.major") != b"1" or pax.get("GNU.sparse.minor") != b"0":
             raise ArchiveFormatError("sparse member in a GNU sparse format other than 1.0")
         if "GNU.sparse.name" in pax:

@@ -57,7 +57,7 @@ from typing import Any
 
 import pymysql
 
-from core.engines.mysql_dump import quote_name
+from core.engines.mysql.dump import quote_name
 from core.errors import EngineError
 
 _UNKNOWN_TABLE = {1109, 1146}  # e.g. information_schema.CHECK_CONSTRAINTS before MySQL 8.0.16 / MariaDB 10.2

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.engines.base import Writable
-from core.engines.files_meta import (
+from core.engines.files.meta import (
     MAX_SPARSE_STORED,
     data_map,
     entry_path,
@@ -32,8 +32,8 @@ from core.engines.files_meta import (
     xattr_digests,
     xattr_records,
 )
-from core.engines.files_pax import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, Header, PaxWriter
-from core.engines.pathmatch import PathFilter
+from core.engines.files.pathmatch import PathFilter
+from core.engines.files.pax import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, Header, PaxWriter
 from core.errors import ConfigError, EngineError, SourceUnavailableError
 
 # File read size: one read for most files, and never more than the archive writer's
@@ -538,7 +538,7 @@ class Archiver:
             os.close(fd)
 
     def _make_sparse(self, header: Header, rel: str, size: int, stored: int) -> None:
-        """Turn ``header`` into a GNU PAX sparse 1.0 member (see core.engines.files_meta)."""
+        """Turn ``header`` into a GNU PAX sparse 1.0 member (see core.engines.files.meta)."""
         # The header name is only what a reader without sparse support extracts
         # (GNU tar does the same); GNU.sparse.name is the real one. Short on purpose:
         # a long one would become a PAX "path" record, which tarfile applies last.

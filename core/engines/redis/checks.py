@@ -21,7 +21,7 @@ be verified any more, and a missing session key is not a failed restore.
 Keys already expired when the backup was taken are left out of the checks.
 
 A key's digest covers its name, logical type and logical value (see
-``core.engines.rdb``), never its TTL, which changes with the clock. A stream's
+``core.engines.redis.rdb``), never its TTL, which changes with the clock. A stream's
 value includes its consumer groups with their pending entries and consumers.
 Checks without ``algorithm`` (``redis-checks/1``, older backups) digested
 only the number of pending entries; they are still computed that way.
@@ -32,12 +32,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from core.engines.rdb import UnorderedDigest, lp
+from core.engines.redis.rdb import UnorderedDigest, lp
 
 # Clocks of the backup host, the source and the target may disagree this much.
 EXPIRY_MARGIN_MS = 60_000
 
-ALGORITHM = "redis-checks/3"  # see core.engines.rdb_scan: the same shape, cheaper value digests
+ALGORITHM = "redis-checks/3"  # see core.engines.redis.rdb_scan: the same shape, cheaper value digests
 PREVIOUS = "redis-checks/2"
 LEGACY = "redis-checks/1"
 KNOWN = (ALGORITHM, PREVIOUS, LEGACY)
@@ -53,7 +53,7 @@ class KeyspaceChecks:
     def __init__(self, now_ms: int, algorithm: str = ALGORITHM) -> None:
         self.now_ms = now_ms
         self.algorithm = algorithm
-        self.pending = algorithm != LEGACY  # see ``core.engines.rdb.read_object``
+        self.pending = algorithm != LEGACY  # see ``core.engines.redis.rdb.read_object``
         self._persistent: dict[int, UnorderedDigest] = {}
         self._volatile: dict[int, UnorderedDigest] = {}
         self.first_expiry_ms: int | None = None

@@ -13,7 +13,7 @@ learned about the file (``rdb`` mode) and the keys whose expiry is at or
 before ``notes_before_ms`` (for restore notes). ``records``
 mode reads a logical backup stream (``redis_logical``) instead of an RDB.
 
-Run as ``python -m core.engines.redis_walker MODE PARAMS_JSON``.
+Run as ``python -m core.engines.redis.walker MODE PARAMS_JSON``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.engines.rdb_scan import ALGORITHM, RdbScanner, dump_encoded_part, dump_part
-from core.engines.redis_checks import KeyspaceChecks, key_entry
+from core.engines.redis.checks import KeyspaceChecks, key_entry
+from core.engines.redis.rdb_scan import ALGORITHM, RdbScanner, dump_encoded_part, dump_part
 from core.errors import EngineError, IntegrityError
 
 READ_SIZE = 1 << 20
@@ -96,7 +96,7 @@ def _walk(mode: str, params: dict[str, Any], stream: BinaryIO) -> dict[str, Any]
             trailing=trailing,
         )
     elif mode == "records":
-        from core.engines.redis_logical import scan_records
+        from core.engines.redis.logical import scan_records
 
         digest = dump_encoded_part if encoded else dump_part
         batches: dict[int, list[bytes]] = {}
@@ -151,7 +151,7 @@ class Walker:
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.engines.redis_walker", mode, json.dumps(params)],
+            [sys.executable, "-m", "core.engines.redis.walker", mode, json.dumps(params)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.engines.rdb import ByteReader
+from core.engines.redis.rdb import ByteReader
 from core.errors import TRANSIENT_OS_ERRORS, EngineError, SourceUnavailableError, redact
 
 CONNECT_TIMEOUT = 10.0

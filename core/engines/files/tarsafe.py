@@ -51,8 +51,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
-from core.engines.files_meta import KEEP_TARGET_XATTRS, entry_path, read_xattrs, show_path
-from core.engines.files_pax import BLKTYPE, CHRTYPE, FIFOTYPE, REGULAR, ArchiveFormatError, Member, PaxReader
+from core.engines.files.meta import KEEP_TARGET_XATTRS, entry_path, read_xattrs, show_path
+from core.engines.files.pax import BLKTYPE, CHRTYPE, FIFOTYPE, REGULAR, ArchiveFormatError, Member, PaxReader
 from core.errors import UnsafeArchiveError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
