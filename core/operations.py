@@ -1,22 +1,92 @@
-"""Backup and restore of one source: the sequence every flow task calls.
+"""Backups and log capture of one source: the sequences every flow task calls.
 
-Plain functions over a vault, a keyring and an engine; no Prefect here.
+Plain functions over a vault, a keyring and an engine; no Prefect here. Restores
+live in ``core.restoring`` (re-exported here: tasks call both through this module).
 """
 
 from __future__ import annotations
 
-import secrets
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
-from core import cancel, targets
+from core import cancel
 from core.crypto.keys import Keyring
-from core.engines import engine_for
-from core.engines.base import Engine, compare_checks
-from core.errors import DRError, EngineError, TargetNotEmptyError, VerificationError
-from core.repository.manifest import Manifest
-from core.repository.vault import Vault
+from core.engines import log_start, position_order, position_text
+from core.engines.base import BackupResult, BaseBackup, Engine
+from core.errors import (
+    BackupNotFoundError,
+    ConfigError,
+    DRError,
+    LogGapError,
+)
+from core.repository.log import LogWriter
+from core.repository.manifest import COMPLETED, Manifest
+from core.repository.vault import CAPTURE_LEASE_PREFIX, Vault
+from core.restoring import (  # noqa: F401 - re-exported for the tasks
+    Progress,
+    RestoreReport,
+    _quiet,
+    count_checks,
+    render_report,
+    restore_backup,
+    restore_chain_plan,
+    size_text,
+    verify_target,
+)
+
+
+def choose_base(manifests: list[Manifest], source: str, backup_type: str) -> Manifest:
+    """The backup a differential (the newest full) or an incremental (the newest backup of the newest
+    full's chain) is taken on."""
+    completed = sorted(
+        (
+            m
+            for m in manifests
+            if m.source == source and m.status == COMPLETED and m.labels.get("purpose") != "rollback"
+        ),
+        key=lambda m: m.ended_at,
+    )
+    fulls = [m for m in completed if m.type == "full"]
+    if not fulls:
+        raise BackupNotFoundError(
+            f"no completed full backup of {source!r} to take a {backup_type} backup on; run "
+            f"'genesis-dr backup full --source {source}' first"
+        )
+    full = fulls[-1]
+    if backup_type == "differential":
+        return full
+    return [m for m in completed if m.id == full.id or m.chain == full.id][-1]
+
+
+class _BaseReader:
+    """The base's streams, opened (one key unwrap) only if the engine reads them: an incremental
+    of a database never does, so a backup host with only public keys can take one."""
+
+    def __init__(self, vault: Vault, keyring: Keyring, backup_id: str) -> None:
+        self._vault, self._keyring, self._id = vault, keyring, backup_id
+        self._reader = None
+
+    def _open(self):
+        if self._reader is None:
+            self._reader = self._vault.open_backup(self._id, self._keyring)
+        return self._reader
+
+    @property
+    def result(self) -> BackupResult:
+        return self._open().result
+
+    def stream_names(self) -> list[str]:
+        return self._open().stream_names()
+
+    def iter_stream(self, name: str):
+        return self._open().iter_stream(name)
+
+    def open_stream(self, name: str):
+        return self._open().open_stream(name)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
 
 def backup_source(
@@ -27,14 +97,30 @@ def backup_source(
     *,
     compression: str = "zstd",
     labels: dict[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Take one backup of ``engine``'s source under its lock; returns the committed manifest.
+
+    ``backup_type`` full, differential (on the newest full) or incremental (on the newest backup of
+    that full's chain). For a source whose changes are its log, a backup on a base makes sure the
+    vault's log holds everything up to the position the engine returns (waiting for the running
+    capture, or capturing up to there itself) and records that range.
 
     Every attempt leaves a record: a failure writes a FAILED manifest with the
     error, then the error is raised (never swallowed).
     """
     name = engine.config.name
+    if backup_type not in engine.backup_types:
+        raise ConfigError(
+            f"{name}: a {engine.kind} source takes {' and '.join(engine.backup_types)} backups, not {backup_type}"
+            + (
+                "; its continuous capture ('genesis-dr capture') gives point-in-time restores"
+                if engine.captures_log
+                else ""
+            )
+        )
     with vault.lock(name, f"{backup_type} backup"):
+        base = None if backup_type == "full" else choose_base(vault.list_backups(name), name, backup_type)
         writer = vault.begin_backup(
             source=name,
             kind=engine.kind,
@@ -42,11 +128,27 @@ def backup_source(
             target=engine.describe(),
             keyring=keyring,
             compression=compression,
+            parent=base.id if base else None,
+            chain=(base.chain or base.id) if base else None,
             labels=labels,
         )
+        reader = _BaseReader(vault, keyring, base.id) if base else None
         try:
             engine.ping()
-            result = engine.backup(writer)
+            on = None
+            if base is not None:
+                on = BaseBackup(
+                    id=base.id,
+                    type=base.type,
+                    ended_at=base.ended_at,
+                    result=BackupResult(position=base.position, tool_versions=base.tool_versions),
+                    reader=reader,
+                )
+            result = engine.backup(writer, on)
+            if base is not None and engine.captures_log:
+                writer.set_chain(
+                    base.chain or base.id, _ship_log(vault, keyring, engine, base, result.position, progress)
+                )
         except BaseException as exc:
             try:
                 writer.fail(exc)
@@ -55,291 +157,103 @@ def backup_source(
                 if isinstance(exc, DRError):
                     raise type(exc)(f"{exc} (and the FAILED record could not be written: {record_exc})") from None
             raise
+        finally:
+            if reader is not None:
+                reader.close()
         return writer.commit(result)
 
 
-@dataclass
-class RestoreReport:
-    """What a restore did: the document an operator reads at 3 a.m."""
-
-    backup_id: str
-    source: str
-    target: str
-    rollback_backup_id: str | None
-    verified_checks: int
-    plain_bytes: int
-    seconds: float
-    method: str = "in place"  # or "staged beside the target, then swapped in"
-    # Every object not restored exactly as it was backed up, and everything the backup left out.
-    notes: list[str] = field(default_factory=list)
-    skipped_at_backup: list[str] = field(default_factory=list)
-    interrupted_before: str | None = None  # the mark an earlier, killed restore left on this target
-    mismatches: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def render_report(report: dict) -> str:
-    """The restore report as text: outcome first, then everything that was not restored exactly."""
-    lines = [
-        f"restored {report['backup_id']} into {report['target']} in {report['seconds']:.1f}s "
-        f"({report['method']}); verified {report['verified_checks']} checks recorded at backup time"
-    ]
-    if report.get("rollback_backup_id"):
-        lines.append(f"rollback point: {report['rollback_backup_id']} (restore it to undo)")
-    if report.get("interrupted_before"):
-        lines.append(f"found and replaced an interrupted restore: {report['interrupted_before']}")
-    notes = report.get("notes") or []
-    skipped = report.get("skipped_at_backup") or []
-    if not notes and not skipped:
-        lines.append("exact: every object was restored as it was backed up")
-    for note in notes:
-        lines.append(f"NOT AS BACKED UP: {note}")
-    for entry in skipped:
-        lines.append(f"NOT IN THE BACKUP (skipped when it was taken): {entry}")
-    return "\n".join(lines)
-
-
-def count_checks(checks: dict) -> int:
-    return sum(count_checks(v) if isinstance(v, dict) else 1 for v in checks.values())
-
-
-def verify_target(engine: Engine, expected: dict, backup_id: str) -> int:
-    """Compare the target's data with the checks recorded at backup time."""
-    actual = engine.collect_checks(expected)
-    diffs = compare_checks(expected, actual)
-    if diffs:
-        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise VerificationError(
-            f"restore of {backup_id} into {engine.describe()} does not match the backup: {'; '.join(diffs[:3])}{more}; "
-            "do not put this target in service - investigate, then restore again or from another backup"
+def _ship_log(vault: Vault, keyring: Keyring, engine: Engine, base: Manifest, until: dict, progress) -> dict:
+    """Make the vault's log reach ``until`` (the running capture ships it, or we capture it here)
+    and return the range a backup on ``base`` records: from the base's position to ``until``."""
+    name, kind = engine.config.name, engine.kind
+    order = lambda p: position_order(kind, p)  # noqa: E731
+    if vault.capture_running(name):
+        deadline = time.monotonic() + max(120.0, 4.0 * float(getattr(engine.config, "rpo_seconds", 30)))
+        while True:
+            pieces = vault.log_pieces(name)
+            if pieces and order(pieces[-1].end) >= order(until):
+                break
+            if time.monotonic() > deadline:
+                reached = position_text(kind, pieces[-1].end) if pieces else "nothing"
+                raise LogGapError(
+                    f"{name}: the running capture has not shipped the log up to {position_text(kind, until)} "
+                    f"(it reached {reached}); check the capture run's log"
+                )
+            cancel.check(f"{base.type} backup of {name}")
+            time.sleep(0.5)
+    else:
+        capture_source(vault, keyring, engine, threading.Event(), until=until, progress=progress)
+        pieces = vault.log_pieces(name)
+    begin = base.log.get("to") if base.log else log_start(kind, base.position) or base.position
+    covering = [p for p in pieces if order(p.end) > order(begin) and order(p.start) < order(until)]
+    if not covering and order(begin) < order(until):
+        raise LogGapError(
+            f"{name}: the vault's log does not hold {position_text(kind, begin)} -> {position_text(kind, until)}; "
+            "take a new full backup"
         )
-    return count_checks(expected)
+    return {
+        "from": begin,
+        "to": until,
+        "pieces": [covering[0].seq, covering[-1].seq] if covering else [],
+    }
 
 
-def _with_context(exc: BaseException, context: str) -> BaseException:
-    """The same error class (same exit code) with what happened to the target appended."""
-    if context in str(exc):  # the engine said it already
-        return exc
-    if isinstance(exc, DRError):
-        error = type(exc)(f"{exc.message}; {context}")
-        error.exit_code = exc.exit_code
-        return error
-    error = EngineError(f"{type(exc).__name__}: {exc}; {context}")
-    return error
-
-
-Progress = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    """The default progress sink: core never logs on its own (the flow's task routes progress to the run log)."""
-
-
-def size_text(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def _verify_reporting(engine: Engine, expected: dict, backup_id: str, say: Progress) -> int:
-    started = time.monotonic()
-    verified = verify_target(engine, expected, backup_id)
-    say(
-        f"verified {verified} checks recorded at backup time against {engine.describe()} in {time.monotonic() - started:.1f}s"
-    )
-    return verified
-
-
-def _restore_in_place(reader, engine: Engine, backup_id: str, say: Progress = _quiet) -> tuple[list[str], int]:
-    notes = engine.restore(reader, reader.result) or []
-    return list(notes), _verify_reporting(engine, reader.result.checks, backup_id, say)
-
-
-def _restore_staged(
-    reader, engine: Engine, staged: Engine, backup_id: str, say: Progress = _quiet
-) -> tuple[list[str], int]:
-    """Restore into the sibling and verify it there; the target is untouched (the caller swaps it in)."""
-    try:
-        notes = staged.restore(reader, reader.result) or []
-        verified = _verify_reporting(staged, reader.result.checks, backup_id, say)
-        cancel.check(f"restore of {backup_id} into {engine.describe()}")
-    except BaseException as exc:
-        try:
-            staged.discard()
-        except Exception as cleanup:  # the restore's error comes first; the leftover is named
-            raise _with_context(
-                exc,
-                f"the target was not changed (and the staged copy {staged.describe()} could not be removed: {cleanup})",
-            ) from None
-        raise _with_context(exc, "the target was not changed") from None
-    return list(notes), verified
-
-
-def _put_back(vault: Vault, keyring: Keyring, rollback_id: str, engine: Engine) -> None:
-    reader = vault.open_backup(rollback_id, keyring)
-    try:
-        _restore_in_place(reader, engine, rollback_id)
-    finally:
-        reader.close()
-
-
-def restore_backup(
+def capture_source(
     vault: Vault,
     keyring: Keyring,
-    backup_id: str,
     engine: Engine,
+    stop: threading.Event,
     *,
-    force: bool = False,
-    rollback: bool = True,
+    until: dict | None = None,
     progress: Progress | None = None,
-) -> RestoreReport:
-    """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
-
-    The vault is only read; the lock is the target's (``core.targets``). A target
-    that holds data is refused unless ``force``; with ``force`` a rollback backup
-    of the target is taken first, and nothing is destroyed before the backup is
-    proven readable: engines that can restore beside the target and swap the
-    verified copy in; the others have every object of the backup authenticated
-    first, and if the restore fails after it changed the target, the rollback
-    point is put back automatically. Every error after a destructive step names
-    the rollback backup.
-
-    ``progress`` is told each step in one line (what, sizes, times): the run log an
-    operator watches.
-    """
+) -> dict:
+    """Ship ``engine``'s log into the vault until ``stop`` is set (or, with ``until``, once the log
+    reaches that position), under the source's capture lease: never its backup lease, so a running
+    capture never blocks a full backup. Returns what was shipped."""
+    name = engine.config.name
+    if not engine.captures_log:
+        raise ConfigError(f"{name}: a {engine.kind} source has no log to capture; its backups are its chain")
     say = progress or _quiet
     started = time.monotonic()
-    reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before touching the target
-    try:
-        manifest = reader.manifest
-        say(
-            f"opened backup {backup_id} of {manifest.source} ({size_text(manifest.plain_bytes)} in "
-            f"{len(manifest.streams)} streams, ended {manifest.ended_at}): key and manifest checked"
-        )
-        reader.on_stream_read = lambda name, size, secs: say(
-            f"stream {name} loaded: {size_text(size)} in {secs:.1f}s, SHA-256 matched"
-        )
-        engine.ping_target()
-        with targets.guard(engine.target_key(), f"restore of {backup_id}") as target:
-            interrupted = target.previous
-            if interrupted and interrupted.staged_tag:
-                leftover = engine.stage(interrupted.staged_tag)
-                if leftover is not None:
-                    leftover.discard()
-            has_data = engine.has_data()
-            if has_data and not force:
-                was = f" (left there by an interrupted restore: {interrupted.describe()})" if interrupted else ""
-                raise TargetNotEmptyError(
-                    f"restore target {engine.describe()} already holds data{was}; choose an empty target, or pass "
-                    "--force (a rollback backup of the target is taken first)"
-                )
-            tag = secrets.token_hex(4)
-            # Beside the target only when there is something to protect: an empty target has nothing
-            # to lose, and a swap costs a DROP DATABASE (a checkpoint after a large load) for nothing.
-            staged = engine.stage(tag) if has_data else None
-            say(f"target {engine.describe()}: {'holds data' if has_data else 'empty'}")
-            if staged is None and has_data:
-                # In place over data: prove every object readable before destroying anything.
-                step = time.monotonic()
-                reader.on_stream_read, report_streams = None, reader.on_stream_read
-                checked = reader.verify_objects()
-                reader.on_stream_read = report_streams
-                say(
-                    f"read and authenticated every object of {backup_id} first: {size_text(checked)} in {time.monotonic() - step:.1f}s"
-                )
-            rollback_id = None
-            if has_data and rollback:
-                step = time.monotonic()
-                rollback_id = _take_rollback(vault, keyring, engine, backup_id)
-                say(
-                    f"rollback point: backup {rollback_id} of {engine.describe()} taken in {time.monotonic() - step:.1f}s"
-                )
-            target.mark(backup_id, rollback_id, tag if staged is not None else None)
-            if staged is not None:
-                say(f"restoring beside the target into {staged.describe()}, then swapping it in")
-                try:
-                    notes, verified = _restore_staged(reader, engine, staged, backup_id, say)
-                except BaseException:
-                    target.clear()  # the staged copy is gone and the target was never touched
-                    raise
-                try:
-                    engine.swap_in(staged)
-                except BaseException as exc:
-                    raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
-                say(f"swapped the verified copy into place as {engine.describe()}")
-            else:
-                say(f"restoring in place into {engine.describe()}")
-                try:
-                    notes, verified = _restore_in_place(reader, engine, backup_id, say)
-                except BaseException as exc:
-                    raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
-            target.clear()
-            say(f"restore of {backup_id} into {engine.describe()} done in {time.monotonic() - started:.1f}s")
-        return RestoreReport(
-            backup_id=backup_id,
-            source=manifest.source,
-            target=engine.describe(),
-            rollback_backup_id=rollback_id,
-            verified_checks=verified,
-            plain_bytes=manifest.plain_bytes,
-            seconds=round(time.monotonic() - started, 3),
-            method="staged beside the target, verified, then swapped in" if staged is not None else "in place",
-            # A note restating a skip the manifest records is listed once, as a skip.
-            notes=[n for n in notes if not any(n.startswith(entry) for entry in manifest.skipped)],
-            skipped_at_backup=list(manifest.skipped),
-            interrupted_before=interrupted.describe() if interrupted else None,
-        )
-    finally:
-        reader.close()
+    passphrase_key_id = vault.check_passphrase(keyring)
 
+    def newest_full() -> Manifest | None:
+        fulls = [
+            m
+            for m in vault.list_backups(name)
+            if m.status == COMPLETED and m.type == "full" and m.labels.get("purpose") != "rollback"
+        ]
+        return max(fulls, key=lambda m: m.ended_at) if fulls else None
 
-def _take_rollback(vault: Vault, keyring: Keyring, engine: Engine, backup_id: str) -> str:
-    try:
-        return backup_source(
-            vault,
+    def take_full() -> BackupResult:
+        manifest = backup_source(vault, keyring, engine, "full", progress=progress)
+        say(f"capture of {name}: took full backup {manifest.id} to start the log from")
+        return BackupResult(position=manifest.position, tool_versions=manifest.tool_versions)
+
+    with vault.lock(CAPTURE_LEASE_PREFIX + name, "log capture"):
+        log = LogWriter(
+            vault.store,
+            name,
+            engine.kind,
             keyring,
-            engine_for(engine.rollback_config()),
-            "full",
-            labels={"purpose": "rollback", "before_restore_of": backup_id},
-        ).id
-    except DRError as exc:
-        raise _with_context(
-            exc,
-            f"could not take the rollback backup of {engine.describe()} before restoring over it, so the target was "
-            "not changed; restore into an empty target, or make the vault writable",
-        ) from None
-
-
-def _recover(vault, keyring, engine: Engine, exc: BaseException, rollback_id, had_data: bool, target) -> BaseException:
-    """After an in-place restore failed: put the rollback point back, and say exactly where the target stands."""
-    if rollback_id:
+            passphrase_key_id,
+            newest_full=newest_full,
+            take_full=take_full,
+            progress=say,
+        )
         try:
-            _put_back(vault, keyring, rollback_id, engine)
-        except BaseException as again:
-            return _with_context(
-                exc,
-                f"the target was changed and putting back rollback backup {rollback_id} failed too ({again}); "
-                f"restore {rollback_id} with --force before using this target",
-            )
-        target.clear()
-        return _with_context(exc, f"the target was put back to rollback backup {rollback_id} and verified")
-    if had_data:
-        return _with_context(exc, "the target was changed and no rollback backup was taken; restore it with --force")
-    try:
-        left_empty = not engine.has_data()
-    except DRError:
-        left_empty = False  # cannot tell: keep the mark
-    if left_empty:  # the engine removed what it had written
-        target.clear()
-        return _with_context(exc, "the target is empty, as it was before")
-    return _with_context(
-        exc, "the target (empty before) is left partially restored and marked so; restore again with --force"
-    )
+            engine.ping()
+            engine.capture(log, stop, until)
+        finally:
+            log.close()
+    return {
+        "source": name,
+        "pieces": log.shipped,
+        "stored_bytes": log.shipped_bytes,
+        "seconds": round(time.monotonic() - started, 3),
+        "last": log.last_piece().end if log.last_piece() else None,
+    }
 
 
 def validate_backup(vault: Vault, keyring: Keyring, backup_id: str) -> dict:

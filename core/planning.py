@@ -8,9 +8,10 @@ a restore executes. It only reads: the vault's manifests, and the target
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from core.chains import ChainPlan, plan_chain_restore
 from core.engines import engine_for
 from core.plan import RestorePlan, plan_restore, restore_target
 from core.stack import VaultConfig
@@ -57,3 +58,38 @@ def plan_restore_from(
     if method:  # the engine's path, said on the step that loads the data
         plan.steps = [f"{step}; {method}" if step.startswith("stream ") else step for step in plan.steps]
     return plan
+
+
+def plan_chain_from(
+    config: Any,
+    vault_config: VaultConfig,
+    source: str,
+    target_time: datetime,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+    *,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> ChainPlan:
+    """The point-in-time restore plan of ``source`` to ``target_time`` into its target: reads the
+    catalog and the log index (never a chunk) and the target's state, then plans (pure)."""
+    target_config = restore_target(config, source, target, target_source)
+    engine = engine_for(target_config)
+    engine.ping_target()
+    vault = vault_config.open()
+    manifests = vault.list_backups(source)
+    pieces = vault.log_pieces(source) if engine.captures_log else []
+    return plan_chain_restore(
+        manifests,
+        pieces,
+        source,
+        engine.kind,
+        target_time,
+        now or datetime.now(UTC),
+        target=engine.describe(),
+        target_has_data=engine.has_data(),
+        force=force,
+        restores_beside=engine.restores_beside(),
+        note=note,
+    )

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from core.errors import FormatError, IntegrityError
 
 MANIFEST_FORMAT = "genesis-dr-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (1, 2)
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 # States of a catalog entry that has no readable manifest (never stored in a manifest).
@@ -64,6 +65,10 @@ class Manifest(BaseModel):
     type: str
     status: str
     parent: str | None = None
+    # v2: the full this backup builds on (its own id for a full), and for a backup on a base
+    # whose changes are the source's log: {"from": position, "to": position, "pieces": [first, last]}.
+    chain: str | None = None
+    log: dict[str, Any] | None = None
     labels: dict[str, str] = {}
     target: str  # secret-free description of what was backed up
     started_at: str
@@ -91,7 +96,7 @@ class Manifest(BaseModel):
     def canonical(self, *, with_mac: bool = True) -> bytes:
         data = self.model_dump(mode="json")
         # Fields added within v1 are left out while empty, so manifests written before them keep their MAC.
-        for added in ("skipped", "key_ids"):
+        for added in ("skipped", "key_ids", "chain", "log"):
             if not data.get(added):
                 data.pop(added, None)
         if not with_mac:
@@ -129,6 +134,9 @@ class Manifest(BaseModel):
             "position": self.position,
             "position_text": self.position_text(),
             "labels": self.labels,
+            "parent": self.parent,
+            "chain": self.chain,
+            "log": self.log,
             "skipped": self.skipped,
             "key_ids": self.key_ids,
             "error": self.error,
@@ -195,7 +203,7 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
         ) from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where}: not a genesis-dr manifest; is this the right vault?")
-    if data.get("version") != MANIFEST_VERSION:
+    if data.get("version") not in READABLE_MANIFEST_VERSIONS:
         raise FormatError(
             f"{where}: manifest version {data.get('version')!r} is not supported (this genesis-dr reads version "
             f"{MANIFEST_VERSION}); upgrade genesis-dr"

@@ -35,7 +35,11 @@ from core.storage.local import ObjectNotFound
 IN_FLIGHT = 4
 
 
-def chunk_key(backup_id: str, stream: str, index: int) -> str:
+def chunk_key(backup_id: str, stream: str, index: int, prefix: str | None = None) -> str:
+    """Where chunk ``index`` of a stream lives: under its backup, or under ``prefix`` (a log piece's
+    ``logdata/<source>/<seq>``)."""
+    if prefix is not None:
+        return f"{prefix}/{index:08d}"
     return f"backups/{backup_id}/streams/{stream}/{index:08d}"
 
 
@@ -51,7 +55,9 @@ class StreamWriter:
         name: str,
         chunk_size: int,
         slots: threading.Semaphore,
+        prefix: str | None = None,
     ):
+        self._prefix = prefix
         self._store, self._sealer, self._pool = store, sealer, pool
         self._backup_id, self.name, self._chunk_size = backup_id, name, chunk_size
         self._buf = bytearray()
@@ -84,7 +90,7 @@ class StreamWriter:
         try:
             self._hash_in_order(index, data)
             blob = self._sealer.seal(self.name, index, final, data)
-            self._store.put(chunk_key(self._backup_id, self.name, index), blob)
+            self._store.put(chunk_key(self._backup_id, self.name, index, self._prefix), blob)
             return ChunkRecord(sha256=hashlib.sha256(blob).hexdigest(), stored=len(blob), plain=len(data))
         finally:
             self._slots.release()
@@ -139,7 +145,16 @@ class StreamWriter:
 class StreamReader:
     """Yields the verified plaintext of one stream."""
 
-    def __init__(self, store: Store, opener: Opener, pool: ThreadPoolExecutor, backup_id: str, record: StreamRecord):
+    def __init__(
+        self,
+        store: Store,
+        opener: Opener,
+        pool: ThreadPoolExecutor,
+        backup_id: str,
+        record: StreamRecord,
+        prefix: str | None = None,
+    ):
+        self._prefix = prefix
         self._store, self._opener, self._pool = store, opener, pool
         self._backup_id, self.record = backup_id, record
         self._digest = hashlib.sha256()
@@ -170,7 +185,7 @@ class StreamReader:
 
     def _open_chunk(self, index: int) -> bytes:
         rec = self.record.chunks[index]
-        key = chunk_key(self._backup_id, self.record.name, index)
+        key = chunk_key(self._backup_id, self.record.name, index, self._prefix)
         try:
             blob = self._store.get(key)
         except ObjectNotFound:

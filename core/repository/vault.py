@@ -1,8 +1,11 @@
-"""The backup repository ("vault"), format v1 (docs/FORMAT.md).
+"""The backup repository ("vault"), format v2 (docs/FORMAT.md); reads v1 vaults as they are.
 
 Layout on any store::
 
     config.json                                  vault format + version (checked on open)
+    catalog/<source>/<id>.json                   v2: the index of each source's backups (written after the
+                                                 manifest, which stays the commit point)
+    logs/, logdata/, logkeys/                    v2: each source's log (see log.py)
     locks/<name>.lock                            leases (see lock.py)
     backups/<id>/started.json                    written first: whose run this is (source, host, pid, lease)
     backups/<id>/keys.json                       the data key, wrapped per recipient
@@ -64,6 +67,7 @@ from core.repository.lock import (
     process_start_time,
     read_lease,
 )
+from core.repository.log import LogIndex, LogReader, PieceRecord
 from core.repository.manifest import (
     ABANDONED,
     COMPLETED,
@@ -83,8 +87,10 @@ from core.storage.base import Store
 from core.storage.local import ObjectNotFound
 
 VAULT_FORMAT = "genesis-dr-vault"
-VAULT_VERSION = 1
+VAULT_VERSION = 2
+READABLE_VAULT_VERSIONS = (1, 2)  # v1: no catalog and no logs; read as is, written as v2 from then on
 DEFAULT_CHUNK_SIZE = 4 << 20
+CAPTURE_LEASE_PREFIX = "capture."  # locks/capture.<source>.lock: one capture per source, beside its backups' lease
 _STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -193,7 +199,7 @@ class Vault:
             raise IntegrityError(f"vault {store.describe()}: config.json is not valid JSON (corrupt)") from None
         if config.get("format") != VAULT_FORMAT:
             raise FormatError(f"{store.describe()} is not a genesis-dr vault (config.json has no genesis-dr format)")
-        if config.get("version") != VAULT_VERSION:
+        if config.get("version") not in READABLE_VAULT_VERSIONS:
             raise FormatError(
                 f"vault {store.describe()} has format version {config.get('version')!r}; this genesis-dr reads "
                 f"version {VAULT_VERSION} - upgrade genesis-dr"
@@ -266,6 +272,8 @@ class Vault:
         # lease taken before it started.
         started = _backup_started(backup_id)
         for name in lease_names(self.store):
+            if name.startswith(CAPTURE_LEASE_PREFIX):
+                continue  # a capture writes log pieces, never backup directories
             holder = read_lease(self.store, name)
             try:
                 since = float(holder.get("acquired_at", 0)) if holder else float("inf")
@@ -298,22 +306,44 @@ class Vault:
             return BackupEntry(backup_id, CORRUPT, source=start.source if start else None, reason=reason, start=start)
         return BackupEntry(backup_id, manifest.status, manifest=manifest, source=manifest.source, reason=manifest.error)
 
+    def catalogued(self, source: str) -> list[BackupEntry]:
+        """Entries of ``source`` from its catalog index: one listing, then each backup's own manifest
+        (the commit point, so a damaged manifest shows as CORRUPT whatever the index says)."""
+        return [
+            self.entry(name.removesuffix(".json"))
+            for name in self.store.children(f"catalog/{source}/")
+            if name.endswith(".json") and valid_backup_id(name.removesuffix(".json"))
+        ]
+
+    def _catalog_ids(self) -> set[str]:
+        return {
+            name.removesuffix(".json")
+            for source in self.store.children("catalog/")
+            for name in self.store.children(f"catalog/{source}/")
+        }
+
     def entries(self, source: str | None = None, *, partial: bool = True) -> list[BackupEntry]:
         """The catalog: every backup directory, damaged or unfinished ones included, oldest first.
 
-        With ``source``, entries of other sources are left out; a CORRUPT or partial
-        entry whose source is unknown is kept (it may be this source's). ``partial=False``
-        leaves out IN_PROGRESS/ABANDONED directories (nothing reads them).
+        Catalogued backups are read from ``catalog/<source>/`` (with ``source``, only that
+        source's); directories without a catalog entry (partial runs, v1 backups) are read
+        as before. With ``source``, a CORRUPT or partial entry whose source is unknown is kept
+        (it may be this source's). ``partial=False`` leaves out IN_PROGRESS/ABANDONED
+        directories (nothing reads them).
         """
-        out = []
+        sources = [source] if source is not None else self.store.children("catalog/")
+        found = {e.id: e for name in sources for e in self.catalogued(name)}
+        known = found.keys() | (self._catalog_ids() if source is not None else set())
         for backup_id in self.store.children("backups/"):
+            if backup_id in known:
+                continue
             entry = self.entry(backup_id)
             if not partial and entry.state in (IN_PROGRESS, ABANDONED):
                 continue
             if source is not None and entry.source not in (source, None):
                 continue
-            out.append(entry)
-        return out
+            found[backup_id] = entry
+        return [found[k] for k in sorted(found)]
 
     def manifest(self, backup_id: str) -> Manifest:
         if not valid_backup_id(backup_id):
@@ -446,8 +476,17 @@ class Vault:
                     continue  # someone else recorded (or committed) it meanwhile
                 raise
             self._remove_chunks(backup_id)
+            self.catalog(manifest)
             recorded.append(manifest)
         return recorded
+
+    def catalog(self, manifest: Manifest) -> None:
+        """Index a written manifest under ``catalog/<source>/`` (after its commit point). An index
+        write that fails leaves the backup listed from its directory, as a v1 backup is."""
+        hint = {"id": manifest.id, "type": manifest.type, "status": manifest.status, "ended_at": manifest.ended_at}
+        self.store.put(
+            f"catalog/{manifest.source}/{manifest.id}.json", json.dumps(hint, sort_keys=True).encode(), overwrite=True
+        )
 
     def _remove_chunks(self, backup_id: str) -> None:
         for key in list(self.store.list(f"backups/{backup_id}/streams/")):
@@ -489,6 +528,7 @@ class Vault:
         keyring: Keyring,
         compression: str = "zstd",
         parent: str | None = None,
+        chain: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> BackupWriter:
         """Start a backup. Under the source's lease (taken with ``lock(source)``), abandoned
@@ -500,9 +540,28 @@ class Vault:
         key_id = self.check_passphrase(keyring)  # before anything is written
         if lease is not None:
             self.recover_abandoned(source)
-        return BackupWriter(
+        writer = BackupWriter(
             self, source, kind, backup_type, target, keyring, compression, parent, labels or {}, lease, key_id
         )
+        writer.set_chain(chain)
+        return writer
+
+    # -- the log ------------------------------------------------------------------
+
+    def log_index(self, source: str) -> LogIndex:
+        return LogIndex(self.store, source)
+
+    def log_pieces(self, source: str) -> list[PieceRecord]:
+        """Every piece record of ``source``'s log, in sequence order (no chunk is read)."""
+        return LogIndex(self.store, source).records()
+
+    def log_reader(self, source: str, keyring: Keyring) -> LogReader:
+        return LogReader(self.store, source, keyring)
+
+    def capture_running(self, source: str) -> dict | None:
+        """The live holder of ``source``'s capture lease, or None."""
+        holder = read_lease(self.store, CAPTURE_LEASE_PREFIX + source)
+        return holder if holder and not lease_stale(holder) else None
 
     # -- reading ------------------------------------------------------------------
 
@@ -583,6 +642,11 @@ class BackupWriter:
         self.store.put(f"backups/{self.id}/started.json", start.canonical())
         self.store.put(f"backups/{self.id}/keys.json", self._keys_raw)
 
+    def set_chain(self, chain: str | None, log: dict | None = None) -> None:
+        """The full this backup builds on (None: it is a full, its own chain), and the log range it records."""
+        self._base["chain"] = chain or self.id
+        self._base["log"] = log
+
     def _new_stream(self, name: str) -> StreamWriter:
         with self._registry:
             if not _STREAM_NAME.match(name) or any(s.name == name for s in self._streams + self._open):
@@ -640,6 +704,7 @@ class BackupWriter:
         )
         manifest.sign(self._data_key)
         self.store.put(f"backups/{self.id}/manifest.json", manifest.canonical())
+        self.vault.catalog(manifest)
         self._pool.shutdown()
         return manifest
 
@@ -654,6 +719,7 @@ class BackupWriter:
         manifest = self._manifest(FAILED, error=message[:2000])
         manifest.sign(self._data_key)
         self.store.put(f"backups/{self.id}/manifest.json", manifest.canonical())
+        self.vault.catalog(manifest)
         return manifest
 
 
