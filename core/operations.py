@@ -144,7 +144,7 @@ def backup_source(
                     result=BackupResult(position=base.position, tool_versions=base.tool_versions),
                     reader=reader,
                 )
-            result = engine.backup(writer, on)
+            result = engine.backup(writer, on) if on is not None else engine.backup(writer)
             if base is not None and engine.captures_log:
                 writer.set_chain(
                     base.chain or base.id, _ship_log(vault, keyring, engine, base, result.position, progress)
