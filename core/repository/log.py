@@ -302,8 +302,11 @@ class LogWriter:
             stream = writer.close()
         except BaseException:
             writer.abort()
-            for key in list(self.store.list(prefix + "/")):
-                self.store.delete(key)
+            # Remove what this attempt wrote, unless another writer committed this sequence number
+            # meanwhile (its chunks are the ones our immutable puts bumped into).
+            if not self.store.exists(f"logs/{self.source}/{seq:012d}.json"):
+                for key in list(self.store.list(prefix + "/")):
+                    self.store.delete(key)
             raise
         newest = self._newest_full() if self._newest_full is not None else None
         chain = newest.id if newest is not None else None
