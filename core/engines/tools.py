@@ -1,4 +1,5 @@
-"""Running the sources' command-line tools: draining their errors, and running several at once.
+"""Running the sources' command-line tools: finding them, their versions, one process with its
+errors drained and killed on failure (``Tool``), and several at once (``ToolGroup``).
 
 Every engine drives external tools (``pg_dump``, ``mariadb-dump``, ``mariadb``,
 ...) the same way: a tool's stderr is drained in the background so it never
@@ -13,6 +14,8 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Callable
+
+from core.errors import EngineError
 
 STDERR_KEEP = 1 << 16  # bytes of a tool's stderr kept for its error message
 
@@ -100,3 +103,82 @@ class ToolGroup:
             thread.join()
         if self._errors:
             raise self._errors[0]  # the cause; the others were stopped because of it
+
+
+# -- finding and running one tool -------------------------------------------------------------
+
+
+def find_tool(*names: str, candidates: list[str] | None = None, remedy: str) -> str:
+    """The first executable of ``candidates`` (explicit paths, tried first), then of ``names`` on
+    PATH; EngineError naming every name and the ``remedy`` when none is there."""
+    import os
+    import shutil
+
+    for path in candidates or []:
+        if os.access(path, os.X_OK):
+            return path
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EngineError(f"none of {', '.join(names)} found; {remedy}")
+
+
+def version_output(path: str) -> str:
+    """What ``path --version`` prints (stdout, else stderr), stripped: the tool's own version line."""
+    proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    return (proc.stdout or proc.stderr).strip()
+
+
+class Tool:
+    """One external process: stderr drained into a tail, killed if the ``with`` block raises, and
+    its exit checked by ``wait`` with the tool's last stderr line in the error.
+
+    ``with Tool([...], env=..., stdout=subprocess.PIPE) as tool: ...; tool.wait("pg_receivewal")``
+    """
+
+    def __init__(
+        self, argv: list[str], *, secrets: list[str] | None = None, group: ToolGroup | None = None, **popen
+    ) -> None:
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        self.argv, self._secrets = argv, secrets or []
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, **popen)
+        self.stderr = StderrTail(self.proc.stderr)
+        if group is not None:
+            group.started(self.proc)
+
+    def __enter__(self) -> Tool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if exc_type is not None:
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+    def wait(self, what: str, remedy: str = "see the tool's message") -> int:
+        """Wait for the exit; EngineError '<what> failed (exit N): <last stderr line>; <remedy>' if not 0."""
+        code = self.proc.wait()
+        if code != 0:
+            line = last_line(self.stderr.text())
+            for secret in self._secrets:
+                if secret:
+                    line = line.replace(secret, "***")
+            raise EngineError(f"{what} failed (exit {code}): {line or 'no message'}; {remedy}")
+        return code
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Ask the process to end (SIGTERM), then kill it after ``timeout``; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
