@@ -34,6 +34,7 @@ from core.engines.files.meta import (
 )
 from core.engines.files.pathmatch import PathFilter
 from core.engines.files.pax import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE, Header, PaxWriter
+from core.engines.files.tree import BaseTree, decode_xattrs, encode_xattrs
 from core.errors import ConfigError, EngineError, SourceUnavailableError
 
 # File read size: one read for most files, and never more than the archive writer's
@@ -83,6 +84,23 @@ def _group(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return ""
+
+
+def index_entry(key: str, st: os.stat_result, kind: str, xattrs: dict[str, bytes] | None) -> dict[str, Any]:
+    """The tree index entry of an entry (see ``core.engines.files.tree``), without its kind's extras."""
+    entry: dict[str, Any] = {
+        "path": key,
+        "type": kind,
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "user": _user(st.st_uid),
+        "group": _group(st.st_gid),
+        "mtime_ns": st.st_mtime_ns,
+    }
+    if xattrs:
+        entry["xattrs"] = encode_xattrs(xattrs)
+    return entry
 
 
 def _pax_time(ns: int) -> str:
@@ -208,6 +226,14 @@ class Archiver:
     directory) fails the backup with the path and the remedy, unless
     ``skip_unarchivable``: then it is recorded in ``skipped``, which the
     backup reports.
+
+    Every entry also goes into ``index`` (the tree index, ``core.engines.files.tree``).
+    With a ``base`` (a differential or incremental backup) the archive holds only
+    regular files whose content the chain does not hold yet; everything else is
+    in the index only. A file the base has with the same inode, size, mtime and
+    change time is not even opened; a changed one whose size some content of the
+    base has is hashed first, and referenced instead of stored if the chain holds
+    that content (a rename, a copy, a touch).
     """
 
     root: str
@@ -229,6 +255,10 @@ class Archiver:
     sparse_names: int = 0
     tar: PaxWriter | None = None
     hasher: _Hasher | None = None
+    base: BaseTree | None = None
+    index: list[dict[str, Any]] = field(default_factory=list)
+    _index_of: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stored_files: int = 0  # regular files whose content this archive holds
 
     def checks(self) -> dict[str, Any]:
         return {
@@ -246,6 +276,17 @@ class Archiver:
             "skipped": self.skipped,
             "changed": self.changed,
         }
+
+    def index_entries(self) -> list[dict[str, Any]]:
+        """The tree index, complete once ``run`` returned (every digest is known then)."""
+        for entry in self.index:
+            if entry["type"] == "file":
+                entry["sha256"] = self.files[entry["path"]]["sha256"]
+        return self.index
+
+    def _indexed(self, entry: dict[str, Any]) -> None:
+        self.index.append(entry)
+        self._index_of[entry["path"]] = entry
 
     def skipped_lines(self) -> list[str]:
         """One line per entry left out, for the manifest (in the clear)."""
@@ -416,7 +457,7 @@ class Archiver:
         if not included:
             return None
         if stat.S_ISREG(mode):
-            self._add_file(parent_fd, name, rel)
+            self._add_file(parent_fd, name, rel, st)
         elif stat.S_ISLNK(mode):
             self._add_symlink(parent_fd, name, rel, st)
         elif is_special(mode):
@@ -452,8 +493,9 @@ class Archiver:
             key = rel or "."
             if key in self.dirs:
                 continue
-            self._add(_header(rel, st, DIRTYPE, xattrs))
+            self._add_meta(_header(rel, st, DIRTYPE, xattrs))
             self.dirs[key] = {"mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
+            self._indexed(index_entry(key, st, "dir", xattrs))
             self._note_xattrs(key, xattrs)
 
     def _note_xattrs(self, key: str, xattrs: dict[str, bytes]) -> None:
@@ -463,6 +505,11 @@ class Archiver:
     def _add(self, header: Header) -> None:
         assert self.tar is not None
         self.tar.member(header)
+
+    def _add_meta(self, header: Header) -> None:
+        """A member without content: on a base it lives in the tree index only."""
+        if self.base is None:
+            self._add(header)
 
     def _hard_link(self, rel: str, st: os.stat_result, section: dict[str, dict[str, Any]]) -> bool:
         """Archive ``rel`` as a hard link if its inode was archived before; True if it was."""
@@ -477,13 +524,27 @@ class Archiver:
             self.hasher.wait()  # the first name's digest, copied below
         header = _header(rel, st, LNKTYPE)
         header.linkname = os.fsencode(first)
-        self._add(header)
+        self._add_meta(header)
         section[rel] = {**section[first], "links_to": first}
         if first in self.xattrs:
             self.xattrs[rel] = self.xattrs[first]
+        entry = {**self._index_of[first], "path": rel, "links_to": first}
+        if entry["type"] == "file" and "at" not in entry:
+            entry["at"] = first  # the member that holds the bytes has the first name
+        self._indexed(entry)
         return True
 
-    def _add_file(self, parent_fd: int, name: str, rel: str) -> None:
+    def _add_file(self, parent_fd: int, name: str, rel: str, lst: os.stat_result) -> None:
+        if self.base is not None:
+            same = self.base.unchanged(rel, lst)
+            if same is not None:
+                # Untouched since the base: neither opened nor read (its fields are the base's).
+                self._flush_pending()
+                if self._hard_link(rel, lst, self.files):
+                    self.total_bytes += lst.st_size
+                    return
+                self._reuse(rel, same)
+                return
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
@@ -499,43 +560,116 @@ class Archiver:
                 self.total_bytes += st.st_size
                 return
             xattrs = read_xattrs(fd)
-            header = _header(rel, st, REGTYPE, xattrs)
-            segments = data_map(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
-            prefix = b""
-            if segments is not None:
-                prefix = sparse_map_block(segments)
-                stored = len(prefix) + sum(length for _, length in segments)
-                if stored > MAX_SPARSE_STORED:
-                    segments, prefix = None, b""
-            if segments is None:
-                header.size = st.st_size
-                segments = [(0, st.st_size)]
-            else:
-                self._make_sparse(header, rel, st.st_size, stored)
-            self._add(header)
-            assert self.tar is not None
-            if prefix:
-                self.tar.data(prefix)
-            apart = st.st_size >= HASH_APART
-            copy = _Copy(fd, rel, self.label, self.hasher if apart else None)
-            copy.run(self.tar, st.st_size, segments)
-            self._note_changes(fd, st, copy, rel)
-            entry: dict[str, Any] = {
-                "sha256": "",
-                "size": st.st_size,
-                "mode": mode_text(st),
-                "mtime_ns": st.st_mtime_ns,
-            }
-            if apart:
-                assert self.hasher is not None
-                self.hasher.submit(_set_digest, entry, copy.digest)
-            else:
-                _set_digest(entry, copy.digest)
-            self.files[rel] = entry
-            self._note_xattrs(rel, xattrs)
-            self.total_bytes += st.st_size
+            entry = index_entry(rel, st, "file", xattrs)
+            entry.update(size=st.st_size, sha256="", ino=st.st_ino, ctime_ns=st.st_ctime_ns)
+            if self.base is not None:
+                digest = self._chain_content(fd, st, rel)
+                if digest is not None:
+                    if st.st_size:
+                        entry["in"], entry["at"] = self.base.known[digest]
+                        if entry["at"] == rel:
+                            del entry["at"]
+                    self._file_done(rel, st, xattrs, entry, digest)
+                    return
+            self._store(fd, st, rel, xattrs, entry)
         finally:
             os.close(fd)
+
+    def _reuse(self, rel: str, same: dict[str, Any]) -> None:
+        """A file unchanged since the base: its entry, with the content where the chain has it."""
+        entry = {k: v for k, v in same.items() if k != "links_to"}
+        if entry.get("at") == rel:
+            del entry["at"]
+        if not entry["size"]:
+            entry.pop("in", None)
+            entry.pop("at", None)
+        xattrs = decode_xattrs(entry.get("xattrs"))
+        self._indexed(entry)
+        self.files[rel] = {
+            "sha256": entry["sha256"],
+            "size": entry["size"],
+            "mode": f"{entry['mode']:04o}",
+            "mtime_ns": entry["mtime_ns"],
+        }
+        self._note_xattrs(rel, xattrs)
+        self.total_bytes += entry["size"]
+
+    def _chain_content(self, fd: int, st: os.stat_result, rel: str) -> str | None:
+        """The digest of a changed file whose content the chain already holds, else None (store it).
+
+        Only a size some content of the base has can match, so only those files are read twice
+        (hashed here, then archived if the content is new)."""
+        assert self.base is not None
+        if not st.st_size:
+            return hashlib.sha256().hexdigest()
+        if st.st_size not in self.base.sizes:
+            return None
+        digest = hashlib.sha256()
+        pos = 0
+        while pos < st.st_size:
+            try:
+                data = os.pread(fd, min(READ_CHUNK, st.st_size - pos), pos)
+            except OSError as exc:
+                raise EngineError(
+                    f"{self.label}: cannot read {show_path(rel)}: {exc.strerror}; fix the file or exclude it"
+                ) from None
+            if not data:
+                return None  # shrank meanwhile: archive it as read
+            digest.update(data)
+            pos += len(data)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return None  # written meanwhile: archive it as read
+        found = digest.hexdigest()
+        return found if found in self.base.known else None
+
+    def _file_done(
+        self, rel: str, st: os.stat_result, xattrs: dict[str, bytes], entry: dict[str, Any], digest: str
+    ) -> None:
+        self._indexed(entry)
+        self.files[rel] = {"sha256": digest, "size": st.st_size, "mode": mode_text(st), "mtime_ns": st.st_mtime_ns}
+        self._note_xattrs(rel, xattrs)
+        self.total_bytes += st.st_size
+
+    def _store(self, fd: int, st: os.stat_result, rel: str, xattrs: dict[str, bytes], index: dict[str, Any]) -> None:
+        """Archive the file's content (its member holds its bytes)."""
+        header = _header(rel, st, REGTYPE, xattrs)
+        segments = data_map(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+        prefix = b""
+        if segments is not None:
+            prefix = sparse_map_block(segments)
+            stored = len(prefix) + sum(length for _, length in segments)
+            if stored > MAX_SPARSE_STORED:
+                segments, prefix = None, b""
+        if segments is None:
+            header.size = st.st_size
+            segments = [(0, st.st_size)]
+        else:
+            self._make_sparse(header, rel, st.st_size, stored)
+        self._add(header)
+        self.stored_files += 1
+        assert self.tar is not None
+        if prefix:
+            self.tar.data(prefix)
+        apart = st.st_size >= HASH_APART
+        copy = _Copy(fd, rel, self.label, self.hasher if apart else None)
+        copy.run(self.tar, st.st_size, segments)
+        self._note_changes(fd, st, copy, rel)
+        entry: dict[str, Any] = {
+            "sha256": "",
+            "size": st.st_size,
+            "mode": mode_text(st),
+            "mtime_ns": st.st_mtime_ns,
+        }
+        if apart:
+            assert self.hasher is not None
+            self.hasher.submit(_set_digest, entry, copy.digest)
+        else:
+            _set_digest(entry, copy.digest)
+        self.files[rel] = entry
+        self._indexed(index)
+        self._note_xattrs(rel, xattrs)
+        self.total_bytes += st.st_size
 
     def _make_sparse(self, header: Header, rel: str, size: int, stored: int) -> None:
         """Turn ``header`` into a GNU PAX sparse 1.0 member (see core.engines.files.meta)."""
@@ -571,8 +705,9 @@ class Archiver:
         self._flush_pending()
         header = _header(rel, st, SYMTYPE, xattrs)
         header.linkname = os.fsencode(target)
-        self._add(header)
+        self._add_meta(header)
         self.symlinks[rel] = target
+        self._indexed({**index_entry(rel, st, "symlink", xattrs), "target": target})
         self._note_xattrs(rel, xattrs)
 
     def _add_special(self, parent_fd: int, name: str, rel: str, st: os.stat_result) -> None:
@@ -590,6 +725,11 @@ class Archiver:
         header = _header(rel, st, kind, xattrs)
         if kind != FIFOTYPE:
             header.devmajor, header.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        self._add(header)
-        self.specials[rel] = special_check(st)
+        self._add_meta(header)
+        check = special_check(st)
+        self.specials[rel] = check
+        entry = index_entry(rel, st, check["type"], xattrs)
+        if "rdev" in check:
+            entry["rdev"] = check["rdev"]
+        self._indexed(entry)
         self._note_xattrs(rel, xattrs)

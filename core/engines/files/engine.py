@@ -53,19 +53,31 @@ import os
 import platform
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
+from core.engines.base import (
+    BackupResult,
+    BaseBackup,
+    ChainSteps,
+    Engine,
+    RecoveryPoint,
+    StopPoint,
+    StreamSink,
+    StreamSource,
+)
 from core.engines.files.archive import FILE_FLAGS, READ_CHUNK, Archiver, is_special, mode_text, special_check
+from core.engines.files.chain import ChainRestore
 from core.engines.files.meta import read_xattrs, show_path, xattr_digests
 from core.engines.files.mirror import Mirror, Selection, mount_points, remove_tree
 from core.engines.files.pathmatch import PathFilter
 from core.engines.files.pax import ArchiveFormatError, PaxReader
 from core.engines.files.tarsafe import SafeExtractor, Written
-from core.errors import ConfigError, EngineError, IntegrityError, SourceUnavailableError
+from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM, BaseTree, read_index, write_index
+from core.errors import ConfigError, EngineError, IntegrityError, RecoveryTargetError, SourceUnavailableError
 from core.sources import FilesSourceConfig
 
 STREAM_NAME = "files.tar"
@@ -82,6 +94,7 @@ class FilesEngine(Engine):
     """Backs up and restores a directory tree as one PAX tar stream."""
 
     kind = "files"
+    backup_types = ("full", "differential", "incremental")
     config: FilesSourceConfig
     # Set on an engine returned by stage(): the target it will be swapped into.
     _staged_from: FilesEngine | None = None
@@ -139,23 +152,34 @@ class FilesEngine(Engine):
         """A rollback point keeps the whole target root, whatever the source's paths and patterns."""
         return self.config.model_copy(update={"paths": ["."], "include": [], "exclude": []})
 
-    def backup(self, sink: StreamSink) -> BackupResult:
-        """Stream a tar of the configured paths into ``sink`` as ``files.tar``."""
+    def backup(self, sink: StreamSink, base: BaseBackup | None = None) -> BackupResult:
+        """Stream a tar of the configured paths into ``sink`` as ``files.tar``, and the tree index.
+
+        With ``base`` (a differential or incremental): ``changes.tar`` holds only the files
+        whose content the chain does not hold yet, and the tree index the whole tree now
+        (see ``core.engines.files.tree``); the checks describe the whole tree, as a full's do.
+        """
         paths = self._paths()
         pfilter = PathFilter(self.config.include, self.config.exclude)
         self.ping()
-        started = datetime.now(UTC)
+        # The base's index first: a base without one fails the run before anything is written.
+        base_tree = BaseTree.of(base, self.label) if base is not None else None
+        started_ns = time.time_ns()
+        started = datetime.fromtimestamp(started_ns / 1e9, UTC)
         archiver = Archiver(self.root, pfilter, self.label, skip_unarchivable=self.config.skip_unarchivable)
+        archiver.base = base_tree
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             # Resolve every configured path before the stream opens, so a typo
             # fails the run without leaving a half-written stream behind.
             for path in paths:
                 archiver.check_path(root_fd, path)
-            with sink.open_stream(STREAM_NAME) as out:
+            with sink.open_stream(STREAM_NAME if base is None else CHANGES_STREAM) as out:
                 archiver.run(out, root_fd, paths)
         finally:
             os.close(root_fd)
+        with sink.open_stream(TREE_STREAM) as out:
+            write_index(out, base.id if base is not None else None, started_ns, archiver.index_entries())
         checks = archiver.checks()
         # What the backup covers, so a restore mirrors exactly that (see files_mirror).
         checks["selection"] = {"paths": paths, "include": self.config.include, "exclude": self.config.exclude}
@@ -189,18 +213,14 @@ class FilesEngine(Engine):
         Returns the notes: entries skipped at backup time, attributes or
         device nodes this target could not take, mount points left in place.
         """
-        root = self.root
-        if os.path.lexists(root) and not os.path.isdir(root):
+        names = source.stream_names()
+        if STREAM_NAME not in names and CHANGES_STREAM in names:
             raise EngineError(
-                f"{self.label}: target root {root} exists and is not a directory; remove it or choose another root"
+                f"{self.label}: this backup is a differential or incremental: it holds only what changed "
+                "since its base; restore it as a chain (genesis-dr restore --target-time ...)"
             )
-        created = not os.path.lexists(root)
-        try:
-            os.makedirs(root, exist_ok=True)
-        except OSError as exc:
-            raise SourceUnavailableError(
-                f"{self.label}: cannot create target root {root}: {exc.strerror}; fix permissions or choose another root"
-            ) from None
+        root = self.root
+        created = self._make_root()
         selection = self._selection(result)
         set_owner = os.geteuid() == 0
         notes = _backup_notes(result)
@@ -237,6 +257,92 @@ class FilesEngine(Engine):
                 f"they belong to uid {os.geteuid()}, gid {os.getegid()}"
             )
         return notes
+
+    def _make_root(self) -> bool:
+        """Create the target root if missing (True if this call created it)."""
+        root = self.root
+        if os.path.lexists(root) and not os.path.isdir(root):
+            raise EngineError(
+                f"{self.label}: target root {root} exists and is not a directory; remove it or choose another root"
+            )
+        created = not os.path.lexists(root)
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise SourceUnavailableError(
+                f"{self.label}: cannot create target root {root}: {exc.strerror}; fix permissions or choose another root"
+            ) from None
+        return created
+
+    def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
+        """Restore the tree as the last backup of ``steps`` recorded it (see ``core.engines.files.chain``).
+
+        A tree has no log: the point is that backup's moment, which the plan chose at or
+        before ``stop.time``. Returns it with the tree index that proves it."""
+        readers = [steps.base, *steps.layers]
+        final = readers[-1]
+        final_id = final.manifest.id
+        when = final.result.position.get("snapshot_time")
+        if stop.time is not None and when and datetime.fromisoformat(when) > stop.time:
+            raise RecoveryTargetError(
+                f"{self.label}: backup {final_id} was taken at {when}, after the target time "
+                f"{stop.time.isoformat()}; plan the chain up to a backup taken at or before it"
+            )
+        if not steps.layers:
+            # A full alone restores as it always did (one pass over files.tar).
+            notes = self.restore(final, final.result)
+            counts = final.result.checks.get("counts", {})
+            entries = sum(counts.get(k, 0) for k in ("files", "dirs", "symlinks")) + len(
+                final.result.checks.get("specials", {})
+            )
+            return RecoveryPoint(
+                position=dict(final.result.position),
+                time=when,
+                proof=f"archive of full backup {final_id}, {entries} entries",
+                notes=notes,
+            )
+        index = read_index(final, final_id, self.label)
+        root = self.root
+        created = self._make_root()
+        selection = self._selection(final.result)
+        set_owner = os.geteuid() == 0
+        notes = _backup_notes(final.result)
+        self._written = {}
+        say = progress if callable(progress) else None
+        extractor = SafeExtractor(root, self.label, set_owner=set_owner)
+        run = ChainRestore(self.label, extractor, index, readers, say)
+        try:
+            with extractor:
+                run.run()
+                if self._staged_from is None:
+                    mirror = Mirror(root, selection, set_owner)
+                    mirror.prune_tree(extractor.written)
+                    notes.extend(mirror.notes)
+                extractor.finish()
+        except OSError as exc:
+            raise self._target_error(exc, extractor.current, created) from None
+        for entry in index.entries:
+            written = extractor.digests.get(entry["path"])
+            if written is not None and entry["type"] == "file" and written.sha256 != entry["sha256"]:
+                raise IntegrityError(
+                    f"{self.label}: restored {show_path(entry['path'])} does not match the tree index of backup "
+                    f"{final_id} (SHA-256 differs); the chain is damaged, restore another point"
+                )
+        self._written = extractor.digests
+        self._archived_dirs = extractor.archived_dirs
+        self._selection_cache = selection
+        notes.extend(extractor.notes)
+        if extractor.owners_not_set:
+            notes.append(
+                f"owners of {extractor.owners_not_set} entries not restored (only root can set them); "
+                f"they belong to uid {os.geteuid()}, gid {os.getegid()}"
+            )
+        return RecoveryPoint(
+            position=dict(final.result.position),
+            time=when,
+            proof=f"tree index of backup {final_id}, {len(index.entries)} entries verified",
+            notes=notes,
+        )
 
     def _target_error(self, exc: OSError, member: str, created: bool) -> EngineError:
         """One line for a restore the target stopped: where, why, what to do."""

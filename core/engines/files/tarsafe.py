@@ -347,6 +347,22 @@ class SafeExtractor:
         if error is not None and not quiet:
             raise error
 
+    def drain(self) -> None:
+        """Wait until every file handed to the writers is on disk (errors raised here)."""
+        self._drain()
+
+    def open_written(self, rel: str) -> int:
+        """A read-only fd of regular file ``rel`` this extraction wrote (nothing followed on the way)."""
+        parts = split_member_name(rel)
+        if not parts:
+            raise ValueError(f"not a file name: {rel!r}")
+        self._drain()
+        dir_fd = self._walk(parts[:-1], create=False)
+        try:
+            return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
     def _store_written(self, rel: str, written: Written) -> None:
         self.digests[rel] = written
 

@@ -1,0 +1,245 @@
+"""Files chains: a full, differentials and incrementals; restoring each point gives that moment's tree.
+
+Trees live on the local file system (the "real server" of this engine); backups go
+through core.operations.backup_source into a LocalStore vault, and chains are
+restored by the engine's restore_chain from the vault's readers, as core's chain
+restore calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from core.crypto.keys import Keyring
+from core.engines.base import ChainSteps, RecoveryPoint, StopPoint, compare_checks
+from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM
+from core.errors import EngineError, IntegrityError
+from core.operations import backup_source, restore_backup
+from core.repository.manifest import Manifest
+from core.repository.vault import Vault
+from core.storage.local import LocalStore
+from tests.test_engine_files import MTIME_NS, files_engine, snapshot, write
+
+BIG = 2 << 20
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
+
+
+@pytest.fixture
+def keyring():
+    return Keyring(passphrase="pw")
+
+
+def stream_bytes(vault: Vault, keyring: Keyring, backup_id: str, name: str) -> bytes:
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        return b"".join(reader.iter_stream(name))
+    finally:
+        reader.close()
+
+
+def members(vault: Vault, keyring: Keyring, manifest: Manifest) -> list[str]:
+    """Names of the regular files whose content a backup stored."""
+    name = CHANGES_STREAM if manifest.type != "full" else "files.tar"
+    raw = stream_bytes(vault, keyring, manifest.id, name)
+    with tarfile.open(fileobj=__import__("io").BytesIO(raw), mode="r:") as tar:
+        return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+
+def stream_of(manifest: Manifest, name: str):
+    return next(s for s in manifest.streams if s.name == name)
+
+
+def restore_point(vault: Vault, keyring: Keyring, chain: list[str], dst: Path, stage: bool = False) -> RecoveryPoint:
+    """Restore the chain ``chain`` (full first) into ``dst`` as core does, verified against the last
+    backup's checks; with ``stage``, beside ``dst`` and then swapped in."""
+    readers = [vault.open_backup(i, keyring) for i in chain]
+    try:
+        engine = files_engine(dst)
+        into = engine.stage("c0ffee00") if stage else engine
+        assert into is not None
+        point = into.restore_chain(ChainSteps(base=readers[0], layers=readers[1:]), StopPoint())
+        checks = readers[-1].result.checks
+        assert compare_checks(checks, into.collect_checks(checks)) == []
+        if stage:
+            engine.swap_in(into)
+        return point
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    big = os.urandom(BIG)
+    write(src / "keep.txt", b"never changes\n")
+    write(src / "big.bin", big)
+    write(src / "edit.txt", b"v1\n")
+    write(src / "mode.sh", b"#!/bin/sh\n", 0o644)
+    write(src / "gone.txt", b"deleted in the differential\n")
+    write(src / "same-size.txt", b"aaaa")
+    write(src / "touched.txt", b"only its mtime moves\n")
+    write(src / "attr.txt", b"only its xattr moves\n")
+    write(src / "olddir/a.txt", b"a\n")
+    write(src / "olddir/sub/b.txt", b"b\n")
+    write(src / "empty", b"")
+    os.link(src / "keep.txt", src / "keep.hardlink")
+    os.symlink("keep.txt", src / "link")
+    os.mkfifo(src / "fifo", 0o640)
+    os.setxattr(src / "attr.txt", "user.note", b"first")
+    engine = files_engine(src)
+    points: list[tuple[Manifest, dict]] = []
+
+    def take(backup_type: str) -> Manifest:
+        before = snapshot(src)
+        manifest = backup_source(vault, keyring, engine, backup_type)
+        assert manifest.status == "COMPLETED" and manifest.type == backup_type
+        assert snapshot(src) == before  # the backup changed nothing (no atime or mtime moved)
+        points.append((manifest, before))
+        return manifest
+
+    full = take("full")
+    assert [s.name for s in full.streams] == ["files.tar", TREE_STREAM]
+
+    # Differential: modify, chmod, delete, rename, create, retarget a link, touch, set an xattr,
+    # and a same-size rewrite whose mtime is put back (only the change time tells).
+    write(src / "edit.txt", b"v2, longer\n")
+    os.chmod(src / "mode.sh", 0o755)
+    os.unlink(src / "gone.txt")
+    (src / "moved").mkdir()
+    os.rename(src / "big.bin", src / "moved/big.bin")
+    write(src / "new.txt", b"created in the differential\n")
+    os.unlink(src / "link")
+    os.symlink("edit.txt", src / "link")
+    os.utime(src / "touched.txt", ns=(MTIME_NS + 5, MTIME_NS + 5))
+    os.setxattr(src / "attr.txt", "user.note", b"second")
+    write(src / "same-size.txt", b"bbbb")
+    diff = take("differential")
+    assert members(vault, keyring, diff) == ["edit.txt", "new.txt", "same-size.txt"]
+
+    # Incremental 1: a directory renamed, a hard link dropped, a copy of stored content,
+    # a file replaced by a directory, a directory's mode.
+    os.rename(src / "olddir", src / "newdir")
+    os.unlink(src / "keep.hardlink")
+    shutil.copy2(src / "moved/big.bin", src / "copy.bin")
+    write(src / "edit.txt", b"v3\n")
+    os.unlink(src / "new.txt")
+    write(src / "new.txt/inner", b"a file where a file was\n")
+    os.chmod(src / "newdir", 0o750)
+    inc1 = take("incremental")
+    assert members(vault, keyring, inc1) == ["edit.txt", "new.txt/inner"]
+
+    # Incremental 2: one small change.
+    write(src / "edit.txt", b"v4\n")
+    inc2 = take("incremental")
+    assert members(vault, keyring, inc2) == ["edit.txt"]
+    # Unchanged content is never stored again: the whole tree is one small file plus the index.
+    changes = stream_of(inc2, CHANGES_STREAM)
+    assert changes.plain_bytes == 10240  # one tar record: edit.txt's headers and 3 bytes
+    assert stream_of(full, "files.tar").plain_bytes > BIG
+    assert inc2.stored_bytes < full.stored_bytes / 50
+
+    # A second differential holds everything since the full (and nothing the full has).
+    write(src / "late.txt", b"after the incrementals\n")
+    diff2 = take("differential")
+    assert members(vault, keyring, diff2) == ["edit.txt", "late.txt", "new.txt/inner", "same-size.txt"]
+
+    chains = {
+        full.id: [full.id],
+        diff.id: [full.id, diff.id],
+        inc1.id: [full.id, diff.id, inc1.id],
+        inc2.id: [full.id, diff.id, inc1.id, inc2.id],
+        diff2.id: [full.id, diff2.id],
+    }
+    for n, (manifest, expected) in enumerate(points):
+        dst = tmp_path / f"restore-{n}"
+        point = restore_point(vault, keyring, chains[manifest.id], dst)
+        assert snapshot(dst) == expected, manifest.type
+        assert point.position == manifest.position
+        assert point.time == manifest.position["snapshot_time"]
+        assert point.notes == []
+        if manifest.type != "full":
+            entries = len(expected)
+            assert point.proof == f"tree index of backup {manifest.id}, {entries} entries verified"
+    # The copy and the rename share one stored member; both restored, as separate files.
+    restored = tmp_path / "restore-3"
+    assert (restored / "copy.bin").read_bytes() == big == (restored / "moved/big.bin").read_bytes()
+    assert os.stat(restored / "copy.bin").st_ino != os.stat(restored / "moved/big.bin").st_ino
+
+    # Over a tree holding data: staged beside it, verified, swapped in (what core does with --force).
+    point = restore_point(vault, keyring, chains[inc2.id], tmp_path / "restore-0", stage=True)
+    assert snapshot(tmp_path / "restore-0") == points[3][1]
+    assert not [p for p in os.listdir(tmp_path) if ".gdr-restore-" in p]
+
+
+def test_chain_without_a_layer_it_needs_is_refused_by_name(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a1")
+    engine = files_engine(src)
+    full = backup_source(vault, keyring, engine, "full")
+    write(src / "b.txt", b"stored by the first incremental")
+    inc1 = backup_source(vault, keyring, engine, "incremental")
+    write(src / "a.txt", b"a2")
+    inc2 = backup_source(vault, keyring, engine, "incremental")
+
+    with pytest.raises(IntegrityError, match=f"takes content from backup {inc1.id}, which is not in the chain"):
+        restore_point(vault, keyring, [full.id, inc2.id], tmp_path / "dst")
+    # A layer alone is not a backup one can restore.
+    (tmp_path / "alone").mkdir()
+    with pytest.raises(EngineError, match="is a differential or incremental.*restore it as a chain"):
+        restore_backup(vault, keyring, inc2.id, files_engine(tmp_path / "alone"))
+    # The whole chain restores.
+    restore_point(vault, keyring, [full.id, inc1.id, inc2.id], tmp_path / "whole")
+    assert (tmp_path / "whole/a.txt").read_bytes() == b"a2"
+    assert (tmp_path / "whole/b.txt").read_bytes() == b"stored by the first incremental"
+
+
+class _WithoutIndex:
+    """The vault's sink minus the tree index: a full as taken before chains existed."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+
+    @contextlib.contextmanager
+    def open_stream(self, name):
+        if name == TREE_STREAM:
+            yield _Discard()
+            return
+        with self.sink.open_stream(name) as out:
+            yield out
+
+    def write_stream(self, name, data):  # pragma: no cover - the files engine never uses it
+        return self.sink.write_stream(name, data)
+
+
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+def test_incremental_on_a_full_without_tree_index_fails_in_one_line(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    engine = files_engine(src)
+    writer = vault.begin_backup(
+        source="app-files", kind="files", backup_type="full", target=engine.describe(), keyring=keyring
+    )
+    old = writer.commit(engine.backup(_WithoutIndex(writer)))
+    with pytest.raises(EngineError) as caught:
+        backup_source(vault, keyring, engine, "incremental")
+    message = str(caught.value)
+    assert message == (
+        f"files 'app-files': backup {old.id} has no tree index (it was taken before incremental backups existed); "
+        "take a full backup first, then differential and incremental backups on it"
+    )
+    failed = [m for m in vault.list_backups("app-files") if m.status == "FAILED"]
+    assert [m.type for m in failed] == ["incremental"]
