@@ -16,7 +16,7 @@ import shutil
 import sys
 
 # Subcommands that take --stack (a remedy naming one of them gets the stack in use).
-STACK_COMMANDS = {"backup", "list", "restore", "unlock", "repair-vault"}
+STACK_COMMANDS = {"backup", "capture", "list", "restore", "unlock", "repair-vault"}
 
 
 def _display_path(path: str) -> str:
@@ -62,7 +62,7 @@ def command(subcommand: str, *args: str, stack: str | None = None) -> str:
     return " ".join(parts)
 
 
-SUBCOMMANDS = ("apply", "backup", "list", "restore", "unlock", "repair-vault", "key", "stacks")
+SUBCOMMANDS = ("apply", "backup", "capture", "list", "restore", "unlock", "repair-vault", "key", "stacks")
 # Only a subcommand after the name makes a command ("this genesis-dr reads version 1" is prose).
 _REMEDY = re.compile(r"(?<![\w/.-])genesis-dr (" + "|".join(SUBCOMMANDS) + r")\b(?!-)")
 

@@ -59,8 +59,9 @@ def _targets(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--target {pair!r}: expected KEY=VALUE, e.g. --target database=app_restored")
+        field = key.rpartition(".")[2]  # SOURCE.KEY=VALUE in a restore of several sources
         out[key] = (
-            int(value) if key in ("port", "db") and value.isascii() and value.isdigit() and len(value) < 10 else value
+            int(value) if field in ("port", "db") and value.isascii() and value.isdigit() and len(value) < 10 else value
         )
     return out
 
@@ -72,9 +73,12 @@ def cmd_apply(args) -> int:
     config = load_stack_file(args.file)  # refused before Prefect is involved
     with prefect_session() as where:
         from blocks.apply import apply_stack
+        from deployments.schedules import apply_schedules
 
         for slug in apply_stack(config):
             print(f"saved block {slug}")
+        for line in apply_schedules(config):
+            print(line)
     path = stack_description.save(config, where)
     print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.path}")
     print(f"local description (no secrets, for read-only commands): {path}")
@@ -87,10 +91,26 @@ def cmd_backup(args) -> int:
     from core import stack_description
     from flows.backup import backup
 
-    if args.type != "full":
-        raise ConfigError(f"backup type {args.type!r} is not available yet; use 'genesis-dr backup full'")
     results = backup(stack=args.stack, backup_type=args.type, sources=args.source or None)
     print_backups(results, args.stack, stack_description.load(args.stack))
+    return 0
+
+
+@uses_prefect
+def cmd_capture(args) -> int:
+    from flows.capture import capture
+
+    results = capture(stack=args.stack, sources=args.source or None)
+    for r in results:
+        shipped = r.get("pieces", 0)
+        last = r.get("last")
+        print(
+            f"{r['source']}: capture stopped; {shipped} pieces shipped this run{f', log ends at {last}' if last else ''}"
+        )
+    if cancel.requested():
+        # A signal is how a capture ends: nothing was cut short, and 'genesis-dr capture' resumes without a gap.
+        print("capture stopped by the interrupt; everything shipped is in the vault; run it again to resume")
+        cancel.reset()
     return 0
 
 
@@ -117,6 +137,8 @@ def cmd_list(args) -> int:
         else:
             print(f"no backups yet: the vault {config.vault.path} is created by the first backup")
         return 0
+    if args.chains:
+        return _list_chains(vault, config, args)
     entries = vault.entries(args.source)
     unfinished = [e for e in entries if e.state in (IN_PROGRESS, ABANDONED)]
     if not args.all:
@@ -153,6 +175,22 @@ def cmd_list(args) -> int:
             f"'{command('list', '--all', stack=args.stack)}' shows them; the next backup of their source records "
             "abandoned ones FAILED)"
         )
+    return 0
+
+
+def _list_chains(vault, config, args) -> int:
+    """Each source's chains: full -> differential -> incrementals, and its log's coverage and gaps."""
+    from core.chains import list_chains, render_chains
+
+    names = [args.source] if args.source else [s.name for s in config.sources]
+    kinds = {s.name: s.kind for s in config.sources}
+    manifests = [m for m in vault.list_backups(args.source) if m.labels.get("purpose") != "rollback"]
+    pieces = {name: vault.log_pieces(name) for name in names}
+    chains = list_chains(manifests, {n: p for n, p in pieces.items() if p}, kinds)
+    if args.json:
+        print(json.dumps(chains, indent=2, sort_keys=True))
+    else:
+        print(render_chains(chains))
     return 0
 
 
@@ -202,6 +240,16 @@ def cmd_repair_vault(args) -> int:
     return 0
 
 
+def _stack_for_plans(args, names: list[str]):
+    """The stack to plan with on this host: its description, or its blocks when a target needs a secret the
+    description does not hold (only then is Prefect involved)."""
+    local = description(args.stack)
+    if any(local.needs_secret(args.target_source or name) for name in names):
+        with prefect_session():
+            return local, from_blocks(args.stack)
+    return local, local
+
+
 def _dry_run(args, target_time: datetime | None) -> int:
     """Plan on this host, without Prefect: the vault's catalog and the target's state, read directly.
 
@@ -212,11 +260,7 @@ def _dry_run(args, target_time: datetime | None) -> int:
     from core.plan import render_plan
     from core.planning import plan_restore_from
 
-    local = description(args.stack)
-    config = local
-    if local.needs_secret(args.target_source or args.source):
-        with prefect_session():
-            config = from_blocks(args.stack)
+    local, config = _stack_for_plans(args, [args.source])
     plan = plan_restore_from(
         config, local.vault, args.source, args.backup_id, target_time, _targets(args.target) or None,
         args.target_source, args.force,
@@ -232,30 +276,80 @@ def _dry_run(args, target_time: datetime | None) -> int:
     return 0
 
 
+def _dry_run_point_in_time(args, when) -> int:
+    """The point-in-time plan of each source, planned here exactly as the restore flow plans it (no Prefect
+    unless a target's secret is needed); exit 9 if a target would be refused."""
+    from core.chains import render_chain_plan
+    from core.planning import plan_chain_from
+    from core.stack import restore_sources, split_targets
+    from core.times import planned_points, recovery_summary, render_recovery_summary
+
+    names = restore_sources(description(args.stack), args.mode, args.source)
+    if args.target_source is not None and len(names) != 1:
+        raise ConfigError("restore: --target-source names the target of one source; use it with --source")
+    local, config = _stack_for_plans(args, names)
+    targets = split_targets(_targets(args.target), names)
+    plans = {
+        name: plan_chain_from(
+            config, local.vault, name, when.when, targets[name] or None, args.target_source, args.force,
+            note=when.plan_note(),
+        ).to_dict()
+        for name in names
+    }  # fmt: skip
+    for name in names:
+        print(render_chain_plan(plans[name]))
+        print()
+    print(render_recovery_summary(recovery_summary(when.iso(), planned_points(plans), when.plan_note()), planned=True))
+    refused = [plans[n]["target"] for n in names if plans[n]["refusal"]]
+    if refused:
+        print("dry run: nothing was changed; the restore would be refused")
+        raise TargetNotEmptyError(
+            f"restore target {', '.join(refused)} already holds data; choose an empty target, or pass --force (a "
+            "rollback backup of the target is taken first)"
+        )
+    print("dry run: nothing was changed")
+    return 0
+
+
 def cmd_restore(args) -> int:
     from core import stack_description
     from core.plan import restore_target
-    from core.times import parse_operator_time
+    from core.stack import split_targets
+    from core.times import read_operator_time
 
-    target_time = parse_operator_time(args.target_time) if args.target_time is not None else None
+    when = read_operator_time(args.target_time) if args.target_time is not None else None
+    point_in_time = when is not None
+    if not point_in_time:
+        if args.source is None:
+            raise ConfigError("restore --backup-id needs --source NAME (the source the backup belongs to)")
+        if args.mode is not None:
+            raise ConfigError(f"--mode {args.mode} restores to a point in time; give --target-time with it")
     if args.dry_run:
-        return _dry_run(args, target_time)
+        return _dry_run_point_in_time(args, when) if point_in_time else _dry_run(args, None)
     with prefect_session():
         # Refuse bad --target values before a flow run exists (a run stores its parameters for good); the local
         # description suffices (only field names and kinds are checked).
         stack = stack_description.load(args.stack) or from_blocks(args.stack)
+        if point_in_time:
+            from core.stack import restore_sources
+
+            names = restore_sources(stack, args.mode, args.source)
+            if args.target_source is not None and len(names) != 1:
+                raise ConfigError("restore: --target-source names the target of one source; use it with --source")
+            for name, overrides in split_targets(_targets(args.target), names).items():
+                restore_target(stack, name, overrides, args.target_source)
+            return _restore_point_in_time(args, when)
         restore_target(stack, args.source, _targets(args.target), args.target_source)
-        return _restore(args, target_time)
+        return _restore(args)
 
 
-def _restore(args, target_time: datetime | None) -> int:
+def _restore(args) -> int:
     from flows.restore import restore
 
     out = restore(
         source=args.source,
         stack=args.stack,
         backup_id=args.backup_id,
-        target_time=target_time,
         target=_targets(args.target) or None,
         target_source=args.target_source,
         force=args.force,
@@ -263,6 +357,27 @@ def _restore(args, target_time: datetime | None) -> int:
     from core.operations import render_report
 
     print(render_report(out["report"]))
+    return 0
+
+
+def _restore_point_in_time(args, when) -> int:
+    from core.operations import render_report
+    from core.times import render_recovery_summary
+    from flows.restore import restore
+
+    out = restore(
+        source=args.source,
+        stack=args.stack,
+        target_time=when.parameter(),
+        target=_targets(args.target) or None,
+        target_source=args.target_source,
+        force=args.force,
+        mode=args.mode,
+    )
+    for name, report in out["reports"].items():
+        print(f"{name}:")
+        print("  " + render_report(report).replace("\n", "\n  "))
+    print(render_recovery_summary(out["summary"]))
     return 0
 
 
@@ -308,16 +423,38 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
 
     b = sub.add_parser("backup", help="run the backup flow")
-    b.add_argument("type", choices=["full"], help="full (differential and incremental backups come later)")
+    b.add_argument(
+        "type",
+        choices=["full", "differential", "incremental"],
+        help="full; differential (changes since the last full) or incremental (since the previous backup): every "
+        "source whose kind takes one (Redis: fulls only), or each --source named",
+    )
     b.add_argument("--stack", default="default", help=STACK_HELP)
     b.add_argument("--source", action="append", help="back up only this source (repeatable)")
     b.set_defaults(func=cmd_backup)
+
+    c = sub.add_parser(
+        "capture",
+        help="capture the log (WAL, binlog, Redis stream) of the stack's sources until stopped",
+        description="Run the capture flow: ship each source's log into the vault continuously (one capture per "
+        "source whose kind has a log), so a restore can reach any point in time. Runs until SIGINT/SIGTERM (Ctrl-C) "
+        "or the run is cancelled; a restart resumes without a gap. A capture that fails (the server dropped log it "
+        "had not shipped: exit 14, a new full backup is needed) stops the run.",
+    )
+    c.add_argument("--stack", default="default", help=STACK_HELP)
+    c.add_argument("--source", action="append", help="capture only this source's log (repeatable)")
+    c.set_defaults(func=cmd_capture)
 
     ls = sub.add_parser("list", help="list backups in the stack's vault")
     ls.add_argument("--stack", default="default", help=STACK_HELP)
     ls.add_argument("--source", help="only this source's backups")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--all", action="store_true", help="also show unfinished backups (in progress or abandoned)")
+    ls.add_argument(
+        "--chains",
+        action="store_true",
+        help="each source's chains: full -> differential -> incrementals, and the log's coverage and gaps",
+    )
     ls.set_defaults(func=cmd_list)
 
     u = sub.add_parser("unlock", help="remove the lease of a run you know is dead (refuses a live local one)")
@@ -332,19 +469,35 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--new-identity", action="store_true", help="write a NEW config.json (no copy of the old exists)")
     rv.set_defaults(func=cmd_repair_vault)
 
-    r = sub.add_parser("restore", help="run the restore flow")
+    r = sub.add_parser(
+        "restore",
+        help="run the restore flow",
+        description="Restore one backup (--source NAME --backup-id ID), or restore to a point in time "
+        "(--target-time T) one source (--source) or every source of a mode (--mode), each through its chain.",
+    )
     r.add_argument("--stack", default="default", help=STACK_HELP)
-    r.add_argument("--source", required=True, help="the source whose backup is restored")
+    r.add_argument("--source", help="the source restored (with --target-time and --mode: only this one)")
     which = r.add_mutually_exclusive_group(required=True)
-    which.add_argument("--backup-id", help="as shown by 'genesis-dr list'")
+    which.add_argument("--backup-id", help="as shown by 'genesis-dr list' (needs --source)")
     which.add_argument(
-        "--target-time", help="restores the newest backup at or before it: ISO 8601 (no zone: UTC), or e.g. '2h ago'"
+        "--target-time",
+        help="restore to this instant through each source's chain: ISO 8601 (no zone: UTC), the source documents' "
+        "2024-12-15_14:30:00, or e.g. '2h ago'",
     )
     r.add_argument(
-        "--target", action="append", metavar="KEY=VALUE", help="override a target setting, e.g. database=app_copy"
+        "--mode",
+        choices=["full", "database_only", "redis_only", "artifacts_only"],
+        help="with --target-time: the sources restored to that one instant (full: all; database_only: PostgreSQL "
+        "and MariaDB/MySQL; redis_only; artifacts_only: files)",
     )
-    r.add_argument("--target-source", help="restore into another source of the stack")
-    r.add_argument("--mode", choices=["full"], default="full", help=argparse.SUPPRESS)
+    r.add_argument(
+        "--target",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a target setting, e.g. database=app_copy; with several sources SOURCE.KEY=VALUE, e.g. "
+        "app-db.port=5433",
+    )
+    r.add_argument("--target-source", help="restore into another source of the stack (one source only)")
     r.add_argument(
         "--dry-run",
         action="store_true",

@@ -117,12 +117,68 @@ class EncryptionConfig(BaseModel):
         )
 
 
+# A cron field: numbers, names (jan, mon), ranges, lists and steps; five of them make an expression.
+_CRON_FIELD = re.compile(r"^[0-9a-z*?/,\-LW#]+$", re.IGNORECASE)
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+class SchedulesConfig(BaseModel):
+    """When the deployments run this stack (cron, in UTC; ``off`` pauses one).
+
+    The defaults are the source documents' cadence. ``genesis-dr apply`` writes them
+    to the stack's deployments (and ``prefect deploy`` reads them back), so a stack
+    changes its cadence without editing prefect.yaml.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    full: str = Field("0 */6 * * *", description="Full backup of every source (default every 6 hours).")
+    differential: str = Field(
+        "0 * * * *", description="Differential backup of every source that takes one (default hourly)."
+    )
+    incremental: str = Field(
+        "*/5 * * * *", description="Incremental backup of every source that takes one (default every 5 minutes)."
+    )
+    redis: str = Field("*/15 * * * *", description="Full backup of the Redis sources (default every 15 minutes).")
+    capture: str = Field(
+        "*/5 * * * *",
+        description="How often the capture deployment is (re)started if it is not running (default every 5 minutes; "
+        "a live capture is never doubled).",
+    )
+
+    @field_validator("full", "differential", "incremental", "redis", "capture")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        text = " ".join(value.split())
+        if text.lower() == "off" or text.lower() in _CRON_MACROS:
+            return text.lower()
+        fields = text.split(" ")
+        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+            raise ValueError(
+                f"{short(value)} is not a cron expression (five fields, UTC, e.g. '*/5 * * * *') nor 'off'"
+            )
+        return text
+
+    def deployment_schedules(self) -> dict[str, dict[str, Any]]:
+        """Deployment name -> its schedule as prefect.yaml writes one (``cron``, ``timezone``, ``active``)."""
+        out = {}
+        for name in type(self).model_fields:
+            cron = getattr(self, name)
+            default = type(self).model_fields[name].default
+            off = cron == "off"
+            # An inactive schedule still needs a valid expression: the default one, paused.
+            out[name] = {"cron": default if off else cron, "timezone": "UTC", "active": not off}
+        return out
+
+
 class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stack: str = "default"
     vault: VaultConfig
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)  # default: env:BACKUP_ENCRYPTION_PASSWORD
     sources: list[SourceConfig] = Field(min_length=1)
+    schedules: SchedulesConfig = Field(
+        default_factory=SchedulesConfig, description="When the deployments run (cron, UTC); see SchedulesConfig."
+    )
 
     @model_validator(mode="after")
     def _names(self) -> StackConfig:
@@ -155,6 +211,69 @@ class StackConfig(BaseModel):
 
     def keyring(self) -> Keyring:
         return self.encryption.keyring(self.stack)
+
+
+# What each restore mode covers (the source documents' four modes), by source kind.
+RESTORE_MODES: dict[str, tuple[str, ...]] = {
+    "full": ("postgres", "mysql", "redis", "files"),
+    "database_only": ("postgres", "mysql"),
+    "redis_only": ("redis",),
+    "artifacts_only": ("files",),
+}
+
+
+def restore_sources(config: Any, mode: str | None, source: str | None) -> list[str]:
+    """The sources a point-in-time restore covers: ``source`` alone, or every source of ``mode``'s kinds.
+
+    ``config``: anything with ``sources`` and ``source(name)`` (the stack or its local description).
+    A whole-stack restore is never implied: without ``source``, ``mode`` must be given.
+    """
+    if mode is not None and mode not in RESTORE_MODES:
+        raise ConfigError(f"--mode {short(mode)}: not a restore mode; use one of {', '.join(RESTORE_MODES)}")
+    if source is not None:
+        chosen = config.source(source)  # ConfigError names an unknown one
+        if mode is not None and chosen.kind not in RESTORE_MODES[mode]:
+            raise ConfigError(
+                f"--source {source} is a {chosen.kind} source, which --mode {mode} does not restore "
+                f"({mode} covers {', '.join(RESTORE_MODES[mode])}); drop --mode or pick another source"
+            )
+        return [chosen.name]
+    if mode is None:
+        raise ConfigError(
+            "restore: name the source (--source NAME) or the sources' mode (--mode full|database_only|"
+            "redis_only|artifacts_only)"
+        )
+    names = [s.name for s in config.sources if s.kind in RESTORE_MODES[mode]]
+    if not names:
+        kinds = ", ".join(sorted({s.kind for s in config.sources}))
+        raise ConfigError(
+            f"--mode {mode}: stack '{config.stack}' has no {'/'.join(RESTORE_MODES[mode])} source (its kinds: "
+            f"{kinds}); pick another mode"
+        )
+    return names
+
+
+def split_targets(overrides: dict[str, Any] | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``--target`` settings per source: ``KEY=VALUE`` applies to the one source restored, ``SOURCE.KEY=VALUE``
+    to that source of a multi-source restore (e.g. ``app-db.port=5433``)."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in (overrides or {}).items():
+        name, dot, field = key.rpartition(".")
+        if not dot:
+            if len(names) != 1:
+                raise ConfigError(
+                    f"--target {key}=...: this restore covers {len(names)} sources ({', '.join(names)}); say which "
+                    f"one, e.g. --target {names[0]}.{key}=VALUE"
+                )
+            out[names[0]][key] = value
+        elif name not in out:
+            raise ConfigError(
+                f"--target {key}=...: {short(name)} is not a source of this restore ({', '.join(names)}); check the "
+                "name before the dot"
+            )
+        else:
+            out[name][field] = value
+    return out
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -208,8 +327,8 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
         label.append(_printable(part))
         if isinstance(parent, dict):
             parent = parent.get(part, {})
-        if loc[0] in ("vault", "encryption") and i == 0:
-            model = VaultConfig if part == "vault" else EncryptionConfig
+        if loc[0] in ("vault", "encryption", "schedules") and i == 0:
+            model = {"vault": VaultConfig, "encryption": EncryptionConfig, "schedules": SchedulesConfig}[part]
     field = ".".join(label) or "stack"
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields) if model else []
@@ -226,7 +345,7 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
 
 def parse_stack(data: Any, where: str) -> StackConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a stack file is a mapping with vault, encryption and sources")
+        raise ConfigError(f"{where}: a stack file is a mapping with vault, encryption, sources (and schedules)")
     encryption = data.get("encryption")
     for literal in LITERAL_SECRETS:
         if isinstance(encryption, dict) and encryption.get(literal) is not None:

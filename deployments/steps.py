@@ -18,3 +18,15 @@ def set_project_directory() -> dict[str, str]:
     """
     os.chdir(PROJECT)
     return {"directory": str(PROJECT)}
+
+
+def stack_schedules(stack: str = "default") -> dict[str, dict]:
+    """Build step (at ``prefect deploy``): the schedules of ``stack`` as its stack file sets them.
+
+    ``genesis-dr apply`` stores them in a Prefect variable; without one (the stack not applied yet)
+    the source documents' cadence. prefect.yaml templates each deployment's schedule from this:
+    ``{{ schedules.incremental.cron }}``, ``{{ schedules.incremental.active }}``.
+    """
+    from deployments.schedules import stored_schedules
+
+    return stored_schedules(stack).deployment_schedules()

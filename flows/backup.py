@@ -1,4 +1,4 @@
-"""backup: dump every source of a stack into the vault, concurrently."""
+"""backup: a full, differential or incremental backup of every source of a stack, concurrently."""
 
 from __future__ import annotations
 
@@ -13,17 +13,23 @@ from tasks.backup import backup_source, select_sources
 
 @flow(name="backup", log_prints=True)
 def backup(
-    stack: str = "default", backup_type: Literal["full"] = "full", sources: list[str] | None = None
+    stack: str = "default",
+    backup_type: Literal["full", "differential", "incremental"] = "full",
+    sources: list[str] | None = None,
+    kinds: list[Literal["postgres", "mysql", "redis", "files"]] | None = None,
 ) -> list[dict]:
-    """Back up the stack's sources (all, or the named ones) and commit one manifest each.
+    """Back up the stack's sources (all, those of ``kinds``, or the named ones) and commit one manifest each.
 
-    Sources run concurrently; a failed source does not stop the others, but the
-    run ends Failed and names every failure.
+    ``backup_type``: ``full``; ``differential`` (what changed since the last full) or
+    ``incremental`` (since the previous backup), which by default take every source whose
+    kind has them (Redis takes fulls only: left out, and the run log says so); a source
+    named in ``sources`` that cannot take the type fails. Sources run concurrently; a failed
+    source does not stop the others, but the run ends Failed and names every failure.
     """
     # SIGINT/SIGTERM (an operator, or Prefect cancelling the run) stop each backup at its next
     # chunk: it ends FAILED with nothing committed, instead of committing after the run "ended".
     with cancel.stop_on_signals(print):
-        names = select_sources(stack, sources)
+        names = select_sources(stack, sources, backup_type, kinds)
         futures = {name: backup_source.submit(stack, name, backup_type) for name in names}
         results, failures = collect(futures)
     publish_backup_table(results, failures)

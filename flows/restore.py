@@ -1,4 +1,11 @@
-"""restore: plan, (approve,) refuse or take a rollback point, restore, verify."""
+"""restore: plan, (approve,) refuse or take a rollback point, restore, verify.
+
+Two forms: one backup of one source (``backup_id``, or the newest full), and a
+point-in-time restore (``target_time``) of one source or of every source of a
+``mode`` to the same instant, each through its chain (full, backups on it, log
+replayed to the target), with the recovery point of each and the largest skew
+between them in the report.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +21,21 @@ from prefect.states import Cancelled
 from pydantic import Field
 
 from core import cancel
-from core.errors import TargetNotEmptyError
+from core.chains import render_chain_plan
+from core.errors import ConfigError, TargetNotEmptyError
 from core.operations import render_report
 from core.plan import render_plan
+from core.stack import split_targets
+from core.times import planned_points, reached_points, read_operator_time, recovery_summary, render_recovery_summary
+from flows.reporting import collect, raise_failures
 from tasks.policy import seconds_from_env
-from tasks.restore import plan_restore_task, restore_backup_task
+from tasks.restore import (
+    plan_chain_task,
+    plan_restore_task,
+    restore_backup_task,
+    restore_chain_task,
+    select_restore_sources,
+)
 
 # How long a paused restore waits for an operator's decision before the run fails (nothing changed).
 APPROVAL_TIMEOUT = int(seconds_from_env("GENESIS_DR_APPROVAL_TIMEOUT", 3600, minimum=1))
@@ -39,7 +56,7 @@ def _from_deployment() -> bool:
     return bool(context and context.flow_run and context.flow_run.deployment_id)
 
 
-def _approved(plan: dict, approval: str) -> bool:
+def _approved(plan: dict, approval: str, rendered: str | None = None) -> bool:
     """Pause for an operator's decision in the Prefect UI unless this run needs none."""
     if approval == "skip" or (approval == "auto" and not _from_deployment()):
         return True  # the CLI's own --force is the operator's explicit confirmation
@@ -53,7 +70,7 @@ def _approved(plan: dict, approval: str) -> bool:
     form = RestoreApproval.with_initial_data(
         description=(
             "### Restore over a target that holds data\n\n"
-            f"```\n{render_plan(plan)}\n```\n\n"
+            f"```\n{rendered or render_plan(plan)}\n```\n\n"
             "Tick **approve** to restore (a rollback backup of the target is taken first and named in the report); "
             "leave it unticked to abort with nothing changed."
         ),
@@ -66,27 +83,44 @@ def _approved(plan: dict, approval: str) -> bool:
 
 @flow(name="restore", log_prints=True)
 def restore(
-    source: str,
+    source: str | None = None,
     stack: str = "default",
     backup_id: str | None = None,
-    target_time: datetime | None = None,
+    target_time: datetime | str | None = None,
     target: dict[str, str | int] | None = None,
     target_source: str | None = None,
     dry_run: bool = False,
     force: bool = False,
     approval: Literal["auto", "required", "skip"] = "auto",
+    mode: Literal["full", "database_only", "redis_only", "artifacts_only"] | None = None,
 ):
-    """Restore a backup of ``source`` (by id, or the newest at/before ``target_time``).
+    """Restore ``source`` from one backup (``backup_id``, or its newest full), or restore to a point in time.
 
-    ``target`` overrides non-secret connection fields (e.g. ``{"database": "app_copy"}``);
-    ``target_source`` restores into another source of the stack. A target holding
-    data is refused unless ``force``, which takes a rollback backup first. A forced
-    restore over data pauses for approval in the Prefect UI when ``approval`` is
-    ``required``, or ``auto`` and the run was started from a deployment (the UI's run
-    form, a schedule, ``prefect deployment run``); ``skip`` never pauses (configure it
-    on a deployment meant to run unattended). Declined, the run ends Cancelled with
-    nothing changed.
+    With ``target_time`` (ISO 8601, no zone = UTC; the source documents' ``2024-12-15_14:30:00``;
+    ``2h ago``) each source is restored through its chain to that instant: ``source`` alone, or
+    every source of ``mode`` (full: all; database_only: PostgreSQL and MariaDB/MySQL; redis_only;
+    artifacts_only: files), each into its own target, and the report gives each one's recovery
+    point and the largest skew between them.
+
+    ``target`` overrides non-secret connection fields (e.g. ``{"database": "app_copy"}``; with
+    several sources ``{"app-db.port": 5433}``); ``target_source`` restores into another source
+    of the stack. A target holding data is refused unless ``force``, which takes a rollback
+    backup first. A forced restore over data pauses for approval in the Prefect UI when
+    ``approval`` is ``required``, or ``auto`` and the run was started from a deployment (the
+    UI's run form, a schedule, ``prefect deployment run``); ``skip`` never pauses (configure it
+    on a deployment meant to run unattended). Declined, the run ends Cancelled with nothing
+    changed.
     """
+    if target_time is not None and backup_id is None:
+        return _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode)
+    if source is None:
+        raise ConfigError("restore: --source is needed with --backup-id (or give --target-time and --mode)")
+    if mode is not None and mode != "full":
+        raise ConfigError(f"restore: --mode {mode} restores to a point in time; give --target-time with it")
+    return _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval)
+
+
+def _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval):
     logger = get_run_logger()
     plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force)
     create_markdown_artifact(f"```\n{render_plan(plan)}\n```", key="restore-plan", description="What this restore does")
@@ -111,3 +145,66 @@ def restore(
         description="Restore outcome, verification, and every object not restored exactly as backed up",
     )
     return {"plan": plan, "report": report, "dry_run": False}
+
+
+def _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode):
+    logger = get_run_logger()
+    when = read_operator_time(target_time)
+    chosen = select_restore_sources(stack, mode, source)
+    names = [entry["source"] for entry in chosen]
+    if target_source is not None and len(names) != 1:
+        raise ConfigError("restore: --target-source names the target of one source; use it with --source")
+    targets = split_targets(target, names)
+    futures = {
+        name: plan_chain_task.submit(stack, name, when.parameter(), targets[name] or None, target_source, force)
+        for name in names
+    }
+    plans, failures = collect(futures)
+    raise_failures(failures, "restore plans")
+    plans = {plan["source"]: plan for plan in plans}
+    rendered = "\n\n".join(render_chain_plan(plans[name]) for name in names)
+    summary = recovery_summary(when.iso(), planned_points({n: plans[n] for n in names}), when.plan_note())
+    text = f"{rendered}\n\n{render_recovery_summary(summary, planned=True)}"
+    create_markdown_artifact(f"```\n{text}\n```", key="restore-plan", description="What this restore does")
+    for line in text.splitlines():
+        logger.info("plan: %s", line.strip())
+    if dry_run:
+        logger.info("dry run: nothing was changed")
+        return {"plans": plans, "summary": summary, "dry_run": True}
+    refused = [plans[n] for n in names if plans[n]["refusal"]]
+    if refused:
+        where = ", ".join(p["target"] for p in refused)
+        raise TargetNotEmptyError(
+            f"restore target{'s' if len(refused) > 1 else ''} {where} already hold{'' if len(refused) > 1 else 's'} "
+            "data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
+        )
+    over = [plans[n] for n in names if plans[n]["target_has_data"]]
+    if over:
+        joined = {"target": ", ".join(p["target"] for p in over)}
+        if not _approved(joined, approval, rendered):
+            return Cancelled(message=f"restore over {joined['target']} was not approved; nothing was changed")
+    with cancel.stop_on_signals(print):  # an interrupted restore stops before its swap (see core.cancel)
+        futures = {
+            name: restore_chain_task.submit(stack, name, plans[name], targets[name] or None, target_source, force)
+            for name in names
+        }
+        done, failures = collect(futures)
+    reports = {report["source"]: report for report in done}
+    summary = recovery_summary(when.iso(), reached_points(plans, reports), when.plan_note())
+    text = "\n\n".join(
+        [f"{name}:\n{render_report(reports[name])}" for name in names if name in reports]
+        + [f"{name}: FAILED: {exc}" for name, exc in failures.items()]
+        + [render_recovery_summary(summary)]
+    )
+    for line in text.splitlines():
+        logger.info("%s", line)
+    create_markdown_artifact(
+        f"```\n{text}\n```",
+        key="restore-report",
+        description="Each source's recovery point and verification, and the largest skew between sources",
+    )
+    raise_failures(failures, "source restores")
+    out = {"plans": plans, "reports": reports, "summary": summary, "dry_run": False}
+    if len(names) == 1:  # the single-source shape as well (the report of one restore)
+        out |= {"plan": plans[names[0]], "report": reports[names[0]]}
+    return out

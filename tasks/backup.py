@@ -6,19 +6,38 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core import operations
-from core.engines import engine_for
+from core.engines import engine_class, engine_for
 from tasks.limits import backup_limit, exclusive
 from tasks.policy import task_options
 from tasks.run_stack import run_stack
+from tasks.runlog import progress
 
 
 @task(name="select-sources", cache_policy=NO_CACHE, **task_options("plan"))
-def select_sources(stack: str, sources: list[str] | None) -> list[str]:
-    """The source names to back up (all of the stack's by default)."""
+def select_sources(
+    stack: str, sources: list[str] | None, backup_type: str = "full", kinds: list[str] | None = None
+) -> list[str]:
+    """The source names to back up: the named ones, or every source of the stack (of ``kinds``, if given) that
+    takes a ``backup_type`` backup.
+
+    A source named explicitly is always backed up: if its kind cannot take that type, its backup fails
+    loudly (ConfigError). Only the "every source" default leaves such sources out, and says so, so a
+    schedule of incrementals over a stack with a Redis source (fulls only) does not fail every 5 minutes.
+    """
     config = run_stack(stack).config  # resolved here once; the backup tasks of this run reuse it
-    if not sources:
-        return [s.name for s in config.sources]
-    return [config.source(name).name for name in sources]  # ConfigError names an unknown one
+    if sources:
+        return [config.source(name).name for name in sources]  # ConfigError names an unknown one
+    chosen = [s for s in config.sources if not kinds or s.kind in kinds]
+    takes = [s for s in chosen if backup_type in engine_class(s.kind).backup_types]
+    left_out = [f"{s.name} ({s.kind})" for s in chosen if s not in takes]
+    if left_out:
+        get_run_logger().info(
+            "%s backup: left out %s (their kind takes only %s backups)",
+            backup_type,
+            ", ".join(left_out),
+            "/".join(sorted({t for s in chosen if s not in takes for t in engine_class(s.kind).backup_types})),
+        )
+    return [s.name for s in takes]
 
 
 # Never cached: a DR action must run every time it is asked for, and read the live state.
@@ -41,6 +60,7 @@ def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
             engine_for(config.source(source)),
             backup_type,
             compression=config.vault.compression,
+            progress=progress(),  # a backup on a base says when it waits for the log to be shipped
         )
     summary = manifest.summary() | {"vault": vault.describe()}
     get_run_logger().info(

@@ -42,7 +42,9 @@ def seconds_from_env(name: str, default: float, *, minimum: float = 0) -> float:
 
 RETRIES = int(seconds_from_env("GENESIS_DR_TASK_RETRIES", 4))
 RETRY_DELAY = seconds_from_env("GENESIS_DR_RETRY_DELAY", 2)
-TIMEOUTS = {
+TIMEOUTS: dict[str, float | None] = {
+    # A capture runs until it is stopped (a signal, a cancelled run): no timeout.
+    "capture": None,
     "backup": seconds_from_env("GENESIS_DR_BACKUP_TIMEOUT", 6 * 3600, minimum=1),
     "restore": seconds_from_env("GENESIS_DR_RESTORE_TIMEOUT", 6 * 3600, minimum=1),
     "plan": seconds_from_env("GENESIS_DR_PLAN_TIMEOUT", 600, minimum=1),

@@ -10,7 +10,9 @@ from prefect.cache_policies import NO_CACHE
 from core import operations
 from core.engines import engine_for
 from core.plan import restore_target
-from core.planning import plan_restore_from
+from core.planning import plan_chain_from, plan_restore_from
+from core.stack import restore_sources
+from core.times import read_operator_time
 from tasks.limits import exclusive, restore_limit
 from tasks.policy import task_options
 from tasks.run_stack import run_stack
@@ -52,5 +54,49 @@ def restore_backup_task(
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_backup(
             config.vault.open(), opened.keyring, backup_id, engine, force=force, progress=progress()
+        )
+    return report.to_dict()
+
+
+@task(name="select-restore-sources", cache_policy=NO_CACHE, **task_options("plan"))
+def select_restore_sources(stack: str, mode: str | None, source: str | None) -> list[dict]:
+    """The sources a point-in-time restore covers (``source``, or those of ``mode``), with their kinds."""
+    config = run_stack(stack).config
+    return [{"source": name, "kind": config.source(name).kind} for name in restore_sources(config, mode, source)]
+
+
+@task(name="plan-chain-restore", task_run_name="plan-{source}", cache_policy=NO_CACHE, **task_options("plan"))
+def plan_chain_task(
+    stack: str,
+    source: str,
+    target_time: datetime | str,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+) -> dict:
+    """The point-in-time plan of ``source`` to ``target_time`` (reads only; ``--dry-run`` runs the same planner)."""
+    config = run_stack(stack).config
+    when = read_operator_time(target_time)
+    return plan_chain_from(
+        config, config.vault, source, when.when, target, target_source, force, note=when.plan_note()
+    ).to_dict()
+
+
+@task(
+    name="restore-chain",
+    task_run_name="restore-{source}-to-point-in-time",
+    cache_policy=NO_CACHE,
+    **task_options("restore"),
+)
+def restore_chain_task(
+    stack: str, source: str, plan: dict, target: dict | None, target_source: str | None, force: bool
+) -> dict:
+    """Execute ``plan`` (exactly its backups and log pieces) into ``source``'s target, verify, return the report."""
+    opened = run_stack(stack)
+    config = opened.config
+    engine = engine_for(restore_target(config, source, target, target_source))
+    with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
+        report = operations.restore_chain_plan(
+            config.vault.open(), opened.keyring, plan, engine, force=force, progress=progress()
         )
     return report.to_dict()
