@@ -293,3 +293,48 @@ def test_two_writers_cannot_commit_the_same_piece(vault):
     (only,) = vault.log_pieces("db")
     with LogReader(vault.store, "db", keyring).open_piece(only) as fh:
         assert fh.read() == b"A"  # the loser removed nothing of the winner's
+
+
+def test_a_version_1_vault_written_by_the_previous_release_is_read_and_extended(tmp_path):
+    """A real v1 vault: written by the code of the last v1 release (git c69c563), then listed,
+    restored and backed up into by this one."""
+    import subprocess
+    import sys
+
+    old = tmp_path / "v1-release"
+    old.mkdir()
+    archive = subprocess.run(["git", "archive", "c69c563", "core"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("version one\n")
+    script = (
+        "from core.crypto.keys import Keyring\n"
+        "from core.engines import engine_for\n"
+        "from core.operations import backup_source\n"
+        "from core.repository.vault import Vault\n"
+        "from core.sources import FilesSourceConfig\n"
+        "from core.storage.local import LocalStore\n"
+        f"vault = Vault.open(LocalStore({str(tmp_path / 'vault')!r}), create=True)\n"
+        f"engine = engine_for(FilesSourceConfig(name='app', root={str(data)!r}))\n"
+        "print(backup_source(vault, Keyring(passphrase='pw'), engine).id)\n"
+    )
+    env = {"PYTHONPATH": str(old), "PATH": "/usr/bin:/bin", "GENESIS_DR_TEST_KDF_ITERATIONS": "1000"}
+    old_id = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, cwd=old
+    ).stdout.strip()
+    assert json.loads((tmp_path / "vault" / "config.json").read_text())["version"] == 1
+
+    from core.engines import engine_for
+    from core.operations import backup_source, restore_backup
+    from core.sources import FilesSourceConfig
+
+    vault = Vault.open(LocalStore(tmp_path / "vault"))
+    (listed,) = vault.list_backups("app")
+    assert (listed.id, listed.version, listed.chain) == (old_id, 1, None)
+    keyring = Keyring(passphrase="pw")
+    restore_backup(vault, keyring, old_id, engine_for(FilesSourceConfig(name="app", root=str(tmp_path / "out"))))
+    assert (tmp_path / "out" / "a.txt").read_text() == "version one\n"
+    new = backup_source(vault, keyring, engine_for(FilesSourceConfig(name="app", root=str(data))))
+    assert sorted(m.id for m in vault.list_backups("app")) == sorted([old_id, new.id])
+    assert (new.version, new.chain) == (2, new.id)

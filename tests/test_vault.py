@@ -194,7 +194,7 @@ def test_manifest_missing_or_unknown_version(vault, tmp_path):
 def test_unknown_vault_version_refused(tmp_path):
     Vault.open(LocalStore(tmp_path / "v"), create=True)
     cfg = tmp_path / "v" / "config.json"
-    cfg.write_text(cfg.read_text().replace('"version": 1', '"version": 7'))
+    cfg.write_text(cfg.read_text().replace('"version": 2', '"version": 7'))
     with pytest.raises(FormatError, match="version 7"):
         Vault.open(LocalStore(tmp_path / "v"))
 
