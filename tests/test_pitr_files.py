@@ -9,9 +9,13 @@ restore calls it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
+import stat
 import tarfile
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,14 +23,15 @@ import pytest
 from core.crypto.keys import Keyring
 from core.engines.base import ChainSteps, RecoveryPoint, StopPoint, compare_checks
 from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM
-from core.errors import EngineError, IntegrityError
+from core.errors import EngineError, IntegrityError, RecoveryTargetError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import Manifest
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
-from tests.test_engine_files import MTIME_NS, files_engine, snapshot, write
+from tests.test_engine_files import MTIME_NS, files_engine, snapshot, without_dac_override, write
 
 BIG = 2 << 20
+LATIN1 = os.fsdecode(b"caf\xe9.txt")  # names are bytes on Linux
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def members(vault: Vault, keyring: Keyring, manifest: Manifest) -> list[str]:
     """Names of the regular files whose content a backup stored."""
     name = CHANGES_STREAM if manifest.type != "full" else "files.tar"
     raw = stream_bytes(vault, keyring, manifest.id, name)
-    with tarfile.open(fileobj=__import__("io").BytesIO(raw), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         return sorted(m.name for m in tar.getmembers() if m.isfile())
 
 
@@ -95,7 +100,13 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     os.link(src / "keep.txt", src / "keep.hardlink")
     os.symlink("keep.txt", src / "link")
     os.mkfifo(src / "fifo", 0o640)
+    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.setxattr(src / "attr.txt", "user.note", b"first")
+    write(src / LATIN1, b"not utf-8 name")
+    with open(src / "disk.img", "wb") as f:  # 8 MiB with 4 KiB of data: holes must stay holes
+        f.truncate(8 << 20)
+        f.seek(1 << 20)
+        f.write(b"D" * 4096)
     engine = files_engine(src)
     points: list[tuple[Manifest, dict]] = []
 
@@ -123,8 +134,10 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     os.utime(src / "touched.txt", ns=(MTIME_NS + 5, MTIME_NS + 5))
     os.setxattr(src / "attr.txt", "user.note", b"second")
     write(src / "same-size.txt", b"bbbb")
+    os.rename(src / "disk.img", src / "moved/disk.img")
+    write(src / LATIN1, b"changed, name still not utf-8")
     diff = take("differential")
-    assert members(vault, keyring, diff) == ["edit.txt", "new.txt", "same-size.txt"]
+    assert members(vault, keyring, diff) == sorted([LATIN1, "edit.txt", "new.txt", "same-size.txt"])
 
     # Incremental 1: a directory renamed, a hard link dropped, a copy of stored content,
     # a file replaced by a directory, a directory's mode.
@@ -151,7 +164,7 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     # A second differential holds everything since the full (and nothing the full has).
     write(src / "late.txt", b"after the incrementals\n")
     diff2 = take("differential")
-    assert members(vault, keyring, diff2) == ["edit.txt", "late.txt", "new.txt/inner", "same-size.txt"]
+    assert members(vault, keyring, diff2) == sorted([LATIN1, "edit.txt", "late.txt", "new.txt/inner", "same-size.txt"])
 
     chains = {
         full.id: [full.id],
@@ -174,6 +187,7 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     restored = tmp_path / "restore-3"
     assert (restored / "copy.bin").read_bytes() == big == (restored / "moved/big.bin").read_bytes()
     assert os.stat(restored / "copy.bin").st_ino != os.stat(restored / "moved/big.bin").st_ino
+    assert os.stat(restored / "moved/disk.img").st_blocks * 512 <= 64 << 10
 
     # Over a tree holding data: staged beside it, verified, swapped in (what core does with --force).
     point = restore_point(vault, keyring, chains[inc2.id], tmp_path / "restore-0", stage=True)
@@ -193,6 +207,13 @@ def test_chain_without_a_layer_it_needs_is_refused_by_name(vault, keyring, tmp_p
 
     with pytest.raises(IntegrityError, match=f"takes content from backup {inc1.id}, which is not in the chain"):
         restore_point(vault, keyring, [full.id, inc2.id], tmp_path / "dst")
+    # A chain whose last backup was taken after the stop point is not this engine's to restore.
+    readers = [vault.open_backup(i, keyring) for i in (full.id, inc1.id)]
+    early = datetime.fromisoformat(inc1.position["snapshot_time"]) - timedelta(microseconds=1)
+    with pytest.raises(RecoveryTargetError, match=f"backup {inc1.id} was taken at .*, after the target time"):
+        files_engine(tmp_path / "early").restore_chain(ChainSteps(readers[0], readers[1:]), StopPoint(time=early))
+    for reader in readers:
+        reader.close()
     # A layer alone is not a backup one can restore.
     (tmp_path / "alone").mkdir()
     with pytest.raises(EngineError, match="is a differential or incremental.*restore it as a chain"):
@@ -243,3 +264,25 @@ def test_incremental_on_a_full_without_tree_index_fails_in_one_line(vault, keyri
     )
     failed = [m for m in vault.list_backups("app-files") if m.status == "FAILED"]
     assert [m.type for m in failed] == ["incremental"]
+
+
+def test_files_untouched_since_well_before_the_base_are_not_read_again(vault, keyring, tmp_path):
+    """Same inode, size, mtime and change time as the base recorded: not opened. A file whose change
+    time was within 2 s of the walk that recorded it may have changed again in the same timestamp
+    tick after it was read, so it is read (hashed) again. Both are unreadable without root's
+    CAP_DAC_OVERRIDE: the incremental, run without it, shows which it opened."""
+    src = tmp_path / "src"
+    write(src / "a-old.bin", b"written well before the full", 0o000)
+    time.sleep(2.1)
+    write(src / "b-fresh.bin", b"written just before the full", 0o000)
+    engine = files_engine(src)
+    full = backup_source(vault, keyring, engine, "full")
+
+    with without_dac_override(), pytest.raises(EngineError, match=r"b-fresh\.bin cannot be read"):
+        backup_source(vault, keyring, engine, "incremental")
+    os.chmod(src / "b-fresh.bin", 0o644)  # now readable (and its change time moves: it is hashed)
+    with without_dac_override():
+        inc = backup_source(vault, keyring, engine, "incremental")
+    assert members(vault, keyring, inc) == []  # both referenced: same content as in the full
+    restore_point(vault, keyring, [full.id, inc.id], tmp_path / "dst")
+    assert snapshot(tmp_path / "dst") == snapshot(src)
