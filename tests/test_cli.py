@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,221 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     assert str(files) in err
     statuses = [b["status"] for b in json.loads(cli("list", "--stack", "errs", "--json").stdout)]
     assert sorted(statuses) == ["COMPLETED", "FAILED"]
+
+
+# --- point-in-time restore: the times an operator types, the modes, the targets, the schedules (no server) ---------
+
+NOW = datetime(2026, 12, 15, 15, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("typed", "iso", "note", "parameter"),
+    [
+        # The issue's own example: no zone, so UTC, and the plan says so in the operator's words.
+        (
+            "2026-12-15 14:30:00",
+            "2026-12-15T14:30:00Z",
+            "'2026-12-15 14:30:00' has no zone: read as UTC",
+            "2026-12-15 14:30:00",
+        ),
+        # The source documents' form.
+        (
+            "2024-12-15_14:30:00",
+            "2024-12-15T14:30:00Z",
+            "'2024-12-15_14:30:00' has no zone: read as UTC",
+            "2024-12-15_14:30:00",
+        ),
+        ("2024-12-15_14:30", "2024-12-15T14:30:00Z", "'2024-12-15_14:30' has no zone: read as UTC", "2024-12-15_14:30"),
+        (
+            "2026-12-15T14:30:00.250",
+            "2026-12-15T14:30:00.250000Z",
+            "'2026-12-15T14:30:00.250' has no zone: read as UTC",
+            "2026-12-15T14:30:00.250",
+        ),  # fmt: skip
+        # A zone given: converted to UTC, nothing assumed.
+        ("2026-12-15T14:30:00Z", "2026-12-15T14:30:00Z", None, "2026-12-15T14:30:00Z"),
+        ("2026-12-15T15:30:00+01:00", "2026-12-15T14:30:00Z", None, "2026-12-15T14:30:00Z"),
+        ("2026-12-15 09:30:00-05:00", "2026-12-15T14:30:00Z", None, "2026-12-15T14:30:00Z"),
+        # Relative: pinned to the instant typed (the flow run gets the instant, not "30m ago" again).
+        ("30m ago", "2026-12-15T14:30:00Z", None, "2026-12-15T14:30:00Z"),
+        ("now", "2026-12-15T15:00:00Z", None, "2026-12-15T15:00:00Z"),
+    ],
+)
+def test_target_time_forms_golden(typed, iso, note, parameter):
+    from core.times import read_operator_time
+
+    when = read_operator_time(typed, now=NOW)
+    assert (when.iso(), when.plan_note(), when.parameter()) == (iso, note, parameter)
+    # What the flow run reads back from its parameter is the same instant, with the same note.
+    again = read_operator_time(when.parameter(), now=NOW)
+    assert (again.when, again.plan_note()) == (when.when, note)
+
+
+@pytest.mark.parametrize("typed", ["2024-12-15_14:30:00Z_", "2024-12-15__14:30", "2024-12-15_25:00:00", "15/12/2024"])
+def test_bad_target_times_are_one_line_config_errors(typed):
+    from core.errors import ConfigError
+    from core.times import read_operator_time
+
+    with pytest.raises(ConfigError) as err:
+        read_operator_time(typed, now=NOW)
+    assert str(err.value).startswith(f"--target-time {typed!r}: not a time") and "2026-12-01_14:30:00" in str(err.value)
+
+
+def _stack_of_every_kind():
+    from core.stack import StackConfig
+
+    return StackConfig.model_validate(
+        {
+            "stack": "modes",
+            "vault": {"path": "/tmp/unused-vault"},
+            "sources": [
+                {"name": "app-db", "kind": "postgres", "database": "app"},
+                {"name": "app-mysql", "kind": "mysql", "database": "app"},
+                {"name": "cache", "kind": "redis"},
+                {"name": "app-files", "kind": "files", "root": "/srv/app"},
+                {"name": "uploads", "kind": "files", "root": "/srv/uploads"},
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "source", "expected"),
+    [
+        ("full", None, ["app-db", "app-mysql", "cache", "app-files", "uploads"]),
+        ("database_only", None, ["app-db", "app-mysql"]),
+        ("redis_only", None, ["cache"]),
+        ("artifacts_only", None, ["app-files", "uploads"]),
+        (None, "cache", ["cache"]),
+        ("database_only", "app-mysql", ["app-mysql"]),
+    ],
+)
+def test_restore_modes_choose_their_sources(mode, source, expected):
+    from core.stack import restore_sources
+
+    assert restore_sources(_stack_of_every_kind(), mode, source) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "source", "message"),
+    [
+        (None, None, "name the source (--source NAME) or the sources' mode"),
+        ("redis_only", "app-db", "--source app-db is a postgres source, which --mode redis_only does not restore"),
+        ("full", "nope", "has no source 'nope'"),
+    ],
+)
+def test_restore_modes_refuse_what_they_cannot_mean(mode, source, message):
+    from core.errors import ConfigError
+    from core.stack import restore_sources
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        restore_sources(_stack_of_every_kind(), mode, source)
+
+
+def test_targets_of_a_multi_source_restore_are_named_per_source():
+    from cli.main import _targets
+    from core.errors import ConfigError
+    from core.stack import split_targets
+
+    overrides = _targets(["app-db.port=5433", "app-db.data_dir=/srv/pitr", "app-files.root=/srv/r"])
+    assert overrides["app-db.port"] == 5433  # a port is a number, named per source too
+    assert split_targets(overrides, ["app-db", "app-files", "cache"]) == {
+        "app-db": {"port": 5433, "data_dir": "/srv/pitr"},
+        "app-files": {"root": "/srv/r"},
+        "cache": {},
+    }
+    assert split_targets({"database": "x"}, ["app-db"]) == {"app-db": {"database": "x"}}
+    with pytest.raises(ConfigError, match=re.escape("say which one, e.g. --target app-db.port=VALUE")):
+        split_targets({"port": 1}, ["app-db", "cache"])
+    with pytest.raises(ConfigError, match="'nope' is not a source of this restore"):
+        split_targets({"nope.port": 1}, ["app-db"])
+
+
+def test_recovery_summary_golden():
+    from core.times import recovery_summary, render_recovery_summary
+
+    summary = recovery_summary(
+        "2026-12-15T14:30:00Z",
+        [
+            {"source": "app-db", "kind": "postgres", "time": "2026-12-15T14:29:59.812Z", "data_loss_s": 0.188,
+             "proof": "pg_last_xact_replay_timestamp()"},
+            {"source": "cache", "kind": "redis", "time": "2026-12-15T14:15:00Z", "data_loss_s": 900.0,
+             "proof": "snapshot position"},
+            {"source": "app-files", "kind": "files", "time": "2026-12-15T14:30:00Z", "data_loss_s": 0.0,
+             "proof": "incremental backup"},
+        ],
+        "'2026-12-15 14:30:00' has no zone: read as UTC",
+    )  # fmt: skip
+    assert (summary["skew_s"], summary["earliest"], summary["latest"]) == (900.0, "cache", "app-files")
+    assert render_recovery_summary(summary).splitlines() == [
+        "Stack restored to 2026-12-15T14:30:00Z ('2026-12-15 14:30:00' has no zone: read as UTC): what each source "
+        "reached",
+        "  SOURCE    KIND     RECOVERY POINT              DATA LOSS  PROOF",
+        "  app-db    postgres 2026-12-15T14:29:59.812Z         0.2s  pg_last_xact_replay_timestamp()",
+        "  cache     redis    2026-12-15T14:15:00Z           900.0s  snapshot position",
+        "  app-files files    2026-12-15T14:30:00Z             0.0s  incremental backup",
+        "  largest skew between sources: 900.0s (cache at 2026-12-15T14:15:00Z, app-files at 2026-12-15T14:30:00Z)",
+    ]
+    one = recovery_summary("2026-12-15T14:30:00Z", summary["sources"][:1])
+    assert one["skew_s"] is None and "skew" not in render_recovery_summary(one)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["backup", "incremental", "--source", "a", "--source", "b"], {"type": "incremental", "source": ["a", "b"]}),
+        (["backup", "differential"], {"type": "differential", "source": None}),
+        (["capture", "--source", "app-db"], {"command": "capture", "source": ["app-db"]}),
+        (
+            ["restore", "--target-time", "2024-12-15_14:30:00", "--mode", "database_only", "--dry-run"],
+            {"target_time": "2024-12-15_14:30:00", "mode": "database_only", "source": None, "dry_run": True},
+        ),
+        (["restore", "--source", "s", "--backup-id", "b"], {"source": "s", "backup_id": "b", "mode": None}),
+        (["list", "--chains", "--source", "app-db"], {"chains": True, "source": "app-db"}),
+    ],
+)
+def test_command_line_parsing(argv, expected):
+    from cli.main import build_parser
+
+    args = vars(build_parser().parse_args(argv))
+    assert {k: args[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["backup", "weekly"],
+        ["restore", "--target-time", "now", "--mode", "everything"],
+        ["restore", "--source", "s", "--backup-id", "b", "--target-time", "now"],
+    ],
+)
+def test_command_line_refuses_unknown_types_and_modes(argv, capsys):
+    from cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+
+
+def test_stack_file_schedules_default_to_the_documents_cadence_and_refuse_non_cron(tmp_path):
+    from core.errors import ConfigError
+    from core.stack import load_stack_file
+
+    path = write_stack(tmp_path, "sched", tmp_path)
+    assert load_stack_file(path).schedules.deployment_schedules() == {
+        "full": {"cron": "0 */6 * * *", "timezone": "UTC", "active": True},
+        "differential": {"cron": "0 * * * *", "timezone": "UTC", "active": True},
+        "incremental": {"cron": "*/5 * * * *", "timezone": "UTC", "active": True},
+        "redis": {"cron": "*/15 * * * *", "timezone": "UTC", "active": True},
+        "capture": {"cron": "*/5 * * * *", "timezone": "UTC", "active": True},
+    }
+    path.write_text(path.read_text() + "schedules:\n  incremental: '*/2 * * * *'\n  redis: 'off'\n")
+    schedules = load_stack_file(path).schedules.deployment_schedules()
+    assert schedules["incremental"]["cron"] == "*/2 * * * *"
+    assert schedules["redis"] == {"cron": "*/15 * * * *", "timezone": "UTC", "active": False}
+    path.write_text(path.read_text().replace("'*/2 * * * *'", "every 2 minutes"))
+    with pytest.raises(ConfigError, match=r"field 'schedules.incremental': 'every 2 minutes' is not a cron"):
+        load_stack_file(path)
+    path.write_text(path.read_text().replace("incremental:", "incremetnal:"))
+    with pytest.raises(ConfigError, match=r"unknown field 'schedules.incremetnal'; did you mean 'incremental'\?"):
+        load_stack_file(path)
