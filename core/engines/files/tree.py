@@ -160,18 +160,46 @@ class BaseTree:
 
     @classmethod
     def of(cls, base: BaseBackup, label: str) -> BaseTree:
+        if not has_index(base.reader):
+            return cls._of_checks(base, label)
         index = read_index(base.reader, base.id, label)
         tree = cls(base.id, index.walk_started_ns - RACY_NS)
-        for entry in index.entries:
+        return tree._add(index.entries)
+
+    @classmethod
+    def _of_checks(cls, base: BaseBackup, label: str) -> BaseTree:
+        """A full taken before tree indexes: its sealed checks list every regular file (digest,
+        size, mtime) and ``files.tar`` holds each under its path (a hard link's bytes under its
+        first name). Without inode and change time nothing is trusted unchanged: every file is
+        hashed once, and referenced if the full has its content."""
+        checks = base.result.checks or getattr(getattr(base.reader, "result", None), "checks", None) or {}
+        files = checks.get("files")
+        if base.type != "full" or not isinstance(files, dict):
+            read_index(base.reader, base.id, label)  # raises the one-line error naming the backup
+        entries = [
+            {
+                "path": rel,
+                "type": "file",
+                "size": value["size"],
+                "sha256": value["sha256"],
+                "mtime_ns": value["mtime_ns"],
+                "at": value.get("links_to", rel),
+            }
+            for rel, value in files.items()
+        ]
+        return cls(base.id, 0)._add(entries)
+
+    def _add(self, entries: list[dict[str, Any]]) -> BaseTree:
+        for entry in entries:
             if entry.get("type") != "file":
                 continue
-            where = content_ref(entry, base.id)
+            where = content_ref(entry, self.id)
             entry["in"], entry["at"] = where
-            tree.files[entry["path"]] = entry
+            self.files[entry["path"]] = entry
             if entry["size"]:
-                tree.known.setdefault(entry["sha256"], where)
-                tree.sizes.add(entry["size"])
-        return tree
+                self.known.setdefault(entry["sha256"], where)
+                self.sizes.add(entry["size"])
+        return self
 
     def unchanged(self, rel: str, st: os.stat_result) -> dict[str, Any] | None:
         """The base's entry for ``rel`` if it is the same regular file, untouched since (same inode,
@@ -179,7 +207,7 @@ class BaseTree:
         time, recorded well before the walk that recorded it started); None if the content must be
         looked at."""
         entry = self.files.get(rel)
-        if entry is None or not stat.S_ISREG(st.st_mode):
+        if entry is None or "ino" not in entry or not stat.S_ISREG(st.st_mode):
             return None
         if max(entry.get("ctime_ns", 0), entry["mtime_ns"]) >= self.trusted_before:
             return None  # racy: recorded within a timestamp tick of its read
