@@ -43,6 +43,19 @@ there, and is swapped in (``swap_in``, ``core.engines.files.mirror``); the
 target is untouched until then. Owners are restored when running as root.
 A target file system that fills up (or refuses writes) ends the restore with
 one ``EngineError`` naming the target and the remedy, partial files removed.
+
+Chains (differential and incremental backups). Every backup also writes its
+tree index, ``tree.jsonl`` (``core.engines.files.tree``): every entry of the
+tree at that moment with its metadata and where its content is stored. A
+backup on a base walks the tree as a full does, but its archive,
+``changes.tar``, holds only files whose content the chain does not hold yet:
+a file the base recorded with the same inode, size, mtime and change time is
+not opened; any other file whose size some content of the base has is hashed
+first and referenced if the chain has that content (a rename, a copy, a
+touch, a chmod). Its index and its checks describe the whole tree, so a
+restore to that point (``restore_chain``, ``core.engines.files.chain``)
+reproduces it exactly - deletions, renames, modes, owners, mtimes, xattrs,
+links - and core verifies it with the same checks as a full.
 """
 
 from __future__ import annotations
