@@ -107,6 +107,23 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[Callable[..., RedisServer]]:
+    """Servers shared by the whole session: ``redis_session(role, **settings)`` starts one per role
+    and configuration on first use; a test flushes what it uses."""
+    servers: dict[tuple, RedisServer] = {}
+
+    def get(role: str, **settings: str) -> RedisServer:
+        key = (role, *sorted(settings.items()))
+        if key not in servers:
+            servers[key] = start_redis(**settings)
+        return servers[key]
+
+    yield get
+    for server in servers.values():
+        server.stop()
+
+
 def _client_for(client: redis.Redis, db: int) -> redis.Redis:
     kwargs = client.connection_pool.connection_kwargs
     wanted = ("host", "port", "username", "password")

@@ -46,7 +46,18 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource, Writable
+from core.engines.base import (
+    BackupResult,
+    BaseBackup,
+    ChainSteps,
+    Engine,
+    LogSink,
+    RecoveryPoint,
+    StopPoint,
+    StreamSink,
+    StreamSource,
+    Writable,
+)
 from core.engines.redis.checks import KNOWN, KeyspaceChecks, algorithm_of, db_label, reshape_actual
 from core.engines.redis.logical import (
     iter_records,
@@ -58,6 +69,7 @@ from core.engines.redis.logical import (
 from core.engines.redis.pipe import RespPipe
 from core.engines.redis.rdb import dump_digest
 from core.engines.redis.rdb_scan import ALGORITHM
+from core.engines.redis.stream import Capture, HeldLink, replay
 from core.engines.redis.sync import (
     CONNECT_TIMEOUT,
     IO_TIMEOUT,
@@ -129,6 +141,9 @@ class RedisEngine(Engine):
 
     kind = "redis"
     config: RedisSourceConfig
+    backup_types = ("full",)
+    # rdb mode: the replication stream after a snapshot is the log (``core.engines.redis.stream``).
+    captures_log = True
 
     def __init__(self, config: RedisSourceConfig, *, announce_eof: bool = True) -> None:
         """Args:
@@ -139,6 +154,12 @@ class RedisEngine(Engine):
         """
         super().__init__(config)
         self.announce_eof = announce_eof
+        # Set by a capture around ``LogSink.take_full``: the full keeps its replication link
+        # (``_held``) so the stream goes on from its snapshot without a gap; ``_adopted`` is a
+        # link on which the primary already started a full resync for the capture.
+        self._keep_link = False
+        self._adopted: ReplicaSync | None = None
+        self._held: HeldLink | None = None
 
     # --- helpers ------------------------------------------------------------
 
@@ -255,7 +276,11 @@ class RedisEngine(Engine):
                     return one.dbsize() > 0
             return bool(self._keyspace_dbs(client))
 
-    def backup(self, sink: StreamSink) -> BackupResult:
+    def backup(self, sink: StreamSink, base: BaseBackup | None = None) -> BackupResult:
+        if base is not None:
+            raise ConfigError(
+                f"{self.label}: Redis takes full backups only; its log capture gives point-in-time restores"
+            )
         if self.config.mode == "rdb":
             return self._backup_rdb(sink)
         return self._backup_logical(sink)
@@ -397,6 +422,10 @@ class RedisEngine(Engine):
     # --- rdb mode -----------------------------------------------------------
 
     def _replica_sync(self) -> ReplicaSync:
+        return self.replica_sync()
+
+    def replica_sync(self, rdb_only: bool = True, resume: tuple[str, int] | None = None) -> ReplicaSync:
+        """A replication link to this server (see ``ReplicaSync``)."""
         return ReplicaSync(
             self.config.host,
             self.config.port,
@@ -404,11 +433,42 @@ class RedisEngine(Engine):
             self._password(),
             self.label,
             announce_eof=self.announce_eof,
+            rdb_only=rdb_only,
+            resume=resume,
         )
+
+    # --- log capture and point-in-time restore (core.engines.redis.stream) ----
+
+    def log_position(self, switch: bool = False) -> dict[str, Any]:
+        with self._talking("INFO replication"), self._client() as client:
+            info = client.info("replication")
+        return {"replid": str(info["master_replid"]), "offset": int(info["master_repl_offset"])}
+
+    def capture(self, log: LogSink, stop: Any, until: dict[str, Any] | None = None) -> None:
+        Capture(self, log, stop, until).run()
+
+    def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
+        return replay(self, steps, stop, progress)
+
+    def adopt_link(self, sync: ReplicaSync | None) -> None:
+        """The next rdb full keeps its replication link for the capture (``release_link``) and
+        uses ``sync`` (a full resync the primary started for the capture) if given."""
+        self._keep_link, self._adopted, self._held = True, sync, None
+
+    def release_link(self) -> ReplicaSync | None:
+        """The link the full kept, now the capture's (None if no full was taken through it)."""
+        self._keep_link = False
+        if self._adopted is not None:  # the full never ran
+            self._adopted.close()
+            self._adopted = None
+        held, self._held = self._held, None
+        return held.release() if held is not None else None
 
     def _backup_rdb(self, sink: StreamSink) -> BackupResult:
         started = _iso_now()
-        sync = self._replica_sync()
+        keep = self._keep_link
+        sync, self._adopted = self._adopted or self.replica_sync(rdb_only=not keep), None
+        kept = False
         try:
             header = sync.header
             # The fork happened before the header arrived: keys expiring before
@@ -421,9 +481,12 @@ class RedisEngine(Engine):
 
                 size = sync.pump(forward)
                 walked = walker.result()
+            self._check_walked(walked, size, "snapshot")
+            if keep:
+                self._held, kept = HeldLink(sync), True
         finally:
-            sync.close()
-        self._check_walked(walked, size, "snapshot")
+            if not kept:
+                sync.close()
         position = {
             "mode": "rdb",
             "replid": header.replid,

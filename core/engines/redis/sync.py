@@ -80,6 +80,11 @@ class RespSocket:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes read past a payload back in front of the buffer (the replication
+        stream that follows a snapshot, when we keep the link)."""
+        self._buf[:0] = data
+
     def _recv(self) -> bytes:
         data = self.sock.recv(RECV_SIZE)
         if not data:
@@ -101,6 +106,12 @@ class RespSocket:
             self._buf += self._recv()
         data = bytes(self._buf[:n])
         del self._buf[:n]
+        return data
+
+    def take_buffered(self) -> bytes:
+        """What is buffered (possibly nothing), without reading the socket."""
+        data = bytes(self._buf)
+        self._buf.clear()
         return data
 
     def read_some(self) -> bytes:
@@ -149,6 +160,8 @@ class SyncHeader:
     redis_version: str
     length: int | None  # ``$<len>`` transfer
     eof_mark: bytes | None  # diskless ``$EOF:<mark>`` transfer
+    # ``+CONTINUE``: no snapshot follows, the stream goes on after ``offset`` (a resumed link).
+    continued: bool = False
 
 
 class ReplicaSync:
@@ -157,6 +170,11 @@ class ReplicaSync:
     ``announce_eof`` tells the master we accept the diskless format, so it
     streams the snapshot from a forked child straight to the socket and writes
     nothing to its own disk (the master's ``repl-diskless-sync`` decides).
+
+    ``rdb_only`` (backups) asks for the snapshot alone; without it the master keeps
+    streaming its commands after the snapshot (log capture). ``resume`` =
+    ``(replid, offset)`` asks to continue after ``offset`` (``PSYNC replid offset+1``);
+    ``header.continued`` says whether the master could, else a snapshot follows.
     """
 
     def __init__(
@@ -167,8 +185,12 @@ class ReplicaSync:
         password: str | None,
         label: str,
         announce_eof: bool = True,
+        rdb_only: bool = True,
+        resume: tuple[str, int] | None = None,
     ) -> None:
         self.label = label
+        self._rdb_only = rdb_only
+        self._resume = resume
         self._secrets = [password]
         try:
             sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
@@ -216,11 +238,14 @@ class ReplicaSync:
         version = _info_field(info, "redis_version")
         capas = ["capa", "eof", "capa", "psync2"] if announce_eof else ["capa", "psync2"]
         self._command("REPLCONF", *capas)
-        # Redis >= 7: no replication stream after the snapshot, and the master
-        # does not keep us in its replica list. Older servers just refuse it.
-        self._command("REPLCONF", "rdb-only", "1", tolerate=True)
+        if self._rdb_only:
+            # Redis >= 7: no replication stream after the snapshot, and the master
+            # does not keep us in its replica list. Older servers just refuse it.
+            self._command("REPLCONF", "rdb-only", "1", tolerate=True)
+        # A replica asks for the byte after the last one it has.
+        wanted = (self._resume[0], self._resume[1] + 1) if self._resume else ("?", -1)
         try:
-            self.conn.send("PSYNC", "?", "-1")
+            self.conn.send("PSYNC", *wanted)
             reply = self.conn.read_reply()
         except RespError as exc:
             raise SyncRefusedError(
@@ -232,6 +257,10 @@ class ReplicaSync:
                 f"{self.label}: {connection_reason(exc)} waiting for the sync", transient=transient_os_error(exc)
             ) from None
         parts = str(reply).split()
+        if self._resume and parts and parts[0] == "CONTINUE":
+            # "+CONTINUE <new replid>" after a failover: the offsets go on under the new id.
+            replid = parts[1] if len(parts) > 1 else self._resume[0]
+            return SyncHeader(replid, self._resume[1], version, None, None, continued=True)
         if len(parts) != 3 or parts[0] != "FULLRESYNC":
             raise EngineError(f"{self.label}: unexpected reply to PSYNC: {str(reply)[:60]!r}")
         replid, offset = parts[1], int(parts[2])
@@ -301,7 +330,9 @@ class ReplicaSync:
                 while left:
                     data = conn.read_some()
                     if len(data) > left:
-                        data = data[:left]  # only the replication stream (ignored) follows
+                        # The replication stream follows: kept for a capture that goes on reading.
+                        conn.unread(data[left:])
+                        data = data[:left]
                     left -= len(data)
                     on_data(data)
                 return self.header.length
@@ -314,6 +345,7 @@ class ReplicaSync:
                 end = data.find(mark)
                 if end >= 0:
                     on_data(data[:end])
+                    conn.unread(data[end + EOF_MARK_LEN :])
                     return size + end
                 keep = len(data) - EOF_MARK_LEN + 1
                 if keep > 0:
