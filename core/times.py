@@ -148,6 +148,11 @@ def _instant(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _iso_ms(text: str | None) -> str | None:
+    when = _instant(text)
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if when else None
+
+
 def recovery_summary(target_time: str, points: list[dict], note: str | None = None) -> dict:
     """The stack at one instant: each source's recovery point and the largest skew between them.
 
@@ -156,6 +161,8 @@ def recovery_summary(target_time: str, points: list[dict], note: str | None = No
     skew is the distance between the earliest and the latest recovery point: how far apart in
     time the recovered sources are (0 when they all reached the target).
     """
+    # One form for every recovery point (engines report theirs with an offset or a Z, in µs or ms).
+    points = [p | {"time": _iso_ms(p.get("time"))} for p in points]
     timed = [(p, _instant(p.get("time"))) for p in points]
     known = [(p, t) for p, t in timed if t is not None]
     skew = None
@@ -177,8 +184,10 @@ def recovery_summary(target_time: str, points: list[dict], note: str | None = No
 def render_recovery_summary(summary: dict, planned: bool = False) -> str:
     """``recovery_summary`` as text: one line per source, then the skew."""
     note = f" ({summary['note']})" if summary.get("note") else ""
-    verb = "would reach" if planned else "reached"
-    lines = [f"Stack restored to {summary['target_time']}{note}: what each source {verb}"]
+    if planned:
+        lines = [f"Stack at {summary['target_time']}{note}: what each source would reach"]
+    else:
+        lines = [f"Stack restored to {summary['target_time']}{note}: what each source reached"]
     width = max([len(p["source"]) for p in summary["sources"]] + [6])
     lines.append(f"  {'SOURCE':<{width}} {'KIND':<8} {'RECOVERY POINT':<26} {'DATA LOSS':>10}  PROOF")
     for p in summary["sources"]:
@@ -191,7 +200,7 @@ def render_recovery_summary(summary: dict, planned: bool = False) -> str:
     if summary.get("skew_s") is not None:
         by = {p["source"]: p for p in summary["sources"]}
         lines.append(
-            f"  largest skew between sources: {summary['skew_s']:.1f}s ({summary['earliest']} at "
+            f"  largest skew between sources: {summary['skew_s']:.3f}s ({summary['earliest']} at "
             f"{by[summary['earliest']]['time']}, {summary['latest']} at {by[summary['latest']]['time']})"
         )
     return "\n".join(lines)

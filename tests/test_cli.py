@@ -319,7 +319,7 @@ def test_recovery_summary_golden():
         [
             {"source": "app-db", "kind": "postgres", "time": "2026-12-15T14:29:59.812Z", "data_loss_s": 0.188,
              "proof": "pg_last_xact_replay_timestamp()"},
-            {"source": "cache", "kind": "redis", "time": "2026-12-15T14:15:00Z", "data_loss_s": 900.0,
+            {"source": "cache", "kind": "redis", "time": "2026-12-15T14:15:00+00:00", "data_loss_s": 900.0,
              "proof": "snapshot position"},
             {"source": "app-files", "kind": "files", "time": "2026-12-15T14:30:00Z", "data_loss_s": 0.0,
              "proof": "incremental backup"},
@@ -332,12 +332,16 @@ def test_recovery_summary_golden():
         "reached",
         "  SOURCE    KIND     RECOVERY POINT              DATA LOSS  PROOF",
         "  app-db    postgres 2026-12-15T14:29:59.812Z         0.2s  pg_last_xact_replay_timestamp()",
-        "  cache     redis    2026-12-15T14:15:00Z           900.0s  snapshot position",
-        "  app-files files    2026-12-15T14:30:00Z             0.0s  incremental backup",
-        "  largest skew between sources: 900.0s (cache at 2026-12-15T14:15:00Z, app-files at 2026-12-15T14:30:00Z)",
+        "  cache     redis    2026-12-15T14:15:00.000Z       900.0s  snapshot position",
+        "  app-files files    2026-12-15T14:30:00.000Z         0.0s  incremental backup",
+        "  largest skew between sources: 900.000s (cache at 2026-12-15T14:15:00.000Z, app-files at "
+        "2026-12-15T14:30:00.000Z)",
     ]
     one = recovery_summary("2026-12-15T14:30:00Z", summary["sources"][:1])
     assert one["skew_s"] is None and "skew" not in render_recovery_summary(one)
+    assert render_recovery_summary(one, planned=True).startswith(
+        "Stack at 2026-12-15T14:30:00Z: what each source would"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,187 @@
+"""Chains and point-in-time restores through the flows (Prefect's test harness) and through genesis-dr.
+
+The files engine's chain is the quickest real chain: a full, then incrementals that
+record creations, changes, renames, mode changes and deletions; a restore to a time
+between two backups must give exactly the tree of that moment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.errors import ConfigError
+from core.repository.manifest import COMPLETED
+from tests.servers import free_port
+from tests.test_cli import cli, one_line_error  # noqa: F401  (the command as an operator runs it)
+from tests.test_flows import run_logs
+
+
+def tree(root) -> dict:
+    """Every entry below ``root``: bytes, mode and mtime (what a restore must reproduce)."""
+    return {
+        p.relative_to(root).as_posix(): (
+            p.read_bytes() if p.is_file() else None,
+            p.stat().st_mode,
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def first_tree(root):
+    (root / "conf").mkdir(parents=True)
+    (root / "conf" / "app.ini").write_text("[app]\nversion = 1\n")
+    (root / "old-name.txt").write_text("renamed later\n")
+    (root / "doomed.txt").write_text("deleted later\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o644)
+    return root
+
+
+def change_tree(root, step: int):
+    """Each step: a file created, one modified, one renamed, a mode changed, one deleted."""
+    (root / f"new-{step}.txt").write_text(f"created at step {step}\n")
+    (root / "conf" / "app.ini").write_text(f"[app]\nversion = {step + 1}\n")
+    if step == 1:
+        (root / "old-name.txt").rename(root / "new-name.txt")
+        (root / "run.sh").chmod(0o755)
+        (root / "doomed.txt").unlink()
+    else:
+        (root / "new-1.txt").unlink()
+        (root / "new-name.txt").write_text("renamed and then changed\n")
+
+
+def after(iso_text: str) -> datetime:
+    """The first whole second after ``iso_text`` (the source documents' form has whole seconds)."""
+    when = datetime.fromisoformat(iso_text.replace("Z", "+00:00"))
+    return when.replace(microsecond=0) + timedelta(seconds=1)
+
+
+def wait_past(when: datetime) -> None:
+    """Sleep until the clock is past ``when`` (so the next backup ends after it)."""
+    delay = (when - datetime.now(UTC)).total_seconds() + 0.05
+    if delay > 0:
+        time.sleep(delay)
+
+
+def test_backup_flow_takes_incrementals_and_restores_a_point_between_them(make_stack, tmp_path):
+    from core.sources import FilesSourceConfig, RedisSourceConfig
+    from flows.backup import backup
+    from flows.restore import restore
+
+    root = first_tree(tmp_path / "app")
+    # Redis takes fulls only: the default incremental leaves it out (its server is not even up).
+    stack = make_stack(
+        [
+            FilesSourceConfig(name="app-files", root=str(root)),
+            RedisSourceConfig(name="cache", host="127.0.0.1", port=free_port()),
+        ]
+    )
+    full = backup(stack=stack.name, sources=["app-files"])[0]
+    assert (full["type"], full["status"]) == ("full", COMPLETED)
+
+    change_tree(root, 1)
+    state = backup(stack=stack.name, backup_type="incremental", return_state=True)
+    assert state.is_completed(), state.message
+    first = state.result()
+    assert [(r["source"], r["type"]) for r in first] == [("app-files", "incremental")]
+    assert any("incremental backup: left out cache (redis)" in m for m in run_logs(state.state_details.flow_run_id))
+    moment = tree(root)
+    target_time = after(first[0]["ended_at"])
+    wait_past(target_time)
+
+    change_tree(root, 2)
+    second = backup(stack=stack.name, backup_type="incremental")[0]
+    assert after(second["ended_at"]) > target_time
+    manifests = {m.id: m for m in stack.vault().list_backups("app-files")}
+    assert manifests[first[0]["id"]].chain == full["id"] == manifests[second["id"]].chain
+
+    # A source named explicitly is backed up or fails loudly: Redis has no incrementals.
+    with pytest.raises(ConfigError, match="cache: a redis source takes full backups, not incremental"):
+        backup(stack=stack.name, backup_type="incremental", sources=["cache"])
+
+    # To the moment between the two incrementals, in the source documents' form (no zone: UTC).
+    restored = tmp_path / "restored"
+    out = restore(
+        source="app-files",
+        stack=stack.name,
+        target_time=target_time.strftime("%Y-%m-%d_%H:%M:%S"),
+        target={"root": str(restored)},
+    )
+    assert out["plan"]["base_id"] == full["id"] and out["plan"]["layers"] == [first[0]["id"]]
+    assert out["plan"]["note"] == f"'{target_time.strftime('%Y-%m-%d_%H:%M:%S')}' has no zone: read as UTC"
+    assert tree(restored) == moment
+    assert out["summary"]["sources"][0]["source"] == "app-files" and out["summary"]["skew_s"] is None
+
+
+def test_point_in_time_restore_of_a_mode_through_the_command(cli, tmp_path):  # noqa: F811
+    """genesis-dr end to end: backups of each type, list --chains, a dry run that changes nothing, then
+    --mode artifacts_only restores both files sources to one instant, with each recovery point and the skew."""
+    app = first_tree(tmp_path / "app")
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "a.png").write_bytes(b"\x89PNG one")
+    stack = tmp_path / "pitr.yaml"
+    stack.write_text(
+        f"""
+stack: pitrcli
+vault: {{path: ./vault-pitr}}
+encryption: {{passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD}}
+sources:
+  - {{name: app-files, kind: files, root: {app}}}
+  - {{name: uploads, kind: files, root: {uploads}}}
+schedules:
+  incremental: '*/10 * * * *'
+"""
+    )
+    cli("apply", str(stack))
+    cli("backup", "full", "--stack", "pitrcli")
+    change_tree(app, 1)
+    (uploads / "b.png").write_bytes(b"\x89PNG two")
+    out = cli("backup", "differential", "--stack", "pitrcli").stdout
+    assert re.search(r"app-files: COMPLETED backup_\S+", out) and re.search(r"uploads: COMPLETED", out), out
+    moments = {"app-files": tree(app), "uploads": tree(uploads)}
+    listing = json.loads(cli("list", "--stack", "pitrcli", "--json").stdout)
+    ended = max(b["ended_at"] for b in listing if b["type"] == "differential")
+    target_time = after(ended)
+    wait_past(target_time)
+    change_tree(app, 2)
+    (uploads / "a.png").unlink()
+    cli("backup", "incremental", "--stack", "pitrcli", "--source", "app-files")
+
+    chains = cli("list", "--stack", "pitrcli", "--chains").stdout
+    assert re.search(r"app-files \(files\)\n  backup_\S+ full .*\n    -> backup_\S+ differential .*\n    -> backup_\S+ "
+                     r"incremental", chains), chains  # fmt: skip
+    assert re.search(r"uploads \(files\)\n  backup_\S+ full .*\n    -> backup_\S+ differential", chains), chains
+
+    typed = target_time.strftime("%Y-%m-%d %H:%M:%S")
+    targets = ["--target", f"app-files.root={tmp_path / 'r-app'}", "--target", f"uploads.root={tmp_path / 'r-up'}"]
+    args = ("restore", "--stack", "pitrcli", "--target-time", typed, "--mode", "artifacts_only", *targets)
+    plan = cli(*args, "--dry-run").stdout
+    assert f"target time: {target_time:%Y-%m-%dT%H:%M:%S}.000Z ('{typed}' has no zone: read as UTC)" in plan, plan
+    assert plan.count("Point-in-time restore plan for") == 2 and plan.rstrip().endswith("dry run: nothing was changed")
+    assert not (tmp_path / "r-app").exists() and not (tmp_path / "r-up").exists()
+
+    out = cli(*args).stdout
+    assert tree(tmp_path / "r-app") == moments["app-files"] and tree(tmp_path / "r-up") == moments["uploads"]
+    assert re.search(r"Stack restored to \S+ \('" + re.escape(typed) + r"' has no zone: read as UTC\)", out), out
+    rows = {
+        line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("  app-files ", "  uploads "))
+    }
+    assert sorted(rows) == ["app-files", "uploads"], out
+    assert re.search(r"largest skew between sources: [\d.]+s", out), out
+
+    # Bad input: a mode without the kind of --source, and a target time in the future: one line each.
+    err = one_line_error(cli("restore", "--stack", "pitrcli", "--target-time", typed, "--mode", "redis_only",
+                             "--source", "uploads", "--dry-run", expect=2))  # fmt: skip
+    assert "--source uploads is a files source, which --mode redis_only does not restore" in err
+    err = one_line_error(
+        cli("restore", "--stack", "pitrcli", "--target-time", "2999-01-01_00:00:00", "--source", "uploads",
+            "--target", f"root={tmp_path / 'r-future'}", expect=15)
+    )  # fmt: skip
+    assert "is in the future" in err and not (tmp_path / "r-future").exists()
