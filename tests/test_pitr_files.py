@@ -15,18 +15,20 @@ import shutil
 import stat
 import tarfile
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from core.chains import parse_iso, plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.base import BaseBackup, ChainSteps, RecoveryPoint, StopPoint, compare_checks
 from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM
 from core.errors import EngineError, IntegrityError, RecoveryTargetError
-from core.operations import backup_source, restore_backup
+from core.operations import RestoreReport, backup_source, restore_backup, restore_chain_plan
 from core.repository.manifest import Manifest
 from core.repository.vault import Vault
+from core.restoring import count_checks
 from core.storage.local import LocalStore
 from tests.test_engine_files import MTIME_NS, files_engine, snapshot, without_dac_override, write
 
@@ -62,6 +64,25 @@ def members(vault: Vault, keyring: Keyring, manifest: Manifest) -> list[str]:
 
 def stream_of(manifest: Manifest, name: str):
     return next(s for s in manifest.streams if s.name == name)
+
+
+def restore_at(vault: Vault, keyring: Keyring, when: str, dst: Path, force: bool = False):
+    """Plan the restore of the files source to ``when`` and execute the plan (core's path)."""
+    engine = files_engine(dst)
+    plan = plan_chain_restore(
+        vault.list_backups("app-files"),
+        vault.log_pieces("app-files"),
+        "app-files",
+        "files",
+        parse_iso(when),
+        datetime.now(UTC),
+        target=engine.describe(),
+        target_has_data=engine.has_data(),
+        force=force,
+        restores_beside=engine.restores_beside(),
+    )
+    report: RestoreReport = restore_chain_plan(vault, keyring, plan.to_dict(), engine, force=force)
+    return plan, report
 
 
 def restore_point(vault: Vault, keyring: Keyring, chain: list[str], dst: Path, stage: bool = False) -> RecoveryPoint:
@@ -175,24 +196,37 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     }
     for n, (manifest, expected) in enumerate(points):
         dst = tmp_path / f"restore-{n}"
-        point = restore_point(vault, keyring, chains[manifest.id], dst)
+        plan, report = restore_at(vault, keyring, manifest.ended_at, dst)
+        assert [plan.base_id, *plan.layers] == chains[manifest.id]
         assert snapshot(dst) == expected, manifest.type
-        assert point.position == manifest.position
-        assert point.time == manifest.position["snapshot_time"]
-        assert point.notes == []
+        assert report.mismatches == [] and report.unproven == [] and report.notes == []
+        # Verified against the whole tree as that backup recorded it (a layer's checks are a full's).
+        checks = vault.open_backup(manifest.id, keyring).result.checks
+        assert set(checks["files"]) | set(checks["dirs"]) | set(checks["symlinks"]) | set(checks["specials"]) == {
+            rel or "." for rel in expected
+        }
+        assert report.verified_checks == count_checks(checks)
         if manifest.type != "full":
-            entries = len(expected)
-            assert point.proof == f"tree index of backup {manifest.id}, {entries} entries verified"
+            assert report.recovery_point == {
+                "time": manifest.position["snapshot_time"],
+                "position": manifest.position,
+                "proof": f"tree index of backup {manifest.id}, {len(expected)} entries verified",
+            }
     # The copy and the rename share one stored member; both restored, as separate files.
     restored = tmp_path / "restore-3"
     assert (restored / "copy.bin").read_bytes() == big == (restored / "moved/big.bin").read_bytes()
     assert os.stat(restored / "copy.bin").st_ino != os.stat(restored / "moved/big.bin").st_ino
     assert os.stat(restored / "moved/disk.img").st_blocks * 512 <= 64 << 10
 
-    # Over a tree holding data: staged beside it, verified, swapped in (what core does with --force).
-    point = restore_point(vault, keyring, chains[inc2.id], tmp_path / "restore-0", stage=True)
+    # Over a tree holding data, with --force: staged beside it, verified, swapped in.
+    plan, report = restore_at(vault, keyring, inc2.ended_at, tmp_path / "restore-0", force=True)
+    assert report.method == "staged beside the target, verified, then swapped in"
+    assert report.rollback_backup_id is not None and report.mismatches == []
     assert snapshot(tmp_path / "restore-0") == points[3][1]
     assert not [p for p in os.listdir(tmp_path) if ".gdr-restore-" in p]
+    # The engine's own entry point gives the same tree.
+    restore_point(vault, keyring, chains[inc1.id], tmp_path / "direct")
+    assert snapshot(tmp_path / "direct") == points[2][1]
 
 
 def test_chain_without_a_layer_it_needs_is_refused_by_name(vault, keyring, tmp_path):
@@ -214,14 +248,18 @@ def test_chain_without_a_layer_it_needs_is_refused_by_name(vault, keyring, tmp_p
         files_engine(tmp_path / "early").restore_chain(ChainSteps(readers[0], readers[1:]), StopPoint(time=early))
     for reader in readers:
         reader.close()
-    # A layer alone is not a backup one can restore.
+    # A layer's streams alone are not a tree: the engine refuses to restore them as one...
     (tmp_path / "alone").mkdir()
+    reader = vault.open_backup(inc2.id, keyring)
     with pytest.raises(EngineError, match="is a differential or incremental.*restore it as a chain"):
-        restore_backup(vault, keyring, inc2.id, files_engine(tmp_path / "alone"))
-    # The whole chain restores.
-    restore_point(vault, keyring, [full.id, inc1.id, inc2.id], tmp_path / "whole")
-    assert (tmp_path / "whole/a.txt").read_bytes() == b"a2"
-    assert (tmp_path / "whole/b.txt").read_bytes() == b"stored by the first incremental"
+        files_engine(tmp_path / "alone").restore(reader, reader.result)
+    reader.close()
+    assert os.listdir(tmp_path / "alone") == []
+    # ... and core restores a layer by its id as its chain up to it.
+    report = restore_backup(vault, keyring, inc2.id, files_engine(tmp_path / "alone"))
+    assert report.mismatches == [] and report.recovery_point["position"] == inc2.position
+    assert (tmp_path / "alone/a.txt").read_bytes() == b"a2"
+    assert (tmp_path / "alone/b.txt").read_bytes() == b"stored by the first incremental"
 
 
 class _WithoutIndex:
