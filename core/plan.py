@@ -165,6 +165,10 @@ def plan_restore(
 
 def render_plan(plan: dict) -> str:
     """The plan as text (markdown-friendly) for --dry-run and the run's artifact."""
+    if "pieces" in plan:  # a chain's plan (core.chains)
+        from core.chains import render_chain_plan
+
+        return render_chain_plan(plan)
     lines = [
         f"Restore plan for {plan['source']}",
         f"  backup: {plan['backup_id']} ({plan['backup_type']}, {plan['backup_time']}, {plan['plain_bytes']} bytes)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from core.chains import ChainPlan, plan_chain_restore
+from core.chains import ChainPlan, parse_iso, plan_chain_restore
 from core.engines import engine_for
 from core.plan import RestorePlan, plan_restore, restore_target
 from core.stack import VaultConfig
@@ -27,8 +27,9 @@ def plan_restore_from(
     target: dict | None,
     target_source: str | None,
     force: bool,
-) -> RestorePlan:
-    """The restore plan of ``source``'s backup into its target.
+) -> RestorePlan | ChainPlan:
+    """The restore plan of ``source``'s backup into its target (for a backup on a base, the
+    plan of its chain up to it).
 
     ``config`` is anything with ``source(name)`` returning a source config: the
     stack (flows) or its local description (dry runs; the target's secrets
@@ -41,6 +42,9 @@ def plan_restore_from(
     manifests = vault.list_backups(source)
     if backup_id and all(m.id != backup_id for m in manifests):
         vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
+    on_base = next((m for m in manifests if m.id == backup_id and m.type != "full" and m.status == "COMPLETED"), None)
+    if on_base is not None:  # a differential or incremental: its chain, up to its own end
+        return plan_chain_from(config, vault_config, source, parse_iso(on_base.ended_at), target, target_source, force)
     interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
     plan = plan_restore(
         manifests,

@@ -10,16 +10,20 @@ put the rollback point back by itself if anything fails after the target changed
 from __future__ import annotations
 
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from datetime import UTC, datetime
 
 from core import cancel, targets
-from core.chains import parse_iso
+from core.chains import parse_iso, plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import ChainSteps, Engine, StopPoint, compare_checks
-from core.errors import DRError, EngineError, TargetNotEmptyError, VerificationError
+from core.errors import ConfigError, DRError, EngineError, TargetNotEmptyError, VerificationError
+from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
 
 
@@ -150,6 +154,7 @@ class _Backup:
     def __init__(self, vault: Vault, keyring: Keyring, backup_id: str, say: Progress) -> None:
         self.reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before the target
         self.label, self.manifest = backup_id, self.reader.manifest
+        self.plain_bytes = self.manifest.plain_bytes
         m = self.manifest
         say(
             f"opened backup {backup_id} of {m.source} ({size_text(m.plain_bytes)} in {len(m.streams)} streams, "
@@ -193,6 +198,7 @@ class _Chain:
         except BaseException:
             self.close()
             raise
+        self.plain_bytes = int(plan["plain_bytes"])
         self.stop = StopPoint(time=parse_iso(plan["stop_time"]) if plan.get("stop_time") else None)
         say(
             f"opened {plan['base_id']}, {len(self.layers)} backups on it and {len(self.records)} log pieces of "
@@ -254,6 +260,23 @@ class _Chain:
             self.log.close()
 
 
+def _check_room(engine: Engine, needed: int) -> None:
+    """Refuse before anything changes when the directory a restore writes into (a files root, a
+    recovered PostgreSQL data directory) has less free space than the plaintext it will hold."""
+    where = getattr(engine.config, "data_dir", None) or getattr(engine.config, "root", None)
+    if not where:
+        return  # a database server's own disk: the server reports it
+    path = Path(where)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise ConfigError(
+            f"restore target {engine.describe()}: {path} has {size_text(free)} free but the restore writes "
+            f"{size_text(needed)}; free space there or choose another target"
+        )
+
+
 def _restore_staged(load, engine: Engine, staged: Engine, say: Progress = _quiet) -> tuple[list[str], int]:
     """Restore into the sibling and verify it there; the target is untouched (the caller swaps it in)."""
     try:
@@ -296,6 +319,21 @@ def restore_backup(
     operator watches.
     """
     say = progress or _quiet
+    manifest = vault.manifest(backup_id)
+    if manifest.type != "full" and manifest.status == COMPLETED:
+        # A backup on a base is restored as its chain up to its own end: the full, the layers, the log.
+        plan = plan_chain_restore(
+            vault.list_backups(manifest.source),
+            vault.log_pieces(manifest.source) if engine.captures_log else [],
+            manifest.source,
+            engine.kind,
+            parse_iso(manifest.ended_at),
+            datetime.now(UTC),
+            target=engine.describe(),
+            target_has_data=False,
+            force=force,
+        )
+        return _restore(vault, keyring, _Chain(vault, keyring, plan.to_dict(), say), engine, force, rollback, say)
     return _restore(vault, keyring, _Backup(vault, keyring, backup_id, say), engine, force, rollback, say)
 
 
@@ -323,6 +361,7 @@ def _restore(
     label, manifest = load.label, load.manifest
     try:
         engine.ping_target()
+        _check_room(engine, load.plain_bytes)
         with targets.guard(engine.target_key(), f"restore of {label}") as target:
             interrupted = target.previous
             if interrupted and interrupted.staged_tag:
