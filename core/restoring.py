@@ -14,8 +14,8 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 
 from core import cancel, targets
 from core.chains import parse_iso, plan_chain_restore
