@@ -63,6 +63,7 @@ class RestorePlan:
     chain: list[str]
     steps: list[str] = field(default_factory=list)
     refusal: str | None = None
+    method: str | None = None  # the engine's way of loading and proving this backup, if it has a choice
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +121,7 @@ def plan_restore(
     force: bool,
     restores_beside: bool = False,
     interrupted: str | None = None,
+    method: str | None = None,
 ) -> RestorePlan:
     chosen = choose_backup(manifests, source, backup_id, target_time)
     plan = RestorePlan(
@@ -132,6 +134,7 @@ def plan_restore(
         target_has_data=target_has_data,
         force=force,
         chain=[chosen.id],
+        method=method,
     )
     plan.steps.append(
         f"open {chosen.id} ({chosen.kind} {chosen.type}, {chosen.ended_at}): unwrap key, check manifest MAC"
@@ -148,14 +151,17 @@ def plan_restore(
     if target_has_data:
         plan.steps.append(f"take a rollback backup of {target} (full, label purpose=rollback)")
     plan.steps.append("lock the target and mark it 'restore in progress' (the vault is only read)")
+    how = f"; {method}" if method else ""
     if restores_beside:
         plan.steps.append(
-            f"stream {chosen.plain_bytes} bytes from the vault into a new sibling of {target}, every chunk authenticated"
+            f"stream {chosen.plain_bytes} bytes from the vault into a new sibling of {target}, every chunk authenticated{how}"
         )
         plan.steps.append("verify the sibling against the checks recorded at backup time")
         plan.steps.append(f"swap the verified sibling into place as {target}; the target is unchanged until then")
     else:
-        plan.steps.append(f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated")
+        plan.steps.append(
+            f"stream {chosen.plain_bytes} bytes from the vault into {target}, every chunk authenticated{how}"
+        )
         plan.steps.append("verify the target against the checks recorded at backup time")
         if target_has_data:
             plan.steps.append("if anything fails after the target changed, restore the rollback backup automatically")

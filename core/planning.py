@@ -13,7 +13,7 @@ from typing import Any
 
 from core.chains import ChainPlan, parse_iso, plan_chain_restore
 from core.engines import engine_for
-from core.plan import RestorePlan, plan_restore, restore_target
+from core.plan import RestorePlan, choose_backup, plan_restore, restore_target
 from core.stack import VaultConfig
 from core.targets import unfinished_restores
 
@@ -56,11 +56,9 @@ def plan_restore_from(
         force,
         restores_beside=engine.restores_beside(),
         interrupted=interrupted,
+        # The engine's path for this backup (how it is loaded and proved), said on the load step.
+        method=engine.restore_method(choose_backup(manifests, source, backup_id, target_time).position),
     )
-    chosen = next((m for m in manifests if m.id == plan.backup_id), None)
-    method = engine.restore_method(chosen.position) if chosen is not None and plan.refusal is None else None
-    if method:  # the engine's path, said on the step that loads the data
-        plan.steps = [f"{step}; {method}" if step.startswith("stream ") else step for step in plan.steps]
     return plan
 
 
