@@ -9,6 +9,8 @@ named, not skipped.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.redis.engine import RedisEngine
+from core.engines.redis.stream import Spool
 from core.errors import LogGapError
 from core.operations import backup_source, capture_source, restore_chain_plan
 from core.repository.vault import Vault
@@ -232,3 +235,70 @@ def test_capture_without_a_full_takes_one_through_its_own_link_and_loses_no_writ
     assert len(written) > 100
     assert_same_redis(expected, snapshot_redis(target.client))
     assert report.recovery_point["position"]["offset"] == pieces[-1].end["offset"]
+
+
+_CHILD = """
+import sys, threading
+from core.crypto.keys import Keyring
+from core.engines.redis.engine import RedisEngine
+from core.engines.redis.stream import Spool
+from core.operations import capture_source
+from core.repository.vault import Vault
+from core.sources import RedisSourceConfig
+from core.storage.local import LocalStore
+
+vault = Vault.open(LocalStore(sys.argv[1]))
+config = RedisSourceConfig(name=sys.argv[2], host="127.0.0.1", port=int(sys.argv[3]), rpo_seconds=600)
+capture_source(vault, Keyring(passphrase="pw"), RedisEngine(config), threading.Event())
+"""
+
+
+def test_a_killed_capture_ships_its_spool_and_a_dropped_link_resumes_without_a_gap(
+    redis_session, vault, keyring, capturing, spool, tmp_path
+):
+    source = _fresh(redis_session("source"))
+    target = redis_session("target")
+    c = source.client()
+    c.set("before", 0)
+    backup_source(vault, keyring, RedisEngine(source.config(SOURCE)))
+    # A capture whose RPO is far away holds what it received in its spool only; then it is killed.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "vault"), SOURCE, str(source.port)],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not source.client().info("replication").get("connected_slaves") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(20):
+            c.set(f"spooled:{i}", i)
+        wanted = int(c.info("replication")["master_repl_offset"])
+        while time.monotonic() < deadline:
+            found = Spool(spool / SOURCE).recover()
+            if found and found[0]["offset"] + sum(len(d) for _, d in found[2]) >= wanted:
+                break
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    killed_at = datetime.now(UTC)
+    assert vault.log_pieces(SOURCE) == []
+
+    capture = capturing(RedisEngine(source.config(SOURCE, rpo_seconds=1)))
+    c.set("after-restart", 1)
+    capture.wait_shipped(source)
+    # The primary drops the link (as on a network fault): the capture continues after its last byte.
+    c.client_kill_filter(_type="replica")
+    c.set("after-drop", 2)
+    capture.wait_shipped(source)
+    capture.finish()
+    expected = snapshot_redis(source.client)
+
+    first = vault.log_pieces(SOURCE)[0]
+    # Shipped from the spool: its commands carry the times the killed capture received them.
+    assert _parse(first.last_time) < killed_at
+    assert first.info.extra["commands"] == 20
+    assert any("reconnecting" in m for m in capture.messages)
+    time.sleep(1.1)
+    _restore_to(vault, keyring, target, datetime.now(UTC))
+    assert_same_redis(expected, snapshot_redis(target.client))

@@ -244,6 +244,9 @@ class Spool:
         assert self.f is not None
         self.f.write(_RECORD.pack(b"R", at_ms, len(data)))
         self.f.write(data)
+        # To the OS at once (not fsynced): a killed capture's next run ships it (a crashed host's
+        # run reads it from the primary's backlog instead).
+        self.f.flush()
         if not self.records:
             self.first_ms = at_ms
         self.last_ms = at_ms
@@ -320,23 +323,34 @@ class Capture:
                 "set mode: rdb for this source (managed Redis without SYNC has snapshots only)"
             )
         try:
-            sync = self._start()
-            attempts = 0
+            sync: ReplicaSync | None = self._start()
+            failures = 0
             while True:
+                assert sync is not None
+                began = time.monotonic()
                 try:
                     if self._stream(sync):
                         return
-                    attempts = 0
                 except SourceUnavailableError as exc:
-                    self._ship()
-                    attempts += 1
-                    if attempts > RECONNECTS:
-                        raise
-                    self.log.progress(f"{self.label}: {exc}; reconnecting ({attempts}/{RECONNECTS})")
-                    time.sleep(min(8.0, 0.5 * 2**attempts))
+                    failure = exc
                 finally:
                     sync.close()
-                sync = self._connect()
+                # The link dropped: ship what arrived, then continue after it as a replica would.
+                self._ship()
+                if time.monotonic() - began > IO_TIMEOUT:
+                    failures = 0  # the link had been healthy: count this drop afresh
+                sync = None
+                while sync is None:
+                    failures += 1
+                    if failures > RECONNECTS:
+                        raise failure
+                    self.log.progress(f"{self.label}: {failure}; reconnecting ({failures}/{RECONNECTS})")
+                    if self.stop.wait(min(8.0, 0.5 * 2**failures)):
+                        return
+                    try:
+                        sync = self._connect()
+                    except SourceUnavailableError as exc:
+                        failure = exc
         finally:
             self.spool.close()
 
@@ -361,10 +375,13 @@ class Capture:
         if full_start is not None and (last is None or full_start[1] > self.offset):
             if refused is not None:
                 refused.close()
-            self.spool.remove()
             self.replid, self.offset = full_start
             # The primary forces a SELECT into the stream right after a snapshot.
             self.db = 0
+            if last is None:
+                self._ship_recovered()  # a first capture killed before it shipped anything
+            else:
+                self.spool.remove()
             refused = self._psync()
             if refused is None:
                 return self._sync
@@ -406,6 +423,7 @@ class Capture:
             self.spool.add(at, data, 0)
         self.spool.commands = framer.commands
         self.db = framer.db
+        self.offset += self.spool.bytes
         self.log.progress(f"{self.label}: shipping {self.spool.records} records a stopped capture had spooled")
         self._ship()
 
