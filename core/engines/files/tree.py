@@ -48,7 +48,9 @@ TREE_STREAM = "tree.jsonl"
 CHANGES_STREAM = "changes.tar"
 FORMAT = "genesis-dr-tree"
 VERSION = 1
-_WRITE = 1 << 20
+# ensure_ascii keeps names that are not UTF-8 (lone surrogates) as \udcXX escapes: lossless.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_BATCH = 4096  # entries per write (a few hundred bytes each)
 # A file whose change time is this close to (or after) the start of the walk that recorded it
 # may have changed again within the same timestamp tick after it was read ("racy git"): the
 # next backup hashes it even if its stat fields are the same. File systems stamp times from a
@@ -73,19 +75,10 @@ def write_index(out: Writable, base_id: str | None, walk_started_ns: int, entrie
         "base": base_id,
         "walk_started_ns": walk_started_ns,
     }
-    buf = bytearray(_line(header))
-    for entry in entries:
-        buf += _line(entry)
-        if len(buf) >= _WRITE:
-            out.write(bytes(buf))
-            buf.clear()
-    if buf:
-        out.write(bytes(buf))
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    # ensure_ascii keeps names that are not UTF-8 (lone surrogates) as \\udcXX escapes: lossless.
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("ascii") + b"\n"
+    out.write(_ENCODER.encode(header).encode("ascii") + b"\n")
+    for start in range(0, len(entries), _BATCH):
+        lines = "\n".join(map(_ENCODER.encode, entries[start : start + _BATCH]))
+        out.write(lines.encode("ascii") + b"\n")
 
 
 def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
