@@ -144,7 +144,9 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
         return one_line_error(proc)
 
     assert "backup_20200101_000000_deadbeef" in restore("--backup-id", "backup_20200101_000000_deadbeef", expect=8)
-    assert "no completed backup" in restore("--target-time", "2001-01-01T00:00:00Z", expect=8)
+    # A point in time the vault cannot reach: before its oldest backup, or in the future (exit 15).
+    assert "before the oldest recoverable point" in restore("--target-time", "2001-01-01T00:00:00Z", expect=15)
+    assert "is in the future" in restore("--target-time", "2999-01-01T00:00:00Z", expect=15)
     backup_id = json.loads(cli("list", "--stack", "errs", "--json").stdout)[0]["id"]
 
     # Another passphrase where the stack reads it: restores refuse, and print neither passphrase.
@@ -152,7 +154,7 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
     assert "wrong passphrase" in err and "not-the-right-one" not in err
 
     # One flipped byte in a stored chunk: refused, nothing restored.
-    chunk = next((tmp_path / "vault-errs" / "backups" / backup_id / "streams").rglob("00000000"))
+    chunk = tmp_path / "vault-errs" / "backups" / backup_id / "streams" / "files.tar" / "00000000"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x40
     chunk.write_bytes(bytes(raw))
@@ -168,7 +170,7 @@ def test_expected_failures_exit_with_their_codes(cli, tmp_path):
             "--source",
             "app-files",
             "--target-time",
-            "2999-01-01T00:00:00Z",
+            "now",
             "--target",
             f"root={tmp_path / 'r'}",
         ).stdout
