@@ -224,9 +224,12 @@ def test_each_point_of_a_chain_restores_that_moments_tree(vault, keyring, tmp_pa
     assert report.rollback_backup_id is not None and report.mismatches == []
     assert snapshot(tmp_path / "restore-0") == points[3][1]
     assert not [p for p in os.listdir(tmp_path) if ".gdr-restore-" in p]
-    # The engine's own entry point gives the same tree.
+    # The engine's own entry point gives the same tree; in place over another point's tree (a
+    # target that cannot be staged), what the point lacks is pruned.
     restore_point(vault, keyring, chains[inc1.id], tmp_path / "direct")
     assert snapshot(tmp_path / "direct") == points[2][1]
+    restore_point(vault, keyring, chains[diff.id], tmp_path / "direct")
+    assert snapshot(tmp_path / "direct") == points[1][1]
 
 
 def test_chain_without_a_layer_it_needs_is_refused_by_name(vault, keyring, tmp_path):
