@@ -114,6 +114,16 @@ class ChainRestore:
     streams_read: list[str] = field(default_factory=list)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except (KeyError, TypeError, ValueError) as exc:
+            # The index is authenticated, so this is a bug or a foreign writer, never a tree to guess at.
+            raise IntegrityError(
+                f"{self.label}: the tree index of backup {self.index.backup_id} has a malformed entry "
+                f"({type(exc).__name__}: {exc}); restore another point"
+            ) from None
+
+    def _run(self) -> None:
         final = self.index.backup_id
         ids = [r.manifest.id for r in self.readers]
         wanted: dict[str, dict[str, list[dict[str, Any]]]] = {}
