@@ -69,6 +69,36 @@ def wait_for_state(flow_run_id, done, timeout: float = 240):
             time.sleep(1)
 
 
+# The source documents' cadence (UTC): what prefect.yaml deploys when the stack file says nothing.
+DOCUMENTS_CADENCE = {
+    "full": ("0 */6 * * *", True, 1, "ENQUEUE"),
+    "differential": ("0 * * * *", True, 1, "CANCEL_NEW"),
+    "incremental": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
+    "redis": ("*/15 * * * *", True, 1, "CANCEL_NEW"),
+    # Kept alive: due every 5 minutes, cancelled at once while the live capture holds the one slot.
+    "capture": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
+}
+
+
+def deployed_schedules(by_name: dict) -> dict:
+    """Deployment name -> (cron, active, concurrency limit, collision strategy) of our schedule (slug
+    genesis-dr-stack), for every deployment that has one."""
+    out = {}
+    for name, deployment in by_name.items():
+        ours = [s for s in deployment.schedules if s.slug == "genesis-dr-stack"]
+        if not ours:
+            continue
+        assert len(ours) == 1 and ours[0].schedule.timezone == "UTC", (name, ours)
+        options = deployment.concurrency_options
+        out[name] = (
+            ours[0].schedule.cron,
+            ours[0].active,
+            deployment.global_concurrency_limit.limit if deployment.global_concurrency_limit else None,
+            getattr(options.collision_strategy, "value", options.collision_strategy) if options else None,
+        )
+    return out
+
+
 def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_factory, tmp_path):
     """Every line of the README's recipe, in one bash, against a fresh Prefect home and server.
 
@@ -107,6 +137,9 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
     env = clean_env(
         PREFECT_HOME=str(tmp_path / "prefect-home"),  # a fresh machine: no database, no profile
         PREFECT_SERVER_API_PORT=str(port),
+        # The schedules are live (every 5 minutes): without this a capture or an incremental could start on the
+        # test's servers in the middle of the recipe. Checked below from the deployments themselves instead.
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         BACKUP_ROOT_DIR=str(vault),
         DB_HOST=pg_server.host,
         DB_PORT=str(pg_server.port),
@@ -139,7 +172,7 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
             with get_client(sync_client=True) as client:
                 deployments = {d.id: d for d in client.read_deployments()}
                 by_name = {d.name: d for d in deployments.values()}
-                assert by_name["full"].schedules[0].schedule.cron == "0 2 * * *"
+                assert deployed_schedules(by_name) == DOCUMENTS_CADENCE
                 started = [r for r in client.read_flow_runs() if r.start_time is not None]
                 outcome = {deployments[r.deployment_id].name: r.state_type.value for r in started}
                 assert outcome == {"full": "COMPLETED", "restore": "COMPLETED"}, outcome
@@ -245,3 +278,69 @@ def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_fact
         stop_group(worker)
     output = worker_log.read_text()
     assert "already holds data" in output and "Traceback" not in output, output[-4000:]
+
+
+def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api, tmp_path):
+    """A stack file's `schedules:` override prefect.yaml's cadence without editing it: applied before
+    `prefect deploy` (the build step reads them back) and after it (apply rewrites the deployed schedules);
+    a schedule an operator added beside ours is left alone."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import PREFECT_API_URL
+
+    from core.stack import load_stack_file
+    from deployments.schedules import apply_schedules
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+
+    def run(*argv: str) -> str:
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    (tmp_path / "app").mkdir()
+    stack = tmp_path / "default.yaml"
+
+    def write(schedules: str) -> None:
+        stack.write_text(
+            f"stack: default\nvault: {{path: {tmp_path / 'vault'}}}\nencryption: {{passphrase_from: env:NOPE}}\n"
+            f"sources:\n  - {{name: app-files, kind: files, root: {tmp_path / 'app'}}}\nschedules:\n{schedules}"
+        )
+
+    def deployed() -> dict:
+        with get_client(sync_client=True) as client:
+            return deployed_schedules({d.name: d for d in client.read_deployments()})
+
+    # Before the deployments exist: stored, and `prefect deploy` templates prefect.yaml's schedules from it.
+    write("  incremental: '*/10 * * * *'\n  capture: 'off'\n")
+    out = run(sys.executable, "-m", "cli.main", "apply", str(stack))
+    assert "schedules of stack 'default' stored; 'prefect deploy --all' puts them on its deployments" in out, out
+    run(PREFECT, "work-pool", "create", "genesis-dr", "--type", "process", "--overwrite")
+    run(PREFECT, "--no-prompt", "deploy", "--all")
+    assert deployed() == DOCUMENTS_CADENCE | {
+        "incremental": ("*/10 * * * *", True, 1, "CANCEL_NEW"),
+        "capture": ("*/5 * * * *", False, 1, "CANCEL_NEW"),  # off: paused, its default cron kept
+    }
+
+    # After: apply rewrites our schedule of each deployment of that stack, and nothing else.
+    with get_client(sync_client=True) as client:
+        full = client.read_deployment_by_name("backup/full")
+        client.create_deployment_schedules(full.id, [(CronSchedule(cron="30 3 * * 0", timezone="UTC"), True)])
+    write("  incremental: '*/20 * * * *'\n  full: '15 */4 * * *'\n")
+    out = run(sys.executable, "-m", "cli.main", "apply", str(stack))
+    assert "schedule of deployment backup/incremental: cron '*/20 * * * *' UTC" in out, out
+    assert "schedule of deployment capture/capture: cron '*/5 * * * *' UTC" in out, out
+    assert deployed() == DOCUMENTS_CADENCE | {
+        "incremental": ("*/20 * * * *", True, 1, "CANCEL_NEW"),
+        "full": ("15 */4 * * *", True, 1, "ENQUEUE"),
+    }
+    with get_client(sync_client=True) as client:
+        crons = sorted(s.schedule.cron for s in client.read_deployment_by_name("backup/full").schedules)
+    assert crons == ["15 */4 * * *", "30 3 * * 0"]
+
+    # Leave the shared server's deployments of 'default' paused (other tests run workers on it).
+    off = "".join(f"  {name}: 'off'\n" for name in DOCUMENTS_CADENCE)
+    write(off)
+    apply_schedules(load_stack_file(stack))
+    assert {name: active for name, (_, active, _, _) in deployed().items()} == dict.fromkeys(DOCUMENTS_CADENCE, False)
