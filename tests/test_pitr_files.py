@@ -22,8 +22,9 @@ import pytest
 
 from core.chains import parse_iso, plan_chain_restore
 from core.crypto.keys import Keyring
-from core.engines.base import BaseBackup, ChainSteps, RecoveryPoint, StopPoint, compare_checks
-from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM
+from core.engines.base import BackupResult, BaseBackup, ChainSteps, RecoveryPoint, StopPoint, compare_checks
+from core.engines.files.pax import PaxWriter
+from core.engines.files.tree import CHANGES_STREAM, TREE_STREAM, write_index
 from core.errors import EngineError, IntegrityError, RecoveryTargetError
 from core.operations import RestoreReport, backup_source, restore_backup, restore_chain_plan
 from core.repository.manifest import Manifest
@@ -356,3 +357,36 @@ def test_files_untouched_since_well_before_the_base_are_not_read_again(vault, ke
     assert members(vault, keyring, inc) == []  # both referenced: same content as in the full
     restore_point(vault, keyring, [full.id, inc.id], tmp_path / "dst")
     assert snapshot(tmp_path / "dst") == snapshot(src)
+
+
+def put_layer(vault: Vault, keyring: Keyring, engine, entries: list[dict]) -> Manifest:
+    """A layer written by hand where the engine writes one: an empty changes.tar and ``entries``."""
+    writer = vault.begin_backup(
+        source="app-files", kind="files", backup_type="incremental", target=engine.describe(), keyring=keyring
+    )
+    with writer.open_stream(CHANGES_STREAM) as out:
+        PaxWriter(out).close()
+    with writer.open_stream(TREE_STREAM) as out:
+        write_index(out, None, time.time_ns(), entries)
+    return writer.commit(BackupResult(position={"snapshot_time": datetime.now(UTC).isoformat()}))
+
+
+def test_layer_whose_index_names_content_it_lacks_or_is_malformed_is_refused(vault, keyring, tmp_path):
+    src = tmp_path / "src"
+    write(src / "a.txt", b"a")
+    engine = files_engine(src)
+    full = backup_source(vault, keyring, engine, "full")
+    root = {"path": ".", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": MTIME_NS}
+    file = {**root, "path": "x.txt", "type": "file", "mode": 0o644, "size": 3, "sha256": "0" * 64}
+    lacking = put_layer(vault, keyring, engine, [root, file])
+    with pytest.raises(IntegrityError) as caught:
+        restore_point(vault, keyring, [full.id, lacking.id], tmp_path / "dst1")
+    assert str(caught.value) == (
+        f"files 'app-files': stream changes.tar of backup {lacking.id} lacks x.txt, which the tree index of backup "
+        f"{lacking.id} takes from it (1 members missing); the chain is damaged, restore another point"
+    )
+    sub = {**root, "path": "sub"}
+    malformed = put_layer(vault, keyring, engine, [root, sub, {**root, "path": "sub/s", "type": "socket"}])
+    with pytest.raises(IntegrityError, match=f"the tree index of backup {malformed.id} has a malformed entry"):
+        restore_point(vault, keyring, [full.id, malformed.id], tmp_path / "dst2")
+    assert os.listdir(tmp_path / "dst2") == []  # checked before anything was made

@@ -51,11 +51,22 @@ FULL_STREAM = "files.tar"
 _TYPES = {"file": REGTYPE, "dir": DIRTYPE, "symlink": SYMTYPE, "fifo": FIFOTYPE, "char": CHRTYPE, "block": BLKTYPE}
 
 
-def member_of(entry: dict[str, Any]) -> Member:
+def member_of(entry: dict[str, Any], label: str, backup_id: str) -> Member:
     """An archive member carrying an index entry's metadata (what SafeExtractor writes)."""
-    kind = _TYPES.get(entry["type"])
-    if kind is None:
-        raise IntegrityError(f"tree index entry {show_path(entry['path'])} has unknown type {entry['type']!r}")
+    try:
+        return _member_of(entry)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # The index is authenticated: a bad entry is a bug or a foreign writer, never a tree to guess at.
+        raise IntegrityError(
+            f"{label}: the tree index of backup {backup_id} has a malformed entry ({type(exc).__name__}: {exc}); "
+            "restore another point"
+        ) from None
+
+
+def _member_of(entry: dict[str, Any]) -> Member:
+    kind = _TYPES[entry["type"]]
+    if kind == REGTYPE and not (isinstance(entry["size"], int) and isinstance(entry["sha256"], str)):
+        raise ValueError(f"file {entry['path']!r} without a valid size or sha256")
     major = minor = 0
     if "rdev" in entry:
         major, minor = (int(n) for n in entry["rdev"].split(":"))
@@ -114,20 +125,12 @@ class ChainRestore:
     streams_read: list[str] = field(default_factory=list)
 
     def run(self) -> None:
-        try:
-            self._run()
-        except (KeyError, TypeError, ValueError) as exc:
-            # The index is authenticated, so this is a bug or a foreign writer, never a tree to guess at.
-            raise IntegrityError(
-                f"{self.label}: the tree index of backup {self.index.backup_id} has a malformed entry "
-                f"({type(exc).__name__}: {exc}); restore another point"
-            ) from None
-
-    def _run(self) -> None:
         final = self.index.backup_id
         ids = [r.manifest.id for r in self.readers]
         wanted: dict[str, dict[str, list[dict[str, Any]]]] = {}
         links: list[dict[str, Any]] = []
+        for entry in self.index.entries:
+            member_of(entry, self.label, final)  # every entry is valid before anything is written
         for entry in self.index.entries:
             if "links_to" in entry:
                 links.append(entry)
@@ -151,7 +154,7 @@ class ChainRestore:
         self.extractor.drain()
 
     def _make(self, entry: dict[str, Any], data: Any, stored: Member | None) -> None:
-        member = member_of(entry)
+        member = member_of(entry, self.label, self.index.backup_id)
         if stored is not None:
             if stored.size != member.size:
                 raise IntegrityError(
