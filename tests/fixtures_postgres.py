@@ -57,6 +57,8 @@ class PostgresServer:
     pg_ctl: str
     user: str = "postgres"
     host: str = "127.0.0.1"
+    # Extra server settings (``-c name=value ...``), e.g. the point-in-time server's WAL settings.
+    options: str = ""
 
     @property
     def datadir(self) -> Path:
@@ -101,13 +103,15 @@ class PostgresServer:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
             " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         )
+        if self.options:
+            opts += " " + self.options  # later settings win
         _as_postgres(self.pg_ctl, "-D", str(self.datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         _as_postgres(self.pg_ctl, "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
 
 
-def start_postgres_server(prefix: str = "gdr-pg-") -> PostgresServer:
+def start_postgres_server(prefix: str = "gdr-pg-", options: str = "") -> PostgresServer:
     """initdb + start a server as the ``postgres`` user; the caller stops it."""
     initdb = require_binary("initdb", "/usr/lib/postgresql/15/bin/initdb")
     pg_ctl = require_binary("pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl")
@@ -136,13 +140,13 @@ def start_postgres_server(prefix: str = "gdr-pg-") -> PostgresServer:
         )
     finally:
         pwfile.unlink()
-    server = PostgresServer(port=free_port(), password=password, root=root, pg_ctl=pg_ctl)
+    server = PostgresServer(port=free_port(), password=password, root=root, pg_ctl=pg_ctl, options=options)
     server.start()
     return server
 
 
-def _server_fixture(prefix: str):
-    server = start_postgres_server(prefix)
+def _server_fixture(prefix: str, options: str = ""):
+    server = start_postgres_server(prefix, options)
     try:
         yield server
     finally:
@@ -163,6 +167,34 @@ def pg_server():
 def pg_server_b():
     """A second, independent server (its own roles): restores 'into another server'."""
     yield from _server_fixture("gdr-pg-b-")
+
+
+# Point-in-time recovery needs what a production primary has: full-page writes (a base backup
+# taken while pages change is repaired by them), synchronous commits (a committed row is in the
+# WAL the capture streams), replication connections (initdb's pg_hba.conf allows them from
+# 127.0.0.1 with the host auth method). Small WAL limits let a test get WAL removed quickly.
+PITR_SERVER_OPTIONS = (
+    "-c wal_level=replica -c full_page_writes=on -c synchronous_commit=on -c max_wal_senders=10"
+    " -c max_replication_slots=10 -c min_wal_size=32MB -c max_wal_size=64MB -c wal_keep_size=0"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_pitr_server():
+    """A server set up like a primary that ships its WAL: physical backups and WAL capture."""
+    yield from _server_fixture("gdr-pg-pitr-", PITR_SERVER_OPTIONS)
+
+
+def fresh_data_dir(prefix: str = "gdr-pg-restored-") -> Path:
+    """A path for a new data directory (not created) that the ``postgres`` user may create and enter."""
+    return shared_tmpdir(prefix) / "data"
+
+
+def stop_cluster(data_dir: Path) -> None:
+    """Stop a cluster a point-in-time restore started in ``data_dir`` (a missing one is fine)."""
+    pg_ctl = require_binary("pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl")
+    if (Path(data_dir) / "postmaster.pid").exists():
+        _as_postgres(pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "stop")
 
 
 @pytest.fixture

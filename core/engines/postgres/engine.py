@@ -107,8 +107,18 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
-from core.engines.postgres import checks, roles, target
+from core.engines.base import (
+    BackupResult,
+    BaseBackup,
+    ChainSteps,
+    Engine,
+    LogSink,
+    RecoveryPoint,
+    StopPoint,
+    StreamSink,
+    StreamSource,
+)
+from core.engines.postgres import checks, physical, recovery, roles, target, wal
 from core.engines.postgres.roles import GLOBALS_STREAM
 from core.engines.tools import StderrTail, ToolGroup, last_line
 from core.errors import DRError, EngineError, SourceUnavailableError, redact
@@ -233,10 +243,13 @@ def _missing_database(exc: BaseException) -> bool:
 
 
 class PostgresEngine(Engine):
-    """One PostgreSQL database: a backup source or a restore target."""
+    """One PostgreSQL database (a backup source or a restore target), or, with ``data_dir``
+    set, a new cluster a physical backup and its WAL are recovered into (``recovery.py``)."""
 
     kind = "postgres"
     config: PostgresSourceConfig
+    backup_types = ("full", "differential", "incremental")
+    captures_log = True
 
     def __init__(self, config: PostgresSourceConfig) -> None:
         super().__init__(config)
@@ -248,6 +261,8 @@ class PostgresEngine(Engine):
     # ------------------------------------------------------------------ connections
 
     def describe(self) -> str:
+        if self.config.data_dir:
+            return f"postgres cluster in {self.config.data_dir} on port {self.config.port}"
         return f"postgres {self.config.host}:{self.config.port}/{self.config.database}"
 
     def _where(self) -> str:
@@ -364,7 +379,11 @@ class PostgresEngine(Engine):
         self._connect().close()
 
     def ping_target(self) -> None:
-        """Like ``ping``, but a database that does not exist yet is fine: ``restore`` creates it."""
+        """Like ``ping``, but a database that does not exist yet is fine: ``restore`` creates it.
+        A new cluster (``data_dir``): its parent directory exists and the port is free."""
+        if self.config.data_dir:
+            recovery.check_target(self)
+            return
         try:
             psycopg.connect(**self._connect_kwargs(self.config.database)).close()
         except psycopg.OperationalError as exc:
@@ -373,7 +392,10 @@ class PostgresEngine(Engine):
             self._connect(self._maintenance_db()).close()  # the server is up and takes our login
 
     def has_data(self) -> bool:
-        """True if the database exists and holds user objects or large objects."""
+        """True if the database exists and holds user objects or large objects (a new cluster's
+        ``data_dir``: exists and is not empty)."""
+        if self.config.data_dir:
+            return recovery.data_dir_holds_data(Path(self.config.data_dir))
         try:
             conn = psycopg.connect(**self._connect_kwargs(self.config.database), autocommit=True)
         except psycopg.OperationalError as exc:
@@ -383,7 +405,47 @@ class PostgresEngine(Engine):
         with conn:
             return target.holds_data(conn)
 
-    def backup(self, sink: StreamSink) -> BackupResult:
+    def backup(self, sink: StreamSink, base: BaseBackup | None = None) -> BackupResult:
+        """A full (physical or logical, see ``backup_method``), or on a ``base``: no data, the WAL
+        position the vault's log must reach (the WAL since the base is the change)."""
+        if base is not None:
+            if not base.result.position.get("physical") and not base.result.position.get("lsn"):
+                raise EngineError(f"backup {base.id} of {self.config.name} has no WAL position to build on")
+            position = self.log_position(switch=True)
+            return BackupResult(position=position, tool_versions={"server": self._server_version()})
+        if self._physical():
+            return physical.backup_physical(self, sink)
+        return self._backup_logical(sink)
+
+    def _physical(self) -> bool:
+        method = self.config.backup_method
+        if method != "auto":
+            return method == "physical"
+        with self._connect() as conn:
+            return physical.physical_possible(conn, self.config.slot)
+
+    def _server_version(self) -> str:
+        with self._connect() as conn:
+            return conn.execute("SELECT current_setting('server_version')").fetchone()[0].split()[0]
+
+    # ------------------------------------------------------------------ WAL (see wal.py, recovery.py)
+
+    def log_position(self, switch: bool = False) -> dict[str, Any]:
+        return wal.log_position(self, switch)
+
+    def capture(self, log: LogSink, stop: Any, until: dict[str, Any] | None = None) -> None:
+        wal.WalCapture(self, log, stop, until).run()
+
+    def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
+        if not self.config.data_dir:
+            raise EngineError(
+                f"a point-in-time restore of {self.config.name} builds a new cluster: set data_dir (and a free port) "
+                "on the restore target"
+            )
+        position = steps.base.result.position
+        return recovery.restore_cluster(self, steps.base, position, steps.pieces, stop, progress)
+
+    def _backup_logical(self, sink: StreamSink) -> BackupResult:
         pg_dump = find_tool("pg_dump")
         dump_version = tool_version(pg_dump)
         conn = self._connect()
@@ -504,7 +566,11 @@ class PostgresEngine(Engine):
 
     def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
         """Restore into this config's database (see the module docstring); returns the notes:
-        one line per role, owner, grant or object not restored exactly as backed up."""
+        one line per role, owner, grant or object not restored exactly as backed up.
+        A physical full restores into a new cluster (``data_dir``), stopping at its own end."""
+        if result.position.get("physical") or self.config.data_dir:
+            point = recovery.restore_cluster(self, source, result.position, [], StopPoint())
+            return list(point.notes)
         pg_restore = find_tool("pg_restore")
         restore_version = tool_version(pg_restore)
         dumped_by = result.tool_versions.get("pg_dump")
@@ -729,8 +795,9 @@ class PostgresEngine(Engine):
 
     def stage(self, tag: str) -> PostgresEngine | None:
         """An engine on ``<database>_gdr_<tag>`` on the same server (created by its ``restore``);
-        None (restore in place) if the user may not create it and rename it into place."""
-        if self._staged_for:
+        None (restore in place) if the user may not create it and rename it into place, or for a
+        new cluster (``data_dir``: it is only ever built in an empty directory)."""
+        if self._staged_for or self.config.data_dir:
             return None
         with self._connect(self._maintenance_db()) as conn:
             if not target.may_swap(conn, self.config.database):
@@ -741,6 +808,8 @@ class PostgresEngine(Engine):
         return staged
 
     def restores_beside(self) -> bool:
+        if self.config.data_dir:
+            return False
         return self.stage("00000000") is not None  # stage() only reads the catalog
 
     def swap_in(self, staged: Engine) -> None:
@@ -798,9 +867,15 @@ class PostgresEngine(Engine):
             raise self._sql_error(exc, "removing the staged copy", "drop it by hand (DROP DATABASE)") from None
 
     def target_key(self) -> str:
+        if self.config.data_dir:
+            return f"postgres cluster {Path(self.config.data_dir).absolute()}"
         return f"postgres {self.config.host.lower()}:{self.config.port}/{self.config.database}"
 
     def collect_checks(self, reference: dict[str, Any]) -> dict[str, Any]:
+        if set(reference) <= {"cluster"}:
+            # A physical full's checks: the recovered cluster is that cluster (see physical.py).
+            with self._connect() as conn:
+                return {"cluster": physical.cluster_checks(conn)} if reference else {}
         conn = self._connect()
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -1,0 +1,401 @@
+"""Continuous WAL capture through a physical replication slot into the vault's log.
+
+``pg_receivewal --slot <slot> --synchronous --no-loop -D <spool>`` streams the
+source's WAL into a local spool directory; this module ships each completed
+segment as one piece of the vault's log (name = WAL file name, start/end LSN,
+the first and last commit time inside it from ``pg_waldump``) and deletes it
+from the spool once ``ship`` returned. The spool only ever holds what is not
+yet in the vault (about one segment, plus whatever a slow vault backs up).
+
+RPO: a segment fills only as fast as the server writes (16 MB; on a quiet
+database that takes hours). Whenever ``rpo_seconds`` passed since the last
+piece and new WAL was flushed, the flushed prefix of the current ``.partial``
+segment is shipped as a *partial* piece (same start as the segment, end = the
+flushed LSN); a later piece with the same start supersedes it. We chose this
+over forcing ``pg_switch_wal()``: a forced switch makes the server write and
+keep a whole new 16 MB segment per RPO interval (at a 30 s RPO, 46 GB of WAL a
+day on an idle database, the known cost of ``archive_timeout``), needs a
+privilege capture does not otherwise need, and still waits for a segment to
+stream; a partial piece costs only the bytes written since the segment began,
+and the RPO becomes ``rpo_seconds`` plus the time to seal the prefix.
+``--synchronous`` makes pg_receivewal flush and report each write at once, so
+the slot's ``restart_lsn`` is exactly how much of the ``.partial`` file is
+durable: that is the prefix we ship, never more.
+
+Resume: the slot keeps the server from removing WAL pg_receivewal has not
+flushed; the vault's last piece says where the log ends. At start the spool is
+cleaned of what the vault holds, and when it holds nothing past the vault's end
+it is seeded with an empty (sparse) ``.partial`` of the next segment, which is
+where pg_receivewal starts streaming: so a capture killed at any point, or a
+lost spool, resumes at the vault's end. If the server no longer has that WAL
+(slot dropped and WAL recycled, ``max_slot_wal_keep_size`` exceeded), the
+stream fails and capture raises ``LogGapError`` naming the missing range: a new
+full backup is needed.
+
+Spool: ``$GENESIS_DR_SPOOL_DIR/<source>`` or ``~/.local/state/genesis-dr/spool/<source>``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from core.engines.base import LogSink, PieceInfo
+from core.engines.postgres import physical, walfiles
+from core.engines.postgres.position import lsn_int, lsn_text
+from core.engines.postgres.walfiles import SEGMENT_NAME, position
+from core.engines.tools import StderrTail, last_line
+from core.errors import EngineError, LogGapError, SourceUnavailableError, redact
+
+if TYPE_CHECKING:
+    from core.engines.postgres.engine import PostgresEngine
+
+POLL_S = 0.25
+RECEIVER_RESTARTS = 5  # consecutive failed starts of pg_receivewal before capture gives up (the flow retries)
+
+
+def spool_dir(source: str) -> Path:
+    root = os.environ.get("GENESIS_DR_SPOOL_DIR") or str(Path.home() / ".local/state/genesis-dr/spool")
+    path = Path(root) / source
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _die_with_parent() -> None:
+    # A capture killed with SIGKILL must not leave pg_receivewal holding the slot: the restarted
+    # capture could not stream until the server noticed.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def log_position(engine: PostgresEngine, switch: bool) -> dict[str, Any]:
+    """The current WAL insert position; ``switch`` closes the current segment first (when it holds
+    anything), so everything below the returned position is in completed segments."""
+    with engine._connect() as conn:
+        try:
+            if switch:
+                conn.execute("SELECT pg_switch_wal()")
+            lsn, name = conn.execute(
+                "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())"
+            ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            # Without the switch the running capture ships the position as a partial piece.
+            lsn, name = conn.execute(
+                "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())"
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise engine._sql_error(exc, "reading the WAL position of", "check the server is a primary") from None
+    return {"lsn": lsn, "timeline": walfiles.segment_timeline(name)}
+
+
+class WalCapture:
+    """One capture session of one source (see the module docstring)."""
+
+    def __init__(self, engine: PostgresEngine, log: LogSink, stop: threading.Event, until: dict | None) -> None:
+        from core.engines.postgres.engine import find_tool
+
+        self.engine, self.log, self.stop = engine, log, stop
+        self.until = lsn_int(until["lsn"]) if until else None
+        self.where = engine.describe()
+        self.slot = engine.config.slot
+        self.rpo = float(engine.config.rpo_seconds)
+        self.pg_receivewal = find_tool("pg_receivewal")
+        self.pg_waldump = find_tool("pg_waldump")
+        self.spool = spool_dir(log.source)
+        self.scratch = self.spool / ".ship"
+        self.proc: subprocess.Popen | None = None
+        self.stderr: StderrTail | None = None
+        self.next_start: int | None = None  # start of the next piece (a segment boundary)
+        self.shipped_end: int | None = None  # end of the vault's log (past next_start after a partial)
+        self.last_ship = 0.0
+        self.failures = 0
+
+    # ---------------------------------------------------------------- session
+
+    def run(self) -> None:
+        self.conn = self.engine._connect()
+        try:
+            self.seg_size = int(
+                self.conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()[
+                    0
+                ]
+            )
+            if not physical.may_replicate(self.conn):
+                raise EngineError(
+                    f"WAL capture of {self.where} needs a login with REPLICATION (or a superuser): "
+                    f"ALTER ROLE {self.engine.config.user} REPLICATION"
+                )
+            created = physical.ensure_slot(self.conn, self.slot, self.where)
+            if created:
+                self.log.progress(f"capture of {self.log.source}: created physical replication slot '{self.slot}'")
+            self._resume_point()
+            self._prepare_spool()
+            self._start_receiver()
+            self._loop()
+        except psycopg.Error as exc:
+            raise self.engine._sql_error(exc, "capturing WAL of", "check the server") from None
+        finally:
+            self._stop_receiver()
+            self.conn.close()
+
+    def _resume_point(self) -> None:
+        last = self.log.last_piece()
+        if last is not None:
+            self.timeline = int(last.end.get("timeline") or 1)
+            self.shipped_end = lsn_int(last.end["lsn"])
+            self.next_start = lsn_int(last.start["lsn"]) if last.partial else self.shipped_end
+            return
+        full = self.log.newest_full()
+        if full is not None and full.position.get("physical"):
+            self.timeline = int(full.position.get("timeline") or 1)
+            self.next_start = walfiles.floor_segment(lsn_int(full.position["lsn"]), self.seg_size)
+            self.shipped_end = self.next_start
+            return
+        # Nothing to continue: the log starts where the slot (or the server) is now.
+        self.timeline = walfiles.segment_timeline(
+            self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        )
+
+    def _spooled(self) -> list[tuple[int, str, bool]]:
+        """(segment start, file name, partial) of the spool's WAL files, in log order."""
+        out = []
+        for entry in self.spool.iterdir():
+            base, partial = entry.name.removesuffix(".partial"), entry.name.endswith(".partial")
+            if SEGMENT_NAME.match(base) and entry.is_file():
+                out.append((walfiles.segment_start(base, self.seg_size), entry.name, partial))
+        return sorted(out)
+
+    def _prepare_spool(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(mode=0o700)
+        if self.next_start is None:
+            return
+        for start, name, _ in self._spooled():
+            if start < self.next_start:
+                (self.spool / name).unlink()  # in the vault already
+        spooled = self._spooled()
+        if spooled and spooled[0][0] != self.next_start:
+            # The spool does not continue the vault (lost or from elsewhere): stream again from the vault's end.
+            for _, name, _ in spooled:
+                (self.spool / name).unlink()
+            spooled = []
+        if not spooled:
+            # pg_receivewal streams from the start of the newest .partial segment it finds.
+            seed = self.spool / (walfiles.segment_name(self.timeline, self.next_start, self.seg_size) + ".partial")
+            with open(seed, "wb") as f:
+                f.truncate(self.seg_size)
+
+    # ---------------------------------------------------------------- the receiver
+
+    def _start_receiver(self) -> None:
+        argv = [
+            self.pg_receivewal,
+            "-D",
+            str(self.spool),
+            f"--slot={self.slot}",
+            "--synchronous",  # flush and report every write: restart_lsn is what the spool holds
+            "--no-loop",  # we restart it ourselves, and see why it stopped
+            "--status-interval=1",
+            "--no-password",
+            "-d",
+            physical.replication_conninfo(self.engine, f"genesis-dr-capture-{self.slot}"),
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.engine._tool_env(),
+            preexec_fn=_die_with_parent,
+        )
+        self.stderr = StderrTail(self.proc.stderr)
+
+    def _stop_receiver(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # ends cleanly: the .partial stays, flushed
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.stderr is not None:
+            self.stderr.join(5)  # reads to EOF, then the pipe is closed with the process object
+
+    def _receiver_ended(self) -> None:
+        """pg_receivewal exited while we still capture: a gap (fatal), or a lost link (restart)."""
+        text = redact(self.stderr.text() if self.stderr else "", self.engine.config.secrets())
+        self._stop_receiver()
+        if "has already been removed" in text:
+            state = physical.slot_state(self.conn, self.slot)
+            now = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            begin = lsn_text(self.shipped_end if self.shipped_end is not None else 0)
+            upto = state["restart_lsn"] if state and state["restart_lsn"] else now
+            raise LogGapError(
+                f"WAL of '{self.log.source}' from {begin} is no longer on {self.where} (removed before it was "
+                f"captured: the slot '{self.slot}' was dropped or lost it); the vault's log ends at {begin} and the "
+                f"server keeps WAL only from about {upto}: take a new full backup "
+                f"(genesis-dr backup full --source {self.log.source}) and restart capture"
+            )
+        self.failures += 1
+        if self.failures > RECEIVER_RESTARTS:
+            raise SourceUnavailableError(
+                f"WAL capture of {self.where} keeps failing: {last_line(text)}; check the server, pg_hba.conf "
+                "(replication connections) and the slot",
+                transient=True,
+            )
+        self.log.progress(f"capture of {self.log.source}: pg_receivewal stopped ({last_line(text)}); restarting")
+        self.stop.wait(min(10.0, 0.5 * 2**self.failures))
+        if not self.stop.is_set():
+            self._start_receiver()
+
+    # ---------------------------------------------------------------- shipping
+
+    def _loop(self) -> None:
+        while True:
+            self._ship_completed()
+            if self._reached():
+                return
+            if self.stop.is_set():
+                flush = self._flushed()  # while our receiver is still connected
+                self._stop_receiver()
+                self._ship_completed()
+                if flush is not None:
+                    self._ship_partial(flush=flush)  # what was flushed before the stop is in the vault
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                self._receiver_ended()
+                continue
+            if time.monotonic() - self.last_ship >= self.rpo:
+                self._ship_partial()
+            elif self.until is not None:
+                self._ship_partial(at_least=self.until)
+            if self._reached():
+                return
+            self.stop.wait(POLL_S)
+
+    def _reached(self) -> bool:
+        return self.until is not None and self.shipped_end is not None and self.shipped_end >= self.until
+
+    def _server_time(self) -> str:
+        return walfiles.iso_z(self.conn.execute("SELECT clock_timestamp()").fetchone()[0])
+
+    def _ship_completed(self) -> None:
+        for start, name, partial in self._spooled():
+            if partial:
+                continue
+            if self.next_start is None:
+                self.next_start = self.shipped_end = start
+            if start < self.next_start:
+                (self.spool / name).unlink()  # shipped before a restart
+                continue
+            if start > self.next_start:
+                raise LogGapError(
+                    f"WAL of '{self.log.source}' from {lsn_text(self.next_start)} to {lsn_text(start)} never reached "
+                    f"the spool {self.spool}; take a new full backup and restart capture"
+                )
+            end = start + self.seg_size
+            self._ship(self.spool / name, name, start, end, partial=False)
+            (self.spool / name).unlink()
+
+    def _flushed(self) -> int | None:
+        """How much WAL our pg_receivewal has flushed into the spool, as it reported it in this
+        session (the slot's own restart_lsn may predate our spool: a new slot reserves from the
+        server's current position before the receiver has written anything)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        row = self.conn.execute(
+            "SELECT r.flush_lsn::text FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid "
+            "WHERE s.slot_name = %s",
+            (self.slot,),
+        ).fetchone()
+        return lsn_int(row[0]) if row and row[0] else None
+
+    def _ship_partial(self, at_least: int = 0, flush: int | None = None) -> None:
+        """Ship the flushed prefix of the current segment, if it holds WAL the vault lacks (and
+        reaches ``at_least``: a backup waiting for its position needs one piece, not one per poll)."""
+        flush = self._flushed() if flush is None else flush
+        if flush is None:
+            return
+        if self.next_start is None:
+            partials = [(s, n) for s, n, p in self._spooled() if p]
+            if not partials:
+                return
+            self.next_start = self.shipped_end = partials[0][0]
+        if flush <= (self.shipped_end or 0) or flush < at_least or flush >= self.next_start + self.seg_size:
+            return  # nothing new, or the segment is complete and ships whole
+        name = walfiles.segment_name(self.timeline, self.next_start, self.seg_size)
+        source = self.spool / (name + ".partial")
+        copy = self.scratch / name
+        try:
+            with open(source, "rb") as f, open(copy, "wb") as out:
+                remaining = flush - self.next_start
+                while remaining:
+                    block = f.read(min(remaining, 1 << 20))
+                    if not block:
+                        raise EngineError(
+                            f"the spooled WAL {source} is shorter than the flushed position {lsn_text(flush)}"
+                        )
+                    out.write(block)
+                    remaining -= len(block)
+        except FileNotFoundError:
+            return  # completed meanwhile: it ships whole
+        try:
+            self._ship(copy, name, self.next_start, flush, partial=True)
+        finally:
+            copy.unlink(missing_ok=True)
+
+    def _ship(self, path: Path, name: str, start: int, end: int, partial: bool) -> None:
+        timeline = walfiles.segment_timeline(name)
+        if partial:
+            # pg_waldump reads whole pages: padded with zeros (sparse) it reads the prefix to its last
+            # record; cut back before shipping, so the piece holds exactly the flushed bytes.
+            with open(path, "r+b") as f:
+                f.truncate(self.seg_size)
+            times = walfiles.commit_times(self.pg_waldump, path, end)
+            with open(path, "r+b") as f:
+                f.truncate(end - start)
+        else:
+            times = walfiles.commit_times(self.pg_waldump, path, end)
+        cut = self._server_time()
+        info = PieceInfo(
+            start=position(start, timeline),
+            end=position(end, timeline),
+            first_time=times.first or cut,
+            last_time=times.last or cut,
+            name=name,
+            partial=partial,
+            extra={
+                "timeline": timeline,
+                "segment_bytes": self.seg_size,
+                "commits": times.count,
+                # How first/last_time are known: the pieces' own commit records, or the server's
+                # clock when the piece was cut (a piece with no commit).
+                "times": "commit records" if times.count else "server time at cut",
+            },
+        )
+        with open(path, "rb") as data:
+            self.log.ship(info, data)
+        self.shipped_end = end
+        self.next_start = start if partial else end
+        self.last_ship = time.monotonic()
+        self.failures = 0
+        kind = "partial segment" if partial else "segment"
+        self.log.progress(
+            f"shipped WAL {kind} {name} ({lsn_text(start)} -> {lsn_text(end)}, {times.count} commits"
+            + (f", last {times.last}" if times.last else "")
+            + ")"
+        )
