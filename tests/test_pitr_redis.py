@@ -302,3 +302,59 @@ def test_a_killed_capture_ships_its_spool_and_a_dropped_link_resumes_without_a_g
     time.sleep(1.1)
     _restore_to(vault, keyring, target, datetime.now(UTC))
     assert_same_redis(expected, snapshot_redis(target.client))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core/repository/log.py LogWriter._check_continuous refuses the first piece of a new chain (the "
+    "Redis engine's report gives the diff); remove this mark once it accepts a piece starting at a newer full",
+)
+def test_a_capture_the_primary_cannot_continue_takes_a_full_through_its_link_and_loses_no_write(
+    redis_session, vault, keyring, capturing
+):
+    source = _fresh(redis_session("small-backlog", repl_backlog_size="16kb"))
+    target = redis_session("target")
+    c = source.client()
+    c.set("before", 0)
+    backup_source(vault, keyring, RedisEngine(source.config(SOURCE)))
+    capture = capturing(RedisEngine(source.config(SOURCE, rpo_seconds=1)))
+    c.set("first", 1)
+    capture.wait_shipped(source)
+    capture.finish()
+    # While no capture runs, more is written than the primary's backlog holds.
+    for i in range(100):
+        c.set(f"unseen:{i}", "x" * 400)
+    written: list[int] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        w = source.client()
+        while not done.is_set():
+            w.set(f"live:{len(written)}", 1)
+            written.append(1)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        capture = capturing(RedisEngine(source.config(SOURCE, rpo_seconds=1)))
+        deadline = time.monotonic() + 20
+        while len(vault.log_pieces(SOURCE)) < 2 and capture.error is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        thread.join()
+    capture.wait_shipped(source)
+    capture.finish()
+    expected = snapshot_redis(source.client)
+
+    assert any("cannot continue the stream after offset" in m for m in capture.messages)
+    first_full, new_full = sorted(vault.list_backups(SOURCE), key=lambda m: m.ended_at)
+    after = [p for p in vault.log_pieces(SOURCE) if p.start["offset"] >= new_full.position["offset"]]
+    # The stream goes on from the new full's own snapshot: no byte between them is missing.
+    assert after[0].start == {"replid": new_full.position["replid"], "offset": new_full.position["offset"]}
+    time.sleep(1.1)
+    _restore_to(vault, keyring, target, datetime.now(UTC))
+    assert len(written) > 100
+    assert_same_redis(expected, snapshot_redis(target.client))

@@ -14,6 +14,12 @@ the vault and walked: a damaged backup leaves the target as it was.
 Mode ``logical`` (see ``redis_logical``) works on managed Redis too, but is
 not point-in-time.
 
+Point in time (rdb mode): ``capture`` keeps a replication link open and ships the
+command stream the server sends its replicas; ``restore_chain`` loads a full and
+replays that stream to a time (``redis/stream.py``). When the server cannot continue
+the stream, the capture takes a new full whose replication link it keeps
+(``adopt_link``/``release_link``), so the stream goes on from that very snapshot.
+
 A restore follows the method the backup was taken with, whatever the target
 config's ``mode`` says. Verification (``redis-checks/3``) takes the target's
 own snapshot over replication and walks it in the child: right after a

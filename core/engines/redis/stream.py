@@ -58,6 +58,8 @@ _RECORD = struct.Struct(">cQI")
 _TRAILER = struct.Struct(">cQQ")
 # A piece is cut at this size even when the RPO has not come round (bounds the spool and a restore's reads).
 PIECE_BYTES = 64 << 20
+# How often a piece holding only the link's own traffic is shipped (at least the RPO).
+IDLE_SHIP_S = 60.0
 # Replicas acknowledge their offset every second; a primary drops a replica silent for repl-timeout.
 ACK_INTERVAL = 1.0
 # Commands replayed per round trip to the target.
@@ -310,7 +312,11 @@ class Capture:
     def __init__(self, engine: RedisEngine, log: LogSink, stop: Any, until: dict[str, Any] | None) -> None:
         self.engine, self.log, self.stop, self.until = engine, log, stop, until
         self.label = engine.label
+        # Half the RPO: a write is in the vault well within it, shipping time included.
         self.ship_after = max(0.5, engine.config.rpo_seconds / 2)
+        # Only the primary's PINGs (every repl-ping-replica-period, 10 s) pending: nothing to lose,
+        # but the log's covered time moves on, so a restore to a quiet moment needs no guess.
+        self.idle_after = max(float(engine.config.rpo_seconds), IDLE_SHIP_S)
         self.spool = Spool(spool_dir(log.source))
         self.replid = ""
         self.offset = 0  # the last byte shipped or spooled (a replica's "processed offset")
@@ -512,8 +518,9 @@ class Capture:
                 framer.getack = False
                 acked = now
                 self._ack(conn, self.offset)
+            wait = self.ship_after if self.spool.commands else self.idle_after
             due = self.spool.records and (
-                time.time() - self.spool.first_ms / 1000 >= self.ship_after or self.spool.bytes >= PIECE_BYTES
+                time.time() - self.spool.first_ms / 1000 >= wait or self.spool.bytes >= PIECE_BYTES
             )
             if due:
                 self._ship()
