@@ -447,8 +447,12 @@ class Capture:
         engine.adopt_link(sync)
         try:
             result = self.log.take_full()
-        finally:
-            held = engine.release_link()
+        except BaseException:
+            kept = engine.release_link()  # the full failed after its snapshot: drop the link it kept
+            if kept is not None:
+                kept.close()
+            raise
+        held = engine.release_link()
         start = _log_start(result.position)
         if start is None:
             if held is not None:
