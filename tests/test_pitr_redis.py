@@ -22,7 +22,7 @@ import pytest
 from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.redis.engine import RedisEngine
-from core.engines.redis.stream import Spool
+from core.engines.redis.stream import Framer, Spool
 from core.errors import LogGapError
 from core.operations import backup_source, capture_source, restore_chain_plan
 from core.repository.vault import Vault
@@ -241,7 +241,7 @@ _CHILD = """
 import sys, threading
 from core.crypto.keys import Keyring
 from core.engines.redis.engine import RedisEngine
-from core.engines.redis.stream import Spool
+from core.engines.redis.stream import Framer, Spool
 from core.operations import capture_source
 from core.repository.vault import Vault
 from core.sources import RedisSourceConfig
@@ -358,3 +358,40 @@ def test_a_capture_the_primary_cannot_continue_takes_a_full_through_its_link_and
     _restore_to(vault, keyring, target, datetime.now(UTC))
     assert len(written) > 100
     assert_same_redis(expected, snapshot_redis(target.client))
+
+
+def test_stream_records_end_only_between_whole_commands_and_transactions():
+    """However TCP splits the stream, a record (what a restore applies or not as one) holds whole
+    commands and whole MULTI/EXEC blocks, and the selected database and GETACK are seen."""
+    from core.engines.redis.pipe import command
+
+    stream = b"".join(
+        [
+            command("SELECT", 3),
+            command("SET", "a", "1"),
+            command("MULTI"),
+            command("SET", "b", b"x\r\n" * 5),
+            command("INCR", "c"),
+            command("EXEC"),
+            command("PING"),
+            command("REPLCONF", "GETACK", "*"),
+            command("SELECT", 0),
+            command("DEL", "a"),
+        ]
+    )
+    framer = Framer()
+    records = [framer.feed(stream[i : i + 1]) for i in range(len(stream))]
+    records = [r for r in records if r]
+
+    transaction = command("MULTI") + command("SET", "b", b"x\r\n" * 5) + command("INCR", "c") + command("EXEC")
+    assert records == [
+        command("SELECT", 3),
+        command("SET", "a", "1"),
+        transaction,  # one record: a restore applies all of it or none
+        command("PING"),
+        command("REPLCONF", "GETACK", "*"),
+        command("SELECT", 0),
+        command("DEL", "a"),
+    ]
+    assert framer.db == 0 and framer.getack
+    assert framer.commands == 6  # SET, MULTI, SET, INCR, EXEC, DEL
