@@ -194,7 +194,7 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
     text = "\n\n".join(
         [f"{name}:\n{render_report(reports[name])}" for name in names if name in reports]
         + [f"{name}: FAILED: {exc}" for name, exc in failures.items()]
-        + [render_recovery_summary(summary)]
+        + ([render_recovery_summary(summary)] if reports else [])
     )
     for line in text.splitlines():
         logger.info("%s", line)

@@ -8,7 +8,11 @@ between two backups must give exactly the tree of that moment.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +21,7 @@ import pytest
 from core.errors import ConfigError
 from core.repository.manifest import COMPLETED
 from tests.servers import free_port
-from tests.test_cli import cli, one_line_error  # noqa: F401  (the command as an operator runs it)
+from tests.test_cli import REPO, cli, one_line_error  # noqa: F401  (the command as an operator runs it)
 from tests.test_flows import run_logs
 
 
@@ -182,6 +186,97 @@ schedules:
     assert "--source uploads is a files source, which --mode redis_only does not restore" in err
     err = one_line_error(
         cli("restore", "--stack", "pitrcli", "--target-time", "2999-01-01_00:00:00", "--source", "uploads",
-            "--target", f"root={tmp_path / 'r-future'}", expect=15)
+            "--target", f"root={tmp_path / 'r-future'}", "--dry-run", expect=15)
     )  # fmt: skip
     assert "is in the future" in err and not (tmp_path / "r-future").exists()
+
+
+def test_capture_runs_until_interrupted_and_a_mode_restore_reaches_a_point_between_writes(
+    cli,  # noqa: F811
+    redis_session,
+    prefect_api,
+    tmp_path,
+    monkeypatch,
+):
+    """genesis-dr capture ships the Redis replication stream (taking the full it starts from) until SIGINT,
+    then exits 0 with nothing cut short; the restore flow's redis_only mode reaches a moment between two
+    batches of writes, and the report says how that point was proven."""
+    from prefect.settings import PREFECT_API_URL
+
+    from core.repository.vault import Vault, VaultMissingError
+    from core.storage.local import LocalStore
+    from flows.restore import restore
+    from tests.fixtures_redis import assert_same_redis, snapshot_redis
+
+    source, target = redis_session("pitr-flows-source"), redis_session("pitr-flows-target")
+    source.client().flushall()
+    target.client().flushall()
+    source.client().set("before", "the capture")
+    stack = tmp_path / "cap.yaml"
+    stack.write_text(
+        f"stack: pitrcap\nvault: {{path: {tmp_path / 'vault'}}}\n"
+        "encryption: {passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD}\nsources:\n"
+        f"  - {{name: cache, kind: redis, port: {source.port}, mode: rdb, rpo_seconds: 1}}\n"
+        f"  - {{name: app-files, kind: files, root: {tmp_path}}}\n"
+    )
+    cli("apply", str(stack))
+    err = one_line_error(cli("capture", "--stack", "pitrcap", "--source", "app-files", expect=2))
+    assert "app-files (files): no log to capture" in err
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env |= {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "BACKUP_ENCRYPTION_PASSWORD": "cli-test-passphrase-Zq9",
+        "PYTHONPATH": str(REPO),
+        "GENESIS_DR_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "capture", "--stack", "pitrcap"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def wait_for(done, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert capture.poll() is None, capture.communicate()
+            try:
+                if done(Vault.open(LocalStore(tmp_path / "vault"))):
+                    return
+            except VaultMissingError:  # created by the full the capture takes first
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the capture did not {what} within {timeout}s")
+
+    def shipped_to_now() -> None:
+        wanted = int(source.client().info("replication")["master_repl_offset"])
+        wait_for(lambda v: (p := v.log_pieces("cache")) and int(p[-1].end["offset"]) >= wanted, f"ship to {wanted}")
+
+    try:
+        # No full yet: the capture takes one through its own replication link, then streams on from it.
+        wait_for(lambda v: [m.status for m in v.list_backups("cache")] == [COMPLETED], "take its full")
+        source.client().mset({"b1:a": "1", "b1:b": "2"})
+        state1 = snapshot_redis(source.client)
+        t1 = datetime.now(UTC)
+        time.sleep(1.2)
+        source.client().set("b2:c", "3")
+        source.client().delete("b1:a")
+        shipped_to_now()
+    finally:
+        capture.send_signal(signal.SIGINT)
+        out, err = capture.communicate(timeout=60)
+    assert capture.returncode == 0, f"{out}\n{err}"
+    assert "cache: capture stopped" in out and "run it again to resume" in out, out
+    assert "Traceback" not in err, err
+
+    when = t1 + timedelta(seconds=0.6)
+    monkeypatch.setenv("BACKUP_ENCRYPTION_PASSWORD", env["BACKUP_ENCRYPTION_PASSWORD"])
+    out = restore(stack="pitrcap", mode="redis_only", target_time=when.isoformat(), target={"cache.port": target.port})
+    assert_same_redis(state1, snapshot_redis(target.client), ttl_slack=30)
+    (point,) = out["summary"]["sources"]
+    reached = datetime.fromisoformat(point["time"].replace("Z", "+00:00"))
+    assert point["source"] == "cache" and t1 - timedelta(seconds=1) < reached <= when, (point, t1)
+    assert point["proof"].startswith("receive time over the replication link"), point
