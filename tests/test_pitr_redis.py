@@ -395,3 +395,30 @@ def test_stream_records_end_only_between_whole_commands_and_transactions():
     ]
     assert framer.db == 0 and framer.getack
     assert framer.commands == 6  # SET, MULTI, SET, INCR, EXEC, DEL
+
+
+def test_a_full_taken_while_the_capture_runs_is_the_base_of_later_restores(redis_session, vault, keyring, capturing):
+    source = _fresh(redis_session("source"))
+    target = redis_session("target")
+    c = source.client()
+    c.set("before", 0)
+    backup_source(vault, keyring, RedisEngine(source.config(SOURCE)))
+    # Pieces of up to 2 s: the next full's snapshot falls inside one, between two of its records.
+    capture = capturing(RedisEngine(source.config(SOURCE, rpo_seconds=4)))
+    time.sleep(0.3)
+    c.set("in-the-full", 1)
+    source.client(2).set("db2:in-the-full", 1)
+    second = backup_source(vault, keyring, RedisEngine(source.config(SOURCE)))
+    c.set("after-the-full", 2)
+    c.set("in-the-full", "changed")
+    capture.wait_shipped(source)
+    capture.finish()
+    expected = snapshot_redis(source.client)
+
+    time.sleep(1.1)
+    plan, report = _restore_to(vault, keyring, target, datetime.now(UTC))
+    assert plan.base_id == second.id
+    first = next(p for p in vault.log_pieces(SOURCE) if p.seq == plan.pieces[0])
+    assert first.start["offset"] < second.position["offset"] < first.end["offset"]
+    assert_same_redis(expected, snapshot_redis(target.client))
+    assert "2 commands replayed after the snapshot" in report.recovery_point["proof"]

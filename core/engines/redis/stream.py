@@ -627,8 +627,9 @@ class Replayer:
                 if isinstance(one, RespError):
                     raise EngineError(f"{self.label}: a replayed command failed on the target: {str(one)[:200]}")
 
-    def record(self, data: bytes) -> int:
-        """Queue a record's commands (not the link's own); returns how many write the dataset."""
+    def record(self, data: bytes, skip: int = 0, only_select: bool = False) -> int:
+        """Queue a record's commands (not the link's own; of its first ``skip`` bytes, and with
+        ``only_select`` of all of it, only SELECTs); returns how many write the dataset."""
         view = memoryview(data)
         pos = count = 0
         while pos < len(data):
@@ -636,7 +637,9 @@ class Replayer:
             if parsed is None:
                 raise IntegrityError(f"{self.label}: a stream record ends inside a command (corrupt)")
             end, name, _ = parsed
-            if name not in _LINK_COMMANDS:
+            if pos < skip < end:
+                raise IntegrityError(f"{self.label}: the full's stream offset falls inside a command (corrupt)")
+            if name == b"SELECT" or (name not in _LINK_COMMANDS and pos >= skip and not only_select):
                 self.add(view[pos:end])
                 if name != b"SELECT":
                     count += 1
@@ -671,25 +674,31 @@ def replay(engine: RedisEngine, steps: Any, stop: StopPoint, progress: Any = Non
     replayer = Replayer(engine)
     done = False
     try:
-        for info, opener in steps.pieces:
-            if int(info.start["offset"]) != offset:
+        for number, (info, opener) in enumerate(steps.pieces):
+            pos = int(info.start["offset"])  # where the piece's next record starts in the stream
+            # The first piece may begin before the full (a full taken while the capture ran): its
+            # commands up to the snapshot are in the snapshot already.
+            if pos != offset and not (number == 0 and pos < offset < int(info.end["offset"])):
                 raise LogGapError(
-                    f"{engine.label}: the stream piece {info.name} starts at offset {info.start['offset']}, "
+                    f"{engine.label}: the stream piece {info.name} starts at offset {pos}, "
                     f"but the restore has reached {offset}; the log has a gap - restore to a point before it"
                 )
             with opener() as f:
                 reader = PieceReader(f, f"{engine.label}: stream piece {info.name}")
-                if int(reader.header["offset"]) != offset:
+                if int(reader.header["offset"]) != pos:
                     raise IntegrityError(f"{reader.where}: its header names offset {reader.header['offset']}")
                 replayer.add(_select(int(reader.header.get("db", 0))))
                 for at_ms, data in reader.records():
-                    if (stop_ms is not None and at_ms > stop_ms) or (
-                        stop_offset is not None and offset + len(data) > stop_offset
-                    ):
+                    end = pos + len(data)
+                    if end <= offset:  # before the snapshot: only where it leaves the database selected
+                        replayer.record(data, only_select=True)
+                        pos = end
+                        continue
+                    if (stop_ms is not None and at_ms > stop_ms) or (stop_offset is not None and end > stop_offset):
                         done = True
                         break
-                    count = replayer.record(data)
-                    offset += len(data)
+                    count = replayer.record(data, skip=offset - pos)
+                    pos = offset = end
                     last_record_ms = at_ms
                     if count:
                         applied += count
