@@ -280,3 +280,30 @@ def test_capture_runs_until_interrupted_and_a_mode_restore_reaches_a_point_betwe
     reached = datetime.fromisoformat(point["time"].replace("Z", "+00:00"))
     assert point["source"] == "cache" and t1 - timedelta(seconds=1) < reached <= when, (point, t1)
     assert point["proof"].startswith("receive time over the replication link"), point
+
+
+def test_a_failing_capture_stops_the_others_and_fails_the_run_in_one_line(cli, redis_session, tmp_path):  # noqa: F811
+    """A capture that fails ends the whole run Failed at once, naming the source (exit code of its error):
+    the healthy capture beside it is stopped rather than left running in a run that could never fail."""
+    up = redis_session("pitr-flows-up")
+    up.client().flushall()
+    stack = tmp_path / "fail.yaml"
+    stack.write_text(
+        f"stack: pitrfail\nvault: {{path: {tmp_path / 'vault'}}}\n"
+        "encryption: {passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD}\nsources:\n"
+        f"  - {{name: cache, kind: redis, port: {up.port}, rpo_seconds: 1}}\n"
+        f"  - {{name: lost, kind: redis, port: {free_port()}, rpo_seconds: 1}}\n"
+    )
+    cli("apply", str(stack))
+    started = time.monotonic()
+    proc = cli(
+        "capture",
+        "--stack",
+        "pitrfail",
+        expect=7,
+        extra_env={"GENESIS_DR_TASK_RETRIES": "0", "GENESIS_DR_SPOOL_DIR": str(tmp_path / "spool")},
+    )
+    err = one_line_error(proc)
+    assert "lost" in err and "cache" not in err, err
+    assert "lost: capture failed" in proc.stderr + proc.stdout and "stopping the other captures" in proc.stderr
+    assert time.monotonic() - started < 60
