@@ -58,7 +58,18 @@ from typing import Any
 
 import pymysql
 
-from core.engines.base import BackupResult, Engine, StreamSink, StreamSource
+from core.engines.base import (
+    BackupResult,
+    BaseBackup,
+    ChainSteps,
+    Engine,
+    LogSink,
+    RecoveryPoint,
+    StopPoint,
+    StreamSink,
+    StreamSource,
+)
+from core.engines.mysql import binlog as mysql_binlog
 from core.engines.mysql import checks as mysql_checks
 from core.engines.mysql import grants as mysql_grants
 from core.engines.mysql import split as mysql_split
@@ -291,6 +302,10 @@ class MySQLEngine(Engine):
 
     kind = "mysql"
     config: MySQLSourceConfig
+    # A differential or incremental is a binlog position (FLUSH BINARY LOGS): its changes are
+    # the binlog the capture ships, replayed on the full by restore_chain.
+    backup_types = ("full", "differential", "incremental")
+    captures_log = True
 
     # --- connections ---------------------------------------------------------
 
@@ -305,9 +320,12 @@ class MySQLEngine(Engine):
     def _password(self) -> str:
         return self.config.password.get_secret_value() if self.config.password else ""
 
-    def _connect(self, database: str | None = None) -> pymysql.connections.Connection:
+    def _connect(
+        self, database: str | None = None, read_timeout: float | None = None
+    ) -> pymysql.connections.Connection:
         cfg = self.config
         kwargs: dict[str, Any] = dict(
+            read_timeout=read_timeout,
             user=cfg.user,
             password=self._password(),
             database=database,
@@ -491,7 +509,50 @@ class MySQLEngine(Engine):
             return [*args, "--master-data=2", "--gtid"]
         return [*args, "--source-data=2" if tool_numeric >= (8, 0, 26) else "--master-data=2"]
 
-    def backup(self, sink: StreamSink) -> BackupResult:
+    # --- chains: binlog position, capture, point-in-time restore -------------------
+
+    def log_position(self, switch: bool = False) -> dict[str, Any]:
+        """The binlog position now ({"binlog_file", "binlog_pos", "gtid"}); ``switch``: FLUSH BINARY
+        LOGS first, so the capture can close the file. Without RELOAD the position is read without
+        rotating: pieces are byte ranges, so nothing needs the rotation."""
+        with self._session(None, "reading the binlog position") as (_, cur):
+            info = self._server_info(cur)
+            if not info.log_bin:
+                raise EngineError(
+                    f"{self._where()}: log_bin is off, so there is no binlog to take a differential or incremental "
+                    "from; enable log_bin (and binlog capture) or take full backups only"
+                )
+            if switch:
+                try:
+                    cur.execute("FLUSH BINARY LOGS")
+                except pymysql.err.MySQLError as exc:
+                    if not exc.args or exc.args[0] not in _ACCESS_DENIED:
+                        raise
+                    log.info("%s: no RELOAD privilege; the binlog position is read without rotating", self._where())
+            found = self._position(cur, info)
+        return {"binlog_file": found["binlog_file"], "binlog_pos": found["binlog_pos"], "gtid": found["gtid"]}
+
+    def capture(self, log: LogSink, stop: Any, until: dict[str, Any] | None = None) -> None:
+        mysql_binlog.BinlogCapture(self, log, stop, until).run()
+
+    def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
+        from core.engines.mysql import replay
+
+        return replay.restore_chain(self, steps, stop, progress)
+
+    def backup(self, sink: StreamSink, base: BaseBackup | None = None) -> BackupResult:
+        if base is not None:
+            # No data streams: what changed since the base is the binlog up to here.
+            position = self.log_position(switch=True)
+            with self._session(None, "reading the server version") as (_, cur):
+                info = self._server_info(cur)
+            return BackupResult(
+                position={**position, "database": self.config.database, "flavor": info.flavor, "base": base.id},
+                tool_versions={"server": info.version},
+            )
+        return self._full(sink)
+
+    def _full(self, sink: StreamSink) -> BackupResult:
         cfg = self.config
         tool = _find_tool("mariadb-dump", "mysqldump")
         tool_flavor, tool_text, tool_numeric = _tool_version(tool)
