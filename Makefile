@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -37,3 +37,7 @@ bench-files: bootstrap
 
 bench-cli: bootstrap
 	$(VENV)/python benchmarks/cli_latency.py
+
+## Point-in-time recovery of PostgreSQL under a write load, against pgBackRest (installs it when missing).
+bench-pitr: bootstrap
+	$(VENV)/python benchmarks/pitr.py

@@ -378,3 +378,36 @@ def emit(out: dict, args: argparse.Namespace, print_text: Callable[[dict], None]
         print(json.dumps(out, sort_keys=True))
     else:
         print_text(out)
+
+
+# -- small generic helpers (ports, sizes, service users) ------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (each inode counted once; hard links share one)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue  # removed while we walked
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def as_user(user: str, argv: list[str]) -> list[str]:
+    """``argv`` run as ``user`` when this process is root (servers such as PostgreSQL refuse root)."""
+    return ["runuser", "-u", user, "--", *argv] if os.geteuid() == 0 else argv
