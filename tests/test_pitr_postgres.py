@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,15 +26,20 @@ import pytest
 from core.chains import effective_log, log_gaps, plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.postgres.engine import PostgresEngine
-from core.errors import LogGapError
+from core.engines.postgres.recovery import port_in_use
+from core.errors import IntegrityError, LogGapError
 from core.operations import backup_source, capture_source
 from core.repository.vault import Vault
 from core.restoring import restore_backup, restore_chain_plan
 from core.storage.local import LocalStore
 from tests.fixtures_postgres import PostgresServer, fresh_data_dir, stop_cluster
-from tests.servers import free_port
+from tests.servers import child_processes, free_port
 
 PASSPHRASE = "pg-pitr-passphrase"
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _rows(conn) -> list[tuple]:
@@ -151,8 +157,13 @@ def captured(pg_pitr_server, tmp_path_factory):
         time.sleep(1.2)
         with pg_pitr_server.connect(src.database) as conn:
             before3 = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        batch3, after3 = _write_batch(pg_pitr_server, src.database, 3)
-        time.sleep(0.5)
+        started = time.monotonic()
+        batch3, commit3, after3 = _write_batch_timed(pg_pitr_server, src.database, 3)
+        # RPO: how long until the vault holds a piece with batch 3's commit.
+        while not any(p.info.last_time >= _iso(commit3) for p in src.vault.log_pieces(src.name)):
+            assert time.monotonic() - started < 30
+            time.sleep(0.05)
+        rpo = max(0.0, (datetime.now(UTC) - after3).total_seconds())
     finally:
         capture.finish()
     yield SimpleNamespace(
@@ -164,6 +175,7 @@ def captured(pg_pitr_server, tmp_path_factory):
         target_time=after2 + (before3 - after2) / 2,
         commit2=(commit2, after2),
         after3=after3,
+        rpo=rpo,
         messages=capture.messages,
     )
 
@@ -192,13 +204,23 @@ def test_capture_ships_a_gap_free_log_with_commit_times(captured):
     assert all(p.name == p.info.name and len(p.name) == 24 for p in pieces)
 
 
-def test_restore_to_a_time_between_batches_gives_exactly_the_earlier_batches(captured):
+def test_a_commit_is_in_the_vault_within_the_rpo(captured):
+    # rpo_seconds is 1: a partial piece follows the commit within a second and a generous margin.
+    assert captured.rpo < captured.src.config.rpo_seconds + 3
+
+
+def test_restore_to_a_time_between_batches_gives_exactly_the_earlier_batches(captured, monkeypatch):
     src = captured.src
     target = _target(src)
     plan = _plan(src, captured.target_time, target)
     assert plan["base_id"] == captured.full.id and plan["pieces"]
+    monkeypatch.setenv("GENESIS_DR_PG_WAL_WINDOW", "1")
+    said: list[str] = []
     try:
-        report = restore_chain_plan(src.vault, src.keyring, plan, target)
+        report = restore_chain_plan(src.vault, src.keyring, plan, target, progress=said.append)
+        # Never the whole WAL on disk: the segment asked for, the one before, one ahead.
+        (promoted,) = [m for m in said if m.startswith("recovered cluster promoted")]
+        assert int(promoted.split("at most ")[1].split()[0]) <= 3
         assert _restored_rows(target) == sorted(captured.before + captured.batches[0] + captured.batches[1])
         point = report.to_dict()["recovery_point"]
         # The recovery point is batch 2's commit, the last one at or before the target.
@@ -223,6 +245,25 @@ def test_the_physical_full_alone_restores_by_backup_id(captured):
         assert report.verified_checks == 2  # the cluster's identity: system identifier and major version
     finally:
         stop_cluster(Path(target.config.data_dir))
+
+
+def test_a_corrupted_wal_piece_fails_the_restore_and_leaves_no_cluster(captured, tmp_path):
+    src = captured.src
+    copy = tmp_path / "vault"
+    shutil.copytree(src.vault.store.root, copy)
+    vault = Vault.open(LocalStore(copy))
+    target = _target(src)
+    plan = _plan(src, captured.target_time, target)
+    chunks = sorted((copy / "logdata" / src.name / f"{plan['pieces'][-1]:012d}").iterdir())
+    data = bytearray(chunks[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunks[0].chmod(0o600)
+    chunks[0].write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        restore_chain_plan(vault, src.keyring, plan, target)
+    # The server was stopped before it could take the end of the staged WAL for the end of the log.
+    assert not Path(target.config.data_dir).exists()
+    assert not child_processes("postgres") and not port_in_use("127.0.0.1", target.config.port)
 
 
 _CAPTURE_CHILD = """
@@ -279,8 +320,11 @@ def test_a_killed_capture_resumes_without_a_gap(pg_pitr_server, tmp_path_factory
     target = _target(src)
     try:
         # Plans carry times in milliseconds: a target a few ms after batch 4's commit includes it.
-        restore_chain_plan(src.vault, src.keyring, _plan(src, last + timedelta(milliseconds=5), target), target)
+        plan = _plan(src, last + timedelta(milliseconds=5), target)
+        report = restore_chain_plan(src.vault, src.keyring, plan, target)
         assert _restored_rows(target) == sorted(written)
+        # No commit after the target in the vault: the server replayed it all, then was promoted.
+        assert "no commit after the target" in report.to_dict()["recovery_point"]["proof"]
     finally:
         stop_cluster(Path(target.config.data_dir))
 

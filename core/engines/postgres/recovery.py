@@ -4,28 +4,37 @@
    recovered cluster never overwrites anything), as the ``postgres`` user when
    we run as root (the server refuses to run as root).
 2. The log pieces are staged for the server in a bounded window,
-   ``<data_dir>/genesis-dr-wal/``: a feeder thread writes the pieces in plan
-   order (a partial piece padded with zeros to a whole segment, as the server
-   reads only whole segments), at most ``GENESIS_DR_PG_WAL_WINDOW`` (default 4)
-   segments ahead of the one the server last asked for, and removes those it
-   has replayed. The ``restore_command`` is a small shell script there: for a
-   file in the plan it waits until the feeder has staged it and copies it; any
-   other name (a timeline history file, the segment after the plan) fails at
-   once, which is the end of the WAL. The whole WAL history is never on disk.
-3. ``recovery.signal`` with ``recovery_target_time`` = the stop time
+   ``<data_dir>/genesis-dr-wal/``: a feeder thread assembles each WAL segment
+   from its pieces in plan order (a piece is a byte range of a segment; the
+   last segment, when the plan ends inside it, is padded with zeros: the
+   server reads only whole segments, and zeros are the end of the WAL), at
+   most ``GENESIS_DR_PG_WAL_WINDOW`` (default 4) segments ahead of the one the
+   server last asked for, and removes those it has replayed. A segment the
+   plan holds only from its middle (the one the backup started in) is left to
+   the copy inside the backup's own ``pg_wal``. The ``restore_command`` is a
+   small shell script there: for a staged segment it waits until the feeder
+   has written it and copies it; any other name fails at once. The whole WAL
+   history is never on disk.
+3. ``standby.signal`` with ``recovery_target_time`` = the stop time
    (inclusive), ``recovery_target_action = promote``; the settings go to
    ``postgresql.auto.conf`` with ``port``, ``listen_addresses`` (the config's
    host), no Unix socket and ``archive_mode = off`` (the copy must never
    archive into the source's archive). The cluster is started with ``pg_ctl``.
+   When the WAL holds a commit after the target, the server stops before it
+   and promotes itself. When it does not (the target is after the last commit
+   the vault holds), the server replays everything and waits for more WAL:
+   standby mode instead of plain archive recovery, which would refuse to finish
+   ("recovery ended before configured recovery target was reached"). We see
+   that wait in the ``restore_command`` calls (the server asks for the segment
+   after the plan, or again for the padded last one), check that replay stands
+   still, and promote it (``pg_promote()``): all the WAL up to the target is
+   then applied. So the server's own reading of the commit records decides
+   where to stop; the pieces' recorded times only choose the pieces.
 4. Once promoted, the recovery settings are reset (``ALTER SYSTEM RESET``), the
    staging window removed, and the recovery point read back.
 
-The target time is given to the server only when the staged WAL holds a commit
-after it (the pieces record their commit times): otherwise the server would
-replay to the end of the WAL without "reaching" the target and refuse to
-finish; with no commit after the target in the plan, replaying all of it is
-exactly the state at the target. With no pieces the restore stops at the
-backup's end (``recovery_target = 'immediate'``).
+With no pieces the restore stops where the backup became consistent
+(``recovery_target = 'immediate'``).
 
 Proof: ``pg_last_xact_replay_timestamp()`` (the commit time of the last
 transaction replayed) and the server's own "recovery stopping before commit of
@@ -42,7 +51,8 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +79,7 @@ STAGING = "genesis-dr-wal"
 SERVER_LOG = "genesis-dr-server.log"
 RECOVERY_SETTINGS = (
     "restore_command",
+    "wal_retrieve_retry_interval",
     "recovery_target",
     "recovery_target_time",
     "recovery_target_lsn",
@@ -82,8 +93,8 @@ _FETCH_SCRIPT = """#!/bin/sh
 # restore_command of a genesis-dr point-in-time restore. genesis-dr stages the planned WAL
 # files here in order; a planned file is waited for, any other name ends the WAL at once.
 d='{staging}'
-grep -qx "$1" "$d/planned" || exit 1
 echo "$1" >> "$d/requested"
+grep -qx "$1" "$d/planned" || exit 1
 while [ ! -e "$d/$1" ]; do
     # The server was stopped (the restore failed): never report a missing file as the end of the WAL.
     kill -0 "$(head -n 1 '{data_dir}/postmaster.pid' 2>/dev/null)" 2>/dev/null || exit 2
@@ -162,20 +173,41 @@ def effective_pieces(pieces: list[tuple[PieceInfo, Any]]) -> list[tuple[PieceInf
     return out
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+@dataclass
+class Segment:
+    """One WAL segment file of the plan and the pieces it is assembled from."""
+
+    name: str
+    start: int
+    pieces: list[tuple[PieceInfo, Any]] = field(default_factory=list)
+
+
+def plan_segments(pieces: list[tuple[PieceInfo, Any]], seg_size: int) -> tuple[list[Segment], list[str]]:
+    """The segments to stage, in order, and the names of segments the plan holds only from their
+    middle (left to the backup's own pg_wal)."""
+    segments: list[Segment] = []
+    for info, opener in effective_pieces(pieces):
+        start = lsn_int(info.start["lsn"])
+        base = walfiles.floor_segment(start, seg_size)
+        name = walfiles.segment_name(int(info.start.get("timeline") or 1), base, seg_size)
+        if not segments or segments[-1].name != name:
+            segments.append(Segment(name, base))
+        segments[-1].pieces.append((info, opener))
+    whole = [seg for seg in segments if lsn_int(seg.pieces[0][0].start["lsn"]) == seg.start]
+    return whole, [seg.name for seg in segments if seg not in whole]
 
 
 class _Feeder(threading.Thread):
-    """Stages the plan's WAL in a bounded window ahead of what the server asks for."""
+    """Stages the plan's WAL segments in a bounded window ahead of what the server asks for."""
 
-    def __init__(self, staging: Path, pieces: list[tuple[PieceInfo, Any]], seg_size: int, ids) -> None:
+    def __init__(self, staging: Path, segments: list[Segment], seg_size: int, ids) -> None:
         super().__init__(name="pg-wal-feeder", daemon=True)
-        self.staging, self.pieces, self.seg_size, self.ids = staging, pieces, seg_size, ids
-        self.index = {info.name: i for i, (info, _) in enumerate(pieces)}
+        self.staging, self.segments, self.seg_size, self.ids = staging, segments, seg_size, ids
+        self.index = {seg.name: i for i, seg in enumerate(segments)}
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.staged_bytes = 0
+        self.peak = 0  # most segments on disk at once
 
     def run(self) -> None:
         try:
@@ -183,48 +215,53 @@ class _Feeder(threading.Thread):
         except BaseException as exc:  # handed to the restoring thread, which stops the server
             self.error = exc
 
-    def _requested(self) -> int:
+    def requests(self) -> list[str]:
         try:
-            names = (self.staging / "requested").read_text().split()
+            return (self.staging / "requested").read_text().split()
         except FileNotFoundError:
-            return -1
-        return max((self.index[n] for n in names if n in self.index), default=-1)
+            return []
 
     def _run(self) -> None:
-        staged: list[int] = []
-        following = 0
+        staged: set[int] = set()
         window = window_size()
         while not self.done.is_set():
-            asked = self._requested()
-            while following < len(self.pieces) and following <= asked + window:
-                self._stage(following)
-                staged.append(following)
-                following += 1
-            # Keep the one asked for and the one before (the server may read a record's start again).
-            for i in [i for i in staged if i < asked - 1]:
-                (self.staging / self.pieces[i][0].name).unlink(missing_ok=True)
-                staged.remove(i)
+            # The segment the server asked for last (after a restart it asks for earlier ones again).
+            asked = next((self.index[n] for n in reversed(self.requests()) if n in self.index), -1)
+            # The one asked for, the one before (a record's start may be read again), and the window ahead.
+            wanted = range(max(0, asked - 1), min(len(self.segments), asked + window + 1))
+            for i in wanted:
+                if i not in staged:
+                    self._stage(i)
+                    staged.add(i)
+            for i in staged - set(wanted):
+                (self.staging / self.segments[i].name).unlink(missing_ok=True)
+            staged &= set(wanted)
+            self.peak = max(self.peak, len(staged))
             self.done.wait(0.05)
 
     def _stage(self, i: int) -> None:
-        info, opener = self.pieces[i]
-        final = self.staging / info.name
-        tmp = self.staging / f".{info.name}.tmp"
-        size = 0
-        with opener() as data, open(tmp, "wb") as out:
-            while block := data.read(1 << 20):
-                out.write(block)
-                size += len(block)
-            if info.partial:
-                out.truncate(self.seg_size)  # zeros after the last record: the end of this WAL
-            elif size != self.seg_size:
-                raise IntegrityError(
-                    f"WAL piece {info.name} holds {size} bytes, not a whole segment ({self.seg_size}); the vault's "
-                    "log is damaged - restore to an earlier time"
-                )
+        segment = self.segments[i]
+        final = self.staging / segment.name
+        tmp = self.staging / f".{segment.name}.tmp"
+        with open(tmp, "wb") as out:
+            for info, opener in segment.pieces:
+                offset = lsn_int(info.start["lsn"]) - segment.start
+                expected = lsn_int(info.end["lsn"]) - lsn_int(info.start["lsn"])
+                out.seek(offset)
+                size = 0
+                with opener() as data:
+                    while block := data.read(1 << 20):
+                        out.write(block)
+                        size += len(block)
+                if size != expected:
+                    raise IntegrityError(
+                        f"WAL piece {info.name} at {info.start['lsn']} holds {size} bytes, not the {expected} its "
+                        "record names; the vault's log is damaged - restore to an earlier time"
+                    )
+                self.staged_bytes += size
+            out.truncate(self.seg_size)  # zeros after the last record of a segment the plan ends in
         _own(tmp, self.ids)
         tmp.rename(final)  # the restore_command never sees a half-written file
-        self.staged_bytes += size
 
 
 def restore_cluster(
@@ -255,7 +292,7 @@ def restore_cluster(
     physical.server_tool("postgres", major)
     ids = _postgres_ids()
     seg_size = int(position.get("wal_segment_size") or 16 << 20)
-    pieces = effective_pieces(pieces)
+    segments, from_backup = plan_segments(pieces, seg_size)
     created = not data_dir.exists()
     data_dir.mkdir(mode=0o700, exist_ok=True)
     data_dir.chmod(0o700)
@@ -269,26 +306,31 @@ def restore_cluster(
         staging = data_dir / STAGING
         staging.mkdir(mode=0o700)
         _own(staging, ids)
-        (staging / "planned").write_text("".join(info.name + "\n" for info, _ in pieces))
+        (staging / "planned").write_text("".join(seg.name + "\n" for seg in segments))
         (staging / "fetch.sh").write_text(_FETCH_SCRIPT.format(staging=staging, data_dir=data_dir))
         for name in ("planned", "fetch.sh"):
             _own(staging / name, ids)
-        settings, mode = _recovery_settings(engine, staging, position, pieces, stop)
-        with open(data_dir / "postgresql.auto.conf", "a") as conf:
-            conf.write("\n# genesis-dr point-in-time restore\n")
-            conf.writelines(f"{key} = '{value}'\n" for key, value in settings.items())
-        (data_dir / "recovery.signal").touch()
-        _own(data_dir / "recovery.signal", ids)
-        feeder = _Feeder(staging, pieces, seg_size, ids)
+        settings, mode = _recovery_settings(engine, staging, position, bool(pieces), stop)
+        conf = _Conf(data_dir / "postgresql.auto.conf", ids)
+        conf.write(settings)
+        # Standby mode: at the end of the WAL the server waits instead of failing (see the docstring).
+        (data_dir / "standby.signal").touch()
+        _own(data_dir / "standby.signal", ids)
+        feeder = _Feeder(staging, segments, seg_size, ids)
         feeder.start()
         say(f"starting the recovered cluster on {c.host}:{c.port}: {mode}")
         step = time.monotonic()
         started = True
         _start(pg_ctl, data_dir, feeder)
-        point = _wait_promoted(engine, data_dir, feeder, position, stop, mode)
+        # The last segment the plan holds: the server asking past it means the planned WAL is replayed.
+        last = max([seg.name for seg in segments] + from_backup, default="")
+        padded = bool(segments) and segments[-1].name == last and _ends_inside(segments[-1], seg_size)
+        point = _wait_promoted(
+            _Server(engine, pg_ctl, data_dir, feeder, conf, settings), position, last or None, padded, say
+        )
         say(
-            f"recovered cluster promoted in {time.monotonic() - step:.1f}s "
-            f"({len(pieces)} WAL pieces staged, at most {window_size() + 2} on disk at once)"
+            f"recovered cluster promoted in {time.monotonic() - step:.1f}s ({len(pieces)} WAL pieces in "
+            f"{len(segments)} segments staged, at most {feeder.peak} on disk at once)"
         )
         feeder.done.set()
         feeder.join()
@@ -332,8 +374,12 @@ def _unpack(engine: PostgresEngine, base: Any, data_dir: Path) -> None:
         raise EngineError(f"unpacking the physical full into {data_dir} failed: {last_line(stderr.text())}")
 
 
+def _ends_inside(segment: Segment, seg_size: int) -> bool:
+    return lsn_int(segment.pieces[-1][0].end["lsn"]) < segment.start + seg_size
+
+
 def _recovery_settings(
-    engine: PostgresEngine, staging: Path, position: dict, pieces: list[tuple[PieceInfo, Any]], stop: StopPoint
+    engine: PostgresEngine, staging: Path, position: dict, has_pieces: bool, stop: StopPoint
 ) -> tuple[dict[str, str], str]:
     c = engine.config
     settings = {
@@ -345,8 +391,10 @@ def _recovery_settings(
         "restore_command": f'sh "{staging}/fetch.sh" "%f" "%p"',
         "recovery_target_timeline": "current",
         "recovery_target_action": "promote",
+        # How soon a standby at the end of the staged WAL asks again (we watch for that ask).
+        "wal_retrieve_retry_interval": "100ms",
     }
-    if not pieces:
+    if not has_pieces:
         settings["recovery_target"] = "immediate"
         return settings, f"no log: stops where the backup became consistent ({position.get('end_lsn')})"
     if stop.position and stop.position.get("lsn"):
@@ -355,18 +403,10 @@ def _recovery_settings(
         return settings, f"replaying WAL to lsn {stop.position['lsn']} (inclusive)"
     if stop.time is not None:
         target = stop.time.astimezone(UTC)
-        later = [
-            info for info, _ in pieces if int(info.extra.get("commits", 0)) > 0 and _parse_time(info.last_time) > target
-        ]
-        if later:
-            settings["recovery_target_time"] = target.isoformat()
-            settings["recovery_target_inclusive"] = "on"
-            return settings, f"replaying WAL to {walfiles.iso_z(target)} (inclusive)"
-        return settings, (
-            f"replaying all {len(pieces)} WAL pieces: none holds a commit after {walfiles.iso_z(target)}, so their "
-            "end is the state at the target"
-        )
-    return settings, f"replaying all {len(pieces)} WAL pieces"
+        settings["recovery_target_time"] = target.isoformat()
+        settings["recovery_target_inclusive"] = "on"
+        return settings, f"replaying WAL to {walfiles.iso_z(target)} (inclusive)"
+    return settings, "replaying all the WAL in the plan"
 
 
 def _start(pg_ctl: str, data_dir: Path, feeder: _Feeder) -> None:
@@ -388,10 +428,50 @@ def _connect(engine: PostgresEngine) -> psycopg.Connection:
     return psycopg.connect(**engine._connect_kwargs(engine.config.database), autocommit=True)
 
 
-def _wait_promoted(
-    engine: PostgresEngine, data_dir: Path, feeder: _Feeder, position: dict, stop: StopPoint, mode: str
-) -> RecoveryPoint:
+def _exhausted(requests: list[str], last: str, padded: bool) -> bool:
+    """True once the server asked for WAL past the plan: a segment after the last one it holds,
+    or the padded last segment a second time (its zeros are the end of the WAL)."""
+    timeline = last[:8]
+    beyond = any(len(r) == 24 and r[:8] == timeline and r > last for r in requests)
+    return beyond or (padded and requests.count(last) >= 2)
+
+
+class _Conf:
+    """Our block at the end of ``postgresql.auto.conf`` (the backup's own settings stay before it)."""
+
+    def __init__(self, path: Path, ids) -> None:
+        self.path, self.ids = path, ids
+        self.original = path.read_text() if path.exists() else ""
+
+    def write(self, settings: dict[str, str]) -> None:
+        block = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
+        self.path.write_text(self.original + "\n# genesis-dr point-in-time restore\n" + block)
+        _own(self.path, self.ids)
+
+
+@dataclass
+class _Server:
+    engine: PostgresEngine
+    pg_ctl: str
+    data_dir: Path
+    feeder: _Feeder
+    conf: _Conf
+    settings: dict[str, str]
+
+
+TARGET_SETTINGS = ("recovery_target_time", "recovery_target_lsn", "recovery_target_inclusive")
+
+
+def _wait_promoted(server: _Server, position: dict, last: str | None, padded: bool, say: Any) -> RecoveryPoint:
+    """Wait until the server promoted itself (target reached), or promote it once it replayed
+    every planned segment without reaching the target. PostgreSQL refuses to end a recovery
+    whose target was not reached, even when asked to promote: then the server is restarted
+    without the target (a fast stop leaves a restartpoint, so it replays little again) and
+    promoted once it has replayed the plan's WAL again."""
+    engine, data_dir, feeder = server.engine, server.data_dir, server.feeder
     deadline = time.monotonic() + START_TIMEOUT_S
+    promoted_by_us = False
+    replayed: str | None = None
     while True:
         if feeder.error is not None:
             raise feeder.error
@@ -399,19 +479,35 @@ def _wait_promoted(
             raise _ServerStopped(f"the recovered cluster in {data_dir} stopped during recovery")
         try:
             with _connect(engine) as conn:
-                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                in_recovery, now_replayed = conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+                ).fetchone()
                 if not in_recovery:
                     lsn, replayed_at = conn.execute(
                         "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
                     ).fetchone()
                     break
+                # Replay must stand still too: the ask for more WAL comes after the last record.
+                if last is not None and _exhausted(feeder.requests(), last, padded) and now_replayed == replayed:
+                    if any(key in server.settings for key in TARGET_SETTINGS):
+                        conn.close()
+                        _restart_without_target(server, say)
+                        replayed = None
+                        continue
+                    try:
+                        conn.execute("SELECT pg_promote(true, 60)")
+                        promoted_by_us = True
+                    except psycopg.errors.ObjectNotInPrerequisiteState:
+                        pass  # it reached the target and promoted itself meanwhile
+                    continue
+                replayed = now_replayed
         except psycopg.OperationalError as exc:
             text = str(exc).lower()
-            if "starting up" not in text and "recovery" not in text and "connection refused" not in text:
+            if not any(m in text for m in ("starting up", "recovery", "connection refused", "shutting down")):
                 raise engine._unavailable(exc, engine.config.database) from None
         if time.monotonic() > deadline:
             raise EngineError(f"the recovered cluster in {data_dir} was not promoted within {START_TIMEOUT_S:.0f}s")
-        time.sleep(0.1)
+        time.sleep(0.2)
     log = _read_log(data_dir)
     stopped = re.findall(r"recovery stopping before (?:commit|abort) of transaction (\d+), time ([^\n]+)", log)
     timeline = int(position.get("timeline") or 1)
@@ -421,14 +517,31 @@ def _wait_promoted(
     else:
         when = position.get("end_time")
         proof = f"no transaction replayed after the backup; its end {when}"
-    if stopped:
+    if stopped and not promoted_by_us:
         xid, at = stopped[-1]
         proof += f"; recovery stopped before transaction {xid} committed at {at.strip()}, the first after the target"
-    elif "recovery_target = 'immediate'" in mode or mode.startswith("no log"):
+    elif last is None:
         proof += f"; stopped where the backup became consistent ({position.get('end_lsn')})"
     else:
-        proof += "; every staged WAL piece replayed (none holds a commit after the target)"
+        proof += (
+            f"; every planned WAL segment replayed through {lsn}: the WAL the vault holds has no commit after the "
+            "target"
+        )
     return RecoveryPoint(position={"lsn": lsn, "timeline": timeline}, time=when, proof=proof)
+
+
+def _restart_without_target(server: _Server, say: Any) -> None:
+    say("the planned WAL holds no commit after the target: restarting the cluster without it to promote it")
+    subprocess.run(
+        _as_server_user([server.pg_ctl, "-D", str(server.data_dir), "-m", "fast", "-w", "stop"]),
+        capture_output=True,
+        check=False,
+    )
+    for key in TARGET_SETTINGS:
+        server.settings.pop(key, None)
+    server.conf.write(server.settings)
+    (server.feeder.staging / "requested").write_text("")  # asks from here on decide the next exhaustion
+    _start(server.pg_ctl, server.data_dir, server.feeder)
 
 
 def _finish(engine: PostgresEngine) -> None:

@@ -9,18 +9,31 @@ yet in the vault (about one segment, plus whatever a slow vault backs up).
 
 RPO: a segment fills only as fast as the server writes (16 MB; on a quiet
 database that takes hours). Whenever ``rpo_seconds`` passed since the last
-piece and new WAL was flushed, the flushed prefix of the current ``.partial``
-segment is shipped as a *partial* piece (same start as the segment, end = the
-flushed LSN); a later piece with the same start supersedes it. We chose this
-over forcing ``pg_switch_wal()``: a forced switch makes the server write and
-keep a whole new 16 MB segment per RPO interval (at a 30 s RPO, 46 GB of WAL a
-day on an idle database, the known cost of ``archive_timeout``), needs a
-privilege capture does not otherwise need, and still waits for a segment to
-stream; a partial piece costs only the bytes written since the segment began,
-and the RPO becomes ``rpo_seconds`` plus the time to seal the prefix.
-``--synchronous`` makes pg_receivewal flush and report each write at once, so
-the slot's ``restart_lsn`` is exactly how much of the ``.partial`` file is
-durable: that is the prefix we ship, never more.
+piece and new WAL was flushed, the WAL flushed since the last piece is shipped
+at once as a piece that ends inside the segment; the next piece starts where it
+ended, so a segment may reach the vault in several pieces (each named by its
+segment file, ``extra.offset`` its byte offset in it) and no byte is shipped
+twice. We chose this over the two obvious ways:
+
+- forcing ``pg_switch_wal()`` makes the server write and keep a whole new
+  16 MB segment per RPO interval (at a 30 s RPO, 46 GB of WAL a day on an idle
+  database: the known cost of ``archive_timeout``) and needs a privilege the
+  capture does not otherwise need;
+- shipping the segment's whole flushed prefix again as a piece that a later one
+  supersedes costs up to a segment per RPO interval in the vault: a source that
+  writes a little all day would store hundreds of copies of each segment.
+
+The RPO is ``rpo_seconds`` plus the time to seal one piece. ``--synchronous``
+makes pg_receivewal flush and report each write at once; the flush position
+its walsender shows (``pg_stat_replication.flush_lsn``) is exactly how much of
+the ``.partial`` file is durable: what we ship, never more.
+
+Times: each piece records the first and last commit (or abort) time among the
+records that end inside it, read with ``pg_waldump`` (``walfiles.py``); a piece
+with no commit records the server's clock when it was cut. A commit record that
+straddles a segment boundary can be missed by that reading, which only lowers a
+piece's ``last_time``: a planner then takes a piece more, never one too few,
+and the restore stops at the target by the server's own reading of the WAL.
 
 Resume: the slot keeps the server from removing WAL pg_receivewal has not
 flushed; the vault's last piece says where the log ends. At start the spool is
@@ -116,8 +129,8 @@ class WalCapture:
         self.scratch = self.spool / ".ship"
         self.proc: subprocess.Popen | None = None
         self.stderr: StderrTail | None = None
-        self.next_start: int | None = None  # start of the next piece (a segment boundary)
-        self.shipped_end: int | None = None  # end of the vault's log (past next_start after a partial)
+        self.shipped_end: int | None = None  # end of the vault's log: where the next piece starts
+        self.counted: int | None = None  # LSN of the last commit record whose time a piece recorded
         self.last_ship = 0.0
         self.failures = 0
 
@@ -154,18 +167,22 @@ class WalCapture:
         if last is not None:
             self.timeline = int(last.end.get("timeline") or 1)
             self.shipped_end = lsn_int(last.end["lsn"])
-            self.next_start = lsn_int(last.start["lsn"]) if last.partial else self.shipped_end
+            self.counted = lsn_int(last.extra.get("last_commit_lsn") or last.start["lsn"])
             return
         full = self.log.newest_full()
         if full is not None and full.position.get("physical"):
             self.timeline = int(full.position.get("timeline") or 1)
-            self.next_start = walfiles.floor_segment(lsn_int(full.position["lsn"]), self.seg_size)
-            self.shipped_end = self.next_start
+            # Whole segments from the one the backup started in: the replay starts at its redo point.
+            self.shipped_end = walfiles.floor_segment(lsn_int(full.position["lsn"]), self.seg_size)
+            self.counted = self.shipped_end
             return
         # Nothing to continue: the log starts where the slot (or the server) is now.
         self.timeline = walfiles.segment_timeline(
             self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         )
+
+    def _segment(self, lsn: int) -> int:
+        return walfiles.floor_segment(lsn, self.seg_size)
 
     def _spooled(self) -> list[tuple[int, str, bool]]:
         """(segment start, file name, partial) of the spool's WAL files, in log order."""
@@ -179,20 +196,21 @@ class WalCapture:
     def _prepare_spool(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(mode=0o700)
-        if self.next_start is None:
+        if self.shipped_end is None:
             return
+        resume = self._segment(self.shipped_end)
         for start, name, _ in self._spooled():
-            if start < self.next_start:
+            if start < resume:
                 (self.spool / name).unlink()  # in the vault already
         spooled = self._spooled()
-        if spooled and spooled[0][0] != self.next_start:
+        if spooled and spooled[0][0] != resume:
             # The spool does not continue the vault (lost or from elsewhere): stream again from the vault's end.
             for _, name, _ in spooled:
                 (self.spool / name).unlink()
             spooled = []
         if not spooled:
             # pg_receivewal streams from the start of the newest .partial segment it finds.
-            seed = self.spool / (walfiles.segment_name(self.timeline, self.next_start, self.seg_size) + ".partial")
+            seed = self.spool / (walfiles.segment_name(self.timeline, resume, self.seg_size) + ".partial")
             with open(seed, "wb") as f:
                 f.truncate(self.seg_size)
 
@@ -297,18 +315,17 @@ class WalCapture:
         for start, name, partial in self._spooled():
             if partial:
                 continue
-            if self.next_start is None:
-                self.next_start = self.shipped_end = start
-            if start < self.next_start:
+            if self.shipped_end is None:
+                self.shipped_end = self.counted = start
+            if start + self.seg_size <= self.shipped_end:
                 (self.spool / name).unlink()  # shipped before a restart
                 continue
-            if start > self.next_start:
+            if start > self._segment(self.shipped_end):
                 raise LogGapError(
-                    f"WAL of '{self.log.source}' from {lsn_text(self.next_start)} to {lsn_text(start)} never reached "
-                    f"the spool {self.spool}; take a new full backup and restart capture"
+                    f"WAL of '{self.log.source}' from {lsn_text(self.shipped_end)} to {lsn_text(start)} never "
+                    f"reached the spool {self.spool}; take a new full backup and restart capture"
                 )
-            end = start + self.seg_size
-            self._ship(self.spool / name, name, start, end, partial=False)
+            self._ship(name, self.spool / name, self.shipped_end, start + self.seg_size)
             (self.spool / name).unlink()
 
     def _flushed(self) -> int | None:
@@ -325,77 +342,86 @@ class WalCapture:
         return lsn_int(row[0]) if row and row[0] else None
 
     def _ship_partial(self, at_least: int = 0, flush: int | None = None) -> None:
-        """Ship the flushed prefix of the current segment, if it holds WAL the vault lacks (and
-        reaches ``at_least``: a backup waiting for its position needs one piece, not one per poll)."""
+        """Ship the WAL flushed since the last piece, when there is some inside the current segment
+        (and it reaches ``at_least``: a backup waiting for its position needs one piece, not one per poll)."""
         flush = self._flushed() if flush is None else flush
         if flush is None:
             return
-        if self.next_start is None:
-            partials = [(s, n) for s, n, p in self._spooled() if p]
+        if self.shipped_end is None:
+            partials = [start for start, _, partial in self._spooled() if partial]
             if not partials:
                 return
-            self.next_start = self.shipped_end = partials[0][0]
-        if flush <= (self.shipped_end or 0) or flush < at_least or flush >= self.next_start + self.seg_size:
-            return  # nothing new, or the segment is complete and ships whole
-        name = walfiles.segment_name(self.timeline, self.next_start, self.seg_size)
-        source = self.spool / (name + ".partial")
-        copy = self.scratch / name
-        try:
-            with open(source, "rb") as f, open(copy, "wb") as out:
-                remaining = flush - self.next_start
-                while remaining:
-                    block = f.read(min(remaining, 1 << 20))
-                    if not block:
-                        raise EngineError(
-                            f"the spooled WAL {source} is shorter than the flushed position {lsn_text(flush)}"
-                        )
-                    out.write(block)
-                    remaining -= len(block)
-        except FileNotFoundError:
-            return  # completed meanwhile: it ships whole
-        try:
-            self._ship(copy, name, self.next_start, flush, partial=True)
-        finally:
-            copy.unlink(missing_ok=True)
+            self.shipped_end = self.counted = partials[0]
+        segment = self._segment(self.shipped_end)
+        if flush <= self.shipped_end or flush < at_least or flush >= segment + self.seg_size:
+            return  # nothing new, or the segment is complete and ships from its completed file
+        name = walfiles.segment_name(self.timeline, segment, self.seg_size)
+        path = self.spool / (name + ".partial")
+        if not path.exists():
+            return  # completed meanwhile: it ships from the completed file
+        self._ship(name, path, self.shipped_end, flush)
 
-    def _ship(self, path: Path, name: str, start: int, end: int, partial: bool) -> None:
+    def _ship(self, name: str, path: Path, start: int, end: int) -> None:
+        """Ship bytes [start, end) of segment file ``path`` (segment ``name``) as one piece."""
         timeline = walfiles.segment_timeline(name)
-        if partial:
-            # pg_waldump reads whole pages: padded with zeros (sparse) it reads the prefix to its last
-            # record; cut back before shipping, so the piece holds exactly the flushed bytes.
-            with open(path, "r+b") as f:
-                f.truncate(self.seg_size)
-            times = walfiles.commit_times(self.pg_waldump, path, end)
-            with open(path, "r+b") as f:
-                f.truncate(end - start)
-        else:
-            times = walfiles.commit_times(self.pg_waldump, path, end)
+        segment = walfiles.segment_start(name, self.seg_size)
+        # pg_waldump finds WAL files by name: a link named as the segment, read up to ``end``.
+        link = self.scratch / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(path.absolute())
+        try:
+            times = walfiles.commit_times(
+                self.pg_waldump, self.scratch, timeline, max(segment, self.counted or segment), end, self.counted
+            )
+        finally:
+            link.unlink(missing_ok=True)
         cut = self._server_time()
+        complete = end == segment + self.seg_size
         info = PieceInfo(
             start=position(start, timeline),
             end=position(end, timeline),
             first_time=times.first or cut,
             last_time=times.last or cut,
             name=name,
-            partial=partial,
             extra={
                 "timeline": timeline,
                 "segment_bytes": self.seg_size,
+                "offset": start - segment,
                 "commits": times.count,
-                # How first/last_time are known: the pieces' own commit records, or the server's
+                "last_commit_lsn": lsn_text(times.last_lsn)
+                if times.last_lsn
+                else (lsn_text(self.counted) if self.counted else None),
+                # How first/last_time are known: the piece's own commit records, or the server's
                 # clock when the piece was cut (a piece with no commit).
                 "times": "commit records" if times.count else "server time at cut",
             },
         )
-        with open(path, "rb") as data:
-            self.log.ship(info, data)
+        with open(path, "rb") as f:
+            f.seek(start - segment)
+            self.log.ship(info, _Range(f, end - start))
         self.shipped_end = end
-        self.next_start = start if partial else end
+        if times.last_lsn:
+            self.counted = times.last_lsn
         self.last_ship = time.monotonic()
         self.failures = 0
-        kind = "partial segment" if partial else "segment"
         self.log.progress(
-            f"shipped WAL {kind} {name} ({lsn_text(start)} -> {lsn_text(end)}, {times.count} commits"
-            + (f", last {times.last}" if times.last else "")
-            + ")"
+            f"shipped WAL {name} {'' if complete else 'up to '}{lsn_text(end)} ({lsn_text(start)} -> {lsn_text(end)}, "
+            f"{end - start} bytes, {times.count} commits" + (f", last {times.last}" if times.last else "") + ")"
         )
+
+
+class _Range:
+    """A readable view of the next ``size`` bytes of a file (one piece of a segment)."""
+
+    def __init__(self, f, size: int) -> None:
+        self._f, self._left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        if len(data) < n:
+            raise EngineError(f"the spooled WAL {self._f.name} is shorter than the flushed position")
+        self._left -= len(data)
+        return data

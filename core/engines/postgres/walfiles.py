@@ -25,9 +25,10 @@ from core.engines.postgres.position import lsn_int, lsn_text
 from core.errors import EngineError
 
 SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
-# Records recovery_target_time stops at: commits and aborts (prepared ones too).
+# Records recovery_target_time stops at: commits and aborts (prepared ones too), with their LSN.
 _XACT_TIME = re.compile(
-    r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (?:\d+: )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
+    r"lsn: ([0-9A-F]+/[0-9A-F]+),.*?desc: (?:COMMIT|ABORT)(?:_PREPARED)? (?:\d+: )?"
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
 )
 # What pg_waldump says when it reaches the end of the WAL it was given (not a damaged file).
 _END_OF_WAL = (
@@ -78,26 +79,38 @@ class CommitTimes:
     first: str | None
     last: str | None
     count: int
+    last_lsn: int | None  # LSN of the last commit record read (where the next reading resumes)
 
 
-def commit_times(pg_waldump: str, path: Path, end_lsn: int | None = None) -> CommitTimes:
-    """First/last commit (or abort) time among the records of WAL file ``path`` (named as its
-    segment), up to ``end_lsn``. The end of the given WAL (a record running into the next
-    segment, the zeros after a partial segment's last record) ends the listing as expected;
-    any other pg_waldump error fails: a piece is never described from a damaged file."""
-    argv = [pg_waldump, "--rmgr=Transaction", str(path)]
-    if end_lsn is not None:
-        argv.insert(2, f"--end={lsn_text(end_lsn)}")
+def commit_times(
+    pg_waldump: str, directory: Path, timeline: int, start: int, end: int, after: int | None
+) -> CommitTimes:
+    """First/last commit (or abort) time among the records from ``start`` (a record start or a
+    segment start) to ``end`` in the WAL files of ``directory``, counting only records after LSN
+    ``after`` (read before). The end of the given WAL (a record running past ``end``) ends the
+    listing as expected; any other pg_waldump error fails: a piece is never described from a
+    damaged file."""
+    argv = [
+        pg_waldump,
+        f"--path={directory}",
+        f"--timeline={timeline}",
+        f"--start={lsn_text(start)}",
+        f"--end={lsn_text(end)}",
+        "--rmgr=Transaction",
+    ]
     # pg_waldump prints timestamps in its own local time zone.
     proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, TZ="UTC"), check=False)
     err = proc.stderr.strip()
     if proc.returncode != 0 and not any(m in err for m in _END_OF_WAL):
-        raise EngineError(f"pg_waldump could not read WAL file {path.name}: {err.splitlines()[-1] if err else ''}")
-    times = [m.group(1) for m in _XACT_TIME.finditer(proc.stdout)]
-    if not times:
-        return CommitTimes(None, None, 0)
-    stamps = sorted(datetime.fromisoformat(t).replace(tzinfo=UTC) for t in times)
-    return CommitTimes(iso_z(stamps[0]), iso_z(stamps[-1]), len(stamps))
+        raise EngineError(
+            f"pg_waldump could not read the WAL at {lsn_text(start)}: {err.splitlines()[-1] if err else ''}"
+        )
+    found = [(lsn_int(m.group(1)), m.group(2)) for m in _XACT_TIME.finditer(proc.stdout)]
+    found = [(lsn, t) for lsn, t in found if after is None or lsn > after]
+    if not found:
+        return CommitTimes(None, None, 0, None)
+    stamps = sorted(datetime.fromisoformat(t).replace(tzinfo=UTC) for _, t in found)
+    return CommitTimes(iso_z(stamps[0]), iso_z(stamps[-1]), len(stamps), max(lsn for lsn, _ in found))
 
 
 def lsn_of(position_: dict) -> int:
