@@ -179,6 +179,7 @@ def plan_chain_restore(
                 f"{position_text(kind, first.start)} (piece {first.seq}); restore to {full.ended_at} or earlier, "
                 "or take a new full backup"
             )
+        quiet = False  # the next piece starts after the target: the log holds nothing in between
         if begin is not None:
             for i in range(begin, len(log)):
                 piece = log[i]
@@ -190,12 +191,14 @@ def plan_chain_restore(
                         )
                     break
                 if parse_iso(piece.first_time) > target_time and chosen:
+                    quiet = True
                     break
                 chosen.append(piece)
                 if parse_iso(piece.last_time) >= target_time:
                     break
             if chosen:
-                recovery = max(recovery, min(target_time, parse_iso(chosen[-1].last_time)))
+                reached = target_time if quiet else parse_iso(chosen[-1].last_time)
+                recovery = max(recovery, min(target_time, reached))
     recovery = min(recovery, target_time)
     loss = max(0.0, (target_time - recovery).total_seconds())
     plan = ChainPlan(

@@ -338,3 +338,27 @@ def test_a_version_1_vault_written_by_the_previous_release_is_read_and_extended(
     new = backup_source(vault, keyring, engine_for(FilesSourceConfig(name="app", root=str(data))))
     assert sorted(m.id for m in vault.list_backups("app")) == sorted([old_id, new.id])
     assert (new.version, new.chain) == (2, new.id)
+
+
+def test_a_target_in_a_quiet_stretch_loses_nothing():
+    # Piece 2 starts at 41 s: nothing was written between piece 1's last event (40 s) and 41 s.
+    p = plan([manifest(FULL, 5)], LOG, 40.5)
+    assert (p.pieces, p.recovery_time, p.data_loss_s) == ([0, 1], at(40.5), 0.0)
+
+
+def test_the_log_restarts_at_a_newer_full_and_the_gap_before_it_is_named(vault):
+    keyring = Keyring(passphrase="pw")
+    newer = manifest(FULL2, 45, position={"lsn": "0/900", "timeline": 1, "physical": True})
+    log = LogWriter(vault.store, "db", "postgres", keyring, vault.check_passphrase(keyring), newest_full=lambda: None)
+    log.ship(piece(0, 0x100, 0x200, 10, 20), b"A")
+    log.close()
+    log = LogWriter(vault.store, "db", "postgres", keyring, vault.check_passphrase(keyring), newest_full=lambda: newer)
+    with pytest.raises(LogGapError):
+        log.ship(piece(1, 0x300, 0x400, 41, 60), b"B")  # neither continuing nor at the newer full
+    log.ship(piece(1, 0x900, 0xA00, 46, 60), b"B")  # the new chain's first piece
+    pieces = vault.log_pieces("db")
+    assert plan([manifest(FULL, 5), newer], pieces, 50).pieces == [1]
+    with pytest.raises(LogGapError, match="gap from lsn 0/200 tli 1"):
+        plan([manifest(FULL, 5), newer], pieces, 30)
+    (entry,) = list_chains([manifest(FULL, 5), newer], {"db": pieces}, {"db": "postgres"})
+    assert [(g["from"], g["to"]) for g in entry["gaps"]] == [("lsn 0/200 tli 1", "lsn 0/900 tli 1")]

@@ -304,11 +304,6 @@ def test_a_killed_capture_ships_its_spool_and_a_dropped_link_resumes_without_a_g
     assert_same_redis(expected, snapshot_redis(target.client))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/repository/log.py LogWriter._check_continuous refuses the first piece of a new chain (the "
-    "Redis engine's report gives the diff); remove this mark once it accepts a piece starting at a newer full",
-)
 def test_a_capture_the_primary_cannot_continue_takes_a_full_through_its_link_and_loses_no_write(
     redis_session, vault, keyring, capturing
 ):

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.crypto.envelope import Opener, Sealer
 from core.crypto.keys import Keyring
-from core.engines import position_order, position_text
+from core.engines import log_start, position_order, position_text
 from core.engines.base import BackupResult, PieceInfo
 from core.errors import FormatError, IntegrityError, LogGapError, VaultError
 from core.repository.manifest import StreamRecord, now_iso
@@ -347,6 +347,13 @@ class LogWriter:
             return
         if last.partial and order(info.start) == order(last.start) and order(info.end) >= order(last.end):
             return  # the completed piece supersedes the partial one shipped for the RPO
+        # A new chain: the log starts again at a full taken after the last piece (Redis takes one through
+        # its capture's own link when the primary can no longer continue the stream; PostgreSQL after a
+        # lost slot). The range between is a gap the planner names; restores after the full are whole.
+        newest = self._newest_full() if self._newest_full is not None else None
+        begin = log_start(self.kind, newest.position) if newest is not None and newest.id != last.chain else None
+        if begin is not None and order(info.start) == order(begin):
+            return
         raise LogGapError(
             f"log of {self.source!r}: the new piece starts at {position_text(self.kind, info.start)} but the vault's "
             f"log ends at {position_text(self.kind, last.end)} ({last.id}); the range between is missing - take a "
