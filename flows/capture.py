@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from core import cancel
+from core.errors import EngineError
 from flows.reporting import raise_failures
 from tasks.capture import capture_source_task, select_capture_sources
 
@@ -45,7 +46,15 @@ def capture(stack: str = "default", sources: list[str] | None = None) -> list[di
                     continue
                 del pending[name]
                 try:
-                    results.append(future.result())
+                    result = future.result()
+                    if not stop.is_set():
+                        # A capture runs until it is stopped: one that ended by itself no longer captures, and
+                        # a run that went on for the others would never restart it.
+                        raise EngineError(
+                            f"{name}: its capture ended without a stop request; the capture deployment's next run "
+                            "(or 'genesis-dr capture') starts it again, resuming where the vault's log ends"
+                        )
+                    results.append(result)
                 except BaseException as exc:  # collected and re-raised below, never swallowed
                     failures[name] = exc
                     if not stop.is_set():
