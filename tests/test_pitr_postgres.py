@@ -26,8 +26,9 @@ import pytest
 from core.chains import effective_log, log_gaps, plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.postgres.engine import PostgresEngine
+from core.engines.postgres.position import lsn_int
 from core.engines.postgres.recovery import port_in_use
-from core.errors import IntegrityError, LogGapError
+from core.errors import IntegrityError, LogGapError, TargetNotEmptyError
 from core.operations import backup_source, capture_source
 from core.repository.vault import Vault
 from core.restoring import restore_backup, restore_chain_plan
@@ -151,6 +152,7 @@ def captured(pg_pitr_server, tmp_path_factory):
     capture = Capture(src.vault, src.keyring, src.engine)
     try:
         batch1, _ = _write_batch(pg_pitr_server, src.database, 1)
+        differential = backup_source(src.vault, src.keyring, src.engine, "differential")
         time.sleep(1.2)
         batch2, commit2, after2 = _write_batch_timed(pg_pitr_server, src.database, 2)
         incremental = backup_source(src.vault, src.keyring, src.engine, "incremental")
@@ -170,6 +172,7 @@ def captured(pg_pitr_server, tmp_path_factory):
         src=src,
         full=full,
         incremental=incremental,
+        differential=differential,
         before=before,
         batches=[batch1, batch2, batch3],
         target_time=after2 + (before3 - after2) / 2,
@@ -187,8 +190,20 @@ def test_physical_full_records_its_wal_range_and_the_cluster(captured):
     assert position["physical"] is True and position["timeline"] == 1
     assert position["lsn"] <= position["end_lsn"] or len(position["lsn"]) < len(position["end_lsn"])
     assert position["server_version"].startswith("15")
-    assert captured.incremental.parent == captured.full.id
-    assert captured.incremental.streams == []
+    # The chain: a differential and an incremental record WAL positions, no data.
+    assert captured.differential.parent == captured.full.id and captured.differential.streams == []
+    assert captured.incremental.parent == captured.differential.id and captured.incremental.streams == []
+    assert lsn_int(captured.incremental.position["lsn"]) > lsn_int(captured.differential.position["lsn"])
+
+
+def test_auto_takes_a_physical_full_once_the_capture_slot_exists(captured):
+    src = captured.src
+    auto = PostgresEngine(src.config.model_copy(update={"backup_method": "auto"}))
+    assert [s.name for s in backup_source(src.vault, src.keyring, auto, "full").streams] == ["base.tar"]
+    # No slot of that name on the server: the source is not set up for WAL capture, the full stays logical.
+    unslotted = PostgresEngine(src.config.model_copy(update={"backup_method": "auto", "slot": "gdr_no_such_slot"}))
+    logical = backup_source(src.vault, src.keyring, unslotted, "full")
+    assert "base.tar" not in [s.name for s in logical.streams] and logical.position.get("physical") is None
 
 
 def test_capture_ships_a_gap_free_log_with_commit_times(captured):
@@ -245,6 +260,39 @@ def test_the_physical_full_alone_restores_by_backup_id(captured):
         assert report.verified_checks == 2  # the cluster's identity: system identifier and major version
     finally:
         stop_cluster(Path(target.config.data_dir))
+
+
+def test_a_missing_piece_is_a_named_gap(captured, tmp_path):
+    src = captured.src
+    copy = tmp_path / "vault"
+    shutil.copytree(src.vault.store.root, copy)
+    pieces = src.vault.log_pieces(src.name)
+    missing = pieces[len(pieces) // 2]
+    (copy / "logs" / src.name / f"{missing.seq:012d}.json").unlink()
+    vault = Vault.open(LocalStore(copy))
+    target = _target(src)
+    with pytest.raises(LogGapError) as caught:
+        plan_chain_restore(
+            vault.list_backups(src.name),
+            vault.log_pieces(src.name),
+            src.name,
+            "postgres",
+            captured.target_time,
+            datetime.now(UTC),
+            target=target.describe(),
+            target_has_data=False,
+            force=False,
+        )
+    assert f"lsn {missing.start['lsn']}" in str(caught.value) and src.name in str(caught.value)
+
+
+def test_a_target_directory_that_holds_anything_is_refused(captured):
+    target = _target(captured.src)
+    Path(target.config.data_dir).mkdir()
+    (Path(target.config.data_dir) / "PG_VERSION").write_text("15\n")
+    with pytest.raises(TargetNotEmptyError, match="choose another data_dir"):
+        restore_backup(captured.src.vault, captured.src.keyring, captured.full.id, target, force=True)
+    assert (Path(target.config.data_dir) / "PG_VERSION").read_text() == "15\n"
 
 
 def test_a_corrupted_wal_piece_fails_the_restore_and_leaves_no_cluster(captured, tmp_path):

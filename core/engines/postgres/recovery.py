@@ -149,6 +149,11 @@ def check_target(engine: PostgresEngine) -> None:
     """What ``ping_target`` checks for a new cluster: the directory can be made and the port is free."""
     c = engine.config
     path = Path(c.data_dir)
+    if data_dir_holds_data(path):
+        raise TargetNotEmptyError(
+            f"restore target {engine.describe()}: {path} is not empty; a recovered cluster is built only in a new "
+            "directory (--force does not overwrite one) - choose another data_dir"
+        )
     parent = path.parent
     if not parent.is_dir():
         raise SourceUnavailableError(
