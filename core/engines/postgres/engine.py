@@ -1,6 +1,19 @@
-"""PostgreSQL: logical backups with ``pg_dump``, restores with ``pg_restore``.
+"""PostgreSQL: logical backups with ``pg_dump``, restores with ``pg_restore``; physical
+backups, WAL capture and point-in-time restore (the modules named below).
 
-Backup
+Full backups come in two kinds (``backup_method``): logical (below: one
+database, restorable into any server of the same or a newer major) and
+physical (``physical.py``: the whole cluster from ``pg_basebackup``, the base
+of a WAL replay). ``auto`` takes a physical full once the source is set up for
+WAL capture (the login may replicate and the capture's slot exists), logical
+otherwise. A differential or incremental stores no data: it forces a WAL
+switch and records the position the vault's log must reach (``wal.py``
+captures the WAL continuously through a replication slot). A point-in-time
+restore builds a new cluster in ``data_dir`` from the physical full and the
+WAL pieces, stopped at the target time (``recovery.py``); a physical full
+restored by its id is the same with no WAL.
+
+Logical backup
     We open a REPEATABLE READ READ ONLY transaction, export its snapshot, and
     run every ``pg_dump --snapshot`` of the backup on it, so all streams and
     the checks (row counts, content hashes, sequences, schema inventory - see

@@ -1,8 +1,12 @@
 """PostgreSQL positions: a WAL location (LSN) on a timeline.
 
-A physical backup records ``{"lsn": "0/3000028", "timeline": 1, "physical": true}``
-(its start LSN: WAL replay starts there); a logical dump records the LSN of its
-snapshot but cannot take a WAL replay.
+A physical backup records ``{"lsn": "0/3000028", "timeline": 1, "physical": true,
+"end_lsn": "0/3000100", "end_time": ..., "server_version": ..., "wal_segment_size": ...}``
+(``lsn`` is its start: WAL replay starts there; it is consistent from ``end_lsn``);
+a logical dump records the LSN of its snapshot but cannot take a WAL replay.
+A differential or incremental records ``{"lsn", "timeline"}``: where the WAL
+was switched, which the vault's log reaches. Log pieces start and end at
+``{"lsn", "timeline"}`` (byte ranges of the WAL, see ``wal.py``).
 """
 
 from __future__ import annotations
