@@ -517,11 +517,11 @@ class Ours:
         self.out["pieces_shipped_after_disaster"] = dropped
         return copy
 
-    def restore(self, vault_path: Path, target: datetime, datadir: Path, port: int):
+    def restore(self, vault_path: Path, target: datetime, datadir: Path, port: int) -> tuple[dict, object]:
         """Plan and run the restore of ``vault_path`` to ``target`` into ``datadir``; returns the plan and report."""
         from core.chains import plan_chain_restore
-        from core.operations import restore_chain_plan
         from core.repository.vault import Vault
+        from core.restoring import restore_chain_plan
         from core.storage.local import LocalStore
 
         vault = Vault.open(LocalStore(vault_path))
@@ -534,11 +534,10 @@ class Ours:
             target,
             datetime.now(UTC),
             target=engine.describe(),
-            target_has_data=False,
+            target_has_data=engine.has_data(),
             force=False,
-            restores_beside=False,
-        )
-        report = restore_chain_plan(vault, self.keyring, plan, engine, False, lambda m: log(f"  restore: {m}"))
+        ).to_dict()
+        report = restore_chain_plan(vault, self.keyring, plan, engine, progress=lambda m: log(f"  restore: {m}"))
         return plan, report
 
 
@@ -704,6 +703,7 @@ def run(args: argparse.Namespace) -> dict:
         # -- restores ----------------------------------------------------------------------
         if ours:
             target = Cluster(workdir / "ours-restore", free_port())
+            target.logfile = target.datadir / "genesis-dr-server.log"  # where the engine's server logs
             Cluster.started.append(target)  # the engine starts it; we stop it
             log(f"genesis-dr restore to {disaster.isoformat()} into {target.datadir} (port {target.port})")
             with PeakRSS() as peak, rounds.sample("pitr_restore_s") as r:
@@ -712,8 +712,8 @@ def run(args: argparse.Namespace) -> dict:
                 target.wait_writable()
                 r["s"] = time.monotonic() - started
             rss["restore"] = peak.peak_mb
-            out["plan_pieces"], out["plan_data_loss_s"] = len(plan.pieces), plan.data_loss_s
-            out["recovery_point"] = getattr(report, "recovery_point", None) or getattr(report, "recovery", None)
+            out["plan_pieces"], out["plan_data_loss_s"] = len(plan["pieces"]), plan["data_loss_s"]
+            out["recovery_point"], out["restore_unproven"] = report.recovery_point, report.unproven
             row_id, committed, _ = newest_row(target)
             out["rpo_s"] = round(disaster_epoch - committed.timestamp(), 2)
             out["newest_restored_row"] = {"id": row_id, "committed_at": committed.isoformat()}
