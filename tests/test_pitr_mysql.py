@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.mysql import position as mysql_position
 from core.engines.mysql.engine import MySQLEngine
-from core.errors import LogGapError
-from core.operations import backup_source, capture_source, restore_chain_plan
+from core.errors import EngineError, LogGapError
+from core.operations import backup_source, capture_source, count_checks, restore_backup, restore_chain_plan
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
 from tests.fixtures_mysql import MySQLServer
@@ -259,6 +260,37 @@ def test_chain_of_differential_and_incrementals_with_the_capture_resumed(mysql_p
     assert _rows(server, latest) == after[3]
 
 
+def test_a_statement_naming_another_database_stops_the_replay_before_it_writes_there(
+    mysql_pitr_server, vault, keyring, capturing
+):
+    """--rewrite-db changes only a statement's USE: a statement-logged write qualified with another
+    database would land in that database on the target server. The replay stops before it, named."""
+    server = mysql_pitr_server
+    database, engine = _source(server)
+    other = server.create_database("elsewhere")
+    with server.connect(other) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE audit (id INT PRIMARY KEY)")
+    backup_source(vault, keyring, engine, "full")
+    capture = capturing(engine)
+    with server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION binlog_format = STATEMENT")
+        cur.execute("INSERT INTO orders VALUES (77, 1, 'kept', 1.00, NULL)")
+        cur.execute(f"INSERT INTO `{other}`.audit VALUES (1)")
+    capture.wait_shipped(server)
+    capture.finish()
+    with server.connect(other) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM audit")  # what the replay must not put back
+
+    with pytest.raises(EngineError) as err:
+        _restore_to(vault, keyring, server, datetime.now(UTC))
+
+    assert f"names database {other}, so replaying it would write outside" in str(err.value)
+    assert "binlog_format=ROW" in str(err.value)
+    with server.connect(other) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM audit")
+        assert cur.fetchone() == (0,)
+
+
 def test_binlog_purged_before_it_was_captured_is_a_named_gap(mysql_pitr_server, vault, keyring):
     server = mysql_pitr_server
     database, engine = _source(server)
@@ -287,3 +319,58 @@ def test_binlog_purged_before_it_was_captured_is_a_named_gap(mysql_pitr_server, 
     assert "take a new full backup" in message
     assert err.value.exit_code == 14
     assert vault.log_pieces(SOURCE) == []
+
+
+def test_full_without_reload_is_a_gtid_snapshot_exact_under_writes(mysql_pitr_server, vault, keyring, capturing):
+    """A managed server's account: no RELOAD, no SUPER. The full takes the gtid snapshot (no global
+    lock) while the application keeps writing to the database and to another one; its checks match
+    its dump, and a replay from its recorded position loses and repeats no row."""
+    server = mysql_pitr_server
+    database, _ = _source(server)
+    other = server.create_database("busy")
+    password = "no-reload pw ;#"
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'managed'@'127.0.0.1' IDENTIFIED BY %s", (password,))
+        cur.execute(
+            "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, BINLOG MONITOR, REPLICATION SLAVE "
+            "ON *.* TO 'managed'@'127.0.0.1'"
+        )
+        cur.execute(f"CREATE TABLE `{other}`.noise (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+    config = server.config(SOURCE, database, user="managed", password=SecretStr(password), rpo_seconds=1)
+    engine = MySQLEngine(config)
+    writing = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:
+        with server.connect(database) as conn, conn.cursor() as cur, server.connect(other) as busy:
+            n = 1000
+            while not writing.is_set():
+                cur.execute("INSERT INTO orders VALUES (%s, 9, 'live', 1.00, NOW(6))", (n,))
+                busy.cursor().execute("INSERT INTO noise (v) VALUES (%s)", (n,))
+                written.append(n)
+                n += 1
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        full = backup_source(vault, keyring, engine, "full")
+        capture = capturing(engine)
+        time.sleep(0.5)
+        incremental = backup_source(vault, keyring, engine, "incremental")  # no RELOAD: no rotation either
+    finally:
+        writing.set()
+        writer.join()
+    capture.wait_shipped(server)
+    capture.finish()
+
+    assert full.position["snapshot"] == "gtid" and incremental.position["binlog_pos"] > 4
+    assert len(written) > 20  # the writer really ran across the backup
+    # The full alone: its checks are those of its dump.
+    alone = server.fresh_database_name("alone")
+    report = restore_backup(vault, keyring, full.id, MySQLEngine(server.config(SOURCE, alone)))
+    assert report.verified_checks == count_checks(vault.open_backup(full.id, keyring).result.checks)
+    # The full and the binlog from its position: every row once, none missing.
+    restored, _, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
+    assert _rows(server, restored) == _rows(server, database)

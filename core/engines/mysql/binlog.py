@@ -97,6 +97,14 @@ class Event:
         status_len = struct.unpack_from("<H", body, 11)[0]
         return body[13 + status_len + db_len + 1 :]
 
+    def default_database(self) -> str:
+        """The default database (``USE``) a Query event ran under."""
+        body = self.raw[HEADER_LEN:]
+        db_len = body[8]
+        status_len = struct.unpack_from("<H", body, 11)[0]
+        start = 13 + status_len
+        return body[start : start + db_len].decode("utf-8", "replace")
+
     def rotate_target(self, checksum: bool) -> tuple[str, int]:
         """(next file, position) of a Rotate event; ``checksum``: events end in a CRC32."""
         body = self.raw[HEADER_LEN : len(self.raw) - 4 if checksum else len(self.raw)]

@@ -167,9 +167,9 @@ class _GlobalReadLock:
                         "(a long-running statement holds tables); retry when it has finished"
                     ) from None
                 if code in _ACCESS_DENIED:
-                    raise EngineError(
+                    raise _NoReload(
                         f"{self._where}: the backup user may not run FLUSH TABLES WITH READ LOCK; "
-                        "GRANT RELOAD ON *.* to it (needed for a consistent binlog position)"
+                        "GRANT RELOAD ON *.* to it, or set snapshot: gtid (a READ lock on this database only)"
                     ) from None
                 raise
         self.held = True
@@ -180,6 +180,65 @@ class _GlobalReadLock:
                 self.held = False
                 with self._conn.cursor() as cur:
                     cur.execute("UNLOCK TABLES")  # keeps the consistent-snapshot transaction open
+
+
+class _NoReload(EngineError):
+    """The backup user may not take the global read lock (no RELOAD)."""
+
+
+class _DatabaseReadLock:
+    """LOCK TABLES ... READ on every base table of the source database, on a session of its own
+    (a START TRANSACTION would release it on ours): the gtid snapshot's only lock. Writes to this
+    database wait from here until every dump has opened its snapshot; the rest of the server runs
+    on. Needs LOCK TABLES and SELECT on the database, not RELOAD."""
+
+    def __init__(self, engine: MySQLEngine) -> None:
+        self._engine = engine
+        self._conn = None
+        self._mutex = threading.Lock()
+        self.held = False
+
+    def acquire(self) -> None:
+        engine, db = self._engine, self._engine.config.database
+        conn = engine._connect(db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE') ORDER BY TABLE_NAME",
+                    (db,),
+                )
+                tables = [name for (name,) in cur.fetchall()]
+                cur.execute("SET SESSION lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT,))
+                if tables:
+                    cur.execute("LOCK TABLES " + ", ".join(f"{quote_name(t)} READ" for t in tables))
+        except pymysql.err.MySQLError as exc:
+            conn.close()
+            code = exc.args[0] if exc.args else None
+            if code == _LOCK_WAIT:
+                raise EngineError(
+                    f"{engine._where()}: could not lock the tables of {db} for reading within {LOCK_WAIT_TIMEOUT}s "
+                    "(a long-running statement holds them); retry when it has finished"
+                ) from None
+            if code in _ACCESS_DENIED:
+                raise EngineError(
+                    f"{engine._where()}: the backup user may not LOCK TABLES on {db}; GRANT LOCK TABLES ON "
+                    f"{quote_name(db)}.* to it (the gtid snapshot's lock on this database only)"
+                ) from None
+            raise
+        self._conn = conn
+        self.held = True
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._conn is not None:
+                self.held = False
+                conn, self._conn = self._conn, None
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("UNLOCK TABLES")
+                finally:
+                    conn.close()
 
 
 def _table_sizes(cur, database: str, inventory: dict[str, Any]) -> dict[str, int]:
@@ -552,19 +611,62 @@ class MySQLEngine(Engine):
             )
         return self._full(sink)
 
+    def _snapshot_lock(self, conn, info: ServerInfo) -> _GlobalReadLock | _DatabaseReadLock:
+        """How the backup's snapshots are made one instant (see ``snapshot`` in the stack file):
+        read_lock: FLUSH TABLES WITH READ LOCK (RELOAD); gtid: no global lock, a READ lock on this
+        database's tables only (LOCK TABLES), on a session of its own; auto: the first when
+        RELOAD is granted."""
+        mode = self.config.snapshot
+        if mode != "gtid":
+            lock = _GlobalReadLock(conn, self._where())
+            try:
+                lock.acquire()
+                return lock
+            except _NoReload:
+                if mode == "read_lock":
+                    raise
+                log.info("%s: no RELOAD privilege; taking the lock-free (gtid) snapshot", self._where())
+        table_lock = _DatabaseReadLock(self)
+        table_lock.acquire()
+        return table_lock
+
+    def _snapshot_position(self, cur, info: ServerInfo, lock) -> dict[str, Any]:
+        """The binlog position of this session's snapshot (opened just before).
+
+        Under the global read lock nothing commits: SHOW MASTER STATUS is the snapshot's.
+        Without it (gtid mode) MariaDB says exactly where its consistent snapshot stands in the
+        binlog (``Binlog_snapshot_file/position``, taken atomically with the snapshot) and
+        ``BINLOG_GTID_POS`` gives the GTID state there. MySQL has no such status; there the
+        position is read while our READ lock on the database's tables is held: other databases
+        may commit meanwhile, but no event of this database lies between the snapshot and that
+        position, so a replay of this database from it is exact either way.
+        """
+        position = self._position(cur, info)
+        position["snapshot"] = "read_lock" if isinstance(lock, _GlobalReadLock) else "gtid"
+        if isinstance(lock, _GlobalReadLock) or not info.log_bin or info.flavor != "mariadb":
+            return position
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k).lower(): v for k, v in cur.fetchall()}
+        file, pos = status.get("binlog_snapshot_file"), status.get("binlog_snapshot_position")
+        if not file or pos is None:
+            return position
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, int(pos)))
+        gtid = cur.fetchone()[0]
+        position.update(binlog_file=file, binlog_pos=int(pos), gtid=gtid if gtid is not None else position["gtid"])
+        return position
+
     def _full(self, sink: StreamSink) -> BackupResult:
         cfg = self.config
         tool = _find_tool("mariadb-dump", "mysqldump")
         tool_flavor, tool_text, tool_numeric = _tool_version(tool)
         with self._session(cfg.database, "backup") as (conn, cur):
             info = self._server_info(cur)
-            lock = _GlobalReadLock(conn, self._where())
-            lock.acquire()
+            lock = self._snapshot_lock(conn, info)
             checker: _Checker | None = None
             try:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                position = self._position(cur, info)
+                position = self._snapshot_position(cur, info, lock)
                 inventory = mysql_checks.inventory(cur, cfg.database)
                 history, skipped = self._history_plan(inventory, tool_flavor, tool_numeric)
                 skipped += float_notes(inventory)
@@ -577,11 +679,15 @@ class MySQLEngine(Engine):
                 if sum(sizes.values()) >= mysql_split.split_min_bytes():
                     facts = self._dump_split(sink, tool, base_args, history, lock, checker, sizes, position, info, cur)
                 else:
-                    dump_args = self._with_coordinates(base_args, tool_flavor, tool_numeric, info)
+                    dump_args = base_args
+                    if isinstance(lock, _GlobalReadLock):  # mysqldump's coordinates need RELOAD on MySQL
+                        dump_args = self._with_coordinates(base_args, tool_flavor, tool_numeric, info)
                     facts = self._stream_dump(
                         sink, tool, dump_args + (["--dump-history"] if history else []), lock, checker.start
                     )
-                    self._check_coordinates(position, facts)
+                    if isinstance(lock, _GlobalReadLock):
+                        # Under the table lock the binlog may move (other databases); ours may not.
+                        self._check_coordinates(position, facts)
                 rows = checker.result()
             except BaseException:
                 if checker is not None:
@@ -612,7 +718,7 @@ class MySQLEngine(Engine):
         tool: str,
         base_args: list[str],
         history: set[str],
-        lock: _GlobalReadLock,
+        lock: _GlobalReadLock | _DatabaseReadLock,
         checker: _Checker,
         sizes: dict[str, int],
         position: dict[str, Any],
@@ -653,7 +759,7 @@ class MySQLEngine(Engine):
             group.add(args, splitter.consume, tables)
         with group:
             group.wait_for_snapshots(SNAPSHOT_DEADLINE)
-            if position["binlog_enabled"]:
+            if position["binlog_enabled"] and isinstance(lock, _GlobalReadLock):
                 now = self._position(cur, info)
                 if (now["binlog_file"], now["binlog_pos"]) != (position["binlog_file"], position["binlog_pos"]):
                     raise EngineError(
@@ -698,7 +804,12 @@ class MySQLEngine(Engine):
         return set(), [f"table {name}: system-versioning history not backed up ({reason})" for name in versioned]
 
     def _stream_dump(
-        self, sink: StreamSink, tool: str, dump_args: list[str], lock: _GlobalReadLock, then: Callable[[], None]
+        self,
+        sink: StreamSink,
+        tool: str,
+        dump_args: list[str],
+        lock: _GlobalReadLock | _DatabaseReadLock,
+        then: Callable[[], None],
     ) -> DumpFacts:
         """Run the dump into ``sink``; release ``lock`` once the dump's snapshot is open, then call ``then``."""
         name = os.path.basename(tool)

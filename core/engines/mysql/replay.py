@@ -87,6 +87,32 @@ class Replay:
                 return int(bits[2]) > limit
         return False
 
+    def guard(self, names: set[str]) -> None:
+        """Databases a replayed statement must not name (every other one on the target server)."""
+        target = self.engine.config.database
+        names = {n for n in names if n.lower() not in ("information_schema", "performance_schema")}
+        names = (names | {self.source_db}) - {target}
+        if names:
+            alternatives = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
+            self._foreign = re.compile(rb"(?<![\w$.`])`?(" + alternatives + rb")`?\s*\.", re.IGNORECASE)
+
+    _foreign: re.Pattern[bytes] | None = None
+
+    def _violation(self, event: binlog.Event, file: str) -> str | None:
+        """A statement-logged event of the source database that names another database would write
+        outside the target (``--rewrite-db`` changes only its ``USE``): never apply it."""
+        if self._foreign is None or event.default_database() != self.source_db:
+            return None
+        found = self._foreign.search(event.query())
+        if found:
+            return (
+                f"{self.where}: the binlog statement at {file}:{event.log_pos - event.size} (logged as a statement) "
+                f"names database {found.group(1).decode(errors='replace')}, so replaying it would write outside "
+                f"{self.engine.config.database}; the replay stopped before it. Restore to an earlier time, or set "
+                "binlog_format=ROW on the source so its log replays exactly"
+            )
+        return None
+
     def events(self, pieces: list[tuple[Any, Any]]):
         """The bytes to feed mariadb-binlog: a binlog stream of whole transactions up to the stop."""
         yield binlog.MAGIC
@@ -99,6 +125,7 @@ class Replay:
             group = bytearray()
             group_gtid: str | None = None
             was_data = False
+            violation: str | None = None
             with opener() as stream:
                 for event in binlog.read_events(
                     stream, f"{self.where}: binlog piece {mysql_position.text(info.start)}"
@@ -113,6 +140,8 @@ class Replay:
                         and mysql_position.order({"binlog_file": file, "binlog_pos": event.log_pos - event.size}) < base
                     ):
                         continue  # before the full backup's position: already in the restored dump
+                    if event.type == binlog.QUERY and violation is None:
+                        violation = self._violation(event, file)
                     inside = grouper.inside
                     boundary = grouper.feed(event)
                     found = event.gtid()
@@ -129,8 +158,8 @@ class Replay:
                         if self._beyond(event, group_gtid, end):
                             self.next_ts = event.timestamp
                             return
-                        if found is None and group_gtid:
-                            pass
+                        if violation is not None:
+                            raise EngineError(violation)
                         if group_gtid and "-" in group_gtid:
                             self.gtid[group_gtid.split("-")[0]] = group_gtid
                         self.transactions += 1
@@ -142,6 +171,7 @@ class Replay:
                     group.clear()
                     group_gtid = None
                     was_data = False
+                    violation = None
             # A piece ends at a transaction boundary; an unfinished group here means a damaged chain.
             if group:
                 raise EngineError(
@@ -163,6 +193,9 @@ class Replay:
         argv += ["--skip-gtid-strict-mode"] if mariadb_tool else ["--skip-gtids"]
         argv.append("-")
         env = {**os.environ, "TZ": "UTC"}
+        with engine._session(None, "listing the target server's databases") as (_, cur):
+            cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+            self.guard({name for (name,) in cur.fetchall()})
         with engine._option_file() as (option_file, pass_fds):
             load = subprocess.Popen(
                 [
@@ -230,15 +263,16 @@ class Replay:
         if failure:
             raise failure[0]
         secrets = cfg.secrets()
-        if decode_code != 0:
-            raise EngineError(
-                f"{self.where}: {os.path.basename(tool)} failed (exit {decode_code}) near binlog {self.at}: "
-                f"{last_line(decode_err.text(), secrets)}; the target database was left partially restored"
-            )
+        # The client first: when it dies, mariadb-binlog is stopped because of it.
         if load_code != 0:
             raise EngineError(
                 f"{self.where}: {os.path.basename(client)} failed (exit {load_code}) near binlog {self.at}: "
                 f"{last_line(load_err.text(), secrets)}; the target database was left partially restored"
+            )
+        if decode_code != 0:
+            raise EngineError(
+                f"{self.where}: {os.path.basename(tool)} failed (exit {decode_code}) near binlog {self.at}: "
+                f"{last_line(decode_err.text(), secrets)}; the target database was left partially restored"
             )
 
 
