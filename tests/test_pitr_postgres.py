@@ -28,7 +28,7 @@ from core.crypto.keys import Keyring
 from core.engines.postgres.engine import PostgresEngine
 from core.engines.postgres.position import lsn_int
 from core.engines.postgres.recovery import port_in_use
-from core.errors import IntegrityError, LogGapError, TargetNotEmptyError
+from core.errors import EngineError, IntegrityError, LogGapError, TargetNotEmptyError
 from core.operations import backup_source, capture_source
 from core.repository.vault import Vault
 from core.restoring import restore_backup, restore_chain_plan
@@ -204,6 +204,9 @@ def test_auto_takes_a_physical_full_once_the_capture_slot_exists(captured):
     unslotted = PostgresEngine(src.config.model_copy(update={"backup_method": "auto", "slot": "gdr_no_such_slot"}))
     logical = backup_source(src.vault, src.keyring, unslotted, "full")
     assert "base.tar" not in [s.name for s in logical.streams] and logical.position.get("physical") is None
+    # WAL cannot be replayed onto a logical dump: an incremental on it is refused, saying what to do.
+    with pytest.raises(EngineError, match="take a physical full first"):
+        backup_source(src.vault, src.keyring, unslotted, "incremental")
 
 
 def test_capture_ships_a_gap_free_log_with_commit_times(captured):

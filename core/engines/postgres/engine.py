@@ -422,8 +422,13 @@ class PostgresEngine(Engine):
         """A full (physical or logical, see ``backup_method``), or on a ``base``: no data, the WAL
         position the vault's log must reach (the WAL since the base is the change)."""
         if base is not None:
-            if not base.result.position.get("physical") and not base.result.position.get("lsn"):
-                raise EngineError(f"backup {base.id} of {self.config.name} has no WAL position to build on")
+            # A backup on a differential or incremental is on a physical full: the first one was checked.
+            if base.type == "full" and not base.result.position.get("physical"):
+                raise EngineError(
+                    f"backup {base.id} of {self.config.name} is a logical dump: WAL cannot be replayed onto it, so a "
+                    f"backup on it would restore nothing; take a physical full first (backup_method: physical, "
+                    "or auto once 'genesis-dr capture' has created the slot)"
+                )
             position = self.log_position(switch=True)
             return BackupResult(position=position, tool_versions={"server": self._server_version()})
         if self._physical():

@@ -153,6 +153,7 @@ class WalCapture:
             if created:
                 self.log.progress(f"capture of {self.log.source}: created physical replication slot '{self.slot}'")
             self._resume_point()
+            self._check_timeline()
             self._prepare_spool()
             self._start_receiver()
             self._loop()
@@ -180,6 +181,18 @@ class WalCapture:
         self.timeline = walfiles.segment_timeline(
             self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         )
+
+    def _check_timeline(self) -> None:
+        """A log continues only on its own timeline: after a failover (a promoted standby is on a
+        new timeline) the vault's log cannot simply go on."""
+        name = self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        current = walfiles.segment_timeline(name)
+        if self.shipped_end is not None and current != self.timeline:
+            raise LogGapError(
+                f"{self.where} is on WAL timeline {current}, the vault's log of '{self.log.source}' on timeline "
+                f"{self.timeline} (ends at {lsn_text(self.shipped_end)}): the server was promoted or restored since; "
+                f"take a new full backup (genesis-dr backup full --source {self.log.source}) and restart capture"
+            )
 
     def _segment(self, lsn: int) -> int:
         return walfiles.floor_segment(lsn, self.seg_size)
@@ -267,6 +280,12 @@ class WalCapture:
                 f"captured: the slot '{self.slot}' was dropped or lost it); the vault's log ends at {begin} and the "
                 f"server keeps WAL only from about {upto}: take a new full backup "
                 f"(genesis-dr backup full --source {self.log.source}) and restart capture"
+            )
+        low = text.lower()
+        if "password authentication failed" in low or "pg_hba.conf" in low or "must have replication" in low:
+            raise EngineError(
+                f"WAL capture of {self.where} was refused: {last_line(text)}; allow replication connections for "
+                f"{self.engine.config.user} in the server's pg_hba.conf and give the role REPLICATION"
             )
         self.failures += 1
         if self.failures > RECEIVER_RESTARTS:
