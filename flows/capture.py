@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from core import cancel
+from core.cancel import InterruptedRunError
 from core.errors import EngineError
 from flows.reporting import raise_failures
 from tasks.capture import capture_source_task, select_capture_sources
@@ -55,11 +56,17 @@ def capture(stack: str = "default", sources: list[str] | None = None) -> list[di
                             "(or 'genesis-dr capture') starts it again, resuming where the vault's log ends"
                         )
                     results.append(result)
+                except InterruptedRunError as exc:
+                    if cancel.requested():  # stopped in the middle of a piece: the next capture ships it again
+                        logger.info("%s: capture stopped (the piece it was shipping is shipped by the next run)", name)
+                        results.append({"source": name, "interrupted": str(exc)})
+                    else:
+                        failures[name] = exc
                 except BaseException as exc:  # collected and re-raised below, never swallowed
                     failures[name] = exc
-                    if not stop.is_set():
-                        logger.error("%s: capture failed (%s); stopping the other captures", name, exc)
-                        stop.set()
+                if name in failures and not stop.is_set():
+                    logger.error("%s: capture failed (%s); stopping the other captures", name, failures[name])
+                    stop.set()
             if cancel.requested() and not stop.is_set():
                 logger.info("stop requested: each capture ships what it holds, then ends")
                 stop.set()

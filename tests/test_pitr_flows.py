@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -307,3 +308,132 @@ def test_a_failing_capture_stops_the_others_and_fails_the_run_in_one_line(cli, r
     assert "lost" in err and "cache" not in err, err
     assert "lost: capture failed" in proc.stderr + proc.stdout and "stopping the other captures" in proc.stderr
     assert time.monotonic() - started < 60
+
+
+def test_mode_full_restores_every_kind_to_one_instant(
+    make_stack, pg_pitr_server, mysql_pitr_server, redis_session, tmp_path, monkeypatch
+):
+    """The stack at one instant: PostgreSQL, MariaDB and Redis captured by the capture flow, files by an
+    incremental; `--mode full` restores all four to a time between two batches of writes, each into a new
+    target, and each source's recovery point lies between the batches."""
+    import math
+    import threading
+
+    from core import cancel
+    from core.engines.postgres.engine import PostgresEngine
+    from core.sources import FilesSourceConfig
+    from flows.backup import backup
+    from flows.capture import capture
+    from flows.restore import restore
+    from tests.fixtures_postgres import fresh_data_dir, stop_cluster
+    from tests.fixtures_redis import assert_same_redis, snapshot_redis
+
+    monkeypatch.setenv("GENESIS_DR_SPOOL_DIR", str(tmp_path / "spool"))
+    pg_db = pg_pitr_server.create_database(pg_pitr_server.fresh_database_name())
+    my_db = mysql_pitr_server.create_database("stack")
+    with pg_pitr_server.connect(pg_db) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, batch int NOT NULL)")
+    with mysql_pitr_server.connect(my_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE items (id INT PRIMARY KEY, batch INT NOT NULL) ENGINE=InnoDB")
+    cache, cache_target = redis_session("pitr-mode-source"), redis_session("pitr-mode-target")
+    cache.client().flushall()
+    cache_target.client().flushall()
+    files = first_tree(tmp_path / "app")
+    slot = f"gdr_flows_{secrets.token_hex(4)}"
+    stack = make_stack(
+        [
+            pg_pitr_server.config("app-db", pg_db, backup_method="physical", rpo_seconds=1, slot=slot),
+            mysql_pitr_server.config("app-mysql", my_db, rpo_seconds=1),
+            cache.config("cache", "rdb", rpo_seconds=1),
+            FilesSourceConfig(name="app-files", root=str(files)),
+        ]
+    )
+
+    def batch(n: int) -> None:
+        with pg_pitr_server.connect(pg_db) as conn:
+            conn.execute(
+                "INSERT INTO items SELECT g, %s::int FROM generate_series(%s::int, %s::int) g", (n, n * 10, n * 10 + 4)
+            )
+        with mysql_pitr_server.connect(my_db) as conn, conn.cursor() as cur:
+            cur.executemany("INSERT INTO items VALUES (%s, %s)", [(n * 10 + i, n) for i in range(5)])
+        cache.client().mset({f"b{n}:{i}": i for i in range(5)})
+        change_tree(files, n)
+
+    def rows() -> tuple[list, list]:
+        with pg_pitr_server.connect(pg_db) as conn:
+            pg = [tuple(r) for r in conn.execute("SELECT id, batch FROM items ORDER BY id").fetchall()]
+        with mysql_pitr_server.connect(my_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, batch FROM items ORDER BY id")
+            return pg, [tuple(r) for r in cur.fetchall()]
+
+    assert {r["status"] for r in backup(stack=stack.name)} == {COMPLETED}
+    running: dict = {}
+    capturing = threading.Thread(target=lambda: running.update(state=capture(stack=stack.name, return_state=True)))
+    capturing.start()
+    try:
+        batch(1)
+        # Every kind's incremental but Redis's (fulls only), taken while the capture runs.
+        taken = backup(stack=stack.name, backup_type="incremental")
+        assert sorted((r["source"], r["type"]) for r in taken) == [
+            ("app-db", "incremental"), ("app-files", "incremental"), ("app-mysql", "incremental")
+        ]  # fmt: skip
+        moment = (rows(), snapshot_redis(cache.client), tree(files))
+        # Binlog event times are whole seconds: the target is the last instant of a second of its own.
+        target_time = datetime.fromtimestamp(math.ceil(time.time() + 0.001) - 0.001, UTC)
+        wait_past(target_time + timedelta(seconds=0.1))
+        batch(2)
+        deadline = time.monotonic() + 60
+        vault = stack.vault()
+        while not all(
+            (pieces := vault.log_pieces(name)) and pieces[-1].info.last_time > target_time.isoformat()[:23]
+            for name in ("app-db", "app-mysql", "cache")
+        ):
+            assert capturing.is_alive() and time.monotonic() < deadline, running
+            time.sleep(0.2)
+    finally:
+        cancel.request("stopped by the test")
+        capturing.join(60)
+        cancel.reset()
+    assert running["state"].is_completed(), running["state"].message
+
+    data_dir = fresh_data_dir()
+    pg_port = free_port()
+    my_target = mysql_pitr_server.fresh_database_name("stackpitr")
+    try:
+        out = restore(
+            stack=stack.name,
+            mode="full",
+            target_time=target_time.isoformat(),
+            target={
+                "app-db.data_dir": str(data_dir),
+                "app-db.port": pg_port,
+                "app-mysql.database": my_target,
+                "cache.port": cache_target.port,
+                "app-files.root": str(tmp_path / "restored"),
+            },
+        )
+        restored_pg = PostgresEngine(pg_pitr_server.config("app-db", pg_db, data_dir=str(data_dir), port=pg_port))
+        with restored_pg._connect() as conn:
+            pg = [tuple(r) for r in conn.execute("SELECT id, batch FROM items ORDER BY id").fetchall()]
+    finally:
+        stop_cluster(data_dir)
+        with pg_pitr_server.connect() as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                         (slot,))  # fmt: skip
+    with mysql_pitr_server.connect(my_target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, batch FROM items ORDER BY id")
+        mysql = [tuple(r) for r in cur.fetchall()]
+    (pg_then, mysql_then), redis_then, files_then = moment
+    assert pg == pg_then == [(10 + i, 1) for i in range(5)]
+    assert mysql == mysql_then == [(10 + i, 1) for i in range(5)]
+    assert_same_redis(redis_then, snapshot_redis(cache_target.client), ttl_slack=30)
+    assert tree(tmp_path / "restored") == files_then
+
+    summary = out["summary"]
+    points = {p["source"]: datetime.fromisoformat(p["time"].replace("Z", "+00:00")) for p in summary["sources"]}
+    assert sorted(points) == ["app-db", "app-files", "app-mysql", "cache"]
+    assert all(when <= target_time for when in points.values()), (points, target_time)
+    assert summary["skew_s"] == round((max(points.values()) - min(points.values())).total_seconds(), 3)
+    assert {name: report["recovery_point"] is not None for name, report in out["reports"].items()} == dict.fromkeys(
+        points, True
+    )
