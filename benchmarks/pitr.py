@@ -42,6 +42,7 @@ and removed at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import bisect
 import glob
 import json
 import os
@@ -49,6 +50,8 @@ import platform
 import secrets
 import shlex
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -350,6 +353,54 @@ def check_rows(cluster: Cluster, load: Load, newest_id: int, what: str) -> bool:
     return ok
 
 
+def segment_end(wal_file: str) -> int | None:
+    """The LSN where the WAL segment a file name (segment, ``.partial``, ``.backup``) names ends."""
+    if len(wal_file) < 24 or any(c not in "0123456789ABCDEF" for c in wal_file[:24]):
+        return None  # a timeline history file
+    return (int(wal_file[8:16], 16) << 32) + (int(wal_file[16:24], 16) + 1) * WAL_SEGMENT
+
+
+class Exposure:
+    """How old the newest restorable write is, sampled every second while the load runs: the same
+    measure as the RPO at the disaster, over the whole window instead of one instant. A row is
+    restorable by a tool once its commit's WAL (the load's WAL position after it) is below what the
+    tool holds: the end of our newest log piece; the end of pgBackRest's newest archived segment."""
+
+    def __init__(self, load: Load, source: Cluster, ours: Ours | None, pgbackrest: bool) -> None:
+        self.load, self.source, self.ours, self.pgbackrest = load, source, ours, pgbackrest
+        self.samples: dict[str, list[float]] = {"ours": [], "pgbackrest": []}
+
+    def _age(self, covered: int, now: float) -> float | None:
+        rows = self.load.rows[:]
+        i = bisect.bisect_right([row[2] for row in rows], covered)
+        return round(now - rows[i - 1][1], 2) if i else None
+
+    def sample(self) -> None:
+        now = time.time()
+        if self.ours is not None:
+            pieces = self.ours.vault.log_pieces("bench")
+            if pieces:
+                age = self._age(max(lsn_int(p.end["lsn"]) for p in pieces), now)
+                if age is not None:
+                    self.samples["ours"].append(age)
+        if self.pgbackrest:
+            archived = self.source.query("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+            end = segment_end(archived) if archived else None
+            age = self._age(end, now) if end is not None else None
+            if age is not None:
+                self.samples["pgbackrest"].append(age)
+
+    def summarize(self, out: dict) -> None:
+        for side, prefix in (("ours", ""), ("pgbackrest", "pgbackrest_")):
+            values = self.samples[side]
+            if values:
+                out[f"{prefix}rpo_window"] = {
+                    "max_s": max(values),
+                    "median_s": statistics.median(values),
+                    "samples": len(values),
+                }
+
+
 # -- pgBackRest -------------------------------------------------------------------------------
 
 
@@ -631,6 +682,7 @@ def run(args: argparse.Namespace) -> dict:
                 deadline = time.monotonic() + seconds
                 while time.monotonic() < deadline:
                     time.sleep(1)
+                    exposure.sample()
                     if ours:
                         ours.check_capture()
                     if load.error:
@@ -638,6 +690,7 @@ def run(args: argparse.Namespace) -> dict:
             if ours:  # our capture thread runs meanwhile; without it there is nothing of ours to weigh
                 rss[phase] = peak.peak_mb
 
+        exposure = Exposure(load, source, ours, pgbr is not None)
         steady(args.settle_s, "capture")
         log("1 % change")
         with rounds.sample("change_s") as r:
@@ -665,6 +718,7 @@ def run(args: argparse.Namespace) -> dict:
         steady(args.load_s, "steady")
 
         # -- the disaster ------------------------------------------------------------------
+        exposure.summarize(out)
         load.finish()
         disaster_epoch = time.time()
         disaster = utc(disaster_epoch)
@@ -673,12 +727,10 @@ def run(args: argparse.Namespace) -> dict:
         log(f"disaster declared at {disaster.isoformat()} ({len(load.rows)} rows written by the load)")
         snapshot = ours.snapshot(disaster_epoch) if ours else None
         if pgbr:
-            archived, archived_at = source.query("SELECT last_archived_wal, last_archived_time FROM pg_stat_archiver")[
-                0
-            ]
-            out["pgbackrest_last_archived_at"] = archived_at.isoformat()
-            segment_end = (int(archived[8:16], 16) << 32) + (int(archived[16:24], 16) + 1) * WAL_SEGMENT
-            inside = [row for row in load.rows if row[2] <= segment_end]
+            row = source.query("SELECT last_archived_wal, last_archived_time FROM pg_stat_archiver")[0]
+            archived, out["pgbackrest_last_archived_at"] = row[0], row[1].isoformat()
+            end = segment_end(archived)
+            inside = [row for row in load.rows if row[2] <= end]
             out["pgbackrest_last_archived_wal_at_disaster"] = archived
             if inside:
                 committed = source.query(
@@ -795,6 +847,13 @@ def print_text(out: dict) -> None:
             f"  RPO pgBackRest: {out['pgbackrest_rpo_s']} s (computed: newest archived WAL at the disaster "
             f"{out['pgbackrest_last_archived_wal_at_disaster']})"
         )
+    for side, key in (("ours", "rpo_window"), ("pgBackRest", "pgbackrest_rpo_window")):
+        if key in out:
+            w = out[key]
+            print(
+                f"  age of the newest restorable write while the load ran ({side}, {w['samples']} samples, "
+                f"one a second): median {w['median_s']} s, max {w['max_s']} s"
+            )
     if "peak_rss_mb_by_phase" in out:
         phases = ", ".join(f"{k} {v}" for k, v in out["peak_rss_mb_by_phase"].items())
         print(f"  peak RSS of our process by phase (MB): {phases}")
@@ -819,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where the template, clusters, repository and vault go (default: tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (clusters stopped)")
     args = parser.parse_args(argv)
+    # A kill (timeout, CI cancel) unwinds like Ctrl-C, so run()'s cleanup stops every cluster we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     emit(run(args), args, print_text)
     return 0
 
