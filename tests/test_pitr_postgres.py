@@ -402,3 +402,15 @@ def test_a_dropped_slot_whose_wal_is_gone_is_a_named_gap(pg_pitr_server, tmp_pat
     message = str(caught.value)
     assert end in message and "new full backup" in message and src.slot in message
     assert len(message.splitlines()) == 1
+    # The remedy: a new full; the capture then starts a new chain at it, and restores after it are whole.
+    backup_source(src.vault, src.keyring, src.engine, "full")
+    rows, last = _write_batch(pg_pitr_server, src.database, 5)
+    capture_source(src.vault, src.keyring, src.engine, threading.Event(), until=src.engine.log_position(True))
+    target = _target(src)
+    try:
+        restore_chain_plan(src.vault, src.keyring, _plan(src, last + timedelta(milliseconds=5), target), target)
+        with pg_pitr_server.connect(src.database) as conn:
+            expected = _rows(conn)
+        assert _restored_rows(target) == expected and set(rows) <= set(expected)
+    finally:
+        stop_cluster(Path(target.config.data_dir))

@@ -30,7 +30,9 @@ the ``.partial`` file is durable: what we ship, never more.
 
 Times: each piece records the first and last commit (or abort) time among the
 records that end inside it, read with ``pg_waldump`` (``walfiles.py``); a piece
-with no commit records the server's clock when it was cut. A commit record that
+with no commit records the time of the last commit before it (not the clock
+when it was cut: a piece shipped late would then look newer than commits in the
+pieces after it, and a planner would stop too early). A commit record that
 straddles a segment boundary can be missed by that reading, which only lowers a
 piece's ``last_time``: a planner then takes a piece more, never one too few,
 and the restore stops at the target by the server's own reading of the WAL.
@@ -131,6 +133,9 @@ class WalCapture:
         self.stderr: StderrTail | None = None
         self.shipped_end: int | None = None  # end of the vault's log: where the next piece starts
         self.counted: int | None = None  # LSN of the last commit record whose time a piece recorded
+        # Commit time of that record (or an upper bound of every commit before the log's start):
+        # a piece with no commit is described by it.
+        self.last_commit_time: str | None = None
         self.last_ship = 0.0
         self.failures = 0
 
@@ -169,18 +174,44 @@ class WalCapture:
             self.timeline = int(last.end.get("timeline") or 1)
             self.shipped_end = lsn_int(last.end["lsn"])
             self.counted = lsn_int(last.extra.get("last_commit_lsn") or last.start["lsn"])
+            self.last_commit_time = last.last_time
             return
         full = self.log.newest_full()
         if full is not None and full.position.get("physical"):
-            self.timeline = int(full.position.get("timeline") or 1)
-            # Whole segments from the one the backup started in: the replay starts at its redo point.
-            self.shipped_end = walfiles.floor_segment(lsn_int(full.position["lsn"]), self.seg_size)
-            self.counted = self.shipped_end
+            self._start_at(full.position)
             return
         # Nothing to continue: the log starts where the slot (or the server) is now.
         self.timeline = walfiles.segment_timeline(
             self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         )
+
+    def _start_at(self, position: dict) -> None:
+        """The log starts at a physical full's start LSN (where its replay begins)."""
+        self.timeline = int(position.get("timeline") or 1)
+        self.shipped_end = self.counted = lsn_int(position["lsn"])
+        # Every commit before the backup's end is older than its end time.
+        self.last_commit_time = position.get("end_time")
+
+    def _newer_full(self) -> dict | None:
+        """The newest full's position when the log can start again there: physical, on the server's
+        timeline, after the vault's log (taken after a gap, as its remedy)."""
+        full = self.log.newest_full()
+        if full is None or not full.position.get("physical") or self.shipped_end is None:
+            return None
+        name = self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        position = full.position
+        if int(position.get("timeline") or 1) != walfiles.segment_timeline(name):
+            return None
+        later = int(position.get("timeline") or 1) != self.timeline or lsn_int(position["lsn"]) > self.shipped_end
+        return position if later else None
+
+    def _restart_at_full(self, position: dict, why: str) -> None:
+        self.log.progress(
+            f"capture of {self.log.source}: {why}; the log starts again at the newest full backup "
+            f"({lsn_text(lsn_int(position['lsn']))}): restores to times before that full and after "
+            f"{lsn_text(self.shipped_end or 0)} are not possible"
+        )
+        self._start_at(position)
 
     def _check_timeline(self) -> None:
         """A log continues only on its own timeline: after a failover (a promoted standby is on a
@@ -188,6 +219,10 @@ class WalCapture:
         name = self.conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
         current = walfiles.segment_timeline(name)
         if self.shipped_end is not None and current != self.timeline:
+            full = self._newer_full()
+            if full is not None:
+                self._restart_at_full(full, f"the server moved to timeline {current}")
+                return
             raise LogGapError(
                 f"{self.where} is on WAL timeline {current}, the vault's log of '{self.log.source}' on timeline "
                 f"{self.timeline} (ends at {lsn_text(self.shipped_end)}): the server was promoted or restored since; "
@@ -271,6 +306,12 @@ class WalCapture:
         text = redact(self.stderr.text() if self.stderr else "", self.engine.config.secrets())
         self._stop_receiver()
         if "has already been removed" in text:
+            full = self._newer_full()
+            if full is not None:
+                self._restart_at_full(full, f"the WAL from {lsn_text(self.shipped_end or 0)} is gone from the server")
+                self._prepare_spool()
+                self._start_receiver()
+                return
             state = physical.slot_state(self.conn, self.slot)
             now = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             begin = lsn_text(self.shipped_end if self.shipped_end is not None else 0)
@@ -394,13 +435,15 @@ class WalCapture:
             )
         finally:
             link.unlink(missing_ok=True)
-        cut = self._server_time()
+        # No commit inside: the piece adds nothing after the last commit before it, so that is its
+        # time (the clock when it was cut could be later than commits in the pieces after it).
+        quiet = self.last_commit_time or self._server_time()
         complete = end == segment + self.seg_size
         info = PieceInfo(
             start=position(start, timeline),
             end=position(end, timeline),
-            first_time=times.first or cut,
-            last_time=times.last or cut,
+            first_time=times.first or quiet,
+            last_time=times.last or quiet,
             name=name,
             extra={
                 "timeline": timeline,
@@ -410,9 +453,9 @@ class WalCapture:
                 "last_commit_lsn": lsn_text(times.last_lsn)
                 if times.last_lsn
                 else (lsn_text(self.counted) if self.counted else None),
-                # How first/last_time are known: the piece's own commit records, or the server's
-                # clock when the piece was cut (a piece with no commit).
-                "times": "commit records" if times.count else "server time at cut",
+                # How first/last_time are known: the piece's own commit records, or (a piece with
+                # no commit) the last commit before it.
+                "times": "commit records" if times.count else "no commit: the last commit before it",
             },
         )
         with open(path, "rb") as f:
@@ -421,6 +464,7 @@ class WalCapture:
         self.shipped_end = end
         if times.last_lsn:
             self.counted = times.last_lsn
+            self.last_commit_time = max(times.last, self.last_commit_time or times.last)
         self.last_ship = time.monotonic()
         self.failures = 0
         self.log.progress(
