@@ -10,6 +10,10 @@ captured is named, with the remedy.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,18 +72,7 @@ class Capturing:
 
     def wait_shipped(self, server: MySQLServer, timeout: float = 15.0) -> None:
         """Until the vault's log holds everything the server has written to its binlog so far."""
-        with server.connect() as conn, conn.cursor() as cur:
-            cur.execute("SHOW MASTER STATUS")
-            file, pos = cur.fetchone()[:2]
-        wanted = mysql_position.order({"binlog_file": file, "binlog_pos": pos})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.error is None, self.error
-            pieces = self.vault.log_pieces(SOURCE)
-            if pieces and mysql_position.order(pieces[-1].end) >= wanted:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the capture did not ship up to {file}:{pos}: {self.messages[-3:]}")
+        _wait_shipped(self.vault, server, timeout, self)
 
     def finish(self) -> None:
         self.stop.set()
@@ -87,6 +80,21 @@ class Capturing:
         assert not self.thread.is_alive()
         if self.error is not None:
             raise self.error
+
+
+def _wait_shipped(vault: Vault, server: MySQLServer, timeout: float = 15.0, capture: Capturing | None = None) -> None:
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+    wanted = mysql_position.order({"binlog_file": file, "binlog_pos": pos})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert capture is None or capture.error is None, capture.error
+        pieces = vault.log_pieces(SOURCE)
+        if pieces and mysql_position.order(pieces[-1].end) >= wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the capture did not ship up to {file}:{pos}")
 
 
 @pytest.fixture
@@ -193,7 +201,10 @@ def test_restore_to_a_time_between_batches_holds_exactly_the_earlier_batches(
         after[n] = _rows(server, database)
         if n < 3:
             time.sleep(1.5)
+    committed = time.monotonic()
     capture.wait_shipped(server)
+    # Restorable within the RPO (1 s) plus a heartbeat and the vault write: a generous bound.
+    assert time.monotonic() - committed < 5.0
     capture.finish()
 
     pieces = vault.log_pieces(SOURCE)
@@ -258,6 +269,69 @@ def test_chain_of_differential_and_incrementals_with_the_capture_resumed(mysql_p
 
     latest, _, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
     assert _rows(server, latest) == after[3]
+
+
+_CAPTURE_CHILD = """
+import os, sys, threading
+from pydantic import SecretStr
+from core.crypto.keys import Keyring
+from core.engines.mysql.engine import MySQLEngine
+from core.operations import capture_source
+from core.repository.vault import Vault
+from core.sources import MySQLSourceConfig
+from core.storage.local import LocalStore
+config = MySQLSourceConfig.model_validate_json(os.environ["CHILD_CONFIG"])
+config = config.model_copy(update={"password": SecretStr(os.environ["CHILD_PASSWORD"])})
+vault = Vault.open(LocalStore(sys.argv[1]))
+print("capturing", flush=True)
+capture_source(vault, Keyring(passphrase="pw"), MySQLEngine(config), threading.Event())
+"""
+
+
+def test_capture_killed_mid_transaction_resumes_without_a_gap(mysql_pitr_server, vault, keyring, capturing, tmp_path):
+    """SIGKILL right after a large transaction committed, before the capture could ship it (the
+    RPO is 1 s): nothing half-shipped is presented, the restarted capture takes over the dead
+    one's lease and continues from the last piece, and the restore holds every row once."""
+    server = mysql_pitr_server
+    database, engine = _source(server)
+    backup_source(vault, keyring, engine, "full")
+    env = {
+        **os.environ,
+        "CHILD_CONFIG": engine.config.model_dump_json(exclude={"password"}),
+        "CHILD_PASSWORD": server.password,
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CAPTURE_CHILD, str(tmp_path / "vault")],
+        env=env,
+        stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    try:
+        assert child.stdout.readline().strip() == b"capturing"
+        _batch(server, database, 1)
+        _wait_shipped(vault, server)  # the killed capture had shipped batch 1
+        with server.connect(database) as conn, conn.cursor() as cur:
+            cur.execute("SET SESSION binlog_format = ROW")
+            cur.execute("BEGIN")
+            cur.executemany(
+                "INSERT INTO orders VALUES (%s, 5, %s, 1.00, NULL)", [(5000 + i, "x" * 30) for i in range(2000)]
+            )
+            cur.execute("COMMIT")  # a large transaction reaches the capture while it is killed
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            cur.execute("INSERT INTO orders VALUES (9999, 6, 'after the kill', 2.00, NULL)")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    resumed = capturing(engine)
+    resumed.wait_shipped(server)
+    resumed.finish()
+
+    pieces = vault.log_pieces(SOURCE)
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+    restored, _, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
+    assert _rows(server, restored) == _rows(server, database)
 
 
 def test_a_statement_naming_another_database_stops_the_replay_before_it_writes_there(
