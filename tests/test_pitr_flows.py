@@ -74,56 +74,6 @@ def wait_past(when: datetime) -> None:
         time.sleep(delay)
 
 
-def test_backup_flow_takes_incrementals_and_restores_a_point_between_them(make_stack, tmp_path):
-    from core.sources import FilesSourceConfig, RedisSourceConfig
-    from flows.backup import backup
-    from flows.restore import restore
-
-    root = first_tree(tmp_path / "app")
-    # Redis takes fulls only: the default incremental leaves it out (its server is not even up).
-    stack = make_stack(
-        [
-            FilesSourceConfig(name="app-files", root=str(root)),
-            RedisSourceConfig(name="cache", host="127.0.0.1", port=free_port()),
-        ]
-    )
-    full = backup(stack=stack.name, sources=["app-files"])[0]
-    assert (full["type"], full["status"]) == ("full", COMPLETED)
-
-    change_tree(root, 1)
-    state = backup(stack=stack.name, backup_type="incremental", return_state=True)
-    assert state.is_completed(), state.message
-    first = state.result()
-    assert [(r["source"], r["type"]) for r in first] == [("app-files", "incremental")]
-    assert any("incremental backup: left out cache (redis)" in m for m in run_logs(state.state_details.flow_run_id))
-    moment = tree(root)
-    target_time = after(first[0]["ended_at"])
-    wait_past(target_time)
-
-    change_tree(root, 2)
-    second = backup(stack=stack.name, backup_type="incremental")[0]
-    assert after(second["ended_at"]) > target_time
-    manifests = {m.id: m for m in stack.vault().list_backups("app-files")}
-    assert manifests[first[0]["id"]].chain == full["id"] == manifests[second["id"]].chain
-
-    # A source named explicitly is backed up or fails loudly: Redis has no incrementals.
-    with pytest.raises(ConfigError, match="cache: a redis source takes full backups, not incremental"):
-        backup(stack=stack.name, backup_type="incremental", sources=["cache"])
-
-    # To the moment between the two incrementals, in the source documents' form (no zone: UTC).
-    restored = tmp_path / "restored"
-    out = restore(
-        source="app-files",
-        stack=stack.name,
-        target_time=target_time.strftime("%Y-%m-%d_%H:%M:%S"),
-        target={"root": str(restored)},
-    )
-    assert out["plan"]["base_id"] == full["id"] and out["plan"]["layers"] == [first[0]["id"]]
-    assert out["plan"]["note"] == f"'{target_time.strftime('%Y-%m-%d_%H:%M:%S')}' has no zone: read as UTC"
-    assert tree(restored) == moment
-    assert out["summary"]["sources"][0]["source"] == "app-files" and out["summary"]["skew_s"] is None
-
-
 def test_point_in_time_restore_of_a_mode_through_the_command(cli, tmp_path):  # noqa: F811
     """genesis-dr end to end: backups of each type, list --chains, a dry run that changes nothing, then
     --mode artifacts_only restores both files sources to one instant, with each recovery point and the skew."""
@@ -372,12 +322,17 @@ def test_mode_full_restores_every_kind_to_one_instant(
     capturing.start()
     try:
         batch(1)
-        # Every kind's incremental but Redis's (fulls only), taken while the capture runs.
-        taken = backup(stack=stack.name, backup_type="incremental")
+        # Every kind's incremental but Redis's (fulls only: left out, and the run says so), while the capture runs.
+        state = backup(stack=stack.name, backup_type="incremental", return_state=True)
+        assert any("incremental backup: left out cache (redis)" in m for m in run_logs(state.state_details.flow_run_id))
+        taken = state.result()
         assert sorted((r["source"], r["type"]) for r in taken) == [
             ("app-db", "incremental"), ("app-files", "incremental"), ("app-mysql", "incremental")
         ]  # fmt: skip
         moment = (rows(), snapshot_redis(cache.client), tree(files))
+        # A source named explicitly is backed up or fails loudly: Redis has no incrementals.
+        with pytest.raises(ConfigError, match="cache: a redis source takes full backups, not incremental"):
+            backup(stack=stack.name, backup_type="incremental", sources=["cache"])
         # Binlog event times are whole seconds: the target is the last instant of a second of its own.
         target_time = datetime.fromtimestamp(math.ceil(time.time() + 0.001) - 0.001, UTC)
         wait_past(target_time + timedelta(seconds=0.1))
@@ -403,7 +358,8 @@ def test_mode_full_restores_every_kind_to_one_instant(
         out = restore(
             stack=stack.name,
             mode="full",
-            target_time=target_time.isoformat(),
+            # The source documents' form (no zone: UTC), to the microsecond.
+            target_time=target_time.strftime("%Y-%m-%d_%H:%M:%S.%f"),
             target={
                 "app-db.data_dir": str(data_dir),
                 "app-db.port": pg_port,
@@ -430,6 +386,8 @@ def test_mode_full_restores_every_kind_to_one_instant(
     assert tree(tmp_path / "restored") == files_then
 
     summary = out["summary"]
+    assert summary["note"] == f"'{target_time:%Y-%m-%d_%H:%M:%S.%f}' has no zone: read as UTC"
+    assert {plan["note"] for plan in out["plans"].values()} == {summary["note"]}
     points = {p["source"]: datetime.fromisoformat(p["time"].replace("Z", "+00:00")) for p in summary["sources"]}
     assert sorted(points) == ["app-db", "app-files", "app-mysql", "cache"]
     assert all(when <= target_time for when in points.values()), (points, target_time)
