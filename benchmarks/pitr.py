@@ -588,7 +588,14 @@ class Ours:
             target_has_data=engine.has_data(),
             force=False,
         ).to_dict()
-        report = restore_chain_plan(vault, self.keyring, plan, engine, progress=lambda m: log(f"  restore: {m}"))
+        started = time.monotonic()
+        report = restore_chain_plan(
+            vault,
+            self.keyring,
+            plan,
+            engine,
+            progress=lambda m: log(f"  restore +{time.monotonic() - started:.2f}s: {m}"),
+        )
         return plan, report
 
 
@@ -639,6 +646,8 @@ def run(args: argparse.Namespace) -> dict:
         source.start(options)
         out["server_version"] = source.query("SHOW server_version")[0][0]
         out["db_bytes"] = source.query("SELECT pg_database_size(current_database())")[0][0]
+        # A physical backup holds the whole cluster: the other databases (postgres, templates) too.
+        out["cluster_bytes"] = source.query("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")[0][0]
         rounds = Rounds(CpuMeter(lambda: [p for p in [source.pid()] if p]))
         rss: dict[str, float] = {}
 
