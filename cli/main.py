@@ -150,7 +150,7 @@ def cmd_list(args) -> int:
         print(f"no backups in {config.vault.path}")
     else:
         print(
-            f"{'ID':<34} {'SOURCE':<14} {'TYPE':<6} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "
+            f"{'ID':<34} {'SOURCE':<14} {'TYPE':<12} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "
             f"{'KEYS':<21} POSITION"
         )
     for e in entries:
@@ -158,7 +158,7 @@ def cmd_list(args) -> int:
         if m is not None:
             label = " (rollback)" if m.labels.get("purpose") == "rollback" else ""
             print(
-                f"{m.id:<34} {m.source:<14} {m.type:<6} {e.state:<11} {m.ended_at:<24} "
+                f"{m.id:<34} {m.source:<14} {m.type:<12} {e.state:<11} {m.ended_at:<24} "
                 f"{human_bytes(m.plain_bytes):>10} {human_bytes(m.stored_bytes):>10}  {m.key_text():<21} "
                 f"{m.position_text()}{label}"
             )
@@ -166,7 +166,7 @@ def cmd_list(args) -> int:
                 print(f"    skipped ({len(m.skipped)}): {', '.join(m.skipped)}")
         else:
             source = e.source or "?"
-            print(f"{e.id:<34} {source:<14} {'-':<6} {e.state:<11} {'-':<24} {'-':>10} {'-':>10}")
+            print(f"{e.id:<34} {source:<14} {'-':<12} {e.state:<11} {'-':<24} {'-':>10} {'-':>10}")
         if e.state != COMPLETED and e.reason:
             print(f"    {e.state}: {e.reason}")
     if unfinished and not args.all:
