@@ -27,7 +27,7 @@ from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.mysql import position as mysql_position
 from core.engines.mysql.engine import MySQLEngine
-from core.errors import EngineError, LogGapError
+from core.errors import EngineError, IntegrityError, LogGapError
 from core.operations import backup_source, capture_source, count_checks, restore_backup, restore_chain_plan
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
@@ -332,6 +332,27 @@ def test_capture_killed_mid_transaction_resumes_without_a_gap(mysql_pitr_server,
     assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
     restored, _, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
     assert _rows(server, restored) == _rows(server, database)
+
+
+def test_a_corrupted_binlog_piece_stops_the_replay_and_is_named(mysql_pitr_server, vault, keyring, capturing, tmp_path):
+    server = mysql_pitr_server
+    database, engine = _source(server)
+    backup_source(vault, keyring, engine, "full")
+    capture = capturing(engine)
+    _batch(server, database, 1)
+    capture.wait_shipped(server)
+    capture.finish()
+    piece = vault.log_pieces(SOURCE)[-1]
+    chunk = sorted((tmp_path / "vault" / "logdata" / SOURCE / f"{piece.seq:012d}").iterdir())[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.chmod(0o600)
+    chunk.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError) as err:
+        _restore_to(vault, keyring, server, datetime.now(UTC))
+
+    assert f"{piece.seq:012d}" in str(err.value), str(err.value)
 
 
 def test_a_statement_naming_another_database_stops_the_replay_before_it_writes_there(

@@ -38,7 +38,7 @@ import pymysql
 
 from core.engines.base import LogSink, PieceInfo
 from core.engines.mysql import position as mysql_position
-from core.errors import EngineError, LogGapError, SourceUnavailableError
+from core.errors import EngineError, IntegrityError, LogGapError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -187,26 +187,29 @@ class Grouper:
 
 
 def read_events(stream: BinaryIO, where: str) -> Iterator[Event]:
-    """The events of a binlog file (a piece's plaintext), checking the magic and each event's length."""
+    """The events of a binlog file (a piece's plaintext), checking the magic and each event's length.
+
+    The vault has authenticated the plaintext already; a piece that still does not parse was
+    written wrong, and is refused like a corrupted one (nothing of it is applied past the damage)."""
     magic = _read_exact(stream, 4)
     if magic != MAGIC:
-        raise EngineError(f"{where}: not a binlog file (bad magic); the piece is damaged")
+        raise IntegrityError(f"{where}: not a binlog file (bad magic); the piece is damaged")
     while True:
-        head = _read_exact(stream, HEADER_LEN, eof_ok=True)
+        head = _read_exact(stream, HEADER_LEN)
         if not head:
             return
         if len(head) < HEADER_LEN:
-            raise EngineError(f"{where}: truncated binlog event header; the piece is damaged")
+            raise IntegrityError(f"{where}: truncated binlog event header; the piece is damaged")
         size = HEADER.unpack_from(head)[3]
         if size < HEADER_LEN:
-            raise EngineError(f"{where}: binlog event with impossible size {size}; the piece is damaged")
+            raise IntegrityError(f"{where}: binlog event with impossible size {size}; the piece is damaged")
         rest = _read_exact(stream, size - HEADER_LEN)
         if len(rest) < size - HEADER_LEN:
-            raise EngineError(f"{where}: truncated binlog event; the piece is damaged")
+            raise IntegrityError(f"{where}: truncated binlog event; the piece is damaged")
         yield Event.parse(head + rest)
 
 
-def _read_exact(stream: BinaryIO, n: int, eof_ok: bool = False) -> bytes:
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
         chunk = stream.read(n - len(out))
