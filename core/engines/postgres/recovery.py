@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -92,12 +93,12 @@ START_TIMEOUT_S = 3600.0
 _FETCH_SCRIPT = """#!/bin/sh
 # restore_command of a genesis-dr point-in-time restore. genesis-dr stages the planned WAL
 # files here in order; a planned file is waited for, any other name ends the WAL at once.
-d='{staging}'
+d={staging}
 echo "$1" >> "$d/requested"
 grep -qx "$1" "$d/planned" || exit 1
 while [ ! -e "$d/$1" ]; do
     # The server was stopped (the restore failed): never report a missing file as the end of the WAL.
-    kill -0 "$(head -n 1 '{data_dir}/postmaster.pid' 2>/dev/null)" 2>/dev/null || exit 2
+    kill -0 "$(head -n 1 {pid_file} 2>/dev/null)" 2>/dev/null || exit 2
     sleep 0.05
 done
 exec cp "$d/$1" "$2"
@@ -312,7 +313,11 @@ def restore_cluster(
         staging.mkdir(mode=0o700)
         _own(staging, ids)
         (staging / "planned").write_text("".join(seg.name + "\n" for seg in segments))
-        (staging / "fetch.sh").write_text(_FETCH_SCRIPT.format(staging=staging, data_dir=data_dir))
+        (staging / "fetch.sh").write_text(
+            _FETCH_SCRIPT.format(
+                staging=shlex.quote(str(staging)), pid_file=shlex.quote(str(data_dir / "postmaster.pid"))
+            )
+        )
         for name in ("planned", "fetch.sh"):
             _own(staging / name, ids)
         settings, mode = _recovery_settings(engine, staging, position, bool(pieces), stop)
@@ -393,7 +398,7 @@ def _recovery_settings(
         "unix_socket_directories": "",
         "archive_mode": "off",
         "hot_standby": "on",
-        "restore_command": f'sh "{staging}/fetch.sh" "%f" "%p"',
+        "restore_command": f'sh {shlex.quote(str(staging / "fetch.sh"))} "%f" "%p"',
         "recovery_target_timeline": "current",
         "recovery_target_action": "promote",
         # How soon a standby at the end of the staged WAL asks again (we watch for that ask).
@@ -441,6 +446,11 @@ def _exhausted(requests: list[str], last: str, padded: bool) -> bool:
     return beyond or (padded and requests.count(last) >= 2)
 
 
+def _conf_quote(value: str) -> str:
+    """A value inside single quotes in postgresql.conf: quotes doubled, backslashes escaped."""
+    return value.replace("\\", "\\\\").replace("'", "''")
+
+
 class _Conf:
     """Our block at the end of ``postgresql.auto.conf`` (the backup's own settings stay before it)."""
 
@@ -449,7 +459,7 @@ class _Conf:
         self.original = path.read_text() if path.exists() else ""
 
     def write(self, settings: dict[str, str]) -> None:
-        block = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
+        block = "".join(f"{key} = '{_conf_quote(value)}'\n" for key, value in settings.items())
         self.path.write_text(self.original + "\n# genesis-dr point-in-time restore\n" + block)
         _own(self.path, self.ids)
 
