@@ -333,7 +333,11 @@ def restore_cluster(
         started = True
         _start(pg_ctl, data_dir, feeder)
         # The last segment the plan holds: the server asking past it means the planned WAL is replayed.
-        last = max([seg.name for seg in segments] + from_backup, default="")
+        # (The backup's own WAL, to its end, counts as planned: it comes from its pg_wal.)
+        end = walfiles.segment_name(
+            int(position.get("timeline") or 1), lsn_int(position.get("end_lsn") or position["lsn"]), seg_size
+        )
+        last = max([seg.name for seg in segments] + from_backup + [end]) if pieces else ""
         padded = bool(segments) and segments[-1].name == last and _ends_inside(segments[-1], seg_size)
         point = _wait_promoted(
             _Server(engine, pg_ctl, data_dir, feeder, conf, settings), position, last or None, padded, say

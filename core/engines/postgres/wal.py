@@ -270,7 +270,7 @@ class WalCapture:
             "-D",
             str(self.spool),
             f"--slot={self.slot}",
-            "--synchronous",  # flush and report every write: restart_lsn is what the spool holds
+            "--synchronous",  # flush and report every write: its flush_lsn is what the spool holds
             "--no-loop",  # we restart it ourselves, and see why it stopped
             "--status-interval=1",
             "--no-password",
