@@ -734,10 +734,11 @@ def run(args: argparse.Namespace) -> dict:
         out["disaster_at"] = disaster.isoformat()
         out["load_rows"], out["load_late"] = len(load.rows), load.late
         log(f"disaster declared at {disaster.isoformat()} ({len(load.rows)} rows written by the load)")
-        snapshot = ours.snapshot(disaster_epoch) if ours else None
         if pgbr:
             row = source.query("SELECT last_archived_wal, last_archived_time FROM pg_stat_archiver")[0]
             archived, out["pgbackrest_last_archived_at"] = row[0], row[1].isoformat()
+            if row[1].timestamp() > disaster_epoch:  # archived in the milliseconds since D: not at D
+                log("pgBackRest archived a segment just after the disaster; its RPO is understated by one segment")
             end = segment_end(archived)
             inside = [row for row in load.rows if row[2] <= end]
             out["pgbackrest_last_archived_wal_at_disaster"] = archived
@@ -748,6 +749,8 @@ def run(args: argparse.Namespace) -> dict:
                 out["pgbackrest_rpo_s"] = round(disaster_epoch - committed[0][0].timestamp(), 2)
             else:  # nothing the load wrote was archived: at least as old as the load
                 out["pgbackrest_rpo_s"] = round(disaster_epoch - load.rows[0][1], 2)
+        # Ours after pgBackRest's reading (one query): the copy is dated by D itself, whatever it takes.
+        snapshot = ours.snapshot(disaster_epoch) if ours else None
         if ours:
             ours.stop_capture()
             out["capture"] = ours.capture_result
