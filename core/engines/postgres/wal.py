@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from core.engines.postgres.engine import PostgresEngine
 
 POLL_S = 0.25
+UNTIL_TIMEOUT_S = 600.0  # a backup waiting for its WAL position fails after this, never hangs
 RECEIVER_RESTARTS = 5  # consecutive failed starts of pg_receivewal before capture gives up (the flow retries)
 
 
@@ -343,10 +344,17 @@ class WalCapture:
     # ---------------------------------------------------------------- shipping
 
     def _loop(self) -> None:
+        deadline = time.monotonic() + UNTIL_TIMEOUT_S
         while True:
             self._ship_completed()
             if self._reached():
                 return
+            if self.until is not None and time.monotonic() > deadline:
+                raise EngineError(
+                    f"WAL of {self.where} up to {lsn_text(self.until)} did not reach the vault within "
+                    f"{UNTIL_TIMEOUT_S:.0f}s (it holds up to {lsn_text(self.shipped_end or 0)}); check the capture's "
+                    "connection and the slot"
+                )
             if self.stop.is_set():
                 flush = self._flushed()  # while our receiver is still connected
                 self._stop_receiver()
