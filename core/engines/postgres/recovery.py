@@ -559,7 +559,9 @@ def _restart_without_target(server: _Server, say: Any) -> None:
     for key in TARGET_SETTINGS:
         server.settings.pop(key, None)
     server.conf.write(server.settings)
-    (server.feeder.staging / "requested").write_text("")  # asks from here on decide the next exhaustion
+    asks = server.feeder.staging / "requested"
+    asks.write_text("")  # the asks from here on tell the end of the replay again
+    _own(asks, server.feeder.ids)
     _start(server.pg_ctl, server.data_dir, server.feeder)
 
 
