@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ STREAM = "dump.sql"
 CONNECT_TIMEOUT = 5  # seconds; ping and every session we open
 LOCK_WAIT_TIMEOUT = 30  # seconds FLUSH TABLES WITH READ LOCK may wait behind long statements
 SNAPSHOT_DEADLINE = 120  # seconds the dump gets to open its snapshot while writes are blocked
+LOCK_FREE_ATTEMPTS = 3  # lock-free fulls tried before the database's READ lock is taken
 
 # pymysql error codes we explain instead of passing through.
 _LOGIN_REFUSED = {1044, 1045, 1698}  # access denied to database / for user / unix_socket user
@@ -180,6 +182,20 @@ class _GlobalReadLock:
                 self.held = False
                 with self._conn.cursor() as cur:
                     cur.execute("UNLOCK TABLES")  # keeps the consistent-snapshot transaction open
+
+
+class _Prefixed:
+    """``read(n)`` over bytes already read, then the rest of a reader."""
+
+    def __init__(self, head: bytes, rest) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            take = self._head if n is None or n < 0 else self._head[:n]
+            self._head = self._head[len(take) :]
+            return take
+        return self._rest.read(n)
 
 
 class _NoReload(EngineError):
@@ -611,25 +627,6 @@ class MySQLEngine(Engine):
             )
         return self._full(sink)
 
-    def _snapshot_lock(self, conn, info: ServerInfo) -> _GlobalReadLock | _DatabaseReadLock:
-        """How the backup's snapshots are made one instant (see ``snapshot`` in the stack file):
-        read_lock: FLUSH TABLES WITH READ LOCK (RELOAD); gtid: no global lock, a READ lock on this
-        database's tables only (LOCK TABLES), on a session of its own; auto: the first when
-        RELOAD is granted."""
-        mode = self.config.snapshot
-        if mode != "gtid":
-            lock = _GlobalReadLock(conn, self._where())
-            try:
-                lock.acquire()
-                return lock
-            except _NoReload:
-                if mode == "read_lock":
-                    raise
-                log.info("%s: no RELOAD privilege; taking the lock-free (gtid) snapshot", self._where())
-        table_lock = _DatabaseReadLock(self)
-        table_lock.acquire()
-        return table_lock
-
     def _snapshot_position(self, cur, info: ServerInfo, lock) -> dict[str, Any]:
         """The binlog position of this session's snapshot (opened just before).
 
@@ -643,6 +640,9 @@ class MySQLEngine(Engine):
         """
         position = self._position(cur, info)
         position["snapshot"] = "read_lock" if isinstance(lock, _GlobalReadLock) else "gtid"
+        position["lock"] = (
+            "global read lock" if isinstance(lock, _GlobalReadLock) else "database read lock" if lock else "none"
+        )
         if isinstance(lock, _GlobalReadLock) or not info.log_bin or info.flavor != "mariadb":
             return position
         cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
@@ -656,12 +656,152 @@ class MySQLEngine(Engine):
         return position
 
     def _full(self, sink: StreamSink) -> BackupResult:
-        cfg = self.config
+        """A full dump, one instant for the dump, the checks and the binlog position (``snapshot``):
+        read_lock (or auto with RELOAD): under FLUSH TABLES WITH READ LOCK. gtid (or auto without
+        RELOAD): lock-free first (see ``_full_lock_free``); if the database keeps being written
+        in the instant that takes, under a READ lock on this database's tables only."""
         tool = _find_tool("mariadb-dump", "mysqldump")
-        tool_flavor, tool_text, tool_numeric = _tool_version(tool)
+        versions = _tool_version(tool)
+        mode = self.config.snapshot
+        if mode != "gtid":
+            try:
+                return self._full_locked(sink, tool, versions, global_lock=True)
+            except _NoReload:
+                if mode == "read_lock":
+                    raise
+                log.info("%s: no RELOAD privilege; taking the lock-free (gtid) snapshot", self._where())
+        result = self._full_lock_free(sink, tool, versions)
+        if result is not None:
+            return result
+        return self._full_locked(sink, tool, versions, global_lock=False)
+
+    def _full_lock_free(
+        self, sink: StreamSink, tool: str, versions: tuple[str, str, tuple[int, ...]]
+    ) -> BackupResult | None:
+        """A full with no lock at all (MariaDB, one dump stream), or None when that cannot be proven.
+
+        Our checks session opens its consistent snapshot and reads where it stands in the binlog
+        (``Binlog_snapshot_file/position``); mariadb-dump opens its own and prints its coordinates
+        before any data. Equal coordinates mean no transaction committed between the two
+        snapshots: they are one instant, and the position is exact for both. The dump's output
+        is held back until its coordinates are read, so a dump that missed is killed before
+        anything reaches the vault, and the pair is tried again (``LOCK_FREE_ATTEMPTS``). A
+        database written to all the time, or one large enough for the per-table layout (whose
+        several dumps cannot be aligned this way), returns None: the caller takes the READ
+        lock on this database instead."""
+        cfg = self.config
+        tool_flavor, tool_text, tool_numeric = versions
         with self._session(cfg.database, "backup") as (conn, cur):
             info = self._server_info(cur)
-            lock = self._snapshot_lock(conn, info)
+            if not info.log_bin or info.flavor != "mariadb" or tool_flavor != "mariadb":
+                return None
+            for attempt in range(LOCK_FREE_ATTEMPTS):
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                position = self._snapshot_position(cur, info, None)
+                inventory = mysql_checks.inventory(cur, cfg.database)
+                sizes = _table_sizes(cur, cfg.database, inventory)
+                if sum(sizes.values()) >= mysql_split.split_min_bytes():
+                    cur.execute("COMMIT")
+                    return None
+                history, skipped = self._history_plan(inventory, tool_flavor, tool_numeric)
+                skipped += float_notes(inventory)
+                args = self._with_coordinates(
+                    self._dump_args(tool_flavor, tool_numeric, info), tool_flavor, tool_numeric, info
+                )
+                checker = _Checker(self, conn, inventory, history, sizes)
+                try:
+                    facts = self._gated_dump(
+                        sink, tool, args + (["--dump-history"] if history else []), position, checker.start
+                    )
+                    rows = checker.result() if facts is not None else None
+                except BaseException:
+                    checker.stop()
+                    raise
+                finally:
+                    checker.close()
+                if facts is None or rows is None:
+                    cur.execute("COMMIT")
+                    log.info(
+                        "%s: a transaction committed between our snapshot and the dump's (attempt %d)",
+                        self._where(),
+                        attempt + 1,
+                    )
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                checks = mysql_checks.assemble(
+                    inventory, rows, facts.auto_increment, default_auto_increment=1, history=history
+                )
+                cur.execute("COMMIT")
+                cur.execute("SELECT @@GLOBAL.event_scheduler")
+                position["event_scheduler"] = str(cur.fetchone()[0]).upper()
+                with sink.open_stream(mysql_grants.STREAM) as out:
+                    out.write(mysql_grants.encode(mysql_grants.collect(cur, cfg.database)))
+                return BackupResult(
+                    position=position,
+                    checks=checks,
+                    tool_versions={os.path.basename(tool): tool_text, "server": info.version},
+                    skipped=skipped,
+                )
+        log.info("%s: the database kept being written; taking its READ lock for the snapshot", self._where())
+        return None
+
+    def _gated_dump(
+        self, sink: StreamSink, tool: str, dump_args: list[str], position: dict[str, Any], then: Callable[[], None]
+    ) -> DumpFacts | None:
+        """Run the dump into ``sink`` if its coordinates are ``position``'s; None (killed, nothing
+        written) if they are not."""
+        name = os.path.basename(tool)
+        with self._option_file() as (option_file, pass_fds):
+            argv = [tool, *self._tool_args(option_file), *dump_args, "--", self.config.database]
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds
+            )
+            stderr = StderrTail(proc.stderr)
+            try:
+                inspector = DumpInspector(on_snapshot=lambda: None)
+                head = bytearray()
+                while not inspector.facts.snapshot_started:
+                    data = proc.stdout.read1(1 << 16)
+                    if not data:
+                        inspector.finish()
+                        break
+                    head += data
+                    inspector.feed(data)
+                facts = inspector.facts
+                if (facts.binlog_file, facts.binlog_pos) != (position["binlog_file"], position["binlog_pos"]):
+                    proc.kill()
+                    proc.wait()
+                    if facts.binlog_file is None and proc.returncode not in (0, -9):
+                        raise EngineError(
+                            f"{self._where()}: {name} failed before printing its coordinates: "
+                            f"{last_line(stderr.text(), self.config.secrets())}; fix the cause and run the backup again"
+                        )
+                    return None
+                then()
+                sink.write_stream(STREAM, _Prefixed(bytes(head), InspectingReader(proc.stdout, inspector)))
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            code = proc.wait()
+        if code != 0:
+            raise EngineError(
+                f"{self._where()}: {name} failed (exit {code}): {last_line(stderr.text(), self.config.secrets())}; "
+                "fix the cause and run the backup again"
+            )
+        return inspector.facts
+
+    def _full_locked(
+        self, sink: StreamSink, tool: str, versions: tuple[str, str, tuple[int, ...]], global_lock: bool
+    ) -> BackupResult:
+        cfg = self.config
+        tool_flavor, tool_text, tool_numeric = versions
+        with self._session(cfg.database, "backup") as (conn, cur):
+            info = self._server_info(cur)
+            lock: _GlobalReadLock | _DatabaseReadLock
+            lock = _GlobalReadLock(conn, self._where()) if global_lock else _DatabaseReadLock(self)
+            lock.acquire()
             checker: _Checker | None = None
             try:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
