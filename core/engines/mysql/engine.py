@@ -19,6 +19,12 @@ hold the lock. The row counts and checksums are computed in the checks
 session's snapshot *while* the dump streams (a thread started when the lock
 is released), so a backup costs one pass over the data, not two.
 
+Without RELOAD (``snapshot: gtid``, or ``auto`` when FLUSH TABLES WITH READ LOCK is
+refused) there is no global lock: see ``_full`` (lock-free when the dump's coordinates equal
+our snapshot's ``binlog_snapshot`` position, else a READ lock on this database's tables only).
+Differential and incremental backups are binlog positions; the binlog itself is captured by
+``binlog.py`` and replayed on the full by ``replay.py``.
+
 Layouts (``mysql_split``). A small database is one ``dump.sql``, readable and
 loadable by hand. From ``GENESIS_DR_MYSQL_SPLIT_MIN_BYTES`` (64 MiB) on, the
 backup is split the way mydumper does it: ``GENESIS_DR_MYSQL_JOBS`` (2) dump
