@@ -191,10 +191,16 @@ def fresh_data_dir(prefix: str = "gdr-pg-restored-") -> Path:
 
 
 def stop_cluster(data_dir: Path) -> None:
-    """Stop a cluster a point-in-time restore started in ``data_dir`` (a missing one is fine)."""
+    """Stop a cluster a point-in-time restore started in ``data_dir`` (a missing one is fine) and
+    remove it with the directory ``fresh_data_dir`` made for it."""
     pg_ctl = require_binary("pg_ctl", "/usr/lib/postgresql/15/bin/pg_ctl")
-    if (Path(data_dir) / "postmaster.pid").exists():
-        _as_postgres(pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "stop")
+    data_dir = Path(data_dir)
+    try:
+        if (data_dir / "postmaster.pid").exists():
+            _as_postgres(pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "stop")
+    finally:
+        if not os.environ.get("GENESIS_DR_KEEP_TEST_SERVERS"):
+            shutil.rmtree(data_dir.parent if data_dir.parent.name.startswith("gdr-pg-") else data_dir, True)
 
 
 @pytest.fixture

@@ -107,9 +107,13 @@ def _source(server: PostgresServer, tmp_path_factory, name: str) -> SimpleNamesp
     )
 
 
+_TARGETS: list[Path] = []
+
+
 def _target(source: SimpleNamespace) -> PostgresEngine:
-    """A new cluster: a fresh data directory and a free port."""
-    return PostgresEngine(source.config.model_copy(update={"data_dir": str(fresh_data_dir()), "port": free_port()}))
+    """A new cluster: a fresh data directory and a free port (removed at the end of the module)."""
+    _TARGETS.append(fresh_data_dir())
+    return PostgresEngine(source.config.model_copy(update={"data_dir": str(_TARGETS[-1]), "port": free_port()}))
 
 
 def _restored_rows(target: PostgresEngine) -> list[tuple]:
@@ -136,6 +140,8 @@ def _spool(tmp_path_factory):
     old = os.environ.get("GENESIS_DR_SPOOL_DIR")
     os.environ["GENESIS_DR_SPOOL_DIR"] = str(tmp_path_factory.mktemp("spool"))
     yield
+    for data_dir in _TARGETS:
+        stop_cluster(data_dir)
     if old is None:
         os.environ.pop("GENESIS_DR_SPOOL_DIR")
     else:
