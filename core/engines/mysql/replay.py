@@ -41,8 +41,7 @@ from typing import Any
 from core.engines.base import ChainSteps, RecoveryPoint, StopPoint
 from core.engines.mysql import binlog
 from core.engines.mysql import position as mysql_position
-from core.engines.mysql.tools import last_line
-from core.engines.tools import StderrTail
+from core.engines.tools import Tool
 from core.errors import DRError, EngineError, RecoveryTargetError
 
 _SOURCE_GTID_LINE = re.compile(
@@ -196,8 +195,10 @@ class Replay:
         with engine._session(None, "listing the target server's databases") as (_, cur):
             cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
             self.guard({name for (name,) in cur.fetchall()})
-        with engine._option_file() as (option_file, pass_fds):
-            load = subprocess.Popen(
+        secrets = cfg.secrets()
+        with (
+            engine._option_file() as (option_file, pass_fds),
+            Tool(
                 [
                     client,
                     *engine._tool_args(option_file),
@@ -206,74 +207,55 @@ class Replay:
                     f"--init-command=SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT}",
                     f"--database={cfg.database}",
                 ],
+                secrets=secrets,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
                 pass_fds=pass_fds,
-            )
-            decode = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-            )
-            load_err, decode_err = StderrTail(load.stderr), StderrTail(decode.stderr)
+            ) as load,
+            Tool(argv, secrets=secrets, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as decode,
+        ):
             failure: list[BaseException] = []
 
             def feed() -> None:
                 try:
                     for data in self.events(pieces):
-                        decode.stdin.write(data)
+                        decode.proc.stdin.write(data)
                 except BrokenPipeError:
                     pass  # mariadb-binlog stopped reading: its exit code says why
                 except BaseException as exc:
                     failure.append(exc)
-                    decode.kill()
-                    load.kill()  # a damaged piece must not be applied any further
+                    decode.proc.kill()
+                    load.proc.kill()  # a damaged piece must not be applied any further
                 finally:
                     try:
-                        decode.stdin.close()
+                        decode.proc.stdin.close()
                     except BrokenPipeError:
                         pass
 
             def pump() -> None:
                 try:
-                    for line in decode.stdout:
-                        if _SOURCE_GTID_LINE.match(line):
-                            continue
-                        load.stdin.write(line)
+                    for line in decode.proc.stdout:
+                        if not _SOURCE_GTID_LINE.match(line):
+                            load.proc.stdin.write(line)
                 except BrokenPipeError:
-                    decode.kill()  # the client died: its error is the one to report
+                    decode.proc.kill()  # the client died: its error is the one to report
                 finally:
                     try:
-                        load.stdin.close()
+                        load.proc.stdin.close()
                     except BrokenPipeError:
                         pass
 
             threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=pump, daemon=True)]
             for thread in threads:
                 thread.start()
-            try:
-                for thread in threads:
-                    thread.join()
-                decode_code, load_code = decode.wait(), load.wait()
-            except BaseException:
-                decode.kill()
-                load.kill()
-                decode.wait()
-                load.wait()
-                raise
-        if failure:
-            raise failure[0]
-        secrets = cfg.secrets()
-        # The client first: when it dies, mariadb-binlog is stopped because of it.
-        if load_code != 0:
-            raise EngineError(
-                f"{self.where}: {os.path.basename(client)} failed (exit {load_code}) near binlog {self.at}: "
-                f"{last_line(load_err.text(), secrets)}; the target database was left partially restored"
-            )
-        if decode_code != 0:
-            raise EngineError(
-                f"{self.where}: {os.path.basename(tool)} failed (exit {decode_code}) near binlog {self.at}: "
-                f"{last_line(decode_err.text(), secrets)}; the target database was left partially restored"
-            )
+            for thread in threads:
+                thread.join()
+            if failure:
+                raise failure[0]
+            remedy = f"near binlog {self.at}; the target database was left partially restored"
+            # The client first: when it dies, mariadb-binlog is stopped because of it.
+            load.wait(f"{self.where}: {os.path.basename(client)}", remedy)
+            decode.wait(f"{self.where}: {os.path.basename(tool)}", remedy)
 
 
 def engine_tool(*names: str) -> str:
