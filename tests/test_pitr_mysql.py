@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
+from core.engines.base import ChainSteps, StopPoint
 from core.engines.mysql import position as mysql_position
 from core.engines.mysql.engine import MySQLEngine
 from core.errors import EngineError, IntegrityError, LogGapError
@@ -195,10 +196,14 @@ def test_restore_to_a_time_between_batches_holds_exactly_the_earlier_batches(
     after: dict[int, dict] = {}
     commits: dict[int, tuple[float, float]] = {}
     starts: dict[int, float] = {}
+    gtids: dict[int, str] = {}
     for n in (1, 2, 3):
         starts[n] = time.time()
         commits[n] = _batch(server, database, n)
         after[n] = _rows(server, database)
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+            gtids[n] = cur.fetchone()[0]
         if n < 3:
             time.sleep(1.5)
     committed = time.monotonic()
@@ -221,6 +226,19 @@ def test_restore_to_a_time_between_batches_holds_exactly_the_earlier_batches(
     assert _second(commits[2][0]) <= point["time"] <= _second(commits[2][1])
     assert point["proof"].startswith(f"binlog event time {point['time']} of the last replayed transaction (GTID 0-7-")
     assert plan.base_id == full.id
+
+    # A GTID as the stop point (the engine's own stop, below the time-based plan): batch 1 exactly.
+    by_gtid = MySQLEngine(server.config(SOURCE, server.fresh_database_name("gtid")))
+    base = vault.open_backup(full.id, keyring)
+    log = vault.log_reader(SOURCE, keyring)
+    try:
+        steps = ChainSteps(base=base, pieces=[(record.info, log.opener(record)) for record in pieces])
+        point = by_gtid.restore_chain(steps, StopPoint(position={"gtid": gtids[1]}))
+    finally:
+        log.close()
+        base.close()
+    assert _rows(server, by_gtid.config.database) == after[1]
+    assert point.position["gtid"] == gtids[1] and f"(GTID {gtids[1]})" in point.proof
     # The source database was only read.
     assert _rows(server, database) == after[3]
 
