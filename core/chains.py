@@ -210,7 +210,10 @@ def plan_chain_restore(
         base_time=full.ended_at,
         layers=[m.id for m in layers],
         pieces=[p.seq for p in chosen],
-        stop_time=iso(target_time) if chosen else None,
+        # Exact to the microsecond, as commit times are: a target just after a commit must include it.
+        stop_time=target_time.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        if chosen
+        else None,
         recovery_time=iso(recovery),
         data_loss_s=round(loss, 3),
         log_from=position_text(kind, chosen[0].start) if chosen else None,
