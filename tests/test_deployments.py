@@ -312,7 +312,11 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
         with get_client(sync_client=True) as client:
             return deployed_schedules({d.name: d for d in client.read_deployments()})
 
-    # Before the deployments exist: stored, and `prefect deploy` templates prefect.yaml's schedules from it.
+    # Before the deployments exist (another test of this session may have deployed them: gone first): stored,
+    # and `prefect deploy` templates prefect.yaml's schedules from it.
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            client.delete_deployment(deployment.id)
     write("  incremental: '*/10 * * * *'\n  capture: 'off'\n")
     out = run(sys.executable, "-m", "cli.main", "apply", str(stack))
     assert "schedules of stack 'default' stored; 'prefect deploy --all' puts them on its deployments" in out, out
