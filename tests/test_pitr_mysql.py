@@ -404,15 +404,26 @@ def test_a_statement_naming_another_database_stops_the_replay_before_it_writes_t
         assert cur.fetchone() == (0,)
 
 
+def _master(server: MySQLServer) -> dict:
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+    return {"binlog_file": file, "binlog_pos": pos}
+
+
 def test_binlog_purged_before_it_was_captured_is_a_named_gap(mysql_pitr_server, vault, keyring):
     server = mysql_pitr_server
     database, engine = _source(server)
-    full = backup_source(vault, keyring, engine, "full")
+    backup_source(vault, keyring, engine, "full")
     _batch(server, database, 1)
+    capture_source(vault, keyring, engine, threading.Event(), until=_master(server))
+    shipped = vault.log_pieces(SOURCE)
+    end = shipped[-1].end
+    _batch(server, database, 2)  # written while no capture runs, then purged
     with server.connect() as conn, conn.cursor() as cur:
         cur.execute("FLUSH BINARY LOGS")
         cur.execute("SHOW MASTER STATUS")
-        current, pos = cur.fetchone()[:2]
+        current = cur.fetchone()[0]
         # The server keeps a binlog until InnoDB has checkpointed past it: purge until it is gone.
         deadline = time.monotonic() + 20
         while True:
@@ -423,15 +434,25 @@ def test_binlog_purged_before_it_was_captured_is_a_named_gap(mysql_pitr_server, 
             time.sleep(0.2)
 
     with pytest.raises(LogGapError) as err:
-        capture_source(vault, keyring, engine, threading.Event(), until={"binlog_file": current, "binlog_pos": pos})
+        capture_source(vault, keyring, engine, threading.Event(), until=_master(server))
 
     message = str(err.value)
-    assert f"binlog {full.position['binlog_file']} was purged on the server before it was captured" in message
+    assert f"binlog {end['binlog_file']} was purged on the server before it was captured" in message
     assert f"the oldest binlog there is {current}" in message
-    assert f"{full.position['binlog_file']}:{full.position['binlog_pos']}" in message
+    assert f"{end['binlog_file']}:{end['binlog_pos']}" in message
     assert "take a new full backup" in message
     assert err.value.exit_code == 14
-    assert vault.log_pieces(SOURCE) == []
+    assert [p.seq for p in vault.log_pieces(SOURCE)] == [p.seq for p in shipped]
+
+    # The remedy works: a new full starts the log again (a new chain after the named gap), and
+    # restores after it are whole.
+    again = backup_source(vault, keyring, engine, "full")
+    _batch(server, database, 3)
+    capture_source(vault, keyring, engine, threading.Event(), until=_master(server))
+    resumed = vault.log_pieces(SOURCE)[len(shipped)]
+    assert resumed.start == mysql_position.log_start(again.position)
+    restored, plan, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
+    assert plan.base_id == again.id and _rows(server, restored) == _rows(server, database)
 
 
 def test_full_without_reload_is_a_gtid_snapshot_exact_under_writes(mysql_pitr_server, vault, keyring, capturing):

@@ -359,7 +359,7 @@ class BinlogCapture:
         start = self.start_position()
         if self._reached(start):
             return
-        conn = self._open(start)
+        conn, start = self._open(start)
         try:
             self._stream(conn, start)
         finally:
@@ -368,14 +368,14 @@ class BinlogCapture:
             except Exception:
                 pass  # the link is going away anyway
 
-    def _open(self, start: dict[str, Any]):
+    def _open(self, start: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         engine = self.engine
         with engine._session(None, "listing the server's binlogs") as (_, cur):
             try:
                 cur.execute("SHOW BINARY LOGS")
                 files = [row[0] for row in cur.fetchall()]
                 if start["binlog_file"] not in files:
-                    self._gap(start, files[0] if files else None)
+                    start = self._after_gap(start, files)
             except pymysql.err.MySQLError as exc:
                 raise EngineError(
                     f"{self.where}: cannot list the binlogs ({exc.args[-1]}); "
@@ -396,7 +396,26 @@ class BinlogCapture:
         except BaseException:
             conn.close()
             raise
-        return conn
+        return conn, start
+
+    def _after_gap(self, start: dict[str, Any], files: list[str]) -> dict[str, Any]:
+        """Where the log goes on when the server purged ``start``'s file: at a full taken since
+        (its position is on the server), as a new chain - the vault's log keeps the gap, which the
+        planner names; else the gap is raised."""
+        full = self.log.newest_full()
+        begin = mysql_position.log_start(full.position) if full is not None else None
+        if (
+            begin is not None
+            and mysql_position.order(begin) > mysql_position.order(start)
+            and begin["binlog_file"] in files
+        ):
+            self.log.progress(
+                f"binlog {mysql_position.text(start)} was purged before it was captured; the log starts again at "
+                f"the newest full's {mysql_position.text(begin)} (restores between the two are not possible)"
+            )
+            return begin
+        self._gap(start, files[0] if files else None)
+        raise AssertionError("unreachable")  # _gap raises
 
     def _gap(self, start: dict[str, Any], oldest: str | None) -> None:
         have = f"the oldest binlog there is {oldest}" if oldest else "it no longer has that file"
