@@ -98,15 +98,14 @@ def cmd_backup(args) -> int:
 
 @uses_prefect
 def cmd_capture(args) -> int:
+    from core.engines import position_text
     from flows.capture import capture
 
     results = capture(stack=args.stack, sources=args.source or None)
     for r in results:
-        shipped = r.get("pieces", 0)
-        last = r.get("last")
-        print(
-            f"{r['source']}: capture stopped; {shipped} pieces shipped this run{f', log ends at {last}' if last else ''}"
-        )
+        last = f", the vault's log ends at {position_text(r['kind'], r['last'])}" if r.get("last") else ""
+        cut = " (the piece it was shipping is shipped by the next capture)" if r.get("interrupted") else ""
+        print(f"{r['source']}: capture stopped; {r.get('pieces', 0)} pieces shipped this run{last}{cut}")
     if cancel.requested():
         # A signal is how a capture ends: nothing was cut short, and 'genesis-dr capture' resumes without a gap.
         print("capture stopped by the interrupt; everything shipped is in the vault; run it again to resume")

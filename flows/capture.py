@@ -30,7 +30,9 @@ def capture(stack: str = "default", sources: list[str] | None = None) -> list[di
     """
     logger = get_run_logger()
     with cancel.stop_on_signals(print):
-        names = select_capture_sources(stack, sources)
+        chosen = select_capture_sources(stack, sources)
+        names = [entry["source"] for entry in chosen]
+        kinds = {entry["source"]: entry["kind"] for entry in chosen}
         stop = threading.Event()
         futures = {name: capture_source_task.submit(stack, name, stop) for name in names}
         failures: dict[str, BaseException] = {}
@@ -59,7 +61,7 @@ def capture(stack: str = "default", sources: list[str] | None = None) -> list[di
                 except InterruptedRunError as exc:
                     if cancel.requested():  # stopped in the middle of a piece: the next capture ships it again
                         logger.info("%s: capture stopped (the piece it was shipping is shipped by the next run)", name)
-                        results.append({"source": name, "interrupted": str(exc)})
+                        results.append({"source": name, "kind": kinds[name], "interrupted": str(exc)})
                     else:
                         failures[name] = exc
                 except BaseException as exc:  # collected and re-raised below, never swallowed

@@ -16,8 +16,9 @@ from tasks.runlog import progress
 
 
 @task(name="select-capture-sources", cache_policy=NO_CACHE, **task_options("plan"))
-def select_capture_sources(stack: str, sources: list[str] | None) -> list[str]:
-    """The sources to capture: the named ones (each must have a log), or every source whose kind ships one."""
+def select_capture_sources(stack: str, sources: list[str] | None) -> list[dict]:
+    """The sources to capture (``source``, ``kind``): the named ones (each must have a log), or every source
+    whose kind ships one."""
     config = run_stack(stack).config
     if sources:
         chosen = [config.source(name) for name in sources]  # ConfigError names an unknown one
@@ -27,8 +28,8 @@ def select_capture_sources(stack: str, sources: list[str] | None) -> list[str]:
                 f"{', '.join(without)}: no log to capture (only full backups); leave it out of --source, "
                 "'genesis-dr backup full' backs it up"
             )
-        return [s.name for s in chosen]
-    names = [s.name for s in config.sources if engine_class(s.kind).captures_log]
+        return [{"source": s.name, "kind": s.kind} for s in chosen]
+    names = [{"source": s.name, "kind": s.kind} for s in config.sources if engine_class(s.kind).captures_log]
     if not names:
         kinds = ", ".join(sorted({s.kind for s in config.sources}))
         raise ConfigError(
@@ -52,8 +53,9 @@ def capture_source_task(stack: str, source: str, stop: threading.Event) -> dict:
     config = opened.config
     logger = get_run_logger()
     logger.info("%s: capturing its log into %s until stopped", source, config.vault.path)
+    engine = engine_for(config.source(source))
     outcome = operations.capture_source(
-        config.vault.open(create=True), opened.keyring, engine_for(config.source(source)), stop, progress=progress()
+        config.vault.open(create=True), opened.keyring, engine, stop, progress=progress()
     )
     logger.info("%s: capture stopped", source)
-    return {"source": source, **(outcome or {})}
+    return {"source": source, "kind": engine.kind, **(outcome or {})}
