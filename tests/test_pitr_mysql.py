@@ -27,6 +27,7 @@ from core.chains import plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines.base import ChainSteps, StopPoint
 from core.engines.mysql import position as mysql_position
+from core.engines.mysql import replay as mysql_replay
 from core.engines.mysql.engine import MySQLEngine
 from core.errors import EngineError, IntegrityError, LogGapError
 from core.operations import backup_source, capture_source, count_checks, restore_backup, restore_chain_plan
@@ -306,7 +307,9 @@ capture_source(vault, Keyring(passphrase="pw"), MySQLEngine(config), threading.E
 """
 
 
-def test_capture_killed_mid_transaction_resumes_without_a_gap(mysql_pitr_server, vault, keyring, capturing, tmp_path):
+def test_capture_killed_mid_transaction_resumes_without_a_gap(
+    mysql_pitr_server, vault, keyring, capturing, tmp_path, monkeypatch
+):
     """SIGKILL right after a large transaction committed, before the capture could ship it (the
     RPO is 1 s): nothing half-shipped is presented, the restarted capture takes over the dead
     one's lease and continues from the last piece, and the restore holds every row once."""
@@ -348,6 +351,8 @@ def test_capture_killed_mid_transaction_resumes_without_a_gap(mysql_pitr_server,
 
     pieces = vault.log_pieces(SOURCE)
     assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+    # The large transaction is held on disk, not in memory, until its commit is read.
+    monkeypatch.setattr(mysql_replay, "HOLD_IN_MEMORY", 4096)
     restored, _, _ = _restore_to(vault, keyring, server, datetime.now(UTC))
     assert _rows(server, restored) == _rows(server, database)
 

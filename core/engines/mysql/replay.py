@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import threading
 from datetime import datetime
 from typing import Any
@@ -48,10 +49,39 @@ _SOURCE_GTID_LINE = re.compile(
     rb"^/\*M?!100001 SET @@session\.(gtid_domain_id|server_id|gtid_seq_no)=\d+\*/\s*/\*!\*/;\s*$"
 )
 LOCK_WAIT_TIMEOUT = 30
+HOLD_IN_MEMORY = 16 << 20  # bytes of one transaction held in memory before it spills to a temporary file
 
 
 class _Stop(Exception):
     """The target point is reached: no further event is fed."""
+
+
+class _Held:
+    """The events of one transaction, held until its commit event says whether it is applied:
+    in memory up to ``HOLD_IN_MEMORY`` bytes, then in an unlinked temporary file (a transaction
+    of gigabytes must not be held in memory)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=HOLD_IN_MEMORY)
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
+
+    def chunks(self):
+        self._file.seek(0)
+        while chunk := self._file.read(1 << 20):
+            yield chunk
+
+    def clear(self) -> None:
+        if self.size > HOLD_IN_MEMORY:  # spilled: back to memory for the next transaction
+            self._file.close()
+            self._file = tempfile.SpooledTemporaryFile(max_size=HOLD_IN_MEMORY)
+        else:
+            self._file.seek(0)
+            self._file.truncate()
+        self.size = 0
 
 
 class Replay:
@@ -121,7 +151,7 @@ class Replay:
         for info, opener in pieces:
             file = info.start["binlog_file"]
             self.pieces_read += 1
-            group = bytearray()
+            group = _Held()
             group_gtid: str | None = None
             was_data = False
             violation: str | None = None
@@ -146,7 +176,7 @@ class Replay:
                     found = event.gtid()
                     if found is not None:
                         group_gtid = found[0]
-                    group += event.raw
+                    group.add(event.raw)
                     was_data = was_data or inside or event.type == binlog.QUERY
                     if not boundary:
                         continue
@@ -165,14 +195,14 @@ class Replay:
                         self.applied_ts = event.timestamp
                         self.applied_gtid = group_gtid
                         self.applied = {**end, "gtid": binlog.gtid_text(self.gtid)}
-                    yield bytes(group)
+                    yield from group.chunks()
                     self.at = f"{file}:{event.log_pos}"
                     group.clear()
                     group_gtid = None
                     was_data = False
                     violation = None
             # A piece ends at a transaction boundary; an unfinished group here means a damaged chain.
-            if group:
+            if group.size:
                 raise EngineError(
                     f"{self.where}: binlog piece {mysql_position.text(info.start)} ends inside a transaction; "
                     "the log in the vault is damaged"
