@@ -280,7 +280,7 @@ def _dry_run_point_in_time(args, when) -> int:
     unless a target's secret is needed); exit 9 if a target would be refused."""
     from core.chains import render_chain_plan
     from core.planning import plan_chain_from
-    from core.stack import restore_sources, split_targets
+    from core.stack import check_distinct_targets, restore_sources, split_targets
     from core.times import planned_points, recovery_summary, render_recovery_summary
 
     names = restore_sources(description(args.stack), args.mode, args.source)
@@ -295,6 +295,7 @@ def _dry_run_point_in_time(args, when) -> int:
         ).to_dict()
         for name in names
     }  # fmt: skip
+    check_distinct_targets(plans)
     for name in names:
         print(render_chain_plan(plans[name]))
         print()

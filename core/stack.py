@@ -276,6 +276,19 @@ def split_targets(overrides: dict[str, Any] | None, names: list[str]) -> dict[st
     return out
 
 
+def check_distinct_targets(plans: dict[str, dict]) -> None:
+    """Refuse a restore of several sources into one target (each plan's ``target``): the second would
+    overwrite the first, or be refused after it ran."""
+    seen: dict[str, str] = {}
+    for name, plan in plans.items():
+        if plan["target"] in seen:
+            raise ConfigError(
+                f"sources {seen[plan['target']]} and {name} would both be restored into {plan['target']}; give each "
+                f"its own target, e.g. --target {name}.KEY=VALUE"
+            )
+        seen[plan["target"]] = name
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

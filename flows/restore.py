@@ -25,7 +25,7 @@ from core.chains import render_chain_plan
 from core.errors import ConfigError, TargetNotEmptyError
 from core.operations import render_report
 from core.plan import render_plan
-from core.stack import split_targets
+from core.stack import check_distinct_targets, split_targets
 from core.times import planned_points, reached_points, read_operator_time, recovery_summary, render_recovery_summary
 from flows.reporting import collect, raise_failures
 from tasks.policy import seconds_from_env
@@ -162,6 +162,7 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
     plans, failures = collect(futures)
     raise_failures(failures, "restore plans")
     plans = {plan["source"]: plan for plan in plans}
+    check_distinct_targets({name: plans[name] for name in names})
     rendered = "\n\n".join(render_chain_plan(plans[name]) for name in names)
     summary = recovery_summary(when.iso(), planned_points({n: plans[n] for n in names}), when.plan_note())
     text = f"{rendered}\n\n{render_recovery_summary(summary, planned=True)}"

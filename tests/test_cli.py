@@ -313,6 +313,15 @@ def test_targets_of_a_multi_source_restore_are_named_per_source():
         split_targets({"nope.port": 1}, ["app-db"])
 
 
+def test_two_sources_into_one_target_are_refused():
+    from core.errors import ConfigError
+    from core.stack import check_distinct_targets
+
+    check_distinct_targets({"a": {"target": "files /r/a"}, "b": {"target": "files /r/b"}})
+    with pytest.raises(ConfigError, match=re.escape("sources a and b would both be restored into files /r")):
+        check_distinct_targets({"a": {"target": "files /r"}, "b": {"target": "files /r"}})
+
+
 def test_recovery_summary_golden():
     from core.times import recovery_summary, render_recovery_summary
 
