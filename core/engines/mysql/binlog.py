@@ -388,9 +388,14 @@ class BinlogCapture:
             with conn.cursor() as cur:
                 # What a replica announces: it understands checksums and GTID events, and
                 # wants a heartbeat when idle (so stop and the RPO are looked at each second).
-                cur.execute("SET @master_binlog_checksum = @@GLOBAL.binlog_checksum")
+                # (MySQL 8.0.26+ reads the @source_* names; both are plain user variables.)
+                cur.execute(
+                    "SET @master_binlog_checksum = @@GLOBAL.binlog_checksum, "
+                    "@source_binlog_checksum = @@GLOBAL.binlog_checksum"
+                )
                 cur.execute("SET @mariadb_slave_capability = 4")
-                cur.execute("SET @master_heartbeat_period = %s", (HEARTBEAT_SECONDS * 1_000_000_000,))
+                period = HEARTBEAT_SECONDS * 1_000_000_000
+                cur.execute("SET @master_heartbeat_period = %s, @source_heartbeat_period = %s", (period, period))
             payload = struct.pack("<IHI", int(start["binlog_pos"]), 0, self.server_id)
             conn._execute_command(COM_BINLOG_DUMP, payload + start["binlog_file"].encode())
         except BaseException:
