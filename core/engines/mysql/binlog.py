@@ -445,7 +445,7 @@ class BinlogCapture:
         try:
             while True:
                 if self.stop is not None and self.stop.is_set():
-                    self._ship(pending)
+                    pending = self._ship(pending)  # what is whole; the tail is asked for again next time
                     return
                 event = self._next(conn, pending, position(file, pos, gtid))
                 if event is None:
