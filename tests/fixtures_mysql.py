@@ -5,6 +5,8 @@ the binlog on (``--log-bin``, ``--server-id``) so dumps carry coordinates, and
 real authentication: tests log in as ``dr`` with a password full of characters
 that need quoting, over TCP on a free port. ``--no-defaults`` keeps the host's
 /etc/mysql configuration out. Each test takes its own database names.
+Point-in-time tests get a second server (``mysql_pitr_server``, started only when
+asked for): they purge binlogs, which must not happen under the other tests.
 """
 
 from __future__ import annotations
