@@ -216,7 +216,8 @@ class Replay:
         tool = engine_tool("mariadb-binlog", "mysqlbinlog")
         client = engine_tool("mariadb", "mysql")
         mariadb_tool = "mariadb" in os.path.basename(tool) or _is_mariadb(tool)
-        argv = [tool, "--no-defaults", f"--database={self.source_db}"]
+        # mariadb-binlog filters on the name before --rewrite-db; MySQL's mysqlbinlog on the name after it.
+        argv = [tool, "--no-defaults", f"--database={self.source_db if mariadb_tool else cfg.database}"]
         if self.source_db != cfg.database:
             argv.append(f"--rewrite-db={self.source_db}->{cfg.database}")
         argv += ["--skip-gtid-strict-mode"] if mariadb_tool else ["--skip-gtids"]
