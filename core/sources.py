@@ -116,15 +116,20 @@ class MySQLSourceConfig(_Source):
     kind: Literal["mysql"] = Field("mysql", description="Source kind.")
     host: str = Field("127.0.0.1", description="Server host name or address.")
     port: Port = Field(3306, description="Server port.")
-    user: str = Field("root", description="Login user (needs SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, LOCK TABLES).")
+    user: str = Field(
+        "root",
+        description="Login user (needs SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES and BINLOG MONITOR/REPLICATION "
+        "CLIENT; RELOAD for snapshot read_lock; REPLICATION SLAVE for binlog capture; see docs/FORMAT.md).",
+    )
     password: SecretStr | None = Field(None, description="Login password (secret; given to tools in memory).")
     database: str = Field(description="Database (schema) to back up (or restore into).")
     socket: str | None = Field(None, description="Unix socket path, used instead of host/port when set.")
     snapshot: Literal["auto", "read_lock", "gtid"] = Field(
         "auto",
         description="How a full dump gets its binlog position: read_lock (FLUSH TABLES WITH READ LOCK; needs RELOAD), "
-        "gtid (lock-free: a consistent snapshot and its GTID position, for managed servers without RELOAD); auto "
-        "picks read_lock when granted.",
+        "gtid (no global lock, for managed servers without RELOAD: lock-free when the dump's snapshot and ours are "
+        "one binlog position, else a READ lock on this database's tables only while the dumps open their "
+        "snapshots); auto picks read_lock when RELOAD is granted.",
     )
     rpo_seconds: int = Field(
         30,
