@@ -67,6 +67,10 @@ def after(iso_text: str) -> datetime:
     return when.replace(microsecond=0) + timedelta(seconds=1)
 
 
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def wait_past(when: datetime) -> None:
     """Sleep until the clock is past ``when`` (so the next backup ends after it)."""
     delay = (when - datetime.now(UTC)).total_seconds() + 0.05
@@ -343,7 +347,7 @@ def test_mode_full_restores_every_kind_to_one_instant(
         deadline = time.monotonic() + 60
         vault = stack.vault()
         while not all(
-            (pieces := vault.log_pieces(name)) and pieces[-1].info.last_time > target_time.isoformat()[:23]
+            (pieces := vault.log_pieces(name)) and parse(pieces[-1].info.last_time) > target_time
             for name in ("app-db", "app-mysql", "cache")
         ):
             assert capturing.is_alive() and time.monotonic() < deadline, running
