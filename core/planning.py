@@ -59,6 +59,7 @@ def plan_restore_from(
         # The engine's path for this backup (how it is loaded and proved), said on the load step.
         method=engine.restore_method(choose_backup(manifests, source, backup_id, target_time).position),
     )
+    engine.preflight(choose_backup(manifests, source, backup_id, target_time).position)
     return plan
 
 
@@ -82,7 +83,7 @@ def plan_chain_from(
     vault = vault_config.open()
     manifests = vault.list_backups(source)
     pieces = vault.log_pieces(source) if engine.captures_log else []
-    return plan_chain_restore(
+    plan = plan_chain_restore(
         manifests,
         pieces,
         source,
@@ -95,3 +96,5 @@ def plan_chain_from(
         restores_beside=engine.restores_beside(),
         note=note,
     )
+    engine.preflight(next(m.position for m in manifests if m.id == plan.base_id))
+    return plan

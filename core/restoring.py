@@ -160,9 +160,13 @@ class _Backup:
             f"opened backup {backup_id} of {m.source} ({size_text(m.plain_bytes)} in {len(m.streams)} streams, "
             f"ended {m.ended_at}): key and manifest checked"
         )
-        self.reader.on_stream_read = lambda name, size, secs: say(
-            f"stream {name} loaded: {size_text(size)} in {secs:.1f}s, SHA-256 matched"
-        )
+        self.read: set[str] = set()
+
+        def loaded(name: str, size: int, secs: float) -> None:
+            self.read.add(name)
+            say(f"stream {name} loaded: {size_text(size)} in {secs:.1f}s, SHA-256 matched")
+
+        self.reader.on_stream_read = loaded
         self.extra: dict = {}
 
     def verify_objects(self) -> int:
@@ -173,7 +177,14 @@ class _Backup:
             self.reader.on_stream_read = report
 
     def into(self, engine: Engine, say: Progress) -> tuple[list[str], int]:
-        return _restore_in_place(self.reader, engine, self.label, say)
+        notes, verified = _restore_in_place(self.reader, engine, self.label, say)
+        # Every object of a restored backup is authenticated, also a stream the engine did not need
+        # (an index, a sidecar): a damaged backup must never pass as a good one.
+        for name in self.reader.stream_names():
+            if name not in self.read:
+                for _ in self.reader.iter_stream(name):
+                    pass
+        return notes, verified
 
     def close(self) -> None:
         self.reader.close()

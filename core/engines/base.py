@@ -298,6 +298,12 @@ class Engine(ABC):
         """Remove this (staged) target after a failed or abandoned restore; a missing one is fine."""
         raise NotImplementedError(f"{type(self).__name__} restores in place")
 
+    def preflight(self, position: dict[str, Any]) -> None:
+        """Raise (one line, with the remedy) if this target cannot take a restore of a backup taken at
+        ``position``: planned before anything changes, so a restore of several sources stops before the
+        first one is touched."""
+        return None  # most targets take any backup of their kind
+
     def restore_method(self, position: dict[str, Any]) -> str | None:
         """For the restore plan: how a backup with this ``position`` is loaded into this
         target and proved there, and why that way; None when there is nothing to choose."""

@@ -134,7 +134,7 @@ from core.engines.base import (
 from core.engines.postgres import checks, physical, recovery, roles, target, wal
 from core.engines.postgres.roles import GLOBALS_STREAM
 from core.engines.tools import StderrTail, ToolGroup, last_line
-from core.errors import DRError, EngineError, SourceUnavailableError, redact
+from core.errors import ConfigError, DRError, EngineError, SourceUnavailableError, redact
 from core.sources import PostgresSourceConfig
 
 SCHEMA_STREAM = "schema.pgdump"
@@ -453,6 +453,14 @@ class PostgresEngine(Engine):
 
     def capture(self, log: LogSink, stop: Any, until: dict[str, Any] | None = None) -> None:
         wal.WalCapture(self, log, stop, until).run()
+
+    def preflight(self, position: dict[str, Any]) -> None:
+        if position.get("physical") and not self.config.data_dir:
+            raise ConfigError(
+                f"restore of {self.config.name}: a physical backup builds a new cluster; give the target a new data "
+                f"directory and a free port (--target data_dir=/path port=N, or {self.config.name}.data_dir=... "
+                "with --mode)"
+            )
 
     def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
         if not self.config.data_dir:
