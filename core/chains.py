@@ -105,17 +105,26 @@ def _gap_text(source: str, kind: str, before: Any, after: Any) -> str:
 
 
 def _layers(completed: list[Manifest], full: Manifest, until: datetime) -> list[Manifest]:
-    """Backups with data on ``full``'s chain to apply, in order: the newest differential at or before
-    ``until``, then the incrementals after it."""
+    """Backups with data on ``full``'s chain to apply, in order: the newest one at or before ``until``
+    and the backups it was taken on, back to the full (its parent links). A missing link is a gap in
+    the chain, named: applying the layers around it would build a tree that never existed."""
+    by_id = {m.id: m for m in completed}
     on_chain = [
         m for m in completed if m.chain == full.id and m.id != full.id and parse_iso(m.ended_at) <= until and m.streams
     ]
-    differentials = [m for m in on_chain if m.type == "differential"]
-    start = differentials[-1] if differentials else None
-    chosen = [start] if start else []
-    after = start.ended_at if start else full.ended_at
-    chosen += [m for m in on_chain if m.type == "incremental" and m.ended_at > after]
-    return chosen
+    if not on_chain:
+        return []
+    path, node = [], on_chain[-1]
+    while node.id != full.id:
+        path.append(node)
+        parent = by_id.get(node.parent or "")
+        if parent is None:
+            raise LogGapError(
+                f"{full.source}: the chain of {full.id} has a gap: {node.type} {node.id} was taken on {node.parent}, "
+                f"which is not in the vault (deleted or damaged); restore to a time before {node.ended_at}"
+            )
+        node = parent
+    return path[::-1]
 
 
 def plan_chain_restore(
@@ -231,6 +240,23 @@ def plan_chain_restore(
             f"target {target} already holds data; pass --force to restore over it (a rollback backup is taken first)"
         )
     return plan
+
+
+def check_reaches(plan: ChainPlan, backup: Manifest) -> None:
+    """A plan made to restore ``backup`` (a differential or incremental, by its id) must go through
+    it: its full is the plan's base, and a backup with data is one of the plan's layers. Otherwise
+    the chain is broken (its full or a layer was deleted) and the restore would land elsewhere."""
+    full = backup.chain or backup.id
+    if plan.base_id != full:
+        raise RecoveryTargetError(
+            f"backup {backup.id} is a {backup.type} on full backup {full}, which is not in the vault (deleted or "
+            "damaged): its chain cannot be restored; restore another backup (see 'genesis-dr list --chains')"
+        )
+    if backup.streams and backup.id not in plan.layers:
+        raise RecoveryTargetError(
+            f"backup {backup.id} cannot be reached from its full {full}: a backup it builds on is missing from the "
+            "vault; restore another backup (see 'genesis-dr list --chains')"
+        )
 
 
 def _steps(plan: ChainPlan, full: Manifest, layers: list[Manifest], pieces: list[Any], has_log: bool) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from core.chains import ChainPlan, parse_iso, plan_chain_restore
+from core.chains import ChainPlan, check_reaches, parse_iso, plan_chain_restore
 from core.engines import engine_for
 from core.plan import RestorePlan, choose_backup, plan_restore, restore_target
 from core.stack import VaultConfig
@@ -44,7 +44,9 @@ def plan_restore_from(
         vault.manifest(backup_id)  # a damaged backup says why (exit 5), not merely "not found"
     on_base = next((m for m in manifests if m.id == backup_id and m.type != "full" and m.status == "COMPLETED"), None)
     if on_base is not None:  # a differential or incremental: its chain, up to its own end
-        return plan_chain_from(config, vault_config, source, parse_iso(on_base.ended_at), target, target_source, force)
+        plan = plan_chain_from(config, vault_config, source, parse_iso(on_base.ended_at), target, target_source, force)
+        check_reaches(plan, on_base)
+        return plan
     interrupted = next((m.describe() for m in unfinished_restores() if m.target == engine.target_key()), None)
     plan = plan_restore(
         manifests,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core import cancel, targets
-from core.chains import parse_iso, plan_chain_restore
+from core.chains import check_reaches, parse_iso, plan_chain_restore
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.base import ChainSteps, Engine, StopPoint, compare_checks
@@ -344,6 +344,7 @@ def restore_backup(
             target_has_data=False,
             force=force,
         )
+        check_reaches(plan, manifest)
         return _restore(vault, keyring, _Chain(vault, keyring, plan.to_dict(), say), engine, force, rollback, say)
     return _restore(vault, keyring, _Backup(vault, keyring, backup_id, say), engine, force, rollback, say)
 

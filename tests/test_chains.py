@@ -59,6 +59,7 @@ def manifest(
     *,
     type_: str = "full",
     chain: str | None = None,
+    parent: str | None = None,
     position=None,
     streams=False,
     kind="postgres",
@@ -70,6 +71,7 @@ def manifest(
         type=type_,
         status=COMPLETED,
         chain=chain or backup_id,
+        parent=parent if parent is not None else (None if type_ == "full" else chain),
         target="t",
         started_at=at(ended - 1),
         ended_at=at(ended),
@@ -172,8 +174,8 @@ def test_files_chain_layers_are_the_newest_differential_then_later_incrementals(
     full = manifest(FULL, 5, **kw)
     inc1 = manifest("backup_20261215_140010_00000001", 10, type_="incremental", chain=FULL, **kw)
     diff = manifest("backup_20261215_140020_00000002", 20, type_="differential", chain=FULL, **kw)
-    inc2 = manifest("backup_20261215_140030_00000003", 30, type_="incremental", chain=FULL, **kw)
-    inc3 = manifest("backup_20261215_140040_00000004", 40, type_="incremental", chain=FULL, **kw)
+    inc2 = manifest("backup_20261215_140030_00000003", 30, type_="incremental", chain=FULL, parent=diff.id, **kw)
+    inc3 = manifest("backup_20261215_140040_00000004", 40, type_="incremental", chain=FULL, parent=inc2.id, **kw)
     everything = [full, inc1, diff, inc2, inc3]
     assert plan(everything, [], 12, kind="files").layers == [inc1.id]
     assert plan(everything, [], 35, kind="files").layers == [diff.id, inc2.id]
@@ -363,3 +365,19 @@ def test_the_log_restarts_at_a_newer_full_and_the_gap_before_it_is_named(vault):
         plan([manifest(FULL, 5), newer], pieces, 30)
     (entry,) = list_chains([manifest(FULL, 5), newer], {"db": pieces}, {"db": "postgres"})
     assert [(g["from"], g["to"]) for g in entry["gaps"]] == [("lsn 0/200 tli 1", "lsn 0/900 tli 1")]
+
+
+def test_a_layer_whose_full_or_parent_is_gone_is_refused_not_restored_elsewhere():
+    from core.chains import check_reaches
+
+    kw = {"kind": "files", "streams": True, "position": {"snapshot_time": "x"}}
+    old = manifest("backup_20261215_135000_00000009", -600, **kw)
+    full = manifest(FULL, 5, **kw)
+    inc1 = manifest("backup_20261215_140010_00000001", 10, type_="incremental", chain=FULL, **kw)
+    inc2 = manifest("backup_20261215_140020_00000002", 20, type_="incremental", chain=FULL, parent=inc1.id, **kw)
+    check_reaches(plan([old, full, inc1, inc2], [], 20, kind="files"), inc2)  # whole: fine
+    with pytest.raises(RecoveryTargetError, match=f"on full backup {FULL}, which is not in the vault"):
+        check_reaches(plan([old, inc1, inc2], [], 20, kind="files"), inc2)  # would land on `old`
+    with pytest.raises(LogGapError, match=f"incremental {inc2.id} was taken on {inc1.id}, which is not in the vault"):
+        plan([old, full, inc2], [], 20, kind="files")
+    assert plan([old, full, inc2], [], 12, kind="files").layers == []  # before the gap: the full
