@@ -33,6 +33,7 @@ from core.errors import EngineError, IntegrityError, LogGapError
 from core.operations import backup_source, capture_source, count_checks, restore_backup, restore_chain_plan
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
+from tests import capturing as capturing_module
 from tests.fixtures_mysql import MySQLServer
 
 SOURCE = "shop-db"
@@ -54,34 +55,10 @@ def keyring() -> Keyring:
     return Keyring(passphrase="pw")
 
 
-class Capturing:
-    """``capture_source`` running in a thread, as the capture flow runs it."""
-
-    def __init__(self, vault: Vault, keyring: Keyring, engine: MySQLEngine) -> None:
-        self.vault = vault
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.messages: list[str] = []
-
-        def run() -> None:
-            try:
-                capture_source(vault, keyring, engine, self.stop, progress=self.messages.append)
-            except BaseException as exc:  # the test thread raises it
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, name="capture")
-        self.thread.start()
-
+class Capturing(capturing_module.Capturing):
     def wait_shipped(self, server: MySQLServer, timeout: float = 15.0) -> None:
         """Until the vault's log holds everything the server has written to its binlog so far."""
         _wait_shipped(self.vault, server, timeout, self)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
 
 
 def _wait_shipped(vault: Vault, server: MySQLServer, timeout: float = 15.0, capture: Capturing | None = None) -> None:
@@ -101,16 +78,7 @@ def _wait_shipped(vault: Vault, server: MySQLServer, timeout: float = 15.0, capt
 
 @pytest.fixture
 def capturing(vault: Vault, keyring: Keyring) -> Iterator[Callable[[MySQLEngine], Capturing]]:
-    running: list[Capturing] = []
-
-    def start(engine: MySQLEngine) -> Capturing:
-        running.append(Capturing(vault, keyring, engine))
-        return running[-1]
-
-    yield start
-    for capture in running:
-        capture.stop.set()
-        capture.thread.join(30)
+    yield from capturing_module.capturing_factory(vault, keyring, Capturing)
 
 
 def _source(server: MySQLServer) -> tuple[str, MySQLEngine]:

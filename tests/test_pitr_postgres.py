@@ -33,6 +33,7 @@ from core.operations import backup_source, capture_source
 from core.repository.vault import Vault
 from core.restoring import restore_backup, restore_chain_plan
 from core.storage.local import LocalStore
+from tests.capturing import Capturing
 from tests.fixtures_postgres import PostgresServer, fresh_data_dir, stop_cluster
 from tests.servers import child_processes, free_port
 
@@ -61,31 +62,6 @@ def _write_batch_timed(server: PostgresServer, database: str, batch: int, size: 
                 conn.execute("INSERT INTO items VALUES (%s, %s, %s)", row)
             before = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         return rows, before, conn.execute("SELECT clock_timestamp()").fetchone()[0]
-
-
-class Capture:
-    """``core.operations.capture_source`` running in a thread until stopped."""
-
-    def __init__(self, vault: Vault, keyring: Keyring, engine: PostgresEngine) -> None:
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.messages: list[str] = []
-
-        def run() -> None:
-            try:
-                capture_source(vault, keyring, engine, self.stop, progress=self.messages.append)
-            except BaseException as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        if self.error:
-            raise self.error
 
 
 def _source(server: PostgresServer, tmp_path_factory, name: str) -> SimpleNamespace:
@@ -155,7 +131,7 @@ def captured(pg_pitr_server, tmp_path_factory):
     src = _source(pg_pitr_server, tmp_path_factory, "pitr-db")
     before, _ = _write_batch(pg_pitr_server, src.database, 0)
     full = backup_source(src.vault, src.keyring, src.engine, "full")
-    capture = Capture(src.vault, src.keyring, src.engine)
+    capture = Capturing(src.vault, src.keyring, src.engine)
     try:
         batch1, _ = _write_batch(pg_pitr_server, src.database, 1)
         differential = backup_source(src.vault, src.keyring, src.engine, "differential")
@@ -367,7 +343,7 @@ def test_a_killed_capture_resumes_without_a_gap(pg_pitr_server, tmp_path_factory
         child.wait()
     rows, _ = _write_batch(pg_pitr_server, src.database, 3)
     written += rows
-    capture = Capture(src.vault, src.keyring, src.engine)
+    capture = Capturing(src.vault, src.keyring, src.engine)
     rows, last = _write_batch(pg_pitr_server, src.database, 4)
     written += rows
     time.sleep(1.5)

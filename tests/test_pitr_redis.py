@@ -24,9 +24,10 @@ from core.crypto.keys import Keyring
 from core.engines.redis.engine import RedisEngine
 from core.engines.redis.stream import Framer, Spool
 from core.errors import LogGapError
-from core.operations import backup_source, capture_source, restore_chain_plan
+from core.operations import backup_source, restore_chain_plan
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
+from tests import capturing as capturing_module
 from tests.fixtures_redis import RedisServer, assert_same_redis, snapshot_redis
 
 SOURCE = "cache"
@@ -53,56 +54,18 @@ def _fresh(server: RedisServer) -> RedisServer:
     return server
 
 
-class Capturing:
-    """``capture_source`` running in a thread, as the capture flow runs it."""
-
-    def __init__(self, vault: Vault, keyring: Keyring, engine: RedisEngine) -> None:
-        self.vault, self.engine = vault, engine
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.messages: list[str] = []
-
-        def run() -> None:
-            try:
-                capture_source(vault, keyring, engine, self.stop, progress=self.messages.append)
-            except BaseException as exc:  # the test thread raises it
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, name="capture")
-        self.thread.start()
-
+class Capturing(capturing_module.Capturing):
     def wait_shipped(self, server: RedisServer, timeout: float = 15.0) -> None:
         """Until the vault's log holds everything the source has written so far."""
         wanted = int(server.client().info("replication")["master_repl_offset"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.error is None, self.error
-            pieces = self.vault.log_pieces(SOURCE)
-            if pieces and int(pieces[-1].end["offset"]) >= wanted:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the capture did not ship up to offset {wanted}: {self.messages[-3:]}")
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
+        self.wait_until(
+            lambda pieces: bool(pieces) and int(pieces[-1].end["offset"]) >= wanted, f"up to offset {wanted}", timeout
+        )
 
 
 @pytest.fixture
 def capturing(vault: Vault, keyring: Keyring) -> Iterator[Callable[[RedisEngine], Capturing]]:
-    running: list[Capturing] = []
-
-    def start(engine: RedisEngine) -> Capturing:
-        running.append(Capturing(vault, keyring, engine))
-        return running[-1]
-
-    yield start
-    for capture in running:
-        capture.stop.set()
-        capture.thread.join(30)
+    yield from capturing_module.capturing_factory(vault, keyring, Capturing)
 
 
 def _restore_to(vault: Vault, keyring: Keyring, target: RedisServer, when: datetime):
