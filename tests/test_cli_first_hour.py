@@ -182,10 +182,10 @@ def test_small_things_of_the_parser(tmp_path):
     out = cli("key", "generate", "--help", env=env, cwd=tmp_path).stdout
     assert out.startswith("usage: genesis-dr key generate") and "X25519" in out
     out = " ".join(cli("backup", "--help", env=env, cwd=tmp_path).stdout.split())
-    assert "usage: genesis-dr backup [-h] [--stack STACK] [--source SOURCE] {full}" in out
+    assert "usage: genesis-dr backup [-h] [--stack STACK] [--source SOURCE] {full,differential,incremental}" in out
     assert "'genesis-dr stacks' lists them" in out  # --stack has help
-    err = cli("backup", "incremental", env=env, cwd=tmp_path, expect=2).stderr
-    assert "invalid choice: 'incremental'" in err
+    err = cli("backup", "weekly", env=env, cwd=tmp_path, expect=2).stderr
+    assert "invalid choice: 'weekly'" in err
     assert "stacks" in cli("--help", env=env, cwd=tmp_path).stdout
 
 
