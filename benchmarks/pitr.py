@@ -396,7 +396,7 @@ class Exposure:
             if values:
                 out[f"{prefix}rpo_window"] = {
                     "max_s": max(values),
-                    "median_s": statistics.median(values),
+                    "median_s": round(statistics.median(values), 2),
                     "samples": len(values),
                 }
 
