@@ -461,6 +461,11 @@ class PostgresEngine(Engine):
                 f"directory and a free port (--target data_dir=/path port=N, or {self.config.name}.data_dir=... "
                 "with --mode)"
             )
+        if position.get("physical"):
+            # A physical copy starts only under the major version that wrote it: say so before anything changes.
+            major = int(str(position.get("server_version", "0")).split(".")[0])
+            physical.server_tool("pg_ctl", major)
+            physical.server_tool("postgres", major)
 
     def restore_chain(self, steps: ChainSteps, stop: StopPoint, progress: Any = None) -> RecoveryPoint:
         if not self.config.data_dir:
