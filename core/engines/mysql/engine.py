@@ -65,6 +65,7 @@ from typing import Any
 
 import pymysql
 
+from core.engines import tools
 from core.engines.base import (
     BackupResult,
     BaseBackup,
@@ -128,18 +129,12 @@ class ServerInfo:
 
 
 def _find_tool(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise EngineError(
-        f"none of {', '.join(names)} found on PATH; install the MariaDB or MySQL client tools on this worker"
-    )
+    return tools.find_tool(*names, remedy="install the MariaDB or MySQL client tools on this worker")
 
 
 def _tool_version(tool: str) -> tuple[str, str, tuple[int, ...]]:
     """(flavor, version text, numeric version) of a client tool from its --version line."""
-    out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    out = tools.version_output(tool)
     flavor = "mariadb" if "mariadb" in out.lower() else "mysql"
     text = re.sub(r"^\S+\s+", "", out)  # drop the program name
     # MariaDB tools print "Ver 10.19 Distrib 10.11.19-MariaDB": the distribution version is the real one.

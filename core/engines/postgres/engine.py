@@ -107,7 +107,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -120,6 +119,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from core.engines import tools
 from core.engines.base import (
     BackupResult,
     BaseBackup,
@@ -177,21 +177,17 @@ def find_tool(name: str) -> str:
         return int(p.parts[-3]) if p.parts[-3].isdigit() else 0
 
     candidates += sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=major, reverse=True)
-    for cand in candidates:
-        if os.access(cand, os.X_OK):
-            return str(cand)
-    found = shutil.which(name)
-    if not found:
-        raise EngineError(
-            f"{name} not found; install the PostgreSQL client (major version >= the server's) "
-            "or set GENESIS_DR_PG_BINDIR to its bin directory"
-        )
-    return found
+    return tools.find_tool(
+        name,
+        candidates=[str(c) for c in candidates],
+        remedy="install the PostgreSQL client (major version >= the server's) or set GENESIS_DR_PG_BINDIR to its "
+        "bin directory",
+    )
 
 
 def tool_version(path: str) -> str:
     """'15.20' from ``pg_dump --version`` ("pg_dump (PostgreSQL) 15.20 (Debian ...)")."""
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    out = tools.version_output(path)
     match = re.search(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)?)", out) or re.search(r"(\d+(?:\.\d+)?)", out)
     if not match:
         raise EngineError(f"cannot tell the version of {path} (printed {out.strip()!r}); reinstall the client")
