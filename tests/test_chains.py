@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -299,33 +300,16 @@ def test_two_writers_cannot_commit_the_same_piece(vault):
 
 
 def test_a_version_1_vault_written_by_the_previous_release_is_read_and_extended(tmp_path):
-    """A real v1 vault: written by the code of the last v1 release (git c69c563), then listed,
-    restored and backed up into by this one."""
-    import subprocess
-    import sys
+    """A real v1 vault: tests/data/vault-v1 was written by the last v1 release (git c69c563: `git archive
+    c69c563 core`, then its backup_source of a files source holding a.txt = "version one", passphrase
+    'pw', GENESIS_DR_TEST_KDF_ITERATIONS=1000); this release lists, restores and backs up into it."""
+    import shutil
 
-    old = tmp_path / "v1-release"
-    old.mkdir()
-    archive = subprocess.run(["git", "archive", "c69c563", "core"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    shutil.copytree(Path(__file__).parent / "data" / "vault-v1", tmp_path / "vault")
+    old_id = "backup_20261205_031644_004c7a60"
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_text("version one\n")
-    script = (
-        "from core.crypto.keys import Keyring\n"
-        "from core.engines import engine_for\n"
-        "from core.operations import backup_source\n"
-        "from core.repository.vault import Vault\n"
-        "from core.sources import FilesSourceConfig\n"
-        "from core.storage.local import LocalStore\n"
-        f"vault = Vault.open(LocalStore({str(tmp_path / 'vault')!r}), create=True)\n"
-        f"engine = engine_for(FilesSourceConfig(name='app', root={str(data)!r}))\n"
-        "print(backup_source(vault, Keyring(passphrase='pw'), engine).id)\n"
-    )
-    env = {"PYTHONPATH": str(old), "PATH": "/usr/bin:/bin", "GENESIS_DR_TEST_KDF_ITERATIONS": "1000"}
-    old_id = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, cwd=old
-    ).stdout.strip()
     assert json.loads((tmp_path / "vault" / "config.json").read_text())["version"] == 1
 
     from core.engines import engine_for
