@@ -22,8 +22,6 @@ nothing that looks complete (the next session of the source removes them).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -33,12 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.crypto.envelope import Opener, Sealer
 from core.crypto.keys import Keyring
+from core.crypto.mac import mac_matches, record_mac
 from core.engines import log_start, position_order, position_text
 from core.engines.base import BackupResult, PieceInfo
 from core.errors import FormatError, IntegrityError, LogGapError, VaultError
@@ -47,13 +44,11 @@ from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, open_
 from core.storage.base import Store
 from core.storage.local import ObjectNotFound
 
+MAC_INFO = b"genesis-dr/v2/log-piece-mac"  # HKDF info of this record's MAC key
+
 PIECE_FORMAT = "genesis-dr-log-piece"
 PIECE_VERSION = 1
 _SEQ = re.compile(r"^(\d{12})\.json$")
-
-
-def _mac_key(data_key: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"genesis-dr/v2/log-piece-mac").derive(data_key)
 
 
 def piece_id(source: str, seq: int) -> str:
@@ -108,11 +103,10 @@ class PieceRecord(BaseModel):
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def sign(self, data_key: bytes) -> None:
-        self.mac = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
+        self.mac = record_mac(data_key, MAC_INFO, self.canonical(with_mac=False))
 
     def verify(self, data_key: bytes) -> None:
-        expected = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
-        if not self.mac or not hmac.compare_digest(expected, self.mac):
+        if not mac_matches(data_key, MAC_INFO, self.canonical(with_mac=False), self.mac):
             raise IntegrityError(
                 f"{self.id}: the piece's record fails its MAC check (edited or corrupt); restore to a point before "
                 "it, or from a replica"

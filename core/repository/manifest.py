@@ -7,18 +7,17 @@ covers every field, so a reader holding the key detects any edit.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from core.crypto.mac import mac_matches, record_mac
 from core.errors import FormatError, IntegrityError
+
+MAC_INFO = b"genesis-dr/v1/manifest-mac"  # HKDF info of this record's MAC key
 
 MANIFEST_FORMAT = "genesis-dr-manifest"
 MANIFEST_VERSION = 2
@@ -104,11 +103,10 @@ class Manifest(BaseModel):
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def sign(self, data_key: bytes) -> None:
-        self.mac = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
+        self.mac = record_mac(data_key, MAC_INFO, self.canonical(with_mac=False))
 
     def verify(self, data_key: bytes) -> None:
-        expected = hmac.new(_mac_key(data_key), self.canonical(with_mac=False), hashlib.sha256).hexdigest()
-        if not self.mac or not hmac.compare_digest(expected, self.mac):
+        if not mac_matches(data_key, MAC_INFO, self.canonical(with_mac=False), self.mac):
             raise IntegrityError(
                 f"backup {self.id}: manifest fails its MAC check (edited or corrupt); restore from another backup or replica"
             )
@@ -183,10 +181,6 @@ def parse_start_record(raw: bytes) -> StartRecord | None:
         return StartRecord.model_validate(json.loads(raw))
     except (UnicodeDecodeError, ValueError, ValidationError):
         return None
-
-
-def _mac_key(data_key: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"genesis-dr/v1/manifest-mac").derive(data_key)
 
 
 def now_iso() -> str:
