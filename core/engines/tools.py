@@ -182,3 +182,15 @@ class Tool:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
+
+
+def stream_into(sink, name: str, argv: list[str], *, env: dict | None = None, started=None) -> tuple[int, str]:
+    """Run ``argv`` and copy its stdout into stream ``name`` of ``sink`` (a dump tool's output into the
+    vault); the tool is killed if the copy fails. Returns its exit code and stderr tail, for the
+    caller's own error message."""
+    with Tool(argv, stdout=subprocess.PIPE, env=env) as tool:
+        if started is not None:
+            started(tool.proc)
+        sink.write_stream(name, tool.proc.stdout)
+        code = tool.proc.wait()
+    return code, tool.stderr.text()

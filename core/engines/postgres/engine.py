@@ -574,22 +574,9 @@ class PostgresEngine(Engine):
     def _dump_one(
         self, name: str, argv: list[str], sink: StreamSink, started: Callable[[subprocess.Popen], None]
     ) -> None:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._tool_env()
-        )
-        started(proc)
-        stderr = StderrTail(proc.stderr)
-        try:
-            sink.write_stream(name, proc.stdout)
-            returncode = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            proc.stdout.close()
+        returncode, stderr = tools.stream_into(sink, name, argv, env=self._tool_env(), started=started)
         if returncode != 0:
-            raise self._tool_error("pg_dump", stderr.text(), "of")
+            raise self._tool_error("pg_dump", stderr, "of")
 
     def restore(self, source: StreamSource, result: BackupResult) -> list[str]:
         """Restore into this config's database (see the module docstring); returns the notes:

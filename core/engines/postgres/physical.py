@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from core.engines.base import BackupResult, StreamSink
-from core.engines.tools import StderrTail, last_line
+from core.engines.tools import last_line, stream_into
 from core.errors import EngineError, LogGapError, redact
 
 if TYPE_CHECKING:
@@ -161,20 +160,8 @@ def backup_physical(engine: PostgresEngine, sink: StreamSink) -> BackupResult:
         "-d",
         replication_conninfo(engine, "genesis-dr-basebackup"),
     ]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=engine._tool_env()
-    )
-    stderr = StderrTail(proc.stderr)
-    try:
-        sink.write_stream(BASE_STREAM, proc.stdout)
-        returncode = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        proc.stdout.close()
-    text = redact(stderr.text(), engine.config.secrets())
+    returncode, stderr = stream_into(sink, BASE_STREAM, argv, env=engine._tool_env())
+    text = redact(stderr, engine.config.secrets())
     if returncode != 0:
         if "pg_hba.conf" in text and "replication" in text:
             raise EngineError(
