@@ -10,7 +10,7 @@ from blocks.keys import VaultKey
 from blocks.sources import SOURCE_BLOCKS
 from blocks.vault import LocalVault
 from core.errors import ConfigError
-from core.stack import EncryptionConfig, StackConfig, VaultConfig
+from core.stack import EncryptionConfig, StackConfig
 
 
 def source_slug(kind: str, document: str) -> str:
@@ -62,7 +62,7 @@ class DRStack(Block):
                 ) from None
         return StackConfig(
             stack=self._block_document_name or "default",
-            vault={k: getattr(self.vault, k) for k in VaultConfig.model_fields},
+            vault=self.vault.to_config(),
             encryption={k: getattr(self.key, k) for k in EncryptionConfig.model_fields},  # references, never secrets
             sources=sources,
         )

@@ -80,7 +80,7 @@ def cmd_apply(args) -> int:
         for line in apply_schedules(config):
             print(line)
     path = stack_description.save(config, where)
-    print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.path}")
+    print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.location()}")
     print(f"local description (no secrets, for read-only commands): {path}")
     return 0
 
@@ -134,7 +134,7 @@ def cmd_list(args) -> int:
         if args.json:
             print("[]")
         else:
-            print(f"no backups yet: the vault {config.vault.path} is created by the first backup")
+            print(f"no backups yet: the vault {config.vault.location()} is created by the first backup")
         return 0
     if args.chains:
         return _list_chains(vault, config, args)
@@ -146,7 +146,7 @@ def cmd_list(args) -> int:
         print(json.dumps([e.summary() for e in entries], indent=2, sort_keys=True))
         return 0
     if not entries:
-        print(f"no backups in {config.vault.path}")
+        print(f"no backups in {config.vault.location()}")
     else:
         print(
             f"{'ID':<34} {'SOURCE':<14} {'TYPE':<12} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "

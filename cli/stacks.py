@@ -71,7 +71,7 @@ def cmd_stacks(args) -> int:
                     {
                         "stack": d.stack,
                         "sources": [{"name": s.name, "kind": s.kind} for s in d.sources],
-                        "vault": d.vault.path,
+                        "vault": d.vault.location(),
                         "applied_at": d.applied_at,
                         "applied_to": d.applied_to,
                         "description": d.path,
@@ -91,7 +91,7 @@ def cmd_stacks(args) -> int:
         for d in found:
             sources = ", ".join(f"{s.name} ({s.kind})" for s in d.sources)
             print(f"{d.stack:<20} {d.applied_at:<26} {sources}")
-            print(f"{'':<20} {'':<26} vault {d.vault.path}; blocks in {d.applied_to}")
+            print(f"{'':<20} {'':<26} vault {d.vault.location()}; blocks in {d.applied_to}")
     for path in unreadable:
         note(
             render_remedies(

@@ -231,7 +231,7 @@ def capture_source(
         say(f"capture of {name}: took full backup {manifest.id} to start the log from")
         return BackupResult(position=manifest.position, tool_versions=manifest.tool_versions)
 
-    with vault.lock(CAPTURE_LEASE_PREFIX + name, "log capture"):
+    with vault.lock(CAPTURE_LEASE_PREFIX + name, "log capture") as lease:
         log = LogWriter(
             vault.store,
             name,
@@ -241,6 +241,7 @@ def capture_source(
             newest_full=newest_full,
             take_full=take_full,
             progress=say,
+            lease=lease,
         )
         try:
             engine.ping()

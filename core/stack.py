@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.crypto.keys import Keyring
 from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
-from core.repository.vault import Vault
 from core.sources import (
     FieldProblem,
     FilesSourceConfig,
@@ -30,7 +29,7 @@ from core.sources import (
     SourceConfig,
     short,
 )
-from core.storage.local import LocalStore
+from core.storage.config import VaultConfig
 
 SOURCE_MODELS = {
     "postgres": PostgresSourceConfig,
@@ -39,20 +38,6 @@ SOURCE_MODELS = {
     "files": FilesSourceConfig,
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-
-
-class VaultConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["local"] = Field("local", description="Store type (local directory; S3 and GCS come later).")
-    path: str = Field(description="Directory of the vault (created on first backup).")
-    compression: Literal["zstd", "gzip"] = Field("zstd", description="Codec for new chunks: zstd (default) or gzip.")
-
-    def store(self) -> LocalStore:
-        """The vault's store, without opening the vault (for repairs and unlock)."""
-        return LocalStore(self.path)
-
-    def open(self, create: bool = False) -> Vault:
-        return Vault.open(self.store(), create=create)
 
 
 # Literal secrets are refused: the stack is stored in Prefect, and the vault's key must not be.
@@ -527,7 +512,7 @@ def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> Stac
             if isinstance(value, str) and value.startswith("file:") and not os.path.isabs(value[5:]):
                 data["encryption"][ref] = f"file:{(base / value[5:]).resolve()}"
     stack = parse_stack(data, str(path))
-    if not os.path.isabs(stack.vault.path):
+    if stack.vault.type == "local" and not os.path.isabs(stack.vault.path):
         stack.vault.path = str((base / stack.vault.path).resolve())
     for src in stack.sources:
         if isinstance(src, FilesSourceConfig) and not os.path.isabs(src.root):

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 
 from core.repository.lock import Lease
 from core.repository.manifest import now_iso
-from core.storage.local import LocalStore, ObjectNotFound
+from core.storage.base import ObjectNotFound
+from core.storage.local import LocalStore
 
 STATE_ENV = "GENESIS_DR_STATE_DIR"
 

@@ -52,7 +52,7 @@ def capture_source_task(stack: str, source: str, stop: threading.Event) -> dict:
     opened = run_stack(stack)
     config = opened.config
     logger = get_run_logger()
-    logger.info("%s: capturing its log into %s until stopped", source, config.vault.path)
+    logger.info("%s: capturing its log into %s until stopped", source, config.vault.location())
     engine = engine_for(config.source(source))
     outcome = operations.capture_source(
         config.vault.open(create=True), opened.keyring, engine, stop, progress=progress()

@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.fixtures_mysql",
     "tests.fixtures_redis",
     "tests.fixtures_prefect",
+    "tests.fixtures_cloud",
 ]

@@ -340,6 +340,12 @@ class ReadOnlyStore(Store):
     def get(self, key):
         return self.inner.get(key)
 
+    def get_versioned(self, key):
+        return self.inner.get_versioned(key)
+
+    def stat(self, key):
+        return self.inner.stat(key)
+
     def exists(self, key):
         return self.inner.exists(key)
 
@@ -352,7 +358,7 @@ class ReadOnlyStore(Store):
     def _refuse(self, *args, **kwargs):
         raise AssertionError(f"write to a read-only vault: {args}")
 
-    put = create = delete = rename = _refuse
+    put = create = replace = delete = delete_if = _refuse
 
 
 def _read_everything(vault: Vault, ids: list[str]) -> dict[str, bytes]:

@@ -1,9 +1,13 @@
 """Leases that keep two runs off the same backup chain.
 
 A lock is an object created only-if-absent. Its holder renews it every third of
-its TTL from a heartbeat thread; a killed run stops renewing, so its lock
-expires on its own and the next run takes it over (an atomic rename of the stale
-object decides which of two racing runs wins). On the same host a lock whose
+its TTL from a heartbeat thread, each renewal a compare-and-swap on the version
+its previous write returned: a renewal never overwrites a lease another run has
+taken over, and a holder whose swap fails knows at once that it lost the lease
+(``Lease.check`` then raises LeaseLostError, and a backup does not commit). A
+killed run stops renewing, so its lock expires on its own and the next run takes
+it over with a compare-and-swap on the stale record's version: of two racing
+runs exactly one swap succeeds (docs/FORMAT.md, "Locks"). On the same host a lock whose
 process is gone is stale at once, and so is one whose pid now belongs to another
 process (its start time, /proc/<pid>/stat field 22, differs from the recorded one).
 
@@ -22,11 +26,17 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from core.errors import ConfigError, LockedError
-from core.storage.base import Store
-from core.storage.local import ObjectNotFound
+from core.errors import ConfigError, LockedError, VaultError
+from core.storage.base import ObjectNotFound, Store
 
 DEFAULT_TTL = 300.0
+
+
+class LeaseLostError(LockedError):
+    """This run's lease was taken over by another run (it stalled past the TTL): nothing is
+    committed. Exit 18."""
+
+    exit_code = 18
 
 
 def lock_ttl() -> float:
@@ -87,15 +97,28 @@ def lease_stale(holder: dict, now: float | None = None) -> bool:
     return holder_alive_here(holder) is False
 
 
-def read_lease(store: Store, name: str) -> dict | None:
-    """The holder record of ``locks/<name>.lock``, None if absent; an unreadable one reads as expired."""
+def _parse_lease(raw: bytes) -> dict:
     try:
-        data = json.loads(store.get(f"locks/{name}.lock"))
-    except ObjectNotFound:
-        return None
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return {"expires_at": 0, "purpose": "unreadable lock"}
     return data if isinstance(data, dict) else {"expires_at": 0, "purpose": "unreadable lock"}
+
+
+def read_lease_versioned(store: Store, name: str) -> tuple[dict, str] | None:
+    """The holder record of ``locks/<name>.lock`` and its version, None if absent; an unreadable
+    record reads as expired."""
+    try:
+        raw, version = store.get_versioned(f"locks/{name}.lock")
+    except ObjectNotFound:
+        return None
+    return _parse_lease(raw), version
+
+
+def read_lease(store: Store, name: str) -> dict | None:
+    """The holder record of ``locks/<name>.lock``, None if absent; an unreadable one reads as expired."""
+    found = read_lease_versioned(store, name)
+    return found[0] if found else None
 
 
 def lease_names(store: Store) -> list[str]:
@@ -120,19 +143,27 @@ def break_lock(store: Store, name: str) -> str:
     recorded start time. The lease is moved to ``locks/stale/`` (kept for
     forensics), not deleted. Returns a one-line description of what was removed.
     """
-    holder = read_lease(store, name)
-    if holder is None:
+    found = read_lease_versioned(store, name)
+    if found is None:
         held = ", ".join(lease_names(store)) or "none"
         raise ConfigError(f"no lease '{name}' in {store.describe()} (leases held there: {held}); nothing removed")
+    holder, version = found
     if holder_alive_here(holder):
         raise LockedError(
             f"'{name}' is held by a live process on this host ({describe_holder(holder)}); stop that run "
             f"(kill {holder.get('pid')}) instead - unlock only removes the lease of a dead run"
         )
-    moved = f"locks/stale/{name}.{uuid.uuid4().hex}"
-    if not store.rename(f"locks/{name}.lock", moved):
-        raise ConfigError(f"lease '{name}' in {store.describe()} was released meanwhile; nothing removed")
+    moved = _keep_stale(store, name, holder)
+    if not store.delete_if(f"locks/{name}.lock", version):
+        raise ConfigError(f"lease '{name}' in {store.describe()} was renewed or released meanwhile; nothing removed")
     return f"removed lease '{name}' ({describe_holder(holder)}) from {store.describe()}; kept as {moved}"
+
+
+def _keep_stale(store: Store, name: str, holder: dict) -> str:
+    """A copy of a lease about to be taken over or broken, for forensics (``locks/stale/``)."""
+    moved = f"locks/stale/{name}.{uuid.uuid4().hex}"
+    store.put(moved, json.dumps(holder, sort_keys=True).encode())
+    return moved
 
 
 class Lease:
@@ -147,6 +178,9 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._acquired_at = time.time()
         self._pid_start = process_start_time(os.getpid())
+        self._version: str | None = None  # of our last write: every renewal swaps exactly this version
+        self._renewing = threading.Lock()
+        self.lost: str | None = None  # why the lease was lost, once it was
 
     def _record(self) -> bytes:
         now = time.time()
@@ -171,19 +205,29 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        """True between a successful ``acquire`` and ``release``."""
-        return self._thread is not None and not self._stop.is_set()
+        """True between a successful ``acquire`` and ``release``, while the lease was not lost."""
+        return self._thread is not None and not self._stop.is_set() and self.lost is None
 
     def acquire(self) -> Lease:
         for _ in range(5):
-            if self.store.create(self.key, self._record()):
+            version = self.store.create(self.key, self._record())
+            if version is not None:
+                self._version = version
                 self._start_heartbeat()
                 return self
-            holder = self._holder()
-            if holder is None:
+            found = read_lease_versioned(self.store, self.name)
+            if found is None:
                 continue
+            holder, current = found
             if self._stale(holder):
-                self.store.rename(self.key, f"locks/stale/{self.name}.{uuid.uuid4().hex}")
+                _keep_stale(self.store, self.name, holder)
+                # Of two runs taking over the same stale lease, one swap succeeds; the other sees
+                # the winner's fresh lease on its next turn.
+                version = self.store.replace(self.key, self._record(), version=current)
+                if version is not None:
+                    self._version = version
+                    self._start_heartbeat()
+                    return self
                 continue
             until = datetime.fromtimestamp(float(holder["expires_at"]), UTC).strftime("%H:%M:%SZ")
             raise LockedError(
@@ -196,20 +240,50 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.name}", daemon=True)
         self._thread.start()
 
+    def renew(self, *, raise_errors: bool = False) -> bool:
+        """Extend the lease by its TTL with a compare-and-swap on our last version; False (and
+        ``lost`` set) if another run took it over or it vanished."""
+        with self._renewing:
+            if self.lost is not None:
+                return False
+            try:
+                version = self.store.replace(self.key, self._record(), version=self._version or "")
+            except VaultError:
+                # The store is unreachable (after the retry layer's budget): the lease still runs
+                # until its expiry and the next beat tries again; a commit's check() re-raises it.
+                if raise_errors:
+                    raise
+                return True
+            if version is None:
+                holder = self._holder()
+                self.lost = f"taken over by {describe_holder(holder)}" if holder else "removed (genesis-dr unlock?)"
+                return False
+            self._version = version
+            return True
+
+    def check(self, what: str) -> None:
+        """Raise LeaseLostError unless this run still holds the lease; renews it first, so the
+        caller holds it for a full TTL after this returns (commit points call this)."""
+        if self.lost is None:
+            self.renew(raise_errors=True)
+        if self.lost is not None:
+            raise LeaseLostError(
+                f"{what}: the lease '{self.name}' was {self.lost} while this run stalled past its TTL "
+                f"({self.ttl:.0f} s); nothing was committed - run it again"
+            )
+
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            holder = self._holder()
-            if not holder or holder.get("token") != self.token:
-                return  # lost the lease; the run's own commit will find out via its checks
-            self.store.put(self.key, self._record(), overwrite=True)
+            if not self.renew():
+                return  # lost: the run's commit will refuse (check())
 
     def release(self) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        holder = self._holder()
-        if holder and holder.get("token") == self.token:
-            self.store.delete(self.key)
+        if self.lost is None and self._version is not None:
+            with self._renewing:
+                self.store.delete_if(self.key, self._version)
 
     def __enter__(self) -> Lease:
         return self.acquire()

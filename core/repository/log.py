@@ -41,8 +41,7 @@ from core.engines.base import BackupResult, PieceInfo
 from core.errors import FormatError, IntegrityError, LogGapError, VaultError
 from core.repository.manifest import StreamRecord, now_iso
 from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, open_reader
-from core.storage.base import Store
-from core.storage.local import ObjectNotFound
+from core.storage.base import ObjectNotFound, Store
 
 MAC_INFO = b"genesis-dr/v2/log-piece-mac"  # HKDF info of this record's MAC key
 
@@ -229,8 +228,10 @@ class LogWriter:
         newest_full: Any = None,
         take_full: Any = None,
         progress: Any = None,
+        lease: Any = None,
     ) -> None:
         self.store, self.source, self.kind = store, source, kind
+        self._lease = lease  # the capture lease: checked (and renewed) before each piece commits
         self._index = LogIndex(store, source)
         self._keys = LogKeys(store, source, keyring)
         self._passphrase_key_id = passphrase_key_id
@@ -322,6 +323,8 @@ class LogWriter:
             stream=stream,
         )
         record.sign(self._data_key)
+        if self._lease is not None:
+            self._lease.check(f"{ident} of {self.source!r}")
         # The commit point: only-if-absent, so a second writer of this sequence number fails here.
         if not self.store.create(f"logs/{self.source}/{seq:012d}.json", record.canonical()):
             raise VaultError(

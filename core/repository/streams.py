@@ -29,8 +29,7 @@ from core import cancel
 from core.crypto.envelope import Opener, Sealer
 from core.errors import IntegrityError
 from core.repository.manifest import ChunkRecord, StreamRecord
-from core.storage.base import Store
-from core.storage.local import ObjectNotFound
+from core.storage.base import ObjectNotFound, Store
 
 IN_FLIGHT = 4
 

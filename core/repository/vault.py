@@ -83,8 +83,7 @@ from core.repository.manifest import (
     valid_backup_id,
 )
 from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, chunk_key, open_reader
-from core.storage.base import Store
-from core.storage.local import ObjectNotFound
+from core.storage.base import ObjectNotFound, Store
 
 VAULT_FORMAT = "genesis-dr-vault"
 VAULT_VERSION = 2
@@ -595,6 +594,7 @@ class BackupWriter:
         self, vault, source, kind, backup_type, target, keyring, compression, parent, labels, lease=None, key_id=None
     ) -> None:
         self.vault, self.store = vault, vault.store
+        self._lease = lease
         self.id = new_backup_id()
         self.started_at = now_iso()
         self._data_key = os.urandom(32)
@@ -692,6 +692,10 @@ class BackupWriter:
     def commit(self, result: BackupResult) -> Manifest:
         """Write the manifest: from here on the backup exists."""
         cancel.check(f"backup {self.id}")  # never commit a run the operator has interrupted
+        if self._lease is not None:
+            # Never commit once another run took the source over: check() renews the lease, so
+            # nobody can take it for a TTL after this returns, longer than the put below needs.
+            self._lease.check(f"backup {self.id}")
         checks = json.dumps(result.checks, sort_keys=True, default=str).encode()
         sealed = base64.b64encode(self._sealer.seal_blob("checks", checks)).decode()
         manifest = self._manifest(

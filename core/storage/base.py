@@ -1,18 +1,92 @@
 """The storage interface every vault backend implements.
 
-Deliberately small (borgstore has 12 methods, Litestream 8): named immutable
-objects with atomic writes. Retries, rate limits and dry-run belong in wrappers,
-not in each backend. Keys are '/'-separated relative names.
+Deliberately small (borgstore has 12 methods, Litestream 8): named objects with
+atomic writes. Keys are '/'-separated relative names. Everything a caller may
+catch is defined here, not by one backend: ``ObjectNotFound``, and the two
+kinds of fault every backend sorts its errors into:
+
+* ``TransientStoreError``: throttling, 5xx, timeouts, connection resets; the
+  same call may succeed later. ``RetryingStore`` (core/storage/retry.py) retries
+  these with backoff and counts them; when it gives up it raises
+  ``StoreUnavailableError`` (exit 17).
+* ``StoreAccessError`` (permanent, exit 16): wrong or missing credentials,
+  access denied, no such bucket, a bucket in another region. Never retried; the
+  message names the bucket and the remedy.
+
+There is no rename: object stores have none. Objects that change (leases, the
+catalog's hints) are replaced with a compare-and-swap on the version token a
+read returned (S3 ``If-Match`` on the ETag, GCS ``ifGenerationMatch``, a
+content digest under an flock locally); objects that must exist once (chunks,
+manifests, log records, lock creation) are created only-if-absent (S3
+``If-None-Match: *``, GCS ``ifGenerationMatch=0``, ``link()`` locally).
+
+Retries, rate limits and fault injection belong in wrappers, not in each backend.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from core.errors import VaultError
+
+
+class ObjectNotFound(VaultError):
+    """An object the vault expected is missing."""
+
+
+class TransientStoreError(VaultError):
+    """A fault that may pass by itself (throttling, 5xx, timeout, reset): retry the same call."""
+
+    exit_code = 17
+
+
+class StoreUnavailableError(VaultError):
+    """Transient faults went on past the retry budget: the store is down or throttling hard. Exit 17."""
+
+    exit_code = 17
+
+
+class StoreAccessError(VaultError):
+    """A permanent fault: credentials, access denied, no such bucket, wrong region. Exit 16."""
+
+    exit_code = 16
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can do beyond the interface, so replication and retention can ask.
+
+    ``server_side_copy``: ``copy_from`` copies from another store of the same
+    provider without the bytes passing through us. ``object_lock``: objects can
+    carry a legal hold / retention. ``storage_classes``: the classes ``put`` may
+    be given (first is the default). ``io_threads``: how many requests in flight
+    pay off (a local disk wants 2, an object store 8 or more).
+    """
+
+    provider: str
+    server_side_copy: bool = False
+    object_lock: bool = False
+    storage_classes: tuple[str, ...] = ()
+    io_threads: int = 2
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object's identity: its size and the version token a compare-and-swap takes."""
+
+    key: str
+    size: int
+    version: str
+    storage_class: str | None = None
+    metadata: dict = field(default_factory=dict)
 
 
 class Store(ABC):
-    """A flat namespace of immutable objects."""
+    """A flat namespace of objects."""
+
+    capabilities: Capabilities = Capabilities(provider="abstract")
 
     @abstractmethod
     def describe(self) -> str:
@@ -22,20 +96,37 @@ class Store(ABC):
     def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         """Store ``data`` atomically: readers see the old object or the whole new one.
 
-        Raises VaultError if the object exists and ``overwrite`` is false, or the
-        store is unwritable/full.
+        Without ``overwrite`` the write is conditional on the object being absent and
+        raises VaultError if it exists (stored objects are immutable).
         """
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
-        """Create ``key`` only if absent (atomically); False if it already exists. Used for locks."""
+    def create(self, key: str, data: bytes) -> str | None:
+        """Create ``key`` only if absent (atomically): its version token, or None if it already existed.
+
+        A backend whose first attempt may have landed before a transient fault must not
+        report its own write as someone else's (RetryingStore compares the bytes).
+        """
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, *, version: str) -> str | None:
+        """Overwrite ``key`` only if its current version is ``version``: the new version, or None
+        if the object changed or vanished meanwhile (someone else won)."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:
         """The object's bytes; raises ObjectNotFound if absent."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and version token (for a later ``replace``); ObjectNotFound if absent."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and version of ``key`` without reading it; None if absent."""
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -54,6 +145,21 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are not an error (deletes are idempotent)."""
 
-    @abstractmethod
-    def rename(self, key: str, new_key: str) -> bool:
-        """Move ``key`` to ``new_key`` atomically if ``key`` exists; False if it did not (lock takeover)."""
+    def delete_if(self, key: str, version: str) -> bool:
+        """Remove ``key`` only if its version is still ``version`` (a lease being released or broken).
+
+        The default reads the version first (a small race); backends with a conditional
+        delete override it."""
+        info = self.stat(key)
+        if info is None or info.version != version:
+            return False
+        self.delete(key)
+        return True
+
+    def copy_from(self, source: Store, key: str, dest_key: str | None = None) -> bool:
+        """Copy ``key`` of ``source`` here server-side if the provider can; False if it cannot
+        (the caller then streams it). Never partial: the copy is atomic like ``put``."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
+        """Release connections (clients, pools); the store is unusable afterwards."""
