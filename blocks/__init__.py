@@ -3,6 +3,16 @@
 from blocks.keys import VaultKey
 from blocks.sources import FilesSource, MySQLSource, PostgresSource, RedisSource
 from blocks.stack import DRStack
-from blocks.vault import LocalVault
+from blocks.vault import GcsVault, LocalVault, S3Vault
 
-__all__ = ["DRStack", "FilesSource", "LocalVault", "MySQLSource", "PostgresSource", "RedisSource", "VaultKey"]
+__all__ = [
+    "DRStack",
+    "FilesSource",
+    "GcsVault",
+    "LocalVault",
+    "S3Vault",
+    "MySQLSource",
+    "PostgresSource",
+    "RedisSource",
+    "VaultKey",
+]

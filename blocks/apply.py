@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from blocks.keys import VaultKey
 from blocks.sources import SOURCE_BLOCKS
 from blocks.stack import DRStack, source_slug
-from blocks.vault import LocalVault
+from blocks.vault import vault_block
 from core.errors import ConfigError
 from core.stack import StackConfig
 
@@ -23,13 +23,27 @@ def apply_stack(config: StackConfig) -> list[str]:
         SOURCE_BLOCKS[src.kind].model_validate(src.model_dump()).save(doc, overwrite=True)
         refs[src.name] = source_slug(src.kind, doc)
         written.append(refs[src.name])
-    vault = LocalVault.model_validate(config.vault.model_dump())
+    vault = vault_block(config.vault)
     vault.save(config.stack, overwrite=True)
+    replicas: dict[str, str] = {}
+    for replica in getattr(config, "replicas", None) or []:
+        doc = f"{config.stack}-replica-{replica.name}"
+        block = vault_block(replica.vault)
+        block.save(doc, overwrite=True)
+        replicas[replica.name] = f"{block.get_block_type_slug()}/{doc}"
+        written.append(replicas[replica.name])
+    replication = config.replication.model_dump() if getattr(config, "replication", None) is not None else {}
     key = VaultKey.model_validate(config.encryption.model_dump())
     key.save(config.stack, overwrite=True)
     # Saved blocks nest as references: the stack's document links to them (and loads them in one request).
-    DRStack(sources=refs, vault=vault, key=key).save(config.stack, overwrite=True)
-    written += [f"local-vault/{config.stack}", f"vault-key/{config.stack}", f"dr-stack/{config.stack}"]
+    DRStack(sources=refs, vault=vault, key=key, replicas=replicas, replication=replication).save(
+        config.stack, overwrite=True
+    )
+    written += [
+        f"{vault.get_block_type_slug()}/{config.stack}",
+        f"vault-key/{config.stack}",
+        f"dr-stack/{config.stack}",
+    ]
     return written
 
 

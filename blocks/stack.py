@@ -8,7 +8,7 @@ from pydantic import Field
 
 from blocks.keys import VaultKey
 from blocks.sources import SOURCE_BLOCKS
-from blocks.vault import LocalVault
+from blocks.vault import GcsVault, LocalVault, S3Vault, bind_credentials
 from core.errors import ConfigError
 from core.stack import EncryptionConfig, StackConfig
 
@@ -38,10 +38,20 @@ class DRStack(Block):
 
     _block_type_name = "DR Stack"
 
-    vault: LocalVault = Field(description="The vault the stack's backups go to (a Local Vault block).")
+    vault: LocalVault | S3Vault | GcsVault = Field(
+        description="The vault the stack's backups go to (a Local, S3 or GCS Vault block)."
+    )
     key: VaultKey = Field(description="The keys that wrap each backup's data key (a Vault Key block).")
     sources: dict[str, str] = Field(
         description="Source name -> its block, as '<block type slug>/<block name>' (e.g. 'postgres-source/default-app-db')."
+    )
+    replicas: dict[str, str] = Field(
+        default_factory=dict,
+        description="Replica name -> its vault block, as '<block type slug>/<block name>' (e.g. "
+        "'s3-vault/default-replica-us-east-1'); the replicate flow copies the vault to each.",
+    )
+    replication: dict = Field(
+        default_factory=dict, description="Replication settings (max_lag_seconds: the lag that fails a run)."
     )
 
     def get_config(self) -> StackConfig:
@@ -60,9 +70,32 @@ class DRStack(Block):
                 raise ConfigError(
                     f"stack block: source {name!r}: block {ref!r} is missing or invalid; re-run 'genesis-dr apply'"
                 ) from None
-        return StackConfig(
+        replicas = []
+        for name, ref in self.replicas.items():
+            slug, _, document = ref.partition("/")
+            vault_cls = {c.get_block_type_slug(): c for c in (LocalVault, S3Vault, GcsVault)}.get(slug)
+            try:
+                if vault_cls is None or not document:
+                    raise ValueError(ref)
+                replicas.append({"name": name, "vault": vault_cls.load(document).to_config()})
+            except (ValueError, ObjectNotFound):
+                raise ConfigError(
+                    f"stack block: replica {name!r}: vault block {ref!r} is missing or invalid; re-run 'genesis-dr apply'"
+                ) from None
+        extra = {"replicas": replicas, "replication": self.replication} if replicas or self.replication else {}
+        config = StackConfig(
             stack=self._block_document_name or "default",
             vault=self.vault.to_config(),
             encryption={k: getattr(self.key, k) for k in EncryptionConfig.model_fields},  # references, never secrets
             sources=sources,
+            **extra,
         )
+        return bind_stack_credentials(config)
+
+
+def bind_stack_credentials(config: StackConfig) -> StackConfig:
+    """Resolve the credentials blocks the stack's vault and replicas name (core never loads blocks)."""
+    config.vault = bind_credentials(config.vault)
+    for replica in getattr(config, "replicas", None) or []:
+        replica.vault = bind_credentials(replica.vault)
+    return config

@@ -47,14 +47,29 @@ def description(name: str) -> StackDescription:
 
     found = stack_description.load(name)
     if found is not None:
-        return found
+        return _with_credentials(found)
     note(f"no local description of stack '{name}' on this host (applied elsewhere?); reading its blocks from Prefect")
     with prefect_session() as where:
         config = from_blocks(name)
     stack_description.save(config, where)
     loaded = stack_description.load(name)
     assert loaded is not None
-    return loaded
+    return _with_credentials(loaded)
+
+
+def _with_credentials(found: StackDescription) -> StackDescription:
+    """A cloud vault that names a credentials block needs Prefect to read it (the slow path);
+    one that uses the provider's default chain (the usual case on a server) does not."""
+    vaults = [found.vault] + [r.vault for r in getattr(found, "replicas", None) or []]
+    if not any(v.type != "local" and v.credentials for v in vaults):
+        return found
+    from blocks.vault import bind_credentials
+
+    with prefect_session():
+        found.vault = bind_credentials(found.vault)
+        for replica in getattr(found, "replicas", None) or []:
+            replica.vault = bind_credentials(replica.vault)
+    return found
 
 
 def cmd_stacks(args) -> int:

@@ -40,7 +40,10 @@ def make_stack(prefect_api, tmp_path):
 
     counter = iter(range(1000))
 
-    def make(sources: list, *, compression: str = "zstd", name: str | None = None) -> StackHandle:
+    def make(
+        sources: list, *, compression: str = "zstd", name: str | None = None, vault: dict | None = None, **extra
+    ) -> StackHandle:
+        """``vault``: another vault than a local directory (an S3 or GCS one); ``extra``: more stack fields."""
         stack = name or f"t{secrets.token_hex(3)}-{next(counter)}"
         passphrase = secrets.token_urlsafe(16)
         vault_path = tmp_path / f"vault-{stack}"
@@ -50,11 +53,16 @@ def make_stack(prefect_api, tmp_path):
         secret.chmod(0o600)
         config = StackConfig(
             stack=stack,
-            vault={"path": str(vault_path), "compression": compression},
+            vault=vault or {"path": str(vault_path), "compression": compression},
             encryption={"passphrase_from": f"file:{secret}"},
             sources=[s.model_dump() for s in sources],
+            **extra,
         )
         apply_stack(config)
+        if vault is not None:
+            from blocks.stack import bind_stack_credentials
+
+            bind_stack_credentials(config)
         return StackHandle(stack, vault_path, passphrase, config)
 
     return make

@@ -8,9 +8,9 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from blocks import DRStack, FilesSource, LocalVault, MySQLSource, PostgresSource, RedisSource, VaultKey
+from blocks import DRStack, FilesSource, GcsVault, LocalVault, MySQLSource, PostgresSource, RedisSource, S3Vault, VaultKey
 
-ALL_BLOCKS = [DRStack, FilesSource, LocalVault, MySQLSource, PostgresSource, RedisSource, VaultKey]
+ALL_BLOCKS = [DRStack, FilesSource, GcsVault, LocalVault, MySQLSource, PostgresSource, RedisSource, S3Vault, VaultKey]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.__name__)

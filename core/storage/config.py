@@ -61,15 +61,16 @@ class VaultConfig(BaseModel):
             if stray or self.prefix:
                 raise ValueError(f"a local vault takes 'path' only, not {', '.join(stray or ['prefix'])}")
             return self
+        kind = "an s3" if self.type == "s3" else "a gcs"
         if self.path:
-            raise ValueError(f"an {self.type} vault takes 'bucket' (and 'prefix'), not 'path'")
+            raise ValueError(f"{kind} vault takes 'bucket' (and 'prefix'), not 'path'")
         if not self.bucket:
             env = " (e.g. ${BACKUP_S3_BUCKET})" if self.type == "s3" else ""
-            raise ValueError(f"an {self.type} vault needs 'bucket'{env}")
+            raise ValueError(f"{kind} vault needs 'bucket'{env}")
         classes = S3_STORAGE_CLASSES if self.type == "s3" else GCS_STORAGE_CLASSES
         if self.storage_class is not None and self.storage_class.upper() not in classes:
             raise ValueError(
-                f"storage_class {self.storage_class!r} is not one of {', '.join(classes)} for an {self.type} vault"
+                f"storage_class {self.storage_class!r} is not one of {', '.join(classes)} for {kind} vault"
             )
         if self.storage_class:
             self.storage_class = self.storage_class.upper()
