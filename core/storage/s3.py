@@ -1,0 +1,702 @@
+"""A vault in an S3 bucket (or an S3-compatible service), through boto3.
+
+Atomicity comes from S3 itself: a PUT is all or nothing, and conditional
+writes give the interface's create and compare-and-swap (``If-None-Match: *``
+creates only if absent, ``If-Match: <etag>`` replaces or deletes only the
+version a read returned; 412 means another writer won). The version token is
+the ETag.
+
+Objects above ``multipart_threshold`` (8 MiB) are uploaded in parts, several at
+once, and the completion carries the same ``If-None-Match`` condition: the
+object appears whole or not at all, and a failed upload is aborted so no parts
+linger. Backup data (``backups/*/streams/``, ``logdata/``) gets the vault's
+storage class; everything small, rewritten or read on every run (locks,
+catalog, config, manifests, log records, key files) stays STANDARD, where
+reads are free of retrieval fees and minimum durations.
+
+Errors are sorted into the interface's kinds (core/storage/base.py):
+throttling, 5xx, timeouts and dropped connections are TransientStoreError (the
+RetryingStore wrapper retries and counts them, so boto's own retries are turned
+down to one attempt); credentials, access denied, a missing bucket or a bucket
+in another region are StoreAccessError with the remedy. moto and S3-compatible
+services do not all refuse a request sent to the wrong region, so the first
+operation checks the bucket once (HeadBucket's ``x-amz-bucket-region``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from core.errors import VaultError
+from core.storage.base import (
+    Capabilities,
+    ObjectInfo,
+    ObjectNotFound,
+    Store,
+    StoreAccessError,
+    TransientStoreError,
+)
+from core.storage.config import S3_STORAGE_CLASSES
+
+T = TypeVar("T")
+
+MiB = 1 << 20
+DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+MAX_SINGLE_COPY = 5 << 30  # CopyObject's limit: larger objects are copied part by part (UploadPartCopy)
+DEFAULT_COPY_PART_SIZE = 512 * MiB
+MAX_PARTS = 10_000
+
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ConditionalRequestConflict",  # 409: a conditional write on the same key is in flight
+        "OperationAborted",  # 409: a conflicting operation is in progress on the bucket
+        "IncompleteBody",
+        "BadDigest",  # the body was damaged in transit: sending it again is the cure
+    }
+)
+ACCESS_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"})
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId": "the AWS access key is not known to S3",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key",
+    "ExpiredToken": "the AWS session token has expired",
+    "TokenRefreshRequired": "the AWS session token has expired",
+    "InvalidToken": "the AWS session token is malformed or invalid",
+    "InvalidSecurity": "the AWS credentials are invalid",
+}
+REGION_CODES = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"}
+)
+PERMISSIONS = {
+    "writing": "s3:PutObject",
+    "creating": "s3:PutObject",
+    "replacing": "s3:PutObject",
+    "reading": "s3:GetObject",
+    "listing": "s3:ListBucket",
+    "deleting": "s3:DeleteObject",
+    "copying": "s3:GetObject on the source and s3:PutObject",
+    "checking": "s3:ListBucket",
+}
+# An AWS access key id, in case a service echoes one in a message we pass on.
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
+# Keys under these prefixes hold backup data and get the vault's storage class.
+_DATA_PREFIXES = ("logdata/",)
+
+
+def is_data_key(key: str) -> bool:
+    """Whether ``key`` holds backup data (chunk objects) rather than small, often-read metadata."""
+    if key.startswith(_DATA_PREFIXES):
+        return True
+    parts = key.split("/")
+    return len(parts) > 3 and parts[0] == "backups" and parts[2] == "streams"
+
+
+def _scrub(text: str) -> str:
+    return _KEY_ID.sub("<access key id>", text).replace("\n", " ")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class S3Store(Store):
+    """Objects under ``prefix/`` of an S3 bucket; see the module docstring."""
+
+    capabilities = Capabilities(
+        provider="s3",
+        server_side_copy=True,
+        object_lock=True,
+        storage_classes=S3_STORAGE_CLASSES,
+        io_threads=8,
+    )
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        region: str,
+        storage_class: str = "STANDARD",
+        endpoint_url: str | None = None,
+        session: Any = None,
+        multipart_threshold: int | None = None,
+        part_size: int | None = None,
+        page_size: int = 1000,
+        copy_threshold: int = MAX_SINGLE_COPY,
+        copy_part_size: int = DEFAULT_COPY_PART_SIZE,
+    ) -> None:
+        """Args:
+        bucket: the bucket's name.
+        prefix: the vault's key prefix inside the bucket ('' for the whole bucket).
+        region: the bucket's region; a bucket found elsewhere is refused with the right one named.
+        storage_class: class of backup data objects (STANDARD, STANDARD_IA, GLACIER_IR).
+        endpoint_url: another endpoint (an S3-compatible service, moto).
+        session: a boto3.Session (e.g. from a prefect-aws AwsCredentials block); None: boto3's default chain.
+        multipart_threshold: objects larger than this go up in parts (default 8 MiB,
+            GENESIS_DR_S3_MULTIPART_THRESHOLD).
+        part_size: size of each part (default 8 MiB, GENESIS_DR_S3_PART_SIZE; at least 5 MiB on S3).
+        page_size: keys per listing request (S3 returns at most 1000).
+        copy_threshold: server-side copies above this size go part by part (S3's CopyObject stops at 5 GiB).
+        copy_part_size: size of each part of such a copy.
+        """
+        import boto3
+        from botocore.config import Config
+
+        storage_class = (storage_class or "STANDARD").upper()
+        if storage_class not in S3_STORAGE_CLASSES:
+            raise VaultError(
+                f"s3://{bucket}: storage class {storage_class!r} is not one of {', '.join(S3_STORAGE_CLASSES)}; "
+                "fix vault.storage_class"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.region = region
+        self.storage_class = storage_class
+        self.endpoint_url = endpoint_url
+        self.multipart_threshold = multipart_threshold or _env_int(
+            "GENESIS_DR_S3_MULTIPART_THRESHOLD", DEFAULT_MULTIPART_THRESHOLD
+        )
+        self.part_size = part_size or _env_int("GENESIS_DR_S3_PART_SIZE", DEFAULT_PART_SIZE)
+        self.page_size = page_size
+        self.copy_threshold = copy_threshold
+        self.copy_part_size = copy_part_size
+        threads = self.capabilities.io_threads
+        config = Config(
+            region_name=region,
+            # The stream writers, multipart parts and replication all share this pool.
+            max_pool_connections=4 * threads,
+            connect_timeout=10,
+            read_timeout=120,
+            tcp_keepalive=True,
+            # RetryingStore retries (with backoff) and counts; boto retrying underneath would hide
+            # the faults from the count and multiply the attempts.
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+        self._session = session if session is not None else boto3.Session()
+        self._client = self._session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+        self._checked = False
+        self._check_lock = threading.Lock()
+        self._parts: ThreadPoolExecutor | None = None
+        self._parts_lock = threading.Lock()
+
+    # -- naming -------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise VaultError(f"vault {self.describe()}: invalid object name {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _list_prefix(self, prefix: str) -> str:
+        return f"{self.prefix}/{prefix}" if self.prefix else prefix
+
+    def _strip(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _class_args(self, key: str) -> dict:
+        if self.storage_class != "STANDARD" and is_data_key(key):
+            return {"StorageClass": self.storage_class}
+        return {}
+
+    # -- errors -------------------------------------------------------------------
+
+    def error(self, exc: BaseException, action: str, key: str) -> VaultError:
+        """The interface's error for a boto3/botocore exception raised while ``action`` ``key``."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            CredentialRetrievalError,
+            HTTPClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = self.describe()
+        if isinstance(exc, ClientError):
+            return self._client_error(exc, action, key)
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+            what = "incomplete AWS credentials" if isinstance(exc, PartialCredentialsError) else "no AWS credentials"
+            return StoreAccessError(
+                f"{where}: {what} found while {action} {key}; name an AwsCredentials block in vault.credentials, or "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or an instance role)"
+            )
+        if isinstance(exc, (HTTPClientError, IncompleteReadError)) or _is_connection_error(exc):
+            # Connection refused or reset, connect/read timeouts, a body cut short.
+            return TransientStoreError(f"{where}: {type(exc).__name__} while {action} {key}: {_scrub(str(exc))}")
+        if isinstance(exc, BotoCoreError):
+            return StoreAccessError(
+                f"{where}: the S3 client failed while {action} {key} ({type(exc).__name__}: {_scrub(str(exc))}); "
+                "check the vault's endpoint and region settings"
+            )
+        raise exc
+
+    def _client_error(self, exc: Any, action: str, key: str) -> VaultError:
+        where = self.describe()
+        response = exc.response
+        err = response.get("Error", {})
+        code = str(err.get("Code", ""))
+        meta = response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode") or 0)
+        region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region") or err.get("Region")
+        if code in TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientStoreError(f"{where}: S3 answered {code or status} while {action} {key}; retrying")
+        if code == "NoSuchBucket":
+            return self._no_bucket()
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFound(f"vault {where}: object {key} is missing")
+        if code in REGION_CODES or (region and region != self.region):
+            return self._wrong_region(region)
+        if code in CREDENTIAL_CODES:
+            return StoreAccessError(
+                f"{where}: {CREDENTIAL_CODES[code]} ({code}) while {action} {key}; fix the credentials of the vault "
+                "(its AwsCredentials block, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN)"
+            )
+        if code in ACCESS_CODES or status == 403:
+            return StoreAccessError(
+                f"{where}: access denied while {action} {key}; check the credentials and the IAM and bucket "
+                f"policies for {PERMISSIONS.get(action, 's3:*')} on {self.bucket}"
+            )
+        if code == "RequestTimeTooSkewed":
+            return StoreAccessError(
+                f"{where}: this host's clock differs from S3's by more than 15 minutes; fix the clock (NTP) and retry"
+            )
+        if code == "InvalidStorageClass":
+            return StoreAccessError(
+                f"{where}: the service refused storage class {self.storage_class}; set vault.storage_class to one "
+                "it supports"
+            )
+        message = _scrub(str(err.get("Message", "")))[:300]
+        return StoreAccessError(
+            f"{where}: S3 refused {action} {key}: {code or status} {message}; check the vault settings "
+            "(bucket, region, endpoint) and the bucket's configuration"
+        )
+
+    def _no_bucket(self) -> StoreAccessError:
+        at = f" at {self.endpoint_url}" if self.endpoint_url else f" in {self.region}"
+        return StoreAccessError(
+            f"s3://{self.bucket}: the bucket does not exist{at}; create it (aws s3 mb s3://{self.bucket} "
+            f"--region {self.region}) or fix vault.bucket"
+        )
+
+    def _wrong_region(self, region: str | None) -> StoreAccessError:
+        if region:
+            return StoreAccessError(
+                f"s3://{self.bucket}: the bucket is in region {region}, not {self.region}; set vault.region: {region} "
+                "(or BACKUP_S3_REGION)"
+            )
+        return StoreAccessError(
+            f"s3://{self.bucket}: the bucket is not in region {self.region}; set vault.region to the bucket's region "
+            f"(aws s3api get-bucket-location --bucket {self.bucket})"
+        )
+
+    def _call(self, action: str, key: str, fn: Callable[[], T]) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._check_bucket()
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error(exc, action, key) from None
+
+    def _check_bucket(self) -> None:
+        """Once per store: the bucket exists and is in our region (moto and some S3-compatible services
+        serve a bucket through any region's endpoint, real S3 redirects; both must end in the same error)."""
+        if self._checked:
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with self._check_lock:
+            if self._checked:
+                return
+            try:
+                response = self._client.head_bucket(Bucket=self.bucket)
+                region = response["ResponseMetadata"].get("HTTPHeaders", {}).get("x-amz-bucket-region")
+            except ClientError as exc:
+                meta = exc.response.get("ResponseMetadata", {})
+                status = int(meta.get("HTTPStatusCode") or 0)
+                region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region")
+                if status == 404:
+                    raise self._no_bucket() from None
+                if status in (301, 400) or (region and region != self.region):
+                    raise self._wrong_region(region) from None
+                if status == 403:
+                    # HEAD has no body to say why; a write-only role may lack s3:ListBucket. The
+                    # operation itself reports its own, precise error.
+                    self._checked = True
+                    return
+                raise self.error(exc, "checking", "the bucket") from None
+            except BotoCoreError as exc:
+                raise self.error(exc, "checking", "the bucket") from None
+            if region and region != self.region:
+                raise self._wrong_region(region)
+            self._checked = True
+
+    # -- writing ------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        if overwrite:
+            self._upload(key, data, condition={}, action="writing")
+            return
+        if self.create(key, data) is None:
+            raise VaultError(f"vault {self.describe()}: object {key} already exists; stored objects are immutable")
+
+    def create(self, key: str, data: bytes) -> str | None:
+        return self._upload(key, data, condition={"IfNoneMatch": "*"}, action="creating")
+
+    def replace(self, key: str, data: bytes, *, version: str) -> str | None:
+        if len(data) > MAX_SINGLE_COPY:
+            raise VaultError(f"vault {self.describe()}: {key} is too large to replace in place (5 GiB at most)")
+        try:
+            # Always one PUT: If-Match on a multipart completion is not honoured everywhere, and the
+            # objects that change (leases, hints) are small.
+            return self._put_object(key, data, {"IfMatch": version}, "replacing")
+        except ObjectNotFound:
+            return None  # it vanished meanwhile: someone else won as surely as with a new version
+
+    def _upload(self, key: str, data: bytes, *, condition: dict, action: str) -> str | None:
+        if len(data) > self.multipart_threshold:
+            return self._multipart(key, data, condition, action)
+        return self._put_object(key, data, condition, action)
+
+    def _put_object(self, key: str, data: bytes, condition: dict, action: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def put() -> str | None:
+            try:
+                response = self._client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, **self._class_args(key), **condition
+                )
+            except ClientError as exc:
+                if condition and _status(exc) == 412:
+                    return None
+                raise
+            return response.get("ETag")
+
+        return self._call(action, key, put)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._parts_lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(max_workers=self.capabilities.io_threads, thread_name_prefix="s3-part")
+            return self._parts
+
+    def _part_ranges(self, size: int, part_size: int) -> list[tuple[int, int]]:
+        part_size = max(part_size, -(-size // MAX_PARTS))
+        return [(start, min(size, start + part_size)) for start in range(0, size, part_size)]
+
+    def _multipart(self, key: str, data: bytes, condition: dict, action: str) -> str | None:
+        """Parts in parallel (at most ``io_threads`` in flight, each a view of ``data``, copied only
+        while it is sent); completed with ``condition``, aborted on any failure."""
+        full = self._key(key)
+        upload_id = self._call(
+            action,
+            key,
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._class_args(key))[
+                "UploadId"
+            ],
+        )
+        view = memoryview(data)
+
+        def send(number: int, start: int, end: int) -> dict:
+            response = self._call(
+                action,
+                key,
+                lambda: self._client.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=bytes(view[start:end])
+                ),
+            )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
+        return self._finish_multipart(key, full, upload_id, action, condition, send, len(data), self.part_size)
+
+    def _finish_multipart(
+        self,
+        key: str,
+        full: str,
+        upload_id: str,
+        action: str,
+        condition: dict,
+        send: Callable[[int, int, int], dict],
+        size: int,
+        part_size: int,
+    ) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            futures = [
+                self._pool().submit(send, number, start, end)
+                for number, (start, end) in enumerate(self._part_ranges(size, part_size), start=1)
+            ]
+            parts = [f.result() for f in futures]
+
+            def complete() -> str | None:
+                try:
+                    response = self._client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
+                    )
+                except ClientError as exc:
+                    if condition and _status(exc) == 412:
+                        return None
+                    raise
+                return response.get("ETag")
+
+            etag = self._call(action, key, complete)
+        except BaseException:
+            for future in futures if "futures" in locals() else ():
+                future.cancel()
+            self._abort(full, upload_id)
+            raise
+        if etag is None:
+            self._abort(full, upload_id)
+        return etag
+
+    def _abort(self, full: str, upload_id: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except (ClientError, BotoCoreError):
+            # The original failure is what the caller must see; parts left behind by a failed abort
+            # are removed by a lifecycle rule (AbortIncompleteMultipartUpload) on the bucket.
+            pass
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        return self.get_versioned(key)[0]
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        full = self._key(key)
+
+        def get() -> tuple[bytes, str]:
+            response = self._client.get_object(Bucket=self.bucket, Key=full)
+            with response["Body"] as body:
+                data = body.read()  # a connection cut mid-body raises here: transient, retried whole
+            return data, response["ETag"]
+
+        return self._call("reading", key, get)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        full = self._key(key)
+
+        def head() -> ObjectInfo | None:
+            from botocore.exceptions import ClientError
+
+            try:
+                r = self._client.head_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    return None  # the bucket exists (checked): the object does not
+                raise
+            return ObjectInfo(
+                key=key,
+                size=r["ContentLength"],
+                version=r["ETag"],
+                storage_class=r.get("StorageClass", "STANDARD"),  # S3 omits the header for STANDARD
+                metadata=r.get("Metadata", {}),
+            )
+
+        return self._call("reading", key, head)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        # S3 lists keys in UTF-8 byte order, which is Python's str order: no sort needed.
+        full = self._list_prefix(prefix)
+        keys: list[str] = []
+
+        def listing() -> None:
+            token = None
+            while True:
+                args = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": self.page_size}
+                if token:
+                    args["ContinuationToken"] = token
+                page = self._client.list_objects_v2(**args)
+                keys.extend(self._strip(obj["Key"]) for obj in page.get("Contents", ()))
+                if not page.get("IsTruncated"):
+                    return
+                token = page["NextContinuationToken"]
+
+        self._call("listing", prefix or "the vault", listing)
+        return iter(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        full = self._list_prefix(prefix)
+        names: set[str] = set()
+
+        def listing() -> None:
+            token = None
+            while True:
+                args = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/", "MaxKeys": self.page_size}
+                if token:
+                    args["ContinuationToken"] = token
+                page = self._client.list_objects_v2(**args)
+                names.update(p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", ()))
+                names.update(obj["Key"][len(full) :] for obj in page.get("Contents", ()))
+                if not page.get("IsTruncated"):
+                    return
+                token = page["NextContinuationToken"]
+
+        self._call("listing", prefix or "the vault", listing)
+        names.discard("")
+        return sorted(names)
+
+    # -- deleting -----------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        self._call("deleting", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
+
+    def delete_if(self, key: str, version: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def delete() -> bool:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=full, IfMatch=version)
+            except ClientError as exc:
+                if _status(exc) in (404, 412):
+                    return False
+                raise
+            return True
+
+        return self._call("deleting", key, delete)
+
+    # -- copying ------------------------------------------------------------------
+
+    def copy_from(self, source: Store, key: str, dest_key: str | None = None) -> bool:
+        """Server-side copy from another S3Store on the same endpoint (any region: this store's client
+        asks S3 to copy from the other bucket). Only if absent here, like ``put``: VaultError if
+        ``dest_key`` exists. False for any other source (the caller streams the bytes)."""
+        from core.storage.retry import unwrap
+
+        src = unwrap(source)
+        if not isinstance(src, S3Store) or src.endpoint_url != self.endpoint_url:
+            return False
+        dest = dest_key or key
+        full = self._key(dest)
+        info = src.stat(key)
+        if info is None:
+            raise ObjectNotFound(f"vault {src.describe()}: object {key} is missing")
+        # CopyObject's If-None-Match is honoured by S3 but ignored by moto 5.2: look first as well,
+        # so an existing object is refused everywhere (the condition closes the race on S3).
+        if self.stat(dest) is not None:
+            raise VaultError(f"vault {self.describe()}: object {dest} already exists; stored objects are immutable")
+        copy_source = {"Bucket": src.bucket, "Key": src._key(key)}
+        if info.size > self.copy_threshold:
+            etag = self._multipart_copy(dest, full, copy_source, info)
+        else:
+            etag = self._copy_object(dest, full, copy_source, info)
+        if etag is None:
+            raise VaultError(f"vault {self.describe()}: object {dest} already exists; stored objects are immutable")
+        return True
+
+    def _copy_object(self, dest: str, full: str, copy_source: dict, info: ObjectInfo) -> str | None:
+        from botocore.exceptions import ClientError
+
+        def copy() -> str | None:
+            try:
+                response = self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    CopySource=copy_source,
+                    CopySourceIfMatch=info.version,
+                    IfNoneMatch="*",
+                    MetadataDirective="COPY",
+                    StorageClass=self._class_args(dest).get("StorageClass", "STANDARD"),
+                )
+            except ClientError as exc:
+                if _status(exc) == 412:
+                    return self._copy_precondition(dest, copy_source, info)
+                raise
+            return response["CopyObjectResult"]["ETag"]
+
+        return self._call("copying", dest, copy)
+
+    def _copy_precondition(self, dest: str, copy_source: dict, info: ObjectInfo) -> None:
+        # 412 is either condition: the source changed under us (transient: copy the new one) or the
+        # destination appeared (None: already exists).
+        if self.stat(dest) is not None:
+            return None
+        raise TransientStoreError(f"{self.describe()}: the source of {dest} changed during the copy; retrying")
+
+    def _multipart_copy(self, dest: str, full: str, copy_source: dict, info: ObjectInfo) -> str | None:
+        from botocore.exceptions import ClientError
+
+        upload_id = self._call(
+            "copying",
+            dest,
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._class_args(dest))[
+                "UploadId"
+            ],
+        )
+
+        def send(number: int, start: int, end: int) -> dict:
+            def part() -> dict:
+                try:
+                    response = self._client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=copy_source,
+                        CopySourceRange=f"bytes={start}-{end - 1}",
+                        CopySourceIfMatch=info.version,  # every part from the same version of the source
+                    )
+                except ClientError as exc:
+                    if _status(exc) == 412:
+                        raise TransientStoreError(
+                            f"{self.describe()}: the source of {dest} changed during the copy; retrying"
+                        ) from None
+                    raise
+                return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+            return self._call("copying", dest, part)
+
+        return self._finish_multipart(
+            dest, full, upload_id, "copying", {"IfNoneMatch": "*"}, send, info.size, self.copy_part_size
+        )
+
+    def close(self) -> None:
+        with self._parts_lock:
+            if self._parts is not None:
+                self._parts.shutdown(wait=True)
+                self._parts = None
+        self._client.close()
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    return isinstance(exc, BotoConnectionError)  # refused, connect timeout, proxy, endpoint unreachable
+
+
+def _status(exc: Any) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
