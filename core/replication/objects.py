@@ -1,0 +1,158 @@
+"""One object of the vault brought onto a replica, verified as stored there.
+
+The reference for every object is what the primary's commit records say (a
+chunk's SHA-256 and size in its manifest or piece record, ``keys_sha256`` for
+``keys.json``) or, for the small objects no record covers (``config.json``, key
+checks, log keys, manifests, piece records, catalog hints), the primary's own
+bytes. An object is:
+
+* already on the replica: checked - by its size alone (``deep=False``, the cheap
+  pass over backups the replica already holds), or by reading it back and hashing
+  it (``deep=True``: objects of a backup being copied, and every object under
+  ``--verify``). Intact: nothing is sent. Wrong: rewritten (counted as repaired);
+* absent: copied server-side when both stores can (S3 to S3 across regions), else
+  read from the primary, checked against the record BEFORE it is sent (a damaged
+  primary object is never copied), and written. Either way it is then read back
+  from the replica and hashed: what counts is what the replica stores.
+
+Objects are at most one chunk (4 MiB by default), so a copy holds at most two
+copies of one chunk in memory per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+from core.errors import IntegrityError
+from core.storage.base import ObjectNotFound, Store
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class PrimaryDamagedError(IntegrityError):
+    """An object on the primary is missing or does not match its record: it is not copied."""
+
+
+@dataclass(frozen=True)
+class VaultObject:
+    """An object to bring over: ``sha256``/``size`` from a record, or ``data`` (the primary's bytes)."""
+
+    key: str
+    sha256: str | None = None
+    size: int | None = None
+    data: bytes | None = None
+
+    def expected(self) -> tuple[str, int | None]:
+        if self.data is not None:
+            return sha256(self.data), len(self.data)
+        assert self.sha256 is not None
+        return self.sha256, self.size
+
+
+@dataclass
+class Counts:
+    """What the copies did (thread-safe increments through ``add``)."""
+
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    server_side_copies: int = 0
+    objects_repaired: int = 0
+    objects_verified: int = 0  # read back from the replica and hashed
+    objects_checked: int = 0  # size compared only (the cheap pass)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.repaired_keys: list[str] = []
+
+    def add(self, *, repaired_key: str | None = None, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+            if repaired_key is not None:
+                self.repaired_keys.append(repaired_key)
+
+
+class ObjectCopier:
+    """Brings single objects from ``source`` (read only) to ``replica``, verified; see the module doc."""
+
+    def __init__(
+        self, source: Store, replica: Store, replica_name: str, counts: Counts, *, server_side_from: Store | None
+    ) -> None:
+        self.source, self.replica, self.name, self.counts = source, replica, replica_name, counts
+        # The primary's backend, when the replica's provider can copy from it without the bytes passing here.
+        self.server_side_from = server_side_from
+
+    def sync(self, obj: VaultObject, *, deep: bool, committed: bool = False) -> None:
+        """Make ``obj`` intact on the replica (see the module doc); raises PrimaryDamagedError, store errors.
+
+        ``committed``: the object belongs to a backup or piece the replica already shows as committed, so
+        finding it missing is a repair too (a deleted replica object), not a first copy.
+        """
+        want_sha, want_size = obj.expected()
+        info = self.replica.stat(obj.key)
+        exists = info is not None
+        if exists:
+            if want_size is not None and info.size != want_size:
+                pass  # wrong size: rewritten below
+            elif deep or want_size is None:
+                try:
+                    held = self.replica.get(obj.key)
+                except ObjectNotFound:
+                    held, exists = None, False
+                if held is not None and sha256(held) == want_sha:
+                    self.counts.add(objects_verified=1)
+                    return
+            else:
+                self.counts.add(objects_checked=1)
+                return
+        self._copy(obj, want_sha, want_size, overwrite=exists, repair=exists or committed)
+
+    def _copy(self, obj: VaultObject, want_sha: str, want_size: int | None, *, overwrite: bool, repair: bool) -> None:
+        if obj.data is None and not overwrite and self.server_side_from is not None:
+            if self.replica.copy_from(self.server_side_from, obj.key):
+                back = self.replica.get(obj.key)
+                if sha256(back) == want_sha and (want_size is None or len(back) == want_size):
+                    self.counts.add(
+                        objects_repaired=int(repair),
+                        objects_copied=int(not repair),
+                        bytes_copied=len(back),
+                        server_side_copies=1,
+                        objects_verified=1,
+                        repaired_key=obj.key if repair else None,
+                    )
+                    return
+                # The copy does not match the record: the primary's object is damaged (checked below, before
+                # anything else is sent) or the copy broke; either way it is replaced, never committed as is.
+                overwrite = True
+        data = obj.data if obj.data is not None else self._read_source(obj.key)
+        if sha256(data) != want_sha or (want_size is not None and len(data) != want_size):
+            raise PrimaryDamagedError(
+                f"{obj.key} on the primary {self.source.describe()} does not match the SHA-256 and size its manifest "
+                "or record holds (corrupt on the primary); it is not copied - restore that backup from another copy"
+            )
+        self.replica.put(obj.key, data, overwrite=overwrite)
+        back = self.replica.get(obj.key)
+        if sha256(back) != want_sha:
+            raise IntegrityError(
+                f"replica {self.name} ({self.replica.describe()}): {obj.key} reads back different bytes from those "
+                "just written; the replica store is damaging data - check it before trusting this replica"
+            )
+        self.counts.add(
+            objects_repaired=int(repair),
+            objects_copied=int(not repair),
+            bytes_copied=len(data),
+            objects_verified=1,
+            repaired_key=obj.key if repair else None,
+        )
+
+    def _read_source(self, key: str) -> bytes:
+        try:
+            return self.source.get(key)
+        except ObjectNotFound:
+            raise PrimaryDamagedError(
+                f"{key} is missing on the primary {self.source.describe()} although its manifest or record names it"
+            ) from None

@@ -1,0 +1,71 @@
+"""A store that can only be read: the primary while it is replicated, a replica while it is restored from.
+
+Replication reads the primary and must never change it; a restore from a replica
+must not write into the replica (only the replication run keeps it). Wrapping the
+store makes both a property of the code path, not a promise: any write raises
+VaultError naming the store, before anything reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from core.errors import VaultError
+from core.storage.base import ObjectInfo, Store
+
+
+class ReadOnlyStore(Store):
+    """``inner`` with every write refused (VaultError, exit 3); reads pass through unchanged."""
+
+    def __init__(self, inner: Store, why: str) -> None:
+        self.inner = inner
+        self.why = why  # completes "... is read-only here: <why>"
+
+    @property
+    def capabilities(self):  # type: ignore[override]
+        return self.inner.capabilities
+
+    def _refuse(self, action: str, key: str) -> VaultError:
+        return VaultError(f"{self.inner.describe()} is read-only here ({self.why}); refused to {action} {key}")
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def put(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        raise self._refuse("write", key)
+
+    def create(self, key: str, data: bytes) -> str | None:
+        raise self._refuse("create", key)
+
+    def replace(self, key: str, data: bytes, *, version: str) -> str | None:
+        raise self._refuse("replace", key)
+
+    def delete(self, key: str) -> None:
+        raise self._refuse("delete", key)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        raise self._refuse("delete", key)
+
+    def copy_from(self, source: Store, key: str, dest_key: str | None = None) -> bool:
+        raise self._refuse("copy into", dest_key or key)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_versioned(key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        return self.inner.stat(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def children(self, prefix: str) -> list[str]:
+        return self.inner.children(prefix)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,432 @@
+"""Bring one replica of a vault up to date: every committed backup and log piece, verified, resumable.
+
+A replica is the same vault (the primary's ``config.json``, so it opens as that
+vault) on another store: another region, or another provider. What it receives,
+in this order (docs/FORMAT.md, "Replicas"):
+
+1. ``config.json`` (a replica holding another vault's identity is refused), then
+   the replication lease ``locks/replicate.<replica>.lock`` on the REPLICA, so two
+   runs for one replica never interleave; ``keychecks/``;
+2. every COMPLETED backup the primary holds (never a FAILED, unfinished or
+   unreadable one): ``keys.json`` and every chunk, each verified on the replica
+   against the manifest (objects.py), then ``manifest.json`` - only-if-absent,
+   after every object it names is verified, so the replica never shows a backup
+   it cannot restore - then its catalog hint;
+3. each source's log: ``logkeys/<source>/``, then per piece its chunks and then
+   its record (the piece's commit point), in sequence order.
+
+The primary is only read (``ReadOnlyStore``). Nothing is ever sent twice: an
+object already on the replica is checked (by size for backups the replica
+already holds, unless ``verify``; by reading it back and hashing for everything
+being copied, so an interrupted run resumes where it stopped) and sent again
+only when it is missing or wrong, which counts as a repair. Copies run on a
+bounded thread pool (the stores' ``io_threads``); memory is a few chunks per
+thread, whatever the vault's size.
+
+The lag is the age of the oldest committed backup or log piece of the primary
+that the replica lacks after the run (zero in sync): objects the primary itself
+holds damaged are never copied and keep the lag growing until someone acts, so
+a run fails (ReplicationError) once the lag passes the stack's limit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from core.chains import parse_iso
+from core.errors import DRError, FormatError, IntegrityError, ReplicationError, VaultError
+from core.replication.objects import Counts, ObjectCopier, PrimaryDamagedError, VaultObject
+from core.replication.readonly import ReadOnlyStore
+from core.repository.lock import Lease
+from core.repository.log import LogIndex, parse_piece
+from core.repository.manifest import COMPLETED, parse_manifest, valid_backup_id
+from core.repository.streams import chunk_key
+from core.repository.vault import VAULT_FORMAT, Vault
+from core.storage.base import ObjectNotFound, Store
+from core.storage.retry import unwrap
+
+LEASE_PREFIX = "replicate."
+DEFAULT_MAX_LAG_SECONDS = 600.0
+_SHOWN = 3
+_UNKNOWN = datetime.fromtimestamp(
+    0, UTC
+)  # when a damaged piece record was committed: unknown, so the oldest  # missing items named in an error (the report lists them all)
+
+
+@dataclass
+class ReplicaReport:
+    """What one replication run did to one replica (``to_dict`` is what flows and monitoring read)."""
+
+    replica: str
+    location: str
+    backups_copied: int = 0
+    log_pieces_copied: int = 0
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    server_side_copies: int = 0
+    objects_repaired: int = 0
+    objects_verified: int = 0
+    objects_checked: int = 0
+    backups_on_replica: int = 0
+    log_pieces_on_replica: int = 0
+    lag_seconds: float = 0.0
+    max_lag_seconds: float | None = None
+    missing: list[str] = field(default_factory=list)  # what the replica still lacks, oldest first
+    damaged_on_primary: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # keys rewritten on the replica
+    verify: bool = False
+    seconds: float = 0.0
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"in_sync": self.in_sync}
+
+
+@dataclass
+class _Unit:
+    """A backup or a log piece: its objects, then its commit objects (the first one is the commit point)."""
+
+    label: str
+    committed_at: datetime
+    objects: list[VaultObject]
+    commit: list[VaultObject]
+    on_replica: bool
+    is_backup: bool
+    hint_key: str | None = None  # a backup's catalog hint, copied after its manifest
+
+
+def _age(now: datetime, when: datetime) -> float:
+    return max(0.0, (now - when).total_seconds())
+
+
+def replicate(
+    primary: Vault,
+    replica_store: Store,
+    *,
+    name: str,
+    progress: Callable[[str], None] | None = None,
+    verify: bool = False,
+    max_lag_seconds: float | None = DEFAULT_MAX_LAG_SECONDS,
+    now: Callable[[], datetime] | None = None,
+) -> ReplicaReport:
+    """Copy what ``replica_store`` lacks of ``primary`` and report it (see the module doc).
+
+    ``verify`` re-reads and hashes every object of the backups and pieces the replica
+    already holds (default: a size check of those; objects being copied are always
+    read back and hashed). Raises ReplicationError (exit 20, ``report`` attached) when
+    the lag after the run passes ``max_lag_seconds``; store failures of either side
+    propagate as one-line errors naming the replica, with nothing half-committed.
+    """
+    say = progress or (lambda message: None)
+    clock = now or (lambda: datetime.now(UTC))
+    run = _Run(primary, replica_store, name, say, verify)
+    try:
+        report = run.execute()
+    except DRError as exc:
+        if isinstance(exc, ReplicationError):
+            raise
+        raise type(exc)(
+            f"replication to replica {name} ({replica_store.describe()}) stopped: {exc} - nothing is half-committed "
+            "on the replica (a manifest or piece record is written only after its verified objects); run it again"
+        ) from None
+    _lag(run, report, clock())
+    report.max_lag_seconds = max_lag_seconds
+    report.seconds = round(time.monotonic() - run.started, 3)
+    say(_summary(report))
+    if max_lag_seconds is not None and report.lag_seconds > max_lag_seconds:
+        shown = "; ".join(report.missing[:_SHOWN]) + (
+            f"; and {len(report.missing) - _SHOWN} more" if len(report.missing) > _SHOWN else ""
+        )
+        error = ReplicationError(
+            f"replica {name} ({report.location}) lags {report.lag_seconds:.0f} s behind the primary (limit "
+            f"{max_lag_seconds:.0f} s): it lacks {shown}; fix what is named and run 'genesis-dr replicate "
+            f"--replica {name}' again"
+        )
+        error.report = report.to_dict()
+        raise error
+    return report
+
+
+def _summary(report: ReplicaReport) -> str:
+    state = "in sync" if report.in_sync else f"lags {report.lag_seconds:.0f} s ({len(report.missing)} missing)"
+    return (
+        f"replica {report.replica}: {report.backups_copied} backups and {report.log_pieces_copied} log pieces copied, "
+        f"{report.bytes_copied} bytes ({report.server_side_copies} objects server-side), {report.objects_repaired} "
+        f"repaired, {report.objects_verified} read back and verified, {report.objects_checked} size-checked; {state}"
+    )
+
+
+def _lag(run: _Run, report: ReplicaReport, now: datetime) -> None:
+    missing = sorted(run.missing, key=lambda item: item[0])
+    report.missing = [
+        f"{label} ({why}, committed {_age(now, when):.0f} s ago)" if when > _UNKNOWN else f"{label} ({why})"
+        for when, label, why in missing
+    ]
+    report.lag_seconds = round(_age(now, missing[0][0]), 1) if missing else 0.0
+
+
+class _Run:
+    def __init__(self, primary: Vault, replica: Store, name: str, say: Callable[[str], None], verify: bool) -> None:
+        self.name, self.say, self.verify = name, say, verify
+        self.started = time.monotonic()
+        backend = primary.store
+        self.source = ReadOnlyStore(backend, "it is the primary of a replication")
+        self.replica = replica
+        self.counts = Counts()
+        self.report = ReplicaReport(replica=name, location=replica.describe(), verify=verify)
+        self.missing: list[tuple[datetime, str, str]] = []
+        src_caps, dst_caps = unwrap(backend).capabilities, unwrap(replica).capabilities
+        server_side = src_caps.server_side_copy and dst_caps.server_side_copy and src_caps.provider == dst_caps.provider
+        self.copier = ObjectCopier(
+            self.source, replica, name, self.counts, server_side_from=unwrap(backend) if server_side else None
+        )
+        self.threads = max(1, src_caps.io_threads, dst_caps.io_threads)
+        self.lease: Lease | None = None
+
+    # -- the run --------------------------------------------------------------------
+
+    def execute(self) -> ReplicaReport:
+        self._identity()
+        self.lease = Lease(self.replica, LEASE_PREFIX + self.name, f"replication to replica {self.name}")
+        with self.lease, ThreadPoolExecutor(self.threads, thread_name_prefix=f"replicate-{self.name[:12]}") as pool:
+            self.pool = pool
+            for key in self.source.list("keychecks/"):
+                self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
+            self._commit_units(self._backup_units())
+            for source in self.source.children("logs/"):
+                for key in self.source.list(f"logkeys/{source}/"):
+                    self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
+                self._commit_units(self._piece_units(source))
+        if not self.source.exists("config.json"):
+            raise VaultError(
+                f"the primary vault {self.source.describe()} lost its config.json during the replication (deleted?); "
+                "check the primary before trusting it"
+            )
+        report = self.report
+        for name in (
+            "objects_copied",
+            "bytes_copied",
+            "server_side_copies",
+            "objects_repaired",
+            "objects_verified",
+            "objects_checked",
+        ):
+            setattr(report, name, getattr(self.counts, name))
+        report.repaired = list(self.counts.repaired_keys)
+        return report
+
+    def _identity(self) -> None:
+        """The primary's config.json on the replica: written if absent, repaired if damaged, and a replica
+        that holds ANOTHER vault's identity is refused (its backups would be mixed with ours)."""
+        try:
+            ours = self.source.get("config.json")
+        except ObjectNotFound:
+            raise VaultError(
+                f"no vault at the primary {self.source.describe()} (no config.json); nothing to replicate - check "
+                "the stack's vault, or whether the primary was lost"
+            ) from None
+        config = json.loads(ours)
+        try:
+            held = self.replica.get("config.json")
+        except ObjectNotFound:
+            held = None
+        if held == ours:
+            self.counts.add(objects_verified=1)
+            return
+        if held is not None:
+            try:
+                theirs = json.loads(held)
+            except ValueError:
+                theirs = None
+            if isinstance(theirs, dict) and theirs.get("format") == VAULT_FORMAT and theirs.get("id") != config["id"]:
+                raise ReplicationError(
+                    f"replica {self.name} ({self.replica.describe()}) holds another vault (id {theirs.get('id')}; the "
+                    f"primary is {config['id']}); point the replica at an empty bucket, prefix or directory"
+                )
+        self.copier.sync(VaultObject("config.json", data=ours), deep=True)
+
+    # -- what there is to copy ------------------------------------------------------
+
+    def _backup_units(self) -> Iterator[_Unit]:
+        ids = [i for i in self.source.children("backups/") if valid_backup_id(i)]
+        # Reading each manifest (and asking the replica whether it holds it) is one request each: in parallel.
+        for unit in self.pool.map(self._backup_unit, ids):
+            if unit is not None:
+                yield unit
+
+    def _backup_unit(self, backup_id: str) -> _Unit | None:
+        key = f"backups/{backup_id}/manifest.json"
+        try:
+            raw = self.source.get(key)
+        except ObjectNotFound:
+            return None  # in progress or abandoned: not a backup (yet)
+        try:
+            manifest = parse_manifest(raw, f"backup {backup_id}")
+        except (IntegrityError, FormatError):
+            return None  # CORRUPT on the primary: listed there as such; nothing here can vouch for it
+        if manifest.status != COMPLETED or manifest.id != backup_id:
+            return None  # FAILED records stay on the primary: a replica holds restorable backups only
+        objects = [VaultObject(f"backups/{backup_id}/keys.json", sha256=manifest.keys_sha256)]
+        for stream in manifest.streams:
+            for index, chunk in enumerate(stream.chunks):
+                objects.append(VaultObject(chunk_key(backup_id, stream.name, index), chunk.sha256, chunk.stored))
+        return _Unit(
+            label=f"backup {backup_id} of {manifest.source}",
+            committed_at=parse_iso(manifest.ended_at),
+            objects=objects,
+            commit=[VaultObject(key, data=raw)],
+            on_replica=self.replica.stat(key) is not None,
+            is_backup=True,
+            hint_key=f"catalog/{manifest.source}/{backup_id}.json",
+        )
+
+    def _piece_units(self, source: str) -> Iterator[_Unit]:
+        seqs = LogIndex(self.source, source).seqs()
+        for unit in self.pool.map(lambda seq: self._piece_unit(source, seq), seqs):
+            if unit is not None:
+                yield unit
+
+    def _piece_unit(self, source: str, seq: int) -> _Unit | None:
+        key = f"logs/{source}/{seq:012d}.json"
+        label = f"log piece {seq} of {source}"
+        try:
+            raw = self.source.get(key)
+        except ObjectNotFound:
+            return None
+        try:
+            record = parse_piece(raw, label)
+        except (IntegrityError, FormatError) as exc:
+            # A piece record the primary cannot read: a gap in the log there (planners refuse to cross it).
+            self.missing.append((_UNKNOWN, label, f"its record is damaged on the primary: {exc}"))
+            self.report.damaged_on_primary.append(key)
+            return None
+        prefix = f"logdata/{source}/{seq:012d}"
+        objects = [
+            VaultObject(chunk_key("", "log", index, prefix), chunk.sha256, chunk.stored)
+            for index, chunk in enumerate(record.stream.chunks)
+        ]
+        return _Unit(
+            label=label,
+            committed_at=parse_iso(record.shipped_at),
+            objects=objects,
+            commit=[VaultObject(key, data=raw)],
+            on_replica=self.replica.stat(key) is not None,
+            is_backup=False,
+        )
+
+    # -- copying, committing ----------------------------------------------------------
+
+    def _commit_units(self, units: Iterator[_Unit]) -> None:
+        """Copy the units' objects on the pool (a bounded window of them in flight) and commit each unit,
+        in order, once all of its objects are verified on the replica."""
+        slots = threading.BoundedSemaphore(self.threads * 2)
+        pending: deque[tuple[_Unit, list[Future]]] = deque()
+
+        def sync(obj: VaultObject, deep: bool, committed: bool) -> None:
+            try:
+                self.copier.sync(obj, deep=deep, committed=committed)
+            finally:
+                slots.release()
+
+        try:
+            for unit in units:
+                deep = self.verify or not unit.on_replica
+                futures = []
+                for obj in unit.objects:
+                    self._settle(pending, block=False)
+                    slots.acquire()
+                    futures.append(self.pool.submit(sync, obj, deep, unit.on_replica))
+                pending.append((unit, futures))
+                self._settle(pending, block=False)
+            self._settle(pending, block=True)
+        except BaseException:
+            for _unit, futures in pending:
+                for future in futures:
+                    future.cancel()
+            wait([f for _u, fs in pending for f in fs])  # nothing of this run writes after it failed
+            raise
+
+    def _settle(self, pending: deque, *, block: bool) -> None:
+        while pending:
+            unit, futures = pending[0]
+            if not block and not all(f.done() for f in futures):
+                return
+            wait(futures)
+            pending.popleft()
+            damaged = None
+            for future in futures:
+                exc = future.exception()
+                if isinstance(exc, PrimaryDamagedError):
+                    damaged = damaged or exc
+                elif exc is not None:
+                    raise exc
+            if damaged is not None:
+                self._damaged(unit, damaged)
+                continue
+            self._commit(unit)
+
+    def _damaged(self, unit: _Unit, exc: PrimaryDamagedError) -> None:
+        if unit.is_backup and not self.source.exists(unit.commit[0].key):
+            return  # deleted on the primary meanwhile (retention): nothing to copy, nothing missing
+        self.missing.append((unit.committed_at, unit.label, f"damaged on the primary: {exc}"))
+        self.report.damaged_on_primary.append(unit.label)
+        self.say(f"replica {self.name}: {unit.label} NOT copied: {exc}")
+
+    def _commit(self, unit: _Unit) -> None:
+        point = unit.commit[0]
+        if unit.on_replica:
+            self.copier.sync(
+                point, deep=self.verify, committed=True
+            )  # the commit point itself: size, or bytes under --verify
+        else:
+            assert self.lease is not None
+            self.lease.check(f"replica {self.name}: {unit.label}")  # never commit after losing the replica's lease
+            if self.replica.create(point.key, point.data) is None:
+                self.copier.sync(point, deep=True)  # someone wrote it meanwhile: it must be ours, byte for byte
+            else:
+                self.counts.add(objects_copied=1, bytes_copied=len(point.data or b""))
+                self.copier.sync(point, deep=True)  # read back: what counts is what the replica stores
+        if unit.hint_key is not None:
+            self._hint(unit.hint_key, fresh=not unit.on_replica)
+        if unit.on_replica:
+            if unit.is_backup:
+                self.report.backups_on_replica += 1
+            else:
+                self.report.log_pieces_on_replica += 1
+            return
+        if unit.is_backup:
+            self.report.backups_copied += 1
+            self.report.backups_on_replica += 1
+        else:
+            self.report.log_pieces_copied += 1
+            self.report.log_pieces_on_replica += 1
+        size = sum(o.size or 0 for o in unit.objects)
+        self.say(f"replica {self.name}: {unit.label} committed ({len(unit.objects)} objects, {size} bytes verified)")
+
+    def _hint(self, key: str, *, fresh: bool) -> None:
+        """The catalog hint of a backup (written after its manifest): copied when new or absent, its bytes
+        compared under --verify. A backup without one (v1) is found from its directory."""
+        if not fresh and not self.verify and self.replica.exists(key):
+            self.counts.add(objects_checked=1)
+            return
+        try:
+            hint = self.source.get(key)
+        except ObjectNotFound:
+            return
+        self.copier.sync(VaultObject(key, data=hint), deep=True)
+
+
+def open_replica(store: Store, name: str) -> Vault:
+    """The vault on a replica's store, opened read-only: a restore from a replica never writes into it
+    (only replication does), so a rollback backup (``--force``) is refused there before anything changes."""
+    return Vault.open(ReadOnlyStore(store, f"replica {name}: only 'genesis-dr replicate' writes to a replica"))
