@@ -27,6 +27,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import google.auth
@@ -66,19 +67,24 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short, secret-free reason: the HTTP status and the service's message, without the URL."""
-    if isinstance(exc, api_exc.GoogleAPICallError):
+    """A short, secret-free reason: the HTTP status and the service's own message, without URLs."""
+    status = _status(exc)
+    if status is not None:
         detail = ""
-        for err in exc.errors or ():
-            if isinstance(err, dict) and err.get("message"):
-                detail = err["message"]
-                break
+        response = getattr(exc, "response", None)
+        try:
+            detail = response.json()["error"]["message"]  # the JSON API's error body
+        except Exception:  # noqa: BLE001 - not JSON, or no body: fall back
+            for err in getattr(exc, "errors", None) or ():
+                if isinstance(err, dict) and err.get("message"):
+                    detail = err["message"]
+                    break
         if not detail:
-            # The default message is '<METHOD> <url>: <text>'; the URL adds nothing for the user.
-            detail = str(exc.message).rsplit(": ", 1)[-1]
-        return _one_line(f"HTTP {exc.code}: {detail}" if exc.code else detail)
-    if isinstance(exc, InvalidResponse) and exc.response is not None:
-        return f"HTTP {exc.response.status_code}"
+            try:
+                detail = HTTPStatus(status).phrase
+            except ValueError:
+                detail = "error"
+        return _one_line(f"HTTP {status}: {detail}")
     return _one_line(f"{type(exc).__name__}: {exc}")
 
 
@@ -157,6 +163,10 @@ class GCSStore(Store):
                 self._client_obj = storage.Client(
                     project=self.project, credentials=credentials, _http=session, client_options=options
                 )
+                if getattr(self._client_obj, "_bucket_metadata_cache", None) is not None:
+                    # google-cloud-storage 3.x fetches each bucket's metadata in a background thread, with its own
+                    # retries, only to label trace spans: requests we neither need nor count.
+                    self._client_obj._bucket_metadata_cache = None
                 self._session = session
             return self._client_obj
 
