@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from core.errors import VaultError
-from core.storage.base import ObjectNotFound, StoreAccessError, StoreUnavailableError, TransientStoreError
+from core.storage.base import ObjectNotFound, StoreAccessError, StoreUnavailableError
 from core.storage.config import VaultConfig
 from core.storage.gcs import CHUNK_SIZE, GCSStore
 from core.storage.local import LocalStore
 from core.storage.retry import RetryingStore, unwrap
+from tests.faults import FaultyStore
 from tests.fixtures_gcs import gcs_client
 
 EMULATOR_IGNORES_RESUMABLE = pytest.mark.xfail(
@@ -239,25 +240,24 @@ def test_throttling_and_5xx_are_absorbed_by_the_retrying_store(proxy, new_gcs_bu
     assert store.retried == 6
 
 
-def test_a_create_whose_answer_was_lost_is_still_ours(proxy, new_gcs_bucket):
-    # The request lands but its answer is a 503 (as after a reset mid-response): the retried create
-    # finds the object and must recognise its own bytes, not report someone else's lease.
-    store = retrying(GCSStore(bucket=new_gcs_bucket(), endpoint_url=proxy.url))
-    inner = unwrap(store)
-    original = inner._upload
-    calls = []
-
-    def upload_then_lose_the_answer(key, data, generation):
-        version = original(key, data, generation)
-        if not calls:
-            calls.append(version)
-            raise TransientStoreError(f"{inner.describe()}: writing {key}: HTTP 503: answer lost")
-        return version
-
-    inner._upload = upload_then_lose_the_answer
+def test_writes_whose_answers_were_lost_are_still_ours(gcs_endpoint, new_gcs_bucket):
+    # Each write lands on the emulator but its answer is lost (as after a reset mid-response): the retried
+    # conditional write then meets its own object and must recognise its bytes, not report another writer.
+    gcs = GCSStore(bucket=new_gcs_bucket(), endpoint_url=gcs_endpoint)
+    faulty = FaultyStore(gcs, first_call=True, when="after", ops={"put", "create", "replace"})
+    store = retrying(faulty)
     version = store.create("locks/backup", b"lease-1")
-    assert version == calls[0]
     assert store.get_versioned("locks/backup") == (b"lease-1", version)
+    renewed = store.replace("locks/backup", b"lease-2", version=version)
+    assert renewed is not None and renewed != version
+    assert store.get_versioned("locks/backup") == (b"lease-2", renewed)
+    store.put("backups/1/manifest.json", b"{}")
+    assert store.get("backups/1/manifest.json") == b"{}"
+    assert dict(faulty.injected) == {"create": 1, "replace": 1, "put": 1}
+    assert store.retries == {"create": 1, "replace": 1, "put": 1}
+    # A real other writer is still refused.
+    assert store.create("locks/backup", b"someone else") is None
+    assert store.replace("locks/backup", b"someone else", version=version) is None
 
 
 def test_a_throttling_storm_past_the_budget_fails_clearly_and_changes_nothing(proxy, new_gcs_bucket):
