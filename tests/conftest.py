@@ -19,4 +19,5 @@ pytest_plugins = [
     "tests.fixtures_redis",
     "tests.fixtures_prefect",
     "tests.fixtures_cloud",
+    "tests.fixtures_gcs",
 ]
