@@ -1,0 +1,387 @@
+"""Bucket sources against real object stores: S3 on the moto server, GCS on fake-gcs-server.
+
+Objects are put and read back with the providers' own clients (boto3, google-cloud-storage)
+over HTTP; backups go through core.operations.backup_source into a LocalStore vault, and
+restores through core's restore_backup / restore_chain_plan, as the flows call them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import time
+import tracemalloc
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+
+from core.chains import parse_iso, plan_chain_restore
+from core.crypto.keys import Keyring
+from core.engines import engine_for
+from core.engines.bucket.engine import BucketEngine
+from core.engines.bucket.index import INDEX_STREAM, read_index
+from core.errors import IntegrityError, SourceUnavailableError, TargetNotEmptyError
+from core.operations import backup_source, restore_backup, restore_chain_plan
+from core.repository.vault import Vault
+from core.restoring import count_checks
+from core.sources import BucketSourceConfig
+from core.storage.local import LocalStore
+from tests.fixtures_cloud import s3_client
+from tests.fixtures_gcs import gcs_client
+
+REGION = "us-west-2"
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
+
+
+@pytest.fixture
+def keyring():
+    return Keyring(passphrase="pw")
+
+
+@dataclass
+class Kit:
+    """One provider as a test sees it: make buckets, put/delete objects, and read a bucket's state back with the
+    provider's own client (never through the engine under test)."""
+
+    provider: str
+    endpoint: str
+    _make: object
+
+    def bucket(self, versioned: bool = False) -> str:
+        return self._make(REGION, versioned=versioned) if self.provider == "s3" else self._make(versioned=versioned)
+
+    def config(self, bucket: str, prefix: str = "app/", name: str = "uploads", **fields) -> BucketSourceConfig:
+        region = {"region": REGION} if self.provider == "s3" else {}
+        return BucketSourceConfig(
+            name=name, provider=self.provider, bucket=bucket, prefix=prefix, endpoint_url=self.endpoint,
+            **region, **fields,
+        )  # fmt: skip
+
+    def engine(self, bucket: str, prefix: str = "app/", **fields) -> BucketEngine:
+        engine = engine_for(self.config(bucket, prefix, **fields))
+        assert isinstance(engine, BucketEngine)
+        return engine
+
+    def put(self, bucket: str, key: str, body: bytes, *, content_type=None, encoding=None, cache=None, metadata=None):
+        if self.provider == "s3":
+            args = {"ContentType": content_type, "ContentEncoding": encoding, "CacheControl": cache}
+            args = {k: v for k, v in args.items() if v}
+            if metadata:
+                args["Metadata"] = metadata
+            s3_client(self.endpoint, REGION).put_object(Bucket=bucket, Key=key, Body=body, **args)
+            return
+        blob = gcs_client(self.endpoint).bucket(bucket).blob(key)
+        blob.content_encoding, blob.cache_control, blob.metadata = encoding, cache, metadata
+        blob.upload_from_string(body, content_type=content_type or "application/octet-stream")
+
+    def set_metadata(self, bucket: str, key: str, metadata: dict[str, str], content_type: str) -> None:
+        """Change only an object's metadata (S3: a copy onto itself; GCS: a PATCH)."""
+        if self.provider == "s3":
+            s3_client(self.endpoint, REGION).copy_object(
+                Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key}, MetadataDirective="REPLACE",
+                ContentType=content_type, Metadata=metadata,
+            )  # fmt: skip
+            return
+        blob = gcs_client(self.endpoint).bucket(bucket).get_blob(key)
+        blob.metadata, blob.content_type = metadata, content_type
+        blob.patch()
+
+    def delete(self, bucket: str, key: str) -> None:
+        if self.provider == "s3":
+            s3_client(self.endpoint, REGION).delete_object(Bucket=bucket, Key=key)
+        else:
+            gcs_client(self.endpoint).bucket(bucket).delete_blob(key)
+
+    def state(self, bucket: str, prefix: str = "") -> dict[str, tuple]:
+        """key (relative to ``prefix``) -> (body, content type, content encoding, cache control, user metadata)."""
+        out = {}
+        if self.provider == "s3":
+            client = s3_client(self.endpoint, REGION)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    got = client.get_object(Bucket=bucket, Key=item["Key"])
+                    out[item["Key"][len(prefix) :]] = (
+                        got["Body"].read(), got.get("ContentType"), got.get("ContentEncoding"),
+                        got.get("CacheControl"), got.get("Metadata") or {},
+                    )  # fmt: skip
+            return out
+        for blob in gcs_client(self.endpoint).list_blobs(bucket, prefix=prefix or None):
+            out[blob.name[len(prefix) :]] = (
+                blob.download_as_bytes(raw_download=True), blob.content_type, blob.content_encoding,
+                blob.cache_control, blob.metadata or {},
+            )  # fmt: skip
+        return out
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def kit(request) -> Kit:
+    if request.param == "s3":
+        return Kit("s3", request.getfixturevalue("moto_endpoint"), request.getfixturevalue("new_bucket"))
+    return Kit("gcs", request.getfixturevalue("gcs_endpoint"), request.getfixturevalue("new_gcs_bucket"))
+
+
+@pytest.fixture
+def s3kit(moto_endpoint, new_bucket) -> Kit:
+    return Kit("s3", moto_endpoint, new_bucket)
+
+
+def seed(kit: Kit, bucket: str) -> None:
+    kit.put(bucket, "app/reports/2026/q4.csv", b"id,total\n1,10\n", content_type="text/csv", metadata={"owner": "fin"})
+    kit.put(bucket, "app/uploads/photo.bin", os.urandom(300_000), content_type="image/png", cache="max-age=3600")
+    kit.put(
+        bucket, "app/static/app.js.gz", gzip.compress(b"console.log(1);\n" * 50), content_type="application/javascript",
+        encoding="gzip",
+    )  # fmt: skip
+    kit.put(bucket, "app/models/empty.marker", b"", content_type="text/plain")
+    kit.put(
+        bucket, "app/uploads/caf\u00e9 menu.txt", "crème brûlée\n".encode(), content_type="text/plain; charset=utf-8"
+    )
+    kit.put(bucket, "other/not-covered.txt", b"outside the prefix\n", content_type="text/plain")
+
+
+def restore_at(vault, keyring, engine: BucketEngine, when: str, force: bool = False):
+    """Plan the restore of the source 'uploads' to ``when`` and execute the plan (core's path)."""
+    plan = plan_chain_restore(
+        vault.list_backups("uploads"), [], "uploads", "bucket", parse_iso(when), datetime.now(UTC),
+        target=engine.describe(), target_has_data=engine.has_data(), force=force,
+    )  # fmt: skip
+    return plan, restore_chain_plan(vault, keyring, plan.to_dict(), engine, force=force)
+
+
+def index_of(vault, keyring, backup_id: str):
+    reader = vault.open_backup(backup_id, keyring)
+    try:
+        return read_index(reader, backup_id, "test")
+    finally:
+        reader.close()
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- full backup and restore -------------------------------------------------------------------------------
+
+
+def test_full_backup_restores_every_object_with_its_metadata_into_another_bucket(kit, vault, keyring):
+    src, dst = kit.bucket(), kit.bucket()
+    seed(kit, src)
+    manifest = backup_source(vault, keyring, kit.engine(src))
+    assert manifest.kind == "bucket" and manifest.type == "full"
+    assert manifest.position["objects"] == 5
+    assert manifest.position["stored"] == 5
+    assert INDEX_STREAM in [s.name for s in manifest.streams]
+
+    index = index_of(vault, keyring, manifest.id)
+    by_key = {e["key"]: e for e in index.entries}
+    assert sorted(by_key) == sorted(kit.state(src, "app/"))
+    body = kit.state(src, "app/")["uploads/photo.bin"][0]
+    assert by_key["uploads/photo.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert by_key["uploads/photo.bin"]["meta"]["cache_control"] == "max-age=3600"
+    assert by_key["reports/2026/q4.csv"]["meta"]["metadata"] == {"owner": "fin"}
+    assert ("generation" in by_key["reports/2026/q4.csv"]) == (kit.provider == "gcs")
+
+    report = restore_backup(vault, keyring, manifest.id, kit.engine(dst, prefix="restored/"))
+    assert kit.state(dst, "restored/") == kit.state(src, "app/")
+    assert kit.state(dst, "other/") == {}  # outside the prefix: never backed up
+    assert report.verified_checks == count_checks(vault.open_backup(manifest.id, keyring).result.checks)
+    assert report.notes == [] and report.rollback_backup_id is None
+
+
+def test_restore_into_the_emptied_source_bucket_puts_it_back(kit, vault, keyring):
+    src = kit.bucket()
+    seed(kit, src)
+    before = kit.state(src)
+    manifest = backup_source(vault, keyring, kit.engine(src))
+    for key in list(kit.state(src, "app/")):
+        kit.delete(src, "app/" + key)
+    restore_backup(vault, keyring, manifest.id, kit.engine(src))
+    assert kit.state(src) == before
+
+
+# -- incrementals, differentials and chains ----------------------------------------------------------------
+
+
+def test_incremental_stores_only_new_and_changed_objects_and_records_deletions(kit, vault, keyring):
+    src, dst = kit.bucket(), kit.bucket()
+    seed(kit, src)
+    full = backup_source(vault, keyring, kit.engine(src))
+    time.sleep(1.1)  # S3 last-modified times are whole seconds
+    kit.put(src, "app/uploads/new.txt", b"added after the full\n", content_type="text/plain")
+    kit.put(src, "app/reports/2026/q4.csv", b"id,total\n1,10\n2,20\n", content_type="text/csv")
+    kit.set_metadata(src, "app/uploads/photo.bin", {"reviewed": "yes"}, "image/webp")
+    kit.delete(src, "app/static/app.js.gz")
+    inc = backup_source(vault, keyring, kit.engine(src), "incremental")
+    assert inc.parent == full.id and inc.chain == full.id
+    assert (inc.position["objects"], inc.position["stored"], inc.position["deleted"]) == (5, 2, 1)
+
+    index = index_of(vault, keyring, inc.id)
+    assert index.deleted == ["static/app.js.gz"]
+    by_key = {e["key"]: e for e in index.entries}
+    assert by_key["uploads/photo.bin"]["in"] == full.id  # bytes stay where the full stored them ...
+    assert by_key["uploads/photo.bin"]["meta"]["metadata"] == {"reviewed": "yes"}  # ... with the new metadata
+    assert "in" not in by_key["uploads/new.txt"] and "in" not in by_key["reports/2026/q4.csv"]
+
+    # Restoring the incremental restores its chain: the bucket exactly as that backup listed it.
+    report = restore_backup(vault, keyring, inc.id, kit.engine(dst))
+    assert kit.state(dst, "app/") == kit.state(src, "app/")
+    assert report.recovery_point["proof"].startswith(f"object index of backup {inc.id}: 5 objects")
+
+    # A differential on the full after more changes: everything since the full, not since the incremental.
+    time.sleep(1.1)
+    kit.put(src, "app/uploads/later.txt", b"after the incremental\n", content_type="text/plain")
+    diff = backup_source(vault, keyring, kit.engine(src), "differential")
+    assert diff.parent == full.id
+    assert (diff.position["objects"], diff.position["stored"], diff.position["deleted"]) == (6, 3, 1)
+    dst2 = kit.bucket()
+    restore_backup(vault, keyring, diff.id, kit.engine(dst2))
+    assert kit.state(dst2, "app/") == kit.state(src, "app/")
+
+
+def test_point_in_time_restore_reproduces_the_bucket_between_two_backups(kit, vault, keyring):
+    src = kit.bucket()
+    seed(kit, src)
+    backup_source(vault, keyring, kit.engine(src))
+    at_full = kit.state(src, "app/")
+    time.sleep(1.1)
+    between = iso_now()
+    time.sleep(0.2)
+    kit.put(src, "app/uploads/new.txt", b"added later\n", content_type="text/plain")
+    kit.put(src, "app/uploads/photo.bin", b"replaced", content_type="image/png")
+    kit.delete(src, "app/reports/2026/q4.csv")
+    inc = backup_source(vault, keyring, kit.engine(src), "incremental")
+    at_inc = kit.state(src, "app/")
+
+    target = kit.bucket()
+    plan, report = restore_at(vault, keyring, kit.engine(target), between)
+    assert plan.layers == [] and report.recovery_point["time"] < between
+    assert kit.state(target, "app/") == at_full
+
+    # The same target, forced, to the incremental's time: deletions and replacements applied, nothing extra left.
+    plan, report = restore_at(vault, keyring, kit.engine(target), iso_now(), force=True)
+    assert plan.layers == [inc.id]
+    assert kit.state(target, "app/") == at_inc
+    assert report.rollback_backup_id is not None
+
+
+# -- safety ------------------------------------------------------------------------------------------------
+
+
+def test_tampered_vault_object_is_rejected_before_the_target_is_touched(kit, vault, keyring, tmp_path):
+    src, dst = kit.bucket(), kit.bucket()
+    seed(kit, src)
+    manifest = backup_source(vault, keyring, kit.engine(src))
+    data = sorted((tmp_path / "vault" / "backups" / manifest.id / "streams").glob("data-*/00000000"))
+    assert data
+    chunk = data[-1]
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.chmod(0o600)
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not match its SHA-256"):
+        restore_backup(vault, keyring, manifest.id, kit.engine(dst))
+    assert kit.state(dst) == {}
+
+
+def test_target_holding_other_data_is_refused_without_force_and_mirrored_with_it(kit, vault, keyring):
+    src, dst = kit.bucket(), kit.bucket()
+    seed(kit, src)
+    manifest = backup_source(vault, keyring, kit.engine(src))
+    kit.put(dst, "app/stray.txt", b"not in the backup\n", content_type="text/plain")
+    kit.put(dst, "elsewhere/keep.txt", b"outside the prefix\n", content_type="text/plain")
+    before = kit.state(dst)
+    with pytest.raises(TargetNotEmptyError, match="already holds data"):
+        restore_backup(vault, keyring, manifest.id, kit.engine(dst))
+    assert kit.state(dst) == before
+
+    report = restore_backup(vault, keyring, manifest.id, kit.engine(dst), force=True)
+    assert kit.state(dst, "app/") == kit.state(src, "app/")  # the stray object is gone
+    assert kit.state(dst, "elsewhere/") == {"keep.txt": before["elsewhere/keep.txt"]}
+    # The rollback point holds what the target had, stray object included.
+    rollback = index_of(vault, keyring, report.rollback_backup_id)
+    assert [e["key"] for e in rollback.entries] == ["stray.txt"]
+
+
+def test_missing_bucket_is_one_line_naming_it(kit, vault, keyring):
+    engine = kit.engine("gdr-no-such-bucket-x1")
+    with pytest.raises(SourceUnavailableError) as caught:
+        backup_source(vault, keyring, engine)
+    message = str(caught.value)
+    assert "gdr-no-such-bucket-x1" in message and "\n" not in message
+    assert caught.value.exit_code == 7 and caught.value.transient is False
+
+
+def test_unreachable_endpoint_is_transient(vault, keyring):
+    engine = engine_for(
+        BucketSourceConfig(name="uploads", bucket="b", region=REGION, endpoint_url="http://127.0.0.1:9")
+    )
+    with pytest.raises(SourceUnavailableError) as caught:
+        engine.ping()
+    assert caught.value.transient is True and "s3://b" in str(caught.value)
+
+
+def test_include_and_exclude_choose_the_objects(s3kit, vault, keyring):
+    src, dst = s3kit.bucket(), s3kit.bucket()
+    seed(s3kit, src)
+    engine = s3kit.engine(src, include=["uploads/**", "reports"], exclude=["*.bin"])
+    manifest = backup_source(vault, keyring, engine)
+    assert [e["key"] for e in index_of(vault, keyring, manifest.id).entries] == [
+        "reports/2026/q4.csv",
+        "uploads/caf\u00e9 menu.txt",
+    ]
+    restore_backup(vault, keyring, manifest.id, s3kit.engine(dst))
+    assert sorted(s3kit.state(dst, "app/")) == ["reports/2026/q4.csv", "uploads/caf\u00e9 menu.txt"]
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        value = fn()
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_large_object_streams_through_with_flat_memory(kit, vault, keyring, monkeypatch):
+    monkeypatch.setenv("GENESIS_DR_CHUNK_SIZE", str(1 << 20))
+    peaks = {}
+    for size in (20_000_000, 40_000_000):
+        src, dst = kit.bucket(), kit.bucket()
+        body = os.urandom(size)
+        kit.put(src, "app/models/big.bin", body, content_type="application/octet-stream", metadata={"model": "v7"})
+        del body
+        # Clients made first: loading a provider's API description (botocore's is ~10 MB) is not streaming.
+        source, target = kit.engine(src), kit.engine(dst)
+        source.ping(), target.ping()
+        manifest, backup_peak = _peak(lambda source=source: backup_source(vault, keyring, source))
+        _, restore_peak = _peak(
+            lambda target=target, manifest=manifest: restore_backup(vault, keyring, manifest.id, target)
+        )
+        assert kit.state(dst, "app/") == kit.state(src, "app/")
+        peaks[size] = (backup_peak, restore_peak)
+    (backup_20, restore_20), (backup_40, restore_40) = peaks[20_000_000], peaks[40_000_000]
+    # Twice the object, the same memory: a few vault chunks in flight, and one upload part (S3 8 MiB, GCS 2 x 4 MiB).
+    assert backup_40 < backup_20 + (4 << 20), peaks
+    assert restore_40 < restore_20 + (4 << 20), peaks
+    assert backup_40 < 12 << 20 and restore_40 < 24 << 20, peaks
+
+
+def test_tool_versions_and_description(s3kit, vault, keyring):
+    src = s3kit.bucket()
+    engine = s3kit.engine(src, prefix="")
+    assert engine.describe() == f"bucket s3://{src}/"
+    manifest = backup_source(vault, keyring, engine)
+    assert set(manifest.tool_versions) == {"boto3"}
+    assert manifest.position["objects"] == 0
+    dst = s3kit.bucket()
+    restore_backup(vault, keyring, manifest.id, s3kit.engine(dst, prefix=""))
+    assert s3kit.state(dst) == {}
