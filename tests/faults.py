@@ -6,6 +6,11 @@ an error instead of (``when="before"``: the request never arrived) or after
 through. The real store underneath is never patched: every call that is let
 through does what it does in production.
 
+``FaultProxy`` does the same one level down, on the wire: an HTTP server in front of
+the moto server that answers chosen requests with an S3 error document (503
+SlowDown, 500, 409, a 301 to another region, ...) or drops the connection, so the
+S3 store's classification is tested on the responses botocore really parses.
+
 Which calls fail:
 
 * ``fail_every=N``: every Nth call of the chosen operations (``N=1``: all of them,
@@ -26,9 +31,14 @@ Which calls fail:
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from core.errors import VaultError
 from core.storage.base import ObjectInfo, Store, TransientStoreError
@@ -180,3 +190,103 @@ class FaultyStore(Store):
 
     def close(self) -> None:
         self.inner.close()
+
+
+# -- faults on the wire ---------------------------------------------------------------------------
+
+
+@dataclass
+class HTTPFault:
+    """What the proxy answers instead of forwarding: an S3 error document (``status``, ``code``,
+    extra ``headers`` and error fields), or a dropped connection (``reset=True``)."""
+
+    status: int = 503
+    code: str = "SlowDown"
+    message: str = "Please reduce your request rate."
+    headers: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
+    reset: bool = False
+
+    def body(self) -> bytes:
+        extra = "".join(f"<{k}>{v}</{k}>" for k, v in self.fields.items())
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code>'
+            f"<Message>{self.message}</Message>{extra}<RequestId>injected</RequestId></Error>"
+        ).encode()
+
+
+class FaultProxy:
+    """A real HTTP server in front of an S3 endpoint (moto) that answers chosen requests with a fault.
+
+    ``rule(method, path_and_query, n)`` (``n``: 1-based count of requests so far) returns an
+    HTTPFault, or None to forward the request unchanged. botocore parses the faults exactly as it
+    parses S3's own, so the store's error handling is tested end to end on real responses.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        target = urlsplit(upstream)
+        self.upstream = (target.hostname, target.port)
+        self.rule: Callable[[str, str, int], HTTPFault | None] = lambda method, path, n: None
+        self.requests = 0
+        self.faults: list[tuple[str, str, str]] = []  # (method, path, code) of every fault answered
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    proxy.requests += 1
+                    n = proxy.requests
+                fault = proxy.rule(self.command, self.path, n)
+                if fault is not None:
+                    with proxy._lock:
+                        proxy.faults.append((self.command, self.path, "reset" if fault.reset else fault.code))
+                    if fault.reset:
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    payload = b"" if self.command == "HEAD" else fault.body()
+                    self.send_response(fault.status)
+                    for name, value in fault.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(fault.body()) if self.command != "HEAD" else 0))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                finally:
+                    conn.close()
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                        self.send_header(name, value)
+                length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -270,6 +270,10 @@ class S3Store(Store):
             return ObjectNotFound(f"vault {where}: object {key} is missing")
         if code in REGION_CODES or (region and region != self.region):
             return self._wrong_region(region)
+        if code == "RequestTimeTooSkewed":
+            return StoreAccessError(
+                f"{where}: this host's clock differs from S3's by more than 15 minutes; fix the clock (NTP) and retry"
+            )
         if code in CREDENTIAL_CODES:
             return StoreAccessError(
                 f"{where}: {CREDENTIAL_CODES[code]} ({code}) while {action} {key}; fix the credentials of the vault "
@@ -279,10 +283,6 @@ class S3Store(Store):
             return StoreAccessError(
                 f"{where}: access denied while {action} {key}; check the credentials and the IAM and bucket "
                 f"policies for {PERMISSIONS.get(action, 's3:*')} on {self.bucket}"
-            )
-        if code == "RequestTimeTooSkewed":
-            return StoreAccessError(
-                f"{where}: this host's clock differs from S3's by more than 15 minutes; fix the clock (NTP) and retry"
             )
         if code == "InvalidStorageClass":
             return StoreAccessError(
@@ -365,7 +365,7 @@ class S3Store(Store):
             raise VaultError(f"vault {self.describe()}: object {key} already exists; stored objects are immutable")
 
     def create(self, key: str, data: bytes) -> str | None:
-        return self._upload(key, data, condition={"IfNoneMatch": "*"}, action="creating")
+        return self._upload(key, data, condition={"IfNoneMatch": "*"}, action="writing")
 
     def replace(self, key: str, data: bytes, *, version: str) -> str | None:
         if len(data) > MAX_SINGLE_COPY:
@@ -448,11 +448,10 @@ class S3Store(Store):
     ) -> str | None:
         from botocore.exceptions import ClientError
 
+        futures: list = []
         try:
-            futures = [
-                self._pool().submit(send, number, start, end)
-                for number, (start, end) in enumerate(self._part_ranges(size, part_size), start=1)
-            ]
+            for number, (start, end) in enumerate(self._part_ranges(size, part_size), start=1):
+                futures.append(self._pool().submit(send, number, start, end))
             parts = [f.result() for f in futures]
 
             def complete() -> str | None:
@@ -468,8 +467,11 @@ class S3Store(Store):
 
             etag = self._call(action, key, complete)
         except BaseException:
-            for future in futures if "futures" in locals() else ():
+            for future in futures:
                 future.cancel()
+            for future in futures:
+                if not future.cancelled():
+                    future.exception()  # parts in flight finish before the abort, or they would outlive it
             self._abort(full, upload_id)
             raise
         if etag is None:
