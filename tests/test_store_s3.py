@@ -271,9 +271,24 @@ def test_copy_across_regions_is_server_side_and_only_if_absent(moto_endpoint, ne
     assert replica.copy_from(RetryingStore(primary), "backups/b/streams/main/00000000") is True
     assert replica.get("backups/b/streams/main/00000000") == data
     assert replica.stat("backups/b/streams/main/00000000").storage_class == "GLACIER_IR"
+    # Copied again (a retry whose first answer was lost): the same object is success, another is refused.
+    assert replica.copy_from(primary, "backups/b/streams/main/00000000") is True
+    primary.put("backups/b/streams/main/00000001", b"other bytes")
     with pytest.raises(VaultError, match="object backups/b/streams/main/00000000 already exists"):
-        replica.copy_from(primary, "backups/b/streams/main/00000000")
+        replica.copy_from(primary, "backups/b/streams/main/00000001", "backups/b/streams/main/00000000")
+    assert replica.get("backups/b/streams/main/00000000") == data
     assert replica.copy_from(LocalStore("/nonexistent"), "x") is False  # the caller streams it instead
+
+    # The copy landed but its answer was lost: the retry finds the same object and reports success.
+    lost = FaultyStore(
+        s3_store(moto_endpoint, new_bucket("eu-west-1"), region="eu-west-1"),
+        first_call=True,
+        ops={"copy_from"},
+        when="after",
+    )
+    retrying = RetryingStore(lost, **NO_SLEEP)
+    assert retrying.copy_from(primary, "backups/b/streams/main/00000000") is True
+    assert (retrying.retries, retrying.get("backups/b/streams/main/00000000")) == (Counter({"copy": 1}), data)
 
 
 def test_a_large_copy_goes_part_by_part(moto_endpoint, new_bucket):

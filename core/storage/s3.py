@@ -341,7 +341,7 @@ class S3Store(Store):
                 region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region")
                 if status == 404:
                     raise self._no_bucket() from None
-                if status in (301, 400) or (region and region != self.region):
+                if status in (301, 400) or (region and self.region and region != self.region):
                     raise self._wrong_region(region) from None
                 if status == 403:
                     # HEAD has no body to say why; a write-only role may lack s3:ListBucket. The
@@ -351,7 +351,7 @@ class S3Store(Store):
                 raise self.error(exc, "checking", "the bucket") from None
             except BotoCoreError as exc:
                 raise self.error(exc, "checking", "the bucket") from None
-            if region and region != self.region:
+            if region and self.region and region != self.region:
                 raise self._wrong_region(region)
             self._checked = True
 
@@ -608,8 +608,12 @@ class S3Store(Store):
         if info is None:
             raise ObjectNotFound(f"vault {src.describe()}: object {key} is missing")
         # CopyObject's If-None-Match is honoured by S3 but ignored by moto 5.2: look first as well,
-        # so an existing object is refused everywhere (the condition closes the race on S3).
-        if self.stat(dest) is not None:
+        # so an existing object is refused everywhere (the condition closes the race on S3). The same
+        # ETag is our own earlier copy whose answer was lost (a retry): that is success.
+        held = self.stat(dest)
+        if held is not None:
+            if held.version == info.version and held.size == info.size:
+                return True
             raise VaultError(f"vault {self.describe()}: object {dest} already exists; stored objects are immutable")
         copy_source = {"Bucket": src.bucket, "Key": src._key(key)}
         if info.size > self.copy_threshold:
