@@ -230,6 +230,7 @@ def test_key_rotate_through_the_cli(cli, tmp_path):  # noqa: F811 - the cli fixt
     # Without the old passphrase nothing can be re-wrapped: one line, exit 6, naming the backup.
     err = error_line(cli("key", "rotate", "--stack", "rot", extra_env=new_env, expect=6))
     assert f"key rotate stopped at backup {backup_id}, which is unchanged" in err and NEW not in err
+    assert err.endswith("key rotate --stack rot' again")
     out = cli(
         "key", "rotate", "--stack", "rot", "--old-passphrase-from", "env:OLD_PASS",
         extra_env=new_env | {"OLD_PASS": OLD},
@@ -248,3 +249,6 @@ def test_key_rotate_through_the_cli(cli, tmp_path):  # noqa: F811 - the cli fixt
     assert "verified" in restore(new_env, 0).stdout
     listing = json.loads(cli("list", "--stack", "rot", "--json").stdout)
     assert listing[0]["key_ids"] == [f"passphrase:{Vault.open(LocalStore(vault_dir)).key_check()['key_id']}"]
+    # The earlier behaviour stays available: only the key check, no re-wrap.
+    out = cli("key", "rotate", "--stack", "rot", "--new-backups-only", extra_env=new_env).stdout
+    assert "is already the vault's key" in out and "nothing changed" in out

@@ -89,11 +89,12 @@ class _Opener:
                 raise first from None
 
 
-def _stopped(exc: DRError, what: str, report: RotationReport) -> DRError:
+def _stopped(exc: DRError, what: str, report: RotationReport, stack: str | None) -> DRError:
     """``exc`` retold: which backup stopped the rotation, that it is unchanged, and what was done."""
     message = (
         f"key rotate stopped at {what}, which is unchanged: {exc}; {report.done_text()}; give a key that opens it "
-        "(--old-passphrase-from, the X25519 private key, or KMS access) and run 'genesis-dr key rotate' again"
+        f"(--old-passphrase-from, the X25519 private key, or KMS access) and run 'genesis-dr key rotate --stack "
+        f"{stack or 'default'}' again"
     )
     error = type(exc).__new__(type(exc))
     DRError.__init__(error, message)
@@ -135,7 +136,7 @@ def rotate_vault(
         try:
             outcome = _rewrap_backup(vault, backup_id, opener, new, target, key_ids, report.new_key_id)
         except DRError as exc:
-            raise _stopped(exc, f"backup {backup_id}", report) from None
+            raise _stopped(exc, f"backup {backup_id}", report, new.stack) from None
         if outcome == "rewrapped":
             report.rewrapped.append(backup_id)
             say(f"backup {backup_id}: re-wrapped")
@@ -152,7 +153,7 @@ def rotate_vault(
             try:
                 changed = _rewrap_log_key(vault.store, key, source, name.removesuffix(".json"), opener, new, target)
             except DRError as exc:
-                raise _stopped(exc, f"log key {key}", report) from None
+                raise _stopped(exc, f"log key {key}", report, new.stack) from None
             if changed:
                 report.log_keys_rewrapped.append(key)
                 say(f"log key {key}: re-wrapped")
