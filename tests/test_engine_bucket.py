@@ -385,3 +385,44 @@ def test_tool_versions_and_description(s3kit, vault, keyring):
     dst = s3kit.bucket()
     restore_backup(vault, keyring, manifest.id, s3kit.engine(dst, prefix=""))
     assert s3kit.state(dst) == {}
+
+
+# -- blocks and flows --------------------------------------------------------------------------------------
+
+
+def test_bucket_source_block_is_documented():
+    from blocks import BucketSource
+    from blocks.sources import SOURCE_BLOCKS
+
+    assert SOURCE_BLOCKS["bucket"] is BucketSource
+    assert BucketSource.get_block_type_slug() == "bucket-source"
+    for name, field in BucketSource.model_fields.items():
+        assert field.description and field.description.endswith("."), f"BucketSource.{name} needs a description"
+    assert 'engine = BucketSource.load("BLOCK_NAME").get_engine()' in BucketSource.get_code_example()
+
+
+def test_backup_and_point_in_time_restore_through_the_flows(make_stack, s3kit):
+    """The Prefect flows, as `genesis-dr backup` and `genesis-dr restore` run them: a full and an incremental of a
+    bucket source, then the bucket as it was at the incremental, into another bucket named with --target."""
+    from flows.backup import backup
+    from flows.restore import restore
+
+    src, dst = s3kit.bucket(), s3kit.bucket()
+    seed(s3kit, src)
+    stack = make_stack([s3kit.config(src)])
+    [full] = backup(stack=stack.name)
+    assert (full["source"], full["kind"], full["status"]) == ("uploads", "bucket", "COMPLETED")
+    time.sleep(1.1)
+    s3kit.put(src, "app/uploads/new.txt", b"after the full\n", content_type="text/plain")
+    s3kit.delete(src, "app/uploads/photo.bin")
+    [inc] = backup(stack=stack.name, backup_type="incremental")
+    assert inc["type"] == "incremental" and inc["status"] == "COMPLETED"
+
+    out = restore(source="uploads", stack=stack.name, target_time=iso_now(), target={"bucket": dst})
+    assert s3kit.state(dst, "app/") == s3kit.state(src, "app/")
+    assert "uploads/photo.bin" not in s3kit.state(dst, "app/")
+    report = out["report"]
+    assert report["backup_id"] == full["id"] and report["recovery_point"]["position"]["objects"] == 5
+    reader = stack.vault().open_backup(inc["id"], stack.keyring())
+    assert report["verified_checks"] == count_checks(reader.result.checks)  # every object read back and compared
+    reader.close()
