@@ -1,6 +1,21 @@
 """Replicas of a vault: verified, resumable copies on another region or provider (see replica.py)."""
 
 from core.replication.readonly import ReadOnlyStore
-from core.replication.replica import DEFAULT_MAX_LAG_SECONDS, LEASE_PREFIX, ReplicaReport, open_replica, replicate
+from core.replication.replica import (
+    DEFAULT_MAX_LAG_SECONDS,
+    LEASE_PREFIX,
+    ReplicaReport,
+    open_replica,
+    open_vault,
+    replicate,
+)
 
-__all__ = ["DEFAULT_MAX_LAG_SECONDS", "LEASE_PREFIX", "ReadOnlyStore", "ReplicaReport", "open_replica", "replicate"]
+__all__ = [
+    "DEFAULT_MAX_LAG_SECONDS",
+    "LEASE_PREFIX",
+    "ReadOnlyStore",
+    "ReplicaReport",
+    "open_replica",
+    "open_vault",
+    "replicate",
+]

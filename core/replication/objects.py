@@ -36,6 +36,10 @@ def sha256(data: bytes) -> str:
 class PrimaryDamagedError(IntegrityError):
     """An object on the primary is missing or does not match its record: it is not copied."""
 
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
 
 @dataclass(frozen=True)
 class VaultObject:
@@ -132,7 +136,8 @@ class ObjectCopier:
         if sha256(data) != want_sha or (want_size is not None and len(data) != want_size):
             raise PrimaryDamagedError(
                 f"{obj.key} on the primary {self.source.describe()} does not match the SHA-256 and size its manifest "
-                "or record holds (corrupt on the primary); it is not copied - restore that backup from another copy"
+                "or record holds (corrupt on the primary); it is not copied - restore that backup from another copy",
+                obj.key,
             )
         self.replica.put(obj.key, data, overwrite=overwrite)
         back = self.replica.get(obj.key)
@@ -154,5 +159,6 @@ class ObjectCopier:
             return self.source.get(key)
         except ObjectNotFound:
             raise PrimaryDamagedError(
-                f"{key} is missing on the primary {self.source.describe()} although its manifest or record names it"
+                f"{key} is missing on the primary {self.source.describe()} although its manifest or record names it",
+                key,
             ) from None

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from core.chains import parse_iso
 from core.errors import DRError, FormatError, IntegrityError, ReplicationError, VaultError
@@ -49,6 +50,7 @@ from core.repository.log import LogIndex, parse_piece
 from core.repository.manifest import COMPLETED, parse_manifest, valid_backup_id
 from core.repository.streams import chunk_key
 from core.repository.vault import VAULT_FORMAT, Vault
+from core.stack import PRIMARY
 from core.storage.base import ObjectNotFound, Store
 from core.storage.retry import unwrap
 
@@ -149,7 +151,7 @@ def replicate(
         )
         error = ReplicationError(
             f"replica {name} ({report.location}) lags {report.lag_seconds:.0f} s behind the primary (limit "
-            f"{max_lag_seconds:.0f} s): it lacks {shown}; fix what is named and run 'genesis-dr replicate "
+            f"{max_lag_seconds:g} s): it lacks {shown}; fix what is named and run 'genesis-dr replicate "
             f"--replica {name}' again"
         )
         error.report = report.to_dict()
@@ -378,7 +380,8 @@ class _Run:
     def _damaged(self, unit: _Unit, exc: PrimaryDamagedError) -> None:
         if unit.is_backup and not self.source.exists(unit.commit[0].key):
             return  # deleted on the primary meanwhile (retention): nothing to copy, nothing missing
-        self.missing.append((unit.committed_at, unit.label, f"damaged on the primary: {exc}"))
+        why = f"damaged on the primary: {exc.key} is missing there or does not match its record"
+        self.missing.append((unit.committed_at, unit.label, why))
         self.report.damaged_on_primary.append(unit.label)
         self.say(f"replica {self.name}: {unit.label} NOT copied: {exc}")
 
@@ -423,6 +426,14 @@ class _Run:
         except ObjectNotFound:
             return
         self.copier.sync(VaultObject(key, data=hint), deep=True)
+
+
+def open_vault(config: Any, name: str | None) -> Vault:
+    """The stack's vault named ``name`` (``config``: anything with ``vault`` and ``vault_named``): the
+    primary as always (None or 'primary'), a replica read-only (``open_replica``)."""
+    if name in (None, PRIMARY):
+        return config.vault.open()
+    return open_replica(config.vault_named(name).store(), name)
 
 
 def open_replica(store: Store, name: str) -> Vault:
