@@ -173,3 +173,63 @@ def test_the_flow_fails_when_a_replica_lags_and_its_table_shows_every_replica(pr
     assert sorted(r["replica"] for r in rows) == ["far", "near"]
     assert all(r["status"].startswith("FAILED: ") and r["backups copied"] == 0 for r in rows)
     assert all(bad.id in r["missing"] and good.id not in r["missing"] for r in rows)
+
+
+def test_the_replicate_deployment_runs_every_5_minutes_and_after_each_completed_backup(prefect_api, tmp_path):
+    """prefect.yaml's replicate deployment as `prefect deploy` makes it: its schedule, one run at a time, and the
+    trigger: a backup flow run that completes (its event on the real API) starts a replicate run."""
+    import time
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    for argv in (
+        [PREFECT, "work-pool", "create", "genesis-dr", "--type", "process", "--overwrite"],
+        [PREFECT, "--no-prompt", "deploy", "--name", "replicate"],
+    ):
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{argv}: {proc.stdout}\n{proc.stderr}"
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("replicate/replicate")
+        try:
+            assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in deployment.schedules] == [
+                ("*/5 * * * *", "UTC", True)
+            ]
+            assert deployment.global_concurrency_limit.limit == 1
+            strategy = deployment.concurrency_options.collision_strategy
+            assert getattr(strategy, "value", strategy) == "CANCEL_NEW"
+            assert deployment.parameters == {"stack": "default"}
+            ours = [
+                a
+                for a in client.read_automations()
+                if any(getattr(x, "deployment_id", None) == deployment.id for x in a.actions)
+            ]
+            assert len(ours) == 1 and ours[0].trigger.expect == {"prefect.flow-run.Completed"}
+            assert ours[0].trigger.match_related.model_dump() == {
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": "backup",
+            }
+            # A backup run completes (the event the server records for it): a replicate run is created.
+            run = uuid.uuid4()
+            emit_event(
+                event="prefect.flow-run.Completed",
+                resource={"prefect.resource.id": f"prefect.flow-run.{run}", "prefect.resource.name": "quick-fox"},
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
+                        "prefect.resource.role": "flow",
+                        "prefect.resource.name": "backup",
+                    }
+                ],
+            )
+            deadline = time.monotonic() + 60
+            while not client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]})):
+                assert time.monotonic() < deadline, "no replicate run was started by the completed backup"
+                time.sleep(1)
+        finally:
+            client.delete_deployment(deployment.id)  # leave no schedule of ours on the shared test server
