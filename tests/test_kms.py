@@ -25,10 +25,9 @@ import boto3
 import httpx
 import pytest
 
-from core.crypto import kms as kms_module
 from core.crypto.keys import Keyring, generate_x25519_keypair
 from core.crypto.kms import KmsKeyConfig, context_for
-from core.errors import IntegrityError, KeyServiceError, WrongKeyError
+from core.errors import ConfigError, IntegrityError, KeyServiceError, WrongKeyError
 from core.operations import backup_source
 from core.repository.log import LogKeys
 from core.repository.vault import Vault
@@ -194,8 +193,13 @@ def test_a_key_in_another_region_or_missing_is_named_with_the_remedy(vault, moto
     assert vault.store.children("backups/") == []
 
 
-def test_access_denied_names_the_key_and_another_recipient_still_opens(vault, moto_endpoint, monkeypatch):
-    """A backup host allowed only to GenerateDataKey/Encrypt (moto's IAM enforcement switched on)."""
+def test_access_denied_names_the_key_and_another_recipient_still_opens(vault, moto_endpoint, prefect_api):
+    """A backup host allowed only to GenerateDataKey/Encrypt (moto's IAM enforcement switched on), its
+    credentials in a prefect-aws AwsCredentials block the KMS key names (read through blocks/keys.py)."""
+    from prefect_aws import AwsCredentials
+
+    import blocks.keys  # noqa: F401 - installs the block reader core uses for kms_keys[].credentials
+
     key = new_key(moto_endpoint)
     iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1")
     user = f"dr-writer-{key['KeyId'][:8]}"
@@ -205,19 +209,17 @@ def test_access_denied_names_the_key_and_another_recipient_still_opens(vault, mo
     ]}  # fmt: skip
     iam.put_user_policy(UserName=user, PolicyName="writer", PolicyDocument=json.dumps(policy))
     access = iam.create_access_key(UserName=user)["AccessKey"]
-    sessions = {
-        "writer-creds": boto3.session.Session(
-            aws_access_key_id=access["AccessKeyId"], aws_secret_access_key=access["SecretAccessKey"]
-        )
-    }
-    monkeypatch.setattr(kms_module, "_credentials_resolver", sessions.__getitem__)
-    writer_key = cfg(moto_endpoint, key["Arn"], credentials="writer-creds")
+    block = f"kms-writer-{key['KeyId'][:8]}"
+    AwsCredentials(aws_access_key_id=access["AccessKeyId"], aws_secret_access_key=access["SecretAccessKey"]).save(
+        block, overwrite=True
+    )
+    writer_key = cfg(moto_endpoint, key["Arn"], credentials=block)
     httpx.post(f"{moto_endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
     try:
         # No kms:DescribeKey: the state check is skipped, GenerateDataKey decides (and is allowed).
         m = backup_source(vault, Keyring(passphrase=PASSPHRASE, kms_keys=[writer_key]), BytesEngine(PAYLOAD))
         with pytest.raises(KeyServiceError) as caught:
-            vault.open_backup(m.id, Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"], credentials="writer-creds")]))
+            vault.open_backup(m.id, Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"], credentials=block)]))
         assert str(caught.value) == (
             f"KMS key {key['Arn']} (us-west-2): access denied for decrypt; grant kms:Decrypt (restores), "
             "kms:GenerateDataKey and kms:Encrypt (backups) on the key to the role genesis-dr runs as, check its "
@@ -229,6 +231,8 @@ def test_access_denied_names_the_key_and_another_recipient_still_opens(vault, mo
     finally:
         httpx.post(f"{moto_endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
     assert read_back(vault, m.id, Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"])])) == PAYLOAD
+    with pytest.raises(ConfigError, match="no AwsCredentials block named 'no-such-block'"):
+        vault.open_backup(m.id, Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"], credentials="no-such-block")]))
 
 
 class FaultProxy:
