@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -339,6 +340,21 @@ def test_aws_refusals_moto_does_not_produce_are_one_line_naming_the_key(vault, m
     assert str(caught.value).startswith(f"KMS key {key['Arn']} (us-west-2)")
     assert keyring.kms_retried() == 0  # a refusal is never retried
     assert vault.store.children("backups/") == []
+
+
+def test_plaintext_data_keys_never_reach_a_log_even_at_debug(vault, moto_endpoint, caplog):
+    key = new_key(moto_endpoint)
+    caplog.set_level(logging.DEBUG)
+    keyring = Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"]), cfg(moto_endpoint, new_key(moto_endpoint)["Arn"])])
+    m = backup_source(vault, keyring, BytesEngine(PAYLOAD))  # GenerateDataKey, Encrypt
+    assert read_back(vault, m.id, Keyring(kms_keys=[cfg(moto_endpoint, key["Arn"])])) == PAYLOAD  # Decrypt
+    record = keys_doc(vault, m.id)["recipients"][0]
+    plain = kms_client(moto_endpoint).decrypt(
+        CiphertextBlob=base64.b64decode(record["ciphertext"]), EncryptionContext=context_for(m.id)
+    )["Plaintext"]
+    assert "generate_data_key" in caplog.text.lower() or "GenerateDataKey" in caplog.text  # botocore did log
+    for form in (base64.b64encode(plain).decode(), plain.hex(), repr(plain)):
+        assert form not in caplog.text
 
 
 def test_log_keys_are_wrapped_by_kms_too(vault, moto_endpoint):

@@ -27,6 +27,7 @@ packaged for this project (see docs/FORMAT.md), and untested code is not shipped
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import random
 import re
@@ -80,6 +81,21 @@ _DENIED_CODES = {
     "SignatureDoesNotMatch",
     "IncompleteSignature",
 }
+
+
+class _NoPlaintext(logging.Filter):
+    """Drops botocore's DEBUG records of request and response bodies that carry a data key: an operator
+    who turns debug logging on (PREFECT_LOGGING_ROOT_LEVEL=DEBUG) must still never log one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return "Plaintext" not in record.getMessage()
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            return True
+
+
+for _name in ("botocore.endpoint", "botocore.parsers", "botocore.client", "botocore.hooks"):
+    logging.getLogger(_name).addFilter(_NoPlaintext())
 
 # The blocks layer resolves a prefect-aws AwsCredentials block name to a boto3 Session (core never
 # imports Prefect); without one, boto3's default chain is used.
