@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,8 +29,10 @@ from core.repository.vault import Vault
 from core.restoring import count_checks
 from core.sources import BucketSourceConfig
 from core.storage.local import LocalStore
+from tests.faults import FaultProxy, HTTPFault
 from tests.fixtures_cloud import s3_client
 from tests.fixtures_gcs import gcs_client
+from tests.test_store_s3 import auth_moto  # noqa: F401 - the IAM-enforcing moto server (a session fixture)
 
 REGION = "us-west-2"
 
@@ -209,7 +212,7 @@ def test_restore_into_the_emptied_source_bucket_puts_it_back(kit, vault, keyring
 
 
 def test_incremental_stores_only_new_and_changed_objects_and_records_deletions(kit, vault, keyring):
-    src, dst = kit.bucket(), kit.bucket()
+    src, dst = kit.bucket(versioned=True), kit.bucket()
     seed(kit, src)
     full = backup_source(vault, keyring, kit.engine(src))
     time.sleep(1.1)  # S3 last-modified times are whole seconds
@@ -227,6 +230,8 @@ def test_incremental_stores_only_new_and_changed_objects_and_records_deletions(k
     assert by_key["uploads/photo.bin"]["in"] == full.id  # bytes stay where the full stored them ...
     assert by_key["uploads/photo.bin"]["meta"]["metadata"] == {"reviewed": "yes"}  # ... with the new metadata
     assert "in" not in by_key["uploads/new.txt"] and "in" not in by_key["reports/2026/q4.csv"]
+    # A versioned bucket: the version each backup read is recorded (S3 version id; GCS generation).
+    assert all(e.get("version_id" if kit.provider == "s3" else "generation") for e in index.entries)
 
     # Restoring the incremental restores its chain: the bucket exactly as that backup listed it.
     report = restore_backup(vault, keyring, inc.id, kit.engine(dst))
@@ -315,6 +320,85 @@ def test_missing_bucket_is_one_line_naming_it(kit, vault, keyring):
     message = str(caught.value)
     assert "gdr-no-such-bucket-x1" in message and "\n" not in message
     assert caught.value.exit_code == 7 and caught.value.transient is False
+
+
+def test_bucket_in_another_region_names_its_region(s3kit, vault, keyring):
+    bucket = s3kit._make("eu-west-1")
+    with pytest.raises(SourceUnavailableError) as caught:
+        backup_source(vault, keyring, s3kit.engine(bucket))
+    assert str(caught.value) == (
+        f"bucket 'uploads': S3 bucket {bucket} is in eu-west-1, not us-west-2; set region: eu-west-1 in the stack file"
+    )
+
+
+def test_throttling_is_absorbed_and_a_storm_is_transient(moto_endpoint, new_bucket, vault, keyring):
+    """Faults on the wire (tests/faults.py FaultProxy answers with S3's own error documents): two SlowDowns on an
+    object are retried by the client; a storm past its budget fails the backup as transient (the task retries)."""
+    kit = Kit("s3", moto_endpoint, new_bucket)
+    src = kit.bucket()
+    seed(kit, src)
+    proxy = FaultProxy(moto_endpoint)
+    try:
+        key = "app/uploads/photo.bin"
+        seen = Counter()
+
+        def twice(method, path, n):
+            if "photo.bin" in path and method == "GET":
+                seen["photo"] += 1
+                return HTTPFault(503, "SlowDown") if seen["photo"] <= 2 else None
+            return None
+
+        proxy.rule = twice
+        engine = engine_for(kit.config(src).model_copy(update={"endpoint_url": proxy.url}))
+        manifest = backup_source(vault, keyring, engine)
+        assert manifest.position["objects"] == 5 and len(proxy.faults) == 2
+
+        proxy.rule = lambda method, path, n: HTTPFault(503, "SlowDown") if "photo.bin" in path else None
+        engine = engine_for(kit.config(src).model_copy(update={"endpoint_url": proxy.url}))
+        with pytest.raises(SourceUnavailableError) as caught:
+            backup_source(vault, keyring, engine)
+        assert caught.value.transient is True
+        assert str(caught.value) == (
+            f"bucket 'uploads': S3 is throttling or failing (SlowDown) to read s3://{src}/{key}; it is retried"
+        )
+        assert [m.status for m in vault.list_backups("uploads")] == ["COMPLETED", "FAILED"]
+    finally:
+        proxy.close()
+
+
+def test_access_denied_and_refused_credentials_name_the_bucket_and_remedy(auth_moto, vault, keyring):  # noqa: F811
+    """A moto server enforcing IAM: a reader may back a bucket up but not restore into it; an unknown key is
+    refused. Neither message carries a key."""
+    import boto3
+
+    endpoint, bucket = auth_moto["endpoint"], auth_moto["bucket"]
+    writer = boto3.Session(*auth_moto["writer"])
+    reader = boto3.Session(*auth_moto["reader"])
+    client = writer.client("s3", endpoint_url=endpoint, region_name=REGION)
+    client.put_object(Bucket=bucket, Key="bsrc/a.txt", Body=b"alpha", ContentType="text/plain")
+
+    def config(prefix: str, session) -> BucketSourceConfig:
+        return BucketSourceConfig(
+            name="uploads", bucket=bucket, prefix=prefix, region=REGION, endpoint_url=endpoint
+        ).with_credentials(session)
+
+    manifest = backup_source(vault, keyring, engine_for(config("bsrc/", reader)))
+    with pytest.raises(SourceUnavailableError) as caught:
+        restore_backup(vault, keyring, manifest.id, engine_for(config("bdst/", reader)))
+    message = str(caught.value)
+    assert message.startswith(
+        f"bucket 'uploads': access denied to write s3://{bucket}/bdst/a.txt (AccessDenied); grant the credentials "
+        "s3:ListBucket, s3:GetObject (backup) or s3:PutObject, s3:DeleteObject (restore) on it"
+    )
+    assert "the target is empty, as it was before" in message
+    assert caught.value.exit_code == 7 and caught.value.transient is False
+
+    unknown = boto3.Session("AKIA" + "0" * 16, "not-a-secret-" + "x" * 20)
+    with pytest.raises(SourceUnavailableError) as caught:
+        backup_source(vault, keyring, engine_for(config("bsrc/", unknown)))
+    assert "S3 refused the credentials (InvalidAccessKeyId)" in str(caught.value)
+    for secret in (*auth_moto["reader"], *auth_moto["writer"], "not-a-secret-"):
+        assert secret not in str(caught.value) and secret not in message
 
 
 def test_unreachable_endpoint_is_transient(vault, keyring):

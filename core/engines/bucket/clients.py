@@ -206,7 +206,6 @@ _S3_TRANSIENT = {
     "Throttling",
     "ThrottlingException",
     "RequestTimeout",
-    "RequestTimeTooSkewed",
     "InternalError",
     "ServiceUnavailable",
     "503",
@@ -214,16 +213,14 @@ _S3_TRANSIENT = {
     "502",
     "504",
 }
-_S3_ACCESS = {
-    "AccessDenied",
-    "403",
+_S3_CREDENTIALS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "ExpiredToken",
     "InvalidToken",
-    "AllAccessDisabled",
-    "AccountProblem",
+    "TokenRefreshRequired",
 }
+_S3_ACCESS = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _S3_REGION = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 _S3_META_ARGS = {
     "content_type": "ContentType",
@@ -245,6 +242,7 @@ class S3Bucket(BucketClient):
         from botocore.config import Config
 
         self.region = region
+        self._checked = False
         session = session or boto3.session.Session()
         self._s3 = session.client(
             "s3",
@@ -311,6 +309,16 @@ class S3Bucket(BucketClient):
                 f"{self.label}: S3 bucket {self.bucket} is in {actual}, not {self.region}; set region: {actual} "
                 "in the stack file"
             )
+        if code == "RequestTimeTooSkewed":
+            return SourceUnavailableError(
+                f"{self.label}: this host's clock differs from S3's by more than 15 minutes ({where}); fix the clock "
+                "(NTP) and run again"
+            )
+        if code in _S3_CREDENTIALS:
+            return SourceUnavailableError(
+                f"{self.label}: S3 refused the credentials ({code}) to {what} {where}; fix the AwsCredentials block "
+                "named in 'credentials', or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN"
+            )
         if code in _S3_ACCESS or status == "403":
             return SourceUnavailableError(
                 f"{self.label}: access denied to {what} {where} ({code}); grant the credentials s3:ListBucket, "
@@ -338,9 +346,40 @@ class S3Bucket(BucketClient):
                     )
 
     def any_object(self, prefix: str) -> bool:
+        self._check_bucket()
         with self._errors("list"):
             page = self._s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
         return bool(page.get("Contents"))
+
+    def _check_bucket(self) -> None:
+        """Once: the bucket exists and is in the configured region. moto and some S3-compatible services serve a
+        request sent to the wrong region anyway, so HeadBucket's x-amz-bucket-region is compared."""
+        if self._checked:
+            return
+        from botocore.exceptions import ClientError
+
+        with self._errors("check"):
+            try:
+                response = self._s3.head_bucket(Bucket=self.bucket)
+                status, headers = 200, response["ResponseMetadata"].get("HTTPHeaders", {})
+            except ClientError as exc:
+                meta = exc.response.get("ResponseMetadata", {})
+                status, headers = int(meta.get("HTTPStatusCode") or 0), meta.get("HTTPHeaders") or {}
+                if status == 404:
+                    raise SourceUnavailableError(
+                        f"{self.label}: S3 bucket {self.bucket} does not exist (region {self.region}); create it or "
+                        "fix 'bucket' in the stack file"
+                    ) from None
+                if status not in (301, 400, 403):
+                    raise
+        region = headers.get("x-amz-bucket-region")
+        if status in (301, 400) or (region and self.region and region != self.region):
+            raise SourceUnavailableError(
+                f"{self.label}: S3 bucket {self.bucket} is in {region or 'another region'}, not {self.region}; set "
+                f"region: {region or '<its region>'} in the stack file"
+            )
+        # 403 on HEAD has no body to say why (a role without s3:ListBucket): the listing reports its own error.
+        self._checked = True
 
     @staticmethod
     def _head(response: dict) -> Head:

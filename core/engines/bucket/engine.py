@@ -360,12 +360,13 @@ class BucketEngine(Engine):
                 f"not in the chain being restored ({', '.join(by_id)}); restore with a plan that includes it"
             )
         # 1. Prove: every stream of every backup read and authenticated, every object's SHA-256 compared.
-        checked = 0
-        for backup_id, reader in by_id.items():
-            for name in reader.stream_names():
-                if name == INDEX_STREAM and backup_id == final_id:
-                    continue  # read whole (and so authenticated) by read_index
-                checked += self._prove(reader, backup_id, name, wanted.get((backup_id, name), []))
+        jobs = [
+            (reader, backup_id, name, wanted.get((backup_id, name), []))
+            for backup_id, reader in by_id.items()
+            for name in reader.stream_names()
+            if not (name == INDEX_STREAM and backup_id == final_id)  # read whole (so authenticated) by read_index
+        ]
+        checked = sum(self._in_parallel(self._prove, jobs, "bucket-prove", None))
         if say:
             say(f"read and authenticated the {len(by_id)} backups first: {len(index.entries)} objects, {checked} bytes")
         # 2. Write, one task per data stream used.
@@ -373,18 +374,8 @@ class BucketEngine(Engine):
         for entry in empty:
             client.write(prefix + entry["key"], 0, entry.get("meta", {}), [], _EMPTY_SHA256)
         stop = threading.Event()
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="bucket-write") as pool:
-            futures = [
-                pool.submit(self._write_stream, by_id[owner], owner, name, entries, stop)
-                for (owner, name), entries in wanted.items()
-            ]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            if any(f.exception() for f in done):
-                stop.set()
-            wait(futures)
-        for future in futures:
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+        jobs = [(by_id[owner], owner, name, entries, stop) for (owner, name), entries in wanted.items()]
+        self._in_parallel(self._write_stream, jobs, "bucket-write", stop)
         # 3. Mirror: what the backup covers equals the backup; keys it never covered are left alone.
         keep = {prefix + e["key"] for e in index.entries}
         selection = self._selection((result.checks or {}).get("selection"))
@@ -397,6 +388,25 @@ class BucketEngine(Engine):
                 + (f", removed {len(extra)} objects the backup does not hold" if extra else "")
             )
         return [f"{line} (left out of the backup, not restored)" for line in result.skipped]
+
+    @staticmethod
+    def _in_parallel(fn, jobs: list[tuple], name: str, stop: threading.Event | None) -> list[Any]:
+        """``fn(*job)`` for every job, WORKERS at a time; the first error stops the rest (``stop``) and is raised."""
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(min(WORKERS, len(jobs)), thread_name_prefix=name) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() for f in done):
+                if stop is not None:
+                    stop.set()
+                for future in futures:
+                    future.cancel()
+            wait([f for f in futures if not f.cancelled()])
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
 
     def _prove(self, reader: Any, backup_id: str, name: str, entries: list[dict[str, Any]]) -> int:
         cursor = _Cursor(reader.iter_stream(name), self.label, f"{name} of backup {backup_id}")
