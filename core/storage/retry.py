@@ -174,7 +174,19 @@ class RetryingStore(Store):
         self._call("delete", key, lambda: self.inner.delete(key))
 
     def delete_if(self, key: str, version: str) -> bool:
-        return self._call("delete", key, lambda: self.inner.delete_if(key, version))
+        tried = [False]
+
+        def attempt() -> bool:
+            try:
+                deleted = self.inner.delete_if(key, version)
+            except TransientStoreError:
+                tried[0] = True
+                raise
+            if not deleted and tried[0] and self.inner.stat(key) is None:
+                return True  # our delete landed before the fault; its answer was lost
+            return deleted
+
+        return self._call("delete", key, attempt)
 
     def copy_from(self, source: Store, key: str, dest_key: str | None = None) -> bool:
         source = source.inner if isinstance(source, RetryingStore) else source
