@@ -32,6 +32,7 @@ from core.storage.local import LocalStore
 from tests.faults import FaultProxy, HTTPFault
 from tests.fixtures_cloud import s3_client
 from tests.fixtures_gcs import gcs_client
+from tests.test_cli import cli  # noqa: F401 - the command in a subprocess against the test harness
 from tests.test_store_s3 import auth_moto  # noqa: F401 - the IAM-enforcing moto server (a session fixture)
 
 REGION = "us-west-2"
@@ -510,3 +511,48 @@ def test_backup_and_point_in_time_restore_through_the_flows(make_stack, s3kit):
     reader = stack.vault().open_backup(inc["id"], stack.keyring())
     assert report["verified_checks"] == count_checks(reader.result.checks)  # every object read back and compared
     reader.close()
+
+
+def test_the_command_backs_up_a_bucket_and_its_printed_restore_works(cli, s3kit, tmp_path):  # noqa: F811
+    """genesis-dr apply / backup / list / restore as an operator types them: the restore the backup prints (into
+    a sibling prefix of the same bucket) works as printed, and --target bucket=NAME restores into another bucket."""
+    import shlex
+
+    src, dst = s3kit.bucket(), s3kit.bucket()
+    seed(s3kit, src)
+    stack = tmp_path / "bkt.yaml"
+    stack.write_text(
+        f"""
+stack: bkt
+vault:
+  path: ./vault-bkt
+encryption:
+  passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD
+sources:
+  - name: uploads
+    kind: bucket
+    provider: s3
+    bucket: {src}
+    prefix: app/
+    region: {REGION}
+    endpoint_url: {s3kit.endpoint}
+"""
+    )
+    cli("apply", str(stack))
+    out = cli("backup", "full", "--stack", "bkt").stdout
+    printed = [line.strip() for line in out.splitlines() if " restore " in line and "--target" in line]
+    assert len(printed) == 1 and "--target prefix=app-restored/" in printed[0], out
+    args = shlex.split(printed[0])
+    cli(*args[args.index("restore") :])
+    assert s3kit.state(src, "app-restored/") == s3kit.state(src, "app/")
+
+    listing = cli("list", "--stack", "bkt").stdout
+    assert "uploads" in listing and "listing " in listing, listing
+    when = iso_now()
+    cli("restore", "--stack", "bkt", "--source", "uploads", "--target-time", when, "--target", f"bucket={dst}")
+    assert s3kit.state(dst, "app/") == s3kit.state(src, "app/")
+    refused = cli(
+        "restore", "--stack", "bkt", "--source", "uploads", "--target-time", when, "--target", f"bucket={dst}",
+        expect=9,
+    )  # fmt: skip
+    assert f"bucket s3://{dst}/app/ already holds data" in refused.stderr
