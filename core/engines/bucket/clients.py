@@ -139,11 +139,9 @@ class _Body:
             return False
         self.digest.update(piece)
         self.seen += len(piece)
-        if self.seen > self.size:
-            self.check()
+        if self.seen >= self.size:
+            self.check()  # the last byte has arrived: compared before any of this piece is handed on
         self._current = memoryview(piece)
-        if self.seen == self.size:
-            self.check()
         return True
 
     def check(self) -> None:
@@ -166,10 +164,6 @@ class _Body:
             view[filled : filled + n] = self._current[:n]
             self._current = self._current[n:]
             filled += n
-        if filled < len(view) or not self._current:
-            # Everything handed on may be the end: make sure the check ran (an object ending on a piece boundary).
-            if self.seen >= self.size and not self._current:
-                self.check()
         return filled
 
     def take(self, n: int) -> bytearray:

@@ -360,13 +360,14 @@ class BucketEngine(Engine):
                 f"not in the chain being restored ({', '.join(by_id)}); restore with a plan that includes it"
             )
         # 1. Prove: every stream of every backup read and authenticated, every object's SHA-256 compared.
+        halt = threading.Event()
         jobs = [
-            (reader, backup_id, name, wanted.get((backup_id, name), []))
+            (reader, backup_id, name, wanted.get((backup_id, name), []), halt)
             for backup_id, reader in by_id.items()
             for name in reader.stream_names()
             if not (name == INDEX_STREAM and backup_id == final_id)  # read whole (so authenticated) by read_index
         ]
-        checked = sum(self._in_parallel(self._prove, jobs, "bucket-prove", None))
+        checked = sum(self._in_parallel(self._prove, jobs, "bucket-prove", halt))
         if say:
             say(f"read and authenticated the {len(by_id)} backups first: {len(index.entries)} objects, {checked} bytes")
         # 2. Write, one task per data stream used.
@@ -408,9 +409,11 @@ class BucketEngine(Engine):
                 raise future.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
 
-    def _prove(self, reader: Any, backup_id: str, name: str, entries: list[dict[str, Any]]) -> int:
+    def _prove(self, reader: Any, backup_id: str, name: str, entries: list[dict[str, Any]], halt) -> int:
         cursor = _Cursor(reader.iter_stream(name), self.label, f"{name} of backup {backup_id}")
         for entry in entries:
+            if halt.is_set():
+                return 0  # another stream failed: its error is raised
             cursor.skip_to(entry["offset"])
             digest = hashlib.sha256()
             for piece in cursor.take(entry["size"]):
@@ -420,7 +423,7 @@ class BucketEngine(Engine):
                     f"{self.label}: object {entry['key']} in stream {name} of backup {backup_id} does not match its "
                     "SHA-256 in the index; the backup is damaged, restore another one (the target was not touched)"
                 )
-        return cursor.drain()
+        return cursor.drain(halt)
 
     def _write_stream(self, reader: Any, backup_id: str, name: str, entries: list[dict], stop: threading.Event) -> None:
         pieces = reader.iter_stream(name)
@@ -522,12 +525,14 @@ class _Cursor:
             yield bytes(self._buf[:n])
             self._buf, self.pos, left = self._buf[n:], self.pos + n, left - n
 
-    def drain(self) -> int:
+    def drain(self, halt: threading.Event | None = None) -> int:
         """Read to the end (the vault checks the whole stream's SHA-256 there); returns the stream's length."""
         total = self.pos + len(self._buf)
         self._buf = memoryview(b"")
         for piece in self._pieces:
             total += len(piece)
+            if halt is not None and halt.is_set():
+                break
         self.pos = total
         return total
 
