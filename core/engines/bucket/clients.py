@@ -318,6 +318,11 @@ class S3Bucket(BucketClient):
                 f"{self.label}: access denied to {what} {where} ({code}); grant the credentials s3:ListBucket, "
                 "s3:GetObject (backup) or s3:PutObject, s3:DeleteObject (restore) on it, or fix 'credentials'"
             )
+        if code == "InvalidObjectState":
+            return SourceUnavailableError(
+                f"{self.label}: {where} is archived (Glacier / Deep Archive) and cannot be read; restore it from the "
+                "archive first, or leave it out with 'exclude'"
+            )
         if code in _S3_TRANSIENT or status.startswith("5") or status == "429":
             return SourceUnavailableError(
                 f"{self.label}: S3 is throttling or failing ({code or status}) to {what} {where}; it is retried",
