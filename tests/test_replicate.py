@@ -21,7 +21,7 @@ import pytest
 from core.chains import parse_iso
 from core.crypto.keys import Keyring
 from core.engines.base import PieceInfo
-from core.errors import LockedError, ReplicationError, VaultError
+from core.errors import IntegrityError, LockedError, ReplicationError, VaultError
 from core.operations import backup_source
 from core.replication import open_replica, replicate
 from core.repository.lock import Lease
@@ -297,6 +297,31 @@ def test_a_backup_damaged_on_the_primary_is_never_copied_and_its_lag_fails_the_r
     assert damaged.id in str(error) and error.report["lag_seconds"] == 900.0
 
 
+class Damaging(Recording):
+    """A replica store that stores something else than it was given (a bad disk, a broken proxy)."""
+
+    def create(self, key, data):
+        if "/streams/" in key:
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        return super().create(key, data)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_replica_that_stores_other_bytes_than_it_was_sent_never_gets_the_manifest(
+    where, primary, keyring, tmp_path, request
+):
+    files_chain(primary, keyring, tmp_path / "src")
+    if where == "s3":
+        endpoint, bucket = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("new_bucket")("eu-west-1")
+        inner = s3_store(endpoint, bucket, "eu-west-1")
+    else:
+        inner = LocalStore(tmp_path / "replica")
+    with pytest.raises(IntegrityError, match="reads back different bytes from those just written") as failed:
+        replicate(primary, Damaging(inner), name="bad-disk")
+    assert "\n" not in str(failed.value) and "replica bad-disk" in str(failed.value)
+    assert not [k for k in inner.list("backups/") if k.endswith("manifest.json")]
+
+
 def test_the_primary_gone_mid_replication_leaves_nothing_half_committed(primary, keyring, tmp_path):
     chain = files_chain(primary, keyring, tmp_path / "src")
     vanishing = Vault.open(Recording(LocalStore(tmp_path / "primary"), fail_gets_after=12))
@@ -351,7 +376,9 @@ def test_a_local_vault_replicated_to_s3_in_three_regions_restores_from_any_of_th
         report = replicate(primary, store, name=region)
         # Local to S3 cannot be server-side: streamed, every object read back from the bucket and hashed.
         assert (report.backups_copied, report.log_pieces_copied, report.server_side_copies) == (3, 2, 0)
-        assert report.in_sync and report.objects_verified == report.objects_copied  # each one read back
+        assert report.in_sync and report.objects_verified == report.objects_copied
+        # Each attested by the bucket itself: the ETag S3 returned for it is the MD5 of the bytes it stored.
+        assert report.verified_by_store_md5 == report.objects_copied
     primary_objects = {k: v for k, v in stored_objects(primary.store).items() if not k.endswith("started.json")}
     assert all(stored_objects(store) == primary_objects for store in replicas.values())
 

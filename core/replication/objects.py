@@ -22,15 +22,26 @@ copies of one chunk in memory per thread.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from dataclasses import dataclass
 
 from core.errors import IntegrityError
 from core.storage.base import ObjectNotFound, Store
 
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def stored_md5(version: str | None) -> str | None:
+    """The MD5 a version token states, when it is one: S3's ETag of an object written in one request
+    (without SSE-KMS) is the MD5 of the bytes it stored. Other tokens (local inode-size-mtime, GCS
+    generations, multipart or KMS ETags) state none, and the object is read back instead."""
+    token = (version or "").strip('"')
+    return token if _MD5.fullmatch(token) else None
 
 
 class PrimaryDamagedError(IntegrityError):
@@ -65,7 +76,8 @@ class Counts:
     bytes_copied: int = 0
     server_side_copies: int = 0
     objects_repaired: int = 0
-    objects_verified: int = 0  # read back from the replica and hashed
+    objects_verified: int = 0  # read back from the replica and hashed, or attested by the replica (below)
+    verified_by_store_md5: int = 0  # of those: the replica's own MD5 of what it stored matched (no read-back)
     objects_checked: int = 0  # size compared only (the cheap pass)
 
     def __post_init__(self) -> None:
@@ -90,14 +102,16 @@ class ObjectCopier:
         # The primary's backend, when the replica's provider can copy from it without the bytes passing here.
         self.server_side_from = server_side_from
 
-    def sync(self, obj: VaultObject, *, deep: bool, committed: bool = False) -> None:
+    def sync(self, obj: VaultObject, *, deep: bool, committed: bool = False, absent: bool = False) -> None:
         """Make ``obj`` intact on the replica (see the module doc); raises PrimaryDamagedError, store errors.
 
         ``committed``: the object belongs to a backup or piece the replica already shows as committed, so
-        finding it missing is a repair too (a deleted replica object), not a first copy.
+        finding it missing is a repair too (a deleted replica object), not a first copy. ``absent``: a
+        listing just showed the object is not there (no request to ask again; the write is conditional
+        anyway, so an object that appeared meanwhile is never overwritten unchecked).
         """
         want_sha, want_size = obj.expected()
-        info = self.replica.stat(obj.key)
+        info = None if absent else self.replica.stat(obj.key)
         exists = info is not None
         if exists:
             if want_size is not None and info.size != want_size:
@@ -139,9 +153,19 @@ class ObjectCopier:
                 "or record holds (corrupt on the primary); it is not copied - restore that backup from another copy",
                 obj.key,
             )
-        self.replica.put(obj.key, data, overwrite=overwrite)
-        back = self.replica.get(obj.key)
-        if sha256(back) != want_sha:
+        if overwrite:
+            self.replica.put(obj.key, data, overwrite=True)
+            info = self.replica.stat(obj.key)
+            version = info.version if info is not None else None
+        else:
+            version = self.replica.create(obj.key, data)
+            if version is None:  # it appeared since we looked: check what is there like any existing object
+                self.sync(obj, deep=True, committed=repair)
+                return
+        # What counts is what the replica stores: its own MD5 of the stored bytes where its version token
+        # states one (equal to the MD5 of bytes just checked against the record's SHA-256), else a read-back.
+        attested = stored_md5(version) == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if not attested and sha256(self.replica.get(obj.key)) != want_sha:
             raise IntegrityError(
                 f"replica {self.name} ({self.replica.describe()}): {obj.key} reads back different bytes from those "
                 "just written; the replica store is damaging data - check it before trusting this replica"
@@ -151,6 +175,7 @@ class ObjectCopier:
             objects_copied=int(not repair),
             bytes_copied=len(data),
             objects_verified=1,
+            verified_by_store_md5=int(attested),
             repaired_key=obj.key if repair else None,
         )
 

@@ -75,6 +75,7 @@ class ReplicaReport:
     server_side_copies: int = 0
     objects_repaired: int = 0
     objects_verified: int = 0
+    verified_by_store_md5: int = 0  # of the verified: attested by the replica's MD5 of what it stored (S3 ETag)
     objects_checked: int = 0
     backups_on_replica: int = 0
     log_pieces_on_replica: int = 0
@@ -105,6 +106,7 @@ class _Unit:
     on_replica: bool
     is_backup: bool
     hint_key: str | None = None  # a backup's catalog hint, copied after its manifest
+    present: frozenset[str] | None = None  # keys under the unit's prefix on the replica, listed once (new units)
 
 
 def _age(now: datetime, when: datetime) -> float:
@@ -221,6 +223,7 @@ class _Run:
             "server_side_copies",
             "objects_repaired",
             "objects_verified",
+            "verified_by_store_md5",
             "objects_checked",
         ):
             setattr(report, name, getattr(self.counts, name))
@@ -282,14 +285,17 @@ class _Run:
         for stream in manifest.streams:
             for index, chunk in enumerate(stream.chunks):
                 objects.append(VaultObject(chunk_key(backup_id, stream.name, index), chunk.sha256, chunk.stored))
+        on_replica = self.replica.stat(key) is not None
         return _Unit(
             label=f"backup {backup_id} of {manifest.source}",
             committed_at=parse_iso(manifest.ended_at),
             objects=objects,
             commit=[VaultObject(key, data=raw)],
-            on_replica=self.replica.stat(key) is not None,
+            on_replica=on_replica,
             is_backup=True,
             hint_key=f"catalog/{manifest.source}/{backup_id}.json",
+            # One listing tells which objects of a backup being copied are there already (an interrupted run's).
+            present=None if on_replica else frozenset(self.replica.list(f"backups/{backup_id}/")),
         )
 
     def _piece_units(self, source: str) -> Iterator[_Unit]:
@@ -317,13 +323,15 @@ class _Run:
             VaultObject(chunk_key("", "log", index, prefix), chunk.sha256, chunk.stored)
             for index, chunk in enumerate(record.stream.chunks)
         ]
+        on_replica = self.replica.stat(key) is not None
         return _Unit(
             label=label,
             committed_at=parse_iso(record.shipped_at),
             objects=objects,
             commit=[VaultObject(key, data=raw)],
-            on_replica=self.replica.stat(key) is not None,
+            on_replica=on_replica,
             is_backup=False,
+            present=None if on_replica else frozenset(self.replica.list(prefix + "/")),
         )
 
     # -- copying, committing ----------------------------------------------------------
@@ -334,9 +342,9 @@ class _Run:
         slots = threading.BoundedSemaphore(self.threads * 2)
         pending: deque[tuple[_Unit, list[Future]]] = deque()
 
-        def sync(obj: VaultObject, deep: bool, committed: bool) -> None:
+        def sync(obj: VaultObject, deep: bool, committed: bool, absent: bool) -> None:
             try:
-                self.copier.sync(obj, deep=deep, committed=committed)
+                self.copier.sync(obj, deep=deep, committed=committed, absent=absent)
             finally:
                 slots.release()
 
@@ -347,7 +355,8 @@ class _Run:
                 for obj in unit.objects:
                     self._settle(pending, block=False)
                     slots.acquire()
-                    futures.append(self.pool.submit(sync, obj, deep, unit.on_replica))
+                    absent = unit.present is not None and obj.key not in unit.present
+                    futures.append(self.pool.submit(sync, obj, deep, unit.on_replica, absent))
                 pending.append((unit, futures))
                 self._settle(pending, block=False)
             self._settle(pending, block=True)
@@ -393,11 +402,8 @@ class _Run:
         else:
             assert self.lease is not None
             self.lease.check(f"replica {self.name}: {unit.label}")  # never commit after losing the replica's lease
-            if self.replica.create(point.key, point.data) is None:
-                self.copier.sync(point, deep=True)  # someone wrote it meanwhile: it must be ours, byte for byte
-            else:
-                self.counts.add(objects_copied=1, bytes_copied=len(point.data or b""))
-                self.copier.sync(point, deep=True)  # read back: what counts is what the replica stores
+            # Only-if-absent (an existing one must be ours, byte for byte), verified as stored like any object.
+            self.copier.sync(point, deep=True, absent=True)
         if unit.hint_key is not None:
             self._hint(unit.hint_key, fresh=not unit.on_replica)
         if unit.on_replica:
