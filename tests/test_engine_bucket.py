@@ -556,3 +556,38 @@ sources:
         expect=9,
     )  # fmt: skip
     assert f"bucket s3://{dst}/app/ already holds data" in refused.stderr
+
+
+def test_credentials_come_from_the_named_aws_credentials_block(
+    prefect_api, s3kit, vault, keyring, monkeypatch, tmp_path
+):
+    """``credentials: NAME`` loads the prefect-aws AwsCredentials block at first use (blocks/sources.py installs the
+    resolver; core never imports Prefect); a name with no block is one line naming it."""
+    import uuid
+
+    from prefect_aws import AwsCredentials
+
+    import blocks.sources  # noqa: F401 - installs the resolver, as every flow run does
+    from core.errors import ConfigError
+
+    name = f"bucket-creds-{uuid.uuid4().hex[:6]}"
+    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION).save(name)
+    src = s3kit.bucket()
+    seed(s3kit, src)
+    # No default chain: only the block can sign.
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(SourceUnavailableError, match="no AWS credentials"):
+        s3kit.engine(src).ping()
+    manifest = backup_source(vault, keyring, s3kit.engine(src, credentials=name))
+    assert manifest.position["objects"] == 5
+
+    with pytest.raises(ConfigError) as caught:
+        s3kit.engine(src, credentials="no-such-block").ping()
+    assert str(caught.value) == (
+        "bucket source: no AwsCredentials block named 'no-such-block'; create it (prefect block create "
+        "aws-credentials) or drop 'credentials' to use the default chain"
+    )
