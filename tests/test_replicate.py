@@ -21,7 +21,7 @@ import pytest
 from core.chains import parse_iso
 from core.crypto.keys import Keyring
 from core.engines.base import PieceInfo
-from core.errors import IntegrityError, LockedError, ReplicationError, VaultError
+from core.errors import ConfigError, IntegrityError, LockedError, ReplicationError, VaultError
 from core.operations import backup_source
 from core.replication import open_replica, replicate
 from core.repository.lock import Lease
@@ -426,3 +426,72 @@ def test_s3_to_gcs_and_back(keyring, tmp_path, moto_endpoint, new_bucket, gcs_en
     assert replicate(Vault.open(gcs), back, name="dr-disk").backups_copied == 3
     restore_at(open_replica(back, "dr-disk"), keyring, chain[-1].ended_at, tmp_path / "restored")
     assert snapshot(tmp_path / "restored") == expected_tree
+
+
+# -- the stack's replicas ---------------------------------------------------------------------------
+
+
+def stack_file(tmp_path: Path, extra: str, vault: str = "{type: s3, bucket: dr-backups, region: us-west-2}") -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(
+        f"vault: {vault}\nencryption: {{passphrase_from: env:NOPE}}\n"
+        f"sources:\n  - {{name: app-files, kind: files, root: /srv/app}}\n{extra}"
+    )
+    return path
+
+
+def test_backup_cross_regions_adds_an_s3_replica_per_region_unless_the_stack_names_it(tmp_path):
+    from core.stack import load_stack_file
+
+    explicit = "replicas:\n  - {name: eu-west-1, vault: {type: s3, bucket: eu-copy, region: eu-west-1}}\n"
+    config = load_stack_file(stack_file(tmp_path, explicit), env={"BACKUP_CROSS_REGIONS": "us-east-1, eu-west-1"})
+    assert [(r.name, r.vault.bucket, r.vault.region) for r in config.replicas] == [
+        ("eu-west-1", "eu-copy", "eu-west-1"),  # named in the stack: kept as written
+        ("us-east-1", "dr-backups-us-east-1", "us-east-1"),
+    ]
+    assert config.vault_named("us-east-1").type == "s3" and config.vault_named("primary") is config.vault
+    assert config.vault_named(None) is config.vault and config.replication.max_lag_seconds == 600
+    assert load_stack_file(stack_file(tmp_path, ""), env={}).replicas == []
+    with pytest.raises(ConfigError, match="BACKUP_CROSS_REGIONS=.* the stack's vault is not an S3 vault"):
+        load_stack_file(stack_file(tmp_path, "", vault="{path: ./vault}"), env={"BACKUP_CROSS_REGIONS": "us-east-1"})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            "replicas:\n  - {name: US-East, vault: {path: /r}}\n",
+            "field 'replicas[0] (US-East).name': replica name 'US-East' must be 1 to 48 lowercase letters",
+        ),
+        (
+            "replicas:\n  - {name: primary, vault: {path: /r}}\n",
+            "and not 'primary' (the stack's own vault)",
+        ),
+        (
+            "replicas:\n  - {name: a, vault: {path: /r}}\n  - {name: a, vault: {path: /s}}\n",
+            "field 'replicas[1] (a).name': replica name 'a' is used twice (also by replicas[0]); rename one",
+        ),
+        (
+            "replicas:\n  - {name: a, vault: {type: s3, bucket: dr-backups, region: us-west-2}}\n",
+            "field 'replicas[0] (a).vault': s3://dr-backups (us-west-2) is already the stack's vault",
+        ),
+        ("replicas:\n  - {name: a, vault: {path: /r, bukket: x}}\n", "unknown field 'replicas[0] (a).vault.bukket'"),
+        ("replication: {max_lag_seconds: 0}\n", "field 'replication.max_lag_seconds'"),
+        ("replication: {max_lag: 60}\n", "unknown field 'replication.max_lag'; did you mean 'max_lag_seconds'?"),
+    ],
+)
+def test_bad_replicas_are_refused_naming_the_field(tmp_path, extra, message):
+    from core.stack import load_stack_file
+
+    with pytest.raises(ConfigError) as refused:
+        load_stack_file(stack_file(tmp_path, extra), env={})
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_unknown_vault_name_lists_the_stacks_vaults(tmp_path):
+    from core.stack import load_stack_file
+
+    config = load_stack_file(stack_file(tmp_path, "replicas:\n  - {name: dr-disk, vault: {path: ./copy}}\n"), env={})
+    assert config.vault_named("dr-disk").path == str((tmp_path / "copy").resolve())  # relative to the stack file
+    with pytest.raises(ConfigError, match=r"has no vault 'gcs-eu' \(known: primary, dr-disk\); check --vault"):
+        config.vault_named("gcs-eu")
