@@ -498,8 +498,12 @@ class GCSBucket(BucketClient):
         try:
             yield
         except gexc.NotFound:
+            if key:  # the bucket answered a moment ago: the object went away under us
+                raise SourceUnavailableError(
+                    f"{self.label}: {where} was deleted while it was being read; run again", transient=True
+                ) from None
             raise SourceUnavailableError(
-                f"{self.label}: GCS bucket {self.bucket} does not exist (or {where} vanished); create it or fix 'bucket'"
+                f"{self.label}: GCS bucket {self.bucket} does not exist; create it or fix 'bucket' in the stack file"
             ) from None
         except (gexc.Forbidden, gexc.Unauthorized) as exc:
             raise SourceUnavailableError(
