@@ -16,7 +16,7 @@ def backup(
     stack: str = "default",
     backup_type: Literal["full", "differential", "incremental"] = "full",
     sources: list[str] | None = None,
-    kinds: list[Literal["postgres", "mysql", "redis", "files"]] | None = None,
+    kinds: list[Literal["postgres", "mysql", "redis", "files", "bucket"]] | None = None,
 ) -> list[dict]:
     """Back up the stack's sources (all, those of ``kinds``, or the named ones) and commit one manifest each.
 
