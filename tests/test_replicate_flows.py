@@ -103,6 +103,12 @@ replication: {{max_lag_seconds: 600}}
         "--target", f"root={tmp_path / 'from-s3'}",
     )  # fmt: skip
     assert snapshot(tmp_path / "from-s3") == last_tree
+    ended = next(e["ended_at"] for e in primary if e["id"] == incremental_id)
+    cli(
+        "restore", "--stack", "repl", "--vault", "us-east-1", "--source", "app-files", "--target-time", ended,
+        "--target", f"root={tmp_path / 'to-a-time'}",
+    )  # fmt: skip
+    assert snapshot(tmp_path / "to-a-time") == last_tree
     cli(
         "restore", "--stack", "repl", "--vault", "dr-disk", "--source", "app-files", "--backup-id", full_id,
         "--target", f"root={tmp_path / 'from-disk'}",
