@@ -495,3 +495,25 @@ def test_an_unknown_vault_name_lists_the_stacks_vaults(tmp_path):
     assert config.vault_named("dr-disk").path == str((tmp_path / "copy").resolve())  # relative to the stack file
     with pytest.raises(ConfigError, match=r"has no vault 'gcs-eu' \(known: primary, dr-disk\); check --vault"):
         config.vault_named("gcs-eu")
+
+
+def test_an_interrupt_stops_the_copy_and_the_next_run_finishes_it(primary, keyring, tmp_path):
+    from core import cancel
+    from core.cancel import InterruptedRunError
+
+    chain = files_chain(primary, keyring, tmp_path / "src")
+    replica_store = LocalStore(tmp_path / "replica")
+
+    def interrupt_after_the_first_commit(message: str) -> None:
+        if " committed (" in message:
+            cancel.request("interrupted by SIGTERM")
+
+    try:
+        with pytest.raises(InterruptedRunError) as stopped:
+            replicate(primary, replica_store, name="dr-disk", progress=interrupt_after_the_first_commit)
+    finally:
+        cancel.reset()
+    assert stopped.value.exit_code == 130 and "replication to replica dr-disk" in str(stopped.value)
+    assert len(Vault.open(replica_store).list_backups()) == 1
+    report = replicate(primary, replica_store, name="dr-disk")
+    assert (report.backups_copied, report.backups_on_replica, report.in_sync) == (len(chain) - 1, len(chain), True)

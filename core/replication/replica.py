@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from core import cancel
 from core.chains import parse_iso
 from core.errors import DRError, FormatError, IntegrityError, ReplicationError, VaultError
 from core.replication.objects import Counts, ObjectCopier, PrimaryDamagedError, VaultObject
@@ -353,6 +354,8 @@ class _Run:
                 deep = self.verify or not unit.on_replica
                 futures = []
                 for obj in unit.objects:
+                    # SIGINT/SIGTERM (an operator, a cancelled run): stop sending; what is committed stays whole.
+                    cancel.check(f"replication to replica {self.name}")
                     self._settle(pending, block=False)
                     slots.acquire()
                     absent = unit.present is not None and obj.key not in unit.present
