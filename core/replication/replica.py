@@ -387,6 +387,7 @@ class _Run:
             if damaged is not None:
                 self._damaged(unit, damaged)
                 continue
+            cancel.check(f"replication to replica {self.name}")  # interrupted: nothing more is committed
             self._commit(unit)
 
     def _damaged(self, unit: _Unit, exc: PrimaryDamagedError) -> None:
