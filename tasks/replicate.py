@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ConfigError, ReplicationError
-from core.replication import replicate
+from core.replication import ReplicaReport, open_primary, replicate
 from core.stack import PRIMARY
 from tasks.limits import exclusive
 from tasks.policy import task_options
@@ -42,11 +42,15 @@ def replicate_vault(stack: str, replica: str, verify: bool = False) -> dict:
     """
     opened = run_stack(stack)
     config = opened.config
+    replica_store = config.vault_named(replica).store()
     with exclusive(replicate_limit(config.stack, replica), f"replication to {replica}"):
+        primary = open_primary(config.vault.store(), replica_store, replica)
+        if primary is None:  # no backup yet: an empty report, in sync
+            return ReplicaReport(replica=replica, location=replica_store.describe()).to_dict() | {"stack": config.stack}
         try:
             report = replicate(
-                config.vault.open(),
-                config.vault_named(replica).store(),
+                primary,
+                replica_store,
                 name=replica,
                 progress=progress(),
                 verify=verify,

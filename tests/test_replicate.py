@@ -517,3 +517,16 @@ def test_an_interrupt_stops_the_copy_and_the_next_run_finishes_it(primary, keyri
     assert len(Vault.open(replica_store).list_backups()) == 1
     report = replicate(primary, replica_store, name="dr-disk")
     assert (report.backups_copied, report.backups_on_replica, report.in_sync) == (len(chain) - 1, len(chain), True)
+
+
+def test_a_primary_never_written_has_nothing_to_copy_and_a_lost_one_is_an_error(keyring, tmp_path):
+    from core.replication import open_primary
+
+    primary_store, replica_store = LocalStore(tmp_path / "primary"), LocalStore(tmp_path / "replica")
+    assert open_primary(primary_store, replica_store, "dr-disk") is None  # no backup yet: nothing to do
+    primary = Vault.open(primary_store, create=True)
+    files_chain(primary, keyring, tmp_path / "src")
+    replicate(open_primary(primary_store, replica_store, "dr-disk"), replica_store, name="dr-disk")
+    shutil.rmtree(tmp_path / "primary")
+    with pytest.raises(ReplicationError, match=r"is gone \(no config.json, no backups\) but replica dr-disk holds"):
+        open_primary(LocalStore(tmp_path / "primary"), replica_store, "dr-disk")

@@ -152,6 +152,9 @@ def test_the_flow_fails_when_a_replica_lags_and_its_table_shows_every_replica(pr
     ]
     config = StackConfig.model_validate(handle.config.model_dump() | {"replicas": replicas})
     apply_stack(config)
+    # No backup yet (a schedule or a trigger may run before the first one): nothing to copy, in sync.
+    empty = replicate(stack=handle.name)
+    assert [(r["replica"], r["backups_copied"], r["in_sync"]) for r in empty] == [("near", 0, True), ("far", 0, True)]
     vault = config.vault.open(create=True)
     keyring = config.keyring()
     good = backup_source(vault, keyring, files_engine(tmp_path / "app"), "full")

@@ -438,6 +438,23 @@ class _Run:
         self.copier.sync(VaultObject(key, data=hint), deep=True)
 
 
+def open_primary(primary: Store, replica: Store, name: str) -> Vault | None:
+    """The primary vault to replicate, None when there is none yet (no backup was ever taken: nothing to
+    copy). A primary without a vault whose replica holds one was LOST: that is an error, never "in sync"."""
+    from core.repository.vault import VaultMissingError
+
+    try:
+        return Vault.open(primary)
+    except VaultMissingError:
+        if replica.exists("config.json"):
+            raise ReplicationError(
+                f"the primary vault {primary.describe()} is gone (no config.json, no backups) but replica {name} "
+                f"holds a copy of it: restore from the replica ('genesis-dr restore --vault {name} ...'), and check "
+                "the primary's settings and store before the next backup"
+            ) from None
+        return None
+
+
 def open_vault(config: Any, name: str | None) -> Vault:
     """The stack's vault named ``name`` (``config``: anything with ``vault`` and ``vault_named``): the
     primary as always (None or 'primary'), a replica read-only (``open_replica``)."""
