@@ -10,10 +10,14 @@ bytes. An object is:
   pass over backups the replica already holds), or by reading it back and hashing
   it (``deep=True``: objects of a backup being copied, and every object under
   ``--verify``). Intact: nothing is sent. Wrong: rewritten (counted as repaired);
-* absent: copied server-side when both stores can (S3 to S3 across regions), else
-  read from the primary, checked against the record BEFORE it is sent (a damaged
-  primary object is never copied), and written. Either way it is then read back
-  from the replica and hashed: what counts is what the replica stores.
+* absent: copied server-side when both stores can (S3 to S3 across regions), then
+  read back from the replica and hashed; else read from the primary, checked
+  against the record BEFORE it is sent (a damaged primary object is never
+  copied), and written only-if-absent. What counts is what the replica stores:
+  where the replica's answer states the MD5 of the bytes it stored (an S3 ETag of
+  a single-request upload without SSE-KMS) and it equals the MD5 of the bytes
+  just checked against the record's SHA-256, the replica has attested them
+  without a second transfer; otherwise the object is read back and hashed.
 
 Objects are at most one chunk (4 MiB by default), so a copy holds at most two
 copies of one chunk in memory per thread.

@@ -19,7 +19,10 @@ The primary is only read (``ReadOnlyStore``). Nothing is ever sent twice: an
 object already on the replica is checked (by size for backups the replica
 already holds, unless ``verify``; by reading it back and hashing for everything
 being copied, so an interrupted run resumes where it stopped) and sent again
-only when it is missing or wrong, which counts as a repair. Copies run on a
+only when it is missing or wrong, which counts as a repair. Commit points
+(manifests, piece records) are compared byte for byte on every run: a key
+rotation on the primary re-signs manifests and rewrites ``keys.json``, and both
+reach the replica. Copies run on a
 bounded thread pool (the stores' ``io_threads``); memory is a few chunks per
 thread, whatever the vault's size.
 
