@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -41,3 +41,7 @@ bench-cli: bootstrap
 ## Point-in-time recovery of PostgreSQL under a write load, against pgBackRest (installs it when missing).
 bench-pitr: bootstrap
 	$(VENV)/python benchmarks/pitr.py
+
+## Replication of 1 GB of backups to S3 on a moto server against rclone, and an S3-vault backup against a local one.
+bench-replicate: bootstrap
+	$(VENV)/python benchmarks/replicate.py

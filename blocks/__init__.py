@@ -1,11 +1,12 @@
 """Prefect Block types: configuration and credentials only, one factory method each."""
 
 from blocks.keys import VaultKey
-from blocks.sources import FilesSource, MySQLSource, PostgresSource, RedisSource
+from blocks.sources import BucketSource, FilesSource, MySQLSource, PostgresSource, RedisSource
 from blocks.stack import DRStack
 from blocks.vault import GcsVault, LocalVault, S3Vault
 
 __all__ = [
+    "BucketSource",
     "DRStack",
     "FilesSource",
     "GcsVault",

@@ -7,7 +7,14 @@ from prefect.blocks.core import Block
 
 from core.engines import engine_for
 from core.engines.base import Engine
-from core.sources import FilesSourceConfig, MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig
+from core.engines.bucket.clients import set_credentials_resolver
+from core.sources import (
+    BucketSourceConfig,
+    FilesSourceConfig,
+    MySQLSourceConfig,
+    PostgresSourceConfig,
+    RedisSourceConfig,
+)
 
 
 class _SourceBlock(Block):
@@ -78,9 +85,56 @@ class FilesSource(_SourceBlock, FilesSourceConfig):
     _config_model = FilesSourceConfig
 
 
+class BucketSource(_SourceBlock, BucketSourceConfig):
+    """An S3 or GCS bucket (under a prefix): its objects with their metadata, incrementally.
+
+    Credentials are never stored here: ``credentials`` names a prefect-aws AwsCredentials
+    (s3) or prefect-gcp GcpCredentials (gcs) block; without it the provider's default chain.
+
+    Example:
+        ```python
+        from blocks import BucketSource
+        engine = BucketSource.load("BLOCK_NAME").get_engine()
+        ```
+    """
+
+    _block_type_name = "Bucket Source"
+    _config_model = BucketSourceConfig
+
+
+def bucket_credentials(provider: str, block_name: str):
+    """A bucket source's ``credentials``: the boto3 Session of an AwsCredentials block (s3) or the google
+    Credentials of a GcpCredentials block (gcs)."""
+    from prefect.exceptions import ObjectNotFound
+
+    from core.errors import ConfigError
+
+    try:
+        if provider == "s3":
+            from prefect_aws import AwsCredentials
+
+            return AwsCredentials.load(block_name).get_boto3_session()
+        from prefect_gcp import GcpCredentials
+
+        return GcpCredentials.load(block_name).get_credentials_from_service_account()
+    except (ValueError, ObjectNotFound):
+        kind, slug = (
+            ("AwsCredentials", "aws-credentials") if provider == "s3" else ("GcpCredentials", "gcp-credentials")
+        )
+        raise ConfigError(
+            f"bucket source: no {kind} block named {block_name!r}; create it (prefect block create {slug}) or drop "
+            "'credentials' to use the default chain"
+        ) from None
+
+
+# Core resolves a bucket source's credentials block through this, at first use.
+set_credentials_resolver(bucket_credentials)
+
+
 SOURCE_BLOCKS: dict[str, type[_SourceBlock]] = {
     "postgres": PostgresSource,
     "mysql": MySQLSource,
     "redis": RedisSource,
     "files": FilesSource,
+    "bucket": BucketSource,
 }

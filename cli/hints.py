@@ -2,8 +2,9 @@
 
 Each suggested restore goes to a target that exists or can exist: a new
 database beside the source (PostgreSQL, MariaDB/MySQL), a new directory beside
-the source's root (files). A Redis restore loads into a *running* server; when
-none answers on the suggested port, the line before it starts a spare one.
+the source's root (files), a sibling prefix in the source's bucket (bucket).
+A Redis restore loads into a *running* server; when none answers on the
+suggested port, the line before it starts a spare one.
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def restore_lines(result: dict, stack: str, description=None) -> list[str]:
     elif kind == "files":
         root = getattr(source, "root", None)
         target = [f"root={root.rstrip('/')}-restored" if root else f"root=/tmp/{name}-restored"]
+    elif kind == "bucket":
+        prefix = (getattr(source, "prefix", "") or "").strip("/")
+        if prefix:  # beside the source in the same bucket: a sibling prefix the source does not cover
+            target = [f"prefix={prefix}-restored/"]
+        else:  # a whole bucket: another bucket (a restore never creates one)
+            bucket = getattr(source, "bucket", None) or name
+            args = base + ["--target", shlex.quote(f"bucket={bucket}-restored")]
+            return [
+                f"# create the bucket {bucket}-restored first (a restore never creates buckets), then:",
+                command("restore", *args, stack=stack),
+            ]
     else:
         target = []
     args = base + [arg for t in target for arg in ("--target", shlex.quote(t))]

@@ -30,6 +30,7 @@ from core import cancel  # noqa: E402
 from core.errors import ConfigError, DRError, TargetNotEmptyError  # noqa: E402
 
 STACK_HELP = "the stack to use, as named in its file (default: default); 'genesis-dr stacks' lists them"
+VAULT_HELP = "read a replica of the vault (as named in the stack's replicas:) instead of the primary ('primary')"
 
 
 def uses_prefect(command):
@@ -123,16 +124,20 @@ def _print_unfinished_restores() -> None:
 
 def cmd_list(args) -> int:
     from cli.hints import human_bytes
+    from core.replication import open_vault  # --vault REPLICA
     from core.repository.manifest import ABANDONED, COMPLETED, IN_PROGRESS
     from core.repository.vault import VaultMissingError
 
     config = description(args.stack)
+    where = config.vault_named(args.vault)  # ConfigError lists the stack's vaults
     _print_unfinished_restores()
     try:
-        vault = config.vault.open()  # the vault says whether it exists (or lost its config.json: an error)
+        vault = open_vault(config, args.vault)  # the vault says whether it exists (or lost its config.json: an error)
     except VaultMissingError:
         if args.json:
             print("[]")
+        elif args.vault not in (None, "primary"):
+            print(f"no backups in replica {args.vault} ({where.location()}): run 'genesis-dr replicate' first")
         else:
             print(f"no backups yet: the vault {config.vault.location()} is created by the first backup")
         return 0
@@ -146,7 +151,7 @@ def cmd_list(args) -> int:
         print(json.dumps([e.summary() for e in entries], indent=2, sort_keys=True))
         return 0
     if not entries:
-        print(f"no backups in {config.vault.location()}")
+        print(f"no backups in {where.location()}")
     else:
         print(
             f"{'ID':<34} {'SOURCE':<14} {'TYPE':<12} {'STATUS':<11} {'ENDED (UTC)':<24} {'SIZE':>10} {'STORED':>10}  "
@@ -261,8 +266,8 @@ def _dry_run(args, target_time: datetime | None) -> int:
 
     local, config = _stack_for_plans(args, [args.source])
     plan = plan_restore_from(
-        config, local.vault, args.source, args.backup_id, target_time, _targets(args.target) or None,
-        args.target_source, args.force,
+        config, local.vault_named(args.vault), args.source, args.backup_id, target_time,
+        _targets(args.target) or None, args.target_source, args.force,
     )  # fmt: skip
     print(render_plan(plan.to_dict()))
     if plan.refusal:
@@ -290,8 +295,8 @@ def _dry_run_point_in_time(args, when) -> int:
     targets = split_targets(_targets(args.target), names)
     plans = {
         name: plan_chain_from(
-            config, local.vault, name, when.when, targets[name] or None, args.target_source, args.force,
-            note=when.plan_note(),
+            config, local.vault_named(args.vault), name, when.when, targets[name] or None, args.target_source,
+            args.force, note=when.plan_note(),
         ).to_dict()
         for name in names
     }  # fmt: skip
@@ -330,6 +335,7 @@ def cmd_restore(args) -> int:
         # Refuse bad --target values before a flow run exists (a run stores its parameters for good); the local
         # description suffices (only field names and kinds are checked).
         stack = stack_description.load(args.stack) or from_blocks(args.stack)
+        stack.vault_named(args.vault)  # an unknown --vault before any flow run
         if point_in_time:
             from core.stack import restore_sources
 
@@ -353,6 +359,7 @@ def _restore(args) -> int:
         target=_targets(args.target) or None,
         target_source=args.target_source,
         force=args.force,
+        vault=args.vault,
     )
     from core.operations import render_report
 
@@ -373,6 +380,7 @@ def _restore_point_in_time(args, when) -> int:
         target_source=args.target_source,
         force=args.force,
         mode=args.mode,
+        vault=args.vault,
     )
     for name, report in out["reports"].items():
         print(f"{name}:")
@@ -383,17 +391,56 @@ def _restore_point_in_time(args, when) -> int:
 
 @uses_prefect
 def cmd_key_rotate(args) -> int:
+    # Re-wraps every backup's data key for the stack's current keys.
     from blocks.apply import load_stack
+    from core.crypto.keys import Keyring
+    from core.crypto.secretref import check_ref, read_secret
+    from core.repository.rekey import rotate_vault
 
     config = load_stack(args.stack)
-    old, new = config.vault.open(create=True).rotate_key(config.keyring())
-    if old == new:
-        print(f"the stack's passphrase is already the vault's key (key id {new}); nothing changed")
-    else:
+    vault = config.vault.open(create=True)
+    new_keyring = config.keyring()
+    if args.new_backups_only:
+        old, new = vault.rotate_key(new_keyring)
+        if old == new:
+            print(f"the stack's passphrase is already the vault's key (key id {new}); nothing changed")
+        else:
+            print(
+                f"new backups of stack '{config.stack}' are checked against key id {new} (was {old or 'none'}); "
+                "earlier backups still open only with the passphrase they were written with ('genesis-dr list' "
+                "shows each backup's key)"
+            )
+        return 0
+    old_passphrase = None
+    if args.old_passphrase_from:
+        try:
+            check_ref(args.old_passphrase_from)
+        except ValueError as exc:
+            raise ConfigError(f"--old-passphrase-from: {exc}") from None
+        old_passphrase = read_secret(args.old_passphrase_from, "--old-passphrase-from (the passphrase being replaced)")
+    old_keyring = Keyring(
+        passphrase=old_passphrase,
+        private_key_from=config.encryption.x25519_private_key_from,
+        kms_keys=list(config.encryption.kms_keys),
+        stack=config.stack,
+    )
+    report = rotate_vault(vault, new_keyring, old_keyring)
+    if report.new_key_id and report.old_key_id != report.new_key_id:
+        print(f"new backups of stack '{config.stack}' are checked against key id {report.new_key_id} (was "
+              f"{report.old_key_id or 'none'})")  # fmt: skip
+    print(
+        f"re-wrapped {len(report.rewrapped) + len(report.finished)} backup(s) and {len(report.log_keys_rewrapped)} "
+        f"log key(s) for the stack's current keys ({report.current} backup(s) and {report.log_keys_current} log "
+        f"key(s) already were); skipped {len(report.skipped_failed)} FAILED backup(s); no data object was touched"
+    )
+    if report.finished:
+        print(f"finished {len(report.finished)} backup(s) an earlier, interrupted rotation had re-wrapped")
+    if report.skipped_corrupt:
+        print(f"left as they are (CORRUPT manifest): {', '.join(report.skipped_corrupt)}")
+    if report.in_progress:
         print(
-            f"new backups of stack '{config.stack}' are checked against key id {new} (was {old or 'none'}); "
-            "earlier backups still open only with the passphrase they were written with ('genesis-dr list' shows "
-            "each backup's key)"
+            f"still in progress, written for the keys they started with: {', '.join(report.in_progress)}; run "
+            f"'genesis-dr key rotate --stack {config.stack}' again once they are done"
         )
     return 0
 
@@ -455,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="each source's chains: full -> differential -> incrementals, and the log's coverage and gaps",
     )
+    ls.add_argument("--vault", metavar="NAME", help=VAULT_HELP)
     ls.set_defaults(func=cmd_list)
 
     u = sub.add_parser("unlock", help="remove the lease of a run you know is dead (refuses a live local one)")
@@ -488,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=["full", "database_only", "redis_only", "artifacts_only"],
         help="with --target-time: the sources restored to that one instant (full: all; database_only: PostgreSQL "
-        "and MariaDB/MySQL; redis_only; artifacts_only: files)",
+        "and MariaDB/MySQL; redis_only; artifacts_only: files and buckets)",
     )
     r.add_argument(
         "--target",
@@ -504,7 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the plan and change nothing (planned on this host, without a flow run; exit 9 if refused)",
     )
     r.add_argument("--force", action="store_true", help="restore over existing data (after a rollback backup)")
+    r.add_argument("--vault", metavar="NAME", help=VAULT_HELP)
     r.set_defaults(func=cmd_restore)
+
+    from cli.replicate import register as register_replicate
+
+    register_replicate(sub)
 
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -517,10 +570,23 @@ def build_parser() -> argparse.ArgumentParser:
     kg.set_defaults(func=cmd_key_generate)
     kr = key_sub.add_parser(
         "rotate",
-        help="make the stack's passphrase the vault's key",
-        description="Make the stack's current passphrase the vault's key for new backups.",
+        help="re-wrap every backup's data key for the stack's current keys (data untouched)",
+        description="Make the stack's current passphrase the vault's key for new backups, and re-wrap every "
+        "committed backup's and log key's data key for the stack's current recipients (passphrase, X25519 public "
+        "keys, KMS keys), opening each with the old passphrase (--old-passphrase-from), the stack's X25519 private "
+        "key or its KMS keys. Data objects are never rewritten; a stopped run is finished by running it again.",
     )
     kr.add_argument("--stack", default="default", help=STACK_HELP)
+    kr.add_argument(
+        "--old-passphrase-from",
+        metavar="REF",
+        help="where the passphrase being replaced is read: env:NAME, file:/path (mode 0600) or prompt",
+    )
+    kr.add_argument(
+        "--new-backups-only",
+        action="store_true",
+        help="only make the stack's passphrase the vault's key; earlier backups keep their wraps",
+    )
     kr.set_defaults(func=cmd_key_rotate)
 
     st = sub.add_parser(

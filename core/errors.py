@@ -122,6 +122,22 @@ class RecoveryTargetError(DRError):
     exit_code = 15
 
 
+class KeyServiceError(DRError):
+    """A KMS key refused to wrap or unwrap a data key (disabled, pending deletion, access denied,
+    not found, wrong region) and no other recipient opened it. Names the key id (not a secret)
+    and the remedy. Exit 19."""
+
+    exit_code = 19
+
+
+class ReplicationError(DRError):
+    """A replica could not be brought up to date, or lags behind the stack's limit
+    (``replication.max_lag_seconds``): names the replica and what it lacks. ``report`` (when
+    set) is the replica's report as a dict, so a flow can still show its row. Exit 20."""
+
+    exit_code = 20
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -140,6 +156,8 @@ EXIT_CODES: dict[str, int] = {
         EngineError,
         LogGapError,
         RecoveryTargetError,
+        KeyServiceError,
+        ReplicationError,
     )
 }
 

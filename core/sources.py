@@ -9,9 +9,19 @@ never through arguments (``ps`` would show them).
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -191,7 +201,60 @@ class FilesSourceConfig(_Source):
         return paths
 
 
+# -- bucket source -------------------------------------------------------------------
+class BucketSourceConfig(_Source):
+    """An S3 or GCS bucket (or one prefix of it): its objects with their metadata.
+
+    Credentials are never fields here (as for ``VaultConfig``): boto3's / google-auth's
+    default chain, or the named prefect-aws ``AwsCredentials`` / prefect-gcp
+    ``GcpCredentials`` block, which the blocks layer resolves and hands over at run time.
+    """
+
+    kind: Literal["bucket"] = Field("bucket", description="Source kind.")
+    provider: Literal["s3", "gcs"] = Field("s3", description="Object store: s3 or gcs.")
+    bucket: str = Field(description="The bucket backed up (or restored into).")
+    prefix: str = Field(
+        "",
+        description="Only objects below this folder-like prefix (e.g. 'uploads/'); restores write below the "
+        "target's prefix. Empty: the whole bucket.",
+    )
+    region: str | None = Field(
+        None, description="s3: the bucket's region (default AWS_REGION, else us-east-1); gcs: not used."
+    )
+    project: str | None = Field(None, description="gcs: the Google Cloud project (default: the credentials').")
+    endpoint_url: str | None = Field(
+        None, description="Another endpoint: an S3-compatible service, a test server or the GCS emulator."
+    )
+    credentials: str | None = Field(
+        None,
+        description="s3: name of a prefect-aws AwsCredentials block; gcs: of a prefect-gcp GcpCredentials block "
+        "(default: the provider's default credential chain).",
+    )
+    include: list[str] = Field(
+        default_factory=list, description="Glob patterns on keys below the prefix; if set, only matching objects."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of keys to leave out (exclude wins).")
+    _credentials: Any = PrivateAttr(default=None)  # a boto3 Session / google Credentials; never serialized
+
+    @model_validator(mode="after")
+    def _normalise(self) -> BucketSourceConfig:
+        if not self.bucket.strip() or "/" in self.bucket:
+            raise ValueError(f"bucket {short(self.bucket)} is not a bucket name (no '/'; put folders in 'prefix')")
+        # A prefix is a folder: 'uploads' must not also take 'uploads-old/...'.
+        self.prefix = self.prefix.strip("/") + "/" if self.prefix.strip("/") else ""
+        if self.provider == "s3" and not self.region:
+            self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if self.provider == "gcs" and self.region:
+            raise ValueError("a gcs bucket has no 'region' (its location is set when it is created)")
+        return self
+
+    def with_credentials(self, credentials: Any) -> BucketSourceConfig:
+        """This source with runtime credentials (a boto3 Session, google Credentials) from a block."""
+        self._credentials = credentials
+        return self
+
+
 SourceConfig = Annotated[
-    PostgresSourceConfig | MySQLSourceConfig | RedisSourceConfig | FilesSourceConfig,
+    PostgresSourceConfig | MySQLSourceConfig | RedisSourceConfig | FilesSourceConfig | BucketSourceConfig,
     Field(discriminator="kind"),
 ]

@@ -18,9 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.crypto.keys import Keyring
+from core.crypto.kms import KmsKeyConfig
 from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
 from core.sources import (
+    BucketSourceConfig,
     FieldProblem,
     FilesSourceConfig,
     MySQLSourceConfig,
@@ -36,12 +38,49 @@ SOURCE_MODELS = {
     "mysql": MySQLSourceConfig,
     "redis": RedisSourceConfig,
     "files": FilesSourceConfig,
+    "bucket": BucketSourceConfig,
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 
 
 # Literal secrets are refused: the stack is stored in Prefect, and the vault's key must not be.
 LITERAL_SECRETS = {"passphrase": "passphrase_from", "x25519_private_key": "x25519_private_key_from"}
+
+
+def check_replicas(vault: VaultConfig, replicas: list[ReplicaConfig]) -> None:
+    """Replica names follow the source-name rule, are unique and not 'primary'; no replica is the primary
+    vault itself or another replica's store (FieldProblem names the field)."""
+    first: dict[str, int] = {}
+    where: dict[str, str] = {vault.location(): "the stack's vault"}
+    for i, replica in enumerate(replicas):
+        if not _NAME.fullmatch(replica.name) or replica.name == PRIMARY:
+            raise FieldProblem(
+                ("replicas", i, "name"),
+                f"replica name {short(replica.name)} must be 1 to 48 lowercase letters, digits and dashes, and not "
+                f"'{PRIMARY}' (the stack's own vault)",
+            )
+        if replica.name in first:
+            raise FieldProblem(
+                ("replicas", i, "name"),
+                f"replica name {replica.name!r} is used twice (also by replicas[{first[replica.name]}]); rename one",
+            )
+        first[replica.name] = i
+        location = replica.vault.location()
+        if location in where:
+            raise FieldProblem(
+                ("replicas", i, "vault"), f"{location} is already {where[location]}; a replica needs a store of its own"
+            )
+        where[location] = f"replica {replica.name!r}"
+
+
+def vault_named(stack: str, vault: VaultConfig, replicas: list[ReplicaConfig], name: str | None) -> VaultConfig:
+    if name in (None, PRIMARY):
+        return vault
+    for replica in replicas:
+        if replica.name == name:
+            return replica.vault
+    known = ", ".join([PRIMARY, *(r.name for r in replicas)])
+    raise ConfigError(f"stack '{stack}' has no vault {short(name)} (known: {known}); check --vault")
 
 
 def literal_secret_error(literal: str) -> str:
@@ -70,6 +109,12 @@ class EncryptionConfig(BaseModel):
         None,
         description="Where restores read the X25519 private key: env:NAME, file:/path or prompt; unset on backup hosts.",
     )
+    # KMS: ids only; the credentials are a block name or boto3's chain.
+    kms_keys: list[KmsKeyConfig] = Field(
+        default_factory=list,
+        description="AWS KMS keys that wrap each backup's data key: {type: aws, key_id: ARN|alias/NAME|id, region, "
+        "endpoint_url, credentials: AwsCredentials block name}. The first generates the data key.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -87,8 +132,8 @@ class EncryptionConfig(BaseModel):
 
     @model_validator(mode="after")
     def _default_passphrase(self) -> EncryptionConfig:
-        # The source documents' BACKUP_ENCRYPTION_PASSWORD, unless the stack names public keys only.
-        if self.passphrase_from is None and not self.x25519_public_keys:
+        # The source documents' BACKUP_ENCRYPTION_PASSWORD, unless the stack names public (or KMS) keys only.
+        if self.passphrase_from is None and not self.x25519_public_keys and not self.kms_keys:
             self.passphrase_from = DEFAULT_PASSPHRASE_FROM
         return self
 
@@ -99,6 +144,7 @@ class EncryptionConfig(BaseModel):
             passphrase_from=self.passphrase_from,
             private_key_from=self.x25519_private_key_from,
             stack=stack,
+            kms_keys=list(self.kms_keys),
         )
 
 
@@ -155,6 +201,53 @@ class SchedulesConfig(BaseModel):
         return out
 
 
+PRIMARY = "primary"  # how --vault names the stack's own vault
+
+
+class ReplicaConfig(BaseModel):
+    """A copy of the vault on another store (another region or provider), kept by the replicate flow."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Replica name (1 to 48 lowercase letters, digits and dashes), e.g. us-east-1.")
+    vault: VaultConfig = Field(description="Where the copy lives: {type: s3|gcs|local, ...} as the stack's vault.")
+
+
+class ReplicationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_lag_seconds: float = Field(
+        600,
+        gt=0,
+        description="A replicate run fails when a replica lacks a backup or log piece committed longer ago than "
+        "this (default 600: the source documents' 10 minutes).",
+    )
+
+
+def cross_region_replicas(data: Any, where: str, env: dict[str, str] | None = None) -> Any:
+    """The source documents' BACKUP_CROSS_REGIONS (a comma list of regions): one S3 replica of the S3 vault
+    per region, named after it, bucket ``<vault bucket>-<region>`` (same prefix, storage class, endpoint and
+    credentials), unless ``replicas:`` names that region already."""
+    raw = (os.environ if env is None else env).get("BACKUP_CROSS_REGIONS", "")
+    regions = [r.strip() for r in raw.split(",") if r.strip()]
+    if not regions or not isinstance(data, dict):
+        return data
+    vault = data.get("vault")
+    if not isinstance(vault, dict) or vault.get("type") != "s3" or not vault.get("bucket"):
+        raise ConfigError(
+            f"{where}: BACKUP_CROSS_REGIONS={short(raw)} asks for copies in other S3 regions, but the stack's vault "
+            "is not an S3 vault with a bucket; unset it, or list the copies under 'replicas:'"
+        )
+    replicas = list(data.get("replicas") or [])
+    named = {r.get("name") for r in replicas if isinstance(r, dict)}
+    kept = ("type", "prefix", "storage_class", "endpoint_url", "credentials", "compression")
+    for region in regions:
+        if region not in named:
+            copy = {k: vault[k] for k in kept if k in vault}
+            replicas.append(
+                {"name": region, "vault": copy | {"bucket": f"{vault['bucket']}-{region}", "region": region}}
+            )
+    return data | {"replicas": replicas}
+
+
 class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stack: str = "default"
@@ -164,6 +257,10 @@ class StackConfig(BaseModel):
     schedules: SchedulesConfig = Field(
         default_factory=SchedulesConfig, description="When the deployments run (cron, UTC); see SchedulesConfig."
     )
+    replicas: list[ReplicaConfig] = Field(
+        default_factory=list, description="Copies of the vault kept by the replicate flow; see ReplicaConfig."
+    )
+    replication: ReplicationConfig = Field(default_factory=ReplicationConfig, description="See ReplicationConfig.")
 
     @model_validator(mode="after")
     def _names(self) -> StackConfig:
@@ -197,13 +294,22 @@ class StackConfig(BaseModel):
     def keyring(self) -> Keyring:
         return self.encryption.keyring(self.stack)
 
+    @model_validator(mode="after")
+    def _replica_names(self) -> StackConfig:
+        check_replicas(self.vault, self.replicas)
+        return self
+
+    def vault_named(self, name: str | None) -> VaultConfig:
+        """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
+        return vault_named(self.stack, self.vault, self.replicas, name)
+
 
 # What each restore mode covers (the source documents' four modes), by source kind.
 RESTORE_MODES: dict[str, tuple[str, ...]] = {
-    "full": ("postgres", "mysql", "redis", "files"),
+    "full": ("postgres", "mysql", "redis", "files", "bucket"),
     "database_only": ("postgres", "mysql"),
     "redis_only": ("redis",),
-    "artifacts_only": ("files",),
+    "artifacts_only": ("files", "bucket"),
 }
 
 
@@ -325,8 +431,15 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
         label.append(_printable(part))
         if isinstance(parent, dict):
             parent = parent.get(part, {})
-        if loc[0] in ("vault", "encryption", "schedules") and i == 0:
-            model = {"vault": VaultConfig, "encryption": EncryptionConfig, "schedules": SchedulesConfig}[part]
+        if loc[0] in ("vault", "encryption", "schedules", "replication") and i == 0:
+            model = {
+                "vault": VaultConfig,
+                "encryption": EncryptionConfig,
+                "schedules": SchedulesConfig,
+                "replication": ReplicationConfig,
+            }[part]
+        if loc[0] == "replicas" and i == 2:  # replicas[i].<field>
+            model = VaultConfig if part == "vault" else ReplicaConfig
     field = ".".join(label) or "stack"
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields) if model else []
@@ -511,9 +624,13 @@ def load_stack_file(path: str | Path, env: dict[str, str] | None = None) -> Stac
             value = data["encryption"].get(ref)
             if isinstance(value, str) and value.startswith("file:") and not os.path.isabs(value[5:]):
                 data["encryption"][ref] = f"file:{(base / value[5:]).resolve()}"
+    data = cross_region_replicas(data, str(path), env)
     stack = parse_stack(data, str(path))
     if stack.vault.type == "local" and not os.path.isabs(stack.vault.path):
         stack.vault.path = str((base / stack.vault.path).resolve())
+    for replica in stack.replicas:  # relative to the stack file too
+        if replica.vault.type == "local" and not os.path.isabs(replica.vault.path):
+            replica.vault.path = str((base / replica.vault.path).resolve())
     for src in stack.sources:
         if isinstance(src, FilesSourceConfig) and not os.path.isabs(src.root):
             src.root = str((base / src.root).resolve())

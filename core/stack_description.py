@@ -25,7 +25,7 @@ from pydantic import SecretStr, ValidationError
 
 from core.errors import ConfigError
 from core.repository.manifest import now_iso
-from core.stack import SOURCE_MODELS, StackConfig, VaultConfig
+from core.stack import SOURCE_MODELS, ReplicaConfig, ReplicationConfig, StackConfig, VaultConfig, vault_named
 from core.targets import state_dir
 
 FORMAT = 1
@@ -60,6 +60,13 @@ class StackDescription:
     applied_at: str = ""
     applied_to: str = ""  # the Prefect API the blocks were saved to
     path: str = ""
+    # the vault's replicas, so 'list --vault' and dry runs read one without Prefect
+    replicas: list[ReplicaConfig] = field(default_factory=list)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+
+    def vault_named(self, name: str | None) -> VaultConfig:
+        """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
+        return vault_named(self.stack, self.vault, self.replicas, name)
 
     def source(self, name: str) -> Any:
         for src in self.sources:
@@ -88,6 +95,8 @@ def describe(config: StackConfig, applied_to: str) -> dict:
         "format": FORMAT,
         "stack": config.stack,
         "vault": config.vault.model_dump(),
+        "replicas": [r.model_dump() for r in config.replicas],
+        "replication": config.replication.model_dump(),
         "encryption": {k: v for k, v in encryption.items() if v is not None and k not in encryption_secrets},
         "encryption_secrets": encryption_secrets,
         "sources": sources,
@@ -137,6 +146,8 @@ def _parse(data: dict, path: Path) -> StackDescription:
         applied_at=data.get("applied_at", ""),
         applied_to=data.get("applied_to", ""),
         path=str(path),
+        replicas=[ReplicaConfig.model_validate(r) for r in data.get("replicas") or []],
+        replication=ReplicationConfig.model_validate(data.get("replication") or {}),
     )
 
 

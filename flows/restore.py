@@ -25,7 +25,7 @@ from core.chains import render_chain_plan
 from core.errors import ConfigError, TargetNotEmptyError
 from core.operations import render_report
 from core.plan import render_plan
-from core.stack import check_distinct_targets, split_targets
+from core.stack import PRIMARY, check_distinct_targets, split_targets
 from core.times import planned_points, reached_points, read_operator_time, recovery_summary, render_recovery_summary
 from flows.reporting import collect, raise_failures
 from tasks.policy import seconds_from_env
@@ -93,6 +93,7 @@ def restore(
     force: bool = False,
     approval: Literal["auto", "required", "skip"] = "auto",
     mode: Literal["full", "database_only", "redis_only", "artifacts_only"] | None = None,
+    vault: str | None = None,
 ):
     """Restore ``source`` from one backup (``backup_id``, or its newest full), or restore to a point in time.
 
@@ -110,19 +111,34 @@ def restore(
     UI's run form, a schedule, ``prefect deployment run``); ``skip`` never pauses (configure it
     on a deployment meant to run unattended). Declined, the run ends Cancelled with nothing
     changed.
+
+    ``vault``: restore from a replica of the stack's vault (its name in the stack's ``replicas:``; default
+    the primary), e.g. with the primary lost. A replica is only read: a restore over data from it, which
+    needs a rollback backup written into the vault, is refused; restore into an empty target instead.
     """
     if target_time is not None and backup_id is None:
-        return _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode)
+        return _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode, vault)
     if source is None:
         raise ConfigError("restore: --source is needed with --backup-id (or give --target-time and --mode)")
     if mode is not None and mode != "full":
         raise ConfigError(f"restore: --mode {mode} restores to a point in time; give --target-time with it")
-    return _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval)
+    return _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval, vault)
 
 
-def _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval):
+def _refuse_rollback_into_replica(vault: str | None, over: list[dict]) -> None:
+    """A restore over data writes a rollback backup into the vault first; a replica takes no writes."""
+    if vault not in (None, PRIMARY) and over:
+        where = ", ".join(p["target"] for p in over)
+        raise ConfigError(
+            f"restore from replica {vault} over {where}, which holds data: the rollback backup taken first cannot be "
+            "written into a replica (only replication writes there); restore into an empty target (--target), or "
+            "from the primary vault"
+        )
+
+
+def _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval, vault=None):
     logger = get_run_logger()
-    plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force)
+    plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force, vault)
     create_markdown_artifact(f"```\n{render_plan(plan)}\n```", key="restore-plan", description="What this restore does")
     for line in render_plan(plan).splitlines():
         logger.info("plan: %s", line.strip())
@@ -133,10 +149,16 @@ def _one_backup(source, stack, backup_id, target_time, target, target_source, dr
         raise TargetNotEmptyError(
             f"restore target {plan['target']} already holds data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
         )
+    _refuse_rollback_into_replica(vault, [plan] if plan["target_has_data"] else [])
     if plan["target_has_data"] and not _approved(plan, approval):
         return Cancelled(message=f"restore over {plan['target']} was not approved; nothing was changed")
     with cancel.stop_on_signals(print):  # an interrupted restore stops before its swap (see core.cancel)
-        report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force)
+        if "pieces" in plan:
+            # A differential or incremental by id: its chain's plan (core.planning) is executed as printed - the
+            # full, the layers on it, the log - not its full alone.
+            report = restore_chain_task(stack, source, plan, target, target_source, force, vault)
+        else:
+            report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force, vault)
     for line in render_report(report).splitlines():
         logger.info("%s", line)
     create_markdown_artifact(
@@ -147,7 +169,7 @@ def _one_backup(source, stack, backup_id, target_time, target, target_source, dr
     return {"plan": plan, "report": report, "dry_run": False}
 
 
-def _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode):
+def _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode, vault=None):
     logger = get_run_logger()
     when = read_operator_time(target_time)
     chosen = select_restore_sources(stack, mode, source)
@@ -156,7 +178,7 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
         raise ConfigError("restore: --target-source names the target of one source; use it with --source")
     targets = split_targets(target, names)
     futures = {
-        name: plan_chain_task.submit(stack, name, when.parameter(), targets[name] or None, target_source, force)
+        name: plan_chain_task.submit(stack, name, when.parameter(), targets[name] or None, target_source, force, vault)
         for name in names
     }
     plans, failures = collect(futures)
@@ -180,13 +202,16 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
             "data; choose an empty target, or pass --force (a rollback backup of the target is taken first)"
         )
     over = [plans[n] for n in names if plans[n]["target_has_data"]]
+    _refuse_rollback_into_replica(vault, over)
     if over:
         joined = {"target": ", ".join(p["target"] for p in over)}
         if not _approved(joined, approval, rendered):
             return Cancelled(message=f"restore over {joined['target']} was not approved; nothing was changed")
     with cancel.stop_on_signals(print):  # an interrupted restore stops before its swap (see core.cancel)
         futures = {
-            name: restore_chain_task.submit(stack, name, plans[name], targets[name] or None, target_source, force)
+            name: restore_chain_task.submit(
+                stack, name, plans[name], targets[name] or None, target_source, force, vault
+            )
             for name in names
         }
         done, failures = collect(futures)

@@ -11,6 +11,7 @@ from core import operations
 from core.engines import engine_for
 from core.plan import restore_target
 from core.planning import plan_chain_from, plan_restore_from
+from core.replication import open_vault
 from core.stack import restore_sources
 from core.times import read_operator_time
 from tasks.limits import exclusive, restore_limit
@@ -28,11 +29,13 @@ def plan_restore_task(
     target: dict | None,
     target_source: str | None,
     force: bool,
+    vault: str | None = None,
 ) -> dict:
-    """Choose the backup and describe what a restore would do (reads only; ``--dry-run`` runs the same planner)."""
+    """Choose the backup and describe what a restore would do (reads only; ``--dry-run`` runs the same planner).
+    ``vault``: the primary (None) or a replica of the stack, by name."""
     config = run_stack(stack).config  # resolved here once; the restore task of this run reuses it
     return plan_restore_from(
-        config, config.vault, source, backup_id, target_time, target, target_source, force
+        config, config.vault_named(vault), source, backup_id, target_time, target, target_source, force
     ).to_dict()
 
 
@@ -45,7 +48,13 @@ def plan_restore_task(
     **task_options("restore"),
 )
 def restore_backup_task(
-    stack: str, source: str, backup_id: str, target: dict | None, target_source: str | None, force: bool
+    stack: str,
+    source: str,
+    backup_id: str,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+    vault: str | None = None,
 ) -> dict:
     """Restore one backup into its target, verify it, return the report; each step goes to the run log."""
     opened = run_stack(stack)
@@ -53,7 +62,7 @@ def restore_backup_task(
     engine = engine_for(restore_target(config, source, target, target_source))
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_backup(
-            config.vault.open(), opened.keyring, backup_id, engine, force=force, progress=progress()
+            open_vault(config, vault), opened.keyring, backup_id, engine, force=force, progress=progress()
         )
     return report.to_dict()
 
@@ -73,12 +82,13 @@ def plan_chain_task(
     target: dict | None,
     target_source: str | None,
     force: bool,
+    vault: str | None = None,
 ) -> dict:
     """The point-in-time plan of ``source`` to ``target_time`` (reads only; ``--dry-run`` runs the same planner)."""
     config = run_stack(stack).config
     when = read_operator_time(target_time)
     return plan_chain_from(
-        config, config.vault, source, when.when, target, target_source, force, note=when.plan_note()
+        config, config.vault_named(vault), source, when.when, target, target_source, force, note=when.plan_note()
     ).to_dict()
 
 
@@ -89,7 +99,13 @@ def plan_chain_task(
     **task_options("restore"),
 )
 def restore_chain_task(
-    stack: str, source: str, plan: dict, target: dict | None, target_source: str | None, force: bool
+    stack: str,
+    source: str,
+    plan: dict,
+    target: dict | None,
+    target_source: str | None,
+    force: bool,
+    vault: str | None = None,
 ) -> dict:
     """Execute ``plan`` (exactly its backups and log pieces) into ``source``'s target, verify, return the report."""
     opened = run_stack(stack)
@@ -97,6 +113,6 @@ def restore_chain_task(
     engine = engine_for(restore_target(config, source, target, target_source))
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_chain_plan(
-            config.vault.open(), opened.keyring, plan, engine, force=force, progress=progress()
+            open_vault(config, vault), opened.keyring, plan, engine, force=force, progress=progress()
         )
     return report.to_dict()

@@ -8,7 +8,17 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from blocks import DRStack, FilesSource, GcsVault, LocalVault, MySQLSource, PostgresSource, RedisSource, S3Vault, VaultKey
+from blocks import (
+    DRStack,
+    FilesSource,
+    GcsVault,
+    LocalVault,
+    MySQLSource,
+    PostgresSource,
+    RedisSource,
+    S3Vault,
+    VaultKey,
+)
 
 ALL_BLOCKS = [DRStack, FilesSource, GcsVault, LocalVault, MySQLSource, PostgresSource, RedisSource, S3Vault, VaultKey]
 

@@ -10,7 +10,10 @@ clear: each recipient wraps it with AES-256-GCM under a key-encryption key:
   KEK = HKDF-SHA256(shared secret, info=ephemeral_pub || recipient_pub). A host
   holding only the public key can write backups it cannot read.
 
-The wrap's associated data binds the backup id, so a wrapped key cannot be
+* ``aws-kms``: AWS KMS wraps it (``core.crypto.kms``); a backup with a KMS key gets
+  its data key from KMS GenerateDataKey, and the other recipients wrap that key.
+
+The wrap's associated data (for KMS: its encryption context) binds the backup id, so a wrapped key cannot be
 moved to another backup. Destroying a backup's key file is crypto-shredding.
 
 Passphrases are NFC-normalised before derivation (a wrap written before that,
@@ -25,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import os
+import threading
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -34,8 +38,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from core.crypto.kms import RECIPIENT_TYPE as KMS_RECIPIENT
+from core.crypto.kms import AwsKms, KmsKeyConfig, record_region
 from core.crypto.secretref import check_new_passphrase, normalize_passphrase, read_secret
-from core.errors import ConfigError, FormatError, WrongKeyError
+from core.errors import ConfigError, DRError, FormatError, WrongKeyError
 
 DEFAULT_KDF_ITERATIONS = 600_000
 DATA_KEY_BYTES = 32
@@ -162,12 +168,15 @@ class Keyring:
     passphrase_from: str | None = None
     private_key_from: str | None = None
     stack: str | None = None  # the stack these keys belong to, for remedies in messages
+    kms_keys: list[KmsKeyConfig] = field(default_factory=list)  # wrap new backups; their access opens KMS recipients
     _read: str | None = field(default=None, repr=False, compare=False)
+    _kms: dict = field(default_factory=dict, repr=False, compare=False)
+    _kms_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never show key material
         return (
             f"Keyring(passphrase={'set' if self.passphrase else self.passphrase_from or 'unset'}, "
-            f"public_keys={len(self.public_keys)}, private_keys={len(self.private_keys)}"
+            f"public_keys={len(self.public_keys)}, private_keys={len(self.private_keys)}, kms_keys={len(self.kms_keys)}"
             f"{', private_key_from=' + self.private_key_from if self.private_key_from else ''})"
         )
 
@@ -175,7 +184,50 @@ class Keyring:
         return bool(self.passphrase or self.passphrase_from)
 
     def can_write(self) -> bool:
-        return bool(self.has_passphrase() or self.public_keys)
+        return bool(self.has_passphrase() or self.public_keys or self.kms_keys)
+
+    # -- KMS -------------------------------------------------------------------------------
+
+    def _kms_service(self, config: KmsKeyConfig) -> AwsKms:
+        key = (config.endpoint_url, config.credentials)
+        with self._kms_lock:  # one run's tasks share the keyring: one client (and one retry count) per endpoint
+            if key not in self._kms:
+                self._kms[key] = AwsKms(config.endpoint_url, config.credentials)
+            return self._kms[key]
+
+    def _kms_for_region(self, region: str) -> AwsKms | None:
+        """Who opens a KMS recipient: the endpoint and credentials of a configured key in its region,
+        else of the first configured key; None when the keyring names no KMS key (never guessed)."""
+        if not self.kms_keys:
+            return None
+        chosen = next((k for k in self.kms_keys if k.region == region), self.kms_keys[0])
+        return self._kms_service(chosen)
+
+    def kms_retried(self) -> int:
+        """KMS throttling/5xx faults absorbed by retries so far."""
+        with self._kms_lock:
+            return sum(service.retried for service in self._kms.values())
+
+    def new_data_key(self, wrap_id: str, passphrase_key_id: str | None = None) -> tuple[bytes, list[dict]]:
+        """A fresh data key for ``wrap_id`` and its recipient records: from KMS GenerateDataKey on the
+        first KMS key when the keyring has one (random otherwise), wrapped for every other key."""
+        if not self.can_write():
+            self.wrap(wrap_id, b"", passphrase_key_id)  # raises the remedy
+        if not self.kms_keys:
+            data_key = os.urandom(DATA_KEY_BYTES)
+            return data_key, self.wrap(wrap_id, data_key, passphrase_key_id)
+        first = self.kms_keys[0]
+        data_key, record = self._kms_service(first).generate(first, wrap_id)
+        if len(data_key) != DATA_KEY_BYTES:
+            raise FormatError(f"KMS key {first.key_id} returned a {len(data_key)}-byte data key, not {DATA_KEY_BYTES}")
+        return data_key, [record] + self.wrap(wrap_id, data_key, passphrase_key_id, kms_from=1)
+
+    def descriptor(self, passphrase_key_id: str | None) -> list[list[str]]:
+        """What a keys.json wrapped by this keyring names, comparable with ``recipients_descriptor``."""
+        out = [["passphrase", passphrase_key_id or ""]] if self.has_passphrase() else []
+        out += [["x25519", b64e(b64d(p.strip()))] for p in self.public_keys]
+        out += [[KMS_RECIPIENT, k.key_id] for k in self.kms_keys]
+        return sorted(out)
 
     def read_passphrase(self) -> str | None:
         """The passphrase, read from its reference on first use (ConfigError if it cannot be)."""
@@ -205,16 +257,23 @@ class Keyring:
     def key_ids(self, passphrase_key_id: str | None) -> list[str]:
         """Short names of the keys a new backup is wrapped with (for `genesis-dr list`)."""
         ids = [f"passphrase:{passphrase_key_id}"] if passphrase_key_id else []
-        return ids + [f"x25519:{fingerprint(p)[:8]}" for p in self.public_keys]
+        ids += [f"x25519:{fingerprint(p)[:8]}" for p in self.public_keys]
+        return ids + [f"{KMS_RECIPIENT}:{k.label()}" for k in self.kms_keys]
 
-    def wrap(self, backup_id: str, data_key: bytes, passphrase_key_id: str | None = None) -> list[dict]:
-        """Recipient records wrapping ``data_key`` for every key this keyring writes to."""
+    def wrap(
+        self, backup_id: str, data_key: bytes, passphrase_key_id: str | None = None, *, kms_from: int = 0
+    ) -> list[dict]:
+        """Recipient records wrapping ``data_key`` for every key this keyring writes to (KMS keys from
+        ``kms_from`` on: ``new_data_key`` has the first one already)."""
         if not self.can_write():
             raise ConfigError(
-                "encryption: no passphrase and no X25519 public key configured; set encryption.passphrase_from "
-                "(default env:BACKUP_ENCRYPTION_PASSWORD) or encryption.x25519_public_keys in the stack file"
+                "encryption: no passphrase, X25519 public key or KMS key configured; set encryption.passphrase_from "
+                "(default env:BACKUP_ENCRYPTION_PASSWORD), encryption.x25519_public_keys or encryption.kms_keys in "
+                "the stack file"
             )
-        recipients: list[dict] = []
+        recipients: list[dict] = [
+            self._kms_service(k).encrypt(k, backup_id, data_key) for k in self.kms_keys[kms_from:]
+        ]
         passphrase = self.write_passphrase()
         if passphrase:
             salt, nonce, iterations = os.urandom(16), os.urandom(12), kdf_iterations()
@@ -256,6 +315,7 @@ class Keyring:
         """
         tried: list[str] = []
         unreadable: list[ConfigError] = []
+        refused: list[DRError] = []  # KMS refusals (disabled, denied, ...): raised when nothing else opens it
         passphrase = privates = None
         if any(r.get("type") == "passphrase" for r in recipients) and self.has_passphrase():
             try:
@@ -298,13 +358,56 @@ class Keyring:
                 raise FormatError(
                     f"backup {backup_id}: key file is malformed ({exc}); the backup cannot be opened"
                 ) from None
+        # KMS last: the keys held here cost no network call, and a KMS outage must not block them.
+        for rec in recipients:
+            if rec.get("type") != KMS_RECIPIENT:
+                continue
+            try:
+                service = self._kms_for_region(record_region(rec))
+            except (KeyError, ValueError):
+                service = None
+            if service is None:
+                continue
+            tried.append(f"KMS key {rec.get('key_id')}")
+            try:
+                return service.decrypt(rec, backup_id)
+            except DRError as exc:
+                refused.append(exc)
+            except (KeyError, ValueError) as exc:
+                raise FormatError(
+                    f"backup {backup_id}: key file is malformed ({exc}); the backup cannot be opened"
+                ) from None
+        if refused:
+            raise refused[0]
         if not tried and unreadable:
             raise unreadable[0]
         held = ", ".join(tried) if tried else "no matching key"
         raise WrongKeyError(
             f"backup {backup_id}: wrong passphrase or private key (tried: {held}); set the passphrase or X25519 "
             "private key this backup was written with"
+            + (
+                ", or name its KMS key in encryption.kms_keys"
+                if any(r.get("type") == KMS_RECIPIENT for r in recipients)
+                else ""
+            )
         )
+
+
+def recipients_descriptor(recipients: list[dict]) -> list[list[str]]:
+    """What a keys.json is wrapped for (no secret, no crypto): passphrase key ids, X25519 public keys,
+    KMS keys as the stack named them. A rotation compares it with ``Keyring.descriptor``."""
+    out = []
+    for rec in recipients:
+        kind = rec.get("type")
+        if kind == "passphrase":
+            out.append(["passphrase", str(rec.get("key_id") or "")])
+        elif kind == "x25519":
+            out.append(["x25519", str(rec.get("recipient"))])
+        elif kind == KMS_RECIPIENT:
+            out.append([KMS_RECIPIENT, str(rec.get("key") or rec.get("key_id"))])
+        else:
+            out.append([str(kind), ""])
+    return sorted(out)
 
 
 def fingerprint(public_key_b64: str) -> str:

@@ -19,6 +19,7 @@ ENGINES = {
     "mysql": "MySQLEngine",
     "redis": "RedisEngine",
     "files": "FilesEngine",
+    "bucket": "BucketEngine",
 }
 
 

@@ -188,8 +188,8 @@ class LogKeys:
 
     def new(self, passphrase_key_id: str | None) -> tuple[str, bytes]:
         key_id = os.urandom(8).hex()
-        data_key = os.urandom(32)
-        recipients = self.keyring.wrap(f"logkey/{self.source}/{key_id}", data_key, passphrase_key_id)
+        # From KMS when the keyring names a KMS key (as a backup's), else random.
+        data_key, recipients = self.keyring.new_data_key(f"logkey/{self.source}/{key_id}", passphrase_key_id)
         body = json.dumps({"version": 1, "recipients": recipients, "created_at": now_iso()}, sort_keys=True, indent=1)
         if not self.store.create(f"logkeys/{self.source}/{key_id}.json", body.encode()):
             raise VaultError(f"log key {key_id} of {self.source!r} exists already; run the capture again")

@@ -82,7 +82,7 @@ from core.repository.manifest import (
     parse_start_record,
     valid_backup_id,
 )
-from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, chunk_key, open_reader
+from core.repository.streams import StreamReader, StreamWriter, chunk_key, in_flight, open_reader
 from core.storage.base import ObjectNotFound, Store
 
 VAULT_FORMAT = "genesis-dr-vault"
@@ -576,15 +576,40 @@ class Vault:
             raise IntegrityError(
                 f"backup {backup_id}: key file is missing (crypto-shredded or lost); the backup cannot be read"
             ) from None
-        if hashlib.sha256(keys_raw).hexdigest() != manifest.keys_sha256:
-            raise IntegrityError(f"backup {backup_id}: key file does not match its SHA-256 in the manifest (corrupt)")
         try:
-            recipients = json.loads(keys_raw)["recipients"]
+            keys_doc = json.loads(keys_raw)
+            recipients = keys_doc["recipients"]
         except (ValueError, KeyError, TypeError):
-            raise IntegrityError(f"backup {backup_id}: key file is not valid (corrupt)") from None
-        data_key = keyring.unwrap(backup_id, recipients)
+            keys_doc, recipients = {}, None
+        # A keys.json re-wrapped by 'genesis-dr key rotate' whose manifest was not
+        # re-signed yet (a rotation stopped between the two) names the manifest's keys_sha256 as the one it
+        # replaced; it is accepted only if the key it unwraps verifies the manifest's MAC.
+        rotating = hashlib.sha256(keys_raw).hexdigest() != manifest.keys_sha256
+        if rotating and (not isinstance(keys_doc, dict) or keys_doc.get("rewrapped_from") != manifest.keys_sha256):
+            raise IntegrityError(f"backup {backup_id}: key file does not match its SHA-256 in the manifest (corrupt)")
+        if recipients is None:
+            raise IntegrityError(f"backup {backup_id}: key file is not valid (corrupt)")
+        try:
+            data_key = keyring.unwrap(backup_id, recipients)
+        except WrongKeyError as exc:
+            if not rotating:
+                raise
+            raise WrongKeyError(
+                f"{exc}; its keys were re-wrapped by an unfinished 'genesis-dr key rotate' (rotation in progress): "
+                "open it with the stack's new keys, or run the rotation again"
+            ) from None
+        if rotating:
+            try:
+                manifest.verify(data_key)
+            except IntegrityError:
+                raise IntegrityError(
+                    f"backup {backup_id}: key file does not match its SHA-256 in the manifest and does not hold the "
+                    "key the manifest was signed with (corrupt)"
+                ) from None
         manifest.verify(data_key)
-        return BackupReader(self, manifest, data_key)
+        reader = BackupReader(self, manifest, data_key)
+        reader.rotation_in_progress = rotating
+        return reader
 
 
 class BackupWriter:
@@ -597,12 +622,17 @@ class BackupWriter:
         self._lease = lease
         self.id = new_backup_id()
         self.started_at = now_iso()
-        self._data_key = os.urandom(32)
+        # From KMS GenerateDataKey when the keyring names a KMS key (a disabled or denied
+        # key is refused here, before anything is written), else random; wrapped for every recipient.
+        self._data_key, recipients = keyring.new_data_key(self.id, key_id)
         self._sealer = Sealer(self._data_key, self.id, compression)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"seal-{self.id[-8:]}")
+        # As many sealers/uploaders as the store serves requests in parallel (2 local, 8 on S3).
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.store.capabilities.io_threads, thread_name_prefix=f"seal-{self.id[-8:]}"
+        )
         # Engines may write several streams at once (parallel pg_dump): guard the registry.
         self._registry = threading.Lock()
-        self._slots = threading.Semaphore(IN_FLIGHT)
+        self._slots = threading.Semaphore(in_flight(self.store))
         self._streams: list[StreamRecord] = []
         self._open: list[StreamWriter] = []
         self._chunk_size = default_chunk_size()
@@ -619,7 +649,6 @@ class BackupWriter:
             chunk_size=self._chunk_size,
             key_ids=keyring.key_ids(key_id),
         )
-        recipients = keyring.wrap(self.id, self._data_key, key_id)
         keys = json.dumps({"version": 1, "recipients": recipients}, sort_keys=True, indent=1)
         self._keys_raw = keys.encode()
         start = StartRecord(
@@ -735,8 +764,12 @@ class BackupReader:
         # Told (name, plaintext bytes, seconds) once each stream has been read to its end and its
         # SHA-256 matched: the restore's progress log.
         self.on_stream_read: Callable[[str, int, float], None] | None = None
+        # keys.json re-wrapped by a key rotation that has not re-signed the manifest yet.
+        self.rotation_in_progress = False
         self._opener = Opener(data_key, manifest.id)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"open-{manifest.id[-8:]}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=vault.store.capabilities.io_threads, thread_name_prefix=f"open-{manifest.id[-8:]}"
+        )
         checks = {}
         if manifest.sealed_checks:
             blob = base64.b64decode(manifest.sealed_checks)
