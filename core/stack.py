@@ -175,8 +175,13 @@ class SchedulesConfig(BaseModel):
         description="How often the capture deployment is (re)started if it is not running (default every 5 minutes; "
         "a live capture is never doubled).",
     )
+    replicate: str = Field(
+        "*/5 * * * *",
+        description="Replication of the vault to its replicas (default every 5 minutes, and after every completed "
+        "backup by the deployment's trigger).",
+    )
 
-    @field_validator("full", "differential", "incremental", "redis", "capture")
+    @field_validator("full", "differential", "incremental", "redis", "capture", "replicate")
     @classmethod
     def _cron(cls, value: str) -> str:
         text = " ".join(value.split())

@@ -27,6 +27,7 @@ DEPLOYMENTS = {
     "incremental": "backup/incremental",
     "redis": "backup/redis",
     "capture": "capture/capture",
+    "replicate": "replicate/replicate",
 }
 
 

@@ -77,6 +77,8 @@ DOCUMENTS_CADENCE = {
     "redis": ("*/15 * * * *", True, 1, "CANCEL_NEW"),
     # Kept alive: due every 5 minutes, cancelled at once while the live capture holds the one slot.
     "capture": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
+    # Every 5 minutes, and after every completed backup (its trigger); one run at a time.
+    "replicate": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
 }
 
 
@@ -173,8 +175,20 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
                 deployments = {d.id: d for d in client.read_deployments()}
                 by_name = {d.name: d for d in deployments.values()}
                 assert deployed_schedules(by_name) == DOCUMENTS_CADENCE
-                started = [r for r in client.read_flow_runs() if r.start_time is not None]
-                outcome = {deployments[r.deployment_id].name: r.state_type.value for r in started}
+                # The completed full also triggers the replicate deployment (the stack has no replica: it
+                # finds nothing to copy); wait for that run to finish before reading the outcome.
+                deadline = time.monotonic() + 120
+                while True:
+                    started = [r for r in client.read_flow_runs() if r.start_time is not None]
+                    outcome = {deployments[r.deployment_id].name: r.state_type.value for r in started}
+                    if (
+                        outcome.get("replicate") in (None, "COMPLETED", "FAILED", "CRASHED")
+                        or time.monotonic() > deadline
+                    ):
+                        break
+                    time.sleep(1)
+                if outcome.get("replicate") == "COMPLETED":
+                    del outcome["replicate"]
                 assert outcome == {"full": "COMPLETED", "restore": "COMPLETED"}, outcome
                 restore_run = next(r for r in started if deployments[r.deployment_id].name == "restore")
                 logs = [
@@ -348,3 +362,6 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
     write(off)
     apply_schedules(load_stack_file(stack))
     assert {name: active for name, (_, active, _, _) in deployed().items()} == dict.fromkeys(DOCUMENTS_CADENCE, False)
+    # The replicate deployment's trigger (a completed backup run) would stay live on the shared server.
+    with get_client(sync_client=True) as client:
+        client.delete_deployment(client.read_deployment_by_name("replicate/replicate").id)
