@@ -49,7 +49,20 @@ class LocalVault(_VaultBlock):
     path: str = Field(description="Directory of the vault (created on first backup).")
 
 
-class S3Vault(_VaultBlock):
+class _BucketVault(_VaultBlock):
+    bucket: str = Field(description="The bucket (for S3 the source documents' BACKUP_S3_BUCKET).")
+    prefix: str = Field("", description="Key prefix of the vault in the bucket (several vaults may share one).")
+    endpoint_url: str | None = Field(
+        None, description="Another endpoint (an S3-compatible service, a test server or the GCS emulator)."
+    )
+    credentials: str | None = Field(
+        None,
+        description="Name of the credentials block to use (S3: AwsCredentials, GCS: GcpCredentials; default: the "
+        "provider's default credential chain).",
+    )
+
+
+class S3Vault(_BucketVault):
     """A vault in an S3 bucket (or an S3-compatible service), one prefix per vault.
 
     Example:
@@ -62,19 +75,13 @@ class S3Vault(_VaultBlock):
     _block_type_name = "S3 Vault"
 
     type: Literal["s3"] = Field("s3", description="Always 's3' for this block.")
-    bucket: str = Field(description="The bucket (the source documents' BACKUP_S3_BUCKET).")
-    prefix: str = Field("", description="Key prefix of the vault in the bucket.")
     region: str | None = Field(None, description="The bucket's region (BACKUP_S3_REGION).")
     storage_class: str | None = Field(
         None, description="STANDARD (default), STANDARD_IA or GLACIER_IR for backup data."
     )
-    endpoint_url: str | None = Field(None, description="Another S3 endpoint (S3-compatible service, test server).")
-    credentials: str | None = Field(
-        None, description="Name of the AwsCredentials block to use (default: boto3's default credential chain)."
-    )
 
 
-class GcsVault(_VaultBlock):
+class GcsVault(_BucketVault):
     """A vault in a Google Cloud Storage bucket, one prefix per vault.
 
     Example:
@@ -87,14 +94,8 @@ class GcsVault(_VaultBlock):
     _block_type_name = "GCS Vault"
 
     type: Literal["gcs"] = Field("gcs", description="Always 'gcs' for this block.")
-    bucket: str = Field(description="The bucket.")
-    prefix: str = Field("", description="Object name prefix of the vault in the bucket.")
     project: str | None = Field(None, description="The Google Cloud project (default: the credentials').")
     storage_class: str | None = Field(None, description="STANDARD (default), NEARLINE or COLDLINE for backup data.")
-    endpoint_url: str | None = Field(None, description="Another endpoint (the GCS emulator in tests).")
-    credentials: str | None = Field(
-        None, description="Name of the GcpCredentials block to use (default: application default credentials)."
-    )
 
 
 VAULT_BLOCKS: dict[str, type[_VaultBlock]] = {"local": LocalVault, "s3": S3Vault, "gcs": GcsVault}

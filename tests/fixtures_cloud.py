@@ -9,14 +9,15 @@ with us-east-1 and eu-west-1 copies). Each test makes its own buckets
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, serving
 
 PRIMARY_REGION = "us-west-2"
 CROSS_REGIONS = ("us-east-1", "eu-west-1")
@@ -35,24 +36,19 @@ def _moto_server_binary() -> str:
     return str(path)
 
 
+@contextmanager
+def moto_server(log_dir: Path) -> Iterator[str]:
+    """A moto server (its own process) on a free port; yields its URL."""
+    port = free_port()
+    with serving([_moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)], port, log_dir / "moto.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> str:
     """URL of a moto server (S3, KMS, ...) speaking real HTTP on a free port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [_moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, proc, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
 
 
 def s3_client(endpoint: str, region: str = PRIMARY_REGION):

@@ -14,12 +14,11 @@ Each test makes its own buckets (``new_gcs_bucket``).
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 import pytest
 
-from tests.servers import free_port, wait_for_port
+from tests.servers import free_port, serving
 
 GCS_PROJECT = "genesis-dr-test"
 
@@ -41,36 +40,23 @@ def gcs_endpoint(tmp_path_factory) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                fake_gcs_server_binary(),
-                "-scheme",
-                "http",
-                "-backend",
-                "memory",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                str(port),
-                "-external-url",  # resumable uploads continue at the Location this names
-                url,
-                "-log-level",
-                "warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, proc, timeout=30)
+    argv = [
+        fake_gcs_server_binary(),
+        "-scheme",
+        "http",
+        "-backend",
+        "memory",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-external-url",  # resumable uploads continue at the Location this names
+        url,
+        "-log-level",
+        "warn",
+    ]
+    with serving(argv, port, log, timeout=30):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def gcs_client(endpoint: str):

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -47,6 +49,24 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@contextmanager
+def serving(argv: list[str], port: int, log: Path, timeout: float = 60.0) -> Iterator[subprocess.Popen]:
+    """Run a throw-away server (``argv``, output to ``log``) until the block ends; yields once it
+    listens on ``port``. Stopped with SIGTERM, then SIGKILL after 10 s."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=timeout)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def child_argvs(tool: str) -> list[list[str]]:

@@ -403,6 +403,7 @@ def test_stack_file_schedules_default_to_the_documents_cadence_and_refuse_non_cr
         "incremental": {"cron": "*/5 * * * *", "timezone": "UTC", "active": True},
         "redis": {"cron": "*/15 * * * *", "timezone": "UTC", "active": True},
         "capture": {"cron": "*/5 * * * *", "timezone": "UTC", "active": True},
+        "replicate": {"cron": "*/5 * * * *", "timezone": "UTC", "active": True},
     }
     path.write_text(path.read_text() + "schedules:\n  incremental: '*/2 * * * *'\n  redis: 'off'\n")
     schedules = load_stack_file(path).schedules.deployment_schedules()

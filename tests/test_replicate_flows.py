@@ -194,15 +194,27 @@ def test_the_replicate_deployment_runs_every_5_minutes_and_after_each_completed_
     from prefect.client.schemas.filters import DeploymentFilter
     from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL
+    from prefect.variables import Variable
 
+    from deployments.schedules import variable_name
+
+    # Another test of the session may have stored schedules for the stack 'default' (all paused); this one
+    # checks prefect.yaml's own cadence, so it deploys without them and puts them back afterwards.
+    stored = Variable.get(variable_name("default"), default=None)
+    if stored is not None:
+        Variable.unset(variable_name("default"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
-    for argv in (
-        [PREFECT, "work-pool", "create", "genesis-dr", "--type", "process", "--overwrite"],
-        [PREFECT, "--no-prompt", "deploy", "--name", "replicate"],
-    ):
-        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{argv}: {proc.stdout}\n{proc.stderr}"
+    try:
+        for argv in (
+            [PREFECT, "work-pool", "create", "genesis-dr", "--type", "process", "--overwrite"],
+            [PREFECT, "--no-prompt", "deploy", "--name", "replicate"],
+        ):
+            proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, f"{argv}: {proc.stdout}\n{proc.stderr}"
+    finally:
+        if stored is not None:
+            Variable.set(variable_name("default"), stored, overwrite=True)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("replicate/replicate")
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -42,8 +41,8 @@ from core.storage.local import LocalStore
 from core.storage.retry import RetryingStore
 from core.storage.s3 import S3Store, is_data_key
 from tests.faults import FaultProxy, FaultyStore, HTTPFault
-from tests.fixtures_cloud import PRIMARY_REGION, _moto_server_binary, s3_client
-from tests.servers import free_port, wait_for_port
+from tests.fixtures_cloud import PRIMARY_REGION, moto_server, s3_client
+from tests.servers import free_port
 
 KEYS = Keyring(passphrase="s3 store")
 NO_SLEEP = {"sleep": lambda _s: None}
@@ -110,15 +109,7 @@ def test_a_bucket_in_another_region_names_its_region(moto_endpoint, new_bucket):
 def auth_moto(tmp_path_factory):
     """A second moto server that checks signatures and IAM policies: a bucket, a writer (s3:*) and
     a reader (s3:GetObject, s3:ListBucket), made before authentication is switched on."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [_moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, proc, timeout=60)
+    with moto_server(tmp_path_factory.mktemp("moto-auth")) as endpoint:
         bucket = f"gdr-auth-{uuid.uuid4().hex[:8]}"
         s3_client(endpoint).create_bucket(
             Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": PRIMARY_REGION}
@@ -133,13 +124,6 @@ def auth_moto(tmp_path_factory):
             users[user] = (key["AccessKeyId"], key["SecretAccessKey"])
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
         yield {"endpoint": endpoint, "bucket": bucket, **users}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def session(key_id: str, secret: str) -> boto3.Session:

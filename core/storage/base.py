@@ -54,6 +54,15 @@ class StoreAccessError(VaultError):
     exit_code = 16
 
 
+def checked_key(where: str, key: str) -> str:
+    """``key`` if it is a valid object name ('/'-separated, relative, no empty, '.' or '..' part);
+    VaultError naming the store ``where`` otherwise. Every backend checks names the same way."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise VaultError(f"vault {where}: invalid object name {key!r}")
+    return key
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a store can do beyond the interface, so replication and retention can ask.

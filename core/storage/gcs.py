@@ -48,6 +48,7 @@ from core.storage.base import (
     Store,
     StoreAccessError,
     TransientStoreError,
+    checked_key,
 )
 from core.storage.retry import unwrap
 
@@ -174,9 +175,7 @@ class GCSStore(Store):
         return self._client().bucket(self.bucket)
 
     def _name(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise VaultError(f"vault {self.describe()}: invalid object name {key!r}")
+        checked_key(self.describe(), key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _list_prefix(self, prefix: str) -> str:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import VaultError
-from core.storage.base import Capabilities, ObjectInfo, ObjectNotFound, Store
+from core.storage.base import Capabilities, ObjectInfo, ObjectNotFound, Store, checked_key
 
 __all__ = ["LocalStore", "ObjectNotFound"]  # ObjectNotFound lives in base; kept importable from here
 
@@ -60,10 +60,7 @@ class LocalStore(Store):
         return f"local:{self.root}"
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise VaultError(f"vault {self.describe()}: invalid object name {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*checked_key(self.describe(), key).split("/"))
 
     def _os_error(self, exc: OSError, action: str, key: str) -> VaultError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -40,6 +40,7 @@ from core.storage.base import (
     Store,
     StoreAccessError,
     TransientStoreError,
+    checked_key,
 )
 from core.storage.config import S3_STORAGE_CLASSES
 
@@ -205,9 +206,7 @@ class S3Store(Store):
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise VaultError(f"vault {self.describe()}: invalid object name {key!r}")
+        checked_key(self.describe(), key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _list_prefix(self, prefix: str) -> str:
