@@ -192,6 +192,13 @@ class S3Store(Store):
             # RetryingStore retries (with backoff) and counts; boto retrying underneath would hide
             # the faults from the count and multiply the attempts.
             retries={"mode": "standard", "total_max_attempts": 1},
+            # botocore would hash every body twice more (a CRC32 checksum, and a SHA-256 to sign the
+            # payload when the endpoint is plain HTTP). Our own digests already cover these bytes: each
+            # chunk's SHA-256 is in its manifest and checked on every read (and AES-GCM authenticates
+            # it), and replication checks what the replica stored. Over HTTPS, TLS protects the transfer.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
         )
         self._session = session if session is not None else boto3.Session()
         self._client = self._session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
