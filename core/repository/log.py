@@ -40,7 +40,7 @@ from core.engines import log_start, position_order, position_text
 from core.engines.base import BackupResult, PieceInfo
 from core.errors import FormatError, IntegrityError, LogGapError, VaultError
 from core.repository.manifest import StreamRecord, now_iso
-from core.repository.streams import IN_FLIGHT, StreamReader, StreamWriter, open_reader
+from core.repository.streams import StreamReader, StreamWriter, in_flight, open_reader
 from core.storage.base import ObjectNotFound, Store
 
 MAC_INFO = b"genesis-dr/v2/log-piece-mac"  # HKDF info of this record's MAC key
@@ -239,8 +239,11 @@ class LogWriter:
         self._data_key = b""
         self._compression, self._chunk_size = compression, chunk_size
         self._newest_full, self._take_full, self._progress = newest_full, take_full, progress
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"log-{source[:12]}")
-        self._slots = threading.Semaphore(IN_FLIGHT)
+        # Sized by the store like a backup's writer: an object store wants more requests in flight.
+        self._pool = ThreadPoolExecutor(
+            max_workers=store.capabilities.io_threads, thread_name_prefix=f"log-{source[:12]}"
+        )
+        self._slots = threading.Semaphore(in_flight(store))
         self._last: PieceRecord | None = None
         seqs = self._index.seqs()
         self._next = (seqs[-1] + 1) if seqs else 0
@@ -367,7 +370,9 @@ class LogReader:
     def __init__(self, store: Store, source: str, keyring: Keyring) -> None:
         self.store, self.source = store, source
         self._keys = LogKeys(store, source, keyring)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"logread-{source[:12]}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=store.capabilities.io_threads, thread_name_prefix=f"logread-{source[:12]}"
+        )
 
     def _opened(self, record: PieceRecord) -> tuple[Opener, str]:
         data_key = self._keys.get(record.key_id)

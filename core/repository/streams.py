@@ -31,8 +31,6 @@ from core.errors import IntegrityError
 from core.repository.manifest import ChunkRecord, StreamRecord
 from core.storage.base import ObjectNotFound, Store
 
-IN_FLIGHT = 4  # a local disk's chunks in flight (2 threads); stores that want more: in_flight()
-
 
 def in_flight(store: Store) -> int:
     """Chunks buffered or in transfer at once for ``store``: twice the requests
@@ -104,7 +102,7 @@ class StreamWriter:
     def _emit(self, data: bytes, final: bool) -> None:
         cancel.check(f"backup {self._backup_id}")  # SIGINT/SIGTERM: stop here, the backup ends FAILED
         self._plain += len(data)
-        self._slots.acquire()  # back-pressure: at most IN_FLIGHT chunks buffered per backup
+        self._slots.acquire()  # back-pressure: at most in_flight(store) chunks buffered per backup
         self._futures.append(self._pool.submit(self._store_chunk, self._index, final, data))
         self._index += 1
         while self._futures and self._futures[0].done():
