@@ -138,6 +138,29 @@ class ReplicationError(DRError):
     exit_code = 20
 
 
+class ValidationFailedError(DRError):
+    """A validation found a failed critical check (a missing or damaged object, a broken chain, a
+    backup older than its RPO, a restore that does not match its checks). ``record`` (when set) is
+    the validation record as a dict. Exit 21."""
+
+    exit_code = 21
+
+
+class DrillFailedError(DRError):
+    """A drill failed: a recovery did not complete or prove itself, or the measured RTO or RPO
+    missed the stack's objectives. ``record`` (when set) is the drill record as a dict. Exit 22."""
+
+    exit_code = 22
+
+
+class SandboxError(DRError):
+    """A throw-away sandbox (a fresh postgres, mariadbd, redis-server or directory on 127.0.0.1)
+    could not be started: a binary missing, a port taken, a start that failed (with its log's last
+    line); or a drill target that is a production source. Exit 23."""
+
+    exit_code = 23
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -158,6 +181,9 @@ EXIT_CODES: dict[str, int] = {
         RecoveryTargetError,
         KeyServiceError,
         ReplicationError,
+        ValidationFailedError,
+        DrillFailedError,
+        SandboxError,
     )
 }
 

@@ -21,6 +21,7 @@ from core.crypto.keys import Keyring
 from core.crypto.kms import KmsKeyConfig
 from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
+from core.notify.config import NotificationsConfig
 from core.sources import (
     BucketSourceConfig,
     FieldProblem,
@@ -32,6 +33,7 @@ from core.sources import (
     short,
 )
 from core.storage.config import VaultConfig
+from core.validation.config import DrillConfig, ObjectivesConfig, ValidationConfig
 
 SOURCE_MODELS = {
     "postgres": PostgresSourceConfig,
@@ -181,7 +183,29 @@ class SchedulesConfig(BaseModel):
         "backup by the deployment's trigger).",
     )
 
-    @field_validator("full", "differential", "incremental", "redis", "capture", "replicate")
+    validate_integrity: str = Field(
+        "0 2 * * *", description="Integrity validation of the newest backups (default daily at 02:00)."
+    )
+    validate_restore: str = Field(
+        "0 3 * * 0", description="Restore-level validation into sandboxes (default weekly, Sunday 03:00)."
+    )
+    drill_daily: str = Field("30 2 * * *", description="The daily drill (default 02:30).")
+    drill_weekly: str = Field("0 4 * * 0", description="The weekly drill (default Sunday 04:00).")
+    drill_monthly: str = Field("0 5 1 * *", description="The monthly whole-stack drill (default the 1st, 05:00).")
+
+    @field_validator(
+        "full",
+        "differential",
+        "incremental",
+        "redis",
+        "capture",
+        "replicate",
+        "validate_integrity",
+        "validate_restore",
+        "drill_daily",
+        "drill_weekly",
+        "drill_monthly",
+    )
     @classmethod
     def _cron(cls, value: str) -> str:
         text = " ".join(value.split())
@@ -266,6 +290,12 @@ class StackConfig(BaseModel):
         default_factory=list, description="Copies of the vault kept by the replicate flow; see ReplicaConfig."
     )
     replication: ReplicationConfig = Field(default_factory=ReplicationConfig, description="See ReplicationConfig.")
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="RTO and RPO objectives.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="See ValidationConfig.")
+    drill: DrillConfig = Field(default_factory=DrillConfig, description="See DrillConfig.")
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig, description="Where backup, validation and drill outcomes are sent."
+    )
 
     @model_validator(mode="after")
     def _names(self) -> StackConfig:
@@ -287,6 +317,17 @@ class StackConfig(BaseModel):
                     f"source name {src.name!r} is used twice (also by sources[{first[src.name]}]); rename one",
                 )
             first[src.name] = i
+        # Settings keyed by source name must name one of the stack's sources (a typo would silently do nothing).
+        for loc, names in (
+            (("objectives", "sources"), self.objectives.sources),
+            (("validation", "smoke_queries"), self.validation.smoke_queries),
+            (("drill", "targets"), self.drill.targets),
+        ):
+            for name in names:
+                if name not in first:
+                    close = difflib.get_close_matches(name, list(first), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f" (sources: {', '.join(first)})"
+                    raise FieldProblem((*loc, name), f"{short(name)} is not a source of this stack{hint}")
         return self
 
     def source(self, name: str) -> Any:
