@@ -559,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_replicate(sub)
 
+    from cli.validate import register as register_validate
+
+    register_validate(sub)
+
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
     kg = key_sub.add_parser(

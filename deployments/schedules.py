@@ -28,6 +28,11 @@ DEPLOYMENTS = {
     "redis": "backup/redis",
     "capture": "capture/capture",
     "replicate": "replicate/replicate",
+    "validate_integrity": "validate/validate-integrity",
+    "validate_restore": "validate/validate-restore",
+    "drill_daily": "drill/drill-daily",
+    "drill_weekly": "drill/drill-weekly",
+    "drill_monthly": "drill/drill-monthly",
 }
 
 

@@ -79,6 +79,12 @@ DOCUMENTS_CADENCE = {
     "capture": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
     # Every 5 minutes, and after every completed backup (its trigger); one run at a time.
     "replicate": ("*/5 * * * *", True, 1, "CANCEL_NEW"),
+    # Daily integrity validation and weekly restore tests; daily, weekly and monthly drills; queued, never dropped.
+    "validate-integrity": ("0 2 * * *", True, 1, "ENQUEUE"),
+    "validate-restore": ("0 3 * * 0", True, 1, "ENQUEUE"),
+    "drill-daily": ("30 2 * * *", True, 1, "ENQUEUE"),
+    "drill-weekly": ("0 4 * * 0", True, 1, "ENQUEUE"),
+    "drill-monthly": ("0 5 1 * *", True, 1, "ENQUEUE"),
 }
 
 

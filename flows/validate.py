@@ -1,0 +1,60 @@
+"""validate: prove backups restorable at one of three depths, with a record kept in the vault."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from core.errors import ValidationFailedError
+from core.validation.results import ValidationRecord
+from flows.notifying import announce
+from tasks.validate import validate_backups
+
+
+@flow(name="validate", log_prints=True)
+def validate(
+    stack: str = "default",
+    backup_id: str | None = None,
+    latest: bool = False,
+    all: bool = False,  # noqa: A002 - the CLI's --all
+    level: Literal["quick", "integrity", "restore"] = "integrity",
+    vault: str | None = None,
+    sources: list[str] | None = None,
+) -> dict:
+    """Validate a backup (``backup_id``), the newest of each source (``latest``, the default) or every backup
+    (``all``) of the stack's vault (or the replica ``vault``) at ``level``:
+
+    * quick: manifests, every object present with its size, chains complete, each source within its RPO;
+    * integrity: quick, plus every object read back and authenticated, every stream's digest, and the
+      engines' own tools (pg_restore --list, redis-check-rdb, ...) on the streamed plaintext;
+    * restore: integrity, plus a restore into a throw-away sandbox, compared with the checks recorded at
+      backup time, plus the stack's smoke queries.
+
+    The record goes to the vault (history) and to a markdown artifact; the outcome is notified. The run
+    ends Failed (exit 21) when a critical check failed.
+    """
+    data = validate_backups(stack, backup_id, latest, all, level, vault, sources)
+    record = ValidationRecord.from_dict(data)
+    create_markdown_artifact(
+        record.render_markdown(), key=f"validation-{level}", description=f"Validation ({level}) of {stack}"
+    )
+    failed = record.failures(critical_only=True)
+    subject = backup_id or ("all" if all else "latest")
+    announce(
+        stack,
+        "validation",
+        record.passed,
+        title=f"validation {level} of {stack}: {'passed' if record.passed else 'FAILED'}",
+        summary=record.summary_line() if record.passed else f"{record.summary_line()}; first: {failed[0].line()}",
+        subject=f"{level}-{subject}",
+        details={"record": record.id, "level": level, "backups": record.backups[:20], **record.counts()},
+    )
+    if not record.passed:
+        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+        error = ValidationFailedError(f"{record.summary_line()}: {failed[0].line()}{more}")
+        error.record = data
+        raise error
+    get_run_logger().info(record.summary_line())
+    return data
