@@ -136,6 +136,8 @@ def validate(
         config.source(name)  # ConfigError naming the stack's sources
     say = progress or (lambda _message: None)
     now = now or datetime.now(UTC)
+    if now.tzinfo is None:  # a naive time is UTC, as everywhere in the vault
+        now = now.replace(tzinfo=UTC)
     vault = config.vault_named(vault_name).open()
     if keyring is None:
         keyring = config.keyring()
