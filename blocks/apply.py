@@ -7,6 +7,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import ValidationError
 
 from blocks.keys import VaultKey
+from blocks.notifications import NotificationChannels, has_channels
 from blocks.sources import SOURCE_BLOCKS
 from blocks.stack import DRStack, source_slug
 from blocks.vault import vault_block
@@ -35,10 +36,22 @@ def apply_stack(config: StackConfig) -> list[str]:
     replication = config.replication.model_dump() if getattr(config, "replication", None) is not None else {}
     key = VaultKey.model_validate(config.encryption.model_dump())
     key.save(config.stack, overwrite=True)
+    notifications = None
+    if has_channels(config.notifications):  # its secrets live in this block, never in the stack's document
+        notifications = NotificationChannels.from_config(config.notifications)
+        notifications.save(config.stack, overwrite=True)
+        written.append(f"notification-channels/{config.stack}")
+    sections = {name: getattr(config, name).model_dump(mode="json") for name in ("objectives", "validation", "drill")}
     # Saved blocks nest as references: the stack's document links to them (and loads them in one request).
-    DRStack(sources=refs, vault=vault, key=key, replicas=replicas, replication=replication).save(
-        config.stack, overwrite=True
-    )
+    DRStack(
+        sources=refs,
+        vault=vault,
+        key=key,
+        replicas=replicas,
+        replication=replication,
+        notifications=notifications,
+        **sections,
+    ).save(config.stack, overwrite=True)
     written += [
         f"{vault.get_block_type_slug()}/{config.stack}",
         f"vault-key/{config.stack}",

@@ -7,6 +7,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
 from blocks.keys import VaultKey
+from blocks.notifications import NotificationChannels
 from blocks.sources import SOURCE_BLOCKS
 from blocks.vault import GcsVault, LocalVault, S3Vault, bind_credentials
 from core.errors import ConfigError
@@ -53,6 +54,14 @@ class DRStack(Block):
     replication: dict = Field(
         default_factory=dict, description="Replication settings (max_lag_seconds: the lag that fails a run)."
     )
+    objectives: dict = Field(default_factory=dict, description="RTO and RPO objectives (the stack's objectives).")
+    validation: dict = Field(
+        default_factory=dict, description="Validation settings (reverify_after_hours, smoke_queries per source)."
+    )
+    drill: dict = Field(default_factory=dict, description="Drill settings (targets per source, parallel, trend).")
+    notifications: NotificationChannels | None = Field(
+        None, description="Where outcomes are sent (a Notification Channels block, which holds their secrets)."
+    )
 
     def get_config(self) -> StackConfig:
         """Load every source block and assemble the core stack config."""
@@ -83,6 +92,11 @@ class DRStack(Block):
                     f"stack block: replica {name!r}: vault block {ref!r} is missing or invalid; re-run 'genesis-dr apply'"
                 ) from None
         extra = {"replicas": replicas, "replication": self.replication} if replicas or self.replication else {}
+        # Stacks applied before these sections existed have none: the defaults apply.
+        sections = {"objectives": self.objectives, "validation": self.validation, "drill": self.drill}
+        extra |= {name: value for name, value in sections.items() if value}
+        if self.notifications is not None:
+            extra["notifications"] = self.notifications.to_config()
         config = StackConfig(
             stack=self._block_document_name or "default",
             vault=self.vault.to_config(),
