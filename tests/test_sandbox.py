@@ -58,7 +58,9 @@ def _sandbox_root():
 def _nothing_left():
     yield
     assert live_sandboxes() == []
-    assert not child_processes("redis-server") and not child_processes("mariadbd")
+    root = os.environ[ROOT_ENV]
+    servers = child_processes("redis-server") + child_processes("mariadbd")
+    assert [argv for _, argv in servers if any(root in arg for arg in argv)] == []
     assert list(Path(os.environ[ROOT_ENV]).iterdir()) == []
 
 
