@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate bench-drill
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -45,3 +45,7 @@ bench-pitr: bootstrap
 ## Replication of 1 GB of backups to S3 on a moto server against rclone, and an S3-vault backup against a local one.
 bench-replicate: bootstrap
 	$(VENV)/python benchmarks/replicate.py
+
+## The monthly drill on PostgreSQL 1 GB + MariaDB 300 MB + Redis 1 M keys: whole-stack RTO per stage (goal < 3 min).
+bench-drill: bootstrap
+	$(VENV)/python benchmarks/drill.py
