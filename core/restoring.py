@@ -25,6 +25,7 @@ from core.engines.base import ChainSteps, Engine, StopPoint, compare_checks
 from core.errors import ConfigError, DRError, EngineError, TargetNotEmptyError, VerificationError
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
+from core.timing import StageClock
 
 
 @dataclass
@@ -135,8 +136,12 @@ def _verify_reporting(engine: Engine, expected: dict, backup_id: str, say: Progr
     return verified
 
 
-def _restore_in_place(reader, engine: Engine, backup_id: str, say: Progress = _quiet) -> tuple[list[str], int]:
+def _restore_in_place(
+    reader, engine: Engine, backup_id: str, say: Progress = _quiet, verify: bool = True
+) -> tuple[list[str], int]:
     notes = engine.restore(reader, reader.result) or []
+    if not verify:  # the caller compares (a restore-level validation or drill, which reports the differences)
+        return list(notes), 0
     return list(notes), _verify_reporting(engine, reader.result.checks, backup_id, say)
 
 
@@ -151,8 +156,11 @@ def _put_back(vault: Vault, keyring: Keyring, rollback_id: str, engine: Engine) 
 class _Backup:
     """What a restore of one backup loads: its streams, proved by its recorded checks."""
 
-    def __init__(self, vault: Vault, keyring: Keyring, backup_id: str, say: Progress) -> None:
+    def __init__(
+        self, vault: Vault, keyring: Keyring, backup_id: str, say: Progress, clock: StageClock | None = None
+    ) -> None:
         self.reader = vault.open_backup(backup_id, keyring)  # key, MAC and version checked before the target
+        self.reader.clock, self.clock, self.verify = clock, clock, True
         self.label, self.manifest = backup_id, self.reader.manifest
         self.plain_bytes = self.manifest.plain_bytes
         m = self.manifest
@@ -177,7 +185,10 @@ class _Backup:
             self.reader.on_stream_read = report
 
     def into(self, engine: Engine, say: Progress) -> tuple[list[str], int]:
-        notes, verified = _restore_in_place(self.reader, engine, self.label, say)
+        started = time.monotonic()
+        notes, verified = _restore_in_place(self.reader, engine, self.label, say, self.verify)
+        if self.clock is not None:
+            self.clock.add("load", time.monotonic() - started)
         # Every object of a restored backup is authenticated, also a stream the engine did not need
         # (an index, a sidecar): a damaged backup must never pass as a good one.
         for name in self.reader.stream_names():
@@ -193,8 +204,10 @@ class _Backup:
 class _Chain:
     """What a point-in-time restore loads: exactly the plan's backups and log pieces, in order."""
 
-    def __init__(self, vault: Vault, keyring: Keyring, plan: dict, say: Progress) -> None:
-        self.plan = plan
+    def __init__(
+        self, vault: Vault, keyring: Keyring, plan: dict, say: Progress, clock: StageClock | None = None
+    ) -> None:
+        self.plan, self.clock, self.verify = plan, clock, True
         source = plan["source"]
         self.label = f"{source} at {plan['recovery_time']}"
         self.base = vault.open_backup(plan["base_id"], keyring)
@@ -204,6 +217,9 @@ class _Chain:
         try:
             self.layers = [vault.open_backup(i, keyring) for i in plan["layers"]]
             self.log = vault.log_reader(source, keyring)
+            for reader in [self.base, *self.layers]:
+                reader.clock = clock
+            self.log.clock = clock
             index = vault.log_index(source)
             self.records = [index.record(seq) for seq in plan["pieces"]]
         except BaseException:
@@ -235,13 +251,35 @@ class _Chain:
                 },
                 "data_loss_s": self.plan["data_loss_s"],
             }
-            return _restore_in_place(self.base, engine, m.id, say)
+            started = time.monotonic()
+            try:
+                return _restore_in_place(self.base, engine, m.id, say, self.verify)
+            finally:
+                if self.clock is not None:
+                    self.clock.add("load", time.monotonic() - started)
+        # Load (the full and the layers) until the first log piece is opened; replay from there.
+        started, replay_from = time.monotonic(), []
+
+        def timed(opener):
+            def open_piece():
+                if not replay_from:
+                    replay_from.append(time.monotonic())
+                return opener()
+
+            return open_piece
+
         steps = ChainSteps(
             base=self.base,
             layers=self.layers,
-            pieces=[(record.info, self.log.opener(record)) for record in self.records],
+            pieces=[(record.info, timed(self.log.opener(record))) for record in self.records],
         )
-        point = engine.restore_chain(steps, self.stop, say)
+        try:
+            point = engine.restore_chain(steps, self.stop, say)
+        finally:
+            if self.clock is not None:
+                ended = time.monotonic()
+                self.clock.add("load", (replay_from[0] if replay_from else ended) - started)
+                self.clock.add("replay", ended - replay_from[0] if replay_from else 0.0)
         last = self.layers[-1] if self.layers else self.base
         self.extra = {
             "recovery_point": {"time": point.time, "position": point.position, "proof": point.proof},
@@ -256,6 +294,8 @@ class _Chain:
             say(f"recovery point {point.time} reached; {point.proof}")
             return list(point.notes), 0
         say(f"recovery point {point.time}: the state of {last.manifest.id}; {point.proof}")
+        if not self.verify:
+            return list(point.notes), 0
         if not last.result.checks:
             self.extra["unproven"] = [
                 f"{last.manifest.id} recorded no checks; the recovery point is proven by {point.proof}"
@@ -314,6 +354,8 @@ def restore_backup(
     force: bool = False,
     rollback: bool = True,
     progress: Progress | None = None,
+    verify: bool = True,
+    clock: StageClock | None = None,
 ) -> RestoreReport:
     """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
 
@@ -328,6 +370,10 @@ def restore_backup(
 
     ``progress`` is told each step in one line (what, sizes, times): the run log an
     operator watches.
+
+    ``verify=False`` skips only the comparison with the recorded checks (a restore-level
+    validation compares itself, and reports the differences as a check result); ``clock``
+    collects the seconds per stage (fetch, decrypt, load, replay) of a drill.
     """
     say = progress or _quiet
     manifest = vault.manifest(backup_id)
@@ -345,8 +391,11 @@ def restore_backup(
             force=force,
         )
         check_reaches(plan, manifest)
-        return _restore(vault, keyring, _Chain(vault, keyring, plan.to_dict(), say), engine, force, rollback, say)
-    return _restore(vault, keyring, _Backup(vault, keyring, backup_id, say), engine, force, rollback, say)
+        load = _Chain(vault, keyring, plan.to_dict(), say, clock)
+    else:
+        load = _Backup(vault, keyring, backup_id, say, clock)
+    load.verify = verify
+    return _restore(vault, keyring, load, engine, force, rollback, say)
 
 
 def restore_chain_plan(
@@ -358,12 +407,16 @@ def restore_chain_plan(
     force: bool = False,
     rollback: bool = True,
     progress: Progress | None = None,
+    verify: bool = True,
+    clock: StageClock | None = None,
 ) -> RestoreReport:
     """Execute a point-in-time plan (``core.chains.plan_chain_restore``) exactly as it reads: its
     full, the backups on it and its log pieces, replayed to its stop time, with the same target
     protection as ``restore_backup``. The report gives the recovery point and how it was proven."""
     say = progress or _quiet
-    return _restore(vault, keyring, _Chain(vault, keyring, plan, say), engine, force, rollback, say)
+    load = _Chain(vault, keyring, plan, say, clock)
+    load.verify = verify  # False: only the comparison with the recorded checks is skipped (see restore_backup)
+    return _restore(vault, keyring, load, engine, force, rollback, say)
 
 
 def _restore(

@@ -42,6 +42,7 @@ from core.errors import FormatError, IntegrityError, LogGapError, VaultError
 from core.repository.manifest import StreamRecord, now_iso
 from core.repository.streams import StreamReader, StreamWriter, in_flight, open_reader
 from core.storage.base import ObjectNotFound, Store
+from core.timing import StageClock
 
 MAC_INFO = b"genesis-dr/v2/log-piece-mac"  # HKDF info of this record's MAC key
 
@@ -373,6 +374,7 @@ class LogReader:
         self._pool = ThreadPoolExecutor(
             max_workers=store.capabilities.io_threads, thread_name_prefix=f"logread-{source[:12]}"
         )
+        self.clock: StageClock | None = None  # set by a drill: fetch/decrypt seconds of the pieces read
 
     def _opened(self, record: PieceRecord) -> tuple[Opener, str]:
         data_key = self._keys.get(record.key_id)
@@ -381,7 +383,9 @@ class LogReader:
 
     def iter_piece(self, record: PieceRecord) -> Iterator[bytes]:
         opener, prefix = self._opened(record)
-        return iter(StreamReader(self.store, opener, self._pool, record.id, record.stream, prefix=prefix))
+        return iter(
+            StreamReader(self.store, opener, self._pool, record.id, record.stream, prefix=prefix, clock=self.clock)
+        )
 
     @contextmanager
     def open_piece(self, record: PieceRecord) -> Iterator[BinaryIO]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from core.crypto.envelope import Opener, Sealer
 from core.errors import IntegrityError
 from core.repository.manifest import ChunkRecord, StreamRecord
 from core.storage.base import ObjectNotFound, Store
+from core.timing import StageClock
 
 
 def in_flight(store: Store) -> int:
@@ -157,8 +159,10 @@ class StreamReader:
         backup_id: str,
         record: StreamRecord,
         prefix: str | None = None,
+        clock: StageClock | None = None,
     ):
         self._prefix = prefix
+        self._clock = clock  # a drill's: store GETs are "fetch", checking and opening a chunk "decrypt"
         self._store, self._opener, self._pool = store, opener, pool
         self._backup_id, self.record = backup_id, record
         self._digest = hashlib.sha256()
@@ -190,6 +194,7 @@ class StreamReader:
     def _open_chunk(self, index: int) -> bytes:
         rec = self.record.chunks[index]
         key = chunk_key(self._backup_id, self.record.name, index, self._prefix)
+        started = time.monotonic()
         try:
             blob = self._store.get(key)
         except ObjectNotFound:
@@ -201,8 +206,13 @@ class StreamReader:
                 f"backup {self._backup_id}: object {key} does not match its SHA-256 in the manifest (corrupt); "
                 "restore from another backup or replica"
             )
+        fetched = time.monotonic()
         final = index == len(self.record.chunks) - 1
-        return self._opener.open(self.record.name, index, final, blob, f"backup {self._backup_id} object {key}")
+        data = self._opener.open(self.record.name, index, final, blob, f"backup {self._backup_id} object {key}")
+        if self._clock is not None:
+            self._clock.add("fetch", fetched - started)
+            self._clock.add("decrypt", time.monotonic() - fetched)
+        return data
 
     def __iter__(self) -> Iterator[bytes]:
         total = len(self.record.chunks)

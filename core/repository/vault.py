@@ -84,6 +84,7 @@ from core.repository.manifest import (
 )
 from core.repository.streams import StreamReader, StreamWriter, chunk_key, in_flight, open_reader
 from core.storage.base import ObjectNotFound, Store
+from core.timing import StageClock
 
 VAULT_FORMAT = "genesis-dr-vault"
 VAULT_VERSION = 2
@@ -766,6 +767,7 @@ class BackupReader:
         self.on_stream_read: Callable[[str, int, float], None] | None = None
         # keys.json re-wrapped by a key rotation that has not re-signed the manifest yet.
         self.rotation_in_progress = False
+        self.clock: StageClock | None = None  # set by a drill: fetch/decrypt seconds of this reader's chunks
         self._opener = Opener(data_key, manifest.id)
         self._pool = ThreadPoolExecutor(
             max_workers=vault.store.capabilities.io_threads, thread_name_prefix=f"open-{manifest.id[-8:]}"
@@ -790,7 +792,11 @@ class BackupReader:
         )
 
     def iter_stream(self, name: str) -> Iterator[bytes]:
-        pieces = iter(StreamReader(self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name)))
+        pieces = iter(
+            StreamReader(
+                self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name), clock=self.clock
+            )
+        )
         return pieces if self.on_stream_read is None else self._reported(name, pieces, self.on_stream_read)
 
     @staticmethod
