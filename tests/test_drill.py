@@ -10,16 +10,35 @@ nothing is left running afterwards.
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from core.drills.chart import render_chart, write_local
+from core.chains import parse_iso
+from core.drills import drill_status, run_drill
+from core.drills.chart import REPORTS_ENV, render_chart, write_local
 from core.drills.objectives import check_rpo, check_rto, rpo_seconds
 from core.drills.record import DrillRecord, seconds_text
 from core.drills.status import render_status, summarize, trend
+from core.engines import engine_for
+from core.engines.mysql import position as mysql_position
+from core.history import History
+from core.operations import backup_source
+from core.repository.manifest import Manifest
+from core.sandbox import live_sandboxes
+from core.sandbox.registry import ROOT_ENV
+from core.stack import StackConfig
 from core.validation.results import CheckResult
+from tests.capturing import Capturing
+from tests.fixtures_redis import RedisServer
+from tests.servers import shared_tmpdir
 
 # -- pure figures -------------------------------------------------------------------------------
 
@@ -238,3 +257,323 @@ def test_chart_is_a_png_of_the_records(tmp_path):
     assert _png_size(render_chart([])) == (900, 650)
     path = write_local("shop", records[-1].id, png, tmp_path)
     assert path == tmp_path / "shop" / f"{records[-1].id}.png" and path.read_bytes() == png
+
+
+# -- drills of a real stack -----------------------------------------------------------------------
+
+PASSPHRASE = "drill-test-passphrase"
+
+
+@dataclass
+class Stack:
+    """A stack of three real sources with their backups in one local vault."""
+
+    config: StackConfig
+    vault_path: Path
+    backups: dict[str, Manifest]  # source -> the newest backup
+    captured_until: str  # the last captured binlog event time of shop-db (its point-in-time recovery point)
+    redis: RedisServer
+
+    def with_(self, **fields) -> StackConfig:
+        """The same stack with other settings (``sources``: names to keep)."""
+        data = self.config.model_dump(mode="json")
+        keep = fields.pop("sources", None)
+        if keep is not None:
+            data["sources"] = [s for s in data["sources"] if s["name"] in keep]
+            queries = data["validation"]["smoke_queries"]
+            data["validation"]["smoke_queries"] = {k: v for k, v in queries.items() if k in keep}
+        for source in self.config.sources:  # model_dump(mode=json) masks SecretStr passwords
+            for s in data["sources"]:
+                if s["name"] == source.name:
+                    s.update(source.model_dump())
+        return StackConfig(**(data | fields))
+
+
+@pytest.fixture(scope="module")
+def sandboxes() -> Iterator[Path]:
+    """A sandbox root of this module's own (other modules' sandboxes are not ours to count)."""
+    root = shared_tmpdir("gdr-drill-sandboxes-")  # the postgres and mysql users must reach it
+    root.chmod(0o711)
+    old = os.environ.get(ROOT_ENV)
+    os.environ[ROOT_ENV] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop(ROOT_ENV, None)
+    else:
+        os.environ[ROOT_ENV] = old
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def reports(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(REPORTS_ENV, str(tmp_path / "reports"))
+    return tmp_path / "reports"
+
+
+def _no_sandbox_left(root: Path) -> None:
+    assert live_sandboxes() == []
+    assert list(root.iterdir()) == []
+    # No server process still runs from a sandbox directory.
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(root) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                leftovers.append(proc.name)
+        except OSError:
+            continue
+    assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, sandboxes, pg_server, mysql_server, redis_session) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("drill-stack")
+    secret = base / "passphrase"
+    secret.write_text(PASSPHRASE + "\n")
+    secret.chmod(0o600)
+    spool_before = os.environ.get("GENESIS_DR_SPOOL_DIR")
+    os.environ["GENESIS_DR_SPOOL_DIR"] = str(base / "spool")
+
+    database = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(database) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, label text NOT NULL)")
+        conn.execute("INSERT INTO orders VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+    shop = mysql_server.create_database("drill")
+    with mysql_server.connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL) ENGINE=InnoDB")
+        cur.execute("INSERT INTO items VALUES (1, 'bolt'), (2, 'nut')")
+    cache = redis_session("drill")
+    cache.client().flushall()
+    cache.client().mset({"session:1": "alice", "session:2": "bob"})
+
+    sources = [
+        pg_server.config("app-db", database),
+        mysql_server.config("shop-db", shop, rpo_seconds=1),
+        cache.config("cache"),
+    ]
+    config = StackConfig(
+        stack="drill-test",
+        vault={"path": str(base / "vault")},
+        encryption={"passphrase_from": f"file:{secret}"},
+        sources=[s.model_dump() for s in sources],
+        validation={
+            "smoke_queries": {
+                "app-db": [{"query": "SELECT count(*) FROM orders", "expect": "3"}],
+                # The row written after the full backup arrives through the captured binlog.
+                "shop-db": [{"query": "SELECT name FROM items WHERE id = 3", "expect": "washer"}],
+                "cache": [{"query": "GET session:2", "expect": "bob"}],
+            }
+        },
+    )
+    vault = config.vault.open(create=True)
+    keyring = config.keyring()
+    backups = {s.name: backup_source(vault, keyring, engine_for(s), "full") for s in config.sources}
+    # shop-db: its binlog captured after the full backup, so the drill restores it to a point in time.
+    capture = Capturing(vault, keyring, engine_for(config.source("shop-db")))
+    time.sleep(1.1)  # binlog times are whole seconds: the row's second must come after the backup's end
+    with mysql_server.connect(shop) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO items VALUES (3, 'washer')")
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+    wanted = mysql_position.order({"binlog_file": file, "binlog_pos": pos})
+    capture.wait_until(lambda p: bool(p) and mysql_position.order(p[-1].end) >= wanted, "the washer row")
+    capture.finish()
+    pieces = vault.log_pieces("shop-db")
+    yield Stack(config, base / "vault", backups, pieces[-1].last_time, cache)
+    if spool_before is None:
+        os.environ.pop("GENESIS_DR_SPOOL_DIR", None)
+    else:
+        os.environ["GENESIS_DR_SPOOL_DIR"] = spool_before
+
+
+def test_monthly_drill_of_a_three_source_stack_passes_with_its_figures(stack, sandboxes, reports):
+    lines: list[str] = []
+    began = time.monotonic()
+    record = run_drill(stack.config, "monthly", progress=lines.append)
+    wall = time.monotonic() - began
+
+    assert record.passed, record.render_text()
+    assert set(record.sources) == {"app-db", "shop-db", "cache"}
+    disaster = parse_iso(record.disaster_time)
+    for name, src in record.sources.items():
+        backup = stack.backups[name]
+        assert src["backup_id"] == backup.id and src["vault"] == "primary" and src["passed"] is True
+        assert src["rpo_objective_s"] == 300.0
+        # The stages of a restore were measured; the wall-clock ones are parts of the source's wall time
+        # (fetch and decrypt are busy time of reader threads, overlapped with the load; small here).
+        stages = src["stages"]
+        assert {"sandbox", "fetch", "decrypt", "load", "verify"} <= set(stages)
+        assert stages["sandbox"] > 0 and stages["load"] > 0 and stages["verify"] > 0, stages
+        walls = stages["sandbox"] + stages["load"] + stages.get("replay", 0) + stages["verify"]
+        assert walls <= src["seconds"] + 0.01 and 0 < src["seconds"] <= record.rto_s, (stages, src["seconds"])
+    # Without a log the recovery point is the backup's end; shop-db's captured binlog reaches further.
+    for name in ("app-db", "cache"):
+        point = record.sources[name]["recovery_point"]
+        assert parse_iso(point) == parse_iso(stack.backups[name].ended_at)
+        assert record.sources[name]["rpo_s"] == round((disaster - parse_iso(point)).total_seconds(), 3)
+    shop = record.sources["shop-db"]
+    assert parse_iso(shop["recovery_point"]) > parse_iso(stack.backups["shop-db"].ended_at)
+    assert parse_iso(shop["recovery_point"]) <= parse_iso(stack.captured_until)
+    assert shop["rpo_s"] == round((disaster - parse_iso(shop["recovery_point"])).total_seconds(), 3)
+    assert shop["stages"]["replay"] > 0
+    # End to end: at least the slowest source, at most the drill's own wall time.
+    assert max(s["seconds"] for s in record.sources.values()) <= record.rto_s <= wall
+    assert record.rto_objective_s == 900.0 and record.vaults_rto_s == {"primary": record.rto_s}
+
+    checks = {(r.source, r.name): r for r in record.results}
+    for name in record.sources:
+        assert checks[(name, "data checks")].passed and checks[(name, "RPO")].passed
+    # The smoke queries ran on the restored sandboxes; the washer row came through the replayed binlog.
+    smoke = {r.source: r.detail for r in record.results if r.name.startswith("smoke: ")}
+    assert smoke == {
+        "app-db": "returned the expected 3",
+        "shop-db": "returned the expected washer",
+        "cache": "returned the expected bob",
+    }
+    assert checks[("", "RTO")].line() == (
+        f"[passed] RTO: whole-stack recovery took {seconds_text(record.rto_s)}, within the objective of 15 min 0 s"
+    )
+    assert [r.line() for r in record.results if r.failed] == []
+
+    markdown = record.render_markdown()
+    assert f"recovered and verified in **{seconds_text(record.rto_s)}** (RTO objective 15 min 0 s: within)" in markdown
+    for name, src in record.sources.items():
+        assert f"| {name} | primary | {src['kind']} | {src['backup_id']} | {src['recovery_point']} | " in markdown
+
+    # Kept in the vault, with its chart, also written locally.
+    vault = stack.config.vault.open()
+    history = History(vault.store)
+    assert DrillRecord.from_dict(history.get("drills", record.id)) == record
+    assert record.chart == f"history/drills/{record.id}.png"
+    png = vault.store.get(record.chart)
+    assert Path(record.chart_path) == reports / "drill-test" / f"{record.id}.png"
+    assert Path(record.chart_path).read_bytes() == png and _png_size(png) == (900, 650)
+    assert lines[-1] == record.summary_line()
+    _no_sandbox_left(sandboxes)
+
+
+def test_a_drill_over_its_rto_objective_fails_naming_the_violation(stack, sandboxes):
+    config = stack.with_(sources=["cache"], objectives={"rto_seconds": 0.01})
+    kept = History(config.vault.open().store).ids("drills")
+    record = run_drill(config, "monthly", record_history=False)
+
+    assert not record.passed
+    failed = record.failures(critical_only=True)
+    assert [r.name for r in failed] == ["RTO"]
+    assert failed[0].line() == (
+        f"[FAILED] RTO: whole-stack recovery took {seconds_text(record.rto_s)}, over the objective of 0.01 s by "
+        f"{seconds_text(record.rto_s - 0.01)}; speed up the slowest stage in the drill's table (fetch, load, "
+        "replay...) or raise drill.parallel; if the objective itself is wrong, change objectives.rto_seconds"
+    )
+    assert "(RTO objective 0.01 s: **OVER**)" in record.render_markdown()
+    # Not kept: no record, no chart.
+    assert record.chart is None and History(config.vault.open().store).ids("drills") == kept
+    _no_sandbox_left(sandboxes)
+
+
+def test_a_drill_over_a_source_rpo_fails_naming_the_source(stack, sandboxes):
+    config = stack.with_(sources=["cache", "app-db"], objectives={"sources": {"cache": {"rpo_seconds": 0.5}}})
+    declared = datetime(2030, 1, 1, tzinfo=UTC).replace(
+        **{f: getattr(datetime.now(UTC), f) for f in ("year", "month", "day", "hour", "minute", "second")}
+    )
+    record = run_drill(config, "monthly", now=declared, record_history=False)
+
+    disaster = parse_iso(record.disaster_time)
+    assert disaster == declared  # a whole second: recorded as given
+    lost = round((disaster - parse_iso(stack.backups["cache"].ended_at)).total_seconds(), 3)
+    assert record.sources["cache"]["rpo_s"] == lost and record.sources["cache"]["rpo_objective_s"] == 0.5
+    failed = record.failures(critical_only=True)
+    assert [(r.source, r.name) for r in failed] == [("cache", "RPO")]
+    assert failed[0].line() == (
+        f"[FAILED] cache: RPO: recovered to a point {seconds_text(lost)} before the disaster, over the objective of "
+        f"0.50 s by {seconds_text(lost - 0.5)}; back it up more often, or run its continuous capture "
+        "('genesis-dr capture') where the kind has one; if the objective itself is wrong, change "
+        "objectives.sources.cache.rpo_seconds"
+    )
+    # app-db keeps the stack's 300 s objective and passes.
+    assert next(r for r in record.results if (r.source, r.name) == ("app-db", "RPO")).passed
+    _no_sandbox_left(sandboxes)
+
+
+def test_full_drill_restores_from_the_replica_too_and_leaves_it_untouched(stack, sandboxes, tmp_path):
+    replica = tmp_path / "replica"
+    shutil.copytree(stack.vault_path, replica)
+    before = sorted((p.relative_to(replica), p.stat().st_mtime_ns) for p in replica.rglob("*"))
+    config = stack.with_(sources=["cache"], replicas=[{"name": "dr-copy", "vault": {"path": str(replica)}}])
+    record = run_drill(config, "full", record_history=False)
+
+    assert record.passed, record.render_text()
+    assert set(record.sources) == {"cache", "cache@dr-copy"}
+    assert record.sources["cache@dr-copy"]["vault"] == "dr-copy"
+    assert record.sources["cache@dr-copy"]["backup_id"] == stack.backups["cache"].id
+    assert set(record.vaults_rto_s) == {"primary", "dr-copy"} and record.rto_s == record.vaults_rto_s["primary"]
+    checks = {(r.source, r.name): r for r in record.results}
+    assert checks[("", "RTO from vault dr-copy")].passed and checks[("cache", "RPO from vault dr-copy")].passed
+    assert checks[("", "failover rehearsal")].status == "not checked"
+    assert sorted((p.relative_to(replica), p.stat().st_mtime_ns) for p in replica.rglob("*")) == before
+    _no_sandbox_left(sandboxes)
+
+
+def test_status_shows_the_last_drill_of_each_tier_and_the_trend(stack, sandboxes, tmp_path):
+    # A vault of its own: copy the stack's backups, no history.
+    vault_path = tmp_path / "vault"
+    shutil.copytree(stack.vault_path, vault_path, ignore=shutil.ignore_patterns("history"))
+    config = stack.with_(sources=["cache"], vault={"path": str(vault_path)})
+    daily = run_drill(config, "daily")
+    first = run_drill(config, "monthly")
+    second = run_drill(config, "monthly")
+
+    assert daily.passed and daily.validation["level"] == "integrity"
+    assert daily.validation["backups"] == [stack.backups["cache"].id]
+    status = drill_status(config)
+    assert status["records"] == 3
+    assert status["tiers"]["daily"] == {
+        "id": daily.id,
+        "when": daily.started_at,
+        "passed": True,
+        "rto_s": None,
+        "failures": 0,
+        "first_failure": None,
+    }
+    assert status["tiers"]["monthly"]["id"] == second.id and status["tiers"]["weekly"] is None
+    assert status["trend"]["rto"] == trend([first.rto_s, second.rto_s]) | {"objective_s": 900.0}
+    assert status["trend"]["rpo"]["cache"]["last"] == second.sources["cache"]["rpo_s"]
+    text = render_status(status)
+    assert f"  monthly  {second.started_at}  passed, RTO {seconds_text(second.rto_s)}  {second.id}" in text
+    assert "  weekly   never run" in text
+    # The second chart plots both monthly drills.
+    vault = config.vault.open()
+    assert vault.store.get(second.chart) == render_chart([first, second])
+    _no_sandbox_left(sandboxes)
+
+
+def test_a_drill_pointed_at_a_production_source_is_refused_and_fails(stack, sandboxes):
+    cache = stack.config.source("cache")
+    config = stack.with_(sources=["cache"], drill={"targets": {"cache": {"host": "127.0.0.1", "port": cache.port}}})
+    record = run_drill(config, "monthly", record_history=False)
+
+    assert not record.passed
+    failed = record.failures(critical_only=True)
+    assert [r.source for r in failed] == ["cache"]
+    assert "drill target of cache is the production target of source cache (" in failed[0].line()
+    assert f"127.0.0.1:{cache.port}" in failed[0].line()
+    # Nothing was recovered: no recovery point, no RPO figure, and the RTO says what it does not cover.
+    assert record.sources["cache"]["recovery_point"] is None and record.sources["cache"]["rpo_s"] is None
+    assert [r.name for r in record.results if r.source == "cache" and r.name == "RPO"] == []
+    assert next(r for r in record.results if r.name == "RTO").detail.endswith(
+        "; 1 source(s) were not recovered, see their restore checks"
+    )
+    # The production server still holds its data.
+    assert stack.redis.client().get("session:2") == b"bob"
+    _no_sandbox_left(sandboxes)
+
+
+def test_weekly_drill_is_a_restore_level_validation(stack, sandboxes):
+    config = stack.with_(sources=["cache"])
+    record = run_drill(config, "weekly", record_history=False)
+
+    assert record.passed, record.render_text()
+    assert record.validation["level"] == "restore" and record.validation["backups"] == [stack.backups["cache"].id]
+    checks = {r.name: r for r in record.results if r.source == "cache"}
+    assert checks["data checks"].passed and record.rto_s is None and record.sources == {}
+    assert record.summary_line().startswith(f"drill {record.id} (weekly, stack drill-test, vault primary) passed: ")
+    _no_sandbox_left(sandboxes)

@@ -44,6 +44,8 @@ def trend(values: list[float]) -> dict[str, Any]:
 def summarize(records: list[dict[str, Any]], last: int) -> dict[str, Any]:
     """The status of drill records (oldest first): the last run per tier and the trend of the newest
     ``last`` monthly/full drills. Pure: ``drill_status`` feeds it the vault's history."""
+    # Ids sort by the second they were made in; two drills within one second are ordered by start.
+    records = sorted(records, key=lambda d: (d.get("started_at") or "", d.get("id") or ""))
     tiers: dict[str, Any] = {t: None for t in TIERS}
     for data in records:
         record = DrillRecord.from_dict(data)
