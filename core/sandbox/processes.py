@@ -92,9 +92,19 @@ def wait_listening(proc: subprocess.Popen, port: int, log: Path, what: str, sour
     )
 
 
-def run_tool(argv: list[str], what: str, source: str, log: Path | None = None) -> None:
-    """Run a set-up tool (initdb, mariadb-install-db); SandboxError with its last line on failure."""
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+def run_tool(argv: list[str], what: str, source: str, log: Path | None = None, env: dict | None = None) -> None:
+    """Run a set-up tool (initdb, mariadb-install-db); SandboxError with its first error line on failure."""
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env and os.environ | env
+    )
     if proc.returncode != 0:
-        detail = last_line(proc.stderr) or last_line(proc.stdout) or (log_tail(log) if log else "")
+        detail = first_error(proc.stderr) or last_line(proc.stderr) or last_line(proc.stdout) or (log_tail(log) if log else "")
         raise SandboxError(f"sandbox for {source}: {what} failed (exit {proc.returncode}): {detail}")
+
+
+def first_error(text: str) -> str:
+    """The first '[ERROR]' line that says why (MariaDB ends with a bare '[ERROR] Aborting')."""
+    for line in text.splitlines():
+        if "[ERROR]" in line and not line.rstrip().endswith("Aborting"):
+            return line.strip()
+    return ""

@@ -182,6 +182,9 @@ def start_mysql(box: Sandbox, config: Any, port: int) -> Any:
         ],
         "mariadb-install-db",
         config.name,
+        # Its bootstrap server names temporary tables after its pid in TMPDIR: two sandboxes set up at once
+        # in a shared /tmp collided ("Can't find file '/tmp/#sql-temptable-...MAI'"), so each gets its own.
+        env={"TMPDIR": str(home)},
     )
     sock = home / "mysqld.sock"
     log = home / "error.log"
