@@ -61,9 +61,10 @@ def not_checked(name: str, detail: str, *, source: str = "", backup_id: str = ""
 
 
 def new_run_id(prefix: str, now: datetime | None = None) -> str:
-    """``validation_20261206_020000_a1b2c3d4`` / ``drill_...``: sortable by time, like backup ids."""
+    """``validation_20261206_020000123_a1b2c3d4`` / ``drill_...``: UTC to the millisecond, so records of one
+    vault sort by time even when two runs start in the same second."""
     now = now or datetime.now(UTC)
-    return f"{prefix}_{now.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(4)}"
+    return f"{prefix}_{now.strftime('%Y%m%d_%H%M%S%f')[:-3]}_{secrets.token_hex(4)}"
 
 
 def now_iso() -> str:
