@@ -27,6 +27,7 @@ from core.errors import ConfigError
 from core.repository.manifest import now_iso
 from core.stack import SOURCE_MODELS, ReplicaConfig, ReplicationConfig, StackConfig, VaultConfig, vault_named
 from core.targets import state_dir
+from core.validation.config import DrillConfig, ObjectivesConfig
 
 FORMAT = 1
 
@@ -63,6 +64,9 @@ class StackDescription:
     # the vault's replicas, so 'list --vault' and dry runs read one without Prefect
     replicas: list[ReplicaConfig] = field(default_factory=list)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    # what 'drill status' compares its trend with (no secrets: drill targets hold none, see DrillConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    drill: DrillConfig = field(default_factory=DrillConfig)
 
     def vault_named(self, name: str | None) -> VaultConfig:
         """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
@@ -97,6 +101,8 @@ def describe(config: StackConfig, applied_to: str) -> dict:
         "vault": config.vault.model_dump(),
         "replicas": [r.model_dump() for r in config.replicas],
         "replication": config.replication.model_dump(),
+        "objectives": config.objectives.model_dump(mode="json"),
+        "drill": config.drill.model_dump(mode="json"),
         "encryption": {k: v for k, v in encryption.items() if v is not None and k not in encryption_secrets},
         "encryption_secrets": encryption_secrets,
         "sources": sources,
@@ -148,6 +154,8 @@ def _parse(data: dict, path: Path) -> StackDescription:
         path=str(path),
         replicas=[ReplicaConfig.model_validate(r) for r in data.get("replicas") or []],
         replication=ReplicationConfig.model_validate(data.get("replication") or {}),
+        objectives=ObjectivesConfig.model_validate(data.get("objectives") or {}),
+        drill=DrillConfig.model_validate(data.get("drill") or {}),
     )
 
 

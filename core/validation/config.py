@@ -75,4 +75,18 @@ class DrillConfig(BaseModel):
         "(fields of the source, e.g. {host: test-db, port: 5433}); refused if it is one of the stack's sources.",
     )
     parallel: int = Field(4, ge=1, le=64, description="Sources restored at once in a whole-stack drill.")
+
+    @model_validator(mode="after")
+    def _no_secrets_in_targets(self) -> DrillConfig:
+        # Drill settings are stored in the stack's block document, in clear: no password may ride along.
+        for source, fields in self.targets.items():
+            for name in fields:
+                if "password" in name or "secret" in name:
+                    raise ValueError(
+                        f"drill.targets.{source}.{name}: a secret here would be stored in Prefect in clear; let the "
+                        "test environment accept the drill's login without one (trust or peer authentication), or "
+                        "leave the target out and drill in a throw-away sandbox"
+                    )
+        return self
+
     trend: int = Field(30, ge=2, le=1000, description="Drills shown in the chart and the trend of 'drill status'.")
