@@ -7,8 +7,11 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from core import cancel
 from core.errors import DrillFailedError
+from core.notify.reports import drill_event
 from flows.notifying import announce
+from flows.reporting import raise_if_failed
 from tasks.validate import run_drill_tier
 
 
@@ -32,7 +35,10 @@ def drill(
     """
     from core.drills import DrillRecord
 
-    data = run_drill_tier(stack, tier, vault)
+    # SIGTERM (a cancelled run) or Ctrl-C stops at the next step instead of killing the process, so every
+    # sandbox is torn down; a sandbox of a run killed outright is removed by the next one (core.sandbox).
+    with cancel.stop_on_signals(print):
+        data = run_drill_tier(stack, tier, vault)
     record = DrillRecord.from_dict(data)
     create_markdown_artifact(record.render_markdown(), key=f"drill-{tier}", description=f"Drill ({tier}) of {stack}")
     if data.get("chart_path"):
@@ -42,24 +48,7 @@ def drill(
             key=f"drill-{tier}-chart",
             description=f"Also in the vault as {data.get('chart')}",
         )
-    failed = [r for r in record.results if r.failed and r.critical]
-    announce(
-        stack,
-        "drill",
-        record.passed,
-        title=f"{tier} drill of {stack}: {'passed' if record.passed else 'FAILED'}",
-        summary=record.summary_line() if record.passed else f"{record.summary_line()}; first: {failed[0].line()}",
-        subject=tier,
-        details={"record": record.id, "tier": tier, "rto_s": data.get("rto_s"), "rpo_s": _rpos(data)},
-    )
-    if not record.passed:
-        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
-        error = DrillFailedError(f"{record.summary_line()}: {failed[0].line()}{more}")
-        error.record = data
-        raise error
+    announce(stack, drill_event(record))
+    raise_if_failed(record, data, DrillFailedError)
     get_run_logger().info(record.summary_line())
     return data
-
-
-def _rpos(data: dict) -> dict:
-    return {name: s.get("rpo_s") for name, s in (data.get("sources") or {}).items()}

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger
+from core.notify.event import Event
+from tasks.notify import notify_outcome
 
 
-def announce(stack: str, activity: str, passed: bool, *, title: str, summary: str, subject: str, details: dict) -> None:
-    """Send the outcome to every channel of the stack that wants it; a failed delivery is logged and counted."""
-    from tasks.notify import notify_outcome
-
-    deliveries = notify_outcome(
-        stack,
-        activity=activity,
-        outcome="success" if passed else "failure",
-        title=title,
-        summary=summary,
-        subject=subject,
-        details=details,
-    )
-    failed = [d for d in deliveries or [] if not d.get("ok")]
-    if failed:
-        get_run_logger().warning("%d of %d notifications were not delivered", len(failed), len(deliveries))
+def announce(stack: str, event: Event) -> list[dict]:
+    """Send ``event`` to every channel of ``stack`` that wants it; a failed delivery is logged and counted
+    by the task (never raised: a receiver that is down must not turn a passed drill into a failed run)."""
+    return notify_outcome(stack, event)

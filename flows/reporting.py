@@ -51,3 +51,15 @@ def publish_backup_table(results: list[dict], failures: dict[str, BaseException]
         rows += ["", "**Left out of these backups (the stack allows skipping them):**", ""]
         rows += [f"- {source} `{backup_id}`: {entry}" for source, backup_id, entry in skips]
     create_markdown_artifact("\n".join(rows), key="backup-summary", description="Backups taken by this run")
+
+
+def raise_if_failed(record, data: dict, error_class: type[DRError]) -> None:
+    """End a validation or drill run Failed when a critical check failed: the first failure in the
+    error's line (the command prints it), the whole record attached for the caller to show."""
+    failed = [r for r in record.results if r.failed and r.critical]
+    if not failed:
+        return
+    more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+    error = error_class(f"{record.summary_line()}: {failed[0].line()}{more}")
+    error.record = data
+    raise error

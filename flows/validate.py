@@ -7,9 +7,12 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from core import cancel
 from core.errors import ValidationFailedError
+from core.notify.reports import validation_event
 from core.validation.results import ValidationRecord
 from flows.notifying import announce
+from flows.reporting import raise_if_failed
 from tasks.validate import validate_backups
 
 
@@ -35,26 +38,15 @@ def validate(
     The record goes to the vault (history) and to a markdown artifact; the outcome is notified. The run
     ends Failed (exit 21) when a critical check failed.
     """
-    data = validate_backups(stack, backup_id, latest, all, level, vault, sources)
+    # SIGTERM (a cancelled run) or Ctrl-C stops at the next step instead of killing the process, so every
+    # sandbox is torn down; a sandbox of a run killed outright is removed by the next one (core.sandbox).
+    with cancel.stop_on_signals(print):
+        data = validate_backups(stack, backup_id, latest, all, level, vault, sources)
     record = ValidationRecord.from_dict(data)
     create_markdown_artifact(
         record.render_markdown(), key=f"validation-{level}", description=f"Validation ({level}) of {stack}"
     )
-    failed = record.failures(critical_only=True)
-    subject = backup_id or ("all" if all else "latest")
-    announce(
-        stack,
-        "validation",
-        record.passed,
-        title=f"validation {level} of {stack}: {'passed' if record.passed else 'FAILED'}",
-        summary=record.summary_line() if record.passed else f"{record.summary_line()}; first: {failed[0].line()}",
-        subject=f"{level}-{subject}",
-        details={"record": record.id, "level": level, "backups": record.backups[:20], **record.counts()},
-    )
-    if not record.passed:
-        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
-        error = ValidationFailedError(f"{record.summary_line()}: {failed[0].line()}{more}")
-        error.record = data
-        raise error
+    announce(stack, validation_event(record))
+    raise_if_failed(record, data, ValidationFailedError)
     get_run_logger().info(record.summary_line())
     return data

@@ -20,4 +20,5 @@ pytest_plugins = [
     "tests.fixtures_prefect",
     "tests.fixtures_cloud",
     "tests.fixtures_gcs",
+    "tests.fixtures_sandbox",
 ]

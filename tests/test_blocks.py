@@ -14,13 +14,25 @@ from blocks import (
     GcsVault,
     LocalVault,
     MySQLSource,
+    NotificationChannels,
     PostgresSource,
     RedisSource,
     S3Vault,
     VaultKey,
 )
 
-ALL_BLOCKS = [DRStack, FilesSource, GcsVault, LocalVault, MySQLSource, PostgresSource, RedisSource, S3Vault, VaultKey]
+ALL_BLOCKS = [
+    DRStack,
+    FilesSource,
+    GcsVault,
+    LocalVault,
+    MySQLSource,
+    NotificationChannels,
+    PostgresSource,
+    RedisSource,
+    S3Vault,
+    VaultKey,
+]
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.__name__)

@@ -3,6 +3,7 @@ server and a worker, and the restore deployment's approval over a live target.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -195,7 +196,7 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
                     time.sleep(1)
                 if outcome.get("replicate") == "COMPLETED":
                     del outcome["replicate"]
-                assert outcome == {"full": "COMPLETED", "restore": "COMPLETED"}, outcome
+                assert outcome == {"full": "COMPLETED", "drill-daily": "COMPLETED", "restore": "COMPLETED"}, outcome
                 restore_run = next(r for r in started if deployments[r.deployment_id].name == "restore")
                 logs = [
                     x.message
@@ -210,6 +211,11 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
             ("app-mysql", COMPLETED),
             ("cache", COMPLETED),
         ]
+        # The daily drill's record is in the vault: every source's newest backup validated, all passed.
+        (drill,) = [json.loads(p.read_text()) for p in (vault / "history/drills").glob("drill_*.json")]
+        assert drill["tier"] == "daily" and drill["passed"] is True, drill
+        validated = {r["source"] for r in drill["results"] if r["name"] == "read back" and r["passed"]}
+        assert validated == {"app-db", "app-files", "app-mysql", "cache"}, drill["results"]
     finally:
         stop_group(shell)
         if made_passphrase:
@@ -364,7 +370,9 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
     assert crons == ["15 */4 * * *", "30 3 * * 0"]
 
     # Leave the shared server's deployments of 'default' paused (other tests run workers on it).
-    off = "".join(f"  {name}: 'off'\n" for name in DOCUMENTS_CADENCE)
+    from deployments.schedules import DEPLOYMENTS
+
+    off = "".join(f"  {key}: 'off'\n" for key in DEPLOYMENTS)  # the stack file's keys (validate_integrity, ...)
     write(off)
     apply_schedules(load_stack_file(stack))
     assert {name: active for name, (_, active, _, _) in deployed().items()} == dict.fromkeys(DOCUMENTS_CADENCE, False)

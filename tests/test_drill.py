@@ -32,13 +32,11 @@ from core.engines.mysql import position as mysql_position
 from core.history import History
 from core.operations import backup_source
 from core.repository.manifest import Manifest
-from core.sandbox import live_sandboxes
-from core.sandbox.registry import ROOT_ENV
 from core.stack import StackConfig
 from core.validation.results import CheckResult
 from tests.capturing import Capturing
 from tests.fixtures_redis import RedisServer
-from tests.servers import shared_tmpdir
+from tests.fixtures_sandbox import assert_no_sandbox_left
 
 # -- pure figures -------------------------------------------------------------------------------
 
@@ -290,18 +288,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def sandboxes() -> Iterator[Path]:
-    """A sandbox root of this module's own (other modules' sandboxes are not ours to count)."""
-    root = shared_tmpdir("gdr-drill-sandboxes-")  # the postgres and mysql users must reach it
-    root.chmod(0o711)
-    old = os.environ.get(ROOT_ENV)
-    os.environ[ROOT_ENV] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop(ROOT_ENV, None)
-    else:
-        os.environ[ROOT_ENV] = old
-    shutil.rmtree(root, ignore_errors=True)
+def sandboxes(sandbox_root) -> Path:
+    """This module's own sandbox root (other modules' sandboxes are not ours to count)."""
+    return sandbox_root
 
 
 @pytest.fixture(autouse=True)
@@ -311,17 +300,7 @@ def reports(tmp_path, monkeypatch) -> Path:
 
 
 def _no_sandbox_left(root: Path) -> None:
-    assert live_sandboxes() == []
-    assert list(root.iterdir()) == []
-    # No server process still runs from a sandbox directory.
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and str(root) in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                leftovers.append(proc.name)
-        except OSError:
-            continue
-    assert leftovers == []
+    assert_no_sandbox_left(root)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import command_runner, error_line, test_env
 from tests.test_engine_files import snapshot, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,30 +21,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 @pytest.fixture
 def cli(prefect_api, tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "BACKUP_ENCRYPTION_PASSWORD": "replica-test-Zq9"}
-
-    def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=tmp_path,
-            env=env | {"PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
-        return proc
-
-    return run
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("genesis-dr: error:")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
+    return command_runner(tmp_path, test_env(BACKUP_ENCRYPTION_PASSWORD="replica-test-Zq9"), no_traceback=False)
 
 
 def tree(root: Path) -> Path:
@@ -126,11 +104,11 @@ replication: {{max_lag_seconds: 600}}
         "restore", "--stack", "repl", "--vault", "dr-disk", "--source", "app-files", "--backup-id", full_id,
         "--target", f"root={tmp_path / 'from-disk'}", "--force", expect=2,
     )  # fmt: skip
-    assert "rollback backup taken first cannot be written into a replica" in one_line_error(refused)
+    assert "rollback backup taken first cannot be written into a replica" in error_line(refused)
     assert snapshot(tmp_path / "from-disk") == full_tree
-    unknown = one_line_error(cli("list", "--stack", "repl", "--vault", "eu-west-1", expect=2))
+    unknown = error_line(cli("list", "--stack", "repl", "--vault", "eu-west-1", expect=2))
     assert "has no vault 'eu-west-1' (known: primary, dr-disk, us-east-1); check --vault" in unknown
-    unknown = one_line_error(cli("replicate", "--stack", "repl", "--replica", "gcs-eu", expect=2))
+    unknown = error_line(cli("replicate", "--stack", "repl", "--replica", "gcs-eu", expect=2))
     assert "(known: primary, dr-disk, us-east-1)" in unknown
 
 

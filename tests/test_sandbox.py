@@ -9,7 +9,6 @@ stops its server. After every test no sandbox and no server process is left.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,35 +32,17 @@ from core.sources import (
     PostgresSourceConfig,
     RedisSourceConfig,
 )
-from tests.servers import child_processes, shared_tmpdir
+from tests.fixtures_sandbox import assert_no_sandbox_left
 
 PG = PostgresSourceConfig(name="app-db", host="db.internal", port=5432, database="app", password="prod-secret")
 MY = MySQLSourceConfig(name="shop-db", host="mysql.internal", database="shop", password="prod-secret")
 RD = RedisSourceConfig(name="cache", host="redis.internal", password="prod-secret")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _sandbox_root():
-    """A sandbox root of this module's own (the postgres and mysql users must reach it)."""
-    old = os.environ.get(ROOT_ENV)
-    root = shared_tmpdir("gdr-sandboxes-")
-    os.environ[ROOT_ENV] = str(root)
-    yield
-    if old is None:
-        os.environ.pop(ROOT_ENV)
-    else:
-        os.environ[ROOT_ENV] = old
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(autouse=True)
-def _nothing_left():
+def _nothing_left(sandbox_root):
     yield
-    assert live_sandboxes() == []
-    root = os.environ[ROOT_ENV]
-    servers = child_processes("redis-server") + child_processes("mariadbd")
-    assert [argv for _, argv in servers if any(root in arg for arg in argv)] == []
-    assert list(Path(os.environ[ROOT_ENV]).iterdir()) == []
+    assert_no_sandbox_left(sandbox_root)
 
 
 def _listening(port: int) -> bool:

@@ -5,45 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.commands import command_runner, error_line, test_env
 from tests.fixtures_notify import Receiver
 from tests.test_engine_files import write
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def cli(prefect_api, tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "BACKUP_ENCRYPTION_PASSWORD": "validate-test-Rk2"}
-
-    def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=tmp_path,
-            env=env | {"PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    return run
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("genesis-dr: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    return command_runner(tmp_path, test_env(BACKUP_ENCRYPTION_PASSWORD="validate-test-Rk2"), timeout=600)
 
 
 def stack_file(tmp_path: Path, name: str, root: Path, hook: str, extra: str = "") -> Path:
@@ -59,7 +32,7 @@ validation:
   smoke_queries: {{app-files: [conf/app.ini]}}
 notifications:
   webhooks: [{{name: ops, url: "{hook}"}}]
-  pagerduty: {{routing_key: pd-routing-key-Zx81, url: "{hook.rsplit('/', 1)[0]}/pagerduty"}}
+  pagerduty: {{routing_key: pd-routing-key-Zx81, url: "{hook.rsplit("/", 1)[0]}/pagerduty"}}
 {extra}"""
     )
     return path
@@ -106,9 +79,7 @@ def test_validate_command_passes_then_names_a_deleted_object_and_notifies(cli, t
         assert "pd-routing-key-Zx81" not in proc.stdout + proc.stderr
 
 
-def test_drill_commands_measure_rto_and_rpo_keep_history_and_fail_on_a_missed_objective(
-    cli, tmp_path, redis_factory
-):
+def test_drill_commands_measure_rto_and_rpo_keep_history_and_fail_on_a_missed_objective(cli, tmp_path, redis_factory):
     from tests.fixtures_redis import assert_same_redis, seed_redis, snapshot_redis
 
     root = tmp_path / "app"
@@ -127,7 +98,7 @@ def test_drill_commands_measure_rto_and_rpo_keep_history_and_fail_on_a_missed_ob
         record = json.loads(cli("drill", "run", "monthly", "--stack", "dr", "--json").stdout)
         assert record["passed"] is True and record["tier"] == "monthly", record
         assert set(record["sources"]) == {"app-files", "cache"}
-        for name, recovered in record["sources"].items():
+        for recovered in record["sources"].values():
             assert set(recovered["stages"]) >= {"sandbox", "fetch", "decrypt", "load", "verify"}, recovered
             assert 0 < recovered["seconds"] <= record["rto_s"] < record["rto_objective_s"] == 900
             assert 0 <= recovered["rpo_s"] <= recovered["rpo_objective_s"] == 300

@@ -22,41 +22,31 @@ from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.operations import backup_source
 from core.repository.vault import Vault
-from core.sandbox import live_sandboxes
-from core.sandbox.registry import ROOT_ENV
 from core.sources import FilesSourceConfig
 from core.stack import StackConfig
 from core.storage.local import LocalStore
 from core.timing import STAGES, StageClock
 from core.validation.restore_check import check_restore
-from tests.servers import child_processes, shared_tmpdir
+from tests.fixtures_sandbox import assert_no_sandbox_left
 
 PASSPHRASE = "restore-check-passphrase"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _module_env(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in (ROOT_ENV, "GENESIS_DR_SPOOL_DIR")}
-    root = shared_tmpdir("gdr-sandboxes-")
-    os.environ[ROOT_ENV] = str(root)
+def _module_env(tmp_path_factory, sandbox_root):
+    saved = os.environ.get("GENESIS_DR_SPOOL_DIR")
     os.environ["GENESIS_DR_SPOOL_DIR"] = str(tmp_path_factory.mktemp("spool"))
     yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    shutil.rmtree(root, ignore_errors=True)
+    if saved is None:
+        os.environ.pop("GENESIS_DR_SPOOL_DIR", None)
+    else:
+        os.environ["GENESIS_DR_SPOOL_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)
-def _no_sandbox_left():
+def _no_sandbox_left(sandbox_root):
     yield
-    assert live_sandboxes() == []
-    root = os.environ[ROOT_ENV]
-    servers = child_processes("redis-server") + child_processes("mariadbd")
-    assert [argv for _, argv in servers if any(root in arg for arg in argv)] == []
-    assert list(Path(os.environ[ROOT_ENV]).iterdir()) == []
+    assert_no_sandbox_left(sandbox_root)
 
 
 def _stack(vault_dir: Path, sources: list, **extra) -> StackConfig:

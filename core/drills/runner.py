@@ -124,6 +124,7 @@ def _recover_stack(config, record: DrillRecord, vault, keyring, disaster: dateti
     lock = threading.Lock()
 
     def recover(source) -> SourceRecovery:
+        called = time.monotonic()
         recovery = check_restore(
             config,
             vault,
@@ -134,10 +135,11 @@ def _recover_stack(config, record: DrillRecord, vault, keyring, disaster: dateti
             clock=StageClock(),
             vault_name=None if vault_label == PRIMARY else vault_label,
         )
-        # check_restore returns after tearing its sandbox down: the RTO includes that teardown (a
-        # second or so), erring on the side of a longer recovery, never a shorter one.
+        # The source is back once its data is proven, not once the drill's sandbox is gone again; a
+        # recovery that never got that far ends when check_restore returned.
         with lock:
-            done_at[source.name] = time.monotonic()
+            ended = called + recovery.recovered_s if recovery.recovered_s is not None else time.monotonic()
+            done_at[source.name] = ended
         return recovery
 
     with ThreadPoolExecutor(max_workers=config.drill.parallel, thread_name_prefix="drill") as pool:
@@ -160,7 +162,7 @@ def _recover_stack(config, record: DrillRecord, vault, keyring, disaster: dateti
             "rpo_s": rpo,
             "rpo_objective_s": objective,
             "stages": dict(recovery.stages),
-            "seconds": round(recovery.seconds, 3),
+            "seconds": round(recovery.recovered_s if recovery.recovered_s is not None else recovery.seconds, 3),
             "target": recovery.target,
             "passed": recovery.passed,
         }
@@ -169,7 +171,9 @@ def _recover_stack(config, record: DrillRecord, vault, keyring, disaster: dateti
         if rpo is not None or restored:
             record.results.append(check_rpo(source.name, rpo, objective, vault=vault_label))
         if restored:
-            say(f"{key}: recovered in {recovery.seconds:.2f} s to {recovery.recovery_point or '-'} (RPO {rpo} s)")
+            say(
+                f"{key}: recovered in {record.sources[key]['seconds']:.2f} s to {recovery.recovery_point or '-'} (RPO {rpo} s)"
+            )
         else:
             first = next((r for r in recovery.results if r.failed), None)
             say(f"{key}: NOT recovered: {first.line() if first else 'no result'}")

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core import cancel
 from core.cancel import InterruptedRunError
 from core.chains import iso, parse_iso, plan_chain_restore
 from core.crypto.keys import Keyring
@@ -51,7 +52,10 @@ class SourceRecovery:
     recovery_point: str | None  # ISO time the restored data stands at
     results: list[CheckResult] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0  # wall time of the whole check
+    seconds: float = 0.0  # wall time of the whole check (sandbox teardown included)
+    # Wall time from the start until the restored data was proven (checks and smoke queries done), before the
+    # sandbox was torn down: when this source was back in service, which is what an RTO measures.
+    recovered_s: float | None = None
     target: str = ""  # the sandbox (or drill target) restored into
     report: dict | None = None  # RestoreReport.to_dict()
 
@@ -301,6 +305,7 @@ def check_restore(
         )
         return finish()
     out.backup_id = choice.backup_id
+    cancel.check(f"restore-level check of {source}")  # a cancelled run starts no sandbox
     where = f" of vault {vault_name}" if vault_name else ""
     say(f"{source}: restore-level check of {choice.label}{where}")
     try:
@@ -339,6 +344,9 @@ def check_restore(
                     )
                 )
                 return finish()
+            # Interrupted (SIGTERM from a cancelled run, Ctrl-C): stop before the checks; leaving the block
+            # tears the sandbox down.
+            cancel.check(f"restore-level check of {source}")
             out.report = report
             point = report.get("recovery_point") or {}
             # One format for every kind (engines report their own: microseconds, "+00:00").
@@ -362,6 +370,7 @@ def check_restore(
                 for result in run_smoke(target, queries):
                     result.backup_id = choice.backup_id
                     out.results.append(result)
+            out.recovered_s = _since(started)
     except SandboxError as exc:
         out.results.append(
             _failed(
