@@ -97,7 +97,7 @@ class NotificationChannels(Block):
 
 
 def has_channels(config: NotificationsConfig) -> bool:
-    return bool(config.slack or config.pagerduty or config.sns or config.webhooks or config.prefect_blocks)
+    return config.any_channel()
 
 
 def sns_session(config: NotificationsConfig) -> tuple[NotificationsConfig, Any]:

@@ -8,9 +8,9 @@ from prefect import flow
 
 from core import cancel
 from core.notify.reports import backup_event
+from flows.notifying import announce
 from flows.reporting import collect, publish_backup_table, raise_failures
 from tasks.backup import backup_source, select_sources
-from tasks.notify import notify_outcome
 
 
 @flow(name="backup", log_prints=True)
@@ -35,12 +35,12 @@ def backup(
         try:
             names = select_sources(stack, sources, backup_type, kinds)
         except Exception as exc:  # e.g. an unknown source: reported, then the run fails with it
-            notify_outcome(stack, backup_event(stack, backup_type, [], {"plan": exc}, **scope))
+            announce(stack, backup_event(stack, backup_type, [], {"plan": exc}, **scope))
             raise
         futures = {name: backup_source.submit(stack, name, backup_type) for name in names}
         results, failures = collect(futures)
     publish_backup_table(results, failures)
     # Success and failure are both reported (a success resolves the incident a failure opened).
-    notify_outcome(stack, backup_event(stack, backup_type, results, failures, **scope))
+    announce(stack, backup_event(stack, backup_type, results, failures, **scope))
     raise_failures(failures, "source backups")
     return results

@@ -38,7 +38,7 @@ def command_runner(cwd: Path, env: dict[str, str], *, timeout: float = 300, no_t
     return run
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def clean_environment(**extra: str) -> dict[str, str]:
     """This process's environment without pytest's variables, plus ``extra``."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")} | extra
 

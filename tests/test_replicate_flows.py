@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import command_runner, error_line, test_env
+from tests.commands import clean_environment, command_runner, error_line
 from tests.test_engine_files import snapshot, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,9 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 @pytest.fixture
 def cli(prefect_api, tmp_path):
-    return command_runner(tmp_path, test_env(BACKUP_ENCRYPTION_PASSWORD="replica-test-Zq9"), no_traceback=False)
+    return command_runner(
+        tmp_path, clean_environment(BACKUP_ENCRYPTION_PASSWORD="replica-test-Zq9"), no_traceback=False
+    )
 
 
 def tree(root: Path) -> Path:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import command_runner, error_line, test_env
+from tests.commands import clean_environment, command_runner, error_line
 from tests.fixtures_notify import Receiver
 from tests.test_engine_files import write
 
 
 @pytest.fixture
 def cli(prefect_api, tmp_path):
-    return command_runner(tmp_path, test_env(BACKUP_ENCRYPTION_PASSWORD="validate-test-Rk2"), timeout=600)
+    return command_runner(tmp_path, clean_environment(BACKUP_ENCRYPTION_PASSWORD="validate-test-Rk2"), timeout=600)
 
 
 def stack_file(tmp_path: Path, name: str, root: Path, hook: str, extra: str = "") -> Path:

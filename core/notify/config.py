@@ -58,3 +58,7 @@ class NotificationsConfig(BaseModel):
         "every event, as a subject and a body.",
     )
     timeout_seconds: float = Field(5, gt=0, le=60, description="Per delivery; a slower receiver is counted as failed.")
+
+    def any_channel(self) -> bool:
+        """Whether anything is configured to receive events at all."""
+        return bool(self.slack or self.pagerduty or self.sns or self.webhooks or self.prefect_blocks)
