@@ -11,10 +11,12 @@ bootstrap:
 demo: bootstrap
 	@bash scripts/demo.sh
 
-## Run the whole test suite (and the layer contract).
+## Run the whole test suite (and the layer contract): two workers, each test file whole on one of them
+## (module-scoped servers stay shared), each worker with its own servers and Prefect harness.
+TEST_WORKERS ?= 2
 test: bootstrap
 	$(VENV)/lint-imports
-	$(VENV)/python -m pytest -q tests
+	$(VENV)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: bootstrap
 	$(VENV)/ruff check core flows tasks blocks cli tests benchmarks
