@@ -28,6 +28,7 @@ from core.errors import ConfigError, WrongKeyError
 from core.operations import backup_source
 from core.repository.vault import Vault
 from core.storage.local import LocalStore
+from tests.commands import command_runner
 from tests.test_vault import BytesEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,24 +43,7 @@ def _clean_env() -> dict:
 
 @pytest.fixture
 def cli(prefect_api, tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    env = _clean_env() | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
-
-    def run(*args: str, expect: int = 0, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=tmp_path,
-            env=env | (extra_env or {}),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    return run
+    return command_runner(tmp_path, _clean_env())
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
