@@ -1,0 +1,186 @@
+"""The failover topology of a stack: regions with a priority, their databases, health URLs and DNS record.
+
+Validation names the field on error (``FieldProblem``), as for the rest of the stack file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.errors import ConfigError
+from core.sources import FieldProblem, MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig, short
+
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+
+
+class DnsConfig(BaseModel):
+    """The DNS record that sends clients to a region: switched to ``value`` when that region becomes active."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["route53", "clouddns"] = Field(description="DNS service: route53 or clouddns.")
+    zone: str = Field(
+        "",
+        description="route53: the hosted zone id (default env ROUTE53_HOSTED_ZONE_ID); clouddns: the managed "
+        "zone name.",
+    )
+    project: str | None = Field(None, description="clouddns: the Google Cloud project of the managed zone.")
+    record_name: str = Field(
+        "", description="Fully qualified record name, e.g. 'app.example.com.' (default env DNS_RECORD_NAME)."
+    )
+    record_type: Literal["A", "AAAA", "CNAME"] = Field("CNAME", description="Record type: A, AAAA or CNAME.")
+    value: str = Field(description="What the record points at when this region is active.")
+    ttl: int = Field(60, ge=0, le=2**31 - 1, description="Record TTL in seconds.")
+    endpoint_url: str | None = Field(None, description="Another API endpoint: a test server or emulator.")
+    credentials: str | None = Field(
+        None,
+        description="route53: name of a prefect-aws AwsCredentials block; clouddns: of a prefect-gcp "
+        "GcpCredentials block (default: the provider's default credential chain).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env_defaults(cls, data: Any) -> Any:
+        # The source documents configure the record through these variables; the stack file may override them.
+        if isinstance(data, dict):
+            data = dict(data)
+            if not data.get("zone") and data.get("provider", "route53") == "route53":
+                data["zone"] = os.environ.get("ROUTE53_HOSTED_ZONE_ID", "")
+            if not data.get("record_name"):
+                data["record_name"] = os.environ.get("DNS_RECORD_NAME", "")
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> DnsConfig:
+        if not self.zone.strip():
+            remedy = "or set ROUTE53_HOSTED_ZONE_ID" if self.provider == "route53" else "(the managed zone name)"
+            raise FieldProblem(("zone",), f"give the {self.provider} zone {remedy}")
+        if not self.record_name.strip():
+            raise FieldProblem(
+                ("record_name",), "give the record name, e.g. 'app.example.com.', or set DNS_RECORD_NAME"
+            )
+        if not self.value.strip():
+            raise FieldProblem(("value",), "give what the record points at when this region is active")
+        if self.provider == "route53" and self.project:
+            raise FieldProblem(("project",), "route53 has no project; remove it (it is for clouddns)")
+        return self
+
+
+class RegionConfig(BaseModel):
+    """One region: its databases (primary or replica), managed databases, application health URLs, DNS record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Region name, e.g. 'us-west-2' (lowercase letters, digits and dashes).")
+    priority: int = Field(description="Failover preference: 1 is the first choice; the lower number wins.")
+    postgres: PostgresSourceConfig | None = Field(
+        None, description="The region's PostgreSQL primary or standby (a postgres source without 'name')."
+    )
+    mysql: MySQLSourceConfig | None = Field(
+        None, description="The region's MariaDB/MySQL primary or replica (a mysql source without 'name')."
+    )
+    redis: RedisSourceConfig | None = Field(
+        None, description="The region's Redis primary or replica (a redis source without 'name')."
+    )
+    rds_instance_id: str | None = Field(None, description="The region's RDS instance (or read replica) id.")
+    health_urls: list[str] = Field(default_factory=list, description="Application health endpoints (2xx = ok).")
+    dns: DnsConfig | None = Field(None, description="The record switched to this region when it becomes active.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Check name -> weight, overriding the probe's weight in the score."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_databases(cls, data: Any) -> Any:
+        # Databases are named after their region so engines, logs and records can tell the copies apart.
+        if isinstance(data, dict):
+            data = dict(data)
+            for kind in ("postgres", "mysql", "redis"):
+                if isinstance(data.get(kind), dict):
+                    db = dict(data[kind])
+                    db.setdefault("name", f"{data.get('name')}-{kind}")
+                    db.setdefault("kind", kind)
+                    data[kind] = db
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RegionConfig:
+        if not _REGION.fullmatch(self.name):
+            raise FieldProblem(
+                ("name",), f"region name {short(self.name)} must be 1 to 48 lowercase letters, digits and dashes"
+            )
+        if self.priority < 1:
+            raise FieldProblem(("priority",), f"priority must be 1 or more (1 = first choice), not {self.priority}")
+        for check, weight in self.weights.items():
+            if not weight >= 0:
+                raise FieldProblem(("weights", check), f"weight must be 0 or more, not {short(weight)}")
+        for i, url in enumerate(self.health_urls):
+            if not url.startswith(("http://", "https://")):
+                raise FieldProblem(("health_urls", i), f"{short(url)} is not an http(s) URL")
+        return self
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the region holds replicated data (so a replication lag must be known to fail over to it)."""
+        return any((self.postgres, self.mysql, self.redis, self.rds_instance_id))
+
+
+class FailoverConfig(BaseModel):
+    """Failover policy and the regions to fail over between."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["manual", "automatic"] = Field(
+        "manual",
+        description="When the active region is down: manual pages and waits for approval; automatic fails over.",
+    )
+    max_data_loss_seconds: float = Field(
+        5, ge=0, description="Largest replication lag (seconds) a target may have without --force."
+    )
+    failures_before_down: int = Field(
+        3, ge=1, description="Consecutive unhealthy checks before a region counts as down."
+    )
+    check_interval_seconds: float = Field(60, gt=0, description="Seconds between two health checks of the monitor.")
+    regions: list[RegionConfig] = Field(description="The regions, at least two.")
+    active_region: str = Field(description="The region active initially (later the recorded state decides).")
+
+    @model_validator(mode="after")
+    def _regions(self) -> FailoverConfig:
+        if len(self.regions) < 2:
+            raise FieldProblem(("regions",), f"list at least 2 regions to fail over between, not {len(self.regions)}")
+        names: dict[str, int] = {}
+        priorities: dict[int, int] = {}
+        for i, region in enumerate(self.regions):
+            if region.name in names:
+                raise FieldProblem(
+                    ("regions", i, "name"),
+                    f"region name {region.name!r} is used twice (also by regions[{names[region.name]}]); rename one",
+                )
+            names[region.name] = i
+            if region.priority in priorities:
+                raise FieldProblem(
+                    ("regions", i, "priority"),
+                    f"priority {region.priority} is also that of regions[{priorities[region.priority]}]; "
+                    "give each region its own",
+                )
+            priorities[region.priority] = i
+        if self.active_region not in names:
+            raise FieldProblem(
+                ("active_region",), f"{short(self.active_region)} is not a region (regions: {', '.join(names)})"
+            )
+        return self
+
+    def region(self, name: str) -> RegionConfig:
+        """The region called ``name``; an unknown name is a one-line ConfigError listing the known ones."""
+        for region in self.regions:
+            if region.name == name:
+                return region
+        known = ", ".join(r.name for r in self.regions)
+        raise ConfigError(f"unknown region {short(name)}; choose one of the stack's regions: {known}")
+
+    def by_priority(self) -> list[RegionConfig]:
+        return sorted(self.regions, key=lambda r: r.priority)
