@@ -1,0 +1,136 @@
+"""Which region to fail over to, and the failover state (active region + fencing epoch).
+
+``choose_target`` is pure so its decisions can be pinned by golden tests: the highest-priority (lowest
+number) healthy region other than the active one whose replication lag is within the allowed data loss.
+Every region gets a one-line reason, so "none chosen" always says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from core.errors import ConfigError
+from core.failover import StaleEpochError
+from core.failover.health import RegionHealth
+from core.failover.topology import FailoverConfig
+from core.sources import short
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen region (None: none qualifies), a reason per region, and the data loss of going there."""
+
+    target: str | None
+    reasons: dict[str, str]
+    data_loss_s: float | None
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "reasons": dict(self.reasons),
+            "data_loss_s": self.data_loss_s,
+            "forced": self.forced,
+        }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def choose_target(
+    regions_health: dict[str, RegionHealth], config: FailoverConfig, active: str, *, force: bool = False
+) -> Choice:
+    """The region to fail over to from ``active``.
+
+    Qualifies: not the active region, measured and healthy, and (if it holds replicated data) a known lag
+    within ``config.max_data_loss_seconds``. ``force`` drops the lag condition (an unknown lag included) but
+    never the health one: promoting into an unhealthy region helps nobody.
+    """
+    if active not in {r.name for r in config.regions}:
+        known = ", ".join(r.name for r in config.regions)
+        raise ConfigError(f"unknown active region {short(active)}; the stack's regions are: {known}")
+    limit = config.max_data_loss_seconds
+    reasons: dict[str, str] = {}
+    candidates: list[tuple[str, float | None, bool]] = []  # (region, lag, within the limit), by priority
+    for region in config.by_priority():
+        name = region.name
+        health = regions_health.get(name)
+        if name == active:
+            reasons[name] = "the active region (the one being left)"
+            continue
+        if health is None:
+            reasons[name] = "not chosen: no health measured"
+            continue
+        if not health.healthy:
+            failed = ", ".join(health.failed) or "no checks"
+            reasons[name] = f"not chosen: unhealthy (score {health.score:.2f}; failed: {failed})"
+            continue
+        lag = health.lag_s
+        if region.has_data and lag is None:
+            candidates.append((name, None, False))
+            reasons[name] = "not chosen: replication lag unknown (no passing check measured it)"
+        elif lag is not None and lag > limit:
+            candidates.append((name, lag, False))
+            reasons[name] = f"not chosen: lags {_seconds(lag)}, over the {_seconds(limit)} allowed data loss"
+        else:
+            candidates.append((name, lag, True))
+    pool = candidates if force else [c for c in candidates if c[2]]
+    target = pool[0] if pool else None
+    for name, lag, within in candidates:
+        priority = config.region(name).priority
+        if target is not None and name == target[0]:
+            if not within:
+                why = reasons[name].removeprefix("not chosen: ")
+                reasons[name] = f"chosen by force: priority {priority}, healthy; {why}"
+                continue
+            lag_text = "no replicated data" if lag is None else f"lag {_seconds(lag)}"
+            score = regions_health[name].score
+            reasons[name] = (
+                f"chosen: priority {priority}, healthy (score {score:.2f}), {lag_text} within {_seconds(limit)}"
+            )
+        elif within and target is not None:
+            best = config.region(target[0])
+            reasons[name] = f"qualifies, but priority {priority} ranks below {best.name} (priority {best.priority})"
+    return Choice(
+        target=target[0] if target else None, reasons=reasons, data_loss_s=target[1] if target else None, forced=force
+    )
+
+
+@dataclass(frozen=True)
+class State:
+    """The active region and its fencing epoch. Every change of the active region increments the epoch; a
+    monitor or failover that read an older epoch refuses to act (two writable primaries must never exist)."""
+
+    active_region: str
+    epoch: int
+    changed_at: datetime
+    reason: str
+
+    def next(self, new_active: str, reason: str, *, at: datetime | None = None) -> State:
+        """The state after moving to ``new_active`` (epoch + 1)."""
+        return State(new_active, self.epoch + 1, at or datetime.now(UTC), reason)
+
+    def check_epoch(self, expected: int) -> None:
+        """Refuse to act on a state read at another epoch."""
+        if expected != self.epoch:
+            raise StaleEpochError(
+                f"failover state is at epoch {self.epoch} (active region {self.active_region}), not {expected}: "
+                "another monitor or failover changed it; re-read the state and decide again"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active_region": self.active_region,
+            "epoch": self.epoch,
+            "changed_at": self.changed_at.isoformat(),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        return cls(
+            data["active_region"], int(data["epoch"]), datetime.fromisoformat(data["changed_at"]), data["reason"]
+        )
