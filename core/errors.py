@@ -161,6 +161,19 @@ class SandboxError(DRError):
     exit_code = 23
 
 
+class StaleEpochError(DRError):
+    """A monitor or failover acted on an old failover epoch: another run changed the active region first. Exit 24."""
+
+    exit_code = 24
+
+
+class DnsSwitchError(DRError):
+    """A DNS record could not be read or switched (zone not found, access denied, provider unreachable, change
+    not applied in time): names the provider, zone and record and the remedy. Exit 25."""
+
+    exit_code = 25
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -184,6 +197,8 @@ EXIT_CODES: dict[str, int] = {
         ValidationFailedError,
         DrillFailedError,
         SandboxError,
+        StaleEpochError,
+        DnsSwitchError,
     )
 }
 

@@ -5,10 +5,6 @@ Plain Python (never imports prefect): the monitor, failover and failback flows c
 
 from __future__ import annotations
 
-from core.errors import DRError
+from core.errors import StaleEpochError
 
-
-class StaleEpochError(DRError):
-    """A monitor or failover acted on an old failover epoch: another run changed the active region first. Exit 24."""
-
-    exit_code = 24
+__all__ = ["StaleEpochError"]

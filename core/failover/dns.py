@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.errors import DRError
+from core.errors import DnsSwitchError
 
 if TYPE_CHECKING:
     from core.failover.topology import DnsConfig
@@ -26,13 +26,6 @@ REQUEST_TIMEOUT_S = 10.0
 # Route53 usually reaches INSYNC within 60 s; past this the change stays submitted and the error says so.
 SYNC_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 1.0
-
-
-class DnsSwitchError(DRError):
-    """A DNS record could not be read or switched (zone not found, access denied, provider unreachable, change
-    not applied in time): names the provider, zone and record and the remedy. Exit 25."""
-
-    exit_code = 25
 
 
 @dataclass(frozen=True)
