@@ -21,4 +21,5 @@ pytest_plugins = [
     "tests.fixtures_cloud",
     "tests.fixtures_gcs",
     "tests.fixtures_sandbox",
+    "tests.fixtures_replication",
 ]

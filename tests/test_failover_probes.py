@@ -16,14 +16,8 @@ from pydantic import SecretStr
 
 from core.failover.health import Check
 from core.failover.probes import probe_http, probe_mysql, probe_postgres, probe_redis
-from tests import fixtures_replication
 from tests.fixtures_replication import MySQLPair, PgPair, RedisPair, wait_until
 from tests.servers import free_port
-
-# The pairs are defined in tests/fixtures_replication.py; bound here, by name, for pytest to find.
-pg_replica_pair = fixtures_replication.pg_replica_pair
-mysql_replica_pair = fixtures_replication.mysql_replica_pair
-redis_replica_pair = fixtures_replication.redis_replica_pair
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
