@@ -13,6 +13,8 @@ import pymysql
 import pytest
 import redis
 from pydantic import SecretStr
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core.failover.promote import (
     Step,
@@ -285,7 +287,13 @@ def test_redis_fence_promote_prove_repoint(rd_pair: RedisPair):
     rd_pair.primary.client().set("order:2", "also-before")
 
     assert_ok(fence_redis(old, pause_s=20), "fence", "east-rd", "writes paused for 20s")
-    slow = redis.Redis(host="127.0.0.1", port=rd_pair.primary.port, password=rd_pair.primary.password, socket_timeout=1)
+    slow = redis.Redis(
+        host="127.0.0.1",
+        port=rd_pair.primary.port,
+        password=rd_pair.primary.password,
+        socket_timeout=1,
+        retry=Retry(NoBackoff(), 0),  # one attempt: a retried write would wait out the pause again
+    )
     with pytest.raises(redis.exceptions.TimeoutError):
         slow.set("order:3", "after-fence")  # the write waits out the pause
     slow.close()
