@@ -21,7 +21,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,16 +77,17 @@ class PgPair:
         wait_until(caught_up, timeout, "postgres standby streaming")
 
 
-@contextmanager
-def started_pg_pair(prefix: str = "gdr-pg-") -> Iterator[PgPair]:
-    """A PostgreSQL primary and a streaming hot standby of it, stopped and removed afterwards."""
+@pytest.fixture(scope="session")
+def pg_replica_pair() -> Iterator[PgPair]:
+    """A PostgreSQL primary and a streaming hot standby of it."""
     basebackup = require_binary("pg_basebackup", "/usr/lib/postgresql/15/bin/pg_basebackup")
     # Short status intervals: the standby reports replay progress quickly, so lag reads are fresh.
-    primary = start_postgres_server(f"{prefix}prim-", PITR_SERVER_OPTIONS + " -c wal_sender_timeout=5s")
+    primary = start_postgres_server("gdr-pg-prim-", PITR_SERVER_OPTIONS + " -c wal_sender_timeout=5s")
+    standby_root = shared_tmpdir("gdr-pg-stby-")
     standby = PostgresServer(
         port=free_port(),
         password=primary.password,  # a copy of the primary: same roles, same password
-        root=shared_tmpdir(f"{prefix}stby-"),
+        root=standby_root,
         pg_ctl=primary.pg_ctl,
         # Quick reconnection after the primary restarts (the default retry interval is 5 s).
         options="-c hot_standby=on -c wal_receiver_status_interval=1s -c hot_standby_feedback=on"
@@ -96,8 +96,19 @@ def started_pg_pair(prefix: str = "gdr-pg-") -> Iterator[PgPair]:
     try:
         _as_postgres(
             basebackup,
-            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
-            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
+            "-h",
+            str(primary.root),
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(standby.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
         )
         standby.start()
         pair = PgPair(primary, standby)
@@ -111,12 +122,6 @@ def started_pg_pair(prefix: str = "gdr-pg-") -> Iterator[PgPair]:
             finally:
                 if not _keep():
                     shutil.rmtree(server.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pg_replica_pair() -> Iterator[PgPair]:
-    with started_pg_pair() as pair:
-        yield pair
 
 
 # ---------------------------------------------------------------- MariaDB
@@ -251,14 +256,14 @@ class MySQLPair:
             ) from None
 
 
-@contextmanager
-def started_mysql_pair(primary_id: int = 11, replica_id: int = 12) -> Iterator[MySQLPair]:
-    """A MariaDB primary and a read-only replica following it by GTID, stopped and removed afterwards."""
+@pytest.fixture(scope="session")
+def mysql_replica_pair() -> Iterator[MySQLPair]:
+    """A MariaDB primary (server id 11) and a read-only replica (12) following it by GTID."""
     password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-    primary = _start_mariadb(primary_id, password)
+    primary = _start_mariadb(11, password)
     replica = None
     try:
-        replica = _start_mariadb(replica_id, password)
+        replica = _start_mariadb(12, password)
         with replica.connect() as conn, conn.cursor() as cur:
             cur.execute("SET GLOBAL read_only = 1")
             cur.execute(
@@ -276,12 +281,6 @@ def started_mysql_pair(primary_id: int = 11, replica_id: int = 12) -> Iterator[M
                 node.stop()
                 if not _keep():
                     shutil.rmtree(node.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def mysql_replica_pair() -> Iterator[MySQLPair]:
-    with started_mysql_pair(11, 12) as pair:
-        yield pair
 
 
 # ---------------------------------------------------------------- Redis
@@ -372,9 +371,9 @@ class RedisPair:
         wait_until(linked, timeout, "redis replica in sync")
 
 
-@contextmanager
-def started_redis_pair() -> Iterator[RedisPair]:
-    """A redis-server and a replica of it (same password on both), stopped and removed afterwards."""
+@pytest.fixture(scope="session")
+def redis_replica_pair() -> Iterator[RedisPair]:
+    """A redis-server and a replica of it (same password on both)."""
     password = "pw-" + secrets.token_hex(8)
     primary = _redis_node(password)
     replica = None
@@ -389,9 +388,3 @@ def started_redis_pair() -> Iterator[RedisPair]:
                 node.stop()
                 if not _keep():
                     shutil.rmtree(node.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def redis_replica_pair() -> Iterator[RedisPair]:
-    with started_redis_pair() as pair:
-        yield pair
