@@ -121,7 +121,11 @@ def test_stopped_primary_down_after_hysteresis_then_standby_chosen(
         assert text.splitlines()[0].startswith("active region: primary (DOWN)")
         assert "failover target: standby (data loss up to 0 s)" in text
         row = next(line for line in text.splitlines() if line.startswith("primary *"))
-        assert row.split()[2:6] == ["0.50", "down", "0B", "3"]  # the Redis primary: its replica is 0 bytes behind
+        score, state, lag, failures = row.split()[2:6]
+        assert (score, state, failures) == ("0.50", "down", "3"), row
+        # The Redis primary's view of its replica: a few bytes behind for a moment under load (a PING it
+        # just sent), never a lag in seconds.
+        assert lag.endswith("B") and int(lag[:-1]) < 1024, row
         assert "postgres.connect" in row
 
         pg.primary.start()
