@@ -109,9 +109,16 @@ def fence_postgres(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) 
             conn.execute("SELECT pg_reload_conf()")
 
             # The reload is asynchronous: new sessions are read-only once the postmaster re-read it.
+            # The probes' own backends may still be exiting when the sessions are ended below: their
+            # pids are left out, so the count is of the clients' sessions only.
+            probes: list[int] = []
+
             def applied() -> tuple[bool, str]:
                 with _pg_connect(cfg, timeout) as fresh:
-                    (value,) = fresh.execute("SHOW default_transaction_read_only").fetchone()
+                    value, pid = fresh.execute(
+                        "SELECT current_setting('default_transaction_read_only'), pg_backend_pid()"
+                    ).fetchone()
+                probes.append(pid)
                 return value == "on", value
 
             done, value = _poll(applied, timeout)
@@ -119,7 +126,8 @@ def fence_postgres(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) 
                 raise _Failed(f"default_transaction_read_only is still {value} after reload; check postgresql.conf")
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)",
+                (probes,),
             ).fetchall()
         ended = sum(1 for (ok,) in rows if ok)
         return f"fenced (default_transaction_read_only=on), {ended} client session(s) ended"
