@@ -21,6 +21,7 @@ from core.crypto.keys import Keyring
 from core.crypto.kms import KmsKeyConfig
 from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
 from core.errors import ConfigError
+from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.notify.config import NotificationsConfig
 from core.sources import (
     BucketSourceConfig,
@@ -192,6 +193,11 @@ class SchedulesConfig(BaseModel):
     drill_daily: str = Field("30 2 * * *", description="The daily drill (default 02:30).")
     drill_weekly: str = Field("0 4 * * 0", description="The weekly drill (default Sunday 04:00).")
     drill_monthly: str = Field("0 5 1 * *", description="The monthly whole-stack drill (default the 1st, 05:00).")
+    monitor: str = Field(
+        "* * * * *",
+        description="The failover health monitor (default every minute; it does nothing for a stack without "
+        "'failover:').",
+    )
 
     @field_validator(
         "full",
@@ -205,6 +211,7 @@ class SchedulesConfig(BaseModel):
         "drill_daily",
         "drill_weekly",
         "drill_monthly",
+        "monitor",
     )
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -295,6 +302,9 @@ class StackConfig(BaseModel):
     drill: DrillConfig = Field(default_factory=DrillConfig, description="See DrillConfig.")
     notifications: NotificationsConfig = Field(
         default_factory=NotificationsConfig, description="Where backup, validation and drill outcomes are sent."
+    )
+    failover: FailoverConfig | None = Field(
+        None, description="Regions to fail over between and the policy (none: no failover; the monitor does nothing)."
     )
 
     @model_validator(mode="after")
@@ -451,6 +461,16 @@ def _printable(value: Any) -> str:
     return text if len(text) <= 60 and text.isprintable() and "'" not in text else short(value)
 
 
+# (position in the error's path, field) -> the model below it, for the "did you mean" of an unknown field.
+_FAILOVER_MODELS: dict[tuple[int, Any], type[BaseModel]] = {
+    (0, "failover"): FailoverConfig,
+    (1, "regions"): RegionConfig,
+    **{(3, kind): SOURCE_MODELS[kind] for kind in ("postgres", "mysql", "redis")},
+    (3, "dns"): DnsConfig,
+    (3, "postgres_rebuild"): PgRebuildConfig,
+}
+
+
 def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
     # A misspelt field shows as "unknown" and "missing"; the unknown one carries the better hint.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
@@ -484,6 +504,8 @@ def _field_error(exc: ValidationError, data: dict, where: str) -> ConfigError:
                 "schedules": SchedulesConfig,
                 "replication": ReplicationConfig,
             }[part]
+        if loc[0] == "failover":  # failover.regions[i].postgres.<field>: the model of the innermost part
+            model = _FAILOVER_MODELS.get((i, part), model)
         if loc[0] == "replicas" and i == 2:  # replicas[i].<field>
             model = VaultConfig if part == "vault" else ReplicaConfig
     field = ".".join(label) or "stack"

@@ -33,6 +33,7 @@ DEPLOYMENTS = {
     "drill_daily": "drill/drill-daily",
     "drill_weekly": "drill/drill-weekly",
     "drill_monthly": "drill/drill-monthly",
+    "monitor": "monitor/monitor",
 }
 
 

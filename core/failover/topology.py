@@ -15,6 +15,49 @@ from core.errors import ConfigError
 from core.sources import FieldProblem, MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig, short
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+# An AWS region as boto3 names it: us-west-2, eu-central-1, us-gov-west-1, ap-southeast-3.
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+# A Prefect block document name (lowercase letters, digits, dashes), as `prefect block create` accepts it.
+_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
+# An OS user name: what useradd accepts (portable subset), so it can go to sudo/runuser as one argument.
+_OS_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class PgRebuildConfig(BaseModel):
+    """How failback rebuilds this region's old PostgreSQL primary as a standby (pg_rewind or pg_basebackup).
+
+    Used on the machine that holds the data directory; nothing here is a secret.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_directory: str = Field(description="Absolute path of the old primary's data directory (PGDATA).")
+    bin_dir: str | None = Field(
+        None, description="Absolute directory of pg_ctl, pg_rewind and pg_basebackup (default: found on PATH)."
+    )
+    run_as: str | None = Field(
+        None, description="OS user the PostgreSQL tools run as, e.g. 'postgres' (default: the current user)."
+    )
+    options: str = Field("", description="postgres -o options when the rebuilt standby is started again.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PgRebuildConfig:
+        # Relative paths would depend on the worker's working directory: refuse them rather than guess.
+        for field in ("data_directory", "bin_dir"):
+            path = getattr(self, field)
+            if path is None:
+                continue
+            if not path.strip() or not os.path.isabs(path) or "\x00" in path:
+                raise FieldProblem((field,), f"{short(path)} is not an absolute path; give the full path")
+        if os.path.normpath(self.data_directory) == "/":
+            raise FieldProblem(("data_directory",), "'/' cannot be a data directory; give the PGDATA directory")
+        if self.run_as is not None and not _OS_USER.fullmatch(self.run_as):
+            raise FieldProblem(
+                ("run_as",), f"{short(self.run_as)} is not an OS user name (lowercase letters, digits, '_', '-')"
+            )
+        if "\n" in self.options or "\x00" in self.options:
+            raise FieldProblem(("options",), "options must be one line (postgres -o '...')")
+        return self
 
 
 class DnsConfig(BaseModel):
@@ -87,6 +130,19 @@ class RegionConfig(BaseModel):
         None, description="The region's Redis primary or replica (a redis source without 'name')."
     )
     rds_instance_id: str | None = Field(None, description="The region's RDS instance (or read replica) id.")
+    aws_region: str | None = Field(
+        None, description="AWS region of the RDS instance, e.g. 'us-east-1' (default: the region's name)."
+    )
+    aws_endpoint_url: str | None = Field(None, description="Another AWS API endpoint: a test server or emulator.")
+    aws_credentials: str | None = Field(
+        None,
+        description="Name of a prefect-aws AwsCredentials block for RDS (default: the AWS default credential chain).",
+    )
+    postgres_rebuild: PgRebuildConfig | None = Field(
+        None,
+        description="How failback rebuilds this region's PostgreSQL as a standby of the new primary (data_directory, "
+        "bin_dir, run_as, options).",
+    )
     health_urls: list[str] = Field(default_factory=list, description="Application health endpoints (2xx = ok).")
     dns: DnsConfig | None = Field(None, description="The record switched to this region when it becomes active.")
     weights: dict[str, float] = Field(
@@ -121,7 +177,33 @@ class RegionConfig(BaseModel):
         for i, url in enumerate(self.health_urls):
             if not url.startswith(("http://", "https://")):
                 raise FieldProblem(("health_urls", i), f"{short(url)} is not an http(s) URL")
+        self._check_aws()
+        if self.postgres_rebuild is not None and self.postgres is None:
+            raise FieldProblem(
+                ("postgres_rebuild",), "the region has no 'postgres' to rebuild; add it or remove postgres_rebuild"
+            )
         return self
+
+    def _check_aws(self) -> None:
+        if self.aws_region is None:
+            # The region's name when it is an AWS region; RDS needs one, so a region named otherwise must say which.
+            if _AWS_REGION.fullmatch(self.name):
+                self.aws_region = self.name
+            elif self.rds_instance_id is not None:
+                raise FieldProblem(
+                    ("aws_region",),
+                    f"region {self.name!r} is not an AWS region name; give the RDS instance's aws_region",
+                )
+        elif not _AWS_REGION.fullmatch(self.aws_region):
+            raise FieldProblem(("aws_region",), f"{short(self.aws_region)} is not an AWS region, e.g. 'us-east-1'")
+        if self.aws_endpoint_url is not None and not self.aws_endpoint_url.startswith(("http://", "https://")):
+            raise FieldProblem(("aws_endpoint_url",), f"{short(self.aws_endpoint_url)} is not an http(s) URL")
+        if self.aws_credentials is not None and not _BLOCK_NAME.fullmatch(self.aws_credentials):
+            raise FieldProblem(
+                ("aws_credentials",),
+                f"{short(self.aws_credentials)} is not a block name (lowercase letters, digits, dashes); name the "
+                "AwsCredentials block",
+            )
 
     @property
     def has_data(self) -> bool:
