@@ -102,12 +102,18 @@ def choose_target(
 @dataclass(frozen=True)
 class State:
     """The active region and its fencing epoch. Every change of the active region increments the epoch; a
-    monitor or failover that read an older epoch refuses to act (two writable primaries must never exist)."""
+    monitor or failover that read an older epoch refuses to act (two writable primaries must never exist).
+
+    ``in_progress`` names the operation that claimed this epoch and has not completed yet ("failover to
+    us-east-1"): a second operation must not start on top of it. ``outcome`` is how the last one ended.
+    """
 
     active_region: str
     epoch: int
     changed_at: datetime
     reason: str
+    in_progress: str | None = None
+    outcome: str | None = None
 
     def next(self, new_active: str, reason: str, *, at: datetime | None = None) -> State:
         """The state after moving to ``new_active`` (epoch + 1)."""
@@ -127,10 +133,18 @@ class State:
             "epoch": self.epoch,
             "changed_at": self.changed_at.isoformat(),
             "reason": self.reason,
+            "in_progress": self.in_progress,
+            "outcome": self.outcome,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
+        # Documents written before in_progress/outcome existed still load (both None).
         return cls(
-            data["active_region"], int(data["epoch"]), datetime.fromisoformat(data["changed_at"]), data["reason"]
+            data["active_region"],
+            int(data["epoch"]),
+            datetime.fromisoformat(data["changed_at"]),
+            data["reason"],
+            in_progress=data.get("in_progress"),
+            outcome=data.get("outcome"),
         )
