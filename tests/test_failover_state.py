@@ -48,20 +48,28 @@ def test_an_absent_state_is_the_stack_files_active_region_at_epoch_0(store):
 def test_claim_moves_the_epoch_and_complete_ends_the_operation(store):
     states = StateStore(store, CONFIG)
     claimed = states.claim(0, "us-east-1", "us-west-2 down 3 checks", "failover to us-east-1", at=AT)
-    assert claimed == State("us-east-1", 1, AT, "us-west-2 down 3 checks", in_progress="failover to us-east-1")
+    assert claimed == State(
+        "us-east-1", 1, AT, "us-west-2 down 3 checks", in_progress="failover to us-east-1", previous="us-west-2"
+    )
     assert states.read() == claimed
     done = states.complete(claimed, "completed: all components promoted, DNS switched")
     assert done == State(
-        "us-east-1", 1, AT, "us-west-2 down 3 checks", outcome="completed: all components promoted, DNS switched"
+        "us-east-1",
+        1,
+        AT,
+        "us-west-2 down 3 checks",
+        outcome="completed: all components promoted, DNS switched",
+        previous="us-west-2",
     )
     assert states.read() == done
     assert json.loads(store.get(STATE_KEY)) == done.to_dict()
     again = states.claim(1, "us-west-2", "planned failback", "failback to us-west-2", at=AT)
-    assert (again.epoch, again.active_region, again.in_progress, again.outcome) == (
+    assert (again.epoch, again.active_region, again.in_progress, again.outcome, again.previous) == (
         2,
         "us-west-2",
         "failback to us-west-2",
         None,
+        "us-east-1",
     )
 
 
@@ -96,6 +104,7 @@ def test_an_operation_in_progress_is_refused_unless_forced_and_the_takeover_is_r
         AT,
         "us-east-1 failing too (forced: took over 'failover to us-east-1' left in progress at epoch 1)",
         in_progress="failover to eu-west-1",
+        previous="us-east-1",
     )
     # The run that was taken over can no longer complete its claim.
     with pytest.raises(StaleEpochError, match="another run took it over"):

@@ -106,6 +106,7 @@ class State:
 
     ``in_progress`` names the operation that claimed this epoch and has not completed yet ("failover to
     us-east-1"): a second operation must not start on top of it. ``outcome`` is how the last one ended.
+    ``previous`` is the region that was active before this epoch (the one a failover left).
     """
 
     active_region: str
@@ -114,6 +115,7 @@ class State:
     reason: str
     in_progress: str | None = None
     outcome: str | None = None
+    previous: str | None = None
 
     def next(self, new_active: str, reason: str, *, at: datetime | None = None) -> State:
         """The state after moving to ``new_active`` (epoch + 1)."""
@@ -135,11 +137,12 @@ class State:
             "reason": self.reason,
             "in_progress": self.in_progress,
             "outcome": self.outcome,
+            "previous": self.previous,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
-        # Documents written before in_progress/outcome existed still load (both None).
+        # Documents written before in_progress/outcome/previous existed still load (all None).
         return cls(
             data["active_region"],
             int(data["epoch"]),
@@ -147,4 +150,5 @@ class State:
             data["reason"],
             in_progress=data.get("in_progress"),
             outcome=data.get("outcome"),
+            previous=data.get("previous"),
         )

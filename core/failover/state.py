@@ -112,7 +112,14 @@ class StateStore:
             )
         if current.in_progress:
             reason = f"{reason} (forced: took over '{current.in_progress}' left in progress at epoch {current.epoch})"
-        new = State(new_active, current.epoch + 1, at or datetime.now(UTC), reason, in_progress=operation)
+        new = State(
+            new_active,
+            current.epoch + 1,
+            at or datetime.now(UTC),
+            reason,
+            in_progress=operation,
+            previous=current.active_region,
+        )
         if not self._swap(version, new):
             raise self._lost(expected_epoch)
         return new
