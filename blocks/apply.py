@@ -6,6 +6,7 @@ from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
 from pydantic import ValidationError
 
+from blocks.failover import save_failover
 from blocks.keys import VaultKey
 from blocks.notifications import NotificationChannels, has_channels
 from blocks.sources import SOURCE_BLOCKS
@@ -42,6 +43,10 @@ def apply_stack(config: StackConfig) -> list[str]:
         notifications.save(config.stack, overwrite=True)
         written.append(f"notification-channels/{config.stack}")
     sections = {name: getattr(config, name).model_dump(mode="json") for name in ("objectives", "validation", "drill")}
+    failover: dict = {}
+    if getattr(config, "failover", None) is not None:  # region passwords go to their own source blocks
+        failover, region_blocks = save_failover(config.stack, config.failover)
+        written += region_blocks
     # Saved blocks nest as references: the stack's document links to them (and loads them in one request).
     DRStack(
         sources=refs,
@@ -50,6 +55,7 @@ def apply_stack(config: StackConfig) -> list[str]:
         replicas=replicas,
         replication=replication,
         notifications=notifications,
+        failover=failover,
         **sections,
     ).save(config.stack, overwrite=True)
     written += [

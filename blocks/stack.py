@@ -6,6 +6,7 @@ from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
+from blocks.failover import load_failover
 from blocks.keys import VaultKey
 from blocks.notifications import NotificationChannels
 from blocks.sources import SOURCE_BLOCKS
@@ -62,6 +63,11 @@ class DRStack(Block):
     notifications: NotificationChannels | None = Field(
         None, description="Where outcomes are sent (a Notification Channels block, which holds their secrets)."
     )
+    failover: dict = Field(
+        default_factory=dict,
+        description="Failover settings and regions (empty: no failover); each region's postgres, mysql and redis "
+        "name their source block, as '<block type slug>/<stack>-region-<region>-<kind>'.",
+    )
 
     def get_config(self) -> StackConfig:
         """Load every source block and assemble the core stack config."""
@@ -97,6 +103,8 @@ class DRStack(Block):
         extra |= {name: value for name, value in sections.items() if value}
         if self.notifications is not None:
             extra["notifications"] = self.notifications.to_config()
+        if self.failover:  # stacks applied before failover existed have none
+            extra["failover"] = load_failover(self.failover)
         config = StackConfig(
             stack=self._block_document_name or "default",
             vault=self.vault.to_config(),

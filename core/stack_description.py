@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from core.errors import ConfigError
+from core.failover.topology import FailoverConfig
 from core.repository.manifest import now_iso
 from core.stack import SOURCE_MODELS, ReplicaConfig, ReplicationConfig, StackConfig, VaultConfig, vault_named
 from core.targets import state_dir
@@ -67,6 +68,10 @@ class StackDescription:
     # what 'drill status' compares its trend with (no secrets: drill targets hold none, see DrillConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     drill: DrillConfig = field(default_factory=DrillConfig)
+    # the failover topology (policy, active region, regions by priority, what each holds, DNS record), its
+    # database passwords removed: 'failover status' names regions without Prefect; probes ask the blocks
+    failover: FailoverConfig | None = None
+    failover_secret_fields: list[str] = field(default_factory=list)  # e.g. regions[0].postgres.password
 
     def vault_named(self, name: str | None) -> VaultConfig:
         """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
@@ -95,6 +100,8 @@ def describe(config: StackConfig, applied_to: str) -> dict:
             secrets[src.name] = found
     encryption_secrets: list[str] = []
     encryption = _strip_secrets(config.encryption.model_dump(), "", encryption_secrets)
+    failover_secrets: list[str] = []
+    failover = config.failover and _strip_secrets(config.failover.model_dump(), "", failover_secrets)
     return {
         "format": FORMAT,
         "stack": config.stack,
@@ -107,6 +114,8 @@ def describe(config: StackConfig, applied_to: str) -> dict:
         "encryption_secrets": encryption_secrets,
         "sources": sources,
         "secret_fields": secrets,
+        "failover": failover,
+        "failover_secret_fields": failover_secrets,
         "applied_at": now_iso(),
         "applied_to": applied_to,
     }
@@ -156,6 +165,8 @@ def _parse(data: dict, path: Path) -> StackDescription:
         replication=ReplicationConfig.model_validate(data.get("replication") or {}),
         objectives=ObjectivesConfig.model_validate(data.get("objectives") or {}),
         drill=DrillConfig.model_validate(data.get("drill") or {}),
+        failover=FailoverConfig.model_validate(data["failover"]) if data.get("failover") else None,
+        failover_secret_fields=list(data.get("failover_secret_fields") or []),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +22,40 @@ _AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
 _BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 # An OS user name: what useradd accepts (portable subset), so it can go to sudo/runuser as one argument.
 _OS_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+# The blocks layer installs how a credentials block name becomes a session (core never imports Prefect):
+# resolver(provider, block_name) with provider "aws" (-> boto3 Session) or "gcp" (-> google Credentials).
+_credentials_resolver: Callable[[str, str], Any] | None = None
+
+
+def set_credentials_resolver(resolver: Callable[[str, str], Any] | None) -> None:
+    """Install how a ``credentials`` / ``aws_credentials`` block name becomes a session (blocks/failover.py does)."""
+    global _credentials_resolver
+    _credentials_resolver = resolver
+
+
+def _resolve(provider: str, name: str | None, where: str) -> Any:
+    if name is None:
+        return None  # the provider's default credential chain
+    if _credentials_resolver is None:
+        raise ConfigError(
+            f"{where}: credentials block {name!r} cannot be read outside genesis-dr's flows; import blocks first "
+            "(import blocks.failover) or drop it to use the default chain"
+        )
+    return _credentials_resolver(provider, name)
+
+
+def dns_session(dns: DnsConfig) -> Any:
+    """What ``core.failover.dns`` takes as ``session=``: a boto3 Session (route53) or google Credentials
+    (clouddns) from the ``credentials`` block, or None for the provider's default chain."""
+    provider = "aws" if dns.provider == "route53" else "gcp"
+    return _resolve(provider, dns.credentials, f"dns {dns.record_name}")
+
+
+def rds_session(region: RegionConfig) -> Any:
+    """The boto3 Session for the region's RDS calls (its ``aws_credentials`` block), or None for the default
+    chain; the client's region is ``region.aws_region`` and its endpoint ``region.aws_endpoint_url``."""
+    return _resolve("aws", region.aws_credentials, f"region {region.name}")
 
 
 class PgRebuildConfig(BaseModel):
