@@ -89,6 +89,30 @@ class StackDescription:
         return bool(self.secret_fields.get(name))
 
 
+def failover_lines(failover: FailoverConfig) -> list[str]:
+    """The failover part in words, one line per region by priority (what it holds, its DNS record); no secret.
+
+    The active region shown is the stack file's initial one: the recorded state (the vault) may have moved it.
+    """
+    lines = [
+        f"failover: policy {failover.policy}, initial active region {failover.active_region}, max data loss "
+        f"{failover.max_data_loss_seconds:g} s, down after {failover.failures_before_down} failed checks every "
+        f"{failover.check_interval_seconds:g} s"
+    ]
+    for region in failover.by_priority():
+        held = [
+            f"{kind} {db.host}:{db.port}" for kind in ("postgres", "mysql", "redis") if (db := getattr(region, kind))
+        ]
+        if region.rds_instance_id:
+            held.append(f"rds {region.rds_instance_id} ({region.aws_region})")
+        if region.health_urls:
+            held.append(f"{len(region.health_urls)} health URL(s)")
+        dns = region.dns
+        record = f"; dns {dns.record_name} {dns.record_type} -> {dns.value} ({dns.provider} {dns.zone})" if dns else ""
+        lines.append(f"  {region.priority}. {region.name}: {', '.join(held) or 'nothing probed'}{record}")
+    return lines
+
+
 def describe(config: StackConfig, applied_to: str) -> dict:
     """The secret-free JSON document of ``config``."""
     secrets: dict[str, list[str]] = {}

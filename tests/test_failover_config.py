@@ -375,6 +375,13 @@ def test_stack_description_has_the_failover_part_without_secrets(tmp_path, monke
         "regions[1].mysql.password",
         "regions[1].redis.password",
     ]
+    assert stack_description.failover_lines(fo) == [
+        "failover: policy automatic, initial active region us-west-2, max data loss 5 s, down after 3 failed checks "
+        "every 60 s",
+        "  1. us-west-2: postgres pg.west:5432, 1 health URL(s); dns app.example.com. CNAME -> w.lb (route53 Z1)",
+        "  2. us-east-1: mysql my.east:3306, redis redis.east:6379, rds app-east (us-east-1); dns app.example.com. "
+        "CNAME -> e.lb (route53 Z1)",
+    ]
     plain = parse_stack(stack_data(), "s.yaml")
     stack_description.save(plain.model_copy(update={"stack": "plain"}), "x")
     assert stack_description.load("plain").failover is None
