@@ -34,7 +34,7 @@ from core.failover.monitor import assess
 from core.failover.rds import promote_rds, rds_status
 from core.failover.run import FailoverPlan, execute_failover, plan_failover, refence_if_returned
 from core.failover.state import StateStore
-from core.failover.topology import FailoverConfig, RegionConfig
+from core.failover.topology import FailoverConfig, RegionConfig, set_credentials_resolver
 from core.storage.local import LocalStore
 from tests.fixtures_mysql import DR_USER
 from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
@@ -226,6 +226,41 @@ def test_an_operation_in_progress_is_refused_and_force_reruns_or_takes_it_over()
         "us-west-2",
     ]
     assert not [s for s in elsewhere.steps if s.action == "repoint"]
+
+
+def test_credentials_blocks_are_resolved_before_anything_is_claimed(tmp_path):
+    config = THREE.model_copy(deep=True)
+    target = config.region("us-east-1")
+    target.dns = target.dns.model_copy(update={"credentials": "dns-creds"})
+    target.aws_credentials = "rds-creds"
+    store = LocalStore(tmp_path / "vault")
+    plan = plan_failover(config, State("us-west-2", 0, AT, "initial"), HEALTH, reason="drill")
+    set_credentials_resolver(None)
+    with pytest.raises(ConfigError) as caught:
+        execute_failover(config, plan, StateStore(store, config))
+    assert str(caught.value) == (
+        "dns app.example.com.: credentials block 'dns-creds' cannot be read outside genesis-dr's flows; import "
+        "blocks first (import blocks.failover) or drop it to use the default chain"
+    )
+    asked: list[tuple[str, str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def resolver(provider: str, name: str):
+        asked.append((provider, name))
+        if name == "rds-creds":
+            raise Stop
+        return object()
+
+    set_credentials_resolver(resolver)
+    try:
+        with pytest.raises(Stop):
+            execute_failover(config, plan, StateStore(store, config))
+    finally:
+        set_credentials_resolver(None)
+    assert asked == [("aws", "dns-creds"), ("aws", "rds-creds")]
+    assert list(store.list("")) == []  # nothing claimed, nothing touched
 
 
 # ---------------------------------------------------------------- throw-away pairs of this module

@@ -54,6 +54,8 @@ from core.failover.report import (
 )
 from core.failover.state import StateStore, new_operation_id
 from core.failover.topology import FailoverConfig, RegionConfig
+from core.failover.topology import dns_session as resolve_dns_session
+from core.failover.topology import rds_session as resolve_rds_session
 
 ENGINES = ("postgres", "mysql", "redis")
 # What a step's failure means for the run.
@@ -63,6 +65,8 @@ UNLESS_UNREACHABLE = "stop unless unreachable"  # a fence: a dead server is reco
 DNS = "page; the state still moves"  # the switch: the data moved, so the state is recorded; DnsSwitchError
 
 Notify = Callable[[dict[str, Any]], Any]
+# An action of another kind of plan (failback's "rebuild"): it runs one planned step and never raises.
+Action = Callable[["PlannedStep"], p.Step]
 
 
 @dataclass(frozen=True)
@@ -394,9 +398,12 @@ class _Run:
     wait_timeout: float
     fence_timeout: float
     redis_pause_s: float
+    actions: Mapping[str, Action] = field(default_factory=dict)
     unreachable: set[tuple[str, str]] = field(default_factory=set)
 
     def step(self, planned: PlannedStep) -> p.Step:
+        if planned.action in self.actions:
+            return self.actions[planned.action](planned)
         region = self.config.region(planned.region)
         peer = self.config.region(planned.peer) if planned.peer else None
         kind, action = planned.component, planned.action
@@ -501,15 +508,25 @@ def execute_failover(
     fence_timeout: float = 10.0,
     redis_pause_s: float = 120.0,
     take_over: bool | None = None,
+    actions: Mapping[str, Action] | None = None,
 ) -> FailoverReport:
     """Run ``plan``: claim its epoch first, then each step as printed; store the report; complete the state.
 
+    ``dns_session`` / ``rds_session``: the target region's credentials; None resolves its ``dns.credentials`` /
+    ``aws_credentials`` block (the default chain when it names none) before anything is claimed.
     ``notify`` (the flow's callback; it must not raise, as core.notify.notify never does) gets one event dict
     at the end: severity 'critical' (page) when the run stopped or DNS was not switched. ``take_over`` (default:
-    the plan's force) lets the claim take over an operation left in progress. Raises StaleEpochError (the epoch
-    moved: nothing was touched), FailoverIncompleteError (``report`` set) or DnsSwitchError.
+    the plan's force) lets the claim take over an operation left in progress. ``actions``: runners for actions
+    of other plans (a failback's rebuild), by action name. Raises StaleEpochError (the epoch moved: nothing was
+    touched), FailoverIncompleteError (``report`` set) or DnsSwitchError.
     """
     started = time.monotonic()
+    target = config.region(plan.target)
+    # Credentials first: a block that cannot be read is a ConfigError before any server is touched.
+    if dns_session is None and target.dns is not None:
+        dns_session = resolve_dns_session(target.dns)
+    if rds_session is None and target.rds_instance_id is not None:
+        rds_session = resolve_rds_session(target)
     claimed = state_store.claim(
         plan.epoch, plan.target, plan.reason, plan.operation, force=plan.forced if take_over is None else take_over
     )
@@ -525,7 +542,7 @@ def execute_failover(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         data_loss={"planned": {"lag_s": plan.data_loss_s, "lag_bytes": plan.data_loss_bytes}},
     )
-    run = _Run(config, dns_session, rds_session, wait_timeout, fence_timeout, redis_pause_s)
+    run = _Run(config, dns_session, rds_session, wait_timeout, fence_timeout, redis_pause_s, dict(actions or {}))
     stopped: StepResult | None = None
     dns_error: DnsSwitchError | None = None
     for planned in plan.steps:
@@ -558,7 +575,7 @@ def execute_failover(
     if stopped is not None:
         report.outcome = INCOMPLETE
         report.next_step = (
-            f"fix {stopped.component} in {stopped.region}, then run the failover to {plan.target} again with "
+            f"fix {stopped.component} in {stopped.region}, then run the {plan.kind} to {plan.target} again with "
             "--force: it takes this run over and repeats each step (done ones are no-ops)"
         )
         report.steps.append(
