@@ -593,6 +593,12 @@ def test_full_failover_raced_by_a_second_run_and_a_dead_old_primary_refenced_whe
         with pg.primary.connect() as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO orders VALUES (3, 'split-brain')")
         assert refence_if_returned(config, state) == []
+        # While an operation is in progress, the monitor leaves the fencing to it (here us-west-2 would be fenced).
+        with pg.primary.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            conn.execute("SELECT pg_reload_conf()")
+        busy = State("us-east-1", 2, AT, "again", in_progress="failover to us-east-1", previous="us-west-2")
+        assert refence_if_returned(config, busy) == []
 
 
 # ---------------------------------------------------------------- stopped halfway, taken over, DNS fails

@@ -670,7 +670,12 @@ def _writable(kind: str, cfg: Any, timeout: float) -> bool | None:
 def refence_if_returned(config: FailoverConfig, state: State, *, timeout: float = 5.0) -> list[p.Step]:
     """Fence every server outside the active region that is back as a writable primary (an old primary that
     was unreachable when the failover fenced its region). The monitor calls it each run; a Redis one becomes a
-    replica of the active region's Redis. Returns the fences it ran (none when nothing came back)."""
+    replica of the active region's Redis. Returns the fences it ran (none when nothing came back).
+
+    Nothing is done while an operation is in progress: it fences what it leaves itself, and a failback still
+    catching up must not have the current primary fenced under it."""
+    if state.in_progress:
+        return []
     active = config.region(state.active_region)
     steps: list[p.Step] = []
     for region in config.by_priority():
