@@ -32,6 +32,7 @@ from core.failover.dns import current_value
 from core.failover.health import Check, Tracker, score_region
 from core.failover.monitor import assess
 from core.failover.rds import promote_rds, rds_status
+from core.failover.report import FailoverReport
 from core.failover.run import FailoverPlan, execute_failover, plan_failover, refence_if_returned
 from core.failover.state import StateStore
 from core.failover.topology import FailoverConfig, RegionConfig, set_credentials_resolver
@@ -558,7 +559,13 @@ def test_full_failover_raced_by_a_second_run_and_a_dead_old_primary_refenced_whe
             "completed",
             "us-west-2",
         )
-        assert [r["operation_id"] for r in states.reports()] == [report.operation_id]
+        stored = states.reports()
+        assert [r["operation_id"] for r in stored] == [report.operation_id]
+        assert stored[0]["plan"] == plan.to_dict() and FailoverReport.from_dict(stored[0]) == report
+        assert stored[0]["components"]["postgres"] == (
+            "fence unreachable in us-west-2, wait_replayed ok in us-east-1, promote ok in us-east-1, "
+            "prove_writes ok in us-east-1"
+        )
         assert [(e["severity"], e["outcome"], e["title"]) for e in events] == [
             ("info", "success", "failover to us-east-1: completed")
         ]

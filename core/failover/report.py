@@ -49,7 +49,7 @@ class StepResult:
 @dataclass
 class FailoverReport:
     """One run: ``operation`` ("failover to us-east-1"), the region(s) left and the target, the epoch it claimed,
-    each step, the outcome and the next step for the operator."""
+    each step, the outcome and the next step for the operator, and the plan it ran (as printed, as data)."""
 
     operation_id: str
     operation: str
@@ -68,6 +68,7 @@ class FailoverReport:
     to_fence_when_back: list[str] = field(default_factory=list)
     dns: dict[str, Any] | None = None
     next_step: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def component_states(self) -> dict[str, str]:
         """Per component, what happened to it in order ("fence ok in us-west-2, promote FAILED in us-east-1")."""
@@ -96,11 +97,14 @@ class FailoverReport:
             "to_fence_when_back": list(self.to_fence_when_back),
             "dns": dict(self.dns) if self.dns else None,
             "next_step": self.next_step,
+            "components": self.component_states(),
+            "plan": dict(self.plan),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FailoverReport:
         data = dict(data)
+        data.pop("components", None)  # derived from the steps
         data["steps"] = [StepResult.from_dict(s) for s in data.get("steps", [])]
         return cls(**data)
 

@@ -541,6 +541,7 @@ def execute_failover(
         forced=plan.forced,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         data_loss={"planned": {"lag_s": plan.data_loss_s, "lag_bytes": plan.data_loss_bytes}},
+        plan=plan.to_dict(),
     )
     run = _Run(config, dns_session, rds_session, wait_timeout, fence_timeout, redis_pause_s, dict(actions or {}))
     stopped: StepResult | None = None
