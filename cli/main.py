@@ -563,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_validate(sub)
 
+    from cli.failover import register as register_failover
+
+    register_failover(sub)
+
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
     kg = key_sub.add_parser(

@@ -1,0 +1,363 @@
+"""The monitor, failover and failback flows through Prefect's test harness (a real API): read-only runs on the
+session's replicated pairs (their roles never change), promotions on throw-away Redis pairs of this module."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from core.errors import NoHealthyRegionError, StaleEpochError
+from core.failover.monitor import EVENT_DOWN
+from core.failover.state import STATE_KEY, TRACKER_KEY
+from core.failover.topology import FailoverConfig
+from core.notify.config import ACTIVITIES
+from core.sources import FilesSourceConfig
+from tests.fixtures_replication import RedisPair, _redis_node
+from tests.test_failover_monitor import http_503, in_sync, pair_config
+
+APPROVAL_POLL = 0.5
+
+
+@pytest.fixture(autouse=True)
+def quick_approval(monkeypatch):
+    """The monitor looks for the operator's answer every half second (5 s in production)."""
+    import flows.monitor
+
+    monkeypatch.setattr(flows.monitor, "APPROVAL_POLL", APPROVAL_POLL)
+
+
+def files_source(tmp_path) -> FilesSourceConfig:
+    (tmp_path / "app").mkdir(exist_ok=True)
+    return FilesSourceConfig(name="app-files", root=str(tmp_path / "app"))
+
+
+def stored(stack, key: str) -> dict:
+    return json.loads(stack.config.vault.store().get(key))
+
+
+def variable(stack_name: str):
+    from prefect.variables import Variable
+
+    return Variable.get(f"genesis-dr-failover-{stack_name}", default=None)
+
+
+@pytest.fixture
+def session_pairs(pg_replica_pair, mysql_replica_pair, redis_replica_pair):
+    in_sync(pg_replica_pair, mysql_replica_pair, redis_replica_pair)
+    return pg_replica_pair, mysql_replica_pair, redis_replica_pair
+
+
+def with_changes(config: FailoverConfig, **changes) -> FailoverConfig:
+    """``config`` with top-level changes; region changes as ``regions={name: {field: value}}``."""
+    data = config.model_dump()
+    regions = changes.pop("regions", {})
+    for region in data["regions"]:
+        region.update(regions.get(region["name"], {}))
+    for region, model in zip(data["regions"], config.regions, strict=True):  # model_dump keeps SecretStr objects
+        for kind in ("postgres", "mysql", "redis"):
+            if region.get(kind) is not None and getattr(model, kind) is not None:
+                region[kind]["password"] = getattr(model, kind).password
+    return FailoverConfig.model_validate(data | changes)
+
+
+# ---------------------------------------------------------------- monitor, read-only
+
+
+def test_monitor_of_a_stack_without_failover_does_nothing(make_stack, tmp_path):
+    from flows.monitor import monitor
+
+    stack = make_stack([files_source(tmp_path)])
+    assert monitor(stack=stack.name) == {"stack": stack.name, "configured": False, "action": "none"}
+
+
+def test_monitor_of_healthy_regions_emits_health_and_keeps_its_count(make_stack, tmp_path, session_pairs):
+    from flows.monitor import monitor
+
+    config = pair_config(*session_pairs)
+    stack = make_stack([files_source(tmp_path)], failover=config)
+    out = monitor(stack=stack.name)
+
+    assert (out["configured"], out["action"], out["refenced"]) == (True, "none", [])
+    assert out["state"]["active_region"] == "primary" and out["state"]["epoch"] == 0
+    assert out["events"] == ["genesis-dr.region.health:primary", "genesis-dr.region.health:standby"]
+    assert {n: r["healthy"] for n, r in out["assessment"]["regions"].items()} == {"primary": True, "standby": True}
+    # The monitor's count is kept in the vault between runs; the state mirrored into a Prefect variable.
+    assert stored(stack, TRACKER_KEY) == {
+        "failures_before_down": 3,
+        "failures": {"primary": 0, "standby": 0},
+        "down": {"primary": False, "standby": False},
+    }
+    assert variable(stack.name) == out["state"]
+    # Nothing in the state, the tracker or the flow's result shows a database password.
+    text = json.dumps(out) + json.dumps(stored(stack, TRACKER_KEY))
+    assert session_pairs[1].primary.password not in text and session_pairs[2].primary.password not in text
+
+
+def every_region_down(url: str) -> FailoverConfig:
+    return FailoverConfig.model_validate(
+        {
+            "failures_before_down": 1,
+            "active_region": "west",
+            "policy": "automatic",
+            "regions": [
+                {"name": "west", "priority": 1, "health_urls": [url]},
+                {"name": "east", "priority": 2, "health_urls": [url]},
+            ],
+        }
+    )
+
+
+def test_monitor_with_every_region_down_fails_no_healthy_region(make_stack, tmp_path):
+    from flows.monitor import monitor
+
+    with http_503() as url:
+        stack = make_stack([files_source(tmp_path)], failover=every_region_down(url))
+        with pytest.raises(NoHealthyRegionError) as failed:
+            monitor(stack=stack.name)
+    assert str(failed.value).startswith(f"stack {stack.name}: active region west is down and every region is down (")
+    assert f"east: not chosen: unhealthy (score 0.00; failed: http {url})" in str(failed.value)
+    assert stored(stack, TRACKER_KEY)["down"] == {"west": True, "east": True}
+    assert stack.config.vault.store().exists(STATE_KEY) is False  # nothing acted: still epoch 0 from the stack file
+
+
+@pytest.mark.skipif(
+    "failover" not in ACTIVITIES, reason="core/notify/config.py: channels take no 'failover' activity yet"
+)
+def test_monitor_pages_once_when_every_region_goes_down(make_stack, tmp_path):
+    from flows.monitor import monitor
+    from tests.fixtures_notify import Receiver
+
+    with http_503() as url, Receiver() as rx:
+        notifications = {"webhooks": [{"name": "ops", "url": rx.url("/hook"), "activities": ["failover"]}]}
+        stack = make_stack([files_source(tmp_path)], failover=every_region_down(url), notifications=notifications)
+        with pytest.raises(NoHealthyRegionError):
+            monitor(stack=stack.name)
+        (page,) = [p.body for p in rx.wait(1)]
+        assert (page["activity"], page["outcome"], page["subject"]) == ("failover", "failure", "all_regions_unhealthy")
+        # The next run pages no more (nothing changed since), and still fails.
+        with pytest.raises(NoHealthyRegionError):
+            monitor(stack=stack.name)
+        time.sleep(0.5)
+        assert len(rx.posts) == 1
+
+
+# ---------------------------------------------------------------- failover flow, read-only
+
+
+def test_failover_dry_run_plans_and_changes_nothing_and_refusals(make_stack, tmp_path, session_pairs):
+    from core.errors import TargetRefusedError
+    from flows.failover import failover
+
+    stack = make_stack([files_source(tmp_path)], failover=pair_config(*session_pairs))
+    out = failover(stack=stack.name, target="standby", reason="drill: dry run", dry_run=True)
+
+    assert (out["dry_run"], out["state"]["epoch"], out["plan"]["target"], out["plan"]["epoch"]) == (
+        True,
+        0,
+        "standby",
+        0,
+    )
+    lines = out["plan_text"].splitlines()
+    assert lines[:2] == ["failover to standby: from primary (epoch 0 -> 1)", "reason: drill: dry run"]
+    steps = [s["action"] + " " + s["component"] + " " + s["region"] for s in out["plan"]["steps"]]
+    assert steps == [
+        "fence postgres primary",
+        "fence mysql primary",
+        "fence redis primary",
+        "wait_replayed postgres standby",
+        "wait_replayed mysql standby",
+        "wait_replayed redis standby",
+        "promote postgres standby",
+        "promote mysql standby",
+        "promote redis standby",
+        "fence redis primary",
+        "prove_writes postgres standby",
+        "prove_writes mysql standby",
+        "prove_writes redis standby",
+        "record_state state standby",
+    ]
+    # Nothing moved: no state, no report, the roles as they were.
+    store = stack.config.vault.store()
+    assert not store.exists(STATE_KEY) and list(store.list("failover/reports/")) == []
+    session_pairs[0].wait_streaming()
+
+    # The state read by the caller moved: refused before anything (exit 24); the active region as target: 27.
+    with pytest.raises(StaleEpochError, match="failover state is at epoch 0 .*, not 3"):
+        failover(stack=stack.name, target="standby", reason="late", expected_epoch=3)
+    with pytest.raises(TargetRefusedError, match="failover target primary is the active region already"):
+        failover(stack=stack.name, target="primary", reason="same")
+    assert not store.exists(STATE_KEY)
+
+
+# ---------------------------------------------------------------- promotions on throw-away Redis pairs
+
+
+@pytest.fixture
+def stack_in_trouble() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def redis_pair() -> Iterator[RedisPair]:
+    """A Redis primary ("west") and its replica ("east") that a test may fail over."""
+    password = "pw-" + secrets.token_hex(8)
+    primary = _redis_node(password)
+    replica = None
+    try:
+        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
+        pair = RedisPair(primary, replica)
+        pair.wait_linked()
+        yield pair
+    finally:
+        for node in (replica, primary):
+            if node is not None:
+                node.stop()
+                shutil.rmtree(node.dir, ignore_errors=True)
+
+
+def redis_regions(pair: RedisPair, policy: str, down_url: str, failures_before_down: int = 1) -> FailoverConfig:
+    """West holds the primary, east the replica. West's application answers ``down_url`` (a 503) and weighs
+    most in its score: the region is down while its Redis still answers. (A region whose primary died outright
+    leaves its replicas' replication checks failing, so core finds no target: see the report.)"""
+
+    def db(node) -> dict:
+        return {"host": "127.0.0.1", "port": node.port, "password": node.password}
+
+    return FailoverConfig.model_validate(
+        {
+            "policy": policy,
+            "failures_before_down": failures_before_down,
+            "active_region": "west",
+            "regions": [
+                {
+                    "name": "west",
+                    "priority": 1,
+                    "redis": db(pair.primary),
+                    "health_urls": [down_url],
+                    "weights": {f"http {down_url}": 3},
+                },
+                {"name": "east", "priority": 2, "redis": db(pair.replica)},
+            ],
+        }
+    )
+
+
+def role(node) -> str:
+    return node.client().info("replication")["role"]
+
+
+def answer_approval(stack_name: str, approve: bool, reason: str = "", timeout: float = 60) -> dict:
+    """From another thread, as an operator in the UI: wait for the paused monitor of ``stack_name``, read the
+    form's description, resume it with the answer. Returns what it saw (or the error it met)."""
+    import contextvars
+
+    seen: dict = {}
+
+    def run() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        from prefect.client.schemas.objects import StateType
+        from prefect.flow_runs import resume_flow_run
+
+        try:
+            deadline = time.monotonic() + timeout
+            paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+            with get_client(sync_client=True) as client:
+                while True:
+                    mine = [
+                        r
+                        for r in client.read_flow_runs(flow_run_filter=paused)
+                        if r.parameters.get("stack") == stack_name
+                    ]
+                    if mine:
+                        break
+                    assert time.monotonic() < deadline, "the monitor never paused"
+                    time.sleep(0.2)
+                keyset = mine[0].state.state_details.run_input_keyset
+                seen["description"] = client.read_flow_run_input(mine[0].id, keyset["description"])
+            resume_flow_run(mine[0].id, run_input={"approve": approve, "reason": reason})
+        except BaseException as exc:  # reported to the test's thread
+            seen["error"] = exc
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    thread.start()
+    seen["thread"] = thread
+    return seen
+
+
+def test_manual_policy_pauses_with_the_plan_declined_changes_nothing_approved_fails_over(
+    make_stack, tmp_path, redis_pair, stack_in_trouble
+):
+    from flows.monitor import monitor
+
+    down = stack_in_trouble.enter_context(http_503())
+    stack = make_stack([files_source(tmp_path)], failover=redis_regions(redis_pair, "manual", down))
+    redis_pair.primary.client().set("order:1", "before the outage")
+    redis_pair.wait_linked()
+
+    # Declined: the run completes, nothing changed (east still a replica, no state written).
+    seen = answer_approval(stack.name, approve=False)
+    out = monitor(stack=stack.name)
+    seen["thread"].join(10)
+    assert "error" not in seen, seen.get("error")
+    assert out["action"] == "declined"
+    assert "failover to east: from west (epoch 0 -> 1)" in seen["description"]
+    assert "promote redis in east" in seen["description"] and "Tick **approve**" in seen["description"]
+    assert out["plan_text"].splitlines()[0] == "failover to east: from west (epoch 0 -> 1)"
+    assert role(redis_pair.replica) == "slave" and not stack.config.vault.store().exists(STATE_KEY)
+
+    # Approved (with the operator's reason): the failover runs as planned, as a subflow of the monitor.
+    seen = answer_approval(stack.name, approve=True, reason="west lost power")
+    out = monitor(stack=stack.name)
+    seen["thread"].join(10)
+    assert "error" not in seen, seen.get("error")
+    assert out["action"] == "failover"
+    report = out["failover"]["report"]
+    assert (report["outcome"], report["source"], report["target"], report["epoch"]) == ("completed", "west", "east", 1)
+    assert report["reason"] == "approved: west lost power"
+    assert report["to_fence_when_back"] == []
+    assert role(redis_pair.replica) == "master" and role(redis_pair.primary) == "slave"
+    assert redis_pair.replica.client().get("order:1") == b"before the outage"
+    state = stored(stack, STATE_KEY)
+    assert (state["active_region"], state["epoch"], state["in_progress"]) == ("east", 1, None)
+    assert variable(stack.name) == state
+    (kept,) = [
+        json.loads(stack.config.vault.store().get(k)) for k in stack.config.vault.store().list("failover/reports/")
+    ]
+    assert kept["operation_id"] == report["operation_id"]
+
+
+def test_automatic_policy_fails_over_after_the_threshold_and_fences_a_returning_primary(
+    make_stack, tmp_path, redis_pair, stack_in_trouble
+):
+    from flows.monitor import monitor
+
+    down = stack_in_trouble.enter_context(http_503())
+    stack = make_stack([files_source(tmp_path)], failover=redis_regions(redis_pair, "automatic", down, 2))
+    first = monitor(stack=stack.name)
+    assert (first["action"], first["assessment"]["states"]["west"]["consecutive_failures"]) == ("none", 1)
+    assert first["events"] == ["genesis-dr.region.health:west", "genesis-dr.region.health:east"]
+    second = monitor(stack=stack.name)
+    assert second["action"] == "failover"
+    assert second["events"][-1] == f"{EVENT_DOWN}:west"
+    report = second["failover"]["report"]
+    assert (report["outcome"], report["target"], report["epoch"]) == ("completed", "east", 1)
+    assert report["reason"] == f"monitor: region west down (http {down})"
+    assert role(redis_pair.replica) == "master" and role(redis_pair.primary) == "slave"
+    assert variable(stack.name)["active_region"] == "east"
+
+    # The old primary comes back as a primary (a restart from an old config): the next run fences it again.
+    redis_pair.primary.client().replicaof("no", "one")
+    third = monitor(stack=stack.name)
+    assert third["action"] == "none" and third["state"]["active_region"] == "east"
+    assert [(s["name"], s["ok"]) for s in third["refenced"]] == [("fence", True)], third["refenced"]
+    assert role(redis_pair.primary) == "slave"
+    RedisPair(primary=redis_pair.replica, replica=redis_pair.primary).wait_linked()
