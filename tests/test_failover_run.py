@@ -158,6 +158,9 @@ def test_a_named_target_is_checked_and_force_is_recorded():
     named = plan_failover(THREE, STATE, HEALTH, "eu-west-1", reason="drill")
     assert named.target == "eu-west-1" and not named.forced
     assert named.reasons["eu-west-1"] == "chosen by name: qualifies, but priority 3 ranks below us-east-1 (priority 2)"
+    assert named.reasons["us-east-1"] == (
+        "not named: priority 2, healthy (score 1.00), lag 1.5 s within 5 s (the first choice by priority)"
+    )
     # The other region's replicas follow the new primary.
     assert [s.what for s in named.steps if s.action == "repoint"] == [
         "repoint postgres in us-east-1",

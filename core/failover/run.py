@@ -334,6 +334,9 @@ def plan_failover(
             reasons[target] = f"chosen by force: {why}"
         else:
             reasons[target] = f"chosen by name: {verdict.removeprefix('chosen: ')}"
+        if choice.target is not None and choice.target != target:
+            first = reasons[choice.target].removeprefix("chosen: ")
+            reasons[choice.target] = f"not named: {first} (the first choice by priority)"
     leaving = [source]
     if state.in_progress and not rerun:
         # Taking over a run that was moving elsewhere: its target may be half promoted; fence it too.
