@@ -25,6 +25,7 @@ redis-server, ``pg_ctl stop -m immediate`` for PostgreSQL, and the health endpoi
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -423,6 +424,28 @@ class Topology:
 
         return StateStore(LocalStore(self.state_dir), self.config)
 
+    def stack_file(self, directory: Path, name: str) -> tuple[Path, dict[str, str]]:
+        """A stack file (JSON is YAML) with a files source and this topology as its ``failover:`` section, the
+        passwords as ``${VARIABLES}``; (its path, those variables for the command's environment)."""
+        env: dict[str, str] = {}
+        failover = self.config.model_dump(mode="json", exclude_none=True)
+        for region, model in zip(failover["regions"], self.config.regions, strict=True):
+            for kind in ("postgres", "mysql", "redis"):
+                var = f"GDR_FO_{region['name'].replace('-', '_').upper()}_{kind.upper()}_PW"
+                env[var] = getattr(model, kind).password.get_secret_value()
+                region[kind]["password"] = f"${{{var}}}"
+        (directory / "app").mkdir(exist_ok=True)
+        document = {
+            "stack": name,
+            "vault": {"path": str(directory / f"vault-{name}")},
+            "encryption": {"passphrase_from": "env:BACKUP_ENCRYPTION_PASSWORD"},
+            "sources": [{"name": "app-files", "kind": "files", "root": str(directory / "app")}],
+            "failover": failover,
+        }
+        path = directory / f"{name}.yaml"
+        path.write_text(json.dumps(document, indent=1) + "\n")
+        return path, env
+
     def close(self) -> None:
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(Region.close, self.regions.values()))
@@ -587,11 +610,11 @@ def _region_data(region: Region, zone_id: str, zone_name: str, moto: str, rds_id
     # Failback rebuilds the old primary's data directory as a standby (pg_rewind / pg_basebackup as postgres).
     data["postgres_rebuild"] = {
         "data_directory": str(region.pg.datadir),
-        "bin_dir": str(Path(region.pg.pg_ctl).parent),
+        "bin_dir": str(Path(os.path.realpath(region.pg.pg_ctl)).parent),  # pg_rewind is beside the real pg_ctl
         "run_as": "postgres",
         "options": (
             f"-p {region.pg.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={region.pg.root}"
-            f" -c fsync=off -c full_page_writes=off {region.pg.options}"
+            f" -c fsync=off -c full_page_writes=off -c synchronous_commit=off {region.pg.options}"
         ),
     }
     return data
