@@ -4,19 +4,44 @@ primary, failback, those writes on the original primary, DNS back (moto Route53)
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 import shutil
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import boto3
+import psycopg
+import pymysql
 import pytest
+import redis
 
-from core.failover.promote import Step, promote_mysql, promote_postgres
+from core.errors import FailoverIncompleteError, StaleEpochError, TargetRefusedError
+from core.failover.choose import State
+from core.failover.dns import current_value
+from core.failover.failback import FailbackPlan, execute_failback, plan_failback
+from core.failover.health import Check, RegionHealth, Tracker, score_region
+from core.failover.monitor import assess
+from core.failover.promote import Step, fence_mysql, fence_postgres, promote_mysql, promote_postgres
 from core.failover.rebuild import NEW_SUFFIX, OLD_SUFFIX, rebuild_mysql, rebuild_postgres, rebuild_redis
-from core.failover.topology import PgRebuildConfig
+from core.failover.run import execute_failover, plan_failover
+from core.failover.state import StateStore
+from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
+from core.storage.local import LocalStore
 from tests.fixtures_mysql import DR_USER
 from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
-from tests.fixtures_replication import MariaDBNode, MySQLPair, PgPair, RedisNode, _redis_node, _start_mariadb
+from tests.fixtures_replication import (
+    MariaDBNode,
+    MySQLPair,
+    PgPair,
+    RedisNode,
+    RedisPair,
+    _redis_node,
+    _start_mariadb,
+)
 from tests.servers import free_port, require_binary, shared_tmpdir
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -137,6 +162,10 @@ def _unplanned_failover_pg(pair: PgPair) -> None:
         conn.execute("CHECKPOINT")
     with pair.standby.connect() as conn:
         conn.execute("INSERT INTO orders VALUES (3, 'on-the-new-primary')")
+    old = pair.primary.config("west-pg")
+    writable = rebuild_postgres(old, pair.standby.config("east-pg"), rebuild_config(pair.primary), timeout=5)
+    assert not writable.ok and "is a primary taking writes; fence it first" in writable.detail, writable.detail
+    assert fence_postgres(old).ok  # what the failover does (or the monitor, when the old primary returns)
 
 
 def test_postgres_rebuild_by_rewind_then_again_does_nothing():
@@ -198,6 +227,7 @@ def test_postgres_rebuild_refusals(pg_nohints: PgPair):
 
     other = start_postgres_server("gdr-pg-fb-other-", PG_OPTIONS)
     try:
+        assert fence_postgres(other.config("other-pg")).ok
         wrong = rebuild_postgres(other.config("other-pg"), new, rebuild_config(other), timeout=5)
         assert not wrong.ok and "holds another cluster" in wrong.detail, wrong.detail
         assert pg_rows(other, "SELECT 1") == [(1,)]  # untouched and still running
@@ -228,6 +258,9 @@ def test_mysql_rebuild_of_a_diverged_primary_reseeds_it():
             cur.execute("CREATE DATABASE scratch")
         with pair.replica.connect() as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO shop.orders VALUES (3, 'on-the-new-primary')")
+        writable = rebuild_mysql(old, new, timeout=5)
+        assert not writable.ok and "is a primary taking writes (read_only=OFF)" in writable.detail
+        assert fence_mysql(old).ok
 
         step = rebuild_mysql(old, new, timeout=30)
 
@@ -274,3 +307,412 @@ def test_redis_rebuild_follows_the_new_primary():
         assert not backwards.ok and "is a replica, not a primary" in backwards.detail
     finally:
         stop_redis(old_node, new_node)
+
+
+# ---------------------------------------------------------------- the failback plan (pure)
+
+AT = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+
+
+def _region(name: str, priority: int, host: str, rebuild: bool = True) -> dict:
+    region = {
+        "name": name,
+        "priority": priority,
+        "postgres": {"host": host, "port": 5432, "user": "dr", "password": "pg-secret", "database": "app"},
+        "mysql": {"host": host, "port": 3306, "user": "dr", "password": "my-secret", "database": "shop"},
+        "redis": {"host": host, "port": 6379, "password": "rd-secret"},
+        "dns": {
+            "provider": "route53",
+            "zone": "Z123",
+            "record_name": "app.example.com.",
+            "value": f"lb-{name}.example",
+        },
+    }
+    if rebuild:
+        region["postgres_rebuild"] = {"data_directory": f"/srv/{name}/pgdata", "bin_dir": PG_BIN, "run_as": "postgres"}
+    return region
+
+
+THREE = FailoverConfig.model_validate(
+    {
+        "active_region": "us-west-2",
+        "regions": [
+            _region("us-west-2", 1, "10.1.0.10"),
+            _region("us-east-1", 2, "10.2.0.10", rebuild=False),
+            _region("eu-west-1", 3, "10.3.0.10"),
+        ],
+    }
+)
+
+
+def _health(name: str, *failed: str) -> RegionHealth:
+    names = ("postgres.connect", "postgres.replication", "mysql.connect", "redis.ping")
+    return score_region(THREE.region(name), [Check(n, n not in failed, detail=f"{n} detail") for n in names], at=AT)
+
+
+HEALTHY = {name: _health(name) for name in ("us-west-2", "us-east-1", "eu-west-1")}
+AWAY = State("us-east-1", 1, AT, "failover", previous="us-west-2")
+
+GOLDEN = """\
+failback to us-west-2: from us-east-1 (epoch 1 -> 2)
+reason: back home
+expected data loss: up to 0 s, 0 bytes
+regions:
+  us-west-2: the primary region (priority 1): the failback target
+  us-east-1: the active region (the one being left): fenced, then rebuilt as a replica
+  eu-west-1: replicas repointed at us-west-2
+note: planned switchover: us-east-1 is fenced and us-west-2 catches up with everything it committed before anything \
+is promoted (zero data loss); a failure before the promotion lifts the fence again
+note: us-east-1 has no postgres_rebuild: its PostgreSQL stays a fenced primary after the failback
+steps:
+   1. rebuild postgres in us-west-2: 'us-west-2-postgres' at 10.1.0.10:5432: becomes a replica of \
+'us-east-1-postgres' at 10.2.0.10:5432 (pg_rewind, else pg_basebackup, of /srv/us-west-2/pgdata), caught up \
+[on failure: stop]
+   2. rebuild mysql in us-west-2: 'us-west-2-mysql' at 10.1.0.10:3306: becomes a replica of 'us-east-1-mysql' at \
+10.2.0.10:3306 (GTID repoint, or a re-seed from a dump if it diverged), caught up [on failure: stop]
+   3. rebuild redis in us-west-2: 'us-west-2-redis' at 10.1.0.10:6379: becomes a replica of 'us-east-1-redis' at \
+10.2.0.10:6379 (REPLICAOF), caught up [on failure: stop]
+   4. fence postgres in us-east-1: 'us-east-1-postgres' at 10.2.0.10:5432: refuse writes \
+(default_transaction_read_only=on), end client sessions [on failure: stop]
+   5. fence mysql in us-east-1: 'us-east-1-mysql' at 10.2.0.10:3306: refuse writes (read_only=ON) [on failure: stop]
+   6. fence redis in us-east-1: 'us-east-1-redis' at 10.2.0.10:6379: pause writes until it becomes a replica \
+[on failure: stop]
+   7. catch_up postgres in us-west-2: 'us-west-2-postgres' at 10.1.0.10:5432: until it has everything \
+'us-east-1-postgres' at 10.2.0.10:5432 committed before the fence (zero data loss) [on failure: stop]
+   8. catch_up mysql in us-west-2: 'us-west-2-mysql' at 10.1.0.10:3306: until it has everything 'us-east-1-mysql' at \
+10.2.0.10:3306 committed before the fence (zero data loss) [on failure: stop]
+   9. catch_up redis in us-west-2: 'us-west-2-redis' at 10.1.0.10:6379: until it has everything 'us-east-1-redis' at \
+10.2.0.10:6379 committed before the fence (zero data loss) [on failure: stop]
+  10. promote postgres in us-west-2: 'us-west-2-postgres' at 10.1.0.10:5432: pg_promote(), remove the fence left by \
+the failover [on failure: stop]
+  11. promote mysql in us-west-2: 'us-west-2-mysql' at 10.1.0.10:3306: STOP REPLICA, RESET REPLICA ALL, \
+read_only=OFF [on failure: stop]
+  12. promote redis in us-west-2: 'us-west-2-redis' at 10.1.0.10:6379: REPLICAOF NO ONE [on failure: stop]
+  13. rebuild redis in us-east-1: 'us-east-1-redis' at 10.2.0.10:6379: becomes a replica of 'us-west-2-redis' at \
+10.1.0.10:6379 (refuses writes for good) [on failure: continue]
+  14. prove_writes postgres in us-west-2: 'us-west-2-postgres' at 10.1.0.10:5432: write a probe, read it back, \
+remove it [on failure: stop]
+  15. prove_writes mysql in us-west-2: 'us-west-2-mysql' at 10.1.0.10:3306: write a probe, read it back, remove it \
+[on failure: stop]
+  16. prove_writes redis in us-west-2: 'us-west-2-redis' at 10.1.0.10:6379: write a probe, read it back, remove it \
+[on failure: stop]
+  17. repoint postgres in eu-west-1: 'eu-west-1-postgres' at 10.3.0.10:5432: replicate from 'us-west-2-postgres' at \
+10.1.0.10:5432 [on failure: continue]
+  18. repoint mysql in eu-west-1: 'eu-west-1-mysql' at 10.3.0.10:3306: replicate from 'us-west-2-mysql' at \
+10.1.0.10:3306 [on failure: continue]
+  19. repoint redis in eu-west-1: 'eu-west-1-redis' at 10.3.0.10:6379: replicate from 'us-west-2-redis' at \
+10.1.0.10:6379 [on failure: continue]
+  20. rebuild postgres in us-east-1: 'us-east-1-postgres' at 10.2.0.10:5432: becomes a replica of \
+'us-west-2-postgres' at 10.1.0.10:5432 (must be a standby already (the region has no postgres_rebuild)); stays \
+fenced if not [on failure: continue]
+  21. rebuild mysql in us-east-1: 'us-east-1-mysql' at 10.2.0.10:3306: becomes a replica of 'us-west-2-mysql' at \
+10.1.0.10:3306 (GTID repoint, or a re-seed from a dump if it diverged); stays fenced if not [on failure: continue]
+  22. switch_dns dns in us-west-2: route53 app.example.com. CNAME -> lb-us-west-2.example (TTL 60) \
+[on failure: page; the state still moves]
+  23. record_state state in us-west-2: us-west-2 active at epoch 2, nothing in progress [on failure: stop]"""
+
+
+def test_the_plan_of_a_three_region_failback_is_golden_and_secret_free():
+    plan = plan_failback(THREE, AWAY, HEALTHY, "back home")
+    assert plan.render() == GOLDEN, plan.render()
+    assert (plan.kind, plan.source, plan.target, plan.epoch, plan.forced) == (
+        "failback",
+        "us-east-1",
+        "us-west-2",
+        1,
+        False,
+    )
+    text = plan.render() + json.dumps(plan.to_dict())
+    assert not any(s in text for s in ("pg-secret", "my-secret", "rd-secret"))
+    assert FailbackPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_a_failback_is_refused_when_home_already_in_progress_or_unhealthy():
+    home = State("us-west-2", 2, AT, "failback")
+    with pytest.raises(TargetRefusedError, match="primary region us-west-2 is active already .epoch 2.; nothing to"):
+        plan_failback(THREE, home, HEALTHY, "again")
+    busy = State("us-west-2", 2, AT, "failback", in_progress="failback to us-west-2", previous="us-east-1")
+    with pytest.raises(StaleEpochError, match="if that run died run the failback again with --force"):
+        plan_failback(THREE, busy, HEALTHY, "again")
+    # Forced: run.py's re-run of the failover to us-west-2 finishes it (the region left stays fenced).
+    finish = plan_failback(THREE, busy, HEALTHY, "finish", force=True)
+    assert (finish.kind, finish.source, finish.target, finish.epoch) == ("failover", "us-east-1", "us-west-2", 2)
+    assert finish.steps[0].what == "fence postgres in us-east-1" and finish.notes[-1].startswith(
+        "finishes 'failback to us-west-2'; us-east-1 stays fenced"
+    )
+    other = State("us-east-1", 2, AT, "failover", in_progress="failover to us-east-1", previous="us-west-2")
+    with pytest.raises(StaleEpochError, match="run the failover again with --force"):
+        plan_failback(THREE, other, HEALTHY, "again", force=True)
+    # Not streaming (not a replica yet) is what a failback repairs; a dead server is not.
+    ok = plan_failback(THREE, AWAY, {**HEALTHY, "us-west-2": _health("us-west-2", "postgres.replication")}, "r")
+    assert ok.target == "us-west-2"
+    with pytest.raises(TargetRefusedError) as down:
+        plan_failback(THREE, AWAY, {**HEALTHY, "us-west-2": _health("us-west-2", "mysql.connect")}, "r")
+    assert "primary region us-west-2 is unhealthy (mysql.connect (mysql.connect detail)); restore it" in str(down.value)
+    with pytest.raises(TargetRefusedError, match="if it is down, fail over instead .'failover run us-west-2'."):
+        plan_failback(THREE, AWAY, {**HEALTHY, "us-east-1": _health("us-east-1", "redis.ping")}, "r")
+    with pytest.raises(TargetRefusedError, match="no health measured for the primary region us-west-2"):
+        plan_failback(THREE, AWAY, {"us-east-1": HEALTHY["us-east-1"]}, "r")
+
+
+# ---------------------------------------------------------------- the round trip
+
+
+def _zone(endpoint: str) -> str:
+    client = boto3.client("route53", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
+    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    client.change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "CREATE",
+                    "ResourceRecordSet": {
+                        "Name": f"app.{name}",
+                        "Type": "CNAME",
+                        "TTL": 60,
+                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
+                    },
+                }
+            ]
+        },
+    )
+    return zone_id + "|" + name
+
+
+def _round_trip_config(endpoint: str, zone: str, pg: PgPair, my: MySQLPair, rd) -> FailoverConfig:
+    zone_id, name = zone.split("|")
+
+    def region(region: str, priority: int, pg_server: PostgresServer, my_node, rd_node) -> RegionConfig:
+        return RegionConfig(
+            name=region,
+            priority=priority,
+            postgres=pg_server.config(f"{region}-postgres"),
+            mysql=my_node.config(f"{region}-mysql"),
+            redis=rd_node.config(f"{region}-redis"),
+            postgres_rebuild=rebuild_config(pg_server),
+            dns=DnsConfig(
+                provider="route53",
+                zone=zone_id,
+                record_name=f"app.{name}",
+                value=f"lb.{region}.example.com",
+                endpoint_url=endpoint,
+            ),
+        )
+
+    return FailoverConfig(
+        active_region="us-west-2",
+        regions=[
+            region("us-west-2", 1, pg.primary, my.primary, rd[0]),
+            region("us-east-1", 2, pg.standby, my.replica, rd[1]),
+        ],
+    )
+
+
+def _roles(config: FailoverConfig) -> dict[str, tuple]:
+    """Who is primary now, as the servers themselves say."""
+    out = {}
+    for region in config.regions:
+        with psycopg.connect(**_pg_kwargs(region.postgres)) as conn:
+            (pg_standby,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        my = region.mysql
+        with pymysql.connect(host=my.host, port=my.port, user=my.user, password=my.password.get_secret_value()) as c:
+            with c.cursor() as cur:
+                cur.execute("SHOW REPLICA STATUS")
+                my_replica = cur.fetchone() is not None
+        rd_role = redis.Redis(
+            host=region.redis.host, port=region.redis.port, password=region.redis.password.get_secret_value()
+        ).info("replication")["role"]
+        out[region.name] = (
+            "standby" if pg_standby else "primary",
+            "replica" if my_replica else "primary",
+            "replica" if rd_role == "slave" else "primary",
+        )
+    return out
+
+
+def _pg_kwargs(cfg) -> dict:
+    return dict(
+        host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(), dbname=cfg.database,
+        autocommit=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def round_trip_servers():
+    pg = make_pg_pair("gdr-pg-fb-rt-", PG_OPTIONS + HINTS)
+    my = rd = None
+    try:
+        my = make_mysql_pair(51)
+        password = "pw-" + secrets.token_hex(8)
+        rd_primary = _redis_node(password)
+        rd = (rd_primary, _redis_node(password, f"replicaof 127.0.0.1 {rd_primary.port}", f"masterauth {password}"))
+        yield pg, my, rd
+    finally:
+        if rd is not None:
+            stop_redis(*rd)
+        if my is not None:
+            stop_mysql(my.replica, my.primary)
+        stop_pg(pg.standby, pg.primary)
+
+
+def test_round_trip_failover_writes_failback_nothing_lost_dns_back(round_trip_servers, moto_endpoint, tmp_path):
+    pg, my, rd = round_trip_servers
+    config = _round_trip_config(moto_endpoint, _zone(moto_endpoint), pg, my, rd)
+    west, east = config.region("us-west-2"), config.region("us-east-1")
+    with pg.primary.connect() as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
+        conn.execute("INSERT INTO orders VALUES (1, 'before-failover')")
+    with my.primary.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE DATABASE shop")
+        cur.execute("CREATE TABLE shop.orders (id int PRIMARY KEY, item varchar(40))")
+        cur.execute("INSERT INTO shop.orders VALUES (1, 'before-failover')")
+    rd[0].client().set("order:1", "before-failover")
+    pg.wait_streaming()
+    my.wait_caught_up()
+    RedisPair(*rd).wait_linked()
+    states = StateStore(LocalStore(tmp_path / "vault"), config)
+
+    # Failover to us-east-1 (run.py), then the application writes there.
+    plan = plan_failover(config, states.read(), assess(config, Tracker(1), timeout=3), "us-east-1", reason="drill")
+    assert execute_failover(config, plan, states, wait_timeout=20).outcome == "completed"
+    assert _roles(config) == {"us-west-2": ("primary", "primary", "replica"), "us-east-1": ("primary",) * 3}
+    with pg.standby.connect() as conn:
+        conn.execute("INSERT INTO orders SELECT g, 'during-failover ' || g FROM generate_series(2, 101) g")
+    with my.replica.connect() as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO shop.orders VALUES (%s, %s)", [(i, f"during-failover {i}") for i in range(2, 102)])
+    rd[1].client().mset({f"order:{i}": f"during-failover {i}" for i in range(2, 102)})
+
+    # Failback: the plan as --dry-run shows it changes nothing; then it runs.
+    state = states.read()
+    assessment = assess(config, Tracker(1), timeout=3, active=state.active_region)
+    plan = plan_failback(config, state, assessment, "back home after the drill")
+    assert plan.render().splitlines()[0] == "failback to us-west-2: from us-east-1 (epoch 1 -> 2)"
+    assert states.read() == state and current_value(west.dns) == "lb.us-east-1.example.com"
+    events: list[dict] = []
+
+    report = execute_failback(config, plan, states, notify=events.append, wait_timeout=20, rebuild_timeout=60)
+
+    assert [(s.what, s.status) for s in report.steps] == [
+        ("rebuild postgres in us-west-2", "ok"),
+        ("rebuild mysql in us-west-2", "ok"),
+        ("rebuild redis in us-west-2", "ok"),
+        ("fence postgres in us-east-1", "ok"),
+        ("fence mysql in us-east-1", "ok"),
+        ("fence redis in us-east-1", "ok"),
+        ("catch_up postgres in us-west-2", "ok"),
+        ("catch_up mysql in us-west-2", "ok"),
+        ("catch_up redis in us-west-2", "ok"),
+        ("promote postgres in us-west-2", "ok"),
+        ("promote mysql in us-west-2", "ok"),
+        ("promote redis in us-west-2", "ok"),
+        ("rebuild redis in us-east-1", "ok"),
+        ("prove_writes postgres in us-west-2", "ok"),
+        ("prove_writes mysql in us-west-2", "ok"),
+        ("prove_writes redis in us-west-2", "ok"),
+        ("rebuild postgres in us-east-1", "ok"),
+        ("rebuild mysql in us-east-1", "ok"),
+        ("switch_dns dns in us-west-2", "ok"),
+        ("record_state state in us-west-2", "ok"),
+    ], report.render()
+    details = {s.what: s.detail for s in report.steps}
+    assert "rebuilt by pg_rewind" in details["rebuild postgres in us-west-2"]
+    assert "repointed at" in details["rebuild mysql in us-west-2"]  # a planned failover leaves no divergence
+    assert "rebuilt by pg_rewind" in details["rebuild postgres in us-east-1"]
+    assert (report.kind, report.outcome, report.epoch, report.data_loss["planned"]) == (
+        "failback", "completed", 2, {"lag_s": 0.0, "lag_bytes": 0},
+    )  # fmt: skip
+    secrets_ = (pg.primary.password, my.primary.password, rd[0].password)
+    assert not any(s in json.dumps(report.to_dict()) + report.render() + json.dumps(events) for s in secrets_)
+    assert [(e["severity"], e["title"]) for e in events] == [("info", "failback to us-west-2: completed")]
+
+    # Back home: every write made during the failover is on the original primaries, roles and DNS restored.
+    state = states.read()
+    assert (state.active_region, state.epoch, state.in_progress, state.outcome) == ("us-west-2", 2, None, "completed")
+    assert [r["kind"] for r in states.reports()] == ["failover", "failback"]
+    assert current_value(west.dns) == "lb.us-west-2.example.com"
+    assert _roles(config) == {"us-west-2": ("primary",) * 3, "us-east-1": ("standby", "replica", "replica")}
+    assert pg_rows(pg.primary, "SELECT count(*), max(id) FROM orders") == [(101, 101)]
+    with my.primary.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), max(id) FROM shop.orders")
+        assert cur.fetchone() == (101, 101)
+    values = rd[0].client().mget([f"order:{i}" for i in range(1, 102)])
+    assert values[0] == b"before-failover" and values[1:] == [f"during-failover {i}".encode() for i in range(2, 102)]
+
+    # The original primaries take writes again and the region left follows them.
+    with pg.primary.connect() as conn:
+        conn.execute("INSERT INTO orders VALUES (200, 'after-failback')")
+    with my.primary.connect() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO shop.orders VALUES (200, 'after-failback')")
+    rd[0].client().set("order:200", "after-failback")
+    pg.wait_streaming(20)
+    my.wait_caught_up(20)
+    RedisPair(*rd).wait_linked()
+    assert pg_rows(pg.standby, "SELECT item FROM orders WHERE id = 200") == [("after-failback",)]
+    assert rd[1].client().get("order:200") == b"after-failback"
+    assert east.postgres is not None
+
+
+def test_a_failback_that_fails_after_fencing_but_before_any_promotion_rolls_back(round_trip_servers, tmp_path):
+    """The active region is fenced, then the primary region's catch-up fails: the fences are lifted and the state
+    moves back to the region that stays active. The failure is real: the plan's catch-up names the primary region
+    itself as the one to catch up with (a standby has no WAL position of its own to give)."""
+    pg, my, rd = round_trip_servers
+    config = _round_trip_config("http://127.0.0.1:9", "Z1|gdr.test.", pg, my, rd)
+    # us-west-2 is active (the round trip brought it back): make us-east-1 the home region to fail back to.
+    away, home = config.regions
+    config = config.model_copy(
+        update={"regions": [away.model_copy(update={"priority": 2}), home.model_copy(update={"priority": 1})]}
+    )
+    states = StateStore(LocalStore(tmp_path / "vault"), config)
+    plan = plan_failback(config, states.read(), assess(config, Tracker(1), timeout=3), "try")
+    plan = dataclasses.replace(
+        plan,
+        steps=tuple(
+            dataclasses.replace(s, peer="us-east-1") if s.what == "catch_up postgres in us-east-1" else s
+            for s in plan.steps
+        ),
+    )
+    events: list[dict] = []
+
+    with pytest.raises(FailoverIncompleteError) as stopped:
+        execute_failback(config, plan, states, notify=events.append, wait_timeout=5, rebuild_timeout=20)
+
+    message = str(stopped.value)
+    assert "failback to us-east-1 stopped before any promotion at 'catch_up postgres in us-east-1'" in message
+    assert "fences lifted, us-west-2 active again at epoch 2" in message and "\n" not in message
+    report = stopped.value.report
+    assert (report["operation"], report["outcome"], report["epoch"]) == (
+        "roll back of failback to us-east-1", "rolled_back", 2,
+    )  # fmt: skip
+    steps = [(s["action"], s["component"], s["region"], s["status"]) for s in report["steps"]]
+    assert steps[3:7] == [
+        ("fence", "postgres", "us-west-2", "ok"),
+        ("fence", "mysql", "us-west-2", "ok"),
+        ("fence", "redis", "us-west-2", "ok"),
+        ("catch_up", "postgres", "us-east-1", "failed"),
+    ]
+    assert steps[-4:] == [
+        ("unfence", "postgres", "us-west-2", "ok"),
+        ("unfence", "mysql", "us-west-2", "ok"),
+        ("unfence", "redis", "us-west-2", "ok"),
+        ("record_state", "state", "us-west-2", "ok"),
+    ]
+    assert not any(status == "ok" for action, _, _, status in steps if action == "promote")
+    state = states.read()
+    assert (state.active_region, state.epoch, state.in_progress, state.outcome) == ("us-west-2", 2, None, "rolled_back")
+    assert [r["outcome"] for r in states.reports()] == ["incomplete", "rolled_back"]
+    assert [(e["severity"], e["title"]) for e in events] == [
+        ("critical", "failback to us-east-1: incomplete"),
+        ("warning", "roll back of failback to us-east-1: rolled_back"),
+    ]
+    # Nothing was promoted and us-west-2 takes writes again (fence and pause lifted); us-east-1 still follows.
+    assert _roles(config) == {"us-west-2": ("primary",) * 3, "us-east-1": ("standby", "replica", "replica")}
+    with pg.primary.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS still_writable (id int)")
+        conn.execute("INSERT INTO still_writable VALUES (1)")
+    with my.primary.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@read_only")
+        assert cur.fetchone() == (0,)
+    rd[0].client().set("order:still", "writable")

@@ -45,7 +45,6 @@ from core.failover.promote import (
     _rd_client,
     _rd_label,
     _run,
-    fence_mysql,
     repoint_mysql,
 )
 from core.failover.topology import PgRebuildConfig
@@ -156,19 +155,20 @@ def _running(tools: _PgTools, data_dir: str) -> bool:
     return proc.returncode == 0
 
 
-def _pg_standby_of(cfg: PostgresSourceConfig, primary: PostgresSourceConfig) -> bool:
-    """Whether ``cfg`` answers as a standby streaming from ``primary`` (False when it does not answer)."""
+def _pg_role(cfg: PostgresSourceConfig, primary: PostgresSourceConfig) -> str:
+    """'following' (a standby streaming from ``primary``), 'writable' (a primary taking writes: never to be
+    rebuilt), 'other' (fenced, a standby of another) or 'down' (does not answer)."""
     try:
         with _pg_connect(cfg, 5) as conn:
-            row = conn.execute(
-                "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver LIMIT 1),"
-                " (SELECT sender_host FROM pg_stat_wal_receiver LIMIT 1),"
-                " (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1)"
+            standby, read_only, status, host, port = conn.execute(
+                "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'),"
+                " r.status, r.sender_host, r.sender_port FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true"
             ).fetchone()
-    except Exception:  # noqa: BLE001 - a stopped or unreachable server simply is not a standby yet
-        return False
-    standby, status, host, port = row
-    return bool(standby) and status == "streaming" and (host, port) == (primary.host, primary.port)
+    except Exception:  # noqa: BLE001 - a stopped or unreachable server is rebuilt from its data directory
+        return "down"
+    if standby:
+        return "following" if status == "streaming" and (host, port) == (primary.host, primary.port) else "other"
+    return "other" if read_only == "on" else "writable"
 
 
 _PRIMARY_POSITION = (
@@ -201,6 +201,16 @@ def _wait_streaming(cfg: PostgresSourceConfig, primary: PostgresSourceConfig, ti
     if not done:
         raise _Failed(f"not streaming and caught up within {timeout:g}s ({detail}); check its server log")
     return detail
+
+
+def catch_up_postgres(standby: PostgresSourceConfig, primary: PostgresSourceConfig, timeout: float = 60.0) -> Step:
+    """Until ``standby`` streams from ``primary`` on its timeline and has replayed everything ``primary`` had
+    flushed when the step began: with the primary fenced first, nothing committed is left behind."""
+
+    def body() -> str:
+        return "caught up with " + f"{primary.host}:{primary.port} (" + _wait_streaming(standby, primary, timeout) + ")"
+
+    return _run("catch_up", _pg_label(standby), "check replication", standby.secrets() + primary.secrets(), body)
 
 
 def _start(tools: _PgTools, rebuild: PgRebuildConfig, secrets: list[str]) -> None:
@@ -251,14 +261,15 @@ def _basebackup(tools: _PgTools, rebuild: PgRebuildConfig, new_primary: Postgres
 def rebuild_postgres(
     old: PostgresSourceConfig,
     new_primary: PostgresSourceConfig,
-    rebuild: PgRebuildConfig,
+    rebuild: PgRebuildConfig | None,
     *,
     timeout: float = PG_TIMEOUT,
     allow_basebackup: bool = True,
 ) -> Step:
     """Make the old primary (``old``, data in ``rebuild.data_directory`` on this machine) a streaming standby of
     ``new_primary``: pg_rewind, else (``allow_basebackup``) pg_basebackup; started, waited for until it has
-    replayed what the new primary had written."""
+    replayed what the new primary had written. A server taking writes is never touched (fence it first);
+    without ``rebuild`` only a server already following ``new_primary`` passes."""
     target = f"{new_primary.host}:{new_primary.port}"
     secrets = old.secrets() + new_primary.secrets()
 
@@ -271,8 +282,16 @@ def rebuild_postgres(
             ).fetchone()
         if standby:
             raise _Failed(f"{target} is a standby, not a primary; promote it before rebuilding from it")
-        if _pg_standby_of(old, new_primary):
+        role = _pg_role(old, new_primary)
+        if role == "following":
             return f"a standby of {target} already; " + _wait_streaming(old, new_primary, timeout)
+        if role == "writable":
+            raise _Failed("is a primary taking writes; fence it first (a rebuild replaces its data)")
+        if rebuild is None:
+            raise _Failed(
+                f"is not a standby of {target} and its region has no postgres_rebuild; add it (data_directory, "
+                "bin_dir, run_as) or rebuild it by hand with pg_rewind"
+            )
         data = rebuild.data_directory
         if not os.path.isfile(os.path.join(data, "PG_VERSION")):
             raise _Failed(
@@ -361,6 +380,21 @@ def _wait_caught_up_mysql(cfg: MySQLSourceConfig, want: str, timeout: float) -> 
     return done and not state["errno"], detail, state["errno"]
 
 
+def catch_up_mysql(replica: MySQLSourceConfig, primary: MySQLSourceConfig, timeout: float = 60.0) -> Step:
+    """Until ``replica`` runs both threads and applied every GTID of ``primary``'s binlog at the step's start."""
+
+    def body() -> str:
+        with _my_connect(primary) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos AS pos")
+            want = cur.fetchone()["pos"]
+        ok, detail, _ = _wait_caught_up_mysql(replica, want, timeout)
+        if not ok:
+            raise _Failed(f"not caught up with {primary.host}:{primary.port} within {timeout:g}s ({detail})")
+        return f"caught up with {primary.host}:{primary.port} ({detail})"
+
+    return _run("catch_up", _my_label(replica), "check replication", replica.secrets() + primary.secrets(), body)
+
+
 def _user_databases(cur) -> list[str]:
     cur.execute("SHOW DATABASES")
     return sorted(row["Database"] for row in cur.fetchall() if row["Database"].lower() not in _SYSTEM_SCHEMAS)
@@ -418,13 +452,14 @@ def rebuild_mysql(old: MySQLSourceConfig, new_primary: MySQLSourceConfig, *, tim
             status = _replica_status(cur)
         if new["ro"] or (status and status.get("Slave_IO_Running") == "Yes"):
             raise _Failed(f"{target} is not a primary (read_only or replicating); promote it before rebuilding")
-        fenced = fence_mysql(old)
-        if not fenced.ok:
-            raise _Failed(fenced.detail)
         with _my_connect(old) as conn, conn.cursor() as cur:
-            cur.execute("SELECT @@server_id AS id, @@gtid_current_pos AS pos")
+            cur.execute("SELECT @@server_id AS id, @@gtid_current_pos AS pos, @@read_only AS ro")
             mine = cur.fetchone()
             status = _replica_status(cur)
+        if not mine["ro"] and status is None:
+            raise _Failed("is a primary taking writes (read_only=OFF); fence it first (a rebuild may replace its data)")
+        with _my_connect(old) as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL read_only = 1")  # a replica that was not read-only (followed another) is now
         if mine["id"] == new["id"]:
             raise _Failed(f"has the server_id {mine['id']} of {target}; give each server its own server_id")
         following = (
