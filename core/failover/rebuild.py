@@ -57,8 +57,10 @@ REDIS_TIMEOUT = 120.0
 # Suffixes of the sibling directories a pg_basebackup rebuild uses next to the data directory.
 NEW_SUFFIX = ".genesis-dr-new"
 OLD_SUFFIX = ".genesis-dr-old"
-# What pg_rewind says when the old primary has neither wal_log_hints nor checksums.
-_REWIND_HINTS = "wal_log_hints"
+_NOT_REWINDABLE = (
+    "pg_rewind cannot rewind it: it has neither wal_log_hints=on nor data checksums (set wal_log_hints=on on every "
+    "primary so a failback can rewind)"
+)
 # MariaDB: the primary does not have the GTID the replica asks for (its history diverged).
 _GTID_NOT_IN_BINLOG = 1236
 _SYSTEM_SCHEMAS = ("information_schema", "mysql", "performance_schema", "sys")
@@ -133,19 +135,27 @@ def _source_conninfo(cfg: PostgresSourceConfig) -> str:
 
 
 def _tool_env(cfg: PostgresSourceConfig) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["PGCONNECT_TIMEOUT"] = "10"
+    # The environment's own PGPASSWORD (another server's) must not be tried against this one.
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
     if cfg.password is not None:
         env["PGPASSWORD"] = cfg.password.get_secret_value()
     return env
 
 
-def _system_id(tools: _PgTools, data_dir: str, secrets: list[str]) -> str:
+def _control(tools: _PgTools, data_dir: str, secrets: list[str]) -> dict[str, str]:
+    """pg_controldata of the data directory: its system identifier, and whether pg_rewind can work on it."""
     out = _tool(tools, [tools.pg_controldata, "-D", data_dir], "pg_controldata", "check the data directory", secrets)
-    for line in out.splitlines():
-        if line.startswith("Database system identifier:"):
-            return line.split(":", 1)[1].strip()
-    raise _Failed(f"pg_controldata printed no system identifier for {data_dir}; check the data directory")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "Database system identifier" not in fields:
+        raise _Failed(f"pg_controldata printed no system identifier for {data_dir}; check the data directory")
+    return fields
+
+
+def _rewindable(control: dict[str, str]) -> bool:
+    # pg_rewind needs hint bits WAL-logged: wal_log_hints=on or data checksums (a checksum version other than 0).
+    return control.get("wal_log_hints setting") == "on" or control.get("Data page checksum version", "0") != "0"
 
 
 def _running(tools: _PgTools, data_dir: str) -> bool:
@@ -299,35 +309,37 @@ def rebuild_postgres(
                 "primary's data is, or fix postgres_rebuild.data_directory"
             )
         tools = _pg_tools(rebuild)
-        if _system_id(tools, data, secrets) != system_id:
+        control = _control(tools, data, secrets)
+        if control["Database system identifier"] != system_id:
             raise _Failed(
                 f"{data} holds another cluster than the new primary {target} (system identifiers differ); "
                 "check postgres_rebuild.data_directory"
             )
+        rewind = _rewindable(control)
+        if not rewind and not allow_basebackup:
+            # Refused before anything is stopped: the server keeps running as it was.
+            raise _Failed(f"{_NOT_REWINDABLE}; rebuild it with pg_basebackup instead (allow_basebackup)")
         if _running(tools, data):
             _tool(tools, [tools.pg_ctl, "stop", "-D", data, "-m", "fast", "-w", "-t", "120"], "pg_ctl stop",
                   "stop the server by hand", secrets)  # fmt: skip
-        with _pg_connect(new_primary) as conn:
-            # pg_rewind reads the source's timeline from its control file, which a promotion updates only at
-            # the next checkpoint: without one a just-promoted source looks like "no rewind required".
-            conn.execute("CHECKPOINT")
-        try:
+        how = f"pg_basebackup ({_NOT_REWINDABLE})"
+        if rewind:
+            with _pg_connect(new_primary) as conn:
+                # pg_rewind reads the source's timeline from its control file, which a promotion updates only at
+                # the next checkpoint: without one a just-promoted source looks like "no rewind required".
+                conn.execute("CHECKPOINT")
             argv = [tools.pg_rewind, "--target-pgdata", data, "--source-server", _source_conninfo(new_primary), "-R"]
-            _tool(tools, argv, "pg_rewind", "see the message", secrets, env=_tool_env(new_primary))
-            how = "pg_rewind"
-        except _Failed as exc:
-            refused = str(exc)
-            hint = (
-                " (set wal_log_hints=on on the primary, or use data checksums, so a failback can rewind)"
-                if _REWIND_HINTS in refused
-                else ""
-            )
-            if not allow_basebackup:
-                raise _Failed(f"{refused}{hint}; rebuild it with pg_basebackup (allow_basebackup)") from None
-            _basebackup(tools, rebuild, new_primary, secrets)
-            how = f"pg_basebackup (pg_rewind refused: {last_line(refused)[:160]}{hint})"
-        else:
+            try:
+                _tool(tools, argv, "pg_rewind", "see the message", secrets, env=_tool_env(new_primary))
+                how = "pg_rewind"
+            except _Failed as exc:
+                if not allow_basebackup:
+                    raise _Failed(f"{exc}; the server is stopped: rebuild it with pg_basebackup") from None
+                how = f"pg_basebackup (pg_rewind failed: {last_line(str(exc))[:160]})"
+        if how == "pg_rewind":
             _start(tools, rebuild, secrets)
+        else:
+            _basebackup(tools, rebuild, new_primary, secrets)
         return f"rebuilt by {how} as a standby of {target}; " + _wait_streaming(old, new_primary, timeout)
 
     return _run(NAME, _pg_label(old), "check the data directory, the tools and the server log", secrets, body)
