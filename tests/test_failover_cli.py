@@ -1,50 +1,26 @@
 """`genesis-dr failover status|health|run` and `genesis-dr failback` as an operator types them (a subprocess
-against the test harness's API): read-only commands on the session's replicated pairs, a failover and a
-failback on a throw-away Redis pair of this module."""
+against the test harness's API; the stacks are registered in-process): read-only commands on the session's
+replicated pairs, a failover and a failback on a throw-away Redis pair."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.commands import clean_environment, command_runner, error_line
-from tests.test_failover_monitor import in_sync
+from core.failover.state import STATE_KEY, TRACKER_KEY
+from core.sources import FilesSourceConfig
+from tests.commands import REPO, clean_environment, command_runner, error_line
+from tests.fixtures_replication import RedisPair, _redis_node
+from tests.test_failover_monitor import in_sync, pair_config
 
 PASSPHRASE = "failover-cli-Qe81"
-
-
-def region_yaml(kind: str, cfg, password_var: str) -> str:
-    """One database of a region as the stack file writes it, its password read from the environment."""
-    fields = {"host": cfg.host, "port": cfg.port}
-    if kind != "redis":
-        fields |= {"user": cfg.user, "database": cfg.database}
-    inner = ", ".join(f"{k}: {json.dumps(v)}" for k, v in fields.items())
-    return f"{kind}: {{{inner}, password: '${{{password_var}}}'}}"
-
-
-def stack_file(tmp_path: Path, name: str, regions: list[tuple[str, list[str], dict]], **failover) -> Path:
-    """A stack file with a files source and a ``failover:`` section of ``regions`` (name, databases, extra)."""
-    (tmp_path / "app").mkdir(exist_ok=True)
-    lines = [
-        f"stack: {name}",
-        f"vault: {{path: ./vault-{name}}}",
-        "encryption: {passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD}",
-        f"sources: [{{name: app-files, kind: files, root: {tmp_path / 'app'}}}]",
-        "failover:",
-        f"  active_region: {regions[0][0]}",
-        *(f"  {key}: {json.dumps(value)}" for key, value in failover.items()),
-        "  regions:",
-    ]
-    for priority, (region, databases, extra) in enumerate(regions, 1):
-        lines += [f"    - name: {region}", f"      priority: {priority}"]
-        lines += [f"      {db}" for db in databases]
-        lines += [f"      {key}: {json.dumps(value)}" for key, value in extra.items()]
-    path = tmp_path / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture
@@ -67,30 +43,17 @@ def cli(prefect_api, tmp_path, cli_env):
     return command_runner(tmp_path, cli_env, timeout=300)
 
 
-def test_status_and_health_of_the_session_pairs(cli, tmp_path, pg_replica_pair, mysql_replica_pair, redis_replica_pair):
+def app_files(tmp_path: Path) -> list[FilesSourceConfig]:
+    (tmp_path / "app").mkdir(exist_ok=True)
+    return [FilesSourceConfig(name="app-files", root=str(tmp_path / "app"))]
+
+
+def test_status_and_health_of_the_session_pairs(
+    cli, tmp_path, make_stack, pg_replica_pair, mysql_replica_pair, redis_replica_pair
+):
     pg, my, rd = pg_replica_pair, mysql_replica_pair, redis_replica_pair
-    regions = [
-        (
-            "primary",
-            [
-                region_yaml("postgres", pg.primary.config(), "PG_PW"),
-                region_yaml("mysql", my.primary.config(), "MY_PW"),
-                region_yaml("redis", rd.primary.config(), "RD_PW"),
-            ],
-            {"weights": {"postgres.connect": 3}},
-        ),
-        (
-            "standby",
-            [
-                region_yaml("postgres", pg.standby.config(), "PG_PW"),
-                region_yaml("mysql", my.replica.config(), "MY_PW"),
-                region_yaml("redis", rd.replica.config(), "RD_PW"),
-            ],
-            {},
-        ),
-    ]
-    name = f"fo{secrets.token_hex(3)}"
-    cli("apply", str(stack_file(tmp_path, name, regions)))
+    stack = make_stack(app_files(tmp_path), failover=pair_config(pg, my, rd))
+    name = stack.name
 
     status = cli("failover", "status", "--stack", name).stdout
     lines = status.splitlines()
@@ -114,22 +77,90 @@ def test_status_and_health_of_the_session_pairs(cli, tmp_path, pg_replica_pair, 
     assert [line for line in health.splitlines() if not line.startswith(" ")] == [health.splitlines()[0]]
 
     # Status never counts towards the monitor's failures: no tracker was written.
-    assert not (tmp_path / f"vault-{name}" / "failover" / "monitor.json").exists()
+    assert not stack.config.vault.store().exists(TRACKER_KEY)
 
-    proc = cli("failover", "health", "nowhere", "--stack", name, expect=2)
-    assert "unknown region 'nowhere'; choose one of the stack's regions: primary, standby" in error_line(proc)
-    out = status + health + json.dumps(data) + proc.stderr
+    out = status + health + json.dumps(data)
     assert all(password not in out for password in (my.primary.password, rd.primary.password, pg.primary.password))
 
 
-def test_status_of_a_stack_without_failover_names_the_remedy(cli, tmp_path):
-    name = f"nf{secrets.token_hex(3)}"
-    (tmp_path / "app").mkdir()
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        f"stack: {name}\nvault: {{path: ./vault-{name}}}\nencryption: {{passphrase_from: env:BACKUP_ENCRYPTION_PASSWORD}}\n"
-        f"sources: [{{name: app-files, kind: files, root: {tmp_path / 'app'}}}]\n"
-    )
-    cli("apply", str(path))
+def test_status_of_a_stack_without_failover_names_the_remedy(cli, tmp_path, make_stack):
+    name = make_stack(app_files(tmp_path)).name
     proc = cli("failover", "status", "--stack", name, expect=2)
-    assert f"stack '{name}' has no 'failover:' section" in error_line(proc)
+    assert f"stack '{name}' has no 'failover:' section; add one" in error_line(proc)
+
+
+@pytest.fixture
+def redis_pair() -> Iterator[RedisPair]:
+    """A throw-away Redis primary ("west") and replica ("east") this module fails over and back."""
+    password = "pw-" + secrets.token_hex(8)
+    primary = _redis_node(password)
+    replica = None
+    try:
+        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
+        pair = RedisPair(primary, replica)
+        pair.wait_linked()
+        yield pair
+    finally:
+        for node in (replica, primary):
+            if node is not None:
+                node.stop()
+                shutil.rmtree(node.dir, ignore_errors=True)
+
+
+def typed(env: dict[str, str], cwd: Path, answer: str, *args: str) -> subprocess.CompletedProcess:
+    """The command with ``answer`` typed at its confirmation prompt."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = env | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, input=answer, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_run_confirmed_fails_over_then_failback_returns(cli, cli_env, tmp_path, make_stack, redis_pair):
+    def db(node) -> dict:
+        return {"host": "127.0.0.1", "port": node.port, "password": node.password}
+
+    failover = {
+        "active_region": "west",
+        "regions": [
+            {"name": "west", "priority": 1, "redis": db(redis_pair.primary)},
+            {"name": "east", "priority": 2, "redis": db(redis_pair.replica)},
+        ],
+    }
+    stack = make_stack(app_files(tmp_path), failover=failover)
+    name, store = stack.name, stack.config.vault.store()
+    redis_pair.primary.client().set("order:1", "written in west")
+    redis_pair.wait_linked()
+
+    plan = cli("failover", "run", "east", "planned move", "--stack", name, "--dry-run").stdout
+    assert plan.splitlines()[0] == "failover to east: from west (epoch 0 -> 1)", plan
+    assert plan.splitlines()[-1] == "dry run: nothing was changed"
+
+    declined = typed(cli_env, tmp_path, "no\n", "failover", "run", "east", "planned move", "--stack", name)
+    assert declined.returncode == 1, declined.stderr
+    assert "failover to east: from west (epoch 0 -> 1)" in declined.stdout
+    assert f"fail stack {name} over to east: not confirmed (no); nothing was changed" in error_line(declined)
+    assert not store.exists(STATE_KEY) and redis_pair.replica.client().info("replication")["role"] == "slave"
+
+    done = typed(cli_env, tmp_path, "yes\n", "failover", "run", "east", "planned move", "--stack", name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "## failover to east: completed" in done.stdout, done.stdout
+    state = json.loads(store.get(STATE_KEY))
+    assert (state["active_region"], state["epoch"], state["reason"]) == ("east", 1, "planned move")
+    assert redis_pair.replica.client().info("replication")["role"] == "master"
+    redis_pair.replica.client().set("order:2", "written in east")
+
+    back = cli("failback", "west is back", "--stack", name, "--yes", "--json")
+    report = json.loads(back.stdout)["report"]
+    assert (report["kind"], report["outcome"], report["target"], report["epoch"]) == (
+        "failback",
+        "completed",
+        "west",
+        2,
+    )
+    assert redis_pair.primary.client().info("replication")["role"] == "master"
+    assert redis_pair.primary.client().mget("order:1", "order:2") == [b"written in west", b"written in east"]
+    assert json.loads(store.get(STATE_KEY))["active_region"] == "west"
+    assert redis_pair.primary.password not in done.stdout + back.stdout

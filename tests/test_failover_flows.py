@@ -153,6 +153,7 @@ def test_monitor_pages_once_when_every_region_goes_down(make_stack, tmp_path):
 
 def test_failover_dry_run_plans_and_changes_nothing_and_refusals(make_stack, tmp_path, session_pairs):
     from core.errors import TargetRefusedError
+    from flows.failback import failback
     from flows.failover import failover
 
     stack = make_stack([files_source(tmp_path)], failover=pair_config(*session_pairs))
@@ -193,6 +194,8 @@ def test_failover_dry_run_plans_and_changes_nothing_and_refusals(make_stack, tmp
         failover(stack=stack.name, target="standby", reason="late", expected_epoch=3)
     with pytest.raises(TargetRefusedError, match="failover target primary is the active region already"):
         failover(stack=stack.name, target="primary", reason="same")
+    with pytest.raises(TargetRefusedError, match="failback refused: the primary region primary is active already"):
+        failback(stack=stack.name, reason="nothing to do")
     assert not store.exists(STATE_KEY)
 
 
