@@ -174,6 +174,31 @@ class DnsSwitchError(DRError):
     exit_code = 25
 
 
+class NoHealthyRegionError(DRError):
+    """No region qualifies as a failover target (all_regions_unhealthy, or every other region lags beyond the
+    allowed data loss): names each region's reason. Exit 26."""
+
+    exit_code = 26
+
+
+class TargetRefusedError(DRError):
+    """The region named as failover target is unhealthy or lags beyond the allowed data loss (or is already
+    active): names the reason and the remedy (--force, which the report records). Exit 27."""
+
+    exit_code = 27
+
+
+class FailoverIncompleteError(DRError):
+    """A failover or failback stopped halfway (a promotion or write proof failed): names each component's state
+    and the next step. ``report`` (when set) is the run's report as a dict. Exit 28."""
+
+    exit_code = 28
+
+    def __init__(self, message: str, *, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -199,6 +224,9 @@ EXIT_CODES: dict[str, int] = {
         SandboxError,
         StaleEpochError,
         DnsSwitchError,
+        NoHealthyRegionError,
+        TargetRefusedError,
+        FailoverIncompleteError,
     )
 }
 
