@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.flow_runs import pause_flow_run
@@ -162,16 +162,30 @@ def _fail_over(stack: str, target: str, reason: str, epoch: int, via: str) -> di
     return failover(**parameters)
 
 
-def _ask(stack: str, plan_text: str, target: str, reason: str, epoch: int) -> FailoverApproval | None:
-    """Pause for an operator's decision; None when no answer came in time."""
+def _ask(stack: str, a: Assessment, plan_text: str, reason: str, epoch: int) -> FailoverApproval | None:
+    """Page, then pause for an operator's decision; None when no answer came in time."""
     from prefect.exceptions import FlowPauseTimeout
 
+    target = a.choice.target
+    summary = (
+        f"stack {stack}: active region {a.active} is down; approve the failover to {target} in the Prefect UI "
+        "(the paused monitor run)"
+    )
+    title = f"region {a.active} down: failover to {target} needs approval"
+    announce(stack, failover_event(stack, False, a.active, title, summary, target=target, epoch=epoch))
+    get_run_logger().warning(
+        "active region %s is down: paused for approval of the failover to %s (Resume in the Prefect UI with approve "
+        "ticked, or leave it unticked to decline); unanswered after %ss nothing changes",
+        a.active,
+        target,
+        APPROVAL_TIMEOUT,
+    )
     form = FailoverApproval.with_initial_data(
         description=(
             f"### Fail stack {stack} over to {target}?\n\n"
             f"```\n{plan_text}\n```\n\n"
-            "Tick **approve** to fail over exactly as planned (at epoch "
-            f"{epoch}: if the state moved meanwhile it is refused); leave it unticked to decline."
+            f"Tick **approve** to fail over exactly as planned (at epoch {epoch}: if the state moved meanwhile it is "
+            "refused); leave it unticked to decline."
         ),
         approve=False,
         reason=reason,
@@ -213,66 +227,73 @@ def monitor(stack: str = "default", failover_via: Literal["auto", "deployment", 
     create_table_artifact(_table(state, a), key="failover-monitor", description=f"Regions of {stack}")
     _mirror(stack, state)
     out["refenced"] = refence_returned(stack, state)
-    for change in a.events:
-        logger.warning("region %s is %s (score %.2f)", change["region"], change["event"].rsplit(".", 1)[1],
-                       change["score"])  # fmt: skip
+    _tell_changes(stack, a)
     if not a.active_down:
         logger.info("active region %s is up (epoch %d)", a.active, state.epoch)
         return out
-    choice = a.choice
-    if choice is None or choice.target is None:
-        why = "; ".join(f"{name}: {reason}" for name, reason in (choice.reasons if choice else {}).items())
-        what = "every region is down" if a.all_down else "no region qualifies as a failover target"
-        message = f"stack {stack}: active region {a.active} is down and {what} ({why}); fix a region, then " \
-                  f"'genesis-dr failover run REGION \"REASON\" --force' if its lag is the only obstacle"  # fmt: skip
-        if any(c["event"] == EVENT_DOWN for c in a.events):  # paged when it happens, not every minute after
-            announce(stack, failover_event(stack, False, "all_regions_unhealthy", "no region to fail over to",
-                                           message))  # fmt: skip
-        raise NoHealthyRegionError(message)
+    if a.choice is None or a.choice.target is None:
+        raise _no_target(stack, a)
     if read_state(stack).epoch != state.epoch:
         raise StaleEpochError(
             f"stack {stack}: the failover state moved while this monitor looked (it read epoch {state.epoch}); "
             "no action: the next run decides on the new state"
         )
+    target = a.choice.target
     reason = f"monitor: region {a.active} down ({', '.join(a.regions[a.active].failed) or 'unhealthy'})"
     if seen["policy"] == "automatic":
-        logger.warning("active region %s is down: failing over to %s (automatic policy)", a.active, choice.target)
+        logger.warning("active region %s is down: failing over to %s (automatic policy)", a.active, target)
         out["action"] = "failover"
-        out["failover"] = _fail_over(stack, choice.target, reason, state.epoch, failover_via)
+        out["failover"] = _fail_over(stack, target, reason, state.epoch, failover_via)
         return out
     pending = _pending_approval(stack)
     if pending is not None:
         logger.warning("active region %s is down; a failover approval is already waiting in run %s", a.active, pending)
         out["action"] = "approval pending"
         return out
-    planned = plan_failover_task(stack, choice.target, reason, False, state.epoch)
-    plan_text = planned["plan"].render()
-    announce(
-        stack,
-        failover_event(
-            stack, False, a.active, f"region {a.active} down: failover needs approval",
-            f"stack {stack}: active region {a.active} is down; approve the failover to {choice.target} in the "
-            "Prefect UI (the paused monitor run)", target=choice.target, epoch=state.epoch,
-        ),
-    )  # fmt: skip
-    logger.warning(
-        "active region %s is down: paused for approval of the failover to %s (Resume in the Prefect UI with approve "
-        "ticked, or leave it unticked to decline); unanswered after %ss nothing changes",
-        a.active,
-        choice.target,
-        APPROVAL_TIMEOUT,
-    )
-    out["plan_text"] = plan_text
-    decision = _ask(stack, plan_text, choice.target, reason, state.epoch)
+    out["plan_text"] = plan_failover_task(stack, target, reason, False, state.epoch)["plan"].render()
+    decision = _ask(stack, a, out["plan_text"], reason, state.epoch)
     if decision is None or not decision.approve:
         out["action"] = "declined" if decision is not None else "unanswered"
-        logger.warning("failover to %s %s; nothing was changed", choice.target, out["action"])
+        _record_decision(stack, out["plan_text"], f"failover to {target} {out['action']}: nothing was changed")
         return out
-    out["action"] = "failover"
     why = decision.reason.strip() or reason
-    logger.warning("failover to %s approved by the operator: %s", choice.target, why)
-    out["failover"] = _fail_over(stack, choice.target, f"approved: {why}", state.epoch, failover_via)
+    _record_decision(stack, out["plan_text"], f"failover to {target} approved: {why}")
+    out["action"] = "failover"
+    out["failover"] = _fail_over(stack, target, f"approved: {why}", state.epoch, failover_via)
     return out
+
+
+def _tell_changes(stack: str, a: Assessment) -> None:
+    """Log each region that went down or came back; a region back up resolves the page its loss opened."""
+    logger = get_run_logger()
+    for change in a.events:
+        word = "DOWN" if change["event"] == EVENT_DOWN else "back up"
+        logger.warning("region %s is %s (score %.2f)", change["region"], word, change["score"])
+        if change["event"] != EVENT_DOWN:
+            summary = f"stack {stack}: region {change['region']} is healthy again (score {change['score']:.2f})"
+            announce(stack, failover_event(stack, True, change["region"], f"region {change['region']} up", summary))
+
+
+def _no_target(stack: str, a: Assessment) -> NoHealthyRegionError:
+    """The active region is down and nowhere qualifies: page when it happens (not every minute after)."""
+    reasons = a.choice.reasons if a.choice else {}
+    why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+    what = "every region is down" if a.all_down else "no region qualifies as a failover target"
+    message = (
+        f"stack {stack}: active region {a.active} is down and {what} ({why}); restore a region's health, or "
+        "'genesis-dr failover run REGION \"REASON\" --force' if a region's lag is the only obstacle"
+    )
+    if any(c["event"] == EVENT_DOWN for c in a.events):
+        title = "all_regions_unhealthy" if a.all_down else f"region {a.active} down, no failover target"
+        announce(stack, failover_event(stack, False, a.active, title, message))
+    return NoHealthyRegionError(message)
+
+
+def _record_decision(stack: str, plan_text: str, decision: str) -> None:
+    get_run_logger().warning("%s", decision)
+    create_markdown_artifact(
+        f"**{decision}**\n\n```\n{plan_text}\n```", key="failover-decision", description=f"Failover decision, {stack}"
+    )
 
 
 def _mirror(stack: str, state: State) -> None:

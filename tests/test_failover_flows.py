@@ -140,7 +140,12 @@ def test_monitor_pages_once_when_every_region_goes_down(make_stack, tmp_path):
         with pytest.raises(NoHealthyRegionError):
             monitor(stack=stack.name)
         (page,) = [p.body for p in rx.wait(1)]
-        assert (page["activity"], page["outcome"], page["subject"]) == ("failover", "failure", "all_regions_unhealthy")
+        assert (page["activity"], page["outcome"], page["subject"], page["title"]) == (
+            "failover",
+            "failure",
+            "west",
+            "all_regions_unhealthy",
+        )
         # The next run pages no more (nothing changed since), and still fails.
         with pytest.raises(NoHealthyRegionError):
             monitor(stack=stack.name)
