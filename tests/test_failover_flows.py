@@ -369,3 +369,33 @@ def test_automatic_policy_fails_over_after_the_threshold_and_fences_a_returning_
     assert [(s["name"], s["ok"]) for s in third["refenced"]] == [("fence", True)], third["refenced"]
     assert role(redis_pair.primary) == "slave"
     RedisPair(primary=redis_pair.replica, replica=redis_pair.primary).wait_linked()
+
+    # The events reached Prefect: per run one health event per region (score and lag: the metric), one down.
+    events = region_events(stack.name, 7)
+    assert sorted((e.event, e.resource["prefect.resource.name"]) for e in events) == sorted(
+        [("genesis-dr.region.health", "west"), ("genesis-dr.region.health", "east")] * 3 + [(EVENT_DOWN, "west")]
+    )
+    down = next(e for e in events if e.event == EVENT_DOWN)
+    assert (down.payload, down.resource["genesis-dr.stack"]) == ({"score": 0.25, "active": True}, stack.name)
+    east = [e.payload for e in events if e.event == "genesis-dr.region.health" and e.resource.id.endswith(".east")]
+    assert sorted((p["active"], p["healthy"], p["lag_s"]) for p in east) == [
+        (False, True, 0.0),
+        (False, True, 0.0),
+        (True, True, None),
+    ]
+
+
+def region_events(stack_name: str, count: int, timeout: float = 20) -> list:
+    """The region events of ``stack_name`` the Prefect API holds, once ``count`` of them arrived (they are
+    written asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventResourceFilter
+
+    query = EventFilter(resource=EventResourceFilter(id_prefix=[f"genesis-dr.region.{stack_name}."]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(query, limit=50).events
+            if len(events) >= count or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
