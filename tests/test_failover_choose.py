@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from core.errors import ConfigError, DRError
 from core.failover import StaleEpochError
 from core.failover.choose import Choice, State, choose_target
-from core.failover.health import Check, RegionHealth, Tracker, score_region
+from core.failover.health import Check, LagBound, RegionHealth, Tracker, score_region
 from core.failover.topology import DnsConfig, FailoverConfig, RegionConfig
 from core.sources import FieldProblem
 
@@ -505,3 +505,170 @@ def test_state_moves_with_an_incremented_epoch_and_refuses_stale_ones():
     )
     assert isinstance(info.value, DRError) and info.value.exit_code == 24
     assert first.epoch == 0  # states are values: moving never changes the old one
+
+
+# -- a whole-region loss: links to a lost upstream, the last known lag ---------------------------------------
+T0 = AT
+T1 = datetime(2026, 12, 6, 1, 1, tzinfo=UTC)
+T2 = datetime(2026, 12, 6, 1, 2, tzinfo=UTC)
+
+
+def replica_checks(*, link_up: bool, replayed: bool | None = True, lag: float = 0.2) -> list[Check]:
+    """A standby region's PostgreSQL and Redis replicas; ``link_up`` False: both lost their upstream."""
+    return [
+        Check("postgres.connect", True, 0.003),
+        Check("postgres.role", True, detail="standby", weight=0),
+        Check(
+            "postgres.replication",
+            link_up,
+            detail="streams" if link_up else "does not stream from its primary",
+            lag_s=lag if link_up else 0.0,
+            lag_bytes=128 if link_up else 0,
+            upstream="postgres",
+            replayed=replayed,
+        ),
+        Check("redis.ping", True, 0.001),
+        Check("redis.replication", link_up, lag_s=0.0 if link_up else 42.0, upstream="redis", replayed=True),
+    ]
+
+
+def test_a_lost_links_weight_is_dropped_only_for_a_lost_upstream_and_a_complete_replay():
+    bound = LagBound(0.2, 128, "0.2 s measured at 2026-12-06T01:00:00+00:00 while its link to west was up")
+    # Without a lost upstream (the active region is up): two failed links of six weights, unhealthy.
+    plain = score_region("east", replica_checks(link_up=False), at=T1)
+    assert (plain.score, plain.healthy, plain.lag_s, plain.failed) == (
+        0.5,
+        False,
+        None,
+        ["postgres.replication", "redis.replication"],
+    )
+    # The active region down and both upstreams lost: healthy for its role, the bound stands in for the lag.
+    lost = score_region(
+        "east", replica_checks(link_up=False), at=T1, upstream_lost={"postgres", "redis"}, lost_lag=bound
+    )
+    assert (lost.score, lost.healthy, lost.lag_s, lost.lag_bytes, lost.failed, lost.lag_note) == (
+        1.0,
+        True,
+        0.2,
+        128,
+        [],
+        bound.note,
+    )
+    relaxed = {c.name: (c.ok, c.weight) for c in lost.checks if c.upstream}
+    assert relaxed == {"postgres.replication": (False, 0), "redis.replication": (False, 0)}
+    assert all(c.detail.endswith("replayed all it received)") for c in lost.checks if c.upstream and c.detail)
+    assert RegionHealth.from_dict(lost.to_dict()) == lost
+    # Only the lost kind: a Redis replica cut off from a Redis primary that answers is still a fault.
+    pg_only = score_region("east", replica_checks(link_up=False), at=T1, upstream_lost={"postgres"}, lost_lag=bound)
+    assert (pg_only.score, pg_only.healthy, pg_only.failed) == (0.6667, False, ["redis.replication"])
+    # WAL received but not replayed yet (or not known): the link keeps its weight until the replay completes.
+    for replayed in (False, None):
+        pending = replica_checks(link_up=False, replayed=replayed)
+        h = score_region("east", pending, at=T1, upstream_lost={"postgres", "redis"}, lost_lag=bound)
+        assert (h.score, h.healthy, h.failed, h.lag_note) == (0.6667, False, ["postgres.replication"], bound.note)
+    # No bound: unknown, whatever the other links measure.
+    unknown = score_region("east", replica_checks(link_up=False), at=T1, upstream_lost={"postgres", "redis"})
+    assert (unknown.healthy, unknown.lag_s, unknown.lag_bytes) == (True, None, None)
+    assert unknown.lag_note == "lag unknown: its link to the upstream is down"
+    # Links up: nothing changes, whatever is said lost.
+    up = score_region("east", replica_checks(link_up=True), at=T0, upstream_lost={"postgres", "redis"}, lost_lag=bound)
+    assert up == score_region("east", replica_checks(link_up=True), at=T0)
+
+
+def observed(tracker: Tracker, at: datetime, *, link_up: bool, upstream_answers: bool, lag: float = 0.2) -> None:
+    tracker.remember("east", score_region("east", replica_checks(link_up=link_up, lag=lag), at=at),
+                     upstream_answers=upstream_answers)  # fmt: skip
+
+
+BOUNDS = [
+    pytest.param(
+        [],
+        LagBound(None, None, "lag unknown: its link to west is down and no lag was measured while it was up"),
+        id="never-measured-is-unknown",
+    ),
+    pytest.param(
+        [(T0, True, True), (T1, False, False)],
+        LagBound(0.2, 128, "0.2 s measured at 2026-12-06T01:00:00+00:00 while its link to west was up"),
+        id="link-lost-with-its-upstream",
+    ),
+    pytest.param(
+        [(T0, True, True), (T1, False, True), (T2, False, False)],
+        LagBound(
+            120.2,
+            None,
+            "its link to west was down before west was lost: 0.2 s measured at 2026-12-06T01:00:00+00:00 plus "
+            "120 s until west was first seen lost at 2026-12-06T01:02:00+00:00",
+        ),
+        id="link-down-before-its-upstream-adds-the-time-since",
+    ),
+    pytest.param(
+        [(T0, True, True), (T1, False, True), (T1, True, True), (T2, False, False)],
+        LagBound(0.2, 128, "0.2 s measured at 2026-12-06T01:01:00+00:00 while its link to west was up"),
+        id="a-link-back-up-starts-afresh",
+    ),
+    pytest.param(
+        [(T0, True, True), (T1, False, False), (T2, False, False)],
+        LagBound(0.2, 128, "0.2 s measured at 2026-12-06T01:00:00+00:00 while its link to west was up"),
+        id="later-monitor-runs-keep-the-first-loss",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observations", "expected"), BOUNDS)
+def test_lag_bound_golden(observations, expected):
+    tracker = Tracker(2)
+    for at, link_up, answers in observations:
+        observed(tracker, at, link_up=link_up, upstream_answers=answers)
+    assert tracker.lag_bound("east", "west", T2) == expected
+    # Between monitor runs the tracker lives in the vault: the bound survives its round trip.
+    restored = Tracker.from_dict(tracker.to_dict())
+    assert restored == tracker and restored.lag_bound("east", "west", T2) == expected
+
+
+def test_a_tracker_stored_before_the_link_memory_still_loads():
+    old = {"failures_before_down": 3, "failures": {"west": 2}, "down": {"west": False}}
+    tracker = Tracker.from_dict(old)
+    assert (tracker.last_lag, tracker.link_down_at, tracker.upstream_lost_at) == ({}, {}, {})
+    assert tracker.to_dict()["last_lag"] == {} and tracker.failures == {"west": 2}
+    # A region without link checks (a primary, an application-only region) leaves no memory behind.
+    tracker.remember("west", health("west"), upstream_answers=True)
+    assert tracker.to_dict() == {**old, "last_lag": {}, "link_down_at": {}, "upstream_lost_at": {}}
+
+
+def test_choose_target_says_where_a_last_known_lag_comes_from():
+    cfg = config([("west", 1, True), ("east", 2, True), ("north", 3, True)], "west", max_loss=30)
+    tracker = Tracker(2)
+    observed(tracker, T0, link_up=True, upstream_answers=True)
+    observed(tracker, T1, link_up=False, upstream_answers=False)
+    lost = {"postgres", "redis"}
+
+    def standby(name: str, bound: LagBound) -> RegionHealth:
+        return score_region(name, replica_checks(link_up=False), at=T1, upstream_lost=lost, lost_lag=bound)
+
+    healths = {
+        "west": health("west", ok=False),
+        "east": standby("east", tracker.lag_bound("east", "west", T1)),
+        "north": standby("north", tracker.lag_bound("north", "west", T1)),  # never measured
+    }
+    choice = choose_target(healths, cfg, "west")
+    assert choice == Choice(
+        "east",
+        {
+            "west": "the active region (the one being left)",
+            "east": "chosen: priority 2, healthy (score 1.00), lag 0.2 s within 30 s (the lag: 0.2 s measured at "
+            "2026-12-06T01:00:00+00:00 while its link to west was up)",
+            "north": "not chosen: replication lag unknown (its link to west is down and no lag was measured while "
+            "it was up)",
+        },
+        0.2,
+    )
+    # The link was down two minutes before west was lost: beyond the 30 s allowed, refused unless forced.
+    late = Tracker(2)
+    for at, up, answers in [(T0, True, True), (T1, False, True), (T2, False, False)]:
+        observed(late, at, link_up=up, upstream_answers=answers)
+    healths["east"] = standby("east", late.lag_bound("east", "west", T2))
+    refused = choose_target(healths, cfg, "west")
+    assert refused.target is None
+    assert refused.reasons["east"].startswith("not chosen: lags 120.2 s, over the 30 s allowed data loss (the lag: ")
+    forced = choose_target(healths, cfg, "west", force=True)
+    assert (forced.target, forced.data_loss_s, forced.forced) == ("east", 120.2, True)

@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from core.failover.health import Tracker
 from core.failover.monitor import EVENT_DOWN, EVENT_UP, assess, render_assessment
+from core.failover.probes import probe_postgres
 from core.failover.topology import FailoverConfig
-from tests.fixtures_replication import MySQLPair, PgPair, RedisPair
+from tests.fixtures_replication import MySQLPair, PgPair, RedisPair, wait_until
 from tests.servers import free_port
 
 AT = datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
@@ -99,6 +100,8 @@ def test_stopped_primary_down_after_hysteresis_then_standby_chosen(
     pg.primary.stop()
     started = False
     try:
+        # The standby's WAL receiver notices the lost primary within moments; the looks start after it did.
+        wait_until(lambda: not _streams(pg), 15, "the standby noticing its lost primary")
         seen = [assess(config, tracker, timeout=2) for _ in range(3)]
         # Unhealthy from the first look (score 3/6: the weighted PostgreSQL primary is gone), down only at the third.
         assert [(a.regions["primary"].healthy, a.regions["primary"].score) for a in seen] == [(False, 0.5)] * 3
@@ -113,13 +116,23 @@ def test_stopped_primary_down_after_hysteresis_then_standby_chosen(
         standby = last.regions["standby"]
         assert standby.healthy and not last.states["standby"].down
         assert last.choice.target == "standby"
-        # MariaDB and Redis replicas are caught up; the PostgreSQL standby lost its stream, so its lag no longer counts.
+        # Unhealthy-looking before the primary counted as down (a lost stream may be the standby's own fault)...
+        assert [a.regions["standby"].failed for a in seen[:2]] == [["postgres.replication"]] * 2
+        # ...then its lost stream is informational: its upstream is gone and it replayed everything it received.
+        stream = next(c for c in standby.checks if c.name == "postgres.replication")
+        assert (stream.ok, stream.weight, stream.replayed, standby.score, standby.failed) == (False, 0, True, 1.0, [])
+        # MariaDB and Redis replicas are caught up; the PostgreSQL standby's lag is the one measured while it
+        # streamed (the first look, at the same time as the primary's last healthy one).
         assert last.choice.data_loss_s == standby.lag_s == 0.0
+        assert (
+            standby.lag_note.startswith("0 s measured at ") and "while its link to primary was up" in standby.lag_note
+        )
         assert last.choice.reasons["standby"].startswith("chosen: priority 2, healthy")
 
         text = render_assessment(last)
         assert text.splitlines()[0].startswith("active region: primary (DOWN)")
         assert "failover target: standby (data loss up to 0 s)" in text
+        assert f"lag of standby: {standby.lag_note}" in text.splitlines()
         row = next(line for line in text.splitlines() if line.startswith("primary *"))
         score, state, lag, failures = row.split()[2:6]
         assert (score, state, failures) == ("0.50", "down", "3"), row
@@ -137,6 +150,10 @@ def test_stopped_primary_down_after_hysteresis_then_standby_chosen(
         if not started:
             pg.primary.start()
     pg.wait_streaming()
+
+
+def _streams(pg: PgPair) -> bool:
+    return next(c for c in probe_postgres(pg.standby.config()) if c.name == "postgres.replication").ok
 
 
 class _Unavailable(BaseHTTPRequestHandler):

@@ -46,7 +46,9 @@ def choose_target(
     """The region to fail over to from ``active``.
 
     Qualifies: not the active region, measured and healthy, and (if it holds replicated data) a known lag
-    within ``config.max_data_loss_seconds``. ``force`` drops the lag condition (an unknown lag included) but
+    within ``config.max_data_loss_seconds``. After a whole-region loss a replica's health and lag are those of
+    its role (``RegionHealth.lag_note``: the last lag measured while its link was up, see core.failover.health);
+    a lag never measured stays unknown. ``force`` drops the lag condition (an unknown lag included) but
     never the health one: promoting into an unhealthy region helps nobody.
     """
     if active not in {r.name for r in config.regions}:
@@ -71,10 +73,13 @@ def choose_target(
         lag = health.lag_s
         if region.has_data and lag is None:
             candidates.append((name, None, False))
-            reasons[name] = "not chosen: replication lag unknown (no passing check measured it)"
+            why = health.lag_note.removeprefix("lag unknown: ") or "no passing check measured it"
+            reasons[name] = f"not chosen: replication lag unknown ({why})"
         elif lag is not None and lag > limit:
             candidates.append((name, lag, False))
             reasons[name] = f"not chosen: lags {_seconds(lag)}, over the {_seconds(limit)} allowed data loss"
+            if health.lag_note:
+                reasons[name] += f" (the lag: {health.lag_note})"
         else:
             candidates.append((name, lag, True))
     pool = candidates if force else [c for c in candidates if c[2]]
@@ -91,6 +96,9 @@ def choose_target(
             reasons[name] = (
                 f"chosen: priority {priority}, healthy (score {score:.2f}), {lag_text} within {_seconds(limit)}"
             )
+            if lag is not None and regions_health[name].lag_note:
+                # A whole-region loss: the lag is the bound from before the link went down; say how it was made.
+                reasons[name] += f" (the lag: {regions_health[name].lag_note})"
         elif within and target is not None:
             best = config.region(target[0])
             reasons[name] = f"qualifies, but priority {priority} ranks below {best.name} (priority {best.priority})"

@@ -20,6 +20,7 @@ from core.failover.topology import FailoverConfig, RegionConfig
 
 EVENT_DOWN = "genesis-dr.region.down"
 EVENT_UP = "genesis-dr.region.up"
+ENGINES = ("postgres", "mysql", "redis")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ def _probes(region: RegionConfig, timeout: float) -> list[Callable[[], list[Chec
     return probes
 
 
+def _lost_kinds(active: RegionConfig, health: RegionHealth) -> set[str]:
+    """The kinds of database the active region holds whose server did not answer (no passed check of its kind):
+    the upstreams its replicas elsewhere lost."""
+    answered = {c.name.split(".", 1)[0] for c in health.checks if c.ok}
+    return {kind for kind in ENGINES if getattr(active, kind) is not None and kind not in answered}
+
+
 def assess(
     config: FailoverConfig,
     tracker: Tracker,
@@ -77,6 +85,10 @@ def assess(
     """Probe every region, score it (region weights applied), observe it in ``tracker`` and, when the active
     region (``active``, default ``config.active_region``; the recorded state passes its own) is down, choose a
     target. Every probe runs in its own thread, so a run takes about one ``timeout`` however many servers hang.
+
+    ``tracker`` also remembers each region's links to the active region (``Tracker.remember``): once the active
+    region is down, a replica whose upstream there does not answer and which replayed all it received is scored
+    without that link, with the data-loss bound the tracker keeps (see ``core.failover.health``).
     """
     active = active or config.active_region
     config.region(active)  # an unknown active region is a one-line ConfigError naming the known ones
@@ -90,10 +102,27 @@ def assess(
             for name, future in futures:  # in submission order: the checks keep the probes' order
                 checks[name].extend(future.result())  # probes never raise: failures are failed checks
     health = {r.name: score_region(r, checks[r.name], at=at) for r in regions}
-    states: dict[str, RegionState] = {}
+    lost = _lost_kinds(config.region(active), health[active])
+    for region in regions:
+        if region.name != active:
+            failed_links = [c.upstream for c in health[region.name].checks if c.upstream and not c.ok]
+            tracker.remember(region.name, health[region.name], upstream_answers=not lost.intersection(failed_links))
+    # The active region is observed first: only once it counts as down do the other regions' links to it stop
+    # counting against them (before that a lost link may be a replica's own problem).
+    states: dict[str, RegionState] = {active: tracker.observe(active, health[active])}
+    if states[active].down and lost:
+        for region in regions:
+            if region.name != active:
+                health[region.name] = score_region(
+                    region,
+                    checks[region.name],
+                    at=at,
+                    upstream_lost=lost,
+                    lost_lag=tracker.lag_bound(region.name, active, at),
+                )
     events: list[dict[str, Any]] = []
     for region in regions:
-        state = tracker.observe(region.name, health[region.name])
+        state = states.get(region.name) or tracker.observe(region.name, health[region.name])
         states[region.name] = state
         if state.changed:
             events.append(
@@ -103,6 +132,7 @@ def assess(
                     "score": health[region.name].score,
                 }
             )
+    states = {region.name: states[region.name] for region in regions}  # by priority, as the regions
     active_down = states[active].down
     return Assessment(
         at=at,
@@ -148,6 +178,7 @@ def render_assessment(a: Assessment) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    lines.extend(f"lag of {name}: {h.lag_note}" for name, h in a.regions.items() if h.lag_note)
     if a.all_down:
         lines.append("no region is healthy")
     if a.choice is not None:

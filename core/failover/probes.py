@@ -5,6 +5,10 @@ it returns a failed ``Check`` whose detail is one line naming the server and the
 redacted from driver messages). Check names are stable (``postgres.connect``, ``mysql.replication``,
 ``redis.role``, ``http <url>``, ...) so regions can override their weights by name.
 
+A replica's link check (``*.replication``) names its upstream's kind in ``Check.upstream`` and says in
+``Check.replayed`` whether it applied all it received: with the active region down, that is what makes a
+replica healthy for its role (``core.failover.health``).
+
 Roles use one vocabulary for every kind: the ``*.role`` check's detail is ``primary`` or ``standby``
 (a PostgreSQL standby, a MariaDB replica, a Redis replica). Role and replica-count checks are
 informational (weight 0): a region is not less healthy for being a standby.
@@ -130,6 +134,10 @@ def probe_postgres(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) 
                 detail=detail,
                 lag_s=None if lag_s is None else round(float(lag_s), 3),
                 lag_bytes=None if lag_bytes is None else int(lag_bytes),
+                upstream="postgres",
+                # The startup process replays what is in pg_wal before it asks for more: nothing received
+                # left unreplayed means it has all it will get from a lost primary.
+                replayed=None if lag_bytes is None else int(lag_bytes) == 0,
             )
         )
         return checks
@@ -222,6 +230,10 @@ def probe_mysql(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
                 + f"; {pending}; check the primary is up and START REPLICA"
             )
         seconds = status["Seconds_Behind_Master"]
+        # Replayed: the SQL thread runs and has applied every transaction the IO thread received (GTIDs; the
+        # relay log position without them). A stopped SQL thread is a fault of the replica itself.
+        unapplied = behind if behind is not None else lag_bytes
+        replayed = False if sql != "Yes" else (None if unapplied is None else unapplied == 0)
         checks.append(
             Check(
                 "mysql.replication",
@@ -229,6 +241,8 @@ def probe_mysql(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
                 detail=detail,
                 lag_s=None if seconds is None else float(seconds),
                 lag_bytes=lag_bytes,
+                upstream="mysql",
+                replayed=replayed,
             )
         )
         return checks
@@ -292,7 +306,12 @@ def probe_redis(cfg: RedisSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
                 + "; check the primary is up and masterauth"
             )
         lag_s = 0.0 if up else (float(down_for) if down_for not in (None, -1) else None)
-        checks.append(Check("redis.replication", up, detail=detail, lag_s=lag_s))
+        # A replica applies the stream as it arrives; only a full resync in progress leaves it with less than
+        # it received (its old data set until the new one is loaded).
+        syncing = bool(int(info.get("master_sync_in_progress", 0) or 0))
+        checks.append(
+            Check("redis.replication", up, detail=detail, lag_s=lag_s, upstream="redis", replayed=not syncing)
+        )
         return checks
 
     return _guarded("redis.ping", label, "check the server is running and reachable", cfg.secrets(), probe)
