@@ -17,7 +17,8 @@ from prefect.types import SecretDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import ConfigError
-from core.notify.config import NotificationsConfig, PagerDutyConfig, SlackConfig, SnsConfig
+from core.notify.config import ACTIVITIES_HELP, NotificationsConfig, PagerDutyConfig, SlackConfig, SnsConfig
+from core.notify.event import ACTIVITIES, Activity
 
 
 class WebhookSettings(BaseModel):
@@ -28,14 +29,13 @@ class WebhookSettings(BaseModel):
     on: list[Literal["success", "failure"]] = Field(
         default_factory=lambda: ["success", "failure"], description="Which outcomes go to this webhook."
     )
-    activities: list[Literal["backup", "validation", "drill"]] = Field(
-        default_factory=lambda: ["backup", "validation", "drill"], description="Which activities go to this webhook."
-    )
+    activities: list[Activity] = Field(default_factory=lambda: list(ACTIVITIES), description=ACTIVITIES_HELP)
 
 
 class NotificationChannels(Block):
-    """Where a stack's backup, validation and drill outcomes go: Slack, PagerDuty, AWS SNS, webhooks and Prefect
-    notification blocks. Written by `genesis-dr apply FILE` from the stack's `notifications:` section.
+    """Where a stack's outcomes go (backups, validations, drills, failovers, failbacks and the monitor's pages):
+    Slack, PagerDuty, AWS SNS, webhooks and Prefect notification blocks. Written by `genesis-dr apply FILE` from
+    the stack's `notifications:` section.
 
     Example:
         ```python

@@ -508,3 +508,385 @@ def test_validation_and_drill_events_carry_the_failures_and_figures():
         event.summary
         == "monthly drill drill_1 FAILED: RTO 130.0s - [FAILED] RTO: recovery took 130.0s, objective 120s; speed it up"
     )
+
+
+# --- failover, failback and the monitor's pages ---------------------------------------------------------------
+
+
+def _failover_report(outcome: str = "dns_failed", **changes):
+    """A failover report as core.failover.run writes it: west -> east, every database promoted, DNS as given."""
+    from core.failover.report import FailoverReport, StepResult
+
+    steps = [
+        StepResult("fence", "postgres", "us-west-2", "unreachable", "connection refused by 10.0.0.5:5432"),
+        StepResult("promote", "postgres", "us-east-1", "ok", "promoted in 1.2 s", 1.2),
+        StepResult("prove_writes", "postgres", "us-east-1", "ok", "a write committed", 0.1),
+        StepResult(
+            "switch_dns",
+            "dns",
+            "us-east-1",
+            "failed" if outcome == "dns_failed" else "ok",
+            "Route53 refused: AccessDenied" if outcome == "dns_failed" else "db.example.com -> east",
+        ),
+    ]
+    fields = dict(
+        operation_id="op-1",
+        operation="failover to us-east-1",
+        kind="failover",
+        source="us-west-2",
+        target="us-east-1",
+        epoch=4,
+        reason="monitor: region us-west-2 down (postgres)",
+        forced=False,
+        started_at="2026-12-06T03:00:00+00:00",
+        finished_at="2026-12-06T03:00:09+00:00",
+        seconds=9.5,
+        outcome=outcome,
+        steps=steps,
+        data_loss={"planned": {"lag_s": 0.5, "lag_bytes": 4096}},
+        to_fence_when_back=["postgres in us-west-2"],
+        next_step="point db.example.com CNAME at east by hand; the old primary stays fenced"
+        if outcome == "dns_failed"
+        else "",
+    )
+    return FailoverReport(**(fields | changes))
+
+
+def _channels(rx: Receiver, s: dict[str, str], **changes) -> NotificationsConfig:
+    """Slack, PagerDuty (its default severity 'warning') and two webhooks: every activity, backups only."""
+    data = {
+        "slack": {"webhook_url": rx.url(f"/slack/services/{s['slack']}")},
+        "pagerduty": {"routing_key": s["routing_key"], "url": rx.url("/pd/v2/enqueue"), "severity": "warning"},
+        "webhooks": [
+            {"name": "ops", "url": rx.url(f"/hook?token={s['hook_token']}")},
+            {"name": "backups", "url": rx.url(f"/backups?token={s['hook_token']}"), "activities": ["backup"]},
+        ],
+        "timeout_seconds": 2,
+    }
+    return NotificationsConfig.model_validate(data | changes)
+
+
+def test_a_failover_whose_dns_switch_failed_pages_critical_on_slack_pagerduty_and_sns(moto_endpoint):
+    from core.failover.run import _event  # the dict execute_failover gives the flow's notify callback
+    from core.notify.reports import event_from_dict
+
+    s = _secrets()
+    inbox = SnsInbox(moto_endpoint)
+    message = "failover to us-east-1: databases promoted, but the DNS switch failed: AccessDenied; point it by hand"
+    event = event_from_dict("prod", _event(_failover_report(), "critical", message))
+    assert (event.activity, event.outcome, event.severity, event.subject) == (
+        "failover",
+        "failure",
+        "critical",
+        "us-east-1",
+    )
+    with Receiver(status=202) as rx:
+        config = _channels(rx, s, sns={"topic_arn": inbox.topic_arn, "endpoint_url": moto_endpoint})
+        assert config.channels_for("failover") == ["slack", "pagerduty", "sns", "webhook:ops"]
+        deliveries = notify(config, event)  # returns once every delivery is answered
+        (envelope,) = inbox.messages(1)
+    assert [(d.channel, d.ok) for d in deliveries] == [
+        ("slack", True),
+        ("pagerduty", True),
+        ("sns", True),
+        ("webhook:ops", True),
+    ], [d.line() for d in deliveries]
+    assert sorted(p.path.split("?")[0].split("/")[1] for p in rx.posts) == ["hook", "pd", "slack"]
+
+    (pd,) = rx.to("/pd/")
+    assert (pd.body["event_action"], pd.body["dedup_key"]) == ("trigger", "genesis-dr/prod/failover/us-east-1")
+    payload = pd.body["payload"]
+    # Critical although the channel's own severity (for backups and the like) is 'warning'.
+    assert (payload["severity"], payload["class"], payload["component"]) == ("critical", "failover", "us-east-1")
+    assert payload["summary"] == f"[genesis-dr] prod: failover FAILED - us-east-1: {message}"
+    assert payload["custom_details"]["components"] == {
+        "postgres": "fence unreachable in us-west-2, promote ok in us-east-1, prove_writes ok in us-east-1",
+        "dns": "switch_dns FAILED in us-east-1",
+    }
+
+    (slack,) = rx.to("/slack/")
+    assert slack.body["text"] == f"[genesis-dr] prod: failover FAILED - us-east-1: {message}"
+    assert slack.body["blocks"][1]["text"]["text"] == f":rotating_light: {message}"
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n", 1)[1] for f in slack.body["blocks"][2]["fields"]}
+    assert fields["*components*"] == (
+        "postgres: fence unreachable in us-west-2, promote ok in us-east-1, prove_writes ok in us-east-1; "
+        "dns: switch_dns FAILED in us-east-1"
+    )
+    assert " | failover | us-east-1 | critical | " in slack.body["blocks"][3]["elements"][0]["text"]
+
+    (hook,) = rx.to("/hook")
+    assert (hook.body["activity"], hook.body["severity"], hook.body["dedup_key"]) == (
+        "failover",
+        "critical",
+        "genesis-dr/prod/failover/us-east-1",
+    )
+    attrs = {k: v["Value"] for k, v in envelope["MessageAttributes"].items()}
+    assert attrs == {"activity": "failover", "outcome": "failure", "stack": "prod", "severity": "critical"}
+    assert envelope["Subject"] == "[genesis-dr] prod: failover FAILED - us-east-1"
+    assert json.loads(envelope["Message"])["severity"] == "critical"
+
+    # No secret in anything a channel received, but the routing key PagerDuty needs, where it needs it.
+    pd_body = dict(pd.body)
+    assert pd_body.pop("routing_key") == s["routing_key"]
+    _assert_no_secret(json.dumps([slack.body, hook.body, pd_body, envelope], default=str), s)
+    _assert_no_secret(repr(deliveries), s)
+
+
+def test_a_completed_failover_is_info_and_resolves_the_page_of_the_stopped_one():
+    from core.notify.reports import failover_event
+
+    s = _secrets()
+    stopped = failover_event("prod", _failover_report("incomplete", next_step="fix postgres in us-east-1"))
+    done = failover_event("prod", _failover_report("completed").to_dict())
+    assert (stopped.outcome, stopped.severity, done.outcome, done.severity) == (
+        "failure",
+        "critical",
+        "success",
+        "info",
+    )
+    with Receiver(status=202) as rx:
+        config = _channels(rx, s, slack={"webhook_url": rx.url(f"/slack/{s['slack']}"), "on": ["failure"]})
+        first = notify(config, stopped)
+        second = notify(config, done)
+        rx.wait(5)
+    assert [d.channel for d in first] == ["slack", "pagerduty", "webhook:ops"]
+    assert [d.channel for d in second] == ["pagerduty", "webhook:ops"]  # slack takes failures only
+    assert [(p.body["event_action"], p.body["dedup_key"]) for p in rx.to("/pd/")] == [
+        ("trigger", "genesis-dr/prod/failover/us-east-1"),
+        ("resolve", "genesis-dr/prod/failover/us-east-1"),
+    ]
+    assert rx.to("/pd/")[0].body["payload"]["severity"] == "critical"
+    assert [(p.body["outcome"], p.body["severity"]) for p in rx.to("/hook")] == [
+        ("failure", "critical"),
+        ("success", "info"),
+    ]
+    assert rx.to("/backups") == []
+
+
+def test_failover_and_failback_report_events_by_outcome():
+    from core.failover.failback import ROLLED_BACK
+    from core.notify.reports import failover_event
+
+    done = failover_event("prod", _failover_report("completed"), url="http://prefect.example/runs/flow-run/7")
+    assert (done.title, done.subject, done.url) == (
+        "Failover to us-east-1 completed on stack prod",
+        "us-east-1",
+        "http://prefect.example/runs/flow-run/7",
+    )
+    assert done.summary == (
+        "failover to us-east-1 completed in 9.5 s (epoch 4); unreachable, fenced when they return: "
+        "postgres in us-west-2"
+    )
+    assert done.details == {
+        "from": "us-west-2",
+        "to": "us-east-1",
+        "epoch": 4,
+        "reason": "monitor: region us-west-2 down (postgres)",
+        "seconds": 9.5,
+        "data loss": "0.5 s, 4096 bytes",
+        "unreachable": ["postgres in us-west-2"],
+        "components": [
+            "postgres: fence unreachable in us-west-2, promote ok in us-east-1, prove_writes ok in us-east-1",
+            "dns: switch_dns ok in us-east-1",
+        ],
+        "operation id": "op-1",
+    }
+
+    dns = failover_event("prod", _failover_report("dns_failed"))
+    assert (dns.outcome, dns.severity, dns.title) == (
+        "failure",
+        "critical",
+        "Failover to us-east-1 done but DNS NOT switched on stack prod",
+    )
+    assert dns.summary == (
+        "failover to us-east-1: dns_failed at 'switch_dns dns in us-east-1': Route53 refused: AccessDenied; "
+        "next: point db.example.com CNAME at east by hand; the old primary stays fenced"
+    )
+    assert dns.details["next"] == "point db.example.com CNAME at east by hand; the old primary stays fenced"
+
+    # A failback that stopped before any promotion was rolled back: a warning about the failback's target (the
+    # report runs the other way), so the failback that later completes resolves it.
+    rolled_back = _failover_report(
+        ROLLED_BACK,
+        kind="failback",
+        operation="roll back of failback to us-west-2",
+        source="us-west-2",
+        target="us-east-1",
+    )
+    rolled = failover_event("prod", rolled_back)
+    later = failover_event(
+        "prod",
+        _failover_report(
+            "completed", kind="failback", operation="failback to us-west-2", source="us-east-1", target="us-west-2"
+        ),
+    )
+    assert (rolled.activity, rolled.outcome, rolled.severity) == ("failback", "failure", "warning")
+    assert rolled.title == "Roll back of failback to us-west-2 done on stack prod"
+    assert rolled.dedup_key == later.dedup_key == "genesis-dr/prod/failback/us-west-2"
+    # Core's own words and severity win (a rollback whose fences could not be lifted pages).
+    stuck = failover_event("prod", rolled_back.to_dict(), severity="critical", summary="fences NOT lifted")
+    assert (stuck.severity, stuck.summary) == ("critical", "fences NOT lifted")
+
+
+def _assessment(all_down: bool = False, target: str | None = "us-east-1"):
+    from datetime import UTC, datetime
+
+    from core.failover.choose import Choice
+    from core.failover.health import Check, RegionHealth, RegionState
+    from core.failover.monitor import EVENT_DOWN, Assessment
+
+    at = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+    west = RegionHealth(
+        "us-west-2",
+        (Check("postgres", False, detail="connection refused"), Check("http https://w/health", False)),
+        0.0,
+        False,
+        None,
+        at,
+    )
+    east = RegionHealth(
+        "us-east-1", (Check("postgres", not all_down),), 0.0 if all_down else 1.0, not all_down, 1.5, at, 2048
+    )
+    reasons = {"us-east-1": "chosen: healthy, lag 1.5 s" if target else "not chosen: unhealthy (score 0.00)"}
+    return Assessment(
+        at=at,
+        active="us-west-2",
+        regions={"us-west-2": west, "us-east-1": east},
+        states={
+            "us-west-2": RegionState("us-west-2", 3, True, True),
+            "us-east-1": RegionState("us-east-1", 3 if all_down else 0, all_down, all_down),
+        },
+        active_down=True,
+        all_down=all_down,
+        choice=Choice(target, reasons, 1.5 if target else None),
+        events=[{"event": EVENT_DOWN, "region": "us-west-2", "score": 0.0}]
+        + ([{"event": EVENT_DOWN, "region": "us-east-1", "score": 0.0}] if all_down else []),
+    )
+
+
+def test_monitor_pages_region_down_approval_and_all_regions_unhealthy():
+    from core.notify.reports import approval_needed_event, no_target_event, region_change_events, region_up_event
+
+    a = _assessment()
+    (down,) = region_change_events("prod", a, policy="manual")
+    assert (down.activity, down.outcome, down.severity, down.subject) == ("monitor", "failure", "critical", "us-west-2")
+    assert down.title == "Active region us-west-2 DOWN on stack prod"
+    assert down.summary == (
+        "stack prod: active region us-west-2 is down: the failover to us-east-1 waits for an operator's approval"
+    )
+    assert down.headline() == "[genesis-dr] prod: monitor ALERT - us-west-2"
+    assert down.details == {
+        "condition": "region_down",
+        "region": "us-west-2: score 0.00, down (3 failed runs in a row), failed: postgres, http https://w/health",
+        "active": "us-west-2",
+        "target": "us-east-1",
+        "policy": "manual",
+        "regions": [
+            "us-west-2: score 0.00, down (3 failed runs in a row), failed: postgres, http https://w/health",
+            "us-east-1: score 1.00, healthy; lag 1.5 s, 2048 bytes",
+        ],
+    }
+    standby = region_change_events("prod", _assessment(all_down=True, target=None))[1]
+    assert (standby.severity, standby.title) == ("warning", "Region us-east-1 DOWN on stack prod")
+
+    ask = approval_needed_event(
+        "prod", a, epoch=4, plan_text="failover to us-east-1: from us-west-2 (epoch 4 -> 5)\n\n1. fence"
+    )
+    assert (ask.outcome, ask.severity, ask.dedup_key) == ("failure", "critical", "genesis-dr/prod/monitor/us-west-2")
+    assert ask.title == "Failover of stack prod to us-east-1 needs approval"
+    assert (ask.details["condition"], ask.details["data loss"], ask.details["plan"]) == (
+        "approval_needed",
+        "up to 1.5 s",
+        ["failover to us-east-1: from us-west-2 (epoch 4 -> 5)", "1. fence"],
+    )
+
+    none = no_target_event("prod", _assessment(all_down=True, target=None))
+    assert (none.severity, none.subject, none.title, none.details["condition"]) == (
+        "critical",
+        "us-west-2",
+        "All regions unhealthy on stack prod",
+        "all_regions_unhealthy",
+    )
+    assert none.summary.startswith(
+        "stack prod: active region us-west-2 is down and every region is down (us-east-1: not chosen: unhealthy"
+    )
+    lagging = no_target_event("prod", _assessment(target=None))
+    assert (lagging.title, lagging.details["condition"]) == ("No failover target for stack prod", "no_failover_target")
+
+    up = region_up_event("prod", a, "us-east-1")
+    assert (up.outcome, up.severity, up.headline()) == (
+        "success",
+        "info",
+        "[genesis-dr] prod: monitor recovered - us-east-1",
+    )
+
+
+def test_monitor_pages_reach_pagerduty_and_the_region_back_up_resolves_them():
+    from core.notify.reports import approval_needed_event, region_up_event
+
+    s = _secrets()
+    a = _assessment()
+    with Receiver(status=202) as rx:
+        # PagerDuty listed explicitly for failovers and the monitor only; the ops webhook takes everything.
+        config = _channels(
+            rx,
+            s,
+            slack=None,
+            pagerduty={"routing_key": s["routing_key"], "url": rx.url("/pd"), "activities": ["failover", "monitor"]},
+        )
+        notify(config, approval_needed_event("prod", a, epoch=4))
+        notify(config, region_up_event("prod", a, "us-west-2"))
+        rx.wait(4)
+    assert [(p.body["event_action"], p.body["dedup_key"]) for p in rx.to("/pd")] == [
+        ("trigger", "genesis-dr/prod/monitor/us-west-2"),
+        ("resolve", "genesis-dr/prod/monitor/us-west-2"),
+    ]
+    assert rx.to("/pd")[0].body["payload"]["severity"] == "critical"
+    assert [p.body["details"]["condition"] for p in rx.to("/hook")] == ["approval_needed", "region_up"]
+    assert rx.to("/backups") == []
+
+
+def test_channels_that_list_activities_keep_their_filter_and_events_must_be_routable():
+    import pytest
+    from pydantic import ValidationError
+
+    from blocks.notifications import NotificationChannels
+    from core.notify.payloads import pagerduty_event
+
+    # A stack file written before failovers existed: its explicit lists stay filters (no failover there);
+    # a channel without a list gets every activity, failovers and the monitor's pages included.
+    old = NotificationsConfig.model_validate(
+        {
+            "pagerduty": {"routing_key": "k", "activities": ["backup", "validation", "drill"]},
+            "webhooks": [{"name": "ops", "url": "http://127.0.0.1:9/hook"}],
+        }
+    )
+    assert old.channels_for("failover") == ["webhook:ops"]
+    assert old.channels_for("monitor") == ["webhook:ops"]
+    assert old.channels_for("backup") == ["pagerduty", "webhook:ops"]
+    assert old.webhooks[0].activities == ["backup", "validation", "drill", "failover", "failback", "monitor"]
+    with pytest.raises(ValidationError, match="activities.0"):
+        NotificationsConfig.model_validate({"slack": {"webhook_url": "http://x", "activities": ["failovers"]}})
+    with pytest.raises(ValueError, match="notification event: activity 'failovers' is not one of backup, "):
+        _failure(activity="failovers")
+    with pytest.raises(ValueError, match="notification event: severity 'page' is not one of None, critical, "):
+        _failure(severity="page")
+
+    # PagerDuty: the event's severity wins; without one the channel's default; an info failure is sent as info.
+    assert pagerduty_event(_failure(), "k", "warning")["payload"]["severity"] == "warning"
+    assert pagerduty_event(_failure(severity="critical"), "k", "warning")["payload"]["severity"] == "critical"
+    assert pagerduty_event(_failure(severity="info"), "k", "critical")["payload"]["severity"] == "info"
+    assert pagerduty_event(_failure(outcome="success", severity="info"), "k", "critical")["event_action"] == "resolve"
+    # The webhook document of an event without a severity is as it was.
+    assert "severity" not in _failure().to_dict()
+
+    # The block keeps a webhook's failover routing.
+    config = NotificationsConfig.model_validate(
+        {
+            "webhooks": [
+                {"name": "pager", "url": "http://127.0.0.1:9/p", "activities": ["failover", "failback", "monitor"]}
+            ]
+        }
+    )
+    block = NotificationChannels.from_config(config)
+    assert block.to_config().webhooks[0].activities == ["failover", "failback", "monitor"]

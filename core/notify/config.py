@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-ACTIVITIES = ("backup", "validation", "drill")
-Outcome = Literal["success", "failure"]
+from core.notify.event import ACTIVITIES, Activity, Outcome, Severity
+
+__all__ = ["ACTIVITIES", "NotificationsConfig", "PagerDutyConfig", "SlackConfig", "SnsConfig", "WebhookConfig"]
+
+ACTIVITIES_HELP = (
+    "Which activities go to this channel: backup, validation, drill, failover, failback, monitor (the monitor's "
+    "pages: a region down or back, no failover target, an approval waiting). Default: all of them. A list is a "
+    "filter: a channel that lists activities gets no others, new ones included."
+)
 
 
 class _Channel(BaseModel):
@@ -15,9 +20,11 @@ class _Channel(BaseModel):
     on: list[Outcome] = Field(
         default_factory=lambda: ["success", "failure"], description="Which outcomes go to this channel."
     )
-    activities: list[Literal["backup", "validation", "drill"]] = Field(
-        default_factory=lambda: list(ACTIVITIES), description="Which activities go to this channel."
-    )
+    activities: list[Activity] = Field(default_factory=lambda: list(ACTIVITIES), description=ACTIVITIES_HELP)
+
+    def wants(self, activity: str, outcome: str) -> bool:
+        """Whether an event of ``activity`` with ``outcome`` goes to this channel."""
+        return outcome in self.on and activity in self.activities
 
 
 class SlackConfig(_Channel):
@@ -27,7 +34,11 @@ class SlackConfig(_Channel):
 class PagerDutyConfig(_Channel):
     routing_key: SecretStr = Field(description="PagerDuty Events API v2 integration (routing) key (secret).")
     url: str = Field("https://events.pagerduty.com/v2/enqueue", description="Events API v2 endpoint.")
-    severity: Literal["critical", "error", "warning", "info"] = "critical"
+    severity: Severity = Field(
+        "critical",
+        description="Severity of a failure that carries none (backups, validations, drills); an event's own "
+        "severity wins (a failover that stopped or a region down is critical whatever this says).",
+    )
     on: list[Outcome] = Field(
         default_factory=lambda: ["success", "failure"],
         description="failure triggers (one incident per dedup key); success resolves the open one.",
@@ -62,3 +73,12 @@ class NotificationsConfig(BaseModel):
     def any_channel(self) -> bool:
         """Whether anything is configured to receive events at all."""
         return bool(self.slack or self.pagerduty or self.sns or self.webhooks or self.prefect_blocks)
+
+    def channels_for(self, activity: str, outcome: str = "failure") -> list[str]:
+        """The channels an event of ``activity`` and ``outcome`` goes to, by delivery name; Prefect notification
+        blocks get every event. ``channels_for("failover") == []`` on a stack with channels: a failover could
+        not page anyone (worth a warning where the stack is applied)."""
+        named = [("slack", self.slack), ("pagerduty", self.pagerduty), ("sns", self.sns)]
+        named += [(f"webhook:{hook.name}", hook) for hook in self.webhooks]
+        out = [name for name, channel in named if channel is not None and channel.wants(activity, outcome)]
+        return out + [f"prefect:{name}" for name in self.prefect_blocks]

@@ -24,9 +24,19 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# A failure's icon by its severity (none: the channel's default, shown as the alarm it always was).
+_ICONS = {None: ":rotating_light:", "critical": ":rotating_light:", "error": ":rotating_light:", "warning": ":warning:"}
+
+
+def _icon(event: Event) -> str:
+    if event.ok:
+        return ":white_check_mark:"
+    return _ICONS.get(event.severity, ":information_source:")
+
+
 def slack_message(event: Event) -> dict[str, Any]:
     """An incoming-webhook message: ``text`` (what notifications and old clients show) and ``blocks``."""
-    icon = ":white_check_mark:" if event.ok else ":rotating_light:"
+    icon = _icon(event)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(event.title, _SLACK_HEADER)}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _cut(f"{icon} {_mrkdwn(event.summary)}", _SLACK_TEXT)}},
@@ -37,7 +47,8 @@ def slack_message(event: Event) -> dict[str, Any]:
     ]
     if fields:
         blocks.append({"type": "section", "fields": fields})
-    context = f"stack `{_mrkdwn(event.stack)}` | {event.activity} | {_mrkdwn(event.subject)} | {event.at}"
+    severity = f" | {event.severity}" if event.severity else ""
+    context = f"stack `{_mrkdwn(event.stack)}` | {event.activity} | {_mrkdwn(event.subject)}{severity} | {event.at}"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     if event.url:
         blocks.append(
@@ -50,7 +61,11 @@ def slack_message(event: Event) -> dict[str, Any]:
 
 
 def pagerduty_event(event: Event, routing_key: str, severity: str) -> dict[str, Any]:
-    """Events API v2: a failure triggers (or updates) the incident of its dedup key; a success resolves it."""
+    """Events API v2: a failure triggers (or updates) the incident of its dedup key; a success resolves it.
+
+    ``severity`` is the channel's default, used for a failure that carries none; an event's own severity wins
+    either way (a critical failover page is ``critical`` on a channel set to ``warning``, an info one ``info``).
+    """
     if event.ok:
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": event.dedup_key}
     body: dict[str, Any] = {
@@ -61,7 +76,7 @@ def pagerduty_event(event: Event, routing_key: str, severity: str) -> dict[str, 
         "payload": {
             "summary": _cut(f"{event.headline()}: {event.summary}", _PD_SUMMARY),
             "source": f"genesis-dr/{event.stack}",
-            "severity": severity,
+            "severity": event.severity or severity,
             "timestamp": event.at,
             "component": event.subject,
             "group": event.stack,

@@ -1,18 +1,27 @@
-"""Events for the outcomes the flows report: a backup run, a validation, a drill.
+"""Events for the outcomes the flows report: a backup run, a validation, a drill, a failover or failback,
+and the monitor's pages.
 
 Each event's ``subject`` is chosen so that the next run of the same thing has the same
 PagerDuty dedup key: a scheduled full backup of every source is ``full``, a named selection
-is ``full app-db,cache``; a validation is its level; a drill its tier.
+is ``full app-db,cache``; a validation is its level; a drill its tier; a failover or failback
+the region it moves the stack to (the next completed run to that region resolves the page of
+a stopped one); a monitor page the region it is about (the region back up resolves it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from core.notify.event import Event
 from core.units import human_bytes
 
+if TYPE_CHECKING:
+    from core.failover.monitor import Assessment
+    from core.failover.report import FailoverReport
+
 _MAX_LINES = 10  # failure lines carried in an event; the run's artifact has them all
+_LONG = 1000  # a failover's summary names each component's state and the next step: PagerDuty shows 1024
 
 
 def _one_line(text: Any, limit: int = 300) -> str:
@@ -115,4 +124,283 @@ def drill_event(record: Any, *, url: str | None = None) -> Event:
         subject=record.tier,
         details=details,
         url=url,
+    )
+
+
+# ---------------------------------------------------------------- failover and failback
+
+# A report's outcome (core.failover.report, core.failover.failback) as the event's outcome, severity and words.
+# Anything else (incomplete, dns_failed: the databases moved, DNS did not) is a failure that pages.
+_REPORT_OUTCOMES: dict[str, tuple[str, str, str]] = {
+    "completed": ("success", "info", "completed"),
+    "rolled_back": ("failure", "warning", "done"),  # "roll back of failback to X done": X was not reached
+    "incomplete": ("failure", "critical", "STOPPED halfway"),
+    "dns_failed": ("failure", "critical", "done but DNS NOT switched"),
+}
+
+
+def _report_summary(data: Mapping[str, Any]) -> str:
+    operation, outcome = data.get("operation") or data.get("kind"), data.get("outcome")
+    if outcome == "completed":
+        text = f"{operation} completed in {data.get('seconds') or 0:g} s (epoch {data.get('epoch')})"
+        if data.get("to_fence_when_back"):
+            text += f"; unreachable, fenced when they return: {', '.join(data['to_fence_when_back'])}"
+        return text
+    steps = data.get("steps") or []
+    stopped = next((s for s in steps if s.get("status") == "failed"), None)
+    text = f"{operation}: {outcome}"
+    if stopped is not None:
+        text += f" at '{stopped['action']} {stopped['component']} in {stopped['region']}': {stopped['detail']}"
+    if data.get("next_step"):
+        text += f"; next: {data['next_step']}"
+    return text
+
+
+def _loss_text(data_loss: Mapping[str, Any]) -> str | None:
+    planned = data_loss.get("planned") or {}
+    parts = []
+    if planned.get("lag_s") is not None:
+        parts.append(f"{planned['lag_s']:g} s")
+    if planned.get("lag_bytes") is not None:
+        parts.append(f"{planned['lag_bytes']} bytes")
+    return ", ".join(parts) or None
+
+
+def failover_event(
+    stack: str,
+    report: FailoverReport | Mapping[str, Any],
+    *,
+    severity: str | None = None,
+    summary: str | None = None,
+    url: str | None = None,
+) -> Event:
+    """A failover or failback run (a ``core.failover.report.FailoverReport`` or its ``to_dict()``, e.g. the
+    ``report`` of a FailoverIncompleteError) as an event of activity ``report.kind``.
+
+    Completed: success, ``info`` (PagerDuty resolves the page a stopped run to the same region opened).
+    Stopped halfway or DNS not switched: failure, ``critical`` (pages). A failback rolled back before any
+    promotion: failure, ``warning``. ``severity``/``summary`` override (core's own words, e.g. the message of
+    the error it raises).
+    """
+    data: Mapping[str, Any] = report if isinstance(report, Mapping) else report.to_dict()
+    kind = data.get("kind") or "failover"
+    outcome, default_severity, word = _REPORT_OUTCOMES.get(data.get("outcome") or "", ("failure", "critical", ""))
+    word = word or str(data.get("outcome") or "ended").upper()
+    # A rollback's report runs the other way (from the failback's target back to where the stack was): its
+    # subject is still the failback's target, so the failback that later completes resolves its page.
+    subject = data.get("source") if data.get("outcome") == "rolled_back" else data.get("target")
+    operation = str(data.get("operation") or f"{kind} to {subject}")
+    dns = data.get("dns") or {}
+    components = data.get("components") or {}
+    details: dict[str, Any] = {
+        "from": data.get("source"),
+        "to": data.get("target"),
+        "epoch": data.get("epoch"),
+        "reason": data.get("reason"),
+        "seconds": data.get("seconds"),
+        "forced": True if data.get("forced") else None,
+        "data loss": _loss_text(data.get("data_loss") or {}),
+        "dns": f"{dns.get('record')} -> {dns.get('value')}" if dns else None,
+        "unreachable": list(data.get("to_fence_when_back") or []),
+        "components": [f"{name}: {state}" for name, state in components.items() if name != "state"],
+        "next": data.get("next_step"),
+        "operation id": data.get("operation_id"),
+    }
+    return Event(
+        activity=kind,
+        outcome=outcome,  # type: ignore[arg-type] - from the table above
+        stack=stack,
+        title=_one_line(f"{operation[:1].upper()}{operation[1:]} {word} on stack {stack}", 150),
+        summary=_one_line(summary or _report_summary(data), _LONG),
+        subject=str(subject or "all"),
+        details=_present(details),
+        url=url,
+        severity=severity or default_severity,  # type: ignore[arg-type] - checked by Event
+    )
+
+
+def event_from_dict(stack: str, data: Mapping[str, Any], *, url: str | None = None) -> Event:
+    """core's event dict (``{activity, outcome, severity, title, summary, subject, details}``, what
+    ``core.failover.run.execute_failover`` gives its ``notify`` callback) as an Event of ``stack``, its severity
+    kept. An unknown activity, outcome or severity is a ValueError naming it."""
+    return Event(
+        activity=data["activity"],
+        outcome=data["outcome"],
+        stack=stack,
+        title=_one_line(data["title"], 150),
+        summary=_one_line(data["summary"], _LONG),
+        subject=str(data.get("subject") or "all"),
+        details=_present(dict(data.get("details") or {})),
+        url=url or data.get("url"),
+        severity=data.get("severity"),
+    )
+
+
+def _present(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in details.items() if v is not None and v != "" and v != [] and v != {}}
+
+
+# ---------------------------------------------------------------- the monitor's pages
+
+# ``details["condition"]`` of a monitor event: what a webhook receiver or an SNS consumer can switch on.
+REGION_DOWN, REGION_UP = "region_down", "region_up"
+ALL_REGIONS_UNHEALTHY, NO_FAILOVER_TARGET, APPROVAL_NEEDED = (
+    "all_regions_unhealthy",
+    "no_failover_target",
+    "approval_needed",
+)
+
+
+def region_line(a: Assessment, region: str) -> str:
+    """``us-west-2: score 0.00, down (3 failed runs in a row), failed: postgres, http ...; lag 1.5 s``."""
+    health, state = a.regions[region], a.states.get(region)
+    if state is not None and state.down:
+        status = f"down ({state.consecutive_failures} failed runs in a row)"
+    else:
+        status = "healthy" if health.healthy else "unhealthy"
+    text = f"{region}: score {health.score:.2f}, {status}"
+    if health.failed:
+        text += f", failed: {', '.join(health.failed)}"
+    lag = [f"{health.lag_s:g} s"] if health.lag_s is not None else []
+    lag += [f"{health.lag_bytes} bytes"] if health.lag_bytes is not None else []
+    if lag:
+        text += f"; lag {', '.join(lag)}"
+    return _one_line(text)
+
+
+def _regions(a: Assessment) -> list[str]:
+    return [region_line(a, name) for name in list(a.regions)[:_MAX_LINES]]
+
+
+def _target(a: Assessment) -> str | None:
+    return a.choice.target if a.choice is not None else None
+
+
+def region_down_event(stack: str, a: Assessment, region: str, *, policy: str | None = None) -> Event:
+    """A region the monitor now counts as down. The active one is ``critical`` (the stack is down until a
+    failover); another one ``warning`` (a failover target lost while the stack still runs)."""
+    active = region == a.active
+    target = _target(a)
+    if not active:
+        what = f"region {region} is down: no failover to it until it is back (active region {a.active} is up)"
+    elif target is None:
+        what = f"active region {region} is down and no region qualifies as a failover target"
+    elif policy == "automatic":
+        what = f"active region {region} is down: failing over to {target} (automatic policy)"
+    elif policy == "manual":
+        what = f"active region {region} is down: the failover to {target} waits for an operator's approval"
+    else:
+        what = f"active region {region} is down; failover target: {target}"
+    details = {
+        "condition": REGION_DOWN,
+        "region": region_line(a, region),
+        "active": a.active,
+        "target": target if active else None,
+        "policy": policy if active else None,
+        "regions": _regions(a),
+    }
+    return Event(
+        activity="monitor",
+        outcome="failure",
+        stack=stack,
+        title=f"{'Active region' if active else 'Region'} {region} DOWN on stack {stack}",
+        summary=_one_line(f"stack {stack}: {what}", _LONG),
+        subject=region,
+        details=_present(details),
+        severity="critical" if active else "warning",
+    )
+
+
+def region_up_event(stack: str, a: Assessment, region: str) -> Event:
+    """A region healthy again: ``info``, a success (PagerDuty resolves the page its loss opened)."""
+    health = a.regions[region]
+    return Event(
+        activity="monitor",
+        outcome="success",
+        stack=stack,
+        title=f"Region {region} back up on stack {stack}",
+        summary=f"stack {stack}: region {region} is healthy again (score {health.score:.2f})",
+        subject=region,
+        details={"condition": REGION_UP, "region": region_line(a, region), "active": a.active},
+        severity="info",
+    )
+
+
+def region_change_events(stack: str, a: Assessment, *, policy: str | None = None) -> list[Event]:
+    """One event per region that went down or came back in this run (``a.events``), in their order."""
+    # Imported here: core.notify loads without the failover package (and its probes); an Assessment means
+    # core.failover.monitor is loaded already.
+    from core.failover.monitor import EVENT_DOWN
+
+    return [
+        region_down_event(stack, a, change["region"], policy=policy)
+        if change["event"] == EVENT_DOWN
+        else region_up_event(stack, a, change["region"])
+        for change in a.events
+    ]
+
+
+def no_target_event(stack: str, a: Assessment) -> Event:
+    """The active region is down and nowhere to go: every region down (``all_regions_unhealthy``) or none
+    qualifying (lag beyond the allowed data loss, a priority excluded). ``critical``."""
+    reasons = a.choice.reasons if a.choice is not None else {}
+    condition = ALL_REGIONS_UNHEALTHY if a.all_down else NO_FAILOVER_TARGET
+    what = "every region is down" if a.all_down else "no region qualifies as a failover target"
+    why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+    summary = (
+        f"stack {stack}: active region {a.active} is down and {what}" + (f" ({why})" if why else "") + "; restore "
+        "a region's health, or 'genesis-dr failover run REGION \"REASON\" --force' if a region's lag is the only "
+        "obstacle"
+    )
+    title = f"All regions unhealthy on stack {stack}" if a.all_down else f"No failover target for stack {stack}"
+    return Event(
+        activity="monitor",
+        outcome="failure",
+        stack=stack,
+        title=title,
+        summary=_one_line(summary, _LONG),
+        subject=a.active,
+        details=_present(
+            {
+                "condition": condition,
+                "active": a.active,
+                "regions": _regions(a),
+                "reasons": [f"{n}: {_one_line(r)}" for n, r in list(reasons.items())[:_MAX_LINES]],
+            }
+        ),
+        severity="critical",
+    )
+
+
+def approval_needed_event(
+    stack: str, a: Assessment, *, epoch: int, plan_text: str | None = None, url: str | None = None
+) -> Event:
+    """The manual policy's page: the active region is down and the failover to ``a.choice.target`` waits for an
+    operator (the paused monitor run's form). ``critical``; ``plan_text`` (the plan as printed) goes along."""
+    target = _target(a)
+    loss = a.choice.data_loss_s if a.choice is not None else None
+    summary = (
+        f"stack {stack}: active region {a.active} is down; approve the failover to {target} in the Prefect UI "
+        f"(the paused monitor run) or decline it: nothing changes until then"
+    )
+    plan = [line for line in (plan_text or "").splitlines() if line.strip()]
+    return Event(
+        activity="monitor",
+        outcome="failure",
+        stack=stack,
+        title=f"Failover of stack {stack} to {target} needs approval",
+        summary=_one_line(summary, _LONG),
+        subject=a.active,
+        details=_present(
+            {
+                "condition": APPROVAL_NEEDED,
+                "target": target,
+                "epoch": epoch,
+                "data loss": None if loss is None else f"up to {loss:g} s",
+                "regions": _regions(a),
+                "plan": [_one_line(line) for line in plan[: 2 * _MAX_LINES]],
+            }
+        ),
+        url=url,
+        severity="critical",
     )

@@ -20,7 +20,15 @@ ExtraSender = Callable[[str, str], None]
 
 
 def _wants(channel: Any, event: Event) -> bool:
-    return event.outcome in channel.on and event.activity in channel.activities
+    return channel.wants(event.activity, event.outcome)
+
+
+def sns_attributes(event: Event) -> dict[str, str]:
+    """What an SNS subscription's filter policy can match on (a pager's queue: severity critical)."""
+    attributes = {"activity": event.activity, "outcome": event.outcome, "stack": event.stack}
+    if event.severity:
+        attributes["severity"] = event.severity
+    return attributes
 
 
 def _senders(config: NotificationsConfig, event: Event, aws_session: Any) -> dict[str, Sender]:
@@ -39,7 +47,7 @@ def _senders(config: NotificationsConfig, event: Event, aws_session: Any) -> dic
             sns.topic_arn,
             payloads.sns_subject(event),
             payloads.sns_message(event),
-            {"activity": event.activity, "outcome": event.outcome, "stack": event.stack},
+            sns_attributes(event),
             region=sns.region,
             endpoint_url=sns.endpoint_url,
             session=aws_session,
