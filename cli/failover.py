@@ -18,9 +18,9 @@ EPILOG_RUN = (
     "exit 0: done (or the dry run's plan printed); 1: not confirmed, nothing changed; 2: bad stack or region; "
     "24: the failover state moved (another monitor or failover acted; read 'failover status' and decide again); "
     "25: promoted, but the DNS switch failed (the old primary stays fenced; switch the record by hand); "
-    "26: no region qualifies (each region's reason is printed); 27: the target is unhealthy or lags beyond "
-    "max_data_loss_seconds (--force takes the lag, recorded); 28: stopped halfway (the report names each "
-    "component's state and the next step)."
+    "27: the target is unhealthy, lags beyond max_data_loss_seconds (--force takes the lag, recorded) or is the "
+    "active region; 28: stopped halfway (the report names each component's state and the next step; the state "
+    "stays in progress until 'failover run REGION REASON --force' finishes it)."
 )
 EPILOG_FAILBACK = (
     "exit 0: done (or the dry run's plan printed); 1: not confirmed, nothing changed; 2: bad stack; 24: the "

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from core.errors import ConfigError, DRError
 from core.failover.choose import State
-from core.notify.event import Event
+from core.notify.reports import event_from_dict
 from flows.notifying import announce
 from tasks.failover import execute_failover_task, plan_failover_task, read_state
 
@@ -26,32 +26,6 @@ def publish_state(stack: str, state: State) -> None:
     from prefect.variables import Variable
 
     Variable.set(variable_name(stack), state.to_dict(), overwrite=True)
-
-
-def failover_event(stack: str, ok: bool, subject: str, title: str, summary: str, **details: Any) -> Event:
-    """A failover/monitor outcome for the stack's channels (failure pages; the next success resolves it)."""
-    return Event(
-        activity="failover",  # type: ignore[arg-type] - channels take it when their activities list it
-        outcome="success" if ok else "failure",
-        stack=stack,
-        title=title,
-        summary=" ".join(summary.split())[:300],
-        subject=subject,
-        details={k: v for k, v in details.items() if v is not None},
-    )
-
-
-def _event(stack: str, data: dict[str, Any]) -> Event:
-    """core's event dict (core.failover.run) as an Event of the stack."""
-    return Event(
-        activity=data["activity"],
-        outcome=data["outcome"],
-        stack=stack,
-        title=data["title"],
-        summary=" ".join(str(data["summary"]).split())[:300],
-        subject=data.get("subject") or "all",
-        details={k: v for k, v in (data.get("details") or {}).items() if v not in (None, "", [], {})},
-    )
 
 
 def as_dict(report: Any) -> dict[str, Any] | None:
@@ -81,7 +55,7 @@ def finish(stack: str, what: str, report: Any, events: list[dict[str, Any]], key
     except Exception as exc:  # noqa: BLE001 - the vault holds the state; the variable is only its mirror
         get_run_logger().warning("failover state variable of %s not updated: %s", stack, type(exc).__name__)
     for event in events:
-        announce(stack, _event(stack, event))
+        announce(stack, event_from_dict(stack, event))
     return as_dict(report)
 
 

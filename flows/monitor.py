@@ -21,7 +21,8 @@ from pydantic import Field
 from core.errors import DRError, NoHealthyRegionError, StaleEpochError
 from core.failover.choose import State
 from core.failover.monitor import EVENT_DOWN, Assessment
-from flows.failover import failover, failover_event, publish_state, variable_name
+from core.notify.reports import approval_needed_event, no_target_event, region_change_events
+from flows.failover import failover, publish_state, variable_name
 from flows.notifying import announce
 from tasks.failover import check_regions, plan_failover_task, read_state, refence_returned
 from tasks.policy import seconds_from_env
@@ -99,6 +100,15 @@ def _table(state: State, a: Assessment) -> list[dict[str, Any]]:
     return rows
 
 
+def _run_url() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.ui_url
+    except Exception:  # noqa: BLE001 - no UI URL configured: the page goes without a link
+        return None
+
+
 def _from_deployment() -> bool:
     context = FlowRunContext.get()
     return bool(context and context.flow_run and context.flow_run.deployment_id)
@@ -167,12 +177,7 @@ def _ask(stack: str, a: Assessment, plan_text: str, reason: str, epoch: int) -> 
     from prefect.exceptions import FlowPauseTimeout
 
     target = a.choice.target
-    summary = (
-        f"stack {stack}: active region {a.active} is down; approve the failover to {target} in the Prefect UI "
-        "(the paused monitor run)"
-    )
-    title = f"region {a.active} down: failover to {target} needs approval"
-    announce(stack, failover_event(stack, False, a.active, title, summary, target=target, epoch=epoch))
+    announce(stack, approval_needed_event(stack, a, epoch=epoch, plan_text=plan_text, url=_run_url()))
     get_run_logger().warning(
         "active region %s is down: paused for approval of the failover to %s (Resume in the Prefect UI with approve "
         "ticked, or leave it unticked to decline); unanswered after %ss nothing changes",
@@ -227,7 +232,7 @@ def monitor(stack: str = "default", failover_via: Literal["auto", "deployment", 
     create_table_artifact(_table(state, a), key="failover-monitor", description=f"Regions of {stack}")
     _mirror(stack, state)
     out["refenced"] = refence_returned(stack, state)
-    _tell_changes(stack, a)
+    _tell_changes(stack, a, seen["policy"])
     if not a.active_down:
         logger.info("active region %s is up (epoch %d)", a.active, state.epoch)
         return out
@@ -263,30 +268,24 @@ def monitor(stack: str = "default", failover_via: Literal["auto", "deployment", 
     return out
 
 
-def _tell_changes(stack: str, a: Assessment) -> None:
-    """Log each region that went down or came back; a region back up resolves the page its loss opened."""
+def _tell_changes(stack: str, a: Assessment, policy: str) -> None:
+    """Log and notify each region that went down (the active one pages) or came back (resolves that page)."""
     logger = get_run_logger()
     for change in a.events:
         word = "DOWN" if change["event"] == EVENT_DOWN else "back up"
         logger.warning("region %s is %s (score %.2f)", change["region"], word, change["score"])
-        if change["event"] != EVENT_DOWN:
-            summary = f"stack {stack}: region {change['region']} is healthy again (score {change['score']:.2f})"
-            announce(stack, failover_event(stack, True, change["region"], f"region {change['region']} up", summary))
+    for event in region_change_events(stack, a, policy=policy):
+        announce(stack, event)
 
 
 def _no_target(stack: str, a: Assessment) -> NoHealthyRegionError:
-    """The active region is down and nowhere qualifies: page when it happens (not every minute after)."""
-    reasons = a.choice.reasons if a.choice else {}
-    why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
-    what = "every region is down" if a.all_down else "no region qualifies as a failover target"
-    message = (
-        f"stack {stack}: active region {a.active} is down and {what} ({why}); restore a region's health, or "
-        "'genesis-dr failover run REGION \"REASON\" --force' if a region's lag is the only obstacle"
-    )
-    if any(c["event"] == EVENT_DOWN for c in a.events):
-        title = "all_regions_unhealthy" if a.all_down else f"region {a.active} down, no failover target"
-        announce(stack, failover_event(stack, False, a.active, title, message))
-    return NoHealthyRegionError(message)
+    """The active region is down and nowhere qualifies. Paged when it comes about, not every minute after: the
+    active region's own down event says so when it is this run's news; another region lost now gets its page."""
+    event = no_target_event(stack, a)
+    news = {c["region"] for c in a.events if c["event"] == EVENT_DOWN}
+    if news and a.active not in news:
+        announce(stack, event)
+    return NoHealthyRegionError(event.summary)
 
 
 def _record_decision(stack: str, plan_text: str, decision: str) -> None:

@@ -17,7 +17,6 @@ from core.errors import NoHealthyRegionError, StaleEpochError
 from core.failover.monitor import EVENT_DOWN
 from core.failover.state import STATE_KEY, TRACKER_KEY
 from core.failover.topology import FailoverConfig
-from core.notify.config import ACTIVITIES
 from core.sources import FilesSourceConfig
 from tests.fixtures_replication import RedisPair, _redis_node
 from tests.test_failover_monitor import http_503, in_sync, pair_config
@@ -89,11 +88,12 @@ def test_monitor_of_healthy_regions_emits_health_and_keeps_its_count(make_stack,
     assert out["events"] == ["genesis-dr.region.health:primary", "genesis-dr.region.health:standby"]
     assert {n: r["healthy"] for n, r in out["assessment"]["regions"].items()} == {"primary": True, "standby": True}
     # The monitor's count is kept in the vault between runs; the state mirrored into a Prefect variable.
-    assert stored(stack, TRACKER_KEY) == {
-        "failures_before_down": 3,
-        "failures": {"primary": 0, "standby": 0},
-        "down": {"primary": False, "standby": False},
-    }
+    tracker = stored(stack, TRACKER_KEY)
+    assert (tracker["failures_before_down"], tracker["failures"], tracker["down"]) == (
+        3,
+        {"primary": 0, "standby": 0},
+        {"primary": False, "standby": False},
+    )
     assert variable(stack.name) == out["state"]
     # Nothing in the state, the tracker or the flow's result shows a database password.
     text = json.dumps(out) + json.dumps(stored(stack, TRACKER_KEY))
@@ -127,30 +127,27 @@ def test_monitor_with_every_region_down_fails_no_healthy_region(make_stack, tmp_
     assert stack.config.vault.store().exists(STATE_KEY) is False  # nothing acted: still epoch 0 from the stack file
 
 
-@pytest.mark.skipif(
-    "failover" not in ACTIVITIES, reason="core/notify/config.py: channels take no 'failover' activity yet"
-)
 def test_monitor_pages_once_when_every_region_goes_down(make_stack, tmp_path):
     from flows.monitor import monitor
     from tests.fixtures_notify import Receiver
 
     with http_503() as url, Receiver() as rx:
-        notifications = {"webhooks": [{"name": "ops", "url": rx.url("/hook"), "activities": ["failover"]}]}
+        notifications = {"webhooks": [{"name": "ops", "url": rx.url("/hook"), "activities": ["monitor"]}]}
         stack = make_stack([files_source(tmp_path)], failover=every_region_down(url), notifications=notifications)
         with pytest.raises(NoHealthyRegionError):
             monitor(stack=stack.name)
-        (page,) = [p.body for p in rx.wait(1)]
-        assert (page["activity"], page["outcome"], page["subject"], page["title"]) == (
-            "failover",
-            "failure",
-            "west",
-            "all_regions_unhealthy",
-        )
+        pages = [p.body for p in rx.wait(2)]
+        assert [(p["activity"], p["outcome"], p["subject"], p["severity"]) for p in pages] == [
+            ("monitor", "failure", "west", "critical"),
+            ("monitor", "failure", "east", "warning"),
+        ]
+        assert pages[0]["title"] == f"Active region west DOWN on stack {stack.name}"
+        assert pages[0]["summary"].endswith("active region west is down and no region qualifies as a failover target")
         # The next run pages no more (nothing changed since), and still fails.
         with pytest.raises(NoHealthyRegionError):
             monitor(stack=stack.name)
         time.sleep(0.5)
-        assert len(rx.posts) == 1
+        assert len(rx.posts) == 2
 
 
 # ---------------------------------------------------------------- failover flow, read-only
@@ -399,3 +396,51 @@ def region_events(stack_name: str, count: int, timeout: float = 20) -> list:
             if len(events) >= count or time.monotonic() > deadline:
                 return events
             time.sleep(0.5)
+
+
+def test_failover_stopped_halfway_reports_each_component_then_a_forced_run_finishes_it(
+    make_stack, tmp_path, redis_pair
+):
+    from core.errors import FailoverIncompleteError
+    from flows.failover import failover
+
+    def db(node) -> dict:
+        return {"host": "127.0.0.1", "port": node.port, "password": node.password}
+
+    config = FailoverConfig.model_validate(
+        {
+            "active_region": "west",
+            "regions": [
+                {"name": "west", "priority": 1, "redis": db(redis_pair.primary)},
+                {"name": "east", "priority": 2, "redis": db(redis_pair.replica)},
+            ],
+        }
+    )
+    stack = make_stack([files_source(tmp_path)], failover=config)
+    # Once promoted, east refuses writes (it wants two replicas, it gets one): the write proof fails.
+    redis_pair.replica.client().config_set("min-replicas-to-write", 2)
+
+    with pytest.raises(FailoverIncompleteError) as stopped:
+        failover(stack=stack.name, target="east", reason="planned move")
+    message = str(stopped.value)
+    assert message.startswith("failover to east stopped at 'prove_writes redis in east': "), message
+    assert "the state stays at epoch 1 in progress" in message
+    report = stopped.value.report
+    assert (report["outcome"], report["epoch"]) == ("incomplete", 1)
+    assert [(s["action"], s["status"]) for s in report["steps"]][-2:] == [
+        ("prove_writes", "failed"),
+        ("record_state", "skipped"),
+    ]
+    state = stored(stack, STATE_KEY)
+    assert (state["active_region"], state["epoch"], state["in_progress"]) == ("east", 1, "failover to east")
+    assert variable(stack.name) == state
+
+    # Not forced, nothing runs on top of it; fixed and forced, the same failover finishes (done steps are no-ops).
+    with pytest.raises(StaleEpochError, match="'failover to east' is in progress"):
+        failover(stack=stack.name, target="east", reason="again")
+    redis_pair.replica.client().config_set("min-replicas-to-write", 0)
+    out = failover(stack=stack.name, target="east", reason="finish the move", force=True)
+    assert (out["report"]["outcome"], out["report"]["epoch"]) == ("completed", 2)
+    state = stored(stack, STATE_KEY)
+    assert (state["active_region"], state["epoch"], state["in_progress"]) == ("east", 2, None)
+    assert role(redis_pair.replica) == "master" and role(redis_pair.primary) == "slave"
