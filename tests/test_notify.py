@@ -765,7 +765,13 @@ def _assessment(all_down: bool = False, target: str | None = "us-east-1"):
 
 
 def test_monitor_pages_region_down_approval_and_all_regions_unhealthy():
-    from core.notify.reports import approval_needed_event, no_target_event, region_change_events, region_up_event
+    from core.notify.reports import (
+        approval_needed_event,
+        no_target_event,
+        region_change_events,
+        region_down_event,
+        region_up_event,
+    )
 
     a = _assessment()
     (down,) = region_change_events("prod", a, policy="manual")
@@ -786,8 +792,30 @@ def test_monitor_pages_region_down_approval_and_all_regions_unhealthy():
             "us-east-1: score 1.00, healthy; lag 1.5 s, 2048 bytes",
         ],
     }
-    standby = region_change_events("prod", _assessment(all_down=True, target=None))[1]
+    active, standby = region_change_events("prod", _assessment(all_down=True, target=None), policy="automatic")
     assert (standby.severity, standby.title) == ("warning", "Region us-east-1 DOWN on stack prod")
+    assert standby.summary == (
+        "stack prod: region us-east-1 is down: no failover to it until it is back (active region us-west-2 is up)"
+    )
+    # The active region down with nowhere to go says so in the same page.
+    assert (active.severity, active.details["condition"], active.details["reasons"]) == (
+        "critical",
+        "all_regions_unhealthy",
+        ["us-east-1: not chosen: unhealthy (score 0.00)"],
+    )
+    assert active.summary == (
+        "stack prod: every region is down (all_regions_unhealthy): active region us-west-2 is down and no region "
+        "qualifies as a failover target"
+    )
+    lost = region_down_event("prod", _assessment(target=None), "us-west-2")
+    assert (lost.details["condition"], lost.summary) == (
+        "no_failover_target",
+        "stack prod: active region us-west-2 is down and no region qualifies as a failover target",
+    )
+    automatic = region_down_event("prod", a, "us-west-2", policy="automatic")
+    assert (
+        automatic.summary == "stack prod: active region us-west-2 is down: failing over to us-east-1 (automatic policy)"
+    )
 
     ask = approval_needed_event(
         "prod", a, epoch=4, plan_text="failover to us-east-1: from us-west-2 (epoch 4 -> 5)\n\n1. fence"

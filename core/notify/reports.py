@@ -278,13 +278,22 @@ def _target(a: Assessment) -> str | None:
 
 def region_down_event(stack: str, a: Assessment, region: str, *, policy: str | None = None) -> Event:
     """A region the monitor now counts as down. The active one is ``critical`` (the stack is down until a
-    failover); another one ``warning`` (a failover target lost while the stack still runs)."""
+    failover); another one ``warning`` (a failover target lost while the stack still runs). ``details
+    ["condition"]``: ``region_down``, or for the active region with nowhere to go ``all_regions_unhealthy`` /
+    ``no_failover_target`` (with the reasons per region)."""
     active = region == a.active
     target = _target(a)
+    condition = REGION_DOWN
+    reasons: list[str] = []
     if not active:
         what = f"region {region} is down: no failover to it until it is back (active region {a.active} is up)"
     elif target is None:
-        what = f"active region {region} is down and no region qualifies as a failover target"
+        # The page of the run that sees the active region go down: it says there is nowhere to go (the
+        # condition a receiver switches on), so no second page is needed for it.
+        condition = ALL_REGIONS_UNHEALTHY if a.all_down else NO_FAILOVER_TARGET
+        every = "every region is down (all_regions_unhealthy): " if a.all_down else ""
+        what = f"{every}active region {region} is down and no region qualifies as a failover target"
+        reasons = [f"{n}: {_one_line(r)}" for n, r in list((a.choice.reasons if a.choice else {}).items())]
     elif policy == "automatic":
         what = f"active region {region} is down: failing over to {target} (automatic policy)"
     elif policy == "manual":
@@ -292,12 +301,13 @@ def region_down_event(stack: str, a: Assessment, region: str, *, policy: str | N
     else:
         what = f"active region {region} is down; failover target: {target}"
     details = {
-        "condition": REGION_DOWN,
+        "condition": condition,
         "region": region_line(a, region),
         "active": a.active,
         "target": target if active else None,
         "policy": policy if active else None,
         "regions": _regions(a),
+        "reasons": reasons[:_MAX_LINES],
     }
     return Event(
         activity="monitor",
