@@ -156,7 +156,8 @@ def _pending_approval(stack: str) -> str | None:
 def _fail_over(stack: str, target: str, reason: str, epoch: int, via: str) -> dict[str, Any]:
     """Run the failover: its deployment when this monitor runs from one (its own run, limits and logs), else
     in this process as a subflow (a monitor started by hand or in a test)."""
-    parameters = {"stack": stack, "target": target, "reason": reason, "expected_epoch": epoch}
+    # dry_run given: the deployment's own default is a dry run (a run started from the UI only shows its plan).
+    parameters = {"stack": stack, "target": target, "reason": reason, "expected_epoch": epoch, "dry_run": False}
     if via == "deployment" or (via == "auto" and _from_deployment() and _deployed(FAILOVER_DEPLOYMENT)):
         from prefect.deployments import run_deployment
 
