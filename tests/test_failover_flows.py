@@ -444,3 +444,42 @@ def test_failover_stopped_halfway_reports_each_component_then_a_forced_run_finis
     state = stored(stack, STATE_KEY)
     assert (state["active_region"], state["epoch"], state["in_progress"]) == ("east", 2, None)
     assert role(redis_pair.replica) == "master" and role(redis_pair.primary) == "slave"
+
+
+def test_monitor_from_a_deployment_starts_the_failover_deployment_for_real(
+    make_stack, tmp_path, redis_pair, stack_in_trouble, monkeypatch
+):
+    """The automatic policy's failover as the deployed monitor starts it: a run of failover/failover with the
+    target, the epoch it decided at and dry_run off (the deployment's own default is a dry run). No worker
+    serves it here: the monitor waits its (shortened) time and says where the run stands; nothing changed."""
+    from prefect.client.orchestration import get_client
+
+    import flows.monitor
+    from core.errors import DRError
+
+    monkeypatch.setattr(flows.monitor, "FAILOVER_WAIT", 1)
+    down = stack_in_trouble.enter_context(http_503())
+    stack = make_stack([files_source(tmp_path)], failover=redis_regions(redis_pair, "automatic", down))
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("failover")
+        deployment = client.create_deployment(
+            flow_id=flow_id, name="failover", entrypoint="flows/failover.py:failover", parameters={"dry_run": True}
+        )
+    try:
+        with pytest.raises(DRError, match=r"the failover run \S+ \(failover/failover\) is Scheduled"):
+            flows.monitor.monitor(stack=stack.name, failover_via="deployment")
+        with get_client(sync_client=True) as client:
+            (run,) = [r for r in client.read_flow_runs() if r.deployment_id == deployment]
+            parameters = run.parameters
+            client.delete_flow_run(run.id)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment)
+    assert parameters == {
+        "stack": stack.name,
+        "target": "east",
+        "reason": f"monitor: region west down (http {down})",
+        "expected_epoch": 0,
+        "dry_run": False,
+    }
+    assert role(redis_pair.replica) == "slave" and not stack.config.vault.store().exists(STATE_KEY)
