@@ -142,6 +142,7 @@ def test_monitor_pages_once_when_every_region_goes_down(make_stack, tmp_path):
             ("monitor", "failure", "east", "warning"),
         ]
         assert pages[0]["title"] == f"Active region west DOWN on stack {stack.name}"
+        assert pages[0]["details"]["condition"] == "all_regions_unhealthy"
         assert pages[0]["summary"].endswith("active region west is down and no region qualifies as a failover target")
         # The next run pages no more (nothing changed since), and still fails.
         with pytest.raises(NoHealthyRegionError):
@@ -230,8 +231,8 @@ def redis_pair() -> Iterator[RedisPair]:
 
 def redis_regions(pair: RedisPair, policy: str, down_url: str, failures_before_down: int = 1) -> FailoverConfig:
     """West holds the primary, east the replica. West's application answers ``down_url`` (a 503) and weighs
-    most in its score: the region is down while its Redis still answers. (A region whose primary died outright
-    leaves its replicas' replication checks failing, so core finds no target: see the report.)"""
+    most in its score: the region is down while its Redis still answers, so the flows' own paths are tested
+    without waiting on a dead link (tests/test_failover_e2e.py kills whole regions)."""
 
     def db(node) -> dict:
         return {"host": "127.0.0.1", "port": node.port, "password": node.password}
