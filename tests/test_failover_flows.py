@@ -260,9 +260,10 @@ def role(node) -> str:
     return node.client().info("replication")["role"]
 
 
-def answer_approval(stack_name: str, approve: bool, reason: str = "", timeout: float = 60) -> dict:
+def answer_approval(stack_name: str, approve: bool, reason: str = "", timeout: float = 60, meanwhile=None) -> dict:
     """From another thread, as an operator in the UI: wait for the paused monitor of ``stack_name``, read the
-    form's description, resume it with the answer. Returns what it saw (or the error it met)."""
+    form's description, call ``meanwhile`` (its result kept), resume it with the answer. Returns what it saw
+    (or the error it met)."""
     import contextvars
 
     seen: dict = {}
@@ -289,6 +290,8 @@ def answer_approval(stack_name: str, approve: bool, reason: str = "", timeout: f
                     time.sleep(0.2)
                 keyset = mine[0].state.state_details.run_input_keyset
                 seen["description"] = client.read_flow_run_input(mine[0].id, keyset["description"])
+            if meanwhile is not None:
+                seen["meanwhile"] = meanwhile()
             resume_flow_run(mine[0].id, run_input={"approve": approve, "reason": reason})
         except BaseException as exc:  # reported to the test's thread
             seen["error"] = exc
@@ -309,12 +312,13 @@ def test_manual_policy_pauses_with_the_plan_declined_changes_nothing_approved_fa
     redis_pair.primary.client().set("order:1", "before the outage")
     redis_pair.wait_linked()
 
+    # While one run waits for the answer, the next one does not ask (nor page) again.
     # Declined: the run completes, nothing changed (east still a replica, no state written).
-    seen = answer_approval(stack.name, approve=False)
+    seen = answer_approval(stack.name, approve=False, meanwhile=lambda: monitor(stack=stack.name)["action"])
     out = monitor(stack=stack.name)
     seen["thread"].join(10)
     assert "error" not in seen, seen.get("error")
-    assert out["action"] == "declined"
+    assert (out["action"], seen["meanwhile"]) == ("declined", "approval pending")
     assert "failover to east: from west (epoch 0 -> 1)" in seen["description"]
     assert "promote redis in east" in seen["description"] and "Tick **approve**" in seen["description"]
     assert out["plan_text"].splitlines()[0] == "failover to east: from west (epoch 0 -> 1)"
