@@ -576,8 +576,12 @@ def test_a_lost_links_weight_is_dropped_only_for_a_lost_upstream_and_a_complete_
 
 
 def observed(tracker: Tracker, at: datetime, *, link_up: bool, upstream_answers: bool, lag: float = 0.2) -> None:
-    tracker.remember("east", score_region("east", replica_checks(link_up=link_up, lag=lag), at=at),
-                     upstream_answers=upstream_answers)  # fmt: skip
+    tracker.remember(
+        "east",
+        score_region("east", replica_checks(link_up=link_up, lag=lag), at=at),
+        upstream="west",
+        upstream_answers=upstream_answers,
+    )
 
 
 BOUNDS = [
@@ -631,8 +635,29 @@ def test_a_tracker_stored_before_the_link_memory_still_loads():
     assert (tracker.last_lag, tracker.link_down_at, tracker.upstream_lost_at) == ({}, {}, {})
     assert tracker.to_dict()["last_lag"] == {} and tracker.failures == {"west": 2}
     # A region without link checks (a primary, an application-only region) leaves no memory behind.
-    tracker.remember("west", health("west"), upstream_answers=True)
-    assert tracker.to_dict() == {**old, "last_lag": {}, "link_down_at": {}, "upstream_lost_at": {}}
+    tracker.remember("west", health("west"), upstream="east", upstream_answers=True)
+    assert tracker.to_dict() == {**old, "last_lag": {}, "link_down_at": {}, "upstream_lost_at": {}, "link_upstream": {}}
+
+
+def test_link_memory_is_about_one_upstream():
+    """After a failover to east, north's lags measured against west say nothing about its links to east."""
+    tracker = Tracker(2)
+    tracker.remember(
+        "north", score_region("north", replica_checks(link_up=True), at=T0), upstream="west", upstream_answers=True
+    )
+    tracker.remember(
+        "north", score_region("north", replica_checks(link_up=False), at=T1), upstream="west", upstream_answers=False
+    )
+    assert tracker.lag_bound("north", "west", T1).lag_s == 0.2
+    assert tracker.lag_bound("north", "east", T1).lag_s is None  # not measured against east
+    # Its links to east never came up: losing east too leaves its lag unknown (not west's old measurement).
+    tracker.remember(
+        "north", score_region("north", replica_checks(link_up=False), at=T2), upstream="east", upstream_answers=False
+    )
+    assert (tracker.last_lag, tracker.link_upstream) == ({}, {"north": "east"})
+    assert tracker.lag_bound("north", "east", T2) == LagBound(
+        None, None, "lag unknown: its link to east is down and no lag was measured while it was up"
+    )
 
 
 def test_choose_target_says_where_a_last_known_lag_comes_from():

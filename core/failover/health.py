@@ -199,7 +199,8 @@ class Tracker:
 
     ``remember`` keeps, per region, the lag at the last observation with every link up (``last_lag``), when its
     links were first seen down since (``link_down_at``) and when their upstream was first seen lost
-    (``upstream_lost_at``): ``lag_bound`` makes the data-loss bound of a whole-region loss from them.
+    (``upstream_lost_at``): ``lag_bound`` makes the data-loss bound of a whole-region loss from them. All three
+    are about the links to one active region (``link_upstream``): another active region starts them afresh.
     """
 
     failures_before_down: int
@@ -208,6 +209,7 @@ class Tracker:
     last_lag: dict[str, KnownLag] = field(default_factory=dict)
     link_down_at: dict[str, datetime] = field(default_factory=dict)
     upstream_lost_at: dict[str, datetime] = field(default_factory=dict)
+    link_upstream: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.failures_before_down < 1:
@@ -226,12 +228,18 @@ class Tracker:
     def state(self, region: str, *, changed: bool = False) -> RegionState:
         return RegionState(region, self.failures.get(region, 0), self.down.get(region, False), changed)
 
-    def remember(self, region: str, health: RegionHealth, *, upstream_answers: bool) -> None:
-        """Note the state of ``region``'s links to its upstream; ``upstream_answers``: every upstream server of a
-        failed link answered the monitor at this observation. A region without link checks is left alone."""
+    def remember(self, region: str, health: RegionHealth, *, upstream: str, upstream_answers: bool) -> None:
+        """Note the state of ``region``'s links to its upstream, the active region ``upstream``;
+        ``upstream_answers``: every upstream server of a failed link answered the monitor at this observation.
+        A region without link checks is left alone."""
         links = [c for c in health.checks if c.upstream is not None]
         if not links:
             return
+        if self.link_upstream.get(region) != upstream:
+            # After a failover the lags measured against the old primary say nothing about the new one.
+            for memory in (self.last_lag, self.link_down_at, self.upstream_lost_at):
+                memory.pop(region, None)
+            self.link_upstream[region] = upstream
         if all(c.ok for c in links):
             self.last_lag[region] = KnownLag(health.lag_s, health.lag_bytes, health.at)
             self.link_down_at.pop(region, None)
@@ -249,7 +257,7 @@ class Tracker:
         answered: that lag plus the time from its measurement until the upstream was first seen lost (what the
         upstream may have written meanwhile). Never measured: unknown.
         """
-        known = self.last_lag.get(region)
+        known = self.last_lag.get(region) if self.link_upstream.get(region) == upstream else None
         if known is None or known.lag_s is None:
             return LagBound(
                 None, None, f"lag unknown: its link to {upstream} is down and no lag was measured while it was up"
@@ -281,6 +289,7 @@ class Tracker:
             },
             "link_down_at": {name: at.isoformat() for name, at in self.link_down_at.items()},
             "upstream_lost_at": {name: at.isoformat() for name, at in self.upstream_lost_at.items()},
+            "link_upstream": dict(self.link_upstream),
         }
 
     @classmethod
@@ -297,4 +306,5 @@ class Tracker:
             },
             link_down_at={k: datetime.fromisoformat(v) for k, v in data.get("link_down_at", {}).items()},
             upstream_lost_at={k: datetime.fromisoformat(v) for k, v in data.get("upstream_lost_at", {}).items()},
+            link_upstream={k: str(v) for k, v in data.get("link_upstream", {}).items()},
         )

@@ -106,7 +106,9 @@ def assess(
     for region in regions:
         if region.name != active:
             failed_links = [c.upstream for c in health[region.name].checks if c.upstream and not c.ok]
-            tracker.remember(region.name, health[region.name], upstream_answers=not lost.intersection(failed_links))
+            tracker.remember(
+                region.name, health[region.name], upstream=active, upstream_answers=not lost.intersection(failed_links)
+            )
     # The active region is observed first: only once it counts as down do the other regions' links to it stop
     # counting against them (before that a lost link may be a replica's own problem).
     states: dict[str, RegionState] = {active: tracker.observe(active, health[active])}
