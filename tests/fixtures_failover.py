@@ -505,7 +505,7 @@ def _make_rds(moto: str) -> dict[str, str]:
     return {PRIMARY: primary_id, STANDBY: replica_id}
 
 
-def build_topology(moto: str, *, rds: bool = False, policy: str = "automatic") -> Topology:
+def build_topology(moto: str, *, rds: bool = False, policy: str = "automatic", interval: float = 1.0) -> Topology:
     """Two regions of real servers (built in parallel), the Route53 record and the FailoverConfig."""
     started = time.monotonic()
     health = {name: HealthEndpoint(name) for name in (PRIMARY, STANDBY)}
@@ -549,7 +549,7 @@ def build_topology(moto: str, *, rds: bool = False, policy: str = "automatic") -
                 "policy": policy,
                 "max_data_loss_seconds": 5,
                 "failures_before_down": 2,
-                "check_interval_seconds": 1,
+                "check_interval_seconds": interval,
                 "active_region": PRIMARY,
                 "regions": [_region_data(r, zone_id, zone_name, moto, rds_ids.get(r.name)) for r in regions.values()],
             }
@@ -618,6 +618,62 @@ def _region_data(region: Region, zone_id: str, zone_name: str, moto: str, rds_id
         ),
     }
     return data
+
+
+# ---------------------------------------------------------------- the monitor loop
+
+
+class MonitorLoop:
+    """The monitor as the deployment runs it, in a thread: ``assess`` every ``check_interval_seconds`` with one
+    ``Tracker`` (so it has seen the regions healthy, and their lag, before anything fails), until the active
+    region counts as down. ``down`` is set then; ``assessment`` is that run's, ``down_at`` when it ended."""
+
+    def __init__(self, topology: Topology, *, probe_timeout: float = 1.0, active: str = PRIMARY) -> None:
+        from core.failover.health import Tracker
+
+        self.topology = topology
+        self.probe_timeout = probe_timeout
+        self.active = active
+        self.tracker = Tracker(topology.config.failures_before_down)
+        self.runs: list[tuple[float, bool]] = []  # (when it ended, active region down)
+        self.assessment = None
+        self.down_at: float | None = None
+        self.down = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="gdr-fo-monitor")
+
+    def _loop(self) -> None:
+        from core.failover.monitor import assess
+
+        interval = self.topology.config.check_interval_seconds
+        while not self._stop.is_set():
+            started = time.monotonic()
+            assessment = assess(self.topology.config, self.tracker, timeout=self.probe_timeout, active=self.active)
+            self.runs.append((time.monotonic(), assessment.active_down))
+            if assessment.active_down:
+                self.assessment, self.down_at = assessment, time.monotonic()
+                self.down.set()
+                return
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def start(self, runs: int = 2) -> MonitorLoop:
+        """Start, and return once ``runs`` runs have seen the regions (the monitor was running before)."""
+        self._thread.start()
+        wait_until(lambda: len(self.runs) >= runs, 30, f"{runs} monitor runs")
+        return self
+
+    def wait_down(self, timeout: float = 60.0):
+        """The assessment of the run that found the active region down."""
+        if not self.down.wait(timeout):
+            raise AssertionError(f"the monitor did not find {self.active} down within {timeout:g}s")
+        return self.assessment
+
+    def runs_since(self, since: float) -> int:
+        return sum(1 for at, _ in self.runs if at >= since)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 # ---------------------------------------------------------------- the writer

@@ -19,7 +19,7 @@ import pymysql
 import pytest
 import redis
 
-from core.errors import StaleEpochError
+from core.errors import FailoverIncompleteError, StaleEpochError
 from core.failover.health import Tracker
 from core.failover.monitor import assess
 from tests.commands import clean_environment, command_runner
@@ -27,6 +27,7 @@ from tests.fixtures_failover import (  # noqa: F401 - failover_topology_factory 
     PRIMARY,
     STANDBY,
     AckWriter,
+    MonitorLoop,
     Topology,
     failover_topology_factory,
     lost_writes,
@@ -48,19 +49,17 @@ run = _Run()
 PROBE_TIMEOUT = 1.0
 
 
-def monitor_until_down(topology: Topology, since: float, limit: float = 30.0):
-    """The monitor loop at the stack's interval until the active region counts as down; (assessment, runs)."""
-    config = topology.config
-    tracker = Tracker(config.failures_before_down)
-    runs = 0
-    while True:
-        started = time.monotonic()
-        assessment = assess(config, tracker, timeout=PROBE_TIMEOUT, active=PRIMARY)
-        runs += 1
-        if assessment.active_down:
-            return assessment, runs
-        assert started - since < limit, f"{PRIMARY} not down after {runs} monitor runs"
-        time.sleep(max(0.0, config.check_interval_seconds - (time.monotonic() - started)))
+def killed_and_detected(topology: Topology) -> tuple[float, object, float, int]:
+    """Kill the primary region under a running monitor (it saw the regions healthy first); (when it was killed,
+    the assessment that found it down, seconds to that, monitor runs since the kill)."""
+    monitor = MonitorLoop(topology, probe_timeout=PROBE_TIMEOUT).start()
+    try:
+        killed = time.monotonic()
+        topology.primary.kill()
+        assessment = monitor.wait_down()
+    finally:
+        monitor.stop()
+    return killed, assessment, monitor.down_at - killed, monitor.runs_since(killed)
 
 
 def roles(topology: Topology) -> dict[str, tuple]:
@@ -116,20 +115,16 @@ def test_primary_region_killed_fails_over_without_losing_acknowledged_writes(
     name, env = applied(cli, topology, tmp_path)
     with AckWriter(topology) as writer:
         writer.wait_writes_on(PRIMARY, timeout=20)
-        time.sleep(1)
-        killed = time.monotonic()
-        topology.primary.kill()
-
-        assessment, runs = monitor_until_down(topology, killed)
-        detect_s = time.monotonic() - killed
-        # Down at the failures_before_down-th failed run: within that many intervals, plus the probes' time and
-        # a second for the kill itself and a loaded machine.
+        killed, assessment, detect_s, runs = killed_and_detected(topology)
+        # Down at the failures_before_down-th failed run (one more if a run was under way at the kill): within
+        # that many intervals, plus the probes' time and a second for the kill itself and a loaded machine.
         threshold = config.failures_before_down * config.check_interval_seconds + PROBE_TIMEOUT + 1
-        assert runs == config.failures_before_down and detect_s <= threshold, (runs, detect_s)
+        assert runs - config.failures_before_down in (0, 1) and detect_s <= threshold, (runs, detect_s)
         assert assessment.regions[PRIMARY].score == 0.0
 
-        # The operator's command. The standby region's replication checks fail with their primary gone, so the
-        # target is named and forced (see test_monitor_chooses_the_standby_region_after_a_whole_region_loss).
+        # The operator's command, target named and forced (the stack's monitor deployment never ran here, so the
+        # command's own look knows no lag of the replicas). The automatic path, the monitor flow failing over by
+        # itself, is test_monitor_flow_fails_over_by_itself_after_a_whole_region_loss.
         proc = cli("failover", "run", STANDBY, "e2e: region killed", "--yes", "--force", "--stack", name, "--json")
         out = json.loads(proc.stdout)
         firsts = writer.wait_writes_on(STANDBY, after=killed, timeout=30)
@@ -169,11 +164,11 @@ def test_primary_region_killed_fails_over_without_losing_acknowledged_writes(
     assert {w.n for w in writer.writes["postgres"] if w.region == STANDBY} <= held["postgres"]
 
     # The old primaries come back as they were (primaries); the next monitor run fences them again.
-    topology.primary.revive()
     from flows.monitor import monitor
 
-    seen = monitor(stack=name)
-    assert sorted(step["ok"] for step in seen["refenced"]) == [True, True, True], seen["refenced"]
+    topology.primary.revive()
+    back = monitor(stack=name, failover_via="subflow")
+    assert sorted(step["ok"] for step in back["refenced"]) == [True, True, True], back["refenced"]
     old = topology.primary
     with old.pg_connect() as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         conn.execute("INSERT INTO acks VALUES (-1, 'old primary')")
@@ -191,14 +186,41 @@ def test_primary_region_killed_fails_over_without_losing_acknowledged_writes(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a whole-region loss fails the standbys' replication checks (score 0.57, lag unknown), so "
-    "choose_target finds no target even though the standbys replayed everything they received",
+    reason="execute_failover stops at 'wait_replayed redis' after a whole-region loss: without the dead primary "
+    "wait_replayed_redis waits for a link that never comes up, and a plan whose target qualifies (the monitor "
+    "remembers the replicas' lag) stops there; the forced re-run its report advises stops there too (a step's "
+    "policy follows the target's qualification, not --force)",
+    raises=FailoverIncompleteError,
 )
-def test_monitor_chooses_the_standby_region_after_a_whole_region_loss(failover_topology_factory):  # noqa: F811
+def test_monitor_flow_fails_over_by_itself_after_a_whole_region_loss(
+    failover_topology_factory,  # noqa: F811
+    cli,
+    tmp_path,
+):
+    """Policy automatic: the monitor deployment's runs (every interval) see the regions healthy, the primary
+    region dies, the failures_before_down-th run after it finds it down and fails over to the standby region."""
+    from flows.monitor import monitor
+
     topology = failover_topology_factory()
+    config = topology.config
+    name, _ = applied(cli, topology, tmp_path)
+    interval = config.check_interval_seconds
+    for _ in range(2):
+        assert monitor(stack=name, failover_via="subflow")["action"] == "none"
+        time.sleep(interval)
+    killed = time.monotonic()
     topology.primary.kill()
-    assessment, _ = monitor_until_down(topology, time.monotonic())
-    assert assessment.choice is not None and assessment.choice.target == STANDBY, assessment.choice
+    runs: list[dict] = []
+    while not runs or runs[-1]["action"] == "none":
+        started = time.monotonic()
+        runs.append(monitor(stack=name, failover_via="subflow"))
+        assert started - killed < 60, [r["action"] for r in runs]
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    seen = runs[-1]
+    assert (len(runs), seen["action"]) == (config.failures_before_down, "failover"), [r["action"] for r in runs]
+    assert seen["assessment"]["choice"]["target"] == STANDBY
+    assert seen["failover"]["report"]["outcome"] == "completed", seen["failover"]["report"]
+    assert topology.dns_value() == topology.standby.dns_value
 
 
 # ---------------------------------------------------------------- dry run and concurrency
@@ -258,18 +280,25 @@ def test_two_concurrent_failovers_exactly_one_wins(healthy_topology):
 # ---------------------------------------------------------------- failback
 
 
-def test_failback_round_trip(failover_topology_factory):  # noqa: F811
-    failback = pytest.importorskip("core.failover.failback", reason="H3's failback has not landed")
+def test_failback_round_trip(failover_topology_factory, cli, tmp_path):  # noqa: F811
+    pytest.importorskip("core.failover.failback", reason="H3's failback (core/failover/failback.py)")
+    from core.failover.state import StateStore
+    from core.stack import load_stack_file
+
     topology = failover_topology_factory()
     config = topology.config
+    name, env = applied(cli, topology, tmp_path)
+    # The stack's own state store (in its vault), where the commands read and record the state.
+    stack = load_stack_file(tmp_path / f"{name}.yaml", env=env | {"BACKUP_ENCRYPTION_PASSWORD": PASSPHRASE})
+    store = StateStore(stack.vault.store(), config)
     with AckWriter(topology) as writer:
         writer.wait_writes_on(PRIMARY, timeout=20)
-        killed = time.monotonic()
-        topology.primary.kill()
-        assessment, _ = monitor_until_down(topology, killed)
-        store, plan = plan_to(topology, STANDBY, force=True, assessment=assessment, reason="e2e: before failback")
-        # The failover is only the set-up here: the Redis replica's wait for a link to its dead primary is cut
-        # short (the main test runs it with the default timeout).
+        killed, _, _, _ = killed_and_detected(topology)
+        # The failover is only the set-up here: planned from a fresh look (no memory of the replicas' lag, so
+        # the named target is forced and the Redis replica's wait for its dead primary does not stop the run; see
+        # test_monitor_flow_fails_over_by_itself_after_a_whole_region_loss), that wait cut short.
+        fresh = assess(config, Tracker(config.failures_before_down), timeout=PROBE_TIMEOUT)
+        plan = run.plan_failover(config, store.read(), fresh, STANDBY, force=True, reason="e2e: before failback")
         run.execute_failover(config, plan, store, wait_timeout=5)
         writer.wait_writes_on(STANDBY, after=killed, timeout=30)
         time.sleep(1)  # writes while the primary region is away
@@ -277,11 +306,17 @@ def test_failback_round_trip(failover_topology_factory):  # noqa: F811
 
         topology.primary.revive()
         run.refence_if_returned(config, store.read())
-        health = assess(config, Tracker(config.failures_before_down), timeout=PROBE_TIMEOUT, active=STANDBY)
-        back_plan = failback.plan_failback(config, store.read(), health, "e2e: primary region back")
         back_at = time.monotonic()
-        failback.execute_failback(config, back_plan, store)
+        proc = cli("failback", "e2e: primary region back", "--yes", "--stack", name, "--json")
         writer.wait_writes_on(PRIMARY, after=back_at, timeout=30)
+    report = json.loads(proc.stdout)["report"]
+    assert (report["kind"], report["outcome"], report["target"], report["epoch"]) == (
+        "failback",
+        "completed",
+        PRIMARY,
+        2,
+    ), report
+    assert all(pw not in proc.stdout + proc.stderr for pw in env.values())
 
     state = store.read()
     assert (state.active_region, state.epoch, state.in_progress) == (PRIMARY, 2, None)
@@ -293,4 +328,9 @@ def test_failback_round_trip(failover_topology_factory):  # noqa: F811
     assert lost_writes(writer, STANDBY, topology.primary) == {"postgres": [], "mysql": [], "redis": []}
     # And the original primary's own acknowledged writes before the kill survived both moves.
     assert lost_writes(writer, PRIMARY, topology.primary) == {"postgres": [], "mysql": [], "redis": []}
-    wait_until(lambda: roles(topology)[STANDBY][0] is True, 30, "us-east-1 PostgreSQL a standby again")
+    # us-east-1 follows us-west-2 again.
+    wait_until(
+        lambda: (lambda r: (r[0], r[2], r[3]))(roles(topology)[STANDBY]) == (True, True, "slave"),
+        30,
+        "us-east-1 replicating from us-west-2 again",
+    )
