@@ -161,7 +161,10 @@ def _fail_over(stack: str, target: str, reason: str, epoch: int, via: str) -> di
     if via == "deployment" or (via == "auto" and _from_deployment() and _deployed(FAILOVER_DEPLOYMENT)):
         from prefect.deployments import run_deployment
 
-        run = run_deployment(FAILOVER_DEPLOYMENT, parameters=parameters, timeout=FAILOVER_WAIT, as_subflow=True)
+        # Polled every second (the default is 5): the failover's end is the monitor's news.
+        run = run_deployment(
+            FAILOVER_DEPLOYMENT, parameters=parameters, timeout=FAILOVER_WAIT, poll_interval=1, as_subflow=True
+        )
         if run.state is None or not run.state.is_completed():
             state = run.state.name if run.state else "not started"
             message = run.state.message if run.state and run.state.message else "see its logs and report"

@@ -65,10 +65,6 @@ def test_status_and_health_of_the_session_pairs(
     assert rows["primary"][1:4] == ["*", "1.00", "healthy"] and rows["standby"][1:3] == ["1.00", "healthy"], status
     assert "failover target" not in status
 
-    data = json.loads(cli("failover", "status", "--stack", name, "--json").stdout)
-    assert data["state"]["epoch"] == 0 and data["last_report"] is None
-    assert {n: r["score"] for n, r in data["assessment"]["regions"].items()} == {"primary": 1.0, "standby": 1.0}
-
     health = cli("failover", "health", "standby", "--stack", name).stdout
     assert health.splitlines()[0] == "standby (priority 2): score 1.00, healthy"
     checks = {line.split()[0]: line.split()[1:3] for line in health.splitlines()[2:]}
@@ -79,14 +75,8 @@ def test_status_and_health_of_the_session_pairs(
     # Status never counts towards the monitor's failures: no tracker was written.
     assert not stack.config.vault.store().exists(TRACKER_KEY)
 
-    out = status + health + json.dumps(data)
+    out = status + health
     assert all(password not in out for password in (my.primary.password, rd.primary.password, pg.primary.password))
-
-
-def test_status_of_a_stack_without_failover_names_the_remedy(cli, tmp_path, make_stack):
-    name = make_stack(app_files(tmp_path)).name
-    proc = cli("failover", "status", "--stack", name, expect=2)
-    assert f"stack '{name}' has no 'failover:' section; add one" in error_line(proc)
 
 
 @pytest.fixture
@@ -140,7 +130,7 @@ def test_run_confirmed_fails_over_then_failback_returns(cli, cli_env, tmp_path, 
 
     declined = typed(cli_env, tmp_path, "no\n", "failover", "run", "east", "planned move", "--stack", name)
     assert declined.returncode == 1, declined.stderr
-    assert "failover to east: from west (epoch 0 -> 1)" in declined.stdout
+    assert declined.stdout.startswith(plan.rsplit("\n", 2)[0])  # the plan, as --dry-run printed it, then the question
     assert f"fail stack {name} over to east: not confirmed (no); nothing was changed" in error_line(declined)
     assert not store.exists(STATE_KEY) and redis_pair.replica.client().info("replication")["role"] == "slave"
 

@@ -70,10 +70,15 @@ def with_changes(config: FailoverConfig, **changes) -> FailoverConfig:
 
 
 def test_monitor_of_a_stack_without_failover_does_nothing(make_stack, tmp_path):
+    from core.errors import ConfigError
+    from flows.failover import failover
     from flows.monitor import monitor
 
     stack = make_stack([files_source(tmp_path)])
     assert monitor(stack=stack.name) == {"stack": stack.name, "configured": False, "action": "none"}
+    # Every other failover operation refuses it in one line with the remedy (exit 2).
+    with pytest.raises(ConfigError, match=f"stack '{stack.name}' has no 'failover:' section; add one"):
+        failover(stack=stack.name, target="east", reason="nowhere to go", dry_run=True)
 
 
 def test_monitor_of_healthy_regions_emits_health_and_keeps_its_count(make_stack, tmp_path, session_pairs):
