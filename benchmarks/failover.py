@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -130,6 +131,19 @@ def run(args: argparse.Namespace) -> dict:
     if args.interval <= 0:
         raise SystemExit("--interval must be more than 0 seconds")
     workdir = Path(tempfile.mkdtemp(prefix="gdr-bench-failover-"))
+    try:
+        measure(args, workdir, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # moto's log
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    for key, value in list(out.items()):
+        if key.endswith("_s") and isinstance(value, float):
+            out[key] = round(value, 2)
+    add_goals(out, GOALS)
+    return out
+
+
+def measure(args: argparse.Namespace, workdir: Path, out: dict) -> None:
     with moto_server(workdir) as moto:
         log("building the two regions (PostgreSQL, MariaDB, Redis pairs; Route53 on moto)")
         topology = build_topology(moto, interval=args.interval)
@@ -165,12 +179,6 @@ def run(args: argparse.Namespace) -> dict:
             out["writer_errors"] = dict(writer.errors)
         finally:
             topology.close()
-    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    for key, value in list(out.items()):
-        if key.endswith("_s") and isinstance(value, float):
-            out[key] = round(value, 2)
-    add_goals(out, GOALS)
-    return out
 
 
 def fmt(value) -> str:
