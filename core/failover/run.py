@@ -486,7 +486,9 @@ def _event(report: FailoverReport, severity: str, summary: str) -> dict[str, Any
         "severity": severity,
         "title": f"{report.operation}: {report.outcome}",
         "summary": summary,
-        "subject": report.target,
+        # A rolled-back failback's report targets the region it went back to; its page is filed under the
+        # failback's own target (the report's source), so the failback that later completes resolves it.
+        "subject": report.source if report.outcome == "rolled_back" else report.target,
         "details": {
             "from": report.source,
             "epoch": report.epoch,
