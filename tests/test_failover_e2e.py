@@ -19,7 +19,7 @@ import pymysql
 import pytest
 import redis
 
-from core.errors import FailoverIncompleteError, StaleEpochError
+from core.errors import StaleEpochError
 from core.failover.health import Tracker
 from core.failover.monitor import assess
 from tests.commands import clean_environment, command_runner
@@ -184,14 +184,6 @@ def test_primary_region_killed_fails_over_without_losing_acknowledged_writes(
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="execute_failover stops at 'wait_replayed redis' after a whole-region loss: without the dead primary "
-    "wait_replayed_redis waits for a link that never comes up, and a plan whose target qualifies (the monitor "
-    "remembers the replicas' lag) stops there; the forced re-run its report advises stops there too (a step's "
-    "policy follows the target's qualification, not --force)",
-    raises=FailoverIncompleteError,
-)
 def test_monitor_flow_fails_over_by_itself_after_a_whole_region_loss(
     failover_topology_factory,  # noqa: F811
     cli,

@@ -459,8 +459,10 @@ def wait_replayed_redis(
                     return True, ""
                 have = int(info.get("slave_repl_offset", -1))
                 up = info.get("master_link_status") == "up"
-                done = want is None or (up and have >= want)
-                return done, f"link {'up' if up else 'down'}, offset {have}" + (
+                # A full resync under way would replace the dataset: not done until it ends (or times out).
+                syncing = bool(int(info.get("master_sync_in_progress", 0) or 0))
+                done = (want is None and not syncing) or (up and want is not None and have >= want)
+                return done, f"link {'up' if up else 'down'}{', full resync' if syncing else ''}, offset {have}" + (
                     f" of {want}" if want is not None else ""
                 )
 

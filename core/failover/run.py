@@ -345,7 +345,9 @@ def plan_failover(
     elif rerun:
         notes.append(f"re-runs '{state.in_progress}' left in progress at epoch {state.epoch}; done steps are no-ops")
     leaving = list(dict.fromkeys(leaving))
-    steps = _region_steps(config, leaving, target, forced)
+    # --force accepts data loss: a replica that cannot prove it replayed everything does not stop the run
+    # (the printed plan says so per step), also when the target qualified or a stopped run is re-run.
+    steps = _region_steps(config, leaving, target, forced or force)
     steps.append(
         PlannedStep(
             "record_state",
