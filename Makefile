@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate bench-drill
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate bench-drill bench-failover
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -51,3 +51,7 @@ bench-replicate: bootstrap
 ## The monthly drill on PostgreSQL 1 GB + MariaDB 300 MB + Redis 1 M keys: whole-stack RTO per stage (goal < 3 min).
 bench-drill: bootstrap
 	$(VENV)/python benchmarks/drill.py
+
+## Two regions, primary killed under a writer: detection, promotion, DNS, end to end and lost writes (goal < 60 s, 0 lost).
+bench-failover: bootstrap
+	$(VENV)/python benchmarks/failover.py
