@@ -26,10 +26,12 @@ APPROVAL_POLL = 0.5
 
 @pytest.fixture(autouse=True)
 def quick_approval(monkeypatch):
-    """The monitor looks for the operator's answer every half second (5 s in production)."""
+    """The monitor looks for the operator's answer every half second (5 s in production) and gives up after a
+    minute (an hour), so a test whose answer never comes fails instead of hanging."""
     import flows.monitor
 
     monkeypatch.setattr(flows.monitor, "APPROVAL_POLL", APPROVAL_POLL)
+    monkeypatch.setattr(flows.monitor, "APPROVAL_TIMEOUT", 60)
 
 
 def files_source(tmp_path) -> FilesSourceConfig:
@@ -293,8 +295,16 @@ def answer_approval(stack_name: str, approve: bool, reason: str = "", timeout: f
                         break
                     assert time.monotonic() < deadline, "the monitor never paused"
                     time.sleep(0.2)
+                # The run is Paused before its form is saved: wait for the form, as the UI does.
                 keyset = mine[0].state.state_details.run_input_keyset
-                seen["description"] = client.read_flow_run_input(mine[0].id, keyset["description"])
+                while True:
+                    try:
+                        client.read_flow_run_input(mine[0].id, keyset["schema"])
+                        seen["description"] = client.read_flow_run_input(mine[0].id, keyset["description"])
+                        break
+                    except Exception:  # noqa: BLE001 - 404 until the form is saved
+                        assert time.monotonic() < deadline, "the paused monitor never saved its form"
+                        time.sleep(0.2)
             if meanwhile is not None:
                 seen["meanwhile"] = meanwhile()
             resume_flow_run(mine[0].id, run_input={"approve": approve, "reason": reason})
