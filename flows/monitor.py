@@ -8,6 +8,7 @@ policy pages and pauses for an operator's approval (the plan in the form) before
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -208,7 +209,36 @@ def _ask(stack: str, a: Assessment, plan_text: str, reason: str, epoch: int) -> 
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(stack: str = "default", failover_via: Literal["auto", "deployment", "subflow"] = "auto") -> dict:
+def monitor(
+    stack: str = "default",
+    failover_via: Literal["auto", "deployment", "subflow"] = "auto",
+    window_seconds: float = 0,
+) -> dict:
+    """Look at every region of ``stack`` and act when its active region is down.
+
+    ``window_seconds``: keep looking every ``check_interval_seconds`` of the stack for this long (the
+    deployment runs every minute with a window of 45 s, so an interval of 15 s looks 4 times a run and
+    a region is down after ``failures_before_down`` looks, not minutes); 0 looks once. The run ends at the
+    first look that acts. The result is that of the last look, with ``looks`` counted.
+    """
+    started = time.monotonic()
+    looks = 0
+    while True:
+        looked = time.monotonic()
+        out = _look(stack, failover_via)
+        looks += 1
+        interval = out.pop("interval", None)
+        if out["action"] != "none" or not out["configured"] or interval is None:
+            break
+        # The next look starts one interval after this one started, and only inside the window.
+        if (looked - started) + interval > window_seconds:
+            break
+        time.sleep(max(0.0, interval - (time.monotonic() - looked)))
+    out["looks"] = looks
+    return out
+
+
+def _look(stack: str, failover_via: str) -> dict:
     """Check every region of ``stack`` once and act when its active region is down.
 
     Nothing to do for a stack without ``failover:``. Active region down (``failures_before_down`` runs in a
@@ -232,6 +262,7 @@ def monitor(stack: str = "default", failover_via: Literal["auto", "deployment", 
         "assessment": a.to_dict(),
         "events": emit_region_events(stack, a),
         "action": "none",
+        "interval": seen["interval"],
     }
     create_table_artifact(_table(state, a), key="failover-monitor", description=f"Regions of {stack}")
     _mirror(stack, state)

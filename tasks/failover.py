@@ -68,7 +68,12 @@ def check_regions(stack: str) -> dict[str, Any] | None:
     if config.failover is None:
         return None
     state, assessment = look(open_failover(config), record=True)
-    return {"state": state, "assessment": assessment, "policy": config.failover.policy}
+    return {
+        "state": state,
+        "assessment": assessment,
+        "policy": config.failover.policy,
+        "interval": config.failover.check_interval_seconds,
+    }
 
 
 @task(name="failover-read-state", cache_policy=NO_CACHE)
@@ -80,16 +85,10 @@ def read_state(stack: str) -> State:
 @task(name="failover-refence", cache_policy=NO_CACHE)
 def refence_returned(stack: str, state: State) -> list[dict]:
     """Fence again the databases of a region that was left at an earlier epoch and came back (core decides)."""
-    try:
-        from core.failover import run
-    except ImportError:  # core.failover.run not there yet
-        return []
-    helper = getattr(run, "refence_if_returned", None)
-    if helper is None:
-        return []
+    from core.failover.run import refence_if_returned
+
     opened = open_failover(run_stack(stack).config)
-    steps = helper(opened.failover, state)
-    return [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in steps or []]
+    return [step.to_dict() for step in refence_if_returned(opened.failover, state)]
 
 
 def _check_expected(state: State, expected_epoch: int | None) -> None:

@@ -86,6 +86,8 @@ DOCUMENTS_CADENCE = {
     "drill-daily": ("30 2 * * *", True, 1, "ENQUEUE"),
     "drill-weekly": ("0 4 * * 0", True, 1, "ENQUEUE"),
     "drill-monthly": ("0 5 1 * *", True, 1, "ENQUEUE"),
+    # The health monitor every minute; a run still probing a hung region is not doubled.
+    "monitor": ("* * * * *", True, 1, "CANCEL_NEW"),
 }
 
 

@@ -77,7 +77,7 @@ def test_monitor_of_a_stack_without_failover_does_nothing(make_stack, tmp_path):
     from flows.monitor import monitor
 
     stack = make_stack([files_source(tmp_path)])
-    assert monitor(stack=stack.name) == {"stack": stack.name, "configured": False, "action": "none"}
+    assert monitor(stack=stack.name) == {"stack": stack.name, "configured": False, "action": "none", "looks": 1}
     # Every other failover operation refuses it in one line with the remedy (exit 2).
     with pytest.raises(ConfigError, match=f"stack '{stack.name}' has no 'failover:' section; add one"):
         failover(stack=stack.name, target="east", reason="nowhere to go", dry_run=True)
@@ -105,6 +105,18 @@ def test_monitor_of_healthy_regions_emits_health_and_keeps_its_count(make_stack,
     # Nothing in the state, the tracker or the flow's result shows a database password.
     text = json.dumps(out) + json.dumps(stored(stack, TRACKER_KEY))
     assert session_pairs[1].primary.password not in text and session_pairs[2].primary.password not in text
+
+
+def test_monitor_looks_every_interval_within_its_window(make_stack, tmp_path, session_pairs):
+    """The deployment's window: a look every check_interval_seconds while it lasts (0 s, 1 s, 2 s in 2.5 s)."""
+    from flows.monitor import monitor
+
+    config = with_changes(pair_config(*session_pairs), check_interval_seconds=1)
+    stack = make_stack([files_source(tmp_path)], failover=config)
+    started = time.monotonic()
+    out = monitor(stack=stack.name, window_seconds=2.5)
+    assert (out["looks"], out["action"]) == (3, "none")
+    assert time.monotonic() - started >= 2  # the third look started one interval after the second
 
 
 def every_region_down(url: str) -> FailoverConfig:
