@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,38 +78,40 @@ class PgPair:
         wait_until(caught_up, timeout, "postgres standby streaming")
 
 
-@pytest.fixture(scope="session")
-def pg_replica_pair() -> Iterator[PgPair]:
-    """A PostgreSQL primary and a streaming hot standby of it."""
+# The standby's settings: quick replay-progress reports, so lag reads are fresh.
+STANDBY_OPTIONS = "-c hot_standby=on -c wal_receiver_status_interval=1s"
+
+
+def _remove(path: Path, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def started_pg_pair(
+    prefix: str,
+    *,
+    primary_options: str = PITR_SERVER_OPTIONS,
+    standby_options: str = STANDBY_OPTIONS,
+    standby_prefix: str | None = None,
+    keep: bool = False,
+) -> Iterator[PgPair]:
+    """A PostgreSQL primary and a hot standby of it (``pg_basebackup -R``), streaming; both are stopped and
+    (unless ``keep``) removed on exit. ``standby_prefix`` defaults to ``prefix + "stby-"``."""
     basebackup = require_binary("pg_basebackup", "/usr/lib/postgresql/15/bin/pg_basebackup")
-    # Short status intervals: the standby reports replay progress quickly, so lag reads are fresh.
-    primary = start_postgres_server("gdr-pg-prim-", PITR_SERVER_OPTIONS + " -c wal_sender_timeout=5s")
-    standby_root = shared_tmpdir("gdr-pg-stby-")
+    primary = start_postgres_server(prefix, primary_options)
     standby = PostgresServer(
         port=free_port(),
         password=primary.password,  # a copy of the primary: same roles, same password
-        root=standby_root,
+        root=shared_tmpdir(standby_prefix or prefix + "stby-"),
         pg_ctl=primary.pg_ctl,
-        # Quick reconnection after the primary restarts (the default retry interval is 5 s).
-        options="-c hot_standby=on -c wal_receiver_status_interval=1s -c hot_standby_feedback=on"
-        " -c wal_retrieve_retry_interval=200ms",
+        options=standby_options,
     )
     try:
         _as_postgres(
             basebackup,
-            "-h",
-            str(primary.root),
-            "-p",
-            str(primary.port),
-            "-U",
-            "postgres",
-            "-D",
-            str(standby.datadir),
-            "-R",
-            "-X",
-            "stream",
-            "--checkpoint=fast",
-            "--no-sync",
+            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
+            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
         )
         standby.start()
         pair = PgPair(primary, standby)
@@ -120,8 +123,21 @@ def pg_replica_pair() -> Iterator[PgPair]:
                 if (server.datadir / "postmaster.pid").exists():
                     server.stop()
             finally:
-                if not _keep():
-                    shutil.rmtree(server.root, ignore_errors=True)
+                _remove(server.root, keep)
+
+
+@pytest.fixture(scope="session")
+def pg_replica_pair() -> Iterator[PgPair]:
+    """A PostgreSQL primary and a streaming hot standby of it."""
+    with started_pg_pair(
+        "gdr-pg-prim-",
+        primary_options=PITR_SERVER_OPTIONS + " -c wal_sender_timeout=5s",
+        # Quick reconnection after the primary restarts (the default retry interval is 5 s).
+        standby_options=STANDBY_OPTIONS + " -c hot_standby_feedback=on -c wal_retrieve_retry_interval=200ms",
+        standby_prefix="gdr-pg-stby-",
+        keep=_keep(),
+    ) as pair:
+        yield pair
 
 
 # ---------------------------------------------------------------- MariaDB
@@ -256,14 +272,20 @@ class MySQLPair:
             ) from None
 
 
-@pytest.fixture(scope="session")
-def mysql_replica_pair() -> Iterator[MySQLPair]:
-    """A MariaDB primary (server id 11) and a read-only replica (12) following it by GTID."""
-    password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-    primary = _start_mariadb(11, password)
+def mysql_password() -> str:
+    """A fresh password with characters that need quoting (none may break a connection string)."""
+    return f"pw-{secrets.token_hex(6)} #;'\"\\x"
+
+
+@contextmanager
+def started_mysql_pair(ids: tuple[int, int], password: str | None = None, *, keep: bool = False) -> Iterator[MySQLPair]:
+    """A MariaDB primary (server id ``ids[0]``) and a read-only replica (``ids[1]``) following it by GTID, caught
+    up; both are stopped and (unless ``keep``) removed on exit."""
+    password = password or mysql_password()
+    primary = _start_mariadb(ids[0], password)
     replica = None
     try:
-        replica = _start_mariadb(12, password)
+        replica = _start_mariadb(ids[1], password)
         with replica.connect() as conn, conn.cursor() as cur:
             cur.execute("SET GLOBAL read_only = 1")
             cur.execute(
@@ -279,8 +301,14 @@ def mysql_replica_pair() -> Iterator[MySQLPair]:
         for node in (replica, primary):
             if node is not None:
                 node.stop()
-                if not _keep():
-                    shutil.rmtree(node.root, ignore_errors=True)
+                _remove(node.root, keep)
+
+
+@pytest.fixture(scope="session")
+def mysql_replica_pair() -> Iterator[MySQLPair]:
+    """A MariaDB primary (server id 11) and a read-only replica (12) following it by GTID."""
+    with started_mysql_pair((11, 12), keep=_keep()) as pair:
+        yield pair
 
 
 # ---------------------------------------------------------------- Redis
@@ -371,10 +399,11 @@ class RedisPair:
         wait_until(linked, timeout, "redis replica in sync")
 
 
-@pytest.fixture(scope="session")
-def redis_replica_pair() -> Iterator[RedisPair]:
-    """A redis-server and a replica of it (same password on both)."""
-    password = "pw-" + secrets.token_hex(8)
+@contextmanager
+def started_redis_pair(password: str | None = None, *, keep: bool = False) -> Iterator[RedisPair]:
+    """A redis-server and a replica of it (same password on both), in sync; both are stopped and (unless
+    ``keep``) removed on exit."""
+    password = password or "pw-" + secrets.token_hex(8)
     primary = _redis_node(password)
     replica = None
     try:
@@ -386,5 +415,11 @@ def redis_replica_pair() -> Iterator[RedisPair]:
         for node in (replica, primary):
             if node is not None:
                 node.stop()
-                if not _keep():
-                    shutil.rmtree(node.dir, ignore_errors=True)
+                _remove(node.dir, keep)
+
+
+@pytest.fixture(scope="session")
+def redis_replica_pair() -> Iterator[RedisPair]:
+    """A redis-server and a replica of it (same password on both)."""
+    with started_redis_pair(keep=_keep()) as pair:
+        yield pair

@@ -5,8 +5,6 @@ replicated pairs, a failover and a failback on a throw-away Redis pair."""
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import pytest
 from core.failover.state import STATE_KEY, TRACKER_KEY
 from core.sources import FilesSourceConfig
 from tests.commands import REPO, clean_environment, command_runner, error_line
-from tests.fixtures_replication import RedisPair, _redis_node
+from tests.fixtures_replication import RedisPair, started_redis_pair
 from tests.test_failover_monitor import in_sync, pair_config
 
 PASSPHRASE = "failover-cli-Qe81"
@@ -82,19 +80,8 @@ def test_status_and_health_of_the_session_pairs(
 @pytest.fixture
 def redis_pair() -> Iterator[RedisPair]:
     """A throw-away Redis primary ("west") and replica ("east") this module fails over and back."""
-    password = "pw-" + secrets.token_hex(8)
-    primary = _redis_node(password)
-    replica = None
-    try:
-        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
-        pair = RedisPair(primary, replica)
-        pair.wait_linked()
+    with started_redis_pair() as pair:
         yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.dir, ignore_errors=True)
 
 
 def typed(env: dict[str, str], cwd: Path, answer: str, *args: str) -> subprocess.CompletedProcess:

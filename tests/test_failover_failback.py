@@ -31,18 +31,18 @@ from core.failover.run import execute_failover, plan_failover
 from core.failover.state import StateStore
 from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.storage.local import LocalStore
-from tests.fixtures_mysql import DR_USER
-from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
+from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, start_postgres_server
 from tests.fixtures_replication import (
-    MariaDBNode,
     MySQLPair,
     PgPair,
     RedisNode,
     RedisPair,
     _redis_node,
-    _start_mariadb,
+    started_mysql_pair,
+    started_pg_pair,
+    started_redis_pair,
 )
-from tests.servers import free_port, require_binary, shared_tmpdir
+from tests.servers import free_port
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 # Both members may be a rewind's source or target: full-page writes, replication, and (unless a test wants a
@@ -83,51 +83,6 @@ def stop_pg(*servers: PostgresServer) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def make_pg_pair(prefix: str, options: str) -> PgPair:
-    basebackup = require_binary("pg_basebackup", f"{PG_BIN}/pg_basebackup")
-    primary = start_postgres_server(prefix, options)
-    standby = PostgresServer(
-        port=free_port(), password=primary.password, root=shared_tmpdir(prefix + "stby-"), pg_ctl=primary.pg_ctl,
-        options=options,
-    )  # fmt: skip
-    try:
-        _as_postgres(
-            basebackup,
-            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
-            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
-        )
-        standby.start()
-        pair = PgPair(primary, standby)
-        pair.wait_streaming()
-    except BaseException:
-        stop_pg(standby, primary)
-        raise
-    return pair
-
-
-def make_mysql_pair(first_id: int) -> MySQLPair:
-    password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-    primary = _start_mariadb(first_id, password)
-    replica = _start_mariadb(first_id + 1, password)
-    with replica.connect() as conn, conn.cursor() as cur:
-        cur.execute("SET GLOBAL read_only = 1")
-        cur.execute(
-            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
-            "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
-            (primary.port, DR_USER, password),
-        )
-        cur.execute("START REPLICA")
-    pair = MySQLPair(primary, replica)
-    pair.wait_caught_up()
-    return pair
-
-
-def stop_mysql(*nodes: MariaDBNode) -> None:
-    for node in nodes:
-        node.stop()
-        shutil.rmtree(node.root, ignore_errors=True)
-
-
 def stop_redis(*nodes: RedisNode) -> None:
     for node in nodes:
         node.stop()
@@ -145,9 +100,8 @@ def pg_rows(server: PostgresServer, query: str = "SELECT id, item FROM orders OR
 @pytest.fixture(scope="module")
 def pg_nohints() -> Iterator[PgPair]:
     """A pair whose members run without wal_log_hints (and without checksums): pg_rewind refuses them."""
-    pair = make_pg_pair("gdr-pg-fb-nh-", PG_OPTIONS)
-    yield pair
-    stop_pg(pair.standby, pair.primary)
+    with started_pg_pair("gdr-pg-fb-nh-", primary_options=PG_OPTIONS, standby_options=PG_OPTIONS) as pair:
+        yield pair
 
 
 def _unplanned_failover_pg(pair: PgPair) -> None:
@@ -169,8 +123,8 @@ def _unplanned_failover_pg(pair: PgPair) -> None:
 
 
 def test_postgres_rebuild_by_rewind_then_again_does_nothing():
-    pair = make_pg_pair("gdr-pg-fb-rw-", PG_OPTIONS + HINTS)
-    try:
+    options = PG_OPTIONS + HINTS
+    with started_pg_pair("gdr-pg-fb-rw-", primary_options=options, standby_options=options) as pair:
         old, new = pair.primary.config("west-pg"), pair.standby.config("east-pg")
         _unplanned_failover_pg(pair)
 
@@ -187,8 +141,6 @@ def test_postgres_rebuild_by_rewind_then_again_does_nothing():
 
         again = rebuild_postgres(old, new, rebuild_config(pair.primary), timeout=30)
         assert_ok(again, "a standby of 127.0.0.1", "already")
-    finally:
-        stop_pg(pair.standby, pair.primary)
 
 
 def test_postgres_without_wal_log_hints_refuses_or_falls_back_to_basebackup(pg_nohints: PgPair):
@@ -246,8 +198,7 @@ def test_postgres_rebuild_refusals(pg_nohints: PgPair):
 
 
 def test_mysql_rebuild_of_a_diverged_primary_reseeds_it():
-    pair = make_mysql_pair(41)
-    try:
+    with started_mysql_pair((41, 42)) as pair:
         old, new = pair.primary.config("west-my"), pair.replica.config("east-my")
         with pair.primary.connect() as conn, conn.cursor() as cur:
             cur.execute("CREATE DATABASE shop")
@@ -285,8 +236,6 @@ def test_mysql_rebuild_of_a_diverged_primary_reseeds_it():
 
         backwards = rebuild_mysql(new, old, timeout=5)
         assert not backwards.ok and "is not a primary" in backwards.detail
-    finally:
-        stop_mysql(pair.replica, pair.primary)
 
 
 # ---------------------------------------------------------------- Redis rebuild
@@ -544,20 +493,13 @@ def _pg_kwargs(cfg) -> dict:
 
 @pytest.fixture(scope="module")
 def round_trip_servers():
-    pg = make_pg_pair("gdr-pg-fb-rt-", PG_OPTIONS + HINTS)
-    my = rd = None
-    try:
-        my = make_mysql_pair(51)
-        password = "pw-" + secrets.token_hex(8)
-        rd_primary = _redis_node(password)
-        rd = (rd_primary, _redis_node(password, f"replicaof 127.0.0.1 {rd_primary.port}", f"masterauth {password}"))
-        yield pg, my, rd
-    finally:
-        if rd is not None:
-            stop_redis(*rd)
-        if my is not None:
-            stop_mysql(my.replica, my.primary)
-        stop_pg(pg.standby, pg.primary)
+    options = PG_OPTIONS + HINTS
+    with (
+        started_pg_pair("gdr-pg-fb-rt-", primary_options=options, standby_options=options) as pg,
+        started_mysql_pair((51, 52)) as my,
+        started_redis_pair() as rd,
+    ):
+        yield pg, my, (rd.primary, rd.replica)
 
 
 def test_round_trip_failover_writes_failback_nothing_lost_dns_back(round_trip_servers, moto_endpoint, tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from core.failover.monitor import EVENT_DOWN
 from core.failover.state import STATE_KEY, TRACKER_KEY
 from core.failover.topology import FailoverConfig
 from core.sources import FilesSourceConfig
-from tests.fixtures_replication import RedisPair, _redis_node
+from tests.fixtures_replication import RedisPair, started_redis_pair
 from tests.test_failover_monitor import http_503, in_sync, pair_config
 
 APPROVAL_POLL = 0.5
@@ -233,19 +231,8 @@ def stack_in_trouble() -> Iterator[contextlib.ExitStack]:
 @pytest.fixture
 def redis_pair() -> Iterator[RedisPair]:
     """A Redis primary ("west") and its replica ("east") that a test may fail over."""
-    password = "pw-" + secrets.token_hex(8)
-    primary = _redis_node(password)
-    replica = None
-    try:
-        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
-        pair = RedisPair(primary, replica)
-        pair.wait_linked()
+    with started_redis_pair() as pair:
         yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.dir, ignore_errors=True)
 
 
 def redis_regions(pair: RedisPair, policy: str, down_url: str, failures_before_down: int = 1) -> FailoverConfig:

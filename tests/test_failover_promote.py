@@ -35,14 +35,14 @@ from core.failover.promote import (
     wait_replayed_redis,
 )
 from core.sources import MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig
-from tests.fixtures_mysql import DR_USER
-from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
+from tests.fixtures_postgres import PostgresServer, _as_postgres
 from tests.fixtures_replication import (
     MySQLPair,
     PgPair,
     RedisPair,
-    _redis_node,
-    _start_mariadb,
+    started_mysql_pair,
+    started_pg_pair,
+    started_redis_pair,
     wait_until,
 )
 from tests.servers import free_port, require_binary, shared_tmpdir
@@ -66,74 +66,20 @@ def assert_failed(step: Step, name: str, label: str, password: str) -> None:
 
 @pytest.fixture(scope="module")
 def pg_pair() -> Iterator[PgPair]:
-    basebackup = require_binary("pg_basebackup", "/usr/lib/postgresql/15/bin/pg_basebackup")
-    primary = start_postgres_server("gdr-pg-prom-", PITR_SERVER_OPTIONS)
-    standby = PostgresServer(
-        port=free_port(),
-        password=primary.password,
-        root=shared_tmpdir("gdr-pg-prom-stby-"),
-        pg_ctl=primary.pg_ctl,
-        options="-c hot_standby=on -c wal_receiver_status_interval=1s",
-    )
-    try:
-        _as_postgres(
-            basebackup,
-            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
-            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
-        )
-        standby.start()
-        pair = PgPair(primary, standby)
-        pair.wait_streaming()
+    with started_pg_pair("gdr-pg-prom-") as pair:
         yield pair
-    finally:
-        for server in (standby, primary):
-            try:
-                if (server.datadir / "postmaster.pid").exists():
-                    server.stop()
-            finally:
-                shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def my_pair() -> Iterator[MySQLPair]:
-    password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-    primary = _start_mariadb(21, password)
-    replica = None
-    try:
-        replica = _start_mariadb(22, password)
-        with replica.connect() as conn, conn.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = 1")
-            cur.execute(
-                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
-                "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
-                (primary.port, DR_USER, password),
-            )
-            cur.execute("START REPLICA")
-        pair = MySQLPair(primary, replica)
-        pair.wait_caught_up()
+    with started_mysql_pair((21, 22)) as pair:
         yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def rd_pair() -> Iterator[RedisPair]:
-    password = "pw-" + secrets.token_hex(8)
-    primary = _redis_node(password)
-    replica = None
-    try:
-        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
-        pair = RedisPair(primary, replica)
-        pair.wait_linked()
+    with started_redis_pair() as pair:
         yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -10,8 +10,6 @@ adds the time until the primary was lost. Before the active region counts as dow
 
 from __future__ import annotations
 
-import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,10 +24,16 @@ from core.failover.run import plan_failover
 from core.failover.state import StateStore
 from core.failover.topology import FailoverConfig
 from core.storage.local import LocalStore
-from tests.fixtures_mysql import DR_USER
-from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
-from tests.fixtures_replication import MySQLPair, PgPair, RedisPair, _redis_node, _start_mariadb, wait_until
-from tests.servers import free_port, require_binary, shared_tmpdir
+from tests.fixtures_replication import (
+    STANDBY_OPTIONS,
+    MySQLPair,
+    PgPair,
+    RedisPair,
+    started_mysql_pair,
+    started_pg_pair,
+    started_redis_pair,
+    wait_until,
+)
 
 T0 = datetime(2026, 12, 6, 4, 0, tzinfo=UTC)
 PROBE_TIMEOUT = 2.0
@@ -76,66 +80,17 @@ def _link(checks, name: str):
     return next(c for c in checks if c.name == name)
 
 
-def _stop_pg(server: PostgresServer) -> None:
-    if (server.datadir / "postmaster.pid").exists():  # the test stops the primary itself
-        server.stop()
-    shutil.rmtree(server.root, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def regions() -> Iterator[Regions]:
     """A PostgreSQL primary + streaming standby, a MariaDB primary + GTID replica, a Redis primary + replica."""
-    stops: list = []
-    try:
-        basebackup = require_binary("pg_basebackup", "/usr/lib/postgresql/15/bin/pg_basebackup")
-        primary = start_postgres_server("gdr-pg-loss-", PITR_SERVER_OPTIONS)
-        stops.append(lambda: _stop_pg(primary))
-        standby = PostgresServer(
-            port=free_port(),
-            password=primary.password,
-            root=shared_tmpdir("gdr-pg-loss-stby-"),
-            pg_ctl=primary.pg_ctl,
-            options="-c hot_standby=on -c wal_receiver_status_interval=1s -c wal_retrieve_retry_interval=200ms",
-        )
-        _as_postgres(
-            basebackup,
-            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
-            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
-        )
-        standby.start()
-        stops.append(lambda: _stop_pg(standby))
-
-        password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-        my_primary = _start_mariadb(31, password)
-        stops.append(lambda: (my_primary.stop(), shutil.rmtree(my_primary.root, ignore_errors=True)))
-        my_replica = _start_mariadb(32, password)
-        stops.append(lambda: (my_replica.stop(), shutil.rmtree(my_replica.root, ignore_errors=True)))
-        with my_replica.connect() as conn, conn.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = 1")
-            cur.execute(
-                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
-                "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
-                (my_primary.port, DR_USER, password),
-            )
-            cur.execute("START REPLICA")
-
-        rd_password = "pw-" + secrets.token_hex(8)
-        rd_primary = _redis_node(rd_password)
-        stops.append(lambda: (rd_primary.stop(), shutil.rmtree(rd_primary.dir, ignore_errors=True)))
-        rd_replica = _redis_node(rd_password, f"replicaof 127.0.0.1 {rd_primary.port}", f"masterauth {rd_password}")
-        stops.append(lambda: (rd_replica.stop(), shutil.rmtree(rd_replica.dir, ignore_errors=True)))
-
-        built = Regions(PgPair(primary, standby), MySQLPair(my_primary, my_replica), RedisPair(rd_primary, rd_replica))
-        built.pg.wait_streaming()
-        built.my.wait_caught_up()
-        built.rd.wait_linked()
-        yield built
-    finally:
-        for stop in reversed(stops):
-            try:
-                stop()
-            except Exception as exc:  # noqa: BLE001 - the other servers must still be stopped
-                print(f"teardown: {exc}")
+    with (
+        started_pg_pair(
+            "gdr-pg-loss-", standby_options=STANDBY_OPTIONS + " -c wal_retrieve_retry_interval=200ms"
+        ) as pg,
+        started_mysql_pair((31, 32)) as my,
+        started_redis_pair() as rd,
+    ):
+        yield Regions(pg, my, rd)
 
 
 def test_the_standby_region_is_chosen_after_the_whole_primary_region_is_lost(regions: Regions, tmp_path):

@@ -7,12 +7,8 @@ and ending in a failed DNS switch that leaves the old primary fenced."""
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import boto3
@@ -37,10 +33,8 @@ from core.failover.run import FailoverPlan, execute_failover, plan_failover, ref
 from core.failover.state import StateStore
 from core.failover.topology import FailoverConfig, RegionConfig, set_credentials_resolver
 from core.storage.local import LocalStore
-from tests.fixtures_mysql import DR_USER
-from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, _as_postgres, start_postgres_server
-from tests.fixtures_replication import MySQLPair, PgPair, RedisPair, _redis_node, _start_mariadb
-from tests.servers import free_port, require_binary, shared_tmpdir
+from tests.fixtures_postgres import PostgresServer
+from tests.fixtures_replication import started_mysql_pair, started_pg_pair, started_redis_pair
 
 AT = datetime(2026, 12, 6, 3, 30, tzinfo=UTC)
 
@@ -270,78 +264,6 @@ def test_credentials_blocks_are_resolved_before_anything_is_claimed(tmp_path):
 # ---------------------------------------------------------------- throw-away pairs of this module
 
 
-@contextmanager
-def _pg_pair() -> Iterator[PgPair]:
-    basebackup = require_binary("pg_basebackup", "/usr/lib/postgresql/15/bin/pg_basebackup")
-    primary = start_postgres_server("gdr-pg-run-", PITR_SERVER_OPTIONS)
-    standby = PostgresServer(
-        port=free_port(),
-        password=primary.password,
-        root=shared_tmpdir("gdr-pg-run-stby-"),
-        pg_ctl=primary.pg_ctl,
-        options="-c hot_standby=on -c wal_receiver_status_interval=1s",
-    )
-    try:
-        _as_postgres(
-            basebackup,
-            *("-h", str(primary.root), "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir)),
-            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
-        )
-        standby.start()
-        pair = PgPair(primary, standby)
-        pair.wait_streaming()
-        yield pair
-    finally:
-        for server in (standby, primary):
-            try:
-                if (server.datadir / "postmaster.pid").exists():
-                    server.stop()
-            finally:
-                shutil.rmtree(server.root, ignore_errors=True)
-
-
-@contextmanager
-def _my_pair() -> Iterator[MySQLPair]:
-    password = f"pw-{secrets.token_hex(6)} #;'\"\\x"
-    primary = _start_mariadb(31, password)
-    replica = None
-    try:
-        replica = _start_mariadb(32, password)
-        with replica.connect() as conn, conn.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = 1")
-            cur.execute(
-                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, MASTER_PASSWORD=%s, "
-                "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
-                (primary.port, DR_USER, password),
-            )
-            cur.execute("START REPLICA")
-        pair = MySQLPair(primary, replica)
-        pair.wait_caught_up()
-        yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.root, ignore_errors=True)
-
-
-@contextmanager
-def _rd_pair() -> Iterator[RedisPair]:
-    password = "pw-" + secrets.token_hex(8)
-    primary = _redis_node(password)
-    replica = None
-    try:
-        replica = _redis_node(password, f"replicaof 127.0.0.1 {primary.port}", f"masterauth {password}")
-        pair = RedisPair(primary, replica)
-        pair.wait_linked()
-        yield pair
-    finally:
-        for node in (replica, primary):
-            if node is not None:
-                node.stop()
-                shutil.rmtree(node.dir, ignore_errors=True)
-
-
 def _dump(cfg) -> dict:
     data = cfg.model_dump(exclude={"name", "kind"})
     data["password"] = cfg.password.get_secret_value() if cfg.password else None
@@ -466,7 +388,7 @@ def test_promote_rds_on_moto(moto_endpoint):
 def test_full_failover_raced_by_a_second_run_and_a_dead_old_primary_refenced_when_back(moto_endpoint, tmp_path):
     zone = _zone(moto_endpoint)
     rds = _rds(moto_endpoint)
-    with _pg_pair() as pg, _my_pair() as my, _rd_pair() as rd:
+    with started_pg_pair("gdr-pg-run-") as pg, started_mysql_pair((31, 32)) as my, started_redis_pair() as rd:
         config = _two_regions(
             moto_endpoint,
             zone,
@@ -619,7 +541,7 @@ def test_a_run_stopped_halfway_then_taken_over_whose_dns_switch_fails_keeps_the_
 ):
     # The RDS replica does not exist yet (promotion fails after PostgreSQL was promoted); the DNS zone never does.
     source, copy = _rds(moto_endpoint, replica=False)
-    with _pg_pair() as pg:
+    with started_pg_pair("gdr-pg-run-") as pg:
         config = _two_regions(
             moto_endpoint,
             ("Z0000000NOSUCHZONE", "gdr-missing.test."),
