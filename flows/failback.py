@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from prefect import flow
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-
-from core.errors import ConfigError, DRError
-from flows.failover import finish, render_report
+from core.errors import ConfigError
+from flows.failover import show_then_run
 from tasks.failover import execute_failback_task, plan_failback_task
-
-KEY = "failback-report"
 
 
 @flow(name="failback", log_prints=True)
@@ -32,27 +27,5 @@ def failback(
     """
     if not reason.strip():
         raise ConfigError("failback: give the reason (it is recorded with the new epoch and in the report)")
-    logger = get_run_logger()
     planned = plan_failback_task(stack, reason.strip(), expected_epoch)
-    plan, state = planned["plan"], planned["state"]
-    text = plan.render()
-    create_markdown_artifact(f"```\n{text}\n```", key="failback-plan", description=f"Failback plan of {stack}")
-    logger.info("plan:\n%s", text)
-    out: dict[str, Any] = {
-        "stack": stack,
-        "dry_run": dry_run,
-        "plan": plan.to_dict(),
-        "plan_text": text,
-        "state": state.to_dict(),
-    }
-    if dry_run:
-        logger.info("dry run: nothing was changed")
-        return out
-    try:
-        done = execute_failback_task(stack, plan)
-    except DRError as exc:
-        exc.report = finish(stack, "failback", getattr(exc, "report", None), getattr(exc, "events", []), KEY)
-        raise
-    out["report"] = finish(stack, "failback", done["report"], done["events"], KEY)
-    out["report_text"] = render_report(done["report"])
-    return out
+    return show_then_run(stack, "failback", planned, dry_run, execute_failback_task)

@@ -13,8 +13,6 @@ from core.notify.reports import event_from_dict
 from flows.notifying import announce
 from tasks.failover import execute_failover_task, plan_failover_task, read_state
 
-KEY = "failover-report"
-
 
 def variable_name(stack: str) -> str:
     """The Prefect variable that mirrors the stack's failover state (the vault holds the authoritative copy)."""
@@ -59,6 +57,38 @@ def finish(stack: str, what: str, report: Any, events: list[dict[str, Any]], key
     return as_dict(report)
 
 
+def show_then_run(stack: str, what: str, planned: dict[str, Any], dry_run: bool, execute) -> dict:
+    """The flow's part after planning, shared by failover and failback (``what``): show the plan (artifact, log),
+    then unless ``dry_run`` run it with ``execute`` and finish (report artifact, state variable, notifications),
+    also when it stops with an error."""
+    logger = get_run_logger()
+    plan, state = planned["plan"], planned["state"]
+    text = plan.render()
+    create_markdown_artifact(
+        f"```\n{text}\n```", key=f"{what}-plan", description=f"{what.capitalize()} plan of {stack}"
+    )
+    logger.info("plan:\n%s", text)
+    out: dict[str, Any] = {
+        "stack": stack,
+        "dry_run": dry_run,
+        "plan": plan.to_dict(),
+        "plan_text": text,
+        "state": state.to_dict(),
+    }
+    if dry_run:
+        logger.info("dry run: nothing was changed")
+        return out
+    key = f"{what}-report"
+    try:
+        done = execute(stack, plan)
+    except DRError as exc:
+        exc.report = finish(stack, what, getattr(exc, "report", None), getattr(exc, "events", []), key)
+        raise
+    out["report"] = finish(stack, what, done["report"], done["events"], key)
+    out["report_text"] = render_report(done["report"])
+    return out
+
+
 @flow(name="failover", log_prints=True)
 def failover(
     stack: str = "default",
@@ -82,27 +112,5 @@ def failover(
     """
     if not reason.strip():
         raise ConfigError("failover: give the reason (it is recorded with the new epoch and in the report)")
-    logger = get_run_logger()
     planned = plan_failover_task(stack, target, reason.strip(), force, expected_epoch)
-    plan, state = planned["plan"], planned["state"]
-    text = plan.render()
-    create_markdown_artifact(f"```\n{text}\n```", key="failover-plan", description=f"Failover plan of {stack}")
-    logger.info("plan:\n%s", text)
-    out: dict[str, Any] = {
-        "stack": stack,
-        "dry_run": dry_run,
-        "plan": plan.to_dict(),
-        "plan_text": text,
-        "state": state.to_dict(),
-    }
-    if dry_run:
-        logger.info("dry run: nothing was changed")
-        return out
-    try:
-        done = execute_failover_task(stack, plan)
-    except DRError as exc:
-        exc.report = finish(stack, "failover", getattr(exc, "report", None), getattr(exc, "events", []), KEY)
-        raise
-    out["report"] = finish(stack, "failover", done["report"], done["events"], KEY)
-    out["report_text"] = render_report(done["report"])
-    return out
+    return show_then_run(stack, "failover", planned, dry_run, execute_failover_task)
