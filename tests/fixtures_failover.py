@@ -459,6 +459,31 @@ def _route53(moto: str):
     return boto3.client("route53", endpoint_url=moto, region_name="us-east-1")
 
 
+def route53_zone(moto: str) -> tuple[str, str]:
+    """A fresh Route53 zone 'gdr-<hex>.test.' (its id and name) whose app record points at the us-west-2 load
+    balancer."""
+    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
+    client = _route53(moto)
+    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    client.change_resource_record_sets(
+        HostedZoneId=zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "CREATE",
+                    "ResourceRecordSet": {
+                        "Name": f"app.{name}",
+                        "Type": "CNAME",
+                        "TTL": 60,
+                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
+                    },
+                }
+            ]
+        },
+    )
+    return zone_id, name
+
+
 def _make_zone(moto: str, first_value: str) -> tuple[str, str]:
     name = f"gdr-fo-{uuid.uuid4().hex[:8]}.test."
     client = _route53(moto)

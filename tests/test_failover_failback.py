@@ -8,12 +8,10 @@ import dataclasses
 import json
 import secrets
 import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import psycopg
 import pymysql
 import pytest
@@ -31,6 +29,7 @@ from core.failover.run import execute_failover, plan_failover
 from core.failover.state import StateStore
 from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.storage.local import LocalStore
+from tests.fixtures_failover import route53_zone
 from tests.fixtures_postgres import PITR_SERVER_OPTIONS, PostgresServer, start_postgres_server
 from tests.fixtures_replication import (
     MySQLPair,
@@ -410,31 +409,8 @@ def test_a_failback_is_refused_when_home_already_in_progress_or_unhealthy():
 # ---------------------------------------------------------------- the round trip
 
 
-def _zone(endpoint: str) -> str:
-    client = boto3.client("route53", endpoint_url=endpoint, region_name="us-east-1")
-    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
-    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    client.change_resource_record_sets(
-        HostedZoneId=zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "CREATE",
-                    "ResourceRecordSet": {
-                        "Name": f"app.{name}",
-                        "Type": "CNAME",
-                        "TTL": 60,
-                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
-                    },
-                }
-            ]
-        },
-    )
-    return zone_id + "|" + name
-
-
-def _round_trip_config(endpoint: str, zone: str, pg: PgPair, my: MySQLPair, rd) -> FailoverConfig:
-    zone_id, name = zone.split("|")
+def _round_trip_config(endpoint: str, zone: tuple[str, str], pg: PgPair, my: MySQLPair, rd) -> FailoverConfig:
+    zone_id, name = zone
 
     def region(region: str, priority: int, pg_server: PostgresServer, my_node, rd_node) -> RegionConfig:
         return RegionConfig(
@@ -504,7 +480,7 @@ def round_trip_servers():
 
 def test_round_trip_failover_writes_failback_nothing_lost_dns_back(round_trip_servers, moto_endpoint, tmp_path):
     pg, my, rd = round_trip_servers
-    config = _round_trip_config(moto_endpoint, _zone(moto_endpoint), pg, my, rd)
+    config = _round_trip_config(moto_endpoint, route53_zone(moto_endpoint), pg, my, rd)
     west, east = config.region("us-west-2"), config.region("us-east-1")
     with pg.primary.connect() as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, item text)")
@@ -604,7 +580,7 @@ def test_a_failback_that_fails_after_fencing_but_before_any_promotion_rolls_back
     moves back to the region that stays active. The failure is real: the plan's catch-up names the primary region
     itself as the one to catch up with (a standby has no WAL position of its own to give)."""
     pg, my, rd = round_trip_servers
-    config = _round_trip_config("http://127.0.0.1:9", "Z1|gdr.test.", pg, my, rd)
+    config = _round_trip_config("http://127.0.0.1:9", ("Z1", "gdr.test."), pg, my, rd)
     # us-west-2 is active (the round trip brought it back): make us-east-1 the home region to fail back to.
     away, home = config.regions
     config = config.model_copy(

@@ -33,6 +33,7 @@ from core.failover.run import FailoverPlan, execute_failover, plan_failover, ref
 from core.failover.state import StateStore
 from core.failover.topology import FailoverConfig, RegionConfig, set_credentials_resolver
 from core.storage.local import LocalStore
+from tests.fixtures_failover import route53_zone
 from tests.fixtures_postgres import PostgresServer
 from tests.fixtures_replication import started_mysql_pair, started_pg_pair, started_redis_pair
 
@@ -270,30 +271,6 @@ def _dump(cfg) -> dict:
     return data
 
 
-def _zone(endpoint: str) -> tuple[str, str]:
-    """A fresh Route53 zone whose app record points at the us-west-2 load balancer."""
-    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
-    client = boto3.client("route53", endpoint_url=endpoint, region_name="us-east-1")
-    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    client.change_resource_record_sets(
-        HostedZoneId=zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "CREATE",
-                    "ResourceRecordSet": {
-                        "Name": f"app.{name}",
-                        "Type": "CNAME",
-                        "TTL": 60,
-                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
-                    },
-                }
-            ]
-        },
-    )
-    return zone_id, name
-
-
 def _rds(endpoint: str, *, replica: bool = True) -> tuple[str, str]:
     """A fresh RDS instance in us-west-2 and (``replica``) its cross-region read replica in us-east-1."""
     source, copy = f"app-{uuid.uuid4().hex[:8]}", f"app-east-{uuid.uuid4().hex[:8]}"
@@ -386,7 +363,7 @@ def test_promote_rds_on_moto(moto_endpoint):
 
 
 def test_full_failover_raced_by_a_second_run_and_a_dead_old_primary_refenced_when_back(moto_endpoint, tmp_path):
-    zone = _zone(moto_endpoint)
+    zone = route53_zone(moto_endpoint)
     rds = _rds(moto_endpoint)
     with started_pg_pair("gdr-pg-run-") as pg, started_mysql_pair((31, 32)) as my, started_redis_pair() as rd:
         config = _two_regions(
