@@ -181,8 +181,14 @@ def test_mysql_fence_promote_prove_repoint(my_pair: MySQLPair):
         cur.execute("CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY %s", (app_password,))
         cur.execute("GRANT ALL ON shop.* TO 'app'@'127.0.0.1'")
 
-    assert_ok(fence_mysql(old), "fence", "east-my", "read_only=ON")
+    # A session opened before the fence does not outlive it (it would keep writing across the fence).
+    before = pymysql.connect(host="127.0.0.1", port=my_pair.primary.port, user="app", password=app_password)
+    assert_ok(fence_mysql(old), "fence", "east-my", "read_only=ON", "client session(s) ended")
     assert_ok(fence_mysql(old), "fence", "read_only=ON")
+    with pytest.raises(pymysql.err.OperationalError) as ended:
+        before.cursor().execute("SELECT 1")
+    assert ended.value.args[0] in (2006, 2013, 4031), ended.value  # gone away / lost / disconnected by the server
+    before.close()
     app = pymysql.connect(host="127.0.0.1", port=my_pair.primary.port, user="app", password=app_password)
     with app, app.cursor() as cur, pytest.raises(pymysql.err.OperationalError) as refused:
         cur.execute("INSERT INTO shop.orders VALUES (3, 'after-fence')")

@@ -275,17 +275,40 @@ def _has_variable(cur, name: str) -> bool:
     return cur.fetchone() is not None
 
 
+# Server threads a fence leaves alone: replication (the replicas must receive everything committed) and
+# the server's own daemons.
+_MY_SERVER_COMMANDS = ("Binlog Dump", "Binlog Dump GTID", "Daemon", "Slave_IO", "Slave_SQL", "Slave_worker")
+
+
 def fence_mysql(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> Step:
-    """SET GLOBAL read_only=1, and super_read_only=1 where the server has it (MySQL). On MariaDB,
-    accounts with READ ONLY ADMIN (SUPER) can still write: the detail says so."""
+    """SET GLOBAL read_only=1 (and super_read_only=1 where the server has it: MySQL), then end the other
+    client sessions, so none keeps a transaction open across the fence (they reconnect read-only). On
+    MariaDB, accounts with READ ONLY ADMIN can still write after reconnecting: the detail says so."""
 
     def body() -> str:
         with _my_connect(cfg, timeout) as conn, conn.cursor() as cur:
             cur.execute("SET GLOBAL read_only = 1")
-            if _has_variable(cur, "super_read_only"):
+            strict = _has_variable(cur, "super_read_only")
+            if strict:
                 cur.execute("SET GLOBAL super_read_only = 1")
-                return "fenced (read_only=ON, super_read_only=ON)"
-        return "fenced (read_only=ON; accounts with READ ONLY ADMIN can still write)"
+            marks = ", ".join(["%s"] * len(_MY_SERVER_COMMANDS))
+            cur.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+                f" AND COMMAND NOT IN ({marks}) AND USER NOT IN ('system user', 'event_scheduler')",
+                _MY_SERVER_COMMANDS,
+            )
+            ended = 0
+            for row in cur.fetchall():
+                try:
+                    cur.execute(f"KILL CONNECTION {int(row['ID'])}")
+                    ended += 1
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] != 1094:  # unknown thread id: it ended by itself meanwhile
+                        raise
+        sessions = f"{ended} client session(s) ended"
+        if strict:
+            return f"fenced (read_only=ON, super_read_only=ON), {sessions}"
+        return f"fenced (read_only=ON), {sessions}; accounts with READ ONLY ADMIN can still write"
 
     return _run("fence", _my_label(cfg), _REACH, cfg.secrets(), body)
 
