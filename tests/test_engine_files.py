@@ -556,9 +556,11 @@ def test_large_file_streams_in_chunks_with_flat_memory(vault, keyring, tmp_path,
         assert restored == hashlib.sha256((src / "big.bin").read_bytes()).hexdigest()
         assert restored == result.checks["files"]["big.bin"]["sha256"]
 
-    # Four times the data, about the same memory: nothing grows with the file.
-    for small, big in zip(peaks[8], peaks[33], strict=True):
-        assert big < small + (4 << 20), peaks
+    # Four times the data, about the same memory: nothing grows with the file. The bound is the small
+    # run's larger peak: a restore's read-ahead may not fill up on 8 chunks (its peak then depends on thread
+    # timing), while a peak that grew with the file would be ~25 MiB above it.
+    flat = max(peaks[8]) + (4 << 20)
+    assert max(peaks[33]) < flat, peaks
 
 
 # -- restore safety ----------------------------------------------------------------------
