@@ -81,6 +81,8 @@ def cmd_apply(args) -> int:
         for line in apply_schedules(config):
             print(line)
     path = stack_description.save(config, where)
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"stack '{config.stack}' applied: {len(config.sources)} sources, vault {config.vault.location()}")
     print(f"local description (no secrets, for read-only commands): {path}")
     return 0

@@ -359,6 +359,23 @@ class StackConfig(BaseModel):
         """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
         return vault_named(self.stack, self.vault, self.replicas, name)
 
+    def warnings(self) -> list[str]:
+        """What is valid but probably not meant, one line each with the remedy (``genesis-dr apply`` prints them).
+
+        A stack that fails over but whose channels receive no failover or monitor event could not page anyone
+        when its active region is lost (channels listing activities from before failover keep them as filters).
+        """
+        if self.failover is None:
+            return []
+        deaf = [a for a in ("monitor", "failover") if not self.notifications.channels_for(a)]
+        if not deaf:
+            return []
+        return [
+            f"stack '{self.stack}' fails over, but no notification channel receives {' or '.join(deaf)} events, so a "
+            "lost region pages nobody; add a channel under notifications:, or 'failover, failback, monitor' to a "
+            "channel's activities"
+        ]
+
 
 # What each restore mode covers (the source documents' four modes), by source kind.
 RESTORE_MODES: dict[str, tuple[str, ...]] = {

@@ -39,6 +39,24 @@ def two_regions(**change) -> dict:
 
 
 # -- the section parses ---------------------------------------------------------------------------------
+def test_apply_warns_when_no_channel_would_page_for_a_lost_region():
+    from core.notify.config import NotificationsConfig
+
+    config = load_stack_file(REPO / "examples" / "failover.yaml", env=EXAMPLE_ENV)
+    with_channels = lambda channels: config.model_copy(  # noqa: E731
+        update={"notifications": NotificationsConfig.model_validate(channels)}
+    )
+    # No channel at all, and channels whose activity lists predate failover: a lost region pages nobody.
+    for channels in ({}, {"pagerduty": {"routing_key": "k", "activities": ["backup", "drill"]}}):
+        (warning,) = with_channels(channels).warnings()
+        assert "receives monitor or failover events" in warning and "failover, failback, monitor" in warning
+    only_failover = {"slack": {"webhook_url": "https://hooks.example/x", "activities": ["failover"]}}
+    assert "receives monitor events" in with_channels(only_failover).warnings()[0]
+    # A channel without a list gets every activity; a stack without failover: has nothing to page about.
+    assert with_channels({"slack": {"webhook_url": "https://hooks.example/x"}}).warnings() == []
+    assert config.model_copy(update={"failover": None}).warnings() == []
+
+
 def test_example_failover_stack_parses_as_documented():
     config = load_stack_file(REPO / "examples" / "failover.yaml", env=EXAMPLE_ENV)
     fo = config.failover
