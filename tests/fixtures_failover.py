@@ -459,36 +459,12 @@ def _route53(moto: str):
     return boto3.client("route53", endpoint_url=moto, region_name="us-east-1")
 
 
-def route53_zone(moto: str) -> tuple[str, str]:
-    """A fresh Route53 zone 'gdr-<hex>.test.' (its id and name) whose app record points at the us-west-2 load
-    balancer."""
-    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
+def route53_zone(moto: str, first_value: str = "lb.us-west-2.example.com", prefix: str = "gdr-") -> tuple[str, str]:
+    """A fresh Route53 zone '<prefix><hex>.test.' (its id and name) whose CNAME 'app.<zone>' points at
+    ``first_value`` ('{zone}' in it is the zone's name; default: the us-west-2 load balancer)."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}.test."
     client = _route53(moto)
     zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    client.change_resource_record_sets(
-        HostedZoneId=zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "CREATE",
-                    "ResourceRecordSet": {
-                        "Name": f"app.{name}",
-                        "Type": "CNAME",
-                        "TTL": 60,
-                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
-                    },
-                }
-            ]
-        },
-    )
-    return zone_id, name
-
-
-def _make_zone(moto: str, first_value: str) -> tuple[str, str]:
-    name = f"gdr-fo-{uuid.uuid4().hex[:8]}.test."
-    client = _route53(moto)
-    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    zone_id = zone_id.rsplit("/", 1)[-1]
     client.change_resource_record_sets(
         HostedZoneId=zone_id,
         ChangeBatch={
@@ -562,7 +538,8 @@ def build_topology(moto: str, *, rds: bool = False, policy: str = "automatic", i
     rd_w, rd_e = built["rd"]
     zone_id = zone_name = ""
     try:
-        zone_id, zone_name = _make_zone(moto, "db." + PRIMARY + ".{zone}")
+        zone_id, zone_name = route53_zone(moto, "db." + PRIMARY + ".{zone}", prefix="gdr-fo-")
+        zone_id = zone_id.rsplit("/", 1)[-1]  # the bare id, as an operator writes it in a stack file
         domain = zone_name.rstrip(".")
         regions = {
             PRIMARY: Region(PRIMARY, 1, pg_w, my_w, rd_w, health[PRIMARY], f"db.{PRIMARY}.{domain}"),

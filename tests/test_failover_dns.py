@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
@@ -15,6 +14,7 @@ import pytest
 
 from core.failover.dns import DnsChange, DnsSwitchError, current_value, switch_record
 from core.failover.topology import DnsConfig
+from tests.fixtures_failover import route53_zone
 from tests.servers import free_port
 
 # -- Route53 on moto ------------------------------------------------------------------------------------------------
@@ -27,26 +27,7 @@ def _route53(endpoint: str):
 @pytest.fixture
 def zone(moto_endpoint):
     """A fresh hosted zone 'gdr-<hex>.test.' whose app record points at the primary region (us-west-2)."""
-    name = f"gdr-{uuid.uuid4().hex[:8]}.test."
-    client = _route53(moto_endpoint)
-    zone_id = client.create_hosted_zone(Name=name, CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    client.change_resource_record_sets(
-        HostedZoneId=zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "CREATE",
-                    "ResourceRecordSet": {
-                        "Name": f"app.{name}",
-                        "Type": "CNAME",
-                        "TTL": 60,
-                        "ResourceRecords": [{"Value": "lb.us-west-2.example.com"}],
-                    },
-                }
-            ]
-        },
-    )
-    return zone_id, name
+    return route53_zone(moto_endpoint)
 
 
 def _records(endpoint: str, zone_id: str, name: str, rtype: str) -> tuple[list[str], int] | None:
