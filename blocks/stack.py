@@ -60,6 +60,11 @@ class DRStack(Block):
         default_factory=dict, description="Validation settings (reverify_after_hours, smoke_queries per source)."
     )
     drill: dict = Field(default_factory=dict, description="Drill settings (targets per source, parallel, trend).")
+    signing: dict = Field(
+        default_factory=dict,
+        description="Signing keys: where this host's and the admin's Ed25519 keys are read (references, never keys), "
+        "the admin and trusted public keys.",
+    )
     notifications: NotificationChannels | None = Field(
         None, description="Where outcomes are sent (a Notification Channels block, which holds their secrets)."
     )
@@ -99,7 +104,12 @@ class DRStack(Block):
                 ) from None
         extra = {"replicas": replicas, "replication": self.replication} if replicas or self.replication else {}
         # Stacks applied before these sections existed have none: the defaults apply.
-        sections = {"objectives": self.objectives, "validation": self.validation, "drill": self.drill}
+        sections = {
+            "objectives": self.objectives,
+            "validation": self.validation,
+            "drill": self.drill,
+            "signing": self.signing,
+        }
         extra |= {name: value for name, value in sections.items() if value}
         if self.notifications is not None:
             extra["notifications"] = self.notifications.to_config()

@@ -199,6 +199,48 @@ class FailoverIncompleteError(DRError):
         self.report = report
 
 
+class HoldError(DRError):
+    """A legal hold command that cannot be done: a scope that is malformed JSON, unknown fields or matches
+    nothing; an unknown or already released hold id. Names the hold or scope and the remedy. Exit 29."""
+
+    exit_code = 29
+
+
+class RetentionRefusedError(DRError):
+    """Retention refused to delete: the policy would delete every backup of a source, or the audit trail
+    failed verification and no operator acknowledged it. Nothing was deleted. Exit 30."""
+
+    exit_code = 30
+
+
+class ObjectLockedError(VaultError):
+    """An object under an S3 Object Lock legal hold or retention, or a GCS hold, cannot be deleted or
+    overwritten; the message names the object and when (or by what release) it becomes deletable. Exit 31."""
+
+    exit_code = 31
+
+
+class AuditTrailError(DRError):
+    """The audit trail failed verification (an entry edited, deleted, reordered or inserted, a bad signature
+    or an untrusted signer, a head that disagrees with a replica's): names the first entry at fault. Exit 32."""
+
+    exit_code = 32
+
+
+class SigningKeyError(DRError):
+    """A signing key is missing, malformed, or not authorised for the action (an admin action signed by a key
+    not listed in signing.admin_public_keys). Exit 33."""
+
+    exit_code = 33
+
+
+class ErasureError(DRError):
+    """A GDPR erasure could not be recorded or re-applied (no erasure statements for a source holding personal
+    data, a statement that failed on the restored target). Names the request and the source. Exit 34."""
+
+    exit_code = 34
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -227,6 +269,12 @@ EXIT_CODES: dict[str, int] = {
         NoHealthyRegionError,
         TargetRefusedError,
         FailoverIncompleteError,
+        HoldError,
+        RetentionRefusedError,
+        ObjectLockedError,
+        AuditTrailError,
+        SigningKeyError,
+        ErasureError,
     )
 }
 

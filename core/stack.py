@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.crypto.keys import Keyring
 from core.crypto.kms import KmsKeyConfig
 from core.crypto.secretref import DEFAULT_PASSPHRASE_FROM, check_ref
+from core.crypto.signing import SigningConfig
 from core.errors import ConfigError
 from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.notify.config import NotificationsConfig
@@ -305,6 +306,10 @@ class StackConfig(BaseModel):
     )
     failover: FailoverConfig | None = Field(
         None, description="Regions to fail over between and the policy (none: no failover; the monitor does nothing)."
+    )
+    signing: SigningConfig = Field(
+        default_factory=SigningConfig,
+        description="Ed25519 keys that sign audit entries and certificates, and the admin keys (see SigningConfig).",
     )
 
     @model_validator(mode="after")
