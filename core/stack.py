@@ -199,6 +199,13 @@ class SchedulesConfig(BaseModel):
         description="The failover health monitor (default every minute; it does nothing for a stack without "
         "'failover:').",
     )
+    retention: str = Field(
+        "0 3 * * *",
+        description="The retention sweep: expire, archive and securely delete by the policy (default daily 03:00).",
+    )
+    audit_verify: str = Field(
+        "45 3 * * *", description="Verification of the audit trail (default daily 03:45, after the retention sweep)."
+    )
 
     @field_validator(
         "full",
@@ -213,6 +220,8 @@ class SchedulesConfig(BaseModel):
         "drill_weekly",
         "drill_monthly",
         "monitor",
+        "retention",
+        "audit_verify",
     )
     @classmethod
     def _cron(cls, value: str) -> str:
