@@ -241,6 +241,13 @@ class ErasureError(DRError):
     exit_code = 34
 
 
+class ObjectFrozenError(VaultError):
+    """An object is in an archive tier that must be thawed before it can be read (S3 GLACIER, DEEP_ARCHIVE):
+    names the object, the tier and the command that thaws it. Exit 35."""
+
+    exit_code = 35
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -275,6 +282,7 @@ EXIT_CODES: dict[str, int] = {
         AuditTrailError,
         SigningKeyError,
         ErasureError,
+        ObjectFrozenError,
     )
 }
 
