@@ -21,6 +21,15 @@ manifests, log records, lock creation) are created only-if-absent (S3
 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``, ``link()`` locally).
 
 Retries, rate limits and fault injection belong in wrappers, not in each backend.
+
+Lifecycle operations (retention, legal holds, archive tiers) are a second, small
+group with defaults here, so wrappers and test stores need not know them:
+``destroy`` (every stored version, irreversibly; a locked object raises
+``ObjectLockedError``), ``lock_supported`` / ``set_legal_hold`` / ``legal_hold``
+(S3 Object Lock legal holds, GCS event-based holds), ``set_storage_class``,
+``thaw`` (an S3 restore request) and ``ObjectInfo.frozen`` (a read would fail
+with ``ObjectFrozenError`` until the object is thawed). A backend without one of
+them raises VaultError naming the store; callers ask ``lock_supported()`` first.
 """
 
 from __future__ import annotations
@@ -83,13 +92,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object's identity: its size and the version token a compare-and-swap takes."""
+    """One stored object's identity: its size and the version token a compare-and-swap takes.
+
+    ``storage_class``: the provider's class (S3: "STANDARD" when S3 omits it; GCS: the blob's
+    class; local: None). ``frozen``: the object sits in an archive tier (S3 GLACIER or
+    DEEP_ARCHIVE) without a finished restore, so ``get`` raises ObjectFrozenError until
+    ``thaw`` has brought a copy back.
+    """
 
     key: str
     size: int
     version: str
     storage_class: str | None = None
     metadata: dict = field(default_factory=dict)
+    frozen: bool = False
 
 
 class Store(ABC):
@@ -169,6 +185,46 @@ class Store(ABC):
         """Copy ``key`` of ``source`` here server-side if the provider can; False if it cannot
         (the caller then streams it). Never partial: the copy is atomic like ``put``."""
         return False
+
+    # -- lifecycle: retention, legal holds, archive tiers ------------------------------------------
+
+    def _unsupported(self, what: str) -> VaultError:
+        return VaultError(f"{self.describe()}: {what} is not supported by this store")
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        """Remove EVERY stored version of ``key`` irreversibly (``delete`` on a versioned bucket
+        only hides the object behind a delete marker). Absent keys are not an error.
+
+        Local: the file is overwritten in place ``passes`` times with random bytes (fsynced each
+        pass), then unlinked. S3: every version and delete marker of exactly ``key``. GCS: every
+        generation. An object under a legal hold or an unexpired retention raises
+        ``ObjectLockedError`` naming the object and why; nothing of it is removed then.
+        """
+        raise self._unsupported("secure deletion (destroy)")
+
+    def lock_supported(self) -> bool:
+        """Whether ``set_legal_hold`` works here (S3: the bucket has Object Lock enabled; GCS: yes)."""
+        return False
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Put (``on``) or lift a legal hold on ``key``'s current version: while on, ``destroy``
+        and the provider itself refuse to remove it. VaultError where ``lock_supported()`` is False."""
+        raise self._unsupported("a legal hold")
+
+    def legal_hold(self, key: str) -> bool:
+        """Whether ``key``'s current version carries a legal hold (False where holds do not exist)."""
+        return False
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move ``key`` to ``storage_class`` in place (same key, same bytes); ObjectNotFound if
+        absent, VaultError for a class the backend does not know or a store without classes."""
+        raise self._unsupported("changing the storage class")
+
+    def thaw(self, key: str, *, days: int = 7, tier: str = "Standard") -> str:
+        """Make a frozen object readable for ``days``: "ready" (readable now), "requested" (a
+        restore was started by this call) or "in-progress" (one was already running). Stores
+        without archive tiers are always "ready"."""
+        return "ready"
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release connections (clients, pools); the store is unusable afterwards."""

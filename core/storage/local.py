@@ -6,6 +6,13 @@ store never shows a half-written object. An object's version is its inode,
 size and modification time (a replacement is always a new inode); compare-and-swap
 and overwrites hold an flock on ``<root>/.tmp-cas`` so a replace cannot interleave
 with another writer on this host (or on a filesystem whose locks are shared).
+
+``destroy`` overwrites the file in place (same inode, so every hard link sees the
+new bytes) with random bytes ``passes`` times, fsyncing each pass, then unlinks it
+and fsyncs the directory. On copy-on-write filesystems (btrfs, ZFS), SSDs and
+snapshots the old blocks may survive an overwrite: crypto-shredding the backup's
+data key is what makes the data unreadable; the overwrite only adds to it. There
+are no legal holds or storage classes here (``lock_supported()`` is False).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from core.errors import VaultError
 from core.storage.base import Capabilities, ObjectInfo, ObjectNotFound, Store, checked_key
 
 __all__ = ["LocalStore", "ObjectNotFound"]  # ObjectNotFound lives in base; kept importable from here
+
+
+MAX_PASSES = 35  # Gutmann's count: more passes add nothing on any medium
+OVERWRITE_BLOCK = 1 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -208,6 +219,43 @@ class LocalStore(Store):
             return []
         except OSError as exc:
             raise self._os_error(exc, "listing", prefix) from None
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        if not 1 <= passes <= MAX_PASSES:
+            raise VaultError(f"vault {self.describe()}: destroying {key}: passes must be 1..{MAX_PASSES}, not {passes}")
+        path = self._path(key)
+        try:
+            # No O_TRUNC and no new file: the same blocks of the same inode are overwritten.
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._os_error(exc, "destroying", key) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VaultError(f"vault {self.describe()}: {key} is not a regular file; refused to destroy it")
+            size = os.fstat(fd).st_size
+            for _ in range(passes):
+                os.lseek(fd, 0, os.SEEK_SET)
+                left = size
+                while left:
+                    block = memoryview(os.urandom(min(left, OVERWRITE_BLOCK)))
+                    while block:
+                        written = os.write(fd, block)
+                        block = block[written:]
+                        left -= written
+                os.fsync(fd)
+        except OSError as exc:
+            raise self._os_error(exc, "destroying", key) from None
+        finally:
+            os.close(fd)
+        try:
+            path.unlink()
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._os_error(exc, "destroying", key) from None
 
     def delete(self, key: str) -> None:
         try:

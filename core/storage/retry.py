@@ -192,6 +192,28 @@ class RetryingStore(Store):
         source = source.inner if isinstance(source, RetryingStore) else source
         return self._call("copy", key, lambda: self.inner.copy_from(source, key, dest_key))
 
+    # Lifecycle operations are idempotent (destroying an absent key, a hold already set, a class
+    # already set), so a retry after a lost answer is safe; a retried thaw may say "in-progress"
+    # where the lost answer said "requested" - both mean "wait".
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        self._call("destroy", key, lambda: self.inner.destroy(key, passes=passes))
+
+    def lock_supported(self) -> bool:
+        return self._call("stat", "the object lock configuration", self.inner.lock_supported)
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        self._call("legal hold", key, lambda: self.inner.set_legal_hold(key, on))
+
+    def legal_hold(self, key: str) -> bool:
+        return self._call("legal hold", key, lambda: self.inner.legal_hold(key))
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        self._call("storage class", key, lambda: self.inner.set_storage_class(key, storage_class))
+
+    def thaw(self, key: str, *, days: int = 7, tier: str = "Standard") -> str:
+        return self._call("thaw", key, lambda: self.inner.thaw(key, days=days, tier=tier))
+
     def close(self) -> None:
         self.inner.close()
 
