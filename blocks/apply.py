@@ -42,7 +42,10 @@ def apply_stack(config: StackConfig) -> list[str]:
         notifications = NotificationChannels.from_config(config.notifications)
         notifications.save(config.stack, overwrite=True)
         written.append(f"notification-channels/{config.stack}")
-    sections = {name: getattr(config, name).model_dump(mode="json") for name in ("objectives", "validation", "drill", "signing")}
+    sections = {
+        name: getattr(config, name).model_dump(mode="json")
+        for name in ("objectives", "validation", "drill", "signing", "retention")
+    }
     failover: dict = {}
     if getattr(config, "failover", None) is not None:  # region passwords go to their own source blocks
         failover, region_blocks = save_failover(config.stack, config.failover)

@@ -65,6 +65,10 @@ class DRStack(Block):
         description="Signing keys: where this host's and the admin's Ed25519 keys are read (references, never keys), "
         "the admin and trusted public keys.",
     )
+    retention: dict = Field(
+        default_factory=dict,
+        description="Retention policies per source, data classes and erasure rules (the stack's retention section).",
+    )
     notifications: NotificationChannels | None = Field(
         None, description="Where outcomes are sent (a Notification Channels block, which holds their secrets)."
     )
@@ -109,6 +113,7 @@ class DRStack(Block):
             "validation": self.validation,
             "drill": self.drill,
             "signing": self.signing,
+            "retention": self.retention,
         }
         extra |= {name: value for name, value in sections.items() if value}
         if self.notifications is not None:

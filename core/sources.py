@@ -69,6 +69,11 @@ class _Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Unique name of the source within the stack, e.g. 'app-db'.")
+    data_classes: list[str] = Field(
+        default_factory=list,
+        description="Data classes the source holds (financial, health, cardholder, personal, secrets, config, or one "
+        "defined under retention.data_classes): their compliance minimums and maximums bound its retention.",
+    )
 
     def secrets(self) -> list[str]:
         """Plaintext secrets of this config, for redacting tool output."""

@@ -24,6 +24,7 @@ from core.crypto.signing import SigningConfig
 from core.errors import ConfigError
 from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.notify.config import NotificationsConfig
+from core.retention.config import RetentionConfig
 from core.sources import (
     BucketSourceConfig,
     FieldProblem,
@@ -320,6 +321,11 @@ class StackConfig(BaseModel):
         default_factory=SigningConfig,
         description="Ed25519 keys that sign audit entries and certificates, and the admin keys (see SigningConfig).",
     )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="How long backups are kept: per-source policies over the kind defaults, data classes and their "
+        "compliance minimums/maximums, erasure rules (see RetentionConfig).",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> StackConfig:
@@ -346,12 +352,32 @@ class StackConfig(BaseModel):
             (("objectives", "sources"), self.objectives.sources),
             (("validation", "smoke_queries"), self.validation.smoke_queries),
             (("drill", "targets"), self.drill.targets),
+            (("retention", "sources"), self.retention.sources),
+            (("retention", "erasure"), self.retention.erasure),
         ):
             for name in names:
                 if name not in first:
                     close = difflib.get_close_matches(name, list(first), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else f" (sources: {', '.join(first)})"
                     raise FieldProblem((*loc, name), f"{short(name)} is not a source of this stack{hint}")
+        return self
+
+    @model_validator(mode="after")
+    def _data_classes(self) -> StackConfig:
+        known = self.retention.classes()
+        for i, src in enumerate(self.sources):
+            for j, name in enumerate(src.data_classes):
+                if name not in known:
+                    close = difflib.get_close_matches(name, list(known), n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+                    raise FieldProblem(
+                        ("sources", i, "data_classes", j),
+                        f"data class {short(name)} is not defined ({hint}); define it under retention.data_classes",
+                    )
+            try:
+                self.retention.check_classes(src.name, src.data_classes)
+            except ConfigError as exc:
+                raise FieldProblem(("sources", i, "data_classes"), str(exc)) from None
         return self
 
     def source(self, name: str) -> Any:

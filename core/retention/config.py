@@ -254,8 +254,11 @@ class RetentionConfig(BaseModel):
         override = self.sources.get(source)
         fields = {name: getattr(base, name) for name in SourcePolicy.model_fields}
         if override is not None:
-            for name in override.model_fields_set:
-                fields[name] = getattr(override, name)
+            # An unset (null) field keeps the kind's default: the stack is stored as JSON and read back,
+            # and a field that came back null must not silently drop a default (e.g. the PITR window).
+            fields |= {
+                name: value for name in SourcePolicy.model_fields if (value := getattr(override, name)) is not None
+            }
         self.check_classes(source, data_classes)
         known = self.classes()
 
