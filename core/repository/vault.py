@@ -12,6 +12,8 @@ Layout on any store::
     backups/<id>/streams/<stream>/<00000000>     sealed chunks
     backups/<id>/manifest.json                   written last: the commit point
     keychecks/<name>.json                        key-check values of the passphrase (newest is current)
+    retention/deleting/<id>.json                 a deletion in progress (core/retention/shred.py): DELETING
+    backups/<id>/archived.json                   the data moved to an archive vault: opened there (--vault)
 
 A backup without a manifest does not exist. A failed run writes a manifest with
 status FAILED and its error, and its chunks are removed. A killed run leaves a
@@ -41,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -92,6 +94,10 @@ READABLE_VAULT_VERSIONS = (1, 2)  # v1: no catalog and no logs; read as is, writ
 DEFAULT_CHUNK_SIZE = 4 << 20
 CAPTURE_LEASE_PREFIX = "capture."  # locks/capture.<source>.lock: one capture per source, beside its backups' lease
 _STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# A backup whose deletion began (retention/deleting/<id>.json, written before anything is removed):
+# listed, never chosen, never opened; the next retention run finishes it.
+DELETING = "DELETING"
+DELETING_PREFIX = "retention/deleting/"
 
 
 def default_chunk_size() -> int:
@@ -334,16 +340,49 @@ class Vault:
         sources = [source] if source is not None else self.store.children("catalog/")
         found = {e.id: e for name in sources for e in self.catalogued(name)}
         known = found.keys() | (self._catalog_ids() if source is not None else set())
+        deleting = self.deleting_ids()
         for backup_id in self.store.children("backups/"):
             if backup_id in known:
                 continue
             entry = self.entry(backup_id)
-            if not partial and entry.state in (IN_PROGRESS, ABANDONED):
+            if not partial and entry.state in (IN_PROGRESS, ABANDONED) and backup_id not in deleting:
                 continue
             if source is not None and entry.source not in (source, None):
                 continue
             found[backup_id] = entry
+        for backup_id in deleting:
+            entry = found.get(backup_id)
+            if entry is None:
+                # Every object of the directory is gone already; the marker alone says whose it was.
+                marker = self.deleting_marker(backup_id) or {}
+                if source is not None and marker.get("source") not in (source, None):
+                    continue
+                entry = BackupEntry(backup_id, DELETING, source=marker.get("source"))
+            found[backup_id] = replace(
+                entry,
+                state=DELETING,
+                reason=f"deletion in progress ({DELETING_PREFIX}{backup_id}.json); the next 'genesis-dr retention "
+                "run' finishes it",
+            )
         return [found[k] for k in sorted(found)]
+
+    def deleting_ids(self) -> set[str]:
+        """Backups marked for deletion: one listing of ``retention/deleting/``."""
+        return {
+            name.removesuffix(".json")
+            for name in self.store.children(DELETING_PREFIX)
+            if name.endswith(".json") and valid_backup_id(name.removesuffix(".json"))
+        }
+
+    def deleting_marker(self, backup_id: str) -> dict | None:
+        """The deletion marker of ``backup_id`` (what, why, by which authority), or None."""
+        try:
+            marker = json.loads(self.store.get(f"{DELETING_PREFIX}{backup_id}.json"))
+        except ObjectNotFound:
+            return None
+        except ValueError:
+            return {}  # damaged, but still a marker: the backup stays DELETING
+        return marker if isinstance(marker, dict) else {}
 
     def manifest(self, backup_id: str) -> Manifest:
         if not valid_backup_id(backup_id):
@@ -365,11 +404,12 @@ class Vault:
         return manifest
 
     def list_backups(self, source: str | None = None) -> list[Manifest]:
-        """Readable manifests (COMPLETED and FAILED) only: a CORRUPT entry is skipped, never fatal."""
+        """Readable manifests (COMPLETED and FAILED) only: a CORRUPT entry is skipped, never fatal, and a
+        DELETING one is never offered."""
         return [
             e.manifest
             for e in self.entries(source, partial=False)
-            if e.manifest is not None and (source is None or e.manifest.source == source)
+            if e.manifest is not None and e.state != DELETING and (source is None or e.manifest.source == source)
         ]
 
     # -- the passphrase's key check ------------------------------------------------
@@ -565,7 +605,33 @@ class Vault:
 
     # -- reading ------------------------------------------------------------------
 
+    def _refuse_moved_or_deleting(self, backup_id: str) -> None:
+        """A backup being deleted is never read; one moved to an archive vault is read there."""
+        if not valid_backup_id(backup_id):
+            return  # manifest() names the bad id
+        if self.store.exists(f"{DELETING_PREFIX}{backup_id}.json"):
+            raise BackupNotFoundError(
+                f"backup {backup_id} is being deleted by retention ({DELETING_PREFIX}{backup_id}.json); choose "
+                "another backup from 'genesis-dr list'"
+            )
+        try:
+            raw = self.store.get(f"backups/{backup_id}/archived.json")
+        except ObjectNotFound:
+            return
+        try:
+            moved = json.loads(raw)
+            name, at = str(moved["vault"]), str(moved.get("at") or "an unrecorded date")
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(
+                f"backup {backup_id}: archived.json is not valid (corrupt); find the archive vault holding it with "
+                "'genesis-dr list --vault NAME' for each replica"
+            ) from None
+        raise BackupNotFoundError(
+            f"backup {backup_id} was moved to archive vault '{name}' on {at}; restore it with --vault {name}"
+        )
+
     def open_backup(self, backup_id: str, keyring: Keyring) -> BackupReader:
+        self._refuse_moved_or_deleting(backup_id)
         manifest = self.manifest(backup_id)
         if manifest.status != COMPLETED:
             raise BackupNotFoundError(
@@ -582,6 +648,12 @@ class Vault:
             recipients = keys_doc["recipients"]
         except (ValueError, KeyError, TypeError):
             keys_doc, recipients = {}, None
+        if isinstance(keys_doc, dict) and keys_doc.get("shredded_at"):
+            # core/retention/shred.py replaced every wrapped copy of the data key: no key opens it any more.
+            raise WrongKeyError(
+                f"backup {backup_id}: its data key was crypto-shredded on {keys_doc['shredded_at']} (every wrapped "
+                "copy destroyed); no key can read it - choose another backup from 'genesis-dr list'"
+            )
         # A keys.json re-wrapped by 'genesis-dr key rotate' whose manifest was not
         # re-signed yet (a rotation stopped between the two) names the manifest's keys_sha256 as the one it
         # replaced; it is accepted only if the key it unwraps verifies the manifest's MAC.
@@ -828,6 +900,7 @@ __all__ = [
     "BackupEntry",
     "BackupWriter",
     "BackupReader",
+    "DELETING",
     "new_backup_id",
     "chunk_key",
 ]
