@@ -457,6 +457,37 @@ def cmd_key_generate(args) -> int:
     return 0
 
 
+def cmd_key_signing_new(args) -> int:
+    from core.crypto.signing import fingerprint, generate_signing_key
+
+    private, public = generate_signing_key()
+    where = sys.stdout
+    if args.out:
+        path = os.path.abspath(args.out)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            raise ConfigError(
+                f"key signing-new: {path} exists; a key file is never overwritten, choose another path"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"key signing-new: cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as out:
+            out.write(private + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        print(f"private key written to {path} (mode 0600): name it as signing.admin_key_from: file:{path} on the "
+              "admin's machine (or signing.key_from on a host)")  # fmt: skip
+    else:
+        print(private)  # alone on stdout, so it can be piped into a secret store
+        where = sys.stderr
+    print(f"public key (fingerprint {fingerprint(public)}): {public}", file=where)
+    print("list it in the stack file's signing.admin_public_keys (an admin key: hold release, deletion outside the "
+          "policy, erasure, audit acknowledge) or signing.trusted_public_keys (a host's audit key), then apply the "
+          "stack", file=where)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="genesis-dr",
@@ -569,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_failover(sub)
 
+    from cli.retention import register as register_retention
+
+    register_retention(sub)
+
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
     kg = key_sub.add_parser(
@@ -598,6 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="only make the stack's passphrase the vault's key; earlier backups keep their wraps",
     )
     kr.set_defaults(func=cmd_key_rotate)
+    ks = key_sub.add_parser(
+        "signing-new",
+        help="make a new Ed25519 signing key (an admin's, or a host's audit key)",
+        description="Make a new Ed25519 signing key pair. The private key goes to --out PATH (mode 0600; an "
+        "existing file is never overwritten) or, without --out, alone to standard output; the public key and "
+        "where it goes in the stack file (signing.admin_public_keys for an admin, signing.trusted_public_keys for "
+        "a host) are printed beside it.",
+    )
+    ks.add_argument("--out", metavar="PATH", help="write the private key to this new file (mode 0600)")
+    ks.set_defaults(func=cmd_key_signing_new)
 
     st = sub.add_parser(
         "stacks",

@@ -34,6 +34,8 @@ DEPLOYMENTS = {
     "drill_weekly": "drill/drill-weekly",
     "drill_monthly": "drill/drill-monthly",
     "monitor": "monitor/monitor",
+    "retention": "retention/retention",
+    "audit_verify": "audit-verify/audit-verify",
 }
 
 

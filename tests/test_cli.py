@@ -410,6 +410,8 @@ def test_stack_file_schedules_default_to_the_documents_cadence_and_refuse_non_cr
         "drill_weekly": {"cron": "0 4 * * 0", "timezone": "UTC", "active": True},
         "drill_monthly": {"cron": "0 5 1 * *", "timezone": "UTC", "active": True},
         "monitor": {"cron": "* * * * *", "timezone": "UTC", "active": True},
+        "retention": {"cron": "0 3 * * *", "timezone": "UTC", "active": True},
+        "audit_verify": {"cron": "45 3 * * *", "timezone": "UTC", "active": True},
     }
     path.write_text(path.read_text() + "schedules:\n  incremental: '*/2 * * * *'\n  redis: 'off'\n")
     schedules = load_stack_file(path).schedules.deployment_schedules()

@@ -88,6 +88,9 @@ DOCUMENTS_CADENCE = {
     "drill-monthly": ("0 5 1 * *", True, 1, "ENQUEUE"),
     # The health monitor every minute; a run still probing a hung region is not doubled.
     "monitor": ("* * * * *", True, 1, "CANCEL_NEW"),
+    # The retention sweep daily, queued (two sweeps never delete side by side); the audit trail verified after it.
+    "retention": ("0 3 * * *", True, 1, "ENQUEUE"),
+    "audit-verify": ("45 3 * * *", True, 1, "CANCEL_NEW"),
 }
 
 
