@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core import cancel
+from core.audit.trail import ENTRIES, HEAD, entry_hash, entry_key
 from core.chains import parse_iso
 from core.errors import DRError, FormatError, IntegrityError, ReplicationError, VaultError
 from core.replication.objects import Counts, ObjectCopier, PrimaryDamagedError, VaultObject
@@ -85,6 +86,9 @@ class ReplicaReport:
     log_pieces_on_replica: int = 0
     lag_seconds: float = 0.0
     max_lag_seconds: float | None = None
+    audit_entries_copied: int = 0
+    audit_head: int | None = None  # the seq of the audit trail's head on the replica after the run
+    skipped_deleting: list[str] = field(default_factory=list)  # being deleted on the primary: never copied
     missing: list[str] = field(default_factory=list)  # what the replica still lacks, oldest first
     damaged_on_primary: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # keys rewritten on the replica
@@ -200,6 +204,8 @@ class _Run:
         )
         self.threads = max(1, src_caps.io_threads, dst_caps.io_threads)
         self.lease: Lease | None = None
+        self.deleting: set[str] = set()
+        self.deleting_logs: dict[str, list[tuple[int, int]]] = {}
 
     # -- the run --------------------------------------------------------------------
 
@@ -210,11 +216,13 @@ class _Run:
             self.pool = pool
             for key in self.source.list("keychecks/"):
                 self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
+            self._deletions()
             self._commit_units(self._backup_units())
             for source in self.source.children("logs/"):
                 for key in self.source.list(f"logkeys/{source}/"):
                     self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
                 self._commit_units(self._piece_units(source))
+            self._audit()
         if not self.source.exists("config.json"):
             raise VaultError(
                 f"the primary vault {self.source.describe()} lost its config.json during the replication (deleted?); "
@@ -264,6 +272,28 @@ class _Run:
                 )
         self.copier.sync(VaultObject("config.json", data=ours), deep=True)
 
+    def _deletions(self) -> None:
+        """What retention is deleting on the primary (``retention/deleting/<id>.json``, ``retention/deleting-log/
+        <source>/<first>-<last>.json``): never copied, so a replica never resurrects a half-deleted backup."""
+        for key in self.source.list("retention/deleting/"):
+            self.deleting.add(key.rsplit("/", 1)[-1].removesuffix(".json"))
+        for key in self.source.list("retention/deleting-log/"):
+            parts = key.split("/")
+            bounds = parts[-1].removesuffix(".json").split("-")
+            if len(parts) == 4 and len(bounds) == 2 and all(b.isdigit() for b in bounds):
+                self.deleting_logs.setdefault(parts[2], []).append((int(bounds[0]), int(bounds[1])))
+
+    def _audit(self) -> None:
+        """The audit trail's new entries, then its head (see ``replicate_audit``)."""
+        cancel.check(f"replication to replica {self.name}")
+        assert self.lease is not None
+        self.lease.check(f"replica {self.name}: the audit trail")
+        done = replicate_audit(self.source, self.replica, verify=self.verify)
+        self.report.audit_entries_copied, self.report.audit_head = done["entries_copied"], done["head"]
+        if done["diverged"]:
+            self.report.damaged_on_primary.append(f"audit trail: {done['diverged']}")
+            self.say(f"replica {self.name}: audit trail NOT advanced: {done['diverged']}")
+
     # -- what there is to copy ------------------------------------------------------
 
     def _backup_units(self) -> Iterator[_Unit]:
@@ -274,6 +304,9 @@ class _Run:
                 yield unit
 
     def _backup_unit(self, backup_id: str) -> _Unit | None:
+        if backup_id in self.deleting:
+            self.report.skipped_deleting.append(backup_id)
+            return None  # retention is deleting it on the primary
         key = f"backups/{backup_id}/manifest.json"
         try:
             raw = self.source.get(key)
@@ -309,6 +342,8 @@ class _Run:
                 yield unit
 
     def _piece_unit(self, source: str, seq: int) -> _Unit | None:
+        if any(first <= seq <= last for first, last in self.deleting_logs.get(source, ())):
+            return None  # retention is deleting this range on the primary
         key = f"logs/{source}/{seq:012d}.json"
         label = f"log piece {seq} of {source}"
         try:
@@ -439,6 +474,82 @@ class _Run:
         except ObjectNotFound:
             return
         self.copier.sync(VaultObject(key, data=hint), deep=True)
+
+
+def replicate_audit(primary: Store, replica: Store, *, verify: bool = False) -> dict:
+    """Copy the audit entries the replica lacks (only-if-absent: an entry the replica holds is never
+    overwritten, so it keeps the evidence if the primary's is later altered), then move the replica's head to
+    the primary's newest entry - only forward along the same chain. A primary whose trail no longer contains
+    the entry the replica's head records (a deleted or rewritten tail) leaves the replica's head where it is;
+    ``diverged`` says why, and 'audit verify' names the entries.
+
+    Returns ``{"entries_copied", "head" (seq on the replica, or None), "diverged" (one line or None)}``."""
+    theirs = set(replica.list(ENTRIES))
+    copied, last, diverged = 0, 0, None
+    for key in primary.list(ENTRIES):
+        name = key[len(ENTRIES) :]
+        if len(name) != 17 or not name[:12].isdigit() or name[12:] != ".json":
+            continue  # not an entry (verify names it): never spread
+        last = max(last, int(name[:12]))
+        if key in theirs and not verify:
+            continue
+        try:
+            data = primary.get(key)
+        except ObjectNotFound:
+            continue
+        if key in theirs or replica.create(key, data) is None:
+            if replica.get(key) != data:
+                diverged = diverged or f"{key} differs between the primary and the replica"
+            continue
+        copied += 1
+    head = _replica_head(primary, replica, last)
+    if isinstance(head, str):
+        return {"entries_copied": copied, "head": _head_seq(replica), "diverged": diverged or head}
+    return {"entries_copied": copied, "head": head, "diverged": diverged}
+
+
+def _head_seq(store: Store) -> int | None:
+    try:
+        seq = json.loads(store.get(HEAD)).get("seq")
+    except (ObjectNotFound, ValueError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
+
+
+def _entry_hash_at(store: Store, seq: int) -> str | None:
+    try:
+        return entry_hash(json.loads(store.get(entry_key(seq))))
+    except (ObjectNotFound, ValueError, TypeError):
+        return None
+
+
+def _replica_head(primary: Store, replica: Store, last: int) -> int | str | None:
+    """Move the replica's head to the primary's entry ``last``: its seq, or why not (a line)."""
+    if last == 0:
+        return _head_seq(replica)
+    try:
+        entry = json.loads(primary.get(entry_key(last)))
+    except (ObjectNotFound, ValueError):
+        return f"the primary's newest audit entry {last} cannot be read"
+    data = json.dumps({"seq": last, "hash": entry_hash(entry), "at": entry.get("at")}, sort_keys=True).encode()
+    try:
+        raw, version = replica.get_versioned(HEAD)
+    except ObjectNotFound:
+        replica.create(HEAD, data)
+        return last
+    try:
+        held = json.loads(raw)
+        seq, hashed = held["seq"], held["hash"]
+    except (ValueError, KeyError, TypeError):
+        replica.replace(HEAD, data, version=version)  # a damaged head on the replica records nothing
+        return last
+    if not isinstance(seq, int) or seq > last:
+        return f"the replica's audit head records entry {seq}, the primary's trail ends at {last} (tail deleted?)"
+    if _entry_hash_at(primary, seq) != hashed:
+        return f"the primary's audit entry {seq} is not the one the replica's head records (deleted or rewritten)"
+    if seq < last:
+        replica.replace(HEAD, data, version=version)
+    return last
 
 
 def open_primary(primary: Store, replica: Store, name: str) -> Vault | None:
