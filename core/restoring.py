@@ -25,6 +25,7 @@ from core.engines.base import ChainSteps, Engine, StopPoint, compare_checks
 from core.errors import ConfigError, DRError, EngineError, TargetNotEmptyError, VerificationError
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
+from core.retention import erasure
 from core.timing import StageClock
 
 
@@ -50,6 +51,11 @@ class RestoreReport:
     recovery_point: dict | None = None
     data_loss_s: float | None = None
     unproven: list[str] = field(default_factory=list)
+    # GDPR erasure requests of the source re-applied after verification (core.retention.erasure), and
+    # what each step removed; False in erasures_applied: the caller compares first and re-applies them.
+    erasures: list[str] = field(default_factory=list)
+    erasure_lines: list[str] = field(default_factory=list)
+    erasures_applied: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +85,11 @@ def render_report(report: dict) -> str:
         lines.append(f"NOT AS BACKED UP: {note}")
     for entry in skipped:
         lines.append(f"NOT IN THE BACKUP (skipped when it was taken): {entry}")
+    erased = report.get("erasures") or []
+    if erased:
+        state = "re-applied" if report.get("erasures_applied", True) else "NOT YET re-applied"
+        lines.append(f"erasures {state}: {len(erased)} ({', '.join(erased)})")
+        lines += [f"  {line}" for line in report.get("erasure_lines") or []]
     return "\n".join(lines)
 
 
@@ -356,6 +367,7 @@ def restore_backup(
     progress: Progress | None = None,
     verify: bool = True,
     clock: StageClock | None = None,
+    erasure_rules: dict | None = None,
 ) -> RestoreReport:
     """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
 
@@ -374,6 +386,13 @@ def restore_backup(
     ``verify=False`` skips only the comparison with the recorded checks (a restore-level
     validation compares itself, and reports the differences as a check result); ``clock``
     collects the seconds per stage (fetch, decrypt, load, replay) of a drill.
+
+    Every GDPR erasure recorded for the backup's source is re-applied on the restored target
+    after the verification (``core.retention.erasure``), with the rule recorded in the vault or
+    ``erasure_rules`` (the stack's ``retention.erasure``, which win); the report names them. A
+    request the keyring cannot open stops the restore before the target changes; a failing
+    statement raises ErasureError after it (the restored data stays). With ``verify=False``
+    the caller compares first, then calls ``reapply_erasures``.
     """
     say = progress or _quiet
     manifest = vault.manifest(backup_id)
@@ -395,7 +414,7 @@ def restore_backup(
     else:
         load = _Backup(vault, keyring, backup_id, say, clock)
     load.verify = verify
-    return _restore(vault, keyring, load, engine, force, rollback, say)
+    return _restore(vault, keyring, load, engine, force, rollback, say, erasure_rules)
 
 
 def restore_chain_plan(
@@ -409,22 +428,55 @@ def restore_chain_plan(
     progress: Progress | None = None,
     verify: bool = True,
     clock: StageClock | None = None,
+    erasure_rules: dict | None = None,
 ) -> RestoreReport:
     """Execute a point-in-time plan (``core.chains.plan_chain_restore``) exactly as it reads: its
     full, the backups on it and its log pieces, replayed to its stop time, with the same target
-    protection as ``restore_backup``. The report gives the recovery point and how it was proven."""
+    protection as ``restore_backup``. The report gives the recovery point and how it was proven;
+    recorded erasures are re-applied as ``restore_backup`` does."""
     say = progress or _quiet
     load = _Chain(vault, keyring, plan, say, clock)
     load.verify = verify  # False: only the comparison with the recorded checks is skipped (see restore_backup)
-    return _restore(vault, keyring, load, engine, force, rollback, say)
+    return _restore(vault, keyring, load, engine, force, rollback, say, erasure_rules)
+
+
+def reapply_erasures(
+    vault: Vault, keyring: Keyring, engine: Engine, source: str, say: Progress = _quiet, rules: dict | None = None
+) -> tuple[list[str], list[str]]:
+    """Re-apply every erasure recorded for ``source`` on ``engine``'s restored target: (request ids, report lines).
+
+    For callers that restore with ``verify=False`` and compare the target themselves (a restore-level
+    validation, a drill): call this after the comparison."""
+    rule, subjects = erasure.reapply_on_restore(vault, keyring, source, rules)
+    return _erase(engine, source, rule, subjects, say)
+
+
+def _erase(
+    engine: Engine, source: str, rule, subjects: list[tuple[str, str]], say: Progress
+) -> tuple[list[str], list[str]]:
+    if not subjects:
+        return [], []
+    ids = [request_id for request_id, _ in subjects]
+    lines = erasure.apply_erasures(engine, rule, subjects, say, source=source)
+    say(f"erasures re-applied on {engine.describe()}: {len(ids)} ({', '.join(ids)}) of {source}")
+    return ids, lines
 
 
 def _restore(
-    vault: Vault, keyring: Keyring, load, engine: Engine, force: bool, rollback: bool, say: Progress
+    vault: Vault,
+    keyring: Keyring,
+    load,
+    engine: Engine,
+    force: bool,
+    rollback: bool,
+    say: Progress,
+    erasure_rules: dict | None = None,
 ) -> RestoreReport:
     started = time.monotonic()
     label, manifest = load.label, load.manifest
     try:
+        # Unsealed before the target changes: a request these keys cannot open stops the restore here.
+        rule, subjects = erasure.reapply_on_restore(vault, keyring, manifest.source, erasure_rules)
         engine.ping_target()
         _check_room(engine, load.plain_bytes)
         with targets.guard(engine.target_key(), f"restore of {label}") as target:
@@ -478,6 +530,13 @@ def _restore(
                     notes, verified = load.into(engine, say)
                 except BaseException as exc:
                     raise _recover(vault, keyring, engine, exc, rollback_id, has_data, target) from None
+            erased, erasure_lines = [], []
+            if load.verify:  # after the verification: the checks describe the data as backed up
+                try:
+                    erased, erasure_lines = _erase(engine, manifest.source, rule, subjects, say)
+                except BaseException:
+                    target.clear()  # the restore itself is complete; the error says the subject is still there
+                    raise
             target.clear()
             say(f"restore of {label} into {engine.describe()} done in {time.monotonic() - started:.1f}s")
         return RestoreReport(
@@ -496,6 +555,9 @@ def _restore(
             recovery_point=load.extra.get("recovery_point"),
             data_loss_s=load.extra.get("data_loss_s"),
             unproven=load.extra.get("unproven", []),
+            erasures=erased if load.verify else [request_id for request_id, _ in subjects],
+            erasure_lines=erasure_lines,
+            erasures_applied=load.verify or not subjects,
         )
     finally:
         load.close()
