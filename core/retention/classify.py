@@ -63,7 +63,7 @@ class Finding:
 
     def line(self) -> str:
         if self.detector == "name-hint":
-            seen = f"no value matched in {self.sampled} sampled" if self.sampled else "not sampled"
+            seen = f"no value matched in {self.sampled} sampled" if self.sampled else "by name only"
             return f"{self.location}: its name suggests {self.proposes} ({seen})"
         agrees = ", the name agrees" if self.by_name else ""
         return (
@@ -172,6 +172,13 @@ def _report(source: Any, places: dict[str, _Place], notes: list[str], scanned: d
     return ClassReport(source.name, source.kind, current, proposed, findings, notes, scanned)
 
 
+def _table_hint(places: dict[str, _Place], location: str, table: str) -> None:
+    """A table named for a kind of data ('patients', 'invoices') is a finding of its own: its columns
+    are judged by their own names and values, so 'patients.city' is not called health data."""
+    if det.name_hint(table):
+        places.setdefault(location, _Place(table))
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 _PG_COLUMNS = """
@@ -224,7 +231,8 @@ def _scan_postgres(source: Any, sample_rows: int) -> ClassReport:
         for (schema, table), entry in list(tables.items())[:max_tables]:
             scanned["tables"] += 1
             columns = entry["columns"]
-            table_places = [places.setdefault(f"{schema}.{table}.{c}", _Place(f"{table} {c}")) for c, _ in columns]
+            _table_hint(places, f"{schema}.{table}", table)
+            table_places = [places.setdefault(f"{schema}.{table}.{c}", _Place(c)) for c, _ in columns]
             wanted = [(c, p) for (c, sampled), p in zip(columns, table_places, strict=True) if sampled]
             scanned["columns"] += len(wanted)
             if not wanted:
@@ -234,7 +242,8 @@ def _scan_postgres(source: Any, sample_rows: int) -> ClassReport:
             )
             relation = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
             # Big tables: random blocks (TABLESAMPLE SYSTEM) rather than the first rows, which are often the oldest.
-            percent = min(100.0, 400.0 * sample_rows / entry["rows"]) if entry["rows"] > 20 * sample_rows else None
+            # Ten times the rows wanted, so a few blocks give a full sample; none at all -> the first rows.
+            percent = 1000.0 * sample_rows / entry["rows"] if entry["rows"] > 100 * sample_rows else None
             sample = sql.SQL(" TABLESAMPLE SYSTEM ({})").format(sql.Literal(percent)) if percent else sql.SQL("")
             query = sql.SQL("SELECT {} FROM {}{} LIMIT {}").format(select, relation, sample, sql.Literal(sample_rows))
             try:
@@ -306,7 +315,8 @@ def _scan_mysql(source: Any, sample_rows: int) -> ClassReport:
         for (_schema, table), entry in list(tables.items())[:max_tables]:
             scanned["tables"] += 1
             columns = entry["columns"]
-            table_places = [places.setdefault(f"{database}.{table}.{c}", _Place(f"{table} {c}")) for c, _ in columns]
+            _table_hint(places, f"{database}.{table}", table)
+            table_places = [places.setdefault(f"{database}.{table}.{c}", _Place(c)) for c, _ in columns]
             wanted = [(c, p) for (c, sampled), p in zip(columns, table_places, strict=True) if sampled]
             scanned["columns"] += len(wanted)
             if not wanted:
@@ -342,7 +352,7 @@ def key_pattern(key: bytes) -> str:
         kept = part if part.lower() in _HINT_WORDS else "*"
         if not (kept == "*" and out[-1] == "*"):
             out.append(kept)
-    if out[-1] != "*" and len(out) == 1:
+    if len(out) == 1:  # 'x:1' and 'x:2' collapsed; keep the ':' so it differs from keys without one
         out.append("*")
     return ":".join(out)
 

@@ -288,7 +288,7 @@ NAME_HINTS: dict[str, tuple[str, ...]] = {
     ),
     CARDHOLDER: ("card_number", "cardnumber", "cc_number", "ccnum", "pan", "credit_card", "cvv", "cvc", "card_expiry",
                  "expiry_date", "cardholder"),
-    HEALTH: ("diagnosis", "icd", "icd10", "icd_10", "medical", "patient", "prescription", "medication", "allergy",
+    HEALTH: ("diagnosis", "icd", "icd10", "icd_10", "medical", "patient", "patients", "prescription", "medication", "allergy",
              "allergies", "blood_type", "health", "treatment", "symptom", "symptoms"),
     FINANCIAL: ("iban", "bic", "swift", "account_number", "acct_no", "routing_number", "sort_code", "salary",
                 "tax_id", "ledger", "invoice", "invoices", "payroll", "bank_account"),
