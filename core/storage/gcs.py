@@ -16,6 +16,16 @@ The library's own retries are turned off on every call (``retry=None``):
 of core/storage/base.py's kinds, in one line naming the bucket, never a
 credential.
 
+Lifecycle: legal holds are event-based holds (``lock_supported()`` is always
+True; a temporary hold or a bucket retention policy locks an object as well).
+``destroy`` deletes every generation of one object after checking none is held
+or retained (ObjectLockedError, nothing removed); a bucket's soft-delete policy
+still keeps deleted objects restorable for its duration, so a vault bucket meant
+for secure deletion has it cleared (gcloud storage buckets update --clear-soft-delete).
+``set_storage_class`` rewrites the object in place (ARCHIVE_CLASSES); GCS reads
+every class at once, so nothing is ever frozen and ``thaw`` is "ready". GCS
+refuses to replace a held object, so a held object's class cannot change.
+
 With an endpoint (a test emulator: ``endpoint_url`` or STORAGE_EMULATOR_HOST)
 and no credentials the client is anonymous: prefect-gcp's GcpCredentials
 cannot talk to an emulator (shared/PREFECT-NOTES.md).
@@ -40,7 +50,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from requests.adapters import HTTPAdapter
 
-from core.errors import VaultError
+from core.errors import ObjectLockedError, VaultError
 from core.storage.base import (
     Capabilities,
     ObjectInfo,
@@ -60,6 +70,8 @@ TIMEOUT = (10.0, 120.0)  # (connect, read) seconds per request
 POOL_SIZE = 32  # io_threads (8) uploads + downloads + listings in flight, with room to spare
 _DATA_KEY = re.compile(r"^(backups/[^/]+/streams/|logdata/)")
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+# The classes retention may move data to (set_storage_class); new data keeps the narrower list.
+ARCHIVE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -381,6 +393,120 @@ class GCSStore(Store):
             raise ObjectNotFound(f"vault {src.describe()}: object {key} is missing") from None
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, f"copying {src.describe()}/{key} to", dest_key) from None
+
+    # -- lifecycle: holds, archive classes, destruction -------------------------------------------
+
+    def _lock_reason(self, blob: storage.Blob) -> str | None:
+        """Why GCS would refuse to delete or replace this generation, or None."""
+        from datetime import UTC, datetime
+
+        if blob.event_based_hold:
+            return "legal hold"
+        if blob.temporary_hold:
+            return "temporary hold"
+        until = blob.retention_expiration_time
+        if until is not None and until > datetime.now(UTC):
+            return f"retention until {until.astimezone(UTC).isoformat(timespec='seconds')}"
+        return None
+
+    def _locked(self, key: str, why: str) -> ObjectLockedError:
+        if why == "legal hold":
+            remedy = "it becomes deletable when the hold is released (genesis-dr hold release HOLD_ID REASON)"
+        elif why == "temporary hold":
+            remedy = "remove the temporary hold (gcloud storage objects update --no-temporary-hold) to delete it"
+        else:
+            remedy = f"it becomes deletable after {why.split(' ')[2]}"
+        return ObjectLockedError(f"{self.describe()}: {key} is locked by a GCS {why}; {remedy}")
+
+    def _generations(self, key: str) -> list[storage.Blob]:
+        name = self._name(key)
+        try:
+            blobs = self._client().list_blobs(self.bucket, prefix=name, versions=True, timeout=TIMEOUT, retry=None)
+            return [b for b in blobs if b.name == name]
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "destroying", key) from None
+
+    def _reloaded(self, key: str, action: str) -> storage.Blob:
+        blob = self._blob(key)
+        try:
+            blob.reload(timeout=TIMEOUT, retry=None)
+        except api_exc.NotFound:
+            self._check_bucket()
+            raise ObjectNotFound(f"vault {self.describe()}: object {key} is missing") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, action, key) from None
+        return blob
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        """Every generation of ``key`` (``passes`` means nothing here: a deleted generation is gone,
+        apart from the bucket's soft-delete window)."""
+        generations = self._generations(key)
+        for blob in generations:
+            why = self._lock_reason(blob)
+            if why:
+                raise self._locked(key, why)
+        for blob in generations:
+            target = self._bucket().blob(blob.name, generation=blob.generation)
+            try:
+                target.delete(timeout=TIMEOUT, retry=None)
+            except api_exc.NotFound:
+                continue  # gone meanwhile
+            except Exception as exc:  # noqa: BLE001
+                if _status(exc) == 403:
+                    try:
+                        target.reload(timeout=TIMEOUT, retry=None)
+                    except Exception:  # noqa: BLE001 - the original refusal is the error to report
+                        raise self._translate(exc, "destroying", key) from None
+                    why = self._lock_reason(target)
+                    if why:
+                        raise self._locked(key, why) from None
+                raise self._translate(exc, "destroying", key) from None
+
+    def lock_supported(self) -> bool:
+        return True  # event-based holds need no bucket setting
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        blob = self._reloaded(key, "holding")
+        if bool(blob.event_based_hold) == on:
+            return
+        blob.event_based_hold = on
+        try:
+            blob.patch(timeout=TIMEOUT, retry=None)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "holding", key) from None
+
+    def legal_hold(self, key: str) -> bool:
+        return bool(self._reloaded(key, "holding").event_based_hold)
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        wanted = (storage_class or "").upper()
+        if wanted not in ARCHIVE_CLASSES:
+            raise VaultError(
+                f"{self.describe()}: storage class {storage_class!r} for {key} is not one of {', '.join(ARCHIVE_CLASSES)}"
+            )
+        blob = self._reloaded(key, "archiving")
+        if blob.storage_class == wanted:
+            return
+        why = self._lock_reason(blob)
+        if why:
+            # GCS refuses to replace a held or retained object; the rewrite would fail with a bare 403.
+            raise self._locked(key, why)
+        try:
+            blob.update_storage_class(wanted, if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "archiving", key) from None
+        # On a versioned bucket the rewrite leaves the old generation behind, in the old class. Only
+        # generations the listing shows as other than the new one are removed (never "generation=old"
+        # blindly: an emulator that ignores the generation would delete the live object).
+        for stale in self._generations(key):
+            if stale.generation == blob.generation:
+                continue
+            try:
+                self._bucket().blob(stale.name, generation=stale.generation).delete(timeout=TIMEOUT, retry=None)
+            except api_exc.NotFound:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                raise self._translate(exc, "archiving", key) from None
 
     def close(self) -> None:
         with self._lock:

@@ -21,6 +21,17 @@ down to one attempt); credentials, access denied, a missing bucket or a bucket
 in another region are StoreAccessError with the remedy. moto and S3-compatible
 services do not all refuse a request sent to the wrong region, so the first
 operation checks the bucket once (HeadBucket's ``x-amz-bucket-region``).
+
+Lifecycle (retention, holds, archive): ``destroy`` deletes every version and
+delete marker of exactly one key (ListObjectVersions, then DeleteObject with
+each VersionId), after checking on an Object Lock bucket that no version carries
+a legal hold or an unexpired retention (ObjectLockedError, nothing removed).
+``set_storage_class`` copies the object onto itself with the new class (the
+version's legal hold and retention carried over to the new version; on a
+versioned bucket the old version is then removed, or the archive would only add
+a copy). A GLACIER or DEEP_ARCHIVE object cannot be read until ``thaw``
+(RestoreObject) has made a temporary copy: S3 answers 403 InvalidObjectState,
+which leaves here as ObjectFrozenError (exit 35), never as "access denied".
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from core.errors import VaultError
+from core.errors import ObjectFrozenError, ObjectLockedError, VaultError
 from core.storage.base import (
     Capabilities,
     ObjectInfo,
@@ -45,6 +56,14 @@ from core.storage.base import (
 from core.storage.config import S3_STORAGE_CLASSES
 
 T = TypeVar("T")
+
+# The classes retention may move data to (set_storage_class); new data keeps S3_STORAGE_CLASSES.
+ARCHIVE_CLASSES = ("STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
+# Classes whose objects cannot be read before a restore (RestoreObject).
+FROZEN_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# What an operator waits for after `archive thaw` with the Standard tier.
+THAW_TIME = {"GLACIER": "3-5 hours", "DEEP_ARCHIVE": "12 hours"}
+THAW_TIERS = ("Standard", "Bulk", "Expedited")
 
 MiB = 1 << 20
 DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
@@ -96,6 +115,10 @@ PERMISSIONS = {
     "deleting": "s3:DeleteObject",
     "copying": "s3:GetObject on the source and s3:PutObject",
     "checking": "s3:ListBucket",
+    "destroying": "s3:ListBucketVersions, s3:GetObject(Version) and s3:DeleteObjectVersion",
+    "holding": "s3:PutObjectLegalHold and s3:GetObjectLegalHold",
+    "archiving": "s3:GetObject, s3:PutObject and s3:DeleteObjectVersion",
+    "thawing": "s3:RestoreObject",
 }
 # An AWS access key id, in case a service echoes one in a message we pass on.
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
@@ -204,6 +227,7 @@ class S3Store(Store):
         self._client = self._session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
         self._checked = False
         self._check_lock = threading.Lock()
+        self._lock_enabled: bool | None = None
         self._parts: ThreadPoolExecutor | None = None
         self._parts_lock = threading.Lock()
 
@@ -270,6 +294,8 @@ class S3Store(Store):
         region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region") or err.get("Region")
         if code in TRANSIENT_CODES or status >= 500 or status == 429:
             return TransientStoreError(f"{where}: S3 answered {code or status} while {action} {key}; retrying")
+        if code == "InvalidObjectState":  # a 403, but not about access: the object is archived
+            return self._frozen(key, str(err.get("StorageClass") or "GLACIER"))
         if code == "NoSuchBucket":
             return self._no_bucket()
         if code in ("NoSuchKey", "404", "NotFound"):
@@ -528,6 +554,7 @@ class S3Store(Store):
                 version=r["ETag"],
                 storage_class=r.get("StorageClass", "STANDARD"),  # S3 omits the header for STANDARD
                 metadata=r.get("Metadata", {}),
+                frozen=self._is_frozen(r),
             )
 
         return self._call("reading", key, head)
@@ -659,15 +686,26 @@ class S3Store(Store):
             return None
         raise TransientStoreError(f"{self.describe()}: the source of {dest} changed during the copy; retrying")
 
-    def _multipart_copy(self, dest: str, full: str, copy_source: dict, info: ObjectInfo) -> str | None:
+    def _multipart_copy(
+        self,
+        dest: str,
+        full: str,
+        copy_source: dict,
+        info: ObjectInfo,
+        *,
+        create_args: dict | None = None,
+        condition: dict | None = None,
+    ) -> str | None:
+        """Copy part by part (UploadPartCopy). ``create_args`` replace the upload's class arguments
+        (an in-place class change brings its own, with metadata and lock settings); ``condition``
+        guards the completion (default: only if ``dest`` is absent)."""
         from botocore.exceptions import ClientError
 
+        args = self._class_args(dest) if create_args is None else create_args
         upload_id = self._call(
             "copying",
             dest,
-            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._class_args(dest))[
-                "UploadId"
-            ],
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full, **args)["UploadId"],
         )
 
         def send(number: int, start: int, end: int) -> dict:
@@ -693,8 +731,304 @@ class S3Store(Store):
             return self._call("copying", dest, part)
 
         return self._finish_multipart(
-            dest, full, upload_id, "copying", {"IfNoneMatch": "*"}, send, info.size, self.copy_part_size
+            dest,
+            full,
+            upload_id,
+            "copying",
+            {"IfNoneMatch": "*"} if condition is None else condition,
+            send,
+            info.size,
+            self.copy_part_size,
         )
+
+    # -- lifecycle: object lock, archive tiers, destruction -------------------------------------
+
+    def _frozen(self, key: str, storage_class: str) -> ObjectFrozenError:
+        match = re.match(r"backups/([^/]+)/", key)
+        backup = match.group(1) if match else "BACKUP_ID"
+        return ObjectFrozenError(
+            f"{self.describe()}: {key} is in the {storage_class} tier and must be thawed first: run "
+            f"'genesis-dr archive thaw {backup}' (S3 Standard retrieval takes {THAW_TIME.get(storage_class, '3-5 hours')})"
+        )
+
+    def lock_supported(self) -> bool:
+        """Whether the bucket has Object Lock enabled (asked once, then cached: it cannot be switched off)."""
+        if self._lock_enabled is None:
+            from botocore.exceptions import ClientError
+
+            def ask() -> bool:
+                try:
+                    config = self._client.get_object_lock_configuration(Bucket=self.bucket)
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code", "")
+                    if code in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"):
+                        return False
+                    raise
+                return config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+            self._lock_enabled = self._call("checking", "the object lock configuration", ask)
+        return self._lock_enabled
+
+    def _require_lock(self, key: str) -> None:
+        if not self.lock_supported():
+            raise VaultError(
+                f"{self.describe()}: cannot hold {key}: the bucket {self.bucket} has no Object Lock; legal holds need "
+                "a bucket created with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket)"
+            )
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        self._require_lock(key)
+        full = self._key(key)
+        status = "ON" if on else "OFF"
+        self._call(
+            "holding",
+            key,
+            lambda: self._client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": status}),
+        )
+
+    def legal_hold(self, key: str) -> bool:
+        if not self.lock_supported():
+            return False
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def ask() -> bool:
+            try:
+                response = self._client.get_object_legal_hold(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchObjectLockConfiguration":
+                    return False  # S3's answer for a version that never had a hold
+                raise
+            return response.get("LegalHold", {}).get("Status") == "ON"
+
+        return self._call("holding", key, ask)
+
+    def _lock_reason(self, head: dict) -> str | None:
+        """Why a version (its HeadObject answer) cannot be deleted: "legal hold",
+        "retention until <date> (<mode>)", or None."""
+        from datetime import UTC, datetime
+
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "legal hold"
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until > datetime.now(UTC):
+            mode = head.get("ObjectLockMode") or "retention"
+            return f"retention until {until.astimezone(UTC).isoformat(timespec='seconds')} ({mode})"
+        return None
+
+    def _locked(self, key: str, why: str) -> ObjectLockedError:
+        if why == "legal hold":
+            remedy = "it becomes deletable when the hold is released (genesis-dr hold release HOLD_ID REASON)"
+        else:
+            remedy = f"it becomes deletable after {why.split(' ')[2]}"
+        return ObjectLockedError(f"{self.describe()}: {key} is locked by an S3 Object Lock {why}; {remedy}")
+
+    def _versions(self, key: str) -> list[tuple[str, bool]]:
+        """(version id, is a delete marker) of exactly ``key``, every page."""
+        full = self._key(key)
+        found: list[tuple[str, bool]] = []
+
+        def listing() -> None:
+            found.clear()
+            args: dict = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": self.page_size}
+            while True:
+                page = self._client.list_object_versions(**args)
+                for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
+                    found.extend((v["VersionId"], marker) for v in page.get(kind, ()) if v["Key"] == full)
+                if not page.get("IsTruncated"):
+                    return
+                args["KeyMarker"] = page["NextKeyMarker"]
+                args["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
+
+        self._call("destroying", key, listing)
+        return found
+
+    def _head_version(self, key: str, version_id: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def head() -> dict | None:
+            try:
+                return self._client.head_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+            except ClientError as exc:
+                if _status(exc) in (404, 405):  # gone meanwhile, or a delete marker
+                    return None
+                raise
+
+        return self._call("destroying", key, head)
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        """Every version and delete marker of ``key`` (``passes`` means nothing on S3: a deleted
+        version is gone for good). On an Object Lock bucket every version is checked first, so a
+        locked object loses nothing."""
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        versions = self._versions(key)
+        if not versions:
+            # Never versioned and absent, or a service without version listing: a plain delete.
+            self._call("destroying", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
+            return
+        locking = self.lock_supported()
+        if locking:
+            for version_id, marker in versions:
+                head = None if marker else self._head_version(key, version_id)
+                why = self._lock_reason(head) if head else None
+                if why:
+                    raise self._locked(key, why)
+        for version_id, _marker in versions:
+
+            def delete(version_id: str = version_id) -> None:
+                try:
+                    self._client.delete_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+                except ClientError as exc:
+                    if locking and _status(exc) == 403:
+                        # A hold set since the check above: say so, not "access denied".
+                        head = self._head_version(key, version_id)
+                        why = self._lock_reason(head) if head else None
+                        if why:
+                            raise self._locked(key, why) from None
+                    raise
+
+            self._call("destroying", key, delete)
+
+    def _is_frozen(self, head: dict) -> bool:
+        """Whether a HeadObject answer describes an object a GET would refuse (archived, not restored)."""
+        storage_class = head.get("StorageClass", "STANDARD")
+        archived = storage_class in FROZEN_CLASSES or (
+            storage_class == "INTELLIGENT_TIERING" and bool(head.get("ArchiveStatus"))
+        )
+        return archived and 'ongoing-request="false"' not in (head.get("Restore") or "")
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Copy ``key`` onto itself in ``storage_class`` (nothing to do if it is already there).
+        A frozen object must be thawed first (ObjectFrozenError); its lock settings move with it."""
+        from botocore.exceptions import ClientError
+
+        wanted = (storage_class or "").upper()
+        if wanted not in ARCHIVE_CLASSES:
+            raise VaultError(
+                f"{self.describe()}: storage class {storage_class!r} for {key} is not one of {', '.join(ARCHIVE_CLASSES)}"
+            )
+        full = self._key(key)
+
+        def head() -> dict:
+            try:
+                return self._client.head_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    raise ObjectNotFound(f"vault {self.describe()}: object {key} is missing") from None
+                raise
+
+        current = self._call("archiving", key, head)
+        if current.get("StorageClass", "STANDARD") == wanted:
+            return
+        if self._is_frozen(current):
+            raise self._frozen(key, current.get("StorageClass", "GLACIER"))
+        held = current.get("ObjectLockLegalHoldStatus") == "ON"
+        old_version = current.get("VersionId")
+        copy_source = {"Bucket": self.bucket, "Key": full}
+        if old_version:
+            copy_source["VersionId"] = old_version
+        size = int(current["ContentLength"])
+        if size > self.copy_threshold:
+            create_args = {
+                "StorageClass": wanted,
+                "Metadata": current.get("Metadata", {}),
+                **({"ContentType": current["ContentType"]} if current.get("ContentType") else {}),
+            }
+            info = ObjectInfo(key=key, size=size, version=current["ETag"])
+            self._multipart_copy(key, full, copy_source, info, create_args=create_args, condition={})
+        else:
+            self._call(
+                "archiving",
+                key,
+                lambda: self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    CopySource=copy_source,
+                    CopySourceIfMatch=current["ETag"],
+                    MetadataDirective="COPY",
+                    StorageClass=wanted,
+                ),
+            )
+        # The lock settings go onto the new version by their own calls, not as copy headers: S3 wants
+        # a Content-MD5 or checksum with those, which a copy has no body to compute. The old version
+        # keeps its hold until then, so the data is never unprotected.
+        if held:
+            self._call(
+                "holding",
+                key,
+                lambda: self._client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": "ON"}),
+            )
+        if current.get("ObjectLockRetainUntilDate") is not None:
+            retention = {"Mode": current["ObjectLockMode"], "RetainUntilDate": current["ObjectLockRetainUntilDate"]}
+            self._call(
+                "holding",
+                key,
+                lambda: self._client.put_object_retention(Bucket=self.bucket, Key=full, Retention=retention),
+            )
+        if old_version and old_version != "null":
+            self._drop_old_version(key, old_version, held=held)
+
+    def _drop_old_version(self, key: str, version_id: str, *, held: bool) -> None:
+        """Remove the version a class change replaced (else the archive keeps both). Its legal hold
+        now lives on the new version, so it is lifted here first; a version under retention stays
+        until its date (the provider refuses, and a lifecycle rule or destroy removes it later)."""
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        head = self._head_version(key, version_id)
+        if head is None:
+            return
+        if self._lock_reason({**head, "ObjectLockLegalHoldStatus": "OFF"}):
+            return  # under retention: S3 would refuse
+        if held:
+            self._call(
+                "holding",
+                key,
+                lambda: self._client.put_object_legal_hold(
+                    Bucket=self.bucket, Key=full, VersionId=version_id, LegalHold={"Status": "OFF"}
+                ),
+            )
+
+        def delete() -> None:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+            except ClientError as exc:
+                if _status(exc) != 404:
+                    raise
+
+        self._call("archiving", key, delete)
+
+    def thaw(self, key: str, *, days: int = 7, tier: str = "Standard") -> str:
+        from botocore.exceptions import ClientError
+
+        if tier not in THAW_TIERS:
+            raise VaultError(f"{self.describe()}: thaw tier {tier!r} for {key} is not one of {', '.join(THAW_TIERS)}")
+        full = self._key(key)
+        current = self._call("thawing", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+        if not self._is_frozen(current):
+            return "ready"
+        if 'ongoing-request="true"' in (current.get("Restore") or ""):
+            return "in-progress"
+        request: dict = {"Days": days, "GlacierJobParameters": {"Tier": tier}}
+        if current.get("StorageClass") == "INTELLIGENT_TIERING":
+            request = {}  # the archive access tiers take no Days nor tier
+
+        def restore() -> str:
+            try:
+                response = self._client.restore_object(Bucket=self.bucket, Key=full, RestoreRequest=request)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                    return "in-progress"
+                raise
+            # 202: a restore was started; 200: a restored copy already exists (its expiry extended).
+            return "ready" if _status_of(response) == 200 else "requested"
+
+        return self._call("thawing", key, restore)
 
     def close(self) -> None:
         with self._parts_lock:
@@ -708,6 +1042,10 @@ def _is_connection_error(exc: BaseException) -> bool:
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     return isinstance(exc, BotoConnectionError)  # refused, connect timeout, proxy, endpoint unreachable
+
+
+def _status_of(response: dict) -> int:
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _status(exc: Any) -> int:
