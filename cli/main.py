@@ -604,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_retention(sub)
 
+    from cli.classify import register as register_classify
+
+    register_classify(sub)
+
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
     kg = key_sub.add_parser(

@@ -163,6 +163,12 @@ def register(subparsers) -> None:
     )
     thaw.add_argument("backup_id", metavar="BACKUP_ID", help="as shown by 'genesis-dr list'")
     thaw.add_argument("--days", type=int, default=7, help="how long the thawed copies stay readable (default 7)")
+    thaw.add_argument(
+        "--tier",
+        choices=("Standard", "Expedited", "Bulk"),
+        default="Standard",
+        help="S3 retrieval tier (GLACIER: Standard 3-5 hours, Expedited 1-5 minutes at a higher price)",
+    )
     thaw.add_argument("--stack", default="default", help=STACK_HELP)
     thaw.add_argument("--json", action="store_true", help="machine-readable output")
     thaw.set_defaults(func=cmd_archive_thaw)
@@ -214,19 +220,19 @@ def render_status(status: dict) -> str:
     """``retention status`` as text: the plan's own rendering, then holds, storage by tier, pending erasures."""
     from core.units import human_bytes
 
-    lines: list[str] = []
-    text = status.get("text") or status.get("plan_text")
-    if text:
-        lines.append(text.rstrip())
+    lines = [status.get("text", "").rstrip(), ""]
     holds = status.get("holds") or []
     lines.append(f"active holds: {len(holds)}")
-    lines += [f"  {h.get('id')} ({h.get('name')}): {h.get('reason')}; contact {h.get('contact')}" for h in holds]
-    tiers = status.get("storage_by_tier") or status.get("tiers") or {}
-    if tiers:
-        lines.append("storage by tier: " + ", ".join(f"{tier} {human_bytes(n)}" for tier, n in sorted(tiers.items())))
+    lines += [f"  {h['id']} ({h['name']}): {h['reason']}; contact {h['contact']}" for h in holds]
+    tiers = status.get("storage") or {}
+    lines.append(
+        "storage by tier: " + (", ".join(f"{t} {human_bytes(n)}" for t, n in tiers.items()) or "nothing stored")
+    )
+    if status.get("deleting"):
+        lines.append(f"deletions in progress (finished by the next run): {', '.join(status['deleting'])}")
     pending = status.get("pending_erasures") or []
     lines.append(f"pending GDPR erasures: {len(pending)}")
-    lines += [f"  {p.get('id')}: due by {p.get('due_by')}" for p in pending]
+    lines += [f"  {p['id']}: due by {p['due_by']}{' (OVERDUE)' if p.get('overdue') else ''}" for p in pending]
     return "\n".join(lines)
 
 
@@ -278,14 +284,17 @@ def cmd_hold_release(args) -> int:
 
 def cmd_hold_list(args) -> int:
     from cli.stacks import from_blocks, prefect_session
-    from core.retention.holds import HoldBook
+    from core.retention.catalog import read_catalog
+    from core.retention.holds import HoldBook, describe_cover
     from tasks.retention import hold_dict
 
     with prefect_session():
         config = from_blocks(args.stack)
-    book = HoldBook(config.vault.open().store)
+    vault = config.vault.open()
     admins = config.signing.admin_public_keys
-    holds = [hold_dict(h) for h in (book.list(admins) if args.all else book.active(admins))]
+    found = HoldBook(vault.store).list(admins)
+    catalog = read_catalog(vault, config) if found else None
+    holds = [hold_dict(h) | {"covers": describe_cover(catalog, h)} for h in found if args.all or h.active]
     if args.json:
         _print_json(holds)
         return 0
@@ -297,7 +306,7 @@ def cmd_hold_list(args) -> int:
         state = "active" if h["active"] else "released"
         print(f"{h['id']:<24} {h['name']:<20} {state:<9} {h['created_at']:<26} {h['creator']:<24} {h['contact']}")
         print(f"    reason: {h['reason']}")
-        print(f"    scope: {json.dumps(h['scope'], sort_keys=True)}")
+        print(f"    scope: {json.dumps(h['scope'], sort_keys=True)}; covers {h['covers']}")
         if not h["active"]:
             print(f"    released {h.get('released_at')} by {h.get('released_by')}: {h.get('release_reason')}")
     return 0
@@ -315,7 +324,7 @@ def _subject(value: str) -> str:
 
 def cmd_erase(args) -> int:
     from cli.stacks import from_blocks, prefect_session
-    from core.retention.erasure import apply_erasure, record_erasure
+    from core.retention.erasure import preview_erasure, record_erasure
     from flows.erase import erase, render_erasure
 
     subject = _subject(args.subject)
@@ -323,7 +332,7 @@ def cmd_erase(args) -> int:
         config = from_blocks(args.stack)
         if args.dry_run:
             # Nothing is recorded: what the erasure would shred and keep does not depend on the subject.
-            result = apply_erasure(config, None, dry_run=True, say=print)
+            result = preview_erasure(config)
         else:
             # Recorded here, in this process: the subject is sealed in the vault before any flow run exists,
             # and the flow gets only the request's id.
@@ -410,9 +419,10 @@ def cmd_archive_thaw(args) -> int:
     from cli.stacks import description
     from core.retention.archive import thaw_backup
 
-    if args.days < 1:
-        raise ConfigError(f"archive thaw --days {args.days}: give 1 or more days")
-    counts = thaw_backup(description(args.stack).vault.open(), args.backup_id, days=args.days)
+    config = description(args.stack)
+    # Data moved to an archive vault is thawed there: every replica of the stack may be one.
+    replicas = {r.name: config.vault_named(r.name).store() for r in config.replicas}
+    counts = thaw_backup(config.vault.open(), args.backup_id, days=args.days, replicas=replicas, tier=args.tier)
     if args.json:
         _print_json(counts)
         return 0

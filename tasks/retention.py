@@ -42,10 +42,24 @@ def hold_dict(hold) -> dict:
     return data
 
 
+def report_text(report: dict) -> str:
+    """The lines of a run's report kept as data on its error (the report object itself is gone by then)."""
+    lines = [f"deleted {len(report.get('deleted') or [])} item(s): {', '.join(report.get('deleted') or []) or 'none'}"]
+    lines.append(f"archived {len(report.get('archived') or [])}: {', '.join(report.get('archived') or []) or 'none'}")
+    if report.get("skipped_locked"):
+        lines.append(f"left for later (object lock): {', '.join(report['skipped_locked'])}")
+    lines += [f"REFUSED {source}: {why}" for source, why in sorted((report.get("refused") or {}).items())]
+    if report.get("audit_alarm"):
+        lines.append(f"NO DELETION: {report['audit_alarm']}")
+    return "\n".join(lines)
+
+
 def _attach(exc: DRError, report: Any) -> None:
     """Keep a refused or failed run's report on its error as data (the command prints it before the line)."""
     if report is not None and not isinstance(report, dict):
         report = report.to_dict() | {"text": report.text()}
+    if isinstance(report, dict) and "text" not in report:
+        report = report | {"text": report_text(report)}
     exc.report = report
 
 
@@ -124,9 +138,8 @@ def apply_object_holds_task(stack: str) -> dict:
 
     config = run_stack(stack).config
     vault = config.vault.open()
-    holds = HoldBook(vault.store).active(config.signing.admin_public_keys)
-    stores = [("primary", vault.store), *replica_stores(config)]
-    return apply_object_holds(vault, stores, holds, read_catalog(vault, config))
+    holds = HoldBook(vault.store).list(config.signing.admin_public_keys)  # released ones too: their locks lifted
+    return apply_object_holds(vault, replica_stores(config), holds, read_catalog(vault, config))
 
 
 @task(name="apply-erasure", cache_policy=NO_CACHE, **task_options("backup"))
@@ -147,7 +160,9 @@ def verify_audit_task(stack: str) -> dict:
 
     config = run_stack(stack).config
     store = config.vault.store()
-    report = verify_trail(store, config.signing.trusted(), replicas=replica_stores(config))
+    report = verify_trail(
+        store, config.signing.trusted(), replicas=replica_stores(config), admins=config.signing.admin_public_keys
+    )
     data = report.to_dict() | {"text": report.text()}
     if not report.ok:
         raise_alarm(store, report, config.signing.host_key())
