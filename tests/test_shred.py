@@ -235,3 +235,16 @@ def test_replicas_are_shredded_first_and_deleted_too(vault, tmp_path, signer):
     # A later replication does not bring it back.
     replicate(vault, replica_store, name="dr")
     assert [e.id for e in replica.entries()] == [keep.id]
+
+
+def test_a_backup_moved_to_an_archive_vault_names_it_on_open_and_stays_listed(vault):
+    moved = backup(vault)
+    vault.store.put(
+        f"backups/{moved.id}/archived.json", json.dumps({"vault": "cold", "at": "2026-12-01T03:00:00Z"}).encode()
+    )
+    with pytest.raises(BackupNotFoundError) as info:
+        vault.open_backup(moved.id, KEYS)
+    assert str(info.value) == (
+        f"backup {moved.id} was moved to archive vault 'cold' on 2026-12-01T03:00:00Z; restore it with --vault cold"
+    )
+    assert [(e.id, e.state) for e in vault.entries()] == [(moved.id, COMPLETED)]
