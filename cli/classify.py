@@ -41,7 +41,8 @@ def register(subparsers) -> None:
         type=_rows,
         default=200,
         metavar="N",
-        help="values sampled per column (Redis: keys and files have their own caps; default 200)",
+        help="rows sampled per table (PostgreSQL, MariaDB/MySQL; default 200); Redis keys and files have their own "
+        "caps (GENESIS_DR_CLASSIFY_MAX_KEYS, GENESIS_DR_CLASSIFY_MAX_FILES)",
     )
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.set_defaults(func=cmd_classify)

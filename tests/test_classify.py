@@ -216,6 +216,11 @@ def pg_classified(pg_server):
             )
         conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, status text, total numeric(10,2))")
         conn.execute("INSERT INTO orders (status, total) VALUES ('new', 12.50), ('paid', 99.00)")
+        # a partitioned table is sampled through its parent, its partitions are not listed again
+        conn.execute("CREATE TABLE events (id int, mail text) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (10)")
+        conn.execute("CREATE TABLE events_2 PARTITION OF events FOR VALUES FROM (10) TO (20)")
+        conn.execute("INSERT INTO events VALUES (1, %s), (11, %s)", EMAILS)
         conn.execute("CREATE SCHEMA crm")
         conn.execute("CREATE TABLE crm.leads (id int, address jsonb)")
         conn.execute(
@@ -232,10 +237,11 @@ def test_postgres_scan_proposes_classes_with_exact_counts_and_no_values(pg_class
     expected = _expected_patients("public")
     # crm.leads is big: a TABLESAMPLE of blocks, cut to the 20 rows asked for; the column name 'address' agrees
     expected["crm.leads.address"] = [("email", 20, 20, True, "personal")]
+    expected["public.events.mail"] = [("email", 2, 2, True, "personal")]
     assert found == expected
     assert report.proposed == ["personal", "cardholder", "health", "financial"]
-    # leads.address; patients: 8 text columns (contact 2 values, notes 2, six others 3); orders: status, total
-    assert report.scanned == {"tables": 3, "columns": 1 + 8 + 2, "values": 20 + (2 + 2 + 6 * 3) + 2 * 2}
+    # leads.address; events.mail; patients: 8 text columns (contact 2 values, notes 2, six others 3); orders: status, total
+    assert report.scanned == {"tables": 4, "columns": 1 + 8 + 2 + 1, "values": 20 + (2 + 2 + 6 * 3) + 2 * 2 + 2}
     assert report.notes == []
     _assert_no_value(report, [*SEEDED, "lead1@example.com", "1980-02-03"])
     assert "proposed: personal, cardholder, health, financial (confirm by adding them" in report.text()
@@ -252,7 +258,7 @@ def test_postgres_table_cap_is_reported(pg_classified, monkeypatch):
     monkeypatch.setenv("GENESIS_DR_CLASSIFY_MAX_TABLES", "1")
     report = cl.classify_source(pg_classified, sample_rows=5)
     assert report.scanned["tables"] == 1
-    assert report.notes == ["scanned the first 1 of 3 tables (GENESIS_DR_CLASSIFY_MAX_TABLES)"]
+    assert report.notes == ["scanned the first 1 of 4 tables (GENESIS_DR_CLASSIFY_MAX_TABLES)"]
     assert sorted(_by_location(report)) == ["crm.leads.address"]  # catalog order: crm before public
 
 
@@ -327,18 +333,20 @@ def test_redis_scan_groups_keys_without_naming_them(redis_session):
     c1 = server.client(1)
     c1.sadd("ibans", IBANS[0], IBANS[1])
     c.hset("customer:1003", mapping={"email": EMAILS[1], "card_number": CARDS[1], "city": "Bath"})
+    c.hset("directory:people", mapping={"alice": EMAILS[0], "bob": EMAILS[1]})  # field names are data here
     report = cl.classify_source(server.config(name="cache"))
     assert _by_location(report) == {
         "db0 user:*:email": [("email", 2, 3, True, "personal")],
         "db0 customer:* field email": [("email", 3, 3, True, "personal")],
         "db0 customer:* field card_number": [("card-number", 2, 3, True, "cardholder")],
+        "db0 directory:* field *": [("email", 2, 2, False, "personal")],
         # keys without a ':' are one place ('audit' could as well be a user name): the list and 'x'
         "db0 *": [("email", 1, 3, False, "personal"), ("card-number", 1, 3, False, "cardholder")],
         "db1 *": [("iban", 2, 2, False, "financial")],
     }
-    assert report.scanned == {"keys": 10, "values": 3 + 1 + 9 + 3 + 2}
+    assert report.scanned == {"keys": 11, "values": 3 + 1 + 9 + 2 + 3 + 2}
     assert report.proposed == ["personal", "cardholder", "financial"]
-    _assert_no_value(report, [*SEEDED, "opaque-token-value", "session:alice", "1001"])
+    _assert_no_value(report, [*SEEDED, "opaque-token-value", "session:alice", "1001", "alice", "bob"])
 
 
 def test_redis_key_cap_is_reported(redis_session, monkeypatch):

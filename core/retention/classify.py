@@ -189,6 +189,7 @@ JOIN information_schema.tables t
 LEFT JOIN pg_catalog.pg_namespace pn ON pn.nspname = c.table_schema
 LEFT JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = c.table_name
 WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
+  AND NOT coalesce(pc.relispartition, false)
   AND c.table_schema NOT LIKE 'pg\\_toast%%' AND c.table_schema NOT LIKE 'pg\\_temp%%'
 ORDER BY c.table_schema, c.table_name, c.ordinal_position
 """
@@ -365,6 +366,7 @@ def _scan_redis(source: Any, sample_rows: int) -> ClassReport:
     places: dict[str, _Place] = {}
     notes: list[str] = []
     keys_seen = 0
+    denied = [0]  # keys whose values the ACL user may not read
     with engine._talking("INFO keyspace"), engine._client() as client:
         dbs = engine._scope_dbs(client)
     for db in dbs:
@@ -377,17 +379,28 @@ def _scan_redis(source: Any, sample_rows: int) -> ClassReport:
                 batch.append(key)
                 keys_seen += 1
                 if len(batch) == 200 or keys_seen >= max_keys:
-                    _redis_batch(client, db, batch, places)
+                    _redis_batch(client, db, batch, places, denied)
                     batch = []
                 if keys_seen >= max_keys:
                     break
             if batch:
-                _redis_batch(client, db, batch, places)
+                _redis_batch(client, db, batch, places, denied)
+    if denied[0]:
+        notes.append(f"{denied[0]} keys not sampled: the ACL user may not read them (names only)")
     scanned = {"keys": keys_seen, "values": sum(p.sampled for p in places.values())}
     return _report(source, places, notes, scanned)
 
 
-def _redis_batch(client: Any, db: int, keys: list[bytes], places: dict[str, _Place]) -> None:
+def _field_shown(name: Any) -> str:
+    """A hash or stream field's name as reported: only the words that name a kind of data; a hash keyed
+    by user names or ids ('alice', 'u1001') must not print them."""
+    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return text if text.lower() in _HINT_WORDS else "*"
+
+
+def _redis_batch(client: Any, db: int, keys: list[bytes], places: dict[str, _Place], denied: list[int]) -> None:
+    import redis
+
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)
@@ -411,22 +424,18 @@ def _redis_batch(client: Any, db: int, keys: list[bytes], places: dict[str, _Pla
             continue  # gone since TYPE, or a module type we cannot read
         fetched.append((key, kind))
     for (key, kind), reply in zip(fetched, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, redis.exceptions.NoPermissionError):
+            denied[0] += 1
+            continue
         if isinstance(reply, Exception):
-            continue  # the key changed type or vanished between the two round trips
+            continue  # the key changed type between the two round trips
         pattern = f"db{db} {key_pattern(key)}"
-        if kind == "hash":
-            for name, value in list(reply[1].items())[:_ELEMENTS]:
-                field_name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-                shown = field_name if _plain_word(field_name) else "*"
-                place = places.setdefault(f"{pattern} field {shown}", _Place(f"{key_pattern(key)} {shown}"))
+        if kind in ("hash", "stream"):
+            pairs = list(reply[1].items())[:_ELEMENTS] if kind == "hash" else [p for _, e in reply for p in e.items()]
+            for name, value in pairs:
+                shown = _field_shown(name)
+                place = places.setdefault(f"{pattern} field {shown}", _Place(shown))
                 place.add_value(value)
-        elif kind == "stream":
-            for _id, entry in reply:
-                for name, value in entry.items():
-                    field_name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-                    shown = field_name if _plain_word(field_name) else "*"
-                    place = places.setdefault(f"{pattern} field {shown}", _Place(f"{key_pattern(key)} {shown}"))
-                    place.add_value(value)
         else:
             place = places.setdefault(pattern, _Place(key_pattern(key)))
             for value in [reply] if kind == "string" else reply:

@@ -247,13 +247,13 @@ DETECTORS: tuple[Detector, ...] = (
 
 
 def detect(value: str, *, ssn_column: bool = False) -> set[str]:
-    """The detectors that find something in one value (whole, or somewhere in it if it is longer text).
+    """The detectors that find something in one value (the whole of it, or somewhere in it).
 
     ``ssn_column``: the value comes from a column named for SSNs, where nine bare digits count.
     """
     found = set()
     for d in DETECTORS:
-        if d.whole(value) or (len(value) > 24 and d.in_text(value) > 0):
+        if d.whole(value) or d.in_text(value) > 0:
             found.add(d.name)
     if ssn_column and "national-id" not in found and is_us_ssn(value, bare_digits=True):
         found.add("national-id")
