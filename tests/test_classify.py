@@ -393,6 +393,7 @@ def test_files_scan_follows_the_sources_patterns_and_names_no_value(tmp_path):
         "patients/*.txt": [("name-hint", 0, 1, True, "health")],
     }
     assert report.scanned == {"files": 5, "binary files skipped": 1}
+    assert "  exports/*.csv: email in 1 of 2 sampled files, the name agrees -> personal" in report.text()
     _assert_no_value(report, [*SEEDED, "customers.csv", "keys.txt"])
 
 

@@ -61,13 +61,13 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def line(self) -> str:
+    def line(self, unit: str = "values") -> str:
         if self.detector == "name-hint":
-            seen = f"no value matched in {self.sampled} sampled" if self.sampled else "by name only"
+            seen = f"nothing matched in {self.sampled} sampled {unit}" if self.sampled else "by name only"
             return f"{self.location}: its name suggests {self.proposes} ({seen})"
         agrees = ", the name agrees" if self.by_name else ""
         return (
-            f"{self.location}: {self.detector} in {self.matches} of {self.sampled} sampled values{agrees}"
+            f"{self.location}: {self.detector} in {self.matches} of {self.sampled} sampled {unit}{agrees}"
             f" -> {self.proposes}"
         )
 
@@ -107,7 +107,8 @@ class ClassReport:
         lines = [
             f"{self.source} ({self.kind}): declared classes: {current}" + (f"; scanned {counts}" if counts else "")
         ]
-        lines += [f"  {f.line()}" for f in self.findings]
+        unit = "files" if self.kind == "files" else "values"
+        lines += [f"  {f.line(unit)}" for f in self.findings]
         lines += [f"  note: {n}" for n in self.notes]
         if self.proposed:
             lines.append(
@@ -454,8 +455,9 @@ def file_group(rel: str) -> str:
     return "/".join([*dirs, f"*{suffix}"])
 
 
-def _walk_files(root: str, paths: list[str], include: list[str], exclude: list[str]):
-    """Relative paths of the regular files a backup of this source would take (its paths and patterns)."""
+def _walk_files(root: str, paths: list[str], include: list[str], exclude: list[str], unreadable: list[str]):
+    """Relative paths of the regular files a backup of this source would take (its paths and patterns);
+    directories that cannot be listed go to ``unreadable``."""
     from core.engines.files.pathmatch import PathFilter
 
     chooser = PathFilter(include, exclude)
@@ -473,7 +475,8 @@ def _walk_files(root: str, paths: list[str], include: list[str], exclude: list[s
                 with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError:
-                continue  # unreadable: the backup reports it; the scan has nothing to look at
+                unreadable.append(rel_dir or ".")
+                continue
             for entry in reversed(entries):
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -496,7 +499,8 @@ def _scan_files(source: Any, sample_rows: int) -> ClassReport:
     places: dict[str, _Place] = {}
     notes: list[str] = []
     files = binary = 0
-    for rel in _walk_files(root, engine._paths(), source.include, source.exclude):
+    unreadable: list[str] = []
+    for rel in _walk_files(root, engine._paths(), source.include, source.exclude, unreadable):
         if files >= max_files:
             notes.append(f"stopped after {max_files} files (GENESIS_DR_CLASSIFY_MAX_FILES)")
             break
@@ -504,6 +508,7 @@ def _scan_files(source: Any, sample_rows: int) -> ClassReport:
             with open(os.path.join(root, rel), "rb") as f:
                 head = f.read(FILE_BYTES)
         except OSError:
+            unreadable.append(rel)
             continue
         files += 1
         if b"\x00" in head:
@@ -520,6 +525,9 @@ def _scan_files(source: Any, sample_rows: int) -> ClassReport:
         if det.name_hint(rel):
             place.hints.add(det.name_hint(rel))  # type: ignore[arg-type]
         place.add_text(text)
+    if unreadable:
+        # Counted, not named: a path may itself be data (a user's directory).
+        notes.append(f"{len(unreadable)} files or directories could not be read (run as a user who can read them)")
     scanned = {"files": files, "binary files skipped": binary}
     return _report(source, places, notes, scanned)
 
