@@ -12,14 +12,16 @@ import pytest
 from core.audit.trail import AuditTrail
 from core.crypto.keys import Keyring
 from core.crypto.signing import SigningKey, fingerprint, generate_signing_key
-from core.errors import AuditTrailError, BackupNotFoundError, WrongKeyError
+from core.errors import AuditTrailError, BackupNotFoundError, ObjectLockedError, WrongKeyError
 from core.replication.replica import open_replica, replicate
 from core.repository.manifest import COMPLETED
 from core.repository.vault import DELETING, Vault
 from core.retention.certificate import certificates, verify_certificate
 from core.retention.shred import delete_backup, resume_deletions, shred_keys
+from core.storage.config import VaultConfig
 from core.storage.local import LocalStore
 from tests.faults import FaultyStore
+from tests.fixtures_cloud import PRIMARY_REGION, s3_client
 from tests.test_vault import chunk_files, read_back
 from tests.test_vault_recovery import backup, manifest_path
 
@@ -248,3 +250,49 @@ def test_a_backup_moved_to_an_archive_vault_names_it_on_open_and_stays_listed(va
         f"backup {moved.id} was moved to archive vault 'cold' on 2026-12-01T03:00:00Z; restore it with --vault cold"
     )
     assert [(e.id, e.state) for e in vault.entries()] == [(moved.id, COMPLETED)]
+
+
+# -- S3 (moto server): every version goes, and an Object Lock legal hold stops a deletion before it starts ----
+
+
+@pytest.fixture
+def s3_vault(moto_endpoint, new_bucket):
+    bucket = new_bucket(object_lock=True)  # versioned, as Object Lock requires
+    config = VaultConfig(type="s3", bucket=bucket, prefix="dr", region=PRIMARY_REGION, endpoint_url=moto_endpoint)
+    store = config.store()
+    yield Vault.open(store, create=True), s3_client(moto_endpoint), bucket
+    store.close()
+
+
+def versions(client, bucket: str, prefix: str) -> list[str]:
+    listed = client.list_object_versions(Bucket=bucket, Prefix=f"dr/{prefix}")
+    return sorted(v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", []))
+
+
+def test_s3_shredding_leaves_no_old_version_of_the_key_and_a_legal_hold_stops_the_deletion_untouched(s3_vault, signer):
+    vault, client, bucket = s3_vault
+    m = backup(vault)
+    keys = f"backups/{m.id}/keys.json"
+    original = vault.store.get(keys)
+
+    vault.store.set_legal_hold(keys, True)
+    with pytest.raises(ObjectLockedError, match=f"{keys} is under a legal hold"):
+        delete_backup(vault, [], m.id, reason="expired", authority="policy", signer=signer, passes=3)
+    assert vault.store.get(keys) == original  # nothing was changed: no marker, no shredding
+    assert [(e.id, e.state) for e in vault.entries()] == [(m.id, COMPLETED)]
+    assert read_back(vault, m.id, KEYS)
+
+    vault.store.set_legal_hold(keys, False)
+    shred_keys(vault.store, [keys])
+    assert versions(client, bucket, keys) == [f"dr/{keys}"]  # the shredded record only
+    assert json.loads(vault.store.get(keys))["recipients"] == []
+    with pytest.raises(WrongKeyError, match="crypto-shredded"):
+        vault.open_backup(m.id, KEYS)
+    assert len(list(vault.store.list(f"backups/{m.id}/streams/"))) == len(m.streams[0].chunks)
+
+    cert = delete_backup(vault, [], m.id, reason="expired", authority="policy", signer=signer, passes=3)
+    assert cert.method == "crypto-shred + delete"
+    assert versions(client, bucket, f"backups/{m.id}/") == []  # no version, no delete marker
+    assert versions(client, bucket, f"catalog/blob/{m.id}") == []
+    assert vault.entries() == []
+    verify_certificate(cert.to_dict(), {})
