@@ -463,3 +463,39 @@ def test_classify_command_reads_the_stack_and_prints_no_value(tmp_path, monkeypa
         _cli("--stack", "shop", "--source", "nope")
     with pytest.raises(SystemExit):
         _cli("--sample-rows", "0")
+
+
+def test_genesis_dr_classify_as_the_operator_types_it(tmp_path, monkeypatch):
+    """Through ``genesis-dr`` (cli.main) in a subprocess: exit codes and one-line errors."""
+    import subprocess
+    import sys
+
+    from core import stack_description
+    from core.stack import StackConfig
+    from tests.commands import REPO, clean_environment, error_line
+
+    env = clean_environment(GENESIS_DR_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    data = tmp_path / "data"
+    data.mkdir()
+    _seed_files(data)
+    config = StackConfig(
+        stack="ops",
+        vault={"path": str(tmp_path / "vault")},
+        sources=[{"name": "files", "kind": "files", "root": str(data)}],
+    )
+    monkeypatch.setenv("GENESIS_DR_STATE_DIR", env["GENESIS_DR_STATE_DIR"])
+    stack_description.save(config, "http://127.0.0.1:4200/api")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", "classify", "--stack", "ops", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    ok = run("--json")
+    assert ok.returncode == 0, ok.stderr
+    assert [r["proposed"] for r in json.loads(ok.stdout)] == [["personal", "cardholder", "health", "financial"]]
+    _assert_no_value(ok.stdout + ok.stderr, SEEDED)
+    bad = run("--source", "nope")
+    assert bad.returncode == 2
+    assert error_line(bad).startswith("genesis-dr: error: stack 'ops' has no source 'nope' (its sources: files)")
