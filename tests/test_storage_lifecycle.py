@@ -128,6 +128,32 @@ def test_s3_retention_until_a_date_blocks_destroy(moto_endpoint, locked_s3):
     assert store.get("certificates/c.json") == b"{}"
 
 
+def test_s3_a_default_retention_bucket_takes_writes_and_refuses_destroy(moto_endpoint, locked_s3):
+    """Such a bucket wants a checksum on every PutObject: the store learns it from the first refusal."""
+    from datetime import UTC
+
+    store, bucket = locked_s3
+    client = s3_client(moto_endpoint)
+    client.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    assert store.create("manifest.json", b"{}") is not None
+    store.put("other.json", b"[]")
+    until = client.head_object(Bucket=bucket, Key="dr/manifest.json")["ObjectLockRetainUntilDate"]
+    date = until.astimezone(UTC).isoformat(timespec="seconds")
+    with pytest.raises(ObjectLockedError) as err:
+        store.destroy("manifest.json")
+    assert str(err.value) == (
+        f"s3://{bucket}/dr: manifest.json is locked by an S3 Object Lock retention until {date} (GOVERNANCE); "
+        f"it becomes deletable after {date}"
+    )
+    assert (store.get("manifest.json"), store.get("other.json")) == (b"{}", b"[]")
+
+
 def test_s3_destroy_on_an_unversioned_bucket(moto_endpoint, new_bucket):
     bucket = new_bucket()
     store = s3_store(moto_endpoint, bucket)
