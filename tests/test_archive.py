@@ -17,10 +17,12 @@ from core.errors import BackupNotFoundError, ConfigError, ObjectFrozenError, Vau
 from core.operations import backup_source, restore_backup
 from core.replication.replica import open_vault
 from core.repository.manifest import COMPLETED
+from core.repository.vault import Vault
 from core.retention.archive import RESTORE_DELAY, archive_backup, restore_delay, thaw_backup
 from core.retention.catalog import read_catalog
 from core.sources import FilesSourceConfig
 from core.stack import parse_stack
+from core.storage.local import LocalStore
 from tests.fixtures_cloud import PRIMARY_REGION, s3_client
 
 KEYS = Keyring(passphrase="archive")
@@ -232,3 +234,47 @@ def test_restore_delays_per_tier():
     assert restore_delay("DEEP_ARCHIVE") == "12 hours"
     assert restore_delay("vault:cold") == "immediate (restore with --vault cold)"
     assert restore_delay("TAPE") == "unknown"
+
+
+class DiesAfterOneDestroy(LocalStore):
+    """A local store whose process 'dies' (an exception nothing catches) after one object was destroyed."""
+
+    destroyed = 0
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        if self.destroyed == 1:
+            raise KeyboardInterrupt("killed")
+        super().destroy(key, passes=passes)
+        self.destroyed += 1
+
+
+def test_an_archive_killed_after_its_record_is_finished_by_the_next_run(tmp_path):
+    app = write_tree(tmp_path / "app", "killed")
+    config = stack(
+        {"type": "local", "path": str(tmp_path / "vault")},
+        app,
+        replicas=[{"name": "cold", "vault": {"type": "local", "path": str(tmp_path / "cold")}}],
+    )
+    manifest = backup_source(config.vault.open(create=True), KEYS, engine_for(config.source("app")))
+    original = tree_state(app)
+    replicas = {"cold": config.vault_named("cold").store()}
+    dying = Vault.open(DiesAfterOneDestroy(tmp_path / "vault"))
+    with pytest.raises(KeyboardInterrupt):
+        archive_backup(dying, manifest.id, "vault:cold", replicas=replicas, say=lambda _m: None, signer=HOST)
+    vault = config.vault.open()
+    left = list(vault.store.list(f"backups/{manifest.id}/streams/"))
+    assert len(left) == chunk_count(manifest) - 1
+    assert vault.store.exists(f"backups/{manifest.id}/archived.json")
+    assert {e.id: e.state for e in vault.entries()} == {manifest.id: COMPLETED}
+    restore_into(open_vault(config, "cold"), manifest.id, tmp_path / "meanwhile")
+    assert tree_state(tmp_path / "meanwhile") == original
+
+    said = []
+    result = archive_backup(vault, manifest.id, "vault:cold", replicas=replicas, say=said.append, signer=HOST)
+    assert (result["objects"], result["copied"]) == (len(left), 0)
+    assert list(vault.store.list(f"backups/{manifest.id}/streams/")) == []
+    at = json.loads(vault.store.get(f"backups/{manifest.id}/archived.json"))["at"]
+    assert said == [
+        f"archive {manifest.id}: in archive vault cold since {at} (an earlier run stopped before removing its data "
+        f"here), {len(left)} data objects removed from the primary; restore it with --vault cold"
+    ]

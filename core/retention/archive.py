@@ -253,6 +253,7 @@ def _to_vault(vault: Vault, manifest: Manifest, name: str, archive: Store, say: 
             f"backup {backup_id} was moved to archive vault '{record['vault']}' on {record.get('at')}, not '{name}'; "
             "its data is no longer here to move again"
         )
+    resumed = record.get("at") if record is not None else None
     if record is None:
         _refuse_live_dependents(vault, manifest, name)
         try:
@@ -280,27 +281,39 @@ def _to_vault(vault: Vault, manifest: Manifest, name: str, archive: Store, say: 
             "chain": [layer.id for layer in chain[1:]],
             "log_pieces": pieces,
         }
-        # The commit point of the move: from here on the archive vault's copy is the backup's data.
-        primary.create(f"backups/{backup_id}/{ARCHIVED_RECORD}", json.dumps(record, sort_keys=True, indent=1).encode())
+        # The commit point of the move: from here on the archive vault's copy is the backup's data. Under the
+        # source's lease, so no backup starts on this one between the last look for dependents and the record
+        # (the copy above ran without it: a long copy must not stop the source's backups).
+        with vault.lock(manifest.source, f"archive of {backup_id}"):
+            _refuse_live_dependents(vault, manifest, name)
+            primary.create(
+                f"backups/{backup_id}/{ARCHIVED_RECORD}", json.dumps(record, sort_keys=True, indent=1).encode()
+            )
     else:
         _verify_copy(archive, manifest, name)
+    # Verified objects include the ones just copied (each is read back); the rest were there already.
+    already = counts.objects_checked + counts.objects_verified - counts.objects_copied - counts.objects_repaired
     removed = removed_bytes = 0
     for key in list(primary.list(f"backups/{backup_id}/streams/")):
         info = primary.stat(key)
         primary.destroy(key)
         removed += 1
         removed_bytes += info.size if info else 0
-    say(
-        f"archive {backup_id}: copied to archive vault {name} ({counts.objects_copied} objects, {counts.bytes_copied} "
-        f"bytes; {counts.objects_checked + counts.objects_verified} already there), {removed} data objects removed "
-        f"from the primary; restore it with --vault {name}"
+    done = (
+        f"copied to archive vault {name} ({counts.objects_copied} objects, {counts.bytes_copied} bytes; {already} "
+        "already there)"
+        if resumed is None
+        else f"in archive vault {name} since {resumed} (an earlier run stopped before removing its data here)"
+        if removed
+        else f"in archive vault {name} since {resumed} (nothing left to do)"
     )
+    say(f"archive {backup_id}: {done}, {removed} data objects removed from the primary; restore it with --vault {name}")
     return {
         "backup": backup_id,
         "to": f"{VAULT_PREFIX}{name}",
         "objects": removed,
         "bytes": removed_bytes,
-        "already": counts.objects_checked,
+        "already": already,
         "copied": counts.objects_copied,
         "restore_delay": restore_delay(f"{VAULT_PREFIX}{name}"),
     }
@@ -359,8 +372,9 @@ def thaw_backup(
         if record is not None:
             if not replicas or record["vault"] not in replicas:
                 raise VaultError(
-                    f"backup {manifest.id} was moved to archive vault '{record['vault']}' on {record.get('at')}; thaw "
-                    f"it there ('genesis-dr archive thaw {backup_id} --vault {record['vault']}')"
+                    f"backup {manifest.id} was moved to archive vault '{record['vault']}' on {record.get('at')}, which "
+                    f"is not a replica of this stack; add it under replicas: and run 'genesis-dr archive thaw "
+                    f"{backup_id}' again"
                 )
             store = replicas[record["vault"]]
         for stream in manifest.streams:
