@@ -12,12 +12,14 @@ import pytest
 from core.audit.trail import AuditTrail
 from core.crypto.keys import Keyring
 from core.crypto.signing import SigningKey, fingerprint, generate_signing_key
+from core.engines.base import PieceInfo
 from core.errors import AuditTrailError, BackupNotFoundError, ObjectLockedError, WrongKeyError
 from core.replication.replica import open_replica, replicate
+from core.repository.log import LogWriter
 from core.repository.manifest import COMPLETED
 from core.repository.vault import DELETING, Vault
 from core.retention.certificate import certificates, verify_certificate
-from core.retention.shred import delete_backup, resume_deletions, shred_keys
+from core.retention.shred import delete_backup, delete_log_range, resume_deletions, shred_keys
 from core.storage.config import VaultConfig
 from core.storage.local import LocalStore
 from tests.faults import FaultyStore
@@ -295,4 +297,65 @@ def test_s3_shredding_leaves_no_old_version_of_the_key_and_a_legal_hold_stops_th
     assert versions(client, bucket, f"backups/{m.id}/") == []  # no version, no delete marker
     assert versions(client, bucket, f"catalog/blob/{m.id}") == []
     assert vault.entries() == []
+    verify_certificate(cert.to_dict(), {})
+
+
+# -- log ranges ---------------------------------------------------------------------------
+
+
+def ship(vault: Vault, first: int, count: int) -> str:
+    """``count`` Redis-kind pieces from ``first`` in one capture session; its session key id."""
+    before = set(vault.store.children("logkeys/cache/"))
+    writer = LogWriter(vault.store, "cache", "redis", KEYS, vault.check_passphrase(KEYS), chunk_size=4096)
+    for n in range(first, first + count):
+        info = PieceInfo(
+            start={"replid": "a" * 40, "offset": n * 1000},
+            end={"replid": "a" * 40, "offset": (n + 1) * 1000},
+            first_time=f"2026-12-05T10:0{n}:00.000Z",
+            last_time=f"2026-12-05T10:0{n}:30.000Z",
+        )
+        writer.ship(info, os.urandom(10_000))
+    writer.close()
+    (key,) = set(vault.store.children("logkeys/cache/")) - before
+    return key.removesuffix(".json")
+
+
+def test_a_log_range_is_shredded_with_its_session_key_and_a_killed_one_resumes(vault, tmp_path, signer):
+    old_key, new_key = ship(vault, 0, 3), ship(vault, 3, 1)
+    records = {r.seq: r for r in vault.log_pieces("cache")}
+    old_secret = json.loads(vault.store.get(f"logkeys/cache/{old_key}.json"))["recipients"][0]["wrapped_key"]
+
+    # The host dies after the session key was shredded and one chunk destroyed.
+    budget = {"left": 2}
+    with pytest.raises(Killed):
+        delete_log_range(
+            Vault(DiesAfterDestroys(vault.store, budget), vault.config),
+            [],
+            "cache",
+            [0, 1, 2],
+            [old_key],
+            reason="older than the PITR window",
+            authority="policy",
+            signer=signer,
+            passes=1,
+        )
+    assert old_secret.encode() not in vault_bytes(tmp_path / "vault")
+    assert [k.removesuffix(".json") for k in vault.store.children("logkeys/cache/")] == sorted([old_key, new_key])
+    marker = "retention/deleting-log/cache/000000000000-000000000002.json"
+    assert vault.store.exists(marker)
+
+    (cert,) = resume_deletions(vault, [], signer=signer, passes=1)
+    assert cert.subject == "log:cache:0-2" and cert.kind == "redis" and cert.reason == "older than the PITR window"
+    chunks = {o["key"]: o["sha256"] for o in cert.objects if o["key"].startswith("logdata/")}
+    assert chunks == {
+        f"logdata/cache/{seq:012d}/{i:08d}": c.sha256
+        for seq in (0, 1, 2)
+        for i, c in enumerate(records[seq].stream.chunks)
+    }
+    assert [r.seq for r in vault.log_pieces("cache")] == [3]
+    assert vault.store.children("logkeys/cache/") == [f"{new_key}.json"]
+    assert vault.store.children("logdata/cache/") == ["000000000003"]
+    assert not vault.store.exists(marker)
+    reader = vault.log_reader("cache", KEYS)  # the piece of the other session still opens
+    assert len(b"".join(reader.iter_piece(records[3]))) == 10_000
     verify_certificate(cert.to_dict(), {})
