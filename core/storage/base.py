@@ -140,7 +140,8 @@ class Store(ABC):
 
     @abstractmethod
     def get(self, key: str) -> bytes:
-        """The object's bytes; raises ObjectNotFound if absent."""
+        """The object's bytes; raises ObjectNotFound if absent, ObjectFrozenError (exit 35) if it sits
+        in an archive tier and was not thawed (``stat().frozen``)."""
 
     @abstractmethod
     def get_versioned(self, key: str) -> tuple[bytes, str]:
