@@ -3,16 +3,88 @@
 ``plan_retention`` is a pure function of the catalog, the policy, the holds and the
 time (restic's ``ApplyPolicy`` is the model): no I/O, no clock, so its golden tests
 are JSON files and ``--dry-run`` prints exactly what a run would do.
+
+What it never deletes: anything under an active legal hold; anything a retained
+backup or the retained point-in-time window needs (the full of a chain, every
+parent of a data layer, the log from a full's start through a retained point);
+the newest valid backup of a source and the log after the newest full (the newest
+restorable point); anything younger than its data classes' compliance minimum.
+A source whose rules would keep none of its completed backups is refused whole:
+backups that stopped running look exactly like that, and deleting all but one of
+them would hide it.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from core.retention.catalog import Catalog
-from core.retention.config import RetentionConfig
+from core.engines import log_start, position_order
+from core.errors import ConfigError
+from core.repository.manifest import ABANDONED, CORRUPT, FAILED, IN_PROGRESS
+from core.retention.catalog import DELETING, BackupItem, Catalog, PieceItem
+from core.retention.config import BACKUP_TYPES, EffectivePolicy, KeepRules, RetentionConfig, parse_duration
 from core.retention.scope import Hold
+
+REMAINS = (FAILED, CORRUPT, ABANDONED)  # records of runs that did not commit: never counted as valid
+# When no rule of a source says how long, failed remains wait this long (a day to look at them).
+REMAINS_GRACE = timedelta(days=1)
+GFS = (
+    ("hourly", lambda t: t.strftime("%Y-%m-%dT%Hh")),
+    ("daily", lambda t: t.strftime("%Y-%m-%d")),
+    ("weekly", lambda t: "{}-W{:02d}".format(*t.isocalendar()[:2])),
+    ("monthly", lambda t: t.strftime("%Y-%m")),
+    ("yearly", lambda t: t.strftime("%Y")),
+)
+# How long a restore from where the data sits waits before the first byte (the plan says it).
+RESTORE_DELAYS = {
+    "STANDARD_IA": "immediate",
+    "GLACIER_IR": "milliseconds (Glacier Instant Retrieval)",
+    "GLACIER": "3-5 hours (Standard retrieval) after 'genesis-dr archive thaw'",
+    "DEEP_ARCHIVE": "12 hours (Standard retrieval) after 'genesis-dr archive thaw'",
+    "NEARLINE": "immediate (GCS)",
+    "COLDLINE": "immediate (GCS)",
+    "ARCHIVE": "immediate (GCS)",
+}
+
+
+def restore_delay(where: str | None) -> str | None:
+    if not where:
+        return None
+    if where.startswith("vault:"):
+        return f"immediate: restore with --vault {where.removeprefix('vault:')}"
+    return RESTORE_DELAYS.get(where)
+
+
+def iso(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def span(delta: timedelta) -> str:
+    """A duration as the config writes it: '30d', '24h', '7y'."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def rules_text(rules: KeepRules | None) -> str:
+    if rules is None:
+        return "no keep rules"
+    parts = [f"{name} {getattr(rules, name)}" for name in ("keep_last", *dict(GFS)) if getattr(rules, name)]
+    if rules.keep_within:
+        parts.append(f"keep_within {rules.keep_within}")
+    return ", ".join(parts)
+
+
+def _ids(ids: list[str], limit: int = 3) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 @dataclass
@@ -30,14 +102,31 @@ class Decision:
     seqs: tuple[int, int] | None = None
     stored_bytes: int = 0
 
+    def to_dict(self) -> dict:
+        return {
+            "item": self.item,
+            "kind": self.kind,
+            "source": self.source,
+            "type": self.type,
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "held_by": list(self.held_by),
+            "deletable_after": iso(self.deletable_after),
+            "archive_to": self.archive_to,
+            "restore_delay": self.restore_delay,
+            "seqs": list(self.seqs) if self.seqs else None,
+            "stored_bytes": self.stored_bytes,
+        }
+
 
 @dataclass
 class RetentionPlan:
     now: datetime
     decisions: list[Decision]
-    refused: dict[str, str] = field(default_factory=dict)
-    log_keys_to_shred: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # source -> why nothing of it is deleted
+    log_keys_to_shred: dict[str, list[str]] = field(default_factory=dict)  # capture keys whose every piece goes
     warnings: list[str] = field(default_factory=list)
+    tiers: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> where its kept bytes sit -> bytes
 
     def deletions(self) -> list[Decision]:
         return [d for d in self.decisions if d.action == "delete"]
@@ -45,6 +134,574 @@ class RetentionPlan:
     def archives(self) -> list[Decision]:
         return [d for d in self.decisions if d.action == "archive"]
 
+    def to_dict(self) -> dict:
+        return {
+            "now": iso(self.now),
+            "decisions": [d.to_dict() for d in self.decisions],
+            "refused": dict(sorted(self.refused.items())),
+            "log_keys_to_shred": {k: sorted(v) for k, v in sorted(self.log_keys_to_shred.items())},
+            "warnings": list(self.warnings),
+            "tiers": {s: dict(sorted(t.items())) for s, t in sorted(self.tiers.items())},
+        }
+
+    def text(self) -> str:
+        lines = [f"Retention plan at {iso(self.now)}"]
+        by_source: dict[str, list[Decision]] = defaultdict(list)
+        for d in self.decisions:
+            by_source[d.source].append(d)
+        for source in sorted(by_source):
+            decisions = by_source[source]
+            counts = {a: sum(1 for d in decisions if d.action == a) for a in ("keep", "archive", "delete")}
+            freed = sum(d.stored_bytes for d in decisions if d.action == "delete")
+            lines.append(
+                f"{source}: keep {counts['keep']}, archive {counts['archive']}, delete {counts['delete']} "
+                f"({freed} bytes freed)"
+            )
+            if source in self.refused:
+                lines.append(f"  REFUSED: {self.refused[source]}")
+            tiers = self.tiers.get(source)
+            if tiers:
+                lines.append("  stored: " + ", ".join(f"{tier} {size} bytes" for tier, size in sorted(tiers.items())))
+            for d in decisions:
+                extra = []
+                if d.held_by:
+                    extra.append("held by " + ", ".join(d.held_by))
+                if d.deletable_after:
+                    extra.append(f"expires {iso(d.deletable_after)}")
+                if d.archive_to:
+                    extra.append(f"to {d.archive_to}")
+                if d.restore_delay:
+                    extra.append(f"restore delay: {d.restore_delay}")
+                label = f"{d.item} {d.type}" if d.type else d.item
+                lines.append(f"  {d.action.upper():7} {label}" + (f" [{'; '.join(extra)}]" if extra else ""))
+                lines += [f"          {reason}" for reason in d.reasons]
+        for warning in self.warnings:
+            lines.append(f"WARNING: {warning}")
+        if not self.decisions:
+            lines.append("nothing in the vault")
+        return "\n".join(lines)
+
 
 def plan_retention(catalog: Catalog, policy: RetentionConfig, holds: list[Hold], now: datetime) -> RetentionPlan:
-    raise NotImplementedError("being written (issue 12, H2)")
+    """Every backup and log range of the catalog with its action and reasons (see the module's doc)."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    active = [h for h in holds if h.active]
+    plan = RetentionPlan(now=now, decisions=[])
+    by_source: dict[str, list[BackupItem]] = defaultdict(list)
+    for item in catalog.backups:
+        by_source[item.source].append(item)
+    pieces_by: dict[str, list[PieceItem]] = defaultdict(list)
+    for piece in catalog.pieces:
+        pieces_by[piece.source].append(piece)
+    for source in sorted(set(by_source) | set(pieces_by) | set(catalog.sources)):
+        _SourcePlanner(source, catalog, policy, active, now, plan).run(by_source[source], pieces_by[source])
+    return plan
+
+
+def _point(item: BackupItem) -> datetime:
+    """The instant a backup stands for (its end: a database backup's consistency point is at or near it)."""
+    return item.ended_at or item.started_at
+
+
+class _Marks:
+    """Why each thing is kept, and until when time alone keeps it."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[Any, list[str]] = defaultdict(list)
+        self.expiry: dict[Any, list[datetime | None]] = defaultdict(list)  # None: kept by something but time
+        self.held: dict[Any, list[str]] = defaultdict(list)
+
+    def add(self, key: Any, reason: str, until: datetime | None = None) -> None:
+        if reason not in self.reasons[key]:
+            self.reasons[key].append(reason)
+            self.expiry[key].append(until)
+
+    def kept(self, key: Any) -> bool:
+        return bool(self.reasons.get(key))
+
+    def deletable_after(self, key: Any) -> datetime | None:
+        ends = self.expiry.get(key) or [None]
+        return None if any(e is None for e in ends) else max(ends)
+
+
+class _SourcePlanner:
+    def __init__(
+        self, source: str, catalog: Catalog, config: RetentionConfig, holds: list[Hold], now: datetime, plan
+    ) -> None:
+        self.source, self.catalog, self.holds, self.now, self.plan = source, catalog, holds, now, plan
+        self.config = config
+        info = catalog.sources.get(source)
+        self.classes = list(info.data_classes) if info else []
+        self.kind = info.kind if info else None
+        self.policy: EffectivePolicy | None = None
+
+    # -- the source's items ------------------------------------------------------------
+
+    def run(self, backups: list[BackupItem], pieces: list[PieceItem]) -> None:
+        backups = sorted(backups, key=lambda b: (_point(b), b.id))
+        self.kind = self.kind or next((b.kind for b in backups), None) or "files"
+        try:
+            self.policy = self.config.policy_for(self.source, self.kind, self.classes)
+        except ConfigError as exc:
+            self._refuse_all(backups, pieces, f"its policy cannot be applied: {exc}")
+            return
+        self.by_id = {b.id: b for b in backups}
+        self.valid = [b for b in backups if b.valid]
+        self.pieces = sorted(pieces, key=lambda p: p.seq)
+        self.log = self._effective_log(pieces)
+        marks = _Marks()
+        self.marks = marks
+        # What the policy itself keeps; the safety rules below (newest, bases, dependencies) come on top.
+        policy_kept = self._rules(marks) | self._minimum(backups, marks) | self._held(backups, marks)
+        policy_kept &= {b.id for b in self.valid}
+        newest = self.valid[-1] if self.valid else None
+        self.online: set[str] = set()  # never archived: a restore of the newest point starts from them
+        if newest is not None:
+            marks.add(newest.id, f"keep: newest valid backup of {self.source}")
+            self.online.add(newest.id)
+        forced = self._maximum(backups, newest, marks)
+        policy_kept -= set(forced)
+        needs = self._log_needs(marks, forced, newest)
+        self._dependencies(backups, marks, forced)
+        if self.valid and not policy_kept:
+            self._refuse(backups, pieces, newest, forced, marks)
+            return
+        self._decide_backups(backups, marks, forced)
+        self._decide_pieces(pieces, needs, forced)
+
+    def _effective_log(self, pieces: list[PieceItem]) -> list[PieceItem]:
+        out: list[PieceItem] = []
+        for piece in sorted(pieces, key=lambda p: p.seq):
+            if out and out[-1].partial and piece.start and self._order(piece.start) == self._order(out[-1].start):
+                out[-1] = piece
+                continue
+            out.append(piece)
+        return out
+
+    def _order(self, position: dict) -> tuple:
+        return position_order(self.kind, position)
+
+    # -- what keeps a backup -----------------------------------------------------------
+
+    def _rules(self, marks: _Marks) -> set[str]:
+        """Keep rules per backup type over the valid backups; returns the ids they keep."""
+        kept: set[str] = set()
+        for backup_type in sorted({b.type for b in self.valid}, key=lambda t: (t not in BACKUP_TYPES, t)):
+            rules = self.policy.rules_for(backup_type)
+            group = [b for b in reversed(self.valid) if b.type == backup_type]  # newest first
+            if rules is None:
+                continue
+            if rules.keep_last:
+                for i, b in enumerate(group[: rules.keep_last], 1):
+                    marks.add(b.id, f"keep: last {i} of {rules.keep_last}")
+                    kept.add(b.id)
+            for name, bucket in GFS:
+                count = getattr(rules, name) or 0
+                last, n = None, 0
+                for b in group:
+                    if n >= count:
+                        break
+                    label = bucket(_point(b).astimezone(UTC))
+                    if label != last:
+                        n += 1
+                        last = label
+                        marks.add(b.id, f"keep: {name} {n} of {count} ({label})")
+                        kept.add(b.id)
+            if rules.keep_within:
+                within = parse_duration(rules.keep_within)
+                for b in group:
+                    until = _point(b) + within
+                    if until > self.now:
+                        marks.add(b.id, f"keep: within {rules.keep_within} (until {iso(until)})", until)
+                        kept.add(b.id)
+        return kept
+
+    def _minimum(self, backups: list[BackupItem], marks: _Marks) -> set[str]:
+        minimum, kept = self.policy.min_retention, set()
+        if minimum is None:
+            return kept
+        for b in backups:
+            until = _point(b) + minimum
+            if until > self.now:
+                marks.add(b.id, f"keep: {self.policy.min_reason} minimum (until {iso(until)})", until)
+                kept.add(b.id)
+        return kept
+
+    def _held(self, backups: list[BackupItem], marks: _Marks) -> set[str]:
+        kept = set()
+        for b in backups:
+            for hold in self.holds:
+                if hold.covers_backup(b, self.classes):
+                    marks.add(b.id, f"keep: legal hold {hold.id} {hold.name!r}")
+                    marks.held[b.id].append(hold.id)
+                    kept.add(b.id)
+        return kept
+
+    def _maximum(self, backups: list[BackupItem], newest: BackupItem | None, marks: _Marks) -> dict[str, str]:
+        """Backups a class maximum deletes (id -> reason), with the backups built on them; never a held one
+        nor the newest valid backup (those are kept, with a warning)."""
+        maximum = self.policy.max_retention
+        forced: dict[str, str] = {}
+        if maximum is None:
+            return forced
+        protected = {newest.id} if newest else set()
+        for b in backups:
+            if _point(b) + maximum <= self.now:
+                if marks.held.get(b.id) or b.id in protected:
+                    why = (
+                        f"held by {', '.join(marks.held[b.id])}" if marks.held.get(b.id) else "the newest valid backup"
+                    )
+                    self.plan.warnings.append(
+                        f"{self.source}: backup {b.id} is past its {self.policy.max_reason} maximum but is {why}; "
+                        "kept" + ("" if marks.held.get(b.id) else ": take a new backup")
+                    )
+                    continue
+                forced[b.id] = f"delete: {self.policy.max_reason} maximum passed (ended {iso(_point(b))})"
+        changed = True
+        while changed:  # a backup built on a deleted one cannot be restored: it goes too, or keeps its base
+            changed = False
+            for b in backups:
+                if b.id in forced:
+                    continue
+                base = next((d for d in self._bases(b) if d in forced), None)
+                if base is None:
+                    continue
+                if marks.held.get(b.id) or b.id in protected:
+                    forced.pop(base)
+                    self.plan.warnings.append(
+                        f"{self.source}: backup {base} is past its {self.policy.max_reason} maximum but {b.id} "
+                        "(kept) is built on it; kept"
+                    )
+                else:
+                    forced[b.id] = (
+                        f"delete: built on {base}, which is deleted past its {self.policy.max_reason} maximum"
+                    )
+                changed = True
+        return forced
+
+    def _bases(self, b: BackupItem) -> list[str]:
+        """Ids of the backups ``b`` cannot be restored without: its full, and for a data layer every parent."""
+        out: list[str] = []
+        if b.chain and b.chain != b.id:
+            out.append(b.chain)
+        if b.type != "full" and b.log_pieces is None:
+            node, seen = b, {b.id}
+            while node.parent and node.parent not in seen and node.parent != b.chain:
+                out.append(node.parent)
+                seen.add(node.parent)
+                node = self.by_id.get(node.parent)
+                if node is None:
+                    break
+        return out
+
+    def _dependencies(self, backups: list[BackupItem], marks: _Marks, forced: dict[str, str]) -> None:
+        fulls: dict[str, list[str]] = defaultdict(list)
+        parents: dict[str, list[str]] = defaultdict(list)
+        for b in backups:
+            if not marks.kept(b.id) or b.id in forced:
+                continue
+            for base in self._bases(b):
+                if base not in self.by_id:
+                    self.plan.warnings.append(
+                        f"{self.source}: backup {b.id} is built on {base}, which is not in the vault: it cannot be "
+                        "restored (its chain is broken)"
+                    )
+                    continue
+                (fulls if base == b.chain else parents)[base].append(f"{b.type} {b.id}")
+        for base, users in fulls.items():
+            marks.add(base, f"keep: full of retained {_ids(users)}")
+        for base, users in parents.items():
+            marks.add(base, f"keep: parent of retained {_ids(users)}")
+
+    # -- the log -----------------------------------------------------------------------
+
+    def _start_index(self, full: BackupItem) -> int | None:
+        """Index in the effective log of the piece a replay on ``full`` starts with (None: it takes no replay)."""
+        if not self.log:
+            return None
+        if not full.position or not self.log[0].start:
+            # Without positions (an old record), the piece being written when the full started.
+            before = [i for i, p in enumerate(self.log) if p.first_time <= full.started_at]
+            return before[-1] if before else 0
+        start = log_start(self.kind, full.position)
+        if start is None:
+            return None
+        key = self._order(start)
+        for i, p in enumerate(self.log):
+            if self._order(p.start) <= key < self._order(p.end) or self._order(p.start) == key:
+                return i
+            if self._order(p.start) > key:
+                return i  # a gap after the full: the pieces after it are all a replay on it can use
+        return len(self.log)  # the log has not reached it yet: only later pieces will
+
+    def _index_of(self, seq: int) -> int:
+        for i, p in enumerate(self.log):
+            if p.seq >= seq:
+                return i if p.seq == seq else i - 1
+        return len(self.log) - 1
+
+    def _log_needs(self, marks: _Marks, forced: dict[str, str], newest: BackupItem | None) -> dict[int, list[str]]:
+        """Effective-log index -> why a retained point needs that piece; marks the fulls they replay on."""
+        needs: dict[int, list[str]] = defaultdict(list)
+        if not self.log:
+            return needs
+        replayable = [
+            b for b in self.valid if b.type == "full" and b.id not in forced and self._start_index(b) is not None
+        ]
+
+        def need(first: int, last: int, reason: str) -> None:
+            for i in range(max(first, 0), min(last, len(self.log) - 1) + 1):
+                if reason not in needs[i]:
+                    needs[i].append(reason)
+
+        # Retained backups that stand for a log range: their full's start through their last piece.
+        users: dict[str, list[BackupItem]] = defaultdict(list)
+        for b in self.valid:
+            if b.log_pieces and marks.kept(b.id) and b.id not in forced and b.chain in self.by_id:
+                users[b.chain].append(b)
+        for full_id, members in users.items():
+            start = self._start_index(self.by_id[full_id])
+            if start is not None:
+                need(
+                    start,
+                    max(self._index_of(m.log_pieces[1]) for m in members),
+                    f"keep: replayed by retained backups on full {full_id}",
+                )
+        # The point-in-time window: the newest full at or before its start, and the log from it on.
+        window = self.policy.pitr_window
+        if window is not None and replayable:
+            opens = self.now - window
+            before = [b for b in replayable if _point(b) <= opens]
+            base = before[-1] if before else replayable[0]
+            marks.add(
+                base.id, f"keep: base of the {span(window)} point-in-time window (from {iso(max(opens, _point(base)))})"
+            )
+            self.online.add(base.id)
+            need(
+                self._start_index(base),
+                len(self.log) - 1,
+                f"keep: the {span(window)} point-in-time window (replayed on full {base.id})",
+            )
+        # The newest restorable point: the log after the newest full that takes a replay.
+        if replayable:
+            base = replayable[-1]
+            start = self._start_index(base)
+            if start < len(self.log):
+                marks.add(base.id, "keep: base of the log after it (the newest restorable point)")
+                self.online.add(base.id)
+                need(
+                    start, len(self.log) - 1, f"keep: log after the newest full {base.id} (the newest restorable point)"
+                )
+        else:
+            need(0, len(self.log) - 1, "keep: no valid full takes a replay of it yet (kept until one exists)")
+        # Held pieces, and the full they replay on.
+        for p in self.pieces:
+            for hold in self.holds:
+                if hold.covers_piece(p, self.classes):
+                    marks.held[("log", p.seq)].append(hold.id)
+                    marks.add(("log", p.seq), f"keep: legal hold {hold.id} {hold.name!r}")
+        held = [i for i, p in enumerate(self.log) if marks.held.get(("log", p.seq))]
+        if held:
+            bases = [b for b in replayable if self._start_index(b) <= held[0]]
+            if bases:
+                marks.add(bases[-1].id, "keep: base of held log pieces")
+                need(self._start_index(bases[-1]), held[-1], f"keep: replays held pieces on full {bases[-1].id}")
+        return needs
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def _remains_grace(self) -> timedelta:
+        withins = [parse_duration(r.keep_within) for r in self.policy.rules.values() if r.keep_within]
+        return min(withins) if withins else REMAINS_GRACE
+
+    def _decide_backups(self, backups: list[BackupItem], marks: _Marks, forced: dict[str, str]) -> None:
+        grace = self._remains_grace()
+        online = self.policy.online_for
+        for b in backups:
+            decision = Decision(
+                item=b.id,
+                kind="backup",
+                source=self.source,
+                type=b.type,
+                action="keep",
+                reasons=[],
+                held_by=list(marks.held.get(b.id, [])),
+                stored_bytes=b.stored_bytes,
+            )
+            where = b.archived_to or (b.storage_class if b.storage_class in RESTORE_DELAYS else None)
+            decision.restore_delay = restore_delay(where)
+            if b.status in (IN_PROGRESS, DELETING):
+                decision.reasons = [
+                    "keep: a run is writing it (in progress)"
+                    if b.status == IN_PROGRESS
+                    else "keep: its deletion was started by an earlier run; the executor finishes it"
+                ]
+            elif b.id in forced and not decision.held_by:
+                decision.action, decision.reasons = "delete", [forced[b.id]]
+            elif marks.kept(b.id):
+                decision.reasons = list(marks.reasons[b.id])
+                decision.deletable_after = marks.deletable_after(b.id)
+                if self.policy.max_retention is not None and b.valid and not decision.held_by:
+                    # The class maximum overrides every rule but a hold: that is when it goes at the latest.
+                    cut = _point(b) + self.policy.max_retention
+                    decision.deletable_after = min(decision.deletable_after or cut, cut)
+                self._archive(b, decision, online)
+            elif b.status in REMAINS or not b.valid:
+                # Remains of runs that never committed, and rollback backups taken before a forced restore:
+                # never counted as valid, kept as long as the source's shortest keep_within to look at or undo.
+                what = f"{b.status} remains" if b.status in REMAINS else f"{b.labels.get('purpose')} backup"
+                until = _point(b) + grace
+                if until > self.now:
+                    decision.reasons = [f"keep: {what} younger than {span(grace)} (until {iso(until)})"]
+                    decision.deletable_after = until
+                else:
+                    decision.action = "delete"
+                    decision.reasons = [f"delete: {what} older than {span(grace)} (not a valid backup)"]
+            else:
+                decision.action = "delete"
+                decision.reasons = [
+                    f"delete: outside its {b.type} rules ({rules_text(self.policy.rules_for(b.type))}); nothing retained needs it"
+                ]
+            self.plan.decisions.append(decision)
+            if decision.action != "delete":
+                tier = b.archived_to or b.storage_class or "STANDARD"
+                tiers = self.plan.tiers.setdefault(self.source, {})
+                tiers[tier] = tiers.get(tier, 0) + b.stored_bytes
+
+    def _archive(self, b: BackupItem, decision: Decision, online: timedelta | None) -> None:
+        policy = self.policy
+        if policy.archive_after is None or not b.valid or b.archived_to or b.storage_class == policy.archive_to:
+            return
+        age = self.now - _point(b)
+        if age < policy.archive_after:
+            return
+        if b.id in self.online:
+            decision.reasons.append("online: the newest restorable point starts from it; not archived")
+            return
+        if online is not None and age < online:
+            decision.reasons.append(
+                f"online: its data classes keep it online {span(online)} (until {iso(_point(b) + online)})"
+            )
+            return
+        decision.action = "archive"
+        decision.archive_to = policy.archive_to
+        decision.restore_delay = restore_delay(policy.archive_to)
+        decision.reasons.append(f"archive: older than {span(policy.archive_after)}, to {policy.archive_to}")
+
+    def _decide_pieces(self, pieces: list[PieceItem], needs: dict[int, list[str]], forced: dict[str, str]) -> None:
+        marks = self.marks
+        maximum, minimum = self.policy.max_retention, self.policy.min_retention
+        in_log = {p.seq: i for i, p in enumerate(self.log)}
+        rows: list[tuple[PieceItem, str, list[str], list[str], datetime | None]] = []
+        kept_past_max: list[int] = []
+        for p in sorted(pieces, key=lambda p: p.seq):
+            key = ("log", p.seq)
+            held = list(marks.held.get(key, []))
+            reasons = list(marks.reasons.get(key, []))
+            i = in_log.get(p.seq)
+            if i is not None:
+                reasons += needs.get(i, [])
+            until = None
+            if minimum is not None and p.last_time + minimum > self.now:
+                reasons.append(f"keep: {self.policy.min_reason} minimum")
+                until = p.last_time + minimum
+            past_max = maximum is not None and p.last_time + maximum <= self.now
+            if reasons:
+                # A retained point within the maximum may still need a piece just past it (its full's
+                # start): the restore wins over the maximum by that margin, and the plan says so.
+                if past_max:
+                    kept_past_max.append(p.seq)
+                only_time = not held and all(r == f"keep: {self.policy.min_reason} minimum" for r in reasons)
+                rows.append((p, "keep", reasons, held, until if only_time else None))
+            elif i is None:
+                successor = next((q.seq for q in self.log if q.seq > p.seq), None)
+                rows.append((p, "delete", [f"delete: partial piece superseded by piece {successor}"], held, None))
+            elif past_max:
+                rows.append((p, "delete", [f"delete: {self.policy.max_reason} maximum passed"], held, None))
+            else:
+                rows.append((p, "delete", ["delete: no retained backup or window replays it"], held, None))
+        if kept_past_max:
+            self.plan.warnings.append(
+                f"{self.source}: log pieces {kept_past_max[0]}..{kept_past_max[-1]} ({len(kept_past_max)}) are past "
+                f"the {self.policy.max_reason} maximum but a retained point or a hold needs them; kept"
+            )
+        self._log_runs(rows)
+
+    def _log_runs(self, rows: list[tuple[PieceItem, str, list[str], list[str], datetime | None]]) -> None:
+        runs: list[list] = []
+        for p, action, reasons, held, until in rows:
+            last = runs[-1] if runs else None
+            if (
+                last
+                and last[1] == action
+                and last[2] == reasons
+                and last[3] == held
+                and last[0][-1].seq + 1 == p.seq
+                and (last[4] is None) == (until is None)
+            ):
+                last[0].append(p)
+                if until is not None:
+                    last[4] = max(last[4], until)
+                continue
+            runs.append([[p], action, reasons, held, until])
+        for members, action, reasons, held, until in runs:
+            first, last = members[0].seq, members[-1].seq
+            self.plan.decisions.append(
+                Decision(
+                    item=f"log:{self.source}:{first}-{last}",
+                    kind="log",
+                    source=self.source,
+                    type=None,
+                    action=action,
+                    reasons=list(reasons),
+                    held_by=list(held),
+                    deletable_after=until,
+                    seqs=(first, last),
+                    stored_bytes=sum(p.stored_bytes for p in members),
+                )
+            )
+        doomed: dict[str, bool] = {}
+        for p, action, *_ in rows:
+            doomed[p.key_id] = doomed.get(p.key_id, True) and action == "delete"
+        shred = sorted(k for k, gone in doomed.items() if gone)
+        if shred:
+            self.plan.log_keys_to_shred[self.source] = shred
+
+    # -- refusal -------------------------------------------------------------------------
+
+    def _refuse(self, backups, pieces, newest, forced, marks) -> None:
+        why = (
+            f"its policy would delete every completed backup of {self.source} (the newest ended "
+            f"{iso(_point(newest))}); nothing of it is deleted: check that its backups still run, or add keep_last"
+        )
+        self._refuse_all(backups, pieces, why)
+
+    def _refuse_all(self, backups: list[BackupItem], pieces: list[PieceItem], why: str) -> None:
+        self.plan.refused[self.source] = why
+        for b in backups:
+            self.plan.decisions.append(
+                Decision(
+                    item=b.id,
+                    kind="backup",
+                    source=self.source,
+                    type=b.type,
+                    action="keep",
+                    reasons=["refused: " + why],
+                    stored_bytes=b.stored_bytes,
+                )
+            )
+        if pieces:
+            ordered = sorted(pieces, key=lambda p: p.seq)
+            self.plan.decisions.append(
+                Decision(
+                    item=f"log:{self.source}:{ordered[0].seq}-{ordered[-1].seq}",
+                    kind="log",
+                    source=self.source,
+                    type=None,
+                    action="keep",
+                    reasons=["refused: " + why],
+                    seqs=(ordered[0].seq, ordered[-1].seq),
+                    stored_bytes=sum(p.stored_bytes for p in ordered),
+                )
+            )
