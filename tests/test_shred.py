@@ -277,14 +277,16 @@ def test_s3_shredding_leaves_no_old_version_of_the_key_and_a_legal_hold_stops_th
     keys = f"backups/{m.id}/keys.json"
     original = vault.store.get(keys)
 
-    vault.store.set_legal_hold(keys, True)
-    with pytest.raises(ObjectLockedError, match=f"{keys} is under a legal hold"):
-        delete_backup(vault, [], m.id, reason="expired", authority="policy", signer=signer, passes=3)
-    assert vault.store.get(keys) == original  # nothing was changed: no marker, no shredding
-    assert [(e.id, e.state) for e in vault.entries()] == [(m.id, COMPLETED)]
-    assert read_back(vault, m.id, KEYS)
+    chunk = f"backups/{m.id}/streams/main/{len(m.streams[0].chunks) - 1:08d}"
+    for held in (keys, chunk):
+        vault.store.set_legal_hold(held, True)
+        with pytest.raises(ObjectLockedError, match=f"{held} is under a legal hold"):
+            delete_backup(vault, [], m.id, reason="expired", authority="policy", signer=signer, passes=3)
+        assert vault.store.get(keys) == original  # nothing was changed: no marker, no shredding
+        assert [(e.id, e.state) for e in vault.entries()] == [(m.id, COMPLETED)]
+        assert read_back(vault, m.id, KEYS)
+        vault.store.set_legal_hold(held, False)
 
-    vault.store.set_legal_hold(keys, False)
     shred_keys(vault.store, [keys])
     assert versions(client, bucket, keys) == [f"dr/{keys}"]  # the shredded record only
     assert json.loads(vault.store.get(keys))["recipients"] == []

@@ -243,14 +243,17 @@ def _backup_objects(vault: Vault, backup_id: str) -> tuple[dict, list[dict]]:
     return facts, sorted(objects.values(), key=lambda o: o["key"])
 
 
-def _check_not_held(stores: list[tuple[str, Store]], keys: list[str]) -> None:
-    """Refuse before anything changes when a key file carries a legal hold (crypto-shredding it would fail
-    half-way on a versioned bucket)."""
+def _check_not_held(stores: list[tuple[str, Store]], keys: list[str], prefixes: list[str]) -> None:
+    """Refuse before anything changes when an object carries a legal hold: a held backup must stay readable,
+    so its key is not shredded either. Only stores with object locks are asked (one listing per prefix,
+    one question per object present)."""
+    wanted = set(keys)
     for name, store in stores:
         if not store.lock_supported():
             continue
-        for key in keys:
-            if store.exists(key) and store.legal_hold(key):
+        present = sorted({k for prefix in prefixes for k in store.list(prefix)} & wanted)
+        for key in present:
+            if store.legal_hold(key):
                 raise ObjectLockedError(
                     f"{store.describe()}: {key} is under a legal hold ({name}); it is deletable once every hold "
                     "covering it is released ('genesis-dr hold list')"
@@ -280,7 +283,7 @@ def delete_backup(
     if marker is None or not marker.get("cert"):
         facts, objects = _backup_objects(vault, backup_id)  # BackupNotFoundError when there is no such backup
         holders = _holders(stores, marker_key, None, lambda s: bool(s.children(prefix)))
-        _check_not_held(holders, [f"{prefix}keys.json"])
+        _check_not_held(holders, [o["key"] for o in objects], [prefix])
         marker = {
             "version": MARKER_VERSION,
             "backup": backup_id,
@@ -400,7 +403,8 @@ def delete_log_range(
     if not marker or not marker.get("cert"):
         kind, objects = _log_objects(vault.store, source, seqs, shred_key_ids)
         holders = _holders(stores, marker_key, None, present)
-        _check_not_held(holders, [f"logkeys/{source}/{k}.json" for k in shred_key_ids])
+        prefixes = [f"logkeys/{source}/", f"logs/{source}/"] + [f"logdata/{source}/{seq:012d}/" for seq in seqs]
+        _check_not_held(holders, [o["key"] for o in objects], prefixes)
         marker = {
             "version": MARKER_VERSION,
             "source": source,
