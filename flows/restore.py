@@ -14,6 +14,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -22,12 +23,13 @@ from pydantic import Field
 
 from core import cancel
 from core.chains import render_chain_plan
-from core.errors import ConfigError, TargetNotEmptyError
+from core.errors import AuditTrailError, ConfigError, DRError, TargetNotEmptyError
 from core.operations import render_report
 from core.plan import render_plan
 from core.stack import PRIMARY, check_distinct_targets, split_targets
 from core.times import planned_points, reached_points, read_operator_time, recovery_summary, render_recovery_summary
 from flows.reporting import collect, raise_failures
+from tasks.audit import record_audit
 from tasks.policy import seconds_from_env
 from tasks.restore import (
     plan_chain_task,
@@ -116,13 +118,73 @@ def restore(
     the primary), e.g. with the primary lost. A replica is only read: a restore over data from it, which
     needs a rollback backup written into the vault, is refused; restore into an empty target instead.
     """
-    if target_time is not None and backup_id is None:
-        return _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode, vault)
-    if source is None:
-        raise ConfigError("restore: --source is needed with --backup-id (or give --target-time and --mode)")
-    if mode is not None and mode != "full":
-        raise ConfigError(f"restore: --mode {mode} restores to a point in time; give --target-time with it")
-    return _one_backup(source, stack, backup_id, target_time, target, target_source, dry_run, force, approval, vault)
+    asked = {"backup_id": backup_id, "target_time": None if target_time is None else str(target_time), "mode": mode}
+    asked |= {"vault": vault or PRIMARY, "target_source": target_source, "force": force}
+    subject = source or f"{mode or 'full'} mode"
+
+    def run():
+        if target_time is not None and backup_id is None:
+            return _point_in_time(
+                source, stack, target_time, target, target_source, dry_run, force, approval, mode, vault
+            )
+        if source is None:
+            raise ConfigError("restore: --source is needed with --backup-id (or give --target-time and --mode)")
+        if mode is not None and mode != "full":
+            raise ConfigError(f"restore: --mode {mode} restores to a point in time; give --target-time with it")
+        return _one_backup(
+            source, stack, backup_id, target_time, target, target_source, dry_run, force, approval, vault
+        )
+
+    if dry_run:
+        return run()  # reads only: nothing to record
+    return _audited(stack, subject, asked, run)
+
+
+def _restored(result) -> dict:
+    """The audit details of a finished restore: per source, the backup, the target and what was verified."""
+    reports = result.get("reports") or ({"one": result["report"]} if result.get("report") else {})
+    out = {}
+    for report in reports.values():
+        point = report.get("recovery_point") or {}
+        out[report["source"]] = {
+            "backup_id": report["backup_id"],
+            "target": report["target"],
+            "verified_checks": report["verified_checks"],
+            "rollback_backup_id": report.get("rollback_backup_id"),
+            "recovery_point": point.get("time"),
+            "erasures": report.get("erasures", []),
+        }
+    return out
+
+
+def _audited(stack: str, subject: str, asked: dict, run):
+    """Run the restore and write its one audit entry (success, failure or cancelled).
+
+    An entry that cannot be written fails the run, like every audited run - except a restore from a replica,
+    which may be running because the primary vault (where the trail lives) is lost: there the failure is logged
+    as an error and the restored data stands.
+    """
+    logger = get_run_logger()
+    try:
+        result = run()
+    except BaseException as exc:
+        why = str(exc) if isinstance(exc, DRError) else type(exc).__name__
+        try:
+            record_audit(stack, "restore", subject, asked | {"error": why[:500]}, "failure")
+        except Exception as audit_exc:  # noqa: BLE001 - the restore's own error is the one to raise
+            logger.error("%s", audit_exc)
+        raise
+    if isinstance(result, State):
+        outcome, details = "cancelled", asked | {"why": result.message}
+    else:
+        outcome, details = "success", asked | {"restored": _restored(result)}
+    try:
+        record_audit(stack, "restore", subject, details, outcome)
+    except AuditTrailError as exc:
+        if asked["vault"] == PRIMARY:
+            raise
+        logger.error("%s (restoring from replica %s; the restore itself is done)", exc, asked["vault"])
+    return result
 
 
 def _refuse_rollback_into_replica(vault: str | None, over: list[dict]) -> None:
