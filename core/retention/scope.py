@@ -84,12 +84,12 @@ def parse_scope(text: str) -> HoldScope:
         return HoldScope.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "scope"
+        field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             message = "unknown field; known: backup_ids, sources, data_classes, from_time, to_time"
         else:
             message = first["msg"].removeprefix("Value error, ")
-        raise HoldError(f"hold scope: {field}: {message}") from None
+        raise HoldError(f"hold scope: {field + ': ' if field else ''}{message}") from None
 
 
 @dataclass(frozen=True)
