@@ -6,6 +6,7 @@ holding the bucket's credentials. The backups are real files-engine backups of a
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -73,9 +74,14 @@ def s3_stack(tmp_path, moto_endpoint, new_bucket):
     return config, vault, bucket, ids
 
 
+@functools.cache
+def client_for(endpoint: str):
+    return s3_client(endpoint)
+
+
 def s3_hold(endpoint: str, bucket: str, key: str) -> str:
     """The legal hold S3 itself reports for the object (independent of the code under test)."""
-    client = s3_client(endpoint)
+    client = client_for(endpoint)
     try:
         return client.get_object_legal_hold(Bucket=bucket, Key=f"dr/{key}")["LegalHold"].get("Status", "NONE")
     except client.exceptions.ClientError as exc:
