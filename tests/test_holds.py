@@ -242,7 +242,7 @@ def test_a_forged_release_is_ignored_and_a_genuine_one_still_counts(local_vault,
         ('{"backup_ids": ["backup_2024', "hold scope: not JSON ("),
         ('["backup_*"]', "hold scope: expected a JSON object, got list"),
         ('{"ids": ["backup_*"]}', "hold scope: ids: unknown field; known: backup_ids"),
-        ("{}", "hold scope: scope: the scope names nothing"),
+        ("{}", "hold scope: the scope names nothing; give backup_ids"),
     ],
 )
 def test_a_malformed_scope_is_refused_in_one_line(scope, message):
