@@ -29,6 +29,7 @@ from core.retention.certificate import certificates, verify_certificate
 from core.retention.run import retention_status, run_retention
 from core.sources import FilesSourceConfig
 from core.stack import parse_stack
+from tests.fixtures_cloud import PRIMARY_REGION, s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = Keyring(passphrase="retention")
@@ -245,3 +246,39 @@ def test_status_shows_the_plan_storage_and_deletions_in_progress(two_sources):
     vault = config.vault.open()
     assert status["storage"]["STANDARD"] == sum(m.stored_bytes for m in vault.list_backups())
     assert status["deleting"] == [] and status["holds"] == [] and status["pending_erasures"] == []
+
+
+def test_an_object_locked_by_hand_on_s3_is_left_for_later_whole_and_deleted_once_the_lock_is_lifted(
+    tmp_path, moto_endpoint, new_bucket
+):
+    bucket = new_bucket(object_lock=True)
+    data = stack_data(tmp_path, KEEP_LAST_ONE)
+    data["vault"] = {
+        "type": "s3",
+        "bucket": bucket,
+        "prefix": "dr",
+        "region": PRIMARY_REGION,
+        "endpoint_url": moto_endpoint,
+    }
+    data["replicas"] = []
+    config = parse_stack(data, "test stack")
+    old, new = take(config, "app", 2)
+    vault = config.vault.open()
+    chunk = sorted(vault.store.list(f"backups/{old}/streams/"))[0]
+    vault.store.set_legal_hold(chunk, True)  # an operator's lock outside genesis-dr's holds
+
+    report = run_retention(config, say=print)
+    assert report.skipped_locked == [old] and report.deleted == []
+    assert [(e.id, e.state) for e in vault.entries()] == sorted([(old, COMPLETED), (new, COMPLETED)])
+    dst = tmp_path / "restored"
+    restore_backup(vault, KEYS, old, engine_for(FilesSourceConfig(name="app", root=str(dst))))  # still whole
+    assert "left for later (object lock): " + old in report.text()
+
+    vault.store.set_legal_hold(chunk, False)
+    report = run_retention(config, say=print)
+    assert report.deleted == [old] and report.skipped_locked == []
+    (cert,) = certificates(vault.store)
+    assert cert["method"] == "crypto-shred + delete" and cert["subject"] == old
+    listed = s3_client(moto_endpoint).list_object_versions(Bucket=bucket, Prefix=f"dr/backups/{old}/")
+    assert listed.get("Versions", []) == [] and listed.get("DeleteMarkers", []) == []
+    assert [e.id for e in vault.entries()] == [new]
