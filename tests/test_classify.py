@@ -499,3 +499,22 @@ def test_genesis_dr_classify_as_the_operator_types_it(tmp_path, monkeypatch):
     bad = run("--source", "nope")
     assert bad.returncode == 2
     assert error_line(bad).startswith("genesis-dr: error: stack 'ops' has no source 'nope' (its sources: files)")
+
+
+def test_classify_reads_a_database_password_from_the_blocks(pg_classified, make_stack, tmp_path, monkeypatch, capsys):
+    """A database source's password is not in this host's description: the command reads the stack's blocks
+    (through the Prefect API) for it, and still prints no value nor the password."""
+    from core import stack_description
+
+    stack = make_stack([pg_classified.model_copy(update={"data_classes": ["personal"]})])
+    monkeypatch.setenv("GENESIS_DR_STATE_DIR", str(tmp_path / "state"))
+    stack_description.save(stack.config, "harness")  # as 'genesis-dr apply' leaves it: no password
+    assert _cli("--stack", stack.name, "--sample-rows", "3", "--json") == 0
+    out = capsys.readouterr()
+    (report,) = json.loads(out.out)
+    assert (report["source"], report["current"], report["proposed"]) == (
+        "app-db", ["personal"], ["cardholder", "health", "financial"]
+    )  # fmt: skip
+    cards = [f for f in report["findings"] if f["location"] == "public.patients.card_number"]
+    assert [(f["detector"], f["matches"], f["sampled"]) for f in cards] == [("card-number", 2, 3)]
+    _assert_no_value(out.out + out.err, [*SEEDED, pg_classified.password.get_secret_value()])
