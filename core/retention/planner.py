@@ -531,6 +531,11 @@ class _SourcePlanner:
             )
             where = b.archived_to or (b.storage_class if b.storage_class in RESTORE_DELAYS else None)
             decision.restore_delay = restore_delay(where)
+            if b.status == DELETING and decision.held_by:
+                self.plan.warnings.append(
+                    f"{self.source}: backup {b.id} is being deleted (an earlier run started) but {', '.join(decision.held_by)} "
+                    "now holds it; what is left of it must not be deleted until the hold is released"
+                )
             if b.status in (IN_PROGRESS, DELETING):
                 decision.reasons = [
                     "keep: a run is writing it (in progress)"
@@ -546,6 +551,7 @@ class _SourcePlanner:
                     # The class maximum overrides every rule but a hold: that is when it goes at the latest.
                     cut = _point(b) + self.policy.max_retention
                     decision.deletable_after = min(decision.deletable_after or cut, cut)
+                    decision.reasons.append(f"limit: {self.policy.max_reason} maximum, deleted after {iso(cut)}")
                 self._archive(b, decision, online)
             elif b.status in REMAINS or not b.valid:
                 # Remains of runs that never committed, and rollback backups taken before a forced restore:
