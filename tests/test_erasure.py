@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +23,7 @@ from core.errors import ErasureError
 from core.operations import backup_source, restore_backup
 from core.restoring import reapply_erasures, render_report
 from core.retention import erasure
+from core.retention.certificate import read_certificate, verify_certificate
 from core.stack import StackConfig
 
 ALICE = "alice@example.com"
@@ -47,7 +48,7 @@ def _key_file(tmp: Path, name: str) -> tuple[str, str]:
     return f"file:{path}", public
 
 
-def _stack(tmp: Path, sources: list, *, erasure_rules: dict, admin_from: str, admin_public: str, **retention):
+def _stack(tmp: Path, stack_sources: list, *, erasure_rules: dict, admin_from: str, admin_public: str, **retention):
     secret = tmp / "passphrase"
     if not secret.exists():
         secret.write_text(secrets.token_urlsafe(16) + "\n")
@@ -56,7 +57,7 @@ def _stack(tmp: Path, sources: list, *, erasure_rules: dict, admin_from: str, ad
         stack=f"erase-{secrets.token_hex(3)}",
         vault={"path": str(tmp / "vault")},
         encryption={"passphrase_from": f"file:{secret}"},
-        sources=[s.model_dump() for s in sources],
+        sources=[s.model_dump() for s in stack_sources],
         signing={"admin_key_from": admin_from, "admin_public_keys": [admin_public]},
         retention={"erasure": erasure_rules, **retention},
     )
@@ -237,3 +238,76 @@ def test_bind_subject_never_formats_the_subject_into_sql():
         "DELETE FROM t WHERE a = %s AND b LIKE '%%x' OR c = %s",
         2,
     )
+
+
+@pytest.fixture(scope="module")
+def compliance(pg_server, mysql_server, tmp_path_factory):
+    """A personal source (GDPR maximum 35 days) with two backups, and a SOX source (7-year minimum) with an
+    erasure rule; the request is applied 36 days later (``now``), when the older personal backup is past
+    its maximum."""
+    tmp = tmp_path_factory.mktemp("erasure-apply")
+    pg_db = pg_server.create_database(pg_server.fresh_database_name())
+    with pg_server.connect(pg_db) as conn:
+        conn.execute("CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL, note text NOT NULL)")
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, customer_email text NOT NULL, total int NOT NULL)")
+        conn.execute(f"INSERT INTO customers VALUES (1, '{ALICE}', 'vip')")
+    ledger = mysql_server.create_database("ledger")
+    with mysql_server.connect(ledger) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE customers (id INT PRIMARY KEY, email VARCHAR(80) NOT NULL) ENGINE=InnoDB")
+        cur.execute("INSERT INTO customers VALUES (1, %s)", (ALICE,))
+    admin_from, admin_public = _key_file(tmp, "admin.ed25519")
+    config = _stack(
+        tmp,
+        [
+            pg_server.config("crm", pg_db, data_classes=["personal"]),
+            mysql_server.config("ledger", ledger, data_classes=["financial"]),
+        ],
+        erasure_rules={"crm": PG_RULE, "ledger": MYSQL_RULE},
+        admin_from=admin_from,
+        admin_public=admin_public,
+        # Without a count rule every backup is past keep_within 36 days later: the planner refuses the source.
+        sources={"crm": {"full": {"keep_last": 1}}},
+    )
+    vault, keyring = config.vault.open(create=True), config.keyring()
+    older = backup_source(vault, keyring, engine_for(config.source("crm"))).id
+    newer = backup_source(vault, keyring, engine_for(config.source("crm"))).id
+    books = backup_source(vault, keyring, engine_for(config.source("ledger"))).id
+    request = erasure.record_erasure(config, ALICE, admin_key=config.signing.admin_key("erase"))
+    return SimpleNamespace(
+        config=config, vault=vault, keyring=keyring, older=older, newer=newer, books=books, request=request
+    )
+
+
+def test_apply_dry_run_changes_nothing(compliance):
+    later = datetime.now(UTC) + timedelta(days=36)
+    result = erasure.apply_erasure(
+        compliance.config, compliance.request.id, dry_run=True, now=later, say=lambda _: None
+    )
+    assert result["shredded"] == [compliance.older]
+    assert {b.id for b in compliance.vault.list_backups()} == {compliance.older, compliance.newer, compliance.books}
+    assert [p["id"] for p in erasure.pending(compliance.vault.store)] == [compliance.request.id]
+
+
+def test_apply_shreds_past_the_maximum_with_a_certificate_and_keeps_what_must_stay(compliance):
+    later = datetime.now(UTC) + timedelta(days=36)
+    said: list[str] = []
+    result = erasure.apply_erasure(compliance.config, compliance.request.id, now=later, say=said.append)
+    assert result["shredded"] == [compliance.older]
+    assert {b.id for b in compliance.vault.list_backups()} == {compliance.newer, compliance.books}
+    kept = {item["id"]: item["why"] for item in result["kept"]}
+    assert set(kept) == {compliance.newer, compliance.books}
+    assert "SOX (class financial)" in kept[compliance.books] and "minimum" in kept[compliance.books]
+    assert kept[compliance.books].endswith("erasure re-applied on restore")
+    assert any("past its" in w and compliance.newer in w for w in result["warnings"])
+    # The certificate names the request as its authority and verifies under the stack's keys.
+    (cert_id,) = result["certificates"]
+    cert = read_certificate(compliance.vault.store, cert_id)
+    assert cert["subject"] == compliance.older and cert["authority"] == f"erasure {compliance.request.id}"
+    verify_certificate(cert, {})
+    assert erasure.pending(compliance.vault.store) == []
+    applied = erasure.load_request(compliance.vault.store, compliance.request.id).applied
+    assert applied["shredded"] == [compliance.older] and applied["certificates"] == [cert_id]
+    entries = trail_for(compliance.config).entries()
+    (entry,) = [e for e in entries if e["action"] == "erasure.apply"]
+    assert entry["subject"] == compliance.request.id and entry["details"]["shredded"] == 1
+    assert ALICE not in json.dumps(entries) and ALICE not in "\n".join(said)

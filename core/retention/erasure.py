@@ -536,16 +536,29 @@ def erasure_plan(config: Any, sources: list[str], *, now: datetime | None = None
     catalog = read_catalog(vault, config)
     holds = HoldBook(vault.store).active(config.signing.admin_public_keys)
     plan = plan_retention(catalog, config.retention, holds, when)
-    shred, kept = [], []
+    shred, kept, logs = [], [], []
     for decision in plan.decisions:
-        if decision.kind != "backup" or decision.source not in sources:
+        if decision.source not in sources:
             continue
-        past_max = any("maximum" in r for r in decision.reasons)
-        if decision.action == "delete" and past_max:
-            shred.append(decision.id)
+        past_max = decision.action == "delete" and any("maximum" in r for r in decision.reasons)
+        if decision.kind != "backup":
+            # Log pieces past the maximum go with the next retention run (it shreds their session keys
+            # once every piece of a session is gone); the others hold the subject until they expire.
+            why = "; ".join(decision.reasons) if past_max else _why_kept(decision)
+            logs.append({"id": decision.item, "why": why})
+        elif past_max:
+            shred.append(decision.item)
         else:
-            kept.append({"id": decision.id, "why": f"{_why_kept(decision)}; erasure re-applied on restore"})
-    return {"shredded": shred, "kept": kept, "refused": dict(plan.refused), "vault": vault}
+            kept.append({"id": decision.item, "why": f"{_why_kept(decision)}; erasure re-applied on restore"})
+    warnings = [w for w in plan.warnings if any(w.startswith(f"{s}:") for s in sources)]
+    return {
+        "shredded": shred,
+        "kept": kept,
+        "logs": logs,
+        "warnings": warnings,
+        "refused": dict(plan.refused),
+        "vault": vault,
+    }
 
 
 def apply_erasure(
@@ -554,7 +567,8 @@ def apply_erasure(
     """Apply a recorded request: shred the backups past their maximum (certificate each, authority
     ``erasure <id>``), keep the others and say why. ``dry_run``: the same answer, nothing changed.
 
-    Returns {"id", "shredded": [backup ids], "certificates": [ids], "kept": [{"id", "why"}], "due_by"}.
+    Returns {"id", "shredded": [backup ids], "certificates": [ids], "kept": [{"id", "why"}], "logs": [{"id",
+    "why"}] (log ranges: the retention run deletes those past the maximum), "warnings", "due_by"}.
     Audit entry ``erasure.apply`` with the counts.
     """
     from core import audit
@@ -576,6 +590,8 @@ def apply_erasure(
         "shredded": list(plan["shredded"]),
         "certificates": [],
         "kept": plan["kept"],
+        "logs": plan["logs"],
+        "warnings": plan["warnings"],
     }
     for source, why in plan["refused"].items():
         if source in request.sources:
@@ -620,7 +636,7 @@ def preview_erasure(config: Any, *, now: datetime | None = None) -> dict:
     """``erase --dry-run``: which sources a request would name and what applying it would do; records nothing."""
     sources = erasure_sources(config)
     plan = erasure_plan(config, sources, now=now)
-    return {"sources": sources, "shredded": plan["shredded"], "kept": plan["kept"], "refused": plan["refused"]}
+    return {key: plan[key] for key in ("shredded", "kept", "logs", "warnings", "refused")} | {"sources": sources}
 
 
 __all__ = [
