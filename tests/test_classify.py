@@ -359,7 +359,15 @@ def test_redis_key_cap_is_reported(redis_session, monkeypatch):
     report = cl.classify_source(server.config(name="cache"))
     assert report.scanned == {"keys": 20, "values": 20}
     assert _by_location(report) == {"db0 contact:*": [("email", 20, 20, False, "personal")]}
-    assert report.notes == ["stopped after 20 keys (GENESIS_DR_CLASSIFY_MAX_KEYS); db3 and later not sampled"]
+    assert report.notes == ["stopped after 20 keys (GENESIS_DR_CLASSIFY_MAX_KEYS) in db0; later keys not sampled"]
+    # exactly at the cap when db0 ends: db3 still holds keys
+    c.delete(*[f"contact:{i}" for i in range(20, 50)])
+    report = cl.classify_source(server.config(name="cache"))
+    assert report.scanned == {"keys": 20, "values": 20}
+    assert report.notes == ["stopped after 20 keys (GENESIS_DR_CLASSIFY_MAX_KEYS) in db3; later keys not sampled"]
+    monkeypatch.setenv("GENESIS_DR_CLASSIFY_MAX_KEYS", "21")
+    report = cl.classify_source(server.config(name="cache"))
+    assert (report.scanned, report.notes) == ({"keys": 21, "values": 21}, [])
 
 
 # ---------------------------------------------------------------- files

@@ -191,7 +191,7 @@ LEFT JOIN pg_catalog.pg_namespace pn ON pn.nspname = c.table_schema
 LEFT JOIN pg_catalog.pg_class pc ON pc.relnamespace = pn.oid AND pc.relname = c.table_name
 WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
   AND NOT coalesce(pc.relispartition, false)
-  AND c.table_schema NOT LIKE 'pg\\_toast%%' AND c.table_schema NOT LIKE 'pg\\_temp%%'
+  AND c.table_schema NOT LIKE 'pg\\_toast%' AND c.table_schema NOT LIKE 'pg\\_temp%'
 ORDER BY c.table_schema, c.table_name, c.ordinal_position
 """
 _PG_SAMPLED_TYPES = {"text", "character varying", "character", "json", "jsonb", "bigint", "numeric"}
@@ -371,21 +371,25 @@ def _scan_redis(source: Any, sample_rows: int) -> ClassReport:
     with engine._talking("INFO keyspace"), engine._client() as client:
         dbs = engine._scope_dbs(client)
     for db in dbs:
-        if keys_seen >= max_keys:
-            notes.append(f"stopped after {max_keys} keys (GENESIS_DR_CLASSIFY_MAX_KEYS); db{db} and later not sampled")
-            break
+        capped = keys_seen >= max_keys  # a database in the keyspace holds keys: one more is past the cap
         with engine._talking("SCAN"), engine._client(db) as client:
             batch: list[bytes] = []
-            for key in client.scan_iter(count=500):
+            for key in [] if capped else client.scan_iter(count=500):
+                if keys_seen >= max_keys:
+                    capped = True
+                    break
                 batch.append(key)
                 keys_seen += 1
-                if len(batch) == 200 or keys_seen >= max_keys:
+                if len(batch) == 200:
                     _redis_batch(client, db, batch, places, denied)
                     batch = []
-                if keys_seen >= max_keys:
-                    break
             if batch:
                 _redis_batch(client, db, batch, places, denied)
+        if capped:
+            notes.append(
+                f"stopped after {max_keys} keys (GENESIS_DR_CLASSIFY_MAX_KEYS) in db{db}; later keys not sampled"
+            )
+            break
     if denied[0]:
         notes.append(f"{denied[0]} keys not sampled: the ACL user may not read them (names only)")
     scanned = {"keys": keys_seen, "values": sum(p.sampled for p in places.values())}
