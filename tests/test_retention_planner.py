@@ -159,7 +159,7 @@ def chains():
     """PostgreSQL: physical fulls with incrementals that are log ranges, and a continuous log."""
     v = Vault()
     v.source("app", "postgres")
-    v.log("app", 13 * D, 12 * H)
+    v.log("app", 13 * D, 12 * H, key_every=4)  # a capture session (key) every 4 pieces
     ids = {}
     ids["f1"] = v.backup("app", "full", 12 * D)
     ids["i1"] = v.backup("app", "incremental", 11 * D, on=ids["f1"])
@@ -173,6 +173,23 @@ def chains():
         "sources": {"app": {"full": {"keep_within": "3d"}, "incremental": {"keep_within": "7d"}, "pitr_window": "1d"}}
     }
     return v, policy, [], ids
+
+
+def files_chain():
+    """Files: a differential and incrementals store data on their parents; a chain is kept whole under a
+    retained incremental, and an old chain with nothing retained on it goes whole."""
+    v = Vault()
+    v.source("www", "files")
+    ids = {}
+    ids["old_full"] = v.backup("www", "full", 200 * D)
+    ids["old_inc"] = v.backup("www", "incremental", 190 * D, on=ids["old_full"])
+    ids["full"] = v.backup("www", "full", 120 * D)
+    ids["diff"] = v.backup("www", "differential", 100 * D, on=ids["full"])
+    ids["inc1"] = v.backup("www", "incremental", 95 * D, on=ids["diff"])
+    ids["inc2"] = v.backup("www", "incremental", 60 * D, on=ids["inc1"])
+    ids["inc3"] = v.backup("www", "incremental", 30 * D, on=ids["inc2"])
+    ids["new_full"] = v.backup("www", "full", 10 * D)
+    return v, {}, [], ids
 
 
 def pitr_window():
@@ -306,7 +323,17 @@ def archive_online():
 
 SCENARIOS = {
     f.__name__: f
-    for f in (chains, pitr_window, gfs_year, compliance_minimum, gdpr_maximum, holds, refusal, failed_remains)
+    for f in (
+        chains,
+        files_chain,
+        pitr_window,
+        gfs_year,
+        compliance_minimum,
+        gdpr_maximum,
+        holds,
+        refusal,
+        failed_remains,
+    )
     + (archive_online,)
 }
 
@@ -421,7 +448,34 @@ def test_chains_keep_the_full_and_log_under_retained_incrementals():
         (25, 25, "keep"),
     ]
     assert reasons(plan, "log:app:9-16") == [f"keep: replayed by retained backups on full {ids['f2']}"]
-    assert plan["log_keys_to_shred"] == {}  # one session key seals pieces kept and deleted
+    # Keys k0 (pieces 0-3) and k1 (4-7) seal only deleted pieces; k2 (8-11) seals piece 9, kept.
+    assert plan["log_keys_to_shred"] == {"app": ["k0", "k1"]}
+
+
+def test_files_chain_keeps_every_parent_of_a_retained_layer():
+    data, plan = golden("files_chain")
+    ids, act = data["ids"], actions(plan)
+    # The default 90d for files: inc2 (60d) and inc3 (30d) are retained, and restoring either applies
+    # full, diff, inc1 and inc2 in turn; the old chain has nothing within 90 days.
+    assert {k: act[v] for k, v in ids.items()} == {
+        "old_full": "delete",
+        "old_inc": "delete",
+        "full": "keep",
+        "diff": "keep",
+        "inc1": "keep",
+        "inc2": "keep",
+        "inc3": "keep",
+        "new_full": "keep",
+    }
+    assert reasons(plan, ids["full"]) == [
+        f"keep: full of retained incremental {ids['inc2']}, incremental {ids['inc3']}"
+    ]
+    assert reasons(plan, ids["diff"]) == [
+        f"keep: parent of retained incremental {ids['inc2']}, incremental {ids['inc3']}"
+    ]
+    assert reasons(plan, ids["inc1"]) == reasons(plan, ids["diff"])
+    assert reasons(plan, ids["inc2"])[0].startswith("keep: within 90d (until ")
+    assert next(d for d in plan["decisions"] if d["item"] == ids["inc1"])["deletable_after"] is None
 
 
 def test_pitr_window_keeps_the_full_under_its_start_and_drops_a_superseded_partial():
@@ -599,6 +653,34 @@ def test_archive_after_and_online_for():
     assert by["p200"]["archive_to"] == "GLACIER"
     assert by["a70"]["restore_delay"] == "immediate: restore with --vault cold"
     assert by["p60"]["reasons"][-1].startswith("online: its data classes keep it online 90d")
+
+
+def test_the_newest_pieces_key_is_never_shredded_and_a_superseded_partial_counts_as_its_successor():
+    v = Vault()
+    v.source("db", "postgres")
+    v.log("db", 4 * D, D)
+    v.pieces.pop()  # pieces 0..2 under one key, all shipped before the full below started (the log is behind)
+    full = v.backup("db", "full", timedelta(minutes=1))
+    plan = plan_retention(v.catalog(), RetentionConfig(), [], NOW)
+    assert logs(plan.to_dict(), "db") == [(0, 2, "delete")]  # the full (taken after them) needs none of them
+    assert plan.log_keys_to_shred == {}  # but a running capture may still ship under that key
+    assert actions(plan.to_dict())[full] == "keep"
+
+    # An incremental whose recorded range ends with a partial piece that was later superseded needs the
+    # piece that superseded it (the partial's log is in it), not only the one before.
+    v = Vault()
+    v.source("db", "mysql")
+    v.log("db", 4 * D, D)
+    f = v.backup("db", "full", 3 * D + 12 * H)  # started in piece 0
+    p3 = v.pieces.pop()
+    v.pieces.append(PieceItem(**{**p3.__dict__, "partial": True, "last_time": p3.first_time}))
+    v.pieces.append(PieceItem(**{**p3.__dict__, "seq": 4}))
+    inc = v.backup("db", "incremental", 2 * H, on=f)
+    assert v.by_id(inc).log_pieces == (0, 3)
+    config = RetentionConfig.model_validate({"sources": {"db": {"full": {"keep_last": 1}, "pitr_window": "1h"}}})
+    plan = plan_retention(v.catalog(), config, [], NOW).to_dict()
+    assert logs(plan, "db") == [(0, 2, "keep"), (3, 3, "delete"), (4, 4, "keep")]
+    assert f"keep: replayed by retained backups on full {f}" in reasons(plan, "log:db:4-4")
 
 
 def test_every_golden_has_a_scenario_and_the_plan_text_names_each_source():

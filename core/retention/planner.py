@@ -436,9 +436,11 @@ class _SourcePlanner:
         return len(self.log)  # the log has not reached it yet: only later pieces will
 
     def _index_of(self, seq: int) -> int:
+        """Effective-log index of the piece holding piece ``seq``'s log (a superseded partial's is its successor)."""
+        superseded = seq in {p.seq for p in self.pieces} and seq not in {p.seq for p in self.log}
         for i, p in enumerate(self.log):
             if p.seq >= seq:
-                return i if p.seq == seq else i - 1
+                return i if p.seq == seq or superseded else i - 1
         return len(self.log) - 1
 
     def _log_needs(self, marks: _Marks, forced: dict[str, str], newest: BackupItem | None) -> dict[int, list[str]]:
@@ -577,7 +579,8 @@ class _SourcePlanner:
 
     def _archive(self, b: BackupItem, decision: Decision, online: timedelta | None) -> None:
         policy = self.policy
-        if policy.archive_after is None or not b.valid or b.archived_to or b.storage_class == policy.archive_to:
+        # Already in a cold class (whichever): moving it to the configured one could only warm it up.
+        if policy.archive_after is None or not b.valid or b.archived_to or b.storage_class in RESTORE_DELAYS:
             return
         age = self.now - _point(b)
         if age < policy.archive_after:
@@ -670,6 +673,9 @@ class _SourcePlanner:
         doomed: dict[str, bool] = {}
         for p, action, *_ in rows:
             doomed[p.key_id] = doomed.get(p.key_id, True) and action == "delete"
+        if rows:
+            # The newest piece's session may still be shipping under that key: never shred it.
+            doomed[rows[-1][0].key_id] = False
         shred = sorted(k for k, gone in doomed.items() if gone)
         if shred:
             self.plan.log_keys_to_shred[self.source] = shred
