@@ -224,6 +224,9 @@ def test_a_forged_release_is_ignored_and_a_genuine_one_still_counts(local_vault,
     )
     forged_release(vault.store, hold.id, signer, **changes)
     assert [h.id for h in book.active(ADMINS)] == [hold.id]
+    assert [h.id for h in HoldBook(vault.store, trusted={HOST.fingerprint: HOST.public_b64}).active(ADMINS)] == [
+        hold.id
+    ]
     assert book.ignored == [f"holds/{hold.id}.release.json: ignored ({why}); hold {hold.id} stays active"]
     assert book.get(hold.id, ADMINS).active
     # The forged record took the plain name; the admin's release is written beside it and counts.
@@ -294,6 +297,18 @@ def test_a_scope_matching_nothing_unknown_ids_and_an_altered_record_are_refused(
     with pytest.raises(HoldError) as err:
         book.active(ADMINS)
     assert str(err.value).startswith(f"hold {hold.id}: its record holds/{hold.id}.json does not verify (altered")
+    # Re-signed by the intruder's own key: valid, but not by a key the stack trusts.
+    record["signer"] = INTRUDER.public_b64
+    record["sig"] = INTRUDER.sign(canonical(record))
+    path.write_text(json.dumps(record))
+    assert HoldBook(vault.store).active(ADMINS)[0].scope.backup_ids == ["nothing"]  # nothing trusted: not strict
+    strict = HoldBook(vault.store, trusted={HOST.fingerprint: HOST.public_b64, ADMIN.fingerprint: ADMIN.public_b64})
+    with pytest.raises(HoldError) as err:
+        strict.active(ADMINS)
+    assert str(err.value).startswith(
+        f"hold {hold.id}: its record holds/{hold.id}.json is signed by {INTRUDER.fingerprint}, a key the stack does "
+        "not trust"
+    )
 
 
 def test_what_a_hold_covers_includes_the_chain_and_the_log_a_backup_needs():

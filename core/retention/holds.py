@@ -87,8 +87,12 @@ class _Release:
 class HoldBook:
     """The holds of one vault (its primary store)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, trusted: dict[str, str] | None = None) -> None:
+        """``trusted``: ``signing.trusted()`` of the stack (fingerprint -> public key). When non-empty, a hold
+        record signed by any other key is refused like an altered one: whoever can write to the bucket could
+        otherwise replace a hold with a narrower one signed by a key of their own."""
         self.store = store
+        self.trusted = set((trusted or {}).values())
         # Release records that did not count on the last read, one line each (forged, not by an
         # admin, for another hold): 'hold list' shows them so an operator sees the attempt.
         self.ignored: list[str] = []
@@ -122,6 +126,12 @@ class HoldBook:
             raise HoldError(
                 f"hold {hold_id}: its record {PREFIX}{hold_id}.json does not verify (altered or damaged); restore it "
                 "from a replica of the vault - retention deletes nothing while a hold cannot be read"
+            )
+        if self.trusted and signer not in self.trusted:
+            raise HoldError(
+                f"hold {hold_id}: its record {PREFIX}{hold_id}.json is signed by {fingerprint(signer)}, a key the stack "
+                "does not trust (signing.trusted_public_keys); restore it from a replica, or list that host's key - "
+                "retention deletes nothing while a hold cannot be trusted"
             )
         return record, raw
 
