@@ -692,6 +692,9 @@ class _SourcePlanner:
     def _refuse_all(self, backups: list[BackupItem], pieces: list[PieceItem], why: str) -> None:
         self.plan.refused[self.source] = why
         for b in backups:
+            tiers = self.plan.tiers.setdefault(self.source, {})
+            tier = b.archived_to or b.storage_class or "STANDARD"
+            tiers[tier] = tiers.get(tier, 0) + b.stored_bytes
             self.plan.decisions.append(
                 Decision(
                     item=b.id,
