@@ -14,7 +14,7 @@ import pytest
 
 from core.audit.trail import AuditTrail
 from core.crypto.keys import Keyring
-from core.crypto.signing import SigningKey, generate_signing_key
+from core.crypto.signing import SigningConfig, SigningKey, generate_signing_key
 from core.engines import engine_for
 from core.errors import HoldError, ObjectLockedError, SigningKeyError
 from core.operations import backup_source
@@ -302,7 +302,10 @@ def test_a_scope_matching_nothing_unknown_ids_and_an_altered_record_are_refused(
     record["sig"] = INTRUDER.sign(canonical(record))
     path.write_text(json.dumps(record))
     assert HoldBook(vault.store).active(ADMINS)[0].scope.backup_ids == ["nothing"]  # nothing trusted: not strict
-    strict = HoldBook(vault.store, trusted={HOST.fingerprint: HOST.public_b64, ADMIN.fingerprint: ADMIN.public_b64})
+    assert HoldBook.for_stack(vault.store, SigningConfig(admin_public_keys=ADMINS)).active(ADMINS) != []
+    strict = HoldBook.for_stack(
+        vault.store, SigningConfig(admin_public_keys=ADMINS, trusted_public_keys=[HOST.public_b64])
+    )
     with pytest.raises(HoldError) as err:
         strict.active(ADMINS)
     assert str(err.value).startswith(

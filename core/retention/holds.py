@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from core.audit.trail import AuditTrail, default_actor
-from core.crypto.signing import SigningKey, fingerprint, verify_signature
+from core.crypto.signing import SigningConfig, SigningKey, fingerprint, verify_signature
 from core.errors import HoldError, SigningKeyError
 from core.repository.manifest import now_iso
 from core.repository.vault import Vault
@@ -88,11 +88,18 @@ class HoldBook:
     """The holds of one vault (its primary store)."""
 
     def __init__(self, store: Store, *, trusted: dict[str, str] | None = None) -> None:
-        """``trusted``: ``signing.trusted()`` of the stack (fingerprint -> public key). When non-empty, a hold
-        record signed by any other key is refused like an altered one: whoever can write to the bucket could
-        otherwise replace a hold with a narrower one signed by a key of their own."""
+        """``trusted``: fingerprint -> public key of the signers whose hold records count (``for_stack``
+        derives it from the stack). When non-empty, a hold record signed by any other key is refused like an
+        altered one: whoever can write to the bucket could otherwise replace a hold with a narrower one signed
+        by a key of their own."""
         self.store = store
         self.trusted = set((trusted or {}).values())
+
+    @classmethod
+    def for_stack(cls, store: Store, signing: SigningConfig) -> HoldBook:
+        """The book as the stack's signing settings want it read: strict about hold signers only when the
+        stack lists its hosts' keys (``signing.trusted_public_keys``; admins count too then), like 'audit verify'."""
+        return cls(store, trusted=signing.trusted() if signing.trusted_public_keys else None)
         # Release records that did not count on the last read, one line each (forged, not by an
         # admin, for another hold): 'hold list' shows them so an operator sees the attempt.
         self.ignored: list[str] = []
