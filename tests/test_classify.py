@@ -80,7 +80,7 @@ def test_uk_nino(value, nino):
 
 @pytest.mark.parametrize(
     ("value", "icd"),
-    [("I10", True), ("E11.9", True), ("J45.909", True), ("S72.001A", True), ("A00.0", True), ("U07.1", True),
+    [("I10", True), ("E11.9", True), ("J45.909", True), ("S72.001A", True), ("A00.0", True), ("U07.1", True), ("C4A.0", True),
      ("e11.9", False), ("E1.9", False), ("E11.", False), ("E11.12345", False), ("11E.9", False), ("EE1", False)],
 )  # fmt: skip
 def test_icd10_shapes(value, icd):

@@ -138,7 +138,7 @@ _EMAIL = re.compile(
 
 
 def is_email(value: str) -> bool:
-    return _EMAIL.fullmatch(value.strip()) is not None
+    return "@" in value and _EMAIL.fullmatch(value.strip()) is not None
 
 
 def find_emails(text: str) -> int:
@@ -214,6 +214,9 @@ def is_icd10(value: str) -> bool:
 
 def find_icd10(text: str) -> int:
     # Free text is full of letter-digit-digit tokens; a code counts only when introduced as one.
+    low = text.lower()
+    if "icd" not in low and "diagnos" not in low and "dx" not in low:
+        return 0
     return sum(1 for _ in _ICD10_IN_TEXT.finditer(text))
 
 
@@ -234,16 +237,18 @@ class Detector:
     whole: Callable[[str], bool]
     in_text: Callable[[str], int]
     min_share: float
+    min_digits: int  # fewer digits in a value and the detector cannot match: skipped (the scan's hot path)
 
 
 DETECTORS: tuple[Detector, ...] = (
-    Detector("email", PERSONAL, is_email, find_emails, 0.0),
-    Detector("card-number", CARDHOLDER, is_card_number, find_card_numbers, 0.0),
-    Detector("national-id", PERSONAL, is_national_id, find_national_ids, 0.0),
-    Detector("health-code", HEALTH, is_icd10, find_icd10, 0.5),
-    Detector("phone", PERSONAL, is_phone, find_phones, 0.5),
-    Detector("iban", FINANCIAL, is_iban, find_ibans, 0.0),
+    Detector("email", PERSONAL, is_email, find_emails, 0.0, 0),
+    Detector("card-number", CARDHOLDER, is_card_number, find_card_numbers, 0.0, 13),
+    Detector("national-id", PERSONAL, is_national_id, find_national_ids, 0.0, 6),
+    Detector("health-code", HEALTH, is_icd10, find_icd10, 0.5, 1),  # C4A: one digit
+    Detector("phone", PERSONAL, is_phone, find_phones, 0.5, 8),
+    Detector("iban", FINANCIAL, is_iban, find_ibans, 0.0, 4),
 )
+_NOT_DIGIT = re.compile(r"[^0-9]+")
 
 
 def detect(value: str, *, ssn_column: bool = False) -> set[str]:
@@ -252,8 +257,9 @@ def detect(value: str, *, ssn_column: bool = False) -> set[str]:
     ``ssn_column``: the value comes from a column named for SSNs, where nine bare digits count.
     """
     found = set()
+    digits = len(_NOT_DIGIT.sub("", value))
     for d in DETECTORS:
-        if d.whole(value) or d.in_text(value) > 0:
+        if digits >= d.min_digits and (d.whole(value) or d.in_text(value) > 0):
             found.add(d.name)
     if ssn_column and "national-id" not in found and is_us_ssn(value, bare_digits=True):
         found.add("national-id")
@@ -262,7 +268,8 @@ def detect(value: str, *, ssn_column: bool = False) -> set[str]:
 
 def detect_text(text: str) -> set[str]:
     """The detectors that find something anywhere in a piece of free text (a file's head)."""
-    return {d.name for d in DETECTORS if d.in_text(text) > 0}
+    digits = len(_NOT_DIGIT.sub("", text))
+    return {d.name for d in DETECTORS if digits >= d.min_digits and d.in_text(text) > 0}
 
 
 def reported(detector: Detector, matches: int, sampled: int) -> bool:
