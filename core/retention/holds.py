@@ -94,15 +94,15 @@ class HoldBook:
         by a key of their own."""
         self.store = store
         self.trusted = set((trusted or {}).values())
+        # Release records that did not count on the last read, one line each (forged, not by an
+        # admin, for another hold): 'hold list' shows them so an operator sees the attempt.
+        self.ignored: list[str] = []
 
     @classmethod
     def for_stack(cls, store: Store, signing: SigningConfig) -> HoldBook:
         """The book as the stack's signing settings want it read: strict about hold signers only when the
         stack lists its hosts' keys (``signing.trusted_public_keys``; admins count too then), like 'audit verify'."""
         return cls(store, trusted=signing.trusted() if signing.trusted_public_keys else None)
-        # Release records that did not count on the last read, one line each (forged, not by an
-        # admin, for another hold): 'hold list' shows them so an operator sees the attempt.
-        self.ignored: list[str] = []
 
     # -- reading ----------------------------------------------------------------------------
 
