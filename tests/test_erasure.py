@@ -24,6 +24,7 @@ from core.operations import backup_source, restore_backup
 from core.restoring import reapply_erasures, render_report
 from core.retention import erasure
 from core.retention.certificate import read_certificate, verify_certificate
+from core.sources import FilesSourceConfig
 from core.stack import StackConfig
 
 ALICE = "alice@example.com"
@@ -311,3 +312,43 @@ def test_apply_shreds_past_the_maximum_with_a_certificate_and_keeps_what_must_st
     (entry,) = [e for e in entries if e["action"] == "erasure.apply"]
     assert entry["subject"] == compliance.request.id and entry["details"]["shredded"] == 1
     assert ALICE not in json.dumps(entries) and ALICE not in "\n".join(said)
+
+
+def test_files_and_redis_restores_erase_by_path_and_key_pattern(tmp_path, redis_session, redis_factory):
+    root = tmp_path / "app"
+    (root / "users").mkdir(parents=True)
+    (root / "users" / f"{ALICE}.json").write_text('{"name": "Alice"}')
+    (root / "users" / f"{BOB}.json").write_text('{"name": "Bob"}')
+    (root / "users" / "alice@example.com.bak").write_text("not matched by the rule")
+    cache = redis_session("erasure")
+    cache.client().flushall()
+    cache.client().mset({f"user:{ALICE}:profile": "a", f"user:{ALICE}:cart": "c", f"user:{BOB}:profile": "b"})
+    admin_from, admin_public = _key_file(tmp_path, "admin.ed25519")
+    config = _stack(
+        tmp_path,
+        [FilesSourceConfig(name="uploads", root=str(root)), cache.config("cache")],
+        erasure_rules={
+            "uploads": {"paths": ["users/{subject}.json"]},
+            "cache": {"redis_patterns": ["user:{subject}:*"]},
+        },
+        admin_from=admin_from,
+        admin_public=admin_public,
+    )
+    vault, keyring = config.vault.open(create=True), config.keyring()
+    backups = {src.name: backup_source(vault, keyring, engine_for(src)).id for src in config.sources}
+    request = erasure.record_erasure(config, ALICE, admin_key=config.signing.admin_key("erase"))
+
+    restored = tmp_path / "restored"
+    files = engine_for(FilesSourceConfig(name="restore-target", root=str(restored)))
+    report = restore_backup(vault, keyring, backups["uploads"], files)
+    assert sorted(p.name for p in (restored / "users").iterdir()) == ["alice@example.com.bak", f"{BOB}.json"]
+    assert report.erasure_lines == [f"erasure {request.id}: 1 files removed by path 1"]
+
+    target = redis_factory()
+    report = restore_backup(vault, keyring, backups["cache"], engine_for(target.config("restore-target")))
+    assert sorted(k.decode() for k in target.client().keys("*")) == [f"user:{BOB}:profile"]
+    assert report.erasure_lines == [f"erasure {request.id}: 2 keys removed by pattern 1"]
+
+    # A subject that would step out of the restored root is refused, never globbed.
+    with pytest.raises(ErasureError, match="path separator"):
+        erasure.apply_erasures(files, {"paths": ["users/{subject}.json"]}, [(request.id, "../app/users/x")])
