@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.audit.trail import AUDIT_ACTIONS, AuditTrail, entry_hash
+from core.audit.verify import AuditProblem, AuditReport, acknowledge, raise_alarm, unacknowledged_alarm, verify_trail
 
 if TYPE_CHECKING:
     from core.stack import StackConfig
@@ -29,4 +30,16 @@ def record(config: StackConfig, action: str, subject: str, details: dict, *, out
     return trail_for(config).append(action, subject, details, outcome=outcome)
 
 
-__all__ = ["AUDIT_ACTIONS", "AuditTrail", "entry_hash", "record", "trail_for"]
+__all__ = [
+    "AUDIT_ACTIONS",
+    "AuditProblem",
+    "AuditReport",
+    "AuditTrail",
+    "acknowledge",
+    "entry_hash",
+    "raise_alarm",
+    "record",
+    "trail_for",
+    "unacknowledged_alarm",
+    "verify_trail",
+]

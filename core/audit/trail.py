@@ -26,6 +26,7 @@ import json
 import os
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from core.crypto.signing import SigningKey
@@ -132,12 +133,17 @@ class AuditTrail:
 
     def entries(self) -> list[dict]:
         """Every entry in seq order (entries that cannot be parsed are left out: ``verify`` names them)."""
-        out = []
-        for key in self.store.list(ENTRIES):
+
+        def read(key: str) -> dict | None:
             try:
-                out.append(json.loads(self.store.get(key)))
+                entry = json.loads(self.store.get(key))
             except (ObjectNotFound, ValueError):
-                continue
+                return None
+            return entry if isinstance(entry, dict) else None
+
+        keys = list(self.store.list(ENTRIES))
+        with ThreadPoolExecutor(max(1, self.store.capabilities.io_threads), thread_name_prefix="audit-read") as pool:
+            out = [entry for entry in pool.map(read, keys) if entry is not None]
         return sorted(out, key=lambda e: e.get("seq", 0) if isinstance(e.get("seq"), int) else 0)
 
     def _last(self) -> tuple[int, str]:
