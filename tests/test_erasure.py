@@ -352,3 +352,15 @@ def test_files_and_redis_restores_erase_by_path_and_key_pattern(tmp_path, redis_
     # A subject that would step out of the restored root is refused, never globbed.
     with pytest.raises(ErasureError, match="path separator"):
         erasure.apply_erasures(files, {"paths": ["users/{subject}.json"]}, [(request.id, "../app/users/x")])
+
+
+def test_a_forged_application_record_leaves_the_request_pending(stack):
+    forged = Path(stack.config.vault.path) / "erasure" / f"{stack.request.id}.applied-20990101T000000000000Z.json"
+    stranger = SigningKey.from_b64(generate_signing_key()[0])
+    forged.write_text(
+        json.dumps({"request": stack.request.id, "shredded": [], "signer": stranger.public_b64, "sig": "AAAA"})
+    )
+    try:
+        assert [p["id"] for p in erasure.pending(stack.vault.store)] == [stack.request.id]
+    finally:
+        forged.unlink()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import getpass
 import glob
+import hmac
 import json
 import secrets
 import socket
@@ -121,7 +122,7 @@ def unseal_subject(keyring: Keyring, request: ErasureRequest) -> str:
             f"erasure request {request.id}: the sealed subject is malformed; restore {PREFIX}{request.id}.json from a replica"
         ) from None
     subject = Opener(data_key, request.id).open_blob(_SEAL_LABEL, blob, f"erasure request {request.id}").decode("utf-8")
-    if record_mac(data_key, _DIGEST_INFO, subject.encode("utf-8")) != request.subject_digest:
+    if not hmac.compare_digest(record_mac(data_key, _DIGEST_INFO, subject.encode("utf-8")), request.subject_digest):
         raise ErasureError(
             f"erasure request {request.id}: the subject does not match its digest (altered); restore {PREFIX}{request.id}.json from a replica"
         )
@@ -165,12 +166,26 @@ def requests(store: Store) -> list[ErasureRequest]:
         if request.id != key[len(PREFIX) : -len(".json")]:
             raise ErasureError(f"{key}: holds request {request.id} (moved or renamed); restore it from a replica")
         if request.id in applied:
-            try:
-                request.applied = json.loads(store.get(applied[request.id]))
-            except (ValueError, ObjectNotFound):
-                request.applied = {}
+            request.applied = _applied_record(store, applied[request.id])
         out.append(request)
     return sorted(out, key=lambda r: (r.received_at, r.id))
+
+
+def _canonical(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _applied_record(store: Store, key: str) -> dict:
+    """An application record, or {} when it is unreadable or its signature does not verify: a forged
+    record must not make a request look applied (it stays pending, and is applied again)."""
+    try:
+        record = json.loads(store.get(key))
+        body = {k: v for k, v in record.items() if k != "sig"}
+        if verify_signature(record["signer"], _canonical(body), record["sig"]):
+            return record
+    except (ValueError, KeyError, TypeError, AttributeError, ObjectNotFound):
+        pass
+    return {}
 
 
 def load_request(store: Store, request_id: str) -> ErasureRequest:
@@ -621,7 +636,7 @@ def apply_erasure(
     stamp = when.strftime("%Y%m%dT%H%M%S%fZ")
     record = {k: v for k, v in result.items() if k != "dry_run"}
     record.update(at=iso(when), signer=signer.public_b64)
-    record["sig"] = signer.sign(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    record["sig"] = signer.sign(_canonical(record))
     vault.store.put(f"{PREFIX}{request.id}.applied-{stamp}.json", json.dumps(record, sort_keys=True, indent=1).encode())
     audit.record(
         config,
