@@ -343,6 +343,19 @@ def test_files_and_redis_restores_erase_by_path_and_key_pattern(tmp_path, redis_
     report = restore_backup(vault, keyring, backups["uploads"], files)
     assert sorted(p.name for p in (restored / "users").iterdir()) == ["alice@example.com.bak", f"{BOB}.json"]
     assert report.erasure_lines == [f"erasure {request.id}: 1 files removed by path 1"]
+    # A backup on a base restores as its chain (full, then the incremental): erased the same way, after it.
+    (root / "users" / "carol@example.com.json").write_text('{"name": "Carol"}')
+    incremental = backup_source(vault, keyring, engine_for(config.source("uploads")), "incremental").id
+    chained = tmp_path / "chained"
+    report = restore_backup(
+        vault, keyring, incremental, engine_for(FilesSourceConfig(name="restore-target", root=str(chained)))
+    )
+    assert sorted(p.name for p in (chained / "users").iterdir()) == [
+        "alice@example.com.bak",
+        f"{BOB}.json",
+        "carol@example.com.json",
+    ]
+    assert report.erasures == [request.id]
 
     target = redis_factory()
     report = restore_backup(vault, keyring, backups["cache"], engine_for(target.config("restore-target")))
