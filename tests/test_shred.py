@@ -361,3 +361,31 @@ def test_a_log_range_is_shredded_with_its_session_key_and_a_killed_one_resumes(v
     reader = vault.log_reader("cache", KEYS)  # the piece of the other session still opens
     assert len(b"".join(reader.iter_piece(records[3]))) == 10_000
     verify_certificate(cert.to_dict(), {})
+
+
+def test_the_next_backup_does_not_record_a_half_deleted_backup_as_failed(vault, tmp_path, signer):
+    gone = backup(vault)
+    n = len(gone.streams[0].chunks)
+    # Killed after the key, the chunks, the catalog hint, the verified record and the manifest went:
+    # what is left (started.json) looks like an abandoned run's.
+    budget = {"left": 1 + n + 3}
+    with pytest.raises(Killed):
+        delete_backup(
+            Vault(DiesAfterDestroys(vault.store, budget), vault.config),
+            [],
+            gone.id,
+            reason="expired",
+            authority="policy",
+            signer=signer,
+            passes=1,
+        )
+    assert not manifest_path(vault, gone.id).exists()
+    assert (tmp_path / "vault" / "backups" / gone.id / "started.json").exists()
+    assert [(e.id, e.state) for e in vault.entries()] == [(gone.id, DELETING)]
+
+    newer = backup(vault)  # recovers abandoned partials of its source under the lease
+    assert not manifest_path(vault, gone.id).exists()
+    assert {e.id: e.state for e in vault.entries()} == {gone.id: DELETING, newer.id: COMPLETED}
+    (cert,) = resume_deletions(vault, [], signer=signer, passes=1)
+    assert cert.subject == gone.id
+    assert [e.id for e in vault.entries()] == [newer.id]

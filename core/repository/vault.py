@@ -501,7 +501,10 @@ class Vault:
         recorded = []
         own = self._leases.get(source)
         own_token = own.token if own is not None and own.held else None
+        deleting = self.deleting_ids()  # retention is removing these: a FAILED record would bring one back
         for backup_id in self.store.children("backups/"):
+            if backup_id in deleting:
+                continue
             entry = self.entry(backup_id, own_token=own_token)
             if entry.state == FAILED and entry.source == source:
                 self._remove_chunks(backup_id)
