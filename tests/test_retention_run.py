@@ -25,8 +25,11 @@ from core.operations import backup_source, restore_backup
 from core.replication.replica import open_replica, replicate
 from core.repository.manifest import COMPLETED
 from core.repository.vault import DELETING
+from core.retention.catalog import read_catalog
 from core.retention.certificate import certificates, verify_certificate
+from core.retention.holds import HoldBook
 from core.retention.run import retention_status, run_retention
+from core.retention.scope import HoldScope
 from core.sources import FilesSourceConfig
 from core.stack import parse_stack
 from tests.fixtures_cloud import PRIMARY_REGION, s3_client
@@ -282,3 +285,24 @@ def test_an_object_locked_by_hand_on_s3_is_left_for_later_whole_and_deleted_once
     listed = s3_client(moto_endpoint).list_object_versions(Bucket=bucket, Prefix=f"dr/backups/{old}/")
     assert listed.get("Versions", []) == [] and listed.get("DeleteMarkers", []) == []
     assert [e.id for e in vault.entries()] == [new]
+
+
+def test_a_held_backup_is_kept_by_the_run_and_shown_in_status(two_sources):
+    config, app, cfg = two_sources
+    vault = config.vault.open()
+    hold = HoldBook.for_stack(vault.store, config.signing).create(
+        name="lawsuit",
+        reason="litigation 42",
+        scope=HoldScope(backup_ids=[app[0]]),
+        contact="legal@example.com",
+        creator="test",
+        catalog=read_catalog(vault, config),
+        signer=config.signing.host_key(),
+    )
+    status = retention_status(config)
+    assert [h["id"] for h in status["holds"]] == [hold.id]
+    report = run_retention(config, say=print)
+    assert report.deleted == [app[1]]
+    assert {e.id for e in vault.entries()} == {app[0], app[2], cfg[0]}
+    (decision,) = [d for d in report.plan.decisions if d.item == app[0]]
+    assert decision.action == "keep" and decision.held_by == [hold.id]

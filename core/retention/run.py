@@ -104,7 +104,7 @@ def _replicas(config) -> list[tuple[str, Store]]:
 
 def _plan(vault: Vault, config, now: datetime) -> tuple[Catalog, list, RetentionPlan]:
     catalog = read_catalog(vault, config)
-    holds = HoldBook(vault.store).list(config.signing.admin_public_keys)
+    holds = HoldBook.for_stack(vault.store, config.signing).list(config.signing.admin_public_keys)
     plan = plan_retention(catalog, config.retention, [h for h in holds if h.active], now)
     return catalog, holds, plan
 
