@@ -234,6 +234,9 @@ def test_no_deletion_while_the_audit_trail_has_an_unacknowledged_alarm(tmp_path)
         assert info.value.report["deleted"] == []
         assert sorted(e.id for e in vault.entries()) == sorted(app)
     assert vault.store.exists("audit/alarm.json")
+    dry = run_retention(config, dry_run=True, say=print)  # says why a run would delete nothing
+    assert dry.audit_alarm.startswith("the audit trail has an unacknowledged alarm raised ")
+    assert f"NO DELETION: {dry.audit_alarm}" in dry.text()
 
     acknowledge(vault.store, SigningKey.from_b64(admin_file.read_text().strip()), "edited by a test", [admin_public])
     report = run_retention(config, say=print)

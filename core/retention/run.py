@@ -110,14 +110,16 @@ def _plan(vault: Vault, config, now: datetime) -> tuple[Catalog, list, Retention
 
 
 def _audit_alarm(vault: Vault, config, replicas: list[tuple[str, Store]], signer) -> str | None:
-    """Why deletions must stop (an unacknowledged alarm, or a verification failing now), or None."""
+    """Why deletions must stop (an unacknowledged alarm, or a verification failing now, which raises the
+    alarm when ``signer`` is given; a dry run only reports it), or None."""
     admins = config.signing.admin_public_keys
     alarm = unacknowledged_alarm(vault.store, admins)
     if alarm is None:
         report = verify_trail(vault.store, config.signing.trusted(), replicas=replicas, admins=admins)
         if report.ok:
             return None
-        raise_alarm(vault.store, report, signer)
+        if signer is not None:
+            raise_alarm(vault.store, report, signer)
         first = report.problems[0].text if report.problems else "verification failed"
         return f"the audit trail failed verification just now ({first})"
     problems = alarm.get("problems") or []
@@ -141,7 +143,8 @@ def run_retention(config, *, dry_run: bool = False, now: datetime | None = None,
     vault = config.vault.open()
     if dry_run:
         _catalog, _holds, plan = _plan(vault, config, now)
-        return RetentionReport(plan=plan, dry_run=True, refused=dict(plan.refused))
+        alarm = _audit_alarm(vault, config, _replicas(config), None)
+        return RetentionReport(plan=plan, dry_run=True, refused=dict(plan.refused), audit_alarm=alarm)
 
     signer = config.signing.host_key()
     passes = config.retention.overwrite_passes
