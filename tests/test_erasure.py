@@ -377,3 +377,35 @@ def test_a_forged_application_record_leaves_the_request_pending(stack):
         assert [p["id"] for p in erasure.pending(stack.vault.store)] == [stack.request.id]
     finally:
         forged.unlink()
+
+
+def test_no_shredding_while_the_audit_trail_has_an_alarm(tmp_path):
+    from core.audit.verify import raise_alarm, verify_trail
+
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / f"{ALICE}.json").write_text("{}")
+    admin_from, admin_public = _key_file(tmp_path, "admin.ed25519")
+    config = _stack(
+        tmp_path,
+        [FilesSourceConfig(name="uploads", root=str(root), data_classes=["personal"])],
+        erasure_rules={"uploads": {"paths": ["{subject}.json"]}},
+        admin_from=admin_from,
+        admin_public=admin_public,
+        sources={"uploads": {"full": {"keep_last": 1}}},
+    )
+    vault, keyring = config.vault.open(create=True), config.keyring()
+    older = backup_source(vault, keyring, engine_for(config.source("uploads"))).id
+    newer = backup_source(vault, keyring, engine_for(config.source("uploads"))).id
+    request = erasure.record_erasure(config, ALICE, admin_key=config.signing.admin_key("erase"))
+    entry = Path(config.vault.path) / "audit" / "entries" / f"{1:012d}.json"
+    edited = json.loads(entry.read_text())
+    edited["details"]["due_by"] = "2099-01-01T00:00:00.000Z"
+    entry.write_text(json.dumps(edited))
+    report = verify_trail(vault.store, config.signing.trusted())
+    raise_alarm(vault.store, report, config.signing.host_key())
+    later = datetime.now(UTC) + timedelta(days=36)
+    with pytest.raises(ErasureError, match=f"erasure {request.id}: no backup is shredded while the audit trail"):
+        erasure.apply_erasure(config, request.id, now=later, say=lambda _: None)
+    assert {b.id for b in vault.list_backups()} == {older, newer}
+    assert [p["id"] for p in erasure.pending(vault.store)] == [request.id]

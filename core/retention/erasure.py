@@ -539,7 +539,7 @@ def _why_kept(decision: Any) -> str:
     return "; ".join(reasons or list(getattr(decision, "reasons", [])) or ["kept by the policy"])
 
 
-def erasure_plan(config: Any, sources: list[str], *, now: datetime | None = None) -> dict:
+def erasure_plan(config: Any, sources: list[str], *, now: datetime | None = None, vault: Vault | None = None) -> dict:
     """What applying an erasure to ``sources`` does now: the backups past their class maximum that the
     retention plan deletes (shredded), and every other backup of those sources with why it is kept."""
     from core.retention.catalog import read_catalog
@@ -547,9 +547,10 @@ def erasure_plan(config: Any, sources: list[str], *, now: datetime | None = None
     from core.retention.planner import plan_retention
 
     when = _now(now)
-    vault = config.vault.open()
+    vault = vault or config.vault.open()
     catalog = read_catalog(vault, config)
-    holds = HoldBook(vault.store).active(config.signing.admin_public_keys)
+    # Holds read as the retention run reads them (core.retention.run): the same plan, the same answer.
+    holds = HoldBook.for_stack(vault.store, config.signing).active(config.signing.admin_public_keys)
     plan = plan_retention(catalog, config.retention, holds, when)
     shred, kept, logs = [], [], []
     for decision in plan.decisions:
@@ -587,6 +588,7 @@ def apply_erasure(
     Audit entry ``erasure.apply`` with the counts.
     """
     from core import audit
+    from core.audit.verify import unacknowledged_alarm
     from core.retention.shred import delete_backup
 
     vault = config.vault.open()
@@ -597,7 +599,7 @@ def apply_erasure(
             "record it again with 'genesis-dr erase --subject ...'"
         )
     when = _now(now)
-    plan = erasure_plan(config, request.sources, now=when)
+    plan = erasure_plan(config, request.sources, now=when, vault=vault)
     result = {
         "id": request.id,
         "due_by": request.due_by,
@@ -617,7 +619,15 @@ def apply_erasure(
         for item in result["kept"]:
             say(f"erasure {request.id}: keeps {item['id']}: {item['why']}")
         return result
-    replicas = [(r.name, r.store()) for r in getattr(config, "replicas", [])]
+    alarm = unacknowledged_alarm(vault.store, config.signing.admin_public_keys)
+    if alarm is not None and result["shredded"]:
+        # Like the retention run: nothing is deleted while the audit trail may have been tampered with.
+        raise ErasureError(
+            f"erasure {request.id}: no backup is shredded while the audit trail has an unacknowledged alarm (raised "
+            f"{alarm.get('at', 'earlier')}); run 'genesis-dr audit verify', then 'genesis-dr audit acknowledge', and "
+            "apply the request again"
+        )
+    replicas = [(r.name, r.vault.store()) for r in config.replicas]
     signer = config.signing.host_key()
     for backup_id in result["shredded"]:
         cert = delete_backup(
