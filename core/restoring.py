@@ -534,8 +534,10 @@ def _restore(
             if load.verify:  # after the verification: the checks describe the data as backed up
                 try:
                     erased, erasure_lines = _erase(engine, manifest.source, rule, subjects, say)
-                except BaseException:
+                except BaseException as exc:
                     target.clear()  # the restore itself is complete; the error says the subject is still there
+                    if rollback_id:
+                        raise _with_context(exc, f"rollback point: backup {rollback_id}") from None
                     raise
             target.clear()
             say(f"restore of {label} into {engine.describe()} done in {time.monotonic() - started:.1f}s")
