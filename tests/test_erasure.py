@@ -122,6 +122,17 @@ def test_restore_re_applies_the_erasure_on_postgres(stack, pg_server):
     assert ALICE not in text
     # The verification ran against the data as backed up, before the erasure.
     assert report.verified_checks > 0
+    # Over data (--force): restored beside the target, verified, swapped in, then erased in place.
+    report = restore_backup(
+        stack.vault,
+        stack.keyring,
+        stack.backups["crm"],
+        engine_for(pg_server.config("restore-target", target)),
+        force=True,
+    )
+    assert report.method.startswith("staged") and report.rollback_backup_id is not None
+    assert _pg_rows(pg_server, target) == {"customers": [(2, BOB)], "orders": [(3, BOB)]}
+    assert report.erasures == [stack.request.id]
 
 
 def test_restore_re_applies_the_erasure_on_mariadb(stack, mysql_server):
