@@ -255,6 +255,9 @@ def _object_holds_line(counts: dict) -> str | None:
 
 def cmd_hold_create(args) -> int:
     from cli.invocation import program
+    from core.retention.scope import parse_scope
+
+    parse_scope(args.scope)  # a malformed scope is refused before Prefect is involved and a flow run is kept
     from tasks.retention import operator
 
     held = _hold_flow(
