@@ -196,9 +196,7 @@ def cmd_retention_run(args) -> int:
     if args.json:
         _print_json(report)
         return 0
-    print(report.get("text", ""))
-    if args.dry_run:
-        print("dry run: nothing was changed")
+    print(report.get("text", ""))  # a dry run's says "dry run: nothing was changed"
     return 0
 
 
@@ -247,10 +245,18 @@ def _hold_flow(args, **params) -> dict:
         return hold(stack=args.stack, **params)
 
 
-def _object_holds_line(counts: dict) -> str | None:
-    """One line on the object locks set or lifted, when a store of the stack supports them."""
-    parts = [f"{store}: {value}" for store, value in sorted((counts or {}).items()) if value]
-    return "object locks: " + "; ".join(map(str, parts)) if parts else None
+def _object_holds_line(counts: dict) -> str:
+    """What the provider's locks look like now, per store of the vault (local stores have none)."""
+    parts = []
+    for name, c in sorted((counts or {}).items()):
+        if c.get("lock_supported"):
+            parts.append(
+                f"{name}: {c.get('held', 0)} object(s) under legal hold ({c.get('set_on', 0)} set, "
+                f"{c.get('set_off', 0)} lifted now)"
+            )
+        else:
+            parts.append(f"{name}: no object lock on {c.get('location', name)} (the hold record alone binds retention)")
+    return "object locks: " + "; ".join(parts) if parts else "object locks: none"
 
 
 def cmd_hold_create(args) -> int:
@@ -268,9 +274,9 @@ def cmd_hold_create(args) -> int:
         _print_json(held)
         return 0
     print(held["id"])
-    locks = _object_holds_line(held.get("object_holds"))
     print(f"hold {held['id']} ({held['name']}) recorded; retention keeps everything it covers until "
-          f"'{program()} hold release {held['id']} REASON'" + (f"; {locks}" if locks else ""), file=sys.stderr)  # fmt: skip
+          f"'{program()} hold release {held['id']} REASON'", file=sys.stderr)  # fmt: skip
+    print(_object_holds_line(held.get("object_holds")), file=sys.stderr)
     return 0
 
 
@@ -279,9 +285,9 @@ def cmd_hold_release(args) -> int:
     if args.json:
         _print_json(held)
         return 0
-    locks = _object_holds_line(held.get("object_holds"))
     print(f"hold {held['id']} ({held['name']}) released by {held.get('released_by')}: retention may expire what it "
-          "covered by the policy again" + (f"; {locks}" if locks else ""))  # fmt: skip
+          "covered by the policy again")  # fmt: skip
+    print(_object_holds_line(held.get("object_holds")))
     return 0
 
 

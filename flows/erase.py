@@ -11,12 +11,19 @@ from tasks.retention import apply_erasure_task
 
 def render_erasure(result: dict) -> str:
     """What an erasure did: backups shredded (with certificates), backups kept (and why), the due date."""
-    lines = [f"erasure {result.get('id')}: due by {result.get('due_by', '-')}"]
+    head = f"erasure {result.get('id') or '(dry run: not recorded)'}"
+    if result.get("due_by"):
+        head += f": due by {result['due_by']}"
+    if result.get("sources"):
+        head += f"; sources {', '.join(result['sources'])}"
+    lines = [head]
     shredded = result.get("shredded") or []
-    lines.append(f"shredded ({len(shredded)}): {', '.join(map(str, shredded)) or 'none'}")
+    verb = "would shred" if result.get("dry_run") or not result.get("id") else "shredded, with a certificate each"
+    lines.append(f"{verb} ({len(shredded)}): {', '.join(map(str, shredded)) or 'none'}")
     kept = result.get("kept") or []
     lines.append(f"kept ({len(kept)}), the erasure re-applied on every restore of them:")
     lines += [f"  {k.get('id')}: {k.get('why')}" for k in kept] or ["  none"]
+    lines += [f"nothing deleted of {source}: {why}" for source, why in sorted((result.get("refused") or {}).items())]
     return "\n".join(lines)
 
 
