@@ -488,6 +488,14 @@ def cmd_key_signing_new(args) -> int:
     return 0
 
 
+def cmd_key_signing_host(args) -> int:
+    from core.crypto.signing import default_key_path, load_signing_key
+
+    key = load_signing_key(None, "this host's signing key")
+    print(f"{key.public_b64}   # fingerprint {key.fingerprint}, private key in {default_key_path()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="genesis-dr",
@@ -647,6 +655,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ks.add_argument("--out", metavar="PATH", help="write the private key to this new file (mode 0600)")
     ks.set_defaults(func=cmd_key_signing_new)
+    kh = key_sub.add_parser(
+        "signing-host",
+        help="print this host's audit signing public key (for signing.trusted_public_keys)",
+        description="Print the public half of this host's signing key (<state dir>/keys/signing.ed25519, created "
+        "on first use; a stack whose signing.key_from names another key signs with that one instead). Once a "
+        "stack lists admin or trusted keys, 'audit verify' accepts only listed signers: list every host's key.",
+    )
+    kh.set_defaults(func=cmd_key_signing_host)
 
     st = sub.add_parser(
         "stacks",

@@ -137,3 +137,8 @@ def test_key_signing_new_writes_a_private_key_once_and_names_where_the_public_on
     piped = cli("key", "signing-new")
     private = piped.stdout.strip()
     assert SigningKey.from_b64(private).public_b64 in piped.stderr  # the private key alone on stdout
+    # This host's audit key, to list in signing.trusted_public_keys (the key this test session's entries carry).
+    from core.crypto.signing import SigningConfig
+
+    host = cli("key", "signing-host").stdout
+    assert host.split()[0] == SigningConfig().host_key().public_b64, host
