@@ -25,7 +25,9 @@ def admin(monkeypatch) -> str:
     return public
 
 
-def retention_stack(make_stack, tmp_path: Path, admin_public: str, *, classes: list[str] | None = None, **retention):
+def retention_stack(
+    make_stack, tmp_path: Path, admin_public: str, *, classes: list[str] | None = None, vault=None, **retention
+):
     root = tmp_path / "app"
     write(root / "conf/app.ini", b"[app]\nv = 1\n")
     write(root / "users/alice@example.com.json", b'{"name": "Alice"}')
@@ -40,6 +42,7 @@ def retention_stack(make_stack, tmp_path: Path, admin_public: str, *, classes: l
             "admin_public_keys": [admin_public],
             "trusted_public_keys": [host],
         },
+        vault=vault,
     )
 
 
@@ -175,3 +178,48 @@ def test_erase_flow_applies_a_recorded_request_by_id(make_stack, tmp_path, admin
     # The subject never reaches the vault in clear (the sealed request, the audit trail, the apply record).
     for path in stack.vault_path.rglob("*.json"):
         assert b"alice@example.com" not in path.read_bytes(), path
+
+
+def test_hold_flow_locks_every_object_on_an_object_lock_bucket_until_the_release(
+    make_stack, tmp_path, admin, moto_endpoint, new_bucket
+):
+    from flows.hold import hold
+    from flows.retention import retention
+    from tests.fixtures_cloud import s3_client
+
+    bucket = new_bucket(object_lock=True)
+    vault = {"type": "s3", "bucket": bucket, "prefix": "dr", "region": "us-west-2", "endpoint_url": moto_endpoint}
+    stack = retention_stack(make_stack, tmp_path, admin, vault=vault)
+    first, second = fulls(stack, 2)
+    client = s3_client(moto_endpoint)
+
+    def locks(backup_id: str) -> dict[str, str]:
+        """What S3 itself says of each object of the backup (independent of the code under test)."""
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="dr/").get("Contents", [])]
+        out = {}
+        for key in keys:
+            if not (key.startswith(f"dr/backups/{backup_id}/") or key.endswith(f"/{backup_id}.json")):
+                continue
+            try:
+                out[key] = client.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"].get("Status", "NONE")
+            except client.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] == "NoSuchObjectLockConfiguration"
+                out[key] = "NONE"
+        return out
+
+    held = hold(stack=stack.name, action="create", name="case-9", reason="audit", scope=json.dumps({"backup_ids": [first]}),
+                contact="legal@example.com")  # fmt: skip
+    objects = locks(first)
+    assert objects and set(objects.values()) == {"ON"}, objects
+    assert set(locks(second).values()) == {"NONE"}
+    counts = held["object_holds"]["primary"]
+    assert (counts["lock_supported"], counts["held"], counts["set_on"]) == (True, len(objects), len(objects)), counts
+    # Retention keeps the held backup (and the newest): nothing is deleted, nothing fails on a lock.
+    report = retention(stack=stack.name)
+    assert report["deleted"] == [] and report["skipped_locked"] == [], report
+
+    released = hold(stack=stack.name, action="release", hold_id=held["id"], reason="closed")
+    assert released["object_holds"]["primary"]["set_off"] == len(objects)
+    assert set(locks(first).values()) == {"OFF"}
+    assert retention(stack=stack.name)["deleted"] == [first]
+    assert locks(first) == {}
