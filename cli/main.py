@@ -6,7 +6,8 @@ secret. Remedies in messages are printed as commands that work as printed
 (``cli.invocation``).
 
 Read-only commands (``list``, ``restore --dry-run``, ``stacks``, ``key
-generate``, ``--help``, ``--version``) never import Prefect: they answer from
+generate``, ``key signing-new``, ``key signing-host``, ``audit show``,
+``--help``, ``--version``) never import Prefect: they answer from
 the stack's local description (``core.stack_description``) in well under a
 second. Commands that run flows or save blocks do so inside
 ``cli.stacks.prefect_session`` (``@uses_prefect``): a temporary server that
