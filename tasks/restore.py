@@ -62,7 +62,13 @@ def restore_backup_task(
     engine = engine_for(restore_target(config, source, target, target_source))
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_backup(
-            open_vault(config, vault), opened.keyring, backup_id, engine, force=force, progress=progress()
+            open_vault(config, vault),
+            opened.keyring,
+            backup_id,
+            engine,
+            force=force,
+            progress=progress(),
+            erasure_rules=config.retention.erasure,  # the stack's current rules win over those recorded
         )
     return report.to_dict()
 
@@ -113,6 +119,12 @@ def restore_chain_task(
     engine = engine_for(restore_target(config, source, target, target_source))
     with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
         report = operations.restore_chain_plan(
-            open_vault(config, vault), opened.keyring, plan, engine, force=force, progress=progress()
+            open_vault(config, vault),
+            opened.keyring,
+            plan,
+            engine,
+            force=force,
+            progress=progress(),
+            erasure_rules=config.retention.erasure,
         )
     return report.to_dict()

@@ -4,7 +4,8 @@
 or the newest backup), opens a sandbox of the source's kind (or the stack's drill
 target for it, refused if it is a production source or holds data), restores with the
 ordinary restore machinery without its own verification, then compares the sandbox
-with the checks recorded at backup time and runs the stack's smoke queries. Every
+with the checks recorded at backup time, runs the stack's smoke queries and re-applies the
+GDPR erasures recorded for the source (as every restore does, after the comparison). Every
 outcome is a ``CheckResult``: a failed restore is a failed check, never an exception
 (a cancelled run and programming errors still raise). The sandbox is torn down when
 the check ends, whatever happened. ``stages`` gives the seconds per stage a drill
@@ -31,7 +32,7 @@ from core.engines.base import Engine, compare_checks
 from core.errors import DRError, SandboxError
 from core.repository.manifest import COMPLETED, Manifest
 from core.repository.vault import Vault
-from core.restoring import count_checks, restore_backup, restore_chain_plan
+from core.restoring import count_checks, reapply_erasures, restore_backup, restore_chain_plan
 from core.sandbox import open_sandbox
 from core.timing import STAGES, StageClock
 from core.validation.results import CheckResult, not_checked
@@ -260,6 +261,43 @@ def _data_checks(
     )
 
 
+def _erasures(
+    config: Any, vault: Vault, keyring: Keyring, engine: Engine, source: str, backup: str, report: dict, say: Progress
+) -> CheckResult | None:
+    """Re-apply the recorded GDPR erasures on the restored sandbox (the restore ran without its own
+    verification, so it left them to us). None when no request names the source; a rule that fails
+    is a failed critical check: a drill that could not erase the subject proves a restore would not."""
+    started = time.monotonic()
+    retention = getattr(config, "retention", None)
+    rules = retention.erasure if retention is not None else None  # the stack's current rules win
+    try:
+        ids, lines = reapply_erasures(vault, keyring, engine, source, say, rules)
+    except InterruptedRunError:
+        raise
+    except DRError as exc:
+        report["erasures_applied"] = False
+        return _failed(
+            "erasures re-applied",
+            exc.message,
+            f"fix retention.erasure.{source} in the stack (a restore of this source would fail the same way) "
+            "and validate again",
+            source,
+            backup,
+            started,
+        )
+    if not ids:
+        return None
+    report.update(erasures=ids, erasure_lines=lines, erasures_applied=True)
+    return CheckResult(
+        "erasures re-applied",
+        True,
+        f"{len(ids)} erasure request(s) re-applied on the restored data ({', '.join(ids)}): {'; '.join(lines)}",
+        source=source,
+        backup_id=backup,
+        seconds=_since(started),
+    )
+
+
 def check_restore(
     config: Any,
     vault: Vault,
@@ -370,6 +408,10 @@ def check_restore(
                 for result in run_smoke(target, queries):
                     result.backup_id = choice.backup_id
                     out.results.append(result)
+            # After the comparison (it holds the data as backed up): the sandbox ends as a real restore would.
+            erased = _erasures(config, vault, keyring, engine, source, choice.backup_id, report, say)
+            if erased is not None:
+                out.results.append(erased)
             out.recovered_s = _since(started)
     except SandboxError as exc:
         out.results.append(
