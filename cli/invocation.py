@@ -16,7 +16,18 @@ import shutil
 import sys
 
 # Subcommands that take --stack (a remedy naming one of them gets the stack in use).
-STACK_COMMANDS = {"backup", "capture", "list", "restore", "unlock", "repair-vault"}
+STACK_COMMANDS = {
+    "backup",
+    "capture",
+    "list",
+    "restore",
+    "unlock",
+    "repair-vault",
+    # Single-level commands only: '--stack' after 'hold' would land before 'list' and miss the sub-command's flag.
+    "erase",
+    "classify",
+    "delete",
+}
 
 
 def _display_path(path: str) -> str:
@@ -62,7 +73,24 @@ def command(subcommand: str, *args: str, stack: str | None = None) -> str:
     return " ".join(parts)
 
 
-SUBCOMMANDS = ("apply", "backup", "capture", "list", "restore", "unlock", "repair-vault", "key", "stacks")
+SUBCOMMANDS = (
+    "apply",
+    "backup",
+    "capture",
+    "list",
+    "restore",
+    "unlock",
+    "repair-vault",
+    "key",
+    "stacks",
+    "retention",
+    "hold",
+    "erase",
+    "audit",
+    "archive",
+    "classify",
+    "delete",
+)
 # Only a subcommand after the name makes a command ("this genesis-dr reads version 1" is prose).
 _REMEDY = re.compile(r"(?<![\w/.-])genesis-dr (" + "|".join(SUBCOMMANDS) + r")\b(?!-)")
 

@@ -191,5 +191,10 @@ class SigningConfig(BaseModel):
 
     def trusted(self) -> dict[str, str]:
         """fingerprint -> public key of every signer the stack vouches for (listed hosts and admins); empty
-        means 'not strict' (see ``trusted_public_keys``)."""
+        means 'not strict' (see ``trusted_public_keys``).
+
+        Only ``trusted_public_keys`` turns strict mode on: a stack that names an admin but not its hosts would
+        otherwise reject every entry its own hosts sign, and retention would refuse to delete for ever."""
+        if not self.trusted_public_keys:
+            return {}
         return {fingerprint(k): k for k in [*self.trusted_public_keys, *self.admin_public_keys]}
