@@ -24,8 +24,9 @@ def announce(stack: str, event: Event) -> list[dict]:
     passed drill into a failed run). A stack without channels costs no notification task run (a backup every 5
     minutes would pay one for nothing); a stack that cannot be read is the task's to report.
 
-    The audit entry is written always, channels or not; when it cannot be written the run fails (after the
-    notification went out): an unrecorded backup or failover must not look recorded.
+    The audit entry is written always, channels or not. When it cannot be written it is queued on this host
+    (``record_audit``): a backup, validation or drill run then fails (after the notification went out), a
+    failover, failback or monitor run logs the error and its outcome stands.
     """
     try:
         wanted = run_stack(stack).config.notifications.any_channel()

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from core import cancel
 from core.chains import render_chain_plan
-from core.errors import AuditTrailError, ConfigError, DRError, TargetNotEmptyError
+from core.errors import ConfigError, DRError, TargetNotEmptyError
 from core.operations import render_report
 from core.plan import render_plan
 from core.stack import PRIMARY, check_distinct_targets, split_targets
@@ -160,9 +160,8 @@ def _restored(result) -> dict:
 def _audited(stack: str, subject: str, asked: dict, run):
     """Run the restore and write its one audit entry (success, failure or cancelled).
 
-    An entry that cannot be written fails the run, like every audited run - except a restore from a replica,
-    which may be running because the primary vault (where the trail lives) is lost: there the failure is logged
-    as an error and the restored data stands.
+    An entry that cannot be written (the vault read-only, or lost with its region) is queued on this host and
+    logged as an error by ``record_audit``; the restore's own outcome stands either way.
     """
     logger = get_run_logger()
     try:
@@ -178,12 +177,7 @@ def _audited(stack: str, subject: str, asked: dict, run):
         outcome, details = "cancelled", asked | {"why": result.message}
     else:
         outcome, details = "success", asked | {"restored": _restored(result)}
-    try:
-        record_audit(stack, "restore", subject, details, outcome)
-    except AuditTrailError as exc:
-        if asked["vault"] == PRIMARY:
-            raise
-        logger.error("%s (restoring from replica %s; the restore itself is done)", exc, asked["vault"])
+    record_audit(stack, "restore", subject, details, outcome)
     return result
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from core import targets
+from core.audit import AuditTrail, PendingQueue
 from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.errors import IntegrityError, LockedError
@@ -306,14 +307,35 @@ def test_forced_restore_over_a_read_only_vault_refuses_before_changing_anything(
 
     restore = ("restore", "--stack", "ro", "--source", "app-files", "--backup-id", backup_id)
     fresh = tmp_path / "fresh"
-    out = run_cli(cli_env, tmp_path, *restore, "--target", f"root={fresh}").stdout
-    assert "verified" in out and (fresh / "conf" / "f0.txt").exists()
+    done = run_cli(cli_env, tmp_path, *restore, "--target", f"root={fresh}")
+    assert "verified" in done.stdout and (fresh / "conf" / "f0.txt").exists()
+    # The restore stands; its audit entry could not be written into the read-only vault: queued on this host.
+    queue = PendingQueue(LocalStore(ro))
+    assert queue.count() == 1
+    assert "queued on this host" in done.stdout + done.stderr
+    assert "1 entries pending on this host" in done.stdout + done.stderr
 
     busy = make_tree(tmp_path / "busy", files=1)
     (busy / "conf" / "mine.txt").write_text("keep me")
     proc = run_cli(cli_env, tmp_path, *restore, "--target", f"root={busy}", "--force", expect=3)
     assert "rollback" in one_line_error(proc)
     assert (busy / "conf" / "mine.txt").read_text() == "keep me"
+    assert queue.count() == 2
+
+    # The vault becomes writable again: the next audited run appends both, marked late, before its own entry.
+    subprocess.run(["mount", "-o", "remount,rw,bind", str(ro)], check=True)
+    run_cli(cli_env, tmp_path, "backup", "full", "--stack", "ro")
+    entries = AuditTrail(LocalStore(tmp_path / "vault-rw")).entries()
+    assert [(e["action"], e["outcome"], e.get("late", False)) for e in entries] == [
+        ("backup", "success", False),
+        ("restore", "success", True),
+        ("restore", "failure", True),
+        ("backup", "success", False),
+    ]
+    assert entries[1]["details"]["restored"]["app-files"]["backup_id"] == backup_id
+    assert "Read-only file system" in entries[1]["queued_because"]
+    assert entries[1]["at"] == entries[1]["queued_at"] < entries[2]["at"] < entries[3]["at"]
+    assert queue.count() == 0
 
 
 def test_flows_list_every_skip_and_mirror_a_forced_restore(make_stack, tmp_path):

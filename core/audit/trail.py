@@ -29,6 +29,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from core.audit.pending import PendingQueue, late_body
 from core.crypto.signing import SigningKey
 from core.errors import AuditTrailError
 from core.storage.base import ObjectNotFound, Store
@@ -61,6 +62,22 @@ AUDIT_ACTIONS = (
 _ACTION = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$")
 _MAX_DETAILS = 16_384  # bytes of canonical JSON: an entry records ids, counts and digests, never data
 _MAX_RACES = 1000
+
+
+class _Unwritten(Exception):
+    """The store failed before the entry existed (the entry is to be queued); ``why`` is one line."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _why(exc: BaseException) -> str:
+    """One line for a store failure: a DRError's own message (never secret); another library's, its type only
+    (its message might quote a value it was given)."""
+    from core.errors import DRError
+
+    return str(exc).splitlines()[0][:300] if isinstance(exc, DRError) else type(exc).__name__
 
 
 def entry_key(seq: int) -> str:
@@ -103,9 +120,11 @@ def _small_details(details: dict) -> dict:
 class AuditTrail:
     """The trail of one vault store; ``signer`` signs what this process appends (None: read only)."""
 
-    def __init__(self, store: Store, signer: SigningKey | None = None) -> None:
+    def __init__(self, store: Store, signer: SigningKey | None = None, *, pending_root: str | None = None) -> None:
         self.store = store
         self.signer = signer
+        self._pending_root = pending_root  # the state directory holding the queue (default: state_dir())
+        self._queue: PendingQueue | None = None
 
     # -- reading -------------------------------------------------------------------
 
@@ -177,6 +196,10 @@ class AuditTrail:
         """Append one signed entry (created only-if-absent at the next seq) and move the head to it.
 
         ``details`` are small and secret-free (ids, counts, digests). Returns the entry as stored.
+
+        Entries this host queued earlier for this store (``core.audit.pending``) with the same key are appended
+        first, marked late. When the store cannot be written (unreachable, read-only) the entry is queued on this
+        host and AuditTrailError names the file: the caller decides whether its run fails (``must_record``).
         """
         if self.signer is None:
             raise AuditTrailError(f"audit trail of {self.store.describe()} was opened read-only; no signing key given")
@@ -190,14 +213,72 @@ class AuditTrail:
             "actor": actor or default_actor(),
             "details": _small_details(details),
             "signer": self.signer.public_b64,
+            "at": now_iso(),
         }
+        try:
+            self._drain()
+            return self._write(body, keep_at=False)
+        except _Unwritten as unwritten:
+            why = unwritten.why
+        path = self.queue.save(body, self.signer, why)
+        pending = self.queue.count()
+        raise AuditTrailError(
+            f"audit trail of {self.store.describe()}: the entry {action} {subject} ({outcome}) was not written "
+            f"({why}); it is queued on this host as {path} ({pending} pending) and the next audited run that can "
+            "write to the vault appends it, marked late; make the vault store writable"
+        )
+
+    @property
+    def queue(self) -> PendingQueue:
+        if self._queue is None:
+            self._queue = PendingQueue(self.store, self._pending_root)
+        return self._queue
+
+    def _drain(self) -> None:
+        """Append this signer's pending entries for this store, oldest first (see ``core.audit.pending``)."""
+        for claimed, record in self.queue.claim(self.signer):
+            if record is None:
+                rejected = self.queue.reject(claimed)
+                self._write(
+                    {
+                        "version": ENTRY_VERSION,
+                        "action": "audit.late-rejected",
+                        "subject": "audit trail",
+                        "outcome": "failure",
+                        "actor": default_actor(),
+                        "details": {"file": str(rejected), "why": "unreadable, or its signature does not verify"},
+                        "signer": self.signer.public_b64,
+                        "at": now_iso(),
+                    },
+                    keep_at=False,
+                )
+                continue
+            try:
+                self._write(late_body(record) | {"version": record.get("version", ENTRY_VERSION)}, keep_at=True)
+            except BaseException:
+                self.queue.unclaim(claimed)
+                raise
+            self.queue.done(claimed)
+
+    def _write(self, body: dict, *, keep_at: bool) -> dict:
+        """Create ``body`` as the next entry (``at`` renewed per attempt unless ``keep_at``: a late entry keeps
+        the time it happened). _Unwritten when the store failed before the entry existed."""
+        try:
+            entry = self._create(body, keep_at=keep_at)
+        except Exception as exc:  # noqa: BLE001 - any failure before the entry exists: it is queued, the caller told why
+            raise _Unwritten(_why(exc)) from None
+        self._move_head(entry)  # the entry is in the trail: a head left behind is walked past by the next append
+        return entry
+
+    def _create(self, body: dict, *, keep_at: bool) -> dict:
         seq, prev = self._last()
         for _ in range(_MAX_RACES):
             seq += 1
-            entry = body | {"seq": seq, "at": now_iso(), "prev": prev}
+            entry = body | {"seq": seq, "prev": prev}
+            if not keep_at:
+                entry["at"] = now_iso()
             entry["sig"] = self.signer.sign(canonical(entry, with_sig=False))
             if self.store.create(entry_key(seq), canonical(entry) + b"\n") is not None:
-                self._move_head(entry)
                 return entry
             # Another writer took this seq: chain after its entry.
             taken = self.entry(seq)

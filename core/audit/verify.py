@@ -18,6 +18,16 @@ A failed verification raises an alarm (``audit/alarm.json`` plus an ``audit.alar
 to delete while an alarm has problems no admin acknowledged (``audit/acks/<stamp>.json``, signed by a key in
 ``signing.admin_public_keys``; an acknowledgement by any other key is ignored). Acknowledged problems are still
 reported, as such, by every later verification.
+
+**Verified checkpoint** (``audit/verified.json`` ``{seq, hash, at, signer, sig}``, signed by the host key): written
+after a verification passes. ``verify_recent`` (what every retention run does before deleting) reads only the
+entries from the checkpoint on - the names of the older ones are still listed, so a deleted old entry is still a
+gap - and falls back to a full verification when the checkpoint is missing, unsigned, signed by a key it does not
+accept, or does not match the entry it names. A full verification (the daily ``audit verify``) reads everything
+and names a checkpoint that is forged or no longer matches its entry (kind **checkpoint**).
+
+Entries queued on this host because the vault could not be written (``core.audit.pending``) are counted in the
+report (``pending_on_host``): not a failure, but never silent.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from core.audit.pending import PendingQueue
 from core.audit.trail import ENTRIES, GENESIS, AuditTrail, canonical, entry_hash, now_iso
 from core.crypto.signing import SigningKey, fingerprint, verify_signature
 from core.errors import AuditTrailError, SigningKeyError
@@ -38,6 +49,7 @@ from core.storage.base import ObjectNotFound, Store
 
 ALARM = "audit/alarm.json"
 ACKS = "audit/acks/"
+CHECKPOINT = "audit/verified.json"
 _NAME = re.compile(re.escape(ENTRIES) + r"(\d{12})\.json")
 _SHOWN = 5
 
@@ -45,7 +57,7 @@ _SHOWN = 5
 @dataclass
 class AuditProblem:
     seq: int | None
-    kind: str  # edited deleted reordered inserted bad-signature untrusted-signer head-mismatch unreadable
+    kind: str  # edited deleted reordered inserted bad-signature untrusted-signer head-mismatch unreadable checkpoint
     text: str  # one line naming the entry
 
     @property
@@ -69,6 +81,10 @@ class AuditReport:
     signers: dict[str, int]  # fingerprint -> entries it signed (valid signatures only)
     acknowledged: list[AuditProblem] = field(default_factory=list)
     location: str = ""
+    last: dict | None = None  # {"seq", "hash"} of the newest genuine entry (what a checkpoint records)
+    scope: str = "full"  # "full", or "since checkpoint <seq>" (verify_recent), or "full (<why no checkpoint>)"
+    pending_on_host: int = 0  # entries queued on this host, not yet in the vault (core.audit.pending)
+    rejected_on_host: int = 0  # queued files that were altered on this host (renamed *.rejected)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +94,8 @@ class AuditReport:
         head = f"head seq {self.head.get('seq')}" if isinstance(self.head, dict) else "no head"
         signers = ", ".join(f"{fp} ({n})" for fp, n in sorted(self.signers.items())) or "none"
         lines = [f"audit trail of {self.location}: {self.entries} entries, {head}; signers: {signers}"]
+        if self.scope != "full":
+            lines.append(f"checked: {self.scope}")
         if self.ok:
             lines.append(
                 "verified: complete and unaltered"
@@ -85,6 +103,16 @@ class AuditReport:
             )
         lines += [f"FAILED {p.kind}: {p.text}" for p in self.problems]
         lines += [f"acknowledged {p.kind}: {p.text}" for p in self.acknowledged]
+        if self.pending_on_host:
+            lines.append(
+                f"PENDING on this host: {self.pending_on_host} entries queued when the vault could not be written; "
+                "the next audited run that can write to the vault appends them, marked late"
+            )
+        if self.rejected_on_host:
+            lines.append(
+                f"REJECTED on this host: {self.rejected_on_host} queued entries were altered before they could be "
+                "appended (kept as *.rejected in the state directory's audit-pending/)"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -96,6 +124,10 @@ class AuditReport:
             "signers": self.signers,
             "problems": [p.to_dict() for p in self.problems],
             "acknowledged": [p.to_dict() for p in self.acknowledged],
+            "last": self.last,
+            "scope": self.scope,
+            "pending_on_host": self.pending_on_host,
+            "rejected_on_host": self.rejected_on_host,
         }
 
     def raise_if_failed(self) -> None:
@@ -139,17 +171,24 @@ class _Check:
         self.signers: Counter[str] = Counter()
         self.valid: list[tuple[int, dict, str]] = []  # (name seq, entry, hash) with a good signature
         self.faulty: set[int] = set()  # name seqs already named as edited / unreadable
+        self.unread: set[int] = set()  # name seqs below the checkpoint: listed (gaps), not read
 
     def add(self, seq: int | None, kind: str, text: str) -> None:
         if all((p.kind, p.seq) != (kind, seq) for p in self.problems):
             self.problems.append(AuditProblem(seq, kind, text))
 
-    def read(self) -> int:
+    def read(self, from_seq: int = 0) -> int:
+        """Read the entries named ``from_seq`` and later (all by default); the number of entries listed."""
         named: list[tuple[int, str]] = []
+        listed = 0
         for key in self.store.list(ENTRIES):
             match = _NAME.fullmatch(key)
             if match is None:
                 self.add(None, "inserted", f"{key} is not an entry of the trail (an object put there by hand)")
+                continue
+            listed += 1
+            if int(match.group(1)) < from_seq:
+                self.unread.add(int(match.group(1)))
                 continue
             named.append((int(match.group(1)), key))
         # One GET per entry: a year of 5-minute backups is ~100k entries, so they are read on the store's threads.
@@ -157,7 +196,7 @@ class _Check:
             for (n, key), raw in zip(named, pool.map(self._get, [key for _, key in named]), strict=True):
                 if raw is not None:  # None: deleted while we listed; the gap check names it
                     self._entry(n, key, raw)
-        return len(named)
+        return listed
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -258,7 +297,7 @@ class _Check:
         return genuine
 
     def gaps(self, genuine: dict[int, tuple[int, dict, str]]) -> int:
-        present = set(genuine) | self.faulty
+        present = set(genuine) | self.faulty | self.unread
         last = max(present, default=0)
         missing = [seq for seq in range(1, last + 1) if seq not in present]
         for run in _ranges(missing):
@@ -306,21 +345,70 @@ def verify_trail(
     *,
     replicas: list[tuple[str, Store]] | tuple = (),
     admins: list[str] | None = None,
+    checkpoint_signer: SigningKey | None = None,
 ) -> AuditReport:
-    """Verify the trail in ``store`` (see the module doc); ``trusted``: fingerprint -> public key of the signers
-    the stack vouches for (``SigningConfig.trusted()``; empty: any valid signature, its signer reported).
+    """Verify the whole trail in ``store`` (see the module doc); ``trusted``: fingerprint -> public key of the
+    signers the stack vouches for (``SigningConfig.trusted()``; empty: any valid signature, its signer reported).
     ``replicas``: (name, store) whose recorded heads the primary's trail must still contain. ``admins``: the
-    stack's admin public keys, whose acknowledgements move problems to ``acknowledged``."""
+    stack's admin public keys, whose acknowledgements move problems to ``acknowledged``. ``checkpoint_signer``:
+    when given and the trail verifies, ``audit/verified.json`` is moved to its newest entry, signed by it."""
+    report = _verify(store, trusted, replicas, admins, since=None)
+    if checkpoint_signer is not None:
+        _advance_checkpoint(store, report, checkpoint_signer)
+    return report
+
+
+def verify_recent(
+    store: Store,
+    trusted: dict[str, str],
+    *,
+    accept: list[str],
+    replicas: list[tuple[str, Store]] | tuple = (),
+    admins: list[str] | None = None,
+    checkpoint_signer: SigningKey | None = None,
+) -> AuditReport:
+    """Verify the entries from the verified checkpoint on (a full verification when there is no usable one:
+    missing, unsigned, signed by a key not in ``accept`` (public keys), or not matching its entry). Every entry
+    name is still listed, so a deleted entry before the checkpoint is still named. ``checkpoint_signer``: as in
+    ``verify_trail``."""
+    checkpoint, why = read_checkpoint(store, accept)
+    report = None
+    if checkpoint is not None:
+        report = _verify(store, trusted, replicas, admins, since=checkpoint)
+        if report.scope != "since":
+            why, report = report.scope, None
+        else:
+            report.scope = f"since checkpoint {checkpoint['seq']} (verified {checkpoint.get('at')})"
+    if report is None:
+        report = _verify(store, trusted, replicas, admins, since=None)
+        report.scope = f"full ({why})"
+    if checkpoint_signer is not None:
+        _advance_checkpoint(store, report, checkpoint_signer)
+    return report
+
+
+def _verify(store, trusted, replicas, admins, *, since: dict | None) -> AuditReport:
     check = _Check(store, trusted)
-    count = check.read()
+    count = check.read(since["seq"] if since else 0)
     genuine = check.chain()
+    scope = "full"
+    if since is not None:
+        found = genuine.get(since["seq"])
+        if found is None or since["seq"] in check.faulty or found[2] != since["hash"]:
+            # Checked against nothing it can trust: the caller verifies everything instead.
+            return AuditReport(0, None, [], {}, scope=f"the checkpoint does not match entry {since['seq']}")
+        scope = "since"
     last = check.gaps(genuine)
     head = AuditTrail(store).head()
     check.against_head(head, genuine, last, "the")
     for name, replica in replicas:
         check.against_head(AuditTrail(replica).head(), genuine, last, f"replica {name}'s")
+    if since is None:
+        _check_checkpoint(store, check, genuine, last)
     problems = sorted(check.problems, key=lambda p: (p.seq is None, p.seq or 0, p.kind))
     covered = _acknowledged_keys(store, admins or [])
+    newest = max(genuine, default=0)
+    queue = PendingQueue(store)
     return AuditReport(
         entries=count,
         head=head,
@@ -328,7 +416,91 @@ def verify_trail(
         signers=dict(check.signers),
         acknowledged=[p for p in problems if p.key in covered],
         location=check.where,
+        last={"seq": newest, "hash": genuine[newest][2]} if newest else None,
+        scope=scope,
+        pending_on_host=queue.count(),
+        rejected_on_host=len(queue.rejected()),
     )
+
+
+# -- verified checkpoint ------------------------------------------------------------------
+
+
+def _checkpoint_record(store: Store) -> tuple[dict | None, str | None]:
+    """The stored checkpoint with a valid signature, or (None, why not); (None, None) when there is none."""
+    try:
+        raw = store.get(CHECKPOINT)
+    except ObjectNotFound:
+        return None, None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("seq"), int)
+        or record["seq"] < 1
+        or not isinstance(record.get("hash"), str)
+        or not isinstance(record.get("signer"), str)
+    ):
+        return None, f"{CHECKPOINT} is not a readable checkpoint"
+    if not isinstance(record.get("sig"), str) or not verify_signature(
+        record["signer"], canonical(record, with_sig=False), record["sig"]
+    ):
+        return None, f"{CHECKPOINT} (entry {record['seq']}) is unsigned or its signature does not verify"
+    return record, None
+
+
+def read_checkpoint(store: Store, accept: list[str]) -> tuple[dict | None, str]:
+    """The verified checkpoint, if it is validly signed by one of the ``accept`` public keys; else (None, why
+    a full verification is needed)."""
+    record, why = _checkpoint_record(store)
+    if record is None:
+        return None, why or "no verified checkpoint yet"
+    if record["signer"] not in accept:
+        return None, f"{CHECKPOINT} is signed by {_fp(record)}, a key not accepted for checkpoints"
+    return record, ""
+
+
+def _check_checkpoint(store: Store, check: _Check, genuine: dict, last: int) -> None:
+    """A full verification names a checkpoint that is forged, signed by an untrusted key, or whose entry is
+    not (any longer) the one it recorded."""
+    record, why = _checkpoint_record(store)
+    if record is None:
+        if why is not None:
+            check.add(None, "checkpoint", f"{why}: not written by genesis-dr (put there by hand?)")
+        return
+    seq, signer = record["seq"], _fp(record)
+    if check.trusted and signer not in check.trusted:
+        check.add(seq, "checkpoint", f"{CHECKPOINT} (entry {seq}) is signed by {signer}, a key the stack does not list")
+        return
+    found = genuine.get(seq)
+    if seq > last or found is None:
+        check.add(
+            seq,
+            "checkpoint",
+            f"{CHECKPOINT} records entry {seq} as verified at {record.get('at')}, the trail has no such entry now",
+        )
+    elif found[2] != record["hash"]:
+        check.add(
+            seq,
+            "checkpoint",
+            f"entry {seq} is not the entry verified at {record.get('at')} ({CHECKPOINT} records hash "
+            f"{record['hash'][:12]}, it hashes {found[2][:12]}): it was replaced after it was verified",
+        )
+
+
+def write_checkpoint(store: Store, seq: int, hashed: str, signer: SigningKey) -> dict:
+    """Record that the trail up to entry ``seq`` (hash ``hashed``) verified: ``audit/verified.json``."""
+    record = {"seq": seq, "hash": hashed, "at": now_iso(), "signer": signer.public_b64}
+    record["sig"] = signer.sign(canonical(record, with_sig=False))
+    store.put(CHECKPOINT, json.dumps(record, sort_keys=True, indent=1).encode(), overwrite=True)
+    return record
+
+
+def _advance_checkpoint(store: Store, report: AuditReport, signer: SigningKey) -> None:
+    if report.ok and report.last:
+        write_checkpoint(store, report.last["seq"], report.last["hash"], signer)
 
 
 # -- alarm and acknowledgement ----------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A run (``run_retention``), in this order:
 
-1. the audit trail: an unacknowledged alarm, or a fresh verification that fails (which raises
-   the alarm), stops every deletion of this run (holds and archives still happen);
+1. the audit trail: an unacknowledged alarm, or a fresh verification (from the last verified
+   checkpoint on, ``verify_recent``; it moves the checkpoint when it passes) that fails (which
+   raises the alarm), stops every deletion of this run (holds and archives still happen);
 2. deletions a killed run left marked (``retention/deleting/``) are finished first;
 3. the catalog, the holds and the plan (``plan_retention``: pure, so ``--dry-run`` is exact);
 4. provider locks made to match the holds (S3 Object Lock legal holds, GCS event-based holds);
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from core.audit.trail import AuditTrail
-from core.audit.verify import raise_alarm, unacknowledged_alarm, verify_trail
+from core.audit.verify import raise_alarm, unacknowledged_alarm, verify_recent
 from core.errors import ObjectLockedError, RetentionRefusedError
 from core.repository.vault import Vault
 from core.retention.archive import archive_backup
@@ -115,7 +116,14 @@ def _audit_alarm(vault: Vault, config, replicas: list[tuple[str, Store]], signer
     admins = config.signing.admin_public_keys
     alarm = unacknowledged_alarm(vault.store, admins)
     if alarm is None:
-        report = verify_trail(vault.store, config.signing.trusted(), replicas=replicas, admins=admins)
+        # From the last verified checkpoint on (every entry name is still listed): a long trail must not make every
+        # run re-read it all; the daily audit verify reads everything. A checkpoint counts only when this host's key
+        # (or a key the stack trusts) signed it; a dry run (no key loaded) trusts the stack's listed keys only.
+        trusted = config.signing.trusted()
+        accept = sorted(set(trusted.values()) | ({signer.public_b64} if signer is not None else set()))
+        report = verify_recent(
+            vault.store, trusted, accept=accept, replicas=replicas, admins=admins, checkpoint_signer=signer
+        )
         if report.ok:
             return None
         if signer is not None:
