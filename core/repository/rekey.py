@@ -21,6 +21,9 @@ first, so backups started after it are written for the new keys.
 A backup no key held opens stops the rotation: nothing of it is changed, and the error
 says what was done before it. FAILED backups (no data) and CORRUPT ones are left as they
 are and counted; backups still in progress are counted so the operator runs it again.
+A crypto-shredded backup or log key (``keys.json`` replaced by ``{"shredded_at", "recipients": []}``
+by secure deletion) and a backup being deleted (``retention/deleting/<id>.json``) are skipped and
+counted as shredded: their keys are gone on purpose, and re-wrapping would need (and re-create) them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class RotationReport:
     skipped_failed: list[str] = field(default_factory=list)
     skipped_corrupt: list[str] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)
+    shredded: list[str] = field(default_factory=list)  # backups and log keys shredded or being deleted: not re-wrapped
 
     def summary(self) -> dict:
         return {
@@ -63,13 +67,14 @@ class RotationReport:
             "skipped_failed": len(self.skipped_failed),
             "skipped_corrupt": self.skipped_corrupt,
             "in_progress": self.in_progress,
+            "shredded": len(self.shredded),
         }
 
     def done_text(self) -> str:
         return (
             f"{len(self.rewrapped) + len(self.finished)} backup(s) and {len(self.log_keys_rewrapped)} log key(s) "
             f"were re-wrapped before it ({self.current} backup(s) and {self.log_keys_current} log key(s) were already "
-            "current)"
+            "current)" + (f"; {len(self.shredded)} shredded, not re-wrapped" if self.shredded else "")
         )
 
 
@@ -120,7 +125,12 @@ def rotate_vault(
     key_ids = new.key_ids(report.new_key_id)
     opener = _Opener(old, new)
     say = progress or (lambda _: None)
+    deleting = vault.deleting_ids()  # one listing: a deletion under way shreds these keys, never re-wrap them
     for backup_id in vault.store.children("backups/"):
+        if backup_id in deleting:
+            report.shredded.append(backup_id)
+            say(f"backup {backup_id}: being deleted by retention; shredded, not re-wrapped")
+            continue
         entry = vault.entry(backup_id)
         if entry.state == FAILED:
             report.skipped_failed.append(backup_id)
@@ -137,7 +147,10 @@ def rotate_vault(
             outcome = _rewrap_backup(vault, backup_id, opener, new, target, key_ids, report.new_key_id)
         except DRError as exc:
             raise _stopped(exc, f"backup {backup_id}", report, new.stack) from None
-        if outcome == "rewrapped":
+        if outcome == "shredded":
+            report.shredded.append(backup_id)
+            say(f"backup {backup_id}: its key was crypto-shredded; shredded, not re-wrapped")
+        elif outcome == "rewrapped":
             report.rewrapped.append(backup_id)
             say(f"backup {backup_id}: re-wrapped")
         elif outcome == "finished":
@@ -154,7 +167,10 @@ def rotate_vault(
                 changed = _rewrap_log_key(vault.store, key, source, name.removesuffix(".json"), opener, new, target)
             except DRError as exc:
                 raise _stopped(exc, f"log key {key}", report, new.stack) from None
-            if changed:
+            if changed is None:
+                report.shredded.append(key)
+                say(f"log key {key}: crypto-shredded; shredded, not re-wrapped")
+            elif changed:
                 report.log_keys_rewrapped.append(key)
                 say(f"log key {key}: re-wrapped")
             else:
@@ -177,8 +193,10 @@ def _rewrap_backup(vault, backup_id, opener, new, target, key_ids, passphrase_ke
         raise IntegrityError(f"backup {backup_id}: key file is missing (crypto-shredded or lost)") from None
     try:
         doc = json.loads(keys_raw)
+        if _shredded(doc):
+            return "shredded"
         recipients = doc["recipients"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError(f"backup {backup_id}: key file is not valid (corrupt)") from None
     pending = _sha(keys_raw) != manifest.keys_sha256
     if pending and doc.get("rewrapped_from") != manifest.keys_sha256:
@@ -213,12 +231,20 @@ def _rewrap_backup(vault, backup_id, opener, new, target, key_ids, passphrase_ke
     return outcome
 
 
-def _rewrap_log_key(store, key, source, key_id, opener, new, target) -> bool:
+def _shredded(doc: dict) -> bool:
+    """A key file secure deletion replaced (core.retention.shred.shred_keys): no key left to re-wrap."""
+    return bool(doc.get("shredded_at")) and not doc.get("recipients")
+
+
+def _rewrap_log_key(store, key, source, key_id, opener, new, target) -> bool | None:
+    """True: re-wrapped; False: already current; None: crypto-shredded (left as it is)."""
     raw, version = store.get_versioned(key)
     try:
         doc = json.loads(raw)
+        if _shredded(doc):
+            return None
         recipients = doc["recipients"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError(f"log key {key} is not valid (corrupt)") from None
     if recipients_descriptor(recipients) == target:
         return False
