@@ -15,7 +15,8 @@ from core.storage.base import ObjectInfo, Store
 
 
 class ReadOnlyStore(Store):
-    """``inner`` with every write refused (VaultError, exit 3); reads pass through unchanged."""
+    """``inner`` with every write refused (VaultError, exit 3), the lifecycle ones (destroy, legal hold,
+    storage class, thaw) included; reads and lifecycle queries pass through unchanged."""
 
     def __init__(self, inner: Store, why: str) -> None:
         self.inner = inner
@@ -49,6 +50,20 @@ class ReadOnlyStore(Store):
     def copy_from(self, source: Store, key: str, dest_key: str | None = None) -> bool:
         raise self._refuse("copy into", dest_key or key)
 
+    # The lifecycle operations change what is stored (or how): refused like any write.
+
+    def destroy(self, key: str, *, passes: int = 1) -> None:
+        raise self._refuse("destroy", key)
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        raise self._refuse("set the legal hold of", key)
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        raise self._refuse("change the storage class of", key)
+
+    def thaw(self, key: str, *, days: int = 7, tier: str = "Standard") -> str:
+        raise self._refuse("thaw", key)
+
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
 
@@ -66,6 +81,14 @@ class ReadOnlyStore(Store):
 
     def children(self, prefix: str) -> list[str]:
         return self.inner.children(prefix)
+
+    # Lifecycle queries only read: 'hold list' and retention status on a replica see its locks.
+
+    def lock_supported(self) -> bool:
+        return self.inner.lock_supported()
+
+    def legal_hold(self, key: str) -> bool:
+        return self.inner.legal_hold(key)
 
     def close(self) -> None:
         self.inner.close()

@@ -12,8 +12,17 @@ in this order (docs/FORMAT.md, "Replicas"):
    against the manifest (objects.py), then ``manifest.json`` - only-if-absent,
    after every object it names is verified, so the replica never shows a backup
    it cannot restore - then its catalog hint;
+   A backup whose data the primary moved to an archive vault (``backups/<id>/archived.json``)
+   reaches a replica that lacks it as its records only - ``keys.json``, ``archived.json``, then
+   the manifest - so the replica lists it and names the archive vault, as the primary does; the
+   archive vault itself and a replica that copied the data before the move keep the data;
 3. each source's log: ``logkeys/<source>/``, then per piece its chunks and then
-   its record (the piece's commit point), in sequence order.
+   its record (the piece's commit point), in sequence order;
+4. the compliance records (``holds/``, ``erasure/``, ``certificates/``, ``retention/authorisations/``,
+   copied BEFORE the backups so a replica never holds a backup without the holds and erasure requests
+   that concern it) and the audit trail: created only if absent, never overwritten, so a restore from
+   the replica after the primary is lost still re-applies every erasure and 'hold list' still sees every
+   hold. A record that differs between the two is named in ``damaged_on_primary``, never spread.
 
 The primary is only read (``ReadOnlyStore``). Nothing is ever sent twice: an
 object already on the replica is checked (by size for backups the replica
@@ -22,7 +31,9 @@ being copied, so an interrupted run resumes where it stopped) and sent again
 only when it is missing or wrong, which counts as a repair. Commit points
 (manifests, piece records) are compared byte for byte on every run: a key
 rotation on the primary re-signs manifests and rewrites ``keys.json``, and both
-reach the replica. Copies run on a
+reach the replica. Nothing is ever deleted from a replica here: a backup retention deleted on the
+primary (and, through ``core.retention.shred``, on the replicas) is simply no longer listed, so it is
+neither copied back nor counted as missing. Copies run on a
 bounded thread pool (the stores' ``io_threads``); memory is a few chunks per
 thread, whatever the vault's size.
 
@@ -35,6 +46,7 @@ a run fails (ReplicationError) once the lag passes the stack's limit.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -60,6 +72,10 @@ from core.storage.base import ObjectNotFound, Store
 from core.storage.retry import unwrap
 
 LEASE_PREFIX = "replicate."
+# Signed, never-rewritten records that must survive the primary (see the module doc, step 4).
+COMPLIANCE_PREFIXES = ("holds/", "erasure/", "certificates/", "retention/authorisations/")
+_RECORD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.json$")
+ARCHIVED_RECORD = "archived.json"
 DEFAULT_MAX_LAG_SECONDS = 600.0
 _SHOWN = 3
 _UNKNOWN = datetime.fromtimestamp(
@@ -88,6 +104,8 @@ class ReplicaReport:
     max_lag_seconds: float | None = None
     audit_entries_copied: int = 0
     audit_head: int | None = None  # the seq of the audit trail's head on the replica after the run
+    records_copied: int = 0  # compliance records (holds, erasure requests, certificates, authorisations)
+    archived: list[str] = field(default_factory=list)  # their data moved to an archive vault by the primary
     skipped_deleting: list[str] = field(default_factory=list)  # being deleted on the primary: never copied
     missing: list[str] = field(default_factory=list)  # what the replica still lacks, oldest first
     damaged_on_primary: list[str] = field(default_factory=list)
@@ -114,6 +132,8 @@ class _Unit:
     on_replica: bool
     is_backup: bool
     hint_key: str | None = None  # a backup's catalog hint, copied after its manifest
+    archived_to: str | None = None  # the archive vault holding a backup's data (its archived.json)
+    records_only: bool = False  # an archived backup brought over without its data
     present: frozenset[str] | None = None  # keys under the unit's prefix on the replica, listed once (new units)
 
 
@@ -174,7 +194,10 @@ def _summary(report: ReplicaReport) -> str:
     return (
         f"replica {report.replica}: {report.backups_copied} backups and {report.log_pieces_copied} log pieces copied, "
         f"{report.bytes_copied} bytes ({report.server_side_copies} objects server-side), {report.objects_repaired} "
-        f"repaired, {report.objects_verified} read back and verified, {report.objects_checked} size-checked; {state}"
+        f"repaired, {report.objects_verified} read back and verified, {report.objects_checked} size-checked"
+        + (f", {len(report.archived)} archived (data in an archive vault)" if report.archived else "")
+        + (f", {report.records_copied} compliance records copied" if report.records_copied else "")
+        + f"; {state}"
     )
 
 
@@ -217,6 +240,7 @@ class _Run:
             for key in self.source.list("keychecks/"):
                 self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
             self._deletions()
+            self._records()
             self._commit_units(self._backup_units())
             for source in self.source.children("logs/"):
                 for key in self.source.list(f"logkeys/{source}/"):
@@ -283,6 +307,15 @@ class _Run:
             if len(parts) == 4 and len(bounds) == 2 and all(b.isdigit() for b in bounds):
                 self.deleting_logs.setdefault(parts[2], []).append((int(bounds[0]), int(bounds[1])))
 
+    def _records(self) -> None:
+        """The compliance records the replica lacks (``replicate_records``)."""
+        cancel.check(f"replication to replica {self.name}")
+        done = replicate_records(self.source, self.replica, verify=self.verify, pool=self.pool)
+        self.report.records_copied = done["copied"]
+        for why in done["diverged"]:
+            self.report.damaged_on_primary.append(why)
+            self.say(f"replica {self.name}: {why}")
+
     def _audit(self) -> None:
         """The audit trail's new entries, then its head (see ``replicate_audit``)."""
         cancel.check(f"replication to replica {self.name}")
@@ -318,22 +351,59 @@ class _Run:
             return None  # CORRUPT on the primary: listed there as such; nothing here can vouch for it
         if manifest.status != COMPLETED or manifest.id != backup_id:
             return None  # FAILED records stay on the primary: a replica holds restorable backups only
+        label = f"backup {backup_id} of {manifest.source}"
+        committed_at = parse_iso(manifest.ended_at)
+        archived = self._archived_on_primary(backup_id)
+        if archived is False:
+            self.missing.append((committed_at, label, f"its {ARCHIVED_RECORD} is damaged on the primary"))
+            self.report.damaged_on_primary.append(f"backups/{backup_id}/{ARCHIVED_RECORD}")
+            return None
         objects = [VaultObject(f"backups/{backup_id}/keys.json", sha256=manifest.keys_sha256)]
-        for stream in manifest.streams:
-            for index, chunk in enumerate(stream.chunks):
-                objects.append(VaultObject(chunk_key(backup_id, stream.name, index), chunk.sha256, chunk.stored))
         on_replica = self.replica.stat(key) is not None
+        records_only = False
+        if archived is not None:
+            self.report.archived.append(backup_id)
+            # The archive vault holds the data (the archive copied it there); so does a replica that copied the
+            # backup before it moved. Any other replica receives the records: it lists the backup and names the
+            # archive vault, and never looks like a copy it cannot restore.
+            record_key = f"backups/{backup_id}/{ARCHIVED_RECORD}"
+            records_only = archived["vault"] != self.name and (
+                not on_replica or self.replica.stat(record_key) is not None
+            )
+            if records_only:
+                objects.append(VaultObject(record_key, data=archived["raw"]))
+        if not records_only:
+            for stream in manifest.streams:
+                for index, chunk in enumerate(stream.chunks):
+                    objects.append(VaultObject(chunk_key(backup_id, stream.name, index), chunk.sha256, chunk.stored))
         return _Unit(
-            label=f"backup {backup_id} of {manifest.source}",
-            committed_at=parse_iso(manifest.ended_at),
+            label=label,
+            committed_at=committed_at,
             objects=objects,
             commit=[VaultObject(key, data=raw)],
             on_replica=on_replica,
             is_backup=True,
             hint_key=f"catalog/{manifest.source}/{backup_id}.json",
+            archived_to=archived["vault"] if archived is not None else None,
+            records_only=records_only,
             # One listing tells which objects of a backup being copied are there already (an interrupted run's).
             present=None if on_replica else frozenset(self.replica.list(f"backups/{backup_id}/")),
         )
+
+    def _archived_on_primary(self, backup_id: str) -> dict | None | bool:
+        """The primary's ``archived.json`` of a backup ({"vault", "raw"}), None when its data is there, False
+        when the record is unreadable (the data is in an archive vault it no longer names)."""
+        try:
+            raw = self.source.get(f"backups/{backup_id}/{ARCHIVED_RECORD}")
+        except ObjectNotFound:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return False
+        if not isinstance(record, dict) or not isinstance(record.get("vault"), str):
+            return False
+        return {"vault": record["vault"], "raw": raw}
 
     def _piece_units(self, source: str) -> Iterator[_Unit]:
         seqs = LogIndex(self.source, source).seqs()
@@ -431,6 +501,21 @@ class _Run:
     def _damaged(self, unit: _Unit, exc: PrimaryDamagedError) -> None:
         if unit.is_backup and not self.source.exists(unit.commit[0].key):
             return  # deleted on the primary meanwhile (retention): nothing to copy, nothing missing
+        backup_dir = unit.commit[0].key.rsplit("/", 1)[0]
+        if unit.is_backup and unit.archived_to is None and self.source.exists(f"{backup_dir}/{ARCHIVED_RECORD}"):
+            # Moved to an archive vault meanwhile: the next run brings its records.
+            self.say(f"replica {self.name}: {unit.label} was moved to an archive vault during the run; next run")
+            return
+        if unit.archived_to is not None:
+            why = (
+                f"{exc.key} is missing or wrong on this replica, and the primary moved the backup's data to archive "
+                f"vault {unit.archived_to}: restore it with --vault {unit.archived_to}"
+                if unit.archived_to != self.name
+                else f"{exc.key} is missing or wrong in this archive vault, which holds the backup's only copy"
+            )
+            self.missing.append((unit.committed_at, unit.label, why))
+            self.say(f"replica {self.name}: {unit.label}: {why}")
+            return
         why = f"damaged on the primary: {exc.key} is missing there or does not match its record"
         self.missing.append((unit.committed_at, unit.label, why))
         self.report.damaged_on_primary.append(unit.label)
@@ -448,6 +533,13 @@ class _Run:
             self.copier.sync(point, deep=True, absent=True)
         if unit.hint_key is not None:
             self._hint(unit.hint_key, fresh=not unit.on_replica)
+        if unit.records_only:
+            if not unit.on_replica:
+                self.say(
+                    f"replica {self.name}: {unit.label} committed as records only (its data is in archive vault "
+                    f"{unit.archived_to})"
+                )
+            return
         if unit.on_replica:
             if unit.is_backup:
                 self.report.backups_on_replica += 1
@@ -474,6 +566,38 @@ class _Run:
         except ObjectNotFound:
             return
         self.copier.sync(VaultObject(key, data=hint), deep=True)
+
+
+def replicate_records(
+    primary: Store, replica: Store, *, verify: bool = False, pool: ThreadPoolExecutor | None = None
+) -> dict:
+    """Copy the compliance records (``COMPLIANCE_PREFIXES``) the replica lacks, only-if-absent: a record the
+    replica holds is never overwritten (each is signed and never rewritten on the primary, so a difference
+    means one copy was altered; the replica keeps its evidence). Under ``verify`` every record both hold is
+    compared. Names outside the record formats are never spread.
+
+    Returns ``{"copied": n, "diverged": [one line per record that differs]}``."""
+    theirs: set[str] = set()
+    wanted: list[str] = []
+    for prefix in COMPLIANCE_PREFIXES:
+        theirs.update(replica.list(prefix))
+        for key in primary.list(prefix):
+            if _RECORD_NAME.match(key[len(prefix) :]) and (verify or key not in theirs):
+                wanted.append(key)
+
+    def one(key: str) -> tuple[int, str | None]:
+        try:
+            data = primary.get(key)
+        except ObjectNotFound:
+            return 0, None  # removed meanwhile (an interrupted record)
+        if key not in theirs and replica.create(key, data) is not None:
+            return 1, None
+        if replica.get(key) != data:
+            return 0, f"{key} differs between the primary and the replica (kept as it is on the replica)"
+        return 0, None
+
+    done = list(pool.map(one, wanted) if pool is not None else map(one, wanted))
+    return {"copied": sum(n for n, _ in done), "diverged": [why for _, why in done if why is not None]}
 
 
 def replicate_audit(primary: Store, replica: Store, *, verify: bool = False) -> dict:

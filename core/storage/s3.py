@@ -785,14 +785,39 @@ class S3Store(Store):
             )
 
     def set_legal_hold(self, key: str, on: bool) -> None:
+        """ON: the current version only (what a hold protects is what the vault reads now). OFF: every
+        version that carries a hold - a hold put on a manifest or keys.json before it was rewritten (key
+        rotation, class change) stays on the older version, and a version still held blocks ``destroy``
+        of the key after the release."""
         self._require_lock(key)
         full = self._key(key)
-        status = "ON" if on else "OFF"
-        self._call(
-            "holding",
-            key,
-            lambda: self._client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": status}),
-        )
+        if on:
+            self._call(
+                "holding",
+                key,
+                lambda: self._client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": "ON"}),
+            )
+            return
+        versions = [version_id for version_id, marker in self._versions(key, "holding") if not marker]
+        if not versions:
+            # Absent, or a service without version listing: the current version, as S3 answers for it.
+            self._call(
+                "holding",
+                key,
+                lambda: self._client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": "OFF"}),
+            )
+            return
+        for version_id in versions:
+            head = self._head_version(key, version_id, "holding")
+            if head is None or head.get("ObjectLockLegalHoldStatus") != "ON":
+                continue
+
+            def lift(version_id: str = version_id) -> None:
+                self._client.put_object_legal_hold(
+                    Bucket=self.bucket, Key=full, VersionId=version_id, LegalHold={"Status": "OFF"}
+                )
+
+            self._call("holding", key, lift)
 
     def legal_hold(self, key: str) -> bool:
         if not self.lock_supported():
@@ -832,7 +857,7 @@ class S3Store(Store):
             remedy = f"it becomes deletable after {why.split(' ')[2]}"
         return ObjectLockedError(f"{self.describe()}: {key} is locked by an S3 Object Lock {why}; {remedy}")
 
-    def _versions(self, key: str) -> list[tuple[str, bool]]:
+    def _versions(self, key: str, action: str = "destroying") -> list[tuple[str, bool]]:
         """(version id, is a delete marker) of exactly ``key``, every page."""
         full = self._key(key)
         found: list[tuple[str, bool]] = []
@@ -849,10 +874,10 @@ class S3Store(Store):
                 args["KeyMarker"] = page["NextKeyMarker"]
                 args["VersionIdMarker"] = page.get("NextVersionIdMarker", "")
 
-        self._call("destroying", key, listing)
+        self._call(action, key, listing)
         return found
 
-    def _head_version(self, key: str, version_id: str) -> dict | None:
+    def _head_version(self, key: str, version_id: str, action: str = "destroying") -> dict | None:
         from botocore.exceptions import ClientError
 
         full = self._key(key)
@@ -865,7 +890,7 @@ class S3Store(Store):
                     return None
                 raise
 
-        return self._call("destroying", key, head)
+        return self._call(action, key, head)
 
     def destroy(self, key: str, *, passes: int = 1) -> None:
         """Every version and delete marker of ``key`` (``passes`` means nothing on S3: a deleted
