@@ -4,13 +4,21 @@ an admin's acknowledgement (a non-admin's is ignored), on a local vault store an
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 
 import pytest
 
-from core.audit import AuditTrail, entry_hash
+from core.audit import AuditTrail, PendingQueue, entry_hash
 from core.audit.trail import GENESIS, canonical, entry_key
-from core.audit.verify import acknowledge, raise_alarm, unacknowledged_alarm, verify_trail
+from core.audit.verify import (
+    acknowledge,
+    raise_alarm,
+    read_checkpoint,
+    unacknowledged_alarm,
+    verify_recent,
+    verify_trail,
+)
 from core.crypto.signing import SigningKey, fingerprint, generate_signing_key
 from core.errors import AuditTrailError, SigningKeyError
 from core.replication.replica import replicate_audit
@@ -260,3 +268,192 @@ def test_trail_on_s3(moto_endpoint, new_bucket):
     assert verify_trail(store, TRUSTED).ok
     store.delete(entry_key(7))
     assert _keys(verify_trail(store, TRUSTED)) == ["deleted:7"]
+
+
+# -- the pending queue: entries the vault could not take ------------------------------------------------------
+
+
+@pytest.fixture
+def switchable(tmp_path):
+    """A vault directory behind a bind mount that the test turns read-only and back (a read-only replica mount,
+    a full or unreachable store), so the store keeps one location throughout."""
+    real = tmp_path / "real-vault"
+    real.mkdir()
+    mount = tmp_path / "vault-mount"
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(real), str(mount)], check=True)
+
+    def writable(on: bool) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'rw' if on else 'ro'},bind", str(mount)], check=True)
+
+    yield mount, writable
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_an_entry_the_vault_cannot_take_is_queued_and_appended_late(switchable, tmp_path):
+    mount, writable = switchable
+    state = str(tmp_path / "state")
+    store = LocalStore(str(mount))
+    trail = AuditTrail(store, HOST, pending_root=state)
+    trail.append("backup", "full", {"backup_id": "b1"})
+    writable(False)
+    with pytest.raises(AuditTrailError, match=r"the entry restore app-db \(success\) was not written \(vault local:"):
+        trail.append("restore", "app-db", {"backup_id": "b1"})
+    with pytest.raises(AuditTrailError, match=r"queued on this host as .*audit-pending/loc-[0-9a-f]{16}/\d{8}T\d{12}Z"):
+        trail.append("failover", "east", {"epoch": 1}, outcome="failure")
+    queue = PendingQueue(store, state)
+    [first, second] = queue.files()
+    assert oct(first.stat().st_mode & 0o777) == "0o600"
+    assert (queue.dir / "LOCATION").read_text() == f"local:{mount}\n"
+    queued = json.loads(first.read_bytes())
+    assert (queued["action"], queued["subject"], queued["signer"]) == ("restore", "app-db", HOST.public_b64)
+    # The queue is counted by every verification made on this host (not a failure: nothing is silent).
+    report = verify_trail(store, TRUSTED)
+    assert report.ok and report.pending_on_host == 0  # queued in this test's own state dir, not the default one
+    assert len(AuditTrail(store).entries()) == 1
+
+    # A trail of another key leaves them for a run with the key that signed them.
+    writable(True)
+    AuditTrail(store, ADMIN, pending_root=state).append("audit.acknowledge", "audit trail", {})
+    assert queue.count() == 2
+    entry = trail.append("drill", "quick", {})
+    assert queue.count() == 0
+    entries = AuditTrail(store).entries()
+    assert [(e["seq"], e["action"], e.get("late", False)) for e in entries] == [
+        (1, "backup", False),
+        (2, "audit.acknowledge", False),
+        (3, "restore", True),
+        (4, "failover", True),
+        (5, "drill", False),
+    ]
+    assert entry == entries[4]
+    late = entries[2]
+    assert (late["at"], late["queued_at"]) == (queued["at"], queued["at"])
+    assert late["details"] == {"backup_id": "b1"} and late["signer"] == HOST.public_b64
+    assert "Read-only file system" in late["queued_because"]
+    assert entries[3]["outcome"] == "failure"
+    assert verify_trail(store, TRUSTED).ok
+
+
+def test_a_queued_entry_altered_on_the_host_is_rejected_and_recorded(switchable, tmp_path):
+    mount, writable = switchable
+    state = str(tmp_path / "state")
+    store = LocalStore(str(mount))
+    trail = AuditTrail(store, HOST, pending_root=state)
+    writable(False)
+    with pytest.raises(AuditTrailError):
+        trail.append("restore", "app-db", {"backup_id": "b1"}, outcome="failure")
+    queue = PendingQueue(store, state)
+    [path] = queue.files()
+    record = json.loads(path.read_bytes())
+    record["outcome"] = "success"  # someone on the host rewrites what happened
+    path.write_text(json.dumps(record))
+    writable(True)
+    trail.append("backup", "full", {})
+    entries = AuditTrail(store).entries()
+    assert [(e["action"], e["outcome"]) for e in entries] == [("audit.late-rejected", "failure"), ("backup", "success")]
+    [rejected] = queue.rejected()
+    assert entries[0]["details"]["file"] == str(rejected)
+    assert rejected.name == path.name.removesuffix(".json") + ".json.rejected"
+    assert queue.count() == 0
+
+
+def test_verify_counts_the_entries_pending_on_this_host(switchable):
+    """Through the default state directory (GENESIS_DR_STATE_DIR), as ``audit verify`` sees it."""
+    mount, writable = switchable
+    store = LocalStore(str(mount))
+    trail = AuditTrail(store, HOST)
+    trail.append("backup", "full", {})
+    writable(False)
+    for subject in ("a", "b"):
+        with pytest.raises(AuditTrailError, match=r"\((1|2) pending\)"):
+            trail.append("monitor", subject, {})
+    writable(True)
+    report = verify_trail(store, TRUSTED)
+    assert report.ok and (report.pending_on_host, report.rejected_on_host) == (2, 0)
+    assert "PENDING on this host: 2 entries queued" in report.text()
+    assert report.to_dict()["pending_on_host"] == 2
+    trail.append("backup", "full", {})
+    assert verify_trail(store, TRUSTED).pending_on_host == 0
+    assert [e["subject"] for e in AuditTrail(store).entries()] == ["full", "a", "b", "full"]
+
+
+# -- the verified checkpoint ------------------------------------------------------------------------------------
+
+
+def test_retention_verifies_from_the_checkpoint_and_the_daily_verify_everything(store):
+    trail = _trail(store, 6)
+    accept = [HOST.public_b64]
+    first = verify_recent(store, TRUSTED, accept=accept, checkpoint_signer=HOST)
+    assert first.ok and first.scope == "full (no verified checkpoint yet)"
+    checkpoint = json.loads(store.get("audit/verified.json"))
+    assert set(checkpoint) == {"seq", "hash", "at", "signer", "sig"}
+    assert (checkpoint["seq"], checkpoint["hash"]) == (6, entry_hash(trail.entry(6)))
+    assert read_checkpoint(store, accept)[0] == checkpoint
+    for i in range(3):
+        trail.append("backup", f"later-{i}", {})
+    recent = verify_recent(store, TRUSTED, accept=accept, checkpoint_signer=HOST)
+    assert recent.ok and recent.scope.startswith("since checkpoint 6 (verified ")
+    assert recent.entries == 9 and recent.signers == {HOST.fingerprint: 4}  # entries 6-9 read, 1-5 only listed
+    assert json.loads(store.get("audit/verified.json"))["seq"] == 9
+
+    # An entry edited before the checkpoint is the daily full verification's to find; a deleted one is a gap in
+    # the listing, which the recent check still sees.
+    entry = json.loads(store.get(entry_key(2)))
+    entry["details"]["bytes"] = 1
+    store.put(entry_key(2), canonical(entry) + b"\n", overwrite=True)
+    assert verify_recent(store, TRUSTED, accept=accept).ok
+    assert _keys(verify_trail(store, TRUSTED)) == ["edited:2"]
+    store.delete(entry_key(4))
+    assert _keys(verify_recent(store, TRUSTED, accept=accept)) == ["deleted:4"]
+
+
+def test_a_forged_or_stale_checkpoint_forces_a_full_verification(store):
+    trail = _trail(store, 5)
+    accept = [HOST.public_b64]
+    verify_trail(store, TRUSTED, checkpoint_signer=HOST)
+    assert json.loads(store.get("audit/verified.json"))["seq"] == 5
+    for i in range(2):
+        trail.append("backup", f"later-{i}", {})
+    # An attacker edits entry 3 and moves the checkpoint past it, signing with a key of their own.
+    entry = json.loads(store.get(entry_key(3)))
+    entry["details"]["bytes"] = 1
+    store.put(entry_key(3), canonical(entry) + b"\n", overwrite=True)
+    forged = {"seq": 7, "hash": entry_hash(trail.entry(7)), "at": "2026-12-06T00:00:00.000000Z"}
+    forged["signer"] = OTHER.public_b64
+    forged["sig"] = OTHER.sign(canonical(forged, with_sig=False))
+    store.put("audit/verified.json", json.dumps(forged).encode(), overwrite=True)
+    report = verify_recent(store, TRUSTED, accept=accept, checkpoint_signer=HOST)
+    assert report.scope == (
+        f"full (audit/verified.json is signed by {OTHER.fingerprint}, a key not accepted for checkpoints)"
+    )
+    assert _keys(report) == ["edited:3", "checkpoint:7"]
+    assert "is signed by " + OTHER.fingerprint in report.problems[1].text
+    assert json.loads(store.get("audit/verified.json")) == forged  # a failed verification moves no checkpoint
+
+    # Unsigned (a checkpoint without the host's signature): full, and named.
+    unsigned = {"seq": 7, "hash": forged["hash"], "at": forged["at"], "signer": HOST.public_b64}
+    store.put("audit/verified.json", json.dumps(unsigned).encode(), overwrite=True)
+    report = verify_recent(store, TRUSTED, accept=accept)
+    assert report.scope.startswith("full (audit/verified.json (entry 7) is unsigned or its signature does not verify")
+    assert _keys(report) == ["edited:3", "checkpoint:None"]
+
+
+def test_a_checkpoint_whose_entry_was_replaced_forces_a_full_verification(store):
+    """The host key signed both the checkpoint and a replacement of the entry it names (a key thief rewriting
+    history from entry 4 on): the checkpoint no longer matches, everything is verified, the mismatch named."""
+    trail = _trail(store, 5)
+    accept = [HOST.public_b64]
+    verify_trail(store, TRUSTED, checkpoint_signer=HOST)
+    trail.append("backup", "later", {})
+    fourth = trail.entry(4)
+    replaced = {k: v for k, v in fourth.items() if k != "sig"} | {"subject": "rewritten"}
+    replaced["sig"] = HOST.sign(canonical(replaced, with_sig=False))
+    store.put(entry_key(4), canonical(replaced) + b"\n", overwrite=True)
+    fifth = {k: v for k, v in trail.entry(5).items() if k != "sig"} | {"prev": entry_hash(replaced)}
+    fifth["sig"] = HOST.sign(canonical(fifth, with_sig=False))
+    store.put(entry_key(5), canonical(fifth) + b"\n", overwrite=True)
+    report = verify_recent(store, TRUSTED, accept=accept, checkpoint_signer=HOST)
+    assert report.scope == "full (the checkpoint does not match entry 5)"
+    assert _keys(report) == ["checkpoint:5", "edited:5"]
+    assert report.problems[0].text.startswith("entry 5 is not the entry verified at")
