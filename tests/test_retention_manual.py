@@ -311,3 +311,48 @@ def test_delete_through_the_command(prefect_api, make_stack, tmp_path):
     fingerprint = SigningKey.from_b64(admin_private).fingerprint
     assert done.startswith(f"deleted {old} (app-files) on the authority of admin {fingerprint}: certificate cert-")
     assert [m.id for m in vault.list_backups()] == [newest]
+
+
+def test_an_object_lock_refuses_the_deletion_before_anything_changes(tmp_path, moto_endpoint, new_bucket):
+    from core.errors import ObjectLockedError
+    from tests.fixtures_cloud import PRIMARY_REGION, s3_client
+
+    admin_public, admin_path = key_file(tmp_path / "admin.ed25519")
+    bucket = new_bucket(object_lock=True)
+    write(tmp_path / "app" / "data.bin", b"locked" * 4000)
+    config = parse_stack(
+        {
+            "stack": "locked",
+            "vault": {
+                "type": "s3",
+                "bucket": bucket,
+                "prefix": "dr",
+                "region": PRIMARY_REGION,
+                "endpoint_url": moto_endpoint,
+            },
+            "sources": [{"name": "app", "kind": "files", "root": str(tmp_path / "app")}],
+            "signing": {
+                "admin_key_from": f"file:{admin_path}",
+                "admin_public_keys": [admin_public],
+                "trusted_public_keys": [SigningConfig().host_key().public_b64],
+            },
+        },
+        "test stack",
+    )
+    vault = config.vault.open(create=True)
+    older, _newest = (backup_source(vault, KEYS, engine_for(config.source("app"))).id for _ in range(2))
+    # A legal hold set on the bucket directly (no hold record covers it): the provider's lock still wins.
+    locked = f"backups/{older}/manifest.json"
+    client = s3_client(moto_endpoint)
+    client.put_object_legal_hold(Bucket=bucket, Key=f"dr/{locked}", LegalHold={"Status": "ON"})
+    keys_before = vault.store.get(f"backups/{older}/keys.json")
+    with pytest.raises(ObjectLockedError) as caught:
+        delete_outside_policy(config, [older], "x", admin_key=config.signing.admin_key("delete"), say=lambda _: None)
+    assert caught.value.exit_code == 31
+    assert f"{locked} is under an object-lock legal hold (primary); backup {older} is deletable once" in (
+        caught.value.message
+    )
+    assert vault.store.get(f"backups/{older}/keys.json") == keys_before  # not even crypto-shredded
+    assert older in [m.id for m in vault.list_backups()]
+    assert list(vault.store.list(DELETING_PREFIX)) == []
+    client.put_object_legal_hold(Bucket=bucket, Key=f"dr/{locked}", LegalHold={"Status": "OFF"})
