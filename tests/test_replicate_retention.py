@@ -235,7 +235,8 @@ def test_a_backup_deleted_by_retention_is_neither_copied_back_nor_missing_on_loc
         ("dr2", LocalStore(tmp_path / "dr2")),
         ("s3", S3Store(bucket=bucket, prefix="dr", region=PRIMARY_REGION, endpoint_url=moto_endpoint)),
     ]
-    for name, store in replicas:
+    away = ("away", LocalStore(tmp_path / "away"))  # out of reach when retention deletes
+    for name, store in [*replicas, away]:
         assert replicate(vault, store, name=name).backups_copied == 2
 
     cert = delete_backup(
@@ -249,7 +250,7 @@ def test_a_backup_deleted_by_retention_is_neither_copied_back_nor_missing_on_loc
     for name, store in [*replicas, late]:
         report = replicate(vault, store, name=name)
         assert (report.in_sync, report.missing, report.damaged_on_primary) == (True, [], [])
-        assert (report.backups_on_replica, report.skipped_deleting) == (1, [])
+        assert (report.backups_on_replica, report.skipped_deleting, report.not_on_primary) == (1, [], [])
         assert list(store.list(f"backups/{gone.id}/")) == []
         assert not store.exists(f"catalog/blob/{gone.id}.json")
         assert [c["id"] for c in certificates(store)] == [cert.id]
@@ -257,6 +258,18 @@ def test_a_backup_deleted_by_retention_is_neither_copied_back_nor_missing_on_loc
         assert [e.id for e in replica.entries()] == [keep.id]
         assert replica.open_backup(keep.id, BLOB_KEYS) is not None
     assert late[1].get(f"certificates/{cert.id}.json") == vault.store.get(f"certificates/{cert.id}.json")
+
+    # The replica the deletion did not reach: named with the certificate, never counted missing, never copied to.
+    said: list[str] = []
+    report = replicate(vault, away[1], name="away", progress=said.append)
+    assert (report.in_sync, report.missing, report.backups_on_replica, report.objects_copied) == (True, [], 1, 0)
+    line = (
+        f"{gone.id} (deleted on the primary, certificate {cert.id}; the deletion did not reach this copy, which still "
+        f"holds the data: remove backups/{gone.id}/ from this replica)"
+    )
+    assert report.not_on_primary == [line]
+    assert f"replica away: backup {line}" in said
+    assert [c["id"] for c in certificates(away[1])] == [cert.id]
     replicas[2][1].close()
 
 

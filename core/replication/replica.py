@@ -107,6 +107,9 @@ class ReplicaReport:
     records_copied: int = 0  # compliance records (holds, erasure requests, certificates, authorisations)
     archived: list[str] = field(default_factory=list)  # their data moved to an archive vault by the primary
     skipped_deleting: list[str] = field(default_factory=list)  # being deleted on the primary: never copied
+    # Backups this replica holds that the primary no longer does (deleted while the replica was out of reach of
+    # the deletion): never counted missing, never copied back, named with the certificate of their deletion.
+    not_on_primary: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # what the replica still lacks, oldest first
     damaged_on_primary: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # keys rewritten on the replica
@@ -242,6 +245,7 @@ class _Run:
             self._deletions()
             self._records()
             self._commit_units(self._backup_units())
+            self._not_on_primary()
             for source in self.source.children("logs/"):
                 for key in self.source.list(f"logkeys/{source}/"):
                     self.copier.sync(VaultObject(key, data=self.source.get(key)), deep=True)
@@ -315,6 +319,32 @@ class _Run:
         for why in done["diverged"]:
             self.report.damaged_on_primary.append(why)
             self.say(f"replica {self.name}: {why}")
+
+    def _not_on_primary(self) -> None:
+        """Backups left on the replica after the primary deleted them (one listing per side; the primary's
+        certificates are read only when there are such backups)."""
+        ours = set(self.source.children("backups/"))
+        extra = [i for i in self.replica.children("backups/") if valid_backup_id(i) and i not in ours]
+        if not extra:
+            return
+        certified: dict[str, str] = {}
+        for key in self.source.list("certificates/"):
+            try:
+                cert = json.loads(self.source.get(key))
+            except (ObjectNotFound, ValueError):
+                continue
+            if isinstance(cert, dict) and isinstance(cert.get("subject"), str):
+                certified[cert["subject"]] = str(cert.get("id"))
+        for backup_id in sorted(extra):
+            cert_id = certified.get(backup_id)
+            line = (
+                f"{backup_id} (deleted on the primary, certificate {cert_id}; the deletion did not reach this copy, "
+                f"which still holds the data: remove backups/{backup_id}/ from this replica)"
+                if cert_id
+                else f"{backup_id} (not on the primary, and no certificate there names it)"
+            )
+            self.report.not_on_primary.append(line)
+            self.say(f"replica {self.name}: backup {line}")
 
     def _audit(self) -> None:
         """The audit trail's new entries, then its head (see ``replicate_audit``)."""
