@@ -261,6 +261,12 @@ def _data_checks(
     )
 
 
+def _erasure_rules(config: Any) -> dict | None:
+    """The stack's current erasure rules: they win over the ones recorded with the requests."""
+    retention = getattr(config, "retention", None)
+    return retention.erasure if retention is not None else None
+
+
 def _erasures(
     config: Any, vault: Vault, keyring: Keyring, engine: Engine, source: str, backup: str, report: dict, say: Progress
 ) -> CheckResult | None:
@@ -268,10 +274,8 @@ def _erasures(
     verification, so it left them to us). None when no request names the source; a rule that fails
     is a failed critical check: a drill that could not erase the subject proves a restore would not."""
     started = time.monotonic()
-    retention = getattr(config, "retention", None)
-    rules = retention.erasure if retention is not None else None  # the stack's current rules win
     try:
-        ids, lines = reapply_erasures(vault, keyring, engine, source, say, rules)
+        ids, lines = reapply_erasures(vault, keyring, engine, source, say, _erasure_rules(config))
     except InterruptedRunError:
         raise
     except DRError as exc:
@@ -354,7 +358,15 @@ def check_restore(
             try:
                 if choice.plan is not None:
                     report = restore_chain_plan(
-                        vault, keyring, choice.plan, engine, rollback=False, progress=say, verify=False, clock=clock
+                        vault,
+                        keyring,
+                        choice.plan,
+                        engine,
+                        rollback=False,
+                        progress=say,
+                        verify=False,
+                        clock=clock,
+                        erasure_rules=_erasure_rules(config),
                     ).to_dict()
                 else:
                     report = restore_backup(
@@ -366,6 +378,7 @@ def check_restore(
                         progress=say,
                         verify=False,
                         clock=clock,
+                        erasure_rules=_erasure_rules(config),
                     ).to_dict()
             except InterruptedRunError:
                 raise
