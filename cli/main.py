@@ -440,6 +440,8 @@ def cmd_key_rotate(args) -> int:
         print(f"finished {len(report.finished)} backup(s) an earlier, interrupted rotation had re-wrapped")
     if report.skipped_corrupt:
         print(f"left as they are (CORRUPT manifest): {', '.join(report.skipped_corrupt)}")
+    if report.shredded:
+        print(f"crypto-shredded by retention, not re-wrapped: {', '.join(report.shredded)}")
     if report.in_progress:
         print(
             f"still in progress, written for the keys they started with: {', '.join(report.in_progress)}; run "
@@ -616,6 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.classify import register as register_classify
 
     register_classify(sub)
+
+    from cli.delete import register as register_delete
+
+    register_delete(sub)
 
     k = sub.add_parser("key", help="key management")
     key_sub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
