@@ -9,8 +9,9 @@ import json
 import pytest
 
 from core.audit import AuditTrail, entry_hash
+from core.audit.trail import canonical
 from core.audit.verify import verify_trail
-from core.crypto.signing import load_signing_key
+from core.crypto.signing import SigningKey, generate_signing_key, load_signing_key
 from core.errors import AuditTrailError
 from core.repository.manifest import COMPLETED
 from core.sources import FilesSourceConfig
@@ -104,3 +105,68 @@ def test_replication_copies_the_trail_and_its_head_but_no_backup_being_deleted(m
     assert verify_trail(primary, trusted).ok  # the primary alone looks whole
     report = verify_trail(primary, trusted, replicas=[("dr-disk", replica)])
     assert [p.key for p in report.problems] == ["deleted:2"]
+
+
+def test_a_restore_whose_entry_cannot_be_written_stands(make_stack, tmp_path):
+    """The host key cannot be read (the entry cannot even be signed, so nothing is queued): the backup run fails
+    (its data committed), the restore of that backup is done and verified and its run ends Completed, the error
+    logged."""
+    from flows.backup import backup
+    from flows.restore import restore
+
+    files = files_tree(tmp_path / "app")
+    stack = make_stack(
+        [FilesSourceConfig(name="app-files", root=str(files))],
+        signing={"key_from": f"file:{tmp_path / 'no-such-key'}"},
+    )
+    assert backup(stack=stack.name, return_state=True).is_failed()
+    target = tmp_path / "restored"
+    state = restore(source="app-files", stack=stack.name, target={"root": str(target)}, return_state=True)
+    assert state.is_completed() and state.result()["report"]["source"] == "app-files"
+    assert tree_state(target) == tree_state(files)
+    assert _trail(stack) == []
+
+
+def test_retention_verifies_from_the_checkpoint_and_a_forged_one_forces_everything(tmp_path):
+    from core.audit.verify import verify_trail
+    from core.errors import RetentionRefusedError
+    from core.retention.run import run_retention
+    from core.stack import parse_stack
+    from tests.test_retention_run import KEEP_LAST_ONE, key_file, stack_data, take
+
+    host_public, host_file = key_file(tmp_path / "host.key")
+    signing = {"key_from": f"file:{host_file}", "trusted_public_keys": [host_public]}
+    config = parse_stack(stack_data(tmp_path, KEEP_LAST_ONE, signing), "test stack")
+    store = config.vault.store()
+    trail = AuditTrail(store, config.signing.host_key())
+    app = take(config, "app", 2)
+    for i in range(3):
+        trail.append("backup", f"b{i}", {"n": i})
+    report = run_retention(config, say=print)
+    assert report.deleted == [app[0]]
+    checkpoint = json.loads(store.get("audit/verified.json"))
+    assert checkpoint["seq"] == 3 and checkpoint["signer"] == host_public  # what the run verified before it wrote
+
+    # Entry 2, before the checkpoint, is edited: the next run reads from the checkpoint on and deletes; the daily
+    # full verification (audit verify) names it.
+    path = tmp_path / "vault" / "audit" / "entries" / f"{2:012d}.json"
+    entry = json.loads(path.read_text())
+    entry["details"]["n"] = 99
+    path.write_text(json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n")
+    newer = take(config, "app", 1)
+    last_before = AuditTrail(store).entries()[-1]["seq"]
+    assert run_retention(config, say=print).deleted == [app[1]]
+    assert json.loads(store.get("audit/verified.json"))["seq"] == last_before
+    assert [p.key for p in verify_trail(store, config.signing.trusted()).problems] == ["edited:2"]
+
+    # A checkpoint moved by a key the stack does not trust: the run verifies everything, finds entry 2, refuses.
+    forged_key = SigningKey.from_b64(generate_signing_key()[0])
+    forged = {"seq": 1, "hash": "0" * 64, "at": "2026-12-06T00:00:00.000000Z", "signer": forged_key.public_b64}
+    forged["sig"] = forged_key.sign(canonical(forged, with_sig=False))
+    store.put("audit/verified.json", json.dumps(forged).encode(), overwrite=True)
+    take(config, "app", 1)
+    with pytest.raises(RetentionRefusedError, match=r"deleted nothing: the audit trail failed verification just now"):
+        run_retention(config, say=print)
+    alarm = json.loads(store.get("audit/alarm.json"))
+    assert [(p["kind"], p["seq"]) for p in alarm["problems"]] == [("checkpoint", 1), ("edited", 2)]
+    assert newer[0] in [e.id for e in config.vault.open().entries()]
