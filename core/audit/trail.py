@@ -57,6 +57,7 @@ AUDIT_ACTIONS = (
     "erasure.apply",
     "audit.acknowledge",
     "audit.alarm",
+    "audit.late-rejected",
     "key.rotate",
 )
 _ACTION = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$")
@@ -220,8 +221,15 @@ class AuditTrail:
             return self._write(body, keep_at=False)
         except _Unwritten as unwritten:
             why = unwritten.why
-        path = self.queue.save(body, self.signer, why)
-        pending = self.queue.count()
+        try:
+            path = self.queue.save(body, self.signer, why)
+            pending = self.queue.count()
+        except OSError as exc:
+            raise AuditTrailError(
+                f"audit trail of {self.store.describe()}: the entry {action} {subject} ({outcome}) was not written "
+                f"({why}) and could not be queued on this host either ({exc.strerror or type(exc).__name__} in "
+                f"{self.queue.dir}); make the vault store and the state directory (GENESIS_DR_STATE_DIR) writable"
+            ) from None
         raise AuditTrailError(
             f"audit trail of {self.store.describe()}: the entry {action} {subject} ({outcome}) was not written "
             f"({why}); it is queued on this host as {path} ({pending} pending) and the next audited run that can "
