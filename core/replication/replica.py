@@ -33,7 +33,8 @@ only when it is missing or wrong, which counts as a repair. Commit points
 rotation on the primary re-signs manifests and rewrites ``keys.json``, and both
 reach the replica. Nothing is ever deleted from a replica here: a backup retention deleted on the
 primary (and, through ``core.retention.shred``, on the replicas) is simply no longer listed, so it is
-neither copied back nor counted as missing. Copies run on a
+neither copied back nor counted as missing; one the deletion did not reach on this replica is named in
+``not_on_primary`` with its certificate, for an operator to remove. Copies run on a
 bounded thread pool (the stores' ``io_threads``); memory is a few chunks per
 thread, whatever the vault's size.
 
