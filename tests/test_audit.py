@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -457,3 +458,27 @@ def test_a_checkpoint_whose_entry_was_replaced_forces_a_full_verification(store)
     assert report.scope == "full (the checkpoint does not match entry 5)"
     assert _keys(report) == ["checkpoint:5", "edited:5"]
     assert report.problems[0].text.startswith("entry 5 is not the entry verified at")
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over_later(switchable, tmp_path):
+    """A run killed between claiming a queued entry and appending it: after an hour the claim is stale and the
+    next run appends the entry; a fresh claim (another run draining now) is left alone."""
+    mount, writable = switchable
+    state = str(tmp_path / "state")
+    store = LocalStore(str(mount))
+    trail = AuditTrail(store, HOST, pending_root=state)
+    writable(False)
+    for subject in ("old", "busy"):
+        with pytest.raises(AuditTrailError):
+            trail.append("failover", subject, {})
+    queue = PendingQueue(store, state)
+    old, busy = queue.files()
+    old.rename(old.with_name(f"{old.name}.claimed-{int(time.time()) - 3700}-4242-abcd"))
+    busy.rename(busy.with_name(f"{busy.name}.claimed-{int(time.time())}-4343-abcd"))
+    writable(True)
+    trail.append("backup", "full", {})
+    assert [(e["subject"], e.get("late", False)) for e in AuditTrail(store).entries()] == [
+        ("old", True),
+        ("full", False),
+    ]
+    assert [p.name.split(".claimed-")[0] for p in queue.dir.glob("*.claimed-*")] == [busy.name]

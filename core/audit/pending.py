@@ -120,7 +120,8 @@ class PendingQueue:
                 record = None
             if isinstance(record, dict) and record.get("signer") != signer.public_b64:
                 continue
-            claimed = path.with_name(f"{path.name}{_CLAIM}{os.getpid()}-{secrets.token_hex(2)}")
+            # The claim time is in the name (a rename keeps the file's mtime, which is when it was queued).
+            claimed = path.with_name(f"{path.name}{_CLAIM}{int(time.time())}-{os.getpid()}-{secrets.token_hex(2)}")
             try:
                 os.rename(path, claimed)
             except FileNotFoundError:
@@ -136,10 +137,15 @@ class PendingQueue:
         for name in names:
             if _CLAIM not in name:
                 continue
-            path = self.dir / name
+            original, _, claim = name.partition(_CLAIM)
             try:
-                if time.time() - path.stat().st_mtime > STALE_CLAIM_SECONDS:
-                    os.rename(path, self.dir / name.split(_CLAIM)[0])
+                claimed_at = int(claim.split("-")[0])
+            except ValueError:
+                claimed_at = 0
+            if time.time() - claimed_at <= STALE_CLAIM_SECONDS:
+                continue
+            try:
+                os.rename(self.dir / name, self.dir / original)
             except OSError:
                 continue  # gone or taken over by another run meanwhile
 
