@@ -262,11 +262,14 @@ class AuditTrail:
                 )
                 continue
             try:
-                self._write(late_body(record) | {"version": record.get("version", ENTRY_VERSION)}, keep_at=True)
-            except BaseException:
+                entry = self._create(
+                    late_body(record) | {"version": record.get("version", ENTRY_VERSION)}, keep_at=True
+                )
+            except Exception as exc:  # noqa: BLE001 - not in the trail: it stays queued, and so does the caller's entry
                 self.queue.unclaim(claimed)
-                raise
-            self.queue.done(claimed)
+                raise _Unwritten(_why(exc)) from None
+            self.queue.done(claimed)  # in the trail now, whatever happens to the head
+            self._move_head(entry)
 
     def _write(self, body: dict, *, keep_at: bool) -> dict:
         """Create ``body`` as the next entry (``at`` renewed per attempt unless ``keep_at``: a late entry keeps
