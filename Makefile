@@ -2,7 +2,7 @@
 VENV := .venv/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate bench-drill bench-failover
+.PHONY: bootstrap demo test lint bench bench-postgres bench-mysql bench-redis bench-files bench-cli bench-pitr bench-replicate bench-drill bench-failover bench-retention
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -55,3 +55,7 @@ bench-drill: bootstrap
 ## Two regions, primary killed under a writer: detection, promotion, DNS, end to end and lost writes (goal < 60 s, 0 lost).
 bench-failover: bootstrap
 	$(VENV)/python benchmarks/failover.py
+
+## Retention: the planner on a year of a busy stack (goal < 3 s), and deleting expired backups against restic and shred.
+bench-retention: bootstrap
+	$(VENV)/python benchmarks/retention.py
