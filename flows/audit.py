@@ -6,6 +6,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from core.errors import DRError
+from core.notify.reports import audit_event
+from flows.notifying import announce
 from tasks.retention import verify_audit_task
 
 
@@ -29,8 +31,12 @@ def audit_verify(stack: str = "default") -> dict:
     """
     try:
         report = verify_audit_task(stack)
-    except DRError as exc:
-        publish(stack, getattr(exc, "report", None))
+    except Exception as exc:
+        report = getattr(exc, "report", None) if isinstance(exc, DRError) else None
+        publish(stack, report)
+        # A failed verification already wrote its alarm (and an audit.alarm entry): page, record nothing more.
+        announce(stack, audit_event(stack, report, exc), record=False)
         raise
     publish(stack, report)
+    announce(stack, audit_event(stack, report), record=False)
     return report

@@ -17,7 +17,7 @@ def audit_details(event: Event) -> dict:
     return details | {"details": event.details}
 
 
-def announce(stack: str, event: Event) -> list[dict]:
+def announce(stack: str, event: Event, *, record: bool = True) -> list[dict]:
     """Send ``event`` to every channel of ``stack`` that wants it, then record it in the audit trail.
 
     A failed delivery is logged and counted by the task (never raised: a receiver that is down must not turn a
@@ -26,12 +26,14 @@ def announce(stack: str, event: Event) -> list[dict]:
 
     The audit entry is written always, channels or not. When it cannot be written it is queued on this host
     (``record_audit``): a backup, validation or drill run then fails (after the notification went out), a
-    failover, failback or monitor run logs the error and its outcome stands.
+    failover, failback or monitor run logs the error and its outcome stands. ``record=False``: the run's core
+    already wrote its own entries (a retention sweep, an audit verification).
     """
     try:
         wanted = run_stack(stack).config.notifications.any_channel()
     except Exception:  # noqa: BLE001 - the task says why, as a failed delivery
         wanted = True
     deliveries = notify_outcome(stack, event) if wanted else []
-    record_audit(stack, event.activity, event.subject, audit_details(event), event.outcome)
+    if record:
+        record_audit(stack, event.activity, event.subject, audit_details(event), event.outcome)
     return deliveries

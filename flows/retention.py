@@ -6,6 +6,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from core.errors import DRError
+from core.notify.reports import retention_event
+from flows.notifying import announce
 from tasks.retention import run_retention_task
 
 
@@ -40,8 +42,12 @@ def retention(stack: str = "default", dry_run: bool = False) -> dict:
     """
     try:
         report = run_retention_task(stack, dry_run)
-    except DRError as exc:
-        publish_report(stack, getattr(exc, "report", None), dry_run)
+    except Exception as exc:
+        publish_report(stack, getattr(exc, "report", None) if isinstance(exc, DRError) else None, dry_run)
+        # The sweep's own audit entries are written by core (retention.run, retention.delete): notify only.
+        announce(stack, retention_event(stack, getattr(exc, "report", None), exc), record=False)
         raise
     publish_report(stack, report, dry_run)
+    if not dry_run:  # a plan changes nothing: no one needs telling
+        announce(stack, retention_event(stack, report), record=False)
     return report

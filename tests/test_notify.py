@@ -892,7 +892,17 @@ def test_channels_that_list_activities_keep_their_filter_and_events_must_be_rout
     assert old.channels_for("failover") == ["webhook:ops"]
     assert old.channels_for("monitor") == ["webhook:ops"]
     assert old.channels_for("backup") == ["pagerduty", "webhook:ops"]
-    assert old.webhooks[0].activities == ["backup", "validation", "drill", "failover", "failback", "monitor"]
+    assert old.webhooks[0].activities == [
+        "backup",
+        "validation",
+        "drill",
+        "failover",
+        "failback",
+        "monitor",
+        "retention",
+        "audit",
+    ]
+    assert old.channels_for("audit") == ["webhook:ops"]
     with pytest.raises(ValidationError, match="activities.0"):
         NotificationsConfig.model_validate({"slack": {"webhook_url": "http://x", "activities": ["failovers"]}})
     with pytest.raises(ValueError, match="notification event: activity 'failovers' is not one of backup, "):

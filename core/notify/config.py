@@ -10,7 +10,8 @@ __all__ = ["ACTIVITIES", "NotificationsConfig", "PagerDutyConfig", "SlackConfig"
 
 ACTIVITIES_HELP = (
     "Which activities go to this channel: backup, validation, drill, failover, failback, monitor (the monitor's "
-    "pages: a region down or back, no failover target, an approval waiting). Default: all of them. A list is a "
+    "pages: a region down or back, no failover target, an approval waiting), retention (a sweep that deleted, or "
+    "was refused), audit (a trail that failed verification). Default: all of them. A list is a "
     "filter: a channel that lists activities gets no others, new ones included."
 )
 

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 # What a run was: the scheduled work (backup, validation, drill) and the region moves (failover, failback) with
 # the monitor's pages (a region down or back, no failover target, an approval waiting).
-Activity = Literal["backup", "validation", "drill", "failover", "failback", "monitor"]
+Activity = Literal["backup", "validation", "drill", "failover", "failback", "monitor", "retention", "audit"]
 ACTIVITIES: tuple[str, ...] = get_args(Activity)
 Outcome = Literal["success", "failure"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)

@@ -414,3 +414,64 @@ def approval_needed_event(
         url=url,
         severity="critical",
     )
+
+
+def retention_event(stack: str, report: Mapping[str, Any] | None, error: BaseException | None = None) -> Event:
+    """A retention sweep: what it deleted, archived and freed, or why it was refused (a policy that would delete
+    every backup of a source, an unacknowledged audit alarm) or failed. Subject ``sweep``: the next sweep that
+    passes resolves the page of a refused one."""
+    data = dict(report or {})
+    details: dict[str, Any] = {
+        "deleted": len(data.get("deleted") or []),
+        "archived": len(data.get("archived") or []),
+        "certificates": len(data.get("certificates") or []),
+        "freed": human_bytes(int(data.get("freed_bytes") or 0)),
+    }
+    for key in ("skipped_locked", "resumed"):
+        if data.get(key):
+            details[key] = list(data[key])[:_MAX_LINES]
+    if data.get("refused"):
+        details["refused"] = {k: _one_line(v) for k, v in dict(data["refused"]).items()}
+    if data.get("audit_alarm"):
+        details["audit_alarm"] = _one_line(data["audit_alarm"])
+    ok = error is None
+    if ok:
+        summary = (
+            f"deleted {details['deleted']} backup(s)/log range(s), archived {details['archived']}, freed "
+            f"{details['freed']}"
+        )
+    else:
+        summary = _one_line(error)
+    return Event(
+        activity="retention",
+        outcome="success" if ok else "failure",
+        stack=stack,
+        title=f"Retention sweep {'done' if ok else 'REFUSED or FAILED'} on stack {stack}",
+        summary=summary,
+        subject="sweep",
+        details=details,
+        severity=None if ok else "error",
+    )
+
+
+def audit_event(stack: str, report: Mapping[str, Any] | None, error: BaseException | None = None) -> Event:
+    """An audit-trail verification: a failure means an entry was edited, deleted, reordered or inserted (or the
+    trail could not be read): it pages at ``critical``, since retention now refuses to delete."""
+    data = dict(report or {})
+    problems = [p.get("text", "") for p in (data.get("problems") or []) if isinstance(p, Mapping)]
+    details: dict[str, Any] = {"entries": data.get("entries")}
+    if problems:
+        details["problems"] = [_one_line(p) for p in problems[:_MAX_LINES]]
+    if data.get("pending_on_host"):
+        details["pending_on_host"] = data["pending_on_host"]
+    ok = error is None
+    return Event(
+        activity="audit",
+        outcome="success" if ok else "failure",
+        stack=stack,
+        title=f"Audit trail {'verified' if ok else 'FAILED verification'} on stack {stack}",
+        summary=f"{data.get('entries')} entries verified" if ok else _one_line(error),
+        subject="trail",
+        details=details,
+        severity=None if ok else "critical",
+    )
