@@ -194,6 +194,55 @@ def _certify(
     return cert
 
 
+def _mark(
+    holders: list[tuple[str, Store]],
+    marker_key: str,
+    subject: str,
+    fields: dict,
+    objects: list[dict],
+    reason: str,
+    authority: str,
+    say: Say,
+) -> dict:
+    """Write the deletion's intent on every holder before anything is removed; the marker. The primary comes
+    first in ``holders``: a marker on a replica alone never exists."""
+    marker = {
+        "version": MARKER_VERSION,
+        **fields,
+        "reason": reason,
+        "authority": authority,
+        "at": now_iso(),
+        "cert": new_certificate_id(),
+        "stores": [name for name, _ in holders],
+        "objects": objects,
+    }
+    for _name, store in holders:
+        _put_marker(store, marker_key, marker)
+    say(f"{subject}: marked for deletion ({reason})")
+    return marker
+
+
+def _say_resuming(say: Say, subject: str, marker: dict) -> None:
+    say(f"{subject}: resuming its deletion (marked {marker.get('at')}: {marker.get('reason')})")
+
+
+def _certify_and_unmark(
+    vault: Vault,
+    targets: list[Store],
+    marker: dict,
+    marker_key: str,
+    subject: str,
+    signer: SigningKey,
+    passes: int,
+    say: Say,
+) -> Certificate:
+    """The proof, then the marker (replicas first: a replica marker never outlives the primary's)."""
+    cert = _certify(vault.store, targets, marker, subject=subject, signer=signer, passes=passes, say=say)
+    for store in reversed(targets):
+        store.delete(marker_key)
+    return cert
+
+
 def _holders(
     stores: list[tuple[str, Store]], marker_key: str, names: list[str] | None, present
 ) -> list[tuple[str, Store]]:
@@ -284,22 +333,9 @@ def delete_backup(
         facts, objects = _backup_objects(vault, backup_id)  # BackupNotFoundError when there is no such backup
         holders = _holders(stores, marker_key, None, lambda s: bool(s.children(prefix)))
         _check_not_held(holders, [o["key"] for o in objects], [prefix])
-        marker = {
-            "version": MARKER_VERSION,
-            "backup": backup_id,
-            **facts,
-            "reason": reason,
-            "authority": authority,
-            "at": now_iso(),
-            "cert": new_certificate_id(),
-            "stores": [name for name, _ in holders],
-            "objects": objects,
-        }
-        for _name, store in holders:  # the primary first: a marker on a replica alone never exists
-            _put_marker(store, marker_key, marker)
-        say(f"{backup_id}: marked for deletion ({reason})")
+        marker = _mark(holders, marker_key, backup_id, {"backup": backup_id, **facts}, objects, reason, authority, say)
     else:
-        say(f"{backup_id}: resuming its deletion (marked {marker.get('at')}: {marker.get('reason')})")
+        _say_resuming(say, backup_id, marker)
     holders = _holders(stores, marker_key, marker.get("stores"), lambda s: bool(s.children(prefix)))
     targets = [store for _name, store in holders]
 
@@ -326,10 +362,7 @@ def delete_backup(
         _destroy_all([store], list(store.list(prefix)), passes)  # anything else left in the directory
         _prune_local_dirs(store, prefix)
     # 3. The proof, then the marker (replicas first: a replica marker never outlives the primary's).
-    cert = _certify(vault.store, targets, marker, subject=backup_id, signer=signer, passes=passes, say=say)
-    for store in reversed(targets):
-        store.delete(marker_key)
-    return cert
+    return _certify_and_unmark(vault, targets, marker, marker_key, backup_id, signer, passes, say)
 
 
 # -- log ranges ---------------------------------------------------------------------------
@@ -405,25 +438,11 @@ def delete_log_range(
         holders = _holders(stores, marker_key, None, present)
         prefixes = [f"logkeys/{source}/", f"logs/{source}/"] + [f"logdata/{source}/{seq:012d}/" for seq in seqs]
         _check_not_held(holders, [o["key"] for o in objects], prefixes)
-        marker = {
-            "version": MARKER_VERSION,
-            "source": source,
-            "kind": kind,
-            "seqs": seqs,
-            "shred_key_ids": list(shred_key_ids),
-            "reason": reason,
-            "authority": authority,
-            "at": now_iso(),
-            "cert": new_certificate_id(),
-            "stores": [name for name, _ in holders],
-            "objects": objects,
-        }
-        for _name, store in holders:
-            _put_marker(store, marker_key, marker)
-        say(f"{subject}: marked for deletion ({reason})")
+        fields = {"source": source, "kind": kind, "seqs": seqs, "shred_key_ids": list(shred_key_ids)}
+        marker = _mark(holders, marker_key, subject, fields, objects, reason, authority, say)
     else:
         seqs, shred_key_ids = marker.get("seqs") or seqs, marker.get("shred_key_ids") or []
-        say(f"{subject}: resuming its deletion (marked {marker.get('at')}: {marker.get('reason')})")
+        _say_resuming(say, subject, marker)
     holders = _holders(stores, marker_key, marker.get("stores"), present)
     targets = [store for _name, store in holders]
     key_objects = [f"logkeys/{source}/{k}.json" for k in shred_key_ids]
@@ -439,10 +458,7 @@ def delete_log_range(
         _destroy_all([store], key_objects, passes)
         for seq in seqs:
             _prune_local_dirs(store, f"logdata/{source}/{seq:012d}")
-    cert = _certify(vault.store, targets, marker, subject=subject, signer=signer, passes=passes, say=say)
-    for store in reversed(targets):
-        store.delete(marker_key)
-    return cert
+    return _certify_and_unmark(vault, targets, marker, marker_key, subject, signer, passes, say)
 
 
 # -- resuming -----------------------------------------------------------------------------
@@ -460,25 +476,31 @@ def resume_deletions(
     """Finish every deletion a killed run left marked; their certificates. A deletion stopped by an object
     lock stays marked and is named in ``locked`` (when given) instead of failing the others."""
     done: list[Certificate] = []
-    for backup_id in sorted(vault.deleting_ids()):
-        marker = vault.deleting_marker(backup_id) or {}
+
+    def finish(
+        shown: str, named: str, delete: Callable[..., Certificate], *args: object, marker: dict, unknown: str
+    ) -> None:
         try:
             done.append(
-                delete_backup(
+                delete(
                     vault,
                     replicas,
-                    backup_id,
+                    *args,
                     reason=marker.get("reason") or "resumed deletion",
-                    authority=marker.get("authority") or "unknown (marker damaged)",
+                    authority=marker.get("authority") or unknown,
                     signer=signer,
                     passes=passes,
                     say=say,
                 )
             )
         except ObjectLockedError as exc:
-            say(f"{backup_id}: still locked, left marked: {exc}")
+            say(f"{shown}: still locked, left marked: {exc}")
             if locked is not None:
-                locked.append(backup_id)
+                locked.append(named)
+
+    for backup_id in sorted(vault.deleting_ids()):
+        marker = vault.deleting_marker(backup_id) or {}
+        finish(backup_id, backup_id, delete_backup, backup_id, marker=marker, unknown="unknown (marker damaged)")
     for key in sorted(vault.store.list(LOG_PREFIX)):
         marker = _read_json(vault.store, key) or {}
         source, seqs = marker.get("source"), marker.get("seqs")
@@ -487,23 +509,8 @@ def resume_deletions(
                 f"deletion marker {key} is damaged (no source or pieces); check it, then remove it by hand if its "
                 "range is gone"
             )
-        try:
-            done.append(
-                delete_log_range(
-                    vault,
-                    replicas,
-                    source,
-                    seqs,
-                    marker.get("shred_key_ids") or [],
-                    reason=marker.get("reason") or "resumed deletion",
-                    authority=marker.get("authority") or "unknown",
-                    signer=signer,
-                    passes=passes,
-                    say=say,
-                )
-            )
-        except ObjectLockedError as exc:
-            say(f"log:{source}: still locked, left marked: {exc}")
-            if locked is not None:
-                locked.append(f"log:{source}:{seqs[0]}-{seqs[-1]}")
+        shred_key_ids = marker.get("shred_key_ids") or []
+        named = f"log:{source}:{seqs[0]}-{seqs[-1]}"
+        args = (source, seqs, shred_key_ids)
+        finish(f"log:{source}", named, delete_log_range, *args, marker=marker, unknown="unknown")
     return done
