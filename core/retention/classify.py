@@ -207,6 +207,27 @@ def _tables(rows: list[tuple], sampled: Any) -> dict[tuple[str, str], dict[str, 
     return tables
 
 
+def _first_tables(
+    tables: dict[tuple[str, str], dict[str, Any]], max_tables: int, notes: list[str]
+) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """The tables a scan samples: the first ``max_tables`` in catalog order, a note when some are left out."""
+    if len(tables) > max_tables:
+        notes.append(f"scanned the first {max_tables} of {len(tables)} tables (GENESIS_DR_CLASSIFY_MAX_TABLES)")
+    return list(tables.items())[:max_tables]
+
+
+def _table_places(
+    places: dict[str, _Place], scanned: dict[str, int], qualified: str, table: str, columns: list[tuple[str, bool]]
+) -> list[tuple[str, _Place]]:
+    """Count one table, give each column its place (named even when not sampled); the columns to sample."""
+    scanned["tables"] += 1
+    _table_hint(places, qualified, table)
+    table_places = [places.setdefault(f"{qualified}.{c}", _Place(c)) for c, _ in columns]
+    wanted = [(c, p) for (c, sampled), p in zip(columns, table_places, strict=True) if sampled]
+    scanned["columns"] += len(wanted)
+    return wanted
+
+
 def _scan_postgres(source: Any, sample_rows: int) -> ClassReport:
     import psycopg
     from psycopg import sql
@@ -228,15 +249,8 @@ def _scan_postgres(source: Any, sample_rows: int) -> ClassReport:
                 exc, "reading the columns of", "check the login may read information_schema"
             ) from None
         tables = _tables(rows, lambda data_type, udt: data_type in _PG_SAMPLED_TYPES or udt in _PG_SAMPLED_UDTS)
-        if len(tables) > max_tables:
-            notes.append(f"scanned the first {max_tables} of {len(tables)} tables (GENESIS_DR_CLASSIFY_MAX_TABLES)")
-        for (schema, table), entry in list(tables.items())[:max_tables]:
-            scanned["tables"] += 1
-            columns = entry["columns"]
-            _table_hint(places, f"{schema}.{table}", table)
-            table_places = [places.setdefault(f"{schema}.{table}.{c}", _Place(c)) for c, _ in columns]
-            wanted = [(c, p) for (c, sampled), p in zip(columns, table_places, strict=True) if sampled]
-            scanned["columns"] += len(wanted)
+        for (schema, table), entry in _first_tables(tables, max_tables, notes):
+            wanted = _table_places(places, scanned, f"{schema}.{table}", table, entry["columns"])
             if not wanted:
                 continue
             select = sql.SQL(", ").join(
@@ -312,15 +326,8 @@ def _scan_mysql(source: Any, sample_rows: int) -> ClassReport:
                 continue  # the other flavour's variable
         cur.execute(_MY_COLUMNS, (database,))
         tables = _tables(list(cur.fetchall()), lambda data_type: data_type.lower() in _MY_SAMPLED_TYPES)
-        if len(tables) > max_tables:
-            notes.append(f"scanned the first {max_tables} of {len(tables)} tables (GENESIS_DR_CLASSIFY_MAX_TABLES)")
-        for (_schema, table), entry in list(tables.items())[:max_tables]:
-            scanned["tables"] += 1
-            columns = entry["columns"]
-            _table_hint(places, f"{database}.{table}", table)
-            table_places = [places.setdefault(f"{database}.{table}.{c}", _Place(c)) for c, _ in columns]
-            wanted = [(c, p) for (c, sampled), p in zip(columns, table_places, strict=True) if sampled]
-            scanned["columns"] += len(wanted)
+        for (_schema, table), entry in _first_tables(tables, max_tables, notes):
+            wanted = _table_places(places, scanned, f"{database}.{table}", table, entry["columns"])
             if not wanted:
                 continue
             select = ", ".join(f"LEFT(CAST({quote_name(c)} AS CHAR), {VALUE_CHARS})" for c, _ in wanted)
