@@ -225,29 +225,19 @@ def _delete(vault, replicas, config, plan: RetentionPlan, report: RetentionRepor
                     if last_range[decision.source] == decision.item
                     else []
                 )
-                cert = delete_log_range(
-                    vault,
-                    replicas,
-                    decision.source,
-                    _log_range(decision),
-                    keys,
-                    reason=reason,
-                    authority=_authority(config, decision),
-                    signer=signer,
-                    passes=passes,
-                    say=say,
-                )
+                delete, args = delete_log_range, (decision.source, _log_range(decision), keys)
             else:
-                cert = delete_backup(
-                    vault,
-                    replicas,
-                    decision.item,
-                    reason=reason,
-                    authority=_authority(config, decision),
-                    signer=signer,
-                    passes=passes,
-                    say=say,
-                )
+                delete, args = delete_backup, (decision.item,)
+            cert = delete(
+                vault,
+                replicas,
+                *args,
+                reason=reason,
+                authority=_authority(config, decision),
+                signer=signer,
+                passes=passes,
+                say=say,
+            )
         except ObjectLockedError as exc:
             say(f"{decision.item}: left for later: {exc}")
             report.skipped_locked.append(decision.item)
