@@ -319,11 +319,16 @@ def apply_erasures(
     return lines
 
 
-def _apply_sql(engine: Any, name: str, statements: list[str], request_id: str, subject: str) -> list[str]:
-    if not statements:
+def _require(values: list[str], what: str, field: str, engine: Any, name: str, request_id: str) -> None:
+    """A rule without entries for its target's kind is a configuration error, named before anything runs."""
+    if not values:
         raise ErasureError(
-            f"erasure {request_id}: no SQL statements for {engine.describe()}; set retention.erasure.{name}.statements"
+            f"erasure {request_id}: no {what} for {engine.describe()}; set retention.erasure.{name}.{field}"
         )
+
+
+def _apply_sql(engine: Any, name: str, statements: list[str], request_id: str, subject: str) -> list[str]:
+    _require(statements, "SQL statements", "statements", engine, name, request_id)
     lines = []
     if engine.kind == "postgres":
         conn = engine._connect()  # the engine's own login and error mapping
@@ -370,11 +375,7 @@ def _statement_error(
 
 
 def _apply_redis(engine: Any, name: str, patterns: list[str], request_id: str, subject: str) -> list[str]:
-    if not patterns:
-        raise ErasureError(
-            f"erasure {request_id}: no key patterns for {engine.describe()}; set "
-            f"retention.erasure.{name}.redis_patterns"
-        )
+    _require(patterns, "key patterns", "redis_patterns", engine, name, request_id)
     dbs = [engine.config.db] if getattr(engine.config, "db", None) is not None else None
     if dbs is None:
         info = engine._client(0).info("keyspace")
@@ -393,10 +394,7 @@ def _apply_redis(engine: Any, name: str, patterns: list[str], request_id: str, s
 
 
 def _apply_paths(engine: Any, name: str, paths: list[str], request_id: str, subject: str) -> list[str]:
-    if not paths:
-        raise ErasureError(
-            f"erasure {request_id}: no paths for {engine.describe()}; set retention.erasure.{name}.paths"
-        )
+    _require(paths, "paths", "paths", engine, name, request_id)
     if "/" in subject or "\\" in subject or subject in (".", "..") or "\0" in subject:
         raise ErasureError(
             f"erasure {request_id}: the subject contains a path separator or is a dot name, so it cannot be placed "
