@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -162,15 +163,15 @@ def test_a_deleted_tail_with_a_rewritten_head_is_caught_by_the_replica_head(stor
     assert replica.get(entry_key(10)) != store.get(entry_key(10))
 
 
-def test_concurrent_appends_keep_one_chain(tmp_path):
-    root = str(tmp_path / "vault")
+def append_from_two_writers(trail_for: Callable[[], AuditTrail], action: str, each: int) -> None:
+    """Two threads (subjects w0 and w1) append ``each`` entries apiece at once; an error in either fails the test."""
     errors: list[BaseException] = []
 
     def writer(name: str) -> None:
         try:
-            trail = AuditTrail(LocalStore(root), HOST)  # a store of its own, as another process would have
-            for i in range(25):
-                trail.append("validation", name, {"i": i})
+            trail = trail_for()
+            for i in range(each):
+                trail.append(action, name, {"i": i})
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -180,6 +181,12 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_concurrent_appends_keep_one_chain(tmp_path):
+    root = str(tmp_path / "vault")
+    # A store of its own per writer, as another process would have.
+    append_from_two_writers(lambda: AuditTrail(LocalStore(root), HOST), "validation", 25)
     store = LocalStore(root)
     entries = AuditTrail(store).entries()
     assert [e["seq"] for e in entries] == list(range(1, 51))
@@ -249,22 +256,7 @@ def test_details_are_plain_json_and_bounded(store, tmp_path):
 
 def test_trail_on_s3(moto_endpoint, new_bucket):
     store = S3Store(bucket=new_bucket(), prefix="dr/audit", region=PRIMARY_REGION, endpoint_url=moto_endpoint)
-    errors: list[BaseException] = []
-
-    def writer(name: str) -> None:
-        try:
-            trail = AuditTrail(store, HOST)
-            for i in range(6):
-                trail.append("backup", name, {"i": i})
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    append_from_two_writers(lambda: AuditTrail(store, HOST), "backup", 6)
     assert [e["seq"] for e in AuditTrail(store).entries()] == list(range(1, 13))
     assert verify_trail(store, TRUSTED).ok
     store.delete(entry_key(7))
