@@ -68,6 +68,15 @@ def stack(vault: dict, app: Path, replicas: list | None = None):
     )
 
 
+def cold_stack(tmp_path: Path, app: Path):
+    """A local vault with one local replica, "cold", to archive to."""
+    return stack(
+        {"type": "local", "path": str(tmp_path / "vault")},
+        app,
+        replicas=[{"name": "cold", "vault": {"type": "local", "path": str(tmp_path / "cold")}}],
+    )
+
+
 @pytest.fixture
 def s3_backup(tmp_path, moto_endpoint, new_bucket):
     bucket = new_bucket()
@@ -148,11 +157,7 @@ def test_a_backup_in_glacier_must_be_thawed_before_it_restores(s3_backup, tmp_pa
 
 def test_a_backup_moved_to_an_archive_vault_restores_from_there_and_stays_listed(tmp_path):
     app = write_tree(tmp_path / "app", "first")
-    config = stack(
-        {"type": "local", "path": str(tmp_path / "vault")},
-        app,
-        replicas=[{"name": "cold", "vault": {"type": "local", "path": str(tmp_path / "cold")}}],
-    )
+    config = cold_stack(tmp_path, app)
     vault = config.vault.open(create=True)
     engine = engine_for(config.source("app"))
     full = backup_source(vault, KEYS, engine)
@@ -250,11 +255,7 @@ class DiesAfterOneDestroy(LocalStore):
 
 def test_an_archive_killed_after_its_record_is_finished_by_the_next_run(tmp_path):
     app = write_tree(tmp_path / "app", "killed")
-    config = stack(
-        {"type": "local", "path": str(tmp_path / "vault")},
-        app,
-        replicas=[{"name": "cold", "vault": {"type": "local", "path": str(tmp_path / "cold")}}],
-    )
+    config = cold_stack(tmp_path, app)
     manifest = backup_source(config.vault.open(create=True), KEYS, engine_for(config.source("app")))
     original = tree_state(app)
     replicas = {"cold": config.vault_named("cold").store()}
