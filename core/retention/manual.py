@@ -24,7 +24,6 @@ deleted, the authorisation proves which admin asked for it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from core.audit.verify import raise_alarm, unacknowledged_alarm, verify_trail
@@ -42,13 +41,12 @@ from core.repository.vault import DELETING
 from core.retention.catalog import BackupItem, Catalog, read_catalog
 from core.retention.certificate import Certificate
 from core.retention.holds import HoldBook
-from core.retention.shred import PRIMARY, delete_backup
+from core.retention.shred import PRIMARY, Say, delete_backup
 from core.storage.base import ObjectNotFound, Store
 
 AUTHORISATIONS = "retention/authorisations/"
 AUTHORISATION_VERSION = 1
 ACTION = "delete outside the policy"
-Say = Callable[[str], None]
 
 
 def _point(item: BackupItem) -> datetime:

@@ -19,7 +19,6 @@ A run (``run_retention``), in this order:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,10 +30,8 @@ from core.retention.archive import archive_backup
 from core.retention.catalog import Catalog, read_catalog
 from core.retention.holds import HoldBook, apply_object_holds
 from core.retention.planner import Decision, RetentionPlan, plan_retention
-from core.retention.shred import PRIMARY, delete_backup, delete_log_range, resume_deletions
+from core.retention.shred import PRIMARY, Say, delete_backup, delete_log_range, resume_deletions
 from core.storage.base import Store
-
-Say = Callable[[str], None]
 
 
 @dataclass
