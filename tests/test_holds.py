@@ -239,22 +239,6 @@ def test_a_forged_release_is_ignored_and_a_genuine_one_still_counts(local_vault,
     assert counts["primary"]["lock_supported"] is False and counts["primary"]["set_on"] == 0
 
 
-@pytest.mark.parametrize(
-    ("scope", "message"),
-    [
-        ('{"backup_ids": ["backup_2024', "hold scope: not JSON ("),
-        ('["backup_*"]', "hold scope: expected a JSON object, got list"),
-        ('{"ids": ["backup_*"]}', "hold scope: ids: unknown field; known: backup_ids"),
-        ("{}", "hold scope: the scope names nothing; give backup_ids"),
-    ],
-)
-def test_a_malformed_scope_is_refused_in_one_line(scope, message):
-    with pytest.raises(HoldError) as err:
-        parse_scope(scope)
-    assert str(err.value).startswith(message) and "\n" not in str(err.value)
-    assert err.value.exit_code == 29
-
-
 def test_a_scope_matching_nothing_unknown_ids_and_an_altered_record_are_refused(local_vault):
     config, vault, backup_id = local_vault
     book = HoldBook(vault.store)
