@@ -63,6 +63,11 @@ def kms_client(endpoint: str, region: str = PRIMARY_REGION):
     return boto3.client("kms", endpoint_url=endpoint, region_name=region)
 
 
+def moto_vault(bucket: str, endpoint: str) -> dict:
+    """A stack's ``vault`` block: ``bucket`` on the moto server at ``endpoint``, prefix dr, the primary region."""
+    return {"type": "s3", "bucket": bucket, "prefix": "dr", "region": PRIMARY_REGION, "endpoint_url": endpoint}
+
+
 @pytest.fixture
 def new_bucket(moto_endpoint):
     """Factory: a fresh, uniquely named S3 bucket in ``region`` (default the primary, us-west-2)."""

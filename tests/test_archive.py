@@ -23,7 +23,7 @@ from core.retention.catalog import read_catalog
 from core.sources import FilesSourceConfig
 from core.stack import parse_stack
 from core.storage.local import LocalStore
-from tests.fixtures_cloud import PRIMARY_REGION, s3_client
+from tests.fixtures_cloud import moto_vault, s3_client
 
 KEYS = Keyring(passphrase="archive")
 HOST = SigningKey.from_b64(generate_signing_key()[0])
@@ -81,9 +81,7 @@ def cold_stack(tmp_path: Path, app: Path):
 def s3_backup(tmp_path, moto_endpoint, new_bucket):
     bucket = new_bucket()
     app = write_tree(tmp_path / "app", "s3")
-    config = stack(
-        {"type": "s3", "bucket": bucket, "prefix": "dr", "region": PRIMARY_REGION, "endpoint_url": moto_endpoint}, app
-    )
+    config = stack(moto_vault(bucket, moto_endpoint), app)
     vault = config.vault.open(create=True)
     manifest = backup_source(vault, KEYS, engine_for(config.source("app")))
     return config, vault, bucket, manifest, tree_state(app)
@@ -291,9 +289,7 @@ def test_a_held_backup_keeps_its_locks_through_an_archive_and_is_deletable_once_
 
     bucket = new_bucket(object_lock=True)
     app = write_tree(tmp_path / "app", "held")
-    config = stack(
-        {"type": "s3", "bucket": bucket, "prefix": "dr", "region": PRIMARY_REGION, "endpoint_url": moto_endpoint}, app
-    )
+    config = stack(moto_vault(bucket, moto_endpoint), app)
     vault = config.vault.open(create=True)
     manifest = backup_source(vault, KEYS, engine_for(config.source("app")))
     admin = Key.from_b64(generate_signing_key()[0])

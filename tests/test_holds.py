@@ -23,7 +23,7 @@ from core.retention.holds import HoldBook, apply_object_holds, canonical, covere
 from core.retention.scope import HoldScope, parse_scope
 from core.stack import parse_stack
 from core.storage.local import LocalStore
-from tests.fixtures_cloud import PRIMARY_REGION, s3_client
+from tests.fixtures_cloud import PRIMARY_REGION, moto_vault, s3_client
 
 KEYS = Keyring(passphrase="holds")
 
@@ -55,13 +55,7 @@ def s3_stack(tmp_path, moto_endpoint, new_bucket):
     config = parse_stack(
         {
             "stack": "holds",
-            "vault": {
-                "type": "s3",
-                "bucket": bucket,
-                "prefix": "dr",
-                "region": PRIMARY_REGION,
-                "endpoint_url": moto_endpoint,
-            },
+            "vault": moto_vault(bucket, moto_endpoint),
             "sources": [
                 {"name": "app", "kind": "files", "root": str(tree(tmp_path / "app", "app"))},
                 {"name": "web", "kind": "files", "root": str(tree(tmp_path / "web", "web"))},

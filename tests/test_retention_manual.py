@@ -315,7 +315,7 @@ def test_delete_through_the_command(prefect_api, make_stack, tmp_path):
 
 def test_an_object_lock_refuses_the_deletion_before_anything_changes(tmp_path, moto_endpoint, new_bucket):
     from core.errors import ObjectLockedError
-    from tests.fixtures_cloud import PRIMARY_REGION, s3_client
+    from tests.fixtures_cloud import moto_vault, s3_client
 
     admin_public, admin_path = key_file(tmp_path / "admin.ed25519")
     bucket = new_bucket(object_lock=True)
@@ -323,13 +323,7 @@ def test_an_object_lock_refuses_the_deletion_before_anything_changes(tmp_path, m
     config = parse_stack(
         {
             "stack": "locked",
-            "vault": {
-                "type": "s3",
-                "bucket": bucket,
-                "prefix": "dr",
-                "region": PRIMARY_REGION,
-                "endpoint_url": moto_endpoint,
-            },
+            "vault": moto_vault(bucket, moto_endpoint),
             "sources": [{"name": "app", "kind": "files", "root": str(tmp_path / "app")}],
             "signing": {
                 "admin_key_from": f"file:{admin_path}",

@@ -32,7 +32,7 @@ from core.retention.run import retention_status, run_retention
 from core.retention.scope import HoldScope
 from core.sources import FilesSourceConfig
 from core.stack import parse_stack
-from tests.fixtures_cloud import PRIMARY_REGION, s3_client
+from tests.fixtures_cloud import moto_vault, s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = Keyring(passphrase="retention")
@@ -259,13 +259,7 @@ def test_an_object_locked_by_hand_on_s3_is_left_for_later_whole_and_deleted_once
 ):
     bucket = new_bucket(object_lock=True)
     data = stack_data(tmp_path, KEEP_LAST_ONE)
-    data["vault"] = {
-        "type": "s3",
-        "bucket": bucket,
-        "prefix": "dr",
-        "region": PRIMARY_REGION,
-        "endpoint_url": moto_endpoint,
-    }
+    data["vault"] = moto_vault(bucket, moto_endpoint)
     data["replicas"] = []
     config = parse_stack(data, "test stack")
     old, new = take(config, "app", 2)
