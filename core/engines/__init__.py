@@ -9,6 +9,8 @@ Packages are imported lazily: a run touches only the kinds it uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from importlib import import_module
 from typing import Any
 
@@ -29,6 +31,12 @@ def _module(kind: str, name: str):
     return import_module(f"core.engines.{kind}.{name}")
 
 
+@cache
+def _position(kind: str):
+    """The kind's ``position`` module, looked up once: planners order every log piece through it."""
+    return _module(kind, "position")
+
+
 def engine_class(kind: str) -> type[Engine]:
     return getattr(_module(kind, "engine"), ENGINES[kind])
 
@@ -42,15 +50,20 @@ def position_text(kind: str, position: dict[str, Any]) -> str:
     """A position in one short phrase, for listings ('lsn 0/3000028', 'binlog b.000002:415')."""
     if kind not in ENGINES:
         return ", ".join(f"{k}={v}" for k, v in position.items() if not isinstance(v, (dict, list)))[:60]
-    return _module(kind, "position").text(position)
+    return _position(kind).text(position)
 
 
 def position_order(kind: str, position: dict[str, Any]) -> tuple:
     """A sort key: positions of one source's log compare in log order."""
-    return _module(kind, "position").order(position)
+    return _position(kind).order(position)
+
+
+def position_order_key(kind: str) -> Callable[[dict[str, Any]], tuple]:
+    """``position_order`` for one kind as a plain function, for ordering many positions at once."""
+    return _position(kind).order
 
 
 def log_start(kind: str, position: dict[str, Any]) -> dict[str, Any] | None:
     """Where the log must start for a replay on top of a full backup taken at ``position``;
     None when such a backup cannot take a log replay (a logical PostgreSQL dump)."""
-    return _module(kind, "position").log_start(position)
+    return _position(kind).log_start(position)

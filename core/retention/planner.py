@@ -16,12 +16,16 @@ them would hide it.
 
 from __future__ import annotations
 
+import gc
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import compress, count, repeat
+from operator import attrgetter, eq, le, ne, sub
 from typing import Any
 
-from core.engines import log_start, position_order
+from core.engines import log_start, position_order, position_order_key
 from core.errors import ConfigError
 from core.repository.manifest import ABANDONED, CORRUPT, FAILED, IN_PROGRESS
 from core.retention.catalog import DELETING, BackupItem, Catalog, PieceItem
@@ -184,6 +188,19 @@ class RetentionPlan:
 
 def plan_retention(catalog: Catalog, policy: RetentionConfig, holds: list[Hold], now: datetime) -> RetentionPlan:
     """Every backup and log range of the catalog with its action and reasons (see the module's doc)."""
+    # The plan holds a few hundred thousand decisions for a year of a busy stack, all alive until it
+    # returns and none in a cycle: the cyclic collector would only rescan the whole catalog for them
+    # (a third of the time), so it waits until the plan is made.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan(catalog, policy, holds, now)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _plan(catalog: Catalog, policy: RetentionConfig, holds: list[Hold], now: datetime) -> RetentionPlan:
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     active = [h for h in holds if h.active]
@@ -197,6 +214,15 @@ def plan_retention(catalog: Catalog, policy: RetentionConfig, holds: list[Hold],
     for source in sorted(set(by_source) | set(pieces_by) | set(catalog.sources)):
         _SourcePlanner(source, catalog, policy, active, now, plan).run(by_source[source], pieces_by[source])
     return plan
+
+
+def _ascending(values: list) -> bool:
+    return all(map(le, values, values[1:]))
+
+
+def _holds(ascending: list, value: Any) -> bool:
+    i = bisect_left(ascending, value)
+    return i < len(ascending) and ascending[i] == value
 
 
 def _point(item: BackupItem) -> datetime:
@@ -248,8 +274,10 @@ class _SourcePlanner:
             return
         self.by_id = {b.id: b for b in backups}
         self.valid = [b for b in backups if b.valid]
-        self.pieces = sorted(pieces, key=lambda p: p.seq)
-        self.log = self._effective_log(pieces)
+        self.pieces = sorted(pieces, key=attrgetter("seq"))
+        self.log = self._effective_log(self.pieces)
+        self._log_seqs = list(map(attrgetter("seq"), self.log))  # ascending: the log is in seq order
+        self._superseded_set = set(self._superseded)
         marks = _Marks()
         self.marks = marks
         # What the policy itself keeps; the safety rules below (newest, bases, dependencies) come on top.
@@ -272,8 +300,10 @@ class _SourcePlanner:
 
     def _effective_log(self, pieces: list[PieceItem]) -> list[PieceItem]:
         out: list[PieceItem] = []
-        for piece in sorted(pieces, key=lambda p: p.seq):
+        self._superseded: list[int] = []  # seqs of the partial pieces a later one replaces
+        for piece in pieces:  # in seq order
             if out and out[-1].partial and piece.start and self._order(piece.start) == self._order(out[-1].start):
+                self._superseded.append(out[-1].seq)
                 out[-1] = piece
                 continue
             out.append(piece)
@@ -312,9 +342,10 @@ class _SourcePlanner:
                 within = parse_duration(rules.keep_within)
                 for b in group:
                     until = _point(b) + within
-                    if until > self.now:
-                        marks.add(b.id, f"keep: within {rules.keep_within} (until {iso(until)})", until)
-                        kept.add(b.id)
+                    if until <= self.now:
+                        break  # newest first: every older one is out of the window too
+                    marks.add(b.id, f"keep: within {rules.keep_within} (until {iso(until)})", until)
+                    kept.add(b.id)
         return kept
 
     def _minimum(self, backups: list[BackupItem], marks: _Marks) -> set[str]:
@@ -422,26 +453,61 @@ class _SourcePlanner:
             return None
         if not full.position or not self.log[0].start:
             # Without positions (an old record), the piece being written when the full started.
+            times = self._log_times()
+            if times is not None:
+                return max(bisect_right(times, full.started_at) - 1, 0)
             before = [i for i, p in enumerate(self.log) if p.first_time <= full.started_at]
             return before[-1] if before else 0
         start = log_start(self.kind, full.position)
         if start is None:
             return None
         key = self._order(start)
+        keys = self._log_keys()
+        if keys is not None:
+            # The first piece that holds the key or starts at or after it (a gap after the full: the
+            # pieces after it are all a replay on it can use); the log's length when it has not reached it.
+            starts, ends = keys
+            return min(bisect_left(starts, key), bisect_right(ends, key))
         for i, p in enumerate(self.log):
             if self._order(p.start) <= key < self._order(p.end) or self._order(p.start) == key:
                 return i
             if self._order(p.start) > key:
-                return i  # a gap after the full: the pieces after it are all a replay on it can use
-        return len(self.log)  # the log has not reached it yet: only later pieces will
+                return i
+        return len(self.log)
+
+    def _log_keys(self) -> tuple[list[tuple], list[tuple]] | None:
+        """The effective log's start and end order keys, computed once per source; None when they do not
+        both run in log order (odd records): the linear scan above then answers as it always did."""
+        if not hasattr(self, "_keys"):
+            self._keys = None
+            try:
+                order = position_order_key(self.kind)
+                start_at = list(map(attrgetter("start"), self.log))
+                end_at = list(map(attrgetter("end"), self.log))
+                starts = list(map(order, start_at))
+                if all(map(eq, end_at[:-1], start_at[1:])):  # each piece ends where the next starts: same keys
+                    ends = [*starts[1:], order(end_at[-1])]
+                else:
+                    ends = list(map(order, end_at))
+                if _ascending(starts) and _ascending(ends):
+                    self._keys = (starts, ends)
+            except Exception:  # noqa: BLE001 - a piece the scan might never reach; the scan raises if it does
+                return None
+        return self._keys
+
+    def _log_times(self) -> list[datetime] | None:
+        if not hasattr(self, "_times"):
+            times = [p.first_time for p in self.log]
+            self._times = times if _ascending(times) else None
+        return self._times
 
     def _index_of(self, seq: int) -> int:
         """Effective-log index of the piece holding piece ``seq``'s log (a superseded partial's is its successor)."""
-        superseded = seq in {p.seq for p in self.pieces} and seq not in {p.seq for p in self.log}
-        for i, p in enumerate(self.log):
-            if p.seq >= seq:
-                return i if p.seq == seq or superseded else i - 1
-        return len(self.log) - 1
+        superseded = seq in self._superseded_set and not _holds(self._log_seqs, seq)
+        i = bisect_left(self._log_seqs, seq)
+        if i == len(self._log_seqs):
+            return len(self.log) - 1
+        return i if self._log_seqs[i] == seq or superseded else i - 1
 
     def _log_needs(self, marks: _Marks, forced: dict[str, str], newest: BackupItem | None) -> dict[int, list[str]]:
         """Effective-log index -> why a retained point needs that piece; marks the fulls they replay on."""
@@ -498,12 +564,13 @@ class _SourcePlanner:
         else:
             need(0, len(self.log) - 1, "keep: no valid full takes a replay of it yet (kept until one exists)")
         # Held pieces, and the full they replay on.
-        for p in self.pieces:
+        for p in self.pieces if self.holds else ():
             for hold in self.holds:
                 if hold.covers_piece(p, self.classes):
                     marks.held[("log", p.seq)].append(hold.id)
                     marks.add(("log", p.seq), f"keep: legal hold {hold.id} {hold.name!r}")
-        held = [i for i, p in enumerate(self.log) if marks.held.get(("log", p.seq))]
+        held_seqs = {k[1] for k, ids in marks.held.items() if ids and isinstance(k, tuple) and k[0] == "log"}
+        held = [i for i, p in enumerate(self.log) if p.seq in held_seqs] if held_seqs else []
         if held:
             bases = [b for b in replayable if self._start_index(b) <= held[0]]
             if bases:
@@ -520,6 +587,7 @@ class _SourcePlanner:
     def _decide_backups(self, backups: list[BackupItem], marks: _Marks, forced: dict[str, str]) -> None:
         grace = self._remains_grace()
         online = self.policy.online_for
+        outside: dict[str, str] = {}  # backup type -> the text of its rules (one per type, not per backup)
         for b in backups:
             decision = Decision(
                 item=b.id,
@@ -568,8 +636,10 @@ class _SourcePlanner:
                     decision.reasons = [f"delete: {what} older than {span(grace)} (not a valid backup)"]
             else:
                 decision.action = "delete"
+                if b.type not in outside:
+                    outside[b.type] = rules_text(self.policy.rules_for(b.type))
                 decision.reasons = [
-                    f"delete: outside its {b.type} rules ({rules_text(self.policy.rules_for(b.type))}); nothing retained needs it"
+                    f"delete: outside its {b.type} rules ({outside[b.type]}); nothing retained needs it"
                 ]
             self.plan.decisions.append(decision)
             if decision.action != "delete":
@@ -599,62 +669,100 @@ class _SourcePlanner:
         decision.reasons.append(f"archive: older than {span(policy.archive_after)}, to {policy.archive_to}")
 
     def _decide_pieces(self, pieces: list[PieceItem], needs: dict[int, list[str]], forced: dict[str, str]) -> None:
-        marks = self.marks
+        """The pieces' decisions, a run of pieces at a time: only the pieces something names one by one (a hold,
+        a retained point's need, a superseded partial) are looked at alone; the stretches between them decide
+        alike but for the class minimum and maximum, whose cut-offs are found by binary search."""
+        ordered = self.pieces
+        if not ordered:
+            return
         maximum, minimum = self.policy.max_retention, self.policy.min_retention
-        in_log = {p.seq: i for i, p in enumerate(self.log)}
-        rows: list[tuple[PieceItem, str, list[str], list[str], datetime | None]] = []
+        seqs = list(map(attrgetter("seq"), ordered))
+        timed = minimum is not None or maximum is not None
+        if timed and not _ascending([p.last_time for p in ordered]):
+            special = range(len(ordered))  # odd records: every piece alone, as the cut-offs need an order
+        else:
+            named = {k[1] for k in (*self.marks.reasons, *self.marks.held) if isinstance(k, tuple) and k[0] == "log"}
+            named.update(self._superseded)
+            named.update(self.log[i].seq for i, why in needs.items() if why and 0 <= i < len(self.log))
+            special = sorted({k for s in named for k in range(bisect_left(seqs, s), bisect_right(seqs, s))})
+        runs = _Runs(ordered, seqs)
         kept_past_max: list[int] = []
-        for p in sorted(pieces, key=lambda p: p.seq):
-            key = ("log", p.seq)
-            held = list(marks.held.get(key, []))
-            reasons = list(marks.reasons.get(key, []))
-            i = in_log.get(p.seq)
-            if i is not None:
-                reasons += needs.get(i, [])
-            until = None
-            if minimum is not None and p.last_time + minimum > self.now:
-                reasons.append(f"keep: {self.policy.min_reason} minimum")
-                until = p.last_time + minimum
-            past_max = maximum is not None and p.last_time + maximum <= self.now
-            if reasons:
-                # A retained point within the maximum may still need a piece just past it (its full's
-                # start): the restore wins over the maximum by that margin, and the plan says so.
-                if past_max:
-                    kept_past_max.append(p.seq)
-                only_time = not held and all(r == f"keep: {self.policy.min_reason} minimum" for r in reasons)
-                rows.append((p, "keep", reasons, held, until if only_time else None))
-            elif i is None:
-                successor = next((q.seq for q in self.log if q.seq > p.seq), None)
-                rows.append((p, "delete", [f"delete: partial piece superseded by piece {successor}"], held, None))
-            elif past_max:
-                rows.append((p, "delete", [f"delete: {self.policy.max_reason} maximum passed"], held, None))
-            else:
-                rows.append((p, "delete", ["delete: no retained backup or window replays it"], held, None))
+        at = 0
+        for k in (*special, len(ordered)):
+            if at < k:
+                self._decide_stretch(at, k, runs, kept_past_max)
+            if k < len(ordered):
+                self._decide_piece(k, needs, runs, kept_past_max)
+            at = k + 1
         if kept_past_max:
             self.plan.warnings.append(
                 f"{self.source}: log pieces {kept_past_max[0]}..{kept_past_max[-1]} ({len(kept_past_max)}) are past "
                 f"the {self.policy.max_reason} maximum but a retained point or a hold needs them; kept"
             )
-        self._log_runs(rows)
+        self._log_runs(runs)
 
-    def _log_runs(self, rows: list[tuple[PieceItem, str, list[str], list[str], datetime | None]]) -> None:
-        runs: list[list] = []
-        for p, action, reasons, held, until in rows:
-            last = runs[-1] if runs else None
-            if (
-                last
-                and last[1] == action
-                and last[2] == reasons
-                and last[3] == held
-                and last[0][-1].seq + 1 == p.seq
-                and (last[4] is None) == (until is None)
-            ):
-                last[0].append(p)
-                if until is not None:
-                    last[4] = max(last[4], until)
+    def _decide_stretch(self, first: int, stop: int, runs: _Runs, kept_past_max: list[int]) -> None:
+        """Pieces ``first``..``stop - 1``, none of which anything names: only their age tells them apart."""
+        ordered, now = self.pieces, self.now
+        maximum, minimum = self.policy.max_retention, self.policy.min_retention
+        cuts = {first, stop}
+        if minimum is not None:  # young enough from here on (the pieces' last times ascend)
+            cuts.add(bisect_left(ordered, True, first, stop, key=lambda p: p.last_time + minimum > now))
+        if maximum is not None:  # past the maximum up to here
+            cuts.add(bisect_left(ordered, True, first, stop, key=lambda p: p.last_time + maximum > now))
+        bounds = sorted(cuts)
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            if a == b:
                 continue
-            runs.append([[p], action, reasons, held, until])
-        for members, action, reasons, held, until in runs:
+            young = minimum is not None and ordered[a].last_time + minimum > now
+            past_max = maximum is not None and ordered[a].last_time + maximum <= now
+            if young:
+                if past_max:
+                    kept_past_max.extend(runs.seqs[a:b])
+                runs.add(a, b, "keep", [f"keep: {self.policy.min_reason} minimum"], [], young=minimum)
+            elif past_max:
+                runs.add(a, b, "delete", [f"delete: {self.policy.max_reason} maximum passed"], [], None)
+            else:
+                runs.add(a, b, "delete", ["delete: no retained backup or window replays it"], [], None)
+
+    def _decide_piece(self, k: int, needs: dict[int, list[str]], runs: _Runs, kept_past_max: list[int]) -> None:
+        p = self.pieces[k]
+        marks = self.marks
+        maximum, minimum = self.policy.max_retention, self.policy.min_retention
+        key = ("log", p.seq)
+        held = list(marks.held.get(key, []))
+        reasons = list(marks.reasons.get(key, []))
+        last = bisect_right(self._log_seqs, p.seq) - 1
+        i = last if last >= 0 and self._log_seqs[last] == p.seq else None  # the last log entry with its seq
+        if i is not None:
+            reasons += needs.get(i, [])
+        until = None
+        if minimum is not None and p.last_time + minimum > self.now:
+            reasons.append(f"keep: {self.policy.min_reason} minimum")
+            until = p.last_time + minimum
+        past_max = maximum is not None and p.last_time + maximum <= self.now
+        if reasons:
+            # A retained point within the maximum may still need a piece just past it (its full's
+            # start): the restore wins over the maximum by that margin, and the plan says so.
+            if past_max:
+                kept_past_max.append(p.seq)
+            only_time = not held and all(r == f"keep: {self.policy.min_reason} minimum" for r in reasons)
+            runs.add(k, k + 1, "keep", reasons, held, until if only_time else None)
+        elif i is None:
+            after = bisect_right(self._log_seqs, p.seq)
+            successor = self._log_seqs[after] if after < len(self._log_seqs) else None
+            runs.add(k, k + 1, "delete", [f"delete: partial piece superseded by piece {successor}"], held, None)
+        elif past_max:
+            runs.add(k, k + 1, "delete", [f"delete: {self.policy.max_reason} maximum passed"], held, None)
+        else:
+            runs.add(k, k + 1, "delete", ["delete: no retained backup or window replays it"], held, None)
+
+    def _log_runs(self, runs: _Runs) -> None:
+        ordered = self.pieces
+        seen: set[str] = set()
+        alive: set[str] = set()
+        for a, b, action, reasons, held, until in runs.runs:
+            members = ordered[a:b]
             first, last = members[0].seq, members[-1].seq
             self.plan.decisions.append(
                 Decision(
@@ -667,16 +775,16 @@ class _SourcePlanner:
                     held_by=list(held),
                     deletable_after=until,
                     seqs=(first, last),
-                    stored_bytes=sum(p.stored_bytes for p in members),
+                    stored_bytes=sum(map(attrgetter("stored_bytes"), members)),
                 )
             )
-        doomed: dict[str, bool] = {}
-        for p, action, *_ in rows:
-            doomed[p.key_id] = doomed.get(p.key_id, True) and action == "delete"
-        if rows:
-            # The newest piece's session may still be shipping under that key: never shred it.
-            doomed[rows[-1][0].key_id] = False
-        shred = sorted(k for k, gone in doomed.items() if gone)
+            keys = set(map(attrgetter("key_id"), members))
+            seen |= keys
+            if action != "delete":
+                alive |= keys
+        # The newest piece's session may still be shipping under that key: never shred it.
+        alive.add(ordered[-1].key_id)
+        shred = sorted(seen - alive)
         if shred:
             self.plan.log_keys_to_shred[self.source] = shred
 
@@ -720,3 +828,46 @@ class _SourcePlanner:
                     stored_bytes=sum(p.stored_bytes for p in ordered),
                 )
             )
+
+
+class _Runs:
+    """Runs of consecutive pieces (by seq) with one action, the same reasons and holds: one decision each.
+
+    Stretches of pieces that decide alike come in whole (``add(first, stop, ...)``); a run breaks where they
+    differ or where a seq does not follow on, exactly as if every piece had come in alone."""
+
+    def __init__(self, ordered: list[PieceItem], seqs: list[int]) -> None:
+        self.ordered, self.seqs = ordered, seqs
+        self.runs: list[list] = []  # [first, stop, action, reasons, held, until]
+        # Indices after which the next piece's seq does not follow on (a gap, or a repeated seq).
+        self.breaks = list(compress(count(), map(ne, map(sub, seqs[1:], seqs), repeat(1))))
+
+    def add(
+        self,
+        first: int,
+        stop: int,
+        action: str,
+        reasons: list[str],
+        held: list[str],
+        until: datetime | None = None,
+        young: timedelta | None = None,
+    ) -> None:
+        """Pieces ``first``..``stop - 1``; ``young``: time alone keeps them, each until its last time plus it."""
+        cuts = [g + 1 for g in self.breaks[bisect_left(self.breaks, first) : bisect_left(self.breaks, stop - 1)]]
+        for a, b in zip((first, *cuts), (*cuts, stop), strict=False):
+            part_until = until if young is None else max(p.last_time for p in self.ordered[a:b]) + young
+            last = self.runs[-1] if self.runs else None
+            if (
+                last
+                and last[1] == a
+                and last[2] == action
+                and last[3] == reasons
+                and last[4] == held
+                and self.seqs[a - 1] + 1 == self.seqs[a]
+                and (last[5] is None) == (part_until is None)
+            ):
+                last[1] = b
+                if part_until is not None:
+                    last[5] = max(last[5], part_until)
+                continue
+            self.runs.append([a, b, action, reasons, held, part_until])
