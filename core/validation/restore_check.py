@@ -356,30 +356,20 @@ def check_restore(
             engine = engine_for(target)
             step = time.monotonic()
             try:
-                if choice.plan is not None:
-                    report = restore_chain_plan(
-                        vault,
-                        keyring,
-                        choice.plan,
-                        engine,
-                        rollback=False,
-                        progress=say,
-                        verify=False,
-                        clock=clock,
-                        erasure_rules=_erasure_rules(config),
-                    ).to_dict()
-                else:
-                    report = restore_backup(
-                        vault,
-                        keyring,
-                        choice.backup_id,
-                        engine,
-                        rollback=False,
-                        progress=say,
-                        verify=False,
-                        clock=clock,
-                        erasure_rules=_erasure_rules(config),
-                    ).to_dict()
+                restore, what = (
+                    (restore_chain_plan, choice.plan) if choice.plan is not None else (restore_backup, choice.backup_id)
+                )
+                report = restore(
+                    vault,
+                    keyring,
+                    what,
+                    engine,
+                    rollback=False,
+                    progress=say,
+                    verify=False,
+                    clock=clock,
+                    erasure_rules=_erasure_rules(config),
+                ).to_dict()
             except InterruptedRunError:
                 raise
             except (DRError, OSError) as exc:
