@@ -509,16 +509,25 @@ def test_genesis_dr_classify_as_the_operator_types_it(tmp_path, monkeypatch):
     assert error_line(bad).startswith("genesis-dr: error: stack 'ops' has no source 'nope' (its sources: files)")
 
 
-def test_classify_reads_a_database_password_from_the_blocks(pg_classified, make_stack, tmp_path, monkeypatch, capsys):
+def test_classify_reads_a_database_password_from_the_blocks(pg_classified, make_stack, tmp_path, monkeypatch):
     """A database source's password is not in this host's description: the command reads the stack's blocks
     (through the Prefect API) for it, and still prints no value nor the password."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
     from core import stack_description
 
     stack = make_stack([pg_classified.model_copy(update={"data_classes": ["personal"]})])
     monkeypatch.setenv("GENESIS_DR_STATE_DIR", str(tmp_path / "state"))
     stack_description.save(stack.config, "harness")  # as 'genesis-dr apply' leaves it: no password
-    assert _cli("--stack", stack.name, "--sample-rows", "3", "--json") == 0
-    out = capsys.readouterr()
+    # Not capsys: the Prefect session this command opens binds its console log handler to the streams of the
+    # moment, and capsys closes its streams after the test (every later flow in this worker would then fail
+    # writing its log). A StringIO is never closed.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert _cli("--stack", stack.name, "--sample-rows", "3", "--json") == 0
+    out = SimpleNamespace(out=out.getvalue(), err=err.getvalue())
     (report,) = json.loads(out.out)
     assert (report["source"], report["current"], report["proposed"]) == (
         "app-db", ["personal"], ["cardholder", "health", "financial"]
