@@ -17,7 +17,8 @@ from core.errors import ConfigError, DRError
 EPILOG_RUN = (
     "exit 0: done (or the dry run's plan printed); 30: refused for a source whose policy would delete every "
     "backup, or while a failed audit verification is unacknowledged (the other sources were handled; the "
-    "report says what was done); 31: an object was locked; 33: a signing key is missing or unlisted."
+    "report says what was done); 33: a signing key is missing or unlisted. A backup whose objects are under an "
+    "object lock is left whole and listed in the report as locked (deleted by a later run once released)."
 )
 EPILOG_HOLD = (
     "exit 0: done; 29: the scope is malformed or matches nothing, or the hold is unknown or already released; "
