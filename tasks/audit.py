@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from core.audit import entry_hash, must_record, pending_count, record
 from core.errors import AuditTrailError, DRError
 from tasks.run_stack import run_stack
 
 
-@task(name="record-audit", task_run_name="audit-{action}-{outcome}", cache_policy=NO_CACHE)
+# A plain call inside the flow run, not a task run: every run of every flow writes one entry, and a task run
+# of its own (API round trips to create it and move it through its states) cost more than the append itself.
 def record_audit(stack: str, action: str, subject: str, details: dict, outcome: str = "success") -> dict:
     """Append one signed entry to the stack's audit trail; ``{"seq", "hash"}`` of it.
 

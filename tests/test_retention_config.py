@@ -49,8 +49,8 @@ def load(tmp_path, text):
         ("24h", timedelta(hours=24)),
         ("30d", timedelta(days=30)),
         ("2w", timedelta(days=14)),
-        ("6mo", timedelta(days=180)),
-        ("7y", timedelta(days=7 * 365)),
+        ("6mo", timedelta(days=183)),
+        ("7y", timedelta(days=2557)),  # the leap days of any seven calendar years
         (" 1d ", timedelta(days=1)),
     ],
 )
@@ -84,10 +84,10 @@ def test_defaults_are_the_source_documents_table():
 def test_compliance_classes():
     config = RetentionConfig()
     sox = config.policy_for("ledger", "postgres", ["financial", "config"])
-    assert (sox.min_retention, sox.min_reason) == (7 * 365 * D, "SOX (class financial): 7 years")
+    assert (sox.min_retention, sox.min_reason) == (2557 * D, "SOX (class financial): 7 years")  # 7 x 365.25, rounded up
     both = config.policy_for("clinic", "postgres", ["health", "cardholder"])
-    assert (both.min_retention, both.min_reason) == (6 * 365 * D, "HIPAA (class health): 6 years")
-    assert both.online_for == 90 * D
+    assert (both.min_retention, both.min_reason) == (2192 * D, "HIPAA (class health): 6 years")
+    assert both.online_for == 92 * D  # 3 x 30.4375, rounded up
     gdpr = config.policy_for("crm", "postgres", ["personal"])
     assert (gdpr.max_retention, gdpr.max_reason) == (35 * D, "GDPR (class personal): 35 days")
     # The shortest maximum wins, the longest minimum wins.

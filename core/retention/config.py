@@ -9,6 +9,7 @@ does I/O.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,10 +24,12 @@ _UNIT = {
     "h": timedelta(hours=1),
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
-    # Calendar months and years vary; a fixed length keeps plans reproducible (a compliance
-    # minimum read as 365 days a year errs a day or two towards keeping, over seven years).
-    "mo": timedelta(days=30),
-    "y": timedelta(days=365),
+    # Calendar months and years vary; a fixed length keeps plans reproducible. Months and years are
+    # their average calendar lengths, rounded up to whole days (parse_duration): seven years are 2557
+    # days, which covers the leap days any seven calendar years hold, so a compliance minimum never
+    # runs a day short; a maximum given in months or years may run a day long.
+    "mo": timedelta(days=30.4375),
+    "y": timedelta(days=365.25),
 }
 _UNIT_WORD = {"m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
 
@@ -35,14 +38,18 @@ STORAGE_CLASSES = ("STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "NEAR
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90m', '24h', '30d', '2w', '6mo' (30 days each), '7y' (365 days each)."""
+    """'90m', '24h', '30d', '2w', '6mo' (183 days: months of 30.4375 days), '7y' (2557 days: years of 365.25
+    days), months and years rounded up to whole days."""
     match = _DURATION.match(text) if isinstance(text, str) else None
     if not match or int(match.group(1)) == 0:
         raise ValueError(
             f"duration {text!r} is not understood; write a positive number and a unit: m (minutes), h, d, w, "
-            "mo (30 days), y (365 days), e.g. '30d'"
+            "mo (30.44 days), y (365.25 days), e.g. '30d'"
         )
-    return int(match.group(1)) * _UNIT[match.group(2)]
+    length = int(match.group(1)) * _UNIT[match.group(2)]
+    if match.group(2) in ("mo", "y"):
+        length = timedelta(days=math.ceil(length / timedelta(days=1)))
+    return length
 
 
 def duration_words(text: str) -> str:
