@@ -44,7 +44,7 @@ def apply_stack(config: StackConfig) -> list[str]:
         written.append(f"notification-channels/{config.stack}")
     sections = {
         name: getattr(config, name).model_dump(mode="json")
-        for name in ("objectives", "validation", "drill", "signing", "retention")
+        for name in ("objectives", "validation", "drill", "signing", "retention", "operations")
     }
     failover: dict = {}
     if getattr(config, "failover", None) is not None:  # region passwords go to their own source blocks

@@ -69,6 +69,11 @@ class DRStack(Block):
         default_factory=dict,
         description="Retention policies per source, data classes and erasure rules (the stack's retention section).",
     )
+    operations: dict = Field(
+        default_factory=dict,
+        description="How the service runs the stack: concurrency, maintenance windows, peak hours, thresholds, "
+        "work pools, CloudWatch (the stack's operations section).",
+    )
     notifications: NotificationChannels | None = Field(
         None, description="Where outcomes are sent (a Notification Channels block, which holds their secrets)."
     )
@@ -114,6 +119,7 @@ class DRStack(Block):
             "drill": self.drill,
             "signing": self.signing,
             "retention": self.retention,
+            "operations": self.operations,
         }
         extra |= {name: value for name, value in sections.items() if value}
         if self.notifications is not None:

@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from core.tls import TLSConfig
+
 
 class FieldProblem(ValueError):
     """A validator's complaint about a field below the model it validates.
@@ -74,6 +76,18 @@ class _Source(BaseModel):
         description="Data classes the source holds (financial, health, cardholder, personal, secrets, config, or one "
         "defined under retention.data_classes): their compliance minimums and maximums bound its retention.",
     )
+    work_pool: str | None = Field(
+        None,
+        description="Prefect work pool whose workers back this source up (next to its data, e.g. 'eu-west-1'); "
+        "default: the stack's operations.work_pool.",
+    )
+
+    @field_validator("work_pool")
+    @classmethod
+    def _work_pool(cls, value: str | None) -> str | None:
+        from core.scheduling.config import check_pool_name
+
+        return None if value is None else check_pool_name(value)
 
     def secrets(self) -> list[str]:
         """Plaintext secrets of this config, for redacting tool output."""
@@ -90,6 +104,9 @@ class PostgresSourceConfig(_Source):
     port: Port = Field(5432, description="Server port.")
     user: str = Field("postgres", description="Login role (needs read access to every object backed up).")
     password: SecretStr | None = Field(None, description="Login password (secret; passed to tools via PGPASSWORD).")
+    tls: TLSConfig | None = Field(
+        None, description="TLS to the server, verified by default (see TLSConfig: mode, ca_file, cert_file, key_file)."
+    )
     database: str = Field("postgres", description="Database to back up (or restore into).")
     sslmode: str | None = Field(None, description="libpq sslmode, e.g. 'require' or 'verify-full'.")
     role_passwords: bool = Field(
@@ -137,6 +154,9 @@ class MySQLSourceConfig(_Source):
         "CLIENT; RELOAD for snapshot read_lock; REPLICATION SLAVE for binlog capture; see docs/FORMAT.md).",
     )
     password: SecretStr | None = Field(None, description="Login password (secret; given to tools in memory).")
+    tls: TLSConfig | None = Field(
+        None, description="TLS to the server, verified by default (see TLSConfig: mode, ca_file, cert_file, key_file)."
+    )
     database: str = Field(description="Database (schema) to back up (or restore into).")
     socket: str | None = Field(None, description="Unix socket path, used instead of host/port when set.")
     snapshot: Literal["auto", "read_lock", "gtid"] = Field(
@@ -161,6 +181,9 @@ class RedisSourceConfig(_Source):
     port: Port = Field(6379, description="Server port.")
     username: str | None = Field(None, description="ACL user name (Redis 6+), if any.")
     password: SecretStr | None = Field(None, description="Password (secret).")
+    tls: TLSConfig | None = Field(
+        None, description="TLS to the server, verified by default (see TLSConfig: mode, ca_file, cert_file, key_file)."
+    )
     mode: Literal["rdb", "logical"] = Field(
         "rdb",
         description="rdb: snapshot via replication sync; logical: DUMP/RESTORE per key (works on managed Redis).",

@@ -25,6 +25,7 @@ from core.errors import ConfigError
 from core.failover.topology import DnsConfig, FailoverConfig, PgRebuildConfig, RegionConfig
 from core.notify.config import NotificationsConfig
 from core.retention.config import RetentionConfig
+from core.scheduling.config import OperationsConfig
 from core.sources import (
     BucketSourceConfig,
     FieldProblem,
@@ -207,6 +208,18 @@ class SchedulesConfig(BaseModel):
     audit_verify: str = Field(
         "45 3 * * *", description="Verification of the audit trail (default daily 03:45, after the retention sweep)."
     )
+    self_backup: str = Field(
+        "15 4 * * *",
+        description="Backup of genesis-dr itself (blocks, deployments, schedules, automations, variables, audit head) "
+        "into the vault, for 'genesis-dr bootstrap --from-vault' (default daily 04:15).",
+    )
+    drill_full: str = Field("off", description="The full drill (default off: on demand).")
+    # On-demand deployments: off by default; a schedule turns, e.g., a dry-run failover into a daily readiness check.
+    restore: str = Field("off", description="The restore deployment (a dry run unless told otherwise; default off).")
+    failover: str = Field("off", description="The failover deployment (a dry run unless told otherwise; default off).")
+    failback: str = Field("off", description="The failback deployment (a dry run unless told otherwise; default off).")
+    hold: str = Field("off", description="The hold deployment (default off: on demand).")
+    erase: str = Field("off", description="The erase deployment (a dry run unless told otherwise; default off).")
 
     @field_validator(
         "full",
@@ -223,6 +236,13 @@ class SchedulesConfig(BaseModel):
         "monitor",
         "retention",
         "audit_verify",
+        "self_backup",
+        "drill_full",
+        "restore",
+        "failover",
+        "failback",
+        "hold",
+        "erase",
     )
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -243,8 +263,9 @@ class SchedulesConfig(BaseModel):
             cron = getattr(self, name)
             default = type(self).model_fields[name].default
             off = cron == "off"
-            # An inactive schedule still needs a valid expression: the default one, paused.
-            out[name] = {"cron": default if off else cron, "timezone": "UTC", "active": not off}
+            # An inactive schedule still needs a valid expression: the default one (or a yearly one), paused.
+            placeholder = default if default != "off" else "0 0 1 1 *"
+            out[name] = {"cron": placeholder if off else cron, "timezone": "UTC", "active": not off}
         return out
 
 
@@ -325,6 +346,11 @@ class StackConfig(BaseModel):
         default_factory=RetentionConfig,
         description="How long backups are kept: per-source policies over the kind defaults, data classes and their "
         "compliance minimums/maximums, erasure rules (see RetentionConfig).",
+    )
+    operations: OperationsConfig = Field(
+        default_factory=OperationsConfig,
+        description="How the service runs the stack: concurrency, maintenance windows, peak hours, resource "
+        "thresholds, work pools, CloudWatch (see OperationsConfig).",
     )
 
     @model_validator(mode="after")
