@@ -248,6 +248,21 @@ class ObjectFrozenError(VaultError):
     exit_code = 35
 
 
+class TLSError(SourceUnavailableError):
+    """A TLS connection to a source or store was refused by our side: the certificate does not chain to the
+    configured CA, does not name the host, or the server offers no TLS. Names the source, the host and the
+    remedy (ca_file, server_name, or the server's TLS settings). Never transient: retrying cannot fix it. Exit 36."""
+
+    exit_code = 36
+
+
+class BootstrapError(DRError):
+    """``genesis-dr bootstrap --from-vault`` found nothing to restore (no self-backup in the vault) or the
+    Prefect server it restores into already holds a different stack. Names the vault and the remedy. Exit 37."""
+
+    exit_code = 37
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -283,6 +298,8 @@ EXIT_CODES: dict[str, int] = {
         SigningKeyError,
         ErasureError,
         ObjectFrozenError,
+        TLSError,
+        BootstrapError,
     )
 }
 
