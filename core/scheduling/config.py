@@ -85,20 +85,31 @@ class WindowConfig(BaseModel):
 
 
 class ThresholdsConfig(BaseModel):
-    """Host and vault readings that make heavy jobs wait (null turns one off)."""
+    """Host and vault readings that make heavy jobs wait (null turns one off).
+
+    Load and disk I/O are off by default: their right level depends on the host (a
+    database server at load 4 may be healthy), so the operator sets them; memory and
+    the vault's free space are on (a backup into a full vault fails anyway).
+    """
 
     model_config = ConfigDict(extra="forbid")
     max_load_per_cpu: float | None = Field(
-        2.0, gt=0, description="1-minute load average per CPU above which heavy jobs wait (default 2.0)."
+        None, gt=0, description="1-minute load average per CPU above which heavy jobs wait (default off; e.g. 2.0)."
     )
     min_memory_available_percent: float | None = Field(
         10.0, ge=0, le=100, description="Available memory below this percent of the total makes heavy jobs wait."
     )
     max_disk_busy_percent: float | None = Field(
-        90.0, ge=0, le=100, description="Disk I/O utilisation (busiest disk, over a second) above which they wait."
+        None,
+        ge=0,
+        le=100,
+        description="Disk I/O utilisation (busiest disk, over a second) above which they wait (default off; e.g. 90).",
     )
     min_vault_free_percent: float | None = Field(
-        10.0, ge=0, le=100, description="Free space in a local vault's file system below which they wait."
+        5.0,
+        ge=0,
+        le=100,
+        description="Free space (percent) in a local vault's file system below which they wait (default 5).",
     )
     recheck_seconds: int = Field(
         300, ge=10, le=86400, description="A job deferred by a threshold is scheduled again this much later."
