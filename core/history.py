@@ -1,7 +1,8 @@
 """The vault's own history of validations and drills: it survives the Prefect database.
 
 Records are JSON documents under ``history/<kind>/<id>.json`` (kind: ``validations``,
-``drills``), written once and never replaced, plus blobs beside them (a drill's chart,
+``drills``, ``skips``: an incremental backup skipped because the source's previous backup was
+still running - source, type, time and the run that held the source), written once and never replaced, plus blobs beside them (a drill's chart,
 ``history/drills/<id>.png``). ``history/verified/<backup_id>.json`` says when every object
 of a backup was last read back and authenticated, so a large vault is not re-read within
 the configured interval. Nothing here is secret: results name backups, sources and checks,
@@ -11,12 +12,14 @@ never data values or keys. See docs/FORMAT.md "History".
 from __future__ import annotations
 
 import json
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from core.errors import IntegrityError
 from core.storage.base import ObjectNotFound, Store
 
-KINDS = ("validations", "drills")
+KINDS = ("validations", "drills", "skips")
 PREFIX = "history/"
 
 
@@ -69,6 +72,15 @@ class History:
         if last is not None:
             ids = ids[-last:] if last > 0 else []
         return [self.get(kind, i) for i in ids]
+
+    def record_skip(self, source: str, backup_type: str, at: datetime, held_by: dict[str, Any], **extra: Any) -> str:
+        """Record a backup that did not run because ``held_by`` (the run holding the source) was still going;
+        returns the record's id (``skip_<UTC to the ms>_<source>_<random>``, sorting by time)."""
+        at = at.astimezone(UTC)
+        record_id = f"skip_{at.strftime('%Y%m%d_%H%M%S%f')[:-3]}_{source}_{secrets.token_hex(3)}"
+        doc = {"id": record_id, "source": source, "type": backup_type, "at": at.isoformat(), "held_by": held_by}
+        self.put("skips", record_id, doc | extra)
+        return record_id
 
     # -- objects verified recently ---------------------------------------------------
     def verified(self, backup_id: str) -> dict[str, Any] | None:

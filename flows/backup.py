@@ -11,6 +11,7 @@ from core.notify.reports import backup_event
 from flows.notifying import announce
 from flows.reporting import collect, publish_backup_table, raise_failures
 from tasks.backup import backup_source, select_sources
+from tasks.scheduling import defer_if_needed
 
 
 @flow(name="backup", log_prints=True)
@@ -28,6 +29,10 @@ def backup(
     named in ``sources`` that cannot take the type fails. Sources run concurrently; a failed
     source does not stop the others, but the run ends Failed and names every failure.
     """
+    # From a deployment, a heavy backup inside a maintenance window or on a busy host ends Scheduled for later.
+    deferred = defer_if_needed(stack, backup_type)
+    if deferred is not None:
+        return deferred
     # SIGINT/SIGTERM (an operator, or Prefect cancelling the run) stop each backup at its next
     # chunk: it ends FAILED with nothing committed, instead of committing after the run "ended".
     scope = {"sources": sources, "kinds": kinds}

@@ -12,6 +12,7 @@ from core.errors import DrillFailedError
 from core.notify.reports import drill_event
 from flows.notifying import announce
 from flows.reporting import raise_if_failed
+from tasks.scheduling import defer_if_needed
 from tasks.validate import run_drill_tier
 
 
@@ -33,6 +34,10 @@ def drill(
     of RTO and RPO over the last drills in the vault; the outcome is notified. The run ends Failed
     (exit 22) when a recovery failed or RTO/RPO missed the stack's objectives.
     """
+    # From a deployment, inside a maintenance window or on a busy host the run ends Scheduled for later.
+    deferred = defer_if_needed(stack, "drill")
+    if deferred is not None:
+        return deferred
     from core.drills import DrillRecord
 
     # SIGTERM (a cancelled run) or Ctrl-C stops at the next step instead of killing the process, so every

@@ -9,6 +9,7 @@ from core.errors import DRError
 from core.notify.reports import retention_event
 from flows.notifying import announce
 from tasks.retention import run_retention_task
+from tasks.scheduling import defer_if_needed
 
 
 def publish_report(stack: str, report: dict | None, dry_run: bool) -> None:
@@ -40,6 +41,10 @@ def retention(stack: str = "default", dry_run: bool = False) -> dict:
     delete all its backups (that source is left alone, the others proceed) or an audit alarm is
     unacknowledged (nothing deleted until 'genesis-dr audit acknowledge').
     """
+    # From a deployment, inside a maintenance window or on a busy host the run ends Scheduled for later.
+    deferred = defer_if_needed(stack, "retention")
+    if deferred is not None:
+        return deferred
     try:
         report = run_retention_task(stack, dry_run)
     except Exception as exc:

@@ -13,6 +13,7 @@ from core.notify.reports import validation_event
 from core.validation.results import ValidationRecord
 from flows.notifying import announce
 from flows.reporting import raise_if_failed
+from tasks.scheduling import defer_if_needed
 from tasks.validate import validate_backups
 
 
@@ -38,6 +39,10 @@ def validate(
     The record goes to the vault (history) and to a markdown artifact; the outcome is notified. The run
     ends Failed (exit 21) when a critical check failed.
     """
+    # From a deployment, inside a maintenance window or on a busy host the run ends Scheduled for later.
+    deferred = defer_if_needed(stack, "validate")
+    if deferred is not None:
+        return deferred
     # SIGTERM (a cancelled run) or Ctrl-C stops at the next step instead of killing the process, so every
     # sandbox is torn down; a sandbox of a run killed outright is removed by the next one (core.sandbox).
     with cancel.stop_on_signals(print):

@@ -18,6 +18,17 @@ Prefect's client connection without its retry loop, one request of this process
 at a time (``_requests``), and a 503 is asked again within milliseconds. A slot held by
 another run is polled for (the server's Retry-After, at most ``POLL_SECONDS``)
 outside that lock, so one waiting source never holds up the others.
+
+Backups hold two slots (``backup_slots``): their source's (limit 1), then the stack's
+``genesis-dr-backups-<stack>``, whose limit is the stack file's
+``operations.max_concurrent_backups``. For that one the stack file is the source of truth: it is
+created with the stack's value and set back to it when the stack's value changes (checked once per
+process and value); change it in the stack file, not in the UI. The source's slot comes first, so a
+backup waiting for a stack-wide slot already keeps the next backup of its source out. An
+incremental whose source is still being backed up does not wait (CANCEL_NEW): it is skipped at
+once, recorded in the vault's history (``skips``) and reported SKIPPED - the next incremental
+ships the same log, so nothing is lost, and a queue of incrementals never piles up behind a long
+full. Fulls and differentials wait their turn (ENQUEUE).
 """
 
 from __future__ import annotations
@@ -33,12 +44,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from uuid import UUID
 
 import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import MinimalConcurrencyLimitResponse
 
@@ -48,7 +60,9 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from core.errors import LockedError
+from core.history import History
 from core.repository.lock import holder_alive_here, process_start_time
+from core.stack import StackConfig
 from core.storage.local import ObjectNotFound as NoRecord
 from core.targets import state_store
 from tasks.policy import seconds_from_env
@@ -67,6 +81,11 @@ _ATTEMPTS = 40  # of one slot request, busy answers and dropped connections incl
 def backup_limit(stack: str, source: str) -> str:
     """One backup of a source at a time (stack and source names are already safe: [a-z0-9-])."""
     return f"genesis-dr-backup-{stack}-{source}"
+
+
+def stack_backups_limit(stack: str) -> str:
+    """At most ``operations.max_concurrent_backups`` backups of the stack at a time."""
+    return f"genesis-dr-backups-{stack}"
 
 
 def restore_limit(target_key: str) -> str:
@@ -91,8 +110,49 @@ def _create_limit(client: SyncPrefectClient, name: str, limit: int = 1) -> None:
         pass
 
 
-def _holder_key(name: str) -> str:
-    return f"slots/{name}.json"
+# (limit name, value) already made to match in this process: one read per process and value, not per backup.
+_synced: set[tuple[str, int]] = set()
+_synced_lock = threading.Lock()
+
+
+def sync_limit(name: str, limit: int) -> None:
+    """Make the global concurrency limit ``name`` exist with ``limit`` slots (created, or updated when its limit
+    differs): for limits whose value the stack file owns."""
+    with _synced_lock:
+        if (name, limit) in _synced:
+            return
+        with get_client(sync_client=True) as client:
+            try:
+                current = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                _create_limit(client, name, limit)
+            else:
+                if current.limit != limit:
+                    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
+                    get_run_logger().info("concurrency limit %s: %d slots (was %d)", name, limit, current.limit)
+        _synced.add((name, limit))
+
+
+def _holder_key(name: str, lease_id: UUID | None = None) -> str:
+    """Where a holder of ``name`` records itself: one record for a one-slot limit, one per lease otherwise
+    (several runs hold a stack's backup slots at once)."""
+    return f"slots/{name}/{lease_id}.json" if lease_id is not None else f"slots/{name}.json"
+
+
+def _holder_records(name: str) -> list[tuple[str, dict]]:
+    store = state_store()
+    keys = [_holder_key(name), *sorted(store.list(f"slots/{name}/"))]
+    found = []
+    for key in keys:
+        try:
+            raw = store.get(key)
+        except NoRecord:
+            continue
+        try:
+            found.append((key, json.loads(raw)))
+        except ValueError:
+            found.append((key, {}))
+    return found
 
 
 def _release_slot_of_dead_holder(name: str, logger) -> None:
@@ -101,25 +161,29 @@ def _release_slot_of_dead_holder(name: str, logger) -> None:
     So each holder records itself in the per-host state directory; a record whose process is gone
     means its slot leaked, and the next run gives it back before waiting for it."""
     store = state_store()
-    try:
-        holder = json.loads(store.get(_holder_key(name)))
-    except NoRecord:
-        return
-    except ValueError:
-        holder = {}
-    if holder and holder_alive_here(holder) is not False:
-        return  # alive, or on another host: only its own lease expiry can free it
-    with get_client(sync_client=True) as client:
-        held = max(1.0, time.time() - float(holder.get("since", time.time())))  # the API wants > 0
-        client.release_concurrency_slots(names=[name], slots=1, occupancy_seconds=held)
-    store.delete(_holder_key(name))
-    logger.warning("%s: gave back the slot of a killed run (pid %s)", name, holder.get("pid", "?"))
+    for key, holder in _holder_records(name):
+        if holder and holder_alive_here(holder) is not False:
+            continue  # alive, or on another host: only its own lease expiry can free it
+        with get_client(sync_client=True) as client:
+            held = max(1.0, time.time() - float(holder.get("since", time.time())))  # the API wants > 0
+            client.release_concurrency_slots(names=[name], slots=1, occupancy_seconds=held)
+        store.delete(key)
+        logger.warning("%s: gave back the slot of a killed run (pid %s)", name, holder.get("pid", "?"))
 
 
-def _record_holder(name: str) -> None:
+def _record_holder(key: str) -> None:
     pid = os.getpid()
     record = {"host": socket.gethostname(), "pid": pid, "pid_start": process_start_time(pid), "since": time.time()}
-    state_store().put(_holder_key(name), json.dumps(record, sort_keys=True).encode(), overwrite=True)
+    context = TaskRunContext.get()
+    if context is not None:  # which run holds it: a skipped backup names it
+        record |= {"task_run": str(context.task_run.id), "flow_run": str(context.task_run.flow_run_id)}
+    state_store().put(key, json.dumps(record, sort_keys=True).encode(), overwrite=True)
+
+
+def holder_of(name: str) -> dict:
+    """Who holds ``name``'s slot, as far as this host knows: {flow_run, task_run, host, pid, since} or {}."""
+    records = _holder_records(name)
+    return records[0][1] if records else {}
 
 
 # One slot request (take or give back) of this process at a time: see the module docstring.
@@ -168,8 +232,11 @@ def _holder() -> ConcurrencyLeaseHolder | None:
     return ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id) if context is not None else None
 
 
-def _acquire(client: SyncPrefectClient, name: str, what: str) -> tuple[UUID, list, float]:
-    """Take a slot of ``name``, creating the limit on first use; returns (lease id, limits, seconds waited)."""
+def _acquire(
+    client: SyncPrefectClient, name: str, what: str, *, wait: bool = True, limit: int = 1
+) -> tuple[UUID, list, float] | None:
+    """Take a slot of ``name``, creating the limit (with ``limit`` slots) on first use; returns (lease id, limits,
+    seconds waited), or None when ``wait`` is off and every slot is held."""
     started = time.monotonic()
     created = False
     body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS}
@@ -182,6 +249,8 @@ def _acquire(client: SyncPrefectClient, name: str, what: str) -> tuple[UUID, lis
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 423:  # 423: every slot is held; anything else is an error
                 raise
+            if not wait:
+                return None
             left = started + WAIT_SECONDS - time.monotonic()
             if left <= 0:
                 raise LockedError(
@@ -200,7 +269,7 @@ def _acquire(client: SyncPrefectClient, name: str, what: str) -> tuple[UUID, lis
             return UUID(granted["lease_id"]), limits, time.monotonic() - started
         if created:
             raise LockedError(f"{what}: concurrency limit {name} was removed while this run was creating it; run again")
-        _create_limit(client, name)  # on first use (rather than reading it first on every run)
+        _create_limit(client, name, limit)  # on first use (rather than reading it first on every run)
         created = True
 
 
@@ -243,17 +312,30 @@ class _Renewal(threading.Thread):
 @contextmanager
 def exclusive(name: str, what: str) -> Iterator[None]:
     """Hold one slot of ``name`` for the body; wait for it (logged) up to ``WAIT_SECONDS``."""
+    with _slot(name, what):
+        yield
+
+
+@contextmanager
+def _slot(name: str, what: str, *, wait: bool = True, limit: int = 1) -> Iterator[bool]:
+    """Hold one slot of ``name`` for the body (True); with ``wait`` off, when every slot is held, run the body
+    at once without one (False)."""
     logger = get_run_logger()
     _release_slot_of_dead_holder(name, logger)
     with get_client(sync_client=True) as client:
-        lease_id, limits, waited = _acquire(client, name, what)
+        acquired = _acquire(client, name, what, wait=wait, limit=limit)
+        if acquired is None:
+            yield False
+            return
+        lease_id, limits, waited = acquired
         events = emit_concurrency_acquisition_events(limits, 1)
         renewal = _Renewal(lease_id, what, logger)
         renewal.start()
+        record = _holder_key(name, lease_id if limit > 1 else None)
         try:
-            _record_holder(name)
+            _record_holder(record)
             logger.info("%s: holding concurrency limit %s (waited %.1fs)", what, name, waited)
-            yield
+            yield True
         finally:
             renewal.stop()
             try:
@@ -265,5 +347,51 @@ def exclusive(name: str, what: str) -> Iterator[None]:
                     exc,
                 )
             else:
-                state_store().delete(_holder_key(name))
+                state_store().delete(record)
             emit_concurrency_release_events(limits, 1, events)
+
+
+@contextmanager
+def backup_slots(config: StackConfig, source: str, backup_type: str) -> Iterator[dict | None]:
+    """Hold the source's slot and one of the stack's ``max_concurrent_backups`` for a backup (yields None), or,
+    for an incremental whose source is still being backed up, hold nothing: the skip is recorded in the vault's
+    history and logged, and the body gets the run's result for that source (``status: SKIPPED``) to return.
+    """
+    what = f"backup of {source}"
+    source_limit = backup_limit(config.stack, source)
+    with _slot(source_limit, what, wait=backup_type != "incremental") as held:
+        if not held:
+            yield _record_skip(config, source, backup_type, holder_of(source_limit))
+            return
+        stack_limit = stack_backups_limit(config.stack)
+        slots = config.operations.max_concurrent_backups
+        sync_limit(stack_limit, slots)
+        with _slot(stack_limit, what, limit=slots):
+            yield None
+
+
+def _record_skip(config: StackConfig, source: str, backup_type: str, holder: dict) -> dict:
+    """Write the skip to the vault's history, log it in one line, and build the source's result."""
+    context = TaskRunContext.get()
+    this_run = str(context.task_run.flow_run_id) if context is not None else None
+    held_by = {k: holder[k] for k in ("flow_run", "task_run", "host", "pid") if k in holder}
+    if "since" in holder:
+        held_by["since"] = datetime.fromtimestamp(float(holder["since"]), UTC).isoformat()
+    by = f"flow run {held_by['flow_run']}" if held_by.get("flow_run") else "another run"
+    reason = f"skipped: the previous backup of {source} ({by}) is still running"
+    record_id = History(config.vault.open(create=True).store).record_skip(
+        source, backup_type, datetime.now(UTC), held_by, stack=config.stack, flow_run=this_run, reason=reason
+    )
+    get_run_logger().warning("%s: %s backup %s (%s)", source, backup_type, reason, record_id)
+    return {
+        "source": source,
+        "type": backup_type,
+        "status": "SKIPPED",
+        "id": None,
+        "skip_id": record_id,
+        "reason": reason,
+        "held_by": held_by,
+        "plain_bytes": 0,
+        "stored_bytes": 0,
+        "position_text": "-",
+    }
