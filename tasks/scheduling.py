@@ -64,7 +64,7 @@ def defer_if_needed(stack: str, job: str) -> State | None:
         return None
     now = datetime.now(UTC)
     local_vault = config.vault.path if config.vault.type == "local" else None
-    readings = host_readings(local_vault)
+    readings = host_readings(local_vault, disks=operations.thresholds.max_disk_busy_percent is not None)
     since = _first_threshold_deferral(flow_run.id)
     deferral = decide(job, operations, now, readings, since)
     logger = get_run_logger()

@@ -115,9 +115,10 @@ def free_percent(path: str) -> float | None:
     return 100.0 * stats.f_bavail / stats.f_blocks
 
 
-def host_readings(vault_path: str | None) -> Readings:
-    """Read the host now; ``vault_path``: a local vault's directory (None for a cloud vault)."""
-    busy, disk = disk_busy_percent()
+def host_readings(vault_path: str | None, *, disks: bool = True) -> Readings:
+    """Read the host now; ``vault_path``: a local vault's directory (None for a cloud vault); ``disks`` off: no
+    disk I/O sample (it may take ``SAMPLE_SECONDS``)."""
+    busy, disk = disk_busy_percent() if disks else (None, None)
     return Readings(
         load_per_cpu=load_per_cpu(),
         memory_available_percent=memory_available_percent(),
