@@ -487,7 +487,7 @@ def _holds(config: Any, store: Store) -> list[dict[str, str]]:
 def build_snapshot(config: Any, now: datetime | None = None) -> StackSnapshot:
     """The state of stack ``config`` (a StackConfig, or the local description ``genesis-dr status`` reads)
     as of ``now``, from its vaults, read-only; no chunk is read and nothing is written."""
-    now = now or datetime.now(UTC)
+    now = parse_iso(iso(now or datetime.now(UTC)))  # to the millisecond: the figures add up from taken_at
     objectives = config.objectives
     operations = getattr(config, "operations", None)
     factor = getattr(operations, "slow_factor", 2.0)
