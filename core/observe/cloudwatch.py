@@ -60,10 +60,11 @@ def metric_data(snap: StackSnapshot) -> list[dict[str, Any]]:
     return data
 
 
-def publish_cloudwatch(snap: StackSnapshot, cfg: Any, session_or_client: Any = None) -> int:
+def publish_cloudwatch(snap: StackSnapshot, cfg: Any, session_or_client: Any = None, *, batch: int = BATCH) -> int:
     """Put the metrics of ``snap`` into ``cfg.namespace`` (``cfg``: the stack's CloudWatchConfig); returns the
-    number of data published. ``session_or_client``: a boto3 CloudWatch client, a boto3 Session, or None for
+    number of data published (``batch`` per call). ``session_or_client``: a boto3 CloudWatch client, a boto3 Session, or None for
     boto3's default chain. CloudWatchError (one line, no credentials) if a call is refused or unanswered."""
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     if hasattr(session_or_client, "put_metric_data"):
@@ -72,12 +73,14 @@ def publish_cloudwatch(snap: StackSnapshot, cfg: Any, session_or_client: Any = N
         import boto3
 
         session = session_or_client or boto3.session.Session()
-        client = session.client("cloudwatch", region_name=cfg.region, endpoint_url=cfg.endpoint_url)
+        # Bounded: a metrics push must not hang a scrape loop on an endpoint that does not answer.
+        bounded = Config(connect_timeout=5, read_timeout=15, retries={"total_max_attempts": 3, "mode": "standard"})
+        client = session.client("cloudwatch", region_name=cfg.region, endpoint_url=cfg.endpoint_url, config=bounded)
     data = metric_data(snap)
     where = cfg.endpoint_url or f"CloudWatch {cfg.region or client.meta.region_name}"
-    for start in range(0, len(data), BATCH):
+    for start in range(0, len(data), batch):
         try:
-            client.put_metric_data(Namespace=cfg.namespace, MetricData=data[start : start + BATCH])
+            client.put_metric_data(Namespace=cfg.namespace, MetricData=data[start : start + batch])
         except ClientError as exc:
             err = exc.response.get("Error", {})
             text = " ".join(str(err.get("Message", "")).split())[:160]
