@@ -98,7 +98,7 @@ def check_vault_facts(found: dict, observed) -> None:
         parse_iso(failed.ended_at).timestamp()
     )
     assert one("genesis_dr_failures_total", source="broken-files", activity="backup", error_class="DRError") == 1
-    assert one("genesis_dr_backup_skipped_total", source="app-files", type="incremental") == 0
+    assert one("genesis_dr_backup_skipped_total", source="app-files", type="incremental") == 1
     assert one("genesis_dr_operation_slow", source="app-files", operation="incremental") == 0
 
     last_log = parse_iso(vault.log_pieces("cache")[-1].last_time).timestamp()

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from contextlib import redirect_stdout
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +30,7 @@ from core.engines import engine_for
 from core.errors import DRError
 from core.failover.health import Tracker
 from core.failover.state import StateStore
+from core.history import History
 from core.observe.snapshot import build_snapshot
 from core.operations import backup_source
 from core.replication import replicate
@@ -120,6 +121,8 @@ def build_observed_stack(base: Path, redis_server, stack: str) -> SimpleNamespac
         name="lawsuit-acme", reason="discovery", scope=parse_scope(json.dumps({"backup_ids": [full.id]})),
         contact="legal@example.com", creator="ops@host", catalog=read_catalog(vault, config), signer=signer,
     )  # fmt: skip
+    # an incremental that found the previous one still running (the backup flow records it, H3)
+    History(vault.store).record_skip("app-files", "incremental", datetime.now(UTC), {"host": "h", "pid": 1})
     states = StateStore(vault.store, config.failover)
     claimed = states.claim(0, "us-east-1", "region us-west-2 lost", "failover to us-east-1")
     states.complete(claimed, "completed")
@@ -158,6 +161,7 @@ def test_status_json_holds_the_vaults_facts(observed):
     taken = parse_iso(data["taken_at"])
     assert files["rpo_s"] == round((taken - parse_iso(incr.ended_at)).total_seconds(), 3)
     assert files["late"] is False and files["validations"]["quick"]["passed"] is True
+    assert files["skipped"] == {"incremental": 1}
 
     broken = sources["broken-files"]
     failed = newest(vault, "broken-files", "full", "FAILED")
@@ -218,6 +222,7 @@ def test_status_screen_shows_each_part(observed):
     assert "broken-files: last full FAILED" in text and failed.error.splitlines()[0][:60] in text
     assert "  broken-files quick: FAILED (freshness: no completed backup" in text
     assert "  app-files quick: passed" in text
+    assert "  app-files: skipped (the previous run was still going): 1 incremental" in text
     assert f"RTO {observed.drill.rto_s:.2f} s" in text and "  daily    never run" in text
     assert "  dr-copy: lag " in text and "(1 backups or log pieces missing)" in text
     assert "failover: active region us-east-1 (epoch 1), healthy regions 2/3: us-east-1, eu-west-1" in text
