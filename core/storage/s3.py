@@ -421,22 +421,26 @@ class S3Store(Store):
 
         full = self._key(key)
 
+        # A loop, not a recursive call: a closure that names itself is a reference cycle holding ``data``
+        # (a whole chunk) until the cycle collector runs, which made replication's memory grow with the
+        # vault (peak RSS 107 -> 240 MB for 256 MB of backups).
         def put() -> str | None:
-            checksum = {"ChecksumAlgorithm": "CRC32"} if self._checksummed_puts else {}
-            try:
-                response = self._client.put_object(
-                    Bucket=self.bucket, Key=full, Body=data, **self._class_args(key), **condition, **checksum
-                )
-            except ClientError as exc:
-                if condition and _status(exc) == 412:
-                    return None
-                if not checksum and _wants_checksum(exc):
-                    # An Object Lock bucket with a default retention wants a body checksum on every
-                    # PutObject (we send none by default, see __init__): from now on, send CRC32.
-                    self._checksummed_puts = True
-                    return put()
-                raise
-            return response.get("ETag")
+            while True:
+                checksum = {"ChecksumAlgorithm": "CRC32"} if self._checksummed_puts else {}
+                try:
+                    response = self._client.put_object(
+                        Bucket=self.bucket, Key=full, Body=data, **self._class_args(key), **condition, **checksum
+                    )
+                except ClientError as exc:
+                    if condition and _status(exc) == 412:
+                        return None
+                    if not checksum and _wants_checksum(exc):
+                        # An Object Lock bucket with a default retention wants a body checksum on every
+                        # PutObject (we send none by default, see __init__): from now on, send CRC32.
+                        self._checksummed_puts = True
+                        continue
+                    raise
+                return response.get("ETag")
 
         return self._call(action, key, put)
 
