@@ -1,0 +1,186 @@
+"""The child processes of ``genesis-dr serve``: started so that they die with it, restarted when they die.
+
+Plain processes, no Prefect import: ``cli.serve`` decides what runs (the Prefect server, one worker per
+work pool, the metrics endpoint); this module keeps it running.
+
+* **Nothing outlives serve.** Each child is started through a launcher that asks the kernel to kill it
+  when serve dies (``PR_SET_PDEATHSIG``, as ``cli.prefect_api`` does for the temporary server), so a
+  ``kill -9`` of serve frees the server's port at once and a restart reuses its database. Each child
+  leads a process group of its own: a Ctrl-C in the terminal reaches serve alone, which then stops its
+  children in order (workers first, the server last).
+* **A child that dies is restarted** after a backoff (1 s, doubling up to a minute while it keeps dying
+  within a minute of its start), with one line saying so.
+* **Stopping a worker** is what Ctrl-C on ``prefect worker start`` in a terminal does: SIGINT to its
+  process group, the worker and the flow runs it started (a Prefect worker ignored SIGTERM for 25 s and
+  stopped on SIGINT; a backup stops at its next chunk and records itself FAILED "interrupted",
+  committing nothing; a capture stops after the piece it is shipping), a grace for them to end, then
+  SIGTERM and SIGKILL to whatever is left of the group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Runs in the child before its program: die with the parent (PR_SET_PDEATHSIG = 1, Linux; it survives the
+# exec), stop at once if the parent already died, set the umask when one is given ('-': inherit), exec.
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+        sys.exit("genesis-dr: prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(0)
+if sys.argv[2] != "-":
+    os.umask(int(sys.argv[2], 8))
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+# A child that ran this long before dying is restarted after the first delay again (it was not crash-looping).
+STABLE_AFTER = 60.0
+
+
+@dataclass
+class Child:
+    """One supervised program. ``argv[0]`` must be an absolute path (it is exec'd as is)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    stop_signal: int = signal.SIGTERM
+    grace: float = 10.0  # seconds between stop_signal and SIGTERM/SIGKILL of the whole group
+    umask: int | None = None
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_exits: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+    stopped: bool = field(default=False)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Supervisor:
+    """Starts children, restarts the dead ones (``poll``), stops them in the order given (``stop``)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.children: list[Child] = []
+
+    def start(self, child: Child) -> Child:
+        umask = "-" if child.umask is None else f"{child.umask:o}"
+        child.process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(os.getpid()), umask, *child.argv],
+            env=child.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        child.stopped = False
+        if child not in self.children:
+            self.children.append(child)
+        return child
+
+    def poll(self) -> None:
+        """Restart each child that died (after its backoff); one line per death."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.stopped or child.process is None:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self.start(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            ran = now - child.started_at
+            child.quick_exits = child.quick_exits + 1 if ran < STABLE_AFTER else 0
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.quick_exits - 1))
+            child.restart_at = now + delay
+            self.say(f"{child.name} exited with code {code} after {ran:.0f} s; restarting it in {delay:.0f} s")
+
+    def restart(self, child: Child, reason: str) -> None:
+        """Stop ``child`` now and start it again (e.g. a server that stopped answering)."""
+        self.say(f"{child.name}: {reason}; restarting it")
+        self.stop([child])
+        child.restarts += 1
+        self.start(child)
+
+    def stop(self, children: list[Child]) -> None:
+        """Stop ``children`` together: their stop signal, the grace, SIGTERM to each group, SIGKILL."""
+        for child in children:
+            child.stopped = True
+            child.restart_at = None
+        live = [c for c in children if c.running]
+        for child in live:
+            _signal_group(child, child.stop_signal)
+        deadline = time.monotonic() + max((c.grace for c in live), default=0)
+        while time.monotonic() < deadline and any(_group_alive(c) for c in live):
+            time.sleep(0.2)
+        # What is left in a group: the leader that ignored its signal, or the flow runs a worker left running.
+        left = [c for c in live if _group_alive(c)]
+        for child in left:
+            _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_group_alive(c) for c in left):
+            time.sleep(0.2)
+        for child in left:
+            if _group_alive(child):
+                self.say(f"{child.name} did not stop within {child.grace + 5:.0f} s; killed it")
+                _signal_group(child, signal.SIGKILL)
+        for child in live:
+            assert child.process is not None
+            child.process.wait()
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    assert child.process is not None
+    try:
+        os.killpg(child.process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(child: Child) -> bool:
+    """Whether any process of the child's group (its own, or its flow runs') still runs."""
+    assert child.process is not None
+    child.process.poll()  # reap the leader, so a dead leader does not count as a live zombie
+    try:
+        os.killpg(child.process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _group_has_live_member(child.process.pid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """killpg(0) succeeds while a zombie of the group is unreaped (a flow run reparented elsewhere): look."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False

@@ -1,0 +1,267 @@
+"""``genesis-dr serve`` as an operator runs it: a subprocess with its own Prefect home and port, a stack applied
+by it, a backup run by its worker into the vault, SIGTERM (exit 0, nothing paused), a restart (the same
+deployments, none doubled), a kill -9 (the server's port freed at once) and a restart after it; and the
+systemd unit checked by systemd-analyze."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from tests.servers import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+GENESIS_DR = str(Path(sys.executable).with_name("genesis-dr"))
+READY = "serving stack"
+
+
+def serve_env(home: Path, **extra: str) -> dict[str, str]:
+    """This run's environment without pytest's or Prefect's settings (a fresh shell), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PREFECT_"))}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "GENESIS_DR_SERVE_STOP_GRACE": "10",
+        "GENESIS_DR_STATE_DIR": str(home.parent / "state"),
+    }
+    return env | extra
+
+
+class Served:
+    """A running ``genesis-dr serve`` and its output."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.offset = log.stat().st_size if log.exists() else 0  # several serves share one log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def output(self) -> str:
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 150) -> None:
+        deadline = time.monotonic() + timeout
+        while READY not in self.output():
+            assert self.proc.poll() is None, f"serve exited with {self.proc.returncode}:\n{self.output()[-5000:]}"
+            assert time.monotonic() < deadline, f"serve not ready in {timeout} s:\n{self.output()[-5000:]}"
+            time.sleep(0.3)
+
+    def terminate(self, timeout: float = 60) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def serving(argv: list[str], env: dict[str, str], log: Path):
+    served = Served(argv, env, log)
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.kill()
+
+
+@contextmanager
+def client_at(port: int):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+def run_deployment_and_wait(client, full_name: str, timeout: float = 150, **parameters):
+    """Start a run of ``full_name`` (as the UI's "Quick run" does) and wait for its final state."""
+    deployment = client.read_deployment_by_name(full_name)
+    run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or None)
+    return wait_final(client, run.id, timeout)
+
+
+def wait_final(client, run_id, timeout: float = 150):
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run {run.name} still {run.state and run.state.name}"
+        time.sleep(0.5)
+
+
+def port_free(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+def write_stack(path: Path, stack: dict) -> Path:
+    path.write_text(yaml.safe_dump(stack, sort_keys=False))
+    return path
+
+
+def secret_file(path: Path) -> str:
+    path.write_text("serve-test-passphrase-" + os.urandom(6).hex() + "\n")
+    path.chmod(0o600)
+    return f"file:{path}"
+
+
+def all_off(**on: str) -> dict[str, str]:
+    """Every schedule of the stack off but ``on``: nothing else starts while a test runs."""
+    from core.stack import SchedulesConfig
+
+    return {key: "off" for key in SchedulesConfig.model_fields} | on
+
+
+def prefect_yaml_names() -> set[str]:
+    return {d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+
+
+def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from core.repository.manifest import COMPLETED
+    from core.stack import load_stack_file
+
+    files = tmp_path / "app-files"
+    (files / "config").mkdir(parents=True)
+    (files / "config" / "app.conf").write_text("mode=serve-test\n")
+    stack_file = write_stack(
+        tmp_path / "dr.yaml",
+        {
+            "stack": "default",
+            "vault": {"type": "local", "path": str(tmp_path / "vault")},
+            "encryption": {"passphrase_from": secret_file(tmp_path / "passphrase")},
+            "sources": [{"name": "app-files", "kind": "files", "root": str(files), "paths": ["config"]}],
+            # One schedule on (a daily full): the scheduler must plan its runs; the run itself is started now.
+            "schedules": all_off(full="0 3 * * *"),
+        },
+    )
+    home, port = tmp_path / "prefect-home", free_port()
+    env = serve_env(home)
+    log = tmp_path / "serve.log"
+    argv = [GENESIS_DR, "serve", "--port", str(port)]
+
+    # 1. First start: a server, the stack applied, every deployment registered, a worker; a full runs.
+    with serving([*argv, "--apply", str(stack_file)], env, log) as served:
+        with client_at(port) as client:
+            deployments = client.read_deployments()
+            assert sorted(d.name for d in deployments) == sorted(prefect_yaml_names())
+            first_ids = {d.name: d.id for d in deployments}
+            assert [d.name for d in deployments if d.paused] == []
+            # The scheduler planned runs for every deployment whose schedule is on (the full), none for the others.
+            active = [d for d in deployments if any(s.active for s in d.schedules)]
+            assert [d.name for d in active] == ["full"]
+            deadline = time.monotonic() + 60
+            while True:
+                planned = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[active[0].id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                    ),
+                )
+                if planned or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert planned and all(r.auto_scheduled for r in planned)
+            assert all(r.expected_start_time.hour == 3 and r.expected_start_time.minute == 0 for r in planned)
+
+            run = run_deployment_and_wait(client, "backup/full")
+            assert run.state_type == StateType.COMPLETED, run.state
+            assert run.work_pool_name == "genesis-dr"
+            assert run.labels["prefect.worker.name"] == f"{socket.gethostname()}-genesis-dr"
+        backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
+        assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)]
+
+        code, took = served.terminate()
+        assert code == 0, served.output()[-3000:]
+        assert took < 30, f"SIGTERM took {took:.1f} s"
+    assert "SIGTERM: stopping" in served.output()
+    assert port_free(port)
+
+    # 2. Restart (the stack as applied): the same deployments, none doubled, none paused; then a kill -9.
+    with serving([*argv, "--stack", "default"], env, log) as served:
+        with client_at(port) as client:
+            again = client.read_deployments()
+            assert {d.name: d.id for d in again} == first_ids
+            assert [d.name for d in again if d.paused] == []
+            assert [d.name for d in again if any(s.active for s in d.schedules)] == ["full"]
+        served.proc.kill()
+        served.proc.wait()
+        # The server died with serve (PR_SET_PDEATHSIG): its port is free for the next start at once.
+        deadline = time.monotonic() + 10
+        while not port_free(port):
+            assert time.monotonic() < deadline, "the server outlived a kill -9 of serve"
+            time.sleep(0.2)
+
+    # 3. Start after the kill: the same database and deployments, and it runs backups again.
+    with serving([*argv], env, log) as served:
+        with client_at(port) as client:
+            assert {d.name: d.id for d in client.read_deployments()} == first_ids
+            run = run_deployment_and_wait(client, "backup/full")
+            assert run.state_type == StateType.COMPLETED, run.state
+        code, _ = served.terminate()
+        assert code == 0
+    backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
+    assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)] * 2
+
+
+def test_systemd_unit_is_valid_and_runs_a_real_serve_command_line(tmp_path):
+    """systemd-analyze verifies the unit (with the venv's genesis-dr in place of /opt/genesis-dr), and its
+    ExecStart parses as a genesis-dr serve command line."""
+    from cli.main import build_parser
+
+    unit_text = (REPO / "deployments" / "genesis-dr.service").read_text()
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string(unit_text)
+    service = unit["Service"]
+    assert service["Type"] == "simple" and service["Restart"] == "on-failure"
+    assert service["KillSignal"] == "SIGTERM" and service["KillMode"] == "mixed"
+    assert int(service["TimeoutStopSec"]) >= 10 + 5 + 30 + 10  # the workers' grace, kill steps, the server's
+    assert service["User"] == "genesis-dr" and service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
+    assert "/var/lib/genesis-dr" in service["ReadWritePaths"].split()
+    assert "PREFECT_HOME=/var/lib/genesis-dr/prefect" in unit_text
+    assert "GENESIS_DR_PASSPHRASE_FROM=file:" in unit_text
+
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0] == "/opt/genesis-dr/.venv/bin/genesis-dr"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.apply == "/etc/genesis-dr/dr.yaml" and args.port == 4200
+
+    systemd_analyze = shutil.which("systemd-analyze")
+    assert systemd_analyze, "systemd-analyze not found; install systemd (see .ci/run)"
+    local = tmp_path / "genesis-dr.service"
+    local.write_text(unit_text.replace("/opt/genesis-dr/.venv/bin/genesis-dr", GENESIS_DR))
+    proc = subprocess.run([systemd_analyze, "verify", str(local)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
