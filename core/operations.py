@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from core import cancel
 from core.crypto.keys import Keyring
@@ -19,8 +20,10 @@ from core.errors import (
     DRError,
     LogGapError,
 )
+from core.estimate import estimate_bytes
 from core.repository.log import LogWriter
 from core.repository.manifest import COMPLETED, Manifest
+from core.repository.streams import ByteCounter
 from core.repository.vault import CAPTURE_LEASE_PREFIX, Vault
 from core.restoring import (  # noqa: F401 - re-exported for the tasks
     Progress,
@@ -33,6 +36,9 @@ from core.restoring import (  # noqa: F401 - re-exported for the tasks
     size_text,
     verify_target,
 )
+
+# Told (plaintext bytes done, expected total or None) as chunks move: see backup_source.
+OnBytes = Callable[[int, int | None], None]
 
 
 def choose_base(manifests: list[Manifest], source: str, backup_type: str) -> Manifest:
@@ -98,6 +104,8 @@ def backup_source(
     compression: str = "zstd",
     labels: dict[str, str] | None = None,
     progress: Progress | None = None,
+    on_bytes: OnBytes | None = None,
+    on_begin: Callable[[str, int | None], None] | None = None,
 ) -> Manifest:
     """Take one backup of ``engine``'s source under its lock; returns the committed manifest.
 
@@ -108,6 +116,10 @@ def backup_source(
 
     Every attempt leaves a record: a failure writes a FAILED manifest with the
     error, then the error is raised (never swallowed).
+
+    ``on_bytes(done, total)`` is told the plaintext bytes stored so far after each chunk (from the
+    vault's threads; it must only record them), ``total`` the source's estimated size
+    (``core.estimate``) or None; ``on_begin(backup_id, total)`` once the backup has its id.
     """
     name = engine.config.name
     if backup_type not in engine.backup_types:
@@ -132,6 +144,11 @@ def backup_source(
             chain=(base.chain or base.id) if base else None,
             labels=labels,
         )
+        if on_bytes is not None:
+            total = estimate_bytes(engine, backup_type)
+            writer.moved = ByteCounter(on_bytes, total).add
+            if on_begin is not None:
+                on_begin(writer.id, total)
         reader = _BaseReader(vault, keyring, base.id) if base else None
         try:
             engine.ping()

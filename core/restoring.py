@@ -24,6 +24,7 @@ from core.engines import engine_for
 from core.engines.base import ChainSteps, Engine, StopPoint, compare_checks
 from core.errors import ConfigError, DRError, EngineError, TargetNotEmptyError, VerificationError
 from core.repository.manifest import COMPLETED
+from core.repository.streams import ByteCounter
 from core.repository.vault import Vault
 from core.retention import erasure
 from core.timing import StageClock
@@ -188,12 +189,17 @@ class _Backup:
         self.reader.on_stream_read = loaded
         self.extra: dict = {}
 
+    def count(self, counter: ByteCounter) -> None:
+        self.reader.moved = counter.add
+
     def verify_objects(self) -> int:
+        # The proof read before an in-place restore is not the restore's progress: only the load counts.
         self.reader.on_stream_read, report = None, self.reader.on_stream_read
+        self.reader.moved, moved = None, self.reader.moved
         try:
             return self.reader.verify_objects()
         finally:
-            self.reader.on_stream_read = report
+            self.reader.on_stream_read, self.reader.moved = report, moved
 
     def into(self, engine: Engine, say: Progress) -> tuple[list[str], int]:
         started = time.monotonic()
@@ -244,10 +250,22 @@ class _Chain:
         )
         self.extra: dict = {}
 
+    def count(self, counter: ByteCounter) -> None:
+        for reader in [self.base, *self.layers, self.log]:
+            reader.moved = counter.add
+
     def verify_objects(self) -> int:
-        total = sum(r.verify_objects() for r in [self.base, *self.layers])
-        for record in self.records:
-            total += sum(len(piece) for piece in self.log.iter_piece(record))
+        readers = [self.base, *self.layers, self.log]
+        moved = [r.moved for r in readers]
+        for reader in readers:  # the proof read is not the restore's progress (see _Backup.verify_objects)
+            reader.moved = None
+        try:
+            total = sum(r.verify_objects() for r in [self.base, *self.layers])
+            for record in self.records:
+                total += sum(len(piece) for piece in self.log.iter_piece(record))
+        finally:
+            for reader, told in zip(readers, moved, strict=True):
+                reader.moved = told
         return total
 
     def into(self, engine: Engine, say: Progress) -> tuple[list[str], int]:
@@ -368,6 +386,7 @@ def restore_backup(
     verify: bool = True,
     clock: StageClock | None = None,
     erasure_rules: dict | None = None,
+    on_bytes: Callable[[int, int | None], None] | None = None,
 ) -> RestoreReport:
     """Restore ``backup_id`` into ``engine``'s target and prove it with the recorded checks.
 
@@ -393,6 +412,9 @@ def restore_backup(
     request the keyring cannot open stops the restore before the target changes; a failing
     statement raises ErasureError after it (the restored data stays). With ``verify=False``
     the caller compares first, then calls ``reapply_erasures``.
+
+    ``on_bytes(done, total)`` is told the plaintext bytes loaded so far after each chunk (from the
+    vault's threads; it must only record them), ``total`` the backup's (or the plan's) plaintext size.
     """
     say = progress or _quiet
     manifest = vault.manifest(backup_id)
@@ -414,6 +436,8 @@ def restore_backup(
     else:
         load = _Backup(vault, keyring, backup_id, say, clock)
     load.verify = verify
+    if on_bytes is not None:
+        load.count(ByteCounter(on_bytes, load.plain_bytes))
     return _restore(vault, keyring, load, engine, force, rollback, say, erasure_rules)
 
 
@@ -429,14 +453,17 @@ def restore_chain_plan(
     verify: bool = True,
     clock: StageClock | None = None,
     erasure_rules: dict | None = None,
+    on_bytes: Callable[[int, int | None], None] | None = None,
 ) -> RestoreReport:
     """Execute a point-in-time plan (``core.chains.plan_chain_restore``) exactly as it reads: its
     full, the backups on it and its log pieces, replayed to its stop time, with the same target
     protection as ``restore_backup``. The report gives the recovery point and how it was proven;
-    recorded erasures are re-applied as ``restore_backup`` does."""
+    recorded erasures are re-applied, and ``on_bytes`` told, as ``restore_backup`` does."""
     say = progress or _quiet
     load = _Chain(vault, keyring, plan, say, clock)
     load.verify = verify  # False: only the comparison with the recorded checks is skipped (see restore_backup)
+    if on_bytes is not None:
+        load.count(ByteCounter(on_bytes, load.plain_bytes))
     return _restore(vault, keyring, load, engine, force, rollback, say, erasure_rules)
 
 

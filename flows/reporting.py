@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from core.errors import DRError
 from core.units import human_bytes
@@ -35,16 +35,80 @@ def raise_failures(failures: dict[str, BaseException], what: str) -> None:
     raise error
 
 
-def publish_backup_table(results: list[dict], failures: dict[str, BaseException]) -> None:
-    rows = ["| source | backup id | status | size | stored | position |", "|---|---|---|---|---|---|"]
+TABLE_COLUMNS = (
+    "source",
+    "backup_id",
+    "type",
+    "status",
+    "plain_bytes",
+    "stored_bytes",
+    "seconds",
+    "position",
+    "parent",
+    "note",
+)
+
+
+def backup_rows(results: list[dict], failures: dict[str, BaseException], backup_type: str | None = None) -> list[dict]:
+    """One row per source of a backup run, from the committed manifests' facts (every row has every column).
+
+    A result whose status is SKIPPED (an incremental that would have overlapped a running one) says why in
+    ``note``; a failed source has the id of its FAILED record when the vault got one, and its error."""
+    rows = []
     for r in results:
-        pos = r["position_text"]
+        status = r.get("status") or "COMPLETED"
         rows.append(
-            f"| {r['source']} | `{r['id']}` | {r['status']} | {human_bytes(r['plain_bytes'])} | "
-            f"{human_bytes(r['stored_bytes'])} | {pos} |"
+            {
+                "source": r["source"],
+                "backup_id": r.get("id") or "",
+                "type": r.get("type") or backup_type or "",
+                "status": status,
+                "plain_bytes": r.get("plain_bytes"),
+                "stored_bytes": r.get("stored_bytes"),
+                "seconds": r.get("seconds"),
+                "position": r.get("position_text") or "",
+                "parent": r.get("parent") or "",
+                "note": str(r.get("reason") or r.get("error") or "")[:300],
+            }
         )
     for name, exc in failures.items():
-        rows.append(f"| {name} | - | FAILED | - | - | {str(exc)[:200]} |")
+        rows.append(
+            dict.fromkeys(TABLE_COLUMNS)
+            | {
+                "source": name,
+                "backup_id": getattr(exc, "backup_id", None) or "",
+                "type": getattr(exc, "backup_type", None) or backup_type or "",
+                "status": "FAILED",
+                "position": "",
+                "parent": "",
+                "note": str(exc)[:300],
+            }
+        )
+    return rows
+
+
+def publish_backup_table(
+    results: list[dict], failures: dict[str, BaseException], backup_type: str | None = None
+) -> None:
+    """The run's table artifact (key ``backup-run``: a row per source, sortable in the UI) and its markdown
+    summary (key ``backup-summary``: sizes for people, and every entry a backup left out)."""
+    create_table_artifact(
+        backup_rows(results, failures, backup_type),
+        key="backup-run",
+        description="Backups of this run, one row per source (plaintext and stored bytes, seconds the backup ran)",
+    )
+    rows = ["| source | backup id | status | size | stored | position |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if (r.get("status") or "COMPLETED") != "COMPLETED":  # a skipped incremental: its reason
+            rows.append(f"| {r['source']} | - | {r['status']} | - | - | {str(r.get('reason') or '')[:200]} |")
+            continue
+        rows.append(
+            f"| {r['source']} | `{r['id']}` | {r['status']} | {human_bytes(r['plain_bytes'])} | "
+            f"{human_bytes(r['stored_bytes'])} | {r['position_text']} |"
+        )
+    for name, exc in failures.items():
+        backup_id = getattr(exc, "backup_id", None)
+        rows.append(f"| {name} | {f'`{backup_id}`' if backup_id else '-'} | FAILED | - | - | {str(exc)[:200]} |")
     # Nothing is left out silently: every entry a backup skipped (where the stack allows it) is listed.
     skips = [(r["source"], r["id"], entry) for r in results for entry in r.get("skipped") or []]
     if skips:

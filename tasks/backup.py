@@ -6,9 +6,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core import operations
+from core.chains import parse_iso
 from core.engines import engine_class, engine_for
+from core.units import human_bytes
 from tasks.limits import backup_limit, exclusive
 from tasks.policy import task_options
+from tasks.progress import Progress
 from tasks.run_stack import run_stack
 from tasks.runlog import progress
 
@@ -54,21 +57,47 @@ def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
     config = opened.config
     with exclusive(backup_limit(config.stack, source), f"backup of {source}"):
         vault = config.vault.open(create=True)
-        manifest = operations.backup_source(
-            vault,
-            opened.keyring,
-            engine_for(config.source(source)),
-            backup_type,
-            compression=config.vault.compression,
-            progress=progress(),  # a backup on a base says when it waits for the log to be shipped
-        )
-    summary = manifest.summary() | {"vault": vault.describe()}
+        with Progress(source, f"{backup_type}-backup", f"{backup_type} backup") as shown:
+            try:
+                manifest = operations.backup_source(
+                    vault,
+                    opened.keyring,
+                    engine_for(config.source(source)),
+                    backup_type,
+                    compression=config.vault.compression,
+                    progress=progress(),  # a backup on a base says when it waits for the log to be shipped
+                    on_bytes=shown.on_bytes,
+                    on_begin=shown.on_begin,
+                )
+            except Exception as exc:
+                exc.backup_type = backup_type  # for the run's table (flows/reporting.py)
+                if shown.subject:  # the vault holds its FAILED record: name it (the task's failure line does not)
+                    exc.backup_id = shown.subject
+                    get_run_logger().error(
+                        "%s: %s backup %s FAILED after %s in %.1f s: %s",
+                        source,
+                        backup_type,
+                        shown.subject,
+                        human_bytes(shown.done),
+                        shown.seconds(),
+                        exc,
+                    )
+                raise
+    seconds = manifest_seconds(manifest.summary())
+    summary = manifest.summary() | {"vault": vault.describe(), "seconds": seconds}
     get_run_logger().info(
-        "%s: %s backup %s committed, %d bytes -> %d stored",
+        "%s: %s backup %s committed, %s -> %s stored in %.1f s%s",
         source,
         backup_type,
         manifest.id,
-        manifest.plain_bytes,
-        manifest.stored_bytes,
+        human_bytes(manifest.plain_bytes),
+        human_bytes(manifest.stored_bytes),
+        seconds,
+        f" (on {manifest.parent})" if manifest.parent else "",
     )
     return summary
+
+
+def manifest_seconds(summary: dict) -> float:
+    """How long the backup ran, from its manifest's start and end (what the vault records, not the task's wait)."""
+    return round((parse_iso(summary["ended_at"]) - parse_iso(summary["started_at"])).total_seconds(), 3)

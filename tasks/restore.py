@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core import operations
@@ -14,8 +14,10 @@ from core.planning import plan_chain_from, plan_restore_from
 from core.replication import open_vault
 from core.stack import restore_sources
 from core.times import read_operator_time
+from core.units import human_bytes
 from tasks.limits import exclusive, restore_limit
 from tasks.policy import task_options
+from tasks.progress import Progress
 from tasks.run_stack import run_stack
 from tasks.runlog import progress
 
@@ -60,7 +62,10 @@ def restore_backup_task(
     opened = run_stack(stack)
     config = opened.config
     engine = engine_for(restore_target(config, source, target, target_source))
-    with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
+    with (
+        exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"),
+        Progress(source, "restore", "restore of", subject=backup_id) as shown,
+    ):
         report = operations.restore_backup(
             open_vault(config, vault),
             opened.keyring,
@@ -69,8 +74,28 @@ def restore_backup_task(
             force=force,
             progress=progress(),
             erasure_rules=config.retention.erasure,  # the stack's current rules win over those recorded
+            on_bytes=shown.on_bytes,
         )
+    log_restored(source, report)
     return report.to_dict()
+
+
+def log_restored(source: str, report) -> None:
+    """The restore's event line: source, backup (and recovery point), target, size, time, proof."""
+    point = report.recovery_point
+    to = f" to {point.get('time')}" if point else ""
+    rollback = f"; rollback point {report.rollback_backup_id}" if report.rollback_backup_id else ""
+    get_run_logger().info(
+        "%s: restore of %s%s into %s done, %s in %.1f s, %d checks verified%s",
+        source,
+        report.backup_id,
+        to,
+        report.target,
+        human_bytes(report.plain_bytes),
+        report.seconds,
+        report.verified_checks,
+        rollback,
+    )
 
 
 @task(name="select-restore-sources", cache_policy=NO_CACHE, **task_options("plan"))
@@ -117,7 +142,10 @@ def restore_chain_task(
     opened = run_stack(stack)
     config = opened.config
     engine = engine_for(restore_target(config, source, target, target_source))
-    with exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"):
+    with (
+        exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"),
+        Progress(source, "restore", "restore to", subject=f"{plan['recovery_time']} from {plan['base_id']}") as shown,
+    ):
         report = operations.restore_chain_plan(
             open_vault(config, vault),
             opened.keyring,
@@ -126,5 +154,7 @@ def restore_chain_task(
             force=force,
             progress=progress(),
             erasure_rules=config.retention.erasure,
+            on_bytes=shown.on_bytes,
         )
+    log_restored(source, report)
     return report.to_dict()

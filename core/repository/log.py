@@ -26,7 +26,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO
@@ -375,6 +375,7 @@ class LogReader:
             max_workers=store.capabilities.io_threads, thread_name_prefix=f"logread-{source[:12]}"
         )
         self.clock: StageClock | None = None  # set by a drill: fetch/decrypt seconds of the pieces read
+        self.moved: Callable[[int], None] | None = None  # set by a restore: plaintext bytes of each chunk read
 
     def _opened(self, record: PieceRecord) -> tuple[Opener, str]:
         data_key = self._keys.get(record.key_id)
@@ -384,7 +385,16 @@ class LogReader:
     def iter_piece(self, record: PieceRecord) -> Iterator[bytes]:
         opener, prefix = self._opened(record)
         return iter(
-            StreamReader(self.store, opener, self._pool, record.id, record.stream, prefix=prefix, clock=self.clock)
+            StreamReader(
+                self.store,
+                opener,
+                self._pool,
+                record.id,
+                record.stream,
+                prefix=prefix,
+                clock=self.clock,
+                moved=self.moved,
+            )
         )
 
     @contextmanager

@@ -33,6 +33,27 @@ from core.repository.manifest import ChunkRecord, StreamRecord
 from core.storage.base import ObjectNotFound, Store
 from core.timing import StageClock
 
+# Told the plaintext bytes of each chunk as it moves (stored by a writer, handed over by a reader):
+# once per chunk, never per read, so a progress display costs nothing in the data path.
+Moved = Callable[[int], None]
+
+
+class ByteCounter:
+    """A running total of the bytes an operation moved, from any of its threads, told to
+    ``on_bytes(done, total)`` (``total``: the expected size, None when unknown) after each chunk."""
+
+    def __init__(self, on_bytes: Callable[[int, int | None], None], total: int | None = None) -> None:
+        self._on_bytes, self.total = on_bytes, total
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        # Told under the lock, so ``done`` reaches the callback in increasing order; the callback only
+        # records the figures (tasks/progress.py draws and publishes them from its own thread).
+        with self._lock:
+            self.done += n
+            self._on_bytes(self.done, self.total)
+
 
 def in_flight(store: Store) -> int:
     """Chunks buffered or in transfer at once for ``store``: twice the requests
@@ -62,8 +83,10 @@ class StreamWriter:
         chunk_size: int,
         slots: threading.Semaphore,
         prefix: str | None = None,
+        moved: Moved | None = None,
     ):
         self._prefix = prefix
+        self._moved = moved
         self._store, self._sealer, self._pool = store, sealer, pool
         self._backup_id, self.name, self._chunk_size = backup_id, name, chunk_size
         self._buf = bytearray()
@@ -97,6 +120,8 @@ class StreamWriter:
             self._hash_in_order(index, data)
             blob = self._sealer.seal(self.name, index, final, data)
             self._store.put(chunk_key(self._backup_id, self.name, index, self._prefix), blob)
+            if self._moved is not None:
+                self._moved(len(data))
             return ChunkRecord(sha256=hashlib.sha256(blob).hexdigest(), stored=len(blob), plain=len(data))
         finally:
             self._slots.release()
@@ -160,8 +185,10 @@ class StreamReader:
         record: StreamRecord,
         prefix: str | None = None,
         clock: StageClock | None = None,
+        moved: Moved | None = None,
     ):
         self._prefix = prefix
+        self._moved = moved
         self._clock = clock  # a drill's: store GETs are "fetch", checking and opening a chunk "decrypt"
         self._store, self._opener, self._pool = store, opener, pool
         self._backup_id, self.record = backup_id, record
@@ -230,6 +257,8 @@ class StreamReader:
                     next_index += 1
                 data = ahead.popleft().result()
                 size += len(data)
+                if self._moved is not None:
+                    self._moved(len(data))
                 yield data
         finally:
             for fut in ahead:

@@ -712,6 +712,8 @@ class BackupWriter:
         self._streams: list[StreamRecord] = []
         self._open: list[StreamWriter] = []
         self._chunk_size = default_chunk_size()
+        # Told the plaintext bytes of every chunk once it is stored (core.repository.streams.ByteCounter.add).
+        self.moved: Callable[[int], None] | None = None
         self._base = dict(
             id=self.id,
             source=source,
@@ -756,7 +758,9 @@ class BackupWriter:
         with self._registry:
             if not _STREAM_NAME.match(name) or any(s.name == name for s in self._streams + self._open):
                 raise ValueError(f"invalid or duplicate stream name {name!r}")
-            writer = StreamWriter(self.store, self._sealer, self._pool, self.id, name, self._chunk_size, self._slots)
+            writer = StreamWriter(
+                self.store, self._sealer, self._pool, self.id, name, self._chunk_size, self._slots, moved=self.moved
+            )
             self._open.append(writer)
         return writer
 
@@ -843,6 +847,7 @@ class BackupReader:
         # keys.json re-wrapped by a key rotation that has not re-signed the manifest yet.
         self.rotation_in_progress = False
         self.clock: StageClock | None = None  # set by a drill: fetch/decrypt seconds of this reader's chunks
+        self.moved: Callable[[int], None] | None = None  # set by a restore: plaintext bytes of each chunk read
         self._opener = Opener(data_key, manifest.id)
         self._pool = ThreadPoolExecutor(
             max_workers=vault.store.capabilities.io_threads, thread_name_prefix=f"open-{manifest.id[-8:]}"
@@ -869,7 +874,13 @@ class BackupReader:
     def iter_stream(self, name: str) -> Iterator[bytes]:
         pieces = iter(
             StreamReader(
-                self.vault.store, self._opener, self._pool, self.manifest.id, self._record(name), clock=self.clock
+                self.vault.store,
+                self._opener,
+                self._pool,
+                self.manifest.id,
+                self._record(name),
+                clock=self.clock,
+                moved=self.moved,
             )
         )
         return pieces if self.on_stream_read is None else self._reported(name, pieces, self.on_stream_read)
