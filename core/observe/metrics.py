@@ -203,9 +203,11 @@ def write_textfile(path: str, registry: CollectorRegistry) -> None:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port). ``:9464`` listens on every interface (node-exporter's convention);
+    """``HOST:PORT`` -> (host, port). ``:9464`` (or ``9464``) listens on every interface (node-exporter's convention);
     ``127.0.0.1:9464`` on the loopback only; ``[::]:9464`` on every IPv6 interface. ValueError if malformed."""
     host, sep, port = text.rpartition(":")
+    if not sep and text.isdigit():
+        host, sep, port = "", ":", text  # a bare port: every interface, as ':PORT'
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT (e.g. ':9464' or '127.0.0.1:9464')")
     host = host.strip("[]") or "0.0.0.0"
