@@ -28,17 +28,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pymysql
 import pymysql.cursors
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core import tls
 from core.errors import redact
 from core.failover.health import Check
 from core.sources import MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig
+from core.tls import TLSConfig
 
 DEFAULT_TIMEOUT = 5.0
 PRIMARY = "primary"
@@ -54,21 +56,24 @@ def _one_line(exc: BaseException, secrets: list[str]) -> str:
 
 
 def _guarded(
-    name: str, label: str, remedy: str, secrets: list[str], probe: Callable[[float], list[Check]]
+    name: str,
+    label: str,
+    remedy: str,
+    secrets: list[str],
+    probe: Callable[[float], list[Check]],
+    tls_of: tuple[Any, TLSConfig | None] | None = None,
 ) -> list[Check]:
-    """Run ``probe``; any failure becomes one failed ``name`` check (latency = time until it failed)."""
+    """Run ``probe``; any failure becomes one failed ``name`` check (latency = time until it failed).
+    ``tls_of`` (the source config, its TLS): a certificate or name refused says so and how to fix it."""
     started = time.monotonic()
     try:
         return probe(started)
     except Exception as exc:  # noqa: BLE001 - a probe reports every failure as a failed check, never raises
-        return [
-            Check(
-                name=name,
-                ok=False,
-                latency_s=time.monotonic() - started,
-                detail=f"{label} unreachable: {_one_line(exc, secrets)}; {remedy}",
-            )
-        ]
+        detail = f"{label} unreachable: {_one_line(exc, secrets)}; {remedy}"
+        if tls_of is not None and tls_of[1] is not None and tls.tls_problem(exc):
+            cfg = tls_of[0]
+            detail = str(tls.tls_error(cfg.name, f"{cfg.host}:{cfg.port}", exc, tls_of[1], cfg.kind))
+        return [Check(name=name, ok=False, latency_s=time.monotonic() - started, detail=detail)]
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -104,8 +109,7 @@ def probe_postgres(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) 
         )
         if cfg.password is not None:
             kwargs["password"] = cfg.password.get_secret_value()
-        if cfg.sslmode:
-            kwargs["sslmode"] = cfg.sslmode
+        kwargs.update(tls.libpq_params(cfg.tls, cfg.host, cfg.sslmode))
         with psycopg.connect(**kwargs) as conn:
             standby, status, lag_bytes, lag_s, paused, replicas = conn.execute(_PG_STATE).fetchone()
         latency = time.monotonic() - started
@@ -142,7 +146,14 @@ def probe_postgres(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) 
         )
         return checks
 
-    return _guarded("postgres.connect", label, "check the server is running and reachable", cfg.secrets(), probe)
+    return _guarded(
+        "postgres.connect",
+        label,
+        "check the server is running and reachable",
+        cfg.secrets(),
+        probe,
+        (cfg, tls.postgres_tls(cfg.tls, cfg.sslmode)),
+    )
 
 
 # ---------------------------------------------------------------- MariaDB / MySQL
@@ -184,7 +195,7 @@ def probe_mysql(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
         if cfg.socket:
             kwargs["unix_socket"] = cfg.socket
         else:
-            kwargs.update(host=cfg.host, port=cfg.port)
+            kwargs.update(host=cfg.host, port=cfg.port, **tls.pymysql_ssl(cfg.tls, label))
         with pymysql.connect(**kwargs) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute("SELECT @@read_only AS read_only, @@gtid_slave_pos AS applied")
             row = cur.fetchone()
@@ -247,7 +258,9 @@ def probe_mysql(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
         )
         return checks
 
-    return _guarded("mysql.connect", label, "check the server is running and reachable", cfg.secrets(), probe)
+    return _guarded(
+        "mysql.connect", label, "check the server is running and reachable", cfg.secrets(), probe, (cfg, cfg.tls)
+    )
 
 
 # ---------------------------------------------------------------- Redis
@@ -260,7 +273,9 @@ def probe_redis(cfg: RedisSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
     label = f"redis '{cfg.name}' at {cfg.host}:{cfg.port}"
 
     def probe(started: float) -> list[Check]:
-        client = redis.Redis(
+        client = tls.redis_client(
+            cfg.tls,
+            cfg.name,
             host=cfg.host,
             port=cfg.port,
             username=cfg.username,
@@ -314,7 +329,9 @@ def probe_redis(cfg: RedisSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> lis
         )
         return checks
 
-    return _guarded("redis.ping", label, "check the server is running and reachable", cfg.secrets(), probe)
+    return _guarded(
+        "redis.ping", label, "check the server is running and reachable", cfg.secrets(), probe, (cfg, cfg.tls)
+    )
 
 
 # ---------------------------------------------------------------- HTTP

@@ -22,6 +22,7 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core import tls
 from core.failover.probes import _gtid_behind, _one_line
 from core.sources import MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig
 
@@ -90,8 +91,7 @@ def _pg_connect(cfg: PostgresSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> 
     )
     if cfg.password is not None:
         kwargs["password"] = cfg.password.get_secret_value()
-    if cfg.sslmode:
-        kwargs["sslmode"] = cfg.sslmode
+    kwargs.update(tls.libpq_params(cfg.tls, cfg.host, cfg.sslmode))
     return psycopg.connect(**kwargs)
 
 
@@ -214,8 +214,13 @@ def _conninfo(cfg: PostgresSourceConfig) -> str:
     parts = {"host": cfg.host, "port": str(cfg.port), "user": cfg.user, "application_name": "genesis-dr-standby"}
     if cfg.password is not None:
         parts["password"] = cfg.password.get_secret_value()
-    if cfg.sslmode:
-        parts["sslmode"] = cfg.sslmode
+    # The standby's own libpq reads this on the standby's host: the mode, the CA file named in the stack file
+    # (it must exist there too) and the name to check; never this worker's system CA path or client key.
+    params = tls.libpq_params(cfg.tls, cfg.host, cfg.sslmode)
+    parts.update({k: v for k, v in params.items() if k in ("sslmode", "host", "hostaddr")})
+    resolved = tls.postgres_tls(cfg.tls, cfg.sslmode)
+    if resolved is not None and resolved.ca_file and resolved.verify:
+        parts["sslrootcert"] = resolved.ca_file
     return " ".join(f"{k}={quote(v)}" for k, v in parts.items())
 
 
@@ -266,7 +271,7 @@ def _my_connect(cfg: MySQLSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> pym
     if cfg.socket:
         kwargs["unix_socket"] = cfg.socket
     else:
-        kwargs.update(host=cfg.host, port=cfg.port)
+        kwargs.update(host=cfg.host, port=cfg.port, **tls.pymysql_ssl(cfg.tls, _my_label(cfg)))
     return pymysql.connect(**kwargs)
 
 
@@ -418,7 +423,9 @@ def _rd_label(cfg: RedisSourceConfig) -> str:
 
 
 def _rd_client(cfg: RedisSourceConfig, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
-    return redis.Redis(
+    return tls.redis_client(
+        cfg.tls,
+        cfg.name,
         host=cfg.host,
         port=cfg.port,
         username=cfg.username,

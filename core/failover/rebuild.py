@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import tls
 from core.engines.mysql.engine import MySQLEngine
 from core.engines.tools import Tool, last_line
 from core.errors import EngineError
@@ -129,8 +130,7 @@ def _source_conninfo(cfg: PostgresSourceConfig) -> str:
 
     parts = {"host": cfg.host, "port": str(cfg.port), "user": cfg.user, "dbname": cfg.database}
     parts["application_name"] = "genesis-dr-standby"
-    if cfg.sslmode:
-        parts["sslmode"] = cfg.sslmode
+    parts.update(tls.libpq_params(cfg.tls, cfg.host, cfg.sslmode))
     return " ".join(f"{k}={quote(v)}" for k, v in parts.items())
 
 

@@ -144,7 +144,9 @@ def start_postgres(box: Sandbox, config: Any, port: int) -> Any:
             "port": port,
             "user": "postgres",
             "password": SecretStr(password),
+            # A throw-away server on this host, reached over loopback: no TLS (it has no certificate).
             "sslmode": None,
+            "tls": None,
             "data_dir": None,
         }
     )
@@ -157,7 +159,9 @@ def physical_postgres(box: Sandbox, config: Any, port: int) -> Any:
         _reachable(box, "postgres")
     pg_ctl = shutil.which("pg_ctl")
     box.add_cluster(box.path / "data", "postgres", pg_ctl)
-    return config.model_copy(update={"host": HOST, "port": port, "data_dir": str(box.path / "data"), "sslmode": None})
+    return config.model_copy(
+        update={"host": HOST, "port": port, "data_dir": str(box.path / "data"), "sslmode": None, "tls": None}
+    )
 
 
 # -- MariaDB / MySQL ------------------------------------------------------------------------
@@ -224,6 +228,7 @@ def start_mysql(box: Sandbox, config: Any, port: int) -> Any:
             "socket": None,
             "user": SANDBOX_MYSQL_USER,
             "password": SecretStr(password),
+            "tls": None,
         }
     )
 
@@ -250,7 +255,9 @@ def start_redis(box: Sandbox, config: Any, port: int) -> Any:
     conf = _secret_file(home / "redis.conf", "\n".join(lines) + "\n", None)
     _spawn([binary, str(conf)], home / "stdout.log", box)
     wait_listening(box.procs[-1], port, log, "redis-server", config.name)
-    return config.model_copy(update={"host": HOST, "port": port, "username": None, "password": SecretStr(password)})
+    return config.model_copy(
+        update={"host": HOST, "port": port, "username": None, "password": SecretStr(password), "tls": None}
+    )
 
 
 # -- files ----------------------------------------------------------------------------------

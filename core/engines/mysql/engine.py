@@ -65,6 +65,7 @@ from typing import Any
 
 import pymysql
 
+from core import tls
 from core.engines import tools
 from core.engines.base import (
     BackupResult,
@@ -412,7 +413,7 @@ class MySQLEngine(Engine):
         if cfg.socket:
             kwargs["unix_socket"] = cfg.socket
         else:
-            kwargs.update(host=cfg.host, port=cfg.port)
+            kwargs.update(host=cfg.host, port=cfg.port, **tls.pymysql_ssl(cfg.tls, self._where()))
         try:
             return pymysql.connect(**kwargs)
         except pymysql.err.MySQLError as exc:
@@ -440,6 +441,9 @@ class MySQLEngine(Engine):
             conn.close()
 
     def _unavailable(self, exc: Exception, database: str | None) -> SourceUnavailableError:
+        cfg = self.config
+        if cfg.tls is not None and not cfg.socket and tls.tls_problem(exc):
+            return tls.tls_error(cfg.name, f"{cfg.host}:{cfg.port}", exc, cfg.tls, "mysql")
         code = exc.args[0] if exc.args else None
         if code in _LOGIN_REFUSED:
             reason = f"login refused for user '{self.config.user}'; check user and password (and its grants) in the stack file"
@@ -464,7 +468,7 @@ class MySQLEngine(Engine):
         if cfg.socket:
             args += [f"--socket={cfg.socket}", "--protocol=SOCKET"]
         else:
-            args += [f"--host={cfg.host}", f"--port={cfg.port}", "--protocol=TCP"]
+            args += [f"--host={cfg.host}", f"--port={cfg.port}", "--protocol=TCP", *tls.mysql_tool_args(cfg.tls)]
         return args
 
     @contextmanager

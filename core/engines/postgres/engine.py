@@ -119,6 +119,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from core import tls
 from core.engines import tools
 from core.engines.base import (
     BackupResult,
@@ -289,8 +290,7 @@ class PostgresEngine(Engine):
         )
         if c.password is not None:
             kwargs["password"] = c.password.get_secret_value()
-        if c.sslmode:
-            kwargs["sslmode"] = c.sslmode
+        kwargs.update(tls.libpq_params(c.tls, c.host, c.sslmode))
         return kwargs
 
     def _connect(self, dbname: str | None = None) -> psycopg.Connection:
@@ -312,6 +312,9 @@ class PostgresEngine(Engine):
 
     def _unavailable(self, exc: BaseException, dbname: str) -> SourceUnavailableError:
         text = redact(str(exc), self.config.secrets())
+        c = self.config
+        if tls.postgres_tls(c.tls, c.sslmode) is not None and tls.tls_problem(text):
+            return tls.tls_error(c.name, f"{c.host}:{c.port}", text, tls.postgres_tls(c.tls, c.sslmode), "postgres")
         low = text.lower()
         user = self.config.user
         transient = False  # only what may pass by itself is retried by the flows
@@ -349,8 +352,7 @@ class PostgresEngine(Engine):
         )
         if c.password is not None:
             env["PGPASSWORD"] = c.password.get_secret_value()
-        if c.sslmode:
-            env["PGSSLMODE"] = c.sslmode
+        env.update(tls.libpq_env(tls.libpq_params(c.tls, c.host, c.sslmode)))
         if session_options:
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + session_options).strip()
         return env
@@ -364,6 +366,8 @@ class PostgresEngine(Engine):
         errors = [ln for ln in text.splitlines() if "error:" in ln or "FATAL:" in ln or "ERROR:" in ln]
         detail = (errors[-1] if errors else last_line(text) or "no message").strip()
         low = text.lower()
+        if tls.postgres_tls(self.config.tls, self.config.sslmode) is not None and tls.tls_problem(text):
+            return self._unavailable(RuntimeError(text), self.config.database)
         if "connection to server" in low and ("failed" in low or "refused" in low):
             return self._unavailable(RuntimeError(text), self.config.database)
         if "server version mismatch" in low:

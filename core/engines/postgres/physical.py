@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from core import tls
 from core.engines.base import BackupResult, StreamSink
 from core.engines.tools import last_line, stream_into
 from core.errors import EngineError, LogGapError, redact
@@ -64,8 +65,7 @@ def replication_conninfo(engine: PostgresEngine, application: str) -> str:
     """A conninfo for the replication tools (``-d``); the password travels in PGPASSWORD only."""
     c = engine.config
     fields: dict[str, Any] = dict(host=c.host, port=c.port, user=c.user, application_name=application)
-    if c.sslmode:
-        fields["sslmode"] = c.sslmode
+    fields.update(tls.libpq_params(c.tls, c.host, c.sslmode))
     return make_conninfo("", **fields)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from core import tls
 from core.engines.base import (
     BackupResult,
     BaseBackup,
@@ -177,7 +179,9 @@ class RedisEngine(Engine):
         return self.config.password.get_secret_value() if self.config.password else None
 
     def _client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(
+        return tls.redis_client(
+            self.config.tls,
+            self.config.name,
             host=self.config.host,
             port=self.config.port,
             username=self.config.username,
@@ -192,7 +196,8 @@ class RedisEngine(Engine):
 
     def _pipe(self, db: int) -> RespPipe:
         """A plain pipelined connection (hiredis replies) for the per-key commands."""
-        return RespPipe(self.config.host, self.config.port, self.config.username, self._password(), db, self.label)
+        c = self.config
+        return RespPipe(c.host, c.port, c.username, self._password(), db, self.label, c.tls, c.name)
 
     @contextmanager
     def _talking(self, what: str) -> Iterator[None]:
@@ -213,9 +218,15 @@ class RedisEngine(Engine):
                 f"{self.label}: the user may not run {what}; grant it in the server's ACL"
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            c = self.config
+            if c.tls is not None and (tls.tls_problem(exc) or isinstance(exc.__context__, ssl.SSLError)):
+                raise tls.tls_error(c.name, f"{c.host}:{c.port}", exc, c.tls, "redis") from None
             reason = connection_reason(exc.__context__) if exc.__context__ else "connection failed"
             if "refused" in str(exc).lower():
                 reason = "connection refused"
+            elif c.tls is None and isinstance(exc.__context__, ConnectionResetError):
+                # What a TLS-only port does to a plain client.
+                reason += " (if it takes TLS only, set tls: in the stack file)"
             raise SourceUnavailableError(
                 f"{self.label}: {reason}; check the server is running and host/port in the stack file",
                 # refused, reset or timed out: the task retries with backoff (an unknown host name: no)
@@ -441,6 +452,8 @@ class RedisEngine(Engine):
             announce_eof=self.announce_eof,
             rdb_only=rdb_only,
             resume=resume,
+            tls_config=self.config.tls,
+            name=self.config.name,
         )
 
     # --- log capture and point-in-time restore (core.engines.redis.stream) ----

@@ -13,8 +13,9 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from core.engines.redis.sync import CONNECT_TIMEOUT, IO_TIMEOUT, RespError, connection_reason, transient_os_error
+from core.engines.redis.sync import IO_TIMEOUT, RespError, connection_reason, open_link, transient_os_error
 from core.errors import EngineError, SourceUnavailableError, redact
+from core.tls import TLSConfig
 
 try:
     import hiredis
@@ -39,16 +40,20 @@ def command(*args: bytes | str | int) -> bytes:
 class RespPipe:
     """One connection, logged in and on database ``db``."""
 
-    def __init__(self, host: str, port: int, username: str | None, password: str | None, db: int, label: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str | None,
+        password: str | None,
+        db: int,
+        label: str,
+        tls_config: TLSConfig | None = None,
+        name: str = "",
+    ) -> None:
         self.label = label
         self._secrets = [password]
-        try:
-            self.sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            raise SourceUnavailableError(
-                f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
-                transient=transient_os_error(exc),
-            ) from None
+        self.sock = open_link(host, port, label, tls_config, name)
         self.sock.settimeout(IO_TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = hiredis.Reader(replyError=RespError) if hiredis is not None else None

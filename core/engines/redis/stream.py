@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import struct
 import threading
 import time
@@ -46,6 +45,7 @@ from core.engines.redis.sync import (
     ReplicaSync,
     RespError,
     connection_reason,
+    readable,
     transient_os_error,
 )
 from core.errors import ConfigError, DRError, EngineError, IntegrityError, LogGapError, SourceUnavailableError
@@ -496,8 +496,7 @@ class Capture:
             data = leftover
             leftover = b""
             if not data:
-                readable, _, _ = select.select([sock], [], [], 0.2)
-                if readable:
+                if readable(sock, 0.2):
                     try:
                         data = sock.recv(RECV_SIZE)
                     except OSError as exc:

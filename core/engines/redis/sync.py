@@ -1,4 +1,4 @@
-"""The Redis replication protocol, both sides, over plain sockets.
+"""The Redis replication protocol, both sides, over plain (or, to a TLS source, TLS) sockets.
 
 Backup plays a *replica*: ``PSYNC ? -1`` makes the master fork and send a
 consistent RDB snapshot over the socket, so nothing has to be read from the
@@ -14,13 +14,16 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core import tls
 from core.engines.redis.rdb import ByteReader
 from core.errors import TRANSIENT_OS_ERRORS, EngineError, SourceUnavailableError, redact
+from core.tls import TLSConfig
 
 CONNECT_TIMEOUT = 10.0
 # Masters send a newline every second while they prepare the snapshot, and data
@@ -56,6 +59,39 @@ def connection_reason(exc: BaseException) -> str:
 def transient_os_error(exc: BaseException) -> bool:
     """A socket failure that may pass by itself (refused, reset, timed out): the task retries it."""
     return isinstance(exc, TRANSIENT_OS_ERRORS)
+
+
+def open_link(host: str, port: int, label: str, tls_config: TLSConfig | None, name: str) -> socket.socket:
+    """A connected socket to the server, over TLS when ``tls_config`` says so (the handshake verified
+    here: a refused certificate is a TLSError naming the source and the remedy)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise SourceUnavailableError(
+            f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
+            transient=transient_os_error(exc),
+        ) from None
+    if tls_config is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, tls_config, host, label)
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        raise tls.tls_error(name, f"{host}:{port}", exc, tls_config, "redis") from None
+    except OSError as exc:
+        # A plain server closes or resets the link on our ClientHello: it does not speak TLS there.
+        if isinstance(exc, ConnectionResetError | BrokenPipeError) or tls.tls_problem(exc):
+            raise tls.tls_error(name, f"{host}:{port}", "server does not support SSL", tls_config, "redis") from None
+        raise SourceUnavailableError(
+            f"{label}: {connection_reason(exc)} during the TLS handshake; check the server and tls: in the stack file",
+            transient=transient_os_error(exc),
+        ) from None
+
+
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether a recv on ``sock`` returns without waiting: TLS may hold decrypted bytes select cannot see."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 def is_auth_error(message: str) -> bool:
@@ -187,18 +223,14 @@ class ReplicaSync:
         announce_eof: bool = True,
         rdb_only: bool = True,
         resume: tuple[str, int] | None = None,
+        tls_config: TLSConfig | None = None,
+        name: str = "",
     ) -> None:
         self.label = label
         self._rdb_only = rdb_only
         self._resume = resume
         self._secrets = [password]
-        try:
-            sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            raise SourceUnavailableError(
-                f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
-                transient=transient_os_error(exc),
-            ) from None
+        sock = open_link(host, port, label, tls_config, name)
         sock.settimeout(IO_TIMEOUT)
         self.conn = RespSocket(sock)
         try:

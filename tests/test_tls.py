@@ -1,0 +1,222 @@
+"""TLS to every source: backup and restore round trips over verified TLS to PostgreSQL, MariaDB and
+Redis servers that accept TLS only, and the one-line TLSError (exit 36) for a wrong CA, a wrong name
+and a server without TLS. One server of each kind for the module (tests/fixtures_tls.py)."""
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core import tls
+from core.crypto.keys import Keyring
+from core.engines.mysql.engine import MySQLEngine
+from core.engines.postgres.engine import PostgresEngine
+from core.engines.redis.engine import RedisEngine
+from core.errors import TLSError
+from core.operations import backup_source, restore_backup
+from core.repository.manifest import COMPLETED
+from core.repository.vault import Vault
+from core.storage.local import LocalStore
+from core.tls import TLSConfig
+
+# The TLS servers are fixtures of this module alone (tests/conftest.py does not load fixtures_tls).
+from tests.fixtures_tls import (  # noqa: F401
+    OTHER_NAME,
+    mysql_tls_server,
+    pg_tls_server,
+    redis_tls_server,
+    tls_pki,
+)
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory) -> Vault:
+    return Vault.open(LocalStore(tmp_path_factory.mktemp("tls-vault") / "vault"), create=True)
+
+
+@pytest.fixture(scope="module")
+def keyring() -> Keyring:
+    return Keyring(passphrase="tls-test-passphrase")
+
+
+def _tls(pki, **fields) -> TLSConfig:
+    return TLSConfig(**{"ca_file": str(pki.ca), **fields})
+
+
+def _assert_tls_error(excinfo, name: str, port: int, *words: str) -> str:
+    message = str(excinfo.value)
+    assert excinfo.value.exit_code == 36
+    assert "\n" not in message
+    assert f"'{name}'" in message
+    for word in words:
+        assert word in message, message
+    assert "BEGIN" not in message and "PRIVATE" not in message
+    return message
+
+
+# ---------------------------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgres_logical_round_trip_over_verified_tls(pg_tls_server, tls_pki, vault, keyring):
+    server = pg_tls_server
+    source_db = server.create_database(server.fresh_database_name())
+    with server.connect(source_db) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric(12,2))")
+        conn.execute("INSERT INTO accounts SELECT g, 'owner-' || g, g * 1.25 FROM generate_series(1, 500) g")
+        rows = conn.execute("SELECT * FROM accounts ORDER BY id").fetchall()
+    engine = PostgresEngine(server.config("pg-tls", source_db, tls=_tls(tls_pki), backup_method="logical"))
+    with engine._connect() as conn:  # the engine's own session is encrypted
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+
+    manifest = backup_source(vault, keyring, engine)
+    assert manifest.status == COMPLETED
+
+    target_db = server.fresh_database_name()
+    target = PostgresEngine(server.config("pg-tls", target_db, tls=_tls(tls_pki)))
+    restore_backup(vault, keyring, manifest.id, target)
+    with server.connect(target_db) as conn:
+        assert conn.execute("SELECT * FROM accounts ORDER BY id").fetchall() == rows
+
+
+def test_postgres_physical_backup_over_tls(pg_tls_server, tls_pki, vault, keyring):
+    # pg_basebackup takes its TLS settings from the environment and the conninfo: hostssl only lets it in over TLS.
+    engine = PostgresEngine(pg_tls_server.config("pg-tls-phys", tls=_tls(tls_pki), backup_method="physical"))
+    manifest = backup_source(vault, keyring, engine)
+    assert manifest.status == COMPLETED
+    assert manifest.position["physical"]
+
+
+def test_postgres_tls_failures_are_one_line_tls_errors(pg_tls_server, tls_pki):
+    server = pg_tls_server
+    where = f"127.0.0.1:{server.port}"
+
+    with pytest.raises(TLSError) as excinfo:
+        PostgresEngine(server.config("pg-wrong-ca", tls=TLSConfig(ca_file=str(tls_pki.wrong_ca)))).ping()
+    _assert_tls_error(excinfo, "pg-wrong-ca", server.port, where, str(tls_pki.wrong_ca), "set tls.ca_file")
+
+    with pytest.raises(TLSError) as excinfo:
+        PostgresEngine(server.config("pg-wrong-name", tls=_tls(tls_pki, server_name=OTHER_NAME))).ping()
+    _assert_tls_error(excinfo, "pg-wrong-name", server.port, f"does not name {OTHER_NAME}", "tls.server_name")
+
+    # verify-ca checks the chain, not the name: the same connection is accepted.
+    PostgresEngine(server.config("pg-ca", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+    # The older sslmode string alone: verify-full against the system store, which does not hold the test CA.
+    with pytest.raises(TLSError) as excinfo:
+        PostgresEngine(server.config("pg-sslmode", sslmode="verify-full")).ping()
+    _assert_tls_error(excinfo, "pg-sslmode", server.port, "the system CA store")
+
+
+# ---------------------------------------------------------------------------------------- MariaDB
+
+
+def test_mysql_round_trip_over_verified_tls(mysql_tls_server, tls_pki, vault, keyring):
+    server = mysql_tls_server
+    source_db = server.create_database("tls")
+    with server.connect(source_db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40), qty INT)")
+        cur.executemany("INSERT INTO orders VALUES (%s, %s, %s)", [(i, f"item-{i}", i % 7) for i in range(1, 301)])
+        cur.execute("SELECT * FROM orders ORDER BY id")
+        rows = cur.fetchall()
+    engine = MySQLEngine(server.config("my-tls", source_db, tls=_tls(tls_pki)))
+    with engine._session(None, "reading the cipher") as (_, cur):
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        assert cur.fetchone()[1].startswith("TLSv1")
+
+    manifest = backup_source(vault, keyring, engine)
+    assert manifest.status == COMPLETED
+
+    target_db = server.fresh_database_name("tlsr")
+    restore_backup(vault, keyring, manifest.id, MySQLEngine(server.config("my-tls", target_db, tls=_tls(tls_pki))))
+    with server.connect(target_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM orders ORDER BY id")
+        assert cur.fetchall() == rows
+
+
+def test_mysql_tls_failures_are_one_line_tls_errors(mysql_tls_server, tls_pki):
+    server = mysql_tls_server
+    where = f"127.0.0.1:{server.port}"
+    with pytest.raises(TLSError) as excinfo:
+        MySQLEngine(server.config("my-wrong-ca", "mysql", tls=TLSConfig(ca_file=str(tls_pki.wrong_ca)))).ping()
+    _assert_tls_error(excinfo, "my-wrong-ca", server.port, where, str(tls_pki.wrong_ca), "set tls.ca_file")
+
+    with pytest.raises(TLSError) as excinfo:
+        MySQLEngine(server.config("my-wrong-name", "mysql", tls=_tls(tls_pki, server_name=OTHER_NAME))).ping()
+    _assert_tls_error(excinfo, "my-wrong-name", server.port, f"does not name {OTHER_NAME}")
+
+    MySQLEngine(server.config("my-ca", "mysql", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+
+
+# ---------------------------------------------------------------------------------------- Redis
+
+
+def _seed(client) -> dict[bytes, bytes]:
+    client.flushall()
+    for i in range(200):
+        client.set(f"k:{i}", f"value-{i}")
+    client.hset("h", mapping={"a": "1", "b": "2"})
+    return {k: client.dump(k) for k in client.keys()}
+
+
+@pytest.mark.parametrize("mode", ["rdb", "logical"])
+def test_redis_round_trip_over_verified_tls(redis_tls_server, tls_pki, vault, keyring, mode):
+    # rdb: the snapshot comes over our own replication link (PSYNC on a TLS socket); logical: pipelined DUMPs.
+    server = redis_tls_server
+    client = server.client()
+    before = _seed(client)
+    config = server.config("cache-tls", mode, tls=_tls(tls_pki))
+    manifest = backup_source(vault, keyring, RedisEngine(config))
+    assert manifest.status == COMPLETED
+
+    client.flushall()
+    restore_backup(vault, keyring, manifest.id, RedisEngine(config))
+    assert {k: client.dump(k) for k in client.keys()} == before
+
+
+def test_redis_tls_failures_are_one_line_tls_errors(redis_tls_server, tls_pki, vault, keyring):
+    server = redis_tls_server
+    where = f"127.0.0.1:{server.port}"
+    for mode in ("rdb", "logical"):
+        with pytest.raises(TLSError) as excinfo:
+            RedisEngine(server.config("rd-wrong-ca", mode, tls=TLSConfig(ca_file=str(tls_pki.wrong_ca)))).ping()
+        _assert_tls_error(excinfo, "rd-wrong-ca", server.port, where, "set tls.ca_file")
+
+    # The replication link (a raw socket of ours) checks the same way.
+    engine = RedisEngine(server.config("rd-wrong-name", "rdb", tls=_tls(tls_pki, server_name=OTHER_NAME)))
+    with pytest.raises(TLSError) as excinfo:
+        engine.replica_sync()
+    _assert_tls_error(excinfo, "rd-wrong-name", server.port, f"does not name {OTHER_NAME}")
+
+    RedisEngine(server.config("rd-ca", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+
+
+def test_tls_to_a_server_without_tls_is_refused(tls_pki, pg_server, redis_session):
+    with pytest.raises(TLSError) as excinfo:
+        PostgresEngine(pg_server.config("pg-plain", tls=_tls(tls_pki))).ping()
+    _assert_tls_error(excinfo, "pg-plain", pg_server.port, "offers no TLS", "remove tls:")
+
+    # A plain Redis never answers a ClientHello: the handshake gives up after the connect timeout, not retried.
+    plain = redis_session("plain")
+    client = tls.redis_client(_tls(tls_pki), "rd-plain", host="127.0.0.1", port=plain.port, socket_connect_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(TLSError) as excinfo:
+        client.ping()
+    assert time.monotonic() - started < 3
+    assert str(excinfo.value) == (
+        f"redis 'rd-plain': server at 127.0.0.1:{plain.port} offers no TLS: enable ssl on the server or remove tls:"
+    )
+
+
+def test_a_missing_ca_file_names_the_source_and_the_field(mysql_tls_server, redis_tls_server, pg_tls_server):
+    missing = TLSConfig(ca_file="/nonexistent/ca.pem")
+    engines = [
+        PostgresEngine(pg_tls_server.config("pg-missing", tls=missing)),
+        MySQLEngine(mysql_tls_server.config("my-missing", "mysql", tls=missing)),
+        RedisEngine(redis_tls_server.config("rd-missing", tls=missing)),
+    ]
+    for engine in engines:
+        with pytest.raises(TLSError) as excinfo:
+            engine.ping()
+        assert f"'{engine.config.name}'" in str(excinfo.value)
+        assert "tls.ca_file /nonexistent/ca.pem: no such file" in str(excinfo.value)
