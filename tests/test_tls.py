@@ -11,6 +11,7 @@ import pytest
 
 from core import tls
 from core.crypto.keys import Keyring
+from core.engines.mysql import position as mysql_position
 from core.engines.mysql.engine import MySQLEngine
 from core.engines.postgres.engine import PostgresEngine
 from core.engines.redis.engine import RedisEngine
@@ -22,6 +23,7 @@ from core.storage.local import LocalStore
 from core.tls import TLSConfig
 
 # The TLS servers are fixtures of this module alone (tests/conftest.py does not load fixtures_tls).
+from tests.capturing import Capturing
 from tests.fixtures_tls import (  # noqa: F401
     OTHER_NAME,
     mysql_tls_server,
@@ -220,3 +222,45 @@ def test_a_missing_ca_file_names_the_source_and_the_field(mysql_tls_server, redi
             engine.ping()
         assert f"'{engine.config.name}'" in str(excinfo.value)
         assert "tls.ca_file /nonexistent/ca.pem: no such file" in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------------------- log capture
+
+
+@pytest.fixture
+def capture_vault(tmp_path, monkeypatch) -> Vault:
+    monkeypatch.setenv("GENESIS_DR_SPOOL_DIR", str(tmp_path / "spool"))
+    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
+
+
+def test_redis_replication_stream_capture_over_tls(redis_tls_server, tls_pki, capture_vault, keyring):
+    client = redis_tls_server.client()
+    client.flushall()
+    config = redis_tls_server.config("cache-capture", tls=_tls(tls_pki), rpo_seconds=1)
+    backup_source(capture_vault, keyring, RedisEngine(config))
+    capture = Capturing(capture_vault, keyring, RedisEngine(config))
+    try:
+        for i in range(50):
+            client.set(f"after:{i}", i)
+        wanted = int(client.info("replication")["master_repl_offset"])
+        capture.wait_until(lambda p: bool(p) and int(p[-1].end["offset"]) >= wanted, f"up to offset {wanted}")
+    finally:
+        capture.finish()
+
+
+def test_mysql_binlog_capture_over_tls(mysql_tls_server, tls_pki, capture_vault, keyring):
+    server = mysql_tls_server
+    database = server.create_database("cap")
+    config = server.config("my-capture", database, tls=_tls(tls_pki), rpo_seconds=1)
+    backup_source(capture_vault, keyring, MySQLEngine(config))
+    capture = Capturing(capture_vault, keyring, MySQLEngine(config))
+    try:
+        with server.connect(database) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+            cur.executemany("INSERT INTO t VALUES (%s)", [(i,) for i in range(50)])
+            cur.execute("SHOW MASTER STATUS")
+            file, pos = cur.fetchone()[:2]
+        wanted = mysql_position.order({"binlog_file": file, "binlog_pos": pos})
+        capture.wait_until(lambda p: bool(p) and mysql_position.order(p[-1].end) >= wanted, f"up to {file}:{pos}")
+    finally:
+        capture.finish()
