@@ -1,0 +1,256 @@
+"""The DR system recovers itself (issue 13): the self-backup flow seals the stack's Prefect state into the vault,
+and `genesis-dr bootstrap --from-vault` rebuilds it in an EMPTY Prefect home, where the stack works again."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.sources import FilesSourceConfig, PostgresSourceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+# `genesis-dr` as typed; registers `bootstrap` on the parser if cli/main.py does not yet (the lead wires it).
+RUNNER = """\
+import sys
+import cli.main as m
+from cli import bootstrap
+build = m.build_parser
+def parser():
+    p = build()
+    sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+    if "bootstrap" not in sub.choices:
+        bootstrap.register(sub)
+    return p
+m.build_parser = parser
+sys.exit(m.main(sys.argv[1:]))
+"""
+# Run in the bootstrapped home (its own temporary server): what the operator finds there, then a backup.
+CHECK = """\
+import json, sys
+from cli.stacks import prefect_session
+stack = sys.argv[1]
+with prefect_session():
+    from blocks.apply import load_stack
+    from tasks.self_backup import api, paged
+    config = load_stack(stack)
+    db = next(s for s in config.sources if s.name == "app-db")
+    with api() as http:
+        deployments = paged(http, "/deployments/filter")
+        flows = {f["id"]: f["name"] for f in paged(http, "/flows/filter")}
+        docs = {f"{d['block_type']['slug']}/{d['name']}": d["id"] for d in paged(http, "/block_documents/filter")}
+        pools = {p["name"]: {q["name"]: q["priority"] for q in paged(http, f"/work_pools/{p['name']}/queues/filter")}
+                 for p in paged(http, "/work_pools/filter")}
+        out = {
+            "password": db.password.get_secret_value(),
+            "database": db.database,
+            "webhook": config.notifications.webhooks[0].url.get_secret_value(),
+            "deployments": {f"{flows[d['flow_id']]}/{d['name']}": {
+                "id": d["id"], "queue": d["work_queue_name"], "pool": d["work_pool_name"],
+                "schedules": sorted([s["schedule"].get("cron"), s["active"], s["slug"]] for s in d["schedules"]),
+                "limit": (d.get("global_concurrency_limit") or {}).get("limit"),
+                "strategy": (d.get("concurrency_options") or {}).get("collision_strategy"),
+                "parameters": d["parameters"], "pull_steps": d["pull_steps"]} for d in deployments},
+            "docs": docs,
+            "variables": {v["name"]: v["value"] for v in paged(http, "/variables/filter")},
+            "pools": pools,
+            "limits": {c["name"]: c["limit"] for c in paged(http, "/v2/concurrency_limits/filter")},
+            "automations": {a["name"]: a for a in paged(http, "/automations/filter")},
+        }
+    from flows.backup import backup
+    out["backup"] = [r["id"] for r in backup(stack=stack, backup_type="full", sources=["app-files"])]
+print("CHECK " + json.dumps(out))
+"""
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST") and k != "PREFECT_API_URL"}
+    return env | {"PYTHONPATH": str(REPO)} | extra
+
+
+def _genesis(*args: str, env: dict, cwd: Path, expect: int) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def _error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("genesis-dr: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _prefect_objects(stack: str) -> dict:
+    """What `genesis-dr apply` and the deployment registration leave on a server, made here directly: a work pool
+    with two queues, a concurrency limit, a schedules variable, two deployments (one schedule paused), and an
+    automation naming a deployment and a block by id."""
+    from tasks.self_backup import api
+
+    pool = f"genesis-dr-{stack}"
+    with api() as http:
+        assert http.post("/work_pools/", json={"name": pool, "type": "process"}).status_code == 201
+        for name, priority in (("full", 4), ("retention", 7)):
+            assert http.post(f"/work_pools/{pool}/queues", json={"name": name, "priority": priority}).is_success
+        http.post("/v2/concurrency_limits/", json={"name": f"genesis-dr-backup-{stack}-app-db", "limit": 1})
+        http.post("/variables/", json={"name": f"genesis-dr-schedules-{stack}", "value": {"full": "0 */6 * * *"}})
+        made = {}
+        for flow, name, entry, queue, schedules in (
+            ("backup", f"full-{stack}", "flows/backup.py:backup", "full", [("0 */6 * * *", True), ("30 1 * * *", False)]),
+            ("self-backup", f"self-backup-{stack}", "flows/self_backup.py:self_backup", "retention", [("15 4 * * *", False)]),
+        ):  # fmt: skip
+            flow_id = http.post("/flows/", json={"name": flow}).json()["id"]
+            body = {
+                "flow_id": flow_id,
+                "name": name,
+                "entrypoint": entry,
+                "parameters": {"stack": stack},
+                "tags": ["dr"],
+                "work_pool_name": pool,
+                "work_queue_name": queue,
+                "pull_steps": [{"deployments.steps.set_project_directory": {}}],
+                "concurrency_limit": 1,
+                "concurrency_options": {"collision_strategy": "CANCEL_NEW"},
+                "schedules": [
+                    {"schedule": {"cron": cron, "timezone": "UTC"}, "active": active, "slug": f"genesis-dr-stack-{i}"}
+                    for i, (cron, active) in enumerate(schedules)
+                ],
+            }
+            made[f"{flow}/{name}"] = http.post("/deployments/", json=body).json()["id"]
+        channels = http.get(f"/block_types/slug/notification-channels/block_documents/name/{stack}").json()["id"]
+        automation = {
+            "name": f"genesis-dr {stack} backup failed",
+            "trigger": {
+                "type": "event",
+                "posture": "Reactive",
+                "expect": ["prefect.flow-run.Failed"],
+                "match_related": {"prefect.resource.id": f"prefect.deployment.{made[f'backup/full-{stack}']}"},
+                "threshold": 1,
+                "within": 0,
+            },
+            "actions": [
+                {"type": "send-notification", "block_document_id": channels, "subject": "failed", "body": "b"},
+                {"type": "run-deployment", "source": "selected", "deployment_id": made[f"self-backup/self-backup-{stack}"], "parameters": {}},
+            ],
+        }  # fmt: skip
+        assert http.post("/automations/", json=automation).status_code == 201
+    return made
+
+
+def test_self_backup_and_bootstrap_into_an_empty_prefect_home(make_stack, tmp_path):
+    from flows.self_backup import self_backup
+
+    pg_password = "pg-" + secrets.token_hex(16)
+    hook = f"http://127.0.0.1:9/hooks/{secrets.token_hex(16)}"
+    files = tmp_path / "app-files"
+    files.mkdir()
+    (files / "config.yml").write_text("feature: on\n")
+    stack = make_stack(
+        [
+            PostgresSourceConfig(name="app-db", host="db.internal", database="app", password=pg_password),
+            FilesSourceConfig(name="app-files", root=str(files)),
+        ],
+        notifications={"webhooks": [{"url": hook}]},
+    )
+    _prefect_objects(stack.name)
+
+    first = self_backup(stack=stack.name)
+    result = self_backup(stack=stack.name)  # the newest: it records the trail's head, the first run's entry
+    assert result["id"] > first["id"] and result["audit_head"] == first["audit"]["seq"]
+    counts = result["counts"]
+    # dr-stack, local-vault, vault-key, notification-channels and the two source blocks
+    assert counts["blocks"] == 6
+    assert counts["automations"] >= 1 and counts["variables"] >= 1 and counts["concurrency_limits"] >= 1
+    assert result["audit"]["seq"] >= 1
+    record = json.loads((stack.vault_path / result["key"]).read_text())
+    assert record["id"] == result["id"] and record["counts"] == counts and record["stack"] == stack.name
+    stored = b"".join(p.read_bytes() for p in stack.vault_path.rglob("*") if p.is_file())
+    for secret in (pg_password, hook.rsplit("/", 1)[1]):
+        assert secret.encode() not in stored  # sealed: not in the clear anywhere in the vault
+
+    home, state = tmp_path / "new-home", tmp_path / "new-state"
+    env = _env(PREFECT_HOME=str(home), GENESIS_DR_STATE_DIR=str(state))
+    passphrase = f"--passphrase-from=file:{tmp_path / f'passphrase-{stack.name}'}"
+
+    # Everything is decrypted before Prefect is touched: a wrong key, an empty vault, a dry run change nothing.
+    wrong = _genesis("bootstrap", "--from-vault", str(stack.vault_path), "--passphrase-from", "env:WRONG",
+                     env=env | {"WRONG": "not-the-passphrase"}, cwd=tmp_path, expect=6)  # fmt: skip
+    assert "wrong passphrase" in _error(wrong) and result["id"] in _error(wrong)
+    (tmp_path / "empty").mkdir()
+    empty = _genesis("bootstrap", "--from-vault", str(tmp_path / "empty"), passphrase, env=env, cwd=tmp_path, expect=37)
+    assert "no vault at" in _error(empty)
+    dry = _genesis(
+        "bootstrap", "--from-vault", str(stack.vault_path), passphrase, "--dry-run", env=env, cwd=tmp_path, expect=0
+    )
+    assert f"would restore block dr-stack/{stack.name}" in dry.stdout
+    assert f"would restore deployment backup/full-{stack.name} (0 */6 * * * active; 30 1 * * * paused)" in dry.stdout
+    assert not home.exists() or not (home / "prefect.db").exists()
+
+    boot = _genesis("bootstrap", "--from-vault", str(stack.vault_path), passphrase, env=env, cwd=tmp_path, expect=0)
+    assert f"self-backup {result['id']} of stack '{stack.name}'" in boot.stdout
+    assert f"audit trail continues from the snapshot's entry {result['audit_head']}" in boot.stdout
+    assert f"restored automation genesis-dr {stack.name} backup failed" in boot.stdout
+    assert "genesis-dr restore --stack" in boot.stdout and pg_password not in boot.stdout + boot.stderr
+
+    check = subprocess.run([sys.executable, "-c", CHECK, stack.name], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=240)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    found = json.loads(next(line for line in check.stdout.splitlines() if line.startswith("CHECK "))[6:])
+    assert (found["password"], found["database"], found["webhook"]) == (pg_password, "app", hook)
+    full = found["deployments"][f"backup/full-{stack.name}"]
+    assert full["schedules"] == [
+        ["0 */6 * * *", True, "genesis-dr-stack-0"],
+        ["30 1 * * *", False, "genesis-dr-stack-1"],
+    ]
+    assert (full["pool"], full["queue"], full["limit"], full["strategy"]) == (
+        f"genesis-dr-{stack.name}",
+        "full",
+        1,
+        "CANCEL_NEW",
+    )
+    assert full["parameters"] == {"stack": stack.name}
+    assert full["pull_steps"] == [{"deployments.steps.set_project_directory": {}}]
+    own = found["deployments"][f"self-backup/self-backup-{stack.name}"]
+    assert own["schedules"] == [["15 4 * * *", False, "genesis-dr-stack-0"]]
+    assert found["pools"][f"genesis-dr-{stack.name}"] == {"default": 1, "full": 4, "retention": 7}
+    assert found["variables"][f"genesis-dr-schedules-{stack.name}"] == {"full": "0 */6 * * *"}
+    assert found["limits"][f"genesis-dr-backup-{stack.name}-app-db"] == 1
+    automation = found["automations"][f"genesis-dr {stack.name} backup failed"]
+    notify, run = automation["actions"]
+    assert notify["block_document_id"] == found["docs"][f"notification-channels/{stack.name}"]
+    assert run["deployment_id"] == own["id"]  # ids mapped to the new server's objects
+    assert automation["trigger"]["match_related"]["prefect.resource.id"] == f"prefect.deployment.{full['id']}"
+    assert len(found["backup"]) == 1  # the stack works: a backup of its files source ran from the restored blocks
+
+    listed = _genesis("list", "--stack", stack.name, "--source", "app-files", env=env, cwd=tmp_path, expect=0)
+    assert found["backup"][0] in listed.stdout
+
+
+@pytest.mark.parametrize("keep", [2])
+def test_only_the_newest_snapshots_are_kept(tmp_path, keep):
+    """Core alone: each snapshot opens with the stack's key only; older ones are destroyed past ``keep``."""
+    from core.crypto.keys import Keyring
+    from core.errors import WrongKeyError
+    from core.selfbackup import open_snapshot, prune_snapshots, snapshot_ids, write_snapshot
+    from core.storage.local import LocalStore
+
+    store = LocalStore(str(tmp_path / "vault"))
+    keyring = Keyring(passphrase="correct horse battery staple")
+    written = [
+        write_snapshot(store, keyring, stack="s", state={"n": n}, counts={"blocks": n}, audit_head=None).id
+        for n in range(4)
+    ]
+    assert snapshot_ids(store) == sorted(written)
+    summary, state = open_snapshot(store, keyring, written[-1])
+    assert (summary.counts, state) == ({"blocks": 3}, {"n": 3})
+    with pytest.raises(WrongKeyError):
+        open_snapshot(store, Keyring(passphrase="another passphrase entirely"), written[-1])
+    assert prune_snapshots(store, keep) == sorted(written)[:-keep]
+    assert snapshot_ids(store) == sorted(written)[-keep:]
