@@ -441,3 +441,62 @@ def _short(exc: BaseException | str) -> str:
     if "-----BEGIN" in line:
         return "PEM content withheld"
     return line[:160]
+
+
+# ---------------------------------------------------------------------------------------------- HTTPS endpoints
+
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (127.0.0.0/8, ::1, localhost): traffic to it never crosses a network."""
+    if host.lower() in _LOOPBACK_NAMES or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str) -> str:
+    """An object-store or cloud API endpoint: https, or plain http to this machine only (a test server or
+    emulator on loopback, where nothing crosses a network). Raises ValueError (the config loaders turn it
+    into the field's message) for http to any other host or a scheme that is neither."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return url
+    if parts.scheme == "http":
+        raise ValueError(
+            f"{url} is plain http to another host: backups and credentials would cross the network unencrypted; "
+            "use https:// (with ca_file for a private CA). http:// is accepted only for a test server on this "
+            "machine (127.0.0.1, ::1, localhost)"
+        )
+    raise ValueError(f"{url} is not an http(s) URL; give https://host[:port]")
+
+
+def https_verify(ca_file: str | None) -> str | bool:
+    """What botocore (``verify=``) and requests (``Session.verify``) take: the CA file, else True (the
+    system store). Never False: certificates of object stores and cloud APIs are always checked."""
+    return ca_file or True
+
+
+def https_error(where: str, url: str | None, exc: BaseException, ca_file: str | None) -> TLSError:
+    """One line for an HTTPS certificate refused by us (botocore/requests SSLError), with the remedy."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).netloc if url else "the endpoint"
+    problem = tls_problem(exc)
+    ca = ca_file or "the system CA store"
+    if problem == "wrong-name":
+        reason = f"the certificate of {host} does not name it: use the name the certificate carries in endpoint_url"
+    elif problem == "file":
+        reason = f"ca_file {ca_file} cannot be read: give a readable PEM file of the CA"
+    elif problem == "no-tls":
+        reason = f"{host} does not speak HTTPS there: fix endpoint_url (scheme and port)"
+    else:
+        reason = f"the certificate of {host} is not signed by {ca}: set ca_file to the CA that signed it"
+    return TLSError(f"{where}: {reason}")

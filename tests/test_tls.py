@@ -6,7 +6,10 @@ and a server without TLS. One server of each kind for the module (tests/fixtures
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
 
+import boto3
 import pytest
 
 from core import tls
@@ -19,11 +22,13 @@ from core.errors import TLSError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
+from core.storage.config import VaultConfig
 from core.storage.local import LocalStore
 from core.tls import TLSConfig
 
 # The TLS servers are fixtures of this module alone (tests/conftest.py does not load fixtures_tls).
 from tests.capturing import Capturing
+from tests.fixtures_cloud import _moto_server_binary as moto_binary
 from tests.fixtures_tls import (  # noqa: F401
     OTHER_NAME,
     mysql_tls_server,
@@ -31,6 +36,7 @@ from tests.fixtures_tls import (  # noqa: F401
     redis_tls_server,
     tls_pki,
 )
+from tests.servers import free_port, serving
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +270,60 @@ def test_mysql_binlog_capture_over_tls(mysql_tls_server, tls_pki, capture_vault,
         capture.wait_until(lambda p: bool(p) and mysql_position.order(p[-1].end) >= wanted, f"up to {file}:{pos}")
     finally:
         capture.finish()
+
+
+# ---------------------------------------------------------------------------------------- object storage
+
+
+@pytest.fixture(scope="module")
+def moto_https(tls_pki, tmp_path_factory) -> Iterator[str]:
+    """moto over HTTPS with the test CA's certificate for 127.0.0.1."""
+    port = free_port()
+    argv = [
+        moto_binary(),
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        str(tls_pki.server_cert),
+        "-k",
+        str(tls_pki.server_key),
+    ]
+    with serving(argv, port, tmp_path_factory.mktemp("moto-https") / "moto.log"):
+        yield f"https://127.0.0.1:{port}"
+
+
+def test_s3_vault_over_https_with_a_private_ca(moto_https, tls_pki, redis_tls_server, keyring):
+    bucket = f"gdr-tls-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", region_name="us-east-1", endpoint_url=moto_https, verify=str(tls_pki.ca)).create_bucket(
+        Bucket=bucket
+    )
+    settings = {"type": "s3", "bucket": bucket, "region": "us-east-1", "endpoint_url": moto_https}
+    vault = VaultConfig(**settings, ca_file=str(tls_pki.ca)).open(create=True)
+    client = redis_tls_server.client()
+    before = _seed(client)
+    config = redis_tls_server.config("cache-s3", tls=_tls(tls_pki))
+    manifest = backup_source(vault, keyring, RedisEngine(config))
+    client.flushall()
+    restore_backup(vault, keyring, manifest.id, RedisEngine(config))
+    assert {k: client.dump(k) for k in client.keys()} == before
+
+    # The same endpoint checked against another CA (and against the system store): refused at once, one line.
+    for ca_file, named in ((str(tls_pki.wrong_ca), str(tls_pki.wrong_ca)), (None, "the system CA store")):
+        with pytest.raises(TLSError) as excinfo:
+            VaultConfig(**settings, ca_file=ca_file).open()
+        assert str(excinfo.value) == (
+            f"vault s3://{bucket}: the certificate of {moto_https.removeprefix('https://')} is not signed by "
+            f"{named}: set ca_file to the CA that signed it"
+        )
+        assert excinfo.value.exit_code == 36
+
+
+def test_plain_http_endpoints_only_on_this_machine():
+    for url in ("http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000", "https://s3.example.com"):
+        assert VaultConfig(type="s3", bucket="b", endpoint_url=url).endpoint_url == url
+    with pytest.raises(ValueError, match=r"plain http to another host.*use https://"):
+        VaultConfig(type="s3", bucket="b", endpoint_url="http://minio.internal:9000")
+    with pytest.raises(ValueError, match="not an http"):
+        VaultConfig(type="gcs", bucket="b", endpoint_url="ftp://x")

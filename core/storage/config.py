@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from core.storage.base import Store
+from core.tls import check_endpoint
 
 S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "GLACIER_IR")
 GCS_STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE")
@@ -40,6 +41,11 @@ class VaultConfig(BaseModel):
     endpoint_url: str | None = Field(
         None, description="s3/gcs: another endpoint (an S3-compatible service, a test server or the GCS emulator)."
     )
+    ca_file: str | None = Field(
+        None,
+        description="s3/gcs: PEM file of the CA that signs an on-premises endpoint's HTTPS certificate (default: the "
+        "system's CA store). Certificates are always verified; there is no switch to turn that off.",
+    )
     credentials: str | None = Field(
         None,
         description="s3: name of a prefect-aws AwsCredentials block; gcs: of a prefect-gcp GcpCredentials block "
@@ -55,7 +61,7 @@ class VaultConfig(BaseModel):
                 raise ValueError("a local vault needs 'path' (its directory)")
             stray = [
                 f
-                for f in ("bucket", "region", "project", "storage_class", "endpoint_url", "credentials")
+                for f in ("bucket", "region", "project", "storage_class", "endpoint_url", "credentials", "ca_file")
                 if getattr(self, f)
             ]
             if stray or self.prefix:
@@ -80,6 +86,8 @@ class VaultConfig(BaseModel):
             raise ValueError("an s3 vault takes 'region', not 'project'")
         if self.type == "gcs" and self.region:
             raise ValueError("a gcs vault has no 'region' (a bucket's location is set when it is created)")
+        if self.endpoint_url:
+            check_endpoint(self.endpoint_url)
         self.prefix = self.prefix.strip("/")
         return self
 
@@ -126,6 +134,7 @@ def _backend(config: VaultConfig) -> Store:
             storage_class=config.storage_class or "STANDARD",
             endpoint_url=config.endpoint_url,
             session=config._credentials,
+            ca_file=config.ca_file,
         )
     from core.storage.gcs import GCSStore
 
@@ -136,4 +145,5 @@ def _backend(config: VaultConfig) -> Store:
         storage_class=config.storage_class or "STANDARD",
         endpoint_url=config.endpoint_url,
         credentials=config._credentials,
+        ca_file=config.ca_file,
     )

@@ -61,6 +61,7 @@ from core.storage.base import (
     checked_key,
 )
 from core.storage.retry import unwrap
+from core.tls import https_error, https_verify
 
 # Up to this size an upload is one multipart request (the library's own threshold); above it, a
 # resumable upload whose requests each carry CHUNK_SIZE bytes (a multiple of 256 KiB, as GCS requires).
@@ -129,8 +130,10 @@ class GCSStore(Store):
         storage_class: str = "STANDARD",
         endpoint_url: str | None = None,
         credentials: Any = None,
+        ca_file: str | None = None,
     ) -> None:
         self.bucket = bucket
+        self.ca_file = ca_file
         self.prefix = prefix.strip("/")
         self.project = project
         self.storage_class = (storage_class or "STANDARD").upper()
@@ -168,6 +171,7 @@ class GCSStore(Store):
                 except auth_exc.DefaultCredentialsError:
                     raise self._no_credentials() from None
                 session = AuthorizedSession(credentials)
+                session.verify = https_verify(self.ca_file)  # always verified; a private CA where given
                 # One pool big enough for io_threads requests in flight; no urllib3 retries (RetryingStore's job).
                 adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
                 session.mount("https://", adapter)
@@ -231,6 +235,11 @@ class GCSStore(Store):
                 f"gcs bucket {self.bucket}: the Google credentials were refused ({_reason(exc)}) while {action} {key}; "
                 "renew the service account key or name a valid GcpCredentials block in vault.credentials"
             )
+        if isinstance(exc, requests.exceptions.SSLError) or (
+            isinstance(exc, auth_exc.TransportError) and isinstance(exc.__cause__, requests.exceptions.SSLError)
+        ):
+            # Never transient: a retry meets the same certificate.
+            return https_error(f"vault {self.describe()}", self.endpoint_url, exc, self.ca_file)
         if isinstance(exc, auth_exc.TransportError | requests.ConnectionError | requests.Timeout):
             return TransientStoreError(f"{where}: connection failed ({_reason(exc)})")
         if isinstance(exc, requests.exceptions.ChunkedEncodingError):

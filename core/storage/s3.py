@@ -54,6 +54,7 @@ from core.storage.base import (
     checked_key,
 )
 from core.storage.config import S3_STORAGE_CLASSES
+from core.tls import https_error, https_verify
 
 T = TypeVar("T")
 
@@ -169,6 +170,7 @@ class S3Store(Store):
         page_size: int = 1000,
         copy_threshold: int = MAX_SINGLE_COPY,
         copy_part_size: int = DEFAULT_COPY_PART_SIZE,
+        ca_file: str | None = None,
     ) -> None:
         """Args:
         bucket: the bucket's name.
@@ -183,6 +185,8 @@ class S3Store(Store):
         page_size: keys per listing request (S3 returns at most 1000).
         copy_threshold: server-side copies above this size go part by part (S3's CopyObject stops at 5 GiB).
         copy_part_size: size of each part of such a copy.
+        ca_file: PEM file of the CA of an on-premises endpoint's certificate (default: the system's CA store);
+            certificates are always verified.
         """
         import boto3
         from botocore.config import Config
@@ -198,6 +202,7 @@ class S3Store(Store):
         self.region = region
         self.storage_class = storage_class
         self.endpoint_url = endpoint_url
+        self.ca_file = ca_file
         self.multipart_threshold = multipart_threshold or _env_int(
             "GENESIS_DR_S3_MULTIPART_THRESHOLD", DEFAULT_MULTIPART_THRESHOLD
         )
@@ -225,7 +230,9 @@ class S3Store(Store):
             s3={"payload_signing_enabled": False},
         )
         self._session = session if session is not None else boto3.Session()
-        self._client = self._session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+        self._client = self._session.client(
+            "s3", region_name=region, endpoint_url=endpoint_url, config=config, verify=https_verify(ca_file)
+        )
         self._checked = False
         self._check_lock = threading.Lock()
         self._lock_enabled: bool | None = None
@@ -265,11 +272,15 @@ class S3Store(Store):
             IncompleteReadError,
             NoCredentialsError,
             PartialCredentialsError,
+            SSLError,
         )
 
         where = self.describe()
         if isinstance(exc, ClientError):
             return self._client_error(exc, action, key)
+        if isinstance(exc, SSLError):
+            # Never transient: a retry meets the same certificate.
+            return https_error(f"vault {where}", self.endpoint_url, exc, self.ca_file)
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
             what = "incomplete AWS credentials" if isinstance(exc, PartialCredentialsError) else "no AWS credentials"
             return StoreAccessError(
