@@ -17,6 +17,7 @@ from core.crypto.keys import Keyring
 from core.engines.mysql import position as mysql_position
 from core.engines.mysql.engine import MySQLEngine
 from core.engines.postgres.engine import PostgresEngine
+from core.engines.postgres.position import lsn_int
 from core.engines.redis.engine import RedisEngine
 from core.errors import TLSError
 from core.operations import backup_source, restore_backup
@@ -110,6 +111,8 @@ def test_postgres_tls_failures_are_one_line_tls_errors(pg_tls_server, tls_pki):
 
     # verify-ca checks the chain, not the name: the same connection is accepted.
     PostgresEngine(server.config("pg-ca", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+    # A name the certificate carries, while connecting by address (libpq: host=name, hostaddr=address).
+    PostgresEngine(server.config("pg-named", tls=_tls(tls_pki, server_name="localhost"))).ping()
     # The older sslmode string alone: verify-full against the system store, which does not hold the test CA.
     with pytest.raises(TLSError) as excinfo:
         PostgresEngine(server.config("pg-sslmode", sslmode="verify-full")).ping()
@@ -154,6 +157,7 @@ def test_mysql_tls_failures_are_one_line_tls_errors(mysql_tls_server, tls_pki):
     _assert_tls_error(excinfo, "my-wrong-name", server.port, f"does not name {OTHER_NAME}")
 
     MySQLEngine(server.config("my-ca", "mysql", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+    MySQLEngine(server.config("my-named", "mysql", tls=_tls(tls_pki, server_name="localhost"))).ping()
 
 
 # ---------------------------------------------------------------------------------------- Redis
@@ -197,6 +201,9 @@ def test_redis_tls_failures_are_one_line_tls_errors(redis_tls_server, tls_pki, v
     _assert_tls_error(excinfo, "rd-wrong-name", server.port, f"does not name {OTHER_NAME}")
 
     RedisEngine(server.config("rd-ca", tls=_tls(tls_pki, mode="verify-ca", server_name=OTHER_NAME))).ping()
+    named = RedisEngine(server.config("rd-named", "rdb", tls=_tls(tls_pki, server_name="localhost")))
+    named.ping()
+    named.replica_sync().close()
 
 
 def test_tls_to_a_server_without_tls_is_refused(tls_pki, pg_server, redis_session):
@@ -250,6 +257,24 @@ def test_redis_replication_stream_capture_over_tls(redis_tls_server, tls_pki, ca
             client.set(f"after:{i}", i)
         wanted = int(client.info("replication")["master_repl_offset"])
         capture.wait_until(lambda p: bool(p) and int(p[-1].end["offset"]) >= wanted, f"up to offset {wanted}")
+    finally:
+        capture.finish()
+
+
+def test_postgres_wal_capture_over_tls(pg_tls_server, tls_pki, capture_vault, keyring):
+    # pg_receivewal through the replication slot: hostssl lets it in only over TLS.
+    server = pg_tls_server
+    config = server.config("pg-capture", tls=_tls(tls_pki), backup_method="physical", slot="gdr_tls", rpo_seconds=1)
+    backup_source(capture_vault, keyring, PostgresEngine(config))
+    capture = Capturing(capture_vault, keyring, PostgresEngine(config))
+    try:
+        with server.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS captured (id int)")
+            conn.execute("INSERT INTO captured SELECT generate_series(1, 100)")
+            (wanted,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        capture.wait_until(
+            lambda p: bool(p) and lsn_int(p[-1].end["lsn"]) >= lsn_int(wanted), f"up to {wanted}", timeout=30
+        )
     finally:
         capture.finish()
 
