@@ -19,7 +19,7 @@ from core.engines.mysql.engine import MySQLEngine
 from core.engines.postgres.engine import PostgresEngine
 from core.engines.postgres.position import lsn_int
 from core.engines.redis.engine import RedisEngine
-from core.errors import TLSError
+from core.errors import ConfigError, TLSError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
@@ -184,6 +184,16 @@ def test_redis_round_trip_over_verified_tls(redis_tls_server, tls_pki, vault, ke
     client.flushall()
     restore_backup(vault, keyring, manifest.id, RedisEngine(config))
     assert {k: client.dump(k) for k in client.keys()} == before
+
+    if mode == "rdb":
+        # The target fetches an rdb restore from our short-lived master, which has no certificate to offer.
+        client.flushall()
+        client.config_set("tls-replication", "yes")
+        try:
+            with pytest.raises(ConfigError, match=r"tls-replication yes.*mode 'logical'"):
+                restore_backup(vault, keyring, manifest.id, RedisEngine(config))
+        finally:
+            client.config_set("tls-replication", "no")
 
 
 def test_redis_tls_failures_are_one_line_tls_errors(redis_tls_server, tls_pki, vault, keyring):

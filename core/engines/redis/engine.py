@@ -539,6 +539,20 @@ class RedisEngine(Engine):
         with self._client() as client:
             return self._replicate_into(client, source, length, result.position, result.checks)
 
+    def _check_plain_replication(self, client: redis.Redis) -> None:
+        """The target fetches the snapshot from our short-lived master, which has no certificate: a target
+        that replicates over TLS only would wait for a handshake that never comes."""
+        try:
+            setting = client.config_get("tls-replication").get("tls-replication")
+        except redis.RedisError:
+            return  # CONFIG refused or renamed (managed services): REPLICAOF says what it thinks of us
+        if setting == "yes":
+            raise ConfigError(
+                f"{self.label}: the target replicates over TLS only (tls-replication yes) and an rdb restore serves "
+                "the snapshot from this host without a certificate; set tls-replication no on the target for the "
+                "restore, or restore a backup taken in mode 'logical'"
+            )
+
     def _replicate_into(
         self, client: redis.Redis, source: StreamSource, length: int, position: dict, checks: dict
     ) -> list[str]:
@@ -546,6 +560,7 @@ class RedisEngine(Engine):
             version = client.info("server").get("redis_version", "0")
         self._check_rdb_version(str(version), int(position.get("rdb_version", 0)))
         self._check_database_count(client, position.get("databases", []))
+        self._check_plain_replication(client)
         bind, advertise, allowed = self._restore_addresses()
         master = ReplicationMaster(bind, allowed, self.label)
         try:
