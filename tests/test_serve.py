@@ -1,7 +1,7 @@
 """``genesis-dr serve`` as an operator runs it: a subprocess with its own Prefect home and port, a stack applied
-by it, a backup run by its worker into the vault, SIGTERM (exit 0, nothing paused), a restart (the same
-deployments, none doubled), a kill -9 (the server's port freed at once) and a restart after it; and the
-systemd unit checked by systemd-analyze."""
+by it, the scheduler planning its runs, a backup run by its worker into the vault, a kill -9 (the server's
+port freed at once), a restart (the same deployments, none doubled or paused, a backup again), SIGTERM
+(exit 0, nothing paused); and the systemd unit checked by systemd-analyze."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -202,37 +203,39 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
         backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
         assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)]
 
-        code, took = served.terminate()
-        assert code == 0, served.output()[-3000:]
-        assert took < 30, f"SIGTERM took {took:.1f} s"
-    assert "SIGTERM: stopping" in served.output()
-    assert port_free(port)
+        # kill -9: the server dies with serve (PR_SET_PDEATHSIG), so its port is free for the next start at once.
+        served.kill()
+        deadline = time.monotonic() + 10
+        while not port_free(port):
+            assert time.monotonic() < deadline, "the server outlived a kill -9 of serve"
+            time.sleep(0.2)
 
-    # 2. Restart (the stack as applied): the same deployments, none doubled, none paused; then a kill -9.
+    # 2. Start again (the stack as applied): the same database and deployments, none doubled, none paused; a
+    # backup runs again; SIGTERM stops it all and exits 0.
     with serving([*argv, "--stack", "default"], env, log) as served:
         with client_at(port) as client:
             again = client.read_deployments()
             assert {d.name: d.id for d in again} == first_ids
             assert [d.name for d in again if d.paused] == []
             assert [d.name for d in again if any(s.active for s in d.schedules)] == ["full"]
-        served.proc.kill()
-        served.proc.wait()
-        # The server died with serve (PR_SET_PDEATHSIG): its port is free for the next start at once.
-        deadline = time.monotonic() + 10
-        while not port_free(port):
-            assert time.monotonic() < deadline, "the server outlived a kill -9 of serve"
-            time.sleep(0.2)
-
-    # 3. Start after the kill: the same database and deployments, and it runs backups again.
-    with serving([*argv], env, log) as served:
-        with client_at(port) as client:
-            assert {d.name: d.id for d in client.read_deployments()} == first_ids
             run = run_deployment_and_wait(client, "backup/full")
             assert run.state_type == StateType.COMPLETED, run.state
-        code, _ = served.terminate()
-        assert code == 0
+        code, took = served.terminate()
+        assert code == 0, served.output()[-3000:]
+        assert took < 30, f"SIGTERM took {took:.1f} s"
+    assert "SIGTERM: stopping" in served.output()
+    assert port_free(port)
     backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
     assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)] * 2
+
+    # After the stop, read from the server's database itself: no deployment paused, the full's schedule still on.
+    with sqlite3.connect(home / "prefect.db") as db:
+        paused = db.execute("SELECT name FROM deployment WHERE paused").fetchall()
+        on = db.execute(
+            "SELECT d.name FROM deployment d JOIN deployment_schedule s ON s.deployment_id = d.id WHERE s.active"
+        ).fetchall()
+        count = db.execute("SELECT count(*) FROM deployment").fetchone()[0]
+    assert (paused, on, count) == ([], [("full",)], len(first_ids))
 
 
 def test_systemd_unit_is_valid_and_runs_a_real_serve_command_line(tmp_path):
