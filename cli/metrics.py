@@ -72,26 +72,29 @@ def _cloudwatch_session(cfg):
 
 
 def _stack(args):
-    """The stack (its local description) and, with --cloudwatch, its CloudWatch settings and session."""
-    from cli.stacks import description, from_blocks, prefect_session
+    """The stack, its CloudWatch settings (with --cloudwatch) and their boto3 session (None: default chain).
 
-    config = description(args.stack)
+    Without --cloudwatch, or when this host's description carries the settings and they name no
+    credentials block, the local description is enough (no Prefect). Otherwise the blocks are read once,
+    in one Prefect session, and the whole stack they hold is used (its schedules give the intervals too).
+    """
+    from cli.stacks import description, from_blocks, prefect_session
+    from core import stack_description
+
+    local = stack_description.load(args.stack) if args.cloudwatch else None
+    operations = getattr(local, "operations", None)
     if not args.cloudwatch:
-        return config, None, None
-    operations = getattr(config, "operations", None)
-    cfg = operations.cloudwatch if operations is not None else None
-    needs_blocks = operations is None or bool(cfg and cfg.credentials)
-    if needs_blocks:  # the description does not carry them: the blocks do (the slow path, once)
-        with prefect_session():
-            if operations is None:
-                cfg = from_blocks(args.stack).operations.cloudwatch
-            if cfg is None:
-                raise _no_cloudwatch(args.stack)
-            cfg, session = _cloudwatch_session(cfg)
-        return config, cfg, session
-    if cfg is None:
-        raise _no_cloudwatch(args.stack)
-    return config, cfg, None
+        return description(args.stack), None, None
+    if operations is not None and (operations.cloudwatch is None or not operations.cloudwatch.credentials):
+        if operations.cloudwatch is None:
+            raise _no_cloudwatch(args.stack)
+        return description(args.stack), operations.cloudwatch, None
+    with prefect_session():
+        config = from_blocks(args.stack)
+        if config.operations.cloudwatch is None:
+            raise _no_cloudwatch(args.stack)
+        cfg, session = _cloudwatch_session(config.operations.cloudwatch)
+    return config, cfg, session
 
 
 def _no_cloudwatch(stack: str) -> ConfigError:

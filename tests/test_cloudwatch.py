@@ -3,8 +3,10 @@ the published values read back with list_metrics and get_metric_statistics."""
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
+from contextlib import redirect_stderr
 from datetime import timedelta
 
 import boto3
@@ -104,3 +106,33 @@ def test_an_unreachable_endpoint_is_one_line(stack):
     message = str(caught.value)
     assert message.startswith(f"{endpoint}: Could not connect to the endpoint URL") and "\n" not in message
     assert "operations.cloudwatch" in message and "testing" not in message  # no credential in the message
+
+
+def test_metrics_cloudwatch_publishes_with_the_stacks_settings(make_stack, moto_endpoint, tmp_path):
+    """``genesis-dr metrics --cloudwatch``: the stack's operations.cloudwatch, read from its blocks."""
+    from core.sources import FilesSourceConfig
+    from tests.test_status import run_cli
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.bin").write_bytes(os.urandom(3000))
+    namespace = f"GenesisDR-{uuid.uuid4().hex[:8]}"
+    handle = make_stack(
+        [FilesSourceConfig(name="app-files", root=str(tree))],
+        operations={"cloudwatch": {"namespace": namespace, "region": PRIMARY_REGION, "endpoint_url": moto_endpoint}},
+    )
+    vault = handle.config.vault.open(create=True)
+    full = backup_source(vault, handle.keyring(), engine_for(handle.config.source("app-files")), "full")
+    errors = io.StringIO()
+    with redirect_stderr(errors):
+        assert run_cli("metrics", "--stack", handle.name, "--cloudwatch") == ""  # nothing on stdout
+    sent = int(errors.getvalue().split("published ")[1].split()[0])
+    assert f"data to CloudWatch namespace {namespace}" in errors.getvalue()
+
+    client = boto3.client("cloudwatch", region_name=PRIMARY_REGION, endpoint_url=moto_endpoint)
+    assert len(client.list_metrics(Namespace=namespace)["Metrics"]) == sent
+    when = parse_iso(full.ended_at)
+    stored = statistic(
+        client, namespace, "backup_last_stored_bytes", when, Source="app-files", Stack=handle.name, Type="full"
+    )
+    assert [p["Maximum"] for p in stored] == [full.stored_bytes]
