@@ -63,7 +63,6 @@ def run_cli(*argv: str) -> str:
 
 def build_observed_stack(base: Path, redis_server, stack: str) -> SimpleNamespace:
     """The stack of this module's doc, applied on this host (its local description saved)."""
-    os.environ["GENESIS_DR_CHUNK_SIZE"] = "4096"
     tree = base / "tree"
     tree.mkdir(parents=True)
     (tree / "a.bin").write_bytes(os.urandom(9000))
@@ -249,3 +248,36 @@ def test_a_source_past_its_rpo_is_late_and_a_running_capture_shows(observed):
         assert cache["capture_running"] is True and "pid" in cache["capture_holder"]
     finally:
         capture.finish()
+
+
+def test_a_backup_over_twice_its_median_is_flagged_slow(tmp_path):
+    """The slow flag (core.scheduling.slow) over the vault's own durations: three small incrementals, then
+    one that stores far more data."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.bin").write_bytes(b"a")
+    config = StackConfig(stack="slow", vault={"path": str(tmp_path / "vault")},
+                         sources=[{"kind": "files", "name": "app-files", "root": str(tree)}])  # fmt: skip
+    vault, keyring = config.vault.open(create=True), Keyring(passphrase=PASSPHRASE)
+    engine = engine_for(config.source("app-files"))
+    backup_source(vault, keyring, engine, "full")
+    for i in range(3):
+        (tree / f"small{i}.bin").write_bytes(b"x")
+        backup_source(vault, keyring, engine, "incremental")
+    (tree / "big.bin").write_bytes(os.urandom(24 << 20))
+    big = backup_source(vault, keyring, engine, "incremental")
+    durations = [
+        (parse_iso(m.ended_at) - parse_iso(m.started_at)).total_seconds()
+        for m in vault.list_backups("app-files")
+        if m.type == "incremental"
+    ]
+    assert durations[-1] > 2 * sorted(durations[:-1])[1], durations  # the premise: over twice the median
+
+    files = build_snapshot(config).sources[0]
+    assert list(files.slow) == ["incremental"] and files.last_success["incremental"].id == big.id
+    assert files.slow["incremental"].startswith("took ") and "over the last 3 runs" in files.slow["incremental"]
+    from core.observe.metrics import families
+
+    slow = {tuple(s.labels.values()): s.value for f in families(build_snapshot(config)) for s in f.samples
+            if s.name == "genesis_dr_operation_slow"}  # fmt: skip
+    assert slow == {("slow", "app-files", "full"): 0.0, ("slow", "app-files", "incremental"): 1.0}
