@@ -512,7 +512,10 @@ def build_snapshot(config: Any, now: datetime | None = None) -> StackSnapshot:
         )
     snap.sources = list(sources.values())
     if getattr(config, "failover", None) is not None:
-        snap.failover = _failover(config, store)
+        try:
+            snap.failover = _failover(config, store)
+        except DRError as exc:  # a damaged state file: named, and the rest still shown
+            snap.problems.append(f"failover: {exc}")
     try:
         vault = Vault.open(store)
     except VaultMissingError:
