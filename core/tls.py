@@ -330,9 +330,9 @@ _NOT_SIGNED = (
     "self signed certificate",
     "unable to get issuer certificate",
     "certificate signature failure",
-    "unknown ca",
-    "tlsv1 alert unknown ca",
 )
+# The server's alerts about our client certificate (a server that asks for one: tls-auth-clients, clientcert).
+_CLIENT_REFUSED = ("alert unknown ca", "alert bad certificate", "alert certificate required", "alert access denied")
 _WRONG_NAME = (
     "does not match host name",
     "hostname mismatch",
@@ -347,14 +347,9 @@ _NO_TLS = (
     "ssl is required but the server doesn't support it",  # pymysql
     "ssl connection error: ssl is required",  # the MariaDB client tools
 )
-# What a plain server's reply to a ClientHello looks like from the TLS layer (only with an SSL error).
-_PLAIN_REPLY = (
-    "wrong version number",
-    "record layer failure",
-    "packet length too long",
-    "unexpected eof while reading",
-    "tls/ssl connection has been closed",
-)
+# What a plain server's reply to a ClientHello looks like from the TLS layer: handshake-only errors (an EOF
+# is not one of them: a TLS session the server drops mid-query says that too, and that may pass by itself).
+_PLAIN_REPLY = ("wrong version number", "record layer failure", "packet length too long")
 _EXPIRED = ("certificate has expired", "certificate is not yet valid")
 _FILE = (
     'root certificate file "',
@@ -366,7 +361,7 @@ _FILE = (
 
 def tls_problem(exc: BaseException | str) -> str | None:
     """Which TLS failure ``exc`` (an ssl, libpq, pymysql or redis error, or a tool's stderr) reports:
-    'not-signed', 'wrong-name', 'expired', 'no-tls', 'file', or None when it is not one."""
+    'not-signed', 'wrong-name', 'expired', 'client-refused', 'no-tls', 'file', or None when it is not one."""
     text = (exc if isinstance(exc, str) else _chain_text(exc)).lower()
     if isinstance(exc, ssl.SSLCertVerificationError) or "certificate verify failed" in text:
         if any(m in text for m in _WRONG_NAME):
@@ -378,6 +373,8 @@ def tls_problem(exc: BaseException | str) -> str | None:
         return "wrong-name"
     if any(m in text for m in _EXPIRED):
         return "expired"
+    if any(m in text for m in _CLIENT_REFUSED):
+        return "client-refused"
     if any(m in text for m in _NOT_SIGNED):
         return "not-signed"
     if any(m in text for m in _FILE):
@@ -415,6 +412,11 @@ def tls_error(
         )
     elif problem == "expired":
         reason = f"certificate of {host} has expired or is not yet valid: renew the server's certificate"
+    elif problem == "client-refused":
+        reason = (
+            f"server at {host} refused our client certificate: set tls.cert_file and tls.key_file to a certificate "
+            "signed by a CA the server trusts"
+        )
     elif problem == "no-tls":
         reason = f"server at {host} offers no TLS: enable ssl on the server or remove tls:"
     elif problem == "file":

@@ -226,6 +226,8 @@ class RedisTLSServer(RedisServer):
             db=db,
             ssl=True,
             ssl_ca_certs=str(self.ca),
+            ssl_certfile=str(self.client_cert),
+            ssl_keyfile=str(self.client_key),
             **kwargs,
         )
 
@@ -263,6 +265,8 @@ def redis_tls_server(tls_pki: TestPKI) -> Iterator[RedisTLSServer]:
         raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()[-500:]} {log}") from None
     server = RedisTLSServer(port, None, directory, proc)
     server.ca = tls_pki.ca
+    # The fixture's own client presents a certificate, so tests may turn tls-auth-clients on.
+    server.client_cert, server.client_key = tls_pki.other_cert, tls_pki.other_key
     try:
         yield server
     finally:

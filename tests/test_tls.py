@@ -362,3 +362,17 @@ def test_plain_http_endpoints_only_on_this_machine():
         VaultConfig(type="s3", bucket="b", endpoint_url="http://minio.internal:9000")
     with pytest.raises(ValueError, match="not an http"):
         VaultConfig(type="gcs", bucket="b", endpoint_url="ftp://x")
+
+
+def test_redis_client_certificate_when_the_server_asks_for_one(redis_tls_server, tls_pki):
+    server = redis_tls_server
+    admin = server.client()
+    admin.config_set("tls-auth-clients", "yes")
+    try:
+        with_cert = _tls(tls_pki, cert_file=str(tls_pki.other_cert), key_file=str(tls_pki.other_key))
+        RedisEngine(server.config("rd-client", tls=with_cert)).ping()
+        with pytest.raises(TLSError) as excinfo:
+            RedisEngine(server.config("rd-anonymous", tls=_tls(tls_pki))).ping()
+        _assert_tls_error(excinfo, "rd-anonymous", server.port, "refused our client certificate", "tls.cert_file")
+    finally:
+        admin.config_set("tls-auth-clients", "no")
