@@ -1,9 +1,9 @@
 """One snapshot of a stack, read from its vault(s): what ``genesis-dr status`` shows and the metrics expose.
 
 ``build_snapshot`` reads the primary vault once, read-only, and never a chunk: the catalog (each
-backup's manifest), each source's log index and its newest piece record, the capture leases, the
-history (validations, drills, skipped incrementals), the failover state and the monitor's tracker,
-the holds, and for each replica a listing of what it holds (its lag is computed here, as the replicate
+backup's manifest), each source's log index and piece records (sizes, the newest one's end), the
+capture leases, the history (validations, drills, skipped incrementals), the failover state and the
+monitor's tracker, the holds, and for each replica a listing of what it holds (its lag is computed here, as the replicate
 flow defines it: the age of the oldest committed backup or log piece of the primary the replica lacks,
 so a replication that stopped shows a growing lag). No Prefect, no server, no source is contacted.
 
