@@ -376,3 +376,32 @@ def test_redis_client_certificate_when_the_server_asks_for_one(redis_tls_server,
         _assert_tls_error(excinfo, "rd-anonymous", server.port, "refused our client certificate", "tls.cert_file")
     finally:
         admin.config_set("tls-auth-clients", "no")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # libpq (psycopg and the tools)
+        (
+            'connection to server at "10.0.0.5", port 5432 failed: server does not support SSL, but SSL was required',
+            "no-tls",
+        ),
+        ("SSL error: certificate verify failed", "not-signed"),
+        ('server certificate for "db1" does not match host name "db2"', "wrong-name"),
+        ('root certificate file "/etc/x.pem" does not exist', "file"),
+        # a session the server dropped mid-query: transient, not a TLS refusal
+        ("SSL error: unexpected eof while reading", None),
+        ("server closed the connection unexpectedly", None),
+        # pymysql, the MariaDB tools
+        ('(2026, "SSL is required but the server doesn\'t support it")', "no-tls"),
+        ("ERROR 2026 (HY000): TLS/SSL error: self-signed certificate in certificate chain", "not-signed"),
+        # Python's ssl (redis-py, our raw sockets)
+        ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch", "wrong-name"),
+        ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired", "expired"),
+        ("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required", "client-refused"),
+        ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", "no-tls"),
+        ("password authentication failed for user", None),
+    ],
+)
+def test_tls_failures_are_told_apart(text, problem):
+    assert tls.tls_problem(text) == problem

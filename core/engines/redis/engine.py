@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,7 +218,7 @@ class RedisEngine(Engine):
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             c = self.config
-            if c.tls is not None and (tls.tls_problem(exc) or isinstance(exc.__context__, ssl.SSLError)):
+            if c.tls is not None and tls.tls_problem(exc):
                 raise tls.tls_error(c.name, f"{c.host}:{c.port}", exc, c.tls, "redis") from None
             reason = connection_reason(exc.__context__) if exc.__context__ else "connection failed"
             if "refused" in str(exc).lower():
