@@ -91,7 +91,37 @@ DOCUMENTS_CADENCE = {
     # The retention sweep daily, queued (two sweeps never delete side by side); the audit trail verified after it.
     "retention": ("0 3 * * *", True, 1, "ENQUEUE"),
     "audit-verify": ("45 3 * * *", True, 1, "CANCEL_NEW"),
+    # genesis-dr itself into the vault daily (after the sweep and the audit), queued.
+    "self-backup": ("15 4 * * *", True, 1, "ENQUEUE"),
+    # On demand: a paused placeholder schedule each (a stack file's cron turns it on).
+    "drill-full": ("0 0 1 1 *", False, 1, "ENQUEUE"),
+    "restore": ("0 0 1 1 *", False, None, None),
+    "failover": ("0 0 1 1 *", False, 1, "ENQUEUE"),
+    "failback": ("0 0 1 1 *", False, 1, "ENQUEUE"),
+    "hold": ("0 0 1 1 *", False, 1, "ENQUEUE"),
+    "erase": ("0 0 1 1 *", False, 1, "ENQUEUE"),
 }
+
+
+def yaml_deployments() -> list[str]:
+    import yaml
+
+    return [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]]
+
+
+def check_deployed(by_name: dict, pool: str = "genesis-dr", suffix: str = "") -> None:
+    """Every deployment has exactly one schedule of ours, a valid cron in UTC, and its pool and queue."""
+    from prefect._vendor.croniter import croniter  # the parser Prefect's scheduler uses
+
+    from deployments.queues import QUEUE_OF
+
+    for name, deployment in by_name.items():
+        base = name.removesuffix(suffix)
+        ours = [s for s in deployment.schedules if s.slug == "genesis-dr-stack"]
+        assert len(ours) == 1 and croniter.is_valid(ours[0].schedule.cron), (name, ours)
+        assert croniter(ours[0].schedule.cron).get_next(float) > time.time(), (name, ours)
+        assert ours[0].schedule.timezone == "UTC", (name, ours)
+        assert (deployment.work_pool_name, deployment.work_queue_name) == (pool, QUEUE_OF[base]), name
 
 
 def deployed_schedules(by_name: dict) -> dict:
@@ -186,7 +216,9 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
             with get_client(sync_client=True) as client:
                 deployments = {d.id: d for d in client.read_deployments()}
                 by_name = {d.name: d for d in deployments.values()}
+                assert sorted(by_name) == sorted(yaml_deployments()) == sorted(DOCUMENTS_CADENCE)
                 assert deployed_schedules(by_name) == DOCUMENTS_CADENCE
+                check_deployed(by_name)
                 # The completed full also triggers the replicate deployment (the stack has no replica: it
                 # finds nothing to copy); wait for that run to finish before reading the outcome.
                 deadline = time.monotonic() + 120
@@ -384,3 +416,133 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
     # The replicate deployment's trigger (a completed backup run) would stay live on the shared server.
     with get_client(sync_client=True) as client:
         client.delete_deployment(client.read_deployment_by_name("replicate/replicate").id)
+
+
+def test_register_deployments_pools_queues_routing_and_an_operators_pause(prefect_api, tmp_path):
+    """register_deployments (what `genesis-dr apply` and `serve` call): the stack's pools with the queues at the
+    contract's priorities, every prefect.yaml deployment with the stack's schedules (another stack's named
+    `-<stack>`), per-pool copies of the backup and capture deployments for routed sources; a second call
+    changes nothing; a schedule paused in the UI stays paused; sources routed back remove their copies."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+    from core.stack import StackConfig
+    from deployments.queues import QUEUES
+    from deployments.register import pools_of, register_deployments
+
+    tag = secrets.token_hex(3)
+    stack, main, eu = f"reg{tag}", f"t{tag}-main", f"t{tag}-eu"  # pools no worker of another test serves
+    (tmp_path / "app").mkdir()
+
+    def config(routed: bool, **schedules: str) -> StackConfig:
+        eu_pool = {"work_pool": eu} if routed else {}
+        return StackConfig(
+            stack=stack,
+            vault={"path": str(tmp_path / "vault")},
+            encryption={"passphrase_from": "env:NOPE"},
+            operations={"work_pool": main},
+            sources=[
+                {"name": "db", "kind": "postgres", "host": "127.0.0.1", "database": "app", "user": "app"},
+                {"name": "cache", "kind": "redis", **eu_pool},
+                {"name": "files", "kind": "files", "root": str(tmp_path / "app"), **eu_pool},
+            ],
+            schedules={"incremental": "*/10 * * * *", "monitor": "off", "restore": "0 6 * * *"} | schedules,
+        )
+
+    def deployed() -> dict:
+        with get_client(sync_client=True) as client:
+            found = client.read_deployments(deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["dr"])))
+            return {d.name: d for d in found if d.parameters.get("stack") == stack}
+
+    routed = config(True)
+    assert pools_of(routed) == [main, eu]
+    started = time.monotonic()
+    lines = register_deployments(routed)
+    first = time.monotonic() - started
+    try:
+        with get_client(sync_client=True) as client:
+            for pool in (main, eu):
+                assert client.read_work_pool(pool).type == "process"
+                queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name=pool)}
+                assert queues == QUEUES | {"default": 8}, queues
+        by_name = deployed()
+        copies = {n: d for n, d in by_name.items() if f"-{eu}-" in n}
+        check_deployed({n: d for n, d in by_name.items() if n not in copies}, main, f"-{stack}")
+        check_deployed({n.replace(f"-{eu}", ""): d for n, d in copies.items()}, eu, f"-{stack}")
+        # Every deployment, for this stack; redis has no source left in the main pool: its copy only.
+        names = {f"{n}-{stack}" for n in yaml_deployments()} - {f"redis-{stack}"}
+        assert set(by_name) == names | {f"{n}-{eu}-{stack}" for n in ROUTABLE}
+        sources = {n: d.parameters.get("sources") for n, d in by_name.items() if n.split("-")[0] in ROUTABLE}
+        assert sources == {
+            f"full-{stack}": ["db"],
+            f"full-{eu}-{stack}": ["cache", "files"],
+            f"differential-{stack}": ["db"],
+            f"differential-{eu}-{stack}": ["files"],
+            f"incremental-{stack}": ["db"],
+            f"incremental-{eu}-{stack}": ["files"],
+            f"redis-{eu}-{stack}": ["cache"],
+            f"capture-{stack}": ["db"],
+            f"capture-{eu}-{stack}": ["cache"],
+        }
+        assert by_name[f"redis-{eu}-{stack}"].parameters == {
+            "stack": stack,
+            "backup_type": "full",
+            "kinds": ["redis"],
+            "sources": ["cache"],
+        }
+        schedules = deployed_schedules(by_name)
+        assert (
+            schedules[f"incremental-{stack}"]
+            == schedules[f"incremental-{eu}-{stack}"]
+            == (
+                "*/10 * * * *",
+                True,
+                1,
+                "CANCEL_NEW",
+            )
+        )
+        assert schedules[f"monitor-{stack}"][:2] == ("* * * * *", False)
+        assert schedules[f"restore-{stack}"][:2] == ("0 6 * * *", True)
+        assert schedules[f"full-{stack}"][:2] == ("0 */6 * * *", True)
+        assert f"created deployment backup/full-{eu}-{stack} (pool {eu}, queue full, cron '0 */6 * * *' UTC)" in lines
+
+        # Again: nothing to do, nothing written.
+        started = time.monotonic()
+        assert register_deployments(routed) == []
+        again = time.monotonic() - started
+        print(f"register_deployments: {len(by_name)} deployments created in {first:.2f} s, checked in {again:.2f} s")
+
+        # Paused in the UI: stays paused through a re-registration and a cron change from the stack file.
+        incremental = by_name[f"incremental-{stack}"]
+        (ours,) = [s for s in incremental.schedules if s.slug == "genesis-dr-stack"]
+        with get_client(sync_client=True) as client:
+            client.update_deployment_schedule(incremental.id, ours.id, active=False)
+        assert register_deployments(routed) == []
+        lines = register_deployments(config(True, incremental="*/20 * * * *"))
+        assert set(lines) == {
+            f"schedule of deployment backup/incremental-{eu}-{stack}: cron '*/20 * * * *' UTC",
+            f"schedule of deployment backup/incremental-{stack}: off (paused; cron '*/20 * * * *' UTC)",
+        }
+        assert deployed_schedules(deployed())[f"incremental-{stack}"][:2] == ("*/20 * * * *", False)
+
+        # Routed back: the copies go, the defaults take every source again (no `sources`), redis's comes back.
+        lines = register_deployments(config(False, incremental="*/20 * * * *"))
+        by_name = deployed()
+        assert set(by_name) == names | {f"redis-{stack}"}
+        assert all("sources" not in d.parameters for d in by_name.values())
+        assert {line for line in lines if line.startswith("deleted")} == {
+            f"deleted deployment {'capture' if n == 'capture' else 'backup'}/{n}-{eu}-{stack} (no source of it is in "
+            "that pool)"
+            for n in ROUTABLE
+        }
+        assert deployed_schedules(by_name)[f"incremental-{stack}"][:2] == ("*/20 * * * *", False)  # still paused
+    finally:
+        with get_client(sync_client=True) as client:
+            for deployment in deployed().values():
+                client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+                client.delete_deployment(deployment.id)
+            for pool in (main, eu):
+                client.delete_work_pool(pool)
+
+
+ROUTABLE = ("full", "differential", "incremental", "redis", "capture")
