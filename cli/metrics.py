@@ -105,6 +105,7 @@ def _no_cloudwatch(stack: str) -> ConfigError:
 
 
 def cmd_metrics(args) -> int:
+    from cli.stacks import note
     from core import cancel
     from core.observe.cloudwatch import publish_cloudwatch
     from core.observe.metrics import CachedSnapshot, parse_listen, registry_for, serve, write_textfile
@@ -119,7 +120,9 @@ def cmd_metrics(args) -> int:
         except ValueError as exc:
             raise ConfigError(f"--listen: {exc}") from None
     config, cw, session = _stack(args)
-    provider = CachedSnapshot(lambda: build_snapshot(config), ttl=args.cache_seconds if listen else 1.0)
+    provider = CachedSnapshot(
+        lambda: build_snapshot(config), ttl=args.cache_seconds if listen else 1.0, warn=lambda m: note(f"metrics: {m}")
+    )
     registry = registry_for(provider)
 
     def once() -> None:

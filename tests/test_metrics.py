@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +22,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.chains import parse_iso
-from core.observe.metrics import CachedSnapshot, registry_for
+from core.errors import VaultError
+from core.observe.metrics import CachedSnapshot, registry_for, serve
 from core.observe.snapshot import build_snapshot
 from core.repository.manifest import COMPLETED
 from tests.servers import free_port
@@ -175,15 +176,38 @@ def test_textfile_and_stdout_hold_the_same_metrics(observed, tmp_path):
     assert full[(interval, ("source", "cache"), ("type", "full"))] == 900  # the redis deployment, every 15 min
 
 
-def test_cached_snapshot_reads_the_vault_once_per_ttl(observed):
-    built, now = [], [100.0]
+def test_cached_snapshot_reads_the_vault_once_per_ttl_and_keeps_the_last_good_one(observed):
+    built, now, warned, fail = [], [100.0], [], [False]
 
     def build():
+        if fail[0]:
+            raise VaultError("vault local:/gone is out of reach")
         built.append(build_snapshot(observed.config))
         return built[-1]
 
-    cached = CachedSnapshot(build, ttl=5.0, clock=lambda: now[0])
+    cached = CachedSnapshot(build, ttl=5.0, clock=lambda: now[0], warn=warned.append)
     assert cached() is cached() and len(built) == 1
     now[0] += 5.0
-    time.sleep(0.002)
     assert cached() is built[1] and len(built) == 2
+    # the vault out of reach: the last good snapshot (its scrape timestamp ages: the stale alert fires)
+    fail[0], now[0] = True, now[0] + 5.0
+    assert cached() is built[1]
+    assert warned == [f"vault local:/gone is out of reach; serving the snapshot of {built[1].taken_at}"]
+
+
+def test_a_vault_out_of_reach_from_the_start_answers_503_in_one_line():
+    def build():
+        raise VaultError("vault local:/gone is out of reach; check the stack's vault settings")
+
+    port = free_port()
+    server, _thread = serve(registry_for(CachedSnapshot(build)), "127.0.0.1", port)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert caught.value.code == 503
+        assert caught.value.read().decode() == (
+            "genesis-dr: vault local:/gone is out of reach; check the stack's vault settings\n"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()

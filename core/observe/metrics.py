@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from core.chains import parse_iso
+from core.errors import DRError
 from core.observe.snapshot import StackSnapshot
 
 PREFIX = "genesis_dr_"
@@ -173,10 +174,21 @@ class SnapshotCollector(Collector):
 
 class CachedSnapshot:
     """``build()`` at most once every ``ttl`` seconds: a burst of scrapes (several Prometheus servers, a
-    dashboard refresh) reads the vault once. Thread-safe: the HTTP server answers scrapes in threads."""
+    dashboard refresh) reads the vault once. Thread-safe: the HTTP server answers scrapes in threads.
 
-    def __init__(self, build: SnapshotProvider, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.build, self.ttl, self.clock = build, ttl, clock
+    A read that fails (the vault out of reach: a DRError) keeps the last good snapshot, told to ``warn``:
+    its ``genesis_dr_scrape_timestamp_seconds`` ages, so the stale-metrics alert fires, as it does for a
+    textfile the failing command could not rewrite. With no good snapshot yet, the error is raised.
+    """
+
+    def __init__(
+        self,
+        build: SnapshotProvider,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.build, self.ttl, self.clock, self.warn = build, ttl, clock, warn
         self._lock = threading.Lock()
         self._snap: StackSnapshot | None = None
         self._at = 0.0
@@ -184,7 +196,13 @@ class CachedSnapshot:
     def __call__(self) -> StackSnapshot:
         with self._lock:
             if self._snap is None or self.clock() - self._at >= self.ttl:
-                self._snap = self.build()
+                try:
+                    self._snap = self.build()
+                except DRError as exc:
+                    if self._snap is None:
+                        raise
+                    if self.warn is not None:
+                        self.warn(f"{exc}; serving the snapshot of {self._snap.taken_at}")
                 self._at = self.clock()
             return self._snap
 
@@ -215,7 +233,33 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(registry: CollectorRegistry, host: str, port: int):
-    """Serve ``/metrics`` over HTTP in a daemon thread; returns (server, thread) (``server.shutdown()``)."""
-    from prometheus_client import start_http_server
+    """Serve the metrics over HTTP (any path, as prometheus_client does) in a daemon thread; returns
+    (server, thread): ``server.shutdown()`` stops it. A scrape the vault cannot answer gets HTTP 503 and
+    the one-line error (no traceback), so Prometheus marks the target down."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    return start_http_server(port, addr=host, registry=registry)
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        try:
+            return metrics_app(environ, start_response)
+        except DRError as exc:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"genesis-dr: {exc}\n".encode()]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+            pass  # one line per scrape would drown the service's log
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # '::' is IPv6
+
+    server = make_server(host, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="genesis-dr-metrics", daemon=True)
+    thread.start()
+    return server, thread
