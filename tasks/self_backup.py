@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from core.errors import DRError
 from core.selfbackup import (
     DEFAULT_KEEP,
     STATE_FORMAT,
@@ -267,9 +268,20 @@ def self_backup_task(stack: str, keep: int = DEFAULT_KEEP) -> dict:
         codec=config.vault.compression,
     )
     passes = getattr(getattr(config, "retention", None), "overwrite_passes", 3)
+    logger = get_run_logger()
     destroyed = prune_snapshots(vault.store, keep, passes=passes)
     if destroyed:
-        get_run_logger().info("self-backup: destroyed %d older snapshots (%s)", len(destroyed), ", ".join(destroyed))
+        logger.info("self-backup: destroyed %d older snapshots (%s)", len(destroyed), ", ".join(destroyed))
+    for replica in getattr(config, "replicas", None) or []:
+        # Replication copies snapshots and never deletes; their old copies go here, as retention's deletions reach
+        # the replicas. A replica out of reach keeps them until the next run: the snapshot itself is written.
+        try:
+            gone = prune_snapshots(replica.vault.store(), keep, passes=passes)
+        except DRError as exc:
+            logger.warning("self-backup: older snapshots on replica %s not destroyed: %s", replica.name, exc)
+            continue
+        if gone:
+            logger.info("self-backup: destroyed %d older snapshots on replica %s", len(gone), replica.name)
     return {
         "id": snapshot.id,
         "counts": snapshot.counts,
