@@ -480,10 +480,10 @@ def check_endpoint(url: str) -> str:
     raise ValueError(f"{url} is not an http(s) URL; give https://host[:port]")
 
 
-def https_verify(ca_file: str | None) -> str | bool:
-    """What botocore (``verify=``) and requests (``Session.verify``) take: the CA file, else True (the
-    system store). Never False: certificates of object stores and cloud APIs are always checked."""
-    return ca_file or True
+def https_verify(ca_file: str | None) -> str | None:
+    """botocore's ``verify=``: the CA file, else None, its default, which verifies against AWS_CA_BUNDLE or the
+    system's store. Never False: certificates of object stores and cloud APIs are always checked."""
+    return ca_file or None
 
 
 def https_error(where: str, url: str | None, exc: BaseException, ca_file: str | None) -> TLSError:

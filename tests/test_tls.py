@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+import requests
 
 from core import tls
 from core.crypto.keys import Keyring
@@ -30,6 +31,7 @@ from core.tls import TLSConfig
 # The TLS servers are fixtures of this module alone (tests/conftest.py does not load fixtures_tls).
 from tests.capturing import Capturing
 from tests.fixtures_cloud import _moto_server_binary as moto_binary
+from tests.fixtures_gcs import GCS_PROJECT, fake_gcs_server_binary
 from tests.fixtures_tls import (  # noqa: F401
     OTHER_NAME,
     mysql_tls_server,
@@ -405,3 +407,34 @@ def test_redis_client_certificate_when_the_server_asks_for_one(redis_tls_server,
 )
 def test_tls_failures_are_told_apart(text, problem):
     assert tls.tls_problem(text) == problem
+
+
+@pytest.fixture(scope="module")
+def gcs_https(tls_pki, tmp_path_factory) -> Iterator[str]:
+    """fake-gcs-server over HTTPS with the test CA's certificate for 127.0.0.1."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    argv = [fake_gcs_server_binary(), "-scheme", "https", "-backend", "memory", "-host", "127.0.0.1"]
+    argv += ["-port", str(port), "-external-url", url, "-log-level", "warn"]
+    argv += ["-cert-location", str(tls_pki.server_cert), "-private-key-location", str(tls_pki.server_key)]
+    with serving(argv, port, tmp_path_factory.mktemp("gcs-https") / "gcs.log", timeout=30):
+        yield url
+
+
+def test_gcs_vault_over_https_with_a_private_ca(gcs_https, tls_pki, keyring):
+    bucket = f"gdr-tls-{uuid.uuid4().hex[:10]}"
+    created = requests.post(
+        f"{gcs_https}/storage/v1/b", params={"project": GCS_PROJECT}, json={"name": bucket}, verify=str(tls_pki.ca)
+    )
+    assert created.status_code == 200, created.text
+    settings = {"type": "gcs", "bucket": bucket, "endpoint_url": gcs_https}
+    store = VaultConfig(**settings, ca_file=str(tls_pki.ca)).store()
+    store.put("probe/object", b"over https")
+    assert store.get("probe/object") == b"over https"
+
+    with pytest.raises(TLSError) as excinfo:
+        VaultConfig(**settings, ca_file=str(tls_pki.wrong_ca)).store().get("probe/object")
+    assert str(excinfo.value) == (
+        f"vault gcs://{bucket}: the certificate of {gcs_https.removeprefix('https://')} is not signed by "
+        f"{tls_pki.wrong_ca}: set ca_file to the CA that signed it"
+    )

@@ -61,7 +61,7 @@ from core.storage.base import (
     checked_key,
 )
 from core.storage.retry import unwrap
-from core.tls import https_error, https_verify
+from core.tls import https_error
 
 # Up to this size an upload is one multipart request (the library's own threshold); above it, a
 # resumable upload whose requests each carry CHUNK_SIZE bytes (a multiple of 256 KiB, as GCS requires).
@@ -108,6 +108,23 @@ def _status(exc: BaseException) -> int | None:
     if isinstance(exc, InvalidResponse) and exc.response is not None:
         return exc.response.status_code
     return None
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter verifying against ``ca_file`` when one is given (a private CA of an on-premises
+    endpoint). Set per request, because requests lets REQUESTS_CA_BUNDLE override a session's ``verify``;
+    without ca_file, requests' default applies (REQUESTS_CA_BUNDLE or its CA bundle). Never unverified."""
+
+    def __init__(self, ca_file: str | None, **kwargs: Any) -> None:
+        self.ca_file = ca_file
+        super().__init__(**kwargs)
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        if self.ca_file:
+            kwargs["verify"] = self.ca_file
+        elif kwargs.get("verify") is False:
+            kwargs["verify"] = True  # nothing turns verification off
+        return super().send(request, **kwargs)
 
 
 class GCSStore(Store):
@@ -171,9 +188,8 @@ class GCSStore(Store):
                 except auth_exc.DefaultCredentialsError:
                     raise self._no_credentials() from None
                 session = AuthorizedSession(credentials)
-                session.verify = https_verify(self.ca_file)  # always verified; a private CA where given
                 # One pool big enough for io_threads requests in flight; no urllib3 retries (RetryingStore's job).
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+                adapter = _Adapter(self.ca_file, pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)
                 options = {"api_endpoint": self.endpoint_url} if self.endpoint_url else None
