@@ -15,9 +15,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.servers import free_port
@@ -118,6 +121,43 @@ def port_free(port: int) -> bool:
         return True
 
 
+def scrape(port: int, name: str, timeout: float = 30) -> dict[tuple, float]:
+    """(stack, source, type) -> value of ``name`` on the metrics endpoint (waits for it to listen)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"no metrics endpoint on port {port} after {timeout} s"
+            time.sleep(0.5)
+    return {
+        (s.labels.get("stack"), s.labels.get("source"), s.labels.get("type")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def children_of(pid: int, word: str) -> list[int]:
+    """Pids of ``pid``'s children whose command line contains ``word``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid and word.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
 def write_stack(path: Path, stack: dict) -> Path:
     path.write_text(yaml.safe_dump(stack, sort_keys=False))
     return path
@@ -212,14 +252,24 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
 
     # 2. Start again (the stack as applied): the same database and deployments, none doubled, none paused; a
     # backup runs again; SIGTERM stops it all and exits 0.
-    with serving([*argv, "--stack", "default"], env, log) as served:
+    metrics_port = free_port()
+    with serving([*argv, "--stack", "default", "--metrics-listen", f"127.0.0.1:{metrics_port}"], env, log) as served:
         with client_at(port) as client:
             again = client.read_deployments()
             assert {d.name: d.id for d in again} == first_ids
             assert [d.name for d in again if d.paused] == []
             assert [d.name for d in again if any(s.active for s in d.schedules)] == ["full"]
+            # A worker that dies is restarted (one line says so); the backup below needs the new one.
+            (worker,) = children_of(served.proc.pid, "worker")
+            os.kill(worker, signal.SIGKILL)
             run = run_deployment_and_wait(client, "backup/full")
             assert run.state_type == StateType.COMPLETED, run.state
+            assert "worker for pool genesis-dr exited with code -9" in served.output()
+        # The metrics endpoint child: the vault's last full of the source, as Prometheus reads it.
+        ended = max(b.ended_at for b in load_stack_file(stack_file).vault.open().list_backups("app-files"))
+        samples = scrape(metrics_port, "genesis_dr_backup_last_success_timestamp_seconds")
+        last = datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp()
+        assert samples[("default", "app-files", "full")] == pytest.approx(last, abs=1)
         code, took = served.terminate()
         assert code == 0, served.output()[-3000:]
         assert took < 30, f"SIGTERM took {took:.1f} s"
