@@ -266,11 +266,10 @@ def test_a_backup_over_twice_its_median_is_flagged_slow(tmp_path):
         backup_source(vault, keyring, engine, "incremental")
     (tree / "big.bin").write_bytes(os.urandom(24 << 20))
     big = backup_source(vault, keyring, engine, "incremental")
-    durations = [
-        (parse_iso(m.ended_at) - parse_iso(m.started_at)).total_seconds()
-        for m in vault.list_backups("app-files")
-        if m.type == "incremental"
-    ]
+    incrementals = sorted(
+        (m for m in vault.list_backups("app-files") if m.type == "incremental"), key=lambda m: m.started_at
+    )
+    durations = [(parse_iso(m.ended_at) - parse_iso(m.started_at)).total_seconds() for m in incrementals]
     assert durations[-1] > 2 * sorted(durations[:-1])[1], durations  # the premise: over twice the median
 
     files = build_snapshot(config).sources[0]
