@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from core.engines import engine_class
 from core.notify.config import ACTIVITIES
+from core.observe.snapshot import schedule_interval
 from core.stack import StackConfig
 
 BACKUP_COMPLETED = "genesis-dr.backup.completed"
@@ -54,15 +55,6 @@ FLOW_ACTIVITY = {
     "erase": "retention",
     "audit-verify": "audit",
     "restore": None,  # no activity of its own: channels that take every activity get it
-}
-_MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
 }
 
 FAILED_SUBJECT = "genesis-dr {stack}: {{{{ flow.name }}}} run {{{{ flow_run.name }}}} {{{{ flow_run.state.name }}}}"
@@ -93,39 +85,20 @@ def source_resource(stack: str, source: str) -> str:
 # --- intervals (pure)
 
 
-def cron_interval(cron: str, start: datetime | None = None) -> timedelta:
-    """The longest gap between two runs of ``cron`` (UTC) over the next runs: a backup is overdue only past the
-    longest wait its schedule allows (``0 9 * * 1-5`` waits 72 h over a weekend)."""
-    from cronsim import CronSim  # Prefect's own scheduler dependency (pydocket), pinned in constraints.txt
-
-    text = _MACROS.get(cron.strip().lower(), cron)
-    now = start or datetime.now(UTC)
-    runs = CronSim(text, now.replace(second=0, microsecond=0))
-    horizon = now + timedelta(days=400)
-    previous = next(runs)
-    longest = timedelta(0)
-    for _ in range(600):
-        current = next(runs, None)
-        if current is None or current > horizon:
-            break
-        longest = max(longest, current - previous)
-        previous = current
-    return longest
-
-
 def backup_interval(config: StackConfig, source: str) -> tuple[timedelta, str] | None:
     """How often ``source`` is backed up by the stack's schedules: the shortest interval of the active backup
     schedules that take it (full, and differential/incremental for kinds that have them; ``redis`` for Redis),
-    with the schedule key; None when every one is off."""
+    with the schedule key; None when every one is off. An interval is the schedule's longest gap (``0 9 * * 1-5``
+    waits 72 h over a weekend), the same measure the metrics' ``genesis_dr_backup_interval_seconds`` use."""
     src = config.source(source)
     keys = [t for t in ("incremental", "differential", "full") if t in engine_class(src.kind).backup_types]
     if src.kind == "redis":
         keys.append("redis")
     found = []
     for key in keys:
-        cron = getattr(config.schedules, key)
-        if cron != "off":
-            found.append((cron_interval(cron), key))
+        seconds = schedule_interval(getattr(config.schedules, key))
+        if seconds:
+            found.append((timedelta(seconds=seconds), key))
     return min(found) if found else None
 
 

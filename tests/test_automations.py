@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
-
-import pytest
+from datetime import timedelta
 
 from core.notify.config import NotificationsConfig
 from core.sources import FilesSourceConfig, PostgresSourceConfig, RedisSourceConfig
@@ -22,29 +20,10 @@ from deployments.automations import (
     WEBHOOK_SCHEMA,
     apply_automations,
     backup_interval,
-    cron_interval,
     overdue_automation,
     source_resource,
 )
 from tests.fixtures_notify import Posted, Receiver
-
-MONDAY = datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("cron", "interval"),
-    [
-        ("*/5 * * * *", timedelta(minutes=5)),
-        ("0 */6 * * *", timedelta(hours=6)),
-        ("15 4 * * *", timedelta(days=1)),
-        ("@hourly", timedelta(hours=1)),
-        ("0 9 * * 1-5", timedelta(days=3)),  # Friday 09:00 to Monday 09:00
-        ("0 5 1 * *", timedelta(days=31)),  # the longest month
-        ("*/20 8-17 * * *", timedelta(hours=14, minutes=20)),  # 17:40 to 08:00
-    ],
-)
-def test_cron_interval_is_the_longest_wait(cron, interval):
-    assert cron_interval(cron, MONDAY) == interval
 
 
 def _config(schedules: dict | None = None) -> StackConfig:
@@ -68,6 +47,12 @@ def test_backup_interval_is_the_shortest_active_schedule_that_takes_the_source()
     quieter = _config({"incremental": "off", "redis": "off"})
     assert backup_interval(quieter, "app-db") == (timedelta(hours=1), "differential")
     assert backup_interval(quieter, "cache") == (timedelta(hours=6), "full")
+    weekdays = _config({"incremental": "off", "differential": "0 9 * * 1-5", "full": "0 5 1 * *"})
+    assert backup_interval(weekdays, "app-db") == (timedelta(days=3), "differential")  # Friday 09:00 to Monday
+    assert backup_interval(weekdays, "cache") == (timedelta(minutes=15), "redis")
+    monthly = _config({"incremental": "off", "differential": "off", "full": "0 5 1 * *", "redis": "@daily"})
+    assert backup_interval(monthly, "uploads") == (timedelta(days=31), "full")  # the longest month
+    assert backup_interval(monthly, "cache") == (timedelta(days=1), "redis")
     nothing = _config({"incremental": "off", "differential": "off", "full": "off", "redis": "off"})
     assert backup_interval(nothing, "app-db") is None
 
@@ -219,35 +204,55 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
     assert (left, blocks) == ([], [])
 
 
-def test_operators_automations_and_paused_ones_are_left_alone(make_stack, tmp_path):
+def test_channel_filters_paused_and_operators_automations(make_stack, tmp_path):
     from prefect.automations import AutomationCore
     from prefect.client.orchestration import get_client
     from prefect.events.actions import DoNothing
     from prefect.events.schemas.automations import EventTrigger
 
+    name = "auto-filters"
     with Receiver() as rx:
         stack = make_stack(
             [FilesSourceConfig(name="app", root=str(tmp_path))],
-            notifications={"webhooks": [{"name": "ops", "url": rx.url("/hook")}]},
+            name=name,
+            notifications={
+                "webhooks": [
+                    {"name": "ops", "url": rx.url("/ops")},
+                    {"name": "DR team", "url": rx.url("/dr"), "activities": ["drill", "validation"]},
+                    {"name": "wins", "url": rx.url("/wins"), "on": ["success"]},  # no failures: no automation
+                ]
+            },
         )
-        lines = apply_automations(stack.config)
-        assert len(lines) == 2
+        assert sorted(apply_automations(stack.config)) == [
+            f"automation 'genesis-dr {name} backup overdue: app' created",
+            f"automation 'genesis-dr {name} run failed: webhook-dr-team' created",
+            f"automation 'genesis-dr {name} run failed: webhook-ops' created",
+        ]
         with get_client(sync_client=True) as client:
+            (dr_team,) = client.read_automations_by_name(f"genesis-dr {name} run failed: webhook-dr-team")
+            (ops,) = client.read_automations_by_name(f"genesis-dr {name} run failed: webhook-ops")
+            (overdue,) = client.read_automations_by_name(f"genesis-dr {name} backup overdue: app")
+            tag = {"prefect.resource.role": "tag", "prefect.resource.id": ["prefect.tag.dr", "prefect.tag.genesis-dr"]}
+            assert [m.model_dump() for m in dr_team.trigger.match_related] == [
+                tag,
+                {"prefect.resource.role": "flow", "prefect.resource.name": ["drill", "validate"]},
+            ]
+            assert [m.model_dump() for m in ops.trigger.match_related] == [tag]  # every flow of ours
+            assert [a.block_document_id for a in overdue.actions] == [ops.actions[0].block_document_id]
             mine = client.create_automation(
-                AutomationCore(name=f"{stack.name} my own", trigger=EventTrigger(expect={"x"}), actions=[DoNothing()])
+                AutomationCore(name=f"{name} my own", trigger=EventTrigger(expect={"x"}), actions=[DoNothing()])
             )
-            overdue = client.read_automations_by_name(f"genesis-dr {stack.name} backup overdue: app")[0]
             client.pause_automation(overdue.id)
         # a new schedule changes the window: updated in place, still paused
         faster = stack.config.model_copy(
             update={"schedules": stack.config.schedules.model_copy(update={"incremental": "*/2 * * * *"})}
         )
-        assert apply_automations(faster) == [f"automation 'genesis-dr {stack.name} backup overdue: app' updated"]
+        assert apply_automations(faster) == [f"automation 'genesis-dr {name} backup overdue: app' updated"]
         with get_client(sync_client=True) as client:
-            (overdue,) = client.read_automations_by_name(f"genesis-dr {stack.name} backup overdue: app")
+            (overdue,) = client.read_automations_by_name(f"genesis-dr {name} backup overdue: app")
             assert (overdue.enabled, overdue.trigger.within) == (False, timedelta(minutes=4))
-            assert overdue.trigger.match.model_dump() == {"prefect.resource.id": source_resource(stack.name, "app")}
+            assert overdue.trigger.match.model_dump() == {"prefect.resource.id": source_resource(name, "app")}
             bare = stack.config.model_copy(update={"notifications": NotificationsConfig()})
-            assert len(apply_automations(bare)) == 2
-            assert client.read_automation(mine).name == f"{stack.name} my own"
+            assert len(apply_automations(bare)) == 3
+            assert client.read_automation(mine).name == f"{name} my own"
             client.delete_automation(mine)
