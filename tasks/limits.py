@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -57,7 +58,7 @@ from prefect.client.schemas.responses import MinimalConcurrencyLimitResponse
 # What Prefect's own concurrency() emits, so automations and the UI's event feed see the same.
 from prefect.concurrency._events import emit_concurrency_acquisition_events, emit_concurrency_release_events
 from prefect.context import TaskRunContext
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
 
 from core.errors import LockedError
 from core.history import History
@@ -115,6 +116,13 @@ _synced: set[tuple[str, int]] = set()
 _synced_lock = threading.Lock()
 
 
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:  # outside a run (a CLI command, a test)
+        return logging.getLogger(__name__)
+
+
 def sync_limit(name: str, limit: int) -> None:
     """Make the global concurrency limit ``name`` exist with ``limit`` slots (created, or updated when its limit
     differs): for limits whose value the stack file owns."""
@@ -129,7 +137,7 @@ def sync_limit(name: str, limit: int) -> None:
             else:
                 if current.limit != limit:
                     client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
-                    get_run_logger().info("concurrency limit %s: %d slots (was %d)", name, limit, current.limit)
+                    _logger().info("concurrency limit %s: %d slots (was %d)", name, limit, current.limit)
         _synced.add((name, limit))
 
 
