@@ -23,10 +23,20 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
+from core.crypto.signing import SigningConfig
 from core.errors import ConfigError
 from core.failover.topology import FailoverConfig
 from core.repository.manifest import now_iso
-from core.stack import SOURCE_MODELS, ReplicaConfig, ReplicationConfig, StackConfig, VaultConfig, vault_named
+from core.scheduling.config import OperationsConfig
+from core.stack import (
+    SOURCE_MODELS,
+    ReplicaConfig,
+    ReplicationConfig,
+    SchedulesConfig,
+    StackConfig,
+    VaultConfig,
+    vault_named,
+)
 from core.targets import state_dir
 from core.validation.config import DrillConfig, ObjectivesConfig
 
@@ -72,6 +82,11 @@ class StackDescription:
     # database passwords removed: 'failover status' names regions without Prefect; probes ask the blocks
     failover: FailoverConfig | None = None
     failover_secret_fields: list[str] = field(default_factory=list)  # e.g. regions[0].postgres.password
+    # for 'status' and 'metrics' without Prefect: intervals, CloudWatch, the admin keys that release holds
+    # (None in descriptions written before these existed: those commands then read less, or the blocks)
+    schedules: SchedulesConfig | None = None
+    operations: OperationsConfig | None = None
+    signing: SigningConfig | None = None
 
     def vault_named(self, name: str | None) -> VaultConfig:
         """The primary vault (``name`` None or 'primary') or a replica's (ConfigError listing the names)."""
@@ -140,6 +155,9 @@ def describe(config: StackConfig, applied_to: str) -> dict:
         "secret_fields": secrets,
         "failover": failover,
         "failover_secret_fields": failover_secrets,
+        "schedules": config.schedules.model_dump(),
+        "operations": config.operations.model_dump(mode="json"),
+        "signing": config.signing.model_dump(mode="json"),  # references and public keys only
         "applied_at": now_iso(),
         "applied_to": applied_to,
     }
@@ -191,6 +209,9 @@ def _parse(data: dict, path: Path) -> StackDescription:
         drill=DrillConfig.model_validate(data.get("drill") or {}),
         failover=FailoverConfig.model_validate(data["failover"]) if data.get("failover") else None,
         failover_secret_fields=list(data.get("failover_secret_fields") or []),
+        schedules=SchedulesConfig.model_validate(data["schedules"]) if "schedules" in data else None,
+        operations=OperationsConfig.model_validate(data["operations"]) if "operations" in data else None,
+        signing=SigningConfig.model_validate(data["signing"]) if "signing" in data else None,
     )
 
 

@@ -829,6 +829,8 @@ class BackupWriter:
         for key in list(self.store.list(f"backups/{self.id}/streams/")):
             self.store.delete(key)
         message = str(error) if isinstance(error, DRError) else f"{type(error).__name__}: {error}"
+        # The failure's class, for 'status' and the failures-by-class metric (the message alone names ours as text).
+        self._base["labels"] = {**(self._base.get("labels") or {}), "error_class": type(error).__name__}
         manifest = self._manifest(FAILED, error=message[:2000])
         manifest.sign(self._data_key)
         self.store.put(f"backups/{self.id}/manifest.json", manifest.canonical())
