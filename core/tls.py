@@ -332,7 +332,14 @@ _NOT_SIGNED = (
     "certificate signature failure",
 )
 # The server's alerts about our client certificate (a server that asks for one: tls-auth-clients, clientcert).
-_CLIENT_REFUSED = ("alert unknown ca", "alert bad certificate", "alert certificate required", "alert access denied")
+_CLIENT_REFUSED = (
+    "alert unknown ca",
+    "alert bad certificate",
+    "alert certificate required",
+    "alert access denied",
+    # TLS 1.2: a server that requires a client certificate and got none ends the handshake with this one.
+    "alert handshake failure",
+)
 _WRONG_NAME = (
     "does not match host name",
     "hostname mismatch",
@@ -414,8 +421,8 @@ def tls_error(
         reason = f"certificate of {host} has expired or is not yet valid: renew the server's certificate"
     elif problem == "client-refused":
         reason = (
-            f"server at {host} refused our client certificate: set tls.cert_file and tls.key_file to a certificate "
-            "signed by a CA the server trusts"
+            f"server at {host} refused our client certificate (or its absence): set tls.cert_file and tls.key_file "
+            "to a certificate signed by a CA the server trusts"
         )
     elif problem == "no-tls":
         reason = f"server at {host} offers no TLS: enable ssl on the server or remove tls:"

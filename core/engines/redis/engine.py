@@ -226,6 +226,9 @@ class RedisEngine(Engine):
             elif c.tls is None and isinstance(exc.__context__, ConnectionResetError):
                 # What a TLS-only port does to a plain client.
                 reason += " (if it takes TLS only, set tls: in the stack file)"
+            elif c.tls is not None and not c.tls.cert_file and "eof" in reason:
+                # TLS 1.3: a server wanting a client certificate may just close the link after the handshake.
+                reason += " (if the server asks for a client certificate, set tls.cert_file and tls.key_file)"
             raise SourceUnavailableError(
                 f"{self.label}: {reason}; check the server is running and host/port in the stack file",
                 # refused, reset or timed out: the task retries with backoff (an unknown host name: no)
