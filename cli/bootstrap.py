@@ -313,23 +313,38 @@ class Restorer:
         r = self._req("get", f"/block_types/slug/{slug}/block_documents/name/{name}", params={"include_secrets": True})
         return None if r.status_code == 404 else self._ok(r, f"reading block {slug}/{name}")
 
-    def refuse_other_stack(self) -> None:
-        from core.errors import BootstrapError
-
-        stack = next(b for b in self.state["blocks"] if b["slug"] == "dr-stack")
-        held = self._existing_block("dr-stack", stack["name"])
-        if held is None or self.force:
-            return
+    def _differs(self, block: dict) -> bool:
+        """Whether the server holds ``block``'s document with other settings or secrets (False if it has none)."""
+        held = self._existing_block(block["slug"], block["name"])
+        if held is None:
+            return False
         refs = {
             f: f"{r['block_document']['block_type']['slug']}/{r['block_document']['name']}"
             for f, r in (held.get("block_document_references") or {}).items()
         }
         own = {k: v for k, v in (held.get("data") or {}).items() if k not in refs}
-        if own != stack["data"] or refs != stack["references"]:
+        return own != block["data"] or refs != block["references"]
+
+    def refuse_other_stack(self) -> None:
+        """A server holding this stack with other settings (its DR Stack block, or a block of it: a source's
+        password changed since the snapshot) is left alone unless --force: a bootstrap never silently puts an older
+        configuration over a newer one."""
+        from core.errors import BootstrapError
+
+        if self.force:
+            return
+        stack = next(b for b in self.state["blocks"] if b["slug"] == "dr-stack")
+        remedy = "bootstrap into an empty server or Prefect home, or replace it with --force"
+        if self._differs(stack):
             raise BootstrapError(
-                f"the Prefect server already holds a different DR Stack block {stack['name']!r}; bootstrap into an "
-                "empty server or Prefect home, or replace it with --force"
+                f"the Prefect server already holds a different DR Stack block {stack['name']!r}; {remedy}"
             )
+        for block in self.state["blocks"]:
+            if block is not stack and self._differs(block):
+                raise BootstrapError(
+                    f"the Prefect server already holds stack {stack['name']!r} with other settings in block "
+                    f"{block['slug']}/{block['name']} than the snapshot's; {remedy}"
+                )
 
     def block_types(self) -> None:
         """Register the block types this installation knows (ours, prefect-aws's, prefect-gcp's)."""

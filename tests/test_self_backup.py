@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from core.sources import FilesSourceConfig, PostgresSourceConfig
 
@@ -232,6 +233,17 @@ def test_self_backup_and_bootstrap_into_an_empty_prefect_home(make_stack, tmp_pa
     listed = _genesis("list", "--stack", stack.name, "--source", "app-files", env=env, cwd=tmp_path, expect=0)
     assert found["backup"][0] in listed.stdout
 
+    # A server holding that stack with other settings (the harness's, re-applied with a new password) is refused
+    # before anything changes; --force would replace it.
+    from prefect.settings import PREFECT_API_URL
+
+    from blocks.apply import apply_stack
+
+    stack.config.sources[0].password = SecretStr("changed-" + secrets.token_hex(8))
+    apply_stack(stack.config)
+    other = _genesis("bootstrap", "--from-vault", str(stack.vault_path), passphrase, env=env | {"PREFECT_API_URL": PREFECT_API_URL.value()}, cwd=tmp_path, expect=37)  # fmt: skip
+    assert f"with other settings in block postgres-source/{stack.name}-app-db" in _error(other)
+
 
 @pytest.mark.parametrize("keep", [2])
 def test_only_the_newest_snapshots_are_kept(tmp_path, keep):
@@ -254,3 +266,30 @@ def test_only_the_newest_snapshots_are_kept(tmp_path, keep):
         open_snapshot(store, Keyring(passphrase="another passphrase entirely"), written[-1])
     assert prune_snapshots(store, keep) == sorted(written)[:-keep]
     assert snapshot_ids(store) == sorted(written)[-keep:]
+
+
+def test_bootstrap_from_an_s3_vault_wrapped_by_kms(moto_endpoint, new_bucket, tmp_path):
+    """A snapshot in S3 whose data key only KMS wraps: the bootstrap finds the KMS key from the record itself
+    (default credential chain) and reads the vault with the environment's credentials."""
+    from core.crypto.keys import Keyring
+    from core.crypto.kms import KmsKeyConfig
+    from core.selfbackup import STATE_FORMAT, STATE_VERSION, write_snapshot
+    from core.stack import VaultConfig
+    from tests.fixtures_cloud import PRIMARY_REGION, kms_client
+
+    bucket = new_bucket()
+    key_arn = kms_client(moto_endpoint).create_key()["KeyMetadata"]["Arn"]
+    config = VaultConfig(type="s3", bucket=bucket, prefix="dr", region=PRIMARY_REGION, endpoint_url=moto_endpoint)
+    vault = config.open(create=True)
+    keyring = Keyring(kms_keys=[KmsKeyConfig(key_id=key_arn, region=PRIMARY_REGION, endpoint_url=moto_endpoint)])
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "stack": "cloud", "blocks": [], "deployments": [],
+             "automations": [], "variables": [{"name": "genesis-dr-schedules-cloud", "value": {}, "tags": []}],
+             "work_pools": [], "concurrency_limits": []}  # fmt: skip
+    snap = write_snapshot(vault.store, keyring, stack="cloud", state=state, counts={"variables": 1}, audit_head=None)
+    env = _env(PREFECT_HOME=str(tmp_path / "home"), GENESIS_DR_KMS_RETRIES="1")
+    dry = _genesis(
+        "bootstrap", "--from-vault", f"s3://{bucket}/dr", "--region", PRIMARY_REGION, "--endpoint-url",
+        moto_endpoint, "--kms-endpoint-url", moto_endpoint, "--dry-run", env=env, cwd=tmp_path, expect=0,
+    )  # fmt: skip
+    assert f"self-backup {snap.id} of stack 'cloud'" in dry.stdout
+    assert "would restore variable genesis-dr-schedules-cloud" in dry.stdout
