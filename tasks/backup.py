@@ -8,12 +8,15 @@ from prefect.cache_policies import NO_CACHE
 from core import operations
 from core.chains import parse_iso
 from core.engines import engine_class, engine_for
+from core.errors import DRError
 from core.units import human_bytes
-from tasks.limits import backup_limit, exclusive
+from tasks.events import emit_backup_completed
+from tasks.limits import backup_slots
 from tasks.policy import task_options
 from tasks.progress import Progress
 from tasks.run_stack import run_stack
 from tasks.runlog import progress
+from tasks.scheduling import flag_if_slow
 
 
 @task(name="select-sources", cache_policy=NO_CACHE, **task_options("plan"))
@@ -52,10 +55,18 @@ def select_sources(
     **task_options("backup"),
 )
 def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
-    """Dump one source into the vault; returns the manifest summary (ids, sizes, position)."""
+    """Dump one source into the vault; returns the manifest summary (ids, sizes, position, seconds, slow), or
+    for a skipped incremental ``{"source", "type", "status": "SKIPPED", "reason", ...}``.
+
+    Its progress goes to a progress artifact and, on a terminal, a bar (tasks/progress.py); its end to one log
+    line naming the source and the backup, a ``genesis-dr.backup.completed`` event and the slow-operation check."""
     opened = run_stack(stack)
     config = opened.config
-    with exclusive(backup_limit(config.stack, source), f"backup of {source}"):
+    # The source's slot and one of the stack's max_concurrent_backups; an incremental whose source is still
+    # being backed up is skipped (recorded in the vault's history): its result says SKIPPED, and why.
+    with backup_slots(config, source, backup_type) as skipped:
+        if skipped is not None:
+            return skipped
         vault = config.vault.open(create=True)
         with Progress(source, f"{backup_type}-backup", f"{backup_type} backup") as shown:
             try:
@@ -65,7 +76,8 @@ def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
                     engine_for(config.source(source)),
                     backup_type,
                     compression=config.vault.compression,
-                    progress=progress(),  # a backup on a base says when it waits for the log to be shipped
+                    # A backup on a base says when it waits for the log to be shipped.
+                    progress=progress(source, lambda: shown.subject),
                     on_bytes=shown.on_bytes,
                     on_begin=shown.on_begin,
                 )
@@ -95,6 +107,11 @@ def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
         seconds,
         f" (on {manifest.parent})" if manifest.parent else "",
     )
+    emit_backup_completed(config.stack, source, backup_type, manifest.id)  # never raises
+    try:
+        summary["slow"] = flag_if_slow(config.stack, source, backup_type, seconds)
+    except DRError as exc:  # the backup is committed: a history that cannot be read must not fail it
+        get_run_logger().warning("%s: %s backup %s: slow check skipped: %s", source, backup_type, manifest.id, exc)
     return summary
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core import operations
@@ -14,7 +14,6 @@ from core.planning import plan_chain_from, plan_restore_from
 from core.replication import open_vault
 from core.stack import restore_sources
 from core.times import read_operator_time
-from core.units import human_bytes
 from tasks.limits import exclusive, restore_limit
 from tasks.policy import task_options
 from tasks.progress import Progress
@@ -63,7 +62,7 @@ def restore_backup_task(
     config = opened.config
     engine = engine_for(restore_target(config, source, target, target_source))
     with (
-        exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"),
+        exclusive(restore_limit(engine.target_key()), f"{source}: restore of {backup_id} into {engine.describe()}"),
         Progress(source, "restore", "restore of", subject=backup_id) as shown,
     ):
         report = operations.restore_backup(
@@ -72,30 +71,11 @@ def restore_backup_task(
             backup_id,
             engine,
             force=force,
-            progress=progress(),
+            progress=progress(source, backup_id),
             erasure_rules=config.retention.erasure,  # the stack's current rules win over those recorded
             on_bytes=shown.on_bytes,
         )
-    log_restored(source, report)
     return report.to_dict()
-
-
-def log_restored(source: str, report) -> None:
-    """The restore's event line: source, backup (and recovery point), target, size, time, proof."""
-    point = report.recovery_point
-    to = f" to {point.get('time')}" if point else ""
-    rollback = f"; rollback point {report.rollback_backup_id}" if report.rollback_backup_id else ""
-    get_run_logger().info(
-        "%s: restore of %s%s into %s done, %s in %.1f s, %d checks verified%s",
-        source,
-        report.backup_id,
-        to,
-        report.target,
-        human_bytes(report.plain_bytes),
-        report.seconds,
-        report.verified_checks,
-        rollback,
-    )
 
 
 @task(name="select-restore-sources", cache_policy=NO_CACHE, **task_options("plan"))
@@ -143,7 +123,10 @@ def restore_chain_task(
     config = opened.config
     engine = engine_for(restore_target(config, source, target, target_source))
     with (
-        exclusive(restore_limit(engine.target_key()), f"restore into {engine.describe()}"),
+        exclusive(
+            restore_limit(engine.target_key()),
+            f"{source}: restore to {plan['recovery_time']} from {plan['base_id']} into {engine.describe()}",
+        ),
         Progress(source, "restore", "restore to", subject=f"{plan['recovery_time']} from {plan['base_id']}") as shown,
     ):
         report = operations.restore_chain_plan(
@@ -152,9 +135,8 @@ def restore_chain_task(
             plan,
             engine,
             force=force,
-            progress=progress(),
+            progress=progress(source, plan["base_id"]),
             erasure_rules=config.retention.erasure,
             on_bytes=shown.on_bytes,
         )
-    log_restored(source, report)
     return report.to_dict()

@@ -55,7 +55,19 @@ def _worker_thread_timeout_notice(record: logging.LogRecord) -> bool:
     return not (isinstance(record.msg, str) and record.msg.startswith("Timeout of %s seconds configured for this task"))
 
 
-def progress() -> Callable[[str], None]:
-    """A sink for core's one-line progress messages, writing to this task run's log (from any thread)."""
+def progress(source: str | None = None, subject: str | Callable[[], str | None] | None = None) -> Callable[[str], None]:
+    """A sink for core's one-line progress messages, writing to this task run's log (from any thread).
+
+    Every line names what it is about: ``source`` and ``subject`` (the backup id; a callable when the backup
+    learns its id as it starts) are put in front of a message that does not already name them, so
+    "target files root /srv: empty" is logged as "app-files: backup_2026...: target files root /srv: empty"."""
     logger = get_run_logger()  # an adapter carrying the run ids, so core's worker threads log to this run too
-    return logger.info
+    if source is None and subject is None:
+        return logger.info
+
+    def say(message: str) -> None:
+        about = subject() if callable(subject) else subject
+        named = "".join(f"{tag}: " for tag in (source, about) if tag and tag not in message)
+        logger.info("%s%s", named, message)
+
+    return say

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -199,6 +200,35 @@ def test_backup_run_publishes_progress_and_table_artifacts(make_stack, tmp_path,
     assert progress.data == 100
     assert progress.description.startswith(f"app-files: restore of {manifests['app-files'].id}: 1.0 MiB in ")
 
+    # The run logs: one line per event, each naming the source and the backup.
+    from tests.test_flows import run_logs
+
+    logs = run_logs(run_id)
+    ok, failed = manifests["app-files"], manifests["gone"]
+    assert any(
+        re.fullmatch(rf"app-files: full backup {ok.id} committed, 1\.0 MiB -> 1\.0 MiB stored in [\d.]+ s", line)
+        for line in logs
+    ), logs
+    assert f"gone: full backup {failed.id} FAILED after 0 B in " in "\n".join(logs)
+    # What the restore task logged (the flow's own lines print the plan and the report, for the whole run).
+    steps = [line for line in task_logs(restored.state_details.flow_run_id) if not line.startswith("Finished in")]
+    assert len(steps) == 8 and all("app-files" in line and ok.id in line for line in steps), steps
+
+
+def task_logs(flow_run_id) -> list[str]:
+    """The messages the run's tasks logged, as the UI reads them from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs travel to the API in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, sort=LogSort.TIMESTAMP_ASC
+        )
+    return [log.message for log in logs if log.task_run_id is not None]
+
 
 def parse(text):
     from core.chains import parse_iso
@@ -262,3 +292,40 @@ def test_terminal_bar_on_a_tty_and_none_on_a_pipe(make_stack, tmp_path):
     assert code == 0, piped
     assert "app-files: COMPLETED backup_" in piped
     assert "\r" not in piped and "\x1b[K" not in piped and "[####" not in piped
+
+
+def test_table_rows_of_a_skipped_incremental_and_a_failure_before_the_vault():
+    from core.errors import LockedError
+    from flows.reporting import TABLE_COLUMNS, backup_rows
+
+    skipped = {
+        "source": "app-db",
+        "type": "incremental",
+        "status": "SKIPPED",
+        "id": None,
+        "skip_id": "skip_1",
+        "reason": "skipped: the previous backup of app-db (flow run 1234) is still running",
+    }
+    rows = backup_rows([skipped], {"cache": LockedError("backup of cache: concurrency limit x was removed")})
+    assert rows == [
+        dict.fromkeys(TABLE_COLUMNS, None)
+        | {
+            "source": "app-db",
+            "backup_id": "",
+            "type": "incremental",
+            "status": "SKIPPED",
+            "position": "",
+            "parent": "",
+            "note": skipped["reason"],
+        },
+        dict.fromkeys(TABLE_COLUMNS, None)
+        | {
+            "source": "cache",
+            "backup_id": "",
+            "type": "",
+            "status": "FAILED",
+            "position": "",
+            "parent": "",
+            "note": "backup of cache: concurrency limit x was removed",
+        },
+    ]
