@@ -32,6 +32,7 @@ from core.tls import TLSConfig
 from tests.capturing import Capturing
 from tests.fixtures_cloud import _moto_server_binary as moto_binary
 from tests.fixtures_gcs import GCS_PROJECT, fake_gcs_server_binary
+from tests.fixtures_postgres import fresh_data_dir, stop_cluster
 from tests.fixtures_tls import (  # noqa: F401
     OTHER_NAME,
     mysql_tls_server,
@@ -91,12 +92,27 @@ def test_postgres_logical_round_trip_over_verified_tls(pg_tls_server, tls_pki, v
         assert conn.execute("SELECT * FROM accounts ORDER BY id").fetchall() == rows
 
 
-def test_postgres_physical_backup_over_tls(pg_tls_server, tls_pki, vault, keyring):
+def test_postgres_physical_backup_over_tls_restores_into_a_new_cluster(pg_tls_server, tls_pki, vault, keyring):
     # pg_basebackup takes its TLS settings from the environment and the conninfo: hostssl only lets it in over TLS.
-    engine = PostgresEngine(pg_tls_server.config("pg-tls-phys", tls=_tls(tls_pki), backup_method="physical"))
-    manifest = backup_source(vault, keyring, engine)
-    assert manifest.status == COMPLETED
+    server = pg_tls_server
+    database = server.create_database(server.fresh_database_name())
+    with server.connect(database) as conn:
+        conn.execute("CREATE TABLE kept (id int, note text)")
+        conn.execute("INSERT INTO kept SELECT g, 'n' || g FROM generate_series(1, 50) g")
+    config = server.config("pg-tls-phys", database, tls=_tls(tls_pki), backup_method="physical")
+    manifest = backup_source(vault, keyring, PostgresEngine(config))
     assert manifest.position["physical"]
+
+    # The new cluster is started on this host by the restore and reached over loopback: without TLS (a copy
+    # of the source's data directory need not carry its certificate).
+    data_dir = fresh_data_dir()
+    target = PostgresEngine(config.model_copy(update={"data_dir": str(data_dir), "port": free_port()}))
+    try:
+        restore_backup(vault, keyring, manifest.id, target)
+        with target._connect() as conn:
+            assert conn.execute("SELECT count(*), max(note) FROM kept").fetchone() == (50, "n9")
+    finally:
+        stop_cluster(data_dir)
 
 
 def test_postgres_tls_failures_are_one_line_tls_errors(pg_tls_server, tls_pki):

@@ -290,8 +290,15 @@ class PostgresEngine(Engine):
         )
         if c.password is not None:
             kwargs["password"] = c.password.get_secret_value()
-        kwargs.update(tls.libpq_params(c.tls, c.host, c.sslmode))
+        kwargs.update(self._tls_params())
         return kwargs
+
+    def _tls_params(self) -> dict[str, str]:
+        """libpq TLS parameters of the source (core/tls.py). None for a cluster this restore starts itself
+        (``data_dir``): it runs on this host, is reached over loopback, and a copy of the source's data
+        directory need not carry the source's certificate or TLS settings."""
+        c = self.config
+        return {} if c.data_dir else tls.libpq_params(c.tls, c.host, c.sslmode)
 
     def _connect(self, dbname: str | None = None) -> psycopg.Connection:
         """Autocommit connection; connection failures become SourceUnavailableError."""
@@ -352,7 +359,7 @@ class PostgresEngine(Engine):
         )
         if c.password is not None:
             env["PGPASSWORD"] = c.password.get_secret_value()
-        env.update(tls.libpq_env(tls.libpq_params(c.tls, c.host, c.sslmode)))
+        env.update(tls.libpq_env(self._tls_params()))
         if session_options:
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + session_options).strip()
         return env

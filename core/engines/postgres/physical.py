@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from core import tls
 from core.engines.base import BackupResult, StreamSink
 from core.engines.tools import last_line, stream_into
 from core.errors import EngineError, LogGapError, redact
@@ -65,7 +64,7 @@ def replication_conninfo(engine: PostgresEngine, application: str) -> str:
     """A conninfo for the replication tools (``-d``); the password travels in PGPASSWORD only."""
     c = engine.config
     fields: dict[str, Any] = dict(host=c.host, port=c.port, user=c.user, application_name=application)
-    fields.update(tls.libpq_params(c.tls, c.host, c.sslmode))
+    fields.update(engine._tls_params())
     return make_conninfo("", **fields)
 
 
