@@ -459,6 +459,14 @@ class MySQLEngine(Engine):
             redact(f"{self._where()}: {reason}", self.config.secrets()), transient=code in _UNREACHABLE
         )
 
+    def _tool_failure(self, what: str, name: str, code: int, stderr: str, remedy: str) -> DRError:
+        """A client tool's non-zero exit: a refused TLS handshake as TLSError, anything else as EngineError."""
+        cfg = self.config
+        line = last_line(stderr, cfg.secrets())
+        if cfg.tls is not None and not cfg.socket and tls.tls_problem(line):
+            return tls.tls_error(cfg.name, f"{cfg.host}:{cfg.port}", line, cfg.tls, "mysql")
+        return EngineError(f"{what}: {name} failed (exit {code}): {line}; {remedy}")
+
     def _tool_args(self, option_file: str) -> list[str]:
         """Connection options for the command-line tools; the option file must come first."""
         cfg = self.config
@@ -791,10 +799,7 @@ class MySQLEngine(Engine):
                 raise
             code = proc.wait()
         if code != 0:
-            raise EngineError(
-                f"{self._where()}: {name} failed (exit {code}): {last_line(stderr.text(), self.config.secrets())}; "
-                "fix the cause and run the backup again"
-            )
+            raise self._tool_failure(self._where(), name, code, stderr.text(), "fix the cause and run the backup again")
         return inspector.facts
 
     def _full_locked(
@@ -996,10 +1001,7 @@ class MySQLEngine(Engine):
                 "blocked, so it was stopped; check the server for blocking statements and retry"
             )
         if code != 0:
-            raise EngineError(
-                f"{self._where()}: {name} failed (exit {code}): {last_line(errors, self.config.secrets())}; "
-                "fix the cause and run the backup again"
-            )
+            raise self._tool_failure(self._where(), name, code, errors, "fix the cause and run the backup again")
         return inspector.facts
 
     def _check_coordinates(self, position: dict[str, Any], facts: DumpFacts) -> None:
@@ -1218,9 +1220,8 @@ class MySQLEngine(Engine):
         if clients is not None and clients.stopped:
             raise Stopped()
         if code != 0:
-            raise EngineError(
-                f"restore into {self.describe()}: {name} failed (exit {code}): {last_line(errors, cfg.secrets())}; "
-                "fix the cause and restore again with --force"
+            raise self._tool_failure(
+                f"restore into {self.describe()}", name, code, errors, "fix the cause and restore again with --force"
             )
 
     def _event_notes(self, result: BackupResult) -> list[str]:

@@ -72,9 +72,8 @@ class DumpGroup:
             code = proc.wait()
             if code != 0:
                 name = os.path.basename(self._tool)
-                raise EngineError(
-                    f"{self._engine._where()}: {name} failed (exit {code}): "
-                    f"{last_line(stderr.text(), self._engine.config.secrets())}; fix the cause and run the backup again"
+                raise self._engine._tool_failure(
+                    self._engine._where(), name, code, stderr.text(), "fix the cause and run the backup again"
                 )
         except BaseException as exc:
             with self._mutex:
