@@ -93,12 +93,7 @@ def _signals(stop: threading.Event, supervisor: Supervisor) -> Iterator[None]:
     def handle(signum, _frame) -> None:
         if stop.is_set():
             say(f"{signal.Signals(signum).name} again: killing every child now")
-            for child in supervisor.children:
-                if child.process is not None:
-                    try:
-                        os.killpg(child.process.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+            supervisor.kill_all()
             os._exit(130)
         say(f"{signal.Signals(signum).name}: stopping (workers first, then the server)")
         stop.set()

@@ -62,7 +62,10 @@ class Child:
     quick_exits: int = 0
     restart_at: float | None = None
     restarts: int = 0
-    stopped: bool = field(default=False)
+    stopped: bool = False
+    # Process groups of earlier lives of this child that still had members when it died (the flow runs a dead
+    # worker left running): stopped with the child.
+    left_groups: list[int] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -106,6 +109,8 @@ class Supervisor:
             if code is None:
                 continue
             ran = now - child.started_at
+            if _pgid_alive(child.process.pid):
+                child.left_groups.append(child.process.pid)
             child.quick_exits = child.quick_exits + 1 if ran < STABLE_AFTER else 0
             delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.quick_exits - 1))
             child.restart_at = now + delay
@@ -123,51 +128,62 @@ class Supervisor:
         for child in children:
             child.stopped = True
             child.restart_at = None
-        live = [c for c in children if c.running]
+        live = [c for c in children if _groups(c)]
         for child in live:
-            _signal_group(child, child.stop_signal)
+            _signal_groups(child, child.stop_signal)
         deadline = time.monotonic() + max((c.grace for c in live), default=0)
-        while time.monotonic() < deadline and any(_group_alive(c) for c in live):
+        while time.monotonic() < deadline and any(_groups(c) for c in live):
             time.sleep(0.2)
         # What is left in a group: the leader that ignored its signal, or the flow runs a worker left running.
-        left = [c for c in live if _group_alive(c)]
+        left = [c for c in live if _groups(c)]
         for child in left:
-            _signal_group(child, signal.SIGTERM)
+            _signal_groups(child, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_group_alive(c) for c in left):
+        while time.monotonic() < deadline and any(_groups(c) for c in left):
             time.sleep(0.2)
         for child in left:
-            if _group_alive(child):
+            if _groups(child):
                 self.say(f"{child.name} did not stop within {child.grace + 5:.0f} s; killed it")
-                _signal_group(child, signal.SIGKILL)
-        for child in live:
-            assert child.process is not None
-            child.process.wait()
+                _signal_groups(child, signal.SIGKILL)
+        for child in children:
+            if child.process is not None:
+                child.process.wait()
+            child.left_groups = [g for g in child.left_groups if _pgid_alive(g)]
+
+    def kill_all(self) -> None:
+        """SIGKILL every child's process groups at once (an operator's second Ctrl-C)."""
+        for child in self.children:
+            for pgid in _groups(child):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
-def _signal_group(child: Child, sig: int) -> None:
-    assert child.process is not None
+def _groups(child: Child) -> list[int]:
+    """The child's process groups with a live member: its own (a worker and its flow runs), earlier lives'."""
+    if child.process is not None:
+        child.process.poll()  # reap the leader, so a dead leader does not count as a live zombie
+    pgids = ([child.process.pid] if child.process is not None else []) + child.left_groups
+    return [g for g in pgids if _pgid_alive(g)]
+
+
+def _signal_groups(child: Child, sig: int) -> None:
+    for pgid in _groups(child):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pgid_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count: killpg(0) succeeds for them)."""
     try:
-        os.killpg(child.process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(child: Child) -> bool:
-    """Whether any process of the child's group (its own, or its flow runs') still runs."""
-    assert child.process is not None
-    child.process.poll()  # reap the leader, so a dead leader does not count as a live zombie
-    try:
-        os.killpg(child.process.pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return _group_has_live_member(child.process.pid)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    """killpg(0) succeeds while a zombie of the group is unreaped (a flow run reparented elsewhere): look."""
     try:
         entries = os.listdir("/proc")
     except OSError:

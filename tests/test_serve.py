@@ -113,6 +113,33 @@ def wait_final(client, run_id, timeout: float = 150):
         time.sleep(0.5)
 
 
+def wait_state(client, full_name: str, state: str, timeout: float = 120):
+    """The first flow run of ``full_name`` in ``state`` (waits for one)."""
+    deployment = client.read_deployment_by_name(full_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id]
+        found = [r for r in runs if r.state_type and r.state_type.value == state]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no run of {full_name} {state}: {[(r.name, r.state_name) for r in runs]}"
+        time.sleep(0.5)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a (non-zombie) process of group ``pgid`` runs."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
 def port_free(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -180,7 +207,7 @@ def prefect_yaml_names() -> set[str]:
     return {d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
 
 
-def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
+def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_factory):
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -196,17 +223,15 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
     files = tmp_path / "app-files"
     (files / "config").mkdir(parents=True)
     (files / "config" / "app.conf").write_text("mode=serve-test\n")
-    stack_file = write_stack(
-        tmp_path / "dr.yaml",
-        {
-            "stack": "default",
-            "vault": {"type": "local", "path": str(tmp_path / "vault")},
-            "encryption": {"passphrase_from": secret_file(tmp_path / "passphrase")},
-            "sources": [{"name": "app-files", "kind": "files", "root": str(files), "paths": ["config"]}],
-            # One schedule on (a daily full): the scheduler must plan its runs; the run itself is started now.
-            "schedules": all_off(full="0 3 * * *"),
-        },
-    )
+    stack = {
+        "stack": "default",
+        "vault": {"type": "local", "path": str(tmp_path / "vault")},
+        "encryption": {"passphrase_from": secret_file(tmp_path / "passphrase")},
+        "sources": [{"name": "app-files", "kind": "files", "root": str(files), "paths": ["config"]}],
+        # One schedule on (a daily full): the scheduler must plan its runs; the run itself is started now.
+        "schedules": all_off(full="0 3 * * *"),
+    }
+    stack_file = write_stack(tmp_path / "dr.yaml", stack)
     home, port = tmp_path / "prefect-home", free_port()
     env = serve_env(home)
     log = tmp_path / "serve.log"
@@ -250,21 +275,32 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
             assert time.monotonic() < deadline, "the server outlived a kill -9 of serve"
             time.sleep(0.2)
 
-    # 2. Start again (the stack as applied): the same database and deployments, none doubled, none paused; a
-    # backup runs again; SIGTERM stops it all and exits 0.
+    # 2. Start again, the stack now with a Redis source whose log is captured: the same database and
+    # deployments, none doubled, none paused; serve starts the capture; a killed worker is restarted; a backup
+    # runs again; SIGTERM stops it all (the live capture too) and exits 0.
+    cache = redis_factory()
+    cache.client().set("session:1", "alive")
+    stack["sources"].append({"name": "cache", "kind": "redis", "host": "127.0.0.1", "port": cache.port})
+    stack["schedules"]["capture"] = "*/5 * * * *"
+    write_stack(stack_file, stack)
     metrics_port = free_port()
-    with serving([*argv, "--stack", "default", "--metrics-listen", f"127.0.0.1:{metrics_port}"], env, log) as served:
+    argv2 = [*argv, "--apply", str(stack_file), "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    workers: list[int] = []
+    with serving(argv2, env, log) as served:
         with client_at(port) as client:
             again = client.read_deployments()
             assert {d.name: d.id for d in again} == first_ids
             assert [d.name for d in again if d.paused] == []
-            assert [d.name for d in again if any(s.active for s in d.schedules)] == ["full"]
+            assert sorted(d.name for d in again if any(s.active for s in d.schedules)) == ["capture", "full"]
+            assert "no capture was running: started flow run" in served.output()
+            capture = wait_state(client, "capture/capture", "RUNNING")
             # A worker that dies is restarted (one line says so); the backup below needs the new one.
-            (worker,) = children_of(served.proc.pid, "worker")
-            os.kill(worker, signal.SIGKILL)
+            workers += children_of(served.proc.pid, "worker")
+            os.kill(workers[0], signal.SIGKILL)
             run = run_deployment_and_wait(client, "backup/full")
             assert run.state_type == StateType.COMPLETED, run.state
             assert "worker for pool genesis-dr exited with code -9" in served.output()
+            workers += children_of(served.proc.pid, "worker")
         # The metrics endpoint child: the vault's last full of the source, as Prometheus reads it.
         ended = max(b.ended_at for b in load_stack_file(stack_file).vault.open().list_backups("app-files"))
         samples = scrape(metrics_port, "genesis_dr_backup_last_success_timestamp_seconds")
@@ -275,8 +311,11 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
         assert took < 30, f"SIGTERM took {took:.1f} s"
     assert "SIGTERM: stopping" in served.output()
     assert port_free(port)
-    backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
-    assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)] * 2
+    # Nothing left running: no worker, no flow run (the capture included, though a killed worker had started it).
+    assert len(workers) == 2 and [pgid for pgid in workers if group_alive(pgid)] == []
+    vault = load_stack_file(stack_file).vault.open()
+    assert [(b.type, b.status) for b in vault.list_backups("app-files")] == [("full", COMPLETED)] * 2
+    assert [(b.type, b.status) for b in vault.list_backups("cache")] == [("full", COMPLETED)]
 
     # After the stop, read from the server's database itself: no deployment paused, the full's schedule still on.
     with sqlite3.connect(home / "prefect.db") as db:
@@ -285,7 +324,9 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path):
             "SELECT d.name FROM deployment d JOIN deployment_schedule s ON s.deployment_id = d.id WHERE s.active"
         ).fetchall()
         count = db.execute("SELECT count(*) FROM deployment").fetchone()[0]
-    assert (paused, on, count) == ([], [("full",)], len(first_ids))
+        state = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (str(capture.id),)).fetchone()[0]
+    assert (paused, sorted(on), count) == ([], [("capture",), ("full",)], len(first_ids))
+    assert state != "RUNNING"
 
 
 def test_systemd_unit_is_valid_and_runs_a_real_serve_command_line(tmp_path):
