@@ -37,7 +37,7 @@ OTHER_NAME = "db.other.test"
 
 
 @dataclass
-class TestPKI:
+class TlsPKI:
     dir: Path
     ca: Path  # the CA that signed the servers' certificates
     wrong_ca: Path  # a CA that signed nothing of ours
@@ -128,12 +128,12 @@ def _make_leaf(
     return key, cert
 
 
-def make_pki(directory: Path) -> TestPKI:
+def make_pki(directory: Path) -> TlsPKI:
     ca_key, ca_cert = _make_ca("genesis-dr test CA")
     _, wrong_cert = _make_ca("genesis-dr wrong CA")
     server_key, server_cert = _make_leaf(ca_key, ca_cert, ["localhost", "127.0.0.1"])
     other_key, other_cert = _make_leaf(ca_key, ca_cert, [OTHER_NAME])
-    pki = TestPKI(
+    pki = TlsPKI(
         dir=directory,
         ca=directory / "ca.pem",
         wrong_ca=directory / "wrong-ca.pem",
@@ -152,7 +152,7 @@ def make_pki(directory: Path) -> TestPKI:
 
 
 @pytest.fixture(scope="session")
-def tls_pki() -> Iterator[TestPKI]:
+def tls_pki() -> Iterator[TlsPKI]:
     directory = shared_tmpdir("gdr-pki-")
     try:
         yield make_pki(directory)
@@ -164,7 +164,7 @@ def tls_pki() -> Iterator[TestPKI]:
 
 
 @pytest.fixture(scope="session")
-def pg_tls_server(tls_pki: TestPKI) -> Iterator[PostgresServer]:
+def pg_tls_server(tls_pki: TlsPKI) -> Iterator[PostgresServer]:
     """PostgreSQL that takes TCP logins over TLS only (hostssl), replication included."""
     conf = shared_tmpdir("gdr-pg-tls-conf-")
     # The server (user postgres) refuses a key readable by others or owned by someone else.
@@ -198,7 +198,7 @@ def pg_tls_server(tls_pki: TestPKI) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def mysql_tls_server(tls_pki: TestPKI) -> Iterator[MySQLServer]:
+def mysql_tls_server(tls_pki: TlsPKI) -> Iterator[MySQLServer]:
     """MariaDB (binlog on) that refuses TCP connections without TLS."""
     extra = (
         f"--ssl-ca={tls_pki.ca}",
@@ -233,7 +233,7 @@ class RedisTLSServer(RedisServer):
 
 
 @pytest.fixture(scope="session")
-def redis_tls_server(tls_pki: TestPKI) -> Iterator[RedisTLSServer]:
+def redis_tls_server(tls_pki: TlsPKI) -> Iterator[RedisTLSServer]:
     binary = require_binary("redis-server")
     directory = shared_tmpdir("gdr-redis-tls-")
     port = free_port()
