@@ -291,6 +291,16 @@ def _block_ids_of(automation: Any) -> set[UUID]:
     return {a.block_document_id for a in automation.actions if getattr(a, "block_document_id", None)}
 
 
+def _all_automations(client: Any, page: int = 200) -> list[Any]:
+    # the server answers at most PREFECT_API_DEFAULT_LIMIT (200) per request: page through them all
+    out: list[Any] = []
+    while True:
+        batch = client.read_automations(limit=page, offset=len(out))
+        out.extend(batch)
+        if len(batch) < page:
+            return out
+
+
 def apply_automations(config: StackConfig, *, overdue_within: timedelta | None = None) -> list[str]:
     """Create or update the stack's automations, remove its stale ones; one line per change.
 
@@ -306,7 +316,7 @@ def apply_automations(config: StackConfig, *, overdue_within: timedelta | None =
     with get_client(sync_client=True) as client:
         wanted = wanted_automations(config, client, overdue_within=overdue_within)
         prefix = automation_prefix(config.stack)
-        ours = {a.name: a for a in client.read_automations() if a.name.startswith(prefix)}
+        ours = {a.name: a for a in _all_automations(client) if a.name.startswith(prefix)}
         for name, automation in wanted.items():
             existing = ours.get(name)
             if existing is None:
