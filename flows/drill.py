@@ -12,7 +12,7 @@ from core.errors import DrillFailedError
 from core.notify.reports import drill_event
 from flows.notifying import announce
 from flows.reporting import raise_if_failed
-from tasks.scheduling import defer_if_needed
+from tasks.scheduling import defer_if_needed, flag_if_slow, seconds_of
 from tasks.validate import run_drill_tier
 
 
@@ -56,4 +56,5 @@ def drill(
     announce(stack, drill_event(record))
     raise_if_failed(record, data, DrillFailedError)
     get_run_logger().info(record.summary_line())
+    flag_if_slow(stack, None, f"drill-{tier}", seconds_of(data))  # a warning when over slow_factor x usual
     return data

@@ -13,7 +13,7 @@ from core.notify.reports import validation_event
 from core.validation.results import ValidationRecord
 from flows.notifying import announce
 from flows.reporting import raise_if_failed
-from tasks.scheduling import defer_if_needed
+from tasks.scheduling import defer_if_needed, flag_if_slow, seconds_of
 from tasks.validate import validate_backups
 
 
@@ -54,4 +54,5 @@ def validate(
     announce(stack, validation_event(record))
     raise_if_failed(record, data, ValidationFailedError)
     get_run_logger().info(record.summary_line())
+    flag_if_slow(stack, None, f"validate-{level}", seconds_of(data))  # a warning when over slow_factor x usual
     return data

@@ -16,22 +16,26 @@ anything stored elsewhere.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
 from prefect.states import Scheduled, State
 
 from core.chains import parse_iso
+from core.errors import DRError
 from core.history import History
 from core.scheduling.deferral import THRESHOLD_PREFIX, breaches, decide, is_heavy
 from core.scheduling.readings import host_readings
-from core.scheduling.slow import slow_flag
+from core.scheduling.slow import LAST_RUNS, slow_flag
 from tasks.run_stack import run_stack
 
 BACKUP_TYPES = ("full", "differential", "incremental")
 _SLACK_SECONDS = 1.0
+_HISTORY_READS = 200  # records read at most to find the last runs of one level or tier
 
 
 def _deployment_run():
@@ -110,20 +114,51 @@ def previous_durations(stack: str, source: str | None, operation: str, before: d
     field = {"validate": ("validations", "level"), "drill": ("drills", "tier")}.get(kind)
     if field is None:
         raise ValueError(f"no durations are kept for operation {operation!r}")
-    records = History(vault.store).records(field[0])
-    return _durations([r for r in records if not variant or r.get(field[1]) == variant], before)
+    history = History(vault.store)
+    matching: list[dict] = []
+    # Newest first, and only as far back as the slow flag looks: a vault keeps years of records.
+    for record_id in reversed(history.ids(field[0])[-_HISTORY_READS:]):
+        record = history.get(field[0], record_id)
+        if not variant or record.get(field[1]) == variant:
+            matching.append(record)
+            if len(matching) > LAST_RUNS:
+                break
+    return _durations(list(reversed(matching)), before)
 
 
-def flag_if_slow(stack: str, source: str | None, operation: str, seconds: float) -> str | None:
+def seconds_of(record: dict) -> float | None:
+    """A record's duration (``started_at`` to ``ended_at``), or None."""
+    found = _durations([record], None)
+    return found[0] if found else None
+
+
+def flag_if_slow(stack: str, source: str | None, operation: str, seconds: float | None) -> str | None:
     """Right after an operation that took ``seconds``: the reason it was slow (logged as a warning), or None.
 
+    ``operation``: a backup type (then ``source`` names the source), ``validate-<level>`` or ``drill-<tier>``.
     The previous runs are those that started before this one (its own record, already in the vault after a
-    committed backup or a written validation record, is left out)."""
+    committed backup or a written validation record, is left out). The check never fails the operation: a
+    vault it cannot read is one warning.
+    """
+    if seconds is None:
+        return None
+    logger = _logger()
+    what = f"{source} {operation}" if source else f"{operation} of stack {stack}"
     # A little slack: the caller's clock started just before the record's own started_at.
     this_started = datetime.now(UTC) - timedelta(seconds=seconds + _SLACK_SECONDS)
-    previous = previous_durations(stack, source, operation, before=this_started)
-    factor = run_stack(stack).config.operations.slow_factor
-    reason = slow_flag(previous, seconds, factor=factor)
+    try:
+        previous = previous_durations(stack, source, operation, before=this_started)
+    except DRError as exc:
+        logger.warning("%s: not checked for slowness (%s)", what, exc)
+        return None
+    reason = slow_flag(previous, seconds, factor=run_stack(stack).config.operations.slow_factor)
     if reason:
-        get_run_logger().warning("%s%s %s: slow, %s", source or stack, "" if source else " (stack)", operation, reason)
+        logger.warning("%s: slow, %s", what, reason)
     return reason
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:  # outside a run
+        return logging.getLogger(__name__)

@@ -70,6 +70,7 @@ def test_an_incremental_overlapping_the_previous_backup_is_skipped_and_recorded(
     from flows.backup import backup
     from tasks.limits import backup_slots
     from tasks.run_stack import run_stack
+    from tasks.scheduling import previous_durations
 
     stack = make_stack([files_source(tmp_path / "app", "app")])
     assert backup(stack=stack.name)[0]["status"] == COMPLETED  # the chain's full
@@ -119,6 +120,10 @@ def test_an_incremental_overlapping_the_previous_backup_is_skipped_and_recorded(
     # The source is free again: the next incremental runs.
     (after,) = backup(stack=stack.name, backup_type="incremental")
     assert (after["type"], after["status"]) == ("incremental", COMPLETED)
+    # The slow flag's history of a backup type: the completed backups of that source and type.
+    (full,) = [m for m in stack.vault().list_backups() if m.type == "full"]
+    expected = (parse_iso(full.ended_at) - parse_iso(full.started_at)).total_seconds()
+    assert previous_durations(stack.name, "app", "full") == [expected]
 
 
 def test_a_deployed_full_inside_a_maintenance_window_ends_scheduled_at_its_end(make_stack, tmp_path):
@@ -162,3 +167,44 @@ def test_a_deployed_full_inside_a_maintenance_window_ends_scheduled_at_its_end(m
     # From the CLI (no deployment) the operator's request runs now, window or not.
     (result,) = backup(stack=stack.name)
     assert result["status"] == COMPLETED
+
+
+def test_slow_operations_are_flagged_against_their_own_history(make_stack, tmp_path):
+    """A validation taking over slow_factor x the median of the same level's earlier runs (from the vault's
+    history) is flagged; other levels and drills keep their own history; this run's own record is not counted."""
+    from core.history import History
+    from tasks.scheduling import flag_if_slow, previous_durations
+
+    stack = make_stack([files_source(tmp_path / "app", "app")], operations={"slow_factor": 2.5})
+    history = History(stack.config.vault.open(create=True).store)
+    start = datetime.now(UTC) - timedelta(days=3)
+    runs = [
+        ("validations", "level", "integrity", 10),
+        ("validations", "level", "integrity", 12),
+        ("validations", "level", "quick", 100),
+        ("validations", "level", "integrity", 11),
+        ("drills", "tier", "daily", 40),
+    ]
+    for i, (kind, field, value, seconds) in enumerate(runs):
+        began = start + timedelta(hours=i)
+        history.put(
+            kind,
+            f"{kind[:-1]}_{i}",
+            {
+                field: value,
+                "started_at": began.isoformat(),
+                "ended_at": (began + timedelta(seconds=seconds)).isoformat(),
+            },
+        )
+    # This run's own record, written before the flow checks: left out.
+    now = datetime.now(UTC)
+    own = {"level": "integrity", "started_at": (now - timedelta(seconds=30)).isoformat(), "ended_at": now.isoformat()}
+    history.put("validations", "validation_9", own)
+    assert previous_durations(stack.name, None, "validate-integrity") == [10.0, 12.0, 11.0, 30.0]
+    assert flag_if_slow(stack.name, None, "validate-integrity", 30.0) == (
+        "took 30 s, 2.7x its median 11 s over the last 3 runs"
+    )
+    assert flag_if_slow(stack.name, None, "validate-integrity", 27.0) is None  # under 2.5x
+    assert flag_if_slow(stack.name, None, "validate-quick", 1000.0) is None  # one earlier run: not judged
+    assert previous_durations(stack.name, None, "drill-daily") == [40.0]
+    assert flag_if_slow(stack.name, None, "validate-integrity", None) is None
