@@ -139,6 +139,8 @@ def _pagerduty_json(stack: str, severity: str) -> dict:
     return {
         "routing_key": "{{routing_key}}",
         "event_action": "trigger",
+        # one incident per subject: an overdue source pages again every window, into the same incident
+        "dedup_key": "genesis-dr/automation/{{subject}}",
         "client": "genesis-dr",
         "payload": {
             "summary": "{{subject}}",

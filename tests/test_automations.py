@@ -187,6 +187,7 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
 
             page = _wait_for(rx, _automation_post("/pd", "PAGE", "lost-disk"), 40).body
             assert page["payload"]["severity"] == "critical"  # overdue backups page
+            assert page["dedup_key"] == f"genesis-dr/automation/{page['payload']['summary']}"  # one incident
             assert page["payload"]["summary"] == f"genesis-dr {name}: PAGE: no completed backup of lost-disk in 10 s"
             _wait_for(rx, _automation_post("/hook", "PAGE", "lost-disk"), 5)
             _wait_for(rx, _automation_post("/slack", "PAGE", "lost-disk"), 5)
