@@ -62,7 +62,10 @@ def defer_if_needed(stack: str, job: str) -> State | None:
     flow_run = _deployment_run()
     if flow_run is None:
         return None
-    config = run_stack(stack).config  # the run's tasks reuse this resolution
+    try:
+        config = run_stack(stack).config  # the run's tasks reuse this resolution
+    except DRError:
+        return None  # an unknown stack: the flow's first step fails with it, and notifies, as without deferral
     operations = config.operations
     if not is_heavy(job, operations):
         return None
