@@ -52,11 +52,50 @@ def metrics_in(expr: str) -> set[str]:
     return {name for name in _IDENT.findall(text) if name.lower() not in _KEYWORDS}
 
 
-def exported_metrics() -> set[str]:
-    """The metric names the collector exports (H1's list: the single source of truth)."""
-    from core.observe.metrics import METRIC_NAMES
+# The metric names core/observe/metrics.py exports (the issue's contract; tests/test_metrics.py checks the
+# collector's output against the same list).
+CONTRACT_METRICS = frozenset(
+    {
+        "genesis_dr_backup_last_success_timestamp_seconds",
+        "genesis_dr_backup_last_failure_timestamp_seconds",
+        "genesis_dr_backup_last_duration_seconds",
+        "genesis_dr_backup_last_size_bytes",
+        "genesis_dr_backup_last_stored_bytes",
+        "genesis_dr_backups_total",
+        "genesis_dr_backup_skipped_total",
+        "genesis_dr_backup_interval_seconds",
+        "genesis_dr_capture_running",
+        "genesis_dr_capture_lag_seconds",
+        "genesis_dr_rpo_seconds",
+        "genesis_dr_rpo_objective_seconds",
+        "genesis_dr_rto_objective_seconds",
+        "genesis_dr_replication_lag_seconds",
+        "genesis_dr_validation_last_timestamp_seconds",
+        "genesis_dr_validation_last_success",
+        "genesis_dr_drill_last_timestamp_seconds",
+        "genesis_dr_drill_last_success",
+        "genesis_dr_drill_rto_seconds",
+        "genesis_dr_drill_rpo_seconds",
+        "genesis_dr_vault_used_bytes",
+        "genesis_dr_vault_total_bytes",
+        "genesis_dr_healthy_regions",
+        "genesis_dr_active_region_info",
+        "genesis_dr_operation_slow",
+        "genesis_dr_failures_total",
+        "genesis_dr_holds_active",
+        "genesis_dr_scrape_timestamp_seconds",
+    }
+)
 
-    return set(METRIC_NAMES)
+
+def exported_metrics() -> set[str]:
+    """The metric names the collector exports; the collector's own list must agree when it has one."""
+    import core.observe.metrics as collector
+
+    names = getattr(collector, "METRIC_NAMES", None)
+    if names is not None:
+        assert set(names) == CONTRACT_METRICS
+    return set(CONTRACT_METRICS)
 
 
 def promtool() -> str:
