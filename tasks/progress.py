@@ -27,6 +27,7 @@ import threading
 import time
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
@@ -164,11 +165,26 @@ class Progress:
         with self._publish_lock:
             if (value, described) == self._published:
                 return
-            if self._artifact is None:
-                self._artifact = create_progress_artifact(value, key=self.key, description=described)
-            else:
-                update_progress_artifact(self._artifact, value, description=described)
+            try:
+                if self._artifact is None:
+                    self._artifact = create_progress_artifact(value, key=self.key, description=described)
+                else:
+                    update_progress_artifact(self._artifact, value, description=described)
+            except Exception as exc:  # a display: an API hiccup must never fail the backup it shows
+                if self._published != ("failed", None):
+                    _logger().warning(
+                        "%s: progress artifact %s not updated: %s: %s", self.source, self.key, type(exc).__name__, exc
+                    )
+                self._published = ("failed", None)
+                return
             self._published = (value, described)
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def _in_run() -> bool:
