@@ -42,6 +42,7 @@ HEALTH_EVERY = 15.0  # seconds between health checks of the server
 HEALTH_FAILURES = 3  # consecutive failed checks before serve restarts a server of its own
 WORKER_QUERY_SECONDS = "5"  # how often a worker asks for due runs (Prefect's default is 10 s)
 WORKER_GRACE = float(os.environ.get("GENESIS_DR_SERVE_STOP_GRACE", "30"))
+EXTERNAL_WAIT = 60.0  # seconds to wait for the server PREFECT_API_URL names before giving up (exit 1)
 UNFINISHED = ("RUNNING", "PENDING", "CANCELLING")
 
 
@@ -132,10 +133,13 @@ class Serve:
     def run(self) -> int:
         from cli.prefect_api import _set_api_url
 
+        began = time.monotonic()
         configured = os.environ.get("PREFECT_API_URL") or _profile_api_url()
         if configured:
             self.api_url = configured.rstrip("/")
             say(f"using the Prefect server at {self.api_url}")
+            if not self._wait_for_external():
+                return 0  # stopped while waiting
         else:
             self.api_url = self._start_server()
             if self.api_url == "":
@@ -156,8 +160,8 @@ class Serve:
             self.supervisor.start(self._metrics(config.stack))
         where = f"; UI at {self.api_url.removesuffix('/api')}" if self.server else ""
         say(
-            f"serving stack '{config.stack}': workers for pool(s) {', '.join(pools)}{where} "
-            "(SIGTERM or Ctrl-C stops; no deployment is paused)"
+            f"serving stack '{config.stack}': workers for pool(s) {', '.join(pools)}{where}; ready in "
+            f"{time.monotonic() - began:.0f} s (SIGTERM or Ctrl-C stops; no deployment is paused)"
         )
         self._supervise()
         return 0
@@ -207,6 +211,22 @@ class Serve:
                 )
             self.stop.wait(0.25)
         return ""
+
+    def _wait_for_external(self) -> bool:
+        """Wait for the configured server (a central one may start after this machine); False if stopped."""
+        from cli.prefect_api import ServerStartError
+
+        deadline = time.monotonic() + EXTERNAL_WAIT
+        while not self.stop.is_set():
+            if _healthy(self.api_url, timeout=5):
+                return True
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"the Prefect server at {self.api_url} (PREFECT_API_URL) does not answer after "
+                    f"{EXTERNAL_WAIT:.0f} s; start it, or unset PREFECT_API_URL to run a local one"
+                )
+            self.stop.wait(1.0)
+        return False
 
     def _supervise(self) -> None:
         failures, next_check = 0, time.monotonic() + HEALTH_EVERY

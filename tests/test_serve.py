@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import yaml
 
 from tests.servers import free_port
@@ -258,7 +259,9 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_
                 if planned or time.monotonic() > deadline:
                     break
                 time.sleep(1)
-            assert planned and all(r.auto_scheduled for r in planned)
+            # (Prefect 3.8.8's scheduler fails on SQLAlchemy 2.1: "Can't evaluate bulk DML statement" in the log.)
+            assert planned, f"the scheduler planned no run of backup/full (SQLAlchemy {sqlalchemy.__version__})"
+            assert all(r.auto_scheduled for r in planned)
             assert all(r.expected_start_time.hour == 3 and r.expected_start_time.minute == 0 for r in planned)
 
             run = run_deployment_and_wait(client, "backup/full")
