@@ -74,43 +74,56 @@ def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
         yield key, node
 
 
-def _stack_blocks(http, stack: str) -> list[dict]:
-    """The stack's block documents, each one referenced before whatever references it (a restore order)."""
-    listed = [d for d in paged(http, "/block_documents/filter", {"include_secrets": False}) if not d["is_anonymous"]]
-    by_slug = {(d["block_type"]["slug"], d["name"]): d["id"] for d in listed}
-    by_name: dict[str, list[str]] = {}
-    for d in listed:
-        by_name.setdefault(d["name"], []).append(d["id"])
-    start = by_slug.get(("dr-stack", stack))
-    if start is None:
-        from core.errors import ConfigError
+class _BlockWalk:
+    """The stack's block documents with their secrets, each one listed after the blocks it references (the order
+    a restore creates them in): nested blocks, ``<slug>/<name>`` strings naming a block (sources, replicas,
+    failover regions), credentials block names, ``prefect_blocks`` names, and any block an automation acts with."""
 
-        raise ConfigError(f"no stack named {stack!r} is registered; run 'genesis-dr apply <stack file>' first")
-    ordered: list[dict] = []
-    seen: set[str] = set()
+    def __init__(self, http) -> None:
+        self.http = http
+        listed = [
+            d for d in paged(http, "/block_documents/filter", {"include_secrets": False}) if not d["is_anonymous"]
+        ]
+        self.ids = {d["id"] for d in listed}
+        self.by_slug = {(d["block_type"]["slug"], d["name"]): d["id"] for d in listed}
+        self.by_name: dict[str, list[str]] = {}
+        for d in listed:
+            self.by_name.setdefault(d["name"], []).append(d["id"])
+        self.ordered: list[dict] = []
+        self.seen: set[str] = set()
 
-    def visit(doc_id: str) -> None:
-        if doc_id in seen:
+    def stack(self, stack: str) -> None:
+        start = self.by_slug.get(("dr-stack", stack))
+        if start is None:
+            from core.errors import ConfigError
+
+            raise ConfigError(f"no stack named {stack!r} is registered; run 'genesis-dr apply <stack file>' first")
+        self.visit(start)
+
+    def _named(self, field: str, value: str) -> list[str]:
+        slug, _, name = value.partition("/")
+        if name and (slug, name) in self.by_slug:
+            return [self.by_slug[(slug, name)]]
+        if field in _CREDENTIAL_FIELDS:
+            return [self.by_slug[(c, value)] for c in _CREDENTIAL_SLUGS if (c, value) in self.by_slug]
+        if field == "prefect_blocks":
+            return self.by_name.get(value, [])
+        return []
+
+    def visit(self, doc_id: str) -> None:
+        if doc_id in self.seen or doc_id not in self.ids:
             return
-        seen.add(doc_id)
-        doc = http.get(f"/block_documents/{doc_id}", params={"include_secrets": True}).json()
+        self.seen.add(doc_id)
+        doc = self.http.get(f"/block_documents/{doc_id}", params={"include_secrets": True}).json()
         refs = {field: ref["block_document"] for field, ref in (doc.get("block_document_references") or {}).items()}
         for nested in refs.values():
-            visit(str(nested["id"]))
+            self.visit(str(nested["id"]))
         own = {k: v for k, v in (doc.get("data") or {}).items() if k not in refs}
         for field, value in _strings(own):
-            slug, _, name = value.partition("/")
-            if name and (slug, name) in by_slug:
-                visit(by_slug[(slug, name)])
-            elif field in _CREDENTIAL_FIELDS:
-                for cred in _CREDENTIAL_SLUGS:
-                    if (cred, value) in by_slug:
-                        visit(by_slug[(cred, value)])
-            elif field == "prefect_blocks":
-                for other in by_name.get(value, []):
-                    visit(other)
+            for named in self._named(field, value):
+                self.visit(named)
         schema = doc["block_schema"]
-        ordered.append(
+        self.ordered.append(
             {
                 "id": doc["id"],
                 "slug": doc["block_type"]["slug"],
@@ -125,9 +138,6 @@ def _stack_blocks(http, stack: str) -> list[dict]:
                 },
             }
         )
-
-    visit(start)
-    return ordered
 
 
 def _deployments(http) -> list[dict]:
@@ -159,12 +169,15 @@ def _deployments(http) -> list[dict]:
 
 
 def _automations(http, stack: str, deployment_ids: set[str], block_ids: set[str]) -> list[dict]:
-    """The stack's automations, and any whose trigger or actions name a captured deployment or block."""
+    """The stack's automations (``genesis-dr <stack> ...``, H2's), and any other whose trigger or actions name a
+    captured deployment or block (a deployment's trigger); another stack's ``genesis-dr <other> ...`` are its own."""
     out = []
     for automation in paged(http, "/automations/filter"):
+        name = automation["name"]
         ids = {value for _, value in _strings({"t": automation.get("trigger"), "a": automation.get("actions")})}
         named = {i.rsplit(".", 1)[-1] for i in ids}
-        if automation["name"].startswith(f"genesis-dr {stack}") or named & (deployment_ids | block_ids):
+        ours = name == f"genesis-dr {stack}" or name.startswith(f"genesis-dr {stack} ")
+        if ours or (not name.startswith("genesis-dr ") and named & (deployment_ids | block_ids)):
             out.append({k: v for k, v in automation.items() if k not in _DROP})
     return out
 
@@ -203,9 +216,15 @@ def gather_state(stack: str, extra_pools: list[str] | None = None) -> dict:
     import prefect
 
     with api() as http:
-        blocks = _stack_blocks(http, stack)
+        walk = _BlockWalk(http)
+        walk.stack(stack)
         deployments = _deployments(http)
-        automations = _automations(http, stack, {d["id"] for d in deployments}, {b["id"] for b in blocks})
+        automations = _automations(http, stack, {d["id"] for d in deployments}, walk.seen)
+        for automation in automations:  # the notification blocks they send with (H2's hold the channels' secrets)
+            for field, value in _strings(automation.get("actions")):
+                if field == "block_document_id":
+                    walk.visit(value)
+        blocks = walk.ordered
         variables = [
             {k: v.get(k) for k in ("name", "value", "tags")}
             for v in paged(http, "/variables/filter")

@@ -63,6 +63,9 @@ with prefect_session():
             "limits": {c["name"]: c["limit"] for c in paged(http, "/v2/concurrency_limits/filter")},
             "automations": {a["name"]: a for a in paged(http, "/automations/filter")},
         }
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    hooks = [n.split("/", 1)[1] for n in docs if n.startswith("custom-webhook/")]
+    out["webhook_secrets"] = {n: CustomWebhookNotificationBlock.load(n).secrets.get_secret_value() for n in hooks}
     from flows.backup import backup
     out["backup"] = [r["id"] for r in backup(stack=stack, backup_type="full", sources=["app-files"])]
 print("CHECK " + json.dumps(out))
@@ -160,15 +163,18 @@ def test_self_backup_and_bootstrap_into_an_empty_prefect_home(make_stack, tmp_pa
         ],
         notifications={"webhooks": [{"url": hook}]},
     )
-    _prefect_objects(stack.name)
+    from deployments.automations import apply_automations
+
+    apply_automations(stack.config)  # H2's: a webhook notification block (its URL secret) and their automations
+    _prefect_objects(stack.name)  # after: apply_automations removes the stack's automations it did not make
 
     first = self_backup(stack=stack.name)
     result = self_backup(stack=stack.name)  # the newest: it records the trail's head, the first run's entry
     assert result["id"] > first["id"] and result["audit_head"] == first["audit"]["seq"]
     counts = result["counts"]
-    # dr-stack, local-vault, vault-key, notification-channels and the two source blocks
-    assert counts["blocks"] == 6
-    assert counts["automations"] >= 1 and counts["variables"] >= 1 and counts["concurrency_limits"] >= 1
+    # dr-stack, local-vault, vault-key, notification-channels, the two source blocks, H2's webhook block
+    assert counts["blocks"] == 7
+    assert counts["automations"] >= 2 and counts["variables"] >= 1 and counts["concurrency_limits"] >= 1
     assert result["audit"]["seq"] >= 1
     record = json.loads((stack.vault_path / result["key"]).read_text())
     assert record["id"] == result["id"] and record["counts"] == counts and record["stack"] == stack.name
@@ -228,6 +234,13 @@ def test_self_backup_and_bootstrap_into_an_empty_prefect_home(make_stack, tmp_pa
     assert notify["block_document_id"] == found["docs"][f"notification-channels/{stack.name}"]
     assert run["deployment_id"] == own["id"]  # ids mapped to the new server's objects
     assert automation["trigger"]["match_related"]["prefect.resource.id"] == f"prefect.deployment.{full['id']}"
+    names = {doc_id: name for name, doc_id in found["docs"].items()}
+    h2 = {n: a for n, a in found["automations"].items() if n.startswith(f"genesis-dr {stack.name} run failed")}
+    assert h2, sorted(found["automations"])
+    for automation in h2.values():
+        for action in automation["actions"]:
+            assert names[action["block_document_id"]].startswith("custom-webhook/")
+    assert [hook] == [v.get("url") for v in found["webhook_secrets"].values() if isinstance(v, dict)]
     assert len(found["backup"]) == 1  # the stack works: a backup of its files source ran from the restored blocks
 
     listed = _genesis("list", "--stack", stack.name, "--source", "app-files", env=env, cwd=tmp_path, expect=0)
