@@ -260,6 +260,19 @@ def _remap(node: Any, ids: dict[str, str]) -> Any:
     return node
 
 
+def _why(response) -> str:
+    """The API's reason without the values it was sent: a validation error echoes its input (a block's secrets)."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return "no reason given"
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail if isinstance(d, dict)
+        )[:300]
+    return str(detail)[:200]
+
+
 class Restorer:
     """Posts a snapshot's state back to a Prefect API, in dependency order, mapping old ids to new ones."""
 
@@ -284,7 +297,7 @@ class Restorer:
 
         if response.status_code >= 400:
             raise BootstrapError(
-                f"the Prefect API refused {what} (HTTP {response.status_code}: {response.text[:200]}); check the "
+                f"the Prefect API refused {what} (HTTP {response.status_code}: {_why(response)}); check the "
                 "server's Prefect version against the snapshot's "
                 f"({self.state.get('prefect_version')})"
             )

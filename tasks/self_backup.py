@@ -242,6 +242,7 @@ def gather_state(stack: str, extra_pools: list[str] | None = None) -> dict:
         "version": STATE_VERSION,
         "stack": stack,
         "prefect_version": prefect.__version__,
+        "genesis_dr_version": _version(),
         "blocks": blocks,
         "deployments": deployments,
         "automations": automations,
@@ -249,6 +250,15 @@ def gather_state(stack: str, extra_pools: list[str] | None = None) -> dict:
         "work_pools": work_pools,
         "concurrency_limits": limits,
     }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("genesis-dr")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def state_counts(state: dict) -> dict:
