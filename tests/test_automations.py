@@ -8,6 +8,7 @@ and their blocks go.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -242,6 +243,10 @@ def test_channel_filters_paused_and_operators_automations(make_stack, tmp_path):
             ]
             assert [m.model_dump() for m in ops.trigger.match_related] == [tag]  # every flow of ours
             assert [a.block_document_id for a in overdue.actions] == [ops.actions[0].block_document_id]
+            # the webhook's URL (often a token) is a secret value of the block, never a plain field
+            block = client.read_block_document(ops.actions[0].block_document_id, include_secrets=False)
+            assert (block.name, block.data["url"]) == (f"genesis-dr-{name}-webhook-ops", "{{url}}")
+            assert rx.url("/ops") not in json.dumps(block.data, default=str)
             mine = client.create_automation(
                 AutomationCore(name=f"{name} my own", trigger=EventTrigger(expect={"x"}), actions=[DoNothing()])
             )
