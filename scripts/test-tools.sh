@@ -11,8 +11,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   echo "test-tools: installing ${need_apt[*]}"
   "${sudo[@]}" apt-get update -qq
-  # --no-install-recommends: promtool is all we need, not the server's web assets or exporters.
+  # --no-install-recommends: promtool is all we need, not the exporters and web assets it recommends. (Where an
+  # init system runs, the package also starts a Prometheus server; containers and CI have none.)
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# The package starts a Prometheus service where an init system runs; the tests only need promtool.
 command -v promtool >/dev/null || { echo "test-tools: promtool is missing after installing prometheus" >&2; exit 1; }
