@@ -203,6 +203,7 @@ class _Terminal:
         self._active: list[Progress] = []
         self._shown = False
         self._hooked = False
+        self._drawn_at = 0.0
 
     @staticmethod
     def enabled() -> bool:
@@ -221,20 +222,24 @@ class _Terminal:
     def remove(self, progress: Progress, *, drawn_final: bool) -> None:
         with self._lock:
             if drawn_final:
-                self.draw()  # the finished operation at 100 %, once, before it leaves the line
+                self.draw(force=True)  # the finished operation at 100 %, once, before it leaves the line
             if progress in self._active:
                 self._active.remove(progress)
             if self._active:
-                self.draw()
+                self.draw(force=True)
             else:
                 self.clear()
 
-    def draw(self) -> None:
+    def draw(self, *, force: bool = False) -> None:
         if not self.enabled():
             return
         with self._lock:
             if not self._active:
                 return
+            now = time.monotonic()
+            if not force and now - self._drawn_at < DRAW_S / 2:
+                return  # every operation's ticker asks; the shared line is drawn once per tick
+            self._drawn_at = now
             single = len(self._active) == 1
             line = " | ".join(p.segment(bar=single) for p in self._active)
             width = shutil.get_terminal_size((100, 24)).columns - 1
