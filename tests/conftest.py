@@ -22,4 +22,5 @@ pytest_plugins = [
     "tests.fixtures_gcs",
     "tests.fixtures_sandbox",
     "tests.fixtures_replication",
+    "tests.fixtures_tls",
 ]

@@ -2,7 +2,6 @@
 Redis servers that accept TLS only, and the one-line TLSError (exit 36) for a wrong CA, a wrong name
 and a server without TLS. One server of each kind for the module (tests/fixtures_tls.py)."""
 
-# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 from __future__ import annotations
 
 import time
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 import requests
+from pydantic import SecretStr
 
 from core import tls
 from core.crypto.keys import Keyring
@@ -24,22 +24,17 @@ from core.errors import ConfigError, TLSError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
+from core.stack import StackConfig
 from core.storage.config import VaultConfig
 from core.storage.local import LocalStore
 from core.tls import TLSConfig
-
-# The TLS servers are fixtures of this module alone (tests/conftest.py does not load fixtures_tls).
+from core.validation.restore_check import check_restore
 from tests.capturing import Capturing
 from tests.fixtures_cloud import _moto_server_binary as moto_binary
 from tests.fixtures_gcs import GCS_PROJECT, fake_gcs_server_binary
 from tests.fixtures_postgres import fresh_data_dir, stop_cluster
-from tests.fixtures_tls import (  # noqa: F401
-    OTHER_NAME,
-    mysql_tls_server,
-    pg_tls_server,
-    redis_tls_server,
-    tls_pki,
-)
+from tests.fixtures_sandbox import assert_no_sandbox_left
+from tests.fixtures_tls import OTHER_NAME
 from tests.servers import free_port, serving
 
 
@@ -323,6 +318,81 @@ def test_mysql_binlog_capture_over_tls(mysql_tls_server, tls_pki, capture_vault,
         capture.wait_until(lambda p: bool(p) and mysql_position.order(p[-1].end) >= wanted, f"up to {file}:{pos}")
     finally:
         capture.finish()
+
+
+# ---------------------------------------------------------------------------------------- restore-level validation
+
+
+def _check_stack(tmp_path, source, **extra) -> StackConfig:
+    return StackConfig(
+        stack="tls-check",
+        vault={"path": str(tmp_path / "unused-vault")},
+        encryption={"passphrase_from": "env:GDR_UNUSED_PASSPHRASE"},
+        sources=[source.model_dump()],
+        **extra,
+    )
+
+
+def test_restore_level_check_reaches_a_tls_drill_target_over_tls(
+    mysql_tls_server, tls_pki, vault, keyring, sandbox_root, tmp_path, monkeypatch
+):
+    # The drill target inherits the source's tls: the restore and the smoke queries reach it with it. The user
+    # logs in only with a client certificate (REQUIRE X509), so a smoke session without the source's tls (an
+    # opportunistic, unverified TLS session, as pymysql opens by default) is refused.
+    monkeypatch.setenv("GENESIS_DR_SPOOL_DIR", str(tmp_path / "spool"))
+    server = mysql_tls_server
+    database = server.create_database("vld")
+    user, password = f"x509_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with server.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
+        cur.executemany("INSERT INTO orders VALUES (%s)", [(i,) for i in range(1, 41)])
+        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY %s REQUIRE X509", (password,))
+        cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'127.0.0.1'")
+    try:
+        with_cert = _tls(tls_pki, cert_file=str(tls_pki.other_cert), key_file=str(tls_pki.other_key))
+        config = server.config("my-vld", database, user=user, password=SecretStr(password), tls=with_cert)
+        manifest = backup_source(vault, keyring, MySQLEngine(config))
+        target_db = server.fresh_database_name("drill")
+        stack = _check_stack(
+            tmp_path,
+            config,
+            drill={"targets": {"my-vld": {"database": target_db}}},
+            validation={"smoke_queries": {"my-vld": [{"query": "SELECT count(*) FROM orders", "expect": "40"}]}},
+        )
+        recovery = check_restore(stack, vault, keyring, "my-vld")
+    finally:
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'127.0.0.1'")
+    assert recovery.passed, [r.line() for r in recovery.results]
+    assert [(r.name, r.status) for r in recovery.results] == [
+        ("restore", "passed"),
+        ("data checks", "passed"),
+        ("smoke: SELECT count(*) FROM orders", "passed"),
+    ]
+    assert (recovery.backup_id, recovery.target) == (manifest.id, f"mysql 127.0.0.1:{server.port}/{target_db}")
+    assert_no_sandbox_left(sandbox_root)
+
+
+def test_restore_level_check_of_a_tls_source_in_a_sandbox(
+    redis_tls_server, tls_pki, vault, keyring, sandbox_root, tmp_path, monkeypatch
+):
+    # The source is read over TLS; the sandbox is a plain throw-away server on loopback.
+    monkeypatch.setenv("GENESIS_DR_SPOOL_DIR", str(tmp_path / "spool"))
+    before = _seed(redis_tls_server.client())
+    config = redis_tls_server.config("cache-vld", "logical", tls=_tls(tls_pki))
+    backup_source(vault, keyring, RedisEngine(config))
+    stack = _check_stack(
+        tmp_path, config, validation={"smoke_queries": {"cache-vld": [{"query": "DBSIZE", "expect": str(len(before))}]}}
+    )
+    recovery = check_restore(stack, vault, keyring, "cache-vld")
+    assert recovery.passed, [r.line() for r in recovery.results]
+    assert [(r.name, r.status) for r in recovery.results] == [
+        ("restore", "passed"),
+        ("data checks", "passed"),
+        ("smoke: DBSIZE", "passed"),
+    ]
+    assert recovery.target.startswith("sandbox redis-server on 127.0.0.1:")
+    assert_no_sandbox_left(sandbox_root)
 
 
 # ---------------------------------------------------------------------------------------- object storage

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core import tls
 from core.errors import redact
 from core.validation.config import SmokeQuery
 from core.validation.results import CheckResult
@@ -53,8 +54,9 @@ def _postgres(config: Any, query: str) -> str | None:
         connect_timeout=CONNECT_TIMEOUT_S,
         autocommit=True,
     )
-    if config.sslmode:
-        kwargs["sslmode"] = config.sslmode
+    # As the engine does: a cluster the restore started itself (data_dir) is reached over loopback without TLS.
+    if not getattr(config, "data_dir", None):
+        kwargs.update(tls.libpq_params(config.tls, config.host, config.sslmode))
     with psycopg.connect(**kwargs) as conn:
         cur = conn.execute(query)
         row = cur.fetchone() if cur.description else None
@@ -72,7 +74,14 @@ def _mysql(config: Any, query: str) -> str | None:
         connect_timeout=CONNECT_TIMEOUT_S,
         autocommit=True,
     )
-    kwargs.update({"unix_socket": config.socket} if config.socket else {"host": config.host, "port": config.port})
+    if config.socket:
+        kwargs["unix_socket"] = config.socket
+    else:
+        kwargs.update(
+            host=config.host,
+            port=config.port,
+            **tls.pymysql_ssl(config.tls, f"mysql '{config.name}' at {config.host}:{config.port}"),
+        )
     conn = pymysql.connect(**kwargs)
     try:
         with conn.cursor() as cur:
@@ -84,9 +93,9 @@ def _mysql(config: Any, query: str) -> str | None:
 
 
 def _redis(config: Any, query: str) -> str | None:
-    import redis
-
-    client = redis.Redis(
+    client = tls.redis_client(
+        config.tls,
+        config.name,
         host=config.host,
         port=config.port,
         username=config.username,
