@@ -352,6 +352,7 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
     from prefect.settings import PREFECT_API_URL
 
     from core.stack import load_stack_file
+    from deployments.register import register_deployments
     from deployments.schedules import apply_schedules
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
@@ -393,6 +394,12 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
         "incremental": ("*/10 * * * *", True, 1, "CANCEL_NEW"),
         "capture": ("*/5 * * * *", False, 1, "CANCEL_NEW"),  # off: paused, its default cron kept
     }
+    with get_client(sync_client=True) as client:
+        check_deployed({d.name: d for d in client.read_deployments() if d.name in DOCUMENTS_CADENCE})
+    # register_deployments (apply, serve) and `prefect deploy` make the same deployments: nothing to change
+    # (but the queues' priorities, when `prefect deploy` made the queues).
+    lines = register_deployments(load_stack_file(stack))
+    assert [line for line in lines if "work queue" not in line] == [], lines
 
     # After: apply rewrites our schedule of each deployment of that stack, and nothing else.
     with get_client(sync_client=True) as client:
