@@ -18,6 +18,7 @@ from pydantic import Field
 from core.errors import ConfigError
 from core.repository.vault import Vault
 from core.stack import VaultConfig
+from core.tls import check_endpoint
 
 
 class _VaultBlock(Block):
@@ -59,6 +60,9 @@ class _BucketVault(_VaultBlock):
         None,
         description="Name of the credentials block to use (S3: AwsCredentials, GCS: GcpCredentials; default: the "
         "provider's default credential chain).",
+    )
+    ca_file: str | None = Field(
+        None, description="PEM file of the CA of a private HTTPS endpoint (default: the system store)."
     )
 
 
@@ -107,6 +111,17 @@ def vault_block(config: VaultConfig) -> _VaultBlock:
     return cls.model_validate({k: v for k, v in config.model_dump().items() if k in cls.model_fields})
 
 
+def _check_block_endpoint(config: VaultConfig, block: str) -> None:
+    """The credentials block's endpoint obeys the vault's own rule (https, or http on this machine only)."""
+    try:
+        check_endpoint(config.endpoint_url or "")
+    except ValueError as exc:
+        # Raised as ConfigError here: bind_credentials reads a ValueError as a missing credentials block.
+        raise ConfigError(
+            f"vault {config.location()}: endpoint_url of credentials block {block!r} (aws_client_parameters): {exc}"
+        ) from None
+
+
 def bind_credentials(config: VaultConfig) -> VaultConfig:
     """``config`` with the credentials of the block it names attached (a no-op without one).
 
@@ -125,6 +140,7 @@ def bind_credentials(config: VaultConfig) -> VaultConfig:
             params = getattr(creds, "aws_client_parameters", None)
             if not bound.endpoint_url and params is not None and getattr(params, "endpoint_url", None):
                 bound.endpoint_url = params.endpoint_url
+                _check_block_endpoint(bound, name)
             return bound.with_credentials(creds.get_boto3_session())
         from prefect_gcp import GcpCredentials
 

@@ -306,7 +306,7 @@ def cross_region_replicas(data: Any, where: str, env: dict[str, str] | None = No
         )
     replicas = list(data.get("replicas") or [])
     named = {r.get("name") for r in replicas if isinstance(r, dict)}
-    kept = ("type", "prefix", "storage_class", "endpoint_url", "credentials", "compression")
+    kept = ("type", "prefix", "storage_class", "endpoint_url", "ca_file", "credentials", "compression")
     for region in regions:
         if region not in named:
             copy = {k: vault[k] for k in kept if k in vault}

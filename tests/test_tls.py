@@ -24,7 +24,7 @@ from core.errors import ConfigError, TLSError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
-from core.stack import StackConfig
+from core.stack import StackConfig, cross_region_replicas
 from core.storage.config import VaultConfig
 from core.storage.local import LocalStore
 from core.tls import TLSConfig
@@ -441,6 +441,60 @@ def test_s3_vault_over_https_with_a_private_ca(moto_https, tls_pki, redis_tls_se
             f"{named}: set ca_file to the CA that signed it"
         )
         assert excinfo.value.exit_code == 36
+
+
+def test_a_vault_ca_file_and_source_tls_survive_apply_and_load(make_stack, moto_https, tls_pki, redis_tls_server):
+    from blocks.apply import load_stack
+
+    bucket = f"gdr-tls-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", region_name="us-east-1", endpoint_url=moto_https, verify=str(tls_pki.ca)).create_bucket(
+        Bucket=bucket
+    )
+    vault = {"type": "s3", "bucket": bucket, "region": "us-east-1", "endpoint_url": moto_https}
+    source = redis_tls_server.config("cache-blocks", "logical", tls=_tls(tls_pki, server_name="localhost"))
+    stack = make_stack([source], vault=vault | {"ca_file": str(tls_pki.ca)})
+    loaded = load_stack(stack.name)
+    assert (loaded.vault.endpoint_url, loaded.vault.ca_file) == (moto_https, str(tls_pki.ca))
+    assert loaded.source("cache-blocks").tls == source.tls
+    # The reloaded vault is reached over HTTPS checked against the CA (the system store refuses the endpoint).
+    assert loaded.vault.open(create=True).store.exists("config.json")
+
+
+def test_cross_region_replicas_keep_the_vault_ca_file():
+    vault = {"type": "s3", "bucket": "dr", "endpoint_url": "https://s3.internal", "ca_file": "/etc/dr/ca.pem"}
+    data = cross_region_replicas({"vault": vault}, "dr.yaml", env={"BACKUP_CROSS_REGIONS": "eu-west-1"})
+    assert data["replicas"] == [
+        {
+            "name": "eu-west-1",
+            "vault": {
+                "type": "s3",
+                "endpoint_url": "https://s3.internal",
+                "ca_file": "/etc/dr/ca.pem",
+                "bucket": "dr-eu-west-1",
+                "region": "eu-west-1",
+            },
+        }
+    ]
+
+
+def test_a_credentials_block_endpoint_obeys_the_https_rule(prefect_api):
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.vault import bind_credentials
+
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        aws_client_parameters=AwsClientParameters(endpoint_url="http://minio.internal:9000"),
+    ).save(name)
+    with pytest.raises(ConfigError) as excinfo:
+        bind_credentials(VaultConfig(type="s3", bucket="dr", region="us-east-1", credentials=name))
+    assert str(excinfo.value).startswith(
+        f"vault s3://dr (us-east-1): endpoint_url of credentials block '{name}' (aws_client_parameters): "
+        "http://minio.internal:9000 is plain http to another host"
+    )
 
 
 def test_plain_http_endpoints_only_on_this_machine():
