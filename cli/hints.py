@@ -111,15 +111,20 @@ def restore_lines(result: dict, stack: str, description=None) -> list[str]:
 def print_backups(results: list[dict], stack: str, description=None) -> None:
     """Print each backup taken and how to restore it (``description``: the stack's local description, if any)."""
     for r in results:
+        if r.get("status") == "SKIPPED":  # an incremental that would have overlapped the previous backup
+            why = (r.get("reason") or "no reason recorded").removeprefix("skipped: ")
+            print(f"{r['source']}: SKIPPED {r['type']} backup ({why})")
+            continue
         print(
             f"{r['source']}: {r['status']} {r['id']}  {human_bytes(r['plain_bytes'])} -> "
             f"{human_bytes(r['stored_bytes'])} stored in {r['vault']}"
         )
         for entry in r.get("skipped") or []:
             print(f"  SKIPPED (the stack allows it): {entry}")
-    if not results:
+    taken = [r for r in results if r.get("status") != "SKIPPED"]
+    if not taken:
         return
     print("\nTo restore into a new target beside the source (add --dry-run to see the plan first):")
-    for r in results:
+    for r in taken:
         for line in restore_lines(r, stack, description):
             print(f"  {line}")

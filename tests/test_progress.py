@@ -329,3 +329,16 @@ def test_table_rows_of_a_skipped_incremental_and_a_failure_before_the_vault():
             "note": "backup of cache: concurrency limit x was removed",
         },
     ]
+
+    # The command prints the skip and offers no restore of a backup that was not taken.
+    import contextlib
+    import io
+
+    from cli.hints import print_backups
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_backups([skipped], "default")
+    assert out.getvalue() == (
+        "app-db: SKIPPED incremental backup (the previous backup of app-db (flow run 1234) is still running)\n"
+    )
