@@ -56,7 +56,7 @@ def register(subparsers) -> None:
         metavar="VAULT",
         help="the vault: a directory, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (credentials from the environment)",
     )
-    p.add_argument("--snapshot", metavar="ID", help="this snapshot (self_YYYYMMDD_HHMMSS_xxxxxxxx), not the newest")
+    p.add_argument("--snapshot", metavar="ID", help="this snapshot (self_YYYYMMDD_HHMMSSmmm_xxxxxxxx), not the newest")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument(
         "--passphrase-from",

@@ -1,6 +1,6 @@
 """Self-backup snapshots: the Prefect state genesis-dr needs to be rebuilt, sealed into the vault.
 
-One object per snapshot, ``self/<id>.json`` (id ``self_YYYYMMDD_HHMMSS_xxxxxxxx``, UTC), created only if
+One object per snapshot, ``self/<id>.json`` (id ``self_YYYYMMDD_HHMMSSmmm_xxxxxxxx``, UTC), created only if
 absent and never rewritten. It is one object, not a directory of chunks, so that it is whole or absent on
 every store, and so a replica copies it like the other signed records (``*.json`` below a prefix). Canonical
 JSON (sorted keys, no spaces)::
@@ -52,7 +52,7 @@ STATE_VERSION = 1
 DEFAULT_KEEP = 14
 _LABEL = "state"
 _MAC_INFO = b"genesis-dr/v1/self-mac"
-_ID = re.compile(r"^self_\d{8}_\d{6}_[0-9a-f]{8}$")
+_ID = re.compile(r"^self_\d{8}_\d{9}_[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class Snapshot:
 
 def new_snapshot_id(now: datetime | None = None) -> str:
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"self_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+    # Milliseconds, as validation ids have: "the newest" is the greatest id even for two runs in one second.
+    return f"self_{now:%Y%m%d_%H%M%S}{now.microsecond // 1000:03d}_{secrets.token_hex(4)}"
 
 
 def record_key(snapshot_id: str) -> str:
@@ -167,7 +168,7 @@ def read_record(store: Store, snapshot_id: str) -> tuple[dict, Snapshot]:
     key = record_key(snapshot_id)
     where = f"self-backup {snapshot_id} ({store.describe()}/{key})"
     if not _ID.match(snapshot_id):
-        raise VaultError(f"{snapshot_id!r} is not a self-backup id (self_YYYYMMDD_HHMMSS_xxxxxxxx)")
+        raise VaultError(f"{snapshot_id!r} is not a self-backup id (self_YYYYMMDD_HHMMSSmmm_xxxxxxxx)")
     try:
         data = store.get(key)
     except ObjectNotFound:
