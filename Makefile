@@ -15,11 +15,12 @@ demo: bootstrap
 ## (module-scoped servers stay shared), each worker with its own servers and Prefect harness.
 TEST_WORKERS ?= 2
 test: bootstrap
+	@bash scripts/test-tools.sh
 	$(VENV)/lint-imports
 	$(VENV)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: bootstrap
-	$(VENV)/ruff check core flows tasks blocks cli tests benchmarks
+	$(VENV)/ruff check core flows tasks blocks cli deployments tests benchmarks
 	$(VENV)/lint-imports
 
 ## Every source's backup and restore against its native tools (installs the reference tools it lacks).

@@ -76,12 +76,17 @@ def cmd_apply(args) -> int:
     config = load_stack_file(args.file)  # refused before Prefect is involved
     with prefect_session() as where:
         from blocks.apply import apply_stack
-        from deployments.schedules import apply_schedules
+        from deployments.automations import apply_automations
+        from deployments.register import register_deployments
+        from tasks.limits import stack_backups_limit, sync_limit
 
         for slug in apply_stack(config):
             print(f"saved block {slug}")
-        for line in apply_schedules(config):
+        # The stack's pools, queues and deployments (prefect.yaml's, routed by pool) with its schedules, its
+        # automations (failed runs notify; an overdue backup pages), and its stack-wide backup limit.
+        for line in register_deployments(config) + apply_automations(config):
             print(line)
+        sync_limit(stack_backups_limit(config.stack), config.operations.max_concurrent_backups)
     path = stack_description.save(config, where)
     for warning in config.warnings():
         print(f"warning: {warning}", file=sys.stderr)
@@ -510,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"genesis-dr {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    a = sub.add_parser("apply", help="register a stack file as Prefect blocks")
+    a = sub.add_parser(
+        "apply", help="register a stack file: its blocks, work pools, deployments, schedules and automations"
+    )
     a.add_argument("file", help="the stack file (YAML), e.g. examples/dr.yaml")
     a.set_defaults(func=cmd_apply)
 
