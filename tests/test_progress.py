@@ -147,6 +147,11 @@ def test_backup_run_publishes_progress_and_table_artifacts(make_stack, tmp_path,
         assert progress.type == "progress" and progress.data == 100
         assert progress.description.startswith(f"{source}: full backup {m.id}: ")
 
+    # A failed backup's artifact stays where it stopped and says so.
+    [stopped] = artifacts(run_id, "progress-gone-full-backup")
+    assert stopped.data == 0
+    assert stopped.description.startswith(f"gone: full backup {manifests['gone'].id}: failed after 0 B in ")
+
     [table] = artifacts(run_id, "backup-run")
     assert table.type == "table"
     rows = sorted(json.loads(table.data), key=lambda r: r["source"])
