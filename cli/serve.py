@@ -147,13 +147,21 @@ class Serve:
         _set_api_url(self.api_url)
 
         config = self._stack()
+        from prefect.client.orchestration import get_client
+
+        from deployments.queues import ensure_pool
         from deployments.register import pools_of, register_deployments
 
-        for line in register_deployments(config):
-            say(line)
         pools = self._served_pools(pools_of(config))
+        # The pools first, then the workers (seconds of imports each), while the deployments are registered.
+        with get_client(sync_client=True) as client:
+            for pool in pools:
+                for line in ensure_pool(client, pool):
+                    say(line)
         for pool in pools:
             self.supervisor.start(self._worker(pool))
+        for line in register_deployments(config):
+            say(line)
         self._name_paused(config.stack)
         self._keep_capture_alive(config, pools)
         if self.args.metrics_listen:
