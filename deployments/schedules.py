@@ -3,8 +3,9 @@
 Two paths, so the order of ``genesis-dr apply`` and ``prefect deploy`` does not matter:
 
 * ``genesis-dr apply`` keeps the stack's schedules in a Prefect variable
-  (``genesis-dr-schedules-<stack>``) and rewrites the schedule of each deployment
-  that already runs that stack (its ``stack`` parameter);
+  (``genesis-dr-schedules-<stack>``) and puts them on the stack's deployments
+  (``deployments.register.register_deployments``, which also creates what is missing;
+  ``apply_schedules`` below only rewrites those that exist);
 * ``prefect deploy`` runs the build step ``deployments.steps.stack_schedules``,
   which reads that variable back (the source documents' cadence when the stack
   has none), and prefect.yaml's schedules are templated from its output.
