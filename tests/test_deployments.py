@@ -376,18 +376,16 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
         with get_client(sync_client=True) as client:
             return deployed_schedules({d.name: d for d in client.read_deployments()})
 
-    # Before the deployments exist (another test of this session may have deployed them: gone first): stored,
-    # and `prefect deploy` templates prefect.yaml's schedules from it.
+    # Before the deployments exist (another test of this session may have deployed them: gone first): apply
+    # registers them with the stack's schedules and stores those, and `prefect deploy` templates the same from it.
     with get_client(sync_client=True) as client:
         for deployment in client.read_deployments():
             client.delete_deployment(deployment.id)
     write("  incremental: '*/10 * * * *'\n  capture: 'off'\n")
     out = run(sys.executable, "-m", "cli.main", "apply", str(stack))
-    # apply registers the deployments itself (deployments/register.py), or, before it did, stored the schedules.
-    assert (
-        "created deployment backup/incremental (pool genesis-dr, queue incremental, cron '*/10 * * * *' UTC)" in out
-        or "schedules of stack 'default' stored; 'prefect deploy --all' puts them on its deployments" in out
-    ), out
+    # apply registers the deployments itself (deployments/register.py), with the stack's schedules.
+    assert "created deployment backup/incremental (pool genesis-dr, queue incremental, cron '*/10 * * * *' UTC)" in out
+    assert "created deployment capture/capture (pool genesis-dr, queue capture, schedule off (paused))" in out, out
     run(PREFECT, "work-pool", "create", "genesis-dr", "--type", "process", "--overwrite")
     run(PREFECT, "--no-prompt", "deploy", "--all")
     assert deployed() == DOCUMENTS_CADENCE | {
