@@ -16,21 +16,6 @@ from pydantic import SecretStr
 from core.sources import FilesSourceConfig, PostgresSourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
-# `genesis-dr` as typed; registers `bootstrap` on the parser if cli/main.py does not yet (the lead wires it).
-RUNNER = """\
-import sys
-import cli.main as m
-from cli import bootstrap
-build = m.build_parser
-def parser():
-    p = build()
-    sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
-    if "bootstrap" not in sub.choices:
-        bootstrap.register(sub)
-    return p
-m.build_parser = parser
-sys.exit(m.main(sys.argv[1:]))
-"""
 # Run in the bootstrapped home (its own temporary server): what the operator finds there, then a backup.
 CHECK = """\
 import json, sys
@@ -79,7 +64,7 @@ def _env(**extra: str) -> dict:
 
 def _genesis(*args: str, env: dict, cwd: Path, expect: int) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
     )
     assert proc.returncode == expect, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
