@@ -74,7 +74,8 @@ from core.storage.retry import unwrap
 
 LEASE_PREFIX = "replicate."
 # Signed, never-rewritten records that must survive the primary (see the module doc, step 4).
-COMPLIANCE_PREFIXES = ("holds/", "erasure/", "certificates/", "retention/authorisations/")
+# self/: the self-backup snapshots, so a replica can bootstrap genesis-dr after the primary is lost.
+COMPLIANCE_PREFIXES = ("holds/", "erasure/", "certificates/", "retention/authorisations/", "self/")
 _RECORD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.json$")
 ARCHIVED_RECORD = "archived.json"
 DEFAULT_MAX_LAG_SECONDS = 600.0
