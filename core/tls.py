@@ -493,19 +493,25 @@ def https_verify(ca_file: str | None) -> str | None:
     return ca_file or None
 
 
-def https_error(where: str, url: str | None, exc: BaseException, ca_file: str | None) -> TLSError:
-    """One line for an HTTPS certificate refused by us (botocore/requests SSLError), with the remedy."""
+def https_error(
+    where: str, url: str | None, exc: BaseException, ca_file: str | None, ca_setting: str = "ca_file"
+) -> TLSError:
+    """One line for an HTTPS certificate refused by us (botocore/requests SSLError), with the remedy.
+    ``ca_setting``: what the operator sets to trust a private CA there (an AWS API client without a ca_file
+    field of ours reads AWS_CA_BUNDLE)."""
     from urllib.parse import urlsplit
 
+    if ca_file is None and ca_setting.isupper():  # an environment variable the client library reads itself
+        ca_file = os.environ.get(ca_setting) or None
     host = urlsplit(url).netloc if url else "the endpoint"
     problem = tls_problem(exc)
     ca = ca_file or "the system CA store"
     if problem == "wrong-name":
         reason = f"the certificate of {host} does not name it: use the name the certificate carries in endpoint_url"
     elif problem == "file":
-        reason = f"ca_file {ca_file} cannot be read: give a readable PEM file of the CA"
+        reason = f"{ca_setting} {ca_file} cannot be read: give a readable PEM file of the CA"
     elif problem == "no-tls":
         reason = f"{host} does not speak HTTPS there: fix endpoint_url (scheme and port)"
     else:
-        reason = f"the certificate of {host} is not signed by {ca}: set ca_file to the CA that signed it"
+        reason = f"the certificate of {host} is not signed by {ca}: set {ca_setting} to the CA that signed it"
     return TLSError(f"{where}: {reason}")

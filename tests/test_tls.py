@@ -20,7 +20,7 @@ from core.engines.mysql.engine import MySQLEngine
 from core.engines.postgres.engine import PostgresEngine
 from core.engines.postgres.position import lsn_int
 from core.engines.redis.engine import RedisEngine
-from core.errors import ConfigError, TLSError
+from core.errors import ConfigError, KeyServiceError, TLSError
 from core.operations import backup_source, restore_backup
 from core.repository.manifest import COMPLETED
 from core.repository.vault import Vault
@@ -495,6 +495,82 @@ def test_a_credentials_block_endpoint_obeys_the_https_rule(prefect_api):
         f"vault s3://dr (us-east-1): endpoint_url of credentials block '{name}' (aws_client_parameters): "
         "http://minio.internal:9000 is plain http to another host"
     )
+
+
+def test_aws_api_clients_refuse_an_unverified_endpoint_in_one_line(moto_https, tls_pki, tmp_path, monkeypatch):
+    """KMS, SNS, CloudWatch, Route53, RDS and bucket sources: https checked against the system store (or
+    AWS_CA_BUNDLE, botocore's own setting), plain http only to this machine; each refusal one line."""
+    from pydantic import ValidationError
+
+    from core.crypto.kms import AwsKms, KmsKeyConfig
+    from core.engines.bucket.clients import client_for
+    from core.errors import DnsSwitchError
+    from core.failover.dns import switch_record
+    from core.failover.rds import rds_status
+    from core.failover.topology import DnsConfig, RegionConfig
+    from core.notify.transport import sns_publish
+    from core.observe.cloudwatch import publish_cloudwatch
+    from core.observe.snapshot import build_snapshot
+    from core.scheduling.config import CloudWatchConfig
+    from core.sources import BucketSourceConfig
+
+    host = moto_https.removeprefix("https://")
+    unsigned = (
+        f"the certificate of {host} is not signed by the system CA store: set AWS_CA_BUNDLE to the CA that signed it"
+    )
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+
+    kms = AwsKms(moto_https)
+    with pytest.raises(TLSError) as excinfo:
+        kms.check_state("alias/dr", "us-east-1")
+    assert (str(excinfo.value), excinfo.value.exit_code) == (f"KMS key alias/dr (us-east-1): {unsigned}", 36)
+    assert kms.retried == 0  # a refused certificate is not retried
+    with pytest.raises(ValidationError, match="plain http to another host"):
+        KmsKeyConfig(key_id="alias/dr", region="us-east-1", endpoint_url="http://kms.internal")
+
+    arn = "arn:aws:sns:us-east-1:123456789012:dr"
+    sent = sns_publish(arn, "s", "m", {}, region=None, endpoint_url=moto_https, session=None, timeout=5)
+    assert sent == (False, f"{host}: {unsigned}")
+    sent = sns_publish(arn, "s", "m", {}, region=None, endpoint_url="http://sns.internal", session=None, timeout=5)
+    assert sent[0] is False and sent[1].startswith("sns endpoint_url: http://sns.internal is plain http")
+
+    stack = StackConfig(
+        stack="cw",
+        vault={"path": str(tmp_path / "vault")},
+        sources=[{"kind": "files", "name": "f", "root": str(tmp_path)}],
+    )
+    with pytest.raises(TLSError) as excinfo:
+        publish_cloudwatch(build_snapshot(stack), CloudWatchConfig(region="us-east-1", endpoint_url=moto_https))
+    assert str(excinfo.value) == f"operations.cloudwatch of stack cw: {unsigned}"
+    with pytest.raises(ConfigError, match=r"^operations.cloudwatch.endpoint_url: http://cw.internal is plain http"):
+        publish_cloudwatch(
+            build_snapshot(stack), CloudWatchConfig(region="us-east-1", endpoint_url="http://cw.internal")
+        )
+
+    dns = DnsConfig(
+        provider="route53", zone="Z1", record_name="app.example.com.", value="a.example.com", endpoint_url=moto_https
+    )
+    with pytest.raises(DnsSwitchError) as excinfo:
+        switch_record(dns)
+    assert str(excinfo.value).endswith(f": {unsigned}") and "\n" not in str(excinfo.value)
+
+    region = RegionConfig(name="us-east-1", priority=1, rds_instance_id="db1", aws_endpoint_url=moto_https)
+    assert rds_status(region).detail == f"rds 'db1' in us-east-1: HTTPS: {unsigned}"
+    plain = region.model_copy(update={"aws_endpoint_url": "http://rds.internal"})
+    assert rds_status(plain).detail.startswith(
+        "rds 'db1' in us-east-1: aws_endpoint_url of region us-east-1: http://rds.internal is plain http"
+    )
+
+    with pytest.raises(ConfigError, match=r"^bucket 'b': endpoint_url: http://s3.internal is plain http"):
+        client_for(BucketSourceConfig(name="b", bucket="b", endpoint_url="http://s3.internal"), "bucket 'b'")
+
+    # botocore's own setting for a private CA: named when it is the wrong one, and the right one is trusted.
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_pki.wrong_ca))
+    with pytest.raises(TLSError, match=f"is not signed by {tls_pki.wrong_ca}: set AWS_CA_BUNDLE to the CA"):
+        AwsKms(moto_https).check_state("alias/dr", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_pki.ca))
+    with pytest.raises(KeyServiceError, match="does not exist in us-east-1"):
+        AwsKms(moto_https).check_state("alias/dr", "us-east-1")
 
 
 def test_plain_http_endpoints_only_on_this_machine():

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import ConfigError, IntegrityError, KeyServiceError
+from core.tls import check_endpoint, https_error
 
 RECIPIENT_TYPE = "aws-kms"
 CONTEXT_KEY = "genesis-dr:backup"
@@ -131,6 +132,12 @@ class KmsKeyConfig(BaseModel):
                 "(no test double for it exists here); wrap with a passphrase or X25519 keys instead"
             )
         return data
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        # Wrapped data keys and credentials travel to it: https, or plain http to a test server on this machine.
+        return check_endpoint(value) if value else value
 
     @field_validator("key_id")
     @classmethod
@@ -240,6 +247,7 @@ class AwsKms:
             EndpointConnectionError,
             NoCredentialsError,
             ReadTimeoutError,
+            SSLError,
         )
 
         client = self._client(region)
@@ -254,6 +262,8 @@ class AwsKms:
                     why = code or f"HTTP {status}"
                 else:
                     raise _refusal(code, status, key, region, op) from None
+            except SSLError as exc:  # our side refused the endpoint's certificate: retrying cannot fix it
+                raise https_error(f"KMS key {key} ({region})", self.endpoint_url, exc, None, "AWS_CA_BUNDLE") from None
             except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as exc:
                 why = type(exc).__name__
             except NoCredentialsError:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import DnsSwitchError
+from core.tls import check_endpoint, https_error
 
 if TYPE_CHECKING:
     from core.failover.topology import DnsConfig
@@ -124,6 +125,15 @@ def _one_line(text: Any, limit: int = 200) -> str:
 # -- Route53 --------------------------------------------------------------------------------------------------------
 
 
+def _check_endpoint(dns: DnsConfig) -> None:
+    """The DNS API's endpoint: https, or plain http to a test server on this machine (the credentials travel)."""
+    if dns.endpoint_url:
+        try:
+            check_endpoint(dns.endpoint_url)
+        except ValueError as exc:
+            raise DnsSwitchError(f"{_where(dns)}: endpoint_url: {exc}") from None
+
+
 def _route53_client(dns: DnsConfig, session: Any):
     import boto3
     from botocore.config import Config
@@ -131,6 +141,7 @@ def _route53_client(dns: DnsConfig, session: Any):
     config = Config(
         connect_timeout=REQUEST_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S, retries={"total_max_attempts": 2}
     )
+    _check_endpoint(dns)
     # Route53 is a global service answered from us-east-1; the region only matters for signing.
     return (session or boto3.session.Session()).client(
         "route53", region_name="us-east-1", endpoint_url=dns.endpoint_url, config=config
@@ -138,7 +149,7 @@ def _route53_client(dns: DnsConfig, session: Any):
 
 
 def _route53_call(dns: DnsConfig, what: str, call, **kwargs):
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
 
     try:
         return call(**kwargs)
@@ -159,6 +170,8 @@ def _route53_call(dns: DnsConfig, what: str, call, **kwargs):
         raise DnsSwitchError(
             f"{_where(dns)}: route53 refused to {what}: {code} {_one_line(err.get('Message', ''))}; {remedy}"
         ) from None
+    except SSLError as exc:  # a DnsSwitchError, as every failure of the switch (the failover records it)
+        raise DnsSwitchError(https_error(_where(dns), dns.endpoint_url, exc, None, "AWS_CA_BUNDLE").message) from None
     except BotoCoreError as exc:
         raise DnsSwitchError(
             f"{_where(dns)}: cannot {what}: {_one_line(exc)}; check the network path to Route53 and retry"
@@ -250,6 +263,7 @@ def _clouddns_zone(dns: DnsConfig, session: Any):
                     f"{_where(dns)}: no Google credentials; configure the DNS credentials block or "
                     "Application Default Credentials"
                 ) from None
+    _check_endpoint(dns)
     options = {"api_endpoint": dns.endpoint_url.rstrip("/")} if dns.endpoint_url else None
     client = clouddns.Client(project=dns.project, credentials=credentials, client_options=options)
     return client.zone(dns.zone)
@@ -278,6 +292,10 @@ def _clouddns_call(dns: DnsConfig, what: str, call, *args):
     except auth_exc.GoogleAuthError as exc:
         raise DnsSwitchError(
             f"{_where(dns)}: cannot authenticate to {what}: {_one_line(exc)}; check the DNS credentials"
+        ) from None
+    except requests.exceptions.SSLError as exc:
+        raise DnsSwitchError(
+            https_error(_where(dns), dns.endpoint_url, exc, None, "REQUESTS_CA_BUNDLE").message
         ) from None
     except requests.RequestException as exc:
         raise DnsSwitchError(

@@ -11,8 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.errors import ConfigError
 from core.failover.promote import Step
 from core.failover.topology import RegionConfig
+from core.tls import check_endpoint, https_error
 
 # One request never hangs a failover; PromoteReadReplica itself is quick, the instance then restarts.
 REQUEST_TIMEOUT_S = 10.0
@@ -51,6 +53,11 @@ def _client(region: RegionConfig, session: Any):
     import boto3
     from botocore.config import Config
 
+    if region.aws_endpoint_url:
+        try:  # the credentials' signature travels to it: https, or plain http to a test server on this machine
+            check_endpoint(region.aws_endpoint_url)
+        except ValueError as exc:
+            raise ConfigError(f"aws_endpoint_url of region {region.name}: {exc}") from None
     config = Config(
         connect_timeout=REQUEST_TIMEOUT_S,
         read_timeout=REQUEST_TIMEOUT_S,
@@ -59,6 +66,17 @@ def _client(region: RegionConfig, session: Any):
     return (session or boto3.session.Session()).client(
         "rds", region_name=region.aws_region or region.name, endpoint_url=region.aws_endpoint_url, config=config
     )
+
+
+def _problem(region: RegionConfig, exc: BaseException) -> str:
+    """What went wrong with an RDS call and the remedy, in one line."""
+    from botocore.exceptions import SSLError
+
+    if isinstance(exc, SSLError):
+        return https_error("HTTPS", region.aws_endpoint_url, exc, None, "AWS_CA_BUNDLE").message
+    if isinstance(exc, ConfigError):
+        return exc.message
+    return f"{_why(exc)}; {_remedy(exc)}"
 
 
 def _why(exc: BaseException) -> str:
@@ -99,9 +117,7 @@ def rds_status(region: RegionConfig, session: Any = None) -> RdsStatus:
     try:
         status = _describe(_client(region, session), region.rds_instance_id, aws_region)
     except Exception as exc:  # noqa: BLE001 - the status of a region in trouble is reported, never raised
-        return RdsStatus(
-            region.rds_instance_id, aws_region, None, detail=f"{_label(region)}: {_why(exc)}; {_remedy(exc)}"
-        )
+        return RdsStatus(region.rds_instance_id, aws_region, None, detail=f"{_label(region)}: {_problem(region, exc)}")
     role = f"read replica of {status.replica_of}" if status.replica_of else "primary"
     return RdsStatus(**{**asdict(status), "detail": f"{_label(region)}: {status.status}, {role}"})
 
@@ -152,4 +168,4 @@ def promote_rds(
                 )
             time.sleep(poll_interval)
     except Exception as exc:  # noqa: BLE001 - a step reports every failure as a failed Step, never raises
-        return step(False, f"promotion failed: {_why(exc)}; {_remedy(exc)}")
+        return step(False, f"promotion failed: {_problem(region, exc)}")

@@ -15,6 +15,8 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.tls import check_endpoint, https_error
+
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     # A redirected POST would be re-sent (or turned into a GET) to a place the stack never named.
@@ -82,10 +84,15 @@ def sns_publish(
     """Publish to an SNS topic with one attempt bounded by ``timeout``; (True, "message id ...") or (False, why)."""
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError, SSLError
 
     region = region or (topic_arn.split(":")[3] if topic_arn.count(":") >= 5 else None)
     where = endpoint(endpoint_url) if endpoint_url else f"sns.{region or '?'}"
+    if endpoint_url:
+        try:  # the message and the credentials' signature travel to it: https, or http on this machine only
+            check_endpoint(endpoint_url)
+        except ValueError as exc:
+            return False, f"sns endpoint_url: {exc}"
     config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1})
     try:
         client = (session or boto3.session.Session()).client(
@@ -104,5 +111,7 @@ def sns_publish(
         err = exc.response.get("Error", {})
         text = " ".join(str(err.get("Message", "")).split())[:160]
         return False, f"{where} refused the publish to {topic_arn}: {err.get('Code', '?')} {text}".rstrip()
+    except SSLError as exc:
+        return False, str(https_error(where, endpoint_url, exc, None, "AWS_CA_BUNDLE"))
     except BotoCoreError as exc:
         return False, f"{where}: {' '.join(str(exc).split())[:200]}"

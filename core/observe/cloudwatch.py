@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.errors import DRError
+from core.errors import ConfigError, DRError
 from core.observe.metrics import PREFIX, families
 from core.observe.snapshot import StackSnapshot
+from core.tls import check_endpoint, https_error
 
 BATCH = 500  # CloudWatch takes 1000 metrics and 1 MB per call; 500 small data stay far below both
 
@@ -65,8 +66,13 @@ def publish_cloudwatch(snap: StackSnapshot, cfg: Any, session_or_client: Any = N
     number of data published (``batch`` per call). ``session_or_client``: a boto3 CloudWatch client, a boto3 Session, or None for
     boto3's default chain. CloudWatchError (one line, no credentials) if a call is refused or unanswered."""
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, SSLError
 
+    if cfg.endpoint_url:
+        try:  # the metrics and the credentials' signature travel to it: https, or http on this machine only
+            check_endpoint(cfg.endpoint_url)
+        except ValueError as exc:
+            raise ConfigError(f"operations.cloudwatch.endpoint_url: {exc}") from None
     if hasattr(session_or_client, "put_metric_data"):
         client = session_or_client
     else:
@@ -87,6 +93,10 @@ def publish_cloudwatch(snap: StackSnapshot, cfg: Any, session_or_client: Any = N
             raise CloudWatchError(
                 f"{where} refused the metrics of stack {snap.stack} (namespace {cfg.namespace}): "
                 f"{err.get('Code', '?')} {text}; check the credentials' cloudwatch:PutMetricData permission"
+            ) from None
+        except SSLError as exc:
+            raise https_error(
+                f"operations.cloudwatch of stack {snap.stack}", cfg.endpoint_url, exc, None, "AWS_CA_BUNDLE"
             ) from None
         except BotoCoreError as exc:
             raise CloudWatchError(

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from core.errors import IntegrityError, SourceUnavailableError
+from core.errors import ConfigError, IntegrityError, SourceUnavailableError
+from core.tls import check_endpoint
 
 READ_PIECE = 1 << 20
 # One part in memory per upload: S3 takes parts of 5 MiB and more; GCS resumable chunks are multiples of 256 KiB.
@@ -643,6 +644,11 @@ def client_for(config: Any, label: str) -> BucketClient:
                 "run through genesis-dr / the flows, or drop 'credentials' to use the default chain"
             )
         credentials = _resolver(config.provider, config.credentials)
+    if config.endpoint_url:
+        try:  # the bucket's objects and the credentials travel to it: https, or plain http on this machine only
+            check_endpoint(config.endpoint_url)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: endpoint_url: {exc}") from None
     if config.provider == "s3":
         return S3Bucket(
             config.bucket, label, region=config.region, endpoint_url=config.endpoint_url, session=credentials
