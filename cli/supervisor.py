@@ -3,18 +3,19 @@
 Plain processes, no Prefect import: ``cli.serve`` decides what runs (the Prefect server, one worker per
 work pool, the metrics endpoint); this module keeps it running.
 
-* **Nothing outlives serve.** Each child is started through a launcher that asks the kernel to kill it
+* **The children die with serve.** Each is started through a launcher that asks the kernel to kill it
   when serve dies (``PR_SET_PDEATHSIG``, as ``cli.prefect_api`` does for the temporary server), so a
-  ``kill -9`` of serve frees the server's port at once and a restart reuses its database. Each child
+  ``kill -9`` of serve frees the server's port at once and a restart reuses its database. (The flow
+  runs its workers had started are grandchildren: the kernel does not kill them, they run on until they
+  end, a capture until it is stopped; under systemd the unit's cgroup is emptied when serve dies.) Each child
   leads a process group of its own: a Ctrl-C in the terminal reaches serve alone, which then stops its
   children in order (workers first, the server last).
 * **A child that dies is restarted** after a backoff (1 s, doubling up to a minute while it keeps dying
   within a minute of its start), with one line saying so.
-* **Stopping a worker** is what Ctrl-C on ``prefect worker start`` in a terminal does: SIGINT to its
-  process group, the worker and the flow runs it started (a Prefect worker ignored SIGTERM for 25 s and
-  stopped on SIGINT; a backup stops at its next chunk and records itself FAILED "interrupted",
-  committing nothing; a capture stops after the piece it is shipping), a grace for them to end, then
-  SIGTERM and SIGKILL to whatever is left of the group.
+* **Stopping a worker** is SIGINT to the worker (a Prefect worker ignored SIGTERM for 25 s and stopped
+  on SIGINT) and SIGTERM to the flow runs it started, which live in its process group (a backup stops
+  at its next chunk and records itself FAILED "interrupted", committing nothing; a capture stops after
+  the piece it is shipping), a grace for them to end, then SIGTERM and SIGKILL to whatever is left.
 """
 
 from __future__ import annotations
@@ -124,13 +125,14 @@ class Supervisor:
         self.start(child)
 
     def stop(self, children: list[Child]) -> None:
-        """Stop ``children`` together: their stop signal, the grace, SIGTERM to each group, SIGKILL."""
+        """Stop ``children`` together: each its stop signal (the flow runs in its groups SIGTERM), the grace,
+        SIGTERM to whatever is left of the groups, then SIGKILL."""
         for child in children:
             child.stopped = True
             child.restart_at = None
         live = [c for c in children if _groups(c)]
         for child in live:
-            _signal_groups(child, child.stop_signal)
+            _signal_members(child)
         deadline = time.monotonic() + max((c.grace for c in live), default=0)
         while time.monotonic() < deadline and any(_groups(c) for c in live):
             time.sleep(0.2)
@@ -176,6 +178,19 @@ def _signal_groups(child: Child, sig: int) -> None:
             pass
 
 
+def _signal_members(child: Child) -> None:
+    """The child itself gets its stop signal; every other process of its groups (the flow runs a worker
+    started) SIGTERM, on which our flows stop at their next chunk (a Prefect flow run started by a worker
+    does not stop on the SIGINT its worker stops on)."""
+    leader = child.process.pid if child.process is not None else None
+    for pgid in _groups(child):
+        for pid in _members(pgid):
+            try:
+                os.kill(pid, child.stop_signal if pid == leader else signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _pgid_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (zombies do not count: killpg(0) succeeds for them)."""
     try:
@@ -184,11 +199,13 @@ def _pgid_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
+    return bool(_members(pgid))
+
+
+def _members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of group ``pgid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
@@ -198,5 +215,5 @@ def _pgid_alive(pgid: int) -> bool:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+            found.append(int(entry))
+    return found
