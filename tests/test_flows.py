@@ -401,7 +401,9 @@ def test_sources_of_one_run_take_their_slots_without_waiting(make_stack, tmp_pat
     from flows.backup import backup
 
     stack = make_stack(
-        [FilesSourceConfig(name=f"app{i}", root=str(files_tree(tmp_path / f"app{i}"))) for i in range(4)]
+        [FilesSourceConfig(name=f"app{i}", root=str(files_tree(tmp_path / f"app{i}"))) for i in range(4)],
+        # Room for all four in the stack-wide limit: only the slot requests themselves are measured here.
+        operations={"max_concurrent_backups": 4},
     )
     for _ in range(2):  # the first run creates the four limits, the second finds them
         state = backup(stack=stack.name, return_state=True)
@@ -409,7 +411,7 @@ def test_sources_of_one_run_take_their_slots_without_waiting(make_stack, tmp_pat
         waits = [
             float(m.group(1))
             for line in run_logs(state.state_details.flow_run_id)
-            if (m := re.search(r"holding concurrency limit \S+ \(waited ([\d.]+)s\)", line))
+            if (m := re.search(r"holding concurrency limit genesis-dr-backup-\S+ \(waited ([\d.]+)s\)", line))
         ]
         assert len(waits) == 4 and max(waits) < 1.5, waits
     assert sorted(m.status for m in backups_of(stack)) == [COMPLETED] * 8
