@@ -44,8 +44,9 @@ def backup(
             raise
         futures = {name: backup_source.submit(stack, name, backup_type) for name in names}
         results, failures = collect(futures)
-    publish_backup_table(results, failures)
-    # Success and failure are both reported (a success resolves the incident a failure opened).
+    publish_backup_table(results, failures, backup_type)
+    # Success and failure are both reported (a success resolves the incident a failure opened); a skipped
+    # incremental is a line of its own in the event, never counted as committed.
     announce(stack, backup_event(stack, backup_type, results, failures, **scope))
     raise_failures(failures, "source backups")
     return results

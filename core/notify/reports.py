@@ -39,23 +39,33 @@ def backup_event(
     kinds: list[str] | None = None,
     url: str | None = None,
 ) -> Event:
-    """A backup run: ``results`` are the committed backups' summaries, ``failures`` source -> error."""
+    """A backup run: ``results`` are the sources' summaries (a committed backup's, or a skipped incremental's with
+    ``status: SKIPPED`` and its ``reason``), ``failures`` source -> error.
+
+    A skipped incremental is neither committed nor failed: it has a line of its own (``app-db: skipped (the
+    previous backup of app-db ... is still running)``) and the run is still a success."""
     scope = " ".join(p for p in (",".join(sorted(sources or [])), ",".join(sorted(kinds or []))) if p)
     subject = f"{backup_type} {scope}".strip()
     total = len(results) + len(failures)
-    stored = sum(r.get("stored_bytes") or 0 for r in results)
+    committed = [r for r in results if r.get("status") != "SKIPPED"]
+    skipped = [f"{r['source']}: skipped ({_skip_reason(r)})" for r in results if r.get("status") == "SKIPPED"]
+    stored = sum(r.get("stored_bytes") or 0 for r in committed)
     details: dict[str, Any] = {
-        "backups": [f"{r['source']}: {r['id']}" for r in results] or "none",
+        "backups": [f"{r['source']}: {r['id']}" for r in committed] or "none",
         "stored": human_bytes(stored),
     }
+    if skipped:
+        details["skipped"] = skipped[:_MAX_LINES]
     if failures:
         failed = [f"{name}: {_one_line(exc)}" for name, exc in list(failures.items())[:_MAX_LINES]]
         details = {"failed": failed} | details
         summary = f"{len(failures)} of {total} {backup_type} backups failed - {failed[0]}"
         title = f"Backup FAILED on stack {stack}"
     else:
-        names = ", ".join(r["source"] for r in results) or "no source"
-        summary = f"{len(results)} {backup_type} backups committed ({names}), {human_bytes(stored)} stored"
+        names = ", ".join(r["source"] for r in committed) or "no source"
+        summary = f"{len(committed)} {backup_type} backups committed ({names}), {human_bytes(stored)} stored"
+        if skipped:
+            summary += f"; {skipped[0]}" + (f" (+{len(skipped) - 1} more skipped)" if len(skipped) > 1 else "")
         title = f"Backup succeeded on stack {stack}"
     return Event(
         activity="backup",
@@ -67,6 +77,12 @@ def backup_event(
         details=details,
         url=url,
     )
+
+
+def _skip_reason(result: Mapping[str, Any]) -> str:
+    # The recorded reason starts with "skipped: " (the vault's history and the table say it that way).
+    reason = str(result.get("reason") or "no reason recorded")
+    return _one_line(reason.removeprefix("skipped: "), 200)
 
 
 def validation_event(record: Any, *, url: str | None = None) -> Event:
