@@ -10,6 +10,7 @@ from core.replication import ReplicaReport, open_primary, replicate
 from core.stack import PRIMARY
 from tasks.limits import exclusive
 from tasks.policy import task_options
+from tasks.progress import Progress
 from tasks.run_stack import run_stack
 from tasks.runlog import progress
 
@@ -48,14 +49,19 @@ def replicate_vault(stack: str, replica: str, verify: bool = False) -> dict:
         if primary is None:  # no backup yet: an empty report, in sync
             return ReplicaReport(replica=replica, location=replica_store.describe()).to_dict() | {"stack": config.stack}
         try:
-            report = replicate(
-                primary,
-                replica_store,
-                name=replica,
-                progress=progress(),
-                verify=verify,
-                max_lag_seconds=config.replication.max_lag_seconds,
-            )
+            # The bytes copied so far in the UI (a progress artifact) and on a terminal; what a run will copy is
+            # not known ahead, so it shows bytes and rate, not a percentage. The subject (where the replica is)
+            # lets the artifact be published while the copy runs.
+            with Progress(replica, "replicate", "replication to", subject=replica_store.describe()) as shown:
+                report = replicate(
+                    primary,
+                    replica_store,
+                    name=replica,
+                    progress=progress(),
+                    verify=verify,
+                    max_lag_seconds=config.replication.max_lag_seconds,
+                    on_bytes=shown.on_bytes,
+                )
         except ReplicationError as exc:
             if getattr(exc, "report", None) is not None:
                 exc.report["stack"] = config.stack

@@ -52,3 +52,32 @@ def test_a_run_whose_only_source_was_skipped_commits_nothing_and_says_why():
     assert event.details["backups"] == "none"
     assert event.summary.startswith("0 incremental backups committed (no source), 0 B stored; cache: skipped (")
     assert "None" not in event.body()
+
+
+def test_replication_tells_its_running_byte_total_once_per_object_copied(tmp_path):
+    """The replicate task's progress display: one call per object copied (never per read), totals in order,
+    the last one what the report says was copied."""
+    import os
+
+    from core.crypto.keys import Keyring
+    from core.operations import backup_source
+    from core.replication import replicate
+    from core.repository.vault import Vault
+    from core.storage.local import LocalStore
+    from tests.test_engine_files import files_engine, write
+
+    keyring = Keyring(passphrase="integration13-pw")
+    primary = Vault.open(LocalStore(tmp_path / "primary"), create=True)
+    write(tmp_path / "src/big.bin", os.urandom(5 << 20))  # two chunks
+    write(tmp_path / "src/app.ini", b"[app]\nv = 1\n")
+    backup_source(primary, keyring, files_engine(tmp_path / "src"), "full")
+    told: list[tuple[int, int | None]] = []
+
+    report = replicate(
+        primary, LocalStore(tmp_path / "replica"), name="dr-disk", on_bytes=lambda d, t: told.append((d, t))
+    )
+
+    assert report.in_sync and report.objects_copied > 3
+    assert len(told) == report.objects_copied + report.objects_repaired
+    assert [done for done, _ in told] == sorted(done for done, _ in told)
+    assert told[-1] == (report.bytes_copied, None)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from core.errors import IntegrityError
 from core.storage.base import ObjectNotFound, Store
@@ -74,7 +75,10 @@ class VaultObject:
 
 @dataclass
 class Counts:
-    """What the copies did (thread-safe increments through ``add``)."""
+    """What the copies did (thread-safe increments through ``add``).
+
+    ``on_bytes(done, total)``, when given, is told the running ``bytes_copied`` after each object copied (one call
+    per object of at most one chunk, never per read; ``total`` None: what a run will copy is not known ahead)."""
 
     objects_copied: int = 0
     bytes_copied: int = 0
@@ -83,6 +87,7 @@ class Counts:
     objects_verified: int = 0  # read back from the replica and hashed, or attested by the replica (below)
     verified_by_store_md5: int = 0  # of those: the replica's own MD5 of what it stored matched (no read-back)
     objects_checked: int = 0  # size compared only (the cheap pass)
+    on_bytes: Callable[[int, int | None], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -94,6 +99,9 @@ class Counts:
                 setattr(self, name, getattr(self, name) + value)
             if repaired_key is not None:
                 self.repaired_keys.append(repaired_key)
+            if self.on_bytes is not None and counts.get("bytes_copied"):
+                # Under the lock, so the totals arrive in order from the copying threads (the sink only records).
+                self.on_bytes(self.bytes_copied, None)
 
 
 class ObjectCopier:

@@ -155,6 +155,7 @@ def replicate(
     verify: bool = False,
     max_lag_seconds: float | None = DEFAULT_MAX_LAG_SECONDS,
     now: Callable[[], datetime] | None = None,
+    on_bytes: Callable[[int, int | None], None] | None = None,
 ) -> ReplicaReport:
     """Copy what ``replica_store`` lacks of ``primary`` and report it (see the module doc).
 
@@ -162,11 +163,12 @@ def replicate(
     already holds (default: a size check of those; objects being copied are always
     read back and hashed). Raises ReplicationError (exit 20, ``report`` attached) when
     the lag after the run passes ``max_lag_seconds``; store failures of either side
-    propagate as one-line errors naming the replica, with nothing half-committed.
+    propagate as one-line errors naming the replica, with nothing half-committed. ``on_bytes(done, total)`` is
+    told the bytes copied so far after each object copied (a progress display; ``total`` is None).
     """
     say = progress or (lambda message: None)
     clock = now or (lambda: datetime.now(UTC))
-    run = _Run(primary, replica_store, name, say, verify)
+    run = _Run(primary, replica_store, name, say, verify, on_bytes)
     try:
         report = run.execute()
     except DRError as exc:
@@ -216,13 +218,21 @@ def _lag(run: _Run, report: ReplicaReport, now: datetime) -> None:
 
 
 class _Run:
-    def __init__(self, primary: Vault, replica: Store, name: str, say: Callable[[str], None], verify: bool) -> None:
+    def __init__(
+        self,
+        primary: Vault,
+        replica: Store,
+        name: str,
+        say: Callable[[str], None],
+        verify: bool,
+        on_bytes: Callable[[int, int | None], None] | None = None,
+    ) -> None:
         self.name, self.say, self.verify = name, say, verify
         self.started = time.monotonic()
         backend = primary.store
         self.source = ReadOnlyStore(backend, "it is the primary of a replication")
         self.replica = replica
-        self.counts = Counts()
+        self.counts = Counts(on_bytes=on_bytes)
         self.report = ReplicaReport(replica=name, location=replica.describe(), verify=verify)
         self.missing: list[tuple[datetime, str, str]] = []
         src_caps, dst_caps = unwrap(backend).capabilities, unwrap(replica).capabilities
