@@ -268,6 +268,8 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_
             assert run.state_type == StateType.COMPLETED, run.state
             assert run.work_pool_name == "genesis-dr"
             assert run.labels["prefect.worker.name"] == f"{socket.gethostname()}-genesis-dr"
+            # An operator pauses a deployment: serve leaves that choice alone from now on.
+            client.pause_deployment(first_ids["hold"])
         backups = load_stack_file(stack_file).vault.open().list_backups("app-files")
         assert [(b.type, b.status) for b in backups] == [("full", COMPLETED)]
 
@@ -293,7 +295,8 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_
         with client_at(port) as client:
             again = client.read_deployments()
             assert {d.name: d.id for d in again} == first_ids
-            assert [d.name for d in again if d.paused] == []
+            assert [d.name for d in again if d.paused] == ["hold"]
+            assert "deployment hold is paused (by an operator" in served.output()
             assert sorted(d.name for d in again if any(s.active for s in d.schedules)) == ["capture", "full"]
             assert "no capture was running: started flow run" in served.output()
             capture = wait_state(client, "capture/capture", "RUNNING")
@@ -320,7 +323,7 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_
     assert [(b.type, b.status) for b in vault.list_backups("app-files")] == [("full", COMPLETED)] * 2
     assert [(b.type, b.status) for b in vault.list_backups("cache")] == [("full", COMPLETED)]
 
-    # After the stop, read from the server's database itself: no deployment paused, the full's schedule still on.
+    # After the stop, read from the server's database itself: nothing paused but the operator's, schedules on.
     with sqlite3.connect(home / "prefect.db") as db:
         paused = db.execute("SELECT name FROM deployment WHERE paused").fetchall()
         on = db.execute(
@@ -328,7 +331,7 @@ def test_serve_runs_a_backup_stops_and_restarts_without_pausing(tmp_path, redis_
         ).fetchall()
         count = db.execute("SELECT count(*) FROM deployment").fetchone()[0]
         state = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (str(capture.id),)).fetchone()[0]
-    assert (paused, sorted(on), count) == ([], [("capture",), ("full",)], len(first_ids))
+    assert (paused, sorted(on), count) == ([("hold",)], [("capture",), ("full",)], len(first_ids))
     assert state != "RUNNING"
 
 
