@@ -197,9 +197,9 @@ def _one_backup(source, stack, backup_id, target_time, target, target_source, dr
     plan = plan_restore_task(stack, source, backup_id, target_time, target, target_source, force, vault)
     create_markdown_artifact(f"```\n{render_plan(plan)}\n```", key="restore-plan", description="What this restore does")
     for line in render_plan(plan).splitlines():
-        logger.info("plan: %s", line.strip())
+        logger.info("%s: plan: %s", source, line.strip())
     if dry_run:
-        logger.info("dry run: nothing was changed")
+        logger.info("%s: dry run: nothing was changed", source)
         return {"plan": plan, "dry_run": True}
     if plan["refusal"]:
         raise TargetNotEmptyError(
@@ -215,14 +215,22 @@ def _one_backup(source, stack, backup_id, target_time, target, target_source, dr
             report = restore_chain_task(stack, source, plan, target, target_source, force, vault)
         else:
             report = restore_backup_task(stack, source, plan["backup_id"], target, target_source, force, vault)
-    for line in render_report(report).splitlines():
-        logger.info("%s", line)
+    _log_report(logger, source, report)
     create_markdown_artifact(
         f"```\n{render_report(report)}\n```",
         key="restore-report",
         description="Restore outcome, verification, and every object not restored exactly as backed up",
     )
     return {"plan": plan, "report": report, "dry_run": False}
+
+
+def _log_report(logger, source: str, report: dict) -> None:
+    """The restore report, one log line per event, each naming the source and the backup restored (the first line
+    names the backup itself: ``app-db: restored <id> into ...``)."""
+    backup_id = report.get("backup_id")
+    for line in render_report(report).splitlines():
+        named = [source] + ([backup_id] if backup_id and backup_id not in line else [])
+        logger.info("%s", ": ".join([*named, line.strip()]))
 
 
 def _point_in_time(source, stack, target_time, target, target_source, dry_run, force, approval, mode, vault=None):
@@ -243,9 +251,13 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
     check_distinct_targets({name: plans[name] for name in names})
     rendered = "\n\n".join(render_chain_plan(plans[name]) for name in names)
     summary = recovery_summary(when.iso(), planned_points({n: plans[n] for n in names}), when.plan_note())
-    text = f"{rendered}\n\n{render_recovery_summary(summary, planned=True)}"
+    summary_text = render_recovery_summary(summary, planned=True)
+    text = f"{rendered}\n\n{summary_text}"
     create_markdown_artifact(f"```\n{text}\n```", key="restore-plan", description="What this restore does")
-    for line in text.splitlines():
+    for name in names:  # each source's lines name it; the summary is about them all
+        for line in render_chain_plan(plans[name]).splitlines():
+            logger.info("%s: plan: %s", name, line.strip())
+    for line in summary_text.splitlines():
         logger.info("plan: %s", line.strip())
     if dry_run:
         logger.info("dry run: nothing was changed")
@@ -278,7 +290,12 @@ def _point_in_time(source, stack, target_time, target, target_source, dry_run, f
         + [f"{name}: FAILED: {exc}" for name, exc in failures.items()]
         + ([render_recovery_summary(summary)] if reports else [])
     )
-    for line in text.splitlines():
+    for name in names:
+        if name in reports:
+            _log_report(logger, name, reports[name])
+        elif name in failures:
+            logger.info("%s: FAILED: %s", name, failures[name])
+    for line in (render_recovery_summary(summary) if reports else "").splitlines():
         logger.info("%s", line)
     create_markdown_artifact(
         f"```\n{text}\n```",

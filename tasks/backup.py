@@ -109,7 +109,7 @@ def backup_source(stack: str, source: str, backup_type: str = "full") -> dict:
     )
     emit_backup_completed(config.stack, source, backup_type, manifest.id)  # never raises
     try:
-        summary["slow"] = flag_if_slow(config.stack, source, backup_type, seconds)
+        summary["slow"] = flag_if_slow(config.stack, source, backup_type, seconds, manifest.id)
     except DRError as exc:  # the backup is committed: a history that cannot be read must not fail it
         get_run_logger().warning("%s: %s backup %s: slow check skipped: %s", source, backup_type, manifest.id, exc)
     return summary

@@ -135,10 +135,13 @@ def seconds_of(record: dict) -> float | None:
     return found[0] if found else None
 
 
-def flag_if_slow(stack: str, source: str | None, operation: str, seconds: float | None) -> str | None:
+def flag_if_slow(
+    stack: str, source: str | None, operation: str, seconds: float | None, backup_id: str | None = None
+) -> str | None:
     """Right after an operation that took ``seconds``: the reason it was slow (logged as a warning), or None.
 
-    ``operation``: a backup type (then ``source`` names the source), ``validate-<level>`` or ``drill-<tier>``.
+    ``operation``: a backup type (then ``source`` names the source), ``validate-<level>`` or ``drill-<tier>``;
+    ``backup_id`` (or a validation's or drill's record id) is named in the warning.
     The previous runs are those that started before this one (its own record, already in the vault after a
     committed backup or a written validation record, is left out). The check never fails the operation: a
     vault it cannot read is one warning.
@@ -147,6 +150,8 @@ def flag_if_slow(stack: str, source: str | None, operation: str, seconds: float 
         return None
     logger = _logger()
     what = f"{source} {operation}" if source else f"{operation} of stack {stack}"
+    if backup_id:  # one line per event, naming the source and the backup, as the backup's other lines do
+        what = f"{source}: {operation} backup {backup_id}" if source else f"{operation} {backup_id} of stack {stack}"
     # A little slack: the caller's clock started just before the record's own started_at.
     this_started = datetime.now(UTC) - timedelta(seconds=seconds + _SLACK_SECONDS)
     try:

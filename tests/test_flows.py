@@ -327,7 +327,9 @@ def test_restore_run_logs_each_step_and_expected_errors_in_one_line(make_stack, 
     assert state.is_completed(), state.message
     rollback = state.result()["report"]["rollback_backup_id"]
     logs = "\n".join(run_logs(state.state_details.flow_run_id))
-    assert "plan: Restore plan for cache" in logs
+    assert "cache: plan: Restore plan for cache" in logs  # every line names the source (and the backup)
+    assert re.search(rf"^cache: restored {backup_id} into .* in [\d.]+s", logs, re.M), logs
+    assert f"cache: {backup_id}: rollback point: " in logs
     assert f"opened backup {backup_id} of cache" in logs
     assert re.search(r"target .*: holds data", logs), logs
     assert "read and authenticated every object" in logs

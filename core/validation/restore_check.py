@@ -74,6 +74,18 @@ def _quiet(_message: str) -> None:
     """Core never logs on its own: the caller's ``progress`` gets the lines."""
 
 
+def _naming(say: Progress, source: str, backup_id: str) -> Progress:
+    """``say`` with every line as ``<source>: <backup id>: <line>`` (the run log of a validation or drill checks
+    many sources and backups at once), a line that starts with either already named only once."""
+
+    def named(message: str) -> None:
+        for name in (source, backup_id):
+            message = message.removeprefix(f"{name}: ")
+        say(f"{source}: {backup_id}: {message}")
+
+    return named
+
+
 # -- what to restore -------------------------------------------------------------------------
 
 
@@ -365,7 +377,7 @@ def check_restore(
                     what,
                     engine,
                     rollback=False,
-                    progress=say,
+                    progress=_naming(say, source, choice.backup_id),
                     verify=False,
                     clock=clock,
                     erasure_rules=_erasure_rules(config),
@@ -412,7 +424,9 @@ def check_restore(
                     result.backup_id = choice.backup_id
                     out.results.append(result)
             # After the comparison (it holds the data as backed up): the sandbox ends as a real restore would.
-            erased = _erasures(config, vault, keyring, engine, source, choice.backup_id, report, say)
+            erased = _erasures(
+                config, vault, keyring, engine, source, choice.backup_id, report, _naming(say, source, choice.backup_id)
+            )
             if erased is not None:
                 out.results.append(erased)
             out.recovered_s = _since(started)
