@@ -9,6 +9,7 @@ from core.errors import DRError
 from core.notify.reports import audit_event
 from flows.notifying import announce
 from tasks.retention import verify_audit_task
+from tasks.scheduling import defer_if_needed
 
 
 def publish(stack: str, report: dict | None) -> None:
@@ -29,6 +30,10 @@ def audit_verify(stack: str = "default") -> dict:
     refuses to delete until an admin acknowledges it ('genesis-dr audit acknowledge'). The run then ends
     Failed with exit 32.
     """
+    # Listed in operations.heavy_jobs (not by default), it waits out maintenance windows and busy hosts.
+    deferred = defer_if_needed(stack, "audit_verify")
+    if deferred is not None:
+        return deferred
     try:
         report = verify_audit_task(stack)
     except Exception as exc:

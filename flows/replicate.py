@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 from core.units import human_bytes
 from flows.reporting import collect, raise_failures
 from tasks.replicate import replicate_vault, select_replicas
+from tasks.scheduling import defer_if_needed
 
 
 @flow(name="replicate", log_prints=True)
@@ -19,6 +20,10 @@ def replicate(stack: str = "default", replica: str | None = None, verify: bool =
     every object of the backups a replica already holds (default: their sizes). Replicas run concurrently;
     the run ends Failed when any replica failed or lags past ``replication.max_lag_seconds`` (exit 20).
     """
+    # Listed in operations.heavy_jobs (not by default), it waits out maintenance windows and busy hosts.
+    deferred = defer_if_needed(stack, "replicate")
+    if deferred is not None:
+        return deferred
     names = select_replicas(stack, replica)
     if not names:
         get_run_logger().info("stack '%s' has no replicas (the stack file's 'replicas:'); nothing to copy", stack)

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 
 from core.units import human_bytes
 from tasks.audit import record_audit
+from tasks.scheduling import defer_if_needed
 from tasks.self_backup import self_backup_task
 
 
@@ -18,6 +19,10 @@ from tasks.self_backup import self_backup_task
 def self_backup(stack: str = "default") -> dict:
     """Snapshot the stack's Prefect state (blocks with their secrets, deployments, automations, variables, work
     pools, concurrency limits) into its primary vault, encrypted like a backup; keep the newest 14 snapshots."""
+    # Listed in operations.heavy_jobs (not by default), it waits out maintenance windows and busy hosts.
+    deferred = defer_if_needed(stack, "self_backup")
+    if deferred is not None:
+        return deferred
     result = self_backup_task(stack)
     counts = result["counts"]
     get_run_logger().info(

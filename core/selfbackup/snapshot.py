@@ -20,7 +20,8 @@ checkable without keys; the MAC (key = HKDF-SHA256(data key, ``genesis-dr/v1/sel
 fields (counts, audit head, stack) to the sealed state. Nothing in the clear is secret: counts, ids, the
 audit head (already in the clear at ``audit/head.json``).
 
-The catalog, ``list``, retention, validation and replication of backups never look under ``self/``; the
+The catalog, ``list``, retention and validation never look under ``self/``; replication copies it like the
+compliance records (only if absent), so a replica can bootstrap genesis-dr after the primary is lost. The
 self-backup keeps its own last ``DEFAULT_KEEP`` snapshots and destroys older ones (``Store.destroy``: every
 stored version, overwritten first on a local vault), as retention deletes.
 """
