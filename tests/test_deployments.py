@@ -264,37 +264,40 @@ def test_readme_deployment_recipe_works_verbatim(pg_server, mysql_server, redis_
 def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_factory, tmp_path):
     """From a deployment (here the harness's server and a worker), a restore with force over a target
     that holds data waits for an operator: approved it restores, declined nothing changes; a refused
-    restore is one line in the worker's output."""
+    restore is one line in the worker's output. The deployment is the stack's own, as `genesis-dr apply`
+    registers it (register_deployments), in a pool of its own."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL
 
+    from core.stack import SchedulesConfig
+    from deployments.register import register_deployments
     from flows.backup import backup
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_WORKER_QUERY_SECONDS": "1"}
 
-    def prefect(*args: str, timeout: float = 180) -> str:
-        proc = subprocess.run([PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        assert proc.returncode == 0, f"prefect {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-        return proc.stdout
-
     src, empty, live = redis_factory(), redis_factory(), redis_factory()
     src.client().mset({"order:1": "paid", "order:2": "shipped"})
     live.client().set("precious", "keep me")
-    stack = make_stack([src.config("cache", "logical")])
+    # Its own pool (no other test's scheduled run reaches this worker) and every schedule off (none of its own).
+    pool = f"t{secrets.token_hex(3)}-restore"
+    stack = make_stack(
+        [src.config("cache", "logical")],
+        operations={"work_pool": pool},
+        schedules=dict.fromkeys(SchedulesConfig.model_fields, "off"),
+    )
     backup_id = backup(stack=stack.name)[0]["id"]
-
-    prefect("work-pool", "create", "genesis-dr", "--type", "process", "--overwrite")
-    out = prefect("--no-prompt", "deploy", "--all")
-    assert "backup/full" in out and "restore/restore" in out
+    lines = register_deployments(stack.config)
+    restore = f"restore/restore-{stack.name}"
+    assert f"created deployment {restore} (pool {pool}, queue failover, schedule off (paused))" in lines, lines
 
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as sink:
         # Started elsewhere than the project: the pull step finds the project at run time.
         worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "genesis-dr"],
+            [PREFECT, "worker", "start", "--pool", pool],
             cwd=tmp_path,
             env=env,
             stdout=sink,
@@ -304,7 +307,7 @@ def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_fact
 
     def run(target_port: int, **params):
         parameters = {"source": "cache", "stack": stack.name, "backup_id": backup_id, "target": {"port": target_port}}
-        return run_deployment("restore/restore", parameters=parameters | params, timeout=0).id
+        return run_deployment(restore, parameters=parameters | params, timeout=0).id
 
     try:
         # Into an empty target: no approval needed.
@@ -339,6 +342,12 @@ def test_restore_deployment_over_data_pauses_for_approval(make_stack, redis_fact
         assert len(rollbacks) == 1
     finally:
         stop_group(worker)
+        with get_client(sync_client=True) as client:
+            for deployment in client.read_deployments():
+                if deployment.work_pool_name == pool:
+                    client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+                    client.delete_deployment(deployment.id)
+            client.delete_work_pool(pool)
     output = worker_log.read_text()
     assert "already holds data" in output and "Traceback" not in output, output[-4000:]
 
