@@ -5,6 +5,7 @@ set -euo pipefail
 
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # checks deployments/genesis-dr.service
 if [ ${#need_apt[@]} -gt 0 ]; then
   # Root on CI containers; a developer's machine goes through sudo.
   sudo=()
