@@ -160,8 +160,9 @@ class Serve:
                     say(line)
         for pool in pools:
             self.supervisor.start(self._worker(pool))
-        for line in register_deployments(config):
-            say(line)
+        if not self.args.apply:  # --apply registered them already (genesis-dr apply does)
+            for line in register_deployments(config):
+                say(line)
         self._name_paused(config.stack)
         self._keep_capture_alive(config, pools)
         if self.args.metrics_listen:
