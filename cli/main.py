@@ -69,6 +69,24 @@ def _targets(pairs: list[str]) -> dict:
     return out
 
 
+def apply_operations(config) -> list[str]:
+    """The stack's pools, queues and deployments (prefect.yaml's, routed by pool) with its schedules, its
+    automations (failed runs notify; an overdue backup pages) and its stack-wide backup limit, on the API in
+    PREFECT_API_URL; one line per change. ``genesis-dr apply`` and ``genesis-dr serve`` both run it."""
+    from deployments.automations import apply_automations
+    from deployments.register import register_deployments
+    from tasks.limits import stack_backups_limit, sync_limit
+
+    lines = register_deployments(config) + apply_automations(config)
+    sync_limit(stack_backups_limit(config.stack), config.operations.max_concurrent_backups)
+    return lines
+
+
+def blocks_only(args) -> bool:
+    """``apply --blocks-only`` (or GENESIS_DR_APPLY_BLOCKS_ONLY=1): the blocks and stored schedules only."""
+    return bool(getattr(args, "blocks_only", False)) or os.environ.get("GENESIS_DR_APPLY_BLOCKS_ONLY", "") == "1"
+
+
 def cmd_apply(args) -> int:
     from core import stack_description
     from core.stack import load_stack_file
@@ -76,17 +94,16 @@ def cmd_apply(args) -> int:
     config = load_stack_file(args.file)  # refused before Prefect is involved
     with prefect_session() as where:
         from blocks.apply import apply_stack
-        from deployments.automations import apply_automations
-        from deployments.register import register_deployments
-        from tasks.limits import stack_backups_limit, sync_limit
+        from deployments.schedules import apply_schedules
 
         for slug in apply_stack(config):
             print(f"saved block {slug}")
-        # The stack's pools, queues and deployments (prefect.yaml's, routed by pool) with its schedules, its
-        # automations (failed runs notify; an overdue backup pages), and its stack-wide backup limit.
-        for line in register_deployments(config) + apply_automations(config):
-            print(line)
-        sync_limit(stack_backups_limit(config.stack), config.operations.max_concurrent_backups)
+        if blocks_only(args):  # the deployments are another apply's (a central server's, or prefect deploy)
+            for line in apply_schedules(config):
+                print(line)
+        else:
+            for line in apply_operations(config):
+                print(line)
     path = stack_description.save(config, where)
     for warning in config.warnings():
         print(f"warning: {warning}", file=sys.stderr)
@@ -519,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="register a stack file: its blocks, work pools, deployments, schedules and automations"
     )
     a.add_argument("file", help="the stack file (YAML), e.g. examples/dr.yaml")
+    a.add_argument(
+        "--blocks-only",
+        action="store_true",
+        help="save the blocks and schedules only; leave work pools, deployments, automations and limits alone "
+        "(a site whose deployments a central server's apply or 'prefect deploy' manages; "
+        "also GENESIS_DR_APPLY_BLOCKS_ONLY=1)",
+    )
     a.set_defaults(func=cmd_apply)
 
     b = sub.add_parser("backup", help="run the backup flow")

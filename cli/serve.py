@@ -150,7 +150,7 @@ class Serve:
         from prefect.client.orchestration import get_client
 
         from deployments.queues import ensure_pool
-        from deployments.register import pools_of, register_deployments
+        from deployments.register import pools_of
 
         pools = self._served_pools(pools_of(config))
         # The pools first, then the workers (seconds of imports each), while the deployments are registered.
@@ -160,9 +160,10 @@ class Serve:
                     say(line)
         for pool in pools:
             self.supervisor.start(self._worker(pool))
-        if not self.args.apply:  # --apply registered them already (genesis-dr apply does)
-            for line in register_deployments(config):
-                say(line)
+        from cli.main import apply_operations
+
+        for line in apply_operations(config):  # deployments, automations, the stack-wide limit
+            say(line)
         self._name_paused(config.stack)
         self._keep_capture_alive(config, pools)
         if self.args.metrics_listen:
@@ -276,7 +277,7 @@ class Serve:
                     f"--stack {stack} but {self.args.apply} defines stack '{applied}'; drop --stack or name "
                     "the file of that stack"
                 )
-            cmd_apply(argparse.Namespace(file=self.args.apply))
+            cmd_apply(argparse.Namespace(file=self.args.apply, blocks_only=True))  # registered below
             stack = applied
         config = from_blocks(stack)
         return config.model_copy(update={"schedules": stored_schedules(stack)})

@@ -12,6 +12,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GENESIS_DR_RETRY_DELAY", "0.5")
 # Restore-target locks and in-progress marks (core/targets.py): one throw-away state directory per run.
 os.environ.setdefault("GENESIS_DR_STATE_DIR", tempfile.mkdtemp(prefix="gdr-state-"))
+# `genesis-dr apply` in tests saves the stack's blocks and schedules only (apply --blocks-only): ~21 deployments
+# with live schedules per apply would cost seconds each and fill the shared harness with scheduled runs. The
+# whole apply is tested where it is the subject (test_deployments, test_serve, test_multi_site).
+os.environ.setdefault("GENESIS_DR_APPLY_BLOCKS_ONLY", "1")
 
 pytest_plugins = [
     "tests.fixtures_postgres",

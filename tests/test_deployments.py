@@ -52,7 +52,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This test run's environment without pytest's or Prefect's settings (a fresh shell), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PREFECT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PREFECT_", "GENESIS_DR_APPLY"))}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1"} | extra
     return env
 
@@ -365,7 +365,8 @@ def test_stack_file_schedules_reach_the_deployments_in_either_order(prefect_api,
     from deployments.schedules import apply_schedules
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
+    # The whole apply (the suite's other applies save blocks only: tests/conftest.py).
+    env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO), "GENESIS_DR_APPLY_BLOCKS_ONLY": "0"}
 
     def run(*argv: str) -> str:
         proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
