@@ -56,5 +56,5 @@ def drill(
     announce(stack, drill_event(record))
     raise_if_failed(record, data, DrillFailedError)
     get_run_logger().info(record.summary_line())
-    flag_if_slow(stack, None, f"drill-{tier}", seconds_of(data))  # a warning when over slow_factor x usual
+    flag_if_slow(stack, None, f"drill-{tier}", seconds_of(data), data.get("id"))  # warns over slow_factor x usual
     return data

@@ -54,5 +54,5 @@ def validate(
     announce(stack, validation_event(record))
     raise_if_failed(record, data, ValidationFailedError)
     get_run_logger().info(record.summary_line())
-    flag_if_slow(stack, None, f"validate-{level}", seconds_of(data))  # a warning when over slow_factor x usual
+    flag_if_slow(stack, None, f"validate-{level}", seconds_of(data), data.get("id"))  # warns over slow_factor x usual
     return data
