@@ -30,26 +30,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
+from cli.children import dying_with_parent
 from core.errors import DRError
 from core.repository.lock import holder_alive_here, process_start_time
 
 RUN_TAG = "genesis-dr"
 PROCESS_TAG = "genesis-dr-process:"  # + host:pid:start-time
-
-# Runs in the child before the server's program: die with the parent (PR_SET_PDEATHSIG = 1, Linux), which
-# survives the exec; if the parent died before prctl took effect, stop at once. (Elsewhere the server is
-# stopped when the command ends, but a kill -9 of the command can orphan it.) The server's files
-# (Prefect's SQLite database holds block secrets) are created private (umask 077).
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-        sys.exit("genesis-dr: prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != int(sys.argv[1]):
-        sys.exit(0)
-os.umask(0o077)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 STARTUP_TIMEOUT = float(os.environ.get("GENESIS_DR_SERVER_STARTUP_TIMEOUT", "180"))
 
@@ -107,7 +93,10 @@ class TemporaryServer:
         }
         env.pop("PREFECT_API_URL", None)
         return subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv], env=env, stdin=subprocess.DEVNULL
+            # The server's files (Prefect's SQLite database holds block secrets) are created private.
+            dying_with_parent(argv, umask=0o077),
+            env=env,
+            stdin=subprocess.DEVNULL,
         )
 
     def start(self, timeout: float = STARTUP_TIMEOUT, while_starting: Callable[[], None] | None = None) -> None:

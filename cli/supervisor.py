@@ -4,7 +4,7 @@ Plain processes, no Prefect import: ``cli.serve`` decides what runs (the Prefect
 work pool, the metrics endpoint); this module keeps it running.
 
 * **The children die with serve.** Each is started through a launcher that asks the kernel to kill it
-  when serve dies (``PR_SET_PDEATHSIG``, as ``cli.prefect_api`` does for the temporary server), so a
+  when serve dies (``PR_SET_PDEATHSIG``, ``cli.children``, as for the temporary server), so a
   ``kill -9`` of serve frees the server's port at once and a restart reuses its database. (The flow
   runs its workers had started are grandchildren: the kernel does not kill them, they run on until they
   end, a capture until it is stopped; under systemd the unit's cgroup is emptied when serve dies.) Each child
@@ -23,24 +23,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# Runs in the child before its program: die with the parent (PR_SET_PDEATHSIG = 1, Linux; it survives the
-# exec), stop at once if the parent already died, set the umask when one is given ('-': inherit), exec.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-        sys.exit("genesis-dr: prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != int(sys.argv[1]):
-        sys.exit(0)
-if sys.argv[2] != "-":
-    os.umask(int(sys.argv[2], 8))
-os.execv(sys.argv[3], sys.argv[3:])
-"""
+from cli.children import dying_with_parent
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -81,9 +68,8 @@ class Supervisor:
         self.children: list[Child] = []
 
     def start(self, child: Child) -> Child:
-        umask = "-" if child.umask is None else f"{child.umask:o}"
         child.process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(os.getpid()), umask, *child.argv],
+            dying_with_parent(child.argv, child.umask),
             env=child.env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
