@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from core.engines.redis.sync import IO_TIMEOUT, RespError, connection_reason, open_link, transient_os_error
+from core.engines.redis.sync import RespError, connection_reason, open_link, transient_os_error
 from core.errors import EngineError, SourceUnavailableError, redact
 from core.tls import TLSConfig
 
@@ -54,7 +54,6 @@ class RespPipe:
         self.label = label
         self._secrets = [password]
         self.sock = open_link(host, port, label, tls_config, name)
-        self.sock.settimeout(IO_TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = hiredis.Reader(replyError=RespError) if hiredis is not None else None
         self._fallback = None

@@ -63,7 +63,7 @@ def transient_os_error(exc: BaseException) -> bool:
 
 def open_link(host: str, port: int, label: str, tls_config: TLSConfig | None, name: str) -> socket.socket:
     """A connected socket to the server, over TLS when ``tls_config`` says so (the handshake verified
-    here: a refused certificate is a TLSError naming the source and the remedy)."""
+    here: a refused certificate is a TLSError naming the source and the remedy), at ``IO_TIMEOUT``."""
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
@@ -71,20 +71,23 @@ def open_link(host: str, port: int, label: str, tls_config: TLSConfig | None, na
             f"{label}: {connection_reason(exc)}; check the server is running and host/port in the stack file",
             transient=transient_os_error(exc),
         ) from None
-    if tls_config is None:
-        return sock
-    try:
-        return tls.wrap_socket(sock, tls_config, host, label)
-    except (ssl.SSLError, ssl.CertificateError) as exc:
-        raise tls.tls_error(name, f"{host}:{port}", exc, tls_config, "redis") from None
-    except OSError as exc:
-        # A plain server closes or resets the link on our ClientHello: it does not speak TLS there.
-        if isinstance(exc, ConnectionResetError | BrokenPipeError) or tls.tls_problem(exc):
-            raise tls.tls_error(name, f"{host}:{port}", "server does not support SSL", tls_config, "redis") from None
-        raise SourceUnavailableError(
-            f"{label}: {connection_reason(exc)} during the TLS handshake; check the server and tls: in the stack file",
-            transient=transient_os_error(exc),
-        ) from None
+    if tls_config is not None:
+        try:
+            sock = tls.wrap_socket(sock, tls_config, host, label)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise tls.tls_error(name, f"{host}:{port}", exc, tls_config, "redis") from None
+        except OSError as exc:
+            # A plain server closes or resets the link on our ClientHello: it does not speak TLS there.
+            if isinstance(exc, ConnectionResetError | BrokenPipeError) or tls.tls_problem(exc):
+                raise tls.tls_error(
+                    name, f"{host}:{port}", "server does not support SSL", tls_config, "redis"
+                ) from None
+            raise SourceUnavailableError(
+                f"{label}: {connection_reason(exc)} during the TLS handshake; check the server and tls: in the stack file",
+                transient=transient_os_error(exc),
+            ) from None
+    sock.settimeout(IO_TIMEOUT)
+    return sock
 
 
 def readable(sock: socket.socket, timeout: float) -> bool:
@@ -231,7 +234,6 @@ class ReplicaSync:
         self._resume = resume
         self._secrets = [password]
         sock = open_link(host, port, label, tls_config, name)
-        sock.settimeout(IO_TIMEOUT)
         self.conn = RespSocket(sock)
         try:
             self.header = self._handshake(username, password, announce_eof)
