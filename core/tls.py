@@ -158,7 +158,8 @@ def resolve_address(host: str) -> str:
 
 def postgres_tls(tls: TLSConfig | None, sslmode: str | None) -> TLSConfig | None:
     """The TLS a PostgreSQL source asks for: ``tls:`` wins; the older ``sslmode`` string still works
-    (verify-ca/verify-full without tls: the system CA store; disable/allow/prefer: libpq's own behaviour)."""
+    (verify-ca/verify-full without tls: libpq's own root certificate where it has one, PGSSLROOTCERT or
+    ~/.postgresql/root.crt, else the system CA store; disable/allow/prefer: libpq's own behaviour)."""
     if tls is not None:
         return tls
     if sslmode in ("require", "verify-ca", "verify-full"):
@@ -175,6 +176,8 @@ def libpq_params(tls: TLSConfig | None, host: str | None = None, sslmode: str | 
         return {"sslmode": sslmode} if sslmode else {}
     out = {"sslmode": resolved.mode}
     ca = ca_of(resolved) if resolved.verify else None
+    if tls is None and _libpq_finds_root_cert():
+        ca = None  # sslmode alone: libpq's own root certificate, as stacks written before tls: relied on
     if ca:
         out["sslrootcert"] = ca
     if resolved.cert_file and resolved.key_file:
@@ -184,6 +187,11 @@ def libpq_params(tls: TLSConfig | None, host: str | None = None, sslmode: str | 
         out["host"] = resolved.server_name
         out["hostaddr"] = resolve_address(host)
     return out
+
+
+def _libpq_finds_root_cert() -> bool:
+    """Whether libpq finds a root certificate by itself (PGSSLROOTCERT, ~/.postgresql/root.crt)."""
+    return bool(os.environ.get("PGSSLROOTCERT")) or os.path.isfile(os.path.expanduser("~/.postgresql/root.crt"))
 
 
 _LIBPQ_ENV = {

@@ -110,6 +110,20 @@ def test_postgres_physical_backup_over_tls_restores_into_a_new_cluster(pg_tls_se
         stop_cluster(data_dir)
 
 
+def test_postgres_sslmode_alone_keeps_libpqs_own_root_certificate(pg_tls_server, tls_pki, vault, keyring, monkeypatch):
+    # A stack written before tls: existed (sslmode: verify-full, the CA in PGSSLROOTCERT or ~/.postgresql/root.crt)
+    # is verified against that CA, by the engine's sessions and by pg_dump, not against the system store.
+    monkeypatch.setenv("PGSSLROOTCERT", str(tls_pki.ca))
+    database = pg_tls_server.create_database(pg_tls_server.fresh_database_name())
+    config = pg_tls_server.config("pg-legacy", database, sslmode="verify-full", backup_method="logical")
+    assert tls.libpq_params(None, "127.0.0.1", "verify-full") == {"sslmode": "verify-full"}
+    assert backup_source(vault, keyring, PostgresEngine(config)).status == COMPLETED
+    monkeypatch.delenv("PGSSLROOTCERT")
+    monkeypatch.setenv("HOME", str(tls_pki.ca.parent / "no-home"))  # no ~/.postgresql/root.crt either
+    with pytest.raises(TLSError, match="is not signed by the system CA store"):
+        PostgresEngine(config).ping()
+
+
 def test_postgres_tls_failures_are_one_line_tls_errors(pg_tls_server, tls_pki):
     server = pg_tls_server
     where = f"127.0.0.1:{server.port}"
