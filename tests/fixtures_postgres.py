@@ -145,7 +145,8 @@ def start_postgres_server(prefix: str = "gdr-pg-", options: str = "") -> Postgre
     return server
 
 
-def _server_fixture(prefix: str, options: str = ""):
+def _server_fixture(prefix: str, options: str = "", conf_dir: Path | None = None):
+    """Yield a started server, stop it and remove its data (and ``conf_dir``, files its options name)."""
     server = start_postgres_server(prefix, options)
     try:
         yield server
@@ -155,6 +156,8 @@ def _server_fixture(prefix: str, options: str = ""):
         finally:
             if not os.environ.get("GENESIS_DR_KEEP_TEST_SERVERS"):
                 shutil.rmtree(server.root, ignore_errors=True)
+                if conf_dir is not None:
+                    shutil.rmtree(conf_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -61,13 +61,14 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_redis(password: str | None = None, **settings: str) -> RedisServer:
-    """Start a redis-server; ``settings`` become config lines (``_`` -> ``-``)."""
+def start_redis(password: str | None = None, *, tls: bool = False, **settings: str) -> RedisServer:
+    """Start a redis-server; ``settings`` become config lines (``_`` -> ``-``). ``tls``: the free port is
+    the ``tls-port`` and there is no plain one (``port 0``); the certificates come in ``settings``."""
     binary = require_binary("redis-server")
-    directory = shared_tmpdir("gdr-redis-")
+    directory = shared_tmpdir("gdr-redis-tls-" if tls else "gdr-redis-")
     port = free_port()
     lines = [
-        f"port {port}",
+        *(["port 0", f"tls-port {port}"] if tls else [f"port {port}"]),
         "bind 127.0.0.1",
         "save ''",
         "appendonly no",
@@ -89,7 +90,9 @@ def start_redis(password: str | None = None, **settings: str) -> RedisServer:
     except RuntimeError as exc:
         proc.kill()
         _, err = proc.communicate()  # config errors go to stderr, before the log file opens
-        raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()[-500:]}") from None
+        log = directory / "redis.log"
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()[-500:]} {tail}") from None
     return RedisServer(port, password, directory, proc)
 
 

@@ -16,7 +16,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.fixtures_mysql import MySQLServer, _running
-from tests.fixtures_postgres import PostgresServer, start_postgres_server
-from tests.fixtures_redis import RedisServer
-from tests.servers import free_port, require_binary, shared_tmpdir, wait_for_port
+from tests.fixtures_postgres import PostgresServer, _server_fixture
+from tests.fixtures_redis import RedisServer, start_redis
+from tests.servers import shared_tmpdir
 
 OTHER_NAME = "db.other.test"
 
@@ -183,15 +182,7 @@ def pg_tls_server(tls_pki: TlsPKI) -> Iterator[PostgresServer]:
         f"-c ssl=on -c ssl_cert_file={tls_pki.server_cert} -c ssl_key_file={key} -c ssl_ca_file={tls_pki.ca}"
         f" -c hba_file={hba}"
     )
-    server = start_postgres_server("gdr-pg-tls-", options)
-    try:
-        yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(server.root, ignore_errors=True)
-            shutil.rmtree(conf, ignore_errors=True)
+    yield from _server_fixture("gdr-pg-tls-", options, conf_dir=conf)
 
 
 # ---------------------------------------------------------------------------------------- MariaDB
@@ -234,36 +225,14 @@ class RedisTLSServer(RedisServer):
 
 @pytest.fixture(scope="session")
 def redis_tls_server(tls_pki: TlsPKI) -> Iterator[RedisTLSServer]:
-    binary = require_binary("redis-server")
-    directory = shared_tmpdir("gdr-redis-tls-")
-    port = free_port()
-    lines = [
-        "port 0",
-        f"tls-port {port}",
-        f"tls-cert-file {tls_pki.server_cert}",
-        f"tls-key-file {tls_pki.server_key}",
-        f"tls-ca-cert-file {tls_pki.ca}",
-        "tls-auth-clients no",
-        "bind 127.0.0.1",
-        "save ''",
-        "appendonly no",
-        f"dir {directory}",
-        "repl-diskless-sync-delay 0",
-        "loglevel warning",
-        f"logfile {directory / 'redis.log'}",
-    ]
-    conf = directory / "redis.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    conf.chmod(0o600)
-    proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, proc, timeout=20)
-    except RuntimeError as exc:
-        proc.kill()
-        _, err = proc.communicate()
-        log = (directory / "redis.log").read_text(errors="replace")[-800:] if (directory / "redis.log").exists() else ""
-        raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()[-500:]} {log}") from None
-    server = RedisTLSServer(port, None, directory, proc)
+    started = start_redis(
+        tls=True,
+        tls_cert_file=str(tls_pki.server_cert),
+        tls_key_file=str(tls_pki.server_key),
+        tls_ca_cert_file=str(tls_pki.ca),
+        tls_auth_clients="no",
+    )
+    server = RedisTLSServer(started.port, None, started.dir, started.proc)
     server.ca = tls_pki.ca
     # The fixture's own client presents a certificate, so tests may turn tls-auth-clients on.
     server.client_cert, server.client_key = tls_pki.other_cert, tls_pki.other_key
