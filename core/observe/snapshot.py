@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -212,15 +213,19 @@ def _piece(store: Store, source: str, seq: int) -> dict[str, Any]:
     return _cached(store, key, parse)
 
 
-def _history(store: Store, kind: str, record_id: str) -> dict[str, Any]:
-    return _cached(store, f"history/{kind}/{record_id}.json", json.loads)
-
-
-def _history_ids(history: History, kind: str) -> list[str]:
+def _records(history: History, kind: str, problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(id, record)`` for each history record of ``kind``; one that cannot be read is a problem line."""
     try:
-        return history.ids(kind)
+        record_ids = history.ids(kind)
     except ValueError:
-        return []  # a kind this version does not record yet
+        return  # a kind this version does not record yet
+    for record_id in record_ids:
+        try:
+            doc = _cached(history.store, f"history/{kind}/{record_id}.json", json.loads)
+        except (DRError, ValueError) as exc:
+            problems.append(f"{kind.removesuffix('s')} record {record_id}: {exc}")
+            continue
+        yield record_id, doc
 
 
 @lru_cache(maxsize=64)
@@ -336,12 +341,7 @@ def _newest_point(src: SourceSnapshot, now: datetime) -> None:
 
 
 def _validations(history: History, sources: dict[str, SourceSnapshot], failures: Counter, problems: list) -> None:
-    for record_id in _history_ids(history, "validations"):
-        try:
-            doc = _history(history.store, "validations", record_id)
-        except (DRError, ValueError) as exc:
-            problems.append(f"validation record {record_id}: {exc}")
-            continue
+    for record_id, doc in _records(history, "validations", problems):
         level, at = doc.get("level", "quick"), doc.get("ended_at") or doc.get("started_at") or ""
         by_source: dict[str, list[dict]] = {}
         for result in doc.get("results") or []:
@@ -359,12 +359,7 @@ def _validations(history: History, sources: dict[str, SourceSnapshot], failures:
 
 def _drills(history: History, failures: Counter, problems: list) -> dict[str, DrillFacts]:
     out: dict[str, DrillFacts] = {}
-    for record_id in _history_ids(history, "drills"):
-        try:
-            doc = _history(history.store, "drills", record_id)
-        except (DRError, ValueError) as exc:
-            problems.append(f"drill record {record_id}: {exc}")
-            continue
+    for record_id, doc in _records(history, "drills", problems):
         failed = [r for r in doc.get("results") or [] if r.get("checked", True) and not r.get("passed")]
         failed = [r for r in failed if r.get("critical", True)]
         rpos = [
@@ -391,12 +386,7 @@ def _drills(history: History, failures: Counter, problems: list) -> dict[str, Dr
 
 
 def _skips(history: History, sources: dict[str, SourceSnapshot], problems: list) -> None:
-    for record_id in _history_ids(history, "skips"):
-        try:
-            doc = _history(history.store, "skips", record_id)
-        except (DRError, ValueError) as exc:
-            problems.append(f"skip record {record_id}: {exc}")
-            continue
+    for _, doc in _records(history, "skips", problems):
         src = sources.get(doc.get("source", ""))
         if src is not None:
             backup_type = doc.get("backup_type") or doc.get("type") or "incremental"
