@@ -412,6 +412,12 @@ def test_stack_file_schedules_default_to_the_documents_cadence_and_refuse_non_cr
         "monitor": {"cron": "* * * * *", "timezone": "UTC", "active": True},
         "retention": {"cron": "0 3 * * *", "timezone": "UTC", "active": True},
         "audit_verify": {"cron": "45 3 * * *", "timezone": "UTC", "active": True},
+        "self_backup": {"cron": "15 4 * * *", "timezone": "UTC", "active": True},
+        # on demand: a paused yearly placeholder until the stack file gives a cron
+        **dict.fromkeys(
+            ("drill_full", "restore", "failover", "failback", "hold", "erase"),
+            {"cron": "0 0 1 1 *", "timezone": "UTC", "active": False},
+        ),
     }
     path.write_text(path.read_text() + "schedules:\n  incremental: '*/2 * * * *'\n  redis: 'off'\n")
     schedules = load_stack_file(path).schedules.deployment_schedules()

@@ -98,7 +98,10 @@ def check_vault_facts(found: dict, observed) -> None:
     assert one("genesis_dr_backup_last_failure_timestamp_seconds", source="broken-files", type="full") == (
         parse_iso(failed.ended_at).timestamp()
     )
-    assert one("genesis_dr_failures_total", source="broken-files", activity="backup", error_class="DRError") == 1
+    assert (
+        one("genesis_dr_failures_total", source="broken-files", activity="backup", error_class="SourceUnavailableError")
+        == 1
+    )
     assert one("genesis_dr_backup_skipped_total", source="app-files", type="incremental") == 1
     assert one("genesis_dr_operation_slow", source="app-files", operation="incremental") == 0
 

@@ -165,7 +165,9 @@ def test_status_json_holds_the_vaults_facts(observed):
     broken = sources["broken-files"]
     failed = newest(vault, "broken-files", "full", "FAILED")
     assert broken["last_failure"]["full"]["id"] == failed.id and broken["last_success"] == {}
-    assert broken["last_failure"]["full"]["error_class"] == "DRError"  # a one-line DRError message, no class name
+    assert (
+        broken["last_failure"]["full"]["error_class"] == "SourceUnavailableError"
+    )  # the class the FAILED manifest records
     assert broken["rpo_s"] is None and broken["late"] is True
     assert broken["validations"]["quick"]["passed"] is False
     assert broken["validations"]["quick"]["first_failure"].startswith("freshness: no completed backup")
@@ -199,7 +201,7 @@ def test_status_json_holds_the_vaults_facts(observed):
         "healthy_regions": ["us-east-1", "eu-west-1"], "in_progress": None, "since": None,
     }  # fmt: skip
     assert data["failures"] == [
-        {"source": "broken-files", "activity": "backup", "error_class": "DRError", "count": 1},
+        {"source": "broken-files", "activity": "backup", "error_class": "SourceUnavailableError", "count": 1},
         {"source": "broken-files", "activity": "validation", "error_class": "freshness", "count": 1},
     ]
     assert data["problems"] == []
