@@ -47,7 +47,9 @@ def test_backups_of_a_stack_never_exceed_max_concurrent_backups(make_stack, tmp_
     assert state.is_completed(), state.message
     manifests = [m for m in stack.vault().list_backups() if m.status == COMPLETED]
     assert sorted(m.source for m in manifests) == ["app0", "app1", "app2", "app3"]
-    assert most_at_once([(parse_iso(m.started_at), parse_iso(m.ended_at)) for m in manifests]) == 2
+    # Never more than the limit. (Reaching it depends on the task runner's threads on a loaded machine: a run of
+    # four 6 MB backups may well go one at a time; without the limit four start together and this fails.)
+    assert most_at_once([(parse_iso(m.started_at), parse_iso(m.ended_at)) for m in manifests]) <= 2
     name = stack_backups_limit(stack.name)
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(name)
