@@ -11,9 +11,9 @@ bootstrap:
 demo: bootstrap
 	@bash scripts/demo.sh
 
-## Run the whole test suite (and the layer contract): two workers, each test file whole on one of them
+## Run the whole test suite (and the layer contract): three workers, each test file whole on one of them
 ## (module-scoped servers stay shared), each worker with its own servers and Prefect harness.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: bootstrap
 	@bash scripts/test-tools.sh
 	$(VENV)/lint-imports

@@ -107,9 +107,7 @@ def test_round_trip_of_every_source_on_an_s3_vault_configured_by_an_aws_credenti
     client = s3_client(moto_endpoint)
     assert {client.head_object(Bucket=bucket, Key=k).get("StorageClass") for k in chunks} == {"STANDARD_IA"}
     # Manifests and locks stay STANDARD (S3 omits the header for STANDARD).
-    assert {client.head_object(Bucket=bucket, Key=k).get("StorageClass", "STANDARD") for k in manifests} == {
-        "STANDARD"
-    }
+    assert {client.head_object(Bucket=bucket, Key=k).get("StorageClass", "STANDARD") for k in manifests} == {"STANDARD"}
     assert len(stack.config.vault.open().list_backups()) == 5
 
 

@@ -98,7 +98,12 @@ def run_tool(argv: list[str], what: str, source: str, log: Path | None = None, e
         argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env and os.environ | env
     )
     if proc.returncode != 0:
-        detail = first_error(proc.stderr) or last_line(proc.stderr) or last_line(proc.stdout) or (log_tail(log) if log else "")
+        detail = (
+            first_error(proc.stderr)
+            or last_line(proc.stderr)
+            or last_line(proc.stdout)
+            or (log_tail(log) if log else "")
+        )
         raise SandboxError(f"sandbox for {source}: {what} failed (exit {proc.returncode}): {detail}")
 
 
