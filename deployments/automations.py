@@ -286,6 +286,11 @@ def wanted_automations(config: StackConfig, client: Any, *, overdue_within: time
 def _comparable(automation: Any) -> dict:
     data = automation.model_dump(mode="json", include={"description", "trigger", "actions", "tags"})
     data["trigger"].pop("id", None)
+    # expect, after and for_each are sets: dumped in their iteration order, which depends on the process's hash
+    # seed and on insertion, so two equal triggers may dump differently (seen as a spurious "updated").
+    for field in ("expect", "after", "for_each"):
+        if isinstance(data["trigger"].get(field), list):
+            data["trigger"][field] = sorted(data["trigger"][field])
     return data
 
 

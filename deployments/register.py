@@ -319,7 +319,9 @@ def _update(client: Any, current: dict, want: Wanted) -> list[str]:
 
     have = _current_fields(current)
     changed = [name for name, value in want.fields.items() if have[name] != value]
-    if not changed:
+    # A version alone is no reason to write: `prefect deploy` in a git clone with a remote records the commit
+    # (ours: the flow file's hash), and every update deletes the deployment's scheduled runs.
+    if not [name for name in changed if name != "version"]:
         return []
     update = {name: want.fields[name] for name in changed}
     if {"work_pool_name", "work_queue_name"} & set(changed):  # the server finds the queue by both

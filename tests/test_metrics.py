@@ -159,7 +159,7 @@ def test_listen_serves_the_vaults_facts_over_http(observed):
     check_vault_facts(first, observed)
     # a burst of scrapes reads the vault once (the snapshot is kept --cache-seconds)
     assert first == second
-    assert names(first) == CONTRACT - {"genesis_dr_backup_interval_seconds"}  # the description has no schedules
+    assert names(first) == CONTRACT  # every name: the description carries the schedules (the intervals)
 
 
 def test_textfile_and_stdout_hold_the_same_metrics(observed, tmp_path):
