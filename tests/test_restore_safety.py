@@ -267,8 +267,22 @@ sources:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: marks.exists() and set(marks.glob("*.json")) - before, "the restore's in-progress mark")
-    time.sleep(0.5)
+
+    def loading() -> bool:
+        # Halfway means: marked, the target dropped and recreated, its rows still loading. A
+        # fixed sleep raced a fast restore (it finished, cleared its mark, and nothing was left
+        # to report), so the kill waits for the target's table and the restore must still run.
+        assert proc.poll() is None, "the restore ended before it could be killed halfway"
+        if not (marks.exists() and set(marks.glob("*.json")) - before):
+            return False
+        with mysql_server.connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'bulk'",
+                (dst_db,),
+            )
+            return cur.fetchone()[0] > 0
+
+    wait_for(loading, "the restore to start loading the target")
     proc.kill()  # kill -9 halfway: no cleanup runs
     proc.wait()
 
