@@ -702,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     collector.starting()  # start-up and exit without full garbage collections (see cli.collector)
     args = build_parser().parse_args(argv)
     from cli.prefect_home import secure_prefect_home
+    from cli.stacks import command_stack
+
+    command_stack.set(getattr(args, "stack", None))
 
     secure_prefect_home()  # home 0700 before Prefect creates anything in it; its database 0600 after the command
     try:

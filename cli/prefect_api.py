@@ -270,11 +270,11 @@ def mark_dead_runs_crashed(announce: Callable[[str], None]) -> list[str]:
 
 
 @contextmanager
-def session(announce: Callable[[str], None]) -> Iterator[str]:
+def session(announce: Callable[[str], None], stack_name: str | None = None) -> Iterator[str]:
     """The Prefect side of a command: an API (a temporary server if needed), dead runs marked Crashed,
-    and this command's runs tagged with its process. Yields where the API is."""
-    with ExitStack() as stack:
-        where = stack.enter_context(api(announce))
+    and this command's runs tagged with its process and its stack. Yields where the API is."""
+    with ExitStack() as contexts:
+        where = contexts.enter_context(api(announce))
         from prefect import tags
 
         try:
@@ -283,5 +283,8 @@ def session(announce: Callable[[str], None]) -> Iterator[str]:
             raise
         except Exception as exc:  # never stop a backup because the bookkeeping of old runs failed
             announce(f"could not check for runs of killed commands ({type(exc).__name__}: {exc})")
-        stack.enter_context(tags(RUN_TAG, process_tag()))
+        from deployments.tags import stack_tag
+
+        run_tags = [RUN_TAG, process_tag()] + ([stack_tag(stack_name)] if stack_name else [])
+        contexts.enter_context(tags(*run_tags))
         yield where

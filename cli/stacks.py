@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from cli.invocation import command, render_remedies
@@ -24,12 +25,16 @@ def note(message: str) -> None:
     print(f"genesis-dr: {message}", file=sys.stderr)
 
 
+# The stack the command was given (--stack): its flow runs carry that stack's tag (deployments/tags.py).
+command_stack: ContextVar[str | None] = ContextVar("command_stack", default=None)
+
+
 @contextmanager
 def prefect_session() -> Iterator[str]:
     """The Prefect API for this command (see ``cli.prefect_api``); yields where it is."""
     from cli import collector, prefect_api
 
-    with prefect_api.session(note) as where:
+    with prefect_api.session(note, command_stack.get()) as where:
         collector.settled()
         yield where
 

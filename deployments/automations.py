@@ -3,8 +3,9 @@ has to run for them to fire).
 
 * **A run failed or crashed** (reactive): a run of our flows (tagged ``dr`` by prefect.yaml's deployments, or
   ``genesis-dr`` by the CLI) entering Failed or Crashed notifies each channel of the stack that takes failures
-  of that flow's activity. It catches what a flow cannot say itself: a worker killed mid-run, a run that never
-  started its code, a crash. One automation per channel, ``genesis-dr <stack> run failed: <channel>``.
+  of that flow's activity, when the run is the stack's own (tagged ``genesis-dr-stack:<stack>``, see
+  deployments/tags.py: another stack's failure on a shared server does not reach this stack's channels). It
+  catches what a flow cannot say itself: a worker killed mid-run, a run that never started its code, a crash. One automation per channel, ``genesis-dr <stack> run failed: <channel>``.
 * **A backup overdue** (proactive): no ``genesis-dr.backup.completed`` event (tasks/events.py, one per
   committed backup) for a source within twice its backup interval pages every channel that takes backup
   failures. One per source, ``genesis-dr <stack> backup overdue: <source>``.
@@ -35,6 +36,7 @@ from core.engines import engine_class
 from core.notify.config import ACTIVITIES
 from core.observe.snapshot import schedule_interval
 from core.stack import StackConfig
+from deployments.tags import stack_tag
 
 BACKUP_COMPLETED = "genesis-dr.backup.completed"
 RUN_TAGS = ("dr", "genesis-dr")  # prefect.yaml's deployments tag their runs `dr`; the CLI tags its runs `genesis-dr`
@@ -207,7 +209,8 @@ def failed_run_automation(stack: str, channel: str, block_id: UUID, flows: list[
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     related: list[dict[str, Any]] = [
-        {"prefect.resource.role": "tag", "prefect.resource.id": [f"prefect.tag.{t}" for t in RUN_TAGS]}
+        {"prefect.resource.role": "tag", "prefect.resource.id": [f"prefect.tag.{t}" for t in RUN_TAGS]},
+        {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{stack_tag(stack)}"},
     ]
     if flows is not None:
         related.append({"prefect.resource.role": "flow", "prefect.resource.name": sorted(flows)})

@@ -33,6 +33,7 @@ from core.errors import ConfigError
 from core.stack import StackConfig
 from deployments.queues import QUEUE_OF, ensure_pool
 from deployments.schedules import DEPLOYMENTS, SLUG, put_schedule, stored_schedules, toggled, variable_name
+from deployments.tags import with_stack_tag
 
 DEFAULT_STACK = "default"
 ROUTED_TAG = "genesis-dr-routed"  # marks the per-pool copies this module made (and may delete)
@@ -122,7 +123,7 @@ def wanted_deployments(config: StackConfig, project_dir: Path) -> tuple[list[Wan
         fields = {
             "description": spec.get("description"),
             "version": version,
-            "tags": list(spec.get("tags") or []),
+            "tags": with_stack_tag(list(spec.get("tags") or []), config.stack),
             "parameters": parameters,
             "entrypoint": entrypoint,
             "path": None,

@@ -113,14 +113,14 @@ def _automation_post(path: str, *words: str):
         body = post.body if isinstance(post.body, dict) else {}
         if post.path != path:
             return False
-        if path == "/hook":
-            text = body.get("subject", "") + body.get("body", "") if body.get("schema") == WEBHOOK_SCHEMA else ""
-        elif path == "/slack":
+        if path == "/slack":
             text = "" if "blocks" in body else body.get("text", "")
-        else:
+        elif path == "/pd":
             payload = body.get("payload", {})
             text = payload.get("summary", "") + str(payload.get("custom_details", ""))
             text = text if payload.get("class") == "automation" else ""
+        else:  # a webhook channel
+            text = body.get("subject", "") + body.get("body", "") if body.get("schema") == WEBHOOK_SCHEMA else ""
         return bool(text) and all(w in text for w in words)
 
     return matches
@@ -131,6 +131,7 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
     from prefect.client.orchestration import get_client
 
     from cli.prefect_api import RUN_TAG
+    from deployments.tags import stack_tag
     from flows.backup import backup
     from tasks.events import emit_backup_completed
 
@@ -148,6 +149,12 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
                 "pagerduty": {"routing_key": "rk-automation-secret", "url": rx.url("/pd"), "severity": "error"},
             },
         )
+        # another stack on the same server, with its own channel: its on-call hears of its own runs only
+        neighbour = make_stack(
+            [FilesSourceConfig(name="lost-disk", root=str(tmp_path / "unmounted"))],
+            notifications={"webhooks": [{"name": "ops", "url": rx.url("/neighbour")}]},
+        )
+        assert len(apply_automations(neighbour.config)) == 2
         name = stack.name
         lines = apply_automations(stack.config, overdue_within=timedelta(seconds=10))
         assert sorted(lines) == [
@@ -172,11 +179,15 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
         emitter = threading.Thread(target=backups_of_busy, daemon=True)
         emitter.start()
         try:
-            with tags(RUN_TAG):  # as the genesis-dr command runs it
+            with tags(RUN_TAG, stack_tag(name)):  # as `genesis-dr backup full --stack NAME` runs it
                 state = backup(stack=name, backup_type="full", sources=["lost-disk"], return_state=True)
             assert state.is_failed()
+            with tags(RUN_TAG, stack_tag(neighbour.name)):
+                theirs = backup(stack=neighbour.name, backup_type="full", sources=["lost-disk"], return_state=True)
+            assert theirs.is_failed()
             with get_client(sync_client=True) as client:
                 run = client.read_flow_run(state.state_details.flow_run_id)
+                their_run = client.read_flow_run(theirs.state_details.flow_run_id)
 
             for path in ("/hook", "/slack", "/pd"):
                 post = _wait_for(rx, _automation_post(path, run.name, str(run.id), "Failed", "backup"), 20)
@@ -198,6 +209,11 @@ def test_failed_run_notifies_and_missing_backups_page(make_stack, tmp_path):
             stop.set()
             emitter.join(5)
         assert [p.path for p in rx.posts if "PAGE" in str(p.body) and "busy" in str(p.body)] == []
+        # each stack's channel got its own stack's failed run, not the other's
+        _wait_for(rx, _automation_post("/neighbour", their_run.name, "Failed"), 5)
+        assert [p.path for p in rx.posts if p.path == "/neighbour" and run.name in str(p.body)] == []
+        assert [p.path for p in rx.posts if p.path != "/neighbour" and their_run.name in str(p.body)] == []
+    apply_automations(neighbour.config.model_copy(update={"notifications": NotificationsConfig()}))
 
     # the stack drops its channels: every automation of ours goes, with the blocks only they used
     bare = stack.config.model_copy(update={"notifications": NotificationsConfig()})
@@ -237,11 +253,13 @@ def test_channel_filters_paused_and_operators_automations(make_stack, tmp_path):
             (ops,) = client.read_automations_by_name(f"genesis-dr {name} run failed: webhook-ops")
             (overdue,) = client.read_automations_by_name(f"genesis-dr {name} backup overdue: app")
             tag = {"prefect.resource.role": "tag", "prefect.resource.id": ["prefect.tag.dr", "prefect.tag.genesis-dr"]}
+            own = {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.genesis-dr-stack:{name}"}
             assert [m.model_dump() for m in dr_team.trigger.match_related] == [
                 tag,
+                own,
                 {"prefect.resource.role": "flow", "prefect.resource.name": ["drill", "validate"]},
             ]
-            assert [m.model_dump() for m in ops.trigger.match_related] == [tag]  # every flow of ours
+            assert [m.model_dump() for m in ops.trigger.match_related] == [tag, own]  # every flow of ours
             assert [a.block_document_id for a in overdue.actions] == [ops.actions[0].block_document_id]
             # the webhook's URL (often a token) is a secret value of the block, never a plain field
             block = client.read_block_document(ops.actions[0].block_document_id, include_secrets=False)

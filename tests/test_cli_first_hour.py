@@ -394,6 +394,8 @@ def test_killed_backup_run_is_marked_crashed(harness_env, tmp_path):
             (run_after,) = runs_of_killed()
             assert run_after.state_type.value == "CRASHED"
             assert f"pid {proc.pid}" in run_after.state.message
+            # its stack's failed-run automations see it as their stack's run (a Crashed run notifies them)
+            assert "genesis-dr-stack:crash-me" in run_after.tags, run_after.tags
             assert "marked it Crashed" not in cli("apply", str(stack), env=harness_env, cwd=tmp_path).stderr
     finally:
         if proc.poll() is None:

@@ -491,6 +491,9 @@ def test_register_deployments_pools_queues_routing_and_an_operators_pause(prefec
         # Every deployment, for this stack; redis has no source left in the main pool: its copy only.
         names = {f"{n}-{stack}" for n in yaml_deployments()} - {f"redis-{stack}"}
         assert set(by_name) == names | {f"{n}-{eu}-{stack}" for n in ROUTABLE}
+        # the stack's runs carry its tag (its failed-run automations match it), never the default stack's
+        assert {n for n, d in by_name.items() if f"genesis-dr-stack:{stack}" in d.tags} == set(by_name)
+        assert [n for n, d in by_name.items() if "genesis-dr-stack:default" in d.tags] == []
         sources = {n: d.parameters.get("sources") for n, d in by_name.items() if n.split("-")[0] in ROUTABLE}
         assert sources == {
             f"full-{stack}": ["db"],
