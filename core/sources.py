@@ -253,6 +253,11 @@ class BucketSourceConfig(_Source):
     endpoint_url: str | None = Field(
         None, description="Another endpoint: an S3-compatible service, a test server or the GCS emulator."
     )
+    ca_file: str | None = Field(
+        None,
+        description="PEM file of the CA that signs an on-premises endpoint's HTTPS certificate (default: the "
+        "system's CA store). Certificates are always verified; there is no switch to turn that off.",
+    )
     credentials: str | None = Field(
         None,
         description="s3: name of a prefect-aws AwsCredentials block; gcs: of a prefect-gcp GcpCredentials block "

@@ -501,6 +501,21 @@ def https_verify(ca_file: str | None) -> str | None:
     return ca_file or None
 
 
+def check_ca_file(where: str, ca_file: str | None) -> None:
+    """Refuse a ``ca_file`` this host cannot use before any request is sent (TLSError naming ``where`` and the
+    field): otherwise every request would fail its handshake with a less telling message. Read here, at run
+    time, on the host that runs the flow, as the sources' ``tls.ca_file`` is."""
+    if not ca_file:
+        return
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSError(
+            f"{where}: ca_file {ca_file}: {_file_problem(exc)}; give a PEM file of the CA that signed the "
+            "endpoint's certificate"
+        ) from None
+
+
 def https_error(
     where: str, url: str | None, exc: BaseException, ca_file: str | None, ca_setting: str = "ca_file"
 ) -> TLSError:

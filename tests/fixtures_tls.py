@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fixtures_cloud import _moto_server_binary
+from tests.fixtures_gcs import fake_gcs_server_binary
 from tests.fixtures_mysql import MySQLServer, _running
 from tests.fixtures_postgres import PostgresServer, _server_fixture
 from tests.fixtures_redis import RedisServer, start_redis
-from tests.servers import shared_tmpdir
+from tests.servers import free_port, serving, shared_tmpdir
 
 OTHER_NAME = "db.other.test"
 
@@ -240,3 +242,37 @@ def redis_tls_server(tls_pki: TlsPKI) -> Iterator[RedisTLSServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------- object stores over HTTPS
+
+
+@pytest.fixture(scope="module")
+def moto_https(tls_pki, tmp_path_factory) -> Iterator[str]:
+    """moto over HTTPS with the test CA's certificate for 127.0.0.1."""
+    port = free_port()
+    argv = [
+        _moto_server_binary(),
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        str(tls_pki.server_cert),
+        "-k",
+        str(tls_pki.server_key),
+    ]
+    with serving(argv, port, tmp_path_factory.mktemp("moto-https") / "moto.log"):
+        yield f"https://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def gcs_https(tls_pki, tmp_path_factory) -> Iterator[str]:
+    """fake-gcs-server over HTTPS with the test CA's certificate for 127.0.0.1."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    argv = [fake_gcs_server_binary(), "-scheme", "https", "-backend", "memory", "-host", "127.0.0.1"]
+    argv += ["-port", str(port), "-external-url", url, "-log-level", "warn"]
+    argv += ["-cert-location", str(tls_pki.server_cert), "-private-key-location", str(tls_pki.server_key)]
+    with serving(argv, port, tmp_path_factory.mktemp("gcs-https") / "gcs.log", timeout=30):
+        yield url

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -30,12 +29,11 @@ from core.storage.local import LocalStore
 from core.tls import TLSConfig
 from core.validation.restore_check import check_restore
 from tests.capturing import Capturing
-from tests.fixtures_cloud import _moto_server_binary as moto_binary
-from tests.fixtures_gcs import GCS_PROJECT, fake_gcs_server_binary
+from tests.fixtures_gcs import GCS_PROJECT
 from tests.fixtures_postgres import fresh_data_dir, stop_cluster
 from tests.fixtures_sandbox import assert_no_sandbox_left
 from tests.fixtures_tls import OTHER_NAME
-from tests.servers import free_port, serving
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -412,25 +410,6 @@ def test_restore_level_check_of_a_tls_source_in_a_sandbox(
 # ---------------------------------------------------------------------------------------- object storage
 
 
-@pytest.fixture(scope="module")
-def moto_https(tls_pki, tmp_path_factory) -> Iterator[str]:
-    """moto over HTTPS with the test CA's certificate for 127.0.0.1."""
-    port = free_port()
-    argv = [
-        moto_binary(),
-        "-H",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-c",
-        str(tls_pki.server_cert),
-        "-k",
-        str(tls_pki.server_key),
-    ]
-    with serving(argv, port, tmp_path_factory.mktemp("moto-https") / "moto.log"):
-        yield f"https://127.0.0.1:{port}"
-
-
 def test_s3_vault_over_https_with_a_private_ca(moto_https, tls_pki, redis_tls_server, keyring):
     bucket = f"gdr-tls-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", region_name="us-east-1", endpoint_url=moto_https, verify=str(tls_pki.ca)).create_bucket(
@@ -641,18 +620,6 @@ def test_redis_client_certificate_when_the_server_asks_for_one(redis_tls_server,
 )
 def test_tls_failures_are_told_apart(text, problem):
     assert tls.tls_problem(text) == problem
-
-
-@pytest.fixture(scope="module")
-def gcs_https(tls_pki, tmp_path_factory) -> Iterator[str]:
-    """fake-gcs-server over HTTPS with the test CA's certificate for 127.0.0.1."""
-    port = free_port()
-    url = f"https://127.0.0.1:{port}"
-    argv = [fake_gcs_server_binary(), "-scheme", "https", "-backend", "memory", "-host", "127.0.0.1"]
-    argv += ["-port", str(port), "-external-url", url, "-log-level", "warn"]
-    argv += ["-cert-location", str(tls_pki.server_cert), "-private-key-location", str(tls_pki.server_key)]
-    with serving(argv, port, tmp_path_factory.mktemp("gcs-https") / "gcs.log", timeout=30):
-        yield url
 
 
 def test_gcs_vault_over_https_with_a_private_ca(gcs_https, tls_pki, keyring):

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -113,10 +113,14 @@ def _status(exc: BaseException) -> int | None:
 class _Adapter(HTTPAdapter):
     """requests' adapter verifying against ``ca_file`` when one is given (a private CA of an on-premises
     endpoint). Set per request, because requests lets REQUESTS_CA_BUNDLE override a session's ``verify``;
-    without ca_file, requests' default applies (REQUESTS_CA_BUNDLE or its CA bundle). Never unverified."""
+    without ca_file, requests' default applies (REQUESTS_CA_BUNDLE or its CA bundle). Never unverified.
+    ``refused``: what a refused certificate becomes here, at once (None: requests' SSLError as it is)."""
 
-    def __init__(self, ca_file: str | None, **kwargs: Any) -> None:
+    def __init__(
+        self, ca_file: str | None, refused: Callable[[BaseException], Exception] | None = None, **kwargs: Any
+    ) -> None:
         self.ca_file = ca_file
+        self.refused = refused
         super().__init__(**kwargs)
 
     def send(self, request: Any, **kwargs: Any) -> Any:
@@ -124,7 +128,29 @@ class _Adapter(HTTPAdapter):
             kwargs["verify"] = self.ca_file
         elif kwargs.get("verify") is False:
             kwargs["verify"] = True  # nothing turns verification off
-        return super().send(request, **kwargs)
+        try:
+            return super().send(request, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            if self.refused is None:
+                raise
+            raise self.refused(exc) from None
+
+
+def authorized_session(
+    credentials: Any,
+    ca_file: str | None,
+    *,
+    pool_maxsize: int,
+    refused: Callable[[BaseException], Exception] | None = None,
+) -> AuthorizedSession:
+    """A session for google-cloud-storage (its ``_http``) whose HTTPS is verified against ``ca_file`` (else
+    requests' default), without urllib3 retries. ``refused``: see ``_Adapter``; a caller whose library calls
+    keep their own retries gives one, because those retry requests' SSLError (a connection error to them)."""
+    session = AuthorizedSession(credentials)
+    adapter = _Adapter(ca_file, refused, pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 class GCSStore(Store):
@@ -187,11 +213,8 @@ class GCSStore(Store):
                     credentials = with_scopes_if_required(credentials, storage.Client.SCOPE)
                 except auth_exc.DefaultCredentialsError:
                     raise self._no_credentials() from None
-                session = AuthorizedSession(credentials)
                 # One pool big enough for io_threads requests in flight; no urllib3 retries (RetryingStore's job).
-                adapter = _Adapter(self.ca_file, pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
+                session = authorized_session(credentials, self.ca_file, pool_maxsize=POOL_SIZE)
                 options = {"api_endpoint": self.endpoint_url} if self.endpoint_url else None
                 self._client_obj = storage.Client(
                     project=self.project, credentials=credentials, _http=session, client_options=options

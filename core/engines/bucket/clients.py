@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.errors import ConfigError, IntegrityError, SourceUnavailableError
-from core.tls import check_endpoint
+from core.tls import check_ca_file, check_endpoint, https_error, https_verify
 
 READ_PIECE = 1 << 20
 # One part in memory per upload: S3 takes parts of 5 MiB and more; GCS resumable chunks are multiples of 256 KiB.
@@ -226,17 +226,33 @@ _S3_META_ARGS = {
 }
 
 
+def _no_retry_on_tls(caught_exception: BaseException | None = None, **_: Any) -> bool | None:
+    """botocore's needs-retry hook: False (no retry) for a refused certificate, which its standard mode would
+    retry as a connection error; None leaves every other fault to it."""
+    from botocore.exceptions import SSLError
+
+    return False if isinstance(caught_exception, SSLError) else None
+
+
 class S3Bucket(BucketClient):
     provider = "s3"
 
     def __init__(
-        self, bucket: str, label: str, *, region: str | None, endpoint_url: str | None, session: Any = None
+        self,
+        bucket: str,
+        label: str,
+        *,
+        region: str | None,
+        endpoint_url: str | None,
+        session: Any = None,
+        ca_file: str | None = None,
     ) -> None:
         super().__init__(bucket, label)
         import boto3
         from botocore.config import Config
 
         self.region = region
+        self.endpoint_url, self.ca_file = endpoint_url, ca_file
         self._checked = False
         session = session or boto3.session.Session()
         self._s3 = session.client(
@@ -249,7 +265,10 @@ class S3Bucket(BucketClient):
                 read_timeout=60,
                 max_pool_connections=16,
             ),
+            verify=https_verify(ca_file),
         )
+        # Ahead of the standard retry handler: a retry meets the same certificate.
+        self._s3.meta.events.register_first("needs-retry.s3", _no_retry_on_tls)
 
     def describe(self) -> str:
         return f"s3://{self.bucket} ({self.region})"
@@ -264,6 +283,7 @@ class S3Bucket(BucketClient):
             NoCredentialsError,
             PartialCredentialsError,
             ReadTimeoutError,
+            SSLError,
         )
 
         where = f"s3://{self.bucket}/{key}" if key else self.describe()
@@ -271,6 +291,8 @@ class S3Bucket(BucketClient):
             yield
         except ClientError as exc:
             raise self._client_error(exc, what, where) from None
+        except SSLError as exc:  # before its base, ConnectionError: never transient
+            raise https_error(f"{self.label}: s3://{self.bucket}", self.endpoint_url, exc, self.ca_file) from None
         except (NoCredentialsError, PartialCredentialsError):
             raise SourceUnavailableError(
                 f"{self.label}: no AWS credentials to {what} {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
@@ -473,11 +495,23 @@ class GCSBucket(BucketClient):
     provider = "gcs"
 
     def __init__(
-        self, bucket: str, label: str, *, project: str | None, endpoint_url: str | None, credentials: Any = None
+        self,
+        bucket: str,
+        label: str,
+        *,
+        project: str | None,
+        endpoint_url: str | None,
+        credentials: Any = None,
+        ca_file: str | None = None,
     ) -> None:
         super().__init__(bucket, label)
+        import google.auth
+        from google.auth.credentials import with_scopes_if_required
         from google.cloud import storage
 
+        from core.storage.gcs import authorized_session
+
+        self.endpoint_url, self.ca_file = endpoint_url, ca_file
         options = {"api_endpoint": endpoint_url} if endpoint_url else None
         if endpoint_url and credentials is None:
             # An emulator: google-cloud-storage would otherwise look for real credentials and fail.
@@ -486,8 +520,20 @@ class GCSBucket(BucketClient):
             credentials = AnonymousCredentials()
             project = project or "genesis-dr"
         with self._errors("connect to"):
-            self._client = storage.Client(project=project, credentials=credentials, client_options=options)
+            if credentials is None:
+                credentials, found = google.auth.default(scopes=storage.Client.SCOPE)
+                project = project or found
+            credentials = with_scopes_if_required(credentials, storage.Client.SCOPE)
+            # The library retries requests' SSLError as a connection error, for minutes: the session turns a
+            # refused certificate into our TLSError at once, which nothing retries.
+            session = authorized_session(credentials, ca_file, pool_maxsize=16, refused=self._refused)
+            self._client = storage.Client(
+                project=project, credentials=credentials, _http=session, client_options=options
+            )
         self._bucket = self._client.bucket(bucket)
+
+    def _refused(self, exc: BaseException) -> Exception:
+        return https_error(f"{self.label}: gs://{self.bucket}", self.endpoint_url, exc, self.ca_file)
 
     @contextmanager
     def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
@@ -498,6 +544,8 @@ class GCSBucket(BucketClient):
         where = f"gs://{self.bucket}/{key}" if key else f"gs://{self.bucket}"
         try:
             yield
+        except requests.exceptions.SSLError as exc:  # one the session did not send (before its base, ConnectionError)
+            raise self._refused(exc) from None
         except gexc.NotFound:
             if key:  # the bucket answered a moment ago: the object went away under us
                 raise SourceUnavailableError(
@@ -649,10 +697,21 @@ def client_for(config: Any, label: str) -> BucketClient:
             check_endpoint(config.endpoint_url)
         except ValueError as exc:
             raise ConfigError(f"{label}: endpoint_url: {exc}") from None
+    check_ca_file(label, config.ca_file)
     if config.provider == "s3":
         return S3Bucket(
-            config.bucket, label, region=config.region, endpoint_url=config.endpoint_url, session=credentials
+            config.bucket,
+            label,
+            region=config.region,
+            endpoint_url=config.endpoint_url,
+            session=credentials,
+            ca_file=config.ca_file,
         )
     return GCSBucket(
-        config.bucket, label, project=config.project, endpoint_url=config.endpoint_url, credentials=credentials
+        config.bucket,
+        label,
+        project=config.project,
+        endpoint_url=config.endpoint_url,
+        credentials=credentials,
+        ca_file=config.ca_file,
     )
