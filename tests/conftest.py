@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # Tests weaken the KDF (borg does the same) and use small chunks so edge cases are cheap.
 os.environ.setdefault("GENESIS_DR_TEST_KDF_ITERATIONS", "1000")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,3 +30,20 @@ pytest_plugins = [
     "tests.fixtures_replication",
     "tests.fixtures_tls",
 ]
+
+
+@pytest.fixture
+def vault(tmp_path):
+    """A fresh local vault (a module that needs another kind defines its own ``vault``)."""
+    from core.repository.vault import Vault
+    from core.storage.local import LocalStore
+
+    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
+
+
+@pytest.fixture
+def keyring():
+    """A passphrase keyring (the KDF is weakened for tests above)."""
+    from core.crypto.keys import Keyring
+
+    return Keyring(passphrase="pw")

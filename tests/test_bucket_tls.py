@@ -17,14 +17,11 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.bucket.engine import BucketEngine
 from core.errors import TLSError
 from core.operations import backup_source, restore_backup
-from core.repository.vault import Vault
 from core.sources import BucketSourceConfig
-from core.storage.local import LocalStore
 from tests.fixtures_gcs import GCS_PROJECT
 
 REGION = "us-east-1"
@@ -34,16 +31,6 @@ OBJECTS = {
     "app/reports/q4.csv": b"id,total\n1,10\n",
     "app/uploads/big.bin": os.urandom((8 << 20) + 12_345),
 }
-
-
-@pytest.fixture
-def vault(tmp_path):
-    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
-
-
-@pytest.fixture
-def keyring():
-    return Keyring(passphrase="pw")
 
 
 @pytest.fixture(autouse=True)
@@ -86,18 +73,6 @@ def _s3_objects(endpoint: str, ca: str, bucket: str, prefix: str) -> dict[str, b
         for item in page.get("Contents", []):
             out[item["Key"][len(prefix) :]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out
-
-
-def test_s3_bucket_source_round_trip_over_https_with_a_private_ca(moto_https, tls_pki, vault, keyring):
-    ca = str(tls_pki.ca)
-    src, dst = _s3_bucket(moto_https, ca, OBJECTS), _s3_bucket(moto_https, ca)
-    manifest = backup_source(vault, keyring, _engine("s3", moto_https, src, ca_file=ca))
-    assert (manifest.kind, manifest.position["objects"]) == ("bucket", 3)
-
-    restore_backup(vault, keyring, manifest.id, _engine("s3", moto_https, dst, prefix="restored/", ca_file=ca))
-    expected = {key.removeprefix("app/"): body for key, body in OBJECTS.items()}
-    assert _s3_objects(moto_https, ca, dst, "restored/") == expected
-    assert _s3_objects(moto_https, ca, dst, "") == {f"restored/{key}": body for key, body in expected.items()}
 
 
 def test_s3_certificate_refused_is_one_line_naming_the_source_and_ca_file_never_retried(
@@ -173,18 +148,6 @@ def _gcs_objects(endpoint: str, ca: str, bucket: str, prefix: str) -> dict[str, 
     }
 
 
-def test_gcs_bucket_source_round_trip_over_https_with_a_private_ca(gcs_https, tls_pki, vault, keyring):
-    ca = str(tls_pki.ca)
-    src, dst = _gcs_bucket(gcs_https, ca, OBJECTS), _gcs_bucket(gcs_https, ca)
-    manifest = backup_source(vault, keyring, _engine("gcs", gcs_https, src, ca_file=ca))
-    assert (manifest.kind, manifest.position["objects"]) == ("bucket", 3)
-
-    restore_backup(vault, keyring, manifest.id, _engine("gcs", gcs_https, dst, prefix="restored/", ca_file=ca))
-    expected = {key.removeprefix("app/"): body for key, body in OBJECTS.items()}
-    assert _gcs_objects(gcs_https, ca, dst, "restored/") == expected
-    assert _gcs_objects(gcs_https, ca, dst, "") == {f"restored/{key}": body for key, body in expected.items()}
-
-
 def test_gcs_certificate_refused_is_one_line_naming_the_source_and_ca_file_never_retried(
     gcs_https, tls_pki, vault, keyring
 ):
@@ -228,3 +191,22 @@ def test_a_bucket_source_ca_file_survives_apply_and_load(make_stack, moto_https,
     manifest = backup_source(vault, stack.keyring(), engine)
     restore_backup(vault, stack.keyring(), manifest.id, _engine("s3", moto_https, dst, prefix="restored/", ca_file=ca))
     assert _s3_objects(moto_https, ca, dst, "restored/") == {k.removeprefix("app/"): v for k, v in OBJECTS.items()}
+
+
+# -- both providers --------------------------------------------------------------------------------------------
+
+PROVIDERS = {"s3": ("moto_https", _s3_bucket, _s3_objects), "gcs": ("gcs_https", _gcs_bucket, _gcs_objects)}
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_bucket_source_round_trip_over_https_with_a_private_ca(provider, request, tls_pki, vault, keyring):
+    server, make_bucket, objects_of = PROVIDERS[provider]
+    endpoint, ca = request.getfixturevalue(server), str(tls_pki.ca)
+    src, dst = make_bucket(endpoint, ca, OBJECTS), make_bucket(endpoint, ca)
+    manifest = backup_source(vault, keyring, _engine(provider, endpoint, src, ca_file=ca))
+    assert (manifest.kind, manifest.position["objects"]) == ("bucket", 3)
+
+    restore_backup(vault, keyring, manifest.id, _engine(provider, endpoint, dst, prefix="restored/", ca_file=ca))
+    expected = {key.removeprefix("app/"): body for key, body in OBJECTS.items()}
+    assert objects_of(endpoint, ca, dst, "restored/") == expected
+    assert objects_of(endpoint, ca, dst, "") == {f"restored/{key}": body for key, body in expected.items()}

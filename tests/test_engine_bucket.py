@@ -19,16 +19,13 @@ from datetime import UTC, datetime
 import pytest
 
 from core.chains import parse_iso, plan_chain_restore
-from core.crypto.keys import Keyring
 from core.engines import engine_for
 from core.engines.bucket.engine import BucketEngine
 from core.engines.bucket.index import INDEX_STREAM, read_index
 from core.errors import IntegrityError, SourceUnavailableError, TargetNotEmptyError
 from core.operations import backup_source, restore_backup, restore_chain_plan
-from core.repository.vault import Vault
 from core.restoring import count_checks
 from core.sources import BucketSourceConfig
-from core.storage.local import LocalStore
 from tests.faults import FaultProxy, HTTPFault
 from tests.fixtures_cloud import s3_client
 from tests.fixtures_gcs import gcs_client
@@ -36,16 +33,6 @@ from tests.test_cli import cli  # noqa: F401 - the command in a subprocess again
 from tests.test_store_s3 import auth_moto  # noqa: F401 - the IAM-enforcing moto server (a session fixture)
 
 REGION = "us-west-2"
-
-
-@pytest.fixture
-def vault(tmp_path):
-    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
-
-
-@pytest.fixture
-def keyring():
-    return Keyring(passphrase="pw")
 
 
 @dataclass

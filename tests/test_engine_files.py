@@ -42,21 +42,10 @@ from core.errors import (
 from core.operations import backup_source, restore_backup
 from core.repository.vault import Vault
 from core.sources import FilesSourceConfig
-from core.storage.local import LocalStore
 from core.targets import unfinished_restores
 
 CANARY = b"FILES-ENGINE-PLAINTEXT-CANARY-4e1d "
 MTIME_NS = 1_600_000_000_123_456_789
-
-
-@pytest.fixture
-def vault(tmp_path):
-    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
-
-
-@pytest.fixture
-def keyring():
-    return Keyring(passphrase="pw")
 
 
 def files_engine(root: Path, **fields) -> FilesEngine:

@@ -30,21 +30,10 @@ from core.operations import RestoreReport, backup_source, restore_backup, restor
 from core.repository.manifest import Manifest
 from core.repository.vault import Vault
 from core.restoring import count_checks
-from core.storage.local import LocalStore
 from tests.test_engine_files import MTIME_NS, files_engine, snapshot, without_dac_override, write
 
 BIG = 2 << 20
 LATIN1 = os.fsdecode(b"caf\xe9.txt")  # names are bytes on Linux
-
-
-@pytest.fixture
-def vault(tmp_path):
-    return Vault.open(LocalStore(tmp_path / "vault"), create=True)
-
-
-@pytest.fixture
-def keyring():
-    return Keyring(passphrase="pw")
 
 
 def stream_bytes(vault: Vault, keyring: Keyring, backup_id: str, name: str) -> bytes:
