@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from core.tls import TLSConfig
+from core.tls import EndpointUrl, TLSConfig
 
 
 class FieldProblem(ValueError):
@@ -250,7 +250,7 @@ class BucketSourceConfig(_Source):
         None, description="s3: the bucket's region (default AWS_REGION, else us-east-1); gcs: not used."
     )
     project: str | None = Field(None, description="gcs: the Google Cloud project (default: the credentials').")
-    endpoint_url: str | None = Field(
+    endpoint_url: EndpointUrl = Field(
         None, description="Another endpoint: an S3-compatible service, a test server or the GCS emulator."
     )
     ca_file: str | None = Field(

@@ -16,9 +16,9 @@ import ipaddress
 import os
 import socket
 import ssl
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import TLSError
 
@@ -493,6 +493,15 @@ def check_endpoint(url: str) -> str:
             "machine (127.0.0.1, ::1, localhost)"
         )
     raise ValueError(f"{url} is not an http(s) URL; give https://host[:port]")
+
+
+def _endpoint_field(url: str | None) -> str | None:
+    return check_endpoint(url) if url else url
+
+
+# An endpoint field of a config: refused when the stack is loaded (and again where it is used, as a copy of a
+# config may skip validation), so `genesis-dr apply` names a plain-http endpoint before anything runs.
+EndpointUrl = Annotated[str | None, AfterValidator(_endpoint_field)]
 
 
 def https_verify(ca_file: str | None) -> str | None:

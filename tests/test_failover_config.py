@@ -212,7 +212,11 @@ E = "failover.regions[1] (us-east-1)"
         ),
         (
             two_regions(west__aws_endpoint_url="localhost:5000"),
-            f"field '{W}.aws_endpoint_url': 'localhost:5000' is not an http(s) URL",
+            f"field '{W}.aws_endpoint_url': localhost:5000 is not an http(s) URL; give https://host[:port]",
+        ),
+        (
+            two_regions(west__aws_endpoint_url="http://rds.internal"),
+            f"field '{W}.aws_endpoint_url': http://rds.internal is plain http to another host",
         ),
         (
             two_regions(west__aws_credentials="My Creds"),

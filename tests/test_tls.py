@@ -537,7 +537,9 @@ def test_aws_api_clients_refuse_an_unverified_endpoint_in_one_line(moto_https, t
     assert str(excinfo.value) == f"operations.cloudwatch of stack cw: {unsigned}"
     with pytest.raises(ConfigError, match=r"^operations.cloudwatch.endpoint_url: http://cw.internal is plain http"):
         publish_cloudwatch(
-            build_snapshot(stack), CloudWatchConfig(region="us-east-1", endpoint_url="http://cw.internal")
+            build_snapshot(stack),
+            # a copy skips validation: the check where it is used still refuses it (load refuses it first)
+            CloudWatchConfig(region="us-east-1").model_copy(update={"endpoint_url": "http://cw.internal"}),
         )
 
     dns = DnsConfig(
@@ -555,7 +557,10 @@ def test_aws_api_clients_refuse_an_unverified_endpoint_in_one_line(moto_https, t
     )
 
     with pytest.raises(ConfigError, match=r"^bucket 'b': endpoint_url: http://s3.internal is plain http"):
-        client_for(BucketSourceConfig(name="b", bucket="b", endpoint_url="http://s3.internal"), "bucket 'b'")
+        plain_bucket = BucketSourceConfig(name="b", bucket="b").model_copy(
+            update={"endpoint_url": "http://s3.internal"}
+        )
+        client_for(plain_bucket, "bucket 'b'")
 
     # botocore's own setting for a private CA: named when it is the wrong one, and the right one is trusted.
     monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_pki.wrong_ca))
@@ -573,6 +578,52 @@ def test_plain_http_endpoints_only_on_this_machine():
         VaultConfig(type="s3", bucket="b", endpoint_url="http://minio.internal:9000")
     with pytest.raises(ValueError, match="not an http"):
         VaultConfig(type="gcs", bucket="b", endpoint_url="ftp://x")
+    # the failover's AWS and DNS APIs (a stack's failover: regions)
+    from core.failover.topology import DnsConfig, RegionConfig
+
+    with pytest.raises(ValueError, match=r"aws_endpoint_url\n.*http://rds.internal is plain http to another host"):
+        RegionConfig(name="us-east-1", priority=1, rds_instance_id="db1", aws_endpoint_url="http://rds.internal")
+    with pytest.raises(ValueError, match=r"endpoint_url\n.*http://dns.internal is plain http to another host"):
+        DnsConfig(
+            provider="route53", zone="Z1", record_name="a.example.com.", value="b", endpoint_url="http://dns.internal"
+        )
+    assert RegionConfig(name="us-east-1", priority=1, aws_endpoint_url="http://127.0.0.1:5000").aws_endpoint_url
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ('sources:\n  - {name: b, kind: bucket, bucket: bk, endpoint_url: "%s"}', "sources[0] (b).endpoint_url"),
+        (
+            'notifications:\n  sns: {topic_arn: "arn:aws:sns:us-east-1:123456789012:dr", endpoint_url: "%s"}',
+            "notifications.sns.endpoint_url",
+        ),
+        ('operations:\n  cloudwatch: {endpoint_url: "%s"}', "operations.cloudwatch.endpoint_url"),
+        (
+            'encryption:\n  kms_keys: [{key_id: "alias/dr", region: us-east-1, endpoint_url: "%s"}]',
+            "encryption.kms_keys[0].endpoint_url",
+        ),
+    ],
+)
+def test_a_plain_http_endpoint_to_another_host_is_refused_when_the_stack_loads(tmp_path, section, field):
+    """Every cloud API endpoint of a stack file: refused by `apply`, before anything runs, naming the field."""
+    from core.stack import load_stack_file
+
+    base = "stack: ep\nvault: {path: ./v}\n"
+    if not section.startswith("encryption"):
+        base += 'encryption: {passphrase_from: "env:X"}\n'
+    if not section.startswith("sources"):
+        base += "sources:\n  - {name: f, kind: files, root: /srv}\n"
+    for url, refused in (("http://api.internal", True), ("http://127.0.0.1:4566", False), ("https://x.example", False)):
+        path = tmp_path / "stack.yaml"
+        path.write_text(base + section % url + "\n")
+        if not refused:
+            load_stack_file(str(path))
+            continue
+        with pytest.raises(ConfigError) as excinfo:
+            load_stack_file(str(path))
+        message = str(excinfo.value)
+        assert f"field '{field}': {url} is plain http to another host" in message and "\n" not in message, message
 
 
 def test_redis_client_certificate_when_the_server_asks_for_one(redis_tls_server, tls_pki):

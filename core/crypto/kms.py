@@ -40,7 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import ConfigError, IntegrityError, KeyServiceError
-from core.tls import check_endpoint, https_error
+from core.tls import EndpointUrl, https_error
 
 RECIPIENT_TYPE = "aws-kms"
 CONTEXT_KEY = "genesis-dr:backup"
@@ -118,7 +118,7 @@ class KmsKeyConfig(BaseModel):
     region: str | None = Field(
         None, description="The key's region (default: the ARN's, else AWS_REGION / AWS_DEFAULT_REGION)."
     )
-    endpoint_url: str | None = Field(None, description="Another KMS endpoint (a VPC endpoint or a test server).")
+    endpoint_url: EndpointUrl = Field(None, description="Another KMS endpoint (a VPC endpoint or a test server).")
     credentials: str | None = Field(
         None, description="Name of a prefect-aws AwsCredentials block (default: boto3's credential chain)."
     )
@@ -132,12 +132,6 @@ class KmsKeyConfig(BaseModel):
                 "(no test double for it exists here); wrap with a passphrase or X25519 keys instead"
             )
         return data
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        # Wrapped data keys and credentials travel to it: https, or plain http to a test server on this machine.
-        return check_endpoint(value) if value else value
 
     @field_validator("key_id")
     @classmethod

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ConfigError
 from core.sources import FieldProblem, MySQLSourceConfig, PostgresSourceConfig, RedisSourceConfig, short
+from core.tls import EndpointUrl
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 # An AWS region as boto3 names it: us-west-2, eu-central-1, us-gov-west-1, ap-southeast-3.
@@ -113,7 +114,7 @@ class DnsConfig(BaseModel):
     record_type: Literal["A", "AAAA", "CNAME"] = Field("CNAME", description="Record type: A, AAAA or CNAME.")
     value: str = Field(description="What the record points at when this region is active.")
     ttl: int = Field(60, ge=0, le=2**31 - 1, description="Record TTL in seconds.")
-    endpoint_url: str | None = Field(None, description="Another API endpoint: a test server or emulator.")
+    endpoint_url: EndpointUrl = Field(None, description="Another API endpoint: a test server or emulator.")
     credentials: str | None = Field(
         None,
         description="route53: name of a prefect-aws AwsCredentials block; clouddns: of a prefect-gcp "
@@ -168,7 +169,7 @@ class RegionConfig(BaseModel):
     aws_region: str | None = Field(
         None, description="AWS region of the RDS instance, e.g. 'us-east-1' (default: the region's name)."
     )
-    aws_endpoint_url: str | None = Field(None, description="Another AWS API endpoint: a test server or emulator.")
+    aws_endpoint_url: EndpointUrl = Field(None, description="Another AWS API endpoint: a test server or emulator.")
     aws_credentials: str | None = Field(
         None,
         description="Name of a prefect-aws AwsCredentials block for RDS (default: the AWS default credential chain).",
@@ -231,8 +232,6 @@ class RegionConfig(BaseModel):
                 )
         elif not _AWS_REGION.fullmatch(self.aws_region):
             raise FieldProblem(("aws_region",), f"{short(self.aws_region)} is not an AWS region, e.g. 'us-east-1'")
-        if self.aws_endpoint_url is not None and not self.aws_endpoint_url.startswith(("http://", "https://")):
-            raise FieldProblem(("aws_endpoint_url",), f"{short(self.aws_endpoint_url)} is not an http(s) URL")
         if self.aws_credentials is not None and not _BLOCK_NAME.fullmatch(self.aws_credentials):
             raise FieldProblem(
                 ("aws_credentials",),

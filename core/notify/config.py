@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from core.notify.event import ACTIVITIES, Activity, Outcome, Severity
+from core.tls import EndpointUrl
 
 __all__ = ["ACTIVITIES", "NotificationsConfig", "PagerDutyConfig", "SlackConfig", "SnsConfig", "WebhookConfig"]
 
@@ -49,7 +50,7 @@ class PagerDutyConfig(_Channel):
 class SnsConfig(_Channel):
     topic_arn: str = Field(description="The SNS topic to publish to.")
     region: str | None = Field(None, description="The topic's region (default: from the ARN).")
-    endpoint_url: str | None = Field(None, description="Another endpoint (a test server).")
+    endpoint_url: EndpointUrl = Field(None, description="Another endpoint (a test server).")
     credentials: str | None = Field(None, description="Name of a prefect-aws AwsCredentials block (default chain).")
 
 

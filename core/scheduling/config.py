@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.sources import short
+from core.tls import EndpointUrl
 
 Job = Literal[
     "full",
@@ -128,7 +129,7 @@ class CloudWatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     namespace: str = Field("GenesisDR", description="CloudWatch namespace of the metrics.")
     region: str | None = Field(None, description="AWS region (default: the credentials' or AWS_REGION).")
-    endpoint_url: str | None = Field(None, description="Another endpoint (a test server).")
+    endpoint_url: EndpointUrl = Field(None, description="Another endpoint (a test server).")
     credentials: str | None = Field(None, description="Name of a prefect-aws AwsCredentials block (default chain).")
 
 
