@@ -282,3 +282,33 @@ def test_a_backup_over_twice_its_median_is_flagged_slow(tmp_path):
     slow = {tuple(s.labels.values()): s.value for f in families(build_snapshot(config)) for s in f.samples
             if s.name == "genesis_dr_operation_slow"}  # fmt: skip
     assert slow == {("slow", "app-files", "full"): 0.0, ("slow", "app-files", "incremental"): 1.0}
+
+
+def test_a_drill_or_validation_over_twice_its_median_is_flagged_slow(tmp_path):
+    """Stack-wide operations: the slow flag over the durations of the history's drill and validation records
+    (written as the runners write them), per tier and per level; the metric carries them without a source."""
+    from core.observe.metrics import families
+    from core.validation.results import new_run_id
+
+    config = StackConfig(stack="slow-ops", vault={"path": str(tmp_path / "vault")},
+                         sources=[{"kind": "files", "name": "app-files", "root": str(tmp_path)}])  # fmt: skip
+    history = History(config.vault.open(create=True).store)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    runs = {("drills", "tier", "weekly"): [60, 62, 58, 190], ("validations", "level", "integrity"): [30, 31, 29, 33]}
+    for (kind, field, name), seconds in runs.items():
+        for i, took in enumerate(seconds):
+            began = start + timedelta(days=i, minutes=len(field))
+            doc = {
+                field: name,
+                "started_at": began.isoformat(),
+                "ended_at": (began + timedelta(seconds=took)).isoformat(),
+            }
+            history.put(kind, new_run_id(kind.removesuffix("s"), began), doc | {"results": []})
+
+    snap = build_snapshot(config)
+    assert snap.timed_operations == ["drill-weekly", "validate-integrity"]
+    assert list(snap.slow) == ["drill-weekly"]
+    assert snap.slow["drill-weekly"] == "took 190 s, 3.2x its median 60 s over the last 3 runs"
+    slow = {tuple(s.labels.values()): s.value for f in families(snap) for s in f.samples
+            if s.name == "genesis_dr_operation_slow"}  # fmt: skip
+    assert slow == {("slow-ops", "", "drill-weekly"): 1.0, ("slow-ops", "", "validate-integrity"): 0.0}

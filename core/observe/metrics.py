@@ -137,6 +137,13 @@ def families(snap: StackSnapshot) -> list[Metric]:
             add("drill_rto_seconds", "Measured RTO of the newest drill of the tier.", labels, d.rto_s)
         if d.rpo_s is not None:
             add("drill_rpo_seconds", "Measured RPO (worst source) of the newest drill.", labels, d.rpo_s)
+    for operation in snap.timed_operations:  # stack-wide: no source (as a drill's failure without one)
+        add(
+            "operation_slow",
+            "1 if the newest run took more than slow_factor times its recent median.",
+            stack | {"source": "", "operation": operation},
+            operation in snap.slow,
+        )
     for usage in snap.usage:
         labels = stack | {"vault": usage.vault}
         add("vault_used_bytes", "Bytes of backups and log pieces in the vault.", labels, usage.used_bytes)

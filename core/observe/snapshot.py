@@ -151,6 +151,9 @@ class StackSnapshot:
     failover: FailoverFacts | None = None
     holds: list[dict[str, str]] = field(default_factory=list)  # the active ones: id, name
     failures: list[Failure] = field(default_factory=list)
+    # Stack-wide operations (validate-<level>, drill-<tier>) with timed runs, and those flagged slow (why).
+    timed_operations: list[str] = field(default_factory=list)
+    slow: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -306,12 +309,25 @@ def _backups(src: SourceSnapshot, manifests: list[Manifest], factor: float) -> N
             counts["failed"] += 1
             facts.error_class, facts.error = error_class(m), m.error
             src.last_failure[m.type] = facts
+    src.slow = _slow({t: [_seconds(m.started_at, m.ended_at) for m in done] for t, done in completed.items()}, factor)
+
+
+def _slow(durations: dict[str, list[float]], factor: float) -> dict[str, str]:
+    """operation -> why its newest run (the last of its durations, oldest first) is slow, for those that are."""
     slow_flag = _slow_flag()
-    for backup_type, done in completed.items() if slow_flag else ():
-        durations = [_seconds(m.started_at, m.ended_at) for m in done[-SLOW_HISTORY - 1 :]]
-        reason = slow_flag(durations[:-1], durations[-1], factor)
+    out: dict[str, str] = {}
+    for operation, seconds in durations.items() if slow_flag else ():
+        recent = seconds[-SLOW_HISTORY - 1 :]
+        reason = slow_flag(recent[:-1], recent[-1], factor) if recent else None
         if reason:
-            src.slow[backup_type] = reason
+            out[operation] = reason
+    return out
+
+
+def _timed(durations: dict[str, list[float]], operation: str, doc: dict) -> None:
+    started, ended = doc.get("started_at") or "", doc.get("ended_at") or ""
+    if started and ended:
+        durations.setdefault(operation, []).append(_seconds(started, ended))
 
 
 def _log(src: SourceSnapshot, store: Store, seqs: list[int], now: datetime, problems: list[str]) -> int:
@@ -340,9 +356,12 @@ def _newest_point(src: SourceSnapshot, now: datetime) -> None:
     src.rpo_s = _age(now, src.newest_point)
 
 
-def _validations(history: History, sources: dict[str, SourceSnapshot], failures: Counter, problems: list) -> None:
+def _validations(
+    history: History, sources: dict[str, SourceSnapshot], failures: Counter, problems: list, durations: dict
+) -> None:
     for record_id, doc in _records(history, "validations", problems):
         level, at = doc.get("level", "quick"), doc.get("ended_at") or doc.get("started_at") or ""
+        _timed(durations, f"validate-{level}", doc)
         by_source: dict[str, list[dict]] = {}
         for result in doc.get("results") or []:
             if result.get("source"):
@@ -357,9 +376,10 @@ def _validations(history: History, sources: dict[str, SourceSnapshot], failures:
                 failures[(name, "validation", failed[0].get("name") or "check")] += 1
 
 
-def _drills(history: History, failures: Counter, problems: list) -> dict[str, DrillFacts]:
+def _drills(history: History, failures: Counter, problems: list, durations: dict) -> dict[str, DrillFacts]:
     out: dict[str, DrillFacts] = {}
     for record_id, doc in _records(history, "drills", problems):
+        _timed(durations, f"drill-{doc.get('tier', '?')}", doc)
         failed = [r for r in doc.get("results") or [] if r.get("checked", True) and not r.get("passed")]
         failed = [r for r in failed if r.get("critical", True)]
         rpos = [
@@ -538,8 +558,10 @@ def build_snapshot(config: Any, now: datetime | None = None) -> StackSnapshot:
     snap.usage.append(VaultUsage("primary", snap.vault, used, _local_total(config.vault, used)))
 
     history = History(store)
-    _validations(history, sources, failures, snap.problems)
-    snap.drills = _drills(history, failures, snap.problems)
+    durations: dict[str, list[float]] = {}  # oldest first, as the history lists its records
+    _validations(history, sources, failures, snap.problems, durations)
+    snap.drills = _drills(history, failures, snap.problems, durations)
+    snap.timed_operations, snap.slow = sorted(durations), _slow(durations, factor)
     _skips(history, sources, snap.problems)
     snap.failures = [Failure(s, a, c, n) for (s, a, c), n in sorted(failures.items())]
     try:
