@@ -422,10 +422,12 @@ class Restorer:
     # -- variables, pools, limits ---------------------------------------------------------------------
 
     def _upsert(self, create: str, body: dict, update: str, update_model: str, what: str) -> dict | None:
-        r = self._req("post", create, json=body)
-        if r.status_code == 409:
-            return self._ok(self._req("patch", update, json=_pick(body, update_model)), what)
-        return self._ok(r, what)
+        """Update ``update`` if the server holds it, else create it. Asked first, not tried: a create that
+        collides makes the server log a database error with its traceback, though it only answers 409."""
+        if self._req("get", update).status_code == 200:
+            self._ok(self._req("patch", update, json=_pick(body, update_model)), what)
+            return self._ok(self._req("get", update), what)
+        return self._ok(self._req("post", create, json=body), what)
 
     def variable(self, variable: dict) -> None:
         name = variable["name"]
@@ -445,12 +447,12 @@ class Restorer:
         if created and pool.get("id"):
             self.ids[pool["id"]] = created["id"]
         queues = sorted(pool["queues"], key=lambda q: q["priority"])
-        for queue in queues:
+        held = self._ok(self._req("post", f"/work_pools/{name}/queues/filter", json={}), f"the queues of {name}")
+        for queue in (q for q in queues if q["name"] not in {h["name"] for h in held}):
             r = self._req(
                 "post", f"/work_pools/{name}/queues", json=_pick(queue, "WorkQueueCreate", drop=("priority",))
             )
-            if r.status_code != 409:
-                self._ok(r, f"work queue {name}/{queue['name']}")
+            self._ok(r, f"work queue {name}/{queue['name']}")
         # Priorities last, lowest first: Prefect shifts the others when one takes a priority already used.
         for queue in queues:
             self._ok(

@@ -3,6 +3,7 @@ and `genesis-dr bootstrap --from-vault` rebuilds it in an EMPTY Prefect home, wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -54,6 +55,27 @@ with prefect_session():
     from flows.backup import backup
     out["backup"] = [r["id"] for r in backup(stack=stack, backup_type="full", sources=["app-files"])]
 print("CHECK " + json.dumps(out))
+"""
+
+# The restored home's source block with another password (as a rotation there since the snapshot would leave it).
+ROTATE = """\
+import sys
+from cli.stacks import prefect_session
+from pydantic import SecretStr
+with prefect_session():
+    from blocks.sources import PostgresSource
+    block = PostgresSource.load(f"{sys.argv[1]}-app-db")
+    block.password = SecretStr(sys.argv[2])
+    block.save(f"{sys.argv[1]}-app-db", overwrite=True)
+"""
+# Which password the source's block holds (its hash: a secret never reaches test output).
+PASSWORD = """\
+import hashlib, sys
+from cli.stacks import prefect_session
+with prefect_session():
+    from blocks.apply import load_stack
+    db = next(s for s in load_stack(sys.argv[1]).sources if s.name == "app-db")
+    print("PASSWORD-IS-THE-SNAPSHOTS " + hashlib.sha256(db.password.get_secret_value().encode()).hexdigest())
 """
 
 
@@ -241,6 +263,24 @@ def test_self_backup_and_bootstrap_into_an_empty_prefect_home(make_stack, tmp_pa
     apply_stack(stack.config)
     other = _genesis("bootstrap", "--from-vault", str(stack.vault_path), passphrase, env=env | {"PREFECT_API_URL": PREFECT_API_URL.value()}, cwd=tmp_path, expect=37)  # fmt: skip
     assert f"with other settings in block postgres-source/{stack.name}-app-db" in _error(other)
+
+    # --force: the restored home's source block changed since (a password rotated there), refused as above,
+    # then replaced by the snapshot's settings on the operator's word.
+    rotated = "rotated-" + secrets.token_hex(8)
+    change = subprocess.run([sys.executable, "-c", ROTATE, stack.name, rotated], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert change.returncode == 0, change.stdout + change.stderr
+    _genesis("bootstrap", "--from-vault", str(stack.vault_path), passphrase, env=env, cwd=tmp_path, expect=37)
+    forced = _genesis(
+        "bootstrap", "--from-vault", str(stack.vault_path), passphrase, "--force", env=env, cwd=tmp_path, expect=0
+    )
+    assert rotated not in forced.stdout + forced.stderr and pg_password not in forced.stdout + forced.stderr
+    again = subprocess.run([sys.executable, "-c", PASSWORD, stack.name], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[-1] == "PASSWORD-IS-THE-SNAPSHOTS " + str(
+        hashlib.sha256(pg_password.encode()).hexdigest()
+    )
 
 
 @pytest.mark.parametrize("keep", [2])
