@@ -117,8 +117,11 @@ def test_primary_region_killed_fails_over_without_losing_acknowledged_writes(
         writer.wait_writes_on(PRIMARY, timeout=20)
         killed, assessment, detect_s, runs = killed_and_detected(topology)
         # Down at the failures_before_down-th failed run (one more if a run was under way at the kill): within
-        # that many intervals, plus the probes' time and a second for the kill itself and a loaded machine.
-        threshold = config.failures_before_down * config.check_interval_seconds + PROBE_TIMEOUT + 1
+        # that many runs, each an interval plus its probes' time (a loaded machine's probes take their timeout),
+        # and a second for the kill itself. A bound of seconds, against the minutes of a default interval: the
+        # exact count of runs above is the logic checked; a tight time bound failed CI on a busy machine (4.3 s).
+        runs_at_most = config.failures_before_down + 1
+        threshold = runs_at_most * (config.check_interval_seconds + PROBE_TIMEOUT) + 1
         assert runs - config.failures_before_down in (0, 1) and detect_s <= threshold, (runs, detect_s)
         assert assessment.regions[PRIMARY].score == 0.0
 
