@@ -186,11 +186,24 @@ def cmd_bootstrap(args) -> int:
     )
     continues, line = trail_continues(store, summary.audit_head)
     print(("" if continues else "warning: ") + line, file=sys.stdout if continues else sys.stderr)
+    # The stack's own block is what makes the rest a working stack: a snapshot without it (damaged, or written
+    # by hand) is refused before Prefect is touched; a dry run shows what it holds and says so.
+    stackless = not any(b.get("slug") == "dr-stack" for b in state.get("blocks") or [])
+    problem = (
+        f"self-backup {summary.id} holds no DR Stack block of stack '{summary.stack}', so it cannot rebuild the "
+        "stack; choose another with --snapshot (the vault keeps the newest 14)"
+    )
     if args.dry_run:
         for text in describe_state(state):
             print(f"would restore {text}")
+        if stackless:
+            print(f"warning: {problem}", file=sys.stderr)
         print("dry run: nothing changed")
         return 0
+    if stackless:
+        from core.errors import BootstrapError
+
+        raise BootstrapError(problem)
 
     from cli.stacks import prefect_session
 

@@ -331,3 +331,48 @@ def test_bootstrap_from_an_s3_vault_wrapped_by_kms(moto_endpoint, new_bucket, tm
     )  # fmt: skip
     assert f"self-backup {snap.id} of stack 'cloud'" in dry.stdout
     assert "would restore variable genesis-dr-schedules-cloud" in dry.stdout
+
+
+def test_bootstrap_from_a_gcs_vault(make_stack, gcs_endpoint, new_gcs_bucket, tmp_path):
+    """The stack's self-backup in a GCS vault (the emulator): found under gs://BUCKET/PREFIX, decrypted with the
+    passphrase the operator brings, restored into an empty Prefect home; a snapshot without the stack's own block
+    is refused before Prefect is touched."""
+    from core.crypto.keys import Keyring
+    from core.selfbackup import STATE_FORMAT, STATE_VERSION, write_snapshot
+    from flows.backup import backup
+    from flows.self_backup import self_backup
+
+    bucket = new_gcs_bucket()
+    vault = {"type": "gcs", "bucket": bucket, "prefix": "dr/prod", "endpoint_url": gcs_endpoint}
+    (tmp_path / "files").mkdir()
+    stack = make_stack([FilesSourceConfig(name="app-files", root=str(tmp_path / "files"))], vault=vault)
+    (tmp_path / "files" / "app.conf").write_text("on\n")
+    (backed,) = backup(stack=stack.name, backup_type="full")
+    taken = self_backup(stack=stack.name)
+    env = _env(PREFECT_HOME=str(tmp_path / "home"), GDR_PW=stack.passphrase, WRONG="not-it")
+    args = ["bootstrap", "--from-vault", f"gs://{bucket}/dr/prod", "--endpoint-url", gcs_endpoint]
+
+    wrong = _genesis(*args, "--passphrase-from", "env:WRONG", env=env, cwd=tmp_path, expect=6)
+    assert "wrong passphrase" in _error(wrong) and taken["id"] in _error(wrong)
+    empty = _genesis("bootstrap", "--from-vault", f"gs://{bucket}/elsewhere", "--endpoint-url", gcs_endpoint,
+                     "--passphrase-from", "env:GDR_PW", env=env, cwd=tmp_path, expect=37)  # fmt: skip
+    assert "no vault at" in _error(empty) and f"{bucket}/elsewhere" in _error(empty)
+    boot = _genesis(*args, "--passphrase-from", "env:GDR_PW", env=env, cwd=tmp_path, expect=0)
+    assert f"self-backup {taken['id']} of stack '{stack.name}'" in boot.stdout
+    assert f"restored block dr-stack/{stack.name}" in boot.stdout
+    assert f"stack '{stack.name}' bootstrapped into" in boot.stdout
+    listed = _genesis("list", "--stack", stack.name, env=env, cwd=tmp_path, expect=0)  # the restored stack's vault
+    assert backed["id"] in listed.stdout
+
+    # A newer snapshot holding no DR Stack block (only a variable): refused, nothing changed; a dry run says so.
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "stack": stack.name, "blocks": [],
+             "deployments": [], "automations": [], "variables": [{"name": "genesis-dr-x", "value": 1, "tags": []}],
+             "work_pools": [], "concurrency_limits": []}  # fmt: skip
+    store = stack.config.vault.store()
+    partial = write_snapshot(store, Keyring(passphrase=stack.passphrase), stack=stack.name, state=state,
+                             counts={"variables": 1}, audit_head=None)  # fmt: skip
+    refused = _genesis(*args, "--passphrase-from", "env:GDR_PW", env=env, cwd=tmp_path, expect=37)
+    assert f"self-backup {partial.id} holds no DR Stack block" in _error(refused)
+    assert "restored" not in refused.stdout
+    dry = _genesis(*args, "--passphrase-from", "env:GDR_PW", "--dry-run", env=env, cwd=tmp_path, expect=0)
+    assert "would restore variable genesis-dr-x" in dry.stdout and "holds no DR Stack block" in dry.stderr
